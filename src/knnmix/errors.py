@@ -1,0 +1,20 @@
+"""User-facing errors.
+
+Every problem a user can cause (a bad config value, a missing data root, an unknown name) raises
+:class:`KnnmixError` with a one-line message that names the bad value. The CLI prints it as
+``knnmix: error: <message>`` and exits with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class KnnmixError(ValueError):
+    """A problem with the user's input, reported in one line."""
+
+
+class ConfigError(KnnmixError):
+    """An invalid configuration: unknown key, wrong type or out-of-range value."""
+
+
+class DataError(KnnmixError):
+    """Missing, unreadable or inconsistent data."""

@@ -1,0 +1,38 @@
+"""The method's math as small, pure tensor functions: no config objects, no I/O, no Ray.
+
+- :mod:`.clean_prob` -- normalised losses, loss window, GMM clean probability
+- :mod:`.neighbours` -- exact cosine top-K over a feature bank (faiss or torch), self excluded
+- :mod:`.mixing` -- neighbour mixing weights with temperature, synthetic batch, mixup, soft cross-entropy
+- :mod:`.targets` -- one-hot targets, moving-average soft-target correction and its schedule
+"""
+
+from knnmix.method.clean_prob import fit_clean_probability, normalise_losses, window_mean
+from knnmix.method.mixing import mix_batch, mixup, neighbour_weights, soft_cross_entropy
+from knnmix.method.neighbours import (
+    SEARCH_BACKENDS,
+    FaissSearch,
+    NeighbourSearch,
+    TorchSearch,
+    l2_normalise,
+    neighbours_excluding_self,
+)
+from knnmix.method.targets import is_correction_epoch, one_hot_targets, update_soft_targets
+
+__all__ = [
+    "SEARCH_BACKENDS",
+    "FaissSearch",
+    "NeighbourSearch",
+    "TorchSearch",
+    "fit_clean_probability",
+    "is_correction_epoch",
+    "l2_normalise",
+    "mix_batch",
+    "mixup",
+    "neighbour_weights",
+    "neighbours_excluding_self",
+    "normalise_losses",
+    "one_hot_targets",
+    "soft_cross_entropy",
+    "update_soft_targets",
+    "window_mean",
+]

@@ -1,0 +1,61 @@
+"""Synthetic samples: mixing weights over a sample and its neighbours, the mixed batch, the soft-label loss."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+_EPS = 1e-10  # keeps log(w) finite for w = 0, as the authors' lam = (w_i + 1e-10) / (w_i + w_j + 1e-10)
+
+
+def neighbour_weights(clean_prob: Tensor, members: Tensor, temperature: float) -> Tensor:
+    """Mixing weights ``(B, K+1)`` over each row of ``members`` ``(B, K+1)`` (column 0: the sample itself).
+
+    ``lambda_k ∝ w_k^(1/T)`` with ``w = clean_prob`` ``(N,)``: T = 1 gives the authors' K = 1 rule
+    ``lambda_i = w_i / (w_i + w_j)``; T -> 0 puts all weight on the cleanest member (``temperature=0`` is that
+    limit exactly, ties to the earliest column); large T tends to uniform weights. Rows sum to one.
+    """
+    if clean_prob.dim() != 1:
+        raise ValueError(f"clean_prob must be (N,), got {tuple(clean_prob.shape)}")
+    if members.dim() != 2 or members.shape[1] < 1:
+        raise ValueError(f"members must be (B, K+1), got {tuple(members.shape)}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    w = clean_prob[members].float()
+    if bool(((w < 0) | (w > 1) | torch.isnan(w)).any()):
+        raise ValueError("clean probabilities of the members must lie in [0, 1]")
+    if temperature == 0:
+        return torch.nn.functional.one_hot(w.argmax(dim=1), w.shape[1]).float()
+    return torch.softmax(torch.log(w + _EPS) / temperature, dim=1)
+
+
+def mix_batch(images: Tensor, targets: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+    """Weighted sums over the member axis: images ``(B, M, ...)``, targets ``(B, M, C)``, weights ``(B, M)``.
+
+    Returns the synthetic images ``(B, ...)`` and their soft labels ``(B, C)``; the same weights mix both.
+    """
+    if images.shape[:2] != weights.shape or targets.shape[:2] != weights.shape:
+        raise ValueError(
+            f"images {tuple(images.shape)}, targets {tuple(targets.shape)} and weights {tuple(weights.shape)} "
+            "must agree on (B, M)"
+        )
+    w = weights.to(images.dtype)
+    x = torch.einsum("bm,bm...->b...", w, images)
+    y = torch.einsum("bm,bmc->bc", weights.to(targets.dtype), targets)
+    return x, y
+
+
+def mixup(images: Tensor, targets: Tensor, lam: float, perm: Tensor) -> tuple[Tensor, Tensor]:
+    """Random mixup (Zhang et al. 2018): ``lam * a + (1 - lam) * a[perm]`` for images ``(B, ...)`` and targets ``(B, C)``."""
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam must lie in [0, 1], got {lam}")
+    if perm.shape != (images.shape[0],) or targets.shape[0] != images.shape[0]:
+        raise ValueError("perm, images and targets must share the batch size")
+    return lam * images + (1 - lam) * images[perm], lam * targets + (1 - lam) * targets[perm]
+
+
+def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean over the batch of ``-sum_c targets_c * log softmax(logits)_c``; logits and targets ``(B, C)``."""
+    if logits.shape != targets.shape or logits.dim() != 2:
+        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must both be (B, C)")
+    return -(targets * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()

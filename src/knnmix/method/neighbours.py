@@ -1,0 +1,119 @@
+"""Exact top-K cosine neighbours over a feature bank, behind a two-method interface.
+
+``build(bank)`` indexes L2-normalised features ``(N, D)``; ``search(queries, k)`` returns inner products and
+bank positions ``(Q, k)``, best first. :func:`neighbours_excluding_self` asks for one extra neighbour and drops
+the query itself. :class:`FaissSearch` (``IndexFlatIP``) is the fast CPU path; :class:`TorchSearch` is an exact
+matmul + topk reference (and runs on GPU).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class NeighbourSearch(Protocol):
+    def build(self, bank: Tensor) -> None:
+        """Index a bank ``(N, D)`` of L2-normalised float features."""
+
+    def search(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """Top-``k`` by inner product: similarities ``(Q, k)`` float32 and bank positions ``(Q, k)`` int64."""
+
+
+class FaissSearch:
+    """faiss ``IndexFlatIP``: exact inner-product search on CPU."""
+
+    def __init__(self, threads: int = 0) -> None:
+        import faiss
+
+        self._faiss = faiss
+        if threads > 0:
+            faiss.omp_set_num_threads(threads)
+        self._index = None
+
+    def build(self, bank: Tensor) -> None:
+        _check_bank(bank)
+        data = np.ascontiguousarray(bank.detach().float().cpu().numpy())
+        self._index = self._faiss.IndexFlatIP(data.shape[1])
+        self._index.add(data)
+
+    def search(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        if self._index is None:
+            raise RuntimeError("call build() before search()")
+        _check_queries(queries, self._index.d, k, self._index.ntotal)
+        sims, idx = self._index.search(np.ascontiguousarray(queries.detach().float().cpu().numpy()), k)
+        return torch.from_numpy(sims), torch.from_numpy(idx).long()
+
+
+class TorchSearch:
+    """Exact matmul + topk in torch, in chunks of queries (bounded memory); runs where the bank lives."""
+
+    def __init__(self, chunk: int = 4096) -> None:
+        self.chunk = chunk
+        self._bank: Tensor | None = None
+
+    def build(self, bank: Tensor) -> None:
+        _check_bank(bank)
+        self._bank = bank.detach().float()
+
+    def search(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        if self._bank is None:
+            raise RuntimeError("call build() before search()")
+        _check_queries(queries, self._bank.shape[1], k, self._bank.shape[0])
+        sims, idx = [], []
+        q = queries.detach().float().to(self._bank.device)
+        for start in range(0, q.shape[0], self.chunk):
+            s, i = torch.topk(q[start : start + self.chunk] @ self._bank.T, k, dim=1)
+            sims.append(s.cpu())
+            idx.append(i.cpu())
+        if not sims:
+            return torch.empty(0, k), torch.empty(0, k, dtype=torch.long)
+        return torch.cat(sims), torch.cat(idx)
+
+
+SEARCH_BACKENDS = {"faiss": FaissSearch, "torch": TorchSearch}
+
+
+def l2_normalise(features: Tensor) -> Tensor:
+    """Rows of ``(N, D)`` scaled to unit L2 norm (zero rows stay zero), so inner product = cosine similarity."""
+    if features.dim() != 2:
+        raise ValueError(f"features must be (N, D), got {tuple(features.shape)}")
+    return F.normalize(features.float(), dim=1)
+
+
+def neighbours_excluding_self(
+    searcher: NeighbourSearch, bank: Tensor, query_positions: Tensor, k: int
+) -> Tensor:
+    """Top-``k`` cosine neighbours ``(Q, k)`` (bank positions) of the bank rows ``query_positions`` ``(Q,)``.
+
+    ``bank`` ``(N, D)`` must already be L2-normalised and built into ``searcher``. The query itself is never
+    returned: ``k + 1`` are searched and the query's own position is dropped (or, when exact duplicates push it out
+    of the list, the last candidate).
+    """
+    n = bank.shape[0]
+    if not 1 <= k < n:
+        raise ValueError(f"k={k} neighbours need a bank of more than k samples, got {n}")
+    query_positions = query_positions.long()
+    if query_positions.dim() != 1:
+        raise ValueError(f"query_positions must be (Q,), got {tuple(query_positions.shape)}")
+    _, idx = searcher.search(bank[query_positions], k + 1)
+    is_self = idx == query_positions[:, None].cpu()
+    # Stable sort moves the query's own entry (if present) to the end, keeping the ranking of the others.
+    order = torch.sort(is_self.to(torch.int8), dim=1, stable=True).indices
+    return torch.gather(idx, 1, order)[:, :k].contiguous()
+
+
+def _check_bank(bank: Tensor) -> None:
+    if bank.dim() != 2 or bank.shape[0] == 0:
+        raise ValueError(f"bank must be a non-empty (N, D) tensor, got {tuple(bank.shape)}")
+
+
+def _check_queries(queries: Tensor, d: int, k: int, n: int) -> None:
+    if queries.dim() != 2 or queries.shape[1] != d:
+        raise ValueError(f"queries must be (Q, {d}), got {tuple(queries.shape)}")
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}], got {k}")

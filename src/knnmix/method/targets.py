@@ -1,0 +1,34 @@
+"""Soft targets: one-hot initialisation, the moving-average correction and its schedule (Lu & He, SELC)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def one_hot_targets(labels: Tensor, num_classes: int) -> Tensor:
+    """Given labels ``(N,)`` int -> one-hot float targets ``(N, C)``."""
+    if labels.dim() != 1:
+        raise ValueError(f"labels must be (N,), got {tuple(labels.shape)}")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes})")
+    return torch.nn.functional.one_hot(labels.long(), num_classes).float()
+
+
+def update_soft_targets(targets: Tensor, probs: Tensor, momentum: float) -> Tensor:
+    """``t <- m t + (1 - m) p`` for targets and predicted probabilities ``(N, C)``; returns a new tensor.
+
+    Rows stay on the probability simplex when both inputs are on it.
+    """
+    if targets.shape != probs.shape or targets.dim() != 2:
+        raise ValueError(f"targets {tuple(targets.shape)} and probs {tuple(probs.shape)} must both be (N, C)")
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must lie in [0, 1], got {momentum}")
+    return momentum * targets + (1.0 - momentum) * probs.to(targets.dtype)
+
+
+def is_correction_epoch(epoch: int, start: int, period: int) -> bool:
+    """Whether soft targets are corrected in (1-based) ``epoch``: from ``start`` on, every ``period`` epochs."""
+    if period < 1:
+        raise ValueError(f"period must be >= 1, got {period}")
+    return epoch >= start and (epoch - start) % period == 0

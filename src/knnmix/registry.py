@@ -1,0 +1,52 @@
+"""A tiny name -> factory registry shared by datasets, noise models, networks and methods."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from knnmix.errors import KnnmixError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Maps names to factories; unknown names are a one-line :class:`KnnmixError`.
+
+    >>> MODELS = Registry("model")
+    >>> @MODELS.register("tiny")
+    ... def tiny(): ...
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def deco(obj: T) -> T:
+            if name in self._items:
+                raise RuntimeError(f"{self.kind} {name!r} is registered twice")
+            self._items[name] = obj
+            return obj
+
+        return deco
+
+    def get(self, name: str) -> T:
+        try:
+            return self._items[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, self._items, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise KnnmixError(
+                f"unknown {self.kind} {name!r}{hint}; choose one of: {', '.join(self.names())}"
+            ) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
