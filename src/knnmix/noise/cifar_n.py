@@ -1,0 +1,210 @@
+"""Real human label noise of CIFAR-10N and CIFAR-100N (Wei et al., ICLR 2022).
+
+The label files ``CIFAR-10_human.pt`` and ``CIFAR-100_human.pt`` (https://github.com/UCSC-REAL/cifar-10-100n)
+are pickled dicts of numpy arrays, 50,000 labels each, in the order of CIFAR's python training batches. They are
+read with ``torch.load(weights_only=True)`` and an allow-list of the numpy types they contain, so loading never
+runs arbitrary pickled code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+import numpy as np
+
+from knnmix.errors import KnnmixError
+from knnmix.noise.base import NoiseInputs, NoiseSpec, register_noise_model
+
+__all__ = ["CIFAR_N", "CIFAR_N_TRAIN_SIZE", "CifarNInfo", "cifar_n_labels", "load_cifar_n_file"]
+
+CIFAR_N_TRAIN_SIZE = 50_000
+
+
+@dataclass(frozen=True)
+class CifarNInfo:
+    """One CIFAR-N label file and the noise variants it provides."""
+
+    kind: str  # noise model name
+    family: str  # dataset family it belongs to
+    dataset: str  # human-readable data set name
+    num_classes: int
+    filename: str
+    variants: Mapping[str, str]  # variant name -> key in the file
+    order: str  # the sample order the labels follow
+
+
+CIFAR_N: Mapping[str, CifarNInfo] = MappingProxyType(
+    {
+        "cifar10n": CifarNInfo(
+            kind="cifar10n",
+            family="cifar10",
+            dataset="CIFAR-10",
+            num_classes=10,
+            filename="CIFAR-10_human.pt",
+            variants=MappingProxyType(
+                {
+                    "aggre": "aggre_label",
+                    "random1": "random_label1",
+                    "random2": "random_label2",
+                    "random3": "random_label3",
+                    "worse": "worse_label",
+                }
+            ),
+            order="data_batch_1 .. data_batch_5 of the python version",
+        ),
+        "cifar100n": CifarNInfo(
+            kind="cifar100n",
+            family="cifar100",
+            dataset="CIFAR-100",
+            num_classes=100,
+            filename="CIFAR-100_human.pt",
+            variants=MappingProxyType({"noisy": "noisy_label"}),
+            order="the 'train' file of the python version",
+        ),
+    }
+)
+
+
+def _allowed_globals() -> list[object]:
+    """The numpy globals a CIFAR-N file pickles (ndarrays of int64), allow-listed for ``weights_only`` loading."""
+    try:
+        from numpy._core.multiarray import _reconstruct  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+    allowed: list[object] = [
+        (_reconstruct, "numpy.core.multiarray._reconstruct"),
+        (_reconstruct, "numpy._core.multiarray._reconstruct"),
+        np.ndarray,
+        np.dtype,
+    ]
+    for name in ("Int8DType", "Int16DType", "Int32DType", "Int64DType", "UInt8DType", "UInt16DType", "UInt32DType",
+                 "UInt64DType", "LongDType", "ULongDType", "LongLongDType", "ULongLongDType"):  # fmt: skip
+        dtype_cls = getattr(np.dtypes, name, None)
+        if dtype_cls is not None and dtype_cls not in allowed:
+            allowed.append(dtype_cls)
+    return allowed
+
+
+def load_cifar_n_file(path: str | Path) -> dict[str, np.ndarray]:
+    """Load a CIFAR-N label file safely.
+
+    Parameters
+    ----------
+    path
+        ``CIFAR-10_human.pt`` or ``CIFAR-100_human.pt``.
+
+    Returns
+    -------
+    dict[str, np.ndarray]
+        Every entry as a ``(50000,)`` int64 array (``clean_label``, ``aggre_label``, ... or ``clean_label``,
+        ``noisy_label``, ``clean_coarse_label``, ``noisy_coarse_label``).
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise KnnmixError(f"CIFAR-N label file {path} not found")
+    try:
+        with torch.serialization.safe_globals(_allowed_globals()):
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling, truncated file, not a torch file, ...
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")[:200]
+        raise KnnmixError(
+            f"cannot read CIFAR-N label file {path} with torch.load(weights_only=True): {type(e).__name__}: {first}"
+        ) from None
+    if not isinstance(raw, dict):
+        raise KnnmixError(f"CIFAR-N label file {path} holds a {type(raw).__name__}, expected a dict of label arrays")
+    out: dict[str, np.ndarray] = {}
+    for key, value in raw.items():
+        arr = value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        if arr.ndim != 1 or arr.dtype.kind not in "iu":
+            raise KnnmixError(f"entry {key!r} of {path} is not a 1-D integer label array (got {arr.dtype} {arr.shape})")
+        out[str(key)] = arr.astype(np.int64, copy=False)
+    return out
+
+
+def _check_entry(data: dict[str, np.ndarray], key: str, path: Path, info: CifarNInfo) -> np.ndarray:
+    if key not in data:
+        raise KnnmixError(f"{path} has no {key!r} entry; is it {info.filename} of CIFAR-N?")
+    arr = data[key]
+    if arr.shape != (CIFAR_N_TRAIN_SIZE,):
+        raise KnnmixError(f"entry {key!r} of {path} has {arr.shape[0]:,} labels, expected {CIFAR_N_TRAIN_SIZE:,}")
+    if arr.min() < 0 or arr.max() >= info.num_classes:
+        raise KnnmixError(f"entry {key!r} of {path} has labels outside [0, {info.num_classes})")
+    return arr
+
+
+def cifar_n_labels(kind: str, variant: str, cifar_n_dir: str | Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """Clean and human-noisy labels of one CIFAR-N variant.
+
+    Parameters
+    ----------
+    kind
+        ``"cifar10n"`` or ``"cifar100n"``.
+    variant
+        A key of ``CIFAR_N[kind].variants`` (``aggre``, ``random1`` .. ``random3``, ``worse``; ``noisy``).
+    cifar_n_dir
+        Folder holding the label file.
+
+    Returns
+    -------
+    tuple[np.ndarray, np.ndarray]
+        ``(clean, noisy)``, each ``(50000,)`` int64 in CIFAR's python training-batch order.
+    """
+    info = CIFAR_N[kind]
+    spec = f"{kind}:{variant}"
+    if cifar_n_dir is None:
+        raise KnnmixError(
+            f"noise spec {spec!r} needs cifar_n_dir, the folder holding {info.filename} "
+            "(CIFAR-N human labels, https://github.com/UCSC-REAL/cifar-10-100n)"
+        )
+    path = Path(cifar_n_dir) / info.filename
+    if not path.is_file():
+        raise KnnmixError(
+            f"CIFAR-N label file {path} not found: noise spec {spec!r} expects {info.filename} in cifar_n_dir"
+        )
+    data = load_cifar_n_file(path)
+    clean = _check_entry(data, "clean_label", path, info)
+    noisy = _check_entry(data, info.variants[variant], path, info)
+    return clean, noisy
+
+
+def _register(info: CifarNInfo) -> None:
+    @register_noise_model(
+        info.kind,
+        variants=tuple(info.variants),
+        summary=f"real human labels of {info.dataset}N (Wei et al. 2022), needs cifar_n_dir",
+    )
+    def _generate(spec: NoiseSpec, inputs: NoiseInputs) -> np.ndarray:
+        assert spec.variant is not None
+        if inputs.family != info.family:
+            raise KnnmixError(
+                f"noise model {info.kind!r} holds human labels of {info.dataset}'s training set; it needs dataset "
+                f"family {info.family!r}, got {inputs.family!r}"
+            )
+        if inputs.num_classes != info.num_classes:
+            raise KnnmixError(
+                f"noise model {info.kind!r} needs {info.num_classes} classes, but num_classes is {inputs.num_classes}"
+            )
+        n = inputs.labels.shape[0]
+        if n != CIFAR_N_TRAIN_SIZE:
+            raise KnnmixError(
+                f"{info.kind} labels cover {info.dataset}'s {CIFAR_N_TRAIN_SIZE:,} training images; "
+                f"this dataset has {n:,}"
+            )
+        clean, noisy = cifar_n_labels(info.kind, spec.variant, inputs.cifar_n_dir)
+        mismatch = int(np.count_nonzero(clean != inputs.labels))
+        if mismatch:
+            raise KnnmixError(
+                f"labels differ from clean_label of {Path(inputs.cifar_n_dir or '') / info.filename} at "
+                f"{mismatch:,} of {CIFAR_N_TRAIN_SIZE:,} positions; {info.kind} needs {info.dataset}'s training "
+                f"set in the order of {info.order}"
+            )
+        return np.array(noisy, dtype=np.int64, copy=True)
+
+
+for _info in CIFAR_N.values():
+    _register(_info)

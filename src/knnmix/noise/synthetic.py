@@ -1,0 +1,250 @@
+"""Synthetic noise models: none, symmetric, asymmetric, pairflip and instance-dependent (Xia et al. 2020).
+
+All randomness comes from ``inputs.rng`` (``np.random.default_rng(seed)``), consumed in a fixed order, so a
+call is reproducible from its seed. See ``docs/noise.md`` for the exact conventions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+import numpy as np
+
+from knnmix.errors import KnnmixError
+from knnmix.noise.base import (
+    NoiseInputs,
+    NoiseSpec,
+    _hint,
+    exact_count,
+    flip_within_classes,
+    register_noise_model,
+)
+
+__all__ = [
+    "ASYMMETRIC_CLASS_MAPS",
+    "CIFAR10_CLASSES",
+    "FASHION_MNIST_CLASSES",
+    "asymmetric_class_map",
+    "cifar100_superclass_map",
+    "instance_expected_rate",
+]
+
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+
+#: Fixed asymmetric class maps ``{source: target}`` of the 10-class families. Classes not listed keep their
+#: label. ``cifar100`` is built from the data's super-classes by :func:`cifar100_superclass_map`.
+ASYMMETRIC_CLASS_MAPS: Mapping[str, Mapping[int, int]] = MappingProxyType(
+    {
+        # truck -> automobile, bird -> airplane, deer -> horse, cat <-> dog
+        "cifar10": MappingProxyType({9: 1, 2: 0, 4: 7, 3: 5, 5: 3}),
+        # Patrini et al. 2017 (MNIST): 2 -> 7, 3 -> 8, 5 <-> 6, 7 -> 1
+        "digits": MappingProxyType({2: 7, 3: 8, 5: 6, 6: 5, 7: 1}),
+        # T-shirt/top -> Shirt, Pullover <-> Coat, Sneaker -> Sandal, Ankle boot -> Sneaker
+        "fashion-mnist": MappingProxyType({0: 6, 2: 4, 4: 2, 7: 5, 9: 7}),
+    }
+)
+_FAMILIES_WITH_MAPS = ("cifar10", "cifar100", "digits", "fashion-mnist")
+
+
+# --------------------------------------------------------------------------------------------------- none
+@register_noise_model("none", summary="labels unchanged")
+def _none(spec: NoiseSpec, inputs: NoiseInputs) -> np.ndarray:
+    return np.array(inputs.labels, dtype=np.int64, copy=True)
+
+
+# ---------------------------------------------------------------------------------------------- symmetric
+@register_noise_model("symmetric", takes_rate=True, summary="exactly round(r*N) random labels move to another class")
+def _symmetric(spec: NoiseSpec, inputs: NoiseInputs) -> np.ndarray:
+    """Flip exactly ``round(r * N)`` uniformly chosen samples.
+
+    RNG order: one permutation of ``N`` (its first ``k`` entries are flipped), then ``N`` class draws in
+    permutation order. Hence, for one seed, lower-rate flips are a subset of higher-rate flips with the same
+    new labels.
+    """
+    assert spec.rate is not None
+    labels, c, rng = inputs.labels, inputs.num_classes, inputs.rng
+    n = labels.shape[0]
+    k = exact_count(spec.rate, n)
+    order = rng.permutation(n)
+    chosen = order[:k]
+    noisy = np.array(labels, dtype=np.int64, copy=True)
+    if inputs.symmetric_convention == "other":
+        offsets = rng.integers(1, c, size=n)[:k]  # uniform over the C-1 other classes
+        noisy[chosen] = (labels[chosen] + offsets) % c
+    else:  # "any": DivideMix's redraw among all C classes; ~1/C of the chosen keep their class
+        noisy[chosen] = rng.integers(0, c, size=n)[:k]
+    return noisy
+
+
+# --------------------------------------------------------------------------------------------- asymmetric
+def cifar100_superclass_map(labels: np.ndarray, coarse_labels: np.ndarray) -> dict[int, int]:
+    """Next-class-within-super-class map built from the real (fine, coarse) pairs in the data.
+
+    The fine classes present are grouped by coarse label; each group's fine ids are sorted ascending and each
+    maps to the next one, the last to the first (a group of one maps to itself).
+
+    Parameters
+    ----------
+    labels
+        ``(N,)`` int fine labels.
+    coarse_labels
+        ``(N,)`` int super-class labels, aligned with ``labels``.
+
+    Returns
+    -------
+    dict[int, int]
+        ``{fine class: fine class it flips to}`` for every fine class present.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    coarse = np.asarray(coarse_labels, dtype=np.int64)
+    pairs = np.unique(np.stack([labels, coarse], axis=1), axis=0)  # sorted by fine, then coarse
+    fine_ids = np.unique(pairs[:, 0])
+    if fine_ids.size != pairs.shape[0]:
+        dup = pairs[:, 0][np.flatnonzero(np.diff(pairs[:, 0]) == 0)[0]]
+        sups = pairs[pairs[:, 0] == dup, 1].tolist()
+        raise KnnmixError(
+            f"coarse_labels are inconsistent: fine class {int(dup)} appears with coarse labels {sups}; "
+            "pass the data's own super-class labels"
+        )
+    mapping: dict[int, int] = {}
+    for sup in np.unique(pairs[:, 1]):
+        group = np.sort(pairs[pairs[:, 1] == sup, 0])
+        for i, fine in enumerate(group):
+            mapping[int(fine)] = int(group[(i + 1) % group.size])
+    return mapping
+
+
+def asymmetric_class_map(
+    family: str,
+    *,
+    labels: np.ndarray | None = None,
+    coarse_labels: np.ndarray | None = None,
+) -> dict[int, int]:
+    """The asymmetric-noise class map ``{source: target}`` of a dataset family.
+
+    Parameters
+    ----------
+    family
+        ``cifar10``, ``cifar100``, ``digits`` or ``fashion-mnist``.
+    labels, coarse_labels
+        ``(N,)`` fine and super-class labels; required for ``cifar100`` only.
+
+    Returns
+    -------
+    dict[int, int]
+        Source class to target class; classes not in the map are never flipped.
+    """
+    if family == "cifar100":
+        if coarse_labels is None or labels is None:
+            raise KnnmixError(
+                "asymmetric noise on cifar100 needs coarse_labels (the CIFAR-100 super-class of each sample)"
+            )
+        return cifar100_superclass_map(labels, coarse_labels)
+    if family not in ASYMMETRIC_CLASS_MAPS:
+        raise KnnmixError(
+            f"asymmetric noise has no class map for dataset family {family!r}{_hint(family, _FAMILIES_WITH_MAPS)}; "
+            "use symmetric, pairflip or instance"
+        )
+    return dict(ASYMMETRIC_CLASS_MAPS[family])
+
+
+@register_noise_model(
+    "asymmetric", takes_rate=True, summary="exactly round(r*n_c) samples of each source class flip to its mapped class"
+)
+def _asymmetric(spec: NoiseSpec, inputs: NoiseInputs) -> np.ndarray:
+    assert spec.rate is not None
+    mapping = asymmetric_class_map(inputs.family, labels=inputs.labels, coarse_labels=inputs.coarse_labels)
+    if inputs.family != "cifar100" and inputs.num_classes != 10:
+        raise KnnmixError(
+            f"asymmetric noise for dataset family {inputs.family!r} maps 10 classes, but num_classes is "
+            f"{inputs.num_classes}"
+        )
+    if inputs.family == "cifar100" and inputs.num_classes != 100:
+        raise KnnmixError(
+            f"asymmetric noise for dataset family 'cifar100' expects 100 classes, but num_classes is "
+            f"{inputs.num_classes}"
+        )
+    return flip_within_classes(inputs.labels, mapping, spec.rate, inputs.rng)
+
+
+# ----------------------------------------------------------------------------------------------- pairflip
+@register_noise_model("pairflip", takes_rate=True, summary="exactly round(r*n_c) samples of class c flip to c+1 mod C")
+def _pairflip(spec: NoiseSpec, inputs: NoiseInputs) -> np.ndarray:
+    assert spec.rate is not None
+    c = inputs.num_classes
+    return flip_within_classes(inputs.labels, {k: (k + 1) % c for k in range(c)}, spec.rate, inputs.rng)
+
+
+# ----------------------------------------------------------------------------------------------- instance
+def _truncnorm_bounds(rate: float, std: float) -> tuple[float, float]:
+    return (0.0 - rate) / std, (1.0 - rate) / std
+
+
+def instance_expected_rate(rate: float, std: float = 0.1) -> float:
+    """Expected measured rate of ``instance:rate``: the mean of ``N(rate, std^2)`` truncated to [0, 1].
+
+    It exceeds ``rate`` noticeably at small rates, e.g. 0.1288 for ``rate=0.1, std=0.1`` (0 for ``rate=0``:
+    ``instance:0`` is parsed as ``none``).
+    """
+    if rate == 0:
+        return 0.0
+    from scipy.stats import truncnorm
+
+    a, b = _truncnorm_bounds(rate, std)
+    return float(truncnorm.mean(a, b, loc=rate, scale=std))
+
+
+@register_noise_model(
+    "instance", takes_rate=True, summary="instance-dependent noise of Xia et al. (NeurIPS 2020), needs features"
+)
+def _instance(spec: NoiseSpec, inputs: NoiseInputs) -> np.ndarray:
+    """Part/instance-dependent noise, following ``get_instance_noisy_label`` of Xia et al. (2020).
+
+    Per sample ``i`` with features ``x_i`` (D,) and label ``y_i``:
+    ``q_i ~ N(r, std^2)`` truncated to [0, 1]; ``a = x_i @ W[y_i]`` with ``W ~ N(0, 1)`` of shape (C, D, C);
+    ``a[y_i] = -inf``; ``p = q_i * softmax(a)``; ``p[y_i] = 1 - q_i``; new label ``~ p``.
+
+    The draw from ``p`` is done in two equivalent stages: flip iff ``u_i < q_i``, then pick the new class
+    from ``softmax(a)`` (which gives the true class probability 0). RNG order: ``q`` (N), flip uniforms (N),
+    class uniforms (N), then ``W[c]`` (D, C) float32 for ``c = 0 .. C-1``. Only flipped samples need their
+    projection, computed class by class: memory is O(n_c * (D + C)), never (N, D, C).
+    """
+    assert spec.rate is not None
+    if inputs.features is None:
+        raise KnnmixError(
+            "instance noise needs features: the (N, D) flattened training images in [0, 1] (pass features=...)"
+        )
+    x = inputs.features
+    if x.dtype.kind == "f" and not all(np.isfinite(x[i : i + 4096]).all() for i in range(0, x.shape[0], 4096)):
+        raise KnnmixError("features for instance noise contain nan or inf values")
+    from scipy.stats import truncnorm
+
+    labels, c, rng = inputs.labels, inputs.num_classes, inputs.rng
+    n, d = x.shape
+    a, b = _truncnorm_bounds(spec.rate, inputs.instance_std)
+    q = np.clip(truncnorm.rvs(a, b, loc=spec.rate, scale=inputs.instance_std, size=n, random_state=rng), 0.0, 1.0)
+    flip = rng.random(n) < q
+    u = rng.random(n)
+
+    noisy = np.array(labels, dtype=np.int64, copy=True)
+    flipped = np.flatnonzero(flip)
+    by_class = flipped[np.argsort(labels[flipped], kind="stable")]
+    bounds = np.searchsorted(labels[by_class], np.arange(c + 1))
+    for k in range(c):
+        w = rng.standard_normal((d, c), dtype=np.float32)  # W[k], drawn for every class to fix the RNG order
+        idx = by_class[bounds[k] : bounds[k + 1]]
+        if idx.size == 0:
+            continue
+        logits = (np.asarray(x[idx], dtype=np.float32) @ w).astype(np.float64)  # (n_k, C)
+        logits[:, k] = -np.inf
+        logits -= logits.max(axis=1, keepdims=True)
+        cum = np.cumsum(np.exp(logits), axis=1)  # unnormalised softmax CDF; class k adds 0
+        v = u[idx] * cum[:, -1]
+        noisy[idx] = (cum <= v[:, None]).sum(axis=1)  # first class whose CDF exceeds v; never k
+    return noisy
