@@ -1,0 +1,87 @@
+"""Data sets: the registry of loaders and the data contract (:mod:`knnmix.data.base`).
+
+Importing this package registers every built-in loader (``digits``, ``fashion-mnist``, ``cifar10``,
+``cifar100``). A loader is a function ``loader(root: str | None, download: bool, **options) -> DatasetBundle``
+registered with ``@DATASETS.register("name")``; :func:`load_dataset` looks it up and calls it. The keyword options a
+loader declares in its signature (e.g. ``image_size``, ``labels_file``) come from the ``data`` section of the
+config; giving a non-default value for an option the dataset does not use is an error, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable
+from typing import Any
+
+from knnmix.data.base import (
+    Augment,
+    DatasetBundle,
+    ImageSource,
+    LabelledDataset,
+    TensorSource,
+    collate_batch,
+)
+from knnmix.errors import DataError
+from knnmix.registry import Registry
+
+#: The signature every registered dataset loader has (plus the keyword options it declares).
+DatasetLoader = Callable[..., DatasetBundle]
+
+#: Dataset name -> loader.
+DATASETS: Registry[DatasetLoader] = Registry("dataset")
+
+
+def load_dataset(
+    name: str,
+    root: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    *,
+    defaults: dict[str, Any] | None = None,
+    **options: Any,
+) -> DatasetBundle:
+    """Load the registered dataset ``name``.
+
+    ``root`` is the directory holding the data (``None`` or ``""``: the dataset's default, see ``docs/data.md``);
+    ``download`` lets loaders of public data sets fetch missing files into ``root`` first. An unknown ``name``
+    raises the registry's one-line :class:`~knnmix.errors.KnnmixError`; missing or corrupt files raise
+    :class:`~knnmix.errors.DataError`.
+
+    ``options`` are passed to the loader when its signature declares them; an option it does not declare must equal
+    its value in ``defaults`` (the config's default), else :class:`~knnmix.errors.DataError` names it.
+    """
+    loader = DATASETS.get(name)
+    accepted = dataset_options(name)
+    unused = sorted(
+        k for k, v in options.items() if k not in accepted and (defaults is None or v != defaults.get(k))
+    )
+    if unused:
+        raise DataError(
+            f"data.{unused[0]}={options[unused[0]]!r} is not used by dataset {name!r} "
+            f"(its options: {', '.join(sorted(accepted)) or 'none'})"
+        )
+    kwargs = {k: v for k, v in options.items() if k in accepted}
+    return loader(os.fspath(root) if root else None, bool(download), **kwargs)
+
+
+def dataset_options(name: str) -> set[str]:
+    """The keyword options (besides ``root`` and ``download``) that dataset ``name``'s loader accepts."""
+    params = inspect.signature(DATASETS.get(name)).parameters
+    return {p.name for p in params.values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+# Register the built-in loaders (after DATASETS exists: they import it from this package).
+from knnmix.data import cifar, digits, fashion_mnist  # noqa: E402, F401
+
+__all__ = [
+    "DATASETS",
+    "Augment",
+    "DatasetBundle",
+    "DatasetLoader",
+    "ImageSource",
+    "LabelledDataset",
+    "TensorSource",
+    "collate_batch",
+    "dataset_options",
+    "load_dataset",
+]

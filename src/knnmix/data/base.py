@@ -1,0 +1,225 @@
+"""The data contract every dataset follows.
+
+A registered dataset loader returns a :class:`DatasetBundle`: image *sources* (things that turn row numbers into
+normalised image tensors) plus the published labels. The engine then injects label noise, carves the noisy
+validation split and wraps each split in a :class:`LabelledDataset`, whose items are ``(image, given_label,
+index)``. A dataset's labels never change after construction: corrected labels live in the engine's per-sample
+state, index-aligned with ``index``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from knnmix.errors import DataError
+
+
+class ImageSource(ABC):
+    """Images addressable by row number, loaded in batches as normalised ``float32`` tensors."""
+
+    #: ``(channels, height, width)`` of what :meth:`load` returns.
+    shape: tuple[int, int, int]
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def load(self, rows: Tensor, *, augment: bool) -> Tensor:
+        """Load rows ``(B,)`` as a batch ``(B, C, H, W)``; each image augmented independently if ``augment``.
+
+        Randomness comes from torch's global generator (the engine seeds it per epoch and worker).
+        """
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Train-time augmentation of in-memory images: random crop after zero padding, optional horizontal flip."""
+
+    crop_padding: int = 0  # pixels of zero padding before the random crop back to the original size; 0 = no crop
+    hflip: bool = False  # flip horizontally with probability 1/2
+
+
+class TensorSource(ImageSource):
+    """An in-memory ``uint8`` image tensor ``(N, C, H, W)`` with batched, vectorised augmentation.
+
+    Loading a batch is one gather plus a few tensor ops, so small data sets train at full CPU speed without
+    DataLoader worker processes.
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        mean: Sequence[float],
+        std: Sequence[float],
+        augment: Augment = Augment(),
+    ) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        c = images.shape[1]
+        if len(mean) != c or len(std) != c:
+            raise ValueError(f"mean/std need {c} channel values, got {len(mean)}/{len(std)}")
+        self.images = images.contiguous()
+        self.shape = (c, images.shape[2], images.shape[3])
+        self._mean = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1) * 255.0
+        self._inv_std = 1.0 / (torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1) * 255.0)
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def load(self, rows: Tensor, *, augment: bool) -> Tensor:
+        x = self.images[rows]
+        if augment:
+            x = random_crop_flip(x, self.augment.crop_padding, self.augment.hflip)
+        return (x.float() - self._mean) * self._inv_std
+
+    def as_float(self) -> Tensor:
+        """All images as ``(N, C*H*W)`` floats in [0, 1] (used by instance-dependent noise)."""
+        return self.images.reshape(len(self), -1).float() / 255.0
+
+
+def random_crop_flip(x: Tensor, padding: int, hflip: bool) -> Tensor:
+    """Independently random-crop (after zero padding) and flip each image of a batch ``(B, C, H, W)``."""
+    b, _, h, w = x.shape
+    if padding > 0:
+        padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
+        dy = torch.randint(0, 2 * padding + 1, (b,))
+        dx = torch.randint(0, 2 * padding + 1, (b,))
+        rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]  # (B, 1, H, 1)
+        cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :]  # (B, 1, 1, W)
+        x = padded[torch.arange(b)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None], rows, cols]
+    if hflip:
+        flip = torch.rand(b) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    return x
+
+
+@dataclass
+class DatasetBundle:
+    """What a registered dataset loader returns: sources and published labels of each split.
+
+    ``train_labels`` are the labels as published. For benchmark data sets they are the clean ground truth and
+    ``labels_are_clean`` is True (synthetic noise is injected on top); for a user's own data they are the given,
+    possibly wrong labels and there is no ground truth.
+    """
+
+    name: str
+    family: str  # class-structure family for asymmetric noise maps: digits, fashion-mnist, cifar10, cifar100, generic
+    classes: list[str]
+    train: ImageSource
+    train_labels: np.ndarray  # (N_train,) int64
+    test: ImageSource | None = None
+    test_labels: np.ndarray | None = None  # (N_test,) int64
+    labels_are_clean: bool = True
+    train_coarse_labels: np.ndarray | None = None  # (N_train,) int64 super-classes (CIFAR-100)
+    default_model: str = "small_cnn"
+    # A validation split shipped with the data (e.g. Clothing1M's clean validation set), used instead of one carved
+    # from the training set; the config must then ask for no carved split (data.val_fraction=0).
+    val: ImageSource | None = None
+    val_labels: np.ndarray | None = None
+    # Further test sets reported beside the main one, by name (e.g. ImageNet's validation images for WebVision).
+    extra_tests: dict[str, tuple[ImageSource, np.ndarray]] = field(default_factory=dict)
+    # Optional: which training rows take part in a given epoch (e.g. Clothing1M's class-balanced subsample).
+    epoch_rows: Callable[[int, int], np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __post_init__(self) -> None:
+        self.train_labels = _check_labels(self.train_labels, len(self.train), self.num_classes, "train")
+        if self.test is not None:
+            if self.test_labels is None:
+                raise ValueError("a test source needs test labels")
+            self.test_labels = _check_labels(self.test_labels, len(self.test), self.num_classes, "test")
+        if self.val is not None:
+            if self.val_labels is None:
+                raise ValueError("a validation source needs validation labels")
+            self.val_labels = _check_labels(self.val_labels, len(self.val), self.num_classes, "validation")
+        for name, (source, labels) in list(self.extra_tests.items()):
+            self.extra_tests[name] = (source, _check_labels(labels, len(source), self.num_classes, name))
+
+
+def _check_labels(labels: np.ndarray, n: int, num_classes: int, split: str) -> np.ndarray:
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.shape != (n,):
+        raise DataError(f"{split} labels have shape {labels.shape}, expected ({n},)")
+    if n and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DataError(f"{split} labels must lie in [0, {num_classes}), found {labels.min()}..{labels.max()}")
+    return labels
+
+
+class LabelledDataset(Dataset):
+    """Selected rows of a source with fixed given labels; item ``i`` is ``(image, given_label, i)``.
+
+    ``index`` is the position inside this dataset (``0 .. len-1``): the key of every per-sample tensor the
+    engine keeps. ``true_labels`` (when known) are for diagnostics only and never reach training.
+    Batched access through ``__getitems__`` returns already-collated tensors (use :func:`collate_batch`).
+    """
+
+    def __init__(
+        self,
+        source: ImageSource,
+        rows: np.ndarray,
+        given_labels: np.ndarray,
+        classes: Sequence[str],
+        true_labels: np.ndarray | None = None,
+        augment: bool = False,
+    ) -> None:
+        rows = np.asarray(rows, dtype=np.int64)
+        given = np.array(given_labels, dtype=np.int64, copy=True)
+        if given.shape != rows.shape:
+            raise ValueError(f"{len(given)} labels for {len(rows)} rows")
+        given.setflags(write=False)
+        if true_labels is not None:
+            true_labels = np.array(true_labels, dtype=np.int64, copy=True)
+            if true_labels.shape != rows.shape:
+                raise ValueError(f"{len(true_labels)} true labels for {len(rows)} rows")
+            true_labels.setflags(write=False)
+        self.source = source
+        self.rows = rows
+        self._rows_t = torch.from_numpy(rows)
+        self.given_labels = given
+        self._given_t = torch.from_numpy(given.copy())
+        self.true_labels = true_labels
+        self.classes = list(classes)
+        self.augment = augment
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def given_tensor(self) -> Tensor:
+        """A copy of the given labels ``(N,)`` as an int64 tensor (the dataset's own labels stay untouched)."""
+        return self._given_t.clone()
+
+    def view(self, *, augment: bool) -> LabelledDataset:
+        """The same samples and labels, loaded with or without augmentation."""
+        other = object.__new__(LabelledDataset)
+        other.__dict__.update(self.__dict__)
+        other.augment = augment
+        return other
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int, int]:
+        x, y, idx = self.__getitems__([i])
+        return x[0], int(y[0]), int(idx[0])
+
+    def __getitems__(self, indices: Sequence[int] | Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.int64)
+        x = self.source.load(self._rows_t[idx], augment=self.augment)
+        return x, self._given_t[idx], idx
+
+
+def collate_batch(batch: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """DataLoader ``collate_fn`` for :meth:`LabelledDataset.__getitems__`, which already returns a batch."""
+    return batch
