@@ -34,7 +34,9 @@ from knnmix.errors import DataError, KnnmixError
 
 
 def test_importing_the_package_registers_every_loader() -> None:
-    assert DATASETS.names() == ["cifar10", "cifar100", "digits", "fashion-mnist"]
+    assert DATASETS.names() == [
+        "cifar10", "cifar100", "clothing1m", "digits", "fashion-mnist", "imagefolder", "webvision"
+    ]
 
 
 def test_unknown_dataset_is_a_one_line_registry_error() -> None:

@@ -1,7 +1,7 @@
 """Data sets: the registry of loaders and the data contract (:mod:`knnmix.data.base`).
 
-Importing this package registers every built-in loader (``digits``, ``fashion-mnist``, ``cifar10``,
-``cifar100``). A loader is a function ``loader(root: str | None, download: bool, **options) -> DatasetBundle``
+Importing this package registers every built-in loader (``digits``, ``fashion-mnist``, ``cifar10``, ``cifar100``,
+``imagefolder``, ``clothing1m``, ``webvision``). A loader is a function ``loader(root: str | None, download: bool, **options) -> DatasetBundle``
 registered with ``@DATASETS.register("name")``; :func:`load_dataset` looks it up and calls it. The keyword options a
 loader declares in its signature (e.g. ``image_size``, ``labels_file``) come from the ``data`` section of the
 config; giving a non-default value for an option the dataset does not use is an error, never silently ignored.
@@ -71,7 +71,7 @@ def dataset_options(name: str) -> set[str]:
 
 
 # Register the built-in loaders (after DATASETS exists: they import it from this package).
-from knnmix.data import cifar, digits, fashion_mnist  # noqa: E402, F401
+from knnmix.data import cifar, clothing1m, digits, fashion_mnist, imagefolder, webvision  # noqa: E402, F401
 
 __all__ = [
     "DATASETS",

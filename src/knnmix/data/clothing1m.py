@@ -1,0 +1,135 @@
+"""``clothing1m``: Clothing1M (Xiao et al. 2015), ~1M online-shopping photos of 14 classes with real noisy labels.
+
+The published layout below ``root`` (``data.root``, required; the data cannot be downloaded automatically)::
+
+    images/0/00/<id>.jpg ...
+    annotations/noisy_label_kv.txt        lines "images/0/00/<id>.jpg 12" (key, noisy label 0..13)
+    annotations/clean_label_kv.txt        lines "<key> <clean label>"
+    annotations/noisy_train_key_list.txt  one key per line: the training images (noisy labels)
+    annotations/clean_val_key_list.txt    the clean validation images
+    annotations/clean_test_key_list.txt   the clean test images
+
+Train = ``noisy_train_key_list`` with noisy labels (``labels_are_clean=False``); ``val`` = ``clean_val_key_list``
+with clean labels (the shipped clean validation split, so runs need ``data.val_fraction=0``); test =
+``clean_test_key_list`` with clean labels. The usual per-epoch class-balanced subsample of the noisy training set is
+drawn by the engine (``data.epoch_samples``, e.g. 64000), not here.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from knnmix.data import DATASETS
+from knnmix.data._common import as_path
+from knnmix.data.base import DatasetBundle, ImageSource
+from knnmix.data.files import (
+    BadImages,
+    OnBadImage,
+    build_source,
+    check_options,
+    listing,
+    parse_labels,
+    read_columns,
+    require_all_classes,
+    require_dir,
+    require_file,
+    require_listed,
+)
+from knnmix.errors import DataError
+
+NAME = "clothing1m"
+#: The 14 classes, in label order.
+CLASSES = [
+    "T-Shirt", "Shirt", "Knitwear", "Chiffon", "Sweater", "Hoodie", "Windbreaker",
+    "Jacket", "Downcoat", "Suit", "Shawl", "Dress", "Vest", "Underwear",
+]  # fmt: skip
+NOISY_KV = os.path.join("annotations", "noisy_label_kv.txt")
+CLEAN_KV = os.path.join("annotations", "clean_label_kv.txt")
+TRAIN_KEYS = os.path.join("annotations", "noisy_train_key_list.txt")
+VAL_KEYS = os.path.join("annotations", "clean_val_key_list.txt")
+TEST_KEYS = os.path.join("annotations", "clean_test_key_list.txt")
+FILES = (NOISY_KV, CLEAN_KV, TRAIN_KEYS, VAL_KEYS, TEST_KEYS)
+
+
+def read_kv(path: str) -> dict[str, int]:
+    """A ``<key> <label>`` file as a dict; malformed lines or labels outside 0..13 are a :class:`DataError`."""
+    rows = read_columns(path, NAME, 2, "'<image key> <label>'")
+    labels = parse_labels(rows, 1, path, NAME, len(CLASSES))
+    return {tokens[0]: int(label) for (_, tokens), label in zip(rows, labels)}
+
+
+def read_split(root: str, list_file: str, kv: dict[str, int], kv_file: str) -> tuple[list[str], np.ndarray]:
+    """The keys of ``root/list_file`` and their labels from ``kv`` (read from ``kv_file``): ``(keys, labels (N,))``.
+
+    A key absent from the kv file, or naming no image under ``root``, is a :class:`DataError` listing the first
+    offenders with their line numbers.
+    """
+    path = os.path.join(root, list_file)
+    rows = read_columns(path, NAME, 1, "one image key")
+    keys = [tokens[0] for _, tokens in rows]
+    lines = [number for number, _ in rows]
+    absent = [f"line {n}: {k}" for n, k in zip(lines, keys) if k not in kv]
+    if absent:
+        raise DataError(
+            f"{NAME}: {len(absent)} keys of {path} are missing from {os.path.join(root, kv_file)}: {listing(absent)}"
+        )
+    if not keys:
+        raise DataError(f"{NAME}: {path} lists no images")
+    require_listed(NAME, root, keys, path, lines)
+    return keys, np.array([kv[k] for k in keys], dtype=np.int64)
+
+
+@DATASETS.register("clothing1m")
+def load_clothing1m(
+    root: str | None,
+    download: bool,
+    *,
+    image_size: int = 224,
+    on_bad_image: OnBadImage = "fail",
+) -> DatasetBundle:
+    """Load Clothing1M from ``root`` (layout in the module docstring); images ``float32 (B, 3, s, s)``.
+
+    ``download`` is ignored: Clothing1M is distributed by its authors on request.
+    """
+    check_options(NAME, image_size, on_bad_image)
+    if not root:
+        raise DataError(f"{NAME}: set data.root to the Clothing1M folder (holding images/ and annotations/)")
+    root = os.path.abspath(as_path(root))
+    require_dir(root, NAME)
+    for name in FILES:
+        require_file(os.path.join(root, name), NAME, " (Clothing1M's published annotations/ folder)")
+    noisy = read_kv(os.path.join(root, NOISY_KV))
+    clean = read_kv(os.path.join(root, CLEAN_KV))
+
+    listed = {
+        "train": read_split(root, TRAIN_KEYS, noisy, NOISY_KV),
+        "validation": read_split(root, VAL_KEYS, clean, CLEAN_KV),
+        "test": read_split(root, TEST_KEYS, clean, CLEAN_KV),
+    }
+    del noisy, clean  # the noisy kv file holds ~1M entries
+    require_all_classes(NAME, CLASSES, listed["train"][1], f" in {os.path.join(root, TRAIN_KEYS)}")
+    # Every list is consistent: now check (or preload) the images themselves.
+    bad = BadImages(NAME)
+    splits: dict[str, tuple[ImageSource, np.ndarray]] = {}
+    for split, (keys, labels) in listed.items():
+        source, labels, _ = build_source(
+            root, keys, labels, image_size=image_size, on_bad_image=on_bad_image, split=split, bad=bad
+        )
+        splits[split] = (source, labels)
+    require_all_classes(NAME, CLASSES, splits["train"][1], " left after skipping unreadable images")
+    bad.warn()
+    return DatasetBundle(
+        name=NAME,
+        family="generic",
+        classes=list(CLASSES),
+        train=splits["train"][0],
+        train_labels=splits["train"][1],
+        val=splits["validation"][0],
+        val_labels=splits["validation"][1],
+        test=splits["test"][0],
+        test_labels=splits["test"][1],
+        labels_are_clean=False,
+        default_model="resnet50",
+    )

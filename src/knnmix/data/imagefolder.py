@@ -1,0 +1,300 @@
+"""``imagefolder``: a user's own images with the labels they were given (not trusted: ``labels_are_clean=False``).
+
+Two layouts of ``root`` (``data.root``, required):
+
+- **folder mode** (no ``data.labels_file``): one sub-folder per class, ``root/<class>/**/<image>``; class names are
+  the sorted folder names, images are found recursively inside each class folder (:data:`IMAGE_EXTENSIONS`);
+- **CSV mode** (``data.labels_file``): a CSV with a ``path,label`` header; ``path`` is relative to ``root`` (or
+  absolute), ``label`` a class name or an integer index into the class list. The class list is ``classes.txt``
+  beside the CSV (one name per line, line order = class index) if present, else the sorted set of labels
+  (numerically sorted when every label is an integer).
+
+``data.test_root`` (optional) is a second folder (folder mode) or CSV file (paths relative to the CSV's folder) with
+trusted labels, reported as the test split; its labels are resolved against the training class list.
+Images are decoded and transformed as described in :mod:`knnmix.data.files`.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from knnmix.data import DATASETS
+from knnmix.data._common import as_path, one_line
+from knnmix.data.base import DatasetBundle
+from knnmix.data.files import (
+    IMAGE_EXTENSIONS,
+    BadImages,
+    OnBadImage,
+    build_source,
+    check_options,
+    list_images,
+    listing,
+    require_all_classes,
+    require_dir,
+)
+from knnmix.errors import DataError
+
+NAME = "imagefolder"
+#: The class list beside a labels CSV.
+CLASSES_FILE = "classes.txt"
+#: Largest ``image_size`` that gets the small CNN by default (larger images: ResNet-50).
+SMALL_MODEL_MAX_SIDE = 64
+
+
+@dataclass
+class LabelledFiles:
+    """One split before its images are checked: files ``base/key`` with labels ``(N,)`` into ``classes``."""
+
+    base: str  # the folder keys are relative to
+    keys: list[str]
+    labels: np.ndarray
+    classes: list[str]
+
+
+# --------------------------------------------------------------------------------------------------- folder mode
+
+
+def read_folder(root: str, classes: list[str] | None = None) -> LabelledFiles:
+    """Folder mode: every image below ``root/<class>/``.
+
+    ``classes`` None: the class list is the sorted class folder names. Given (a test folder), every class folder
+    must be one of them (a test folder may lack some classes). An empty class folder is a :class:`DataError`.
+    """
+    require_dir(root, NAME, "image folder")
+    folders = sorted(d for d in os.listdir(root) if not d.startswith(".") and os.path.isdir(os.path.join(root, d)))
+    if not folders:
+        raise DataError(
+            f"{NAME}: no class folders under {root} (expected {root}/<class>/<image>, "
+            "or a CSV of path,label given as data.labels_file)"
+        )
+    if classes is None:
+        classes = folders
+    else:
+        unknown = [repr(f) for f in folders if f not in classes]
+        if unknown:
+            raise DataError(
+                f"{NAME}: {len(unknown)} class folders under {root} are not training classes: {listing(unknown)}"
+            )
+    index = {c: i for i, c in enumerate(classes)}
+    keys: list[str] = []
+    labels: list[int] = []
+    empty: list[str] = []
+    for folder in folders:
+        found = list_images(os.path.join(root, folder))
+        if not found:
+            empty.append(repr(folder))
+        keys.extend(os.path.join(folder, f) for f in found)
+        labels.extend([index[folder]] * len(found))
+    if empty:
+        raise DataError(
+            f"{NAME}: {len(empty)} class folders under {root} hold no images "
+            f"({'/'.join(IMAGE_EXTENSIONS)}): {listing(empty)}"
+        )
+    return LabelledFiles(root, keys, np.asarray(labels, dtype=np.int64), list(classes))
+
+
+# ------------------------------------------------------------------------------------------------------ CSV mode
+
+
+def read_classes_file(path: str) -> list[str]:
+    """Class names of a ``classes.txt``: one per non-blank line, stripped, in class-index order, no duplicates."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            names = [line.strip() for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{NAME}: cannot read {path}: {one_line(e)}") from None
+    if not names:
+        raise DataError(f"{NAME}: {path} lists no class names")
+    seen: set[str] = set()
+    dups: list[str] = []
+    for name in names:
+        if name in seen:
+            dups.append(repr(name))
+        seen.add(name)
+    if dups:
+        raise DataError(f"{NAME}: {path} lists {len(dups)} class names twice: {listing(dups)}")
+    return names
+
+
+def _sorted_labels(labels: set[str]) -> list[str]:
+    """The sorted set of label names; numerically sorted when every one is an integer (``"2"`` before ``"10"``)."""
+    try:
+        return sorted(labels, key=int)
+    except ValueError:
+        return sorted(labels)
+
+
+def _resolve(label: str, index: dict[str, int], n: int) -> int | None:
+    """A label's class index: the class of that name, else an integer index in ``[0, n)``; None if neither."""
+    if label in index:
+        return index[label]
+    try:
+        i = int(label)
+    except ValueError:
+        return None
+    return i if 0 <= i < n else None
+
+
+def read_csv(csv_path: str, base: str, classes: list[str] | None = None) -> LabelledFiles:
+    """CSV mode: rows ``path,label`` of ``csv_path``; relative paths are taken below ``base``.
+
+    ``classes`` None: the class list is ``classes.txt`` beside the CSV, else the sorted labels. Given (a test CSV),
+    labels are resolved against it and a ``classes.txt`` beside the CSV must agree with it. Raises a
+    :class:`DataError` listing the first offending lines for: a missing header or wrong columns, malformed rows, a
+    label absent from the class list (or an out-of-range index), a path listed twice, a path naming no file.
+    """
+    rows: list[tuple[int, str, str]] = []  # (line number, path, label)
+    malformed: list[str] = []
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            columns = [h.strip().lower() for h in header or []]
+            if "path" not in columns or "label" not in columns:
+                found = f"header {','.join(header)!r}" if header else "no header (empty file)"
+                raise DataError(f"{NAME}: {csv_path} has {found}, expected a first line 'path,label'")
+            pi, li = columns.index("path"), columns.index("label")
+            for row in reader:
+                if not any(cell.strip() for cell in row):
+                    continue
+                path = row[pi].strip() if len(row) == len(columns) else ""
+                label = row[li].strip() if len(row) == len(columns) else ""
+                if not path or not label:
+                    malformed.append(f"line {reader.line_num}: {','.join(row)[:80]!r}")
+                rows.append((reader.line_num, path, label))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{NAME}: cannot read {csv_path}: {one_line(e)}") from None
+    if malformed:
+        raise DataError(
+            f"{NAME}: {csv_path} has {len(malformed)} rows without {len(columns)} fields and a non-empty path and "
+            f"label: {listing(malformed)}"
+        )
+    if not rows:
+        raise DataError(f"{NAME}: {csv_path} lists no images")
+
+    classes_file = os.path.join(os.path.dirname(os.path.abspath(csv_path)), CLASSES_FILE)
+    listed = read_classes_file(classes_file) if os.path.isfile(classes_file) else None
+    if classes is None:
+        classes = listed if listed is not None else _sorted_labels({label for _, _, label in rows})
+        origin = classes_file if listed is not None else "the sorted labels"
+    else:
+        if listed is not None and listed != classes:
+            raise DataError(f"{NAME}: {classes_file} differs from the training class list ({len(classes)} classes)")
+        origin = "the training class list"
+
+    index = {c: i for i, c in enumerate(classes)}
+    labels = np.empty(len(rows), dtype=np.int64)
+    unknown: list[str] = []
+    for j, (number, _, label) in enumerate(rows):
+        c = _resolve(label, index, len(classes))
+        if c is None:
+            unknown.append(f"line {number}: {label!r}")
+            c = -1
+        labels[j] = c
+    if unknown:
+        raise DataError(
+            f"{NAME}: {csv_path} has {len(unknown)} labels absent from the class list ({len(classes)} classes from "
+            f"{origin}; integer labels must lie in 0..{len(classes) - 1}): {listing(unknown)}"
+        )
+
+    keys = [os.path.normpath(p) for _, p, _ in rows]
+    first_line: dict[str, int] = {}
+    dups: list[str] = []
+    for (number, path, _), key in zip(rows, keys):
+        full = os.path.normpath(os.path.join(base, key))
+        if full in first_line:
+            dups.append(f"line {number}: {path!r} (also line {first_line[full]})")
+        else:
+            first_line[full] = number
+    if dups:
+        raise DataError(f"{NAME}: {csv_path} lists {len(dups)} paths more than once: {listing(dups)}")
+
+    missing = [
+        f"line {number}: {path!r}"
+        for (number, path, _), key in zip(rows, keys)
+        if not os.path.isfile(os.path.join(base, key))
+    ]
+    if missing:
+        raise DataError(f"{NAME}: {csv_path} names {len(missing)} images missing under {base}: {listing(missing)}")
+    return LabelledFiles(base, keys, labels, list(classes))
+
+
+def _labels_file(labels_file: str, root: str) -> str:
+    """``labels_file`` as given (``~`` expanded) if it is a file, else below ``root``; else a :class:`DataError`."""
+    given = str(as_path(labels_file))
+    for candidate in (given, os.path.join(root, given)):
+        if os.path.isfile(candidate):
+            return os.path.abspath(candidate)
+    raise DataError(f"{NAME}: data.labels_file {labels_file} does not exist (nor below {root})")
+
+
+def read_split(location: str, classes: list[str] | None = None) -> LabelledFiles:
+    """A test location: a CSV file (paths relative to its folder) or a folder in folder mode."""
+    if os.path.isfile(location):
+        return read_csv(location, os.path.dirname(os.path.abspath(location)), classes)
+    return read_folder(location, classes)
+
+
+# --------------------------------------------------------------------------------------------------------- loader
+
+
+@DATASETS.register("imagefolder")
+def load_imagefolder(
+    root: str | None,
+    download: bool,
+    *,
+    image_size: int = 224,
+    labels_file: str | None = None,
+    test_root: str | None = None,
+    on_bad_image: OnBadImage = "fail",
+) -> DatasetBundle:
+    """Load a user's images from ``root`` (folder mode, or CSV mode with ``labels_file``); see the module docstring.
+
+    ``download`` is ignored (there is nothing to fetch). Images come out as ``float32 (B, 3, s, s)`` with
+    ``s = image_size``; bad images fail the load or are skipped with one warning (``on_bad_image``).
+    """
+    check_options(NAME, image_size, on_bad_image)
+    if not root:
+        raise DataError(f"{NAME}: set data.root to the folder holding your images")
+    root = os.path.abspath(as_path(root))
+    require_dir(root, NAME)
+    # Folder mode already refused empty class folders; a classes.txt may list classes without rows.
+    train = read_csv(_labels_file(labels_file, root), root) if labels_file else read_folder(root)
+    if len(train.classes) < 2:
+        raise DataError(f"{NAME}: the data holds a single class {train.classes[0]!r}; at least 2 are needed")
+    require_all_classes(NAME, train.classes, train.labels, f" (remove them from {CLASSES_FILE} or add images)")
+
+    test = None
+    if test_root:
+        location = os.path.abspath(as_path(test_root))
+        if not os.path.exists(location):
+            raise DataError(f"{NAME}: data.test_root {location} does not exist")
+        test = read_split(location, train.classes)
+
+    # Every list is consistent: now check (or preload) the images themselves.
+    bad = BadImages(NAME)
+    train_source, train_labels, _ = build_source(
+        train.base, train.keys, train.labels, image_size=image_size, on_bad_image=on_bad_image, split="train", bad=bad
+    )
+    require_all_classes(NAME, train.classes, train_labels, " left after skipping unreadable images")
+    test_source = test_labels = None
+    if test is not None:
+        test_source, test_labels, _ = build_source(
+            test.base, test.keys, test.labels, image_size=image_size, on_bad_image=on_bad_image, split="test", bad=bad
+        )
+    bad.warn()
+    return DatasetBundle(
+        name=NAME,
+        family="generic",
+        classes=train.classes,
+        train=train_source,
+        train_labels=train_labels,
+        test=test_source,
+        test_labels=test_labels,
+        labels_are_clean=False,
+        default_model="small_cnn" if image_size <= SMALL_MODEL_MAX_SIDE else "resnet50",
+    )

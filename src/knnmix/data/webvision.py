@@ -1,0 +1,187 @@
+"""``webvision``: WebVision 1.0 (Li et al. 2017), web images of ImageNet's 1000 classes with real noisy labels.
+
+Layout below ``root`` (``data.root``, required; the resized release, downloaded by hand)::
+
+    info/train_filelist_google.txt   lines "google/q0001/00000001.jpg 0" (path below root, class 0..999)
+    info/val_filelist.txt            lines "val000001.JPEG 0" (images in val_images_256/)
+    info/synsets.txt                 optional: one line per class, first token the WordNet id (n01440764 ...)
+    google/q0001/00000001.jpg ...
+    val_images_256/val000001.JPEG ...
+
+Train = the Google images (the Flickr file list is not used) with their web labels (``labels_are_clean=False``);
+test = WebVision's validation images. ``data.first_classes=50`` gives mini-WebVision (the first 50 classes).
+ImageNet's validation images of the same classes are a second test set, ``extra_tests["imagenet"]``, when
+``data.test_root`` is given or ``<root>/imagenet_val`` exists: a folder in per-synset layout
+(``<dir>/n01440764/*.JPEG``), matched to WebVision's classes through ``info/synsets.txt``.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+
+import numpy as np
+
+from knnmix.data import DATASETS
+from knnmix.data._common import as_path
+from knnmix.data.base import DatasetBundle, ImageSource
+from knnmix.data.files import (
+    BadImages,
+    OnBadImage,
+    build_source,
+    check_options,
+    list_images,
+    listing,
+    parse_labels,
+    read_columns,
+    require_all_classes,
+    require_dir,
+    require_file,
+    require_listed,
+)
+from knnmix.errors import DataError
+
+NAME = "webvision"
+TRAIN_LIST = os.path.join("info", "train_filelist_google.txt")
+VAL_LIST = os.path.join("info", "val_filelist.txt")
+SYNSETS = os.path.join("info", "synsets.txt")
+VAL_DIR = "val_images_256"
+#: Default location of ImageNet's validation images (per-synset folders) below the root.
+IMAGENET_VAL_DIR = "imagenet_val"
+
+
+def read_synsets(path: str) -> list[str]:
+    """WordNet ids in class order: the first token of each non-blank line of ``synsets.txt`` (no duplicates)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            ids = [line.split()[0] for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{NAME}: cannot read {path}: {e}") from None
+    if not ids:
+        raise DataError(f"{NAME}: {path} lists no synsets")
+    seen: set[str] = set()
+    dups = []
+    for s in ids:
+        if s in seen:
+            dups.append(s)
+        seen.add(s)
+    if dups:
+        raise DataError(f"{NAME}: {path} lists {len(dups)} synsets twice: {listing(dups)}")
+    return ids
+
+
+def read_list(path: str, num_classes: int | None) -> tuple[list[str], np.ndarray, list[int]]:
+    """A ``<path> <label>`` file list: ``(paths, labels (N,), line numbers)``."""
+    rows = read_columns(path, NAME, 2, "'<image path> <label>'")
+    labels = parse_labels(rows, 1, path, NAME, num_classes)
+    return [tokens[0] for _, tokens in rows], labels, [n for n, _ in rows]
+
+
+def imagenet_split(directory: str, synsets: list[str]) -> tuple[list[str], np.ndarray]:
+    """ImageNet validation images of classes ``0 .. len(synsets)-1`` from ``directory/<synset>/``: ``(keys, labels)``.
+
+    Every class needs a folder with at least one image, else a :class:`DataError` lists the first missing synsets.
+    """
+    require_dir(directory, NAME, "ImageNet validation folder")
+    keys: list[str] = []
+    labels: list[int] = []
+    missing: list[str] = []
+    for c, synset in enumerate(synsets):
+        folder = os.path.join(directory, synset)
+        found = list_images(folder) if os.path.isdir(folder) else []
+        if not found:
+            missing.append(synset)
+        keys.extend(os.path.join(synset, f) for f in found)
+        labels.extend([c] * len(found))
+    if missing:
+        raise DataError(
+            f"{NAME}: the ImageNet validation folder {directory} has no images for {len(missing)} of the "
+            f"{len(synsets)} classes (expected {directory}/<synset>/*.JPEG): {listing(missing)}"
+        )
+    return keys, np.asarray(labels, dtype=np.int64)
+
+
+@DATASETS.register("webvision")
+def load_webvision(
+    root: str | None,
+    download: bool,
+    *,
+    image_size: int = 224,
+    test_root: str | None = None,
+    on_bad_image: OnBadImage = "fail",
+    first_classes: int | None = None,
+) -> DatasetBundle:
+    """Load WebVision 1.0 (or mini-WebVision with ``first_classes=50``) from ``root``; see the module docstring.
+
+    ``test_root``: ImageNet's validation folder (per-synset layout), default ``<root>/imagenet_val`` when it exists.
+    ``download`` is ignored (WebVision is downloaded by hand). Images are ``float32 (B, 3, s, s)``.
+    """
+    check_options(NAME, image_size, on_bad_image)
+    if not root:
+        raise DataError(f"{NAME}: set data.root to the WebVision folder (holding info/, google/ and val_images_256/)")
+    root = os.path.abspath(as_path(root))
+    require_dir(root, NAME)
+    hint = " (WebVision 1.0's info/ folder)"
+    train_list = require_file(os.path.join(root, TRAIN_LIST), NAME, hint)
+    val_list = require_file(os.path.join(root, VAL_LIST), NAME, hint)
+    synsets_file = os.path.join(root, SYNSETS)
+    synsets = read_synsets(synsets_file) if os.path.isfile(synsets_file) else None
+
+    total = len(synsets) if synsets is not None else None
+    train_keys, train_labels, train_lines = read_list(train_list, total)
+    val_names, val_labels, val_lines = read_list(val_list, total)
+    if total is None:
+        total = int(max(train_labels.max(initial=-1), val_labels.max(initial=-1))) + 1
+    if first_classes is not None and (
+        isinstance(first_classes, bool) or not isinstance(first_classes, int) or not 2 <= first_classes <= total
+    ):
+        raise DataError(f"{NAME}: data.first_classes must be an integer in 2..{total}, got {first_classes!r}")
+    k = total if first_classes is None else first_classes
+    classes = synsets[:k] if synsets is not None else [str(c) for c in range(k)]
+
+    def keep(keys: list[str], labels: np.ndarray, lines: list[int]) -> tuple[list[str], np.ndarray, list[int]]:
+        rows = np.flatnonzero(labels < k)
+        return [keys[i] for i in rows], labels[rows], [lines[i] for i in rows]
+
+    train_keys, train_labels, train_lines = keep(train_keys, train_labels, train_lines)
+    val_names, val_labels, val_lines = keep(val_names, val_labels, val_lines)
+    val_keys = [os.path.join(VAL_DIR, name) for name in val_names]
+    require_all_classes(NAME, classes, train_labels, f" in {train_list}")
+    require_listed(NAME, root, train_keys, train_list, train_lines)
+    require_listed(NAME, root, val_keys, val_list, val_lines)
+
+    imagenet_dir = os.path.abspath(as_path(test_root)) if test_root else os.path.join(root, IMAGENET_VAL_DIR)
+    if test_root and not os.path.exists(imagenet_dir):
+        raise DataError(f"{NAME}: data.test_root {imagenet_dir} does not exist")
+    use_imagenet = bool(test_root) or os.path.isdir(imagenet_dir)
+    imagenet: tuple[list[str], np.ndarray] | None = None
+    if use_imagenet:
+        if synsets is None:
+            raise DataError(
+                f"{NAME}: the ImageNet test set {imagenet_dir} needs {synsets_file} to map classes to synsets"
+            )
+        imagenet = imagenet_split(imagenet_dir, synsets[:k])
+
+    # Every list is consistent: now check (or preload) the images themselves.
+    bad = BadImages(NAME)
+    make = partial(build_source, image_size=image_size, on_bad_image=on_bad_image, bad=bad)
+    train, train_labels, _ = make(root, train_keys, train_labels, split="train")
+    require_all_classes(NAME, classes, train_labels, " left after skipping unreadable images")
+    test, test_labels, _ = make(root, val_keys, val_labels, split="test")
+    extra: dict[str, tuple[ImageSource, np.ndarray]] = {}
+    if imagenet is not None:
+        source, labels, _ = make(imagenet_dir, *imagenet, split="imagenet")
+        extra["imagenet"] = (source, labels)
+    bad.warn()
+    return DatasetBundle(
+        name=NAME,
+        family="generic",
+        classes=classes,
+        train=train,
+        train_labels=train_labels,
+        test=test,
+        test_labels=test_labels,
+        labels_are_clean=False,
+        default_model="resnet50",
+        extra_tests=extra,
+    )

@@ -1,0 +1,596 @@
+"""File-based data sets (imagefolder, clothing1m, webvision) on miniature trees of tiny PNG/JPEG files."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2 as transforms
+
+from knnmix.data import (
+    DATASETS,
+    DatasetBundle,
+    LabelledDataset,
+    TensorSource,
+    collate_batch,
+    dataset_options,
+    load_dataset,
+)
+from knnmix.data import files as files_module
+from knnmix.data.clothing1m import CLASSES as CLOTHING_CLASSES
+from knnmix.data.files import IMAGENET_MEAN, IMAGENET_STD, FileSource, ImageTransform, PreloadedSource
+from knnmix.errors import DataError
+
+_rng = np.random.default_rng(0)
+
+
+def write_image(path: Path, size: tuple[int, int] = (12, 10), colour: tuple[int, int, int] | None = None) -> Path:
+    """A small image (``size`` = width, height): random noise, or one uniform ``colour``; format from the suffix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w, h = size
+    if colour is None:
+        pixels = _rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    else:
+        pixels = np.broadcast_to(np.array(colour, dtype=np.uint8), (h, w, 3)).copy()
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def gradient_image(path: Path, size: tuple[int, int]) -> Path:
+    """An image whose every pixel differs from its neighbours (so any crop offset or flip shows)."""
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w]
+    pixels = np.stack([(x * 7) % 256, (y * 5) % 256, (x * y) % 256], axis=-1).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def as_tensor(image: str | Image.Image) -> torch.Tensor:
+    """An image file (or PIL image) as ``uint8 (3, H, W)`` RGB."""
+    img = Image.open(image).convert("RGB") if isinstance(image, str) else image
+    return torch.from_numpy(np.array(img)).permute(2, 0, 1)
+
+
+def unnormalise(x: torch.Tensor) -> torch.Tensor:
+    """Back to 0..255 pixel values (float), from an ImageNet-normalised ``(..., 3, H, W)`` batch."""
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255
+    return x * std + mean
+
+
+def path_of(source: object, row: int) -> str:
+    assert isinstance(source, FileSource | PreloadedSource)
+    return source.path(row)
+
+
+def labels_by_path(bundle_source: object, labels: np.ndarray) -> dict[str, int]:
+    assert isinstance(bundle_source, FileSource | PreloadedSource)
+    return {os.path.relpath(p, bundle_source.root): int(y) for p, y in zip(bundle_source.paths(), labels)}
+
+
+def one_line_error(excinfo: pytest.ExceptionInfo[DataError]) -> str:
+    msg = str(excinfo.value)
+    assert "\n" not in msg
+    return msg
+
+
+# -------------------------------------------------------------------------------------------------- registration
+
+
+def test_loaders_are_registered_with_the_options_they_use() -> None:
+    assert {"imagefolder", "clothing1m", "webvision"} <= set(DATASETS.names())
+    assert dataset_options("imagefolder") == {"image_size", "labels_file", "test_root", "on_bad_image"}
+    assert dataset_options("clothing1m") == {"image_size", "on_bad_image"}
+    assert dataset_options("webvision") == {"image_size", "test_root", "on_bad_image", "first_classes"}
+
+
+# ---------------------------------------------------------------------------------------- imagefolder: folder mode
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """root/{cat,dog,emu}/...: 3 + 2 + 2 images, one in a nested folder, plus files that must be ignored."""
+    root = tmp_path / "pets"
+    write_image(root / "cat" / "a.png", colour=(10, 20, 30))
+    write_image(root / "cat" / "b.PNG", colour=(40, 50, 60))
+    write_image(root / "cat" / "nested" / "deep" / "c.jpg")
+    write_image(root / "dog" / "d.png", colour=(70, 80, 90))
+    write_image(root / "dog" / "e.jpeg")
+    write_image(root / "emu" / "f.png", colour=(100, 110, 120))
+    write_image(root / "emu" / "g.bmp", colour=(130, 140, 150))
+    (root / "dog" / "notes.txt").write_text("not an image")
+    write_image(root / "dog" / ".hidden.png")
+    write_image(root / ".trash" / "x.png")
+    (root / "README").write_text("a file at the top is not a class")
+    return root
+
+
+def test_folder_mode_classes_labels_and_batches(folder: Path) -> None:
+    b = load_dataset("imagefolder", folder, False, image_size=16)
+    assert b.classes == ["cat", "dog", "emu"]
+    assert (b.name, b.family, b.labels_are_clean, b.default_model) == ("imagefolder", "generic", False, "small_cnn")
+    assert b.test is None and b.val is None
+    assert labels_by_path(b.train, b.train_labels) == {
+        "cat/a.png": 0, "cat/b.PNG": 0, "cat/nested/deep/c.jpg": 0,
+        "dog/d.png": 1, "dog/e.jpeg": 1, "emu/f.png": 2, "emu/g.bmp": 2,
+    }  # fmt: skip
+    assert b.train.shape == (3, 16, 16)
+    ds = LabelledDataset(b.train, np.arange(len(b.train)), b.train_labels, b.classes)
+    x, y, idx = ds.__getitems__([6, 0, 3])
+    assert x.shape == (3, 3, 16, 16) and x.dtype == torch.float32
+    assert y.tolist() == [2, 0, 1] and idx.tolist() == [6, 0, 3]
+    # Uniform images come back as their colour after normalisation is undone (PNG is lossless).
+    pixels = unnormalise(x)
+    for j, row in enumerate([6, 0, 3]):
+        colour = {0: (10, 20, 30), 3: (70, 80, 90), 6: (130, 140, 150)}[row]
+        assert torch.allclose(pixels[j], torch.tensor(colour, dtype=torch.float32).view(3, 1, 1), atol=1e-3)
+
+
+def test_large_images_get_resnet50_and_are_read_from_files(folder: Path) -> None:
+    b = load_dataset("imagefolder", folder, False, image_size=96)
+    assert b.default_model == "resnet50"
+    assert isinstance(b.train, FileSource) and not isinstance(b.train, TensorSource)
+    assert b.train.load(torch.tensor([0, 4]), augment=True).shape == (2, 3, 96, 96)
+
+
+def test_folder_mode_test_root_uses_the_training_classes(folder: Path, tmp_path: Path) -> None:
+    test = tmp_path / "test"
+    write_image(test / "emu" / "t1.png")
+    write_image(test / "cat" / "t2.png")
+    write_image(test / "emu" / "t3.png")
+    b = load_dataset("imagefolder", folder, False, image_size=16, test_root=str(test))
+    assert b.test is not None and b.test_labels is not None
+    assert labels_by_path(b.test, b.test_labels) == {"cat/t2.png": 0, "emu/t1.png": 2, "emu/t3.png": 2}
+
+    write_image(test / "cow" / "t4.png")
+    write_image(test / "yak" / "t5.png")
+    with pytest.raises(DataError) as e:
+        load_dataset("imagefolder", folder, False, image_size=16, test_root=str(test))
+    assert re.search(r"2 class folders under .*test are not training classes: 'cow', 'yak'", one_line_error(e))
+
+
+def test_folder_mode_structural_errors(tmp_path: Path, folder: Path) -> None:
+    with pytest.raises(DataError, match=r"data root .*nowhere does not exist"):
+        load_dataset("imagefolder", tmp_path / "nowhere", False, image_size=16)
+    flat = tmp_path / "flat"
+    write_image(flat / "a.png")
+    with pytest.raises(DataError, match=r"no class folders under .*flat"):
+        load_dataset("imagefolder", flat, False, image_size=16)
+    (folder / "yak").mkdir()
+    (folder / "zebu" / "sub").mkdir(parents=True)
+    (folder / "zebu" / "sub" / "readme.txt").write_text("x")
+    with pytest.raises(DataError) as e:
+        load_dataset("imagefolder", folder, False, image_size=16)
+    assert re.search(r"2 class folders under .*pets hold no images .*: 'yak', 'zebu'", one_line_error(e))
+    with pytest.raises(DataError, match=r"set data\.root"):
+        load_dataset("imagefolder", None, False)
+    with pytest.raises(DataError, match="on_bad_image must be 'fail' or 'skip'"):
+        load_dataset("imagefolder", folder, False, on_bad_image="ignore")
+
+
+def test_single_class_is_an_error(tmp_path: Path) -> None:
+    write_image(tmp_path / "only" / "a.png")
+    with pytest.raises(DataError, match="single class 'only'"):
+        load_dataset("imagefolder", tmp_path, False, image_size=16)
+
+
+# ------------------------------------------------------------------------------------------- imagefolder: CSV mode
+
+
+@pytest.fixture
+def flat(tmp_path: Path) -> Path:
+    """root/img/0.png .. 5.png, no class folders (CSV mode)."""
+    root = tmp_path / "flat"
+    for i in range(6):
+        write_image(root / "img" / f"{i}.png", colour=(i * 20, 0, 0))
+    return root
+
+
+def write_csv(path: Path, lines: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_csv_mode_with_class_names(flat: Path, tmp_path: Path) -> None:
+    csv = write_csv(
+        tmp_path / "meta" / "labels.csv",
+        ["path,label", "img/0.png,zebra", "img/1.png,ant", f"{flat / 'img' / '2.png'},zebra", "img/3.png, mole ",
+         "", "img/4.png,ant"],
+    )  # fmt: skip
+    b = load_dataset("imagefolder", flat, False, image_size=16, labels_file=str(csv))
+    assert b.classes == ["ant", "mole", "zebra"]  # sorted set of labels
+    assert b.train_labels.tolist() == [2, 0, 2, 1, 0]  # the CSV's row order
+    assert [os.path.basename(path_of(b.train, i)) for i in range(5)] == [f"{i}.png" for i in range(5)]
+    # pixel check: row 3 is img/3.png (red 60)
+    assert float(unnormalise(b.train.load(torch.tensor([3]), augment=False))[0, 0].mean()) == pytest.approx(
+        60, abs=1e-3
+    )
+
+
+def test_csv_mode_integer_labels_and_classes_txt(flat: Path) -> None:
+    write_csv(flat / "classes.txt", ["zebra", "ant", "", "mole"])  # order = class index; blank lines ignored
+    csv = write_csv(flat / "labels.csv", ["path,label", "img/0.png,2", "img/1.png,zebra", "img/2.png,0", "img/3.png,1"])
+    b = load_dataset("imagefolder", flat, False, image_size=16, labels_file="labels.csv")  # found below root
+    assert b.classes == ["zebra", "ant", "mole"]
+    assert b.train_labels.tolist() == [2, 0, 0, 1]
+    assert csv.exists()
+
+
+def test_csv_integer_labels_without_classes_txt_sort_numerically(flat: Path) -> None:
+    rows = ["path,label"] + [f"img/{i}.png,{lab}" for i, lab in enumerate([10, 2, 2, 10, 7])]
+    csv = write_csv(flat / "labels.csv", rows)
+    b = load_dataset("imagefolder", flat, False, image_size=16, labels_file=str(csv))
+    assert b.classes == ["2", "7", "10"]
+    assert b.train_labels.tolist() == [2, 0, 0, 2, 1]
+
+
+def test_csv_test_root(flat: Path, tmp_path: Path) -> None:
+    csv = write_csv(flat / "labels.csv", ["path,label", "img/0.png,a", "img/1.png,b", "img/2.png,a"])
+    test_dir = tmp_path / "held"
+    write_image(test_dir / "x.png")
+    write_image(test_dir / "y.png")
+    test_csv = write_csv(test_dir / "trusted.csv", ["path,label", "x.png,b", "y.png,0"])  # relative to the CSV
+    b = load_dataset("imagefolder", flat, False, image_size=16, labels_file=str(csv), test_root=str(test_csv))
+    assert b.test_labels is not None and b.test_labels.tolist() == [1, 0]
+    assert path_of(b.test, 0) == str(test_dir / "x.png")
+
+    write_csv(test_dir / "classes.txt", ["b", "a"])
+    with pytest.raises(DataError, match=r"classes.txt differs from the training class list"):
+        load_dataset("imagefolder", flat, False, image_size=16, labels_file=str(csv), test_root=str(test_csv))
+
+
+@pytest.mark.parametrize(
+    ("lines", "pattern"),
+    [
+        ([], r"labels.csv has no header \(empty file\), expected a first line 'path,label'"),
+        (["file,class", "img/0.png,a"], r"labels.csv has header 'file,class', expected a first line 'path,label'"),
+        (["path,label", "img/0.png,a", "img/1.png", "img/2.png,"],
+         r"2 rows without 2 fields and a non-empty path and label: line 3: 'img/1.png', line 4: 'img/2.png,'"),
+        (["path,label", "img/0.png,a", "img/9.png,b", "img/1.png,a", "gone.png,b"],
+         r"names 2 images missing under .*flat: line 3: 'img/9.png', line 5: 'gone.png'"),
+        (["path,label", "img/0.png,a", "img/1.png,b", "img/./0.png,b", "img/1.png,a"],
+         r"lists 2 paths more than once: line 4: 'img/./0.png' \(also line 2\), line 5: 'img/1.png' \(also line 3\)"),
+        (["path,label"], r"labels.csv lists no images"),
+    ],
+)  # fmt: skip
+def test_csv_errors_list_the_offending_lines(flat: Path, lines: list[str], pattern: str) -> None:
+    csv = write_csv(flat / "labels.csv", lines) if lines else flat / "labels.csv"
+    if not lines:
+        csv.write_text("")
+    with pytest.raises(DataError) as e:
+        load_dataset("imagefolder", flat, False, image_size=16, labels_file=str(csv))
+    assert re.search(pattern, one_line_error(e)), str(e.value)
+
+
+def test_csv_labels_absent_from_the_class_list(flat: Path) -> None:
+    write_csv(flat / "classes.txt", ["ant", "bee"])
+    csv = write_csv(flat / "labels.csv", ["path,label", "img/0.png,ant", "img/1.png,wasp", "img/2.png,2",
+                                         "img/3.png,-1", "img/4.png,1"])  # fmt: skip
+    with pytest.raises(DataError) as e:
+        load_dataset("imagefolder", flat, False, image_size=16, labels_file=str(csv))
+    msg = one_line_error(e)
+    assert "3 labels absent from the class list (2 classes from" in msg and "0..1" in msg
+    assert "line 3: 'wasp', line 4: '2', line 5: '-1'" in msg
+
+
+def test_csv_class_without_images_and_missing_labels_file(flat: Path) -> None:
+    write_csv(flat / "classes.txt", ["ant", "bee", "cow", "dog"])
+    csv = write_csv(flat / "labels.csv", ["path,label", "img/0.png,ant", "img/1.png,cow"])
+    with pytest.raises(DataError) as e:
+        load_dataset("imagefolder", flat, False, image_size=16, labels_file=str(csv))
+    assert "2 of 4 classes have no training images (remove them from classes.txt or add images): 'bee', 'dog'" in (
+        one_line_error(e)
+    )
+    with pytest.raises(DataError, match=r"data.labels_file nope.csv does not exist"):
+        load_dataset("imagefolder", flat, False, image_size=16, labels_file="nope.csv")
+
+
+# -------------------------------------------------------------------------------------------------- bad images
+
+
+def corrupt_files(root: Path) -> dict[str, Path]:
+    """A garbage file, a truncated PNG and a truncated JPEG, each in a class folder."""
+    garbage = root / "cat" / "garbage.png"
+    garbage.write_bytes(b"this is not an image at all")
+    png = write_image(root / "dog" / "trunc.png", size=(64, 64))
+    png.write_bytes(png.read_bytes()[:200])
+    jpg = write_image(root / "emu" / "trunc.jpg", size=(64, 64))
+    jpg.write_bytes(jpg.read_bytes()[: len(jpg.read_bytes()) // 2])
+    return {"garbage": garbage, "png": png, "jpg": jpg}
+
+
+@pytest.mark.parametrize("image_size", [16, 96])  # preload (decode) and file (scan) paths
+def test_bad_images_fail_listing_them(folder: Path, image_size: int) -> None:
+    bad = corrupt_files(folder)
+    with pytest.raises(DataError) as e:
+        load_dataset("imagefolder", folder, False, image_size=image_size)
+    msg = one_line_error(e)
+    assert "3 unreadable or corrupt train images" in msg and "data.on_bad_image=skip" in msg
+    for path in bad.values():
+        assert str(path) in msg
+
+
+@pytest.mark.parametrize("image_size", [16, 96])
+def test_bad_images_skipped_with_one_warning(
+    folder: Path, tmp_path: Path, image_size: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clean = load_dataset("imagefolder", folder, False, image_size=image_size)
+    bad = corrupt_files(folder)
+    test = tmp_path / "test"
+    write_image(test / "dog" / "ok.png")
+    (test / "dog" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    capsys.readouterr()
+    b = load_dataset("imagefolder", folder, False, image_size=image_size, on_bad_image="skip", test_root=str(test))
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("knnmix: warning: imagefolder: skipped 4 unreadable")
+    assert "(3 train, 1 test)" in err
+    for path in [*bad.values(), test / "dog" / "broken.jpg"]:
+        assert str(path) in err
+    # Exactly the good images remain, in the same order and with their labels: indices stay aligned.
+    assert labels_by_path(b.train, b.train_labels) == labels_by_path(clean.train, clean.train_labels)
+    assert b.test_labels is not None and b.test_labels.tolist() == [1]
+    assert torch.equal(
+        b.train.load(torch.arange(len(b.train)), augment=False),
+        clean.train.load(torch.arange(len(clean.train)), augment=False),
+    )
+
+
+def test_skipping_every_image_of_a_class_is_an_error(folder: Path) -> None:
+    for f in (folder / "dog").iterdir():
+        if f.is_file():
+            f.write_bytes(b"junk")
+    with pytest.raises(DataError, match=r"1 of 3 classes have no training images left after skipping .*: 'dog'"):
+        load_dataset("imagefolder", folder, False, image_size=16, on_bad_image="skip")
+
+
+def test_image_broken_after_the_scan_fails_naming_its_path(folder: Path) -> None:
+    b = load_dataset("imagefolder", folder, False, image_size=96)
+    assert isinstance(b.train, FileSource)
+    victim = Path(b.train.path(3))
+    victim.write_bytes(b"gone bad")
+    b.train.load(torch.tensor([0, 1]), augment=True)  # other rows still load
+    with pytest.raises(DataError, match=rf"cannot decode image {re.escape(str(victim))}: cannot identify image file"):
+        b.train.load(torch.tensor([0, 3]), augment=False)
+
+
+def test_file_source_loads_in_dataloader_workers(folder: Path) -> None:
+    b = load_dataset("imagefolder", folder, False, image_size=64)
+    ds = LabelledDataset(b.train, np.arange(len(b.train)), b.train_labels, b.classes)
+    batches = [[0, 1, 2], [3, 4, 5, 6]]
+    loader = DataLoader(ds, batch_sampler=batches, collate_fn=collate_batch, num_workers=1)  # type: ignore[arg-type]
+    xs, ys = zip(*[(x, y) for x, y, _ in loader])
+    assert torch.equal(torch.cat(xs), b.train.load(torch.arange(7), augment=False))  # the source pickles
+    assert torch.cat(ys).tolist() == b.train_labels.tolist()
+
+
+# ------------------------------------------------------------------------------------------------- transforms
+
+
+def test_preloaded_and_file_decoding_paths_agree(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pre = load_dataset("imagefolder", folder, False, image_size=24)
+    monkeypatch.setattr(files_module, "PRELOAD_MAX_BYTES", 0)
+    disk = load_dataset("imagefolder", folder, False, image_size=24)
+    assert isinstance(pre.train, PreloadedSource) and isinstance(pre.train, TensorSource)
+    assert isinstance(disk.train, FileSource)
+    assert pre.train.augment == ImageTransform(24).augment  # crop_padding = 24 // 8 = 3, flip
+    rows = torch.tensor([6, 0, 2, 3, 2])
+    assert torch.equal(pre.train.load(rows, augment=False), disk.train.load(rows, augment=False))
+    torch.manual_seed(5)
+    a = pre.train.load(rows, augment=True)
+    torch.manual_seed(5)
+    b = disk.train.load(rows, augment=True)
+    assert torch.equal(a, b)  # same augmentation, same draws from torch's global generator
+
+
+def test_large_image_transform_matches_torchvision_and_is_random_only_in_training(tmp_path: Path) -> None:
+    s = 64
+    for i in range(4):
+        gradient_image(tmp_path / "root" / f"c{i % 2}" / f"{i}.png", (100 + 10 * i, 80))
+    b = load_dataset("imagefolder", tmp_path / "root", False, image_size=s)
+    src = b.train
+    assert isinstance(src, FileSource)
+    rows = torch.arange(4)
+    ev1 = src.load(rows, augment=False)
+    assert ev1.shape == (4, 3, s, s)
+    assert torch.equal(ev1, src.load(rows, augment=False))  # eval is deterministic
+    resize = round(s * 256 / 224)  # 73
+    reference = transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(s)])
+    for i in range(4):
+        ours = src.load_uint8(torch.tensor([i]), augment=False)[0]
+        assert torch.equal(ours, reference(as_tensor(src.path(i))))  # torchvision's transform of uint8 tensors
+        pil = reference(Image.open(src.path(i)).convert("RGB"))  # ... and of PIL images, to one grey level
+        assert (ours.int() - as_tensor(pil).int()).abs().max() <= 1
+
+    def train_batch(seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        return src.load(rows, augment=True)
+
+    assert torch.equal(train_batch(1), train_batch(1))
+    assert not torch.equal(train_batch(1), train_batch(2))
+    assert train_batch(3).shape == (4, 3, s, s)
+    # a training view is a crop (possibly flipped) of the resized image, not the centre crop every time
+    assert any(not torch.equal(train_batch(seed), ev1) for seed in range(3))
+
+
+def test_every_pixel_format_becomes_rgb(tmp_path: Path) -> None:
+    grey = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    Image.fromarray((grey.astype(np.uint16) << 8) | 0xFF).save(tmp_path / "grey16.png")  # mode I;16
+    Image.fromarray(np.dstack([grey, grey, grey, np.zeros_like(grey)])).save(tmp_path / "rgba.png")
+    t = ImageTransform(8)
+    for name in ("grey.png", "grey16.png", "rgba.png"):
+        x = t.decode(str(tmp_path / name))
+        assert x.shape == (3, 8, 8) and torch.equal(x[0], torch.from_numpy(grey)) and torch.equal(x[0], x[2]), name
+
+
+def test_small_image_transform_resizes_then_pads_and_crops(tmp_path: Path) -> None:
+    t = ImageTransform(16)
+    path = str(gradient_image(tmp_path / "g.png", (40, 20)))
+    img = t.decode(path)
+    assert torch.equal(img, transforms.Compose([transforms.Resize(16), transforms.CenterCrop(16)])(as_tensor(path)))
+    batch = img.expand(8, -1, -1, -1)
+    torch.manual_seed(0)
+    a = t.augment_batch(batch)
+    torch.manual_seed(1)
+    b = t.augment_batch(batch)
+    assert a.shape == (8, 3, 16, 16) and not torch.equal(a, b)
+    assert (a == 0).any()  # zero padding shows up in some crops
+
+
+# ---------------------------------------------------------------------------------------------------- clothing1m
+
+
+def build_clothing(root: Path) -> dict[str, dict[str, int]]:
+    """A miniature Clothing1M: 28 noisy-train images (2 per class), 3 clean val, 2 clean test images."""
+    keys = {f"images/{i % 3}/{i:02d}/{i:04d}.jpg": i for i in range(33)}
+    for key in keys:
+        write_image(root / key, size=(10, 8))
+    names = list(keys)
+    train, val, test = names[:28], names[28:31], names[31:]
+    noisy = {k: keys[k] % 14 for k in train} | {k: 13 for k in val}  # val images have noisy labels too
+    clean = {k: (keys[k] * 5) % 14 for k in val + test} | {train[0]: 9}
+    ann = root / "annotations"
+    ann.mkdir(parents=True)
+    (ann / "noisy_label_kv.txt").write_text("".join(f"{k} {v}\n" for k, v in noisy.items()))
+    (ann / "clean_label_kv.txt").write_text("".join(f"{k} {v}\n" for k, v in clean.items()))
+    (ann / "noisy_train_key_list.txt").write_text("\n".join(train) + "\n")
+    (ann / "clean_val_key_list.txt").write_text("\n".join(val) + "\n")
+    (ann / "clean_test_key_list.txt").write_text("\n".join(test) + "\n")
+    return {"noisy": noisy, "clean": clean, "train": dict.fromkeys(train, 0), "val": dict.fromkeys(val, 0),
+            "test": dict.fromkeys(test, 0)}  # fmt: skip
+
+
+def test_clothing1m_splits_and_labels(tmp_path: Path) -> None:
+    info = build_clothing(tmp_path)
+    b = load_dataset("clothing1m", tmp_path, False, image_size=16)
+    assert b.classes == CLOTHING_CLASSES and len(b.classes) == 14 and b.classes[0] == "T-Shirt"
+    assert (b.labels_are_clean, b.default_model, b.family) == (False, "resnet50", "generic")
+    assert (len(b.train), len(b.val or []), len(b.test or [])) == (28, 3, 2)
+    assert labels_by_path(b.train, b.train_labels) == {k: info["noisy"][k] for k in info["train"]}
+    assert b.val_labels is not None and b.test_labels is not None
+    assert labels_by_path(b.val, b.val_labels) == {k: info["clean"][k] for k in info["val"]}  # clean, not noisy 13
+    assert labels_by_path(b.test, b.test_labels) == {k: info["clean"][k] for k in info["test"]}
+    assert b.train.load(torch.arange(3), augment=True).shape == (3, 3, 16, 16)
+
+
+def test_clothing1m_errors(tmp_path: Path) -> None:
+    build_clothing(tmp_path)
+    ann = tmp_path / "annotations"
+    val_list = (ann / "clean_val_key_list.txt").read_text()
+    (ann / "clean_val_key_list.txt").write_text(val_list + "images/9/99/nope.jpg\nimages/9/99/nada.jpg\n")
+    with pytest.raises(DataError) as e:
+        load_dataset("clothing1m", tmp_path, False, image_size=16)
+    assert re.search(r"2 keys of .*clean_val_key_list.txt are missing from .*clean_label_kv.txt: "
+                     r"line 4: images/9/99/nope.jpg, line 5: images/9/99/nada.jpg", one_line_error(e))  # fmt: skip
+    (ann / "clean_val_key_list.txt").write_text(val_list)
+    os.remove(tmp_path / "images/0/00/0000.jpg")
+    with pytest.raises(DataError, match=r"1 images named in .*noisy_train_key_list.txt do not exist .*0000.jpg"):
+        load_dataset("clothing1m", tmp_path, False, image_size=16)
+    (ann / "noisy_label_kv.txt").write_text("images/0/00/0000.jpg 14\nbroken line with tokens\n")
+    with pytest.raises(DataError, match=r"noisy_label_kv.txt has 1 malformed lines.*line 2"):
+        load_dataset("clothing1m", tmp_path, False, image_size=16)
+    (ann / "noisy_label_kv.txt").write_text("images/0/00/0000.jpg 14\n")
+    with pytest.raises(DataError, match=r"noisy_label_kv.txt has 1 labels outside 0..13: line 1: '14'"):
+        load_dataset("clothing1m", tmp_path, False, image_size=16)
+    os.remove(ann / "clean_test_key_list.txt")
+    with pytest.raises(DataError, match=r"expected file .*annotations/clean_test_key_list.txt is missing"):
+        load_dataset("clothing1m", tmp_path, False, image_size=16)
+
+
+# ----------------------------------------------------------------------------------------------------- webvision
+
+SYNSETS = ["n01440764", "n01443537", "n01484850", "n01491361"]
+
+
+def build_webvision(root: Path, *, synsets: bool = True) -> None:
+    """A miniature WebVision: 4 classes, 2 Google images each (plus 1 extra in class 3), 1 val image each."""
+    info = root / "info"
+    info.mkdir(parents=True)
+    train = []
+    for c in range(4):
+        for j in range(3 if c == 3 else 2):
+            key = f"google/q{c + 1:04d}/{j:08d}.jpg"
+            write_image(root / key, size=(12, 9))
+            train.append(f"{key} {c}")
+    (info / "train_filelist_google.txt").write_text("\n".join(train) + "\n")
+    val = []
+    for c in range(4):
+        name = f"val{c + 1:06d}.JPEG"
+        write_image(root / "val_images_256" / name)
+        val.append(f"{name} {3 - c}")
+    (info / "val_filelist.txt").write_text("\n".join(val) + "\n")
+    if synsets:
+        (info / "synsets.txt").write_text("".join(f"{s} some description, {i}\n" for i, s in enumerate(SYNSETS)))
+
+
+def test_webvision_all_classes_and_val_as_test(tmp_path: Path) -> None:
+    build_webvision(tmp_path)
+    b = load_dataset("webvision", tmp_path, False, image_size=16)
+    assert b.classes == SYNSETS
+    assert (b.labels_are_clean, b.default_model) == (False, "resnet50")
+    assert len(b.train) == 9 and b.train_labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 3]
+    assert path_of(b.train, 4) == str(tmp_path / "google/q0003/00000000.jpg")
+    assert b.test_labels is not None and labels_by_path(b.test, b.test_labels) == {
+        f"val_images_256/val{c + 1:06d}.JPEG": 3 - c for c in range(4)
+    }
+    assert b.extra_tests == {}
+
+
+def test_webvision_first_classes_and_imagenet_extra_test(tmp_path: Path) -> None:
+    build_webvision(tmp_path)
+    imagenet = tmp_path / "imagenet_val"
+    for s in SYNSETS[::-1]:  # folder order must not matter: classes follow synsets.txt
+        write_image(imagenet / s / f"ILSVRC2012_val_{s}.JPEG")
+    write_image(imagenet / SYNSETS[1] / "second.JPEG")
+    b = load_dataset("webvision", tmp_path, False, image_size=16, first_classes=2)
+    assert b.classes == SYNSETS[:2]
+    assert b.train_labels.tolist() == [0, 0, 1, 1]
+    assert b.test_labels is not None and sorted(b.test_labels.tolist()) == [0, 1]  # val images of classes 3 - c < 2
+    source, labels = b.extra_tests["imagenet"]
+    assert labels_by_path(source, labels) == {
+        f"{SYNSETS[0]}/ILSVRC2012_val_{SYNSETS[0]}.JPEG": 0,
+        f"{SYNSETS[1]}/ILSVRC2012_val_{SYNSETS[1]}.JPEG": 1,
+        f"{SYNSETS[1]}/second.JPEG": 1,
+    }
+    # the same through an explicit test_root, and an ImageNet folder lacking some classes is an error
+    other = tmp_path / "elsewhere"
+    write_image(other / SYNSETS[0] / "a.JPEG")
+    with pytest.raises(DataError) as e:
+        load_dataset("webvision", tmp_path, False, image_size=16, first_classes=3, test_root=str(other))
+    assert re.search(r"has no images for 2 of the 3 classes .*: n01443537, n01484850", one_line_error(e))
+    write_image(other / SYNSETS[1] / "b.JPEG")
+    b2 = load_dataset("webvision", tmp_path, False, image_size=16, first_classes=2, test_root=str(other))
+    assert b2.extra_tests["imagenet"][1].tolist() == [0, 1]
+
+
+def test_webvision_errors(tmp_path: Path) -> None:
+    build_webvision(tmp_path, synsets=False)
+    b = load_dataset("webvision", tmp_path, False, image_size=16)
+    assert b.classes == ["0", "1", "2", "3"]
+    (tmp_path / "imagenet_val" / "n01440764").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"needs .*info/synsets.txt to map classes"):
+        load_dataset("webvision", tmp_path, False, image_size=16)
+    with pytest.raises(DataError, match=r"first_classes must be an integer in 2..4, got 5"):
+        load_dataset("webvision", tmp_path, False, image_size=16, first_classes=5)
+    os.remove(tmp_path / "google/q0002/00000001.jpg")
+    with pytest.raises(DataError, match=r"1 images named in .*train_filelist_google.txt do not exist .*line 4: "):
+        load_dataset("webvision", tmp_path, False, image_size=16)
+    os.remove(tmp_path / "info" / "val_filelist.txt")
+    with pytest.raises(DataError, match=r"expected file .*info/val_filelist.txt is missing"):
+        load_dataset("webvision", tmp_path, False, image_size=16)
+
+
+def test_bundles_satisfy_the_contract(tmp_path: Path) -> None:
+    build_webvision(tmp_path)
+    b = load_dataset("webvision", tmp_path, False, image_size=16)
+    assert isinstance(b, DatasetBundle) and b.train_labels.dtype == np.int64
+    loaded = b.train.load(torch.arange(len(b.train)), augment=True)
+    assert loaded.dtype == torch.float32 and loaded.shape == (9, 3, 16, 16)
