@@ -1,0 +1,64 @@
+"""Networks that return ``(logits, features)``, by name.
+
+Every network built here has an ``int`` attribute ``feature_dim`` and a ``forward(x)`` returning
+``(logits (B, num_classes), features (B, feature_dim))``, where ``features`` is the penultimate representation
+(after global pooling, before the final linear layer) and ``logits == model.head(features)``.
+
+========================  ===========  =================================================================
+name                      feature_dim  meant for
+========================  ===========  =================================================================
+``small_cnn``             64           8x8 digits, 28x28 Fashion-MNIST, 32x32 colour; fast on a CPU
+``preact_resnet18``       512          CIFAR-size images (DivideMix's PreResNet18), ~11.2M parameters
+``preact_resnet34``       512          CIFAR-size images (Lu & He's ResNet34), ~21.3M parameters
+``resnet50``              2048         large images (224x224), torchvision layout (ImageNet weights load)
+========================  ===========  =================================================================
+"""
+
+from __future__ import annotations
+
+import os
+
+from torch import nn
+
+from knnmix.models.base import MODELS, Backbone, ModelFactory, count_parameters
+from knnmix.models.preact_resnet import PreActResNet
+from knnmix.models.pretrained import load_pretrained, read_state_dict
+from knnmix.models.resnet import ResNet50
+from knnmix.models.small_cnn import SmallCNN
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    *,
+    pretrained: str | os.PathLike[str] | None = None,
+) -> nn.Module:
+    """Build the registered network ``name`` for ``num_classes`` classes and ``in_channels x image_size^2`` inputs.
+
+    ``pretrained`` is an optional path to a local weights file (a state dict saved with ``torch.save``, or a
+    checkpoint holding one under ``"state_dict"`` or ``"model"``); it is loaded strictly except for a
+    classification head of another shape, which stays freshly initialised. Nothing is downloaded.
+
+    Raises :class:`~knnmix.errors.KnnmixError` for an unknown name, an out-of-range size, a missing file or
+    weights that do not fit.
+    """
+    model = MODELS.get(name)(num_classes, in_channels, image_size)
+    if pretrained is not None:
+        load_pretrained(model, pretrained, name=name)
+    return model
+
+
+__all__ = [
+    "MODELS",
+    "Backbone",
+    "ModelFactory",
+    "PreActResNet",
+    "ResNet50",
+    "SmallCNN",
+    "build_model",
+    "count_parameters",
+    "load_pretrained",
+    "read_state_dict",
+]

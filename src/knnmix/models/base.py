@@ -1,0 +1,89 @@
+"""The contract every network follows, the model registry and shared argument checks.
+
+A network returns ``(logits, features)`` from ``forward``: ``features`` ``(B, feature_dim)`` is the penultimate
+representation (after global pooling, before the classification head) in which the method looks for nearest
+neighbours, and ``logits`` ``(B, num_classes)`` is ``head(features)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+from torch import Tensor, nn
+
+from knnmix.errors import KnnmixError
+from knnmix.registry import Registry
+
+#: A model factory: ``factory(num_classes, in_channels, image_size) -> network``.
+ModelFactory = Callable[[int, int, int], nn.Module]
+
+#: Registered networks by name.
+MODELS: Registry[ModelFactory] = Registry("model")
+
+
+class Backbone(nn.Module):
+    """Base class of the networks: a feature extractor followed by one linear classification head.
+
+    Subclasses set :attr:`feature_dim`, create their head as the attribute named by :attr:`head_name`
+    (an ``nn.Linear(feature_dim, num_classes)``) and implement :meth:`forward_features`.
+    """
+
+    #: Name of the attribute holding the classification head; also the prefix of its state_dict keys.
+    head_name: ClassVar[str] = "fc"
+    #: Width of the penultimate features.
+    feature_dim: int
+    #: Number of classes the head predicts.
+    num_classes: int
+
+    @property
+    def head(self) -> nn.Linear:
+        """The final linear layer, mapping features ``(B, feature_dim)`` to logits ``(B, num_classes)``."""
+        head = getattr(self, self.head_name)
+        assert isinstance(head, nn.Linear)
+        return head
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Penultimate features ``(B, feature_dim)`` of images ``(B, C, H, W)``."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Return ``(logits (B, num_classes), features (B, feature_dim))``."""
+        features = self.forward_features(x)
+        return self.head(features), features
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_dims(model: str, num_classes: int, in_channels: int, image_size: int, *, min_size: int) -> None:
+    """Raise a one-line :class:`KnnmixError` naming the first bad argument of network ``model``."""
+    if not _is_int(num_classes) or num_classes < 2:
+        raise KnnmixError(f"model {model!r}: num_classes must be an integer >= 2, got {num_classes!r}")
+    if not _is_int(in_channels) or in_channels < 1:
+        raise KnnmixError(f"model {model!r}: in_channels must be an integer >= 1, got {in_channels!r}")
+    if not _is_int(image_size) or image_size < min_size:
+        raise KnnmixError(
+            f"model {model!r}: image_size must be an integer >= {min_size} for this network, got {image_size!r}"
+        )
+
+
+def init_conv_bn(module: nn.Module) -> None:
+    """He (fan-out) initialisation for convolutions; BatchNorm to identity. Linear layers keep PyTorch's default."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+__all__ = ["MODELS", "Backbone", "ModelFactory", "check_dims", "count_parameters", "init_conv_bn"]

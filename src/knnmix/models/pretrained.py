@@ -1,0 +1,107 @@
+"""Loading local pretrained weights into a network, strictly except for the classification head.
+
+Nothing is ever downloaded: the caller gives the path of a file written by ``torch.save``, holding either a
+state dict or a checkpoint dict with the state dict under ``"state_dict"`` or ``"model"``. A ``"module."``
+prefix (DataParallel / DistributedDataParallel) and an ``"_orig_mod."`` prefix (``torch.compile``) are stripped.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from knnmix.errors import KnnmixError
+
+#: Keys under which checkpoints commonly nest their state dict, tried in order.
+CHECKPOINT_KEYS = ("state_dict", "model")
+#: Prefixes stripped from every key, repeatedly, in any order.
+STRIP_PREFIXES = ("module.", "_orig_mod.")
+#: How many offending keys an error message lists.
+MAX_LISTED = 5
+
+
+def _listing(items: list[str]) -> str:
+    more = f", ... ({len(items)} in all)" if len(items) > MAX_LISTED else ""
+    return ", ".join(items[:MAX_LISTED]) + more
+
+
+def _strip(key: str) -> str:
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in STRIP_PREFIXES:
+            if key.startswith(prefix):
+                key, stripped = key[len(prefix) :], True
+    return key
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """Read a tensor state dict from ``path`` (unwrapping checkpoints, stripping prefixes) without unpickling code."""
+    file = Path(path)
+    if not file.is_file():
+        raise KnnmixError(f"pretrained weights file not found: {str(path)!r}")
+    try:
+        obj = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's error
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise KnnmixError(f"cannot read pretrained weights {str(path)!r}: {reason}") from None
+    if isinstance(obj, Mapping):
+        for key in CHECKPOINT_KEYS:
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise KnnmixError(f"pretrained weights {str(path)!r} hold no state dict (got {type(obj).__name__})")
+    state: dict[str, Tensor] = {}
+    for key, value in obj.items():
+        if not isinstance(key, str) or not isinstance(value, Tensor):
+            raise KnnmixError(
+                f"pretrained weights {str(path)!r} are not a state dict: entry {key!r} is a {type(value).__name__}"
+            )
+        state[_strip(key)] = value
+    return state
+
+
+def load_pretrained(model: nn.Module, path: str | os.PathLike[str], *, name: str | None = None) -> nn.Module:
+    """Copy the weights in ``path`` into ``model`` (called ``name`` in error messages) and return it.
+
+    Every parameter and buffer must match by name and shape, except the classification head (the module named
+    by ``model.head_name``), which is left as initialised when the file's head has another shape (e.g. 1000
+    ImageNet classes) or is absent. BatchNorm ``num_batches_tracked`` counters absent from old files are
+    tolerated. Anything else missing, unexpected or mis-shaped is a :class:`KnnmixError` listing the first few.
+    """
+    state = read_state_dict(path)
+    own = model.state_dict()
+    head_name: str | None = getattr(model, "head_name", None)
+    head_keys = {k for k in own if k.startswith(f"{head_name}.")} if head_name else set()
+    head_fits = all(k in state and state[k].shape == own[k].shape for k in head_keys)
+
+    to_load: dict[str, Tensor] = {}
+    missing: list[str] = []
+    mismatched: list[str] = []
+    for key, tensor in own.items():
+        if key in head_keys and not head_fits:
+            continue
+        if key not in state:
+            if not key.endswith("num_batches_tracked"):
+                missing.append(key)
+        elif state[key].shape != tensor.shape:
+            mismatched.append(f"{key} (file {tuple(state[key].shape)}, model {tuple(tensor.shape)})")
+        else:
+            to_load[key] = state[key]
+    unexpected = [k for k in state if k not in own]
+
+    if missing or unexpected or mismatched:
+        problems = [
+            f"{label}: {_listing(keys)}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched))
+            if keys
+        ]
+        model_name = name or type(model).__name__
+        raise KnnmixError(f"pretrained weights {str(path)!r} do not fit model {model_name!r}; " + "; ".join(problems))
+    model.load_state_dict(to_load, strict=False)
+    return model
