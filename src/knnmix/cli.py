@@ -1,0 +1,178 @@
+"""The ``knnmix`` command line: one thin layer over the engine (and, for ``--workers``/sweeps, over Ray)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from knnmix import config as C
+from knnmix.errors import KnnmixError
+
+PRESETS = Path(__file__).parent / "presets"
+
+
+def preset_path(name_or_path: str) -> Path:
+    """A config file path, or the name of an embedded preset (``knnmix config --presets`` lists them)."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    preset = PRESETS / f"{name_or_path}.yaml"
+    if preset.exists():
+        return preset
+    names = ", ".join(sorted(x.stem for x in PRESETS.glob("*.yaml")))
+    raise KnnmixError(f"config {name_or_path!r} is neither a file nor an embedded preset ({names})")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file, or an embedded preset name (digits, fashion-mnist, ...)")
+    p.add_argument("--dataset", help="shorthand for --set data.name=NAME")
+    p.add_argument("--noise", help="shorthand for --set noise.spec=SPEC (e.g. symmetric:0.4, cifar10n:worse)")
+    p.add_argument("--method", help="shorthand for --set method.name=NAME (ce, mixup, selc, knnmix)")
+    p.add_argument("--epochs", type=int, help="shorthand for --set epochs=N")
+    p.add_argument("--seed", type=int, help="shorthand for --set seed=S")
+    p.add_argument("--out", help="shorthand for --set out=DIR (the run folder)")
+    p.add_argument("--workers", type=int, help="shorthand for --set distributed.workers=N (Ray Train workers)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override any config key, e.g. --set method.k=5 (repeatable)",
+    )
+
+
+def load_config(args: argparse.Namespace) -> C.Config:
+    path = preset_path(args.config) if args.config else None
+    return C.load(
+        path,
+        args.overrides,
+        **{
+            "data.name": args.dataset,
+            "noise.spec": args.noise,
+            "method.name": args.method,
+            "epochs": args.epochs,
+            "seed": args.seed,
+            "out": args.out,
+            "distributed.workers": getattr(args, "workers", None),
+        },
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if args.resume:
+        saved = Path(args.out or C.Config().out) / "config.yaml"
+        if saved.exists() and not args.config:
+            args.config = str(saved)
+    cfg = load_config(args)
+    summary = run_training(cfg, resume=args.resume)
+    print(json.dumps({"final": summary["final"], "best_val": summary["best_val"]}))
+    return 0
+
+
+def run_training(cfg: C.Config, *, resume: bool = False) -> dict[str, Any]:
+    """Single process, or Ray Train when ``distributed.workers > 0``."""
+    if cfg.distributed.workers > 0:
+        from knnmix.scale.train import train_distributed
+
+        return train_distributed(cfg, resume=resume)
+    from knnmix.engine.loop import train
+
+    return train(cfg, resume=resume)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Train several methods on the same data, noise, network, epochs and seed; print their accuracies."""
+    base = load_config(args)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise KnnmixError("--methods needs at least one method name")
+    configs = [C.replace(base, **{"method.name": m, "out": str(Path(base.out) / m)}) for m in methods]
+    results = []
+    for cfg in configs:
+        print(f"\n=== {cfg.method.name} ===", flush=True)
+        results.append(run_training(cfg, resume=args.resume))
+    print()
+    print(comparison_table(results))
+    return 0
+
+
+def comparison_table(summaries: Sequence[dict[str, Any]]) -> str:
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.2f}"
+
+    head = "| method | last-epoch test acc (%) | val-selected test acc (%) | best val acc (%) | epoch time (s) |"
+    lines = [head, "|---|---|---|---|---|"]
+    for s in summaries:
+        lines.append(
+            f"| {s['method']} | {pct(s['final']['test_acc'])} | {pct(s['best_val']['test_acc'])} | "
+            f"{pct(s['best_val']['val_acc'])} | {s['epoch_time_s']:.2f} |"
+        )
+    first = summaries[0]
+    lines.append(
+        f"\n{first['dataset']}, noise {first['noise']} (measured {100 * first['noise_rate']:.2f}%), "
+        f"{first['model']}, {first['epochs']} epochs, seed {first['seed']}, commit {first['commit'][:12]}"
+    )
+    return "\n".join(lines)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.doc:
+        print(config_doc())
+        return 0
+    if args.presets:
+        for p in sorted(PRESETS.glob("*.yaml")):
+            print(p.stem)
+        return 0
+    print(C.to_yaml(load_config(args)), end="")
+    return 0
+
+
+def config_doc() -> str:
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, tp, default, doc in C.field_docs():
+        lines.append(f"| `{key}` | {tp} | `{default}` | {doc} |")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="knnmix",
+        description="Train image classifiers on noisy labels with clean-weighted nearest-neighbour mixing.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one run into its run folder")
+    _add_run_options(p)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("compare", help="train several methods on identical settings and print a table")
+    _add_run_options(p)
+    p.add_argument("--methods", default="ce,knnmix", help="comma-separated methods (default: ce,knnmix)")
+    p.add_argument("--resume", action="store_true", help="continue each method's run from its checkpoint")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("config", help="print the resolved config, its documentation, or the presets")
+    _add_run_options(p)
+    p.add_argument("--doc", action="store_true", help="print every config key with its type, default and meaning")
+    p.add_argument("--presets", action="store_true", help="list the embedded presets")
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KnnmixError as exc:
+        print(f"knnmix: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("knnmix: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

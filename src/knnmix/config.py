@@ -1,0 +1,400 @@
+"""The one typed, validated, serialisable run configuration.
+
+A :class:`Config` is built from defaults, an optional YAML file, CLI shorthands and ``--set key=value`` overrides
+(in that order). Unknown keys, wrong types and out-of-range values are :class:`~knnmix.errors.ConfigError`s
+naming the dotted key, raised before anything is loaded or trained. The resolved config is written into every run
+folder and checkpoint and logged to MLflow as flat ``section.key`` parameters.
+
+Every field documents its unit and meaning in the comment beside it; ``docs/config.md`` is generated from them
+(``knnmix config --doc``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from knnmix.errors import ConfigError, KnnmixError
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"  # registered dataset: digits, fashion-mnist, cifar10, cifar100, ...
+    root: str | None = None  # data folder; null = the dataset's default location
+    download: bool = False  # fetch the data with torchvision if missing (needs internet)
+    val_fraction: float = 0.1  # fraction of the (noisy) training set held out as the noisy validation split, in [0, 0.5]
+    split_seed: int = 0  # seed of the validation split (fixed across runs so that runs compare on the same split)
+    train_subset: int | None = None  # use a seeded subset of this many training images (before the split); null = all
+    augment: bool = True  # train-time augmentation (the dataset's random crop / flip)
+    num_workers: int = 0  # DataLoader worker processes per training process (0 = load in the training process)
+    epoch_samples: int | None = None  # images drawn per epoch, class-balanced on the given labels (Clothing1M: 64000); null = all
+    image_size: int = 224  # side (pixels) of the square images that file-based datasets produce (imagefolder, clothing1m, webvision)
+    labels_file: str | None = None  # imagefolder: CSV with path,label columns (paths relative to root); null = one sub-folder per class
+    test_root: str | None = None  # imagefolder: a second folder (or CSV) with trusted labels, reported as the test split; null = none
+    on_bad_image: Literal["fail", "skip"] = "fail"  # unreadable or corrupt images: fail listing them, or skip them with a warning
+    first_classes: int | None = None  # keep only the first N classes (mini-WebVision: 50); null = all
+
+
+@dataclass
+class NoiseConfig:
+    spec: str = "symmetric:0.4"  # label noise: none | symmetric:r | asymmetric:r | pairflip:r | instance:r | cifar10n:VARIANT | cifar100n:noisy
+    seed: int | None = None  # seed of the synthetic noise; null = the run's seed
+    symmetric_convention: Literal["other", "any"] = "other"  # symmetric flips go to another class (other) or are redrawn among all classes (any, DivideMix)
+    cifar_n_dir: str | None = None  # folder with CIFAR-10_human.pt / CIFAR-100_human.pt (cifar10n / cifar100n noise)
+    instance_std: float = 0.1  # std of per-sample flip rates of instance-dependent noise (Xia et al. 2020)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "auto"  # registered network (small_cnn, preact_resnet18, preact_resnet34, resnet50); auto = the dataset's default
+    pretrained: str | None = None  # local weights file to start from (no download at run time); null = random init
+
+
+@dataclass
+class OptimConfig:
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # optimiser
+    lr: float = 0.05  # peak learning rate for the global batch
+    momentum: float = 0.9  # SGD momentum (sgd only)
+    nesterov: bool = False  # Nesterov momentum (sgd only)
+    weight_decay: float = 5e-4  # L2 weight decay (decoupled for adamw)
+    schedule: Literal["cosine", "cosine_restarts", "constant"] = "cosine"  # learning-rate schedule over epochs
+    restart_period: int = 10  # epochs per cycle of cosine_restarts (the authors: 10)
+    min_lr: float = 0.0  # lowest learning rate of the cosine schedules
+    batch_size: int = 128  # global training batch (split evenly across workers)
+    eval_batch_size: int = 512  # batch of evaluation and feature-bank passes, per process
+
+
+@dataclass
+class MethodConfig:
+    name: str = "knnmix"  # training method: ce, mixup, selc, knnmix
+    warmup_epochs: int = 10  # epochs of plain cross-entropy on the given labels before the mixture fit (knnmix)
+    premix: Literal["mixup", "knn", "ce"] = "mixup"  # what knnmix trains between warm-up and correction_start: random mixup (the authors), neighbour mixing with uncorrected targets, or cross-entropy
+    k: int = 1  # neighbours mixed with each sample (the authors: 1)
+    temperature: float = 1.0  # mixing temperature T > 0: weights ∝ clean_prob^(1/T); T -> 0 picks the cleanest member, T = 1 the authors' rule
+    mixup_alpha: float = 1.0  # Beta(alpha, alpha) of random mixup (mixup method and knnmix premix)
+    correction_start: int = 60  # first epoch (0-based) whose soft targets are corrected (knnmix, selc)
+    correction_period: int = 10  # correct soft targets every this many epochs from correction_start (the authors: 10; SELC: 1)
+    correction_momentum: float = 0.9  # m in t <- m t + (1 - m) softmax(f(x)) (the authors and SELC: 0.9)
+    loss_window: int = 1  # average this many epochs' normalised losses before the mixture fit (the authors use 5 at 80% noise)
+    gmm_max_iter: int = 10  # EM iterations of the two-component mixture fit
+    gmm_tol: float = 0.01  # EM convergence tolerance
+    gmm_reg_covar: float = 5e-4  # variance floor of the mixture components
+    search: Literal["faiss", "torch"] = "faiss"  # exact cosine neighbour search backend (faiss IndexFlatIP or torch matmul+topk)
+
+
+@dataclass
+class DistributedConfig:
+    workers: int = 0  # Ray Train workers; 0 = one plain process, no Ray
+    use_gpu: bool = False  # one GPU per worker (NCCL); otherwise CPU workers (gloo)
+    cpus_per_worker: int = 1  # CPUs reserved per worker (also torch/faiss threads per worker)
+    max_failures: int = 0  # worker failures tolerated; the run restarts from its latest checkpoint each time (-1 = forever)
+    storage_path: str | None = None  # absolute folder (or URI) for Ray Train checkpoints; null = <out>/ray
+    name: str | None = None  # Ray Train run name; a run with the same name and storage continues from its latest checkpoint; null = the out folder's name
+    num_to_keep: int = 2  # checkpoints kept by Ray Train, best by validation accuracy
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    epochs: int = 100  # training epochs
+    seed: int = 0  # seed of initialisation, batching, augmentation (and of the noise unless noise.seed is set)
+    out: str = "runs/knnmix"  # run folder: config, metrics, checkpoint, label issues
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
+    threads: int = 0  # torch / faiss CPU threads per process; 0 = leave the library default
+    checkpoint_every: int = 1  # write the resumable checkpoint every this many epochs (and at the end)
+    log_every: int = 1  # print a progress line every this many epochs
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Building and validating
+
+
+def from_dict(data: dict[str, Any] | None = None) -> Config:
+    """Build and validate a :class:`Config` from a (possibly partial, nested) dict."""
+    cfg = _build(Config, data or {}, "")
+    validate(cfg)
+    return cfg
+
+
+def load(path: str | Path | None = None, overrides: list[str] | None = None, **shorthands: Any) -> Config:
+    """Defaults <- YAML file <- shorthands (dotted keys, ``None`` = not given) <- ``key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {_one_line(exc)}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping of keys, got {type(loaded).__name__}")
+        data = loaded or {}
+    for key, value in shorthands.items():
+        if value is not None:
+            set_dotted(data, key, value)
+    for item in overrides or []:
+        key, value = parse_override(item)
+        set_dotted(data, key, value)
+    return from_dict(data)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"method.k=5"`` -> ``("method.k", 5)``; the value is read as YAML (numbers, booleans, null, lists)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key=value, e.g. method.k=5")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``data["a"]["b"] = value`` for ``key = "a.b"``; the key is checked later by :func:`from_dict`."""
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{key!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain nested dicts (YAML/JSON serialisable)."""
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def flatten(cfg: Config | dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"method.k": 1, ...}``: the form logged as MLflow parameters."""
+    data = to_dict(cfg) if not isinstance(cfg, dict) else cfg
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def replace(cfg: Config, **dotted: Any) -> Config:
+    """A validated copy of ``cfg`` with dotted keys changed: ``replace(cfg, **{"method.k": 3})``."""
+    data = to_dict(cfg)
+    for key, value in dotted.items():
+        set_dotted(data, key, value)
+    return from_dict(data)
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping of keys, got {_show(data)}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        import difflib
+
+        key = unknown[0]
+        close = difflib.get_close_matches(key, names, n=1)
+        hint = f" (did you mean {_join(path, close[0])!r}?)" if close else ""
+        raise ConfigError(f"unknown config key {_join(path, key)!r}{hint}")
+    kwargs = {}
+    for name in names & set(data):
+        kwargs[name] = _coerce(hints[name], data[name], _join(path, name))
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, path)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{path}: {_show(value)} is not one of {', '.join(map(str, choices))}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected true or false, got {_show(value)}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected an integer, got {_show(value)}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{path}: expected a number, got {_show(value)}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{path}: expected a string, got {_show(value)}")
+    raise TypeError(f"unsupported config type {tp!r} at {path}")  # a bug in this module, not user input
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _show(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})" if value is not None else "null"
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Range checks (types are already right when these run)
+
+
+def _check(ok: bool, key: str, value: Any, need: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {value!r} is out of range; {need}")
+
+
+def validate(cfg: Config) -> None:
+    """Range and cross-field checks that need no data. Raises :class:`ConfigError` naming the key."""
+    d, o, m, x = cfg.data, cfg.optim, cfg.method, cfg.distributed
+    _check(0.0 <= d.val_fraction <= 0.5, "data.val_fraction", d.val_fraction, "use a fraction in [0, 0.5]")
+    _check(d.train_subset is None or d.train_subset >= 2, "data.train_subset", d.train_subset, "use null or >= 2")
+    _check(d.num_workers >= 0, "data.num_workers", d.num_workers, "use >= 0")
+    _check(d.epoch_samples is None or d.epoch_samples >= 2, "data.epoch_samples", d.epoch_samples, "use null or >= 2")
+    _check(d.image_size >= 8, "data.image_size", d.image_size, "use >= 8 pixels")
+    _check(d.first_classes is None or d.first_classes >= 2, "data.first_classes", d.first_classes, "use null or >= 2")
+    _check(cfg.noise.instance_std >= 0, "noise.instance_std", cfg.noise.instance_std, "use >= 0")
+    _check(o.lr > 0, "optim.lr", o.lr, "use > 0")
+    _check(0 <= o.momentum < 1, "optim.momentum", o.momentum, "use a value in [0, 1)")
+    _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "use >= 0")
+    _check(o.restart_period >= 1, "optim.restart_period", o.restart_period, "use >= 1")
+    _check(0 <= o.min_lr <= o.lr, "optim.min_lr", o.min_lr, f"use a value in [0, optim.lr={o.lr}]")
+    _check(o.batch_size >= 1, "optim.batch_size", o.batch_size, "use >= 1")
+    _check(o.eval_batch_size >= 1, "optim.eval_batch_size", o.eval_batch_size, "use >= 1")
+    _check(m.warmup_epochs >= 0, "method.warmup_epochs", m.warmup_epochs, "use >= 0")
+    _check(m.k >= 1, "method.k", m.k, "use >= 1")
+    _check(m.temperature > 0, "method.temperature", m.temperature, "use a temperature > 0")
+    _check(m.mixup_alpha > 0, "method.mixup_alpha", m.mixup_alpha, "use > 0")
+    _check(m.correction_start >= 0, "method.correction_start", m.correction_start, "use >= 0")
+    _check(m.correction_period >= 1, "method.correction_period", m.correction_period, "use >= 1")
+    _check(0 <= m.correction_momentum < 1, "method.correction_momentum", m.correction_momentum, "use [0, 1)")
+    _check(m.loss_window >= 1, "method.loss_window", m.loss_window, "use >= 1")
+    _check(m.gmm_max_iter >= 1, "method.gmm_max_iter", m.gmm_max_iter, "use >= 1")
+    _check(m.gmm_tol > 0, "method.gmm_tol", m.gmm_tol, "use > 0")
+    _check(m.gmm_reg_covar > 0, "method.gmm_reg_covar", m.gmm_reg_covar, "use > 0")
+    _check(x.workers >= 0, "distributed.workers", x.workers, "use 0 (no Ray) or a number of Ray Train workers")
+    _check(x.cpus_per_worker >= 1, "distributed.cpus_per_worker", x.cpus_per_worker, "use >= 1")
+    _check(x.max_failures >= -1, "distributed.max_failures", x.max_failures, "use -1 (forever) or >= 0")
+    _check(x.num_to_keep >= 1, "distributed.num_to_keep", x.num_to_keep, "use >= 1")
+    _check(cfg.epochs >= 1, "epochs", cfg.epochs, "use >= 1")
+    _check(cfg.threads >= 0, "threads", cfg.threads, "use >= 0")
+    _check(cfg.checkpoint_every >= 1, "checkpoint_every", cfg.checkpoint_every, "use >= 1")
+    _check(cfg.log_every >= 1, "log_every", cfg.log_every, "use >= 1")
+    if x.storage_path is not None and "://" not in x.storage_path and not Path(x.storage_path).is_absolute():
+        raise ConfigError(
+            f"distributed.storage_path: {x.storage_path!r} must be an absolute path or a URI (Ray Train needs it)"
+        )
+    workers = max(x.workers, 1)
+    if o.batch_size % workers:
+        raise ConfigError(
+            f"optim.batch_size: {o.batch_size} does not split evenly over distributed.workers={x.workers}"
+        )
+    # Names are checked against the registries of the parts, imported lazily to keep this module light.
+    from knnmix.data import DATASETS
+    from knnmix.methods import METHODS
+    from knnmix.models import MODELS
+    from knnmix.noise import parse_noise_spec
+
+    _named("method.name", lambda: METHODS.get(m.name))
+    _named("noise.spec", lambda: parse_noise_spec(cfg.noise.spec))
+    _named("data.name", lambda: DATASETS.get(d.name))
+    if cfg.model.name != "auto":
+        _named("model.name", lambda: MODELS.get(cfg.model.name))
+
+
+def _named(key: str, lookup: typing.Callable[[], object]) -> None:
+    try:
+        lookup()
+    except KnnmixError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+def field_docs() -> list[tuple[str, str, str, str]]:
+    """``(dotted key, type, default, meaning)`` of every field, read from the comments in this file."""
+    import inspect
+    import re
+
+    src = inspect.getsource(typing.cast(Any, __import__(__name__, fromlist=["x"])))
+    comments: dict[tuple[str, str], str] = {}
+    current = ""
+    for line in src.splitlines():
+        head = re.match(r"^class (\w+)\b", line)
+        if head:
+            current = head.group(1)
+            continue
+        fld = re.match(r"^    (\w+): .*?#\s*(.+)$", line)
+        if fld and current:
+            comments[(current, fld.group(1))] = fld.group(2).strip()
+
+    rows: list[tuple[str, str, str, str]] = []
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            if dataclasses.is_dataclass(tp):
+                walk(typing.cast(type, tp), f"{prefix}{f.name}.")
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            rows.append((prefix + f.name, _type_name(tp), repr(default), comments.get((cls.__name__, f.name), "")))
+
+    walk(Config, "")
+    return rows
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(map(str, typing.get_args(tp)))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))

@@ -1,0 +1,110 @@
+"""The named phases of an epoch that act on the gathered feature bank and the per-sample state.
+
+Each function takes the gathered :class:`Bank`, updates :class:`~knnmix.engine.state.SampleState` in place, and
+gives the same result on every rank as a single process would compute from the same features and losses: the bank
+is sorted by dataset index after gathering, the mixture is fitted on rank 0 and broadcast, each rank searches
+neighbours for its own shard and the neighbour rows are gathered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from knnmix.engine import dist as D
+from knnmix.engine.state import SampleState
+from knnmix.method import (
+    NeighbourSearch,
+    fit_clean_probability,
+    neighbours_excluding_self,
+    normalise_losses,
+    update_soft_targets,
+    window_mean,
+)
+
+
+@dataclass
+class Bank:
+    """One no-augmentation pass over the (active) training set, gathered from all ranks, sorted by index.
+
+    ``index`` ``(M,)`` are dataset indices, ascending; ``features`` ``(M, D)`` are L2-normalised penultimate
+    features; ``log_probs`` ``(M, C)`` are the network's log-softmax outputs.
+    """
+
+    index: Tensor
+    features: Tensor
+    log_probs: Tensor
+
+    def __len__(self) -> int:
+        return self.index.numel()
+
+
+def gather_bank(index: Tensor, features: Tensor, log_probs: Tensor, dist: D.Dist) -> Bank:
+    """Gather every rank's shard ``(n_r, ...)`` (uneven, no padding) into one bank sorted by dataset index."""
+    all_index = D.all_gather_rows(index.long(), dist)
+    order = torch.argsort(all_index)
+    if torch.unique(all_index).numel() != all_index.numel():
+        raise RuntimeError("gathered bank holds a sample twice: the eval shards overlap")
+    return Bank(
+        index=all_index[order],
+        features=D.all_gather_rows(features.float(), dist)[order],
+        log_probs=D.all_gather_rows(log_probs.float(), dist)[order],
+    )
+
+
+def correct_targets(state: SampleState, bank: Bank, momentum: float) -> None:
+    """Soft-target correction ``t_i <- m t_i + (1 - m) softmax(f(x_i))`` for every sample in the bank."""
+    state.targets[bank.index] = update_soft_targets(state.targets[bank.index], bank.log_probs.exp(), momentum)
+
+
+def fit_mixture(
+    state: SampleState,
+    bank: Bank,
+    *,
+    window: int,
+    max_iter: int,
+    tol: float,
+    reg_covar: float,
+    seed: int,
+    dist: D.Dist,
+) -> Tensor:
+    """Clean probabilities from the losses against the current corrected labels (``argmax t``).
+
+    Losses are min-max normalised over the bank, appended to the loss history (samples outside the bank: NaN),
+    averaged over the last ``window`` epochs and fitted by a two-component GMM on rank 0; the result is broadcast
+    so that every rank holds identical probabilities. Returns the raw per-sample losses ``(M,)``.
+    """
+    n = state.num_samples
+    labels = state.corrected_labels()[bank.index]
+    losses = -bank.log_probs.gather(1, labels[:, None]).squeeze(1)
+    full = torch.full((n,), float("nan"))
+    full[bank.index] = normalise_losses(losses)
+    state.push_losses(full, window)
+    clean = torch.empty(n)
+    if dist.is_main:
+        averaged = window_mean(state.loss_history, window)
+        clean = fit_clean_probability(averaged, max_iter=max_iter, tol=tol, reg_covar=reg_covar, seed=seed)
+    clean = D.broadcast(clean, 0, dist)
+    fitted = ~torch.isnan(clean)
+    state.clean_prob[fitted] = clean[fitted]
+    return losses
+
+
+def search_neighbours(state: SampleState, bank: Bank, k: int, searcher: NeighbourSearch, dist: D.Dist) -> None:
+    """Top-``k`` cosine neighbours (dataset indices, self excluded) of every bank sample, over the whole bank.
+
+    Each rank searches the queries of its own strided shard of the bank; the rows are gathered so that every rank
+    ends with the full neighbour table.
+    """
+    if k >= len(bank):
+        raise ValueError(f"method.k={k} neighbours need more than {k} training samples in the bank, got {len(bank)}")
+    searcher.build(bank.features)
+    positions = D.shard(torch.arange(len(bank)), dist)
+    found = neighbours_excluding_self(searcher, bank.features, positions, k)
+    all_pos = D.all_gather_rows(positions, dist)
+    all_found = D.all_gather_rows(found, dist)
+    if state.neighbours.shape[1] != k:
+        state.neighbours = torch.full((state.num_samples, k), -1, dtype=torch.int64)
+    state.neighbours[bank.index[all_pos]] = bank.index[all_found]

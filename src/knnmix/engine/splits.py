@@ -1,0 +1,153 @@
+"""From a config to the run's three splits: noisy train, noisy validation, clean test.
+
+Order of operations (each seeded, so every run with the same seeds sees the same labels):
+1. load the dataset bundle (published labels);
+2. inject the configured label noise into the whole published training set (CIFAR-N files address it in order);
+3. optionally keep a seeded subset of the training rows (``data.train_subset``);
+4. carve the noisy validation split (``data.val_fraction``, ``data.split_seed``) from what remains.
+The validation split keeps its noisy labels: it is the only data used to select models and hyper-parameters.
+The test split is only ever reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from knnmix.config import Config, DataConfig
+from knnmix.data import DatasetBundle, ImageSource, LabelledDataset, TensorSource, load_dataset
+from knnmix.errors import ConfigError, DataError
+from knnmix.noise import NoiseResult, apply_noise, parse_noise_spec
+
+
+# data.* keys handed to dataset loaders that declare them (see knnmix.data.load_dataset).
+DATASET_OPTION_KEYS = ("image_size", "labels_file", "test_root", "on_bad_image", "first_classes")
+SPLIT_STREAM = 0x5E1EC7  # tag of the random stream of the subset and validation split
+
+
+@dataclass
+class Splits:
+    bundle: DatasetBundle
+    noise: NoiseResult  # over the whole published training set
+    train: LabelledDataset
+    val: LabelledDataset | None
+    test: LabelledDataset | None
+    train_rows: np.ndarray  # rows of the published training set used for training
+    val_rows: np.ndarray  # rows held out as noisy validation (empty when the dataset ships its own split)
+    extra_tests: dict[str, LabelledDataset] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return self.bundle.num_classes
+
+    def noisy_labels_record(self) -> dict[str, np.ndarray]:
+        """Everything needed to re-score a run against its labels (saved as ``noisy_labels.npz``)."""
+        rec = {
+            "noisy_labels": self.noise.noisy_labels,
+            "train_rows": self.train_rows,
+            "val_rows": self.val_rows,
+            "transition": self.noise.transition,
+            "noise_rate": np.array(self.noise.noise_rate),
+            "spec": np.array(self.noise.spec),
+        }
+        if self.bundle.labels_are_clean:
+            rec["true_labels"] = self.bundle.train_labels
+        return rec
+
+
+def build_splits(cfg: Config) -> Splits:
+    d = cfg.data
+    bundle = load_dataset(
+        d.name,
+        d.root,
+        d.download,
+        defaults={k: getattr(DataConfig(), k) for k in DATASET_OPTION_KEYS},
+        **{k: getattr(d, k) for k in DATASET_OPTION_KEYS},
+    )
+    labels = bundle.train_labels
+    spec = parse_noise_spec(cfg.noise.spec)
+    features = None
+    if spec.kind == "instance":
+        if not isinstance(bundle.train, TensorSource):
+            raise DataError(f"instance noise needs an in-memory dataset; {d.name!r} is loaded from files")
+        features = bundle.train.as_float().numpy()
+    noise = apply_noise(
+        spec,
+        labels,
+        bundle.num_classes,
+        seed=cfg.seed if cfg.noise.seed is None else cfg.noise.seed,
+        family=bundle.family,
+        coarse_labels=bundle.train_coarse_labels,
+        features=features,
+        cifar_n_dir=cfg.noise.cifar_n_dir,
+        symmetric_convention=cfg.noise.symmetric_convention,
+        instance_std=cfg.noise.instance_std,
+    )
+    # A stream of its own: seeded with the bare seed it would replay the noise model's draws (same seed, same
+    # generator) and the validation split would hold exactly the flipped samples.
+    rng = np.random.default_rng([d.split_seed, SPLIT_STREAM])
+    rows = np.arange(len(labels))
+    if d.train_subset is not None:
+        if d.train_subset > len(rows):
+            raise DataError(f"data.train_subset={d.train_subset} exceeds the {len(rows)} training images of {d.name}")
+        rows = np.sort(rng.choice(rows, size=d.train_subset, replace=False))
+    if bundle.val is not None and d.val_fraction > 0:
+        raise ConfigError(
+            f"data.val_fraction={d.val_fraction}: {d.name} ships its own validation split; set data.val_fraction=0"
+        )
+    n_val = int(round(d.val_fraction * len(rows)))
+    perm = rng.permutation(rows)
+    val_rows, train_rows = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    if len(train_rows) < 2:
+        raise DataError(f"only {len(train_rows)} training images remain after the validation split")
+    true = labels if bundle.labels_are_clean else None
+
+    def subset(r: np.ndarray) -> LabelledDataset:
+        return LabelledDataset(
+            bundle.train,
+            r,
+            noise.noisy_labels[r],
+            bundle.classes,
+            true_labels=None if true is None else true[r],
+        )
+
+    def trusted(source: ImageSource | None, labels: np.ndarray | None) -> LabelledDataset | None:
+        if source is None or labels is None:
+            return None
+        return LabelledDataset(source, np.arange(len(source)), labels, bundle.classes, true_labels=labels)
+
+    val = subset(val_rows) if n_val else trusted(bundle.val, bundle.val_labels)
+    if d.epoch_samples is not None:
+        bundle.epoch_rows = class_balanced_epochs(noise.noisy_labels, train_rows, d.epoch_samples, bundle.num_classes)
+    return Splits(
+        bundle=bundle,
+        noise=noise,
+        train=subset(train_rows).view(augment=d.augment),
+        val=val,
+        test=trusted(bundle.test, bundle.test_labels),
+        train_rows=train_rows,
+        val_rows=val_rows,
+        extra_tests={k: trusted(src, lab) for k, (src, lab) in bundle.extra_tests.items()},  # type: ignore[misc]
+    )
+
+
+def class_balanced_epochs(
+    labels: np.ndarray, rows: np.ndarray, per_epoch: int, num_classes: int
+) -> Callable[[int, int], np.ndarray]:
+    """``epoch_rows(epoch, seed)``: a fresh class-balanced draw of ``per_epoch`` training rows for every epoch.
+
+    Each class (by given label) contributes ``per_epoch // C`` rows (all of its rows if it has fewer), drawn
+    without replacement from a stream seeded by (seed, epoch) -- the usual per-epoch subsampling of Clothing1M.
+    """
+    by_class = [rows[labels[rows] == c] for c in range(num_classes)]
+    quota = max(per_epoch // num_classes, 1)
+
+    def epoch_rows(epoch: int, seed: int) -> np.ndarray:
+        rng = np.random.default_rng([seed, epoch, SPLIT_STREAM])
+        picked = [r if len(r) <= quota else rng.choice(r, size=quota, replace=False) for r in by_class]
+        return np.sort(np.concatenate(picked))
+
+    return epoch_rows

@@ -1,0 +1,82 @@
+"""Per-sample state, index-aligned with the training set and kept outside the dataset.
+
+Every tensor here has the training set's size N on its first axis (``loss_history`` on its second): row ``i``
+belongs to the sample whose dataset index is ``i``. Under data parallelism every rank holds the same full copy:
+each rank computes its shard's rows and the rows are gathered (:mod:`knnmix.engine.dist`), so the state that any
+rank checkpoints is the whole method's state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+
+from knnmix.method import one_hot_targets
+
+
+@dataclass
+class SampleState:
+    targets: Tensor  # (N, C) float32 soft targets t, one-hot given labels at the start
+    clean_prob: Tensor  # (N,) float32 probability that the sample's current target is clean (1 before any fit)
+    loss_history: Tensor  # (H, N) float32 normalised losses of the last H fitted epochs, NaN = not evaluated
+    neighbours: Tensor  # (N, K) int64 dataset indices of each sample's neighbours, -1 = not searched yet
+
+    @classmethod
+    def initial(cls, given_labels: Tensor, num_classes: int, k: int) -> SampleState:
+        n = given_labels.shape[0]
+        return cls(
+            targets=one_hot_targets(given_labels, num_classes),
+            clean_prob=torch.ones(n),
+            loss_history=torch.empty(0, n),
+            neighbours=torch.full((n, k), -1, dtype=torch.int64),
+        )
+
+    @property
+    def num_samples(self) -> int:
+        return self.targets.shape[0]
+
+    def push_losses(self, normalised: Tensor, window: int) -> None:
+        """Append one epoch's normalised losses ``(N,)`` and keep only the last ``window`` epochs."""
+        self.loss_history = torch.cat([self.loss_history, normalised[None].float()])[-window:]
+
+    def corrected_labels(self) -> Tensor:
+        """``argmax t`` ``(N,)``: the method's current label of each sample."""
+        return self.targets.argmax(dim=1)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {f.name: getattr(self, f.name).clone() for f in fields(self)}
+
+    def load_state_dict(self, sd: dict[str, Tensor]) -> None:
+        for f in fields(self):
+            cur, new = getattr(self, f.name), sd[f.name]
+            if f.name != "loss_history" and new.shape != cur.shape:
+                raise ValueError(f"checkpointed {f.name} has shape {tuple(new.shape)}, expected {tuple(cur.shape)}")
+            setattr(self, f.name, new.clone().to(cur.dtype))
+
+    def rows(self, index: Tensor) -> dict[str, Tensor]:
+        """The rows of ``index`` (a worker's share of the state, for per-worker checkpoints)."""
+        return {
+            "index": index.clone(),
+            "targets": self.targets[index].clone(),
+            "clean_prob": self.clean_prob[index].clone(),
+            "loss_history": self.loss_history[:, index].clone(),
+            "neighbours": self.neighbours[index].clone(),
+        }
+
+    def load_rows(self, shares: list[dict[str, Tensor]]) -> None:
+        """Reassemble the full state from disjoint per-worker shares covering every index exactly once."""
+        index = torch.cat([s["index"] for s in shares])
+        if index.numel() != self.num_samples or torch.unique(index).numel() != self.num_samples:
+            raise ValueError(
+                f"checkpoint shares cover {torch.unique(index).numel()} distinct of {self.num_samples} samples "
+                f"({index.numel()} rows)"
+            )
+        h = shares[0]["loss_history"].shape[0]
+        self.loss_history = torch.full((h, self.num_samples), float("nan"))
+        for s in shares:
+            self.targets[s["index"]] = s["targets"]
+            self.clean_prob[s["index"]] = s["clean_prob"]
+            self.loss_history[:, s["index"]] = s["loss_history"]
+            self.neighbours[s["index"]] = s["neighbours"]

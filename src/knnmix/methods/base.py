@@ -1,0 +1,70 @@
+"""What a training method is: a few hooks around one shared training loop.
+
+The engine owns the loop (batches, forward/backward, optimiser, evaluation, checkpoints); a method decides, per
+epoch, what to prepare (an embedding pass, a mixture fit, a neighbour search, a target correction), which samples
+each training example is built from, and the loss. Methods never touch datasets' labels: they read and write the
+index-aligned :class:`~knnmix.engine.state.SampleState`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from knnmix.config import MethodConfig
+from knnmix.engine.dist import Dist
+from knnmix.engine.state import SampleState
+from knnmix.registry import Registry
+
+if TYPE_CHECKING:
+    from knnmix.engine.phases import Bank
+    from knnmix.method import NeighbourSearch
+
+
+class TrainContext(Protocol):
+    """The engine services a method may use."""
+
+    state: SampleState
+    dist: Dist
+    seed: int
+
+    def embed_train_set(self) -> Bank:
+        """A no-augmentation pass over the training set, gathered across ranks."""
+
+    def make_searcher(self) -> NeighbourSearch:
+        """A fresh neighbour-search backend as configured."""
+
+
+class Method:
+    """Base class: plain cross-entropy on the given labels, no preparation."""
+
+    name = "base"
+    uses_soft_targets = False  # reports label-correction accuracy of argmax t
+    uses_clean_prob = False  # reports the clean/noisy split of its clean probabilities
+
+    def __init__(self, cfg: MethodConfig, num_classes: int) -> None:
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.phase = "train"
+
+    def prepare_epoch(self, epoch: int, ctx: TrainContext) -> str:
+        """Run the epoch's preparation phases; return the phase name (logged with the epoch)."""
+        return self.phase
+
+    def batch_members(self, index: Tensor, ctx: TrainContext) -> Tensor:
+        """``(B, M)`` dataset indices whose (independently augmented) images build each example; column 0 = itself."""
+        return index[:, None]
+
+    def loss(self, model: nn.Module, images: Tensor, members: Tensor, ctx: TrainContext) -> Tensor:
+        """Loss of one batch: ``images`` ``(B, M, C, H, W)`` loaded for ``members`` ``(B, M)``."""
+        raise NotImplementedError
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def targets_of(ctx: TrainContext, members: Tensor, device: torch.device) -> Tensor:
+    """Current soft targets of the members ``(B, M, C)`` on ``device``."""
+    return ctx.state.targets[members.cpu()].to(device, non_blocking=True)

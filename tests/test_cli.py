@@ -1,0 +1,71 @@
+"""The command line as a new user meets it: one-line errors for bad input, before any training starts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from knnmix.cli import main
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--dataset", "fashion-mnist", "--set", "data.root=/no/such/dir"], "/no/such/dir"),
+        (["--dataset", "cifar10", "--set", "data.root=/no/such/cifar"], "/no/such/cifar"),
+        (["--dataset", "mnist"], "'mnist'"),
+        (["--noise", "gaussian:0.2"], "'gaussian'"),
+        (["--method", "coteaching"], "'coteaching'"),
+        (["--noise", "symmetric:1.0"], "1.0"),
+        (["--noise", "symmetric:-0.1"], "-0.1"),
+        (["--noise", "pairflip:abc"], "abc"),
+        (["--set", "method.k=5000"], "method.k=5000"),
+        (["--set", "method.temperature=-1"], "method.temperature: -1.0"),
+        (["--set", "optim.lr=fast"], "optim.lr"),
+        (["--set", "nosuchkey=1"], "nosuchkey"),
+        (["--config", "no-such-preset"], "no-such-preset"),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_value(capsys, tmp_path, argv, needle):
+    code, out, err = run_cli(capsys, "train", "--epochs", "1", "--out", str(tmp_path / "run"), *argv)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("knnmix: error: ")
+    assert needle in lines[0]
+    assert not (tmp_path / "run" / "checkpoint.pt").exists(), "nothing may train after a bad input"
+
+
+def test_console_script_prints_no_traceback(tmp_path):
+    knnmix = os.path.join(os.path.dirname(sys.executable), "knnmix")
+    proc = subprocess.run(
+        [knnmix, "train", "--noise", "symmetric:1.2", "--out", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "knnmix: error: noise.spec: noise rate 1.2 in 'symmetric:1.2' is outside [0, 1)"
+    ]
+
+
+def test_config_command_prints_the_resolved_config_and_docs(capsys):
+    code, out, _ = run_cli(capsys, "config", "--config", "digits", "--set", "method.k=3")
+    assert code == 0
+    assert "k: 3" in out and "name: digits" in out
+    code, out, _ = run_cli(capsys, "config", "--doc")
+    assert code == 0
+    assert "| `method.temperature` | float |" in out
+    code, out, _ = run_cli(capsys, "config", "--presets")
+    assert "digits" in out.split()

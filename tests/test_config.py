@@ -1,0 +1,123 @@
+"""The typed config: building, overrides, validation errors that name the key, documentation of every field."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from knnmix import config as C
+from knnmix.errors import ConfigError
+
+
+def test_defaults_validate_and_round_trip_through_yaml(tmp_path):
+    cfg = C.from_dict({})
+    path = tmp_path / "c.yaml"
+    path.write_text(C.to_yaml(cfg))
+    assert C.load(path) == cfg
+
+
+def test_file_then_shorthands_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("method:\n  k: 3\nepochs: 7\nseed: 1\n")
+    cfg = C.load(path, ["method.k=5", "optim.lr=1e-3"], **{"epochs": 9, "seed": None})
+    assert cfg.method.k == 5  # override beats file
+    assert cfg.epochs == 9  # shorthand beats file
+    assert cfg.seed == 1  # a shorthand left out (None) keeps the file's value
+    assert cfg.optim.lr == pytest.approx(1e-3)  # YAML reads 1e-3 as a string; a float field accepts it
+
+
+def test_flatten_gives_dotted_keys_for_mlflow():
+    flat = C.flatten(C.from_dict({}))
+    assert flat["method.k"] == 1
+    assert flat["data.name"] == "digits"
+    assert all(not isinstance(v, dict) for v in flat.values())
+
+
+def test_replace_validates():
+    cfg = C.from_dict({})
+    assert C.replace(cfg, **{"method.k": 4}).method.k == 4
+    with pytest.raises(ConfigError, match="method.k"):
+        C.replace(cfg, **{"method.k": 0})
+
+
+@pytest.mark.parametrize(
+    "data,needle",
+    [
+        ({"methd": {"k": 1}}, "unknown config key 'methd' (did you mean 'method'?)"),
+        ({"method": {"kk": 1}}, "unknown config key 'method.kk' (did you mean 'method.k'?)"),
+        ({"method": {"k": "three"}}, "method.k: expected an integer, got 'three'"),
+        ({"method": {"k": 2.5}}, "method.k: expected an integer, got 2.5"),
+        ({"method": {"k": True}}, "method.k: expected an integer, got True"),
+        ({"optim": {"lr": "fast"}}, "optim.lr: expected a number, got 'fast'"),
+        ({"data": {"augment": "yes"}}, "data.augment: expected true or false, got 'yes'"),
+        ({"optim": {"schedule": "linear"}}, "optim.schedule: 'linear' (str) is not one of cosine"),
+        ({"method": {"k": 0}}, "method.k: 0 is out of range"),
+        ({"method": {"temperature": 0.0}}, "method.temperature: 0.0 is out of range"),
+        ({"data": {"val_fraction": 0.9}}, "data.val_fraction: 0.9 is out of range"),
+        ({"method": {"correction_momentum": 1.0}}, "method.correction_momentum: 1.0 is out of range"),
+        ({"epochs": 0}, "epochs: 0 is out of range"),
+        ({"method": {"name": "knnmx"}}, "unknown method 'knnmx' (did you mean 'knnmix'?)"),
+        ({"data": {"name": "mnist"}}, "unknown dataset 'mnist'"),
+        ({"noise": {"spec": "symmetric:1.5"}}, "1.5"),
+        ({"noise": {"spec": "gaussian:0.2"}}, "gaussian"),
+        ({"model": {"name": "vgg"}}, "unknown model 'vgg'"),
+        ({"distributed": {"storage_path": "relative/dir"}}, "must be an absolute path"),
+        ({"distributed": {"workers": 3}}, "optim.batch_size: 128 does not split evenly"),
+        ({"method": "knnmix"}, "method: expected a mapping of keys, got 'knnmix'"),
+    ],
+)
+def test_bad_values_are_one_line_errors_naming_the_key(data, needle):
+    with pytest.raises(ConfigError) as exc:
+        C.from_dict(data)
+    msg = str(exc.value)
+    assert needle in msg
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize("item", ["method.k", "=3"])
+def test_malformed_overrides(item):
+    with pytest.raises(ConfigError):
+        C.parse_override(item)
+
+
+def test_override_values_are_typed():
+    assert C.parse_override("method.k=7") == ("method.k", 7)
+    assert C.parse_override("data.root=null") == ("data.root", None)
+    assert C.parse_override("data.augment=false") == ("data.augment", False)
+    assert C.parse_override("noise.spec=symmetric:0.4") == ("noise.spec", "symmetric:0.4")
+
+
+def test_missing_or_invalid_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        C.load(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        C.load(bad)
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        C.load(lst)
+
+
+def test_every_field_is_documented():
+    rows = C.field_docs()
+    n_fields = 0
+
+    def count(cls):
+        nonlocal n_fields
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(f.type) or f.name in {"data", "noise", "model", "optim", "method", "distributed"}:
+                continue
+            n_fields += 1
+        for f in dataclasses.fields(cls):
+            sub = {"data": C.DataConfig, "noise": C.NoiseConfig, "model": C.ModelConfig, "optim": C.OptimConfig,
+                   "method": C.MethodConfig, "distributed": C.DistributedConfig}.get(f.name)
+            if cls is C.Config and sub is not None:
+                count(sub)
+
+    count(C.Config)
+    assert len(rows) == n_fields
+    undocumented = [key for key, _, _, doc in rows if not doc]
+    assert not undocumented, f"fields without a meaning documented: {undocumented}"
