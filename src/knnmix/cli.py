@@ -65,20 +65,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         if saved.exists() and not args.config:
             args.config = str(saved)
     cfg = load_config(args)
-    summary = run_training(cfg, resume=args.resume)
+    summary = run_training(cfg, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps({"final": summary["final"], "best_val": summary["best_val"]}))
     return 0
 
 
-def run_training(cfg: C.Config, *, resume: bool = False) -> dict[str, Any]:
+def run_training(cfg: C.Config, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Single process, or Ray Train when ``distributed.workers > 0``."""
     if cfg.distributed.workers > 0:
         from knnmix.scale.train import train_distributed
 
-        return train_distributed(cfg, resume=resume)
+        return train_distributed(cfg, resume=resume, overwrite=overwrite)
     from knnmix.engine.loop import train
 
-    return train(cfg, resume=resume)
+    return train(cfg, resume=resume, overwrite=overwrite)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -91,7 +91,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     results = []
     for cfg in configs:
         print(f"\n=== {cfg.method.name} ===", flush=True)
-        results.append(run_training(cfg, resume=args.resume))
+        results.append(run_training(cfg, resume=args.resume, overwrite=args.overwrite))
     print()
     print(comparison_table(results))
     return 0
@@ -145,12 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one run into its run folder")
     _add_run_options(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished or stopped run in --out")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("compare", help="train several methods on identical settings and print a table")
     _add_run_options(p)
     p.add_argument("--methods", default="ce,knnmix", help="comma-separated methods (default: ce,knnmix)")
     p.add_argument("--resume", action="store_true", help="continue each method's run from its checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier runs in --out")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("config", help="print the resolved config, its documentation, or the presets")

@@ -42,21 +42,40 @@ RESUMABLE_CHANGES = ("epochs", "out", "log_every", "checkpoint_every", "threads"
                      "data.num_workers", "data.root", "data.download", "noise.cifar_n_dir", "model.pretrained")
 
 
-def train(cfg: C.Config, *, resume: bool = False, echo: Callable[[str], None] | None = print) -> dict[str, Any]:
-    """Train one run into ``cfg.out`` and return its summary (see ``summary.json``)."""
+def train(
+    cfg: C.Config,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    echo: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Train one run into ``cfg.out`` and return its summary (see ``summary.json``).
+
+    An existing run in ``cfg.out`` is continued with ``resume``, replaced with ``overwrite``, else an error.
+    """
     folder = RunFolder(cfg.out)
-    if folder.has_run() and not resume:
-        raise KnnmixError(
-            f"run folder {str(folder.path)!r} already holds a run; pass --resume to continue it or choose another --out"
-        )
-    if resume and not folder.has_run():
-        raise KnnmixError(f"nothing to resume: {str(folder.path / 'checkpoint.pt')!r} does not exist")
+    if resume and overwrite:
+        raise KnnmixError("--resume and --overwrite exclude each other")
+    check_run_folder(folder, resume=resume, overwrite=overwrite)
     engine = Engine(cfg, echo=echo, folder=folder)
     if resume:
         engine.restore(folder.load_checkpoint())
     else:
         engine.start_outputs()
     return engine.fit()
+
+
+def check_run_folder(folder: RunFolder, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix two runs in one folder: continue it (resume), replace it (overwrite), or fail."""
+    if folder.has_run() and not resume:
+        if not overwrite:
+            raise KnnmixError(
+                f"run folder {str(folder.path)!r} already holds a run; pass --resume to continue it, "
+                "--overwrite to replace it, or choose another --out"
+            )
+        folder.clear()
+    if resume and not folder.has_run():
+        raise KnnmixError(f"nothing to resume: {str(folder.path / 'checkpoint.pt')!r} does not exist")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -28,6 +28,8 @@ LABEL_ISSUES = "label_issues.csv"
 NOISY_LABELS = "noisy_labels.npz"
 CONFIG = "config.yaml"
 BEST_MODEL = "model_best.pt"
+RUN_INFO = "run.json"
+RUN_FILES = (CHECKPOINT, METRICS, SUMMARY, LABEL_ISSUES, NOISY_LABELS, CONFIG, BEST_MODEL, RUN_INFO)
 
 
 class RunFolder:
@@ -40,6 +42,11 @@ class RunFolder:
     def has_run(self) -> bool:
         return self.file(CHECKPOINT).exists()
 
+    def clear(self) -> None:
+        """Delete a previous run's files (only the files a run writes; anything else in the folder stays)."""
+        for name in RUN_FILES:
+            self.file(name).unlink(missing_ok=True)
+
     def start(self, cfg: C.Config, noisy_labels: dict[str, np.ndarray]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         self.file(CONFIG).write_text(C.to_yaml(cfg))
@@ -50,7 +57,7 @@ class RunFolder:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "machine": machine(),
         }
-        self.file("run.json").write_text(json.dumps(info, indent=2) + "\n")
+        self.file(RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         """Rewrite ``metrics.jsonl`` from the full history (so a resumed run never holds an epoch twice)."""

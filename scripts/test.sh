@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up (idempotent) and run the whole test suite: unit tests, config wiring, and end-to-end runs on real data
+# with real Ray and MLflow. Extra arguments go to pytest, e.g. scripts/test.sh -m "not slow".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --with-data
+export RAY_TMPDIR=${RAY_TMPDIR:-/tmp/knnmix-ray-tests}
+exec .venv/bin/python -m pytest "$@"
