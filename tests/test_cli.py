@@ -69,3 +69,12 @@ def test_config_command_prints_the_resolved_config_and_docs(capsys):
     assert "| `method.temperature` | float |" in out
     code, out, _ = run_cli(capsys, "config", "--presets")
     assert "digits" in out.split()
+
+
+def test_config_reference_in_docs_is_current():
+    from pathlib import Path
+
+    from knnmix.cli import config_doc
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+    assert doc.read_text().strip() == config_doc().strip(), "regenerate: knnmix config --doc > docs/config.md"

@@ -394,7 +394,7 @@ def field_docs() -> list[tuple[str, str, str, str]]:
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
-        return " | ".join(map(str, typing.get_args(tp)))
+        return " / ".join(map(str, typing.get_args(tp)))
     if origin in (typing.Union, types.UnionType):
-        return " | ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
     return getattr(tp, "__name__", str(tp))
