@@ -1,0 +1,359 @@
+"""Every config field reaches the code that uses it.
+
+One probe per key: change the key, observe the effect where the value is consumed. A meta-test checks that every
+key of the config (except the ``distributed`` section, probed in tests/test_ray_train.py) has a probe here, so a new
+field cannot be added without showing that it is wired.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from knnmix import config as C
+from knnmix.cli import preset_path
+from knnmix.data import DATASETS, DatasetBundle, TensorSource
+from knnmix.engine import loop as L
+from knnmix.engine import phases
+from knnmix.engine.outputs import RunFolder
+from knnmix.engine.splits import build_splits
+from knnmix.errors import DataError
+from knnmix.methods import builtin
+
+PROBED: set[str] = set()
+
+
+def probe(*keys: str):
+    PROBED.update(keys)
+
+    def deco(fn):
+        return fn
+
+    return deco
+
+
+def cfg_with(tmp_path, **dotted) -> C.Config:
+    base = C.load(preset_path("digits"))
+    values = {"out": str(tmp_path / "run"), "data.train_subset": 400, "epochs": 3, "log_every": 100}
+    values.update(dotted)
+    return C.replace(base, **values)
+
+
+def engine(tmp_path, **dotted) -> L.Engine:
+    return L.Engine(cfg_with(tmp_path, **dotted), echo=None)
+
+
+def epochs(eng: L.Engine, n: int) -> None:
+    for e in range(eng.epoch + 1, eng.epoch + n + 1):
+        eng.run_epoch(e)
+        eng.epoch = e
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data
+
+
+@probe("data.name")
+def test_data_name(tmp_path):
+    assert engine(tmp_path).splits.bundle.name == "digits"
+    s = build_splits(cfg_with(tmp_path, **{"data.name": "fashion-mnist", "model.name": "small_cnn"}))
+    assert s.bundle.name == "fashion-mnist"
+
+
+@probe("data.root")
+def test_data_root(tmp_path):
+    with pytest.raises(DataError, match=str(tmp_path / "empty")):
+        build_splits(cfg_with(tmp_path, **{"data.name": "fashion-mnist", "data.root": str(tmp_path / "empty")}))
+
+
+@probe("data.download")
+def test_data_download(tmp_path, monkeypatch):
+    from knnmix.data import fashion_mnist
+
+    asked = []
+    monkeypatch.setattr(fashion_mnist, "fetch", lambda root: asked.append(root))
+    root = str(tmp_path / "fm")
+    for download in (False, True):
+        with pytest.raises(DataError):
+            build_splits(cfg_with(tmp_path, **{"data.name": "fashion-mnist", "data.root": root,
+                                               "data.download": download}))
+    assert len(asked) == 1
+
+
+@probe("data.val_fraction", "data.train_subset", "data.split_seed")
+def test_data_split_keys(tmp_path):
+    a = build_splits(cfg_with(tmp_path, **{"data.val_fraction": 0.25, "data.train_subset": 400}))
+    assert len(a.val) == 100 and len(a.train) == 300
+    b = build_splits(cfg_with(tmp_path, **{"data.val_fraction": 0.25, "data.train_subset": 400,
+                                           "data.split_seed": 1}))
+    assert not np.array_equal(a.val_rows, b.val_rows)
+
+
+@probe("data.augment")
+def test_data_augment(tmp_path):
+    assert build_splits(cfg_with(tmp_path)).train.augment is True
+    assert build_splits(cfg_with(tmp_path, **{"data.augment": False})).train.augment is False
+
+
+@probe("data.num_workers")
+def test_data_num_workers(tmp_path, monkeypatch):
+    made = []
+    real = L.DataLoader
+
+    def spy(*args, **kwargs):
+        made.append(kwargs["num_workers"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(L, "DataLoader", spy)
+    eng = engine(tmp_path, **{"data.num_workers": 1, "method.name": "ce"})
+    eng.train_pass(1)
+    assert made and set(made) == {1}
+
+
+@probe("data.epoch_samples")
+def test_data_epoch_samples(tmp_path):
+    eng = engine(tmp_path, **{"data.epoch_samples": 100})
+    assert len(eng.active_indices(1)) == 100
+    assert not torch.equal(eng.active_indices(1), eng.active_indices(2))
+    assert len(engine(tmp_path).active_indices(1)) == len(engine(tmp_path).splits.train)
+
+
+_SEEN_OPTIONS: dict[str, object] = {}
+
+
+@DATASETS.register("_wiring_probe")
+def _probe_loader(root, download, *, image_size, labels_file, test_root, on_bad_image, first_classes):
+    _SEEN_OPTIONS.update(image_size=image_size, labels_file=labels_file, test_root=test_root,
+                         on_bad_image=on_bad_image, first_classes=first_classes)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 255, (40, 1, 8, 8), generator=g, dtype=torch.uint8)
+    return DatasetBundle("_wiring_probe", "generic", ["a", "b"], TensorSource(images, [0.5], [0.5]),
+                         np.arange(40) % 2)
+
+
+@probe("data.image_size", "data.labels_file", "data.test_root", "data.on_bad_image", "data.first_classes")
+def test_dataset_options_reach_the_loader(tmp_path):
+    values = {"image_size": 32, "labels_file": "l.csv", "test_root": "t", "on_bad_image": "skip", "first_classes": 2}
+    build_splits(cfg_with(tmp_path, **{"data.name": "_wiring_probe", "data.train_subset": None,
+                                       **{f"data.{k}": v for k, v in values.items()}}))
+    assert _SEEN_OPTIONS == values
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# noise
+
+
+@probe("noise.spec", "noise.seed", "noise.symmetric_convention")
+def test_noise_keys(tmp_path):
+    def rate(**kw):
+        return build_splits(cfg_with(tmp_path, **{"data.train_subset": None, **kw})).noise
+
+    assert rate(**{"noise.spec": "symmetric:0.2"}).noise_rate == pytest.approx(0.2, abs=0.002)
+    a = rate(**{"noise.seed": 1}).noisy_labels
+    assert not np.array_equal(a, rate(**{"noise.seed": 2}).noisy_labels)
+    assert rate(**{"noise.symmetric_convention": "any"}).noise_rate < 0.38  # about 0.4 * 9/10
+
+
+@probe("noise.cifar_n_dir", "noise.instance_std")
+def test_noise_paths_and_parameters_reach_apply_noise(tmp_path, monkeypatch):
+    from knnmix.engine import splits as S
+
+    seen = {}
+    real = S.apply_noise
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(S, "apply_noise", spy)
+    build_splits(cfg_with(tmp_path, **{"noise.cifar_n_dir": "/x/cifar-n", "noise.instance_std": 0.3}))
+    assert seen["cifar_n_dir"] == "/x/cifar-n" and seen["instance_std"] == 0.3
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# model
+
+
+@probe("model.name", "model.pretrained")
+def test_model_keys(tmp_path):
+    eng = engine(tmp_path, **{"model.name": "preact_resnet18"})
+    assert type(eng.model).__name__ == "PreActResNet"
+    donor = engine(tmp_path, seed=5).model
+    path = tmp_path / "w.pt"
+    torch.save(donor.state_dict(), path)
+    got = engine(tmp_path, **{"model.pretrained": str(path)}).model
+    key = next(k for k in donor.state_dict() if k.endswith("weight"))
+    assert torch.equal(got.state_dict()[key], donor.state_dict()[key])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# optimiser and schedule
+
+
+@probe("optim.optimizer", "optim.lr", "optim.momentum", "optim.nesterov", "optim.weight_decay")
+def test_optimizer_keys(tmp_path):
+    g = engine(tmp_path, **{"optim.lr": 0.03, "optim.momentum": 0.8, "optim.nesterov": True,
+                            "optim.weight_decay": 0.001}).optimizer.param_groups[0]
+    assert (g["lr"], g["momentum"], g["nesterov"], g["weight_decay"]) == (0.03, 0.8, True, 0.001)
+    assert isinstance(engine(tmp_path, **{"optim.optimizer": "adamw"}).optimizer, torch.optim.AdamW)
+
+
+@probe("optim.schedule", "optim.restart_period", "optim.min_lr", "epochs")
+def test_schedule_keys(tmp_path):
+    s = engine(tmp_path, **{"optim.schedule": "cosine_restarts", "optim.restart_period": 7,
+                            "optim.min_lr": 0.001}).scheduler
+    assert isinstance(s, torch.optim.lr_scheduler.CosineAnnealingWarmRestarts)
+    assert (s.T_0, s.eta_min) == (7, 0.001)
+    assert engine(tmp_path, epochs=9).scheduler.T_max == 9
+    s = engine(tmp_path, **{"optim.schedule": "constant"}).scheduler
+    s.step()
+    assert s.base_lrs == [0.05] and s.lr_lambdas[0](10) == 1.0
+
+
+@probe("optim.batch_size", "optim.eval_batch_size")
+def test_batch_sizes(tmp_path, monkeypatch):
+    eng = engine(tmp_path, **{"optim.batch_size": 50, "optim.eval_batch_size": 70, "method.name": "ce"})
+    sizes = []
+    real = eng.model.forward
+    monkeypatch.setattr(eng.model, "forward", lambda x: (sizes.append(x.shape[0]), real(x))[1])
+    eng.train_pass(1)
+    assert max(sizes) == 50
+    sizes.clear()
+    eng.evaluate(eng.splits.train)
+    assert max(sizes) == 70
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# method
+
+
+@probe("method.name")
+def test_method_name(tmp_path):
+    assert type(engine(tmp_path, **{"method.name": "selc"}).method).__name__ == "SELC"
+
+
+@probe("method.warmup_epochs", "method.premix", "method.correction_start")
+def test_phase_keys(tmp_path):
+    m = engine(tmp_path, **{"method.warmup_epochs": 2, "method.correction_start": 5}).method
+    assert [m.phase_of(e) for e in range(1, 7)] == ["ce", "ce", "mixup", "mixup", "knn", "knn"]
+    m = engine(tmp_path, **{"method.warmup_epochs": 2, "method.correction_start": 5, "method.premix": "knn"}).method
+    assert m.phase_of(3) == "knn"
+
+
+@probe("method.k", "method.search")
+def test_k_and_search_backend(tmp_path, monkeypatch):
+    asked = []
+    for backend in ("faiss", "torch"):
+        eng = engine(tmp_path, **{"method.k": 7, "method.search": backend, "method.warmup_epochs": 0,
+                                  "method.correction_start": 1})
+        searcher = eng.make_searcher()
+        assert type(searcher).__name__ == {"faiss": "FaissSearch", "torch": "TorchSearch"}[backend]
+        real = searcher.search
+        monkeypatch.setattr(searcher, "search", lambda q, k: (asked.append(k), real(q, k))[1])
+        monkeypatch.setattr(eng, "make_searcher", lambda s=searcher: s)
+        eng.method.prepare_epoch(1, eng)
+        assert eng.state.neighbours.shape[1] == 7
+    assert asked == [8, 8]  # K neighbours + the query itself, which is dropped
+
+
+@probe("method.temperature")
+def test_temperature(tmp_path, monkeypatch):
+    seen = []
+    real = builtin.neighbour_weights
+    monkeypatch.setattr(builtin, "neighbour_weights", lambda w, m, t: (seen.append(t), real(w, m, t))[1])
+    eng = engine(tmp_path, **{"method.temperature": 0.25, "method.warmup_epochs": 0, "method.correction_start": 1})
+    epochs(eng, 1)
+    assert seen and set(seen) == {0.25}
+
+
+@probe("method.mixup_alpha")
+def test_mixup_alpha(tmp_path, monkeypatch):
+    seen = []
+    real = np.random.beta
+    monkeypatch.setattr(builtin.np.random, "beta", lambda a, b: (seen.append((a, b)), real(a, b))[1])
+    eng = engine(tmp_path, **{"method.name": "mixup", "method.mixup_alpha": 0.4})
+    epochs(eng, 1)
+    assert seen and set(seen) == {(0.4, 0.4)}
+
+
+@probe("method.correction_period", "method.correction_momentum")
+def test_correction_schedule_keys(tmp_path, monkeypatch):
+    calls = []
+    real = phases.correct_targets
+    monkeypatch.setattr(phases, "correct_targets", lambda s, b, m: (calls.append(m), real(s, b, m))[1])
+    eng = engine(tmp_path, epochs=6, **{"method.warmup_epochs": 1, "method.correction_start": 2,
+                                        "method.correction_period": 2, "method.correction_momentum": 0.6})
+    corrected = []
+    for e in range(1, 7):
+        before = len(calls)
+        eng.method.prepare_epoch(e, eng)
+        eng.epoch = e
+        if len(calls) > before:
+            corrected.append(e)
+    assert corrected == [2, 4, 6]
+    assert set(calls) == {0.6}
+
+
+@probe("method.loss_window")
+def test_loss_window(tmp_path):
+    eng = engine(tmp_path, **{"method.loss_window": 3, "method.warmup_epochs": 0, "method.correction_start": 99})
+    for e in range(1, 6):
+        eng.method.prepare_epoch(e, eng)
+        eng.epoch = e
+    assert eng.state.loss_history.shape[0] == 3
+
+
+@probe("method.gmm_max_iter", "method.gmm_tol", "method.gmm_reg_covar")
+def test_gmm_keys(tmp_path, monkeypatch):
+    seen = {}
+    real = phases.fit_clean_probability
+
+    def spy(x, **kw):
+        seen.update(kw)
+        return real(x, **kw)
+
+    monkeypatch.setattr(phases, "fit_clean_probability", spy)
+    eng = engine(tmp_path, **{"method.gmm_max_iter": 3, "method.gmm_tol": 0.5, "method.gmm_reg_covar": 0.01,
+                              "method.warmup_epochs": 0})
+    eng.method.prepare_epoch(1, eng)
+    assert (seen["max_iter"], seen["tol"], seen["reg_covar"]) == (3, 0.5, 0.01)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# run-level keys
+
+
+@probe("seed")
+def test_seed(tmp_path):
+    a = engine(tmp_path, seed=1).model.state_dict()
+    b = engine(tmp_path, seed=2).model.state_dict()
+    key = next(k for k in a if k.endswith("weight"))
+    assert not torch.equal(a[key], b[key])
+
+
+@probe("out", "checkpoint_every", "log_every")
+def test_outputs_keys(tmp_path, monkeypatch):
+    saved, lines = [], []
+    monkeypatch.setattr(RunFolder, "save_checkpoint", lambda self, p: saved.append((self.path, p["epoch"])))
+    cfg = cfg_with(tmp_path, epochs=5, checkpoint_every=2, log_every=2, out=str(tmp_path / "here"),
+                   **{"method.name": "ce"})
+    L.train(cfg, echo=lines.append)
+    assert saved == [(tmp_path / "here", 2), (tmp_path / "here", 4), (tmp_path / "here", 5)]
+    assert [ln.split()[1] for ln in lines if ln.startswith("epoch")] == ["2/5", "4/5", "5/5"]
+
+
+@probe("device", "threads")
+def test_device_and_threads(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        eng = engine(tmp_path, device="cpu", threads=1)
+        assert eng.device == torch.device("cpu")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_every_config_key_has_a_probe():
+    keys = {key for key, *_ in C.field_docs() if not key.startswith("distributed.")}
+    assert keys - PROBED == set(), "config keys without a wiring test"
