@@ -3,7 +3,8 @@
 ``config.yaml`` (resolved config), ``run.json`` (commit, machine, command), ``noisy_labels.npz`` (the labels the
 run trained on, so any run can be re-scored), ``metrics.jsonl`` (one line per epoch), ``checkpoint.pt`` (resumes
 the method exactly), ``model_best.pt`` (weights with the best noisy-validation accuracy), ``summary.json``
-(final and best-by-validation figures) and ``label_issues.csv`` (the ranked list for annotators).
+(final and best-by-validation figures), ``label_issues.csv`` (the ranked list for annotators) and
+``label_issues.png`` (the top suspects with their given and suggested labels).
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 LABEL_ISSUES = "label_issues.csv"
+LABEL_ISSUES_PLOT = "label_issues.png"
 NOISY_LABELS = "noisy_labels.npz"
 CONFIG = "config.yaml"
 BEST_MODEL = "model_best.pt"
 RUN_INFO = "run.json"
-RUN_FILES = (CHECKPOINT, METRICS, SUMMARY, LABEL_ISSUES, NOISY_LABELS, CONFIG, BEST_MODEL, RUN_INFO)
+RUN_FILES = (CHECKPOINT, METRICS, SUMMARY, LABEL_ISSUES, LABEL_ISSUES_PLOT, NOISY_LABELS, CONFIG, BEST_MODEL, RUN_INFO)
 
 
 class RunFolder:
@@ -48,7 +50,10 @@ class RunFolder:
             self.file(name).unlink(missing_ok=True)
 
     def start(self, cfg: C.Config, noisy_labels: dict[str, np.ndarray]) -> None:
+        """Write the run's fixed files; ``metrics.jsonl`` starts empty (a restart before the first checkpoint
+        must not keep the failed attempt's lines)."""
         self.path.mkdir(parents=True, exist_ok=True)
+        self.file(METRICS).unlink(missing_ok=True)
         self.file(CONFIG).write_text(C.to_yaml(cfg))
         np.savez_compressed(self.file(NOISY_LABELS), **noisy_labels)
         info = {

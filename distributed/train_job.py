@@ -1,0 +1,73 @@
+#!/usr/bin/env python
+"""Ray job entrypoint: ``knnmix train`` on Ray Train workers, the same flags as ``knnmix train``.
+
+Runs unchanged on a laptop and on a cluster:
+
+* laptop:  ``python distributed/train_job.py --config digits --workers 2 --out runs/digits-ray`` starts a private
+  local Ray (``ray.init()``) for the run, or joins the one ``ray start`` left on this machine;
+* cluster: ``ray job submit --address http://HEAD:8265 --working-dir . -- python distributed/train_job.py ...``
+  (``ray job submit`` sets ``RAY_ADDRESS`` for this driver, which joins that cluster).
+
+The knnmix sources next to this file (``../src``) win over an installed knnmix, so a job runs the code it was
+submitted with; they travel to every worker in the job's runtime environment. Extra flag: ``--resume-if-exists``
+continues the run when its folder or Ray Train storage already holds one and starts it otherwise (for job retries,
+e.g. a KubeRay RayJob's ``backoffLimit``). Exit status: 0 done, 2 a user error (one line on stderr), 1 otherwise.
+See distributed/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+if (SRC / "knnmix").is_dir() and str(SRC) not in sys.path:
+    sys.path.insert(0, str(SRC))
+
+from knnmix.cli import _add_run_options, load_config  # noqa: E402
+from knnmix.errors import KnnmixError  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train_job.py",
+        description="knnmix train on Ray Train (the flags of `knnmix train`; --workers N is required).",
+    )
+    _add_run_options(p)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a run in --out (and its Ray Train checkpoints)")
+    p.add_argument(
+        "--resume-if-exists", action="store_true",
+        help="continue the run if --out / the Ray Train storage already holds it, otherwise start it",
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from knnmix.scale.train import run_exists, train_distributed
+
+        if args.resume and not args.config:  # as `knnmix train --resume`: the run folder's config by default
+            from knnmix import config as C
+
+            saved = Path(args.out or C.Config().out) / "config.yaml"
+            if saved.exists():
+                args.config = str(saved)
+        cfg = load_config(args)
+        if cfg.distributed.workers < 1:
+            raise KnnmixError("train_job.py trains on Ray Train workers: pass --workers N (N >= 1)")
+        resume = args.resume or (args.resume_if_exists and run_exists(cfg))
+        summary = train_distributed(cfg, resume=resume, overwrite=args.overwrite)
+    except KnnmixError as exc:
+        print(f"knnmix: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"final": summary["final"], "best_val": summary["best_val"], "out": summary["config"]["out"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,434 @@
+"""The Ray Train layer on real Ray (no mocks): configs, checkpoints, accuracy parity, failures, resume, ray job.
+
+Ray runs with its own temp dir (``RAY_TMPDIR``) and a token from ``RAY_AUTH_TOKEN`` (so nothing is written to
+``~/.ray``). One local Ray (2 CPUs) serves the tests that need one; the ``ray job submit`` test shuts it down and
+starts its own head node with ``ray start --block``, which it stops by process id (``ray stop`` would stop every Ray
+process on the machine, other users' included).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from knnmix import config as C
+from knnmix.cli import main as cli_main
+from knnmix.cli import preset_path
+from knnmix.engine.loop import Engine, train
+from knnmix.engine.outputs import RunFolder, read_metrics
+from knnmix.engine.state import SampleState
+from knnmix.errors import KnnmixError
+from knnmix.scale import ray_env
+from knnmix.scale.train import (
+    DUMP_DIR_ENV,
+    ENGINE_FILE,
+    FAIL_AT_ENV,
+    check_run_state,
+    checkpoint_dir_name,
+    fit,
+    ray_configs,
+    read_checkpoint,
+    share_file,
+    storage_of,
+    worker_config,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+SHORT = {"method.warmup_epochs": 1, "method.correction_start": 2, "method.correction_period": 1}
+
+
+def digits_cfg(out: Path, **dotted) -> C.Config:
+    """The embedded digits preset (40% symmetric noise, knnmix), shortened."""
+    base = C.load(preset_path("digits"))
+    settings = {"epochs": 3, "out": str(out), "log_every": 1, "threads": 1, **SHORT}
+    settings.update(dotted)
+    return C.replace(base, **settings)
+
+
+def full_state(shares: list[dict[str, torch.Tensor]], like: SampleState) -> SampleState:
+    state = SampleState(**{k: v.clone() for k, v in like.state_dict().items()})
+    state.load_rows(shares)
+    return state
+
+
+def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].shape == b[key].shape, key
+        assert torch.equal(a[key].nan_to_num(-7.0), b[key].nan_to_num(-7.0)), key
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Ray runtime shared by the tests
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A private temp dir and token for Ray; yields ``start()``, which (re)starts one local 2-CPU Ray if needed."""
+    import ray
+
+    tmp = Path(tempfile.mkdtemp(prefix="kx-ray-", dir="/tmp"))  # short: Ray's socket paths live below it
+    names = ("RAY_TMPDIR", "RAY_AUTH_TOKEN", "RAY_AUTH_MODE")
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ["RAY_TMPDIR"] = str(tmp)
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(24)  # ray.init() turns token auth on and uses this token
+
+    def start() -> None:
+        if not ray.is_initialized():
+            ray.init(
+                address="local", num_cpus=2, include_dashboard=False, runtime_env=ray_env.runtime_env(),
+                log_to_driver=True,
+            )
+
+    yield {"start": start, "tmp": tmp}
+    ray.shutdown()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def local_ray(ray_session):
+    ray_session["start"]()
+    return ray_session
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 6. The distributed config section reaches Ray's configs (no workers started)
+
+
+def test_every_distributed_field_reaches_its_ray_config(tmp_path):
+    cfg = digits_cfg(tmp_path / "digits-run", **{
+        "distributed.workers": 3, "optim.batch_size": 66, "distributed.cpus_per_worker": 2,
+        "distributed.max_failures": 4, "distributed.num_to_keep": 5,
+    })
+    rc = ray_configs(cfg)
+    assert rc.scaling.num_workers == 3
+    assert rc.scaling.use_gpu is False
+    assert rc.scaling.resources_per_worker == {"CPU": 2}
+    assert rc.torch_config.backend == "gloo"
+    assert rc.run.failure_config.max_failures == 4
+    assert rc.run.checkpoint_config.num_to_keep == 5
+    assert rc.run.checkpoint_config.checkpoint_score_attribute == "val_acc"
+    assert rc.run.checkpoint_config.checkpoint_score_order == "max"
+    # defaults: storage <abs out>/ray, name = the out folder's name
+    assert rc.run.storage_path == str((tmp_path / "digits-run" / "ray").absolute())
+    assert rc.run.name == "digits-run"
+    assert rc.run.worker_runtime_env["env_vars"]["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "0.5"
+
+    gpu = C.replace(cfg, **{"distributed.use_gpu": True, "distributed.name": "exp-7",
+                            "distributed.storage_path": "s3://bucket/knnmix", "distributed.max_failures": -1})
+    rc = ray_configs(gpu)
+    assert rc.scaling.use_gpu is True and rc.scaling.num_gpus_per_worker == 1
+    assert rc.torch_config.backend == "nccl"
+    assert rc.run.name == "exp-7"
+    assert rc.run.storage_path == "s3://bucket/knnmix"
+    assert rc.run.failure_config.max_failures == -1
+    assert ray_configs(gpu, num_workers=0).scaling.num_workers == 0
+
+    # no validation split: nothing to rank checkpoints by, keep the latest ones
+    assert ray_configs(C.replace(cfg, **{"data.val_fraction": 0.0})).run.checkpoint_config \
+        .checkpoint_score_attribute is None
+
+
+def test_worker_config_is_absolute_and_threads_follow_cpus(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = digits_cfg(Path("rel/out"), **{"distributed.cpus_per_worker": 3, "threads": 0, "data.root": "data"})
+    wc = worker_config(cfg)
+    assert wc.out == str(tmp_path / "rel" / "out")
+    assert wc.data.root == str(tmp_path / "data")
+    assert wc.threads == 3
+    assert wc.distributed.storage_path == str(tmp_path / "rel" / "out" / "ray")
+    assert wc.distributed.name == "out"
+    assert storage_of(wc) == storage_of(cfg)
+
+
+def test_knnmix_env_vars_are_forwarded_to_workers(tmp_path, monkeypatch):
+    monkeypatch.setenv(FAIL_AT_ENV, "3:1:/x")
+    env = ray_configs(digits_cfg(tmp_path / "r")).run.worker_runtime_env["env_vars"]
+    assert env[FAIL_AT_ENV] == "3:1:/x"
+    assert ray_env.runtime_env()["py_modules"] == [str(REPO / "src" / "knnmix")]
+
+
+def test_run_state_checks(tmp_path):
+    cfg = digits_cfg(tmp_path / "run")
+    with pytest.raises(KnnmixError, match="nothing to resume"):
+        check_run_state(cfg, resume=True)
+    check_run_state(cfg, resume=False)
+    # Ray Train checkpoints of the same name in the storage count as a run: no silent continuation
+    snap = Path(storage_of(cfg)[0]) / "run" / "checkpoint_manager_snapshot.json"
+    snap.parent.mkdir(parents=True)
+    snap.write_text(json.dumps({"latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_epoch00002"}}))
+    with pytest.raises(KnnmixError, match="pass --resume"):
+        check_run_state(cfg, resume=False)
+    check_run_state(cfg, resume=True)
+    with pytest.raises(KnnmixError, match="exclude each other"):
+        check_run_state(cfg, resume=True, overwrite=True)
+    # --overwrite replaces the run: the run folder's files and Ray Train's folder of this run name go
+    out = tmp_path / "run"
+    (out / "checkpoint.pt").write_text("x")
+    (out / "notes.txt").write_text("mine")
+    check_run_state(cfg, resume=False, overwrite=True)
+    assert not snap.parent.exists() and not (out / "checkpoint.pt").exists() and (out / "notes.txt").exists()
+    check_run_state(cfg, resume=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 1. The glue, in-process (ScalingConfig(num_workers=0)): checkpoints, metrics, summary, restore
+
+
+def test_in_process_run_writes_checkpoints_reports_metrics_and_returns_the_summary(tmp_path):
+    cfg = digits_cfg(tmp_path / "run", epochs=3, **{
+        "data.train_subset": 500, "checkpoint_every": 2, "distributed.cpus_per_worker": 2, "threads": 0,
+    })
+    threads = torch.get_num_threads()
+    try:
+        run = fit(cfg, num_workers=0)
+        assert torch.get_num_threads() == 2  # the worker ran with cpus_per_worker torch threads
+    finally:
+        torch.set_num_threads(threads)
+    out = tmp_path / "run"
+    assert C.load(out / "config.yaml").threads == 2  # ... and faiss threads (cfg.threads)
+    # the summary is the one rank 0 wrote
+    assert run.summary == json.loads((out / "summary.json").read_text())
+    assert run.summary["epochs"] == 3 and run.summary["world_size"] == 1
+    # metrics: the last epoch's numbers, nothing that is not a number
+    m = run.result.metrics
+    assert m["epoch"] == 3 and "phase" not in m
+    assert m["test_acc"] == pytest.approx(run.summary["final"]["test_acc"])
+    assert all(isinstance(v, (int, float)) for v in m.values())
+    # checkpoints every 2 epochs and at the end, in <out>/ray/<name>/: engine file + one state share
+    ckpt_root = out / "ray" / "run"
+    assert sorted(p.name for p in ckpt_root.iterdir()) == [checkpoint_dir_name(2), checkpoint_dir_name(3)]
+    last = ckpt_root / checkpoint_dir_name(3)
+    assert sorted(p.name for p in last.iterdir()) == sorted([ENGINE_FILE, share_file(0, 1)])
+    assert Path(run.result.checkpoint.path) == last
+    payload, shares = read_checkpoint(last)
+    assert "state" not in payload and payload["epoch"] == 3 and payload["world_size"] == 1
+    # restoring it gives exactly the run's final state (the run folder's full checkpoint holds the same)
+    engine = Engine(C.replace(cfg, out=str(tmp_path / "other")), echo=None)
+    engine.restore(payload, state_shares=shares)
+    full = RunFolder(out).load_checkpoint()
+    assert engine.epoch == full["epoch"] == 3
+    assert_same_state(engine.state.state_dict(), full["state"])
+    assert not torch.all(engine.state.clean_prob == 1.0)  # the state is not the initial one
+
+
+def test_checkpoint_with_a_missing_share_is_refused(tmp_path):
+    cfg = digits_cfg(tmp_path / "run", epochs=1, **{"data.train_subset": 300})
+    fit(cfg, num_workers=0)
+    ckpt = tmp_path / "run" / "ray" / "run" / checkpoint_dir_name(1)
+    (ckpt / share_file(0, 1)).unlink()
+    with pytest.raises(KnnmixError, match="state shares of 1 workers"):
+        read_checkpoint(ckpt)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Real worker groups
+
+
+@pytest.mark.slow
+def test_worker_user_error_surfaces_as_the_same_one_line_error(local_ray, tmp_path, capsys):
+    # method.k must be smaller than the training set: only the workers (which load the data) can tell
+    argv = ["train", "--config", "digits", "--workers", "1", "--epochs", "1", "--out", str(tmp_path / "run"),
+            "--set", "data.train_subset=300", "--set", "method.k=1000"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    line = "knnmix: error: method.k=1000 is not smaller than the training set (270 samples)"
+    assert line in err.splitlines()
+    assert "Traceback" not in err.split(line)[-1] and not err.split(line)[-1].strip()  # the last word is ours
+
+
+@pytest.mark.slow
+def test_two_workers_match_single_process_accuracy(local_ray, tmp_path):
+    """knnmix on digits with 40% noise: 2 Ray workers vs one process, same seed and epochs.
+
+    The two runs see the same global batches (the per-rank batches are the halves of the single-process batch),
+    but BatchNorm statistics, augmentation and mixup draws differ per rank, so they are not bit-identical.
+    Tolerance: 3 points of last-epoch test accuracy (360 test images; one image = 0.28 points).
+    """
+    settings = {"epochs": 8, "method.warmup_epochs": 2, "method.correction_start": 4, "method.correction_period": 2}
+    single = train(digits_cfg(tmp_path / "single", **settings), echo=None)
+    t0 = time.perf_counter()
+    ray_run = fit(digits_cfg(tmp_path / "ray", **settings, **{"distributed.workers": 2}))
+    elapsed = time.perf_counter() - t0
+    assert ray_run.summary["world_size"] == 2 and single["world_size"] == 1
+    a, b = single["final"]["test_acc"], ray_run.summary["final"]["test_acc"]
+    print(f"last-epoch test acc: single {a:.2f}%, 2 workers {b:.2f}%; 2-worker run {elapsed:.0f}s")
+    assert a > 80 and b > 80  # both learned through 40% noise
+    assert abs(a - b) <= 3.0
+    assert elapsed < 120
+
+
+@pytest.mark.slow
+def test_worker_failure_restarts_from_the_last_checkpoint_without_losing_state(local_ray, tmp_path, monkeypatch):
+    dump = tmp_path / "dump"
+    marker = tmp_path / "failed-once"
+    monkeypatch.setenv(FAIL_AT_ENV, f"3:1:{marker}")  # rank 1 raises after epoch 3, before epoch 3's checkpoint
+    monkeypatch.setenv(DUMP_DIR_ENV, str(dump))
+    cfg = digits_cfg(tmp_path / "run", epochs=4, **{
+        "data.train_subset": 600, "distributed.workers": 2, "distributed.max_failures": 1,
+        "distributed.num_to_keep": 10,
+    })
+    run = fit(cfg)
+    assert marker.exists(), "the injected failure did not happen"
+    assert run.summary["epochs"] == 4
+    # each epoch exactly once: epoch 3 ran twice, the first time's line was dropped on restore
+    assert [r["epoch"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3, 4]
+    # both workers restored the state as it was when epoch 2 was checkpointed
+    saved = [torch.load(dump / f"saved-epoch2-rank{r}.pt") for r in (0, 1)]
+    assert_same_state(saved[0]["state"], saved[1]["state"])  # every rank held the same full state
+    assert not torch.all(saved[0]["state"]["clean_prob"] == 1.0)
+    for r in (0, 1):
+        restored = torch.load(dump / f"restored-ray-epoch2-rank{r}.pt")
+        assert restored["epoch"] == 2
+        assert_same_state(restored["state"], saved[0]["state"])
+    # the checkpoint on storage: the engine once, two disjoint shares covering every sample exactly once
+    ckpt = Path(storage_of(worker_config(cfg))[0]) / "run" / checkpoint_dir_name(2)
+    payload, shares = read_checkpoint(ckpt)
+    index = torch.cat([s["index"] for s in shares])
+    assert len(shares) == 2 and index.numel() == 540 and torch.unique(index).numel() == 540
+    engine_like = SampleState(**saved[0]["state"])
+    assert_same_state(full_state(shares, engine_like).state_dict(), saved[0]["state"])
+
+
+@pytest.mark.slow
+def test_relaunch_with_same_name_and_storage_continues_from_latest_checkpoint(local_ray, tmp_path, monkeypatch):
+    dump = tmp_path / "dump"
+    monkeypatch.setenv(DUMP_DIR_ENV, str(dump))
+    first = digits_cfg(tmp_path / "run", epochs=2, **{"data.train_subset": 500, "distributed.workers": 2})
+    fit(first)
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    # launching it again without --resume is refused (Ray Train would silently continue otherwise)
+    with pytest.raises(KnnmixError, match="already holds a run"):
+        fit(first)
+    longer = C.replace(first, epochs=3)
+    run = fit(longer, resume=True)
+    assert (dump / "restored-ray-epoch2-rank0.pt").exists()  # from Ray Train's checkpoint, not the folder's
+    assert run.summary["epochs"] == 3
+    after = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert after[:2] == lines  # epochs 1-2 were not trained again
+    assert [json.loads(x)["epoch"] for x in after] == [1, 2, 3]
+    assert run.result.checkpoint.path.endswith(checkpoint_dir_name(3))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 5. ray job submit against a `ray start` head node (runs last: it stops the shared local Ray first)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, timeout: float) -> None:
+    import urllib.error
+    import urllib.request
+
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return  # the server answers (e.g. 401 without a token)
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+def _stop_tree(proc: subprocess.Popen) -> None:
+    """Stop a `ray start --block` and every process under it, by process id (SIGTERM, then SIGKILL after 5 s)."""
+    import psutil  # Ray's vendored copy (ray/thirdparty_files), on sys.path once ray is imported
+
+    try:
+        root = psutil.Process(proc.pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    for p in reversed(tree):
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=5)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    proc.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_ray_job_submit_runs_train_job_to_success(ray_session, tmp_path):
+    import ray  # also puts Ray's vendored psutil on sys.path (used by _stop_tree)
+
+    ray.shutdown()  # one Ray at a time on this machine's 2 cores
+    token = secrets.token_hex(24)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(
+        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+        RAY_TMPDIR=str(ray_session["tmp"] / "head"),
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=token,
+    )
+    (ray_session["tmp"] / "head").mkdir()
+    gcs, dash = _free_port(), _free_port()
+    # the submitted working dir: the sources and the job script only
+    work = tmp_path / "work"
+    shutil.copytree(REPO / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(REPO / "distributed", work / "distributed", ignore=shutil.ignore_patterns("__pycache__"))
+    out = tmp_path / "job-out"
+    head_log = open(tmp_path / "head.log", "w")
+    head = subprocess.Popen(
+        [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+         "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         "--disable-usage-stats"],
+        env=env, stdout=head_log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        _wait_http(f"{address}/api/version", timeout=120)
+        # token authentication is on: the job API refuses a client without the token
+        anon = {k: v for k, v in env.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+        refused = subprocess.run([str(VENV_BIN / "ray"), "job", "list", "--address", address],
+                                 env=anon, capture_output=True, text=True, timeout=120)
+        assert refused.returncode != 0
+        assert "401" in refused.stdout + refused.stderr or "Authentication" in refused.stdout + refused.stderr
+        job = subprocess.run(
+            [str(VENV_BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(work), "--",
+             "python", "distributed/train_job.py", "--config", "digits", "--workers", "2", "--epochs", "2",
+             "--out", str(out), "--set", "data.train_subset=500"],
+            env=env, capture_output=True, text=True, timeout=420,
+        )
+        logs = job.stdout + job.stderr
+        assert job.returncode == 0, logs[-4000:]
+        assert "SUCCEEDED" in logs or "succeeded" in logs
+        assert "epoch   2/2" in logs  # rank 0's progress lines reach the job's logs
+        for name in ("summary.json", "metrics.jsonl", "label_issues.csv", "config.yaml", "checkpoint.pt"):
+            assert (out / name).exists(), name
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["world_size"] == 2 and summary["epochs"] == 2
+        assert summary["config"]["out"] == str(out)
+        assert (out / "ray" / "job-out" / checkpoint_dir_name(2)).is_dir()
+    finally:
+        _stop_tree(head)
+        head_log.close()
