@@ -122,7 +122,6 @@ def test_data_epoch_samples(tmp_path):
 _SEEN_OPTIONS: dict[str, object] = {}
 
 
-@DATASETS.register("_wiring_probe")
 def _probe_loader(root, download, *, image_size, labels_file, test_root, on_bad_image, first_classes):
     _SEEN_OPTIONS.update(image_size=image_size, labels_file=labels_file, test_root=test_root,
                          on_bad_image=on_bad_image, first_classes=first_classes)
@@ -132,8 +131,15 @@ def _probe_loader(root, download, *, image_size, labels_file, test_root, on_bad_
                          np.arange(40) % 2)
 
 
+@pytest.fixture
+def probe_dataset():
+    DATASETS.register("_wiring_probe")(_probe_loader)
+    yield
+    DATASETS.unregister("_wiring_probe")
+
+
 @probe("data.image_size", "data.labels_file", "data.test_root", "data.on_bad_image", "data.first_classes")
-def test_dataset_options_reach_the_loader(tmp_path):
+def test_dataset_options_reach_the_loader(tmp_path, probe_dataset):
     values = {"image_size": 32, "labels_file": "l.csv", "test_root": "t", "on_bad_image": "skip", "first_classes": 2}
     build_splits(cfg_with(tmp_path, **{"data.name": "_wiring_probe", "data.train_subset": None,
                                        **{f"data.{k}": v for k, v in values.items()}}))

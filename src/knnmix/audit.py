@@ -123,3 +123,41 @@ def write_label_issues(
                 line += [class_names[int(table["given_label"][r])], class_names[int(table["corrected_label"][r])]]
             line += [extra[k][i] for k in extra]
             w.writerow(line)
+
+
+def plot_label_issues(
+    path: str | Path,
+    images: "torch.Tensor",
+    given: Sequence[str],
+    suggested: Sequence[str],
+    clean_prob: Sequence[float],
+    *,
+    columns: int = 8,
+    title: str | None = None,
+) -> None:
+    """A grid of the top suspects: each image ``(B, C, H, W)`` uint8 with its given and suggested label.
+
+    ``given``, ``suggested`` and ``clean_prob`` are aligned with the images, most suspect first.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    n = images.shape[0]
+    if n == 0:
+        return
+    cols = min(columns, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.5 * rows + 0.4), squeeze=False)
+    for k, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if k >= n:
+            continue
+        img = images[k].permute(1, 2, 0).cpu().numpy()
+        ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray" if img.shape[2] == 1 else None)
+        ax.set_title(f"given: {given[k]}\nsuggested: {suggested[k]}\nclean p={clean_prob[k]:.2f}", fontsize=7)
+    fig.suptitle(title or "Labels most likely wrong (most suspect first)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

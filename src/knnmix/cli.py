@@ -36,6 +36,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="shorthand for --set seed=S")
     p.add_argument("--out", help="shorthand for --set out=DIR (the run folder)")
     p.add_argument("--workers", type=int, help="shorthand for --set distributed.workers=N (Ray Train workers)")
+    p.add_argument("--pretrained", help="shorthand for --set model.pretrained=PATH (a local weights file)")
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override any config key, e.g. --set method.k=5 (repeatable)",
@@ -55,6 +56,8 @@ def load_config(args: argparse.Namespace) -> C.Config:
             "seed": args.seed,
             "out": args.out,
             "distributed.workers": getattr(args, "workers", None),
+            "model.pretrained": getattr(args, "pretrained", None),
+            **getattr(args, "extra_shorthands", {}),
         },
     )
 
@@ -116,6 +119,49 @@ def comparison_table(summaries: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Train knnmix on a folder of images with untrusted labels; write the ranked list and the picture of suspects."""
+    if args.config is None:
+        args.config = "audit"
+    args.extra_shorthands = {
+        "data.root": args.data,
+        "data.labels_file": args.labels,
+        "data.image_size": args.image_size,
+        "data.test_root": args.test,
+    }
+    if args.dataset is None and not args.labels and not Path(args.data).is_dir():
+        raise KnnmixError(f"data folder {args.data!r} does not exist")
+    cfg = load_config(args)
+    summary = run_training(cfg, resume=args.resume, overwrite=args.overwrite)
+    out = Path(cfg.out)
+    print(audit_report(out / "label_issues.csv", summary, args.show))
+    return 0
+
+
+def audit_report(csv_path: Path, summary: dict[str, Any], show: int) -> str:
+    import csv
+
+    with open(csv_path) as fh:
+        rows = list(csv.DictReader(fh))
+    issues = summary.get("label_issues", {})
+    lines = [
+        f"{issues.get('flagged', sum(r['is_label_issue'] == '1' for r in rows))} of {len(rows)} labels look wrong "
+        f"(clean probability < 0.5). Most suspect first:",
+        "",
+        "| rank | item | given | suggested | clean prob | confidence in suggestion |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows[:show]:
+        item = r.get("path") or f"row {r['row']}"
+        lines.append(
+            f"| {r['rank']} | {item} | {r.get('given_class', r['given_label'])} | "
+            f"{r.get('corrected_class', r['corrected_label'])} | {float(r['clean_prob']):.3f} | "
+            f"{float(r['suggestion_confidence']):.3f} |"
+        )
+    lines += ["", f"full list: {csv_path}", f"picture of the top suspects: {csv_path.with_suffix('.png')}"]
+    return "\n".join(lines)
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     if args.doc:
         print(config_doc())
@@ -163,6 +209,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue each method's run from its checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace earlier runs in --out")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "audit",
+        help="train on your own images and labels, then rank the labels most likely wrong",
+        description="Train knnmix on a folder of images (one sub-folder per class, or images plus --labels CSV) "
+        "and write label_issues.csv (every image ranked by how likely its label is wrong, with a suggested label) "
+        "and label_issues.png (the top suspects) into --out.",
+    )
+    p.add_argument("data", help="folder of images: one sub-folder per class, or the root the --labels CSV refers to")
+    p.add_argument("--labels", help="CSV with path,label columns (shorthand for --set data.labels_file=...)")
+    p.add_argument("--image-size", type=int, help="square side the images are resized to (data.image_size)")
+    p.add_argument("--test", help="a folder or CSV with trusted labels, reported as the test split (data.test_root)")
+    p.add_argument("--show", type=int, default=10, help="suspects printed on the terminal (default 10)")
+    _add_run_options(p)
+    p.add_argument("--resume", action="store_true", help="continue the audit run in --out from its checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier audit in --out")
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("config", help="print the resolved config, its documentation, or the presets")
     _add_run_options(p)

@@ -37,6 +37,14 @@ class ImageSource(ABC):
         Randomness comes from torch's global generator (the engine seeds it per epoch and worker).
         """
 
+    def preview(self, rows: Tensor) -> Tensor:
+        """Rows ``(B,)`` as displayable ``uint8`` images ``(B, C, H, W)``, not augmented or normalised."""
+        raise NotImplementedError(f"{type(self).__name__} cannot show its images")
+
+    def path(self, row: int) -> str | None:
+        """The file a row was read from, for sources backed by files; ``None`` otherwise."""
+        return None
+
 
 @dataclass(frozen=True)
 class Augment:
@@ -79,6 +87,9 @@ class TensorSource(ImageSource):
         if augment:
             x = random_crop_flip(x, self.augment.crop_padding, self.augment.hflip)
         return (x.float() - self._mean) * self._inv_std
+
+    def preview(self, rows: Tensor) -> Tensor:
+        return self.images[rows]
 
     def as_float(self) -> Tensor:
         """All images as ``(N, C*H*W)`` floats in [0, 1] (used by instance-dependent noise)."""

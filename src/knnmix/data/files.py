@@ -379,6 +379,9 @@ class FileSource(_Files, ImageSource):
     def load(self, rows: Tensor, *, augment: bool) -> Tensor:
         return self._normalise(self.load_uint8(rows, augment=augment))
 
+    def preview(self, rows: Tensor) -> Tensor:
+        return self.load_uint8(rows, augment=False)
+
 
 class PreloadedSource(_Files, TensorSource):
     """A :class:`TensorSource` of images decoded once from files; remembers each row's file (:meth:`path`)."""

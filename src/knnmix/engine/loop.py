@@ -22,10 +22,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from knnmix import config as C
-from knnmix.audit import find_label_issues, write_label_issues
+from knnmix.audit import find_label_issues, plot_label_issues, write_label_issues
 from knnmix.data import LabelledDataset, collate_batch
 from knnmix.engine import dist as D
-from knnmix.engine.outputs import LABEL_ISSUES, RunFolder
+from knnmix.engine.outputs import LABEL_ISSUES, LABEL_ISSUES_PLOT, RunFolder
 from knnmix.engine.phases import Bank, gather_bank
 from knnmix.engine.splits import Splits, build_splits
 from knnmix.engine.state import SampleState
@@ -111,6 +111,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 class Engine:
     """One run of one method; in a process group, one rank of it (every rank builds the same Engine)."""
+
+    AUDIT_PLOT_SIZE = 32  # suspects shown in label_issues.png
 
     def __init__(
         self,
@@ -321,12 +323,16 @@ class Engine:
         assert self.folder is not None
         train = self.splits.train
         given = train.given_labels[bank.index.numpy()]
-        corrected = self.state.corrected_labels()[bank.index].numpy() if self.method.uses_soft_targets else None
-        table = find_label_issues(given, bank.log_probs.exp().numpy(), corrected_labels=corrected, seed=self.seed)
+        # The suggestion is the final model's prediction: the soft targets move slowly by design (momentum 0.9 every
+        # correction_period epochs), so their argmax still names the given label long after the network disagrees.
+        table = find_label_issues(given, bank.log_probs.exp().numpy(), seed=self.seed)
         table["index"] = bank.index.numpy()[table["index"]]
-        extra = {}
+        extra: dict[str, Any] = {}
         if train.true_labels is not None:
             extra["true_label"] = train.true_labels
+        source = train.source
+        if source.path(0) is not None:
+            extra["path"] = [source.path(int(r)) for r in train.rows]
         write_label_issues(
             self.folder.file(LABEL_ISSUES),
             table,
@@ -334,6 +340,21 @@ class Engine:
             class_names=train.classes,
             extra=extra,
         )
+        top = table["index"][: self.AUDIT_PLOT_SIZE]
+        try:
+            images = source.preview(torch.from_numpy(train.rows[top]))
+        except NotImplementedError:
+            images = None
+        if images is not None:
+            names = train.classes
+            plot_label_issues(
+                self.folder.file(LABEL_ISSUES_PLOT),
+                images,
+                [names[int(c)] for c in table["given_label"][: len(top)]],
+                [names[int(c)] for c in table["corrected_label"][: len(top)]],
+                table["clean_prob"][: len(top)],
+                title=f"{self.cfg.data.name}: the {len(top)} labels most likely wrong ({self.cfg.method.name})",
+            )
         flagged = table["is_label_issue"]
         out: dict[str, Any] = {"flagged": int(flagged.sum()), "total": int(len(flagged))}
         if train.true_labels is not None:
