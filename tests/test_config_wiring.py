@@ -349,6 +349,21 @@ def test_outputs_keys(tmp_path, monkeypatch):
     assert [ln.split()[1] for ln in lines if ln.startswith("epoch")] == ["2/5", "4/5", "5/5"]
 
 
+@probe("test_every")
+def test_test_every(tmp_path):
+    cfg = cfg_with(tmp_path, epochs=5, test_every=2, **{"method.name": "ce", "data.val_fraction": 0.2})
+    summary = L.train(cfg, echo=None)
+    from knnmix.engine.outputs import read_metrics
+
+    tested = [m["epoch"] for m in read_metrics(tmp_path / "run" / "metrics.jsonl") if m["test_acc"] is not None]
+    assert tested == [2, 4, 5]
+    assert summary["best_val"]["test_acc"] is not None  # the selected epoch's weights are tested at the end
+    cfg0 = cfg_with(tmp_path, epochs=3, test_every=0, out=str(tmp_path / "r0"), **{"method.name": "ce"})
+    s0 = L.train(cfg0, echo=None)
+    assert s0["best_val"]["test_acc"] is not None
+    assert [m["test_acc"] is not None for m in read_metrics(tmp_path / "r0" / "metrics.jsonl")] == [False, False, True]
+
+
 @probe("device", "threads")
 def test_device_and_threads(tmp_path):
     before = torch.get_num_threads()

@@ -114,6 +114,7 @@ class Config:
     threads: int = 0  # torch / faiss CPU threads per process; 0 = leave the library default
     checkpoint_every: int = 1  # write the resumable checkpoint every this many epochs (and at the end)
     log_every: int = 1  # print a progress line every this many epochs
+    test_every: int = 1  # evaluate the test split every this many epochs (always at the last; 0 = only the last, and the validation-selected weights at the end)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -329,6 +330,7 @@ def validate(cfg: Config) -> None:
     _check(cfg.threads >= 0, "threads", cfg.threads, "use >= 0")
     _check(cfg.checkpoint_every >= 1, "checkpoint_every", cfg.checkpoint_every, "use >= 1")
     _check(cfg.log_every >= 1, "log_every", cfg.log_every, "use >= 1")
+    _check(cfg.test_every >= 0, "test_every", cfg.test_every, "use >= 0")
     if x.storage_path is not None and "://" not in x.storage_path and not Path(x.storage_path).is_absolute():
         raise ConfigError(
             f"distributed.storage_path: {x.storage_path!r} must be an absolute path or a URI (Ray Train needs it)"

@@ -25,7 +25,7 @@ from knnmix import config as C
 from knnmix.audit import find_label_issues, plot_label_issues, write_label_issues
 from knnmix.data import LabelledDataset, collate_batch
 from knnmix.engine import dist as D
-from knnmix.engine.outputs import LABEL_ISSUES, LABEL_ISSUES_PLOT, RunFolder
+from knnmix.engine.outputs import BEST_MODEL, LABEL_ISSUES, LABEL_ISSUES_PLOT, RunFolder
 from knnmix.engine.phases import Bank, gather_bank
 from knnmix.engine.splits import Splits, build_splits
 from knnmix.engine.state import SampleState
@@ -155,6 +155,7 @@ class Engine:
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"epoch": 0, "val_acc": None, "test_acc": None}
         self._all = torch.arange(n)
+        self._best_weights: dict[str, Tensor] | None = None  # kept only when test_every skipped the best epoch
 
     def _resolve(self, cfg: C.Config) -> C.Config:
         """Fill the config's automatic choices so that the saved config states exactly what ran."""
@@ -241,10 +242,11 @@ class Engine:
             "lr": lr,
             "train_loss": train_loss,
             "val_acc": self.evaluate(self.splits.val),
-            "test_acc": self.evaluate(self.splits.test),
         }
+        tested = epoch == self.cfg.epochs or (self.cfg.test_every > 0 and epoch % self.cfg.test_every == 0)
+        record["test_acc"] = self.evaluate(self.splits.test) if tested else None
         for name, ds in self.splits.extra_tests.items():
-            record[f"test_acc_{name}"] = self.evaluate(ds)
+            record[f"test_acc_{name}"] = self.evaluate(ds) if tested else None
         record.update(self.diagnostics())
         record.update(prep_time_s=t1 - t0, train_time_s=t2 - t0, eval_time_s=time.perf_counter() - t2)
         return record
@@ -285,6 +287,18 @@ class Engine:
         counts = D.all_reduce_sum(counts, self.dist)
         return 100.0 * float(counts[0] / counts[1])
 
+    def predict(self, ds: LabelledDataset) -> Tensor:
+        """Predicted class probabilities ``(len(ds), C)`` of the current model, without augmentation."""
+        self._sync_buffers()
+        self.model.eval()
+        out = torch.empty(len(ds), self.splits.num_classes)
+        with torch.inference_mode():
+            for m, x in self._load(ds.view(augment=False), self._chunks(torch.arange(len(ds)))):
+                logits, _ = self.model(x[:, 0])
+                out[m[:, 0]] = torch.softmax(logits.float(), dim=1).cpu()
+        self.model.train()
+        return out
+
     def diagnostics(self) -> dict[str, Any]:
         """Where true labels are known: label-correction accuracy and the clean/noisy split quality."""
         true = self.splits.train.true_labels
@@ -305,6 +319,15 @@ class Engine:
 
     def finish(self) -> dict[str, Any]:
         """Label audit of the final model over the whole training set, then ``summary.json``."""
+        best_file = RunFolder(self.cfg.out).file(BEST_MODEL)
+        if self._best_weights is None and best_file.exists():  # resumed: the in-memory copy is gone
+            self._best_weights = torch.load(best_file, map_location=self.device, weights_only=True)
+        if self.best["epoch"] and self.best["test_acc"] is None and self._best_weights is not None:
+            # test_every skipped the selected epoch: evaluate its weights now (selection used validation only)
+            final_weights = {k: v.clone() for k, v in self.model.state_dict().items()}
+            self.model.load_state_dict(self._best_weights)
+            self.best["test_acc"] = self.evaluate(self.splits.test)
+            self.model.load_state_dict(final_weights)
         bank = self.embed_train_set(self._all)
         summary = self.summary()
         if self.folder is not None:
@@ -468,6 +491,8 @@ class Engine:
         if val is None or (self.best["val_acc"] is not None and val <= self.best["val_acc"]):
             return False
         self.best = {"epoch": record["epoch"], "val_acc": val, "test_acc": record.get("test_acc")}
+        if record.get("test_acc") is None:
+            self._best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         return True
 
     def _say(self, text: str) -> None:

@@ -1,0 +1,80 @@
+"""The benchmark's one entry point: knnmix against its peers on the same data, network, budget and seeds.
+
+    python benchmarks/run.py --tier smoke     # CI: digits, 2 settings, 1 seed, 2 epochs (checks the command only)
+    python benchmarks/run.py --tier quick     # CPU, about an hour on 2 cores: Fashion-MNIST, 6 settings, 3 seeds
+    python benchmarks/run.py --tier full      # GPU: CIFAR-10/100 where present (else full-length Fashion-MNIST)
+
+Writes ``benchmarks/results/<tier>-<date>.json`` (every cell, the commit, the command, the machine), ``.md`` (the
+tables) and ``.png`` (accuracy vs noise setting, one line per method). Run folders of the cells go to
+``--runs-dir`` (default ``runs/bench``). Only results this command produced belong in ``benchmarks/results``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from knnmix.bench import runner
+from knnmix.bench.tiers import FULL_FALLBACK, FULL_TIERS, METHODS, TIERS, get_tier
+from knnmix.data import load_dataset
+from knnmix.errors import DataError, KnnmixError
+
+HERE = Path(__file__).resolve().parent
+
+
+def tiers_to_run(name: str) -> list[str]:
+    """``full`` expands to the CIFAR tiers whose images are present, or the Fashion-MNIST fallback."""
+    if name != "full":
+        get_tier(name)
+        return [name]
+    present = []
+    for tier_name in FULL_TIERS:
+        tier = TIERS[tier_name]
+        try:
+            load_dataset(tier.base["data.name"], tier.base.get("data.root"))
+            present.append(tier_name)
+        except DataError as exc:
+            print(f"{tier_name}: skipped, {exc}", flush=True)
+    if not present:
+        print(f"no CIFAR images here: running {FULL_FALLBACK} instead", flush=True)
+        present = [FULL_FALLBACK]
+    return present
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tier", default="quick", help=f"one of {', '.join(['full', *TIERS])}")
+    p.add_argument("--seeds", type=int, nargs="+", help="override the tier's seeds")
+    p.add_argument("--settings", nargs="+", help="override the tier's noise settings")
+    p.add_argument("--methods", nargs="+", help=f"subset of {', '.join(METHODS)}")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key for every cell (e.g. device=cuda)")
+    p.add_argument("--results-dir", default=str(HERE / "results"))
+    p.add_argument("--runs-dir", default="runs/bench")
+    args = p.parse_args(argv)
+    try:
+        for name in tiers_to_run(args.tier):
+            tier = get_tier(name)
+            methods = args.methods or list(tier.methods)
+            unknown = sorted(set(methods) - set(METHODS))
+            if unknown:
+                raise KnnmixError(f"unknown benchmark method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+            seeds = args.seeds or list(tier.seeds)
+            settings = args.settings or list(tier.settings)
+            print(f"# {tier.name}: {tier.description}", flush=True)
+            cells = runner.run_tier(tier, Path(args.runs_dir), seeds=seeds, settings=settings, methods=methods,
+                                    cfg_overrides=args.overrides, echo=lambda s: print(s, flush=True))
+            command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+            result = runner.result_record(tier, cells, command, seeds, settings, methods)
+            paths = runner.write_result(result, Path(args.results_dir))
+            print(paths["md"].read_text())
+            print("written: " + ", ".join(str(v) for v in paths.values()))
+    except KnnmixError as exc:
+        print(f"benchmark: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

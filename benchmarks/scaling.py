@@ -1,0 +1,260 @@
+"""What the method costs, measured side by side in one run.
+
+1. Epoch time of the neighbour-mixing phase versus plain cross-entropy, same network, data and batch size, the
+   epochs of the two interleaved so that both see the same machine load. The mixing epoch is split into its phases:
+   the no-augmentation embedding pass, the mixture fit, the neighbour search, and the training pass.
+2. How long gathering the feature bank across two torch.distributed (gloo) processes and the exact neighbour search
+   take as the bank grows (10k, 100k, 1M synthetic features), and what an IVF index buys at 1M.
+
+Usage::
+
+    python benchmarks/scaling.py                       # full run, prints tables, writes benchmarks/results/scaling-<date>.json
+    python benchmarks/scaling.py --sizes 10000 --quick  # a smoke version (CI)
+
+Timings are wall-clock on whatever machine runs it; the ratios are what to compare across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as td
+import torch.multiprocessing as mp
+
+from knnmix import config as C
+from knnmix.engine import dist as D
+from knnmix.engine import phases
+from knnmix.engine.loop import Engine
+from knnmix.method import FaissSearch, l2_normalise, neighbours_excluding_self
+from knnmix.provenance import git_commit, machine
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. epoch overhead
+
+
+class PhaseTimer:
+    """Wraps the engine's phase functions to time them (the engine itself stays free of timing code)."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = {}
+        self._saved: list[tuple[object, str, object]] = []
+
+    def wrap(self, owner: object, name: str, label: str) -> None:
+        fn = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.totals[label] = self.totals.get(label, 0.0) + time.perf_counter() - t
+
+        self._saved.append((owner, name, fn))
+        setattr(owner, name, timed)
+
+    def restore(self) -> None:
+        for owner, name, fn in reversed(self._saved):
+            setattr(owner, name, fn)
+
+
+def epoch_overhead(dataset: str, train_subset: int | None, epochs: int, threads: int) -> dict:
+    base = {
+        "data.name": dataset,
+        "data.train_subset": train_subset,
+        "noise.spec": "symmetric:0.4",
+        "model.name": "small_cnn",
+        "epochs": epochs + 1,
+        "threads": threads,
+        "out": tempfile.mkdtemp(),
+        "optim.batch_size": 128,
+    }
+    ce = Engine(C.replace(C.from_dict({}), **base, **{"method.name": "ce"}), echo=None)
+    knn = Engine(
+        C.replace(
+            C.from_dict({}),
+            **base,
+            **{"method.name": "knnmix", "method.warmup_epochs": 0, "method.correction_start": 1,
+               "method.correction_period": 1, "method.k": 1},
+        ),
+        echo=None,
+    )
+    timer = PhaseTimer()
+    timer.wrap(knn, "embed_train_set", "embed")
+    timer.wrap(phases, "fit_mixture", "mixture")
+    timer.wrap(phases, "search_neighbours", "search")
+    timer.wrap(phases, "correct_targets", "correct")
+    times = {"ce": [], "knnmix": []}
+    try:
+        for epoch in range(1, epochs + 2):  # epoch 1 is a warm-up for both, not counted
+            for name, eng in (("ce", ce), ("knnmix", knn)):
+                before = dict(timer.totals)
+                rec = eng.run_epoch(epoch)
+                eng.epoch = epoch
+                if epoch > 1:
+                    times[name].append(rec["train_time_s"])
+                elif name == "knnmix":
+                    timer.totals = before
+    finally:
+        timer.restore()
+    ce_t, knn_t = statistics.median(times["ce"]), statistics.median(times["knnmix"])
+    counted = max(len(times["knnmix"]), 1)
+    return {
+        "dataset": dataset,
+        "train_size": len(ce.splits.train),
+        "epochs_timed": epochs,
+        "ce_epoch_s": ce_t,
+        "knnmix_epoch_s": knn_t,
+        "ratio": knn_t / ce_t,
+        "knnmix_phase_s": {k: v / counted for k, v in timer.totals.items()},
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2. bank gather and neighbour search
+
+
+def _gather_worker(rank: int, init: str, n: int, dim: int, repeats: int, out: str) -> None:
+    td.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=2)
+    try:
+        torch.set_num_threads(1)
+        share = n // 2 + (rank < n % 2)
+        feats = torch.randn(share, dim)
+        index = torch.arange(rank, n, 2)
+        logp = torch.log_softmax(torch.randn(share, 10), dim=1)
+        dist = D.current()
+        phases.gather_bank(index, feats, logp, dist)  # warm-up
+        td.barrier()
+        t = time.perf_counter()
+        for _ in range(repeats):
+            phases.gather_bank(index, feats, logp, dist)
+        elapsed = (time.perf_counter() - t) / repeats
+        if rank == 0:
+            Path(out).write_text(json.dumps({"gather_s": elapsed}))
+    finally:
+        td.destroy_process_group()
+
+
+def gather_time(n: int, dim: int) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "out.json")
+        repeats = 3 if n <= 100_000 else 1
+        mp.spawn(_gather_worker, args=(os.path.join(tmp, "init"), n, dim, repeats, out), nprocs=2, join=True)
+        return json.loads(Path(out).read_text())["gather_s"]
+
+
+def search_times(n: int, dim: int, k: int, threads: int, max_queries: int) -> dict:
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(256, dim, generator=g)
+    bank = l2_normalise(centres[torch.randint(0, 256, (n,), generator=g)] + 0.5 * torch.randn(n, dim, generator=g))
+    queries = torch.arange(min(n, max_queries))
+    searcher = FaissSearch(threads=threads)
+    t = time.perf_counter()
+    searcher.build(bank)
+    build = time.perf_counter() - t
+    t = time.perf_counter()
+    exact = neighbours_excluding_self(searcher, bank, queries, k)
+    per_query = (time.perf_counter() - t) / len(queries)
+    row = {
+        "n": n,
+        "dim": dim,
+        "k": k,
+        "flat_build_s": build,
+        "queries_timed": len(queries),
+        "flat_search_all_s": per_query * n,
+        "flat_search_extrapolated": len(queries) < n,
+    }
+    if n >= 100_000:
+        row.update(ivf_search(bank, queries, exact, k, threads))
+    return row
+
+
+def ivf_search(bank: torch.Tensor, queries: torch.Tensor, exact: torch.Tensor, k: int, threads: int) -> dict:
+    import faiss
+
+    faiss.omp_set_num_threads(threads)
+    n, dim = bank.shape
+    nlist = int(4 * np.sqrt(n))
+    data = np.ascontiguousarray(bank.numpy())
+    quantizer = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    t = time.perf_counter()
+    train = data[np.random.default_rng(0).choice(n, size=min(n, 40 * nlist), replace=False)]
+    index.train(train)
+    index.add(data)
+    build = time.perf_counter() - t
+    index.nprobe = 16
+    t = time.perf_counter()
+    _, idx = index.search(data[queries.numpy()], k + 1)
+    per_query = (time.perf_counter() - t) / len(queries)
+    found = torch.from_numpy(idx)
+    recall = np.mean([len(set(found[i].tolist()) & set(exact[i].tolist())) / k for i in range(len(queries))])
+    return {"ivf_nlist": nlist, "ivf_nprobe": 16, "ivf_build_s": build, "ivf_search_all_s": per_query * n,
+            "ivf_recall_at_k": float(recall)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--train-subset", type=int, default=10_000)
+    p.add_argument("--epochs", type=int, default=4, help="timed epochs per method (after one warm-up epoch)")
+    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    p.add_argument("--dim", type=int, default=512, help="feature dimension of the synthetic bank (PreAct ResNet-18: 512)")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--max-queries", type=int, default=20_000, help="queries timed per size; beyond, time is extrapolated")
+    p.add_argument("--quick", action="store_true", help="smoke version: digits, 1 timed epoch")
+    p.add_argument("--out", help="result JSON (default benchmarks/results/scaling-<date>.json)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.dataset, args.train_subset, args.epochs = "digits", None, 1
+    torch.set_num_threads(args.threads)
+
+    print(f"# knnmix scaling benchmark ({git_commit()[:12]})", flush=True)
+    over = epoch_overhead(args.dataset, args.train_subset, args.epochs, args.threads)
+    print(f"\n## Epoch time, {over['dataset']} ({over['train_size']} training images), small_cnn, batch 128, "
+          f"median of {over['epochs_timed']} interleaved epochs\n")
+    print("| method | epoch (s) |\n|---|---|")
+    print(f"| ce | {over['ce_epoch_s']:.2f} |\n| knnmix (mixing phase, K=1) | {over['knnmix_epoch_s']:.2f} |")
+    print(f"\noverhead ratio knnmix / ce: **{over['ratio']:.2f}x**; knnmix phases per epoch (s): "
+          + ", ".join(f"{k} {v:.2f}" for k, v in over["knnmix_phase_s"].items()))
+
+    rows = []
+    print(f"\n## Feature bank: gather over 2 gloo processes, exact top-{args.k} search (faiss IndexFlatIP, "
+          f"{args.threads} threads), d={args.dim}\n")
+    print("| bank size | gather (s) | flat search, all queries (s) | IVF search, all queries (s) | IVF recall@k |")
+    print("|---|---|---|---|---|")
+    for n in args.sizes:
+        row = search_times(n, args.dim, args.k, args.threads, args.max_queries)
+        row["gather_s"] = gather_time(n, args.dim)
+        rows.append(row)
+        flat = f"{row['flat_search_all_s']:.1f}" + (" (extrapolated)" if row["flat_search_extrapolated"] else "")
+        ivf = f"{row['ivf_search_all_s']:.1f}" if "ivf_search_all_s" in row else "-"
+        rec = f"{row['ivf_recall_at_k']:.3f}" if "ivf_recall_at_k" in row else "-"
+        print(f"| {n:,} | {row['gather_s']:.2f} | {flat} | {ivf} | {rec} |", flush=True)
+
+    result = {"command": " ".join(sys.argv), "commit": git_commit(), "machine": machine(),
+              "date": time.strftime("%Y-%m-%d"), "epoch_overhead": over, "bank": rows}
+    out = Path(args.out) if args.out else RESULTS / f"scaling-{result['date']}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwritten: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""The benchmark command cannot rot: its smoke tier runs end to end and writes a well-formed result.
+
+This checks the command and the shape of its output only; the numbers of a two-epoch run mean nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_entry_point():
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_smoke_tier_writes_a_well_formed_table(tmp_path):
+    run = load_entry_point()
+    code = run.main(["--tier", "smoke", "--results-dir", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs")])
+    assert code == 0
+    [json_path] = (tmp_path / "results").glob("smoke-*.json")
+    result = json.loads(json_path.read_text())
+    methods = ["ce", "mixup", "selc", "knnmix", "cleanlab"]
+    assert result["methods"] == methods and len(result["settings"]) == 2
+    assert {(c["setting"], c["method"]) for c in result["cells"]} == {
+        (s, m) for s in result["settings"] for m in methods
+    }
+    for cell in result["cells"]:
+        assert 0.0 <= cell["last_test_acc"] <= 100.0 and cell["epoch_time_s"] > 0
+    assert result["commit"] and result["machine"]["cores"] and result["command"].startswith("python benchmarks/run.py")
+    assert set(result["cost_ratios"]) >= {"knnmix_epoch_vs_ce", "cleanlab_total_vs_ce"}
+    md = json_path.with_suffix(".md").read_text()
+    assert "| noise | ce | mixup | selc | knnmix | cleanlab |" in md
+    for setting in result["settings"]:
+        assert md.count(f"| {setting} |") >= 4
+    assert json_path.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_unknown_tier_and_method_are_one_line_errors(tmp_path, capsys):
+    run = load_entry_point()
+    assert run.main(["--tier", "huge"]) == 2
+    assert run.main(["--tier", "smoke", "--methods", "coteaching", "--results-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "huge" in err[0] and "coteaching" in err[1]
