@@ -1,9 +1,9 @@
 """The Ray Train layer on real Ray (no mocks): configs, checkpoints, accuracy parity, failures, resume, ray job.
 
 Ray runs with its own temp dir (``RAY_TMPDIR``) and a token from ``RAY_AUTH_TOKEN`` (so nothing is written to
-``~/.ray``). One local Ray (2 CPUs) serves the tests that need one; the ``ray job submit`` test shuts it down and
-starts its own head node with ``ray start --block``, which it stops by process id (``ray stop`` would stop every Ray
-process on the machine, other users' included).
+``~/.ray``; the fixtures are in ``conftest.py``). One local Ray (2 CPUs) serves the tests that need one; the
+``ray job submit`` test shuts it down and starts its own head node with ``ray start --block``, which it stops by
+process id (``ray stop`` would stop every Ray process on the machine, other users' included).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -70,42 +69,7 @@ def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) ->
         assert torch.equal(a[key].nan_to_num(-7.0), b[key].nan_to_num(-7.0)), key
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Ray runtime shared by the tests
-
-
-@pytest.fixture(scope="session")
-def ray_session():
-    """A private temp dir and token for Ray; yields ``start()``, which (re)starts one local 2-CPU Ray if needed."""
-    import ray
-
-    tmp = Path(tempfile.mkdtemp(prefix="kx-ray-", dir="/tmp"))  # short: Ray's socket paths live below it
-    names = ("RAY_TMPDIR", "RAY_AUTH_TOKEN", "RAY_AUTH_MODE")
-    saved = {k: os.environ.get(k) for k in names}
-    os.environ["RAY_TMPDIR"] = str(tmp)
-    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(24)  # ray.init() turns token auth on and uses this token
-
-    def start() -> None:
-        if not ray.is_initialized():
-            ray.init(
-                address="local", num_cpus=2, include_dashboard=False, runtime_env=ray_env.runtime_env(),
-                log_to_driver=True,
-            )
-
-    yield {"start": start, "tmp": tmp}
-    ray.shutdown()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-@pytest.fixture
-def local_ray(ray_session):
-    ray_session["start"]()
-    return ray_session
+# The Ray runtime shared by the tests (ray_session, local_ray) lives in tests/conftest.py.
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -152,14 +152,20 @@ def train_distributed(cfg: C.Config, *, resume: bool = False, overwrite: bool = 
 
 
 def fit(
-    cfg: C.Config, *, resume: bool = False, overwrite: bool = False, num_workers: int | None = None
+    cfg: C.Config, *, resume: bool = False, overwrite: bool = False, num_workers: int | None = None,
+    callbacks: list[Any] | None = None,
 ) -> DistributedRun:
-    """:func:`train_distributed` with the Ray ``Result`` too; ``num_workers=0`` runs the worker function in-process."""
+    """:func:`train_distributed` with the Ray ``Result`` too; ``num_workers=0`` runs the worker function in-process.
+
+    ``callbacks``: extra Ray Train callbacks for the run (a sweep trial passes Ray Tune's ``TuneReportCallback``).
+    """
     from ray.train import TrainingFailedError
     from ray.train.torch import TorchTrainer
 
     cfg = worker_config(cfg)
     configs = ray_configs(cfg, num_workers=num_workers)
+    if callbacks:
+        configs.run.callbacks = [*(configs.run.callbacks or []), *callbacks]
     local = configs.scaling.num_workers == 0
     if local and "://" in configs.storage_path:
         raise KnnmixError("in-process Ray Train (num_workers=0) needs a local distributed.storage_path")

@@ -1,0 +1,94 @@
+#!/usr/bin/env python
+"""Ray job entrypoint: ``knnmix sweep`` (Ray Tune + Optuna + ASHA over Ray Train trials), the same flags.
+
+Runs unchanged on a laptop and on a cluster:
+
+* laptop:  ``python distributed/sweep_job.py search_spaces/smoke.yaml --out runs/sweeps/smoke`` starts a private
+  local Ray (``ray.init()``) for the sweep, or joins the one ``ray start`` left on this machine;
+* cluster: ``ray job submit --address http://HEAD:8265 --working-dir . -- python distributed/sweep_job.py
+  search_spaces/cifar10.yaml --out /mnt/shared/sweeps/cifar10 ...`` (``ray job submit`` sets ``RAY_ADDRESS`` for
+  this driver, which joins that cluster).
+
+The knnmix sources next to this file (``../src``) win over an installed knnmix, so a job runs the code it was
+submitted with; they travel to every trial and worker in the job's runtime environment. A submitted job's working
+directory is a temporary copy, so ``--out`` must be absolute there, and the MLflow store defaults to ``mlflow.db``
+and ``mlartifacts/`` in the folder that contains ``--out`` (not the working directory); ``--tracking-uri`` points
+elsewhere. Extra flag: ``--resume-if-exists`` continues the sweep when ``--out`` already holds one and starts it
+otherwise (for job retries). Exit status: 0 done, 2 a user error (one line on stderr), 1 otherwise (also when a
+trial failed). See distributed/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+if (SRC / "knnmix").is_dir() and str(SRC) not in sys.path:
+    sys.path.insert(0, str(SRC))
+
+from knnmix.errors import KnnmixError  # noqa: E402
+
+# Ray's variable through which the job manager hands a submitted job's config to its driver.
+_SUBMITTED = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sweep_job.py",
+        description="knnmix sweep as a Ray job (the flags of `knnmix sweep`; --out is required).",
+    )
+    p.add_argument("space", nargs="?", help="search space YAML file (relative to the working dir), or a name in "
+                   "search_spaces/; optional with --resume")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config key of the base run, or sweep.FIELD of the space (repeatable)")
+    p.add_argument("--out", required=True, help="sweep folder (absolute for a submitted job)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite mlflow.db next to --out)")
+    p.add_argument("--resume", action="store_true", help="continue the sweep in --out")
+    p.add_argument("--resume-if-exists", action="store_true",
+                   help="continue the sweep if --out already holds one, otherwise start it")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from knnmix.scale import sweep as S
+        from knnmix.scale.tracking import Store
+
+        out = Path(args.out).expanduser()
+        if not out.is_absolute():
+            if os.environ.get(_SUBMITTED):
+                raise KnnmixError(f"--out {args.out!r} must be absolute in a submitted job (its working directory "
+                                  "is a temporary copy)")
+            out = out.absolute()
+        folder = S.SweepFolder(out)
+        resume = args.resume or (args.resume_if_exists and folder.file(S.STATE_FILE).exists())
+        space = S.resolve_space(folder, args.space, args.overrides, resume=resume)
+        if args.tracking_uri:
+            store = Store.from_uri(args.tracking_uri)
+        else:  # a resumed sweep keeps the store it started with (sweep_state.json)
+            store = None if resume else Store.default(out.parent)
+        summary = S.run_sweep(space, out, store=store, resume=resume)
+    except KnnmixError as exc:
+        print(f"knnmix: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("knnmix: interrupted (continue with --resume)", file=sys.stderr)
+        return 130
+    print(json.dumps({
+        "out": summary["folder"],
+        "best": {s["noise"]: s["best"] and {k: s["best"][k] for k in ("params", "val_acc", "test_acc")}
+                 for s in summary["settings"]},
+        "trials": summary["trials"], "stopped_early": summary["stopped_early"], "failed": summary["failed"],
+        "mlflow_ui": summary["mlflow"]["ui"],
+    }))
+    return 1 if summary["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

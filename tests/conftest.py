@@ -1,0 +1,66 @@
+"""Fixtures shared by the test files that start a real Ray runtime (``test_ray_train.py``, ``test_sweep.py``).
+
+Ray runs with its own temp dir (``RAY_TMPDIR``) and a token from ``RAY_AUTH_TOKEN`` (so nothing is written to
+``~/.ray``). One local Ray (2 CPUs) serves the tests that need one; tests that run Ray elsewhere (a ``ray start``
+head node, a sweep driver in a subprocess) shut it down first, and the next test that needs it starts it again.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from knnmix.scale import ray_env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A private temp dir and token for Ray; yields ``start(dashboard=False)``, which (re)starts one local 2-CPU Ray
+    if needed. ``dashboard=True`` (sweeps) restarts a Ray started without one: when Ray Tune stops a trial, the Ray
+    Train controller's placement group is cleaned up only with the dashboard running."""
+    import ray
+
+    tmp = Path(tempfile.mkdtemp(prefix="kx-ray-", dir="/tmp"))  # short: Ray's socket paths live below it
+    names = ("RAY_TMPDIR", "RAY_AUTH_TOKEN", "RAY_AUTH_MODE")
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ["RAY_TMPDIR"] = str(tmp)
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(24)  # ray.init() turns token auth on and uses this token
+    state = {"dashboard": False}
+
+    def start(dashboard: bool = False) -> None:
+        if ray.is_initialized() and dashboard and not state["dashboard"]:
+            ray.shutdown()
+        if not ray.is_initialized():
+            kwargs = {"dashboard_host": "127.0.0.1", "dashboard_port": free_port()} if dashboard else {}
+            ray.init(
+                address="local", num_cpus=2, include_dashboard=dashboard, runtime_env=ray_env.runtime_env(),
+                log_to_driver=True, **kwargs,
+            )
+            state["dashboard"] = dashboard
+
+    yield {"start": start, "tmp": tmp}
+    ray.shutdown()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def local_ray(ray_session):
+    ray_session["start"]()
+    return ray_session
