@@ -303,11 +303,14 @@ def test_correction_schedule_keys(tmp_path, monkeypatch):
 
 @probe("method.loss_window")
 def test_loss_window(tmp_path):
-    eng = engine(tmp_path, **{"method.loss_window": 3, "method.warmup_epochs": 0, "method.correction_start": 99})
-    for e in range(1, 6):
+    eng = engine(tmp_path, **{"method.loss_window": 3, "method.warmup_epochs": 0, "method.correction_start": 4})
+    fitted = []
+    for e in range(1, 7):
         eng.method.prepare_epoch(e, eng)
         eng.epoch = e
-    assert eng.state.loss_history.shape[0] == 3
+        fitted.append(eng.state.loss_history.shape[0])
+    # the mixture needs the 2 epochs before the mixing phase (epoch 4) to average 3 epochs' losses at epoch 4
+    assert fitted == [0, 1, 2, 3, 3, 3]
 
 
 @probe("method.gmm_max_iter", "method.gmm_tol", "method.gmm_reg_covar")
@@ -321,7 +324,7 @@ def test_gmm_keys(tmp_path, monkeypatch):
 
     monkeypatch.setattr(phases, "fit_clean_probability", spy)
     eng = engine(tmp_path, **{"method.gmm_max_iter": 3, "method.gmm_tol": 0.5, "method.gmm_reg_covar": 0.01,
-                              "method.warmup_epochs": 0})
+                              "method.warmup_epochs": 0, "method.correction_start": 1})
     eng.method.prepare_epoch(1, eng)
     assert (seen["max_iter"], seen["tol"], seen["reg_covar"]) == (3, 0.5, 0.01)
 

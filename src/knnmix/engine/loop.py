@@ -128,6 +128,10 @@ class Engine:
         self.device = device or resolve_device(cfg.device)
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
+        # Weight decay drives many weights and gradients into the subnormal range, where x86 CPUs slow down by an
+        # order of magnitude: flushing them to zero made small-CNN epochs ~25% faster and stopped them slowing down
+        # as training went on (measured on Fashion-MNIST, 2 threads). Results change only below 1e-38.
+        torch.set_flush_denormal(True)
         self.splits = splits or build_splits(cfg)
         cfg = self._resolve(cfg)
         self.cfg = cfg

@@ -80,9 +80,10 @@ class SELC(Method):
 class KnnMix(Method):
     """Synthetic samples with soft labels from clean-weighted nearest neighbours (Lu & He 2024).
 
-    Epochs ``1..warmup_epochs``: cross-entropy on the given labels. After that, every epoch: embed the training
-    set, correct the soft targets on correction epochs, fit the clean-probability mixture; then train with
-    ``premix`` until ``correction_start`` and with neighbour mixing from ``correction_start`` on.
+    Epochs ``1..warmup_epochs``: cross-entropy on the given labels; then ``premix`` until ``correction_start`` and
+    neighbour mixing from ``correction_start`` on. Every epoch of the mixing phase (and the ``loss_window - 1``
+    epochs before it) starts by embedding the training set, correcting the soft targets on correction epochs,
+    fitting the clean-probability mixture and, when mixing, searching neighbours.
     """
 
     name = "knnmix"
@@ -97,10 +98,18 @@ class KnnMix(Method):
             return "knn"
         return c.premix
 
+    def needs_bank(self, epoch: int) -> bool:
+        """Whether ``epoch`` embeds the training set: in the ``knn`` phase, and in the ``loss_window - 1`` epochs
+        before it whose losses the first mixture fit averages. Earlier epochs skip the pass (it costs about a third
+        of a training epoch and nothing would use it)."""
+        c = self.cfg
+        first = max(c.warmup_epochs + 1, c.correction_start if c.premix != "knn" else 0)
+        return epoch > c.warmup_epochs and epoch >= first - (c.loss_window - 1)
+
     def prepare_epoch(self, epoch: int, ctx: TrainContext) -> str:
         c = self.cfg
         self.phase = self.phase_of(epoch)
-        if epoch <= c.warmup_epochs:
+        if not self.needs_bank(epoch):
             return self.phase
         bank = ctx.embed_train_set()
         if is_correction_epoch(epoch, c.correction_start, c.correction_period):
