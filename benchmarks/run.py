@@ -21,6 +21,10 @@ from knnmix.data import load_dataset
 from knnmix.errors import DataError, KnnmixError
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+# The sweep whose cost is measured with and without early stopping: the embedded smoke space at one noise rate.
+SWEEP_COST_SPACE = "search_spaces/smoke.yaml"
+SWEEP_COST_OVERRIDES = ("sweep.noise=[symmetric:0.5]", "sweep.trials=6", "epochs=10")
 
 
 def tiers_to_run(name: str) -> list[str]:
@@ -50,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", help=f"subset of {', '.join(METHODS)}")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key for every cell (e.g. device=cuda)")
+    p.add_argument("--sweep-cost", action=argparse.BooleanOptionalAction, default=None,
+                   help="also measure a sweep with and without ASHA early stopping (default: on for quick and full)")
     p.add_argument("--results-dir", default=str(HERE / "results"))
     p.add_argument("--runs-dir", default="runs/bench")
     args = p.parse_args(argv)
@@ -67,6 +73,14 @@ def main(argv: list[str] | None = None) -> int:
                                     cfg_overrides=args.overrides, echo=lambda s: print(s, flush=True))
             command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
             result = runner.result_record(tier, cells, command, seeds, settings, methods)
+            wants = args.sweep_cost if args.sweep_cost is not None else tier.name != "smoke"
+            if wants:
+                from knnmix.bench.sweepcost import run_sweep_cost
+
+                result["sweep_cost"] = run_sweep_cost(
+                    str(ROOT / SWEEP_COST_SPACE), list(SWEEP_COST_OVERRIDES), Path(args.runs_dir) / "sweep-cost",
+                    echo=lambda s: print(s, flush=True),
+                )
             paths = runner.write_result(result, Path(args.results_dir))
             print(paths["md"].read_text())
             print("written: " + ", ".join(str(v) for v in paths.values()))

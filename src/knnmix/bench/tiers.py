@@ -50,7 +50,7 @@ def _schedule(epochs: int, warmup: int, start: int, period: int) -> dict[str, di
     }
 
 
-QUICK_EPOCHS = 15
+QUICK_EPOCHS = 25
 FULL_EPOCHS = 300
 
 TIERS: dict[str, Tier] = {
@@ -66,12 +66,18 @@ TIERS: dict[str, Tier] = {
     "quick": Tier(
         name="quick",
         description=(
-            f"Fashion-MNIST (Debian's full data; a seeded 12,000-image training subset, 10% held out as noisy "
-            f"validation, the full 10,000-image test set), small CNN, {QUICK_EPOCHS} epochs, 3 seeds, CPU"
+            f"Fashion-MNIST (Debian's full data; a seeded 4,000-image training subset, 10% held out as noisy "
+            f"validation; the full 10,000-image test set), small CNN, no augmentation, {QUICK_EPOCHS} epochs, "
+            "3 seeds, CPU"
         ),
+        # No augmentation: with random crops and flips the 70k-parameter CNN does not memorise the noise within a
+        # CPU budget (train loss still 1.87 after 40 epochs at 50% noise, validation accuracy still rising), so
+        # every method looks alike; without, cross-entropy starts memorising after ~15 epochs -- the regime the
+        # methods exist for. Chosen on the noisy validation split (pilot runs at symmetric 50%, seed 0).
         base={
             "data.name": "fashion-mnist",
-            "data.train_subset": 12_000,
+            "data.train_subset": 4_000,
+            "data.augment": False,
             "model.name": "small_cnn",
             "epochs": QUICK_EPOCHS,
             "optim.lr": 0.05,
@@ -81,7 +87,7 @@ TIERS: dict[str, Tier] = {
         },
         settings=("none", "symmetric:0.2", "symmetric:0.5", "symmetric:0.8", "asymmetric:0.4", "instance:0.4"),
         seeds=(0, 1, 2),
-        method_overrides=_schedule(QUICK_EPOCHS, warmup=3, start=7, period=2),
+        method_overrides=_schedule(QUICK_EPOCHS, warmup=3, start=10, period=2),
     ),
     "full": Tier(
         name="full",
