@@ -85,7 +85,7 @@ class MethodConfig:
     gmm_max_iter: int = 10  # EM iterations of the two-component mixture fit
     gmm_tol: float = 0.01  # EM convergence tolerance
     gmm_reg_covar: float = 5e-4  # variance floor of the mixture components
-    search: Literal["faiss", "torch"] = "faiss"  # exact cosine neighbour search backend (faiss IndexFlatIP or torch matmul+topk)
+    search: Literal["faiss", "torch"] = "faiss"  # exact cosine neighbour search: faiss IndexFlatIP on CPU, or torch matmul+topk on the training device (GPU)
 
 
 @dataclass

@@ -53,6 +53,23 @@ def _schedule(epochs: int, warmup: int, start: int, period: int) -> dict[str, di
 QUICK_EPOCHS = 25
 FULL_EPOCHS = 300
 
+
+def _authors_protocol(dataset: str, model: str) -> dict[str, Any]:
+    """The authors' CIFAR training: SGD lr 0.02, weight decay 1e-3, cosine restarts every 10 epochs, 300 epochs."""
+    return {
+        "data.name": dataset,
+        "model.name": model,
+        "epochs": FULL_EPOCHS,
+        "optim.lr": 0.02,
+        "optim.weight_decay": 1e-3,
+        "optim.schedule": "cosine_restarts",
+        "optim.restart_period": 10,
+        "optim.min_lr": 0.001,
+        "optim.batch_size": 128,
+        "data.num_workers": 4,
+        "test_every": 10,
+    }
+
 TIERS: dict[str, Tier] = {
     "smoke": Tier(
         name="smoke",
@@ -96,19 +113,7 @@ TIERS: dict[str, Tier] = {
             "cosine restarts every 10 epochs (the authors' schedule), 3 seeds; needs the CIFAR images "
             "(data.download=true)"
         ),
-        base={
-            "data.name": "cifar10",
-            "model.name": "preact_resnet18",
-            "epochs": FULL_EPOCHS,
-            "optim.lr": 0.02,
-            "optim.weight_decay": 1e-3,
-            "optim.schedule": "cosine_restarts",
-            "optim.restart_period": 10,
-            "optim.min_lr": 0.001,
-            "optim.batch_size": 128,
-            "data.num_workers": 4,
-            "test_every": 10,
-        },
+        base=_authors_protocol("cifar10", "preact_resnet18"),
         settings=("symmetric:0.2", "symmetric:0.5", "symmetric:0.8", "asymmetric:0.4", "cifar10n:worse"),
         seeds=(0, 1, 2),
         method_overrides=_schedule(FULL_EPOCHS, warmup=10, start=60, period=10),
@@ -120,19 +125,7 @@ TIERS: dict[str, Tier] = {
             f"The paper's protocol on CIFAR-100: PreAct ResNet-34, {FULL_EPOCHS} epochs, the authors' schedule "
             "(warm-up 30 epochs for CIFAR-100), 3 seeds"
         ),
-        base={
-            "data.name": "cifar100",
-            "model.name": "preact_resnet34",
-            "epochs": FULL_EPOCHS,
-            "optim.lr": 0.02,
-            "optim.weight_decay": 1e-3,
-            "optim.schedule": "cosine_restarts",
-            "optim.restart_period": 10,
-            "optim.min_lr": 0.001,
-            "optim.batch_size": 128,
-            "data.num_workers": 4,
-            "test_every": 10,
-        },
+        base=_authors_protocol("cifar100", "preact_resnet34"),
         settings=("symmetric:0.2", "symmetric:0.5", "symmetric:0.8", "asymmetric:0.4", "cifar100n:noisy"),
         seeds=(0, 1, 2),
         method_overrides=_schedule(FULL_EPOCHS, warmup=30, start=60, period=10),

@@ -176,7 +176,7 @@ class Engine:
     def make_searcher(self) -> NeighbourSearch:
         if self.cfg.method.search == "faiss":
             return SEARCH_BACKENDS["faiss"](threads=self.cfg.threads)
-        return SEARCH_BACKENDS["torch"]()
+        return SEARCH_BACKENDS["torch"](device=self.device)
 
     def embed_train_set(self, indices: Tensor | None = None) -> Bank:
         """Features and log-probabilities of the training set, without augmentation, gathered across ranks."""

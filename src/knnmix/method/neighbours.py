@@ -50,15 +50,16 @@ class FaissSearch:
 
 
 class TorchSearch:
-    """Exact matmul + topk in torch, in chunks of queries (bounded memory); runs where the bank lives."""
+    """Exact matmul + topk in torch, in chunks of queries (bounded memory), on ``device`` (default: the bank's)."""
 
-    def __init__(self, chunk: int = 4096) -> None:
+    def __init__(self, chunk: int = 4096, device: torch.device | str | None = None) -> None:
         self.chunk = chunk
+        self.device = device
         self._bank: Tensor | None = None
 
     def build(self, bank: Tensor) -> None:
         _check_bank(bank)
-        self._bank = bank.detach().float()
+        self._bank = bank.detach().float().to(self.device or bank.device)
 
     def search(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
         if self._bank is None:
