@@ -19,6 +19,7 @@ from knnmix.bench import runner
 from knnmix.bench.tiers import FULL_FALLBACK, FULL_TIERS, METHODS, TIERS, get_tier
 from knnmix.data import load_dataset
 from knnmix.errors import DataError, KnnmixError
+from knnmix.provenance import git_commit
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -48,7 +49,8 @@ def tiers_to_run(name: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tier", default="quick", help=f"one of {', '.join(['full', *TIERS])}")
+    p.add_argument("--tier", default="quick", help=f"one of {', '.join(TIERS)}; 'full' runs every CIFAR full tier whose images are present, "
+                   f"else {FULL_FALLBACK}")
     p.add_argument("--seeds", type=int, nargs="+", help="override the tier's seeds")
     p.add_argument("--settings", nargs="+", help="override the tier's noise settings")
     p.add_argument("--methods", nargs="+", help=f"subset of {', '.join(METHODS)}")
@@ -69,10 +71,11 @@ def main(argv: list[str] | None = None) -> int:
             seeds = args.seeds or list(tier.seeds)
             settings = args.settings or list(tier.settings)
             print(f"# {tier.name}: {tier.description}", flush=True)
+            commit = git_commit()  # the code that runs the cells, even if the checkout changes meanwhile
             cells = runner.run_tier(tier, Path(args.runs_dir), seeds=seeds, settings=settings, methods=methods,
                                     cfg_overrides=args.overrides, echo=lambda s: print(s, flush=True))
             command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
-            result = runner.result_record(tier, cells, command, seeds, settings, methods)
+            result = runner.result_record(tier, cells, command, seeds, settings, methods, commit=commit)
             wants = args.sweep_cost if args.sweep_cost is not None else tier.name != "smoke"
             if wants:
                 from knnmix.bench.sweepcost import run_sweep_cost

@@ -243,13 +243,14 @@ def write_result(result: dict, results_dir: Path) -> dict[str, Path]:
 
 
 def result_record(tier: Tier, cells: list[dict], command: str, seeds: Sequence[int], settings: Sequence[str],
-                  methods: Sequence[str]) -> dict:
+                  methods: Sequence[str], commit: str | None = None) -> dict:
+    """The result of a tier; ``commit`` is the checkout's when the cells started (default: now)."""
     return {
         "tier": tier.name,
         "description": tier.description,
         "date": time.strftime("%Y-%m-%d"),
         "command": command,
-        "commit": git_commit(),
+        "commit": commit or git_commit(),
         "machine": machine(),
         "seeds": list(seeds),
         "settings": list(settings),
