@@ -50,3 +50,21 @@ def test_unknown_tier_and_method_are_one_line_errors(tmp_path, capsys):
     assert run.main(["--tier", "smoke", "--methods", "coteaching", "--results-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "huge" in err[0] and "coteaching" in err[1]
+
+
+@pytest.mark.slow
+def test_scaling_benchmark_runs_and_writes_its_result(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("bench_scaling", ROOT / "benchmarks" / "scaling.py")
+    scaling = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scaling)
+    out = tmp_path / "scaling.json"
+    assert scaling.main(["--quick", "--sizes", "3000", "100000", "--max-queries", "300", "--threads", "1",
+                         "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    over = result["epoch_overhead"]
+    assert over["ce_epoch_s"] > 0 and over["knnmix_epoch_s"] > 0 and over["ratio"] > 0
+    small, big = result["bank"]
+    assert small["n"] == 3000 and small["gather_s"] > 0 and not small["flat_search_extrapolated"]
+    assert big["flat_search_extrapolated"] and 0.0 <= big["ivf_recall_at_k"] <= 1.0 and big["ivf_build_s"] > 0
+    printed = capsys.readouterr().out
+    assert "overhead ratio knnmix / ce" in printed and "| 100,000 |" in printed
