@@ -3,6 +3,7 @@
     python benchmarks/run.py --tier smoke     # CI: digits, 2 settings, 1 seed, 2 epochs (checks the command only)
     python benchmarks/run.py --tier quick     # CPU, about an hour on 2 cores: Fashion-MNIST, 6 settings, 3 seeds
     python benchmarks/run.py --tier full      # GPU: CIFAR-10/100 where present (else full-length Fashion-MNIST)
+    python benchmarks/run.py --render benchmarks/results/quick-<date>.json   # re-write a result's .md/.png only
 
 Writes ``benchmarks/results/<tier>-<date>.json`` (every cell, the commit, the command, the machine), ``.md`` (the
 tables) and ``.png`` (accuracy vs noise setting, one line per method). Run folders of the cells go to
@@ -12,6 +13,7 @@ tables) and ``.png`` (accuracy vs noise setting, one line per method). Run folde
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -47,6 +49,17 @@ def tiers_to_run(name: str) -> list[str]:
     return present
 
 
+def render(json_path: Path) -> int:
+    try:
+        result = json.loads(json_path.read_text())
+        paths = runner.write_result(result, json_path.parent, write_json=False)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"benchmark: error: cannot render {json_path}: {exc}", file=sys.stderr)
+        return 2
+    print("written: " + ", ".join(str(paths[k]) for k in ("md", "png")))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tier", default="quick", help=f"one of {', '.join(TIERS)}; 'full' runs every CIFAR full tier whose images are present, "
@@ -59,8 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sweep-cost", action=argparse.BooleanOptionalAction, default=None,
                    help="also measure a sweep with and without ASHA early stopping (default: on for quick and full)")
     p.add_argument("--results-dir", default=str(HERE / "results"))
+    p.add_argument("--render", metavar="RESULT.json",
+                   help="only re-write the .md and .png of an existing result file from its JSON (no training)")
     p.add_argument("--runs-dir", default="runs/bench")
     args = p.parse_args(argv)
+    if args.render:
+        return render(Path(args.render))
     try:
         for name in tiers_to_run(args.tier):
             tier = get_tier(name)

@@ -42,6 +42,11 @@ def test_smoke_tier_writes_a_well_formed_table(tmp_path):
     for setting in result["settings"]:
         assert md.count(f"| {setting} |") >= 4
     assert json_path.with_suffix(".png").stat().st_size > 10_000
+    assert "Recall (" in md and "| none |" not in md.split("## Noisy-label detection")[1].split("## Cost")[0]
+    # --render re-writes the report from the JSON alone, without training
+    json_path.with_suffix(".md").unlink()
+    assert run.main(["--render", str(json_path)]) == 0
+    assert json_path.with_suffix(".md").read_text() == md
 
 
 def test_unknown_tier_and_method_are_one_line_errors(tmp_path, capsys):

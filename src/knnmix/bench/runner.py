@@ -145,6 +145,8 @@ def markdown_table(rows: Sequence[dict], methods: Sequence[str], settings: Seque
 def report(result: dict) -> str:
     """The markdown report of a result file."""
     rows, methods, settings = result["rows"], result["methods"], result["settings"]
+    detectors = [m for m in methods if m in ("knnmix", "cleanlab")]
+    noisy_settings = [s for s in settings if s != "none"]  # with clean labels there is nothing to detect
     parts = [
         f"# Benchmark: {result['tier']} ({result['date']})",
         "",
@@ -172,9 +174,13 @@ def report(result: dict) -> str:
         "knnmix: samples with clean probability < 0.5 at the last epoch versus samples whose current target is wrong; "
         "cleanlab: the samples its filter removed versus the wrongly labelled ones.",
         "",
-        markdown_table(rows, [m for m in methods if m in ("knnmix", "cleanlab")], settings, "noisy_precision"),
+        "Precision (flagged samples that are wrongly labelled):",
         "",
-        markdown_table(rows, [m for m in methods if m in ("knnmix", "cleanlab")], settings, "noisy_recall"),
+        markdown_table(rows, detectors, noisy_settings, "noisy_precision"),
+        "",
+        "Recall (wrongly labelled samples that are flagged):",
+        "",
+        markdown_table(rows, detectors, noisy_settings, "noisy_recall"),
         "",
         "## Cost",
         "",
@@ -231,12 +237,13 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_result(result: dict, results_dir: Path) -> dict[str, Path]:
+def write_result(result: dict, results_dir: Path, write_json: bool = True) -> dict[str, Path]:
     """``<tier>-<date>.json``, ``.md`` and ``.png`` in ``results_dir``."""
     results_dir.mkdir(parents=True, exist_ok=True)
     stem = results_dir / f"{result['tier']}-{result['date']}"
     paths = {"json": stem.with_suffix(".json"), "md": stem.with_suffix(".md"), "png": stem.with_suffix(".png")}
-    paths["json"].write_text(json.dumps(result, indent=2) + "\n")
+    if write_json:
+        paths["json"].write_text(json.dumps(result, indent=2) + "\n")
     paths["md"].write_text(report(result))
     plot(result, paths["png"])
     return paths
