@@ -1,7 +1,7 @@
 """The benchmark's one entry point: knnmix against its peers on the same data, network, budget and seeds.
 
     python benchmarks/run.py --tier smoke     # CI: digits, 2 settings, 1 seed, 2 epochs (checks the command only)
-    python benchmarks/run.py --tier quick     # CPU, about an hour on 2 cores: Fashion-MNIST, 6 settings, 3 seeds
+    python benchmarks/run.py --tier quick     # CPU, about 80 minutes on 2 cores: Fashion-MNIST, 6 settings, 3 seeds
     python benchmarks/run.py --tier full      # GPU: CIFAR-10/100 where present (else full-length Fashion-MNIST)
     python benchmarks/run.py --render benchmarks/results/quick-<date>.json   # re-write a result's .md/.png only
 
