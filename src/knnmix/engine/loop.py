@@ -323,15 +323,17 @@ class Engine:
 
     def finish(self) -> dict[str, Any]:
         """Label audit of the final model over the whole training set, then ``summary.json``."""
-        best_file = RunFolder(self.cfg.out).file(BEST_MODEL)
-        if self._best_weights is None and best_file.exists():  # resumed: the in-memory copy is gone
-            self._best_weights = torch.load(best_file, map_location=self.device, weights_only=True)
-        if self.best["epoch"] and self.best["test_acc"] is None and self._best_weights is not None:
+        if self.best["epoch"] and self.best["test_acc"] is None:
             # test_every skipped the selected epoch: evaluate its weights now (selection used validation only)
-            final_weights = {k: v.clone() for k, v in self.model.state_dict().items()}
-            self.model.load_state_dict(self._best_weights)
-            self.best["test_acc"] = self.evaluate(self.splits.test)
-            self.model.load_state_dict(final_weights)
+            weights = self._best_weights
+            best_file = RunFolder(self.cfg.out).file(BEST_MODEL)
+            if weights is None and best_file.exists():  # resumed: the in-memory copy is gone
+                weights = torch.load(best_file, map_location=self.device, weights_only=True)
+            if weights is not None:
+                final_weights = {k: v.clone() for k, v in self.model.state_dict().items()}
+                self.model.load_state_dict(weights)
+                self.best["test_acc"] = self.evaluate(self.splits.test)
+                self.model.load_state_dict(final_weights)
         bank = self.embed_train_set(self._all)
         summary = self.summary()
         if self.folder is not None:
