@@ -673,3 +673,20 @@ def _sampled(setting_dir: Path) -> list[dict]:
 
     trials = ExperimentAnalysis(str(setting_dir / "tune")).trials
     return sorted((dict(t.config) for t in trials), key=lambda c: json.dumps(c, sort_keys=True))
+
+
+@pytest.mark.slow
+def test_sweep_cost_compares_asha_with_the_same_sweep_run_to_the_end(local_ray, tmp_path):
+    from knnmix.bench.sweepcost import run_sweep_cost
+
+    overrides = ["sweep.noise=[symmetric:0.5]", "sweep.trials=3", "epochs=4", "distributed.workers=1"]
+    result = run_sweep_cost(str(SPACES / "smoke.yaml"), overrides, tmp_path / "cost", echo=lambda s: None)
+    asha, full = result["runs"]["asha"], result["runs"]["no_early_stopping"]
+    assert asha["trials"] == full["trials"] == 3
+    assert full["stopped_early"] == 0 and full["trial_epochs"] == 3 * 4  # grace period = the whole run
+    assert asha["trial_epochs"] <= full["trial_epochs"]
+    assert result["target_val_acc"] == min(asha["best_val_acc"], full["best_val_acc"])
+    for run in (asha, full):
+        assert 1 <= run["epochs_to_target"] <= run["trial_epochs"] and run["wall_s"] > 0
+    assert result["total_epochs_ratio"] == asha["trial_epochs"] / full["trial_epochs"]
+    assert "| no early stopping | 12 |" in result["text"]

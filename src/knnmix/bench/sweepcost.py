@@ -34,9 +34,8 @@ def run_sweep_cost(space_file: str, overrides: list[str], out: Path, echo=print)
     for label in ("asha", "no_early_stopping"):
         extra = list(overrides)
         if label == "no_early_stopping":
-            epochs = S.load_space(space_file, overrides).setting_config(
-                S.load_space(space_file, overrides).noise[0]
-            ).epochs
+            base = S.load_space(space_file, overrides)
+            epochs = base.setting_config(base.noise[0]).epochs
             extra.append(f"sweep.asha.grace_period={epochs}")
         space = S.load_space(space_file, extra)
         folder = out / label
