@@ -12,11 +12,10 @@ import pytest
 import torch
 
 from knnmix import config as C
-from knnmix.cli import preset_path
 from knnmix.data import DATASETS, DatasetBundle, TensorSource
-from knnmix.engine import loop as L
 from knnmix.engine import phases
-from knnmix.engine.outputs import RunFolder
+from knnmix.engine import train as E
+from knnmix.engine.checkpoint import RunFolder
 from knnmix.engine.splits import build_splits
 from knnmix.errors import DataError
 from knnmix.methods import builtin
@@ -34,20 +33,20 @@ def probe(*keys: str):
 
 
 def cfg_with(tmp_path, **dotted) -> C.Config:
-    base = C.load(preset_path("digits"))
+    base = C.load(C.preset_path("digits"))
     values = {"out": str(tmp_path / "run"), "data.train_subset": 400, "epochs": 3, "log_every": 100}
     values.update(dotted)
     return C.replace(base, **values)
 
 
-def engine(tmp_path, **dotted) -> L.Engine:
-    return L.Engine(cfg_with(tmp_path, **dotted), echo=None)
+def engine(tmp_path, **dotted) -> E.Run:
+    return E.build_run(cfg_with(tmp_path, **dotted))
 
 
-def epochs(eng: L.Engine, n: int) -> None:
-    for e in range(eng.epoch + 1, eng.epoch + n + 1):
-        eng.run_epoch(e)
-        eng.epoch = e
+def epochs(run: E.Run, n: int) -> None:
+    for e in range(run.epoch + 1, run.epoch + n + 1):
+        E.run_epoch(run, e)
+        run.epoch = e
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -99,24 +98,24 @@ def test_data_augment(tmp_path):
 @probe("data.num_workers")
 def test_data_num_workers(tmp_path, monkeypatch):
     made = []
-    real = L.DataLoader
+    real = E.DataLoader
 
     def spy(*args, **kwargs):
         made.append(kwargs["num_workers"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(L, "DataLoader", spy)
+    monkeypatch.setattr(E, "DataLoader", spy)
     eng = engine(tmp_path, **{"data.num_workers": 1, "method.name": "ce"})
-    eng.train_pass(1)
+    E.train_one_epoch(eng, 1)
     assert made and set(made) == {1}
 
 
 @probe("data.epoch_samples")
 def test_data_epoch_samples(tmp_path):
     eng = engine(tmp_path, **{"data.epoch_samples": 100})
-    assert len(eng.active_indices(1)) == 100
-    assert not torch.equal(eng.active_indices(1), eng.active_indices(2))
-    assert len(engine(tmp_path).active_indices(1)) == len(engine(tmp_path).splits.train)
+    assert len(E.active_indices(eng, 1)) == 100
+    assert not torch.equal(E.active_indices(eng, 1), E.active_indices(eng, 2))
+    assert len(E.active_indices(engine(tmp_path), 1)) == len(engine(tmp_path).splits.train)
 
 
 _SEEN_OPTIONS: dict[str, object] = {}
@@ -223,10 +222,10 @@ def test_batch_sizes(tmp_path, monkeypatch):
     sizes = []
     real = eng.model.forward
     monkeypatch.setattr(eng.model, "forward", lambda x: (sizes.append(x.shape[0]), real(x))[1])
-    eng.train_pass(1)
+    E.train_one_epoch(eng, 1)
     assert max(sizes) == 50
     sizes.clear()
-    eng.evaluate(eng.splits.train)
+    E.evaluate(eng, eng.splits.train)
     assert max(sizes) == 70
 
 
@@ -253,11 +252,11 @@ def test_k_and_search_backend(tmp_path, monkeypatch):
     for backend in ("faiss", "torch"):
         eng = engine(tmp_path, **{"method.k": 7, "method.search": backend, "method.warmup_epochs": 0,
                                   "method.correction_start": 1})
-        searcher = eng.make_searcher()
+        searcher = eng.neighbour_search()
         assert type(searcher).__name__ == {"faiss": "FaissSearch", "torch": "TorchSearch"}[backend]
         real = searcher.search
         monkeypatch.setattr(searcher, "search", lambda q, k: (asked.append(k), real(q, k))[1])
-        monkeypatch.setattr(eng, "make_searcher", lambda s=searcher: s)
+        monkeypatch.setattr(eng, "neighbour_search", lambda s=searcher: s)
         eng.method.prepare_epoch(1, eng)
         assert eng.state.neighbours.shape[1] == 7
     assert asked == [8, 8]  # K neighbours + the query itself, which is dropped
@@ -329,6 +328,75 @@ def test_gmm_keys(tmp_path, monkeypatch):
     assert (seen["max_iter"], seen["tol"], seen["reg_covar"]) == (3, 0.5, 0.01)
 
 
+@probe("method.warmup_penalty")
+def test_warmup_penalty(tmp_path, monkeypatch):
+    seen = []
+    real = builtin.negative_entropy
+    monkeypatch.setattr(builtin, "negative_entropy", lambda logits: (seen.append(1), real(logits))[1])
+    eng = engine(tmp_path, **{"method.warmup_epochs": 1, "method.correction_start": 3, "method.warmup_penalty": 0.5})
+    epochs(eng, 1)
+    assert seen  # warm-up epoch
+    seen.clear()
+    epochs(eng, 1)  # premix epoch: no penalty
+    assert not seen
+    epochs(engine(tmp_path, **{"method.warmup_epochs": 1}), 1)
+    assert not seen  # 0 = off
+
+
+@probe("method.neighbours")
+def test_neighbours_bank_or_batch(tmp_path):
+    for where in ("bank", "batch"):
+        eng = engine(tmp_path, **{"method.neighbours": where, "method.k": 2, "method.warmup_epochs": 0,
+                                  "method.correction_start": 1})
+        eng.method.prepare_epoch(1, eng)
+        index = torch.arange(0, 64, 2)
+        members = eng.method.batch_members(index, eng)
+        assert members.shape == (32, 3) and torch.equal(members[:, 0], index)
+        inside = torch.isin(members[:, 1:], index).all()
+        if where == "batch":
+            assert inside and (members[:, 1:] != members[:, :1]).all()
+        else:
+            assert torch.equal(members[:, 1:], eng.state.neighbours[index]) and not inside
+
+
+@probe("method.guard")
+def test_guard(tmp_path, monkeypatch):
+    seen = []
+    real = builtin.guard_weights
+    monkeypatch.setattr(builtin, "guard_weights", lambda w, mode: (seen.append(mode), real(w, mode))[1])
+    epochs(engine(tmp_path, **{"method.guard": "drop", "method.warmup_epochs": 0, "method.correction_start": 1}), 1)
+    assert seen and set(seen) == {"drop"}
+
+
+@probe("method.mixture", "method.mixture_min_class")
+def test_mixture_keys(tmp_path, monkeypatch):
+    seen = []
+    real = phases.fit_clean_probability_per_class
+    monkeypatch.setattr(phases, "fit_clean_probability_per_class",
+                        lambda *a, **kw: (seen.append(kw["min_class"]), real(*a, **kw))[1])
+    dotted = {"method.warmup_epochs": 0, "method.correction_start": 1}
+    eng = engine(tmp_path, **dotted)
+    eng.method.prepare_epoch(1, eng)
+    assert not seen
+    eng = engine(tmp_path, **dotted, **{"method.mixture": "per_class", "method.mixture_min_class": 7})
+    eng.method.prepare_epoch(1, eng)
+    assert seen == [7]
+
+
+@probe("method.bank_every")
+def test_bank_every(tmp_path, monkeypatch):
+    for every, want in ((1, [1, 2, 3, 4, 5]), (2, [1, 3, 5])):
+        eng = engine(tmp_path, **{"method.bank_every": every, "method.warmup_epochs": 0,
+                                  "method.correction_start": 1, "method.correction_period": 10})
+        embedded = []
+        real = eng.embed_train_set
+        monkeypatch.setattr(eng, "embed_train_set", lambda r=real, e=embedded, g=eng: (e.append(g.epoch + 1), r())[1])
+        for e in range(1, 6):
+            eng.method.prepare_epoch(e, eng)
+            eng.epoch = e
+        assert embedded == want, every
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # run-level keys
 
@@ -347,7 +415,7 @@ def test_outputs_keys(tmp_path, monkeypatch):
     monkeypatch.setattr(RunFolder, "save_checkpoint", lambda self, p: saved.append((self.path, p["epoch"])))
     cfg = cfg_with(tmp_path, epochs=5, checkpoint_every=2, log_every=2, out=str(tmp_path / "here"),
                    **{"method.name": "ce"})
-    L.train(cfg, echo=lines.append)
+    E.train(cfg, echo=lines.append)
     assert saved == [(tmp_path / "here", 2), (tmp_path / "here", 4), (tmp_path / "here", 5)]
     assert [ln.split()[1] for ln in lines if ln.startswith("epoch")] == ["2/5", "4/5", "5/5"]
 
@@ -355,14 +423,14 @@ def test_outputs_keys(tmp_path, monkeypatch):
 @probe("test_every")
 def test_test_every(tmp_path):
     cfg = cfg_with(tmp_path, epochs=5, test_every=2, **{"method.name": "ce", "data.val_fraction": 0.2})
-    summary = L.train(cfg, echo=None)
-    from knnmix.engine.outputs import read_metrics
+    summary = E.train(cfg, echo=None)
+    from knnmix.engine.checkpoint import read_metrics
 
     tested = [m["epoch"] for m in read_metrics(tmp_path / "run" / "metrics.jsonl") if m["test_acc"] is not None]
     assert tested == [2, 4, 5]
     assert summary["best_val"]["test_acc"] is not None  # the selected epoch's weights are tested at the end
     cfg0 = cfg_with(tmp_path, epochs=3, test_every=0, out=str(tmp_path / "r0"), **{"method.name": "ce"})
-    s0 = L.train(cfg0, echo=None)
+    s0 = E.train(cfg0, echo=None)
     assert s0["best_val"]["test_acc"] is not None
     assert [m["test_acc"] is not None for m in read_metrics(tmp_path / "r0" / "metrics.jsonl")] == [False, False, True]
 

@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
 import torch
 
 from knnmix import config as C
-from knnmix.engine.loop import Engine, train
-from knnmix.engine.outputs import RunFolder, read_metrics
-from knnmix.errors import ConfigError, KnnmixError
+from knnmix.engine import train as E
+from knnmix.engine.checkpoint import RunFolder, folder_lock, read_metrics
+from knnmix.engine.train import train
+from knnmix.errors import ConfigError, DivergedError, KnnmixError, KnnmixWarning
 
 
 def digits_cfg(tmp_path, **dotted):
     """The embedded digits preset, shortened."""
-    from knnmix.cli import preset_path
-
-    base = C.load(preset_path("digits"))
+    base = C.load(C.preset_path("digits"))
     defaults = {"epochs": 4, "out": str(tmp_path / "run"), "threads": 2, "log_every": 100}
     defaults.update(dotted)
     if defaults["epochs"] is None:  # the preset's own length
@@ -32,7 +32,7 @@ class Stop(Exception):
 
 
 def stop_after(epoch):
-    def cb(engine, record):
+    def cb(run, record, summary):
         if record["epoch"] == epoch:
             raise Stop
 
@@ -82,7 +82,7 @@ def test_run_folder_holds_every_output(tmp_path):
     assert [int(r["given_label"]) for r in rows] == given.tolist()
     # the checkpoint resumes the method, not just the weights
     ck = RunFolder(run).load_checkpoint()
-    for key in ("model", "optimizer", "scheduler", "epoch", "config", "state", "rng", "history"):
+    for key in ("model", "optimizer", "scheduler", "epoch", "config", "state", "rng", "history", "model_args"):
         assert key in ck
     assert set(ck["state"]) == {"targets", "clean_prob", "loss_history", "neighbours"}
     assert (ck["state"]["neighbours"] >= 0).all()
@@ -94,10 +94,8 @@ def test_resume_continues_exactly(tmp_path):
     train(full_cfg, echo=None)
 
     cut_cfg = digits_cfg(tmp_path, **dotted, out=str(tmp_path / "cut"))
-    engine = Engine(cut_cfg, folder=RunFolder(cut_cfg.out), echo=None)
-    engine.start_outputs()
     with pytest.raises(Stop):
-        engine.fit(callbacks=[stop_after(3)])
+        train(cut_cfg, echo=None, on_epoch=stop_after(3))
     train(cut_cfg, resume=True, echo=None)
 
     def strip(ms):
@@ -151,22 +149,26 @@ def test_baselines_run_on_the_same_engine(tmp_path, method):
 def test_selc_corrects_targets_from_the_start_epoch(tmp_path):
     cfg = digits_cfg(tmp_path, epochs=3, **{"method.name": "selc", "method.correction_start": 3,
                                              "method.correction_period": 1, "method.correction_momentum": 0.5})
-    engine = Engine(cfg, echo=None)
-    one_hot = engine.state.targets.clone()
+    run = E.build_run(cfg)
+    one_hot = run.state.targets.clone()
     for epoch in (1, 2):
-        engine.run_epoch(epoch)
-        engine.epoch = epoch
-    assert torch.equal(engine.state.targets, one_hot)
-    engine.run_epoch(3)
-    moved = (engine.state.targets - one_hot).abs().sum(1)
+        E.run_epoch(run, epoch)
+        run.epoch = epoch
+    assert torch.equal(run.state.targets, one_hot)
+    E.run_epoch(run, 3)
+    moved = (run.state.targets - one_hot).abs().sum(1)
     assert (moved > 0).all()
-    assert torch.allclose(engine.state.targets.sum(1), torch.ones(len(moved)))
+    assert torch.allclose(run.state.targets.sum(1), torch.ones(len(moved)))
 
 
-def test_data_loader_workers_path(tmp_path):
-    cfg = digits_cfg(tmp_path, epochs=1, **{"data.num_workers": 1, "method.name": "ce"})
-    s = train(cfg, echo=None)
-    assert s["final"]["test_acc"] > 20.0
+def test_data_loader_workers_give_the_same_run_as_loading_in_process(tmp_path):
+    """Each batch's augmentation draws from its own seed: DataLoader worker processes (kept for the whole run)
+    change where images are loaded, not what is trained."""
+    dotted = {"epochs": 2, "method.name": "ce"}
+    a = train(digits_cfg(tmp_path, **dotted, out=str(tmp_path / "a")), echo=None)
+    b = train(digits_cfg(tmp_path, **dotted, out=str(tmp_path / "b"), **{"data.num_workers": 2}), echo=None)
+    assert a["final"] == b["final"]
+    assert a["final"]["test_acc"] > 20.0
 
 
 @pytest.mark.slow
@@ -177,3 +179,72 @@ def test_knnmix_beats_cross_entropy_on_noisy_digits(tmp_path):
         cfg = digits_cfg(tmp_path, **{"method.name": method, "out": str(tmp_path / method), "epochs": None})
         results[method] = train(cfg, echo=None)["final"]["test_acc"]
     assert results["knnmix"] > results["ce"] + 5.0, results
+
+
+def test_checkpoints_load_without_running_code(tmp_path):
+    """A crafted checkpoint that would run code when unpickled is refused, with one line naming the file."""
+    import os
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    cfg = digits_cfg(tmp_path, epochs=1, **{"method.name": "ce"})
+    train(cfg, echo=None)
+    torch.save({"format": 2, "model": Payload()}, tmp_path / "run" / "checkpoint.pt", pickle_module=pickle)
+    with pytest.raises(KnnmixError, match="checkpoint.pt' holds objects other than tensors") as err:
+        train(C.replace(cfg, epochs=2), resume=True, echo=None)
+    assert "\n" not in str(err.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "random", "empty", "foreign"])
+def test_a_corrupt_checkpoint_is_one_line_naming_the_file(tmp_path, damage):
+    cfg = digits_cfg(tmp_path, epochs=1, **{"method.name": "ce"})
+    train(cfg, echo=None)
+    path = tmp_path / "run" / "checkpoint.pt"
+    data = path.read_bytes()
+    path.write_bytes({"truncate": data[: len(data) // 2], "random": os.urandom(4096), "empty": b"",
+                      "foreign": b""}[damage])
+    if damage == "foreign":
+        torch.save({"weights": torch.zeros(3)}, path)
+    with pytest.raises(KnnmixError, match=f"{path}") as err:
+        train(C.replace(cfg, epochs=2), resume=True, echo=None)
+    assert "\n" not in str(err.value)
+
+
+def test_two_runs_into_one_folder_refuse_to_interleave(tmp_path):
+    cfg = digits_cfg(tmp_path, epochs=1, **{"method.name": "ce"})
+    with folder_lock(tmp_path / "run"):  # another run holds the folder
+        with pytest.raises(KnnmixError, match=r"run folder .* is in use by pid \d+ on "):
+            train(cfg, echo=None)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    train(cfg, echo=None)  # free again
+
+
+def test_unwritable_out_and_diverging_loss_are_one_line_errors(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(KnnmixError, match="cannot write run folder"):
+        train(digits_cfg(tmp_path, epochs=1, out=str(blocker / "run"), **{"method.name": "ce"}), echo=None)
+    with pytest.raises(DivergedError, match=r"training diverged in epoch \d+: the loss became nan .*lower optim.lr"):
+        train(digits_cfg(tmp_path, epochs=3, **{"method.name": "ce", "optim.lr": 1e6}), echo=None)
+
+
+def test_a_schedule_that_never_mixes_is_a_warning(tmp_path):
+    with pytest.warns(KnnmixWarning, match="knnmix never mixes neighbours: epochs=4 ends before its mixing phase"):
+        E.build_run(digits_cfg(tmp_path, epochs=4, **{"method.warmup_epochs": 2, "method.correction_start": 10}))
+    with pytest.warns(KnnmixWarning, match="selc never corrects"):
+        E.build_run(digits_cfg(tmp_path, epochs=4, **{"method.name": "selc", "method.correction_start": 10}))
+
+
+def test_the_best_model_file_rebuilds_its_network_without_the_data(tmp_path):
+    from knnmix.engine.checkpoint import load_model
+
+    train(digits_cfg(tmp_path, epochs=1, **{"method.name": "ce"}), echo=None)
+    model = load_model(tmp_path / "run" / "model_best.pt")
+    logits, features = model(torch.zeros(3, 1, 8, 8))
+    assert logits.shape == (3, 10) and not model.training

@@ -23,22 +23,16 @@ import torch
 
 from knnmix import config as C
 from knnmix.cli import main as cli_main
-from knnmix.cli import preset_path
-from knnmix.engine.loop import Engine, train
-from knnmix.engine.outputs import RunFolder, read_metrics
-from knnmix.engine.state import SampleState
+from knnmix.engine.checkpoint import RunFolder, load_checkpoint, read_metrics
+from knnmix.engine.train import train
 from knnmix.errors import KnnmixError
 from knnmix.scale import ray_env
 from knnmix.scale.train import (
-    DUMP_DIR_ENV,
-    ENGINE_FILE,
     FAIL_AT_ENV,
     check_run_state,
     checkpoint_dir_name,
     fit,
     ray_configs,
-    read_checkpoint,
-    share_file,
     storage_of,
     worker_config,
 )
@@ -50,16 +44,10 @@ SHORT = {"method.warmup_epochs": 1, "method.correction_start": 2, "method.correc
 
 def digits_cfg(out: Path, **dotted) -> C.Config:
     """The embedded digits preset (40% symmetric noise, knnmix), shortened."""
-    base = C.load(preset_path("digits"))
+    base = C.load(C.preset_path("digits"))
     settings = {"epochs": 3, "out": str(out), "log_every": 1, "threads": 1, **SHORT}
     settings.update(dotted)
     return C.replace(base, **settings)
-
-
-def full_state(shares: list[dict[str, torch.Tensor]], like: SampleState) -> SampleState:
-    state = SampleState(**{k: v.clone() for k, v in like.state_dict().items()})
-    state.load_rows(shares)
-    return state
 
 
 def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -176,30 +164,39 @@ def test_in_process_run_writes_checkpoints_reports_metrics_and_returns_the_summa
     assert m["epoch"] == 3 and "phase" not in m
     assert m["test_acc"] == pytest.approx(run.summary["final"]["test_acc"])
     assert all(isinstance(v, (int, float)) for v in m.values())
-    # checkpoints every 2 epochs and at the end, in <out>/ray/<name>/: engine file + one state share
+    # one checkpoint path: Ray Train keeps the run folder's checkpoint.pt, every 2 epochs and at the end
     ckpt_root = out / "ray" / "run"
-    assert sorted(p.name for p in ckpt_root.iterdir()) == [checkpoint_dir_name(2), checkpoint_dir_name(3)]
+    kept = sorted(p.name for p in ckpt_root.iterdir() if p.is_dir())
+    assert kept == [checkpoint_dir_name(2), checkpoint_dir_name(3)]
     last = ckpt_root / checkpoint_dir_name(3)
-    assert sorted(p.name for p in last.iterdir()) == sorted([ENGINE_FILE, share_file(0, 1)])
+    assert [p.name for p in last.iterdir()] == ["checkpoint.pt"]
     assert Path(run.result.checkpoint.path) == last
-    payload, shares = read_checkpoint(last)
-    assert "state" not in payload and payload["epoch"] == 3 and payload["world_size"] == 1
-    # restoring it gives exactly the run's final state (the run folder's full checkpoint holds the same)
-    engine = Engine(C.replace(cfg, out=str(tmp_path / "other")), echo=None)
-    engine.restore(payload, state_shares=shares)
-    full = RunFolder(out).load_checkpoint()
-    assert engine.epoch == full["epoch"] == 3
-    assert_same_state(engine.state.state_dict(), full["state"])
-    assert not torch.all(engine.state.clean_prob == 1.0)  # the state is not the initial one
+    a, b = load_checkpoint(last / "checkpoint.pt"), RunFolder(out).load_checkpoint()
+    assert a["epoch"] == b["epoch"] == 3
+    assert_same_state(a["state"], b["state"])
+    assert not torch.all(a["state"]["clean_prob"] == 1.0)  # the state is not the initial one
 
 
-def test_checkpoint_with_a_missing_share_is_refused(tmp_path):
-    cfg = digits_cfg(tmp_path / "run", epochs=1, **{"data.train_subset": 300})
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_newest_readable_one(tmp_path):
+    cfg = digits_cfg(tmp_path / "run", epochs=3, **{"data.train_subset": 300, "distributed.num_to_keep": 5})
     fit(cfg, num_workers=0)
-    ckpt = tmp_path / "run" / "ray" / "run" / checkpoint_dir_name(1)
-    (ckpt / share_file(0, 1)).unlink()
-    with pytest.raises(KnnmixError, match="state shares of 1 workers"):
-        read_checkpoint(ckpt)
+    from ray.train import Checkpoint
+
+    from knnmix.engine import train as E
+    from knnmix.scale.train import restore_newest_readable
+
+    ckpt_root = tmp_path / "run" / "ray" / "run"
+    latest = ckpt_root / checkpoint_dir_name(3)
+    (latest / "checkpoint.pt").unlink()  # a hard link to the run folder's file: replace, not overwrite it
+    (latest / "checkpoint.pt").write_bytes(b"garbage")
+    run = E.build_run(worker_config(cfg))
+    with pytest.warns(Warning, match="skipping an unreadable checkpoint: .*checkpoint_epoch00003"):
+        restore_newest_readable(run, Checkpoint(str(latest)))  # what Ray Train hands a restarted worker
+    assert run.epoch == 2 and len(run.history) == 2
+    for name in (checkpoint_dir_name(1), checkpoint_dir_name(2)):
+        (ckpt_root / name / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(KnnmixError, match="no kept checkpoint of this run reads"):
+        restore_newest_readable(E.build_run(worker_config(cfg)), Checkpoint(str(latest)))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -241,49 +238,34 @@ def test_two_workers_match_single_process_accuracy(local_ray, tmp_path):
 
 @pytest.mark.slow
 def test_worker_failure_restarts_from_the_last_checkpoint_without_losing_state(local_ray, tmp_path, monkeypatch):
-    dump = tmp_path / "dump"
+    """Rank 1 fails after epoch 3 (before that epoch's checkpoint); the group restarts from epoch 2's checkpoint
+    and ends exactly where an uninterrupted run ends."""
+    dotted = {"epochs": 4, "data.train_subset": 600, "distributed.workers": 2, "distributed.num_to_keep": 10}
+    clean = fit(digits_cfg(tmp_path / "clean", **dotted))
     marker = tmp_path / "failed-once"
-    monkeypatch.setenv(FAIL_AT_ENV, f"3:1:{marker}")  # rank 1 raises after epoch 3, before epoch 3's checkpoint
-    monkeypatch.setenv(DUMP_DIR_ENV, str(dump))
-    cfg = digits_cfg(tmp_path / "run", epochs=4, **{
-        "data.train_subset": 600, "distributed.workers": 2, "distributed.max_failures": 1,
-        "distributed.num_to_keep": 10,
-    })
-    run = fit(cfg)
+    monkeypatch.setenv(FAIL_AT_ENV, f"3:1:{marker}")
+    run = fit(digits_cfg(tmp_path / "run", **dotted, **{"distributed.max_failures": 1}))
     assert marker.exists(), "the injected failure did not happen"
     assert run.summary["epochs"] == 4
     # each epoch exactly once: epoch 3 ran twice, the first time's line was dropped on restore
     assert [r["epoch"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3, 4]
-    # both workers restored the state as it was when epoch 2 was checkpointed
-    saved = [torch.load(dump / f"saved-epoch2-rank{r}.pt") for r in (0, 1)]
-    assert_same_state(saved[0]["state"], saved[1]["state"])  # every rank held the same full state
-    assert not torch.all(saved[0]["state"]["clean_prob"] == 1.0)
-    for r in (0, 1):
-        restored = torch.load(dump / f"restored-ray-epoch2-rank{r}.pt")
-        assert restored["epoch"] == 2
-        assert_same_state(restored["state"], saved[0]["state"])
-    # the checkpoint on storage: the engine once, two disjoint shares covering every sample exactly once
-    ckpt = Path(storage_of(worker_config(cfg))[0]) / "run" / checkpoint_dir_name(2)
-    payload, shares = read_checkpoint(ckpt)
-    index = torch.cat([s["index"] for s in shares])
-    assert len(shares) == 2 and index.numel() == 540 and torch.unique(index).numel() == 540
-    engine_like = SampleState(**saved[0]["state"])
-    assert_same_state(full_state(shares, engine_like).state_dict(), saved[0]["state"])
+    a, b = RunFolder(tmp_path / "clean").load_checkpoint(), RunFolder(tmp_path / "run").load_checkpoint()
+    assert_same_state(a["state"], b["state"])
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert run.summary["final"] == clean.summary["final"]
 
 
 @pytest.mark.slow
-def test_relaunch_with_same_name_and_storage_continues_from_latest_checkpoint(local_ray, tmp_path, monkeypatch):
-    dump = tmp_path / "dump"
-    monkeypatch.setenv(DUMP_DIR_ENV, str(dump))
+def test_relaunch_with_same_name_and_storage_continues_from_latest_checkpoint(local_ray, tmp_path):
     first = digits_cfg(tmp_path / "run", epochs=2, **{"data.train_subset": 500, "distributed.workers": 2})
     fit(first)
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     # launching it again without --resume is refused (Ray Train would silently continue otherwise)
     with pytest.raises(KnnmixError, match="already holds a run"):
         fit(first)
-    longer = C.replace(first, epochs=3)
-    run = fit(longer, resume=True)
-    assert (dump / "restored-ray-epoch2-rank0.pt").exists()  # from Ray Train's checkpoint, not the folder's
+    (tmp_path / "run" / "checkpoint.pt").unlink()  # only Ray Train's storage can continue it now
+    run = fit(C.replace(first, epochs=3), resume=True)
     assert run.summary["epochs"] == 3
     after = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert after[:2] == lines  # epochs 1-2 were not trained again

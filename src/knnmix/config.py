@@ -12,6 +12,7 @@ Every field documents its unit and meaning in the comment beside it; ``docs/conf
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -74,17 +75,23 @@ class OptimConfig:
 class MethodConfig:
     name: str = "knnmix"  # training method: ce, mixup, selc, knnmix
     warmup_epochs: int = 10  # epochs of plain cross-entropy on the given labels before the mixture fit (knnmix)
+    warmup_penalty: float = 0.0  # weight of the negative-entropy penalty added to the warm-up loss (DivideMix's remedy for asymmetric noise); 0 = off
     premix: Literal["mixup", "knn", "ce"] = "mixup"  # what knnmix trains between warm-up and correction_start: random mixup (the authors), neighbour mixing with uncorrected targets, or cross-entropy
     k: int = 1  # neighbours mixed with each sample (the authors: 1)
+    neighbours: Literal["bank", "batch"] = "bank"  # where neighbours come from: the whole training set (exact search over the gathered feature bank) or the sample's own mini-batch (the authors' MixNN; per worker under data parallelism)
     temperature: float = 1.0  # mixing temperature T > 0: weights ∝ clean_prob^(1/T); T -> 0 picks the cleanest member, T = 1 the authors' rule
+    guard: Literal["none", "scale", "drop"] = "none"  # synthetic samples whose members are all likely noisy: keep (none), weight each sample's loss by its cleanest member's clean probability (scale), or drop those whose cleanest member is below 0.5 (drop)
     mixup_alpha: float = 1.0  # Beta(alpha, alpha) of random mixup (mixup method and knnmix premix)
-    correction_start: int = 60  # first epoch (0-based) whose soft targets are corrected (knnmix, selc)
+    correction_start: int = 60  # first epoch (1-based) of knnmix's neighbour mixing and of soft-target correction (knnmix, selc)
     correction_period: int = 10  # correct soft targets every this many epochs from correction_start (the authors: 10; SELC: 1)
     correction_momentum: float = 0.9  # m in t <- m t + (1 - m) softmax(f(x)) (the authors and SELC: 0.9)
+    mixture: Literal["global", "per_class"] = "global"  # clean probabilities from one two-component mixture over all losses (the authors), or one per current corrected class (classes below mixture_min_class fall back to the global fit)
+    mixture_min_class: int = 20  # per_class: fewest samples of a class for it to get its own mixture
     loss_window: int = 1  # average this many epochs' normalised losses before the mixture fit (the authors use 5 at 80% noise)
     gmm_max_iter: int = 10  # EM iterations of the two-component mixture fit
     gmm_tol: float = 0.01  # EM convergence tolerance
     gmm_reg_covar: float = 5e-4  # variance floor of the mixture components
+    bank_every: int = 2  # in the mixing phase, embed the training set and refit the mixture and neighbours every this many epochs (and on every correction epoch); the authors: 1 (every epoch); 2 halves the extra embedding pass
     search: Literal["faiss", "torch"] = "faiss"  # exact cosine neighbour search: faiss IndexFlatIP on CPU, or torch matmul+topk on the training device (GPU)
 
 
@@ -119,6 +126,21 @@ class Config:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Building and validating
+
+#: The embedded presets (``--config digits``): YAML files shipped inside the package.
+PRESETS = Path(__file__).parent / "presets"
+
+
+def preset_path(name_or_path: str) -> Path:
+    """A config file path, or the name of an embedded preset (``knnmix config --presets`` lists them)."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    preset = PRESETS / f"{name_or_path}.yaml"
+    if preset.exists():
+        return preset
+    names = ", ".join(sorted(x.stem for x in PRESETS.glob("*.yaml")))
+    raise ConfigError(f"config {name_or_path!r} is neither a file nor an embedded preset ({names})")
 
 
 def from_dict(data: dict[str, Any] | None = None) -> Config:
@@ -209,26 +231,35 @@ def replace(cfg: Config, **dotted: Any) -> Config:
 
 
 def _build(cls: type, data: Any, path: str) -> Any:
+    """An instance of dataclass ``cls`` from plain data, every field coerced to its annotated type.
+
+    Also builds the search-space schema (:mod:`knnmix.scale.spaces`): fields without a default are required, and
+    ``list[T]``, ``dict[str, T]``, ``Any`` and unions of a dataclass and a scalar are understood.
+    """
     if not isinstance(data, dict):
         raise ConfigError(f"{path or 'config'}: expected a mapping of keys, got {_show(data)}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(map(str, data)) - set(fields))
     if unknown:
         import difflib
 
         key = unknown[0]
-        close = difflib.get_close_matches(key, names, n=1)
+        close = [f for f in fields if f.startswith(key)][:1] or difflib.get_close_matches(key, list(fields), n=1)
         hint = f" (did you mean {_join(path, close[0])!r}?)" if close else ""
-        raise ConfigError(f"unknown config key {_join(path, key)!r}{hint}")
-    kwargs = {}
-    for name in names & set(data):
-        kwargs[name] = _coerce(hints[name], data[name], _join(path, name))
+        noun = getattr(cls, "_noun", "config key")  # the search-space schema says "field"
+        raise ConfigError(f"unknown {noun} {_join(path, key)!r}{hint}")
+    for name, f in fields.items():
+        if name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{_join(path, name)}: missing (required)")
+    kwargs = {name: _coerce(hints[name], data[name], _join(path, name)) for name in fields if name in data}
     return cls(**kwargs)
 
 
 def _coerce(tp: Any, value: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, path)
     if origin in (typing.Union, types.UnionType):
@@ -237,13 +268,25 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             return None
         errors = []
         for arg in args:
-            if arg is type(None):
+            if arg is type(None) or (dataclasses.is_dataclass(arg) and not isinstance(value, dict)):
                 continue
             try:
                 return _coerce(arg, value, path)
             except ConfigError as exc:
                 errors.append(exc)
-        raise errors[0]
+        if errors:
+            raise errors[0]
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {_show(value)}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {_show(value)}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {_show(value)}")
+        _, item = typing.get_args(tp)
+        return {str(k): _coerce(item, v, _join(path, str(k))) for k, v in value.items()}
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
@@ -258,14 +301,19 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             return value
         raise ConfigError(f"{path}: expected an integer, got {_show(value)}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{path}: expected a number, got {_show(value)}")
+        if number is None:
+            raise ConfigError(f"{path}: expected a number, got {_show(value)}")
+        if not math.isfinite(number):
+            raise ConfigError(f"{path}: expected a finite number, got {_show(value)}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -303,7 +351,7 @@ def validate(cfg: Config) -> None:
     _check(d.epoch_samples is None or d.epoch_samples >= 2, "data.epoch_samples", d.epoch_samples, "use null or >= 2")
     _check(d.image_size >= 8, "data.image_size", d.image_size, "use >= 8 pixels")
     _check(d.first_classes is None or d.first_classes >= 2, "data.first_classes", d.first_classes, "use null or >= 2")
-    _check(cfg.noise.instance_std >= 0, "noise.instance_std", cfg.noise.instance_std, "use >= 0")
+    _check(cfg.noise.instance_std > 0, "noise.instance_std", cfg.noise.instance_std, "use > 0")
     _check(o.lr > 0, "optim.lr", o.lr, "use > 0")
     _check(0 <= o.momentum < 1, "optim.momentum", o.momentum, "use a value in [0, 1)")
     _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "use >= 0")
@@ -312,10 +360,13 @@ def validate(cfg: Config) -> None:
     _check(o.batch_size >= 1, "optim.batch_size", o.batch_size, "use >= 1")
     _check(o.eval_batch_size >= 1, "optim.eval_batch_size", o.eval_batch_size, "use >= 1")
     _check(m.warmup_epochs >= 0, "method.warmup_epochs", m.warmup_epochs, "use >= 0")
+    _check(m.warmup_penalty >= 0, "method.warmup_penalty", m.warmup_penalty, "use >= 0 (0 = off)")
+    _check(m.mixture_min_class >= 2, "method.mixture_min_class", m.mixture_min_class, "use >= 2")
+    _check(m.bank_every >= 1, "method.bank_every", m.bank_every, "use >= 1")
     _check(m.k >= 1, "method.k", m.k, "use >= 1")
     _check(m.temperature > 0, "method.temperature", m.temperature, "use a temperature > 0")
     _check(m.mixup_alpha > 0, "method.mixup_alpha", m.mixup_alpha, "use > 0")
-    _check(m.correction_start >= 0, "method.correction_start", m.correction_start, "use >= 0")
+    _check(m.correction_start >= 1, "method.correction_start", m.correction_start, "use >= 1 (epochs count from 1)")
     _check(m.correction_period >= 1, "method.correction_period", m.correction_period, "use >= 1")
     _check(0 <= m.correction_momentum < 1, "method.correction_momentum", m.correction_momentum, "use [0, 1)")
     _check(m.loss_window >= 1, "method.loss_window", m.loss_window, "use >= 1")
@@ -395,6 +446,8 @@ def field_docs() -> list[tuple[str, str, str, str]]:
 
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
     if origin is Literal:
         return " / ".join(map(str, typing.get_args(tp)))
     if origin in (typing.Union, types.UnionType):

@@ -18,3 +18,15 @@ class ConfigError(KnnmixError):
 
 class DataError(KnnmixError):
     """Missing, unreadable or inconsistent data."""
+
+
+class CheckpointError(KnnmixError):
+    """A checkpoint or weights file that is missing, unreadable, corrupt, foreign, or would run code if loaded."""
+
+
+class DivergedError(KnnmixError):
+    """The training loss stopped being a finite number."""
+
+
+class KnnmixWarning(UserWarning):
+    """Something the run can do, but probably not what the user meant (the CLI prints it as one line)."""

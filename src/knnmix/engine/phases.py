@@ -18,6 +18,7 @@ from knnmix.engine.state import SampleState
 from knnmix.method import (
     NeighbourSearch,
     fit_clean_probability,
+    fit_clean_probability_per_class,
     neighbours_excluding_self,
     normalise_losses,
     update_soft_targets,
@@ -64,6 +65,8 @@ def fit_mixture(
     bank: Bank,
     *,
     window: int,
+    per_class: bool = False,
+    min_class: int = 20,
     max_iter: int,
     tol: float,
     reg_covar: float,
@@ -73,8 +76,9 @@ def fit_mixture(
     """Clean probabilities from the losses against the current corrected labels (``argmax t``).
 
     Losses are min-max normalised over the bank, appended to the loss history (samples outside the bank: NaN),
-    averaged over the last ``window`` epochs and fitted by a two-component GMM on rank 0; the result is broadcast
-    so that every rank holds identical probabilities. Returns the raw per-sample losses ``(M,)``.
+    averaged over the last ``window`` epochs and fitted by a two-component GMM on rank 0 (one per current class with
+    ``per_class``); the result is broadcast so that every rank holds identical probabilities. Returns the raw
+    per-sample losses ``(M,)``.
     """
     n = state.num_samples
     labels = state.corrected_labels()[bank.index]
@@ -85,7 +89,14 @@ def fit_mixture(
     clean = torch.empty(n)
     if dist.is_main:
         averaged = window_mean(state.loss_history, window)
-        clean = fit_clean_probability(averaged, max_iter=max_iter, tol=tol, reg_covar=reg_covar, seed=seed)
+        gmm = {"max_iter": max_iter, "tol": tol, "reg_covar": reg_covar, "seed": seed}
+        if per_class:
+            current = state.corrected_labels()
+            clean = fit_clean_probability_per_class(
+                averaged, current, state.targets.shape[1], min_class=min_class, **gmm
+            )
+        else:
+            clean = fit_clean_probability(averaged, **gmm)
     clean = D.broadcast(clean, 0, dist)
     fitted = ~torch.isnan(clean)
     state.clean_prob[fitted] = clean[fitted]

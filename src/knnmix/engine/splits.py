@@ -11,8 +11,8 @@ The test split is only ever reported.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,15 +58,28 @@ class Splits:
         return rec
 
 
+_LAST_BUNDLE: dict[tuple, DatasetBundle] = {}  # the last in-memory dataset this process loaded
+
+
+def load_bundle(d: DataConfig) -> DatasetBundle:
+    """The configured dataset; an in-memory one is kept for the next call with the same data keys (a sweep's
+    trials in one process load Fashion-MNIST once)."""
+    options = {k: getattr(d, k) for k in DATASET_OPTION_KEYS}
+    key = (d.name, d.root, d.download, tuple(sorted(options.items())))
+    if key in _LAST_BUNDLE:
+        return dataclasses.replace(_LAST_BUNDLE[key])
+    bundle = load_dataset(
+        d.name, d.root, d.download, defaults={k: getattr(DataConfig(), k) for k in DATASET_OPTION_KEYS}, **options
+    )
+    if isinstance(bundle.train, TensorSource):
+        _LAST_BUNDLE.clear()
+        _LAST_BUNDLE[key] = bundle
+    return dataclasses.replace(bundle)
+
+
 def build_splits(cfg: Config) -> Splits:
     d = cfg.data
-    bundle = load_dataset(
-        d.name,
-        d.root,
-        d.download,
-        defaults={k: getattr(DataConfig(), k) for k in DATASET_OPTION_KEYS},
-        **{k: getattr(d, k) for k in DATASET_OPTION_KEYS},
-    )
+    bundle = load_bundle(d)
     labels = bundle.train_labels
     spec = parse_noise_spec(cfg.noise.spec)
     features = None

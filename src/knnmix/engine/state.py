@@ -54,29 +54,3 @@ class SampleState:
             if f.name != "loss_history" and new.shape != cur.shape:
                 raise ValueError(f"checkpointed {f.name} has shape {tuple(new.shape)}, expected {tuple(cur.shape)}")
             setattr(self, f.name, new.clone().to(cur.dtype))
-
-    def rows(self, index: Tensor) -> dict[str, Tensor]:
-        """The rows of ``index`` (a worker's share of the state, for per-worker checkpoints)."""
-        return {
-            "index": index.clone(),
-            "targets": self.targets[index].clone(),
-            "clean_prob": self.clean_prob[index].clone(),
-            "loss_history": self.loss_history[:, index].clone(),
-            "neighbours": self.neighbours[index].clone(),
-        }
-
-    def load_rows(self, shares: list[dict[str, Tensor]]) -> None:
-        """Reassemble the full state from disjoint per-worker shares covering every index exactly once."""
-        index = torch.cat([s["index"] for s in shares])
-        if index.numel() != self.num_samples or torch.unique(index).numel() != self.num_samples:
-            raise ValueError(
-                f"checkpoint shares cover {torch.unique(index).numel()} distinct of {self.num_samples} samples "
-                f"({index.numel()} rows)"
-            )
-        h = shares[0]["loss_history"].shape[0]
-        self.loss_history = torch.full((h, self.num_samples), float("nan"))
-        for s in shares:
-            self.targets[s["index"]] = s["targets"]
-            self.clean_prob[s["index"]] = s["clean_prob"]
-            self.loss_history[:, s["index"]] = s["loss_history"]
-            self.neighbours[s["index"]] = s["neighbours"]

@@ -6,8 +6,21 @@
 - :mod:`.targets` -- one-hot targets, moving-average soft-target correction and its schedule
 """
 
-from knnmix.method.clean_prob import fit_clean_probability, normalise_losses, window_mean
-from knnmix.method.mixing import mix_batch, mixup, neighbour_weights, soft_cross_entropy
+from knnmix.method.clean_prob import (
+    fit_clean_probability,
+    fit_clean_probability_per_class,
+    normalise_losses,
+    window_mean,
+)
+from knnmix.method.mixing import (
+    GUARDS,
+    guard_weights,
+    mix_batch,
+    mixup,
+    negative_entropy,
+    neighbour_weights,
+    soft_cross_entropy,
+)
 from knnmix.method.neighbours import (
     SEARCH_BACKENDS,
     FaissSearch,
@@ -15,21 +28,27 @@ from knnmix.method.neighbours import (
     TorchSearch,
     l2_normalise,
     neighbours_excluding_self,
+    neighbours_within_batch,
 )
 from knnmix.method.targets import is_correction_epoch, one_hot_targets, update_soft_targets
 
 __all__ = [
+    "GUARDS",
     "SEARCH_BACKENDS",
     "FaissSearch",
     "NeighbourSearch",
     "TorchSearch",
     "fit_clean_probability",
+    "fit_clean_probability_per_class",
+    "guard_weights",
     "is_correction_epoch",
     "l2_normalise",
     "mix_batch",
     "mixup",
     "neighbour_weights",
+    "negative_entropy",
     "neighbours_excluding_self",
+    "neighbours_within_batch",
     "normalise_losses",
     "one_hot_targets",
     "soft_cross_entropy",

@@ -74,6 +74,40 @@ def fit_clean_probability(
     return out
 
 
+def fit_clean_probability_per_class(
+    losses: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    *,
+    min_class: int = 20,
+    max_iter: int = 10,
+    tol: float = 1e-2,
+    reg_covar: float = 5e-4,
+    seed: int = 0,
+) -> Tensor:
+    """One two-component GMM per class of ``labels`` ``(N,)`` over losses ``(N,)`` -> clean probabilities ``(N,)``.
+
+    Within a class the losses are min-max normalised again before the fit, so the variance floor means the same in
+    every class. A class with fewer than ``min_class`` finite losses keeps the probabilities of one global fit over
+    all losses. Systematic (asymmetric) flips are fitted by the network, so their losses are low in absolute terms
+    but still higher than those of the class's clean samples: a per-class split sees them where a global one does
+    not. NaN losses get NaN.
+    """
+    _check_vector(losses, "losses", allow_nan=True)
+    if labels.shape != losses.shape:
+        raise ValueError(f"labels {tuple(labels.shape)} and losses {tuple(losses.shape)} must both be (N,)")
+    if min_class < 2:
+        raise ValueError(f"min_class must be >= 2, got {min_class}")
+    gmm = {"max_iter": max_iter, "tol": tol, "reg_covar": reg_covar}
+    out = fit_clean_probability(losses, seed=seed, **gmm)
+    finite = ~torch.isnan(losses)
+    for c in range(num_classes):
+        mask = finite & (labels == c)
+        if int(mask.sum()) >= min_class:
+            out[mask] = fit_clean_probability(normalise_losses(losses[mask]), seed=seed + c + 1, **gmm)
+    return out
+
+
 def _check_vector(x: Tensor, name: str, *, allow_nan: bool = False) -> None:
     if not isinstance(x, Tensor) or x.dim() != 1:
         raise ValueError(f"{name} must be a 1-D tensor (N,), got {getattr(x, 'shape', type(x))}")

@@ -54,8 +54,47 @@ def mixup(images: Tensor, targets: Tensor, lam: float, perm: Tensor) -> tuple[Te
     return lam * images + (1 - lam) * images[perm], lam * targets + (1 - lam) * targets[perm]
 
 
-def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean over the batch of ``-sum_c targets_c * log softmax(logits)_c``; logits and targets ``(B, C)``."""
+def soft_cross_entropy(logits: Tensor, targets: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Mean over the batch of ``-sum_c targets_c * log softmax(logits)_c``; logits and targets ``(B, C)``.
+
+    With ``weights`` ``(B,)`` (>= 0), the weighted mean ``sum_b w_b l_b / sum_b w_b`` (0 when every weight is 0).
+    """
     if logits.shape != targets.shape or logits.dim() != 2:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must both be (B, C)")
-    return -(targets * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    per_sample = -(targets * torch.log_softmax(logits, dim=1)).sum(dim=1)
+    if weights is None:
+        return per_sample.mean()
+    if weights.shape != per_sample.shape or bool((weights < 0).any()):
+        raise ValueError(f"weights must be (B,) = {tuple(per_sample.shape)} and >= 0, got {tuple(weights.shape)}")
+    w = weights.to(per_sample.dtype)
+    return (w * per_sample).sum() / w.sum().clamp_min(1e-12)
+
+
+def negative_entropy(logits: Tensor) -> Tensor:
+    """Mean over the batch of ``sum_c p_c log p_c`` for ``p = softmax(logits)`` ``(B, C)``: adding it to a loss
+    penalises confident predictions (DivideMix's warm-up penalty for asymmetric noise)."""
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be (B, C), got {tuple(logits.shape)}")
+    log_p = torch.log_softmax(logits, dim=1)
+    return (log_p.exp() * log_p).sum(dim=1).mean()
+
+
+GUARDS = ("none", "scale", "drop")
+
+
+def guard_weights(member_clean: Tensor, mode: str) -> Tensor:
+    """Loss weights ``(B,)`` of synthetic samples from their members' clean probabilities ``(B, M)``.
+
+    ``none``: all ones. ``scale``: the cleanest member's clean probability, so a sample mixed only from likely
+    noisy members counts little. ``drop``: 1 if the cleanest member's clean probability is at least 0.5, else 0.
+    """
+    if member_clean.dim() != 2:
+        raise ValueError(f"member_clean must be (B, M), got {tuple(member_clean.shape)}")
+    if mode not in GUARDS:
+        raise ValueError(f"guard must be one of {', '.join(GUARDS)}, got {mode!r}")
+    best = member_clean.float().max(dim=1).values
+    if mode == "none":
+        return torch.ones_like(best)
+    if mode == "scale":
+        return best
+    return (best >= 0.5).float()

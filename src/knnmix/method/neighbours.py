@@ -108,6 +108,28 @@ def neighbours_excluding_self(
     return torch.gather(idx, 1, order)[:, :k].contiguous()
 
 
+def neighbours_within_batch(features: Tensor, k: int) -> Tensor:
+    """Top-``k`` cosine neighbours ``(B, k)`` of each row of a batch's L2-normalised features ``(B, D)``, among the
+    batch's other rows (positions in the batch, best first; the authors' MixNN mixes within the mini-batch).
+
+    A batch of ``B <= k`` rows cannot give ``k`` others: positions then repeat the best ones found (a batch of one
+    row mixes with itself).
+    """
+    if features.dim() != 2 or features.shape[0] == 0:
+        raise ValueError(f"features must be a non-empty (B, D) tensor, got {tuple(features.shape)}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    b = features.shape[0]
+    if b == 1:
+        return torch.zeros(1, k, dtype=torch.long)
+    sims = features.float() @ features.float().T
+    sims.fill_diagonal_(float("-inf"))
+    idx = torch.topk(sims, min(k, b - 1), dim=1).indices
+    if idx.shape[1] < k:
+        idx = idx[:, torch.arange(k) % idx.shape[1]]
+    return idx
+
+
 def _check_bank(bank: Tensor) -> None:
     if bank.dim() != 2 or bank.shape[0] == 0:
         raise ValueError(f"bank must be a non-empty (N, D) tensor, got {tuple(bank.shape)}")

@@ -8,7 +8,7 @@ index-aligned :class:`~knnmix.engine.state.SampleState`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -24,16 +24,26 @@ if TYPE_CHECKING:
 
 
 class TrainContext(Protocol):
-    """The engine services a method may use."""
+    """The engine services a method may use (:class:`knnmix.engine.train.Run` provides them)."""
 
     state: SampleState
     dist: Dist
-    seed: int
+
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def true_labels(self) -> Tensor | None:
+        """``(N,)`` true labels of the training samples where known (synthetic noise), for diagnostics only."""
+
+    @property
+    def truly_noisy(self) -> Tensor | None:
+        """``(N,)`` bool: the sample's given label differs from its true label (where known), diagnostics only."""
 
     def embed_train_set(self) -> Bank:
         """A no-augmentation pass over the training set, gathered across ranks."""
 
-    def make_searcher(self) -> NeighbourSearch:
+    def neighbour_search(self) -> NeighbourSearch:
         """A fresh neighbour-search backend as configured."""
 
 
@@ -60,6 +70,14 @@ class Method:
     def loss(self, model: nn.Module, images: Tensor, members: Tensor, ctx: TrainContext) -> Tensor:
         """Loss of one batch: ``images`` ``(B, M, C, H, W)`` loaded for ``members`` ``(B, M)``."""
         raise NotImplementedError
+
+    def schedule_note(self, epochs: int) -> str | None:
+        """A warning when a run of ``epochs`` epochs never reaches a phase this method's config asks for."""
+        return None
+
+    def diagnostics(self, ctx: TrainContext) -> dict[str, Any]:
+        """Figures of the epoch just trained (the same on every rank), merged into the epoch's metrics."""
+        return {}
 
 
 METHODS: Registry[type[Method]] = Registry("method")

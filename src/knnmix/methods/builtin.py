@@ -6,12 +6,25 @@ Phase names returned by ``prepare_epoch``: ``ce`` (cross-entropy on the targets)
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from knnmix.config import MethodConfig
 from knnmix.engine import phases
-from knnmix.method import is_correction_epoch, mix_batch, mixup, neighbour_weights, soft_cross_entropy
+from knnmix.engine.dist import all_reduce_sum
+from knnmix.method import (
+    guard_weights,
+    is_correction_epoch,
+    mix_batch,
+    mixup,
+    negative_entropy,
+    neighbour_weights,
+    neighbours_within_batch,
+    soft_cross_entropy,
+)
 from knnmix.methods.base import METHODS, Method, TrainContext, targets_of
 
 
@@ -66,6 +79,12 @@ class SELC(Method):
     name = "selc"
     uses_soft_targets = True
 
+    def schedule_note(self, epochs: int) -> str | None:
+        if epochs < self.cfg.correction_start:
+            return (f"selc never corrects a target: epochs={epochs} ends before method.correction_start="
+                    f"{self.cfg.correction_start} (this run is plain cross-entropy)")
+        return None
+
     def prepare_epoch(self, epoch: int, ctx: TrainContext) -> str:
         c = self.cfg
         if is_correction_epoch(epoch, c.correction_start, c.correction_period):
@@ -80,15 +99,25 @@ class SELC(Method):
 class KnnMix(Method):
     """Synthetic samples with soft labels from clean-weighted nearest neighbours (Lu & He 2024).
 
-    Epochs ``1..warmup_epochs``: cross-entropy on the given labels; then ``premix`` until ``correction_start`` and
-    neighbour mixing from ``correction_start`` on. Every epoch of the mixing phase (and the ``loss_window - 1``
-    epochs before it) starts by embedding the training set, correcting the soft targets on correction epochs,
-    fitting the clean-probability mixture and, when mixing, searching neighbours.
+    Epochs ``1..warmup_epochs``: cross-entropy on the given labels (plus ``warmup_penalty`` times the negative
+    entropy); then ``premix`` until ``correction_start`` and neighbour mixing from ``correction_start`` on. An epoch
+    of the mixing phase starts by embedding the training set (every ``bank_every`` epochs and on every correction
+    epoch; also in the ``loss_window - 1`` epochs before the phase), correcting the soft targets on correction
+    epochs, fitting the clean-probability mixture (``global`` or ``per_class``) and searching neighbours over the
+    whole bank (``neighbours=bank``); with ``neighbours=batch`` each sample's neighbours are found inside its own
+    mini-batch, on the bank's features, when the batch is formed.
     """
 
     name = "knnmix"
     uses_soft_targets = True
     uses_clean_prob = True
+
+    def __init__(self, cfg: MethodConfig, num_classes: int) -> None:
+        super().__init__(cfg, num_classes)
+        self.epoch = 0
+        self._features: Tensor | None = None  # (N, D) bank features of the last embedding (neighbours=batch)
+        # noisy anchors' self-weight, noisy anchors, synthetic labels' mass on the anchor's true class, anchors
+        self._mixing = torch.zeros(4, dtype=torch.float64)
 
     def phase_of(self, epoch: int) -> str:
         c = self.cfg
@@ -98,47 +127,114 @@ class KnnMix(Method):
             return "knn"
         return c.premix
 
-    def needs_bank(self, epoch: int) -> bool:
-        """Whether ``epoch`` embeds the training set: in the ``knn`` phase, and in the ``loss_window - 1`` epochs
-        before it whose losses the first mixture fit averages. Earlier epochs skip the pass (it costs about a third
-        of a training epoch and nothing would use it)."""
+    def first_mixing_epoch(self) -> int:
+        """The first epoch that trains on neighbour mixtures (and so needs clean probabilities)."""
         c = self.cfg
-        first = max(c.warmup_epochs + 1, c.correction_start if c.premix != "knn" else 0)
-        return epoch > c.warmup_epochs and epoch >= first - (c.loss_window - 1)
+        return max(c.warmup_epochs + 1, c.correction_start if c.premix != "knn" else 0)
+
+    def needs_bank(self, epoch: int) -> bool:
+        """Whether ``epoch`` embeds the training set: every ``bank_every`` epochs of the mixing phase and on its
+        correction epochs, and in the ``loss_window - 1`` epochs before it whose losses the first mixture fit
+        averages. Earlier epochs skip the pass (it costs about a third of a training epoch and nothing would use
+        it)."""
+        c = self.cfg
+        first = self.first_mixing_epoch()
+        if epoch <= c.warmup_epochs or epoch < first - (c.loss_window - 1):
+            return False
+        if epoch <= first:
+            return True
+        stale = c.neighbours == "batch" and self._features is None  # resumed between two embeddings
+        return (epoch - first) % c.bank_every == 0 or self.corrects(epoch) or stale
+
+    def schedule_note(self, epochs: int) -> str | None:
+        first = self.first_mixing_epoch()
+        if epochs < first:
+            return (f"knnmix never mixes neighbours: epochs={epochs} ends before its mixing phase starts in epoch "
+                    f"{first} (method.warmup_epochs={self.cfg.warmup_epochs}, method.correction_start="
+                    f"{self.cfg.correction_start}); lower them or train longer")
+        return None
+
+    def corrects(self, epoch: int) -> bool:
+        return is_correction_epoch(epoch, self.cfg.correction_start, self.cfg.correction_period)
 
     def prepare_epoch(self, epoch: int, ctx: TrainContext) -> str:
         c = self.cfg
+        self.epoch = epoch
         self.phase = self.phase_of(epoch)
+        self._mixing.zero_()
         if not self.needs_bank(epoch):
             return self.phase
         bank = ctx.embed_train_set()
-        if is_correction_epoch(epoch, c.correction_start, c.correction_period):
+        if self.corrects(epoch):
             phases.correct_targets(ctx.state, bank, c.correction_momentum)
         phases.fit_mixture(
             ctx.state,
             bank,
             window=c.loss_window,
+            per_class=c.mixture == "per_class",
+            min_class=c.mixture_min_class,
             max_iter=c.gmm_max_iter,
             tol=c.gmm_tol,
             reg_covar=c.gmm_reg_covar,
             seed=ctx.seed + epoch,
             dist=ctx.dist,
         )
-        if self.phase == "knn":
-            phases.search_neighbours(ctx.state, bank, c.k, ctx.make_searcher(), ctx.dist)
+        if self.phase == "knn" and c.neighbours == "bank":
+            phases.search_neighbours(ctx.state, bank, c.k, ctx.neighbour_search(), ctx.dist)
+        elif self.phase == "knn":
+            if self._features is None:
+                self._features = torch.zeros(ctx.state.num_samples, bank.features.shape[1])
+            self._features[bank.index] = bank.features
         return self.phase
 
     def batch_members(self, index: Tensor, ctx: TrainContext) -> Tensor:
         if self.phase != "knn":
             return index[:, None]
-        return torch.cat([index[:, None], ctx.state.neighbours[index]], dim=1)
+        if self.cfg.neighbours == "bank":
+            return torch.cat([index[:, None], ctx.state.neighbours[index]], dim=1)
+        assert self._features is not None
+        found = neighbours_within_batch(self._features[index], self.cfg.k)
+        return torch.cat([index[:, None], index[found]], dim=1)
 
     def loss(self, model: nn.Module, images: Tensor, members: Tensor, ctx: TrainContext) -> Tensor:
         if self.phase == "mixup":
             return _mixup_loss(model, images, members, ctx, self.cfg.mixup_alpha)
         targets = targets_of(ctx, members, images.device)
         if self.phase == "ce":
-            return _forward_soft(model, images[:, 0], targets[:, 0])
-        weights = neighbour_weights(ctx.state.clean_prob, members.cpu(), self.cfg.temperature).to(images.device)
-        x_syn, y_syn = mix_batch(images, targets, weights)
-        return _forward_soft(model, x_syn, y_syn)
+            logits, _ = model(images[:, 0])
+            loss = soft_cross_entropy(logits, targets[:, 0])
+            if self.cfg.warmup_penalty > 0 and self.epoch <= self.cfg.warmup_epochs:
+                loss = loss + self.cfg.warmup_penalty * negative_entropy(logits)
+            return loss
+        cpu_members = members.cpu()
+        weights = neighbour_weights(ctx.state.clean_prob, cpu_members, self.cfg.temperature)
+        x_syn, y_syn = mix_batch(images, targets, weights.to(images.device))
+        keep = None
+        if self.cfg.guard != "none":
+            keep = guard_weights(ctx.state.clean_prob[cpu_members], self.cfg.guard).to(images.device)
+        self._record_mixing(cpu_members, weights, y_syn, ctx)
+        logits, _ = model(x_syn)
+        return soft_cross_entropy(logits, y_syn, keep)
+
+    def _record_mixing(self, members: Tensor, weights: Tensor, y_syn: Tensor, ctx: TrainContext) -> None:
+        true, noisy = ctx.true_labels, ctx.truly_noisy
+        if true is None or noisy is None:
+            return
+        anchors = members[:, 0]
+        bad = noisy[anchors]
+        mass = y_syn.detach().cpu().gather(1, true[anchors][:, None]).squeeze(1)
+        self._mixing += torch.tensor(
+            [float(weights[bad, 0].sum()), float(bad.sum()), float(mass.sum()), float(anchors.numel())],
+            dtype=torch.float64,
+        )
+
+    def diagnostics(self, ctx: TrainContext) -> dict[str, Any]:
+        """In mixing epochs where true labels are known: the mean weight a truly noisy sample keeps on itself in
+        its synthetic sample, and the mean mass of the synthetic labels on the anchor's true class."""
+        if self.phase != "knn" or ctx.true_labels is None:
+            return {}
+        s = all_reduce_sum(self._mixing, ctx.dist)
+        return {
+            "noisy_self_weight": float(s[0] / s[1]) if s[1] > 0 else None,
+            "synthetic_true_mass": float(s[2] / s[3]) if s[3] > 0 else None,
+        }

@@ -20,7 +20,7 @@ import os
 
 from torch import nn
 
-from knnmix.models.base import MODELS, Backbone, ModelFactory, count_parameters
+from knnmix.models.base import MODELS, Backbone, LogitsOnly, ModelFactory, count_parameters
 from knnmix.models.preact_resnet import PreActResNet
 from knnmix.models.pretrained import load_pretrained, read_state_dict
 from knnmix.models.resnet import ResNet50
@@ -53,6 +53,7 @@ def build_model(
 __all__ = [
     "MODELS",
     "Backbone",
+    "LogitsOnly",
     "ModelFactory",
     "PreActResNet",
     "ResNet50",

@@ -53,6 +53,17 @@ class Backbone(nn.Module):
         return self.head(features), features
 
 
+class LogitsOnly(nn.Module):
+    """A network for serving: images ``(B, C, H, W)`` -> logits ``(B, num_classes)`` (the features dropped)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)[0]
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -86,4 +97,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["MODELS", "Backbone", "ModelFactory", "check_dims", "count_parameters", "init_conv_bn"]
+__all__ = ["MODELS", "Backbone", "LogitsOnly", "ModelFactory", "check_dims", "count_parameters", "init_conv_bn"]

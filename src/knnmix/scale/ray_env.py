@@ -1,32 +1,29 @@
-"""Starting or joining Ray, and the runtime environment that carries knnmix to the workers.
+"""Starting or joining Ray, quietly, and the runtime environment that carries knnmix to the workers.
 
-:func:`ensure_ray` is the only place that calls ``ray.init``. With ``RAY_ADDRESS`` set (``ray job submit`` sets it
-for the job's driver) it joins that cluster; with a cluster started by ``ray start`` on this machine it joins that
-one; otherwise it starts a private local Ray for this process. Either way the job's runtime environment ships the
-knnmix package folder (``py_modules``), so workers on nodes where knnmix is not installed can import it.
+:func:`ensure_ray` is the only place that calls ``ray.init``. It joins the cluster named by ``RAY_ADDRESS`` (``ray
+job submit`` sets it for the job's driver; set it yourself to join a ``ray start`` cluster, ``RAY_ADDRESS=auto``
+for the one on this machine); otherwise it starts a private local Ray for this process, bound to 127.0.0.1, whatever
+other Ray instances run on the host. The job's runtime environment ships the knnmix package folder
+(``py_modules``), so workers on nodes where knnmix is not installed can import it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-#: Set for the Ray Train controller (and propagated to the workers) unless the user set them. Ray Train's controller
-#: polls the workers every ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` (2 s by default) and a ``ray.train.report`` can wait
-#: up to one interval; with one report per epoch on small data sets the default made a 2-worker run several times
-#: slower than the work itself.
-DRIVER_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
-
-#: Driver environment variables with this prefix are forwarded to the training workers (test hooks, e.g.
-#: ``KNNMIX_TEST_FAIL_AT``, and ``KNNMIX_GIT_COMMIT``).
+#: Environment of the Ray workers, unless the user set the variables. Ray Train's controller polls its workers
+#: every ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` (2 s by default) and a report can wait up to one interval: with one
+#: report per epoch on small data the default made a 2-worker run several times slower than the work itself.
+WORKER_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+#: Driver environment variables with this prefix go to the workers too (e.g. ``KNNMIX_GIT_COMMIT``, test hooks).
 FORWARDED_PREFIX = "KNNMIX_"
-
-# Ray's own name for the variable through which the job manager hands a submitted job's config to its driver.
-_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # Ray's variable handing a submitted job's config to its driver
+QUIET_LOGGERS = ("ray", "ray.tune", "ray.train", "ray.data", "faiss", "faiss.loader", "mlflow", "mlflow.store.db.utils",
+                 "alembic", "optuna")
 
 
 def package_dir() -> Path:
@@ -36,56 +33,67 @@ def package_dir() -> Path:
     return Path(knnmix.__file__).resolve().parent
 
 
+def worker_env() -> dict[str, str]:
+    env = {k: v for k, v in WORKER_ENV.items() if k not in os.environ}
+    env.update({k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIX)})
+    return env
+
+
 def runtime_env() -> dict[str, Any]:
-    """The job-level runtime environment: the knnmix package and the controller settings."""
-    return {"py_modules": [str(package_dir())], "env_vars": dict(DRIVER_ENV)}
+    """The job-level runtime environment: the knnmix package and the workers' environment variables."""
+    env: dict[str, Any] = {"py_modules": [str(package_dir())], "env_vars": worker_env()}
+    raw = os.environ.get(_JOB_CONFIG_ENV)  # a submitted job: Ray refuses a driver env that repeats the job's fields
+    job_env = (json.loads(raw).get("runtime_env") or {}) if raw else {}
+    for key in job_env:
+        if key != "env_vars":
+            env.pop(key, None)
+    env["env_vars"] = {k: v for k, v in env["env_vars"].items() if k not in (job_env.get("env_vars") or {})}
+    return env
 
 
-def forwarded_env() -> dict[str, str]:
-    """``KNNMIX_*`` variables of this process, for the workers' environment."""
-    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIX)}
+def quiet(verbose: bool = False) -> None:
+    """Ray's, Tune's, faiss's, MLflow's and Optuna's INFO logging off (``verbose`` brings it back)."""
+    level = logging.INFO if verbose else logging.WARNING
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+    # "Token authentication is enabled" at every start: true, and what we want; say it with --verbose only
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+        logging.INFO if verbose else logging.ERROR)
+    if not verbose:
+        os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy reporter prints nothing at verbose=0
+        import warnings
+
+        warnings.filterwarnings("ignore", module="ray")
+        warnings.filterwarnings("ignore", category=FutureWarning, module="mlflow")
 
 
-def _without_job_fields(env: dict[str, Any]) -> dict[str, Any]:
-    """Drop the fields a submitted job already sets: Ray refuses to merge a driver's runtime_env that repeats them."""
-    raw = os.environ.get(_JOB_CONFIG_ENV)
-    if not raw:
-        return env
-    try:
-        job_env = json.loads(raw).get("runtime_env") or {}
-    except (ValueError, AttributeError):
-        return env
-    out = {k: v for k, v in env.items() if k == "env_vars" or k not in job_env}
-    taken = set(job_env.get("env_vars") or {})
-    out["env_vars"] = {k: v for k, v in env.get("env_vars", {}).items() if k not in taken}
-    return out
-
-
-def ensure_ray() -> bool:
-    """Join the Ray cluster (``RAY_ADDRESS``, or one ``ray start`` left on this machine) or start a local one.
+def ensure_ray(*, verbose: bool = False) -> bool:
+    """Join the cluster of ``RAY_ADDRESS``, or start a private local Ray bound to 127.0.0.1.
 
     Returns ``True`` when this call initialised Ray, ``False`` when this process was already connected (then the
     existing connection and its runtime environment are used as they are).
     """
     import ray
 
+    quiet(verbose)
     if ray.is_initialized():
         return False
-    ray.init(runtime_env=_without_job_fields(runtime_env()), log_to_driver=True)
+    kwargs: dict[str, Any] = {
+        "runtime_env": runtime_env(),
+        "log_to_driver": verbose,
+        "logging_level": logging.INFO if verbose else logging.WARNING,
+    }
+    global _STARTED
+    address = os.environ.get("RAY_ADDRESS")
+    if address and address != _STARTED:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", **kwargs)
+        # Whatever this process starts later (Ray Train's helpers look the cluster up) joins this Ray, not another
+        # instance on the host.
+        _STARTED = os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     return True
 
 
-@contextmanager
-def driver_env() -> Iterator[None]:
-    """Set :data:`DRIVER_ENV` in this process (where not set by the user) while a trainer runs, then restore it.
-
-    Ray Train copies these variables from the driver's environment to its controller and workers.
-    """
-    added = [k for k in DRIVER_ENV if k not in os.environ]
-    for k in added:
-        os.environ[k] = DRIVER_ENV[k]
-    try:
-        yield
-    finally:
-        for k in added:
-            os.environ.pop(k, None)
+_STARTED: str | None = None  # the address of the local Ray this process started (and put in RAY_ADDRESS)

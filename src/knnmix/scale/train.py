@@ -1,14 +1,14 @@
-"""Data-parallel training on Ray Train (V2): the plain :class:`~knnmix.engine.loop.Engine` on every worker.
+"""Data-parallel training on Ray Train (V2): the plain engine on every worker, plus a report per epoch.
 
-:func:`train_distributed` is what ``knnmix train --workers N`` runs. The driver checks the run folder and the Ray
-Train storage, starts or joins Ray and runs a ``TorchTrainer`` whose workers each build the same Engine (the process
-group makes it DDP, rank 0 writes the run folder) and add one callback that reports every epoch to Ray Train.
+:func:`train_distributed` is what ``knnmix train --workers N`` runs: it locks the run folder, checks the run state,
+starts or joins Ray (:func:`~knnmix.scale.ray_env.ensure_ray`) and runs a ``TorchTrainer`` whose workers each build
+the same :class:`~knnmix.engine.train.Run` (the process group makes it DDP; rank 0 writes the run folder) and report
+every epoch to Ray Train.
 
-Checkpoints (every ``checkpoint_every`` epochs and at the end) are one directory per report under
-``<storage_path>/<name>/``: rank 0 writes :data:`ENGINE_FILE` (the engine checkpoint without the per-sample state)
-and every rank writes its strided share of the per-sample state as ``state-rank<r>-of-<w>.pt``; Ray Train merges the
-workers' files into one directory. On (re)start every worker loads :data:`ENGINE_FILE` and all shares and calls
-``engine.restore(ckpt, state_shares=shares)``, which checks that the shares cover every sample exactly once.
+One checkpoint path: rank 0's ``checkpoint.pt`` (the whole method, per-sample state included: every rank holds all
+of it) is what the run folder keeps and what Ray Train keeps, in ``<storage_path>/<name>/checkpoint_epochNNNNN/``.
+On (re)start every worker restores the newest of Ray Train's kept checkpoints that reads (an unreadable one is
+skipped with a warning), or with ``--resume`` and none kept, the run folder's.
 
 The pure function :func:`ray_configs` maps the ``distributed`` config section onto Ray's config objects.
 """
@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,24 +29,14 @@ import torch
 
 from knnmix import config as C
 from knnmix.engine import dist as D
-from knnmix.engine.loop import Engine
-from knnmix.engine.outputs import SUMMARY, RunFolder
-from knnmix.errors import KnnmixError
+from knnmix.engine import train as E
+from knnmix.engine.checkpoint import CHECKPOINT, SUMMARY, RunFolder, folder_lock, load_checkpoint
+from knnmix.errors import CheckpointError, KnnmixError, KnnmixWarning
 from knnmix.scale import ray_env
 
-ENGINE_FILE = "engine.pt"
-SHARE_PATTERN = re.compile(r"^state-rank(\d+)-of-(\d+)\.pt$")
 CHECKPOINT_SCORE = "val_acc"
-#: Ray Train's record of a run's reported checkpoints, inside ``<storage_path>/<name>/``.
-SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
-
-# Test hooks, read on the workers (the driver forwards KNNMIX_* variables to them).
-FAIL_AT_ENV = "KNNMIX_TEST_FAIL_AT"  # "EPOCH:RANK:MARKER": that rank raises once after EPOCH, unless MARKER exists
-DUMP_DIR_ENV = "KNNMIX_TEST_DUMP_DIR"  # folder: every rank dumps its full per-sample state at checkpoints / restores
-
-
-def share_file(rank: int, world_size: int) -> str:
-    return f"state-rank{rank:05d}-of-{world_size:05d}.pt"
+SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints
+FAIL_AT_ENV = "KNNMIX_TEST_FAIL_AT"  # test hook "EPOCH:RANK:MARKER": that rank raises once after EPOCH
 
 
 def checkpoint_dir_name(epoch: int) -> str:
@@ -108,27 +98,32 @@ def ray_configs(cfg: C.Config, *, num_workers: int | None = None) -> RayConfigs:
         ),
         # The knnmix package itself travels in the job's runtime env (ray_env.ensure_ray): Ray uploads local
         # folders only at the job level.
-        worker_runtime_env={"env_vars": {**ray_env.DRIVER_ENV, **ray_env.forwarded_env()}},
+        worker_runtime_env={"env_vars": ray_env.worker_env()},
     )
     return RayConfigs(scaling=scaling, torch_config=TorchConfig(backend="nccl" if x.use_gpu else "gloo"), run=run)
 
 
 def worker_config(cfg: C.Config) -> C.Config:
     """The config the workers run: local paths made absolute (Ray Train moves workers into their own working
-    directory) and ``threads`` = ``distributed.cpus_per_worker`` (torch and faiss threads per worker)."""
+    directory), ``threads`` = ``distributed.cpus_per_worker`` and the Ray Train storage and name filled in."""
     changes: dict[str, Any] = {"threads": cfg.distributed.cpus_per_worker}
-    for key, value in (
-        ("out", cfg.out),
-        ("data.root", cfg.data.root),
-        ("noise.cifar_n_dir", cfg.noise.cifar_n_dir),
-        ("model.pretrained", cfg.model.pretrained),
-    ):
+    changes.update(absolute_paths(cfg))
+    changes["distributed.storage_path"], changes["distributed.name"] = storage_of(cfg)
+    return C.replace(cfg, **changes)
+
+
+def absolute_paths(cfg: C.Config) -> dict[str, str]:
+    """The config's local paths, made absolute against this process's working directory (``data.labels_file``
+    and ``data.test_root`` are relative to ``data.root`` when it is set)."""
+    changes = {}
+    for key in ("out", "data.root", "data.labels_file", "data.test_root", "noise.cifar_n_dir", "model.pretrained"):
+        section, _, leaf = key.rpartition(".")
+        value = getattr(getattr(cfg, section) if section else cfg, leaf)
+        if key in ("data.labels_file", "data.test_root") and cfg.data.root is not None:
+            continue
         if value is not None and "://" not in value and not Path(value).expanduser().is_absolute():
             changes[key] = str(Path(value).expanduser().absolute())
-    storage, name = storage_of(cfg)
-    changes["distributed.storage_path"] = storage
-    changes["distributed.name"] = name
-    return C.replace(cfg, **changes)
+    return changes
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -143,22 +138,17 @@ class DistributedRun:
 
 
 def train_distributed(cfg: C.Config, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """Train ``cfg`` on ``distributed.workers`` Ray Train workers; return the run's summary (as :func:`train`).
-
-    An existing run (in ``out`` or in Ray Train's storage) is continued with ``resume``, replaced with
-    ``overwrite``, else an error.
-    """
-    return fit(cfg, resume=resume, overwrite=overwrite).summary
+    """Train ``cfg`` on ``distributed.workers`` Ray Train workers; return the run's summary (as ``train``)."""
+    with folder_lock(Path(cfg.out).expanduser().absolute()):
+        return fit(cfg, resume=resume, overwrite=overwrite).summary
 
 
 def fit(
     cfg: C.Config, *, resume: bool = False, overwrite: bool = False, num_workers: int | None = None,
-    callbacks: list[Any] | None = None,
+    callbacks: list[Any] | None = None, verbose: bool = False,
 ) -> DistributedRun:
-    """:func:`train_distributed` with the Ray ``Result`` too; ``num_workers=0`` runs the worker function in-process.
-
-    ``callbacks``: extra Ray Train callbacks for the run (a sweep trial passes Ray Tune's ``TuneReportCallback``).
-    """
+    """Run ``cfg`` on Ray Train (``num_workers=0``: the worker function in-process, for tests); ``callbacks`` are
+    extra Ray Train callbacks (a sweep trial passes Ray Tune's ``TuneReportCallback``)."""
     from ray.train import TrainingFailedError
     from ray.train.torch import TorchTrainer
 
@@ -166,28 +156,19 @@ def fit(
     configs = ray_configs(cfg, num_workers=num_workers)
     if callbacks:
         configs.run.callbacks = [*(configs.run.callbacks or []), *callbacks]
+    check_run_state(cfg, resume=resume, overwrite=overwrite)
+    if configs.scaling.num_workers > 0:
+        ray_env.ensure_ray(verbose=verbose)
     local = configs.scaling.num_workers == 0
     if local and "://" in configs.storage_path:
         raise KnnmixError("in-process Ray Train (num_workers=0) needs a local distributed.storage_path")
-    check_run_state(cfg, resume=resume, overwrite=overwrite)
-    loop_config = {
-        "config": C.to_dict(cfg),
-        "resume": resume,
-        # In-process mode has no checkpoint upload: the worker writes its checkpoints straight into the storage.
-        "local_dir": str(Path(configs.storage_path) / configs.name) if local else None,
-    }
-    if not local:
-        ray_env.ensure_ray()
     trainer = TorchTrainer(
-        train_worker,
-        train_loop_config=loop_config,
-        scaling_config=configs.scaling,
-        torch_config=configs.torch_config,
-        run_config=configs.run,
+        train_worker, train_loop_config={"config": C.to_dict(cfg), "resume": resume,
+                                         "keep_in": str(Path(configs.storage_path) / configs.name) if local else None},
+        scaling_config=configs.scaling, torch_config=configs.torch_config, run_config=configs.run,
     )
     try:
-        with ray_env.driver_env():
-            result = trainer.fit()
+        result = trainer.fit()
     except TrainingFailedError as exc:
         user = user_error(exc)
         if user is not None:
@@ -214,7 +195,7 @@ def user_error(exc: BaseException) -> KnnmixError | None:
 
 
 def latest_ray_checkpoint(storage_path: str, name: str) -> str | None:
-    """The latest checkpoint Ray Train recorded for run ``name`` in ``storage_path`` (its path), or ``None``."""
+    """The latest checkpoint Ray Train recorded for run ``name`` in ``storage_path`` (its folder name), or ``None``."""
     import pyarrow
     import pyarrow.fs
 
@@ -242,8 +223,7 @@ def check_run_state(cfg: C.Config, *, resume: bool, overwrite: bool = False) -> 
     """Continue a run (``resume``), replace it (``overwrite``) or refuse to mix two, as the single-process ``train``.
 
     A run exists when the run folder holds ``checkpoint.pt`` or Ray Train's storage holds checkpoints for this run
-    name (Ray Train would silently continue from them). ``overwrite`` deletes both: the run folder's run files and
-    ``<storage_path>/<name>``.
+    name (Ray Train would silently continue from them). ``overwrite`` deletes both.
     """
     if resume and overwrite:
         raise KnnmixError("--resume and --overwrite exclude each other")
@@ -252,21 +232,15 @@ def check_run_state(cfg: C.Config, *, resume: bool, overwrite: bool = False) -> 
     ray_ckpt = latest_ray_checkpoint(storage, name)
     if not resume and (folder.has_run() or ray_ckpt is not None):
         if not overwrite:
-            where = (
-                f"run folder {str(folder.path)!r}" if folder.has_run()
-                else f"Ray Train storage {storage!r} (run name {name!r})"
-            )
-            raise KnnmixError(
-                f"{where} already holds a run; pass --resume to continue it, --overwrite to replace it, or choose "
-                "another --out (or distributed.name)"
-            )
+            where = (f"run folder {str(folder.path)!r}" if folder.has_run()
+                     else f"Ray Train storage {storage!r} (run name {name!r})")
+            raise KnnmixError(f"{where} already holds a run; pass --resume to continue it, --overwrite to replace "
+                              "it, or choose another --out (or distributed.name)")
         folder.clear()
         delete_ray_run(storage, name)
     if resume and ray_ckpt is None and not folder.has_run():
-        raise KnnmixError(
-            f"nothing to resume: no Ray Train checkpoint of run {name!r} in {storage!r} and no "
-            f"{str(folder.file('checkpoint.pt'))!r}"
-        )
+        raise KnnmixError(f"nothing to resume: no Ray Train checkpoint of run {name!r} in {storage!r} and no "
+                          f"{str(folder.file(CHECKPOINT))!r}")
 
 
 def delete_ray_run(storage_path: str, name: str) -> None:
@@ -280,95 +254,79 @@ def delete_ray_run(storage_path: str, name: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The workers
+# The workers (also used by in-process sweep trials, with Ray Tune's report in place of Ray Train's)
 
 
-def write_checkpoint(engine: Engine, directory: str | Path) -> None:
-    """This worker's files of one checkpoint: rank 0 the engine (without the per-sample state), every rank its share."""
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    dist = engine.dist
-    if dist.is_main:
-        payload = engine.checkpoint()
-        payload.pop("state")
-        payload["world_size"] = dist.world_size
-        torch.save(payload, d / ENGINE_FILE)
-    index = D.shard(torch.arange(engine.state.num_samples), dist)
-    torch.save(engine.state.rows(index), d / share_file(dist.rank, dist.world_size))
+def kept_checkpoints(checkpoint: Any) -> list[Any]:
+    """The checkpoint and its kept siblings (``checkpoint_epoch*`` beside it), newest epoch first."""
+    import pyarrow.fs
+    from ray.train import Checkpoint
+
+    fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
+    parent = path.rsplit("/", 1)[0]
+    try:
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(parent))
+    except OSError:
+        return [checkpoint]
+    names = sorted((i.path for i in infos if i.type == pyarrow.fs.FileType.Directory
+                    and i.base_name.startswith("checkpoint_epoch")), reverse=True)
+    if path not in names:
+        names.insert(0, path)
+    return [Checkpoint(p, filesystem=fs) if p != path else checkpoint for p in names]
 
 
-def read_checkpoint(directory: str | Path) -> tuple[dict[str, Any], list[dict[str, torch.Tensor]]]:
-    """``(engine checkpoint, [every worker's state share])`` from a merged checkpoint directory."""
-    d = Path(directory)
-    if not (d / ENGINE_FILE).exists():
-        raise KnnmixError(f"checkpoint {str(d)!r} has no {ENGINE_FILE}")
-    payload = torch.load(d / ENGINE_FILE, map_location="cpu", weights_only=False)
-    found = sorted((int(m[1]), int(m[2]), p) for p in d.iterdir() if (m := SHARE_PATTERN.match(p.name)))
-    world = int(payload.get("world_size", 0))
-    if [r for r, w, _ in found if w == world] != list(range(world)) or any(w != world for _, w, _ in found):
-        names = ", ".join(p.name for _, _, p in found) or "none"
-        raise KnnmixError(f"checkpoint {str(d)!r} should hold the state shares of {world} workers; found {names}")
-    shares = [torch.load(p, map_location="cpu", weights_only=True) for _, _, p in found]
-    return payload, shares
+def restore_newest_readable(run: E.Run, checkpoint: Any) -> None:
+    """Restore ``run`` from ``checkpoint`` or, when it does not read, from the newest kept one that does."""
+    errors = []
+    for candidate in kept_checkpoints(checkpoint):
+        with candidate.as_directory() as d:
+            try:
+                payload = load_checkpoint(Path(d) / CHECKPOINT)
+            except CheckpointError as exc:
+                errors.append(str(exc))
+                if run.dist.is_main:
+                    warnings.warn(f"skipping an unreadable checkpoint: {exc}", KnnmixWarning, stacklevel=2)
+                continue
+        E.restore(run, payload)
+        return
+    raise CheckpointError(f"no kept checkpoint of this run reads: {errors[0]}")
 
 
-class Reporter:
-    """The engine callback that reports each epoch to Ray Train, with a checkpoint every ``checkpoint_every``."""
+def report_epoch(report: Callable[..., None], checkpoint_cls: Any, *, named: bool = True,
+                 keep_in: str | None = None) -> E.OnEpoch:
+    """The ``on_epoch`` hook that reports each epoch's numbers to Ray (``ray.train.report`` or ``ray.tune.report``),
+    with rank 0's ``checkpoint.pt`` on checkpoint epochs (after :func:`~knnmix.engine.train.finish` at the last).
+    ``keep_in``: Ray Train's local mode uploads nothing, so its checkpoints are written where they are kept."""
 
-    def __init__(self, cfg: C.Config, local_dir: str | None) -> None:
-        self.cfg = cfg
-        self.local_dir = local_dir
-
-    def __call__(self, engine: Engine, record: dict[str, Any]) -> None:
-        import ray.train
-
-        metrics = numeric_metrics(record)
+    def on_epoch(run: E.Run, record: dict[str, Any], summary: dict[str, Any] | None) -> None:
+        metrics = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         epoch = int(record["epoch"])
-        if not (epoch % self.cfg.checkpoint_every == 0 or epoch == self.cfg.epochs):
-            ray.train.report(metrics)
-            return
-        name = checkpoint_dir_name(epoch)
-        dump_state(engine, f"saved-epoch{epoch}")
-        if self.local_dir is not None:  # in-process: nothing uploads, so write where the checkpoint is kept
-            target = Path(self.local_dir) / name
-            write_checkpoint(engine, target)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(target)))
+        fail_once(run, epoch)
+        if not E.is_checkpoint_epoch(run.cfg, epoch) or not run.dist.is_main:
+            report(metrics)
             return
         with tempfile.TemporaryDirectory(prefix="knnmix-ckpt-") as tmp:
-            write_checkpoint(engine, tmp)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
+            folder = Path(keep_in) / checkpoint_dir_name(epoch) if keep_in else Path(tmp)
+            folder.mkdir(parents=True, exist_ok=True)
+            source, target = RunFolder(run.cfg.out).file(CHECKPOINT), folder / CHECKPOINT
+            try:
+                os.link(source, target)  # the run folder's file, not a second copy
+            except OSError:
+                torch.save(E.checkpoint(run), target)
+            name = {"checkpoint_dir_name": checkpoint_dir_name(epoch)} if named else {}  # Tune names its own
+            report(metrics, checkpoint=checkpoint_cls.from_directory(str(folder)), **name)
+
+    return on_epoch
 
 
-def numeric_metrics(record: dict[str, Any]) -> dict[str, float | int]:
-    """The epoch record's numbers (``None`` and text dropped)."""
-    return {
-        k: v for k, v in record.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool)
-    }
-
-
-def fail_once_hook() -> Callable[[Engine, dict[str, Any]], None] | None:
+def fail_once(run: E.Run, epoch: int) -> None:
     """Test hook: with ``KNNMIX_TEST_FAIL_AT=EPOCH:RANK:MARKER``, that rank raises once at the end of EPOCH."""
     spec = os.environ.get(FAIL_AT_ENV)
-    if not spec:
-        return None
-    epoch_s, rank_s, marker = spec.split(":", 2)
-
-    def hook(engine: Engine, record: dict[str, Any]) -> None:
-        if record["epoch"] == int(epoch_s) and engine.dist.rank == int(rank_s) and not os.path.exists(marker):
-            Path(marker).write_text(f"failed after epoch {record['epoch']} on rank {engine.dist.rank}\n")
-            raise RuntimeError(f"{FAIL_AT_ENV}: injected failure after epoch {record['epoch']}")
-
-    return hook
-
-
-def dump_state(engine: Engine, tag: str) -> None:
-    """Test hook: with ``KNNMIX_TEST_DUMP_DIR`` set, save this rank's full per-sample state as ``<tag>-rank<r>.pt``."""
-    folder = os.environ.get(DUMP_DIR_ENV)
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        payload = {"epoch": engine.epoch, "state": engine.state.state_dict()}
-        torch.save(payload, Path(folder) / f"{tag}-rank{engine.dist.rank}.pt")
+    if spec:
+        epoch_s, rank_s, marker = spec.split(":", 2)
+        if epoch == int(epoch_s) and run.dist.rank == int(rank_s) and not os.path.exists(marker):
+            Path(marker).write_text(f"failed after epoch {epoch} on rank {run.dist.rank}\n")
+            raise RuntimeError(f"{FAIL_AT_ENV}: injected failure after epoch {epoch}")
 
 
 def say(text: str) -> None:
@@ -377,33 +335,33 @@ def say(text: str) -> None:
     sys.stdout.flush()
 
 
+def start_or_restore(run: E.Run, folder: RunFolder, checkpoint: Any, resume: bool) -> None:
+    """Restore from Ray's checkpoint, else (``resume``) from the run folder's, else start the run folder (rank 0)."""
+    if checkpoint is not None:
+        restore_newest_readable(run, checkpoint)
+    elif resume and folder.has_run():  # e.g. a single-process run continued on workers
+        E.restore(run, folder.load_checkpoint())
+    elif run.dist.is_main:
+        folder.start(run.cfg, run.splits.noisy_labels_record())  # a restart before any checkpoint starts afresh
+        return
+    if run.dist.is_main:
+        folder.write_metrics(run.history)
+
+
 def train_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
-    """One Ray Train worker: the Engine, restored from Ray Train's checkpoint if any, reporting every epoch.
+    """One Ray Train worker: the run, restored if Ray Train kept a checkpoint, reporting every epoch.
 
     Rank 0 returns the run's summary (Ray Train hands it to the driver as ``Result.return_value``).
     """
     import ray.train
     import ray.train.torch
 
+    ray_env.quiet()
     cfg = C.from_dict(loop_config["config"])
     torch.set_num_threads(cfg.distributed.cpus_per_worker)
-    dist = D.current()
+    run = E.build_run(cfg, dist=D.current(), device=ray.train.torch.get_device())
     folder = RunFolder(cfg.out)
-    engine = Engine(cfg, dist=dist, device=ray.train.torch.get_device(), folder=folder, echo=say)
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            payload, shares = read_checkpoint(d)
-        engine.restore(payload, state_shares=shares)
-        dump_state(engine, f"restored-ray-epoch{engine.epoch}")
-    elif loop_config["resume"] and folder.has_run():
-        # No Ray Train checkpoint of this run name: continue from the run folder's full checkpoint
-        # (e.g. a single-process run continued on workers).
-        engine.restore(folder.load_checkpoint())
-        dump_state(engine, f"restored-folder-epoch{engine.epoch}")
-    else:
-        engine.start_outputs()  # (a restart before the first checkpoint starts metrics.jsonl afresh)
-    callbacks = [cb for cb in (fail_once_hook(),) if cb is not None]
-    callbacks.append(Reporter(cfg, loop_config.get("local_dir")))
-    summary = engine.fit(callbacks)
-    return summary if dist.is_main else None
+    start_or_restore(run, folder, ray.train.get_checkpoint(), loop_config["resume"])
+    summary = E.fit(run, folder if run.dist.is_main else None, echo=say,
+                    on_epoch=report_epoch(ray.train.report, ray.train.Checkpoint, keep_in=loop_config.get("keep_in")))
+    return summary if run.dist.is_main else None

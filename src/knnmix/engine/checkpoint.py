@@ -1,0 +1,246 @@
+"""The run folder: what every run leaves behind, and checkpoints that load without running code.
+
+``config.yaml`` (resolved config), ``run.json`` (commit, machine, command), ``noisy_labels.npz`` (the labels the
+run trained on, so any run can be re-scored), ``metrics.jsonl`` (one line per epoch), ``checkpoint.pt`` (resumes
+the method exactly), ``model_best.pt`` (weights with the best noisy-validation accuracy and the network's
+constructor arguments), ``summary.json`` (final and best-by-validation figures), ``label_issues.csv`` (the ranked
+list for annotators) and ``label_issues.png`` (the top suspects with their given and suggested labels).
+
+Checkpoints and weights files hold only tensors and plain data (dicts, lists, numbers, strings) and are read with
+``torch.load(weights_only=True)``: loading a crafted file cannot run code. An unreadable or foreign file is a
+one-line :class:`~knnmix.errors.CheckpointError` naming it. A folder in use is locked (:func:`folder_lock`), so two
+runs never write into one folder.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pickle
+import random
+import socket
+import sys
+import time
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from knnmix import config as C
+from knnmix.errors import CheckpointError, KnnmixError
+from knnmix.provenance import git_commit, machine
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+LABEL_ISSUES = "label_issues.csv"
+LABEL_ISSUES_PLOT = "label_issues.png"
+NOISY_LABELS = "noisy_labels.npz"
+CONFIG = "config.yaml"
+BEST_MODEL = "model_best.pt"
+RUN_INFO = "run.json"
+LOCK = ".lock"
+RUN_FILES = (CHECKPOINT, METRICS, SUMMARY, LABEL_ISSUES, LABEL_ISSUES_PLOT, NOISY_LABELS, CONFIG, BEST_MODEL, RUN_INFO)
+
+#: Version of the checkpoint and weights-file layout; files of another version are refused with a clear message.
+FORMAT = 2
+CHECKPOINT_KEYS = ("format", "config", "epoch", "model_args", "model", "optimizer", "scheduler", "state", "history",
+                   "best", "rng")
+
+
+class RunFolder:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def has_run(self) -> bool:
+        return self.file(CHECKPOINT).exists()
+
+    def clear(self) -> None:
+        """Delete a previous run's files (only the files a run writes; anything else in the folder stays)."""
+        for name in RUN_FILES:
+            self.file(name).unlink(missing_ok=True)
+
+    def start(self, cfg: C.Config, noisy_labels: dict[str, np.ndarray]) -> None:
+        """Write the run's fixed files; ``metrics.jsonl`` starts empty (a restart before the first checkpoint
+        must not keep the failed attempt's lines)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.file(METRICS).unlink(missing_ok=True)
+        self.file(CONFIG).write_text(C.to_yaml(cfg))
+        np.savez_compressed(self.file(NOISY_LABELS), **noisy_labels)
+        info = {
+            "commit": git_commit(),
+            "command": " ".join(sys.argv),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "machine": machine(),
+        }
+        self.file(RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
+
+    def write_metrics(self, history: list[dict[str, Any]]) -> None:
+        """Rewrite ``metrics.jsonl`` from the full history (so a resumed run never holds an epoch twice)."""
+        atomic_write_text(self.file(METRICS), "".join(json.dumps(r) + "\n" for r in history))
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.file(METRICS), "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def save_checkpoint(self, payload: dict[str, Any]) -> None:
+        atomic_save(payload, self.file(CHECKPOINT))
+
+    def load_checkpoint(self) -> dict[str, Any]:
+        return load_checkpoint(self.file(CHECKPOINT))
+
+    def save_best_model(self, model_args: dict[str, Any], state_dict: dict[str, Any]) -> None:
+        atomic_save(weights_payload(model_args, state_dict), self.file(BEST_MODEL))
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        atomic_write_text(self.file(SUMMARY), json.dumps(summary, indent=2) + "\n")
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Safe files
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def safe_load(path: str | Path) -> Any:
+    """``torch.load`` of tensors and plain data only (no code runs); any failure is one :class:`CheckpointError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{str(p)!r} does not exist")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower() or "weights_only" in str(exc).lower():
+            first = str(exc).split("\n")[0][:200]
+            raise CheckpointError(
+                f"{str(p)!r} holds objects other than tensors and plain data; it is not loaded, since loading "
+                f"it could run code ({first})"
+            ) from None
+        raise CheckpointError(f"{str(p)!r} is unreadable (corrupt or not a torch file): {_line(exc)}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, IndexError, KeyError) as exc:
+        raise CheckpointError(f"{str(p)!r} is unreadable (truncated, corrupt or not a torch file): {_line(exc)}") from None
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A knnmix checkpoint, checked for its layout (see :data:`CHECKPOINT_KEYS`)."""
+    payload = safe_load(path)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{str(path)!r} is not a knnmix checkpoint of format {FORMAT} (found {found!r})")
+    missing = [k for k in CHECKPOINT_KEYS if k not in payload]
+    if missing:
+        raise CheckpointError(f"{str(path)!r} is an incomplete knnmix checkpoint (missing {', '.join(missing)})")
+    return payload
+
+
+def weights_payload(model_args: dict[str, Any], state_dict: dict[str, Any]) -> dict[str, Any]:
+    """A weights file: the network's constructor arguments (:func:`knnmix.models.build_model`) and its weights."""
+    return {"format": FORMAT, "model_args": dict(model_args), "state_dict": state_dict}
+
+
+def load_model(path: str | Path) -> nn.Module:
+    """The network of a weights file (``model_best.pt``) or checkpoint, built from the arguments saved with it, in
+    eval mode -- no dataset is read."""
+    from knnmix.models import build_model
+
+    payload = safe_load(path)
+    if not isinstance(payload, dict) or "model_args" not in payload:
+        raise CheckpointError(f"{str(path)!r} holds no model_args: not a knnmix weights file of format {FORMAT}")
+    weights = payload.get("state_dict", payload.get("model"))
+    model = build_model(**payload["model_args"])
+    model.load_state_dict(weights)
+    return model.eval()
+
+
+def _line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Random number generators as plain data
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global generator's state as tensors and plain data (loadable with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Locks
+
+
+@contextmanager
+def folder_lock(path: str | Path, what: str = "run folder") -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if needed) while a run or sweep writes into it.
+
+    A second process asking for the same folder gets a one-line :class:`KnnmixError` naming the holder. The lock is
+    an ``flock`` on ``<path>/.lock``: the kernel releases it when the holder exits, even by SIGKILL.
+    """
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        fh = open(p / LOCK, "a+")
+    except OSError as exc:
+        raise KnnmixError(f"cannot write {what} {str(p)!r}: {exc.strerror or _line(exc)}") from None
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise KnnmixError(f"{what} {str(p)!r} is in use by {holder}; wait for it to end or choose another "
+                              "folder") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fh.seek(0)
+            fh.truncate()
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    finally:
+        fh.close()

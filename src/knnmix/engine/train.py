@@ -1,0 +1,534 @@
+"""The training engine as free functions: one engine for every method, in one process or as one rank of a group.
+
+:func:`train` reads top to bottom: lock the run folder, build the run, start or resume it, :func:`fit` the remaining
+epochs, :func:`finish`. One epoch (:func:`run_epoch`) is the method's preparation phases (embedding, correction,
+mixture fit, neighbour search), :func:`train_one_epoch`, and :func:`evaluate` on the noisy validation split (the
+only thing selected on) and the test split (reported only). :func:`infer` is the one inference loop, used for
+evaluation, embedding the training set and predicting. Under ``torch.distributed`` every rank runs the same code on
+its own shard; with no process group it is a plain loop.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from knnmix import config as C
+from knnmix.data import LabelledDataset, collate_batch
+from knnmix.engine import dist as D
+from knnmix.engine import report
+from knnmix.engine.checkpoint import FORMAT, RunFolder, folder_lock, rng_state, set_rng_state
+from knnmix.engine.phases import Bank, gather_bank
+from knnmix.engine.splits import Splits, build_splits
+from knnmix.engine.state import SampleState
+from knnmix.errors import ConfigError, DivergedError, KnnmixError, KnnmixWarning
+from knnmix.method import SEARCH_BACKENDS, NeighbourSearch, l2_normalise
+from knnmix.methods import METHODS, Method
+from knnmix.models import build_model
+
+#: ``on_epoch(run, record, summary)``: called after every epoch (after :func:`finish` at the last one, with its summary).
+OnEpoch = Callable[["Run", dict[str, Any], "dict[str, Any] | None"], None]
+Echo = Callable[[str], None] | None
+
+# Config keys that may differ between a checkpoint and the run that resumes it (paths, resources, length).
+RESUMABLE_CHANGES = ("epochs", "out", "log_every", "checkpoint_every", "threads", "device", "distributed.",
+                     "data.num_workers", "data.root", "data.download", "noise.cifar_n_dir", "model.pretrained")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The run: everything one training run holds (on one rank)
+
+
+@dataclass
+class Run:
+    cfg: C.Config  # resolved: automatic choices filled in
+    splits: Splits
+    model_args: dict[str, Any]  # build_model(**model_args) rebuilds the network
+    model: nn.Module  # the plain network (evaluation, checkpoints)
+    net: nn.Module  # what trains: the network, or its DDP wrapper under torch.distributed
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    method: Method
+    state: SampleState
+    dist: D.Dist
+    device: torch.device
+    epoch: int = 0  # completed epochs
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "val_acc": None, "test_acc": None})
+    best_weights: dict[str, Tensor] | None = None  # only when test_every skipped the selected epoch
+    loaders: dict[tuple[int, bool], tuple[LabelledDataset, BatchLoader]] = field(default_factory=dict)
+
+    # The services methods use (knnmix.methods.base.TrainContext)
+    @property
+    def seed(self) -> int:
+        return self.cfg.seed
+
+    @property
+    def true_labels(self) -> Tensor | None:
+        true = self.splits.train.true_labels
+        return None if true is None else torch.from_numpy(true.copy())
+
+    @property
+    def truly_noisy(self) -> Tensor | None:
+        true = self.splits.train.true_labels
+        return None if true is None else torch.from_numpy(self.splits.train.given_labels != true)
+
+    def embed_train_set(self) -> Bank:
+        return embed(self, active_indices(self, self.epoch + 1))
+
+    def neighbour_search(self) -> NeighbourSearch:
+        if self.cfg.method.search == "faiss":
+            return SEARCH_BACKENDS["faiss"](threads=self.cfg.threads)
+        return SEARCH_BACKENDS["torch"](device=self.device)
+
+
+def build_run(
+    cfg: C.Config, *, dist: D.Dist | None = None, device: torch.device | None = None, splits: Splits | None = None
+) -> Run:
+    """The splits, network, optimiser, schedule, method and per-sample state of ``cfg`` (identical on every rank)."""
+    dist = dist or D.current()
+    device = device or resolve_device(cfg.device)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    # Weight decay drives many weights and gradients into the subnormal range, where x86 CPUs slow down by an order
+    # of magnitude: flushing them to zero made small-CNN epochs ~25% faster (Fashion-MNIST, 2 threads).
+    torch.set_flush_denormal(True)
+    splits = splits or build_splits(cfg)
+    cfg = resolve_config(cfg, splits)
+    n = len(splits.train)
+    if cfg.method.k >= n:
+        raise ConfigError(f"method.k={cfg.method.k} is not smaller than the training set ({n} samples)")
+    c, h, _ = splits.train.source.shape
+    model_args = {"name": cfg.model.name, "num_classes": splits.num_classes, "in_channels": c, "image_size": h}
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = build_model(**model_args, pretrained=cfg.model.pretrained).to(device)
+    net: nn.Module = model
+    if dist.active:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = make_optimizer(cfg.optim, model)
+    method = METHODS.get(cfg.method.name)(cfg.method, splits.num_classes)
+    note = method.schedule_note(cfg.epochs)
+    if note and dist.is_main:
+        warnings.warn(note, KnnmixWarning, stacklevel=2)
+    return Run(
+        cfg=cfg, splits=splits, model_args=model_args, model=model, net=net, optimizer=optimizer,
+        scheduler=make_lr_schedule(cfg.optim, optimizer, cfg.epochs), method=method,
+        state=SampleState.initial(splits.train.given_tensor(), splits.num_classes, cfg.method.k),
+        dist=dist, device=device,
+    )
+
+
+def resolve_config(cfg: C.Config, splits: Splits) -> C.Config:
+    """Fill the config's automatic choices so that the saved config states exactly what ran."""
+    changes: dict[str, Any] = {}
+    if cfg.model.name == "auto":
+        changes["model.name"] = splits.bundle.default_model
+    if cfg.noise.seed is None:
+        changes["noise.seed"] = cfg.seed
+    return C.replace(cfg, **changes) if changes else cfg
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' was asked for but no CUDA device is available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def make_optimizer(o: C.OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if o.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0,
+            weight_decay=o.weight_decay,
+        )
+    return torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+
+
+def make_lr_schedule(o: C.OptimConfig, opt: torch.optim.Optimizer, epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-epoch learning-rate schedule."""
+    if o.schedule == "cosine_restarts":
+        return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=o.restart_period, eta_min=o.min_lr)
+    if o.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=o.min_lr)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading batches
+
+
+Batch = tuple[int, Tensor]  # (seed of the batch's augmentation, member indices (B, M))
+
+
+def load_batch(ds: LabelledDataset, batch: Batch) -> Tensor:
+    """Images ``(B, M, C, H, W)`` of a batch's members; augmentation draws from the batch's own seed, so the result
+    does not depend on which process loads it (and a resumed epoch replays exactly)."""
+    seed, members = batch
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        x, _, _ = ds.__getitems__(members.reshape(-1))
+    return x.view(*members.shape, *x.shape[1:])
+
+
+class _SeededDataset:
+    """What a DataLoader worker loads: a whole :data:`Batch` per index."""
+
+    def __init__(self, ds: LabelledDataset) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitems__(self, batch: Batch) -> Tensor:
+        return load_batch(self.ds, batch)
+
+
+class BatchLoader:
+    """Loads the batches of one dataset view for the whole run.
+
+    With ``data.num_workers`` > 0 it is one ``DataLoader`` whose worker processes persist across epochs; this object
+    is its batch sampler, handed the next pass's batches by :meth:`__call__`.
+    """
+
+    def __init__(self, ds: LabelledDataset, workers: int, device: torch.device) -> None:
+        self.ds, self.device = ds, device
+        self._batches: list[Batch] = []
+        self._loader = None
+        if workers > 0:
+            self._loader = DataLoader(
+                _SeededDataset(ds), batch_sampler=self, collate_fn=collate_batch, num_workers=workers,  # type: ignore[arg-type]
+                persistent_workers=True, pin_memory=device.type == "cuda",
+                generator=torch.Generator(),  # its seed draw must not advance the global generator the method uses
+            )
+
+    def __iter__(self) -> Iterator[Batch]:
+        return iter(self._batches)
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def __call__(self, batches: Iterable[Batch]) -> Iterator[tuple[Tensor, Tensor]]:
+        """``(members (B, M), images (B, M, C, H, W) on the device)`` for each batch."""
+        self._batches = list(batches)
+        loaded = iter(self._loader) if self._loader is not None else (load_batch(self.ds, b) for b in self._batches)
+        for (_, members), x in zip(self._batches, loaded):
+            yield members, x.to(self.device, non_blocking=True)
+
+
+def loader(run: Run, ds: LabelledDataset, *, augment: bool) -> BatchLoader:
+    """The run's one loader of ``ds`` (with or without augmentation), made on first use."""
+    key = (id(ds), augment)
+    if key not in run.loaders:
+        run.loaders[key] = (ds, BatchLoader(ds.view(augment=augment), run.cfg.data.num_workers, run.device))
+    return run.loaders[key][1]
+
+
+def active_indices(run: Run, epoch: int) -> Tensor:
+    """Dataset indices that take part in ``epoch`` (all, unless the dataset subsamples per epoch)."""
+    rows_of_epoch = run.splits.bundle.epoch_rows
+    if rows_of_epoch is None:
+        return torch.arange(len(run.splits.train))
+    wanted = rows_of_epoch(epoch, run.cfg.seed)
+    return torch.from_numpy(np.flatnonzero(np.isin(run.splits.train_rows, wanted)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One epoch
+
+
+def seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    """Seed every global generator from (seed, epoch, rank), so a resumed epoch replays exactly."""
+    s = (seed * 1_000_003 + epoch * 1_009 + rank * 7_919) % (2**31 - 1)
+    torch.manual_seed(s)
+    np.random.seed(s)
+    random.seed(s)
+
+
+def run_epoch(run: Run, epoch: int) -> dict[str, Any]:
+    """One epoch: the method's preparation phases, one training pass, evaluation."""
+    cfg = run.cfg
+    seed_epoch(cfg.seed, epoch, run.dist.rank)
+    t0 = time.perf_counter()
+    phase = run.method.prepare_epoch(epoch, run)
+    lr = run.optimizer.param_groups[0]["lr"]
+    train_loss = train_one_epoch(run, epoch)
+    run.scheduler.step()
+    t1 = time.perf_counter()
+    tested = epoch == cfg.epochs or (cfg.test_every > 0 and epoch % cfg.test_every == 0)
+    record: dict[str, Any] = {
+        "epoch": epoch, "phase": phase, "lr": lr, "train_loss": train_loss,
+        "val_acc": evaluate(run, run.splits.val),
+        "test_acc": evaluate(run, run.splits.test) if tested else None,
+    }
+    for name, ds in run.splits.extra_tests.items():
+        record[f"test_acc_{name}"] = evaluate(run, ds) if tested else None
+    record.update(label_diagnostics(run))
+    record.update(run.method.diagnostics(run))
+    record.update(train_time_s=t1 - t0, eval_time_s=time.perf_counter() - t1)
+    return record
+
+
+def train_one_epoch(run: Run, epoch: int) -> float:
+    """One pass over this rank's shard of the epoch's training samples; returns the mean loss over all ranks."""
+    per_rank = run.cfg.optim.batch_size // run.dist.world_size
+    batches = D.epoch_batches(active_indices(run, epoch), per_rank, run.dist, seed=run.cfg.seed, epoch=epoch)
+    base = (run.cfg.seed * 1_000_003 + epoch * 10_007 + run.dist.rank * 101) * 100_003
+    members = ((base + i, run.method.batch_members(b, run)) for i, b in enumerate(batches))
+    run.net.train()
+    total = torch.zeros(2, dtype=torch.float64)
+    train = run.splits.train
+    for m, images in loader(run, train, augment=train.augment)(members):
+        loss = run.method.loss(run.net, images, m, run)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        value = loss.detach().double().item()
+        if not run.dist.active and not math.isfinite(value):  # under DDP all ranks stop together, below
+            diverged(run, epoch, value)
+        total += torch.tensor([value * m.shape[0], m.shape[0]], dtype=torch.float64)
+    total = D.all_reduce_sum(total, run.dist)
+    mean = float(total[0] / total[1])
+    if not math.isfinite(mean):
+        diverged(run, epoch, mean)
+    return mean
+
+
+def diverged(run: Run, epoch: int, value: float) -> None:
+    last = next((r for r in reversed(run.history) if math.isfinite(r.get("train_loss", math.nan))), None)
+    before = f"last finite epoch loss {last['train_loss']:.4g} in epoch {last['epoch']}" if last else "no finite epoch before"
+    raise DivergedError(f"training diverged in epoch {epoch}: the loss became {value} ({before}); lower optim.lr "
+                        f"(now {run.cfg.optim.lr:g})")
+
+
+def infer(run: Run, ds: LabelledDataset, positions: Tensor) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """``(positions (B,), logits (B, C), features (B, D))`` of the current model over ``ds`` at ``positions``, without
+    augmentation, in batches of ``optim.eval_batch_size`` (BatchNorm statistics from rank 0 on every rank)."""
+    if run.dist.active:
+        for b in run.model.buffers():
+            b.copy_(D.broadcast(b.detach(), 0, run.dist))
+    size = run.cfg.optim.eval_batch_size
+    chunks = ((0, positions[s : s + size][:, None]) for s in range(0, positions.numel(), size))
+    run.model.eval()
+    try:
+        with torch.inference_mode():
+            for m, x in loader(run, ds, augment=False)(chunks):
+                logits, features = run.model(x[:, 0])
+                yield m[:, 0], logits.float(), features
+    finally:
+        run.model.train()
+
+
+def evaluate(run: Run, ds: LabelledDataset | None) -> float | None:
+    """Accuracy (%) against the dataset's given labels, sharded over ranks."""
+    if ds is None or len(ds) == 0:
+        return None
+    labels = ds.given_tensor()
+    counts = torch.zeros(2, dtype=torch.float64)
+    for pos, logits, _ in infer(run, ds, D.shard(torch.arange(len(ds)), run.dist)):
+        counts += torch.tensor([float((logits.argmax(1).cpu() == labels[pos]).sum()), pos.numel()], dtype=torch.float64)
+    counts = D.all_reduce_sum(counts, run.dist)
+    return 100.0 * float(counts[0] / counts[1])
+
+
+def embed(run: Run, indices: Tensor) -> Bank:
+    """Features and log-probabilities of training samples ``indices``, without augmentation, gathered across ranks."""
+    positions = D.shard(indices, run.dist)
+    feats, logps = [torch.empty(0, run.model.feature_dim)], [torch.empty(0, run.splits.num_classes)]
+    for _, logits, f in infer(run, run.splits.train, positions):
+        feats.append(l2_normalise(f).cpu())
+        logps.append(F.log_softmax(logits, dim=1).cpu())
+    return gather_bank(positions, torch.cat(feats), torch.cat(logps), run.dist)
+
+
+def predict(run: Run, ds: LabelledDataset) -> Tensor:
+    """Predicted class probabilities ``(len(ds), C)`` of the current model (this process only)."""
+    out = torch.empty(len(ds), run.splits.num_classes)
+    for pos, logits, _ in infer(run, ds, torch.arange(len(ds))):
+        out[pos] = torch.softmax(logits, dim=1).cpu()
+    return out
+
+
+def label_diagnostics(run: Run) -> dict[str, Any]:
+    """Where true labels are known: label-correction accuracy and the clean/noisy split quality."""
+    true = run.true_labels
+    if true is None:
+        return {}
+    out: dict[str, Any] = {}
+    current = run.state.corrected_labels()
+    if run.method.uses_soft_targets:
+        out["label_acc"] = 100.0 * float((current == true).double().mean())
+    if run.method.uses_clean_prob and run.state.loss_history.shape[0] > 0:
+        predicted_noisy = run.state.clean_prob < 0.5
+        truly_noisy = current != true
+        hits = float((predicted_noisy & truly_noisy).sum())
+        out["noisy_precision"] = 100.0 * hits / float(predicted_noisy.sum()) if predicted_noisy.any() else None
+        out["noisy_recall"] = 100.0 * hits / float(truly_noisy.sum()) if truly_noisy.any() else None
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The loop
+
+
+def is_checkpoint_epoch(cfg: C.Config, epoch: int) -> bool:
+    return epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs
+
+
+def fit(run: Run, folder: RunFolder | None, *, echo: Echo = print, on_epoch: OnEpoch | None = None) -> dict[str, Any]:
+    """Train the remaining epochs, then :func:`finish`. ``folder`` (rank 0 only) receives every output."""
+    cfg = run.cfg
+    say = echo if run.dist.is_main and echo is not None else None
+    if say:
+        say(report.banner(run))
+    summary = None
+    for epoch in range(run.epoch + 1, cfg.epochs + 1):
+        record = run_epoch(run, epoch)
+        run.epoch = epoch
+        run.history.append(record)
+        improved = track_best(run, record)
+        if folder is not None:
+            folder.append_metrics(record)
+            if improved:
+                folder.save_best_model(run.model_args, run.model.state_dict())
+            if is_checkpoint_epoch(cfg, epoch):
+                folder.save_checkpoint(checkpoint(run))
+        if say and (epoch % cfg.log_every == 0 or epoch == cfg.epochs):
+            say(report.progress_line(record, cfg.epochs))
+        if epoch == cfg.epochs:
+            summary = finish(run, folder, echo=say)
+        if on_epoch is not None:
+            on_epoch(run, record, summary)
+    return summary if summary is not None else finish(run, folder, echo=say)
+
+
+def track_best(run: Run, record: dict[str, Any]) -> bool:
+    """Select on the noisy validation accuracy (first best epoch wins ties)."""
+    val = record.get("val_acc")
+    if val is None or (run.best["val_acc"] is not None and val <= run.best["val_acc"]):
+        return False
+    run.best = {"epoch": record["epoch"], "val_acc": val, "test_acc": record.get("test_acc")}
+    run.best_weights = None
+    if record.get("test_acc") is None:  # tested at the end (test_every skipped this epoch)
+        run.best_weights = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
+    return True
+
+
+def finish(run: Run, folder: RunFolder | None, *, echo: Echo = None) -> dict[str, Any]:
+    """Test the selected weights if no epoch did, audit every training label with the final model, write
+    ``summary.json`` and ``label_issues.csv`` (rank 0). Every rank calls it (the passes are collective)."""
+    if run.best["epoch"] and run.best["test_acc"] is None and run.best_weights is not None:
+        final = {k: v.clone() for k, v in run.model.state_dict().items()}
+        run.model.load_state_dict(run.best_weights)
+        run.best["test_acc"] = evaluate(run, run.splits.test)
+        run.model.load_state_dict(final)
+    bank = embed(run, torch.arange(len(run.splits.train)))
+    summary = report.summary(run)
+    if folder is not None:
+        summary["label_issues"] = report.label_audit(run, bank, folder)
+        folder.write_summary(summary)
+        if echo:
+            echo(report.done_line(summary, folder))
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def checkpoint(run: Run) -> dict[str, Any]:
+    """Everything needed to continue the method exactly where it stands (tensors and plain data only)."""
+    payload = {
+        "format": FORMAT,
+        "config": C.to_dict(run.cfg),
+        "epoch": run.epoch,
+        "model_args": dict(run.model_args),
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "state": run.state.state_dict(),
+        "history": list(run.history),
+        "best": dict(run.best),
+        "rng": rng_state(),
+    }
+    if run.best_weights is not None:
+        payload["best_weights"] = run.best_weights
+    return payload
+
+
+def restore(run: Run, ckpt: dict[str, Any]) -> None:
+    """Continue from a checkpoint (the config must match except for paths, resources and ``epochs``)."""
+    check_resumable(ckpt["config"], C.to_dict(run.cfg))
+    if ckpt["epoch"] > run.cfg.epochs:
+        raise ConfigError(f"epochs={run.cfg.epochs} is fewer than the {ckpt['epoch']} epochs already trained")
+    run.model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.state.load_state_dict(ckpt["state"])
+    run.epoch = int(ckpt["epoch"])
+    run.history = list(ckpt["history"])
+    run.best = dict(ckpt["best"])
+    run.best_weights = ckpt.get("best_weights")
+    set_rng_state(ckpt["rng"])
+
+
+def check_resumable(saved: dict[str, Any], wanted: dict[str, Any]) -> None:
+    a, b = C.flatten(saved), C.flatten(wanted)
+    diff = [
+        k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not any(
+            k == p or (p.endswith(".") and k.startswith(p)) for p in RESUMABLE_CHANGES
+        )
+    ]
+    if diff:
+        shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:4])
+        raise ConfigError(f"cannot resume with a different config ({shown}); only paths, resources and epochs may change")
+
+
+def prepare_folder(folder: RunFolder, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix two runs in one folder: continue it (resume), replace it (overwrite), or fail."""
+    if resume and overwrite:
+        raise KnnmixError("--resume and --overwrite exclude each other")
+    if folder.has_run() and not resume:
+        if not overwrite:
+            raise KnnmixError(
+                f"run folder {str(folder.path)!r} already holds a run; pass --resume to continue it, "
+                "--overwrite to replace it, or choose another --out"
+            )
+        folder.clear()
+    if resume and not folder.has_run():
+        raise KnnmixError(f"nothing to resume: {str(folder.path / 'checkpoint.pt')!r} does not exist")
+
+
+def train(
+    cfg: C.Config, *, resume: bool = False, overwrite: bool = False, echo: Echo = print,
+    on_epoch: OnEpoch | None = None,
+) -> dict[str, Any]:
+    """Train one run into ``cfg.out`` and return its summary (see ``summary.json``).
+
+    An existing run in ``cfg.out`` is continued with ``resume``, replaced with ``overwrite``, else an error; a folder
+    another process is writing into is an error too.
+    """
+    folder = RunFolder(cfg.out)
+    with folder_lock(folder.path):
+        prepare_folder(folder, resume=resume, overwrite=overwrite)
+        run = build_run(cfg)
+        if resume:
+            restore(run, folder.load_checkpoint())
+            folder.write_metrics(run.history)
+            if echo:
+                echo(f"resumed after epoch {run.epoch}")
+        else:
+            folder.start(run.cfg, run.splits.noisy_labels_record())
+        return fit(run, folder, echo=echo, on_epoch=on_epoch)
