@@ -1,10 +1,11 @@
-"""Sweeps (``knnmix sweep``) on real Ray Tune + Optuna + ASHA over real Ray Train runs, logged to a real MLflow store.
+"""Sweeps (``knnmix sweep``) on real Ray Tune + Optuna + ASHA, logged to a real MLflow store.
 
-The first tests need no Ray: the space schema and its one-line errors, and each space field reaching the object
-that uses it (sampler, scheduler, resources, store). Then, on a local 2-CPU Ray with the dashboard (needed to clean
-up a stopped trial's Ray Train placement group): one 2-noise-rate x 3-trial sweep on digits, read back through the
-MLflow client and through ``mlflow server``'s REST API; a 1-trial sweep whose every sampled value is checked in the
-trial's files; and a sweep whose driver is killed after its first trial, then resumed.
+The first tests need no Ray: the space schema and its one-line errors, and each space field reaching the object that
+uses it (samplers, schedulers, resources, store). Then, on a local 2-CPU Ray: one 2-noise-rate x 3-trial sweep on
+digits with in-process trials, read back through the MLflow client, through ``mlflow server``'s REST API and through
+Optuna's storage; an in-process trial against the same run on a Ray Train worker; a sweep of 2-worker Ray Train
+trials; a 1-trial sweep whose every sampled value is checked in the trial's files; and a sweep whose driver is killed
+mid-trial, then resumed.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import yaml
 
 from knnmix import config as C
 from knnmix.cli import main as cli_main
-from knnmix.engine.outputs import read_metrics
+from knnmix.engine.checkpoint import load_checkpoint, read_metrics, safe_load
 from knnmix.errors import ConfigError
 from knnmix.scale import spaces as SP
 from knnmix.scale import sweep as S
@@ -36,8 +37,8 @@ REPO = Path(__file__).resolve().parent.parent
 SPACES = REPO / "search_spaces"
 VENV_BIN = Path(sys.executable).parent
 
-#: Trial settings of the sweeps below: 5 short epochs on digits, 2 Ray Train workers per trial.
-BASE_SET = {"epochs": 5, "distributed.workers": 2, "method.warmup_epochs": 1, "log_every": 5}
+#: Trial settings of the sweeps below: 5 short epochs on digits, each trial in its Tune trial's process.
+BASE_SET = {"epochs": 5, "distributed.workers": 0, "method.warmup_epochs": 1, "log_every": 5}
 PARAMS = {
     "method.k": {"type": "int", "low": 1, "high": 3},
     "method.temperature": {"type": "loguniform", "low": 0.5, "high": 2.0},
@@ -104,9 +105,9 @@ def runs_by_kind(uri: str, experiment: str) -> dict[str, list]:
 
 def test_shipped_spaces_parse_and_round_trip():
     smoke = SP.load_space(SPACES / "smoke.yaml")
-    assert smoke.name == "smoke" and [s.spec for s in smoke.noise] == ["symmetric:0.2", "symmetric:0.5"]
-    assert smoke.trials == 3 and smoke.base().distributed.workers == 2 and smoke.base().data.name == "digits"
-    assert SP.load_space("smoke").to_dict() == smoke.to_dict()  # a bare name finds search_spaces/smoke.yaml
+    assert smoke.name == "smoke" and [s.spec for s in smoke.settings] == ["symmetric:0.2", "symmetric:0.5"]
+    assert smoke.trials == 3 and smoke.base_config().data.name == "digits"
+    assert SP.load_space("smoke").to_dict() == smoke.to_dict()  # a bare name finds the shipped space
     again = SP.parse_space(yaml.safe_load(smoke.to_yaml()), label="x.yaml")
     assert again.to_dict() == smoke.to_dict()
     need = {"cifar10.yaml": ["noise.cifar_n_dir=/data/cifar-n"], "cifar100.yaml": [], "fashion-mnist.yaml": [],
@@ -115,11 +116,20 @@ def test_shipped_spaces_parse_and_round_trip():
         space = SP.load_space(SPACES / name, sets)
         assert set(space.params) >= {"method.k", "method.temperature", "method.correction_start",
                                      "method.correction_momentum", "method.correction_period"}, name
-        for s in space.noise:
+        for s in space.settings:
             assert space.setting_config(s).noise.spec == s.spec
     cifar10 = SP.load_space(SPACES / "cifar10.yaml", need["cifar10.yaml"])
     assert {"symmetric:0.2", "symmetric:0.5", "symmetric:0.8", "asymmetric:0.4", "cifar10n:worse"} <= {
-        s.spec for s in cifar10.noise}
+        s.spec for s in cifar10.settings}
+
+
+def test_shipped_spaces_are_part_of_the_installed_package():
+    """``knnmix sweep smoke`` works from an installed package: the spaces ship as ``knnmix.search_spaces``."""
+    from importlib import resources
+
+    shipped = Path(str(resources.files("knnmix.search_spaces")))
+    assert (shipped / "smoke.yaml").read_text() == (SPACES / "smoke.yaml").read_text()
+    assert SP.resolve_space_path("smoke") == shipped / "smoke.yaml"
 
 
 def test_set_overrides_reach_the_base_run_and_the_space(tmp_path):
@@ -127,20 +137,20 @@ def test_set_overrides_reach_the_base_run_and_the_space(tmp_path):
     space = SP.load_space(path, ["epochs=4", "method.mixup_alpha=0.5", "sweep.trials=5",
                                  "sweep.asha.grace_period=1", "sweep.params.method.k.high=2",
                                  "sweep.noise=[asymmetric:0.4]", "sweep.start_with=[]"])
-    assert space.base().epochs == 4 and space.base().method.mixup_alpha == 0.5
+    assert space.base_config().epochs == 4 and space.base_config().method.mixup_alpha == 0.5
     assert space.trials == 5 and space.asha.grace_period == 1 and space.params["method.k"].high == 2
-    assert [s.spec for s in space.noise] == ["asymmetric:0.4"]
+    assert [s.spec for s in space.settings] == ["asymmetric:0.4"]
     # whole distributions too, and the file's own base.set keeps its values
     space = SP.load_space(path, ["sweep.params.method.k={type: choice, values: [3]}", "sweep.start_with=[]"])
-    assert space.params["method.k"].values == (3,) and space.base().distributed.workers == 2
+    assert space.params["method.k"].values == [3] and space.base_config().method.warmup_epochs == 1
 
 
 _BAD_CASES = [
-    ({"trails": 3}, "trails: unknown field (did you mean 'trials'?)"),
+    ({"trails": 3}, "unknown field 'trails' (did you mean 'trials'?)"),
     ({"trials": "three"}, "trials: expected an integer, got 'three' (str)"),
     ({"trials": 0}, "trials: 0 is out of range; use >= 1"),
     ({"seed": 1.5}, "seed: expected an integer, got 1.5 (float)"),
-    ({"params": {"method.k": {"type": "int", "low": 5, "high": 1}}}, "params.method.k.high: 1 is below low=5"),
+    ({"params": {"method.k": {"type": "int", "low": 5, "high": 1}}}, "params.method.k: `low <= high` must hold"),
     ({"params": {"method.kk": {"type": "int", "low": 1, "high": 2}}},
      "params.method.kk: 'method.kk' is not a config key (did you mean 'method.k'?)"),
     ({"params": {"method.k": {"type": "uniform", "low": 1, "high": 2}}},
@@ -153,10 +163,14 @@ _BAD_CASES = [
      "params.method.k.high: expected an integer, got 3.5 (float)"),
     ({"params": {"method.k": {"type": "gauss", "low": 1, "high": 3}}},
      "params.method.k.type: 'gauss' (str) is not one of int, uniform, loguniform, choice"),
-    ({"params": {"method.k": {"type": "int", "low": 1, "hi": 3}}}, "params.method.k.hi: unknown field"),
+    ({"params": {"method.k": {"type": "int", "low": 1, "hi": 3}}},
+     "unknown field 'params.method.k.hi' (did you mean 'params.method.k.high'?)"),
     ({"params": {"optim.lr": {"type": "loguniform", "low": 0, "high": 0.1}}},
-     "params.optim.lr.low: 0.0 must be > 0 for a log scale"),
+     "params.optim.lr: `low > 0` must hold for `log=True`"),
+    ({"params": {"method.k": {"type": "choice", "values": []}}}, "params.method.k.values: expected a non-empty list"),
     ({"params": {"out": {"type": "choice", "values": ["x"]}}}, "params.out: out is set by the sweep"),
+    ({"params": {"distributed.workers": {"type": "choice", "values": [1]}}},
+     "params.distributed.workers: distributed.workers is set by the sweep"),
     ({"params": {"method.premix": {"type": "choice", "values": ["knn", "cutmix"]}}},
      "params.method.premix.values[1]: method.premix: 'cutmix' (str) is not one of mixup, knn, ce"),
     ({"noise": ["symmetric:0.2", "symetric:0.5"]}, "noise[1]: unknown noise model 'symetric'"),
@@ -164,22 +178,21 @@ _BAD_CASES = [
     ({"noise": ["symmetric:0.2", "symmetric:0.20"]}, "noise[1]: 'symmetric:0.2' is listed twice (also noise[0])"),
     ({"noise": ["cifar10n:worse"]}, "noise[0]: 'cifar10n:worse' is the human noise of cifar10, but data.name"),
     ({"noise": []}, "noise: expected a non-empty list of noise specs"),
-    ({"metric": "test_acc"}, "metric: 'test_acc' (str) cannot be selected on: sweeps select on the noisy-validation "
+    ({"noise": [{"spec": "symmetric:0.2", "set": {"out": "x"}}]}, "noise[0].set: noise.spec and out are set by"),
+    ({"metric": "test_acc"}, "metric: 'test_acc' cannot be selected on: sweeps select on the noisy-validation "
      "accuracy 'val_acc' only"),
-    ({"metric": "label_acc"}, "metric: 'label_acc' (str) cannot be selected on"),
-    ({"mode": "min"}, "mode: 'min' (str): val_acc is maximised; use 'max'"),
+    ({"metric": "label_acc"}, "metric: 'label_acc' cannot be selected on"),
+    ({"mode": "min"}, "mode: 'min': val_acc is maximised; use 'max'"),
     ({"asha": {"grace_period": 0}}, "asha.grace_period: 0 is out of range; use >= 1"),
     ({"asha": {"reduction_factor": 1}}, "asha.reduction_factor: 1 must be > 1"),
-    ({"asha": {"max_t": 50}}, "asha.max_t: 50 is more than the base run's epochs=5"),
-    ({"asha": {"grace": 2}}, "asha.grace: unknown field (did you mean 'asha.grace_period'?)"),
-    ({"base": {"config": "digits", "set": {"method.kk": 3}}}, "base.set.method.kk: 'method.kk' is not a config key"),
+    ({"asha": {"max_t": 50}}, "asha.max_t: 50 is outside [1, the base run's epochs=5]"),
+    ({"asha": {"grace": 2}}, "unknown field 'asha.grace' (did you mean 'asha.grace_period'?)"),
+    ({"base": {"config": "digits", "set": {"method.kk": 3}}}, "base: unknown config key 'method.kk'"),
     ({"base": {"config": "nopreset"}}, "base.config: config 'nopreset' is neither a file nor an embedded preset"),
-    ({"base": {"config": "digits", "set": {"distributed.workers": 0}}},
-     "base.set.distributed.workers: each trial is a Ray Train run"),
     ({"base": {"config": "digits", "set": {**BASE_SET, "data.val_fraction": 0.0}}},
      "base.set.data.val_fraction: sweeps select on the noisy-validation accuracy (val_acc)"),
-    ({"start_with": [{**GOOD, "optim.lr": 2.0}]}, "start_with[0].optim.lr: 2.0 (float) is outside loguniform"),
-    ({"start_with": [{"method.k": 2}]}, "start_with[0]: gives no value for method.temperature"),
+    ({"start_with": [{**GOOD, "optim.lr": 2.0}]}, "start_with[0].optim.lr: 2.0 is outside loguniform"),
+    ({"start_with": [{"method.k": 2}]}, "start_with[0]: gives no value for "),
 ]
 
 
@@ -200,13 +213,12 @@ def test_malformed_space_is_a_one_line_error_naming_the_field(tmp_path, capsys, 
 
 
 def test_test_accuracy_cannot_be_selected_on_in_any_way(tmp_path):
-    # neither as the metric nor by overriding it from the command line
     path = write_space(tmp_path)
     for bad in (["sweep.metric=test_acc"], ["sweep.metric=test_acc", "sweep.mode=max"]):
         with pytest.raises(ConfigError, match="cannot be selected on"):
             SP.load_space(path, bad)
     space = SP.load_space(path)
-    assert S.make_searcher(space).metric == "val_acc" and S.make_scheduler(space)._metric == "val_acc"
+    assert S.make_study(space, space.settings[0]).metric == "val_acc" and S.make_asha(space).metric == "val_acc"
     assert "test_acc" not in json.dumps(space.to_dict())
 
 
@@ -214,126 +226,157 @@ def test_test_accuracy_cannot_be_selected_on_in_any_way(tmp_path):
 # Each field reaches the object that uses it (no Ray running)
 
 
-def _suggestions(searcher, n: int) -> list[dict]:
-    return [searcher.suggest(f"t{i}") for i in range(n)]
+def _suggestions(searcher, n: int, prefix: str = "t") -> list[dict]:
+    return [searcher.suggest(f"{prefix}{i}") for i in range(n)]
 
 
-def test_seed_and_startup_trials_reach_the_tpe_sampler(tmp_path):
+def test_seeds_and_startup_trials_reach_each_settings_sampler(tmp_path):
     import optuna
 
     space = SP.load_space(write_space(tmp_path, start_with=[]))
-    searcher = S.make_searcher(space, space.noise[0])
-    assert isinstance(searcher._sampler, optuna.samplers.TPESampler)
-    assert searcher.metric == "val_acc" and searcher.mode == "max"
-    first = _suggestions(searcher, 4)
-    assert first == _suggestions(S.make_searcher(space, space.noise[1]), 4)  # the same seed: the same draws
+    a, b = (S.make_study(space, s) for s in space.settings)
+    assert isinstance(a._sampler, optuna.samplers.TPESampler) and a.metric == "val_acc" and a.mode == "max"
+    first = _suggestions(a, 4)
+    assert first == _suggestions(S.make_study(space, space.settings[0]), 4)  # seeded: the same draws again
+    assert _suggestions(b, 4) != first  # each setting draws from its own seed
     other = SP.load_space(write_space(tmp_path, "s1.yaml", start_with=[], seed=1))
-    assert _suggestions(S.make_searcher(other), 4) != first
+    assert _suggestions(S.make_study(other, other.settings[0]), 4) != first
     for s in first:  # inside the distributions, with the right types
         assert set(s) == set(PARAMS)
         assert isinstance(s["method.k"], int) and 1 <= s["method.k"] <= 3
         assert 1e-5 <= s["optim.lr"] <= 0.1 and s["method.correction_period"] in (1, 2)
-    assert S.make_searcher(SP.load_space(write_space(tmp_path, "s2.yaml", startup_trials=2)))._sampler \
-        ._n_startup_trials == 2
-    # start points are the first suggestions
-    started = S.make_searcher(SP.load_space(write_space(tmp_path, "s3.yaml")))
-    assert _suggestions(started, 2) == [GOOD, BAD]
+    # start-up trials: the space's value, else scaled to the budget so that a small sweep still searches
+    assert S.make_study(SP.load_space(write_space(tmp_path, "s2.yaml", startup_trials=5)), space.settings[0]) \
+        ._sampler._n_startup_trials == 5
+    assert [S.startup_trials(SP.load_space(write_space(tmp_path, f"n{n}.yaml", trials=n))) for n in (3, 16, 100)] \
+        == [2, 4, 10]
+    # start points are each setting's first suggestions
+    started = SP.load_space(write_space(tmp_path, "s3.yaml"))
+    assert _suggestions(S.make_study(started, started.settings[1]), 2) == [GOOD, BAD]
 
 
-def test_asha_fields_reach_the_scheduler(tmp_path):
+def test_one_study_per_setting_behind_one_searcher_round_robin(tmp_path):
+    from ray.tune.search import Searcher
+
+    space = SP.load_space(write_space(tmp_path, trials=2, start_with=[]))
+    studies = {s.slug: S.make_study(space, s) for s in space.settings}
+    alone = _suggestions(S.make_study(space, space.settings[1]), 2, "x")
+    search = S.SettingsSearch(studies, space.trials)
+    got = _suggestions(search, 4)
+    assert [g[S.SETTING_KEY] for g in got] == ["symmetric-0.2", "symmetric-0.5"] * 2
+    assert [{k: v for k, v in g.items() if k != S.SETTING_KEY} for g in got[1::2]] == alone
+    assert search.suggest("t4") == Searcher.FINISHED  # 2 settings x 2 trials
+    # results go to the trial's own study
+    search.on_trial_complete("t1", {"val_acc": 12.5, "training_iteration": 1})
+    assert [t.value for t in studies["symmetric-0.5"]._ot_study.trials if t.value is not None] == [12.5]
+    assert not [t for t in studies["symmetric-0.2"]._ot_study.trials if t.value is not None]
+    # Tune saves and restores the searcher
+    search.save(str(tmp_path / "searcher.pkl"))
+    again = S.SettingsSearch({}, 0)
+    again.restore(str(tmp_path / "searcher.pkl"))
+    assert again.setting_of == search.setting_of and again.trials == 2
+
+
+def test_asha_fields_reach_each_settings_scheduler(tmp_path):
     space = SP.load_space(write_space(tmp_path, asha={"grace_period": 1, "reduction_factor": 3, "max_t": 4,
                                                        "brackets": 2}))
-    sched = S.make_scheduler(space, space.epochs)
-    assert sched._time_attr == "epoch" and sched._metric == "val_acc" and sched._metric_op == 1.0
+    sched = S.make_asha(space)
+    assert sched._time_attr == "epoch" and sched.metric == "val_acc" and sched._metric_op == 1.0  # max
     assert sched._max_t == 4 and sched._reduction_factor == 3 and len(sched._brackets) == 2
-    assert [m for m, _ in sched._brackets[0]._rungs] == [3, 1]  # grace 1, x3, below max_t 4
-    default = S.make_scheduler(SP.load_space(write_space(tmp_path, "d.yaml")), 5)
-    assert default._max_t == 5 and [m for m, _ in default._brackets[0]._rungs] == [4, 2]  # max_t = epochs
+    assert S.make_asha(SP.load_space(write_space(tmp_path, "d.yaml")))._max_t == 5  # max_t = epochs
 
 
-def test_asha_stops_at_rungs_but_never_at_the_last_epoch(tmp_path):
+def _trial(tid: str, setting: str, last: int = 0):
+    return SimpleNamespace(trial_id=tid, config={S.SETTING_KEY: setting}, last_result={"epoch": last} if last else {})
+
+
+def test_settings_asha_compares_trials_within_their_setting_only(tmp_path):
     from ray.tune.schedulers import TrialScheduler
 
     space = SP.load_space(write_space(tmp_path, asha={"grace_period": 1, "reduction_factor": 2}))
-    sched = S.make_scheduler(space, 4)  # rungs at epochs 1, 2, 4
-    a, b, c = (SimpleNamespace(trial_id=t) for t in "abc")
+    sched = S.SettingsASHA({s.slug: S.make_asha(space, 4) for s in space.settings})
+    a, b, c = _trial("a", "symmetric-0.2"), _trial("b", "symmetric-0.2"), _trial("c", "symmetric-0.5")
     for t in (a, b, c):
         sched.on_trial_add(None, t)
     assert sched.on_trial_result(None, a, {"epoch": 1, "val_acc": 50.0}) == TrialScheduler.CONTINUE
-    assert sched.on_trial_result(None, b, {"epoch": 1, "val_acc": 10.0}) == TrialScheduler.STOP
-    for epoch in (1, 2, 3):
-        assert sched.on_trial_result(None, c, {"epoch": epoch, "val_acc": 60.0}) == TrialScheduler.CONTINUE
-    assert sched.on_trial_result(None, a, {"epoch": 2, "val_acc": 55.0}) == TrialScheduler.STOP  # below c at 2
-    # at the last epoch even a worse trial goes on (its label audit and summary follow the last report)
-    d = SimpleNamespace(trial_id="d")
-    sched.on_trial_add(None, d)
-    for epoch in (1, 2, 3):
-        sched.on_trial_result(None, d, {"epoch": epoch, "val_acc": 99.0})
-    sched.on_trial_result(None, c, {"epoch": 4, "val_acc": 90.0})
-    assert sched.on_trial_result(None, d, {"epoch": 4, "val_acc": 1.0}) == TrialScheduler.CONTINUE
+    assert sched.on_trial_result(None, b, {"epoch": 1, "val_acc": 10.0}) == TrialScheduler.STOP  # behind a
+    # c is far behind a and b but alone in its setting: it goes on
+    assert sched.on_trial_result(None, c, {"epoch": 1, "val_acc": 1.0}) == TrialScheduler.CONTINUE
 
 
-def test_resumed_asha_records_the_rungs_trials_already_passed(tmp_path):
+def test_a_restored_trial_replays_its_epochs_into_its_asha(tmp_path):
     from ray.tune.schedulers import TrialScheduler
 
     space = SP.load_space(write_space(tmp_path, asha={"grace_period": 2, "reduction_factor": 2}))
-    trials = tmp_path / "trials"
-    (trials / "done").mkdir(parents=True)
-    (trials / "done" / "metrics.jsonl").write_text(
-        "".join(json.dumps({"epoch": e, "val_acc": 40.0 + e}) + "\n" for e in range(1, 6)))
-    sched = S.make_scheduler(space, 5, trials)
-    sched.on_trial_add(None, SimpleNamespace(trial_id="done", last_result={"epoch": 5}))
-    rungs = dict(sched._brackets[0]._rungs)
-    assert rungs == {4: {"done": 44.0}, 2: {"done": 42.0}}
-    new = SimpleNamespace(trial_id="new", last_result={})
+    done = tmp_path / "sweep" / "symmetric-0.2" / "trials" / "done"
+    done.mkdir(parents=True)
+    (done / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "val_acc": 40.0 + e}) + "\n"
+                                                for e in range(1, 6)))
+    sched = S.SettingsASHA({s.slug: S.make_asha(space, 5) for s in space.settings},
+                           S.RunHistory(str(tmp_path / "sweep")))
+    sched.on_trial_add(None, _trial("done", "symmetric-0.2", last=5))
+    new = _trial("new", "symmetric-0.2")
     sched.on_trial_add(None, new)
     sched.on_trial_result(None, new, {"epoch": 1, "val_acc": 30.0})
-    assert sched.on_trial_result(None, new, {"epoch": 2, "val_acc": 30.0}) == TrialScheduler.STOP
+    assert sched.on_trial_result(None, new, {"epoch": 2, "val_acc": 30.0}) == TrialScheduler.STOP  # below 42 at 2
 
 
 def test_trial_resources_concurrency_and_config(tmp_path):
     space = SP.load_space(write_space(tmp_path))
-    res = S.trial_resources()
-    assert res["cpu"] == 0 and res["memory"] > 0
-    cfg = space.base()
-    assert S.max_concurrent(space, cfg, {"CPU": 2.0}) == 1  # 2 workers x 1 CPU per trial
-    assert S.max_concurrent(space, cfg, {"CPU": 5.0}) == 2
-    assert S.max_concurrent(space, cfg, {"CPU": 64.0}) == 3  # never more than the trials
-    assert S.max_concurrent(space, cfg, {"CPU": 1.0}) == 1
-    fixed = SP.load_space(write_space(tmp_path, "f.yaml", max_concurrent_trials=2))
-    assert S.max_concurrent(fixed, cfg, {"CPU": 2.0}) == 2
-    # the trial's config: sampled values, its run folder and a Ray Train run name from the trial id
-    payload = {"config": C.to_dict(space.setting_config(space.noise[1])), "trials_dir": "/s/x/trials",
-               "storage": "/s/x/ray"}
-    cfg = S.trial_config(payload, {"method.k": 3, "optim.lr": 0.01}, "abc123")
-    assert cfg.method.k == 3 and cfg.optim.lr == 0.01 and cfg.noise.spec == "symmetric:0.5"
-    assert cfg.out == "/s/x/trials/abc123" and cfg.distributed.name == "abc123"
-    assert cfg.distributed.storage_path == "/s/x/ray"
+    cfg = space.base_config()
+    assert S.in_process(cfg) and S.trial_resources(cfg) == {"cpu": 1}
+    assert S.max_concurrent(space, cfg, {"CPU": 2.0}) == 2  # one CPU per in-process trial
+    assert S.max_concurrent(space, cfg, {"CPU": 64.0}) == 6  # never more than every trial of the sweep
+    ray_train = C.replace(cfg, **{"distributed.workers": 2})
+    res = S.trial_resources(ray_train)
+    assert res["cpu"] == 0 and res["memory"] > 0  # its workers reserve the CPUs
+    assert S.max_concurrent(space, ray_train, {"CPU": 2.0}) == 1
+    assert S.max_concurrent(space, ray_train, {"CPU": 5.0}) == 2
+    fixed = SP.load_space(write_space(tmp_path, "f.yaml", max_concurrent_trials=3))
+    assert S.max_concurrent(fixed, cfg, {"CPU": 2.0}) == 3
+    # the trial's config: its setting's, the sampled values, its run folder, Ray Train name, threads
+    payload = {"configs": {s.slug: C.to_dict(space.setting_config(s)) for s in space.settings}, "root": "/s"}
+    trial = S.trial_config(payload, "symmetric-0.5", {"method.k": 3, "optim.lr": 0.01}, "abc123")
+    assert trial.method.k == 3 and trial.optim.lr == 0.01 and trial.noise.spec == "symmetric:0.5"
+    assert trial.out == "/s/symmetric-0.5/trials/abc123" and trial.distributed.name == "abc123"
+    assert trial.distributed.storage_path == "/s/symmetric-0.5/ray" and trial.threads == 1
 
 
-def test_tracking_store_default_and_uri(tmp_path, monkeypatch):
+def test_tracking_store_default_env_and_uri(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    store = T.Store.default()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = T.Store.resolve()
     assert store.uri == f"sqlite:///{tmp_path}/mlflow.db" and store.artifact_root == str(tmp_path / "mlartifacts")
     assert store.ui_command() == (f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db "
                                   f"--default-artifact-root {tmp_path}/mlartifacts --host 127.0.0.1")
-    rel = T.Store.from_uri("sqlite:///sub/x.db")
-    assert rel.uri == f"sqlite:///{tmp_path}/sub/x.db" and rel.artifact_root == str(tmp_path / "sub" / "mlartifacts")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///env/x.db")
+    assert T.Store.resolve().uri == f"sqlite:///{tmp_path}/env/x.db"  # MLflow's own variable is honoured
+    assert T.Store.resolve("sqlite:///flag.db").uri == f"sqlite:///{tmp_path}/flag.db"  # the flag wins
     remote = T.Store.from_uri("http://127.0.0.1:5000")
     assert remote.uri == "http://127.0.0.1:5000" and remote.artifact_root is None
-    # the experiment gets an absolute artifact location
-    exp = T.experiment_id(rel, "knnmix-test")
-    assert client_for(rel.uri).get_experiment(exp).artifact_location == (tmp_path / "sub" / "mlartifacts" /
-                                                                         "knnmix-test").as_uri()
+    with pytest.raises(Exception, match="is not a URI"):
+        T.Store.from_uri("mlruns")
+    # the experiment gets an absolute artifact location and opens in the UI's model-training view
+    rel = T.Store.from_uri("sqlite:///sub/x.db")
+    exp = client_for(rel.uri).get_experiment(T.experiment_id(rel, "knnmix-test"))
+    assert exp.artifact_location == (tmp_path / "sub" / "mlartifacts" / "knnmix-test").as_uri()
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_a_sweep_folder_on_object_storage_is_refused_in_one_line(tmp_path, capsys):
+    assert cli_main(["sweep", str(write_space(tmp_path)), "--out", "s3://bucket/sweeps/x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("knnmix: error: --out 's3://bucket/sweeps/x': a sweep folder is a local")
+    assert not Path("s3:").exists()
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# End to end: 2 noise rates x 3 trials on digits, each trial a 2-worker Ray Train run
+# End to end: 2 noise rates x 3 in-process trials on digits
 
 
 @pytest.fixture(scope="module")
 def e2e(ray_session, tmp_path_factory):
-    ray_session["start"](dashboard=True)
+    ray_session["start"]()
     tmp = tmp_path_factory.mktemp("e2e")
     space = write_space(tmp)
     uri = f"sqlite:///{tmp / 'store' / 'runs.db'}"
@@ -341,7 +384,7 @@ def e2e(ray_session, tmp_path_factory):
     buf = io.StringIO()
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(buf):
-        rc = cli_main(["sweep", str(space), "--out", str(out), "--tracking-uri", uri])
+        rc = cli_main(["sweep", str(space), "--out", str(out), "--tracking-uri", uri, "--register", "knnmix-e2e"])
     elapsed = time.perf_counter() - t0
     print(f"e2e sweep: {elapsed:.0f}s")
     return SimpleNamespace(rc=rc, out=out, uri=uri, text=buf.getvalue(), tmp=tmp, elapsed=elapsed,
@@ -359,7 +402,6 @@ def test_sweep_completes_with_early_stopping_and_a_summary(e2e):
         assert x["stopped_early"] >= 1  # the lr=1e-5 start point, at the first rung
         best = x["best"]
         assert set(best["params"]) == set(PARAMS) and best["completed"]
-        # the best config is the completed trial with the highest noisy-validation accuracy
         folder = Path(best["run_folder"])
         assert json.loads((folder / "summary.json").read_text())["best_val"]["val_acc"] == best["val_acc"]
         others = [json.loads((p / "summary.json").read_text())["best_val"]["val_acc"]
@@ -367,11 +409,15 @@ def test_sweep_completes_with_early_stopping_and_a_summary(e2e):
         assert best["val_acc"] == max(others)
         assert best["params"]["optim.lr"] > 1e-4
     assert s["trials"] == 6 and s["stopped_early"] >= 2 and s["failed"] == 0
-    # the terminal: the table, and the exact command that opens the store
+    # the terminal: one line per trial, the table, the commands that open the stores, the JSON line last
     store = T.Store.from_uri(e2e.uri)
+    lines = e2e.text.strip().splitlines()
+    assert sum(ln.startswith("  trial ") for ln in lines) == 6
     assert "| noise | trials | stopped early | failed | best val acc (%) | its test acc (%) |" in e2e.text
-    assert f"| symmetric:0.2 | 3 | " in e2e.text
     assert f"MLflow UI: {store.ui_command()}" in e2e.text
+    assert f"optuna-dashboard sqlite:///{e2e.out / 'optuna.db'}" in e2e.text
+    assert json.loads(lines[-1])["best"]["symmetric:0.5"]["val_acc"] == s["settings"][1]["best"]["val_acc"]
+    assert "INFO" not in e2e.text and "Trial status" not in e2e.text  # Ray's, Tune's, faiss's chatter is off
     md = (e2e.out / "sweep_summary.md").read_text()
     assert "symmetric:0.5" in md and s["settings"][1]["best"]["trial_id"] in md
     state = json.loads((e2e.out / "sweep_state.json").read_text())
@@ -380,19 +426,44 @@ def test_sweep_completes_with_early_stopping_and_a_summary(e2e):
 
 
 @pytest.mark.slow
+def test_settings_run_side_by_side_on_the_two_cpus(e2e):
+    from ray.tune import ExperimentAnalysis
+
+    trials = ExperimentAnalysis(str(e2e.out / "tune")).trials
+    spans = {t.trial_id: (t.run_metadata.start_time or 0, t.run_metadata.last_result_time or 0) for t in trials}
+    by = {t.trial_id: t.config[S.SETTING_KEY] for t in trials}
+    overlap = [(a, b) for a in spans for b in spans if by[a] != by[b]
+               and spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1]]
+    assert overlap, spans
+
+
+@pytest.mark.slow
 def test_noise_settings_reach_their_trials(e2e):
+    import numpy as np
+
     for x in e2e.summary["settings"]:
         folders = [e2e.out / x["slug"] / "trials" / t for t in x["trial_ids"]]
         assert len(folders) == 3
         for f in folders:
             cfg = C.load(f / "config.yaml")
-            assert cfg.noise.spec == x["noise"]
-            import numpy as np
-
+            assert cfg.noise.spec == x["noise"] and cfg.threads == 1
             with np.load(f / "noisy_labels.npz") as z:
                 assert str(z["spec"]) == x["noise"]
                 rate = float(np.mean(z["noisy_labels"] != z["true_labels"]))
             assert abs(rate - float(x["noise"].split(":")[1])) < 0.01
+
+
+@pytest.mark.slow
+def test_optuna_storage_holds_every_study(e2e):
+    import optuna
+
+    storage = f"sqlite:///{e2e.out / 'optuna.db'}"
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
+    assert names == ["e2e/symmetric:0.2", "e2e/symmetric:0.5"]
+    for x in e2e.summary["settings"]:
+        study = optuna.load_study(study_name=x["study"], storage=storage)
+        assert len(study.trials) == 3 and set(study.trials[0].params) == set(PARAMS)
+        assert all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
 
 
 @pytest.mark.slow
@@ -410,7 +481,8 @@ def test_mlflow_holds_nested_runs_params_metrics_and_artifacts(e2e):
     assert all(r.data.tags[T.PARENT_TAG] == sweep.info.run_id for r in settings.values())
     assert sorted(r.info.run_name for r in settings.values()) == ["symmetric:0.2", "symmetric:0.5"]
     assert all(r.info.status == "FINISHED" for r in runs["sweep"] + runs["noise_setting"])
-    # the sweep run: the space, the summary, the best accuracy per noise rate
+    for r in runs["sweep"] + runs["noise_setting"] + runs["trial"]:  # MLflow's own source and user tags
+        assert r.data.tags["mlflow.source.type"] == "LOCAL" and r.data.tags["mlflow.user"]
     arts = {a.path for a in client.list_artifacts(sweep.info.run_id)} | {
         a.path for a in client.list_artifacts(sweep.info.run_id, "plots")}
     assert {"space.yaml", "sweep_summary.json", "sweep_summary.md", "plots/best_per_noise.png"} <= arts
@@ -427,47 +499,45 @@ def test_mlflow_holds_nested_runs_params_metrics_and_artifacts(e2e):
         for r in children:
             folder = e2e.out / x["slug"] / "trials" / r.data.tags[T.TRIAL_TAG]
             cfg = C.load(folder / "config.yaml")
-            # params: the resolved config, flattened, and the sampled values
-            p = r.data.params
+            # a descriptive name: the noise setting and the sampled values
+            assert r.info.run_name.startswith(f"{x['noise']} k={cfg.method.k} temperature=")
+            p = r.data.params  # the resolved config, flattened, and the sampled values
             assert p["noise.spec"] == x["noise"] and p["model.name"] == "small_cnn" and p["epochs"] == "5"
             assert p["method.k"] == str(cfg.method.k) == p["sampled.method.k"]
             assert float(p["optim.lr"]) == cfg.optim.lr == float(p["sampled.optim.lr"])
             assert set(p) >= {f"sampled.{k}" for k in PARAMS} | set(C.flatten(cfg))
-            # metrics: one value per epoch, step = epoch, equal to the run folder's
-            hist = client.get_metric_history(r.info.run_id, "val_acc")
+            hist = client.get_metric_history(r.info.run_id, "val_acc")  # step = epoch, equal to the run folder's
             epochs = [int(m.step) for m in sorted(hist, key=lambda m: m.step)]
             assert epochs == list(range(1, len(epochs) + 1))
             want = {rec["epoch"]: rec["val_acc"] for rec in read_metrics(folder / "metrics.jsonl")}
             assert all(m.value == pytest.approx(want[int(m.step)]) for m in hist)
             assert len(epochs) == (5 if r.data.tags[T.OUTCOME_TAG] == "completed" else len(epochs)) >= 2
-            assert len(client.get_metric_history(r.info.run_id, "test_acc")) == len(epochs)
-            assert {"config.yaml", "noise_summary.json"} <= {a.path for a in client.list_artifacts(r.info.run_id)}
+            assert "config.yaml" in {a.path for a in client.list_artifacts(r.info.run_id)}
+            (ds,) = client.get_run(r.info.run_id).inputs.dataset_inputs  # the runs table's Dataset column
+            assert ds.dataset.name == f"digits [{x['noise']}]"
         stopped = [r for r in children if r.data.tags[T.OUTCOME_TAG] == "stopped_early"]
         assert all(len(client.get_metric_history(r.info.run_id, "val_acc")) < 5 for r in stopped)
-        # the noise summary: rate and transition matrix
-        best_run = by_trial[x["best"]["trial_id"]]
-        assert best_run.info.run_id == x["best"]["mlflow_run_id"] and best_run.data.tags["knnmix.best"] == "true"
-        local = mlflow.artifacts.download_artifacts(
-            run_id=best_run.info.run_id, artifact_path="noise_summary.json", dst_path=str(e2e.tmp / "dl"),
-            tracking_uri=e2e.uri)
-        noise = json.loads(Path(local).read_text())
-        assert noise["spec"] == x["noise"] and len(noise["transition"]) == 10
-        assert abs(noise["noise_rate"] - float(x["noise"].split(":")[1])) < 0.01
-        # the setting's run: the best trial's label issues, the plots, the model
+        # the setting's run: the best trial's label issues, the plots, importances from its Optuna study
         arts = {a.path for a in client.list_artifacts(setting.info.run_id, "best_trial")} | {
             a.path for a in client.list_artifacts(setting.info.run_id, "plots")}
         assert {"best_trial/label_issues.csv", "best_trial/config.yaml", "plots/learning_curves.png",
                 "plots/clean_prob_histogram.png", "plots/param_importances.png"} <= arts
-        csv_path = mlflow.artifacts.download_artifacts(
-            run_id=setting.info.run_id, artifact_path="best_trial/label_issues.csv", dst_path=str(e2e.tmp / "dl"),
-            tracking_uri=e2e.uri)
-        head = Path(csv_path).read_text().splitlines()[0].split(",")
-        assert "clean_prob" in head and "true_label" in head
+        assert set(x["importances"]) == set(PARAMS)
+        # the model: logged on the best trial's own run, registered, with a signature; no dataset reloaded
+        best_run = by_trial[x["best"]["trial_id"]]
+        assert best_run.info.run_id == x["best"]["mlflow_run_id"] and best_run.data.tags["knnmix.best"] == "true"
+        assert x["model_uri"].startswith("models:/")
+        info = mlflow.models.get_model_info(x["model_uri"])
+        assert info.run_id == best_run.info.run_id and info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] \
+            == [-1, 1, 8, 8]
         model = mlflow.pytorch.load_model(x["model_uri"])
-        best = torch.load(Path(x["best"]["run_folder"]) / "model_best.pt", weights_only=True)
-        assert all(torch.equal(best[k], model.state_dict()[k]) for k in best)
+        best = safe_load(Path(x["best"]["run_folder"]) / "model_best.pt")
+        assert all(torch.equal(v, model.net.state_dict()[k]) for k, v in best["state_dict"].items())
+        assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
         assert setting.data.metrics["best_val_acc"] == x["best"]["val_acc"]
         assert setting.data.metrics["stopped_early"] == x["stopped_early"]
+    versions = client.search_model_versions("name='knnmix-e2e'")
+    assert len(versions) == 2  # --register: one version per noise setting's best model
 
 
 @pytest.mark.slow
@@ -504,7 +574,7 @@ def test_mlflow_server_serves_the_sweep_over_rest(e2e):
                 return json.loads(r.read())
 
         with urllib.request.urlopen(
-            f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=knnmix-sweep-e2e", timeout=30) as r:
+                f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=knnmix-sweep-e2e", timeout=30) as r:
             exp_id = json.loads(r.read())["experiment"]["experiment_id"]
         found = post("/api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id], "max_results": 100})["runs"]
         tags = [{t["key"]: t["value"] for t in run["data"].get("tags", [])} for run in found]
@@ -516,7 +586,7 @@ def test_mlflow_server_serves_the_sweep_over_rest(e2e):
         assert all(t[T.PARENT_TAG] in setting_ids for t in tags if t[T.KIND_TAG] == "trial")
         trial_id = next(run["info"]["run_id"] for run, t in zip(found, tags) if t[T.KIND_TAG] == "trial")
         with urllib.request.urlopen(
-            f"{base}/api/2.0/mlflow/metrics/get-history?run_id={trial_id}&metric_key=val_acc", timeout=30) as r:
+                f"{base}/api/2.0/mlflow/metrics/get-history?run_id={trial_id}&metric_key=val_acc", timeout=30) as r:
             steps = sorted(m["step"] for m in json.loads(r.read())["metrics"])
         assert steps and steps == list(range(1, len(steps) + 1))
     finally:
@@ -536,13 +606,33 @@ def test_mlflow_server_serves_the_sweep_over_rest(e2e):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Every searched key reaches the trial; the default store is the working directory's
+# The two trial paths, every searched key, Ray Train trials
 
 
 @pytest.mark.slow
-def test_every_sampled_value_reaches_the_trial_and_the_default_store(ray_session, tmp_path, monkeypatch):
-    ray_session["start"](dashboard=True)
+def test_an_in_process_trial_and_a_ray_train_run_give_the_same_metrics(local_ray, tmp_path):
+    from knnmix.scale.train import fit
+
+    path = write_space(tmp_path, name="paths", trials=1, start_with=[GOOD], noise=["symmetric:0.5"],
+                       base={"config": "digits", "set": {**BASE_SET, "epochs": 3}})
+    summary = S.run_sweep(SP.load_space(path), tmp_path / "sweep", store=T.Store.from_uri(
+        f"sqlite:///{tmp_path / 'm.db'}"), echo=None)
+    trial = Path(summary["settings"][0]["best"]["run_folder"])
+    cfg = C.load(trial / "config.yaml")
+    ray_run = fit(C.replace(cfg, **{"out": str(tmp_path / "ray-train"), "distributed.workers": 1,
+                                    "distributed.storage_path": None, "distributed.name": None}))
+    assert ray_run.summary["world_size"] == 1
+
+    def numbers(folder):
+        return [{k: v for k, v in r.items() if not k.endswith("_time_s")} for r in read_metrics(folder / "metrics.jsonl")]
+
+    assert numbers(trial) == numbers(tmp_path / "ray-train")
+
+
+@pytest.mark.slow
+def test_every_sampled_value_reaches_the_trial_and_the_default_store(local_ray, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     params = {
         "method.k": {"type": "choice", "values": [7]},
         "method.temperature": {"type": "choice", "values": [0.37]},
@@ -550,6 +640,8 @@ def test_every_sampled_value_reaches_the_trial_and_the_default_store(ray_session
         "method.correction_momentum": {"type": "choice", "values": [0.77]},
         "method.correction_period": {"type": "choice", "values": [3]},
         "method.warmup_epochs": {"type": "choice", "values": [1]},
+        "method.mixture": {"type": "choice", "values": ["per_class"]},
+        "method.neighbours": {"type": "choice", "values": ["bank"]},
         "optim.lr": {"type": "choice", "values": [0.033]},
     }
     path = write_space(tmp_path, name="fields", trials=1, start_with=[], params=params,
@@ -557,24 +649,19 @@ def test_every_sampled_value_reaches_the_trial_and_the_default_store(ray_session
                        description="every field", experiment="knnmix-fields-test",
                        base={"config": "digits", "set": {**BASE_SET, "epochs": 3}})
     space = SP.load_space(path, ["sweep.name=fields"])
-    assert S.default_out(space) == Path("runs/sweeps/fields")
     summary = S.run_sweep(space, tmp_path / "sweep", echo=None)  # no --tracking-uri: ./mlflow.db, ./mlartifacts
     (x,) = summary["settings"]
     assert x["trials"] == 1 and x["completed"] == 1
     folder = Path(x["best"]["run_folder"])
     cfg = C.load(folder / "config.yaml")
     assert (cfg.method.k, cfg.method.temperature, cfg.method.correction_start, cfg.method.correction_momentum,
-            cfg.method.correction_period, cfg.method.warmup_epochs, cfg.optim.lr) == (7, 0.37, 2, 0.77, 3, 1, 0.033)
-    assert cfg.noise.spec == "asymmetric:0.3" and cfg.epochs == 3 and cfg.distributed.workers == 2
-    assert cfg.method.loss_window == 2  # the noise setting's own config keys
-    # the search asked for K = 7: the trial's neighbour table has 7 columns
-    ckpt = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=False)
+            cfg.method.correction_period, cfg.method.warmup_epochs, cfg.optim.lr, cfg.method.mixture) == (
+        7, 0.37, 2, 0.77, 3, 1, 0.033, "per_class")
+    assert cfg.noise.spec == "asymmetric:0.3" and cfg.epochs == 3 and cfg.method.loss_window == 2
+    ckpt = load_checkpoint(folder / "checkpoint.pt")  # the search asked for K = 7: 7 neighbour columns
     assert ckpt["state"]["neighbours"].shape[1] == 7 and ckpt["config"]["method"]["k"] == 7
     assert [r["phase"] for r in read_metrics(folder / "metrics.jsonl")] == ["ce", "knn", "knn"]
-    # its Ray Train run is named after the trial and lives in the setting's storage
-    tid = x["best"]["trial_id"]
-    assert cfg.distributed.name == tid and folder.name == tid
-    assert (tmp_path / "sweep" / "asymmetric-0.3" / "ray" / tid / "checkpoint_manager_snapshot.json").exists()
+    assert cfg.distributed.name == folder.name == x["best"]["trial_id"]
     # the default store: the working directory's sqlite file and artifact folder
     assert (tmp_path / "mlflow.db").exists() and summary["mlflow"]["tracking_uri"] == f"sqlite:///{tmp_path}/mlflow.db"
     runs = runs_by_kind(f"sqlite:///{tmp_path}/mlflow.db", "knnmix-fields-test")  # the space's experiment
@@ -583,7 +670,22 @@ def test_every_sampled_value_reaches_the_trial_and_the_default_store(ray_session
     assert runs["sweep"][0].data.tags["mlflow.note.content"] == "every field"
     assert trial.data.params["method.k"] == "7" and trial.data.params["sampled.method.temperature"] == "0.37"
     assert trial.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
-    assert any((tmp_path / "mlartifacts").rglob("config.yaml"))
+
+
+@pytest.mark.slow
+def test_ray_train_trials_run_and_release_their_workers(local_ray, tmp_path):
+    """Trials of 2 Ray Train workers on the 2-CPU cluster, one at a time: a trial ASHA stops must give its
+    workers' CPUs back, or the next trial would wait forever."""
+    path = write_space(tmp_path, name="workers", trials=3, start_with=[GOOD, BAD], noise=["symmetric:0.5"],
+                       base={"config": "digits", "set": {**BASE_SET, "epochs": 3, "distributed.workers": 2,
+                                                         "data.train_subset": 600}})
+    summary = S.run_sweep(SP.load_space(path), tmp_path / "sweep", store=T.Store.from_uri(
+        f"sqlite:///{tmp_path / 'm.db'}"), echo=None)
+    (x,) = summary["settings"]
+    assert x["trials"] == 3 and x["failed"] == 0 and x["stopped_early"] >= 1
+    best = Path(x["best"]["run_folder"])
+    assert json.loads((best / "summary.json").read_text())["world_size"] == 2
+    assert (tmp_path / "sweep" / "symmetric-0.5" / "ray" / best.name / "checkpoint_manager_snapshot.json").exists()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -609,7 +711,8 @@ def test_a_killed_sweep_resumes_without_running_a_trial_twice(e2e, ray_session, 
     import ray
 
     ray.shutdown()  # one Ray at a time on 2 cores: the driver below starts its own
-    space = write_space(tmp_path)  # the e2e space, first noise setting only
+    space = write_space(tmp_path, base={"config": "digits", "set": {**BASE_SET, "epochs": 8}},
+                        asha={"grace_period": 8})
     out, uri = tmp_path / "sweep", f"sqlite:///{tmp_path / 'runs.db'}"
     args = ["sweep", str(space), "--out", str(out), "--tracking-uri", uri, "--set", "sweep.noise=[symmetric:0.2]"]
     log = open(tmp_path / "driver.log", "w")
@@ -618,24 +721,24 @@ def test_a_killed_sweep_resumes_without_running_a_trial_twice(e2e, ray_session, 
     trials = out / "symmetric-0.2" / "trials"
     interrupted = None
     try:
-        end = time.time() + 420
+        end = time.time() + 300
         while interrupted is None:
             assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-4000:]
-            assert time.time() < end, "the first trial did not finish in time"
-            done = [p for p in trials.glob("*") if (p / "summary.json").exists()] if trials.exists() else []
-            running = [p for p in trials.glob("*") if p not in done and
-                       (out / "symmetric-0.2" / "ray" / p.name / "checkpoint_epoch00001").exists()]
-            if done and running:
-                interrupted = running[0].name
-                break
-            time.sleep(0.2)
+            assert time.time() < end, "no trial got past its second epoch in time"
+            for p in trials.glob("*") if trials.exists() else []:
+                if (p / "metrics.jsonl").exists() and len(read_metrics(p / "metrics.jsonl")) >= 3 and not (
+                        p / "summary.json").exists():
+                    interrupted = p.name
+            time.sleep(0.1)
     finally:
         _kill_tree(driver.pid)  # the driver, its Ray and the trials, like a lost head node
         log.close()
+    with pytest.raises(Exception, match="already holds a sweep"):  # not without --resume
+        cli_main(["sweep", str(space), "--out", str(out)])
     before = {p.name for p in trials.iterdir()}
     started = json.loads((trials / interrupted / "run.json").read_text())["started"]
 
-    ray_session["start"](dashboard=True)
+    ray_session["start"]()
     assert cli_main(["sweep", "--resume", "--out", str(out)]) == 0
     summary = json.loads((out / "sweep_summary.json").read_text())
     (x,) = summary["settings"]
@@ -645,12 +748,7 @@ def test_a_killed_sweep_resumes_without_running_a_trial_twice(e2e, ray_session, 
     assert json.loads((trials / interrupted / "run.json").read_text())["started"] == started
     for tid in x["trial_ids"]:
         epochs = [r["epoch"] for r in read_metrics(trials / tid / "metrics.jsonl")]
-        assert epochs == list(range(1, len(epochs) + 1)), tid  # no epoch trained twice into the record
-    # Optuna's state was kept: the same three configs as the uninterrupted sweep's first noise setting
-    uninterrupted = next(s for s in e2e.summary["settings"] if s["noise"] == "symmetric:0.2")
-    ea = _sampled(e2e.out / "symmetric-0.2")
-    eb = _sampled(out / "symmetric-0.2")
-    assert len(uninterrupted["trial_ids"]) == 3 and eb == ea
+        assert epochs == list(range(1, 9)), tid  # no epoch lost or trained twice into the record
     # MLflow: one run per trial, each epoch logged once, parent runs reused
     client = client_for(T.Store.from_uri(uri).uri)
     runs = runs_by_kind(T.Store.from_uri(uri).uri, "knnmix-sweep-e2e")
@@ -658,35 +756,10 @@ def test_a_killed_sweep_resumes_without_running_a_trial_twice(e2e, ray_session, 
     assert sorted(r.data.tags[T.TRIAL_TAG] for r in runs["trial"]) == sorted(x["trial_ids"])
     for r in runs["trial"]:
         steps = [int(m.step) for m in client.get_metric_history(r.info.run_id, "val_acc")]
-        assert sorted(steps) == list(range(1, len(steps) + 1)), r.data.tags[T.TRIAL_TAG]
-        assert r.info.status == "FINISHED" and r.data.tags[T.OUTCOME_TAG] in ("completed", "stopped_early")
+        assert sorted(steps) == list(range(1, 9)), r.data.tags[T.TRIAL_TAG]
+        assert r.info.status == "FINISHED" and r.data.tags[T.OUTCOME_TAG] == "completed"
     state = json.loads((out / "sweep_state.json").read_text())
-    assert state["mlflow"]["sweep_run_id"] == runs["sweep"][0].info.run_id
-    assert state["status"] == "done"
+    assert state["mlflow"]["sweep_run_id"] == runs["sweep"][0].info.run_id and state["status"] == "done"
     # resuming a finished sweep changes nothing
     assert cli_main(["sweep", "--resume", "--out", str(out)]) == 0
     assert len(runs_by_kind(T.Store.from_uri(uri).uri, "knnmix-sweep-e2e")["trial"]) == 3
-
-
-def _sampled(setting_dir: Path) -> list[dict]:
-    from ray.tune import ExperimentAnalysis
-
-    trials = ExperimentAnalysis(str(setting_dir / "tune")).trials
-    return sorted((dict(t.config) for t in trials), key=lambda c: json.dumps(c, sort_keys=True))
-
-
-@pytest.mark.slow
-def test_sweep_cost_compares_asha_with_the_same_sweep_run_to_the_end(local_ray, tmp_path):
-    from knnmix.bench.sweepcost import run_sweep_cost
-
-    overrides = ["sweep.noise=[symmetric:0.5]", "sweep.trials=3", "epochs=4", "distributed.workers=1"]
-    result = run_sweep_cost(str(SPACES / "smoke.yaml"), overrides, tmp_path / "cost", echo=lambda s: None)
-    asha, full = result["runs"]["asha"], result["runs"]["no_early_stopping"]
-    assert asha["trials"] == full["trials"] == 3
-    assert full["stopped_early"] == 0 and full["trial_epochs"] == 3 * 4  # grace period = the whole run
-    assert asha["trial_epochs"] <= full["trial_epochs"]
-    assert result["target_val_acc"] == min(asha["best_val_acc"], full["best_val_acc"])
-    for run in (asha, full):
-        assert 1 <= run["epochs_to_target"] <= run["trial_epochs"] and run["wall_s"] > 0
-    assert result["total_epochs_ratio"] == asha["trial_epochs"] / full["trial_epochs"]
-    assert "| no early stopping | 12 |" in result["text"]

@@ -4,31 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from knnmix import config as C
-from knnmix.errors import KnnmixError
-
-PRESETS = Path(__file__).parent / "presets"
-
-
-def preset_path(name_or_path: str) -> Path:
-    """A config file path, or the name of an embedded preset (``knnmix config --presets`` lists them)."""
-    p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        return p
-    preset = PRESETS / f"{name_or_path}.yaml"
-    if preset.exists():
-        return preset
-    names = ", ".join(sorted(x.stem for x in PRESETS.glob("*.yaml")))
-    raise KnnmixError(f"config {name_or_path!r} is neither a file nor an embedded preset ({names})")
-
+from knnmix.errors import KnnmixError, KnnmixWarning
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML config file, or an embedded preset name (digits, fashion-mnist, ...)")
+    p.add_argument("--config", help="YAML config file, or an embedded preset name (digits, audit)")
     p.add_argument("--dataset", help="shorthand for --set data.name=NAME")
     p.add_argument("--noise", help="shorthand for --set noise.spec=SPEC (e.g. symmetric:0.4, cifar10n:worse)")
     p.add_argument("--method", help="shorthand for --set method.name=NAME (ce, mixup, selc, knnmix)")
@@ -41,10 +28,17 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override any config key, e.g. --set method.k=5 (repeatable)",
     )
+    _add_tracking_options(p, "log the finished run to this MLflow tracking URI (default: MLFLOW_TRACKING_URI if set, "
+                             "else no logging)")
+
+
+def _add_tracking_options(p: argparse.ArgumentParser, text: str) -> None:
+    p.add_argument("--tracking-uri", help=text)
+    p.add_argument("--register", metavar="NAME", help="register the logged best model under this MLflow model name")
 
 
 def load_config(args: argparse.Namespace) -> C.Config:
-    path = preset_path(args.config) if args.config else None
+    path = C.preset_path(args.config) if args.config else None
     return C.load(
         path,
         args.overrides,
@@ -68,20 +62,32 @@ def cmd_train(args: argparse.Namespace) -> int:
         if saved.exists() and not args.config:
             args.config = str(saved)
     cfg = load_config(args)
-    summary = run_training(cfg, resume=args.resume, overwrite=args.overwrite)
-    print(json.dumps({"final": summary["final"], "best_val": summary["best_val"]}))
+    summary = run_training(cfg, args)
+    print(json.dumps({"final": summary["final"], "best_val": summary["best_val"],
+                      **({"mlflow_run_id": summary["mlflow_run_id"]} if "mlflow_run_id" in summary else {})}))
     return 0
 
 
-def run_training(cfg: C.Config, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """Single process, or Ray Train when ``distributed.workers > 0``."""
+def run_training(cfg: C.Config, args: argparse.Namespace) -> dict[str, Any]:
+    """Single process, or Ray Train when ``distributed.workers > 0``; then logged to MLflow when a tracking URI is
+    given (``--tracking-uri`` or ``MLFLOW_TRACKING_URI``)."""
     if cfg.distributed.workers > 0:
         from knnmix.scale.train import train_distributed
 
-        return train_distributed(cfg, resume=resume, overwrite=overwrite)
-    from knnmix.engine.loop import train
+        summary = train_distributed(cfg, resume=args.resume, overwrite=args.overwrite)
+    else:
+        from knnmix.engine.train import train
 
-    return train(cfg, resume=resume, overwrite=overwrite)
+        summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    uri = getattr(args, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        from knnmix.scale import ray_env
+        from knnmix.scale.tracking import Store, log_training_run
+
+        ray_env.quiet()
+        summary["mlflow_run_id"] = log_training_run(Store.from_uri(uri), Path(cfg.out), summary,
+                                                    register=getattr(args, "register", None))
+    return summary
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -94,7 +100,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     results = []
     for cfg in configs:
         print(f"\n=== {cfg.method.name} ===", flush=True)
-        results.append(run_training(cfg, resume=args.resume, overwrite=args.overwrite))
+        results.append(run_training(cfg, args))
     print()
     print(comparison_table(results))
     return 0
@@ -132,7 +138,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.dataset is None and not args.labels and not Path(args.data).is_dir():
         raise KnnmixError(f"data folder {args.data!r} does not exist")
     cfg = load_config(args)
-    summary = run_training(cfg, resume=args.resume, overwrite=args.overwrite)
+    summary = run_training(cfg, args)
     out = Path(cfg.out)
     print(audit_report(out / "label_issues.csv", summary, args.show))
     return 0
@@ -167,7 +173,7 @@ def cmd_config(args: argparse.Namespace) -> int:
         print(config_doc())
         return 0
     if args.presets:
-        for p in sorted(PRESETS.glob("*.yaml")):
+        for p in sorted(C.PRESETS.glob("*.yaml")):
             print(p.stem)
         return 0
     print(C.to_yaml(load_config(args)), end="")
@@ -192,19 +198,28 @@ def config_doc() -> str:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Ray Tune + Optuna + ASHA sweep of a search space, one Optuna study per noise setting, logged to MLflow."""
-    from knnmix.scale import sweep as S
-    from knnmix.scale.tracking import Store
+    from knnmix.scale import spaces as SP
+    from knnmix.scale import tracking as T
 
     if args.space is None and not args.resume:
         raise KnnmixError("name a search space file, e.g. knnmix sweep search_spaces/smoke.yaml")
     if args.out is None:
         if args.space is None:
             raise KnnmixError("--resume without a space file needs --out (the sweep folder to continue)")
-        args.out = str(S.default_out(S.load_space(args.space, args.overrides)))
+        args.out = str(Path("runs") / "sweeps" / SP.load_space(args.space, args.overrides).name)
+    if "://" in args.out:
+        raise KnnmixError(f"--out {args.out!r}: a sweep folder is a local (or mounted shared) folder; the sweep's "
+                          "runs and checkpoints go there, so put it on a file system every node mounts")
+    from knnmix.scale import sweep as S
+
     folder = S.SweepFolder(Path(args.out).expanduser().absolute())
     space = S.resolve_space(folder, args.space, args.overrides, resume=args.resume)
-    store = Store.from_uri(args.tracking_uri) if args.tracking_uri else None
-    summary = S.run_sweep(space, folder.root, store=store, resume=args.resume)
+    store = T.Store.from_uri(args.tracking_uri) if args.tracking_uri else None
+    summary = S.run_sweep(space, folder.root, store=store, resume=args.resume, verbose=args.verbose,
+                          register=args.register)
+    best = {s["noise"]: s["best"] and {k: s["best"][k] for k in ("val_acc", "test_acc", "params")}
+            for s in summary["settings"]}
+    print(json.dumps({"sweep": str(folder.root), "failed": summary["failed"], "best": best}))
     if summary["failed"]:
         print(f"knnmix: {summary['failed']} trial(s) failed; see {folder.root / S.SUMMARY_MD}", file=sys.stderr)
         return 1
@@ -261,10 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
         "the space (e.g. --set sweep.trials=5, --set sweep.params.method.k.high=3); repeatable",
     )
     p.add_argument("--out", help="sweep folder (default runs/sweeps/<space name>)")
-    p.add_argument(
-        "--tracking-uri",
-        help="MLflow tracking URI (default sqlite:///<cwd>/mlflow.db with artifacts in <cwd>/mlartifacts)",
-    )
+    _add_tracking_options(p, "MLflow tracking URI (default: MLFLOW_TRACKING_URI if set, else "
+                             "sqlite:///<cwd>/mlflow.db with artifacts in <cwd>/mlartifacts)")
+    p.add_argument("--verbose", action="store_true", help="show Ray's, Tune's and the trials' own output")
     p.add_argument(
         "--resume", action="store_true",
         help="continue the sweep in --out: finished trials are kept, interrupted ones resume from their checkpoint",
@@ -279,9 +293,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warning_line(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> str:
+    return f"knnmix: warning: {message}\n" if issubclass(category, KnnmixWarning) else _default_format(
+        message, category, *args, **kwargs)
+
+
+_default_format = warnings.formatwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    warnings.formatwarning = _warning_line  # type: ignore[assignment]
+    try:
+        return _run(args)
+    finally:
+        warnings.formatwarning = _default_format
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args))
     except KnnmixError as exc:

@@ -1,14 +1,13 @@
-"""Search spaces of hyper-parameter sweeps: the schema, parsing and validation (no Ray, no data).
+"""Search spaces of sweeps: the YAML schema, its Optuna distributions, loading (no Ray, no data).
 
-A search space is a YAML file (``search_spaces/*.yaml``, documented field by field in ``search_spaces/README.md``)
-naming the base run, the noise settings to sweep across, the number of trials per noise setting, the ASHA early
-stopping settings, the sampler seed and the distributions of the searched config keys. :func:`load_space` reads
-one, applies ``--set`` overrides and validates everything against the typed config, so that every mistake is one
-:class:`~knnmix.errors.ConfigError` line naming the file and the field (``search space smoke.yaml:
-params.method.k.high: 0 is below low=1``) before Ray starts.
+A search space file (``search_spaces/*.yaml``, documented in ``search_spaces/README.md``) is built by the config's
+own builder (:func:`knnmix.config._build` over the dataclasses below: an unknown field or a wrong type is one
+:class:`~knnmix.errors.ConfigError` naming it), its distributions by Optuna's own constructors, and every value a
+distribution can draw is checked by building the config it would go into. Every mistake is one line naming the file
+and the field, e.g. ``search space smoke.yaml: params.method.k.low: method.k: 0 is out of range; use >= 1``,
+raised before Ray starts.
 
-Selection is on the noisy-validation accuracy only: ``metric`` can only be ``val_acc`` (mode ``max``); the test
-split is reported, never selected on.
+Selection is on the noisy-validation accuracy only: ``metric`` can only be ``val_acc`` (mode ``max``).
 """
 
 from __future__ import annotations
@@ -17,98 +16,150 @@ import dataclasses
 import difflib
 import math
 import re
-import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
 from knnmix import config as C
 from knnmix.errors import ConfigError, KnnmixError
 
-#: The only metric a sweep may select on (Tune, Optuna and ASHA all use it), and its direction.
-METRIC = "val_acc"
+METRIC = "val_acc"  # the only metric a sweep may select on (Tune, Optuna and ASHA all use it)
 MODE = "max"
-
-#: Where ``knnmix sweep NAME`` looks for ``NAME.yaml`` (the repository's ``search_spaces/`` folder).
-SPACES_DIR = Path(__file__).resolve().parents[3] / "search_spaces"
-
-#: Prefix of ``--set`` overrides that change the space file itself rather than the base run's config.
-SPACE_PREFIX = "sweep."
-
-TOP_FIELDS = (
-    "name", "description", "experiment", "base", "noise", "trials", "seed", "metric", "mode",
-    "max_concurrent_trials", "startup_trials", "asha", "start_with", "params",
-)
-BASE_FIELDS = ("config", "set")
-NOISE_FIELDS = ("spec", "set")
-ASHA_FIELDS = ("grace_period", "reduction_factor", "max_t", "brackets")
-DIST_FIELDS: dict[str, tuple[str, ...]] = {
-    "int": ("type", "low", "high", "step", "log"),
-    "uniform": ("type", "low", "high", "step"),
-    "loguniform": ("type", "low", "high"),
-    "choice": ("type", "values"),
-}
-
+SPACE_PREFIX = "sweep."  # --set prefix of overrides that change the space file rather than the base run
 #: Config keys a sweep sets itself (per trial or per noise setting): they cannot be searched.
 FIXED_KEYS = ("out", "noise.spec", "epochs", "device", "threads", "checkpoint_every", "log_every")
 FIXED_PREFIXES = ("distributed.",)
-#: Datasets that ship their own validation split (``data.val_fraction`` must then be 0).
-SHIPPED_VALIDATION = ("clothing1m", "webvision")
+SHIPPED_VALIDATION = ("clothing1m", "webvision")  # datasets with their own validation split
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The parsed space
+# The schema: what a space file may hold (built by knnmix.config's builder)
 
 
-@dataclass(frozen=True)
+@dataclass
+class Base:
+    _noun: ClassVar[str] = "field"
+    config: str | None = None  # an embedded preset name or a config YAML file (relative to the space file)
+    set: dict[str, Any] = field(default_factory=dict)  # config keys of the base run, dotted or nested
+
+
+@dataclass
+class NoiseEntry:
+    _noun: ClassVar[str] = "field"
+    spec: str  # a noise spec, e.g. symmetric:0.8
+    set: dict[str, Any] = field(default_factory=dict)  # config keys for this noise setting only
+
+
+@dataclass
+class Asha:
+    _noun: ClassVar[str] = "field"
+    grace_period: int = 1  # epochs every trial runs before it can be stopped
+    reduction_factor: float = 2.0  # 1/reduction_factor of the trials pass each rung
+    max_t: int | None = None  # the longest trial, in epochs; null = the base run's epochs
+    brackets: int = 1
+
+
+@dataclass
 class Param:
-    """One searched config key and its distribution."""
-
-    key: str  # dotted config key, e.g. method.k
-    type: str  # int | uniform | loguniform | choice
-    low: float | int | None = None
-    high: float | int | None = None
-    step: float | int | None = None
+    _noun: ClassVar[str] = "field"
+    type: Literal["int", "uniform", "loguniform", "choice"]
+    low: int | float | None = None
+    high: int | float | None = None
+    step: int | float | None = None
     log: bool = False
-    values: tuple[Any, ...] = ()
+    values: list[Any] | None = None
 
     def distribution(self) -> Any:
-        """The Optuna distribution (``IntDistribution``, ``FloatDistribution`` or ``CategoricalDistribution``)."""
-        import optuna
+        """The Optuna distribution (its constructor validates the bounds)."""
+        import optuna.distributions as d
 
-        d = optuna.distributions
+        if self.type == "choice":
+            return d.CategoricalDistribution(list(self.values or []))
         if self.type == "int":
-            return d.IntDistribution(int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
-        if self.type == "uniform":
-            return d.FloatDistribution(float(self.low), float(self.high), step=self.step)
-        if self.type == "loguniform":
-            return d.FloatDistribution(float(self.low), float(self.high), log=True)
-        return d.CategoricalDistribution(list(self.values))
+            return d.IntDistribution(int(self.low), int(self.high), step=int(self.step or 1), log=self.log)  # type: ignore[arg-type]
+        return d.FloatDistribution(float(self.low), float(self.high), step=self.step,  # type: ignore[arg-type]
+                                   log=self.type == "loguniform")
 
     def describe(self) -> str:
         if self.type == "choice":
-            return f"choice of {list(self.values)}"
-        extra = f", step {self.step}" if self.step is not None else ""
-        extra += ", log scale" if self.log else ""
+            return f"choice of {self.values}"
+        extra = (f", step {self.step}" if self.step is not None else "") + (", log scale" if self.log else "")
         return f"{self.type} in [{self.low}, {self.high}]{extra}"
 
     def to_dict(self) -> dict[str, Any]:
-        if self.type == "choice":
-            return {"type": "choice", "values": list(self.values)}
-        out: dict[str, Any] = {"type": self.type, "low": self.low, "high": self.high}
-        if self.step is not None:
-            out["step"] = self.step
-        if self.log:
-            out["log"] = True
+        keep = ("values",) if self.type == "choice" else ("low", "high", "step", "log")
+        return {"type": self.type, **{k: getattr(self, k) for k in keep if getattr(self, k) not in (None, False)}}
+
+
+@dataclass
+class SearchSpace:
+    """A search space file, validated; ``base.config`` resolved to an absolute file, ``base.set`` flat, ``noise``
+    canonical."""
+
+    _noun: ClassVar[str] = "field"
+    name: str  # sweep name: default folder runs/sweeps/<name>, MLflow experiment knnmix-sweep-<name>
+    trials: int  # per noise setting
+    noise: list[str | NoiseEntry]
+    params: dict[str, Param]
+    description: str = ""
+    experiment: str | None = None
+    base: Base = field(default_factory=Base)
+    seed: int = 0
+    metric: str = METRIC
+    mode: str = MODE
+    max_concurrent_trials: int | None = None
+    startup_trials: int | None = None
+    asha: Asha = field(default_factory=Asha)
+    start_with: list[dict[str, Any]] = field(default_factory=list)
+    label: str = field(default="space.yaml", metadata={"internal": True})  # how errors name the file
+
+    @property
+    def settings(self) -> list[NoiseSetting]:
+        return [NoiseSetting(n.spec, dict(n.set)) if isinstance(n, NoiseEntry) else NoiseSetting(n) for n in self.noise]
+
+    def base_config(self) -> C.Config:
+        """The validated base config (before the noise setting and the sampled values)."""
+        data: dict[str, Any] = {}
+        if self.base.config is not None:
+            data = yaml.safe_load(Path(self.base.config).read_text()) or {}
+        for key, value in self.base.set.items():
+            C.set_dotted(data, key, value)
+        return C.from_dict(data)
+
+    def setting_config(self, setting: NoiseSetting) -> C.Config:
+        return C.replace(self.base_config(), **{"noise.spec": setting.spec, **setting.overrides})
+
+    @property
+    def epochs(self) -> int:
+        return max(self.setting_config(s).epochs for s in self.settings)
+
+    @property
+    def experiment_name(self) -> str:
+        return self.experiment or f"knnmix-sweep-{self.name}"
+
+    def distributions(self) -> dict[str, Any]:
+        return {k: p.distribution() for k, p in self.params.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved space as plain data; :func:`parse_space` of it gives an equal space."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.metadata.get("internal")}
+        out["base"] = dataclasses.asdict(self.base)
+        out["noise"] = [s.to_dict() for s in self.settings]
+        out["params"] = {k: p.to_dict() for k, p in self.params.items()}
+        out["asha"] = dataclasses.asdict(self.asha)
         return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
 @dataclass(frozen=True)
 class NoiseSetting:
-    """One noise setting: its own Optuna study, Tune experiment and MLflow parent run."""
+    """One noise setting: its own Optuna study, ASHA scheduler and MLflow parent run."""
 
     spec: str  # canonical noise spec, e.g. symmetric:0.2
     overrides: dict[str, Any] = field(default_factory=dict)  # extra config keys for this setting only
@@ -122,586 +173,246 @@ class NoiseSetting:
         return {"spec": self.spec, "set": dict(self.overrides)} if self.overrides else self.spec
 
 
-@dataclass(frozen=True)
-class Asha:
-    grace_period: int = 1  # epochs every trial runs before it can be stopped
-    reduction_factor: float = 2.0  # 1/reduction_factor of the trials pass each rung
-    max_t: int | None = None  # the longest trial, in epochs; null = the base run's epochs
-    brackets: int = 1  # ASHA brackets
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class SearchSpace:
-    name: str
-    label: str  # how errors name the file (its file name)
-    base_config: str | None  # absolute path of the base config file (a preset resolved to its file), or None
-    base_set: dict[str, Any]  # flat dotted config overrides of the base run (space file, then --set)
-    noise: tuple[NoiseSetting, ...]
-    trials: int
-    params: dict[str, Param]
-    seed: int = 0
-    asha: Asha = Asha()
-    description: str = ""
-    experiment: str | None = None
-    max_concurrent_trials: int | None = None
-    startup_trials: int | None = None
-    start_with: tuple[dict[str, Any], ...] = ()
-    metric: str = METRIC
-    mode: str = MODE
-
-    # --------------------------------------------------------------------------------------------------------
-    def base(self) -> C.Config:
-        """The validated base config (before the noise setting and the sampled values)."""
-        return _base_config(self.base_config, self.base_set, self.label)
-
-    def setting_config(self, setting: NoiseSetting) -> C.Config:
-        """The base config of one noise setting (its spec and overrides applied)."""
-        return C.replace(self.base(), **{"noise.spec": setting.spec, **setting.overrides})
-
-    @property
-    def epochs(self) -> int:
-        return self.base().epochs
-
-    @property
-    def max_t(self) -> int:
-        return self.asha.max_t if self.asha.max_t is not None else self.epochs
-
-    @property
-    def experiment_name(self) -> str:
-        return self.experiment or f"knnmix-sweep-{self.name}"
-
-    def distributions(self) -> dict[str, Any]:
-        return {k: p.distribution() for k, p in self.params.items()}
-
-    def to_dict(self) -> dict[str, Any]:
-        """The resolved space as plain data; :func:`parse_space` of it gives an equal space."""
-        out: dict[str, Any] = {"name": self.name}
-        if self.description:
-            out["description"] = self.description
-        if self.experiment:
-            out["experiment"] = self.experiment
-        out["base"] = {"config": self.base_config, "set": dict(self.base_set)}
-        out["noise"] = [s.to_dict() for s in self.noise]
-        out["trials"] = self.trials
-        out["seed"] = self.seed
-        out["metric"] = self.metric
-        out["mode"] = self.mode
-        out["max_concurrent_trials"] = self.max_concurrent_trials
-        out["startup_trials"] = self.startup_trials
-        out["asha"] = self.asha.to_dict()
-        out["start_with"] = [dict(p) for p in self.start_with]
-        out["params"] = {k: p.to_dict() for k, p in self.params.items()}
-        return out
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Loading
 
 
+def shipped_spaces() -> Path:
+    """The folder of the shipped spaces: the repository's ``search_spaces/``, installed as ``knnmix.search_spaces``."""
+    try:
+        return Path(str(resources.files("knnmix.search_spaces")))
+    except ModuleNotFoundError:  # a source tree that was not installed
+        return Path(__file__).resolve().parents[3] / "search_spaces"
+
+
 def resolve_space_path(name_or_path: str | Path) -> Path:
-    """A space file path, or the name of a file in the repository's ``search_spaces/`` (``smoke``)."""
+    """A space file path, or the name of a shipped space (``smoke``)."""
     p = Path(name_or_path)
     if p.is_file():
         return p
-    if p.suffix not in (".yaml", ".yml") and len(p.parts) == 1:
-        candidate = SPACES_DIR / f"{p.name}.yaml"
-        if candidate.is_file():
-            return candidate
-    raise ConfigError(f"search space {str(name_or_path)!r} does not exist")
-
-
-def split_overrides(items: list[str] | None) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
-    """``--set`` items -> (space overrides ``sweep.FIELD=...`` without the prefix, base config overrides)."""
-    space, base = [], []
-    for item in items or []:
-        key, value = C.parse_override(item)
-        if key.startswith(SPACE_PREFIX):
-            space.append((key[len(SPACE_PREFIX):], value))
-        else:
-            base.append((key, value))
-    return space, base
+    if p.suffix not in (".yaml", ".yml") and len(p.parts) == 1 and (shipped_spaces() / f"{p.name}.yaml").is_file():
+        return shipped_spaces() / f"{p.name}.yaml"
+    names = ", ".join(sorted(x.stem for x in shipped_spaces().glob("*.yaml")))
+    raise ConfigError(f"search space {str(name_or_path)!r} does not exist (shipped spaces: {names})")
 
 
 def load_space(path: str | Path, overrides: list[str] | None = None) -> SearchSpace:
-    """Read, override (``--set``) and validate a search space file."""
+    """Read, override (``--set``: ``sweep.FIELD=...`` changes the space, other keys its base run) and validate."""
     p = resolve_space_path(path)
-    label = p.name
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"search space {label}: not valid YAML: {' '.join(str(exc).split())}") from None
-    if data is None:
-        data = {}
+        raise ConfigError(f"search space {p.name}: not valid YAML: {' '.join(str(exc).split())}") from None
+    data = {} if data is None else data
     if not isinstance(data, dict):
-        raise ConfigError(f"search space {label}: expected a mapping of fields, got {_show(data)}")
-    space_sets, base_sets = split_overrides(overrides)
-    for key, value in space_sets:
-        _apply_space_override(data, key, value, label)
-    if base_sets:
-        base = data.get("base")
-        if base is None:
-            base = data["base"] = {}
-        if not isinstance(base, dict):
-            raise ConfigError(f"search space {label}: base: expected a mapping, got {_show(base)}")
-        sets = base.get("set")
-        sets = {} if sets is None else dict(_flat_mapping(sets, f"search space {label}: base.set"))
-        sets.update(base_sets)
-        base["set"] = sets
-    return parse_space(data, label=label, root=p.parent)
+        raise ConfigError(f"search space {p.name}: expected a mapping of fields, got {type(data).__name__}")
+    data.setdefault("name", p.stem)
+    for item in overrides or []:
+        key, value = C.parse_override(item)
+        if key.startswith(SPACE_PREFIX):
+            _set_space_field(data, key[len(SPACE_PREFIX):], value)
+        else:
+            base = data.setdefault("base", {}) or {}
+            data["base"] = base
+            if isinstance(base, dict):
+                base["set"] = {**flat_keys(base.get("set") or {}), key: value}
+    return parse_space(data, label=p.name, root=p.parent)
 
 
 def parse_space(data: dict[str, Any], *, label: str, root: Path | None = None) -> SearchSpace:
     """Validate a space given as plain data (``root``: the folder relative ``base.config`` paths start from)."""
-    err = _Errors(label)
-    err.unknown(data, TOP_FIELDS, "")
-    name = data.get("name", Path(label).stem)
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        err("name", f"{_show(name)} must be a word of letters, digits, '.', '_' or '-'")
-    description = _typed(err, data, "description", str, "a string", default="")
-    experiment = _typed(err, data, "experiment", str, "a string (an MLflow experiment name)", default=None)
+    try:
+        space = C._build(SearchSpace, data, "")
+        _validate(space, root)
+    except ConfigError as exc:
+        raise ConfigError(f"search space {label}: {exc}") from None
+    space.label = label
+    return space
 
-    # -- the base run ------------------------------------------------------------------------------------------
-    base = data.get("base", {}) or {}
-    if not isinstance(base, dict):
-        err("base", f"expected a mapping with config and set, got {_show(base)}")
-    err.unknown(base, BASE_FIELDS, "base.")
-    config_path = _base_path(err, base.get("config"), root)
-    base_set = dict(_flat_mapping(base.get("set") or {}, f"search space {label}: base.set"))
-    for key in base_set:
-        _check_config_key(err, f"base.set.{key}", key)
-    base_cfg = _base_config(config_path, base_set, label)
-    if base_cfg.distributed.workers < 1:
-        err("base.set.distributed.workers", "each trial is a Ray Train run: set distributed.workers >= 1 "
-            "(e.g. --set distributed.workers=2)")
-    if base_cfg.data.val_fraction <= 0 and base_cfg.data.name not in SHIPPED_VALIDATION:
-        err("base.set.data.val_fraction", f"sweeps select on the noisy-validation accuracy ({METRIC}): use a "
-            f"validation fraction > 0 ({base_cfg.data.name} ships no validation split)")
 
-    # -- selection ---------------------------------------------------------------------------------------------
-    metric = data.get("metric", METRIC)
-    if metric != METRIC:
-        err("metric", f"{_show(metric)} cannot be selected on: sweeps select on the noisy-validation accuracy "
-            f"{METRIC!r} only (the test split is reported, never used to select)")
-    mode = data.get("mode", MODE)
-    if mode != MODE:
-        err("mode", f"{_show(mode)}: {METRIC} is maximised; use {MODE!r}")
-    trials = _int(err, data, "trials", minimum=1, required=True)
-    seed = _int(err, data, "seed", minimum=0, default=0)
-    max_concurrent = _int(err, data, "max_concurrent_trials", minimum=1, default=None)
-    startup = _int(err, data, "startup_trials", minimum=0, default=None)
+def _validate(space: SearchSpace, root: Path | None) -> None:
+    def check(ok: bool, where: str, message: str) -> None:
+        if not ok:
+            raise ConfigError(f"{where}: {message}")
 
-    # -- noise settings ----------------------------------------------------------------------------------------
-    noise_raw = data.get("noise")
-    if noise_raw is None:
-        err("noise", "missing: list the noise settings to sweep across, e.g. [symmetric:0.2, symmetric:0.5]")
-    if isinstance(noise_raw, str):
-        noise_raw = [noise_raw]
-    if not isinstance(noise_raw, list) or not noise_raw:
-        err("noise", f"expected a non-empty list of noise specs, got {_show(noise_raw)}")
-    settings: list[NoiseSetting] = []
-    for i, item in enumerate(noise_raw):
-        settings.append(_noise_setting(err, f"noise[{i}]", item, base_cfg))
+    check(bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", space.name)), "name",
+          f"{space.name!r} must be a word of letters, digits, '.', '_' or '-'")
+    check(space.metric == METRIC, "metric", f"{space.metric!r} cannot be selected on: sweeps select on the "
+          f"noisy-validation accuracy {METRIC!r} only (the test split is reported, never used to select)")
+    check(space.mode == MODE, "mode", f"{space.mode!r}: {METRIC} is maximised; use {MODE!r}")
+    for key, low in (("trials", 1), ("seed", 0), ("max_concurrent_trials", 1), ("startup_trials", 0)):
+        value = getattr(space, key)
+        check(value is None or value >= low, key, f"{value} is out of range; use >= {low}")
+
+    # the base run and the noise settings
+    space.base.config = _base_path(space.base.config, root)
+    space.base.set = flat_keys(space.base.set, "base.set")
+    base = _config(space.base_config, "base")
+    check(base.data.val_fraction > 0 or base.data.name in SHIPPED_VALIDATION, "base.set.data.val_fraction",
+          f"sweeps select on the noisy-validation accuracy ({METRIC}): use a validation fraction > 0 "
+          f"({base.data.name} ships no validation split)")
+    from knnmix.noise import parse_noise_spec
+
+    check(len(space.noise) > 0, "noise", "expected a non-empty list of noise specs")
     seen: dict[str, int] = {}
-    for i, s in enumerate(settings):
-        if s.slug in seen:
-            err(f"noise[{i}]", f"{s.spec!r} is listed twice (also noise[{seen[s.slug]}])")
-        seen[s.slug] = i
-
-    # -- distributions -----------------------------------------------------------------------------------------
-    params_raw = data.get("params")
-    if not isinstance(params_raw, dict) or not params_raw:
-        err("params", f"expected a mapping of config keys to distributions, got {_show(params_raw)}")
-    params: dict[str, Param] = {}
-    for key, spec in params_raw.items():
-        params[str(key)] = _param(err, str(key), spec, base_cfg)
-    for i, s in enumerate(settings):
-        clash = sorted(set(s.overrides) & set(params))
-        if clash:
-            err(f"noise[{i}].set.{clash[0]}", "is searched (params); a noise setting cannot fix it")
-
-    # -- ASHA --------------------------------------------------------------------------------------------------
-    asha_raw = data.get("asha", {}) or {}
-    if not isinstance(asha_raw, dict):
-        err("asha", f"expected a mapping, got {_show(asha_raw)}")
-    err.unknown(asha_raw, ASHA_FIELDS, "asha.")
-    grace = _int(err, asha_raw, "grace_period", minimum=1, default=1, prefix="asha.")
-    rf = _number(err, asha_raw, "reduction_factor", default=2.0, prefix="asha.")
-    if not rf > 1:
-        err("asha.reduction_factor", f"{rf!r} must be > 1")
-    max_t = _int(err, asha_raw, "max_t", minimum=1, default=None, prefix="asha.")
-    brackets = _int(err, asha_raw, "brackets", minimum=1, default=1, prefix="asha.")
-    epochs = max(base_cfg.epochs, *(C.replace(base_cfg, **s.overrides).epochs for s in settings))
-    if max_t is not None and max_t > epochs:
-        err("asha.max_t", f"{max_t} is more than the base run's epochs={epochs}")
-    if grace > (max_t or epochs):
-        err("asha.grace_period", f"{grace} is more than the longest trial ({max_t or epochs} epochs)")
-
-    # -- start points ------------------------------------------------------------------------------------------
-    start_raw = data.get("start_with", []) or []
-    if not isinstance(start_raw, list):
-        err("start_with", f"expected a list of {{key: value}} points, got {_show(start_raw)}")
-    start: list[dict[str, Any]] = []
-    for i, point in enumerate(start_raw):
-        start.append(_start_point(err, f"start_with[{i}]", point, params))
-
-    return SearchSpace(
-        name=name, label=label, base_config=config_path, base_set=base_set, noise=tuple(settings), trials=trials,
-        params=params, seed=seed, asha=Asha(grace, float(rf), max_t, brackets), description=description,
-        experiment=experiment, max_concurrent_trials=max_concurrent, startup_trials=startup,
-        start_with=tuple(start), metric=metric, mode=mode,
-    )
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Pieces
-
-
-class _Errors:
-    def __init__(self, label: str) -> None:
-        self.label = label
-
-    def __call__(self, where: str, message: str) -> typing.NoReturn:
-        raise ConfigError(f"search space {self.label}: {where}: {message}")
-
-    def unknown(self, data: Any, allowed: tuple[str, ...], prefix: str) -> None:
-        if not isinstance(data, dict):
-            return
-        for key in data:
-            if key not in allowed:
-                close = [a for a in allowed if a.startswith(str(key))] or difflib.get_close_matches(
-                    str(key), allowed, n=1)
-                hint = f" (did you mean {prefix + close[0]!r}?)" if close else ""
-                self(f"{prefix}{key}", f"unknown field{hint}; fields here: {', '.join(allowed)}")
-
-
-def _show(value: Any) -> str:
-    return "null" if value is None else f"{value!r} ({type(value).__name__})"
-
-
-def _typed(err: _Errors, data: dict, key: str, tp: type, what: str, default: Any) -> Any:
-    value = data.get(key, default)
-    if value is not default and not isinstance(value, tp):
-        err(key, f"expected {what}, got {_show(value)}")
-    return value
-
-
-def _int(
-    err: _Errors, data: dict, key: str, *, minimum: int, default: Any = None, required: bool = False,
-    prefix: str = "",
-) -> Any:
-    if key not in data or data[key] is None:
-        if required:
-            err(prefix + key, "missing: an integer is required")
-        return default
-    value = data[key]
-    if isinstance(value, bool) or not isinstance(value, int):
-        err(prefix + key, f"expected an integer, got {_show(value)}")
-    if value < minimum:
-        err(prefix + key, f"{value} is out of range; use >= {minimum}")
-    return value
-
-
-def _as_number(value: Any) -> float | int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return value
-    if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+    for i, entry in enumerate(space.noise):
+        where = f"noise[{i}]"
+        spec = entry.spec if isinstance(entry, NoiseEntry) else entry
         try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
+            canonical = str(parse_noise_spec(spec))
+        except KnnmixError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if isinstance(entry, NoiseEntry):
+            entry.spec, entry.set = canonical, flat_keys(entry.set, f"{where}.set")
+            check(not {"noise.spec", "out"} & set(entry.set), f"{where}.set", "noise.spec and out are set by the sweep")
+        else:
+            space.noise[i] = canonical
+        setting = space.settings[i]
+        check(setting.slug not in seen, where, f"{canonical!r} is listed twice (also noise[{seen.get(setting.slug)}])")
+        seen[setting.slug] = i
+        cfg = _config(lambda s=setting: space.setting_config(s), where)
+        kind = canonical.split(":")[0]
+        if kind in ("cifar10n", "cifar100n"):
+            dataset = kind[:-1]
+            check(cfg.data.name == dataset, where, f"{canonical!r} is the human noise of {dataset}, but data.name "
+                  f"is {cfg.data.name!r}")
+            check(cfg.noise.cifar_n_dir is not None, where, f"{canonical!r} needs noise.cifar_n_dir, the folder "
+                  "of the CIFAR-N label files (e.g. --set noise.cifar_n_dir=DIR)")
+
+    # the distributions: Optuna's constructors check the bounds; the config checks every value they can draw
+    check(len(space.params) > 0, "params", "expected a mapping of config keys to distributions")
+    keys = [row[0] for row in C.field_docs()]
+    for key, param in space.params.items():
+        where = f"params.{key}"
+        close = difflib.get_close_matches(key, keys, n=1)
+        check(key in keys, where, f"{key!r} is not a config key" + (f" (did you mean {close[0]!r}?)" if close else "")
+              + "; `knnmix config --doc` lists them")
+        check(key not in FIXED_KEYS and not key.startswith(FIXED_PREFIXES), where, f"{key} is set by the sweep")
+        if param.type == "choice":
+            check(bool(param.values), f"{where}.values", "expected a non-empty list")
+        else:
+            check(param.low is not None and param.high is not None, where, f"{param.type} needs low and high")
+            check(param.values is None, f"{where}.values", f"only for type choice, not {param.type}")
+        if param.type == "int":
+            for sub in ("low", "high", "step"):
+                v = getattr(param, sub)
+                check(v is None or isinstance(v, int), f"{where}.{sub}", f"expected an integer, got {v!r} (float)")
+        try:
+            dist = param.distribution()
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{where}: {' '.join(str(exc).split())}") from None
+        tp = _key_type(key)
+        is_int, is_float = tp in (int, int | None), tp in (float, float | None)
+        if param.type in ("uniform", "loguniform"):
+            check(is_float, f"{where}.type", f"{param.type} draws real numbers but {key} is "
+                  + ("an integer; use int or choice" if is_int else "not a number; use choice"))
+        if param.type == "int":
+            check(is_int or is_float, f"{where}.type", f"int draws integers but {key} is not a number; use choice")
+        for value, sub in _corners(param, dist):
+            _config(lambda v=value: C.replace(base, **{key: v}), f"{where}.{sub}")
+
+    # ASHA and the start points
+    a = space.asha
+    check(a.grace_period >= 1, "asha.grace_period", f"{a.grace_period} is out of range; use >= 1")
+    check(a.reduction_factor > 1, "asha.reduction_factor", f"{a.reduction_factor:g} must be > 1")
+    check(a.brackets >= 1, "asha.brackets", f"{a.brackets} is out of range; use >= 1")
+    check(a.max_t is None or 1 <= a.max_t <= space.epochs, "asha.max_t",
+          f"{a.max_t} is outside [1, the base run's epochs={space.epochs}]")
+    check(a.grace_period <= (a.max_t or space.epochs), "asha.grace_period",
+          f"{a.grace_period} is more than the longest trial ({a.max_t or space.epochs} epochs)")
+    dists = space.distributions()
+    for i, point in enumerate(space.start_with):
+        point = space.start_with[i] = flat_keys(point, f"start_with[{i}]")
+        extra = sorted(set(point) - set(dists))
+        check(not extra, f"start_with[{i}].{extra[0] if extra else ''}", f"is not a searched key ({', '.join(dists)})")
+        missing = [k for k in dists if k not in point]
+        check(not missing, f"start_with[{i}]", f"gives no value for {', '.join(missing)}: a start point sets every "
+              "searched key")
+        for key, value in point.items():
+            check(_inside(dists[key], value), f"start_with[{i}].{key}",
+                  f"{value!r} is outside {space.params[key].describe()}")
 
 
-def _number(err: _Errors, data: dict, key: str, *, default: Any, prefix: str = "") -> Any:
-    if key not in data or data[key] is None:
-        return default
-    value = _as_number(data[key])
-    if value is None or not math.isfinite(value):
-        err(prefix + key, f"expected a number, got {_show(data[key])}")
-    return value
+def _config(build: typing.Callable[[], C.Config], where: str) -> C.Config:
+    try:
+        return build()
+    except (ConfigError, yaml.YAMLError, OSError) as exc:
+        raise ConfigError(f"{where}: {' '.join(str(exc).split())}") from None
 
 
-def _flat_mapping(data: Any, where: str) -> dict[str, Any]:
-    """``{"method": {"k": 3}, "optim.lr": 0.1}`` -> ``{"method.k": 3, "optim.lr": 0.1}``."""
+def _corners(param: Param, dist: Any) -> list[tuple[Any, str]]:
+    if param.type == "choice":
+        return [(v, f"values[{i}]") for i, v in enumerate(dist.choices)]
+    return [(dist.low, "low"), (dist.high, "high")]
+
+
+def _inside(dist: Any, value: Any) -> bool:
+    import optuna.distributions as d
+
+    if isinstance(dist, d.CategoricalDistribution):
+        return any(value == c and type(value) is type(c) for c in dist.choices)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not dist.low <= value <= dist.high:
+        return False
+    step = dist.step
+    return step is None or math.isclose((value - dist.low) / step, round((value - dist.low) / step), abs_tol=1e-9)
+
+
+def _key_type(key: str) -> Any:
+    cls: Any = C.Config
+    for part in key.split("."):
+        cls = typing.get_type_hints(cls)[part]
+    return cls
+
+
+def _base_path(value: str | None, root: Path | None) -> str | None:
+    if value is None:
+        return None
+    p = Path(value).expanduser()
+    if p.suffix in (".yaml", ".yml") or len(p.parts) > 1:
+        p = root / p if not p.is_absolute() and root is not None else p
+        if not p.is_file():
+            raise ConfigError(f"base.config: config file {str(p)!r} does not exist")
+        return str(p.resolve())
+    try:
+        return str(C.preset_path(value).resolve())
+    except ConfigError as exc:
+        raise ConfigError(f"base.config: {exc}") from None
+
+
+def flat_keys(data: Any, where: str = "set") -> dict[str, Any]:
+    """``{"method": {"k": 3}, "optim.lr": 0.1}`` -> ``{"method.k": 3, "optim.lr": 0.1}`` (a section's mapping is
+    flattened; a leaf's value is kept as it is)."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping of config keys to values, got {_show(data)}")
+        raise ConfigError(f"{where}: expected a mapping of config keys to values, got {data!r}")
+    sections = {name for name, tp in typing.get_type_hints(C.Config).items() if dataclasses.is_dataclass(tp)}
     flat: dict[str, Any] = {}
     for key, value in data.items():
-        if isinstance(value, dict) and _config_type(str(key)) is None:
-            for sub, v in _flat_mapping(value, f"{where}.{key}").items():
-                flat[f"{key}.{sub}"] = v
+        if isinstance(value, dict) and str(key) in sections:
+            flat.update({f"{key}.{k}": v for k, v in flat_keys(value, f"{where}.{key}").items()})
         else:
             flat[str(key)] = value
     return flat
 
 
-def _config_type(key: str) -> Any:
-    """The annotated type of a dotted config key (a leaf), or ``None`` if it is not one."""
-    cls: Any = C.Config
+def _set_space_field(data: dict[str, Any], key: str, value: Any) -> None:
+    """``trials=2``, ``asha.grace_period=1``, ``params.method.k.high=3``, ``params.method.k={type: ...}``,
+    ``base.set.epochs=4``."""
     parts = key.split(".")
-    for i, part in enumerate(parts):
-        if not dataclasses.is_dataclass(cls):
-            return None
-        hints = typing.get_type_hints(cls)
-        if part not in hints:
-            return None
-        cls = hints[part]
-    return None if dataclasses.is_dataclass(cls) else cls
-
-
-def config_keys() -> list[str]:
-    return [row[0] for row in C.field_docs()]
-
-
-def _check_config_key(err: _Errors, where: str, key: str) -> None:
-    if _config_type(key) is None:
-        close = difflib.get_close_matches(key, config_keys(), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        err(where, f"{key!r} is not a config key{hint}; `knnmix config --doc` lists them")
-
-
-def _base_path(err: _Errors, value: Any, root: Path | None) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        err("base.config", f"expected a preset name or a config file path, got {_show(value)}")
-    p = Path(value).expanduser()
-    if p.suffix in (".yaml", ".yml") or len(p.parts) > 1:
-        if not p.is_absolute() and root is not None:
-            p = root / p
-        if not p.is_file():
-            err("base.config", f"config file {str(p)!r} does not exist")
-        return str(p.resolve())
-    from knnmix.cli import preset_path
-
-    try:
-        return str(preset_path(value).resolve())
-    except KnnmixError as exc:
-        err("base.config", str(exc))
-
-
-def _base_config(path: str | None, sets: dict[str, Any], label: str) -> C.Config:
-    data: dict[str, Any] = {}
-    try:
-        if path is not None:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-            if not isinstance(loaded, dict):
-                raise ConfigError(f"config file {path!r} must hold a mapping of keys")
-            data = loaded
-        for key, value in sets.items():
-            C.set_dotted(data, key, value)
-        return C.from_dict(data)
-    except (ConfigError, yaml.YAMLError) as exc:
-        raise ConfigError(f"search space {label}: base: {' '.join(str(exc).split())}") from None
-
-
-def _fixed(key: str) -> bool:
-    return key in FIXED_KEYS or any(key.startswith(p) for p in FIXED_PREFIXES)
-
-
-def _noise_setting(err: _Errors, where: str, item: Any, base: C.Config) -> NoiseSetting:
-    from knnmix.noise import parse_noise_spec
-
-    overrides: dict[str, Any] = {}
-    if isinstance(item, dict):
-        err.unknown(item, NOISE_FIELDS, f"{where}.")
-        spec = item.get("spec")
-        overrides = dict(_flat_mapping(item.get("set") or {}, f"search space {err.label}: {where}.set"))
-        where_spec = f"{where}.spec"
-    else:
-        spec, where_spec = item, where
-    if not isinstance(spec, str):
-        err(where_spec, f"expected a noise spec such as 'symmetric:0.4', got {_show(spec)}")
-    try:
-        parsed = parse_noise_spec(spec)
-    except KnnmixError as exc:
-        err(where_spec, str(exc))
-    for key in overrides:
-        _check_config_key(err, f"{where}.set.{key}", key)
-        if key in ("noise.spec", "out"):
-            err(f"{where}.set.{key}", "is set by the sweep")
-    try:
-        cfg = C.replace(base, **{"noise.spec": str(parsed), **overrides})
-    except ConfigError as exc:
-        err(where, str(exc))
-    if parsed.kind in ("cifar10n", "cifar100n"):
-        dataset = "cifar10" if parsed.kind == "cifar10n" else "cifar100"
-        if cfg.data.name != dataset:
-            err(where_spec, f"{str(parsed)!r} is the human noise of {dataset}, but data.name is {cfg.data.name!r}")
-        if cfg.noise.cifar_n_dir is None:
-            err(where_spec, f"{str(parsed)!r} needs noise.cifar_n_dir, the folder of the CIFAR-N label files "
-                "(e.g. --set noise.cifar_n_dir=DIR)")
-    return NoiseSetting(str(parsed), overrides)
-
-
-def _is_int_type(tp: Any) -> bool:
-    return tp is int or (typing.get_origin(tp) in (typing.Union, types.UnionType) and int in typing.get_args(tp))
-
-
-def _is_float_type(tp: Any) -> bool:
-    return tp is float or (typing.get_origin(tp) in (typing.Union, types.UnionType) and float in typing.get_args(tp))
-
-
-def _type_word(tp: Any) -> str:
-    if typing.get_origin(tp) is Literal:
-        return "one of " + ", ".join(map(str, typing.get_args(tp)))
-    if _is_int_type(tp):
-        return "an integer"
-    if _is_float_type(tp):
-        return "a number"
-    if tp is bool:
-        return "true or false"
-    return "a string"
-
-
-def _param(err: _Errors, key: str, spec: Any, base: C.Config) -> Param:
-    where = f"params.{key}"
-    tp = _config_type(key)
-    if tp is None:
-        close = difflib.get_close_matches(key, config_keys(), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        err(where, f"{key!r} is not a config key{hint}; `knnmix config --doc` lists them")
-    if _fixed(key):
-        err(where, f"{key} is set by the sweep and cannot be searched")
-    if not isinstance(spec, dict):
-        err(where, f"expected a distribution such as {{type: int, low: 1, high: 5}}, got {_show(spec)}")
-    kind = spec.get("type")
-    if kind not in DIST_FIELDS:
-        err(f"{where}.type", f"{_show(kind)} is not one of {', '.join(DIST_FIELDS)}")
-    err.unknown(spec, DIST_FIELDS[kind], f"{where}.")
-
-    def check_value(sub: str, value: Any) -> None:
-        try:
-            C.replace(base, **{key: value})
-        except ConfigError as exc:
-            err(f"{where}.{sub}", str(exc))
-
-    if kind == "choice":
-        values = spec.get("values")
-        if not isinstance(values, list) or not values:
-            err(f"{where}.values", f"expected a non-empty list, got {_show(values)}")
-        for i, v in enumerate(values):
-            if v is not None and not isinstance(v, (bool, int, float, str)):
-                err(f"{where}.values[{i}]", f"{_show(v)}: choices must be numbers, strings, booleans or null")
-            check_value(f"values[{i}]", v)
-        if len({repr(v) for v in values}) != len(values):
-            err(f"{where}.values", f"{values} lists a value twice")
-        return Param(key, "choice", values=tuple(values))
-
-    for sub in ("low", "high"):
-        if sub not in spec or spec[sub] is None:
-            err(f"{where}.{sub}", f"missing: {kind} needs low and high")
-    if kind in ("uniform", "loguniform") and not _is_float_type(tp):
-        err(f"{where}.type", f"{kind} draws real numbers but {key} is {_type_word(tp)}; use "
-            + ("int or choice" if _is_int_type(tp) else "choice"))
-    if kind == "int" and not (_is_int_type(tp) or _is_float_type(tp)):
-        err(f"{where}.type", f"int draws integers but {key} is {_type_word(tp)}; use choice")
-    nums: dict[str, Any] = {}
-    for sub in ("low", "high", "step"):
-        if sub not in spec or spec[sub] is None:
-            continue
-        raw = spec[sub]
-        if kind == "int":
-            if isinstance(raw, bool) or not isinstance(raw, int):
-                err(f"{where}.{sub}", f"expected an integer, got {_show(raw)}")
-            nums[sub] = raw
-        else:
-            num = _as_number(raw)
-            if num is None or not math.isfinite(num):
-                err(f"{where}.{sub}", f"expected a number, got {_show(raw)}")
-            nums[sub] = float(num)
-    low, high, step = nums["low"], nums["high"], nums.get("step")
-    if high < low:
-        err(f"{where}.high", f"{high} is below low={low}")
-    if kind == "loguniform" and low <= 0:
-        err(f"{where}.low", f"{low} must be > 0 for a log scale")
-    log = spec.get("log", False)
-    if not isinstance(log, bool):
-        err(f"{where}.log", f"expected true or false, got {_show(log)}")
-    if step is not None:
-        if step <= 0:
-            err(f"{where}.step", f"{step} must be > 0")
-        span = (high - low) / step
-        if abs(span - round(span)) > 1e-9:
-            err(f"{where}.step", f"high - low = {high - low} is not a multiple of step={step}")
-        if log and step != 1:
-            err(f"{where}.log", "a log-scale int needs step 1")
-    if kind == "int" and log and low < 1:
-        err(f"{where}.low", f"{low} must be >= 1 for a log scale")
-    check_value("low", low)
-    check_value("high", high)
-    return Param(key, kind, low=low, high=high, step=step, log=log)
-
-
-def _start_point(err: _Errors, where: str, point: Any, params: dict[str, Param]) -> dict[str, Any]:
-    if not isinstance(point, dict):
-        err(where, f"expected a mapping of searched keys to values, got {_show(point)}")
-    point = _flat_mapping(point, f"search space {err.label}: {where}")
-    for key in point:
-        if key not in params:
-            err(f"{where}.{key}", f"is not a searched key (params: {', '.join(params)})")
-    missing = [k for k in params if k not in point]
-    if missing:
-        err(where, f"gives no value for {', '.join(missing)}: a start point sets every searched key")
-    out = {}
-    for key, value in point.items():
-        dist = params[key].distribution()
-        if params[key].type in ("uniform", "loguniform"):
-            num = _as_number(value)
-            value = float(num) if num is not None else value
-        try:
-            ok = dist._contains(dist.to_internal_repr(value))
-        except (ValueError, TypeError):
-            ok = False
-        if not ok:
-            err(f"{where}.{key}", f"{_show(value)} is outside {params[key].describe()}")
-        out[key] = value
-    return out
-
-
-def _apply_space_override(data: dict[str, Any], key: str, value: Any, label: str) -> None:
-    """``sweep.trials=2``, ``sweep.asha.grace_period=1``, ``sweep.params.method.k.high=3``,
-    ``sweep.params.method.k={type: choice, values: [3]}``, ``sweep.base.set.epochs=4``."""
-    parts = key.split(".")
-    head = parts[0]
-    if head not in TOP_FIELDS:
-        close = difflib.get_close_matches(head, TOP_FIELDS, n=1)
-        hint = f" (did you mean {SPACE_PREFIX + close[0]!r}?)" if close else ""
-        raise ConfigError(f"search space {label}: --set {SPACE_PREFIX}{key}: unknown field{hint}")
-    if head == "params" and len(parts) > 1:
+    if parts[0] == "params" and len(parts) > 1:
         params = data.setdefault("params", {})
-        if not isinstance(params, dict):
-            params = data["params"] = {}
-        rest = parts[1:]
-        if len(rest) > 1 and rest[-1] in {f for fs in DIST_FIELDS.values() for f in fs}:
-            name = ".".join(rest[:-1])
-            entry = params.setdefault(name, {})
-            if not isinstance(entry, dict):
-                entry = params[name] = {}
-            entry[rest[-1]] = value
+        leaf = parts[-1] if parts[-1] in {f.name for f in dataclasses.fields(Param)} and len(parts) > 2 else None
+        name = ".".join(parts[1:-1] if leaf else parts[1:])
+        if leaf:
+            params.setdefault(name, {})[leaf] = value
         else:
-            params[".".join(rest)] = value
+            params[name] = value
         return
-    if head == "base" and len(parts) > 2 and parts[1] == "set":
+    if parts[:2] == ["base", "set"] and len(parts) > 2:
         base = data.setdefault("base", {}) or {}
         data["base"] = base
-        sets = base.get("set") or {}
-        sets = dict(_flat_mapping(sets, f"search space {label}: base.set"))
-        sets[".".join(parts[2:])] = value
-        base["set"] = sets
+        base["set"] = {**flat_keys(base.get("set") or {}), ".".join(parts[2:]): value}
         return
     node = data
     for part in parts[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = node[part] = {}
-        node = child
+        node = node.setdefault(part, {}) if isinstance(node.get(part), dict) or part not in node else node[part]
     node[parts[-1]] = value

@@ -1,82 +1,71 @@
-"""Hyper-parameter sweeps: Ray Tune + Optuna (seeded TPE) + ASHA over Ray Train runs of the engine, logged to MLflow.
+"""Hyper-parameter sweeps: Ray Tune + Optuna (seeded TPE) + ASHA over runs of the engine, logged to MLflow.
 
-:func:`run_sweep` is what ``knnmix sweep SPACE.yaml`` runs. For every noise setting of the space, one after the
-other, it runs one Tune experiment with its own Optuna study (``OptunaSearch`` cannot take a grid axis) and its own
-ASHA scheduler on the noisy-validation accuracy (``val_acc``, mode max; time axis = the engine's ``epoch``). Each
-trial is :func:`run_trial`, a Tune function trainable that builds a ``TorchTrainer`` through the Ray Train layer
-(:func:`knnmix.scale.train.fit`) and reports every epoch to Tune with Ray Train's ``TuneReportCallback``.
+:func:`run_sweep` is what ``knnmix sweep SPACE.yaml`` runs: one Tune experiment for all noise settings of the space,
+side by side. Each noise setting keeps its own Optuna study (:class:`SettingsSearch` hands each new trial to the
+setting with the fewest trials so far; the studies live in ``optuna.db``, which ``optuna-dashboard`` opens) and its
+own ASHA scheduler on the noisy-validation accuracy (:class:`SettingsASHA`), so trials are only ever compared with
+trials of their own setting. A trial (:func:`run_trial`) with ``distributed.workers`` <= 1 runs the engine in the
+trial's own process, reporting every epoch and checkpoint to Tune; a trial with more workers is a Ray Train run.
 
 Sweep folder (``--out``, default ``runs/sweeps/<name>``)::
 
     space.yaml                  the resolved space (file + --set), what --resume continues
-    sweep_state.json            MLflow store and run ids, status of each noise setting
+    sweep_state.json            MLflow store and run ids, status
+    optuna.db                   one Optuna study per noise setting (optuna-dashboard sqlite:///.../optuna.db)
+    tune/                       the Tune experiment (Tuner.restore continues it)
     sweep_summary.json / .md    per noise setting: best config, its val / test accuracy, trials run / stopped early
     plots/                      best accuracy per noise setting
-    <noise slug>/               e.g. symmetric-0.2
-      tune/                     the Tune experiment (Tuner.restore continues it, Optuna state included)
-      trials/<trial id>/        each trial's run folder (config.yaml, metrics.jsonl, checkpoint.pt, ...)
-      ray/<trial id>/           each trial's Ray Train checkpoints (run name = trial id: a restarted trial resumes)
-      plots/                    learning curves, clean-probability histogram, parameter importances
-
-Resources: the trial function itself takes no CPU (``{"cpu": 0, "memory": ...}``; the default would take a CPU its
-Train workers need and deadlock a small cluster), and ``max_concurrent_trials`` defaults to the cluster's CPUs
-divided by the CPUs of one trial's workers.
+    <noise slug>/trials/<id>/   each trial's run folder (config.yaml, metrics.jsonl, checkpoint.pt, ...)
+    <noise slug>/ray/<id>/      the Ray Train checkpoints of multi-worker trials
+    <noise slug>/plots/         learning curves, clean-probability histogram, parameter importances
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import time
+import zlib
+from collections import Counter
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import Searcher
 
 from knnmix import config as C
-from knnmix.engine.outputs import LABEL_ISSUES, METRICS, SUMMARY, read_metrics
+from knnmix.engine import train as E
+from knnmix.engine.checkpoint import METRICS, SUMMARY, RunFolder, atomic_write_text, folder_lock, read_metrics
 from knnmix.errors import KnnmixError
+from knnmix.scale import ray_env
 from knnmix.scale import tracking as T
 from knnmix.scale.spaces import METRIC, MODE, NoiseSetting, SearchSpace, load_space, parse_space
 
-SPACE_FILE = "space.yaml"
-STATE_FILE = "sweep_state.json"
-SUMMARY_JSON = "sweep_summary.json"
-SUMMARY_MD = "sweep_summary.md"
-TUNE_DIR = "tune"
+SETTING_KEY = "noise_setting"  # the key of a trial's config that names its noise setting (slug)
 TIME_ATTR = "epoch"
-#: Nominal memory of the trial function: Tune rejects a resource request of zero CPUs alone.
-TRIAL_MEMORY = 64 * 1024**2
-#: Seconds between Tune's experiment-state saves (Tune's "auto" waits at least 10 s): what a resume starts from.
-EXPERIMENT_CHECKPOINT_S = "2"
+STATE_FILE, SPACE_FILE, OPTUNA_DB = "sweep_state.json", "space.yaml", "optuna.db"
+SUMMARY_JSON, SUMMARY_MD = "sweep_summary.json", "sweep_summary.md"
+TUNE_DIR = "tune"
+TRIAL_MEMORY = 64 * 1024**2  # nominal memory of a Ray Train trial's own process (Tune refuses zero CPUs alone)
 DEFAULT_ROOT = Path("runs") / "sweeps"
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Folder and state
 
 
 @dataclass(frozen=True)
 class SweepFolder:
     root: Path
 
-    def setting(self, slug: str) -> Path:
-        return self.root / slug
-
-    def tune_dir(self, slug: str) -> Path:
-        return self.root / slug / TUNE_DIR
-
     def trials_dir(self, slug: str) -> Path:
         return self.root / slug / "trials"
 
-    def ray_storage(self, slug: str) -> Path:
-        return self.root / slug / "ray"
-
     def file(self, name: str) -> Path:
         return self.root / name
+
+
+def default_out(space: SearchSpace) -> Path:
+    return DEFAULT_ROOT / space.name
 
 
 def read_state(folder: SweepFolder) -> dict[str, Any] | None:
@@ -84,33 +73,23 @@ def read_state(folder: SweepFolder) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def write_state(folder: SweepFolder, state: dict[str, Any]) -> None:
-    path = folder.file(STATE_FILE)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def resolve_space(
-    folder: SweepFolder, space_arg: str | None, overrides: list[str] | None, *, resume: bool
-) -> SearchSpace:
-    """The space to run: the file (+ ``--set``), or with ``resume`` the sweep folder's saved one (which a given
-    file must then match)."""
+def resolve_space(folder: SweepFolder, space_arg: str | None, overrides: list[str] | None, *, resume: bool
+                  ) -> SearchSpace:
+    """The space to run: the file (+ ``--set``), or with ``resume`` the sweep folder's saved one (which a given file
+    must then match)."""
     state = read_state(folder)
     if not resume:
         if state is not None:
-            raise KnnmixError(
-                f"sweep folder {str(folder.root)!r} already holds a sweep; pass --resume to continue it or choose "
-                "another --out"
-            )
+            raise KnnmixError(f"sweep folder {str(folder.root)!r} already holds a sweep; pass --resume to continue "
+                              "it or choose another --out")
         if space_arg is None:
             raise KnnmixError("name a search space file, e.g. knnmix sweep search_spaces/smoke.yaml")
         return load_space(space_arg, overrides)
     if state is None:
         raise KnnmixError(f"nothing to resume: {str(folder.file(STATE_FILE))!r} does not exist")
-    saved = parse_space(
-        _read_yaml(folder.file(SPACE_FILE)), label=state.get("space_label", SPACE_FILE), root=folder.root
-    )
+    import yaml
+
+    saved = parse_space(yaml.safe_load(folder.file(SPACE_FILE).read_text()), label=state["space_label"])
     if space_arg is None and not overrides:
         return saved
     if space_arg is None:
@@ -120,160 +99,204 @@ def resolve_space(
     diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     if diff:
         shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:3])
-        raise KnnmixError(
-            f"search space {given.label} differs from the one sweep folder {str(folder.root)!r} was started with "
-            f"({shown}); run --resume without the space file to continue the saved one, or choose another --out"
-        )
+        raise KnnmixError(f"search space {given.label} differs from the one sweep folder {str(folder.root)!r} was "
+                          f"started with ({shown}); run --resume without the space file, or choose another --out")
     return saved
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
-    return yaml.safe_load(path.read_text())
-
-
 # ----------------------------------------------------------------------------------------------------------------
-# Tune pieces (pure: built from the space, testable without Ray running)
+# Tune pieces (built from the space; testable without Ray running)
 
 
-def make_searcher(space: SearchSpace, setting: NoiseSetting | None = None) -> Any:
-    """``OptunaSearch`` over the space's distributions with a TPE sampler seeded by ``seed``."""
+def sampler_seed(space: SearchSpace, setting: NoiseSetting) -> int:
+    """Each noise setting's own TPE seed, derived from the sweep seed and the setting."""
+    return (space.seed * 1_000_003 + zlib.crc32(setting.spec.encode())) % (2**31 - 1)
+
+
+def startup_trials(space: SearchSpace) -> int:
+    """Random trials before TPE models the results: the space's value, else a quarter of the budget (2 to 10)."""
+    return space.startup_trials if space.startup_trials is not None else max(2, min(10, space.trials // 4))
+
+
+def make_study(space: SearchSpace, setting: NoiseSetting, storage: str | None = None) -> Any:
+    """``OptunaSearch`` of one noise setting: its own seeded TPE sampler and study (``<name>/<noise spec>``)."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    kwargs: dict[str, Any] = {"seed": space.seed}
-    if space.startup_trials is not None:
-        kwargs["n_startup_trials"] = space.startup_trials
+    sampler = optuna.samplers.TPESampler(seed=sampler_seed(space, setting), n_startup_trials=startup_trials(space))
     return OptunaSearch(
-        space=space.distributions(),
-        metric=METRIC,
-        mode=MODE,
-        sampler=optuna.samplers.TPESampler(**kwargs),
-        study_name=f"{space.name}-{setting.slug}" if setting else space.name,
-        points_to_evaluate=[dict(p) for p in space.start_with] or None,
+        space=space.distributions(), metric=METRIC, mode=MODE, sampler=sampler,
+        study_name=study_name(space, setting), points_to_evaluate=[dict(p) for p in space.start_with] or None,
+        storage=optuna.storages.RDBStorage(storage) if storage else None,
     )
 
 
-class FinalEpochASHA(ASHAScheduler):
-    """ASHA (``val_acc``, max, time axis ``epoch``) with two additions for sweeps of engine runs.
+def study_name(space: SearchSpace, setting: NoiseSetting) -> str:
+    return f"{space.name}/{setting.spec}"
 
-    * A trial's last epoch is never stopped: the label audit and ``summary.json`` come after the last report, and a
-      stop there would cut them off.
-    * Tune does not save a scheduler's state with the experiment, so on a resumed sweep the rungs would start
-      empty. Each trial Tune adds (restored ones included) is recorded at the rungs it already passed, read from its
-      run folder's ``metrics.jsonl`` (up to the last epoch Tune saw).
+
+class SettingsSearch(Searcher):
+    """One Optuna study per noise setting behind one Tune search algorithm.
+
+    Each new trial goes to the setting with the fewest trials so far (in the space's order on ties) and carries the
+    setting's slug under :data:`SETTING_KEY`; results and completions go back to that setting's study.
     """
 
-    def __init__(self, *, final_epoch: int, trials_dir: str | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._final_epoch = final_epoch
-        self._trials_dir = trials_dir
+    def __init__(self, studies: dict[str, Any], trials: int) -> None:
+        super().__init__(metric=METRIC, mode=MODE)
+        self.studies, self.trials = studies, trials
+        self.setting_of: dict[str, str] = {}
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return True
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        started = Counter(self.setting_of.values())
+        open_settings = [s for s in self.studies if started[s] < self.trials]
+        if not open_settings:
+            return Searcher.FINISHED
+        slug = min(open_settings, key=lambda s: started[s])
+        config = self.studies[slug].suggest(trial_id)
+        if not isinstance(config, dict):
+            return config
+        self.setting_of[trial_id] = slug
+        return {**config, SETTING_KEY: slug}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.studies[self.setting_of[trial_id]].on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self.studies[self.setting_of[trial_id]].on_trial_complete(trial_id, result, error)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as fh:
+            pickle.dump(self.__dict__, fh)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as fh:
+            self.__dict__.update(pickle.load(fh))
+
+
+class RunHistory:
+    """The epochs a trial reported, from its run folder (up to the last epoch Tune saw)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def __call__(self, trial: Any) -> list[dict[str, Any]]:
+        last = int((getattr(trial, "last_result", None) or {}).get(TIME_ATTR, 0) or 0)
+        path = Path(self.root) / trial.config[SETTING_KEY] / "trials" / trial.trial_id / METRICS
+        if not last or not path.exists():
+            return []
+        return [r for r in read_metrics(path) if int(r[TIME_ATTR]) <= last and r.get(METRIC) is not None]
+
+
+class SettingsASHA(FIFOScheduler):
+    """One ASHA scheduler per noise setting behind one Tune scheduler.
+
+    Tune does not save a scheduler with the experiment: when a restored trial is added, the epochs it already
+    reported are replayed into its setting's ASHA (``history``), so the rungs are as they were.
+    """
+
+    def __init__(self, schedulers: dict[str, ASHAScheduler], history: Callable[[Any], list[dict]] | None = None):
+        super().__init__()
+        self.schedulers, self.history = schedulers, history
+
+    @property
+    def metric(self) -> str:
+        return METRIC
+
+    @property
+    def mode(self) -> str:
+        return MODE
+
+    def _of(self, trial: Any) -> ASHAScheduler:
+        return self.schedulers[trial.config[SETTING_KEY]]
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        return all(s.set_search_properties(metric, mode, **spec) for s in self.schedulers.values())
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        super().on_trial_add(tune_controller, trial)
-        self._record_past_rungs(trial)
+        asha = self._of(trial)
+        asha.on_trial_add(tune_controller, trial)
+        for record in self.history(trial) if self.history else []:
+            asha.on_trial_result(tune_controller, trial, record)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        action = super().on_trial_result(tune_controller, trial, result)
-        if action == TrialScheduler.STOP and result.get(self._time_attr, 0) >= self._final_epoch:
-            self._num_stopped -= 1
-            return TrialScheduler.CONTINUE
-        return action
+        return self._of(trial).on_trial_result(tune_controller, trial, result)
 
-    def _record_past_rungs(self, trial: Any) -> None:
-        if not self._trials_dir:
-            return
-        path = Path(self._trials_dir) / trial.trial_id / METRICS
-        last = int((getattr(trial, "last_result", None) or {}).get(self._time_attr, 0) or 0)
-        if not path.exists() or not last:
-            return
-        values = {
-            int(r["epoch"]): r[self._metric] for r in read_metrics(path)
-            if int(r["epoch"]) <= last and r.get(self._metric) is not None
-        }
-        bracket = self._trial_info[trial.trial_id]
-        for milestone, recorded in bracket._rungs:
-            reached = [e for e in sorted(values) if e >= milestone]
-            if reached:  # ASHA records a trial at its first result at or past the milestone
-                recorded[trial.trial_id] = self._metric_op * values[reached[0]]
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        self._of(trial).on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        self._of(trial).on_trial_remove(tune_controller, trial)
+
+    def debug_string(self) -> str:
+        return "; ".join(f"{slug}: {s.debug_string()}" for slug, s in self.schedulers.items())
 
 
-def make_scheduler(space: SearchSpace, epochs: int | None = None, trials_dir: str | Path | None = None) -> Any:
-    """The ASHA scheduler of one noise setting (:class:`FinalEpochASHA`)."""
-    final = epochs if epochs is not None else space.epochs
-    return FinalEpochASHA(
-        final_epoch=final,
-        trials_dir=str(trials_dir) if trials_dir is not None else None,
-        time_attr=TIME_ATTR,
-        metric=METRIC,
-        mode=MODE,
-        max_t=space.asha.max_t or final,
-        grace_period=space.asha.grace_period,
-        reduction_factor=space.asha.reduction_factor,
-        brackets=space.asha.brackets,
-    )
+def make_asha(space: SearchSpace, max_t: int | None = None) -> ASHAScheduler:
+    """One noise setting's ASHA on ``val_acc`` (max) over epochs."""
+    a = space.asha
+    return ASHAScheduler(time_attr=TIME_ATTR, metric=METRIC, mode=MODE, max_t=a.max_t or max_t or space.epochs,
+                         grace_period=a.grace_period, reduction_factor=a.reduction_factor, brackets=a.brackets)
 
 
-def trial_resources() -> dict[str, Any]:
-    """The trial function's own resources: no CPU (its Train workers reserve theirs)."""
+def in_process(cfg: C.Config) -> bool:
+    return cfg.distributed.workers <= 1
+
+
+def trial_resources(cfg: C.Config) -> dict[str, Any]:
+    """An in-process trial reserves its CPUs (and GPU); a Ray Train trial's own process none (its workers do)."""
+    if in_process(cfg):
+        x = cfg.distributed
+        return {"cpu": x.cpus_per_worker, **({"gpu": 1} if x.use_gpu else {})}
     return {"cpu": 0, "memory": TRIAL_MEMORY}
 
 
 def max_concurrent(space: SearchSpace, cfg: C.Config, cluster: dict[str, float]) -> int:
-    """``max_concurrent_trials``, or the cluster's CPUs (GPUs) divided by one trial's workers' CPUs (GPUs)."""
+    """``max_concurrent_trials``, or the trials the cluster's CPUs (GPUs) fit, at most every trial of the sweep."""
     if space.max_concurrent_trials is not None:
         return space.max_concurrent_trials
     x = cfg.distributed
-    n = int(cluster.get("CPU", 0) // (x.workers * x.cpus_per_worker))
+    workers = max(x.workers, 1)
+    n = int(cluster.get("CPU", 0) // (workers * x.cpus_per_worker))
     if x.use_gpu:
-        n = min(n, int(cluster.get("GPU", 0) // x.workers))
-    return max(1, min(n, space.trials))
+        n = min(n, int(cluster.get("GPU", 0) // workers))
+    return max(1, min(n, space.trials * len(space.settings)))
 
 
-def absolute_config(cfg: C.Config) -> C.Config:
-    """Local paths of the config made absolute on the driver (trials run in their own working directory)."""
-    changes: dict[str, Any] = {}
-    for key, value in (
-        ("data.root", cfg.data.root),
-        ("noise.cifar_n_dir", cfg.noise.cifar_n_dir),
-        ("model.pretrained", cfg.model.pretrained),
-        ("data.labels_file", cfg.data.labels_file),
-        ("data.test_root", cfg.data.test_root),
-    ):
-        if value is not None and "://" not in value and not Path(value).expanduser().is_absolute():
-            if key == "data.labels_file" and cfg.data.root is not None:
-                continue  # relative to data.root
-            changes[key] = str(Path(value).expanduser().absolute())
-    return C.replace(cfg, **changes) if changes else cfg
-
-
-def trial_config(payload: dict[str, Any], sampled: dict[str, Any], trial_id: str) -> C.Config:
-    """The config trial ``trial_id`` trains: the noise setting's config, the sampled values, and its own run
-    folder and Ray Train run name (the trial id: a restarted trial resumes its checkpoints)."""
-    cfg = C.from_dict(payload["config"])
-    return C.replace(cfg, **{
-        **sampled,
-        "out": str(Path(payload["trials_dir"]) / trial_id),
-        "distributed.storage_path": payload["storage"],
-        "distributed.name": trial_id,
-    })
+def trial_config(payload: dict[str, Any], slug: str, sampled: dict[str, Any], trial_id: str) -> C.Config:
+    """The config trial ``trial_id`` trains: its setting's config, the sampled values, its own run folder, Ray
+    Train run name (the trial id: a restarted trial resumes) and, in-process, its CPUs as threads."""
+    cfg = C.from_dict(payload["configs"][slug])
+    changes = {**sampled, "out": str(Path(payload["root"]) / slug / "trials" / trial_id),
+               "distributed.storage_path": str(Path(payload["root"]) / slug / "ray"), "distributed.name": trial_id}
+    if in_process(cfg):
+        changes["threads"] = cfg.distributed.cpus_per_worker
+    return C.replace(cfg, **changes)
 
 
 def run_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
-    """One trial (a Tune function trainable): a Ray Train run of the engine reporting each epoch to Tune.
-
-    Nothing after ``fit`` may matter: a trial that ASHA stops is killed inside it (rank 0 writes the run folder as
-    it goes).
-    """
+    """One trial (a Tune function trainable). Nothing after the last report may matter: ASHA can stop a trial at
+    any report, so the engine finishes (summary, label audit) before it reports its last epoch."""
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
-    from knnmix.scale.train import fit, run_exists
+    from knnmix.scale.train import fit, report_epoch, run_exists, start_or_restore
 
-    cfg = trial_config(payload, config, tune.get_context().get_trial_id())
-    fit(cfg, resume=run_exists(cfg), callbacks=[TuneReportCallback()])
+    ray_env.quiet(payload.get("verbose", False))
+    sampled = {k: v for k, v in config.items() if k != SETTING_KEY}
+    cfg = trial_config(payload, config[SETTING_KEY], sampled, tune.get_context().get_trial_id())
+    if not in_process(cfg):
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        fit(cfg, resume=run_exists(cfg), callbacks=[TuneReportCallback()], verbose=payload.get("verbose", False))
+        return
+    run = E.build_run(cfg)
+    folder = RunFolder(cfg.out)
+    start_or_restore(run, folder, tune.get_checkpoint(), resume=False)
+    E.fit(run, folder, echo=None, on_epoch=report_epoch(tune.report, tune.Checkpoint, named=False))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -284,6 +307,7 @@ def run_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
 class TrialRecord:
     trial_id: str
     status: str  # Tune's: TERMINATED, ERROR, ...
+    slug: str
     params: dict[str, Any]
     run_folder: Path
     records: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl up to the last epoch Tune saw
@@ -304,43 +328,37 @@ class TrialRecord:
 
     def best(self) -> dict[str, Any] | None:
         """The epoch with the best noisy-validation accuracy (first on ties) and its test accuracy."""
-        vals = [r for r in self.records if r.get("val_acc") is not None]
+        vals = [r for r in self.records if r.get(METRIC) is not None]
         if not vals:
             return None
-        r = max(vals, key=lambda r: (r["val_acc"], -r["epoch"]))
-        return {"epoch": int(r["epoch"]), "val_acc": r["val_acc"], "test_acc": r.get("test_acc")}
+        r = max(vals, key=lambda r: (r[METRIC], -r["epoch"]))
+        return {"epoch": int(r["epoch"]), "val_acc": r[METRIC], "test_acc": r.get("test_acc")}
 
     @property
     def last_val(self) -> float | None:
-        vals = [r["val_acc"] for r in self.records if r.get("val_acc") is not None]
+        vals = [r[METRIC] for r in self.records if r.get(METRIC) is not None]
         return vals[-1] if vals else None
 
 
-def collect_trials(folder: SweepFolder, setting: NoiseSetting, sampled_keys: list[str]) -> list[TrialRecord]:
-    """Every trial of a noise setting's Tune experiment, with its epochs read from its run folder."""
+def collect_trials(folder: SweepFolder) -> list[TrialRecord]:
+    """Every trial of the sweep's Tune experiment, in creation order, with its epochs read from its run folder."""
     from ray.tune import ExperimentAnalysis
 
-    analysis = ExperimentAnalysis(str(folder.tune_dir(setting.slug)))
-    out = []
-    for trial in sorted(analysis.trials, key=_creation_order):
-        run = folder.trials_dir(setting.slug) / trial.trial_id
+    out, order = [], []
+    for trial in ExperimentAnalysis(str(folder.file(TUNE_DIR))).trials:
+        order.append(_creation_order(trial))
+        slug = trial.config[SETTING_KEY]
+        run = folder.trials_dir(slug) / trial.trial_id
         last = int((trial.last_result or {}).get(TIME_ATTR, 0) or 0)
         records = read_metrics(run / METRICS) if (run / METRICS).exists() else []
-        if last:
-            records = [r for r in records if int(r["epoch"]) <= last]
-        error = None
-        if trial.status == "ERROR":
-            error = _error_line(trial)
+        records = [r for r in records if int(r["epoch"]) <= last] if last else records
         out.append(TrialRecord(
-            trial_id=trial.trial_id,
-            status=str(trial.status),
-            params={k: v for k, v in trial.config.items() if k in sampled_keys},
-            run_folder=run,
-            records=records,
+            trial_id=trial.trial_id, status=str(trial.status), slug=slug,
+            params={k: v for k, v in trial.config.items() if k != SETTING_KEY}, run_folder=run, records=records,
             completed=(run / SUMMARY).exists() and trial.status != "ERROR",
-            error=error,
+            error=_error_line(trial) if trial.status == "ERROR" else None,
         ))
-    return out
+    return [t for _, t in sorted(zip(order, out), key=lambda p: p[0])]
 
 
 def _creation_order(trial: Any) -> tuple[int, str]:
@@ -350,16 +368,16 @@ def _creation_order(trial: Any) -> tuple[int, str]:
 
 
 def _error_line(trial: Any) -> str:
-    path = getattr(trial, "error_file", None) or getattr(getattr(trial, "run_metadata", None), "error_filename", None)
+    path = getattr(getattr(trial, "run_metadata", None), "error_filename", None)
     try:
-        text = Path(trial.path, path).read_text() if path and not Path(path).is_absolute() else Path(path).read_text()
+        text = (Path(trial.path) / path).read_text() if path else ""
     except (OSError, TypeError):
-        return "failed (see the Tune trial folder)"
+        text = ""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     for ln in reversed(lines):
-        if "KnnmixError" in ln or "ConfigError" in ln or "DataError" in ln:
+        if "knnmix.errors" in ln or "Error: " in ln and ("Knnmix" in ln or "Config" in ln or "Data" in ln):
             return ln[:300]
-    return lines[-1][:300] if lines else "failed"
+    return lines[-1][:300] if lines else "failed (see the Tune trial folder)"
 
 
 def best_trial(trials: list[TrialRecord]) -> TrialRecord | None:
@@ -374,325 +392,140 @@ def best_trial(trials: list[TrialRecord]) -> TrialRecord | None:
 # The driver
 
 
-@contextmanager
-def _env(name: str, value: str):
-    old = os.environ.get(name)
-    if old is None:
-        os.environ[name] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(name, None)
-
-
 def run_sweep(
-    space: SearchSpace,
-    out: str | Path,
-    *,
-    store: T.Store | None = None,
-    resume: bool = False,
-    echo: Callable[[str], None] | None = print,
+    space: SearchSpace, out: str | Path, *, store: T.Store | None = None, resume: bool = False,
+    echo: Callable[[str], None] | None = print, verbose: bool = False, register: str | None = None,
 ) -> dict[str, Any]:
     """Run (or continue) the sweep of ``space`` into ``out``; returns the summary (``sweep_summary.json``)."""
-    say = echo or (lambda _s: None)
     folder = SweepFolder(Path(out).expanduser().absolute())
+    ray_env.quiet(verbose)
+    with folder_lock(folder.root, "sweep folder"):
+        return _run_sweep(space, folder, store, resume, echo or (lambda _s: None), verbose, register)
+
+
+def _run_sweep(space: SearchSpace, folder: SweepFolder, store: T.Store | None, resume: bool,
+               say: Callable[[str], None], verbose: bool, register: str | None) -> dict[str, Any]:
+    from ray import tune
+
     state = read_state(folder)
     if resume and state is None:
         raise KnnmixError(f"nothing to resume: {str(folder.file(STATE_FILE))!r} does not exist")
     if not resume and state is not None:
-        raise KnnmixError(
-            f"sweep folder {str(folder.root)!r} already holds a sweep; pass --resume to continue it or choose "
-            "another --out"
-        )
+        raise KnnmixError(f"sweep folder {str(folder.root)!r} already holds a sweep; pass --resume to continue it "
+                          "or choose another --out")
     if state is not None:
         saved = T.Store(state["tracking"]["uri"], state["tracking"]["artifact_root"])
         if store is not None and store.uri != saved.uri:
-            raise KnnmixError(
-                f"--tracking-uri {store.uri!r} differs from the store this sweep logs to ({saved.uri!r})"
-            )
+            raise KnnmixError(f"--tracking-uri {store.uri!r} differs from the store this sweep logs to "
+                              f"({saved.uri!r})")
         store = saved
-    store = store or T.Store.default()
-    base_cfgs = {s.slug: absolute_config(space.setting_config(s)) for s in space.noise}  # validates each setting
-
-    folder.root.mkdir(parents=True, exist_ok=True)
+    store = store or T.Store.resolve()
+    settings = space.settings
+    configs = {s.slug: _absolute(space.setting_config(s)) for s in settings}
     if state is None:
-        (folder.file(SPACE_FILE)).write_text(space.to_yaml())
-        state = {
-            "version": 1, "name": space.name, "space_label": space.label, "status": "running",
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "tracking": {"uri": store.uri, "artifact_root": store.artifact_root},
-            "mlflow": {}, "settings": {s.slug: {"noise": s.spec, "status": "pending"} for s in space.noise},
-        }
-        write_state(folder, state)
-
-    # MLflow: the experiment, the sweep's run and one run per noise setting (ids kept in the sweep folder)
-    ml = state["mlflow"]
-    ml["experiment_id"] = T.experiment_id(store, space.experiment_name)
-    sweep_tags = {T.KIND_TAG: "sweep", "knnmix.sweep_folder": str(folder.root)}
-    if space.description:
-        sweep_tags["mlflow.note.content"] = space.description
-    ml["sweep_run_id"] = T.start_run(
-        store, ml["experiment_id"], space.name, sweep_tags, reuse=ml.get("sweep_run_id"),
-    )
-    runs = ml.setdefault("settings", {})
-    for s in space.noise:
-        runs[s.slug] = T.start_run(
-            store, ml["experiment_id"], s.spec, {T.KIND_TAG: "noise_setting", "knnmix.noise": s.spec},
-            reuse=runs.get(s.slug), parent=ml["sweep_run_id"],
-        )
-    write_state(folder, state)
-    _log_sweep_params(store, ml["sweep_run_id"], space, folder)
+        atomic_write_text(folder.file(SPACE_FILE), space.to_yaml())
+        state = {"version": 2, "name": space.name, "space_label": space.label, "status": "running",
+                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                 "tracking": {"uri": store.uri, "artifact_root": store.artifact_root}, "mlflow": {}}
+        _write_state(folder, state)
+    ml = T.open_sweep_runs(store, space, [s.spec for s in settings], state["mlflow"], folder.file(SPACE_FILE))
+    _write_state(folder, state)
 
     import ray
 
-    from knnmix.scale import ray_env
-
-    ray_env.ensure_ray()
-    cluster = ray.cluster_resources()
-    say(f"sweep {space.name}: {len(space.noise)} noise setting(s) x {space.trials} trials, "
+    ray_env.ensure_ray(verbose=verbose)
+    first = configs[settings[0].slug]
+    concurrency = max_concurrent(space, first, ray.cluster_resources())
+    payload = {"configs": {k: C.to_dict(v) for k, v in configs.items()}, "root": str(folder.root),
+               "verbose": verbose}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, payload=payload), trial_resources(first))
+    tune_dir = folder.file(TUNE_DIR)
+    say(f"sweep {space.name}: {len(settings)} noise setting(s) x {space.trials} trials, up to {concurrency} at a "
+        f"time ({'in-process' if in_process(first) else f'{first.distributed.workers} Ray Train workers'} each); "
         f"{', '.join(space.params)} searched; folder {folder.root}; MLflow {store.uri}")
-
-    settings_summary = []
-    for s in space.noise:
-        cfg = base_cfgs[s.slug]
-        entry = state["settings"][s.slug]
-        if entry["status"] != "done":
-            entry["status"] = "running"
-            write_state(folder, state)
-            n = max_concurrent(space, cfg, cluster)
-            say(f"\n=== noise {s.spec}: {space.trials} trials, up to {n} at a time ===")
-            _fit_setting(space, s, cfg, folder, store, ml, n)
-            unfinished = _unfinished(folder, s, space.trials)
-            if unfinished:  # Tune returns normally after Ctrl+C (it saved its state first)
-                say(f"\nsweep stopped during noise setting {s.spec} ({unfinished}); continue it with:\n"
-                    f"  knnmix sweep --resume --out {folder.root}")
-                raise KeyboardInterrupt
-        summary = _finalize_setting(space, s, cfg, folder, store, ml)
-        entry["status"] = "done"
-        write_state(folder, state)
-        settings_summary.append(summary)
-
-    summary = _finalize_sweep(space, folder, store, ml, settings_summary)
-    state["status"] = "done"
-    state["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    write_state(folder, state)
-    say("")
-    say(summary_table(summary))
-    say(f"\nsweep folder: {folder.root}")
-    say(f"MLflow UI: {store.ui_command()}")
-    if store.is_local:
-        say("  (MLflow 3 starts ten job-runner processes with it unless MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false)")
+    logger = T.TrialLogger(store=store, experiment_id=ml["experiment_id"], parents=ml["settings"],
+                           specs={s.slug: s.spec for s in settings}, root=str(folder.root),
+                           total=space.trials * len(settings), echo=say)
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # how often Tune saves what --resume starts from
+    if tune.Tuner.can_restore(str(tune_dir)):
+        tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        storage = f"sqlite:///{folder.file(OPTUNA_DB)}"
+        search = SettingsSearch({s.slug: make_study(space, s, storage) for s in settings}, space.trials)
+        max_t = max(c.epochs for c in configs.values())
+        scheduler = SettingsASHA({s.slug: make_asha(space, configs[s.slug].epochs or max_t) for s in settings},
+                                 RunHistory(str(folder.root)))
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(num_samples=space.trials * len(settings), search_alg=search,
+                                        scheduler=scheduler, max_concurrent_trials=concurrency, reuse_actors=True),
+            run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(folder.root), callbacks=[logger],
+                                      failure_config=tune.FailureConfig(max_failures=0), verbose=0),
+        )
+    tuner.fit()
+    trials = collect_trials(folder)
+    ended = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
+    if len(ended) < space.trials * len(settings):  # Tune returns normally after Ctrl+C (it saved its state first)
+        say(f"\nsweep stopped ({len(ended)} of {space.trials * len(settings)} trials ended); continue it with:\n"
+            f"  knnmix sweep --resume --out {folder.root}")
+        raise KeyboardInterrupt
+    entries = [_finalize_setting(space, s, [t for t in trials if t.slug == s.slug], folder, store, ml, register)
+               for s in settings]
+    summary = _finalize_sweep(space, folder, store, ml, entries)
+    state.update(status="done", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    _write_state(folder, state)
+    say("\n" + summary_table(summary))
+    say(f"\nsweep folder: {folder.root}\nOptuna studies: optuna-dashboard sqlite:///{folder.file(OPTUNA_DB)}\n"
+        f"MLflow UI: {store.ui_command()}")
     return summary
 
 
-def _fit_setting(
-    space: SearchSpace, setting: NoiseSetting, cfg: C.Config, folder: SweepFolder, store: T.Store,
-    ml: dict[str, Any], concurrency: int,
-) -> None:
-    from ray import tune
+def _absolute(cfg: C.Config) -> C.Config:
+    from knnmix.scale.train import absolute_paths
 
-    slug = setting.slug
-    payload = {
-        "config": C.to_dict(cfg),
-        "trials_dir": str(folder.trials_dir(slug)),
-        "storage": str(folder.ray_storage(slug)),
-    }
-    trainable = tune.with_resources(tune.with_parameters(run_trial, payload=payload), trial_resources())
-    exp_dir = folder.tune_dir(slug)
-    with _env("TUNE_GLOBAL_CHECKPOINT_S", EXPERIMENT_CHECKPOINT_S):
-        if tune.Tuner.can_restore(str(exp_dir)):
-            tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
-                                       resume_errored=True)
-        else:
-            logger = T.TrialLogger(
-                store=store, experiment_id=ml["experiment_id"], parent_run_id=ml["settings"][slug],
-                noise=setting.spec, trials_dir=str(folder.trials_dir(slug)), sampled_keys=list(space.params),
-            )
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(
-                    num_samples=space.trials,
-                    search_alg=make_searcher(space, setting),
-                    scheduler=make_scheduler(space, cfg.epochs, folder.trials_dir(slug)),
-                    max_concurrent_trials=concurrency,
-                    reuse_actors=False,
-                ),
-                run_config=tune.RunConfig(
-                    name=TUNE_DIR,
-                    storage_path=str(folder.setting(slug)),
-                    failure_config=tune.FailureConfig(max_failures=0),
-                    callbacks=[logger],
-                    verbose=1,
-                ),
-            )
-        tuner.fit()
+    changes = {k: v for k, v in absolute_paths(cfg).items() if k != "out"}
+    return C.replace(cfg, **changes) if changes else cfg
 
 
-def _unfinished(folder: SweepFolder, setting: NoiseSetting, trials: int) -> str | None:
-    """Why the noise setting's Tune experiment is not complete, or ``None`` when every trial has ended."""
-    from ray.tune import ExperimentAnalysis
-
-    found = ExperimentAnalysis(str(folder.tune_dir(setting.slug))).trials
-    ended = [t for t in found if t.status in ("TERMINATED", "ERROR")]
-    if len(found) < trials or len(ended) < len(found):
-        return f"{len(ended)} of {trials} trials ended"
-    return None
+def _write_state(folder: SweepFolder, state: dict[str, Any]) -> None:
+    atomic_write_text(folder.file(STATE_FILE), json.dumps(state, indent=2) + "\n")
 
 
-def _finalize_setting(
-    space: SearchSpace, setting: NoiseSetting, cfg: C.Config, folder: SweepFolder, store: T.Store,
-    ml: dict[str, Any],
-) -> dict[str, Any]:
-    """Per noise setting: the summary entry, and (once) the setting run's artifacts: learning curves, the best
-    trial's label issues and clean-probability histogram, parameter importances, the best model."""
-    slug = setting.slug
-    trials = collect_trials(folder, setting, list(space.params))
+def _finalize_setting(space: SearchSpace, setting: NoiseSetting, trials: list[TrialRecord], folder: SweepFolder,
+                      store: T.Store, ml: dict[str, Any], register: str | None) -> dict[str, Any]:
+    """The summary entry of one noise setting, and (once) its MLflow run's artifacts."""
     best = best_trial(trials)
-    client = store.client()
-    run_id = ml["settings"][slug]
-    child_ids = {
-        r.data.tags.get(T.TRIAL_TAG): r.info.run_id
-        for r in client.search_runs([ml["experiment_id"]], filter_string=f"tags.`{T.PARENT_TAG}` = '{run_id}'")
-    }
     entry: dict[str, Any] = {
-        "noise": setting.spec,
-        "slug": slug,
-        "trials": len(trials),
-        "completed": sum(t.completed for t in trials),
-        "stopped_early": sum(t.stopped_early for t in trials),
-        "failed": sum(t.failed for t in trials),
-        "errors": {t.trial_id: t.error for t in trials if t.failed},
-        "mlflow_run_id": run_id,
-        "best": None,
-        "trial_ids": [t.trial_id for t in trials],
+        "noise": setting.spec, "slug": setting.slug, "trials": len(trials),
+        "completed": sum(t.completed for t in trials), "stopped_early": sum(t.stopped_early for t in trials),
+        "failed": sum(t.failed for t in trials), "errors": {t.trial_id: t.error for t in trials if t.failed},
+        "mlflow_run_id": ml["settings"][setting.slug], "trial_ids": [t.trial_id for t in trials], "best": None,
+        "study": study_name(space, setting),
     }
     if best is not None:
         b = best.best() or {}
-        entry["best"] = {
-            "trial_id": best.trial_id,
-            "params": best.params,
-            "val_acc": b.get("val_acc"),
-            "test_acc": b.get("test_acc"),
-            "epoch": b.get("epoch"),
-            "completed": best.completed,
-            "run_folder": str(best.run_folder),
-            "mlflow_run_id": child_ids.get(best.trial_id),
-        }
-    run = client.get_run(run_id)
-    if run.data.tags.get(T.FINALIZED_TAG) == "true":  # logged before the driver stopped: do not log twice
-        entry["model_uri"] = run.data.tags.get("knnmix.model_uri")
-        entry["importances"] = json.loads(run.data.tags.get("knnmix.importances", "null") or "null")
-        client.set_terminated(run_id, status="FINISHED")
-        return entry
-
-    plots = folder.setting(slug) / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
-    T.log_params(client, run_id, {
-        "noise.spec": setting.spec, "trials": space.trials, "seed": space.seed, "metric": METRIC,
-        **{f"asha.{k}": v for k, v in space.asha.to_dict().items()},
-        **{f"params.{k}": p.describe() for k, p in space.params.items()},
-        **{f"set.{k}": v for k, v in setting.overrides.items()},
-    })
-    curves = {t.trial_id: t.records for t in trials if t.records}
-    if curves:
-        client.log_artifact(run_id, str(T.plot_learning_curves(
-            plots / "learning_curves.png", curves, best.trial_id if best else None,
-            f"{space.name}: {setting.spec}, every trial")), "plots")
-    try:
-        scored = [(t.params, float(t.last_val)) for t in trials if t.last_val is not None and not t.failed]
-        importances = T.param_importances(space.distributions(), scored, space.seed)
-        entry["importances"] = importances
-        if importances:
-            client.log_artifact(run_id, str(T.plot_importances(
-                plots / "param_importances.png", importances, f"{setting.spec}: parameter importances")), "plots")
-            client.log_dict(run_id, importances, "param_importances.json")
-    except (ValueError, RuntimeError) as exc:
-        entry["importances"] = None
-        client.set_tag(run_id, "knnmix.importances_note", " ".join(str(exc).split())[:500])
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    metrics = [Metric(k, float(entry[k]), now, 0) for k in ("trials", "completed", "stopped_early", "failed")]
-    if best is not None:
-        b = entry["best"]
-        client.set_tag(run_id, "knnmix.best_trial", best.trial_id)
-        if b["mlflow_run_id"]:
-            client.set_tag(b["mlflow_run_id"], "knnmix.best", "true")
-        metrics += [Metric("best_val_acc", float(b["val_acc"]), now, 0)]
-        if b["test_acc"] is not None:
-            metrics += [Metric("best_test_acc", float(b["test_acc"]), now, 0)]
-        for p in T.label_issue_artifacts(best.run_folder):
-            client.log_artifact(run_id, str(p), "best_trial")
-        if (best.run_folder / "config.yaml").exists():
-            client.log_artifact(run_id, str(best.run_folder / "config.yaml"), "best_trial")
-        if (best.run_folder / LABEL_ISSUES).exists():
-            hist = T.plot_clean_prob_histogram(
-                plots / "clean_prob_histogram.png", best.run_folder / LABEL_ISSUES,
-                f"{setting.spec}: best trial {best.trial_id}")
-            if hist is not None:
-                client.log_artifact(run_id, str(hist), "plots")
-        if (best.run_folder / "model_best.pt").exists() and (best.run_folder / "config.yaml").exists():
-            entry["model_uri"] = T.log_best_model(store, run_id, best.run_folder)
-            client.set_tag(run_id, "knnmix.model_uri", entry["model_uri"])
-    client.log_batch(run_id, metrics=metrics)
-    client.set_tag(run_id, "knnmix.importances", json.dumps(entry.get("importances"))[:5000])
-    client.set_tag(run_id, T.FINALIZED_TAG, "true")
-    client.set_terminated(run_id, status="FINISHED")
+        entry["best"] = {"trial_id": best.trial_id, "params": best.params, "val_acc": b.get("val_acc"),
+                         "test_acc": b.get("test_acc"), "epoch": b.get("epoch"), "completed": best.completed,
+                         "run_folder": str(best.run_folder)}
+    entry.update(T.finish_setting_run(store, ml, setting, entry, trials, best, folder.root / setting.slug / "plots",
+                                      f"sqlite:///{folder.file(OPTUNA_DB)}", register))
     return entry
 
 
-def _log_sweep_params(store: T.Store, run_id: str, space: SearchSpace, folder: SweepFolder) -> None:
-    client = store.client()
-    T.log_params(client, run_id, {
-        "name": space.name, "trials": space.trials, "seed": space.seed, "metric": METRIC, "mode": MODE,
-        "noise": ",".join(s.spec for s in space.noise), "base.config": space.base_config,
-        **{f"asha.{k}": v for k, v in space.asha.to_dict().items()},
-        **{f"params.{k}": p.describe() for k, p in space.params.items()},
-        **{f"base.set.{k}": v for k, v in space.base_set.items()},
-    })
-    client.log_artifact(run_id, str(folder.file(SPACE_FILE)))
-
-
-def _finalize_sweep(
-    space: SearchSpace, folder: SweepFolder, store: T.Store, ml: dict[str, Any], settings: list[dict[str, Any]]
-) -> dict[str, Any]:
+def _finalize_sweep(space: SearchSpace, folder: SweepFolder, store: T.Store, ml: dict[str, Any],
+                    settings: list[dict[str, Any]]) -> dict[str, Any]:
     summary = {
-        "name": space.name,
-        "folder": str(folder.root),
-        "metric": METRIC,
-        "mode": MODE,
-        "settings": settings,
-        "trials": sum(s["trials"] for s in settings),
-        "stopped_early": sum(s["stopped_early"] for s in settings),
-        "failed": sum(s["failed"] for s in settings),
-        "mlflow": {
-            "tracking_uri": store.uri, "artifact_root": store.artifact_root, "experiment": space.experiment_name,
-            "experiment_id": ml["experiment_id"], "sweep_run_id": ml["sweep_run_id"], "ui": store.ui_command(),
-        },
+        "name": space.name, "folder": str(folder.root), "metric": METRIC, "mode": MODE, "settings": settings,
+        "trials": sum(s["trials"] for s in settings), "stopped_early": sum(s["stopped_early"] for s in settings),
+        "failed": sum(s["failed"] for s in settings), "optuna_storage": f"sqlite:///{folder.file(OPTUNA_DB)}",
+        "mlflow": {"tracking_uri": store.uri, "artifact_root": store.artifact_root,
+                   "experiment": space.experiment_name, "experiment_id": ml["experiment_id"],
+                   "sweep_run_id": ml["sweep_run_id"], "ui": store.ui_command()},
     }
-    folder.file(SUMMARY_JSON).write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    folder.file(SUMMARY_MD).write_text(summary_markdown(summary))
-    client = store.client()
-    run_id = ml["sweep_run_id"]
-    plots = folder.root / "plots"
-    plots.mkdir(exist_ok=True)
-    client.log_artifact(run_id, str(T.plot_best_per_noise(
-        plots / "best_per_noise.png", settings, f"{space.name}: best trial per noise setting")), "plots")
-    client.log_artifact(run_id, str(folder.file(SUMMARY_JSON)))
-    client.log_artifact(run_id, str(folder.file(SUMMARY_MD)))
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    metrics = []
-    for s in settings:
-        if s["best"]:
-            metrics.append(Metric(f"best_val_acc.{s['slug']}", float(s["best"]["val_acc"]), now, 0))
-            if s["best"]["test_acc"] is not None:
-                metrics.append(Metric(f"best_test_acc.{s['slug']}", float(s["best"]["test_acc"]), now, 0))
-    if metrics:
-        client.log_batch(run_id, metrics=metrics)
-    client.set_terminated(run_id, status="FAILED" if summary["failed"] else "FINISHED")
+    atomic_write_text(folder.file(SUMMARY_JSON), json.dumps(summary, indent=2, default=str) + "\n")
+    atomic_write_text(folder.file(SUMMARY_MD), summary_markdown(summary))
+    T.finish_sweep_run(store, ml, summary, [folder.file(SUMMARY_JSON), folder.file(SUMMARY_MD)],
+                       folder.root / "plots", f"{space.name}: best trial per noise setting")
     return summary
 
 
@@ -700,50 +533,37 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.2f}"
 
 
-def _config_text(params: dict[str, Any]) -> str:
-    def fmt(v: Any) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    return ", ".join(f"{k}={fmt(v)}" for k, v in params.items())
+def config_text(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
 def summary_table(summary: dict[str, Any]) -> str:
-    head = ("| noise | trials | stopped early | failed | best val acc (%) | its test acc (%) | best config "
-            "(sampled) |")
-    lines = [head, "|---|---|---|---|---|---|---|"]
+    lines = ["| noise | trials | stopped early | failed | best val acc (%) | its test acc (%) | best config (sampled) |",
+             "|---|---|---|---|---|---|---|"]
     for s in summary["settings"]:
         b = s["best"] or {}
-        lines.append(
-            f"| {s['noise']} | {s['trials']} | {s['stopped_early']} | {s['failed']} | {_pct(b.get('val_acc'))} | "
-            f"{_pct(b.get('test_acc'))} | {_config_text(b.get('params', {})) if b else 'n/a'} |"
-        )
-    lines.append(
-        f"\nSelected on the noisy-validation accuracy ({METRIC}, best epoch of each completed trial); the test "
-        "accuracy of that epoch is reported only."
-    )
+        lines.append(f"| {s['noise']} | {s['trials']} | {s['stopped_early']} | {s['failed']} | "
+                     f"{_pct(b.get('val_acc'))} | {_pct(b.get('test_acc'))} | "
+                     f"{config_text(b.get('params', {})) if b else 'n/a'} |")
+    lines.append(f"\nSelected on the noisy-validation accuracy ({METRIC}, best epoch of each completed trial); the "
+                 "test accuracy of that epoch is reported only.")
     return "\n".join(lines)
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
     out = [f"# Sweep {summary['name']}", "", summary_table(summary), ""]
     for s in summary["settings"]:
-        out.append(f"## {s['noise']}")
-        out.append("")
+        out += [f"## {s['noise']}", ""]
         b = s["best"]
         if b:
             out.append(f"- best trial `{b['trial_id']}` (epoch {b['epoch']}): val {_pct(b['val_acc'])}%, "
                        f"test {_pct(b['test_acc'])}%, run folder `{b['run_folder']}`")
-            out.append(f"- sampled: {_config_text(b['params'])}")
+            out.append(f"- sampled: {config_text(b['params'])}")
         out.append(f"- trials: {s['trials']} ({s['completed']} completed, {s['stopped_early']} stopped early by "
-                   f"ASHA, {s['failed']} failed)")
-        for tid, err in (s.get("errors") or {}).items():
-            out.append(f"- `{tid}` failed: {err}")
+                   f"ASHA, {s['failed']} failed); Optuna study `{s['study']}`")
+        out += [f"- `{tid}` failed: {err}" for tid, err in (s.get("errors") or {}).items()]
         out.append("")
     m = summary["mlflow"]
-    out += [f"MLflow: experiment `{m['experiment']}`, sweep run `{m['sweep_run_id']}`; `{m['ui']}`", ""]
+    out += [f"MLflow: experiment `{m['experiment']}`, sweep run `{m['sweep_run_id']}`; `{m['ui']}`",
+            f"Optuna: `optuna-dashboard {summary['optuna_storage']}`", ""]
     return "\n".join(out)
-
-
-def default_out(space: SearchSpace) -> Path:
-    return DEFAULT_ROOT / space.name
-

@@ -1,17 +1,16 @@
-"""Driver-side MLflow logging of sweeps, and the sweep's plots.
+"""MLflow logging of sweeps and runs, and the sweep's plots. One process writes to the store: the driver.
 
-One process writes to the tracking store: the sweep driver. Ray Tune calls :class:`TrialLogger` (a
-``ray.tune.Callback``) on the driver for every trial start, reported epoch and end; it logs the trial as an MLflow
-run nested under its noise setting's run, which is nested under the sweep's run::
+The store is ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db`` with artifacts in
+``<cwd>/mlartifacts`` (absolute paths, so a submitted Ray job, whose working directory is a temporary copy, writes
+where it was told). Experiments are tagged as model development (``mlflow.experimentKind``), so the MLflow UI opens
+them on the runs table. A sweep is three levels of nested runs::
 
-    sweep run (tags knnmix.kind=sweep)                       params: the space; artifacts: space, summary, plots
-      noise-setting run (mlflow.parentRunId = sweep run)    artifacts: best trial's label_issues.csv, plots, model
-        trial run (mlflow.parentRunId = noise-setting run)  params: resolved config + sampled values;
-                                                            metrics per epoch (step = epoch); config, noise summary
+    sweep run  (knnmix.kind=sweep)            params: the space; artifacts: space, summary, plots
+      noise-setting run  (knnmix.kind=noise_setting)   importances, learning curves, the best trial's audit
+        trial run  (knnmix.kind=trial, named by its sampled values)   the resolved config as params, metrics per
+                   epoch (step = epoch), its dataset as input; the best trial also holds the model
 
-The default store is ``sqlite:///<cwd>/mlflow.db`` with artifacts in ``<cwd>/mlartifacts`` (absolute paths, so a
-submitted Ray job, whose working directory is a temporary copy, writes where it was told). Experiments are created
-with an absolute ``artifact_location`` for the same reason.
+Every run carries MLflow's own source, user and git tags (``resolve_tags``, as the fluent API sets them).
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ import math
 import re
 import shlex
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,28 +30,22 @@ from typing import Any
 from ray.tune import Callback
 
 from knnmix import config as C
-from knnmix.engine.outputs import BEST_MODEL, CONFIG, LABEL_ISSUES, METRICS, NOISY_LABELS, SUMMARY, read_metrics
+from knnmix.engine.checkpoint import BEST_MODEL, CONFIG, LABEL_ISSUES, METRICS, NOISY_LABELS, SUMMARY, read_metrics
 from knnmix.errors import KnnmixError
 
-DEFAULT_DB = "mlflow.db"
-DEFAULT_ARTIFACTS = "mlartifacts"
+DEFAULT_DB, DEFAULT_ARTIFACTS = "mlflow.db", "mlartifacts"
 PARENT_TAG = "mlflow.parentRunId"
-KIND_TAG = "knnmix.kind"  # sweep | noise_setting | trial
+KIND_TAG = "knnmix.kind"  # sweep | noise_setting | trial | train
 TRIAL_TAG = "knnmix.trial_id"
 OUTCOME_TAG = "knnmix.outcome"  # completed | stopped_early | failed
 FINALIZED_TAG = "knnmix.finalized"
-
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # the UI's model-training view
 #: Keys of a Tune result that are Tune's bookkeeping, not the engine's epoch record.
 TUNE_KEYS = frozenset({
     "epoch", "training_iteration", "timestamp", "time_this_iter_s", "time_total_s", "time_since_restore",
     "iterations_since_restore", "pid", "done", "trial_id", "date", "hostname", "node_ip", "config",
-    "experiment_tag", "checkpoint_path", "checkpoint_dir_name", "should_checkpoint", "timesteps_total",
-    "episodes_total", "timesteps_since_restore", "warmup_time",
+    "experiment_tag", "checkpoint_dir_name", "should_checkpoint",
 })
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The store
 
 
 @dataclass(frozen=True)
@@ -68,16 +61,24 @@ class Store:
         return cls(f"sqlite:///{base / DEFAULT_DB}", str(base / DEFAULT_ARTIFACTS))
 
     @classmethod
+    def resolve(cls, uri: str | None = None) -> Store:
+        """``uri``, else ``MLFLOW_TRACKING_URI``, else the default store in the working directory."""
+        import os
+
+        uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+        return cls.from_uri(uri) if uri else cls.default()
+
+    @classmethod
     def from_uri(cls, uri: str) -> Store:
-        """``sqlite:///rel.db`` is made absolute; a local database keeps its artifacts beside it."""
+        """``sqlite:///rel.db`` is made absolute; a local database keeps its artifacts beside it; a bare folder
+        (MLflow's file store) is refused, as MLflow 3 deprecates it."""
         if uri.startswith("sqlite:///"):
             path = Path(uri[len("sqlite:///"):]).expanduser()
             path = path.absolute() if not path.is_absolute() else path
             return cls(f"sqlite:///{path}", str(path.parent / DEFAULT_ARTIFACTS))
         if "://" not in uri:
-            raise KnnmixError(
-                f"--tracking-uri {uri!r} is not a URI; use e.g. sqlite:///mlflow.db or http://127.0.0.1:5000"
-            )
+            raise KnnmixError(f"tracking URI {uri!r} is not a URI; use e.g. sqlite:///mlflow.db or "
+                              "http://127.0.0.1:5000")
         return cls(uri, None)
 
     @property
@@ -87,10 +88,8 @@ class Store:
     def ui_command(self) -> str:
         if not self.is_local:
             return f"open {self.uri} in a browser"
-        return (
-            f"mlflow ui --backend-store-uri {shlex.quote(self.uri)} --default-artifact-root "
-            f"{shlex.quote(str(self.artifact_root))} --host 127.0.0.1"
-        )
+        return (f"mlflow ui --backend-store-uri {shlex.quote(self.uri)} --default-artifact-root "
+                f"{shlex.quote(str(self.artifact_root))} --host 127.0.0.1")
 
     def client(self) -> Any:
         from mlflow.tracking import MlflowClient
@@ -101,42 +100,40 @@ class Store:
 
 
 def experiment_id(store: Store, name: str) -> str:
-    """The id of experiment ``name``, created (with an absolute artifact location for a local store) if missing."""
+    """The id of experiment ``name`` (created, with an absolute artifact location for a local store, if missing),
+    tagged for the UI's model-training view."""
     client = store.client()
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
+    if exp is None:
+        location = None
+        if store.is_local:
+            folder = Path(str(store.artifact_root)) / re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+            folder.mkdir(parents=True, exist_ok=True)
+            location = folder.as_uri()
+        exp_id = client.create_experiment(name, artifact_location=location)
+    else:
+        exp_id = exp.experiment_id
         if exp.lifecycle_stage == "deleted":
-            client.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
-    location = None
-    if store.is_local:
-        folder = Path(str(store.artifact_root)) / re.sub(r"[^A-Za-z0-9._-]+", "_", name)
-        folder.mkdir(parents=True, exist_ok=True)
-        location = folder.as_uri()
-    return client.create_experiment(name, artifact_location=location)
+            client.restore_experiment(exp_id)
+    client.set_experiment_tag(exp_id, *EXPERIMENT_KIND)
+    return exp_id
 
 
-def _run_alive(client: Any, run_id: str | None) -> bool:
-    if not run_id:
-        return False
-    try:
-        return client.get_run(run_id).info.lifecycle_stage == "active"
-    except Exception:  # noqa: BLE001 - MlflowException for an unknown id
-        return False
+def create_run(store: Store, exp_id: str, name: str, tags: dict[str, str], *, parent: str | None = None,
+               reuse: str | None = None) -> str:
+    """Reuse run ``reuse`` when it still exists, else a new run (nested under ``parent``) with MLflow's default
+    source, user and git tags."""
+    from mlflow.tracking.context.registry import resolve_tags
 
-
-def start_run(
-    store: Store, exp_id: str, name: str, tags: dict[str, str], *, reuse: str | None = None,
-    parent: str | None = None,
-) -> str:
-    """Reuse run ``reuse`` when it still exists, else create one (nested under ``parent``)."""
     client = store.client()
-    if _run_alive(client, reuse):
-        client.update_run(str(reuse), status="RUNNING")
-        return str(reuse)
-    all_tags = dict(tags)
-    if parent:
-        all_tags[PARENT_TAG] = parent
+    if reuse:
+        try:
+            if client.get_run(reuse).info.lifecycle_stage == "active":
+                client.update_run(reuse, status="RUNNING")
+                return reuse
+        except Exception:  # noqa: BLE001 - MlflowException for an unknown id
+            pass
+    all_tags = resolve_tags({**tags, **({PARENT_TAG: parent} if parent else {})})
     return client.create_run(exp_id, run_name=name, tags=all_tags).info.run_id
 
 
@@ -145,25 +142,16 @@ def log_params(client: Any, run_id: str, params: dict[str, Any]) -> None:
     from mlflow.entities import Param
 
     have = client.get_run(run_id).data.params
-    items = [Param(k, _param_text(v)) for k, v in params.items() if k not in have]
+    items = [Param(k, (json.dumps(v) if isinstance(v, (list, dict)) else str(v))[:6000])
+             for k, v in params.items() if k not in have]
     for i in range(0, len(items), 100):
         client.log_batch(run_id, params=items[i : i + 100])
 
 
-def _param_text(value: Any) -> str:
-    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
-    return text[:6000]
-
-
 def numeric_metrics(result: dict[str, Any]) -> dict[str, float]:
     """The engine's numbers in a Tune result or a metrics.jsonl record (``epoch`` and Tune's keys excluded)."""
-    out = {}
-    for k, v in result.items():
-        if k in TUNE_KEYS or isinstance(v, bool) or not isinstance(v, (int, float)):
-            continue
-        if math.isfinite(float(v)):
-            out[k] = float(v)
-    return out
+    return {k: float(v) for k, v in result.items() if k not in TUNE_KEYS and not isinstance(v, bool)
+            and isinstance(v, (int, float)) and math.isfinite(float(v))}
 
 
 def log_epochs(client: Any, run_id: str, records: Iterable[dict[str, Any]]) -> list[int]:
@@ -173,50 +161,93 @@ def log_epochs(client: Any, run_id: str, records: Iterable[dict[str, Any]]) -> l
     now = int(time.time() * 1000)
     metrics, epochs = [], []
     for r in records:
-        step = int(r["epoch"])
-        epochs.append(step)
-        metrics.extend(Metric(k, v, now, step) for k, v in numeric_metrics(r).items())
+        epochs.append(int(r["epoch"]))
+        metrics.extend(Metric(k, v, now, int(r["epoch"])) for k, v in numeric_metrics(r).items())
     for i in range(0, len(metrics), 1000):
         client.log_batch(run_id, metrics=metrics[i : i + 1000])
     return epochs
 
 
-def logged_epochs(client: Any, run_id: str, key: str = "val_acc") -> set[int]:
-    return {int(m.step) for m in client.get_metric_history(run_id, key)}
+def log_run_folder(client: Any, run_id: str, folder: Path) -> None:
+    """A run folder's config as params and the dataset it trained on as the run's input."""
+    if (folder / CONFIG).exists():
+        cfg = C.load(folder / CONFIG)
+        log_params(client, run_id, C.flatten(cfg))
+        client.log_artifact(run_id, str(folder / CONFIG))
+        log_dataset(client, run_id, cfg, folder)
+
+
+def log_dataset(client: Any, run_id: str, cfg: C.Config, folder: Path) -> None:
+    """The run's training data as an MLflow dataset input: the data set with its noisy labels (digest of the labels
+    the run trained on), so the runs table's Dataset column names what each run saw."""
+    import mlflow.data
+    import numpy as np
+    from mlflow.entities import DatasetInput, InputTag
+
+    if not (folder / NOISY_LABELS).exists():
+        return
+    with np.load(folder / NOISY_LABELS) as z:
+        labels = z["noisy_labels"][z["train_rows"]]
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+
+    source = CodeDatasetSource({"knnmix.dataset": cfg.data.name, "knnmix.noise": cfg.noise.spec,
+                                "data.root": str(cfg.data.root or "default")})
+    ds = mlflow.data.from_numpy(labels, source=source, name=f"{cfg.data.name} [{cfg.noise.spec}]")
+    client.log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), [InputTag("mlflow.data.context",
+                                                                                         "train")])])
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Trials: the Tune callback on the driver
+# Sweeps
+
+
+def open_sweep_runs(store: Store, space: Any, specs: list[str], ml: dict[str, Any], space_file: Path) -> dict:
+    """The experiment, the sweep's run and one run per noise setting; ids kept in ``ml`` (the sweep state)."""
+    ml["experiment_id"] = experiment_id(store, space.experiment_name)
+    tags = {KIND_TAG: "sweep", **({"mlflow.note.content": space.description} if space.description else {})}
+    ml["sweep_run_id"] = create_run(store, ml["experiment_id"], space.name, tags, reuse=ml.get("sweep_run_id"))
+    runs = ml.setdefault("settings", {})
+    for spec in specs:
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.replace(":", "-"))
+        runs[slug] = create_run(store, ml["experiment_id"], spec, {KIND_TAG: "noise_setting", "knnmix.noise": spec},
+                                parent=ml["sweep_run_id"], reuse=runs.get(slug))
+    client = store.client()
+    log_params(client, ml["sweep_run_id"], {
+        "name": space.name, "trials": space.trials, "seed": space.seed, "metric": space.metric, "noise": ",".join(specs),
+        "base.config": space.base.config, **{f"asha.{k}": v for k, v in space.to_dict()["asha"].items()},
+        **{f"params.{k}": p.describe() for k, p in space.params.items()},
+        **{f"base.set.{k}": v for k, v in space.base.set.items()},
+    })
+    client.log_artifact(ml["sweep_run_id"], str(space_file))
+    return ml
+
+
+def run_name(spec: str, sampled: dict[str, Any]) -> str:
+    """A trial's run name: its noise setting and sampled values, e.g. ``symmetric:0.5 k=3 temperature=0.71``."""
+    def fmt(v: Any) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    return " ".join([spec, *(f"{k.rsplit('.', 1)[-1]}={fmt(v)}" for k, v in sampled.items())])[:250]
 
 
 class TrialLogger(Callback):
-    """Logs every trial of one noise setting as a child run of the setting's MLflow run.
+    """Logs every trial as an MLflow run nested under its noise setting's run (a Tune callback on the driver).
 
-    Picklable (Tune saves it with the experiment): it holds ids and paths, and opens its MLflow client lazily. A
-    restored sweep finds each trial's run again by its ``knnmix.trial_id`` tag, so a trial is never logged twice:
-    a finished trial's run is left alone, a restarted trial continues its run from the epochs not yet logged.
+    Picklable (Tune saves it with the experiment). A restored sweep finds each trial's run again by its
+    ``knnmix.trial_id`` tag, so a trial is never logged twice.
     """
 
-    def __init__(
-        self, *, store: Store, experiment_id: str, parent_run_id: str, noise: str, trials_dir: str,
-        sampled_keys: Sequence[str],
-    ) -> None:
-        self.store = store
-        self.experiment_id = experiment_id
-        self.parent_run_id = parent_run_id
-        self.noise = noise
-        self.trials_dir = trials_dir
-        self.sampled_keys = list(sampled_keys)
-        self._runs: dict[str, str] = {}  # trial id -> MLflow run id
-        self._epochs: dict[str, set[int]] = {}  # trial id -> epochs logged
-        self._params_done: set[str] = set()
+    def __init__(self, *, store: Store, experiment_id: str, parents: dict[str, str], specs: dict[str, str],
+                 root: str, total: int, echo: Callable[[str], None] | None = None) -> None:
+        self.store, self.experiment_id, self.parents, self.specs = store, experiment_id, parents, specs
+        self.root, self.total, self.echo = root, total, echo
+        self._runs: dict[str, str] = {}
+        self._epochs: dict[str, set[int]] = {}
         self._done: set[str] = set()
         self._client: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_client"] = None
-        return state
+        return {**self.__dict__, "_client": None, "echo": None}
 
     @property
     def client(self) -> Any:
@@ -224,7 +255,6 @@ class TrialLogger(Callback):
             self._client = self.store.client()
         return self._client
 
-    # Tune's callback state (saved with the experiment)
     def get_state(self) -> dict[str, Any]:
         return {"runs": dict(self._runs), "done": sorted(self._done)}
 
@@ -232,54 +262,38 @@ class TrialLogger(Callback):
         self._runs.update(state.get("runs", {}))
         self._done.update(state.get("done", []))
 
-    def run_folder(self, trial_id: str) -> Path:
-        return Path(self.trials_dir) / trial_id
+    def folder(self, trial: Any) -> Path:
+        from knnmix.scale.sweep import SETTING_KEY
 
-    def _find_run(self, trial_id: str) -> Any:
-        found = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`{PARENT_TAG}` = '{self.parent_run_id}'",
-            max_results=5,
-        )
-        return found[0] if found else None
+        return Path(self.root) / trial.config[SETTING_KEY] / "trials" / trial.trial_id
 
     def run_id(self, trial: Any) -> str | None:
-        """The trial's run (found or created); ``None`` when the trial's run is already complete."""
+        """The trial's run (found or created); ``None`` once the trial's run is complete."""
+        from knnmix.scale.sweep import SETTING_KEY
+
         tid = trial.trial_id
         if tid in self._done:
             return None
+        slug = trial.config[SETTING_KEY]
         if tid not in self._runs:
-            existing = self._find_run(tid)
-            if existing is not None:
-                if existing.data.tags.get(OUTCOME_TAG):
-                    self._done.add(tid)
-                    return None
-                self._runs[tid] = existing.info.run_id
+            found = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{TRIAL_TAG}` = '{tid}'",
+                                            max_results=1)
+            if found and found[0].data.tags.get(OUTCOME_TAG):
+                self._done.add(tid)
+                return None
+            if found:
+                self._runs[tid] = found[0].info.run_id
         if tid not in self._runs:
-            sampled = {k: v for k, v in trial.config.items() if k in self.sampled_keys}
-            tags = {
-                KIND_TAG: "trial", TRIAL_TAG: tid, "knnmix.noise": self.noise,
-                "knnmix.run_folder": str(self.run_folder(tid)),
-                "mlflow.note.content": "sampled: " + ", ".join(f"{k}={v}" for k, v in sampled.items()),
-            }
-            run = self.client.create_run(
-                self.experiment_id, run_name=tid, tags={**tags, PARENT_TAG: self.parent_run_id}
-            )
-            self._runs[tid] = run.info.run_id
-            log_params(self.client, run.info.run_id, {f"sampled.{k}": v for k, v in sampled.items()})
-        rid = self._runs[tid]
+            sampled = {k: v for k, v in trial.config.items() if k != SETTING_KEY}
+            rid = create_run(self.store, self.experiment_id, run_name(self.specs[slug], sampled), {
+                KIND_TAG: "trial", TRIAL_TAG: tid, "knnmix.noise": self.specs[slug],
+                "knnmix.run_folder": str(self.folder(trial)),
+            }, parent=self.parents[slug])
+            log_params(self.client, rid, {f"sampled.{k}": v for k, v in sampled.items()})
+            self._runs[tid] = rid
         if tid not in self._epochs:
-            self._epochs[tid] = logged_epochs(self.client, rid)
-        return rid
-
-    def _log_config(self, trial: Any, rid: str) -> None:
-        if trial.trial_id in self._params_done:
-            return
-        path = self.run_folder(trial.trial_id) / CONFIG
-        if not path.exists():
-            return
-        log_params(self.client, rid, C.flatten(C.load(path)))
-        self._params_done.add(trial.trial_id)
+            self._epochs[tid] = {int(m.step) for m in self.client.get_metric_history(self._runs[tid], "val_acc")}
+        return self._runs[tid]
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.run_id(trial)
@@ -288,11 +302,10 @@ class TrialLogger(Callback):
         rid = self.run_id(trial)
         if rid is None or "epoch" not in result:
             return
-        self._log_config(trial, rid)
-        epoch = int(result["epoch"])
-        if epoch not in self._epochs[trial.trial_id]:
-            log_epochs(self.client, rid, [result])
-            self._epochs[trial.trial_id].add(epoch)
+        if not self._epochs[trial.trial_id]:
+            log_run_folder(self.client, rid, self.folder(trial))
+        if int(result["epoch"]) not in self._epochs[trial.trial_id]:
+            self._epochs[trial.trial_id].update(log_epochs(self.client, rid, [result]))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, failed=False)
@@ -301,35 +314,26 @@ class TrialLogger(Callback):
         self._finish(trial, failed=True)
 
     def _finish(self, trial: Any, *, failed: bool) -> None:
+        from mlflow.entities import Metric
+
         rid = self.run_id(trial)
         if rid is None:
             return
-        tid = trial.trial_id
-        folder = self.run_folder(tid)
-        self._log_config(trial, rid)
+        tid, folder = trial.trial_id, self.folder(trial)
         last = int((trial.last_result or {}).get("epoch", 0) or 0)
-        # Epochs the driver did not see (reported while it was down): from the run folder, up to the last epoch
-        # Tune saw (a stopped trial may have written one more line before it was killed).
-        if (folder / METRICS).exists():
-            missing = [r for r in read_metrics(folder / METRICS)
-                       if int(r["epoch"]) <= last and int(r["epoch"]) not in self._epochs[tid]]
-            self._epochs[tid].update(log_epochs(self.client, rid, missing))
+        records = [r for r in read_metrics(folder / METRICS) if int(r["epoch"]) <= last] if (
+            folder / METRICS).exists() else []
+        if not self._epochs[tid]:
+            log_run_folder(self.client, rid, folder)
+        # epochs the driver did not see (reported while it was down), from the run folder
+        self._epochs[tid].update(log_epochs(self.client, rid, [r for r in records if r["epoch"] not in self._epochs[tid]]))
         completed = (folder / SUMMARY).exists() and not failed
         outcome = "failed" if failed else ("completed" if completed else "stopped_early")
-        for name in (CONFIG,):
-            if (folder / name).exists():
-                self.client.log_artifact(rid, str(folder / name))
-        if (folder / NOISY_LABELS).exists():
-            self.client.log_dict(rid, noise_summary(folder / NOISY_LABELS), "noise_summary.json")
-        records = [r for r in read_metrics(folder / METRICS)] if (folder / METRICS).exists() else []
-        records = [r for r in records if int(r["epoch"]) <= max(last, 0)] or records
-        vals = [(r["val_acc"], r["epoch"], r.get("test_acc")) for r in records if r.get("val_acc") is not None]
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
-        final = [Metric("epochs_run", float(last or len(records)), now, 0)]
+        final = [Metric("epochs_run", float(last), now, 0)]
+        vals = [(r["val_acc"], -r["epoch"], r.get("test_acc")) for r in records if r.get("val_acc") is not None]
         if vals:
-            best = max(vals, key=lambda t: (t[0], -t[1]))
+            best = max(vals)
             final.append(Metric("best_val_acc", float(best[0]), now, 0))
             if best[2] is not None:
                 final.append(Metric("test_acc_at_best_val", float(best[2]), now, 0))
@@ -337,32 +341,168 @@ class TrialLogger(Callback):
         self.client.set_tag(rid, OUTCOME_TAG, outcome)
         self.client.set_terminated(rid, status="FAILED" if failed else "FINISHED")
         self._done.add(tid)
+        if self.echo:
+            from knnmix.scale.sweep import SETTING_KEY
+
+            sampled = {k: x for k, x in trial.config.items() if k != SETTING_KEY}
+            v = f"{max(vals)[0]:.2f}" if vals else "n/a"
+            self.echo(f"  trial {len(self._done):>3}/{self.total} {outcome:<13} after {last:>3} epochs, best val "
+                      f"{v:>6}: {run_name(self.specs[trial.config[SETTING_KEY]], sampled)}")
+
+
+def finish_setting_run(store: Store, ml: dict[str, Any], setting: Any, entry: dict[str, Any], trials: list,
+                       best: Any, plots: Path, optuna_storage: str, register: str | None) -> dict[str, Any]:
+    """A noise setting's run: learning curves, importances from its Optuna study, the best trial's audit, the best
+    model (logged on the best trial's run, with ``mlflow.pytorch``). Done once: a resumed sweep does not log
+    twice. Returns what the summary adds (``model_uri``, ``importances``, the best trial's run id)."""
+    from mlflow.entities import Metric
+
+    client = store.client()
+    run_id = ml["settings"][setting.slug]
+    run = client.get_run(run_id)
+    extra: dict[str, Any] = {}
+    if best is not None:
+        found = client.search_runs([ml["experiment_id"]], filter_string=f"tags.`{TRIAL_TAG}` = '{best.trial_id}'",
+                                   max_results=1)
+        extra["best_mlflow_run_id"] = found[0].info.run_id if found else None
+        entry["best"]["mlflow_run_id"] = extra["best_mlflow_run_id"]
+    if run.data.tags.get(FINALIZED_TAG) == "true":
+        extra["model_uri"] = run.data.tags.get("knnmix.model_uri")
+        extra["importances"] = json.loads(run.data.tags.get("knnmix.importances", "null") or "null")
+        return extra
+    plots.mkdir(parents=True, exist_ok=True)
+    log_params(client, run_id, {"noise.spec": setting.spec, **{f"set.{k}": v for k, v in setting.overrides.items()}})
+    curves = {t.trial_id: t.records for t in trials if t.records}
+    if curves:
+        client.log_artifact(run_id, str(plot_learning_curves(plots / "learning_curves.png", curves,
+                                                              best.trial_id if best else None, setting.spec)), "plots")
+    extra["importances"] = study_importances(optuna_storage, entry["study"])
+    if extra["importances"]:
+        client.log_dict(run_id, extra["importances"], "param_importances.json")
+        client.log_artifact(run_id, str(plot_importances(plots / "param_importances.png", extra["importances"],
+                                                          f"{setting.spec}: parameter importances")), "plots")
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(entry[k]), now, 0) for k in ("trials", "completed", "stopped_early", "failed")]
+    if best is not None:
+        b = entry["best"]
+        client.set_tag(run_id, "knnmix.best_trial", best.trial_id)
+        metrics.append(Metric("best_val_acc", float(b["val_acc"]), now, 0))
+        if b["test_acc"] is not None:
+            metrics.append(Metric("best_test_acc", float(b["test_acc"]), now, 0))
+        for name in (LABEL_ISSUES, "label_issues.png", CONFIG):
+            if (best.run_folder / name).exists():
+                client.log_artifact(run_id, str(best.run_folder / name), "best_trial")
+        hist = plot_clean_prob_histogram(plots / "clean_prob_histogram.png", best.run_folder / LABEL_ISSUES,
+                                         f"{setting.spec}: best trial {best.trial_id}")
+        if hist is not None:
+            client.log_artifact(run_id, str(hist), "plots")
+        if extra["best_mlflow_run_id"]:
+            client.set_tag(extra["best_mlflow_run_id"], "knnmix.best", "true")
+            if (best.run_folder / BEST_MODEL).exists():
+                extra["model_uri"] = log_model(store, extra["best_mlflow_run_id"], best.run_folder / BEST_MODEL,
+                                               register=register)
+                client.set_tag(run_id, "knnmix.model_uri", extra["model_uri"])
+    client.log_batch(run_id, metrics=metrics)
+    client.set_tag(run_id, "knnmix.importances", json.dumps(extra["importances"])[:5000])
+    client.set_tag(run_id, FINALIZED_TAG, "true")
+    client.set_terminated(run_id, status="FINISHED")
+    return extra
+
+
+def study_importances(storage: str, name: str) -> dict[str, float] | None:
+    """Optuna's fANOVA importances of the searched keys in the setting's own study; ``None`` with too few trials."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+        return dict(optuna.importance.get_param_importances(study, evaluator=optuna.importance
+                                                            .FanovaImportanceEvaluator(seed=0)))
+    except (ValueError, RuntimeError, KeyError):
+        return None
+
+
+def finish_sweep_run(store: Store, ml: dict[str, Any], summary: dict[str, Any], files: list[Path], plots: Path,
+                     title: str) -> None:
+    from mlflow.entities import Metric
+
+    client = store.client()
+    run_id = ml["sweep_run_id"]
+    plots.mkdir(exist_ok=True)
+    client.log_artifact(run_id, str(plot_best_per_noise(plots / "best_per_noise.png", summary["settings"], title)),
+                        "plots")
+    for f in files:
+        client.log_artifact(run_id, str(f))
+    now = int(time.time() * 1000)
+    metrics = []
+    for s in summary["settings"]:
+        for key in ("val_acc", "test_acc"):
+            if s["best"] and s["best"][key] is not None:
+                metrics.append(Metric(f"best_{key}.{s['slug']}", float(s["best"][key]), now, 0))
+    if metrics:
+        client.log_batch(run_id, metrics=metrics)
+    client.set_terminated(run_id, status="FAILED" if summary["failed"] else "FINISHED")
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Artifacts
+# Models and single runs
 
 
-def noise_summary(npz_path: str | Path) -> dict[str, Any]:
-    """The noisy labels of a run in a few numbers: spec, measured rate, transition matrix, split sizes."""
-    import numpy as np
+def log_model(store: Store, run_id: str, weights: Path, *, name: str = "model", register: str | None = None) -> str:
+    """Log a weights file's network under run ``run_id`` with ``mlflow.pytorch`` (a logits-only module, with a
+    signature and an input example from its constructor arguments); returns the model URI."""
+    import mlflow
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
 
-    with np.load(npz_path) as z:
-        data = {k: z[k] for k in z.files}
-    out: dict[str, Any] = {
-        "spec": str(data["spec"]),
-        "noise_rate": float(data["noise_rate"]),
-        "num_train": int(len(data["train_rows"])),
-        "num_val": int(len(data["val_rows"])),
-        "transition": np.round(data["transition"].astype(float), 4).tolist(),
-    }
-    if "true_labels" in data:
-        noisy, true = data["noisy_labels"], data["true_labels"]
-        rows = data["train_rows"]
-        out["train_noise_rate"] = float(np.mean(noisy[rows] != true[rows])) if len(rows) else None
-        out["val_noise_rate"] = float(np.mean(noisy[data["val_rows"]] != true[data["val_rows"]])) if len(
-            data["val_rows"]) else None
-    return out
+    from knnmix.engine.checkpoint import load_model, safe_load
+    from knnmix.models import LogitsOnly
+
+    args = safe_load(weights)["model_args"]
+    model = LogitsOnly(load_model(weights)).eval()
+    example = torch.zeros(2, args["in_channels"], args["image_size"], args["image_size"])
+    with torch.no_grad():
+        signature = infer_signature(example.numpy(), model(example).numpy())
+    mlflow.set_tracking_uri(store.uri)
+    quiet = logging.getLogger("mlflow")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pytorch.log_model(
+                model, name=name, signature=signature, input_example=example.numpy(), serialization_format="pickle",
+                code_paths=[str(Path(__file__).resolve().parents[1])], registered_model_name=register,
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                metadata={"model_args": args, "weights": str(weights)},
+            )
+    finally:
+        quiet.setLevel(level)
+    return str(info.model_uri)
+
+
+def log_training_run(store: Store, folder: Path, summary: dict[str, Any], *, experiment: str = "knnmix-train",
+                     register: str | None = None) -> str:
+    """Log a finished run folder (``knnmix train --tracking-uri``): config, per-epoch metrics, dataset, summary,
+    label audit and the validation-selected model. Returns the run id."""
+    client = store.client()
+    exp = experiment_id(store, experiment)
+    cfg = C.load(folder / CONFIG)
+    rid = create_run(store, exp, f"{cfg.method.name} {cfg.data.name} {cfg.noise.spec} seed {cfg.seed}",
+                     {KIND_TAG: "train", "knnmix.run_folder": str(folder.absolute()), "mlflow.source.git.commit":
+                      str(summary.get("commit", ""))})
+    log_run_folder(client, rid, folder)
+    log_epochs(client, rid, read_metrics(folder / METRICS))
+    for name in (SUMMARY, LABEL_ISSUES, "label_issues.png", "run.json"):
+        if (folder / name).exists():
+            client.log_artifact(rid, str(folder / name))
+    if (folder / BEST_MODEL).exists():
+        log_model(store, rid, folder / BEST_MODEL, register=register)
+    client.set_terminated(rid, status="FINISHED")
+    return rid
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Plots
 
 
 def _plt() -> Any:
@@ -375,58 +515,50 @@ def _plt() -> Any:
 
 
 def plot_learning_curves(path: Path, curves: dict[str, list[dict[str, Any]]], best: str | None, title: str) -> Path:
-    """Noisy-validation accuracy per epoch of every trial (the best one bold; its test accuracy dashed) and the
+    """Noisy-validation accuracy per epoch of every trial (the best one bold, its test accuracy dashed) and the
     training loss."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _plt()
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for tid, recs in curves.items():
-        ep = [r["epoch"] for r in recs if r.get("val_acc") is not None]
-        va = [r["val_acc"] for r in recs if r.get("val_acc") is not None]
-        lw, alpha = (2.5, 1.0) if tid == best else (1.0, 0.6)
-        ax.plot(ep, va, "o-", ms=3, lw=lw, alpha=alpha, label=tid + (" (best)" if tid == best else ""))
+        val = [(r["epoch"], r["val_acc"]) for r in recs if r.get("val_acc") is not None]
+        lw, alpha = (2.5, 1.0) if tid == best else (1.0, 0.5)
+        ax.plot(*zip(*val), "o-", ms=3, lw=lw, alpha=alpha, label=tid + (" (best)" if tid == best else ""))
         ax2.plot([r["epoch"] for r in recs], [r["train_loss"] for r in recs], "o-", ms=3, lw=lw, alpha=alpha)
         if tid == best:
             ax.plot([r["epoch"] for r in recs], [r.get("test_acc") for r in recs], "k--", lw=1.2,
                     label=f"{tid} test (reported only)")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("noisy-validation accuracy (%)")
-    ax.legend(fontsize=7)
-    ax2.set_xlabel("epoch")
-    ax2.set_ylabel("training loss")
-    from matplotlib.ticker import MaxNLocator
-
+    ax.set(xlabel="epoch", ylabel="noisy-validation accuracy (%)")
+    ax2.set(xlabel="epoch", ylabel="training loss")
+    ax.legend(fontsize=6)
     for a in (ax, ax2):
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.suptitle(title)
+    fig.suptitle(f"{title}: every trial")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def read_label_issues(path: Path) -> list[dict[str, str]]:
-    with open(path) as fh:
-        return list(csv.DictReader(fh))
-
-
 def plot_clean_prob_histogram(path: Path, label_issues_csv: Path, title: str) -> Path | None:
-    """Histogram of the final clean probabilities, split by truly clean / truly noisy given labels (where the
-    truth is known: the ``true_label`` column); ``None`` when it is not."""
-    rows = read_label_issues(label_issues_csv)
+    """Histogram of the final clean probabilities, split by truly clean / truly noisy given labels (where the truth
+    is known: the ``true_label`` column); ``None`` when it is not."""
+    if not label_issues_csv.exists():
+        return None
+    with open(label_issues_csv) as fh:
+        rows = list(csv.DictReader(fh))
     if not rows or "true_label" not in rows[0]:
         return None
-    clean = [float(r["clean_prob"]) for r in rows if r["true_label"] != "" and r["given_label"] == r["true_label"]]
-    noisy = [float(r["clean_prob"]) for r in rows if r["true_label"] != "" and r["given_label"] != r["true_label"]]
+    clean = [float(r["clean_prob"]) for r in rows if r["given_label"] == r["true_label"]]
+    noisy = [float(r["clean_prob"]) for r in rows if r["given_label"] != r["true_label"]]
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     bins = [i / 20 for i in range(21)]
     ax.hist(clean, bins=bins, alpha=0.6, label=f"truly clean labels ({len(clean)})")
     ax.hist(noisy, bins=bins, alpha=0.6, label=f"truly noisy labels ({len(noisy)})")
-    ax.set_xlabel("clean probability of the given label")
-    ax.set_ylabel("training samples")
-    ax.set_yscale("log")
+    ax.set(xlabel="clean probability of the given label", ylabel="training samples", yscale="log", title=title)
     ax.legend()
-    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -448,10 +580,8 @@ def plot_best_per_noise(path: Path, settings: list[dict[str, Any]], title: str) 
         ax.text(i + 0.2, t, f"{t:.1f}", ha="center", va="bottom", fontsize=7)
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=15)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 105)
+    ax.set(ylabel="accuracy (%)", ylim=(0, 105), title=title)
     ax.legend(fontsize=8, loc="lower left")
-    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -463,62 +593,8 @@ def plot_importances(path: Path, importances: dict[str, float], title: str) -> P
     keys = list(importances)[::-1]
     fig, ax = plt.subplots(figsize=(6, 0.5 * len(keys) + 1.5))
     ax.barh(keys, [importances[k] for k in keys])
-    ax.set_xlabel("importance (fANOVA) for the last noisy-validation accuracy")
-    ax.set_title(title)
+    ax.set(xlabel="importance (fANOVA) for the last noisy-validation accuracy", title=title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def param_importances(
-    distributions: dict[str, Any], trials: list[tuple[dict[str, Any], float]], seed: int
-) -> dict[str, float]:
-    """Optuna's fANOVA importances of the searched keys for the objective Optuna was told (the last reported
-    noisy-validation accuracy of each trial). Raises ``ValueError`` when there is too little to go on."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize")
-    for params, value in trials:
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=value))
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if len(complete) < 2:
-        raise ValueError(f"{len(complete)} finished trial(s): importances need at least 2")
-    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
-    return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
-
-
-def log_best_model(store: Store, run_id: str, run_folder: Path, name: str = "best_model") -> str:
-    """Log the trial's ``model_best.pt`` with ``mlflow.pytorch`` under run ``run_id``; returns the model URI."""
-    import mlflow
-    import mlflow.pytorch
-    import torch
-
-    from knnmix.engine.splits import build_splits
-    from knnmix.models import build_model
-    from knnmix.scale.ray_env import package_dir
-
-    cfg = C.load(run_folder / CONFIG)
-    splits = build_splits(cfg)
-    c, h, _ = splits.train.source.shape
-    model = build_model(cfg.model.name, splits.num_classes, c, h)
-    model.load_state_dict(torch.load(run_folder / BEST_MODEL, map_location="cpu", weights_only=True))
-    model.eval()
-    mlflow.set_tracking_uri(store.uri)
-    quiet = logging.getLogger("mlflow.pytorch")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # its warning about pickled models: the file is ours
-    with mlflow.start_run(run_id=run_id):
-        # The network returns (logits, features), which MLflow's "pt2" export cannot describe: the pickled module,
-        # with the knnmix package as code so that it loads where knnmix is not installed.
-        info = mlflow.pytorch.log_model(
-            model, name=name, serialization_format="pickle",
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"], code_paths=[str(package_dir())],
-        )
-    quiet.setLevel(level)
-    return str(info.model_uri)
-
-
-def label_issue_artifacts(folder: Path) -> list[Path]:
-    return [p for p in (folder / LABEL_ISSUES, folder / "label_issues.png") if p.exists()]
