@@ -1,7 +1,8 @@
 """The benchmark's one entry point: knnmix against its peers on the same data, network, budget and seeds.
 
     python benchmarks/run.py --tier smoke     # CI: digits, 2 settings, 1 seed, 2 epochs (checks the command only)
-    python benchmarks/run.py --tier quick     # CPU, about 80 minutes on 2 cores: Fashion-MNIST, 6 settings, 3 seeds
+    python benchmarks/run.py --tier quick     # CPU, about an hour on 2 cores: Fashion-MNIST, 6 settings, 3 seeds, defaults
+    python benchmarks/run.py --tier quick-tuned --resume   # CPU, 2-2.5 hours: each method tuned per setting, then 3-5 seeds
     python benchmarks/run.py --tier full      # GPU: CIFAR-10/100 where present (else full-length Fashion-MNIST)
     python benchmarks/run.py --render benchmarks/results/quick-<date>.json   # re-write a result's .md/.png only
 
@@ -25,9 +26,6 @@ from knnmix.provenance import git_commit
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-# The sweep whose cost is measured with and without early stopping: the embedded smoke space at one noise rate.
-SWEEP_COST_SPACE = "search_spaces/smoke.yaml"
-SWEEP_COST_OVERRIDES = ("sweep.noise=[symmetric:0.5]", "sweep.trials=6", "epochs=10")
 
 
 def tiers_to_run(name: str) -> list[str]:
@@ -62,15 +60,16 @@ def render(json_path: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tier", default="quick", help=f"one of {', '.join(TIERS)}; 'full' runs every CIFAR full tier whose images are present, "
-                   f"else {FULL_FALLBACK}")
+    p.add_argument("--tier", default="quick", help=f"one of {', '.join(TIERS)}; 'full' runs every CIFAR full tier "
+                   f"whose images are present, else {FULL_FALLBACK}")
     p.add_argument("--seeds", type=int, nargs="+", help="override the tier's seeds")
     p.add_argument("--settings", nargs="+", help="override the tier's noise settings")
     p.add_argument("--methods", nargs="+", help=f"subset of {', '.join(METHODS)}")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key for every cell (e.g. device=cuda)")
-    p.add_argument("--sweep-cost", action=argparse.BooleanOptionalAction, default=None,
-                   help="also measure a sweep with and without ASHA early stopping (default: on for quick and full)")
+                   help="override a config key for every evaluation cell (e.g. device=cuda)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a stopped run: finished sweeps and cells are kept, a stopped sweep resumes trial "
+                        "by trial (run it with the same arguments and --runs-dir)")
     p.add_argument("--results-dir", default=str(HERE / "results"))
     p.add_argument("--render", metavar="RESULT.json",
                    help="only re-write the .md and .png of an existing result file from its JSON (no training)")
@@ -85,22 +84,23 @@ def main(argv: list[str] | None = None) -> int:
             unknown = sorted(set(methods) - set(METHODS))
             if unknown:
                 raise KnnmixError(f"unknown benchmark method {unknown[0]!r}; choose from {', '.join(METHODS)}")
-            seeds = args.seeds or list(tier.seeds)
+            seeds = args.seeds or None
             settings = args.settings or list(tier.settings)
             print(f"# {tier.name}: {tier.description}", flush=True)
             commit = git_commit()  # the code that runs the cells, even if the checkout changes meanwhile
-            cells = runner.run_tier(tier, Path(args.runs_dir), seeds=seeds, settings=settings, methods=methods,
-                                    cfg_overrides=args.overrides, echo=lambda s: print(s, flush=True))
-            command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
-            result = runner.result_record(tier, cells, command, seeds, settings, methods, commit=commit)
-            wants = args.sweep_cost if args.sweep_cost is not None else tier.name != "smoke"
-            if wants:
-                from knnmix.bench.sweepcost import run_sweep_cost
+            runs = Path(args.runs_dir)
+            selections = None
+            if tier.spaces:
+                from knnmix.bench.tuned import tune
 
-                result["sweep_cost"] = run_sweep_cost(
-                    str(ROOT / SWEEP_COST_SPACE), list(SWEEP_COST_OVERRIDES), Path(args.runs_dir) / "sweep-cost",
-                    echo=lambda s: print(s, flush=True),
-                )
+                selections = tune(tier, runs, settings, methods, echo=lambda s: print(s, flush=True))
+            cells = runner.run_tier(tier, runs, seeds=seeds, settings=settings, methods=methods,
+                                    cfg_overrides=args.overrides, selections=selections, resume=args.resume,
+                                    echo=lambda s: print(s, flush=True))
+            command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+            all_seeds = sorted({c["seed"] for c in cells})
+            result = runner.result_record(tier, cells, command, all_seeds, settings, methods, commit=commit,
+                                          selections=selections)
             paths = runner.write_result(result, Path(args.results_dir))
             print(paths["md"].read_text())
             print("written: " + ", ".join(str(v) for v in paths.values()))

@@ -33,7 +33,7 @@ import torch.multiprocessing as mp
 from knnmix import config as C
 from knnmix.engine import dist as D
 from knnmix.engine import phases
-from knnmix.engine.loop import Engine
+from knnmix.engine import train as E
 from knnmix.method import FaissSearch, l2_normalise, neighbours_excluding_self
 from knnmix.provenance import git_commit, machine
 
@@ -69,7 +69,10 @@ class PhaseTimer:
             setattr(owner, name, fn)
 
 
-def epoch_overhead(dataset: str, train_subset: int | None, epochs: int, threads: int) -> dict:
+def epoch_overhead(dataset: str, train_subset: int | None, epochs: int, threads: int,
+                   bank_every: tuple[int, ...] = (1, 2)) -> dict:
+    """Median epoch time of knnmix's mixing phase against ce's, the epochs of ce and of knnmix with each
+    ``method.bank_every`` interleaved so that all see the same machine load."""
     base = {
         "data.name": dataset,
         "data.train_subset": train_subset,
@@ -80,45 +83,41 @@ def epoch_overhead(dataset: str, train_subset: int | None, epochs: int, threads:
         "out": tempfile.mkdtemp(),
         "optim.batch_size": 128,
     }
-    ce = Engine(C.replace(C.from_dict({}), **base, **{"method.name": "ce"}), echo=None)
-    knn = Engine(
-        C.replace(
-            C.from_dict({}),
-            **base,
+    runs = {"ce": E.build_run(C.replace(C.from_dict({}), **base, **{"method.name": "ce"}))}
+    for every in bank_every:
+        runs[f"knnmix_bank_every_{every}"] = E.build_run(C.replace(
+            C.from_dict({}), **base,
             **{"method.name": "knnmix", "method.warmup_epochs": 0, "method.correction_start": 1,
-               "method.correction_period": 1, "method.k": 1},
-        ),
-        echo=None,
-    )
-    timer = PhaseTimer()
-    timer.wrap(knn, "embed_train_set", "embed")
-    timer.wrap(phases, "fit_mixture", "mixture")
-    timer.wrap(phases, "search_neighbours", "search")
-    timer.wrap(phases, "correct_targets", "correct")
-    times = {"ce": [], "knnmix": []}
-    try:
-        for epoch in range(1, epochs + 2):  # epoch 1 is a warm-up for both, not counted
-            for name, eng in (("ce", ce), ("knnmix", knn)):
+               "method.correction_period": epochs + 10, "method.k": 1, "method.bank_every": every},
+        ))
+    timers = {name: PhaseTimer() for name in runs if name != "ce"}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for epoch in range(1, epochs + 2):  # epoch 1 is a warm-up for all, not counted
+        for name, run in runs.items():
+            timer = timers.get(name)
+            if timer is not None:
+                timer.wrap(run, "embed_train_set", "embed")
+                for fn, label in (("fit_mixture", "mixture"), ("search_neighbours", "search")):
+                    timer.wrap(phases, fn, label)
                 before = dict(timer.totals)
-                rec = eng.run_epoch(epoch)
-                eng.epoch = epoch
-                if epoch > 1:
-                    times[name].append(rec["train_time_s"])
-                elif name == "knnmix":
-                    timer.totals = before
-    finally:
-        timer.restore()
-    ce_t, knn_t = statistics.median(times["ce"]), statistics.median(times["knnmix"])
-    counted = max(len(times["knnmix"]), 1)
-    return {
-        "dataset": dataset,
-        "train_size": len(ce.splits.train),
-        "epochs_timed": epochs,
-        "ce_epoch_s": ce_t,
-        "knnmix_epoch_s": knn_t,
-        "ratio": knn_t / ce_t,
-        "knnmix_phase_s": {k: v / counted for k, v in timer.totals.items()},
-    }
+            try:
+                rec = E.run_epoch(run, epoch)
+            finally:
+                if timer is not None:
+                    timer.restore()
+            run.epoch = epoch
+            if epoch > 1:
+                times[name].append(rec["train_time_s"])
+            elif timer is not None:
+                timer.totals = before
+    ce_t = statistics.median(times["ce"])
+    out = {"dataset": dataset, "train_size": len(runs["ce"].splits.train), "epochs_timed": epochs,
+           "ce_epoch_s": ce_t, "knnmix": {}}
+    for name, timer in timers.items():
+        t = statistics.mean(times[name])  # mean: with bank_every > 1 the epochs alternate long and short
+        out["knnmix"][name] = {"epoch_s": t, "ratio": t / ce_t,
+                               "phase_s": {k: v / max(epochs, 1) for k, v in timer.totals.items()}}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -212,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--train-subset", type=int, default=10_000)
     p.add_argument("--epochs", type=int, default=4, help="timed epochs per method (after one warm-up epoch)")
-    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    p.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000],
+                   help="bank sizes to time (none: the epoch time only)")
     p.add_argument("--dim", type=int, default=512, help="feature dimension of the synthetic bank (PreAct ResNet-18: 512)")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
@@ -227,27 +227,31 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# knnmix scaling benchmark ({git_commit()[:12]})", flush=True)
     over = epoch_overhead(args.dataset, args.train_subset, args.epochs, args.threads)
     print(f"\n## Epoch time, {over['dataset']} ({over['train_size']} training images), small_cnn, batch 128, "
-          f"median of {over['epochs_timed']} interleaved epochs\n")
-    print("| method | epoch (s) |\n|---|---|")
-    print(f"| ce | {over['ce_epoch_s']:.2f} |\n| knnmix (mixing phase, K=1) | {over['knnmix_epoch_s']:.2f} |")
-    print(f"\noverhead ratio knnmix / ce: **{over['ratio']:.2f}x**; knnmix phases per epoch (s): "
-          + ", ".join(f"{k} {v:.2f}" for k, v in over["knnmix_phase_s"].items()))
+          f"{over['epochs_timed']} interleaved epochs each (ce: median; knnmix: mean)\n")
+    print("| method | epoch (s) | / ce | per epoch: embed, mixture fit, search (s) |\n|---|---|---|---|")
+    print(f"| ce | {over['ce_epoch_s']:.2f} | 1.00 | |")
+    for name, r in over["knnmix"].items():
+        ph = r["phase_s"]
+        print(f"| {name.replace('_', ' ')} (mixing phase, K=1) | {r['epoch_s']:.2f} | **{r['ratio']:.2f}x** | "
+              f"{ph.get('embed', 0):.2f}, {ph.get('mixture', 0):.2f}, {ph.get('search', 0):.2f} |")
 
     rows = []
-    print(f"\n## Feature bank: gather over 2 gloo processes, exact top-{args.k} search (faiss IndexFlatIP, "
-          f"{args.threads} threads), d={args.dim}\n")
-    print("| bank size | gather (s) | flat search, all queries (s) | IVF build (s) | IVF search, all queries (s) "
-          "| IVF recall@k |")
-    print("|---|---|---|---|---|---|")
-    for n in args.sizes:
-        row = search_times(n, args.dim, args.k, args.threads, args.max_queries)
-        row["gather_s"] = gather_time(n, args.dim)
-        rows.append(row)
-        flat = f"{row['flat_search_all_s']:.1f}" + (" (extrapolated)" if row["flat_search_extrapolated"] else "")
-        ivf = f"{row['ivf_search_all_s']:.1f}" if "ivf_search_all_s" in row else "-"
-        build = f"{row['ivf_build_s']:.1f}" if "ivf_build_s" in row else "-"
-        rec = f"{row['ivf_recall_at_k']:.3f}" if "ivf_recall_at_k" in row else "-"
-        print(f"| {n:,} | {row['gather_s']:.2f} | {flat} | {build} | {ivf} | {rec} |", flush=True)
+    if args.sizes:
+        print(f"\n## Feature bank: gather over 2 gloo processes, exact top-{args.k} search (faiss IndexFlatIP, "
+              f"{args.threads} threads), d={args.dim}\n")
+        print("| bank size | gather (s) | flat search, all queries (s) | IVF build (s) | IVF search, all queries (s) "
+              "| IVF recall@k |")
+        print("|---|---|---|---|---|---|")
+        for n in args.sizes:
+            row = search_times(n, args.dim, args.k, args.threads, args.max_queries)
+            row["gather_s"] = gather_time(n, args.dim)
+            rows.append(row)
+            flat = f"{row['flat_search_all_s']:.1f}" + (" (extrapolated)" if row["flat_search_extrapolated"] else "")
+            ivf = f"{row['ivf_search_all_s']:.1f}" if "ivf_search_all_s" in row else "-"
+            build = f"{row['ivf_build_s']:.1f}" if "ivf_build_s" in row else "-"
+            rec = f"{row['ivf_recall_at_k']:.3f}" if "ivf_recall_at_k" in row else "-"
+            print(f"| {n:,} | {row['gather_s']:.2f} | {flat} | {build} | {ivf} | {rec} |", flush=True)
+
 
     result = {"command": " ".join(sys.argv), "commit": git_commit(), "machine": machine(),
               "date": time.strftime("%Y-%m-%d"), "epoch_overhead": over, "bank": rows}

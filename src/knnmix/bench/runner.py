@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from knnmix import config as C
-from knnmix.bench.peers import confident_learning
+from knnmix.bench.peers import confident_learning, oracle
 from knnmix.bench.tiers import Tier
-from knnmix.engine.loop import train
-from knnmix.engine.outputs import METRICS, read_metrics
+from knnmix.engine.checkpoint import METRICS, read_metrics
+from knnmix.engine.train import train
 from knnmix.provenance import git_commit, machine
 
 #: The figures kept per cell (percentages, seconds).
@@ -22,6 +22,7 @@ CELL_FIGURES = (
     "last_test_acc",
     "selected_test_acc",
     "best_val_acc",
+    "last_val_acc",
     "label_acc",
     "noisy_precision",
     "noisy_recall",
@@ -30,30 +31,47 @@ CELL_FIGURES = (
 )
 
 
-def run_cell(tier: Tier, method: str, setting: str, seed: int, out: Path, cfg_overrides: Sequence[str] = ()) -> dict:
-    """Train one (method, noise setting, seed) cell into ``out``; return its figures."""
-    values = tier.cell_config(method, setting, seed)
-    values["out"] = str(out)
-    values["log_every"] = 10**6
-    cfg = C.replace(C.from_dict({}), **values)
+CELL_FILE = "cell.json"  # a finished cell's figures, in its run folder: what --resume keeps
+
+
+def cell_job(tier: Tier, method: str, setting: str, seed: int, out: Path, cfg_overrides: Sequence[str] = (),
+             selection: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything one (method, noise setting, seed) cell needs, as plain data (it runs in a worker process)."""
+    if selection is not None:
+        from knnmix.bench.tuned import evaluation_config
+
+        cfg = evaluation_config(selection, seed, out, int(tier.base.get("threads", 0)))
+    else:
+        values = tier.cell_config(method, setting, seed)
+        cfg = C.replace(C.from_dict({}), **{**values, "out": str(out), "log_every": 10**6})
     for item in cfg_overrides:
         key, value = C.parse_override(item)
         cfg = C.replace(cfg, **{key: value})
-    start = time.perf_counter()
+    return {"method": method, "setting": setting, "seed": seed, "config": C.to_dict(cfg),
+            "folds": tier.cleanlab_folds, "selection": selection}
+
+
+def run_cell(job: dict[str, Any]) -> dict[str, Any]:
+    """Train one cell into its run folder; return its figures (also written to ``cell.json`` there)."""
+    cfg = C.from_dict(job["config"])
+    method, start = job["method"], time.perf_counter()
     if method == "cleanlab":
-        summary = confident_learning(cfg, folds=tier.cleanlab_folds)
+        summary = confident_learning(cfg, folds=job["folds"])
+    elif method == "oracle":
+        summary = oracle(cfg)
     else:
         summary = train(cfg, overwrite=True, echo=None)
         summary["total_time_s"] = time.perf_counter() - start
-    epochs = read_metrics(out / METRICS)
-    return {
+    epochs = read_metrics(Path(cfg.out) / METRICS)
+    cell = {
         "method": method,
-        "setting": setting,
-        "seed": seed,
+        "setting": job["setting"],
+        "seed": job["seed"],
         "last_test_acc": summary["final"]["test_acc"],
         "selected_test_acc": summary["best_val"]["test_acc"],
         "selected_epoch": summary["best_val"]["epoch"],
         "best_val_acc": summary["best_val"]["val_acc"],
+        "last_val_acc": summary["final"]["val_acc"],
         "label_acc": summary["final"].get("label_acc"),
         "noisy_precision": summary["final"].get("noisy_precision"),
         "noisy_recall": summary["final"].get("noisy_recall"),
@@ -61,8 +79,12 @@ def run_cell(tier: Tier, method: str, setting: str, seed: int, out: Path, cfg_ov
         "total_time_s": summary["total_time_s"],
         "noise_rate": summary["noise_rate"],
         "train_size": summary["train_size"],
-        "extra": summary.get("cleanlab"),
+        "extra": summary.get("cleanlab") or summary.get("oracle"),
+        "selected_config": (job.get("selection") or {}).get("selected_config"),
+        "commit": summary["commit"],
     }
+    (Path(cfg.out) / CELL_FILE).write_text(json.dumps(cell, indent=2) + "\n")
+    return cell
 
 
 def run_tier(
@@ -73,23 +95,55 @@ def run_tier(
     settings: Sequence[str] | None = None,
     methods: Sequence[str] | None = None,
     cfg_overrides: Sequence[str] = (),
+    selections: dict[str, dict[str, dict[str, Any]]] | None = None,
+    resume: bool = False,
     echo: Callable[[str], None] = print,
 ) -> list[dict]:
-    """Every cell of the tier. Seeds are the outer loop and methods the inner one, so that every method sees the
-    machine in the same state (and a cut-short run still holds complete comparisons)."""
-    cells = []
-    for seed in seeds or tier.seeds:
+    """Every cell of the tier, ``tier.parallel`` at a time, each in its own process. With ``resume`` a cell whose
+    run folder holds ``cell.json`` (of the same config) is kept, not trained again."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    jobs, cells = [], []
+    for seed in sorted({s for st in settings or tier.settings for s in (seeds or tier.seeds_of(st))}):
         for setting in settings or tier.settings:
+            if seed not in (seeds or tier.seeds_of(setting)):
+                continue
             for method in methods or tier.methods:
+                by = tier.tuned_by(method)
+                selection = selections[by][setting] if by and selections else None
                 out = runs_dir / tier.name / setting.replace(":", "-") / method / f"seed{seed}"
-                cell = run_cell(tier, method, setting, seed, out, cfg_overrides)
-                cells.append(cell)
-                echo(
-                    f"{tier.name} seed {seed} {setting:>15} {method:>8}: last {cell['last_test_acc']:.2f}  "
-                    f"selected {cell['selected_test_acc']:.2f}  epoch {cell['epoch_time_s']:.2f}s  "
-                    f"total {cell['total_time_s']:.0f}s"
-                )
-    return cells
+                job = cell_job(tier, method, setting, seed, out, cfg_overrides, selection)
+                done = out / CELL_FILE
+                if resume and done.exists() and (out / "config.yaml").exists() and _same_config(out, job):
+                    cells.append(json.loads(done.read_text()))
+                    continue
+                jobs.append(job)
+    if cells:
+        echo(f"{tier.name}: {len(cells)} cells kept from an earlier run, {len(jobs)} to train")
+
+    def say(cell: dict) -> None:
+        echo(f"{tier.name} seed {cell['seed']} {cell['setting']:>15} {cell['method']:>8}: last "
+             f"{cell['last_test_acc']:.2f}  selected {cell['selected_test_acc']:.2f}  epoch "
+             f"{cell['epoch_time_s']:.2f}s  total {cell['total_time_s']:.0f}s")
+
+    if tier.parallel <= 1:
+        for job in jobs:
+            cells.append(run_cell(job))
+            say(cells[-1])
+        return cells
+    with ProcessPoolExecutor(tier.parallel, mp_context=get_context("spawn")) as pool:
+        for future in as_completed([pool.submit(run_cell, job) for job in jobs]):
+            cells.append(future.result())
+            say(cells[-1])
+    order = {(j["method"], j["setting"], j["seed"]): i for i, j in enumerate(jobs)}
+    return sorted(cells, key=lambda c: order.get((c["method"], c["setting"], c["seed"]), -1))
+
+
+def _same_config(out: Path, job: dict[str, Any]) -> bool:
+    saved = C.flatten(C.load(out / "config.yaml"))
+    wanted = C.flatten(C.from_dict(job["config"]))
+    return all(saved.get(k) == v for k, v in wanted.items() if k not in ("noise.seed", "model.name", "threads"))
 
 
 def aggregate(cells: Sequence[dict]) -> list[dict]:
@@ -197,6 +251,19 @@ def report(result: dict) -> str:
     for m in methods:
         if f"{m}_epoch_vs_ce" in ratios:
             parts.append(f"| {m} | {ratios[m + '_epoch_vs_ce']:.2f} | {ratios[m + '_total_vs_ce']:.2f} |")
+    if result.get("selections"):
+        parts += ["", "## Selected configurations (tuned on the noisy validation split, tuning seed "
+                  f"{result.get('tune_seed', 100)})", "",
+                  "The completed trial with the highest last-epoch noisy-validation accuracy of each method's sweep "
+                  "(cleanlab trains with ce's). Sampled values only; everything else is the tier's base.", "",
+                  "| method | noise | selected (sampled) values | last val acc (%) | trials (completed) |",
+                  "|---|---|---|---|---|"]
+        for method, by_setting in result["selections"].items():
+            for setting, sel in by_setting.items():
+                values = ", ".join(f"{k.split('.', 1)[-1]}={v:.3g}" if isinstance(v, float) else
+                                   f"{k.split('.', 1)[-1]}={v}" for k, v in sel["selected_config"].items())
+                parts.append(f"| {method} | {setting} | {values} | {sel['val_acc_last']:.2f} | "
+                             f"{sel['trials']} ({sel['completed']}) |")
     if result.get("sweep_cost"):
         sc = result["sweep_cost"]
         parts += ["", "## Sweep cost with and without early stopping", "", sc["text"]]
@@ -252,9 +319,12 @@ def write_result(result: dict, results_dir: Path, write_json: bool = True) -> di
 
 
 def result_record(tier: Tier, cells: list[dict], command: str, seeds: Sequence[int], settings: Sequence[str],
-                  methods: Sequence[str], commit: str | None = None) -> dict:
-    """The result of a tier; ``commit`` is the checkout's when the cells started (default: now)."""
+                  methods: Sequence[str], commit: str | None = None,
+                  selections: dict[str, dict[str, dict[str, Any]]] | None = None) -> dict:
+    """The result of a tier; ``commit`` is the checkout's when the cells started (default: now); ``selections``:
+    a tuned tier's selected configuration per method and setting, with the sweep it came from."""
     return {
+        "selections": selections or {},
         "tier": tier.name,
         "description": tier.description,
         "date": time.strftime("%Y-%m-%d"),
