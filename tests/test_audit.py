@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
@@ -117,3 +118,35 @@ def test_audit_runs_on_ray_train_workers(local_ray, tmp_path, capsys):
     assert len(rows) == 270 and all(Path(r["path"]).exists() for r in rows)
     assert (out / "label_issues.png").exists()
     assert "Most suspect first" in capsys.readouterr().out
+
+
+def _tiny_folder(root: Path, side: int = 12) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k in range(40):
+        (root / f"c{k % 2}").mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (side, side + 2, 3), dtype=np.uint8) // (1 + k % 2)  # class 1 is darker
+        Image.fromarray(pixels).save(root / f"c{k % 2}" / f"{k}.png")
+    return root
+
+
+def test_audit_chooses_the_image_size_from_the_images_and_estimates_the_time_left(tmp_path, capsys):
+    import yaml
+
+    root = _tiny_folder(tmp_path / "folder")
+    out = tmp_path / "audit"
+    code = main(["audit", str(root), "--epochs", "2", "--out", str(out), "--set", "method.warmup_epochs=1",
+                 "--set", "method.correction_start=2", "--set", "threads=1"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    saved = yaml.safe_load((out / "config.yaml").read_text())  # 12 px images: 32 px and the small CNN, not 224/ResNet-50
+    assert saved["data"]["image_size"] == 32 and saved["model"]["name"] == "small_cnn"
+    epoch_lines = [line for line in printed.splitlines() if line.startswith("epoch")]
+    assert len(epoch_lines) == 2 and re.search(r"~\d+m\d\ds left$", epoch_lines[0])  # the time left
+    assert not epoch_lines[1].endswith("left")
+
+    code = main(["audit", str(root), "--epochs", "2", "--out", str(out), "--overwrite", "--image-size", "16",
+                 "--set", "method.warmup_epochs=1", "--set", "method.correction_start=2", "--set", "threads=1"])
+    assert code == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["image_size"] == 16  # the user's choice

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,11 @@ from knnmix.data import (
 from knnmix.data import files as files_module
 from knnmix.data.clothing1m import CLASSES as CLOTHING_CLASSES
 from knnmix.data.files import IMAGENET_MEAN, IMAGENET_STD, FileSource, ImageTransform, PreloadedSource
-from knnmix.errors import DataError
+from knnmix.data.imagefolder import choose_image_size, read_train
+from knnmix.errors import DataError, KnnmixWarning
+
+# The miniature CSVs have one-image classes on purpose (the warning about them is tested on its own).
+pytestmark = pytest.mark.filterwarnings("ignore:.*have a single image:knnmix.errors.KnnmixWarning")
 
 _rng = np.random.default_rng(0)
 
@@ -291,6 +296,59 @@ def test_csv_class_without_images_and_missing_labels_file(flat: Path) -> None:
     )
     with pytest.raises(DataError, match=r"data.labels_file nope.csv does not exist"):
         load_dataset("imagefolder", flat, False, image_size=16, labels_file="nope.csv")
+
+
+def test_csv_class_with_a_single_image_is_a_warning(flat: Path) -> None:
+    rows = ["path,label", "img/0.png,cat", "img/1.png,dog", "img/2.png,cat", "img/3.png,dgo", "img/4.png,dog"]
+    csv = write_csv(flat / "labels.csv", rows)
+    with pytest.warns(KnnmixWarning) as record:
+        b = load_dataset("imagefolder", flat, False, image_size=16, labels_file=str(csv))
+    assert b.classes == ["cat", "dgo", "dog"] and len(b.train) == 5  # a warning, not an error
+    assert [str(w.message) for w in record] == [
+        f"imagefolder: 1 of 3 classes in {csv} have a single image (a mistyped label?): 'dgo' (line 5)"
+    ]
+    csv.write_text("\n".join(rows[:4] + ["img/3.png,dog"]) + "\n")  # every class twice: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_dataset("imagefolder", flat, False, image_size=16, labels_file=str(csv))
+    test_csv = write_csv(flat / "test.csv", ["path,label", "img/5.png,cat"])  # a small test split is no typo
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_dataset("imagefolder", flat, False, image_size=16, labels_file=str(csv), test_root=str(test_csv))
+
+
+# ------------------------------------------------------------------------------------------------- image size
+
+
+def test_image_size_none_is_chosen_from_the_images(folder: Path, tmp_path: Path) -> None:
+    train = read_train(str(folder))
+    assert choose_image_size(train.base, train.keys) == 32  # 12x10 images: shorter side 10 -> 32
+    b = load_dataset("imagefolder", folder, False, image_size=None)
+    assert b.train.shape == (3, 32, 32) and b.default_model == "small_cnn" and isinstance(b.train, PreloadedSource)
+    for size, side, model in [((50, 60), 64, "small_cnn"), ((100, 80), 224, "resnet50")]:
+        root = tmp_path / f"side{side}"
+        for i in range(4):
+            gradient_image(root / f"c{i % 2}" / f"{i}.png", size)
+        (root / "c0" / "broken.png").write_bytes(b"not an image")  # left out of the sample, reported at load time
+        train = read_train(str(root))
+        assert choose_image_size(train.base, train.keys) == side
+        with pytest.raises(DataError, match="1 unreadable or corrupt train image"):
+            load_dataset("imagefolder", root, False, image_size=None)
+        b = load_dataset("imagefolder", root, False, image_size=None, on_bad_image="skip")
+        assert b.train.shape == (3, side, side) and b.default_model == model
+    assert choose_image_size(str(folder), []) == 224  # nothing readable: the photo default
+
+
+def test_folder_listing_order_and_hidden_files(tmp_path: Path) -> None:
+    for key in ["b/z.png", "b/a/y.png", "b/a-b/x.png", "b/.git/h.png", "b/a/.h.png", "a-b/w.png", "a/v.PNG"]:
+        write_image(tmp_path / "root" / key)
+    b = load_dataset("imagefolder", tmp_path / "root", False, image_size=16)
+    assert isinstance(b.train, PreloadedSource)
+    # classes in sorted folder order, each class's paths sorted as strings; hidden files and folders left out
+    assert [os.path.relpath(p, b.train.root) for p in b.train.paths()] == [
+        "a/v.PNG", "a-b/w.png", "b/a-b/x.png", "b/a/y.png", "b/z.png"
+    ]
+    assert b.classes == ["a", "a-b", "b"] and b.train_labels.tolist() == [0, 1, 2, 2, 2]
 
 
 # -------------------------------------------------------------------------------------------------- bad images

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from knnmix.method import fit_clean_probability, normalise_losses
+from knnmix.math import fit_clean_probability, normalise_losses
 
 COLUMNS = [
     "rank",

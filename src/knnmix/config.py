@@ -35,7 +35,7 @@ class DataConfig:
     augment: bool = True  # train-time augmentation (the dataset's random crop / flip)
     num_workers: int = 0  # DataLoader worker processes per training process (0 = load in the training process)
     epoch_samples: int | None = None  # images drawn per epoch, class-balanced on the given labels (Clothing1M: 64000); null = all
-    image_size: int = 224  # side (pixels) of the square images that file-based datasets produce (imagefolder, clothing1m, webvision)
+    image_size: int | None = None  # side (pixels) of the square images that file-based datasets produce (imagefolder, clothing1m, webvision); null = imagefolder: chosen from the images (32, 64 or 224), clothing1m / webvision: 224
     labels_file: str | None = None  # imagefolder: CSV with path,label columns (paths relative to root); null = one sub-folder per class
     test_root: str | None = None  # imagefolder: a second folder (or CSV) with trusted labels, reported as the test split; null = none
     on_bad_image: Literal["fail", "skip"] = "fail"  # unreadable or corrupt images: fail listing them, or skip them with a warning
@@ -349,7 +349,7 @@ def validate(cfg: Config) -> None:
     _check(d.train_subset is None or d.train_subset >= 2, "data.train_subset", d.train_subset, "use null or >= 2")
     _check(d.num_workers >= 0, "data.num_workers", d.num_workers, "use >= 0")
     _check(d.epoch_samples is None or d.epoch_samples >= 2, "data.epoch_samples", d.epoch_samples, "use null or >= 2")
-    _check(d.image_size >= 8, "data.image_size", d.image_size, "use >= 8 pixels")
+    _check(d.image_size is None or d.image_size >= 8, "data.image_size", d.image_size, "use null or >= 8 pixels")
     _check(d.first_classes is None or d.first_classes >= 2, "data.first_classes", d.first_classes, "use null or >= 2")
     _check(cfg.noise.instance_std > 0, "noise.instance_std", cfg.noise.instance_std, "use > 0")
     _check(o.lr > 0, "optim.lr", o.lr, "use > 0")

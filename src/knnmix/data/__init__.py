@@ -1,4 +1,4 @@
-"""Data sets: the registry of loaders and the data contract (:mod:`knnmix.data.base`).
+"""Data sets: the registry of loaders (``DATASETS``) and the data contract, both in :mod:`knnmix.data.base`.
 
 Importing this package registers every built-in loader (``digits``, ``fashion-mnist``, ``cifar10``, ``cifar100``,
 ``imagefolder``, ``clothing1m``, ``webvision``). A loader is a function ``loader(root: str | None, download: bool, **options) -> DatasetBundle``
@@ -11,25 +11,21 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable
 from typing import Any
 
+# Importing the loader modules registers them.
+from knnmix.data import cifar, clothing1m, digits, fashion_mnist, imagefolder, webvision  # noqa: F401
 from knnmix.data.base import (
+    DATASETS,
     Augment,
     DatasetBundle,
+    DatasetLoader,
     ImageSource,
     LabelledDataset,
     TensorSource,
     collate_batch,
 )
 from knnmix.errors import DataError
-from knnmix.registry import Registry
-
-#: The signature every registered dataset loader has (plus the keyword options it declares).
-DatasetLoader = Callable[..., DatasetBundle]
-
-#: Dataset name -> loader.
-DATASETS: Registry[DatasetLoader] = Registry("dataset")
 
 
 def load_dataset(
@@ -69,9 +65,6 @@ def dataset_options(name: str) -> set[str]:
     params = inspect.signature(DATASETS.get(name)).parameters
     return {p.name for p in params.values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
-
-# Register the built-in loaders (after DATASETS exists: they import it from this package).
-from knnmix.data import cifar, clothing1m, digits, fashion_mnist, imagefolder, webvision  # noqa: E402, F401
 
 __all__ = [
     "DATASETS",

@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from knnmix.errors import DataError
+from knnmix.registry import Registry
 
 
 class ImageSource(ABC):
@@ -54,6 +55,22 @@ class Augment:
     hflip: bool = False  # flip horizontally with probability 1/2
 
 
+class Normalise:
+    """``uint8 (B, C, H, W)`` -> normalised ``float32``: ``(x - 255 * mean) * (1 / (255 * std))`` per channel.
+
+    Every source normalises with this arithmetic, so images preloaded into memory and images decoded from files
+    give bit-identical batches (torchvision's ``ToDtype`` + ``Normalize`` round differently).
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        c = len(mean)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1) * 255.0
+        self.inv_std = 1.0 / (torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1) * 255.0)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return x.float().sub_(self.mean).mul_(self.inv_std)
+
+
 class TensorSource(ImageSource):
     """An in-memory ``uint8`` image tensor ``(N, C, H, W)`` with batched, vectorised augmentation.
 
@@ -75,8 +92,7 @@ class TensorSource(ImageSource):
             raise ValueError(f"mean/std need {c} channel values, got {len(mean)}/{len(std)}")
         self.images = images.contiguous()
         self.shape = (c, images.shape[2], images.shape[3])
-        self._mean = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1) * 255.0
-        self._inv_std = 1.0 / (torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1) * 255.0)
+        self.normalise = Normalise(mean, std)
         self.augment = augment
 
     def __len__(self) -> int:
@@ -86,7 +102,7 @@ class TensorSource(ImageSource):
         x = self.images[rows]
         if augment:
             x = random_crop_flip(x, self.augment.crop_padding, self.augment.hflip)
-        return (x.float() - self._mean) * self._inv_std
+        return self.normalise(x)
 
     def preview(self, rows: Tensor) -> Tensor:
         return self.images[rows]
@@ -156,6 +172,13 @@ class DatasetBundle:
             self.val_labels = _check_labels(self.val_labels, len(self.val), self.num_classes, "validation")
         for name, (source, labels) in list(self.extra_tests.items()):
             self.extra_tests[name] = (source, _check_labels(labels, len(source), self.num_classes, name))
+
+
+#: The signature every registered dataset loader has (plus the keyword options it declares).
+DatasetLoader = Callable[..., DatasetBundle]
+
+#: Dataset name -> loader (:func:`knnmix.data.load_dataset` looks names up here).
+DATASETS: Registry[DatasetLoader] = Registry("dataset")
 
 
 def _check_labels(labels: np.ndarray, n: int, num_classes: int, split: str) -> np.ndarray:

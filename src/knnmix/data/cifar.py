@@ -1,17 +1,15 @@
-"""``cifar10`` and ``cifar100``: 32x32 colour images from the python-pickle release torchvision also uses.
+"""``cifar10`` and ``cifar100``: 32x32 colour images from the python-pickle release torchvision downloads.
 
-Layout below ``root`` (default ``~/.cache/knnmix/data``)::
+Layout below ``root`` (default ``~/.cache/knnmix/data``; ``root`` may also be the batch folder itself)::
 
     cifar-10-batches-py/data_batch_1 .. data_batch_5, test_batch, batches.meta
     cifar-100-python/train, test, meta
 
-``root`` may also be the batch folder itself. ``download=True`` fetches missing files with torchvision first.
-
-The pickles are parsed here, not through torchvision, so the training images keep exactly CIFAR's order
-(``data_batch_1 .. 5`` concatenated), which the CIFAR-N noisy-label files index. Each batch's ``data`` is a
-``uint8 (N, 3072)`` array of row-major ``R``, ``G`` and ``B`` planes, i.e. already ``(N, 3, 32, 32)``
-channels-first after a reshape. The pickles are read with a restricted unpickler that only resolves the few
-numpy globals an array needs, so a doctored file cannot run code.
+``download=True`` fetches missing files with torchvision first. The pickles are parsed here, not by torchvision's
+readers, which ``pickle.load`` them (a doctored file could run code), insist on the release's MD5 sums and drop
+CIFAR-100's coarse labels: a restricted unpickler resolves only the numpy globals an array needs. The training images
+keep CIFAR's order (``data_batch_1 .. 5`` concatenated), which the CIFAR-N noisy-label files index; each batch's
+``data`` is ``uint8 (N, 3072)`` of row-major R, G and B planes, i.e. ``(N, 3, 32, 32)`` after a reshape.
 """
 
 from __future__ import annotations
@@ -25,9 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from knnmix.data import DATASETS
 from knnmix.data._common import as_path, cache_root, one_line
-from knnmix.data.base import Augment, DatasetBundle, TensorSource
+from knnmix.data.base import DATASETS, Augment, DatasetBundle, TensorSource
 from knnmix.errors import DataError
 
 AUGMENT = Augment(crop_padding=4, hflip=True)
@@ -48,7 +45,6 @@ class CifarSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     coarse_key: str | None = None  # super-class labels (CIFAR-100)
-    torchvision_class: str = ""
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -66,7 +62,6 @@ CIFAR10 = CifarSpec(
     num_classes=10,
     mean=(0.4914, 0.4822, 0.4465),
     std=(0.2023, 0.1994, 0.2010),
-    torchvision_class="CIFAR10",
 )
 
 CIFAR100 = CifarSpec(
@@ -81,7 +76,6 @@ CIFAR100 = CifarSpec(
     mean=(0.507, 0.487, 0.441),
     std=(0.267, 0.256, 0.276),
     coarse_key="coarse_labels",
-    torchvision_class="CIFAR100",
 )
 
 # The only globals a CIFAR pickle (Python 2 or 3, any protocol) needs to rebuild its numpy arrays.
@@ -192,7 +186,7 @@ def fetch(root: Path, spec: CifarSpec) -> None:
     from torchvision import datasets
 
     try:
-        getattr(datasets, spec.torchvision_class)(str(root), train=True, download=True)
+        getattr(datasets, spec.name.upper())(str(root), train=True, download=True)  # CIFAR10 / CIFAR100
     except (RuntimeError, OSError) as e:
         raise DataError(f"could not download {spec.name} into {root}: {one_line(e)}") from None
 

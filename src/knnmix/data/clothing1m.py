@@ -21,13 +21,11 @@ import os
 
 import numpy as np
 
-from knnmix.data import DATASETS
 from knnmix.data._common import as_path
-from knnmix.data.base import DatasetBundle, ImageSource
+from knnmix.data.base import DATASETS, DatasetBundle
 from knnmix.data.files import (
-    BadImages,
     OnBadImage,
-    build_source,
+    build_sources,
     check_options,
     listing,
     parse_labels,
@@ -86,13 +84,14 @@ def load_clothing1m(
     root: str | None,
     download: bool,
     *,
-    image_size: int = 224,
+    image_size: int | None = None,
     on_bad_image: OnBadImage = "fail",
 ) -> DatasetBundle:
     """Load Clothing1M from ``root`` (layout in the module docstring); images ``float32 (B, 3, s, s)``.
 
     ``download`` is ignored: Clothing1M is distributed by its authors on request.
     """
+    image_size = 224 if image_size is None else image_size
     check_options(NAME, image_size, on_bad_image)
     if not root:
         raise DataError(f"{NAME}: set data.root to the Clothing1M folder (holding images/ and annotations/)")
@@ -111,15 +110,8 @@ def load_clothing1m(
     del noisy, clean  # the noisy kv file holds ~1M entries
     require_all_classes(NAME, CLASSES, listed["train"][1], f" in {os.path.join(root, TRAIN_KEYS)}")
     # Every list is consistent: now check (or preload) the images themselves.
-    bad = BadImages(NAME)
-    splits: dict[str, tuple[ImageSource, np.ndarray]] = {}
-    for split, (keys, labels) in listed.items():
-        source, labels, _ = build_source(
-            root, keys, labels, image_size=image_size, on_bad_image=on_bad_image, split=split, bad=bad
-        )
-        splits[split] = (source, labels)
-    require_all_classes(NAME, CLASSES, splits["train"][1], " left after skipping unreadable images")
-    bad.warn()
+    files = {split: (root, keys, labels) for split, (keys, labels) in listed.items()}
+    splits = build_sources(NAME, CLASSES, files, image_size=image_size, on_bad_image=on_bad_image)
     return DatasetBundle(
         name=NAME,
         family="generic",

@@ -12,9 +12,8 @@ import math
 import numpy as np
 import torch
 
-from knnmix.data import DATASETS
 from knnmix.data._common import channel_stats
-from knnmix.data.base import Augment, DatasetBundle, TensorSource
+from knnmix.data.base import DATASETS, Augment, DatasetBundle, TensorSource
 
 #: Seed of the fixed train/test split (never a run's seed).
 SPLIT_SEED = 0

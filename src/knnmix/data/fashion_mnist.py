@@ -4,7 +4,8 @@ The four original files (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte`
 ``t10k-labels-idx1-ubyte``, each plain or ``.gz``) are read either directly from ``root`` (Debian's
 ``dataset-fashion-mnist`` layout) or from ``root/FashionMNIST/raw`` (torchvision's layout). Without a ``root``
 the loader looks in :data:`DEBIAN_ROOT`, then in the knnmix cache (``~/.cache/knnmix/data``), which is also where
-``download=True`` fetches the files (through torchvision) when no ``root`` is given.
+``download=True`` fetches the files (through torchvision) when no ``root`` is given. The files are parsed here:
+torchvision's ``read_image_file`` cannot read the ``.gz`` files Debian ships and checks the format with ``assert``.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from knnmix.data import DATASETS
 from knnmix.data._common import as_path, cache_root, one_line
-from knnmix.data.base import Augment, DatasetBundle, TensorSource
+from knnmix.data.base import DATASETS, Augment, DatasetBundle, TensorSource
 from knnmix.errors import DataError
 
 #: Where Debian's ``dataset-fashion-mnist`` package installs the gzipped idx files.

@@ -1,61 +1,49 @@
 """Images read from files: the shared machinery of ``imagefolder``, ``clothing1m`` and ``webvision``.
 
-A file-backed data set is a list of image files (``root`` + one key per row, e.g. ``images/0/00/x.jpg``) with one
-label per row. :func:`build_source` turns such a list into an :class:`~knnmix.data.base.ImageSource`:
+A file-backed split is a root plus one key per row (e.g. ``images/0/00/x.jpg``) with one label per row.
+:func:`build_sources` checks every image once at load time, on a thread pool: bad ones fail the load
+(``on_bad_image="fail"``) or are dropped *before* row numbers are assigned (``"skip"``), so per-sample state stays
+aligned with the rows that remain. Small images (``image_size < 64``, at most :data:`PRELOAD_MAX_BYTES` of pixels)
+are decoded once into an in-memory :class:`PreloadedSource`, the decode doubling as the check; everything else
+becomes a :class:`FileSource` that decodes each batch from disk.
 
-1. every image is checked once at load time (opened and decoded, on a thread pool); unreadable or corrupt ones
-   either fail the load (``on_bad_image="fail"``) or are dropped *before* any row number is assigned
-   (``"skip"``), so per-sample state stays aligned with the rows that remain;
-2. small decoded data sets (``image_size < 64`` and at most :data:`PRELOAD_MAX_BYTES` of pixels) are decoded
-   once into an in-memory :class:`PreloadedSource` (a :class:`~knnmix.data.base.TensorSource`), the decode
-   doubling as the check; everything else becomes a :class:`FileSource` that decodes each batch from disk.
-
-Transforms (:class:`ImageTransform`), all normalised with ImageNet's per-channel mean/std, for a side ``s``:
-
-- ``s >= 64``: eval = shorter side resized to ``round(s * 256 / 224)`` (bilinear), centre crop ``s x s``;
-  train = the same resize, a random ``s x s`` crop and a random horizontal flip.
-- ``s < 64``: eval = shorter side resized to ``s``, centre crop ``s x s``; train = that image randomly
-  cropped after ``s // 8`` pixels of zero padding, and randomly flipped (exactly
-  :class:`~knnmix.data.base.TensorSource`'s augmentation with ``Augment(crop_padding=s // 8, hflip=True)``).
-
-All randomness comes from torch's global generator, so the engine's per-epoch seeding (and torch's seeding of
-DataLoader workers) makes augmentation reproducible.
+Decoding is Pillow's (as in torchvision's ``ImageFolder``); resizing, cropping and flipping are torchvision's
+transforms v2 (:class:`ImageTransform`, documented in ``docs/data.md``). All randomness comes from torch's global
+generator, so the engine's per-epoch seeding (and torch's seeding of DataLoader workers) makes augmentation
+reproducible.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, make_dataset
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 from knnmix.data._common import one_line
-from knnmix.data.base import Augment, ImageSource, TensorSource, random_crop_flip
+from knnmix.data.base import Augment, ImageSource, Normalise, TensorSource, random_crop_flip
 from knnmix.errors import DataError
 
 #: ImageNet's per-channel mean and std (RGB, 0..1 scale), used by every file-based data set.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-#: File name endings (lower case) taken as images when a folder is listed.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
-
+#: File name endings (matched in any case) taken as images when a folder is listed: torchvision's, plus GIF and PBM.
+IMAGE_EXTENSIONS = (*IMG_EXTENSIONS, ".gif", ".pbm")
 #: Sides below this use the small-image transform (no up-front enlargement, padded random crop).
 SMALL_IMAGE_SIDE = 64
-
 #: Largest decoded size (``N * 3 * s * s`` bytes) preloaded into memory when ``s < SMALL_IMAGE_SIDE``.
 PRELOAD_MAX_BYTES = 2 * 1024**3
-
 #: How many offenders an error or warning names.
 MAX_LISTED = 5
-
 #: Images per task of the load-time thread pool.
 _CHUNK = 256
 
@@ -80,11 +68,8 @@ def failure_reason(exc: BaseException, path: str) -> str:
 
 
 def load_threads() -> int:
-    """Threads of the load-time scan / preload pool: the CPUs this process may use, at most 32."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
+    """Threads of the load-time check / preload pool: the CPUs this process may use, at most 32."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(32, cpus))
 
 
@@ -105,31 +90,31 @@ def require_file(path: str, dataset: str, hint: str = "") -> str:
 
 def require_dir(path: str, dataset: str, what: str = "data root") -> str:
     """``path`` if it is a directory, else a :class:`DataError` naming it."""
-    if not os.path.exists(path):
-        raise DataError(f"{dataset}: {what} {path} does not exist")
     if not os.path.isdir(path):
-        raise DataError(f"{dataset}: {what} {path} is not a directory")
+        problem = "is not a directory" if os.path.exists(path) else "does not exist"
+        raise DataError(f"{dataset}: {what} {path} {problem}")
     return path
 
 
-def missing_files(root: str, keys: Sequence[str]) -> list[int]:
-    """Positions of the ``keys`` whose file ``root/key`` does not exist (one ``stat`` each)."""
-    isfile = os.path.isfile
-    join = os.path.join
-    return [i for i, k in enumerate(keys) if not isfile(join(root, k))]
+def find_images(root: str, folders: dict[str, int]) -> tuple[list[str], np.ndarray]:
+    """The images below ``root/<folder>/`` of each ``folder -> label`` in ``folders``: ``(keys, labels (N,))``.
 
+    torchvision's ``make_dataset`` walks each folder recursively (following links) for :data:`IMAGE_EXTENSIONS` in
+    any case; hidden files and folders (``.name``) are skipped and a missing folder yields nothing. Keys are relative
+    to ``root``, in the order of ``folders``, sorted within each folder.
+    """
+    prefix = os.path.join(root, "")
 
-def list_images(directory: str) -> list[str]:
-    """Image files (by :data:`IMAGE_EXTENSIONS`, any case) below ``directory``, recursively, as sorted paths
-    relative to it; hidden files and folders (``.name``) are skipped, symbolic links followed."""
-    found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel = os.path.relpath(dirpath, directory)
-        for name in filenames:
-            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
-                found.append(name if rel == "." else os.path.join(rel, name))
-    return sorted(found)
+    def visible_image(path: str) -> bool:
+        hidden = any(part.startswith(".") for part in path.removeprefix(prefix).split(os.sep))
+        return not hidden and has_file_allowed_extension(path, IMAGE_EXTENSIONS)
+
+    rank = {label: i for i, label in enumerate(folders.values())}
+    found = sorted(
+        (rank[label], path.removeprefix(prefix), label)
+        for path, label in make_dataset(root, folders, is_valid_file=visible_image, allow_empty=True)
+    )
+    return [key for _, key, _ in found], np.array([label for _, _, label in found], dtype=np.int64)
 
 
 def read_columns(path: str, dataset: str, columns: int, what: str) -> list[tuple[int, list[str]]]:
@@ -143,12 +128,10 @@ def read_columns(path: str, dataset: str, columns: int, what: str) -> list[tuple
     try:
         with open(path, encoding="utf-8") as f:
             for number, line in enumerate(f, 1):
-                tokens = line.split()
-                if not tokens:
-                    continue
-                if len(tokens) != columns:
-                    malformed.append(f"line {number}: {line.strip()[:80]!r}")
-                rows.append((number, tokens))
+                if tokens := line.split():
+                    rows.append((number, tokens))
+                    if len(tokens) != columns:
+                        malformed.append(f"line {number}: {line.strip()[:80]!r}")
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{dataset}: cannot read {path}: {one_line(e)}") from None
     if malformed:
@@ -163,26 +146,34 @@ def parse_labels(
 ) -> np.ndarray:
     """Integer labels ``(N,)`` from token ``column`` of ``rows``; each must lie in ``[0, num_classes)`` (or be
     ``>= 0`` when ``num_classes`` is None), else a :class:`DataError` lists the first offending lines."""
-    labels = np.empty(len(rows), dtype=np.int64)
-    bad: list[str] = []
-    for i, (number, tokens) in enumerate(rows):
-        try:
-            labels[i] = int(tokens[column])
-        except ValueError:
-            labels[i] = -1
-        if labels[i] < 0 or (num_classes is not None and labels[i] >= num_classes):
-            bad.append(f"line {number}: {tokens[column]!r}")
+    labels = np.array([as_int(tokens[column], -1) for _, tokens in rows], dtype=np.int64)
+    invalid = (labels < 0) if num_classes is None else (labels < 0) | (labels >= num_classes)
+    bad = [f"line {rows[i][0]}: {rows[i][1][column]!r}" for i in np.flatnonzero(invalid).tolist()]
     if bad:
         valid = f"0..{num_classes - 1}" if num_classes is not None else "non-negative integers"
         raise DataError(f"{dataset}: {path} has {len(bad)} labels outside {valid}: {listing(bad)}")
     return labels
 
 
+def duplicates(items: Iterable[str]) -> list[str]:
+    """The items that occurred before, in order (an item three times is listed twice)."""
+    seen: set[str] = set()
+    return [x for x in items if x in seen or seen.add(x)]  # type: ignore[func-returns-value]
+
+
+def as_int(text: str, default: int) -> int:
+    """``int(text)``, or ``default`` when ``text`` is not an integer."""
+    try:
+        return int(text)
+    except ValueError:
+        return default
+
+
 def require_listed(
     dataset: str, root: str, keys: Sequence[str], listed_in: str, lines: Sequence[int] | None = None
 ) -> None:
     """A :class:`DataError` listing the first ``keys`` (named in ``listed_in``) whose file ``root/key`` is missing."""
-    missing = missing_files(root, keys)
+    missing = [i for i, k in enumerate(keys) if not os.path.isfile(os.path.join(root, k))]
     if missing:
         where = [f"line {lines[i]}: {keys[i]}" if lines is not None else keys[i] for i in missing]
         raise DataError(
@@ -203,31 +194,26 @@ def require_all_classes(dataset: str, classes: Sequence[str], labels: np.ndarray
 # ----------------------------------------------------------------------------------------------------- decoding
 
 
-def read_rgb(path: str, min_shorter: int | None = None) -> np.ndarray:
-    """Decode the image file ``path`` as RGB pixels ``uint8 (H, W, 3)`` (raises whatever PIL raises on a bad file).
+def read_rgb(path: str, min_shorter: int = 1) -> Tensor:
+    """Decode the image file ``path`` with Pillow as RGB ``uint8 (3, H, W)``; raises whatever Pillow raises.
 
-    ``min_shorter``: a JPEG may be decoded at a reduced scale (PIL's ``draft``: libjpeg's DCT scaling by 1/2, 1/4
-    or 1/8) as long as its shorter side stays at least this long (and the longer side in proportion); the result
-    is resized to that side anyway, and this makes decoding large photos several times cheaper. Palette images
-    with transparency go through RGBA, whose alpha is then dropped; grey-scale images are repeated on 3 channels,
-    16-bit grey-scale ones after keeping their high byte.
+    A JPEG is decoded at a reduced scale (Pillow's ``draft``: libjpeg's DCT scaling by 1/2, 1/4 or 1/8) as long as
+    its shorter side stays at least ``min_shorter`` (1: the smallest scale, enough for the load-time check); it is
+    resized to that side anyway, and this makes decoding large photos several times cheaper. Grey-scale is repeated
+    on 3 channels (16-bit grey-scale after keeping its high byte); alpha is dropped (palette transparency through
+    RGBA). The EXIF orientation is not applied.
     """
     with Image.open(path) as im:
-        if min_shorter is not None and im.format == "JPEG":
+        if im.format == "JPEG":
             im.draft("RGB", _resized_size(*im.size, min_shorter))
         im.load()
         if im.mode.startswith("I;16"):
             grey = (np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8)
-            return np.repeat(grey[:, :, None], 3, axis=2)
-        return np.array(_as_rgb(im), dtype=np.uint8)
-
-
-def _as_rgb(im: Image.Image) -> Image.Image:
-    if im.mode == "RGB":
-        return im
-    if im.mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")
-    return im.convert("RGB")
+            return torch.from_numpy(grey).expand(3, -1, -1)
+        if im.mode == "P" and "transparency" in im.info:
+            im = im.convert("RGBA")
+        pixels = np.array(im if im.mode == "RGB" else im.convert("RGB"))  # (H, W, 3)
+    return torch.from_numpy(pixels).permute(2, 0, 1)  # channels-last strides: torch's fast uint8 resize kernel
 
 
 def _resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
@@ -237,89 +223,44 @@ def _resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
     return int(shorter * width / height), shorter
 
 
-@dataclass(frozen=True)
 class ImageTransform:
-    """Decode + resize + crop (+ flip) of one image file into a ``uint8`` tensor ``(3, s, s)``; see the module doc.
+    """One image file -> ``uint8 (3, s, s)``: torchvision's v2 ``Resize`` (antialiased bilinear, on ``uint8``
+    tensors), ``CenterCrop`` for evaluation, ``RandomCrop`` + ``RandomHorizontalFlip`` for training.
 
-    For ``s >= 64`` the train-time randomness (crop position, flip) is drawn per image inside :meth:`decode`; for
-    ``s < 64`` :meth:`decode` is deterministic and :meth:`augment_batch` augments a decoded batch.
+    ``s >= 64``: the shorter side goes to ``round(s * 256 / 224)`` and training draws a random ``s x s`` crop and
+    flip per image in :meth:`decode`. ``s < 64``: the shorter side goes to ``s`` and :meth:`decode` is the centre
+    crop in training too; :meth:`augment_batch` then crops each image of the decoded batch after ``s // 8`` pixels of
+    zero padding and flips it: :class:`TensorSource`'s vectorised augmentation, so preloaded images and images
+    decoded from files give the same batches under the same seed.
     """
 
-    image_size: int
+    def __init__(self, image_size: int) -> None:
+        s = self.image_size = image_size
+        self.small = s < SMALL_IMAGE_SIDE
+        self.resize_to = s if self.small else round(s * 256 / 224)
+        self.augment = Augment(crop_padding=s // 8, hflip=True)  # the small-image batch augmentation
+        self.random_crop_flip = v2.Compose([v2.RandomCrop(s), v2.RandomHorizontalFlip()])
 
-    @property
-    def small(self) -> bool:
-        """Whether the small-image transform applies (``s < 64``)."""
-        return self.image_size < SMALL_IMAGE_SIDE
-
-    @property
-    def resize_to(self) -> int:
-        """Shorter side after the resize: ``s`` for small images, else ``round(s * 256 / 224)``."""
-        return self.image_size if self.small else round(self.image_size * 256 / 224)
-
-    @property
-    def augment(self) -> Augment:
-        """The batched augmentation of the small-image transform: ``s // 8`` padding, random flip."""
-        return Augment(crop_padding=self.image_size // 8, hflip=True)
+    def __call__(self, x: Tensor, *, train: bool = False) -> Tensor:
+        """A decoded ``uint8 (3, H, W)`` image resized and cropped (randomly if ``train`` and ``s >= 64``)."""
+        x = F.resize(x, [self.resize_to], antialias=True)  # (the functional forms skip the transforms' overhead)
+        x = self.random_crop_flip(x) if train and not self.small else F.center_crop(x, [self.image_size])
+        return x.contiguous()
 
     def decode(self, path: str, *, train: bool = False) -> Tensor:
-        """The file at ``path`` as ``uint8 (3, s, s)``: resized, cropped (randomly if ``train`` and ``s >= 64``).
-
-        The resize is torch's antialiased bilinear interpolation of ``uint8`` images (what torchvision's ``Resize``
-        does to tensors; within one grey level of PIL's, and about 3x faster). Raises :class:`DataError` naming
-        ``path`` when the file cannot be read or decoded.
-        """
-        s, r = self.image_size, self.resize_to
+        """The file at ``path`` transformed; a :class:`DataError` naming ``path`` if it cannot be decoded."""
         try:
-            pixels = read_rgb(path, r)  # (H, W, 3)
+            x = read_rgb(path, self.resize_to)
         except Exception as e:  # noqa: BLE001 -- PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
             raise DataError(f"cannot decode image {path}: {failure_reason(e, path)}") from None
-        x = torch.from_numpy(pixels).permute(2, 0, 1)  # (3, H, W), channels-last strides: the fast uint8 kernel
-        h, w = x.shape[1:]
-        if min(h, w) != r:
-            w, h = _resized_size(w, h, r)
-            x = torch.nn.functional.interpolate(x[None], size=(h, w), mode="bilinear", antialias=True)[0]
-        if train and not self.small:
-            top = int(torch.randint(0, h - s + 1, (1,)))
-            left = int(torch.randint(0, w - s + 1, (1,)))
-            flip = bool(torch.rand(1) < 0.5)
-        else:
-            top = round((h - s) / 2.0)
-            left = round((w - s) / 2.0)
-            flip = False
-        x = x[:, top : top + s, left : left + s]
-        return (x.flip(2) if flip else x).contiguous()
+        return self(x, train=train)
 
     def augment_batch(self, x: Tensor) -> Tensor:
         """Train-time augmentation of decoded ``uint8 (B, 3, s, s)`` for ``s < 64`` (identity for larger sides)."""
-        if not self.small:
-            return x
-        return random_crop_flip(x, self.augment.crop_padding, self.augment.hflip)
-
-
-def probe_image(path: str) -> None:
-    """Check that ``path`` opens, decodes (a JPEG at 1/8 scale) and converts to RGB; raise whatever PIL raises."""
-    with Image.open(path) as im:
-        if im.format == "JPEG":
-            im.draft("RGB", (1, 1))
-        im.load()
-        _as_rgb(im)
+        return random_crop_flip(x, self.augment.crop_padding, self.augment.hflip) if self.small else x
 
 
 # ------------------------------------------------------------------------------------------------------ sources
-
-
-class _Normalise:
-    """ImageNet normalisation of ``uint8`` batches, with exactly :class:`TensorSource`'s arithmetic."""
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        c = len(mean)
-        self._mean = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1) * 255.0
-        self._inv_std = 1.0 / (torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1) * 255.0)
-
-    def __call__(self, x: Tensor) -> Tensor:
-        """``uint8 (B, C, H, W)`` -> ``float32 (B, C, H, W)``; in place on the new float tensor (same rounding)."""
-        return x.float().sub_(self._mean).mul_(self._inv_std)
 
 
 class _Files:
@@ -362,22 +303,20 @@ class FileSource(_Files, ImageSource):
         self._set_files(root, keys)
         self.transform = transform
         self.shape = (3, transform.image_size, transform.image_size)
-        self._normalise = _Normalise(mean, std)
+        self.normalise = Normalise(mean, std)
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def load_uint8(self, rows: Tensor, *, augment: bool) -> Tensor:
         """Rows ``(B,)`` decoded as ``uint8 (B, 3, s, s)``, augmented if ``augment`` (before normalisation)."""
-        s = self.transform.image_size
-        row_list = rows.reshape(-1).tolist()
-        out = torch.empty((len(row_list), 3, s, s), dtype=torch.uint8)
-        for j, r in enumerate(row_list):
+        out = torch.empty((rows.numel(), *self.shape), dtype=torch.uint8)
+        for j, r in enumerate(rows.reshape(-1).tolist()):
             out[j] = self.transform.decode(self.path(r), train=augment)
         return self.transform.augment_batch(out) if augment else out
 
     def load(self, rows: Tensor, *, augment: bool) -> Tensor:
-        return self._normalise(self.load_uint8(rows, augment=augment))
+        return self.normalise(self.load_uint8(rows, augment=augment))
 
     def preview(self, rows: Tensor) -> Tensor:
         return self.load_uint8(rows, augment=False)
@@ -404,96 +343,27 @@ class PreloadedSource(_Files, TensorSource):
 # ---------------------------------------------------------------------------------------------- load-time checks
 
 
-def _chunks(n: int, size: int = _CHUNK) -> Iterator[range]:
-    for start in range(0, n, size):
-        yield range(start, min(n, start + size))
+def check_all(
+    paths: Sequence[str], check: Callable[[int], object], threads: int | None = None
+) -> list[tuple[int, str]]:
+    """Run ``check(i)`` for every position of ``paths`` on a thread pool (Pillow decodes without holding the GIL);
+    ``(position, reason)`` of each that raised, in order."""
 
-
-def _pooled(n: int, work: Callable[[range], list[tuple[int, str]]], threads: int | None) -> list[tuple[int, str]]:
-    """Run ``work`` over chunks of ``range(n)`` on a thread pool; the concatenated ``(row, reason)`` failures."""
-    threads = load_threads() if threads is None else threads
-    if threads <= 1 or n <= _CHUNK:
-        failures = [f for chunk in _chunks(n) for f in work(chunk)]
-    else:
-        with ThreadPoolExecutor(threads) as pool:
-            failures = [f for part in pool.map(work, _chunks(n)) for f in part]
-    return sorted(failures)
-
-
-def scan_images(paths: Sequence[str], threads: int | None = None) -> list[tuple[int, str]]:
-    """Open and decode every file of ``paths`` (JPEGs at 1/8 scale) on a thread pool.
-
-    Returns ``(position, reason)`` for each file that is unreadable or not a decodable image, in order.
-    """
-
-    def work(chunk: range) -> list[tuple[int, str]]:
+    def chunk(start: int) -> list[tuple[int, str]]:
         bad = []
-        for i in chunk:
+        for i in range(start, min(len(paths), start + _CHUNK)):
             try:
-                probe_image(paths[i])
+                check(i)
             except Exception as e:  # noqa: BLE001 -- any failure makes the image bad
                 bad.append((i, failure_reason(e, paths[i])))
         return bad
 
-    return _pooled(len(paths), work, threads)
-
-
-def decode_all(
-    paths: Sequence[str], transform: ImageTransform, threads: int | None = None
-) -> tuple[Tensor, list[tuple[int, str]]]:
-    """Decode every file of ``paths`` (eval transform) into ``uint8 (N, 3, s, s)``; the failures as ``(pos, reason)``.
-
-    Rows of failed files are left zero.
-    """
-    s = transform.image_size
-    out = torch.zeros((len(paths), 3, s, s), dtype=torch.uint8)
-
-    def work(chunk: range) -> list[tuple[int, str]]:
-        bad = []
-        for i in chunk:
-            try:
-                out[i] = transform.decode(paths[i])
-            except DataError as e:
-                bad.append((i, str(e).removeprefix(f"cannot decode image {paths[i]}: ")))
-        return bad
-
-    return out, _pooled(len(paths), work, threads)
-
-
-@dataclass
-class BadImages:
-    """Collects the images a loader skipped (``on_bad_image="skip"``) to report them in one warning line."""
-
-    dataset: str
-    skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (split, path, reason)
-
-    def handle(self, split: str, paths: Sequence[str], bad: list[tuple[int, str]], on_bad_image: OnBadImage) -> None:
-        """Raise for ``bad`` (``(position, reason)`` into ``paths``) under ``"fail"``; record them under ``"skip"``."""
-        if not bad:
-            return
-        if on_bad_image == "fail":
-            shown = [f"{paths[i]} ({reason})" for i, reason in bad]
-            raise DataError(
-                f"{self.dataset}: {len(bad)} unreadable or corrupt {split} image{'s' if len(bad) > 1 else ''}: "
-                f"{listing(shown)}; fix or remove them, or set data.on_bad_image=skip"
-            )
-        self.skipped.extend((split, paths[i], reason) for i, reason in bad)
-
-    def warn(self) -> None:
-        """Print one line to stderr naming the count and the first skipped files (nothing if none was skipped)."""
-        if not self.skipped:
-            return
-        per_split: dict[str, int] = {}
-        for split, _, _ in self.skipped:
-            per_split[split] = per_split.get(split, 0) + 1
-        splits = ", ".join(f"{n} {s}" for s, n in per_split.items())
-        shown = [f"{p} ({reason})" for _, p, reason in self.skipped]
-        print(
-            f"knnmix: warning: {self.dataset}: skipped {len(self.skipped)} unreadable or corrupt "
-            f"image{'s' if len(self.skipped) > 1 else ''} ({splits}): {listing(shown)}",
-            file=sys.stderr,
-            flush=True,
-        )
+    threads = load_threads() if threads is None else threads
+    starts = range(0, len(paths), _CHUNK)
+    if threads <= 1 or len(starts) <= 1:
+        return [f for start in starts for f in chunk(start)]
+    with ThreadPoolExecutor(threads) as pool:
+        return [f for part in pool.map(chunk, starts) for f in part]
 
 
 def should_preload(n: int, image_size: int) -> bool:
@@ -502,44 +372,74 @@ def should_preload(n: int, image_size: int) -> bool:
 
 
 def build_source(
-    root: str,
-    keys: Sequence[str],
-    labels: np.ndarray,
-    *,
-    image_size: int,
-    on_bad_image: OnBadImage,
-    split: str,
-    bad: BadImages,
-    preload: bool | None = None,
-    threads: int | None = None,
-) -> tuple[ImageSource, np.ndarray, np.ndarray]:
-    """Check the files ``root/key`` and wrap them in a source: ``(source, labels, kept)``.
+    root: str, keys: Sequence[str], *, image_size: int, preload: bool | None = None, threads: int | None = None
+) -> tuple[ImageSource, np.ndarray, list[tuple[int, str]]]:
+    """Check the files ``root/key`` and wrap the good ones in a source: ``(source, kept, failures)``.
 
-    ``labels`` ``(N,)`` go with ``keys``; bad images fail the load or are dropped (see :class:`BadImages`), so the
-    returned labels and ``kept`` (positions into ``keys``, ``(M,)`` int64) only cover the images that remain.
-    ``preload`` None decides by :func:`should_preload`. The source is a :class:`PreloadedSource` when preloaded,
-    else a :class:`FileSource`; both return ``float32 (B, 3, s, s)``.
+    Every image is opened and decoded (a JPEG at 1/8 scale: ``open`` + ``verify`` alone would miss truncated files),
+    or, when preloaded (``preload`` None: :func:`should_preload`), decoded and transformed into memory. ``kept``
+    (``(M,)`` int64 positions into ``keys``) are the rows of the source, a :class:`PreloadedSource` when preloaded,
+    else a :class:`FileSource`; ``failures`` are ``(position, reason)`` of the others.
     """
     transform = ImageTransform(image_size)
     paths = [os.path.join(root, k) for k in keys]
-    if preload is None:
-        preload = should_preload(len(paths), image_size)
-    n_threads = load_threads() if threads is None else threads
-    images: Tensor | None = None
-    if preload:
-        images, failures = decode_all(paths, transform, n_threads)
-    else:
-        failures = scan_images(paths, n_threads)
-    bad.handle(split, paths, failures, on_bad_image)
+    images = None
+    if should_preload(len(paths), image_size) if preload is None else preload:
+        images = torch.zeros((len(paths), 3, image_size, image_size), dtype=torch.uint8)
+
+    def check(i: int) -> None:
+        if images is None:
+            read_rgb(paths[i])
+        else:
+            images[i] = transform(read_rgb(paths[i], transform.resize_to))
+
+    failures = check_all(paths, check, threads)
     kept = np.ones(len(paths), dtype=bool)
     kept[[i for i, _ in failures]] = False
-    kept_rows = np.flatnonzero(kept).astype(np.int64)
-    kept_keys = [keys[i] for i in kept_rows.tolist()]
-    labels = np.asarray(labels, dtype=np.int64)[kept_rows]
-    if images is not None:
-        if failures:
-            images = images[torch.from_numpy(kept_rows)]
-        source: ImageSource = PreloadedSource(images, root, kept_keys, transform.augment)
-    else:
-        source = FileSource(root, kept_keys, transform)
-    return source, labels, kept_rows
+    rows = np.flatnonzero(kept).astype(np.int64)
+    kept_keys = [keys[i] for i in rows.tolist()]
+    if images is None:
+        return FileSource(root, kept_keys, transform), rows, failures
+    if failures:
+        images = images[torch.from_numpy(rows)]
+    return PreloadedSource(images, root, kept_keys, transform.augment), rows, failures
+
+
+def build_sources(
+    dataset: str,
+    classes: Sequence[str],
+    splits: dict[str, tuple[str, Sequence[str], np.ndarray]],
+    *,
+    image_size: int,
+    on_bad_image: OnBadImage,
+) -> dict[str, tuple[ImageSource, np.ndarray]]:
+    """:func:`build_source` for each split (``name -> (root, keys, labels (N,))``, the training split first):
+    ``name -> (source, labels)``.
+
+    Bad images fail the load with a one-line :class:`DataError` (``on_bad_image="fail"``), or are dropped before row
+    numbers are assigned (``"skip"``) and named in one warning line on stderr; a training class left without images
+    is a :class:`DataError`.
+    """
+    out: dict[str, tuple[ImageSource, np.ndarray]] = {}
+    skipped: list[tuple[str, str]] = []  # (split, "path (reason)")
+    for split, (root, keys, labels) in splits.items():
+        source, kept, bad = build_source(root, keys, image_size=image_size)
+        shown = [f"{os.path.join(root, keys[i])} ({reason})" for i, reason in bad]
+        if bad and on_bad_image == "fail":
+            raise DataError(
+                f"{dataset}: {len(bad)} unreadable or corrupt {split} image{'s' if len(bad) > 1 else ''}: "
+                f"{listing(shown)}; fix or remove them, or set data.on_bad_image=skip"
+            )
+        skipped += [(split, item) for item in shown]
+        out[split] = (source, np.asarray(labels, dtype=np.int64)[kept])
+        if len(out) == 1:
+            require_all_classes(dataset, classes, out[split][1], " left after skipping unreadable images")
+    if skipped:
+        counts = ", ".join(f"{n} {split}" for split in out if (n := sum(s == split for s, _ in skipped)))
+        print(
+            f"knnmix: warning: {dataset}: skipped {len(skipped)} unreadable or corrupt "
+            f"image{'s' if len(skipped) > 1 else ''} ({counts}): {listing([item for _, item in skipped])}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return out

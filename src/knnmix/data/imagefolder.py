@@ -7,42 +7,51 @@ Two layouts of ``root`` (``data.root``, required):
 - **CSV mode** (``data.labels_file``): a CSV with a ``path,label`` header; ``path`` is relative to ``root`` (or
   absolute), ``label`` a class name or an integer index into the class list. The class list is ``classes.txt``
   beside the CSV (one name per line, line order = class index) if present, else the sorted set of labels
-  (numerically sorted when every label is an integer).
+  (numerically sorted when every label is an integer). A class with a single image in the training CSV is warned
+  about (:class:`~knnmix.errors.KnnmixWarning`): a mistyped label becomes such a class.
 
 ``data.test_root`` (optional) is a second folder (folder mode) or CSV file (paths relative to the CSV's folder) with
 trusted labels, reported as the test split; its labels are resolved against the training class list.
-Images are decoded and transformed as described in :mod:`knnmix.data.files`.
+Images are decoded and transformed as described in :mod:`knnmix.data.files`; ``image_size=None`` chooses the side
+from the images (:func:`choose_image_size`).
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
-from knnmix.data import DATASETS
 from knnmix.data._common import as_path, one_line
-from knnmix.data.base import DatasetBundle
+from knnmix.data.base import DATASETS, DatasetBundle
 from knnmix.data.files import (
     IMAGE_EXTENSIONS,
-    BadImages,
     OnBadImage,
-    build_source,
+    as_int,
+    build_sources,
     check_options,
-    list_images,
+    duplicates,
+    find_images,
     listing,
     require_all_classes,
     require_dir,
 )
-from knnmix.errors import DataError
+from knnmix.errors import DataError, KnnmixWarning
 
 NAME = "imagefolder"
 #: The class list beside a labels CSV.
 CLASSES_FILE = "classes.txt"
 #: Largest ``image_size`` that gets the small CNN by default (larger images: ResNet-50).
 SMALL_MODEL_MAX_SIDE = 64
+#: The sides ``image_size=None`` chooses from: the first at least the images' median shorter side, else the last.
+AUTO_SIDES = (32, 64, 224)
+#: How many training images (a seeded sample) have their size read to choose ``image_size``.
+SIZE_SAMPLE = 256
 
 
 @dataclass
@@ -59,7 +68,7 @@ class LabelledFiles:
 
 
 def read_folder(root: str, classes: list[str] | None = None) -> LabelledFiles:
-    """Folder mode: every image below ``root/<class>/``.
+    """Folder mode: every image below ``root/<class>/`` (:func:`~knnmix.data.files.find_images`).
 
     ``classes`` None: the class list is the sorted class folder names. Given (a test folder), every class folder
     must be one of them (a test folder may lack some classes). An empty class folder is a :class:`DataError`.
@@ -71,30 +80,22 @@ def read_folder(root: str, classes: list[str] | None = None) -> LabelledFiles:
             f"{NAME}: no class folders under {root} (expected {root}/<class>/<image>, "
             "or a CSV of path,label given as data.labels_file)"
         )
-    if classes is None:
-        classes = folders
-    else:
-        unknown = [repr(f) for f in folders if f not in classes]
-        if unknown:
-            raise DataError(
-                f"{NAME}: {len(unknown)} class folders under {root} are not training classes: {listing(unknown)}"
-            )
+    classes = folders if classes is None else classes
+    unknown = [repr(f) for f in folders if f not in classes]
+    if unknown:
+        raise DataError(
+            f"{NAME}: {len(unknown)} class folders under {root} are not training classes: {listing(unknown)}"
+        )
     index = {c: i for i, c in enumerate(classes)}
-    keys: list[str] = []
-    labels: list[int] = []
-    empty: list[str] = []
-    for folder in folders:
-        found = list_images(os.path.join(root, folder))
-        if not found:
-            empty.append(repr(folder))
-        keys.extend(os.path.join(folder, f) for f in found)
-        labels.extend([index[folder]] * len(found))
+    keys, labels = find_images(root, {f: index[f] for f in folders})
+    counts = np.bincount(labels, minlength=len(classes))
+    empty = [repr(f) for f in folders if counts[index[f]] == 0]
     if empty:
         raise DataError(
             f"{NAME}: {len(empty)} class folders under {root} hold no images "
             f"({'/'.join(IMAGE_EXTENSIONS)}): {listing(empty)}"
         )
-    return LabelledFiles(root, keys, np.asarray(labels, dtype=np.int64), list(classes))
+    return LabelledFiles(root, keys, labels, list(classes))
 
 
 # ------------------------------------------------------------------------------------------------------ CSV mode
@@ -109,12 +110,7 @@ def read_classes_file(path: str) -> list[str]:
         raise DataError(f"{NAME}: cannot read {path}: {one_line(e)}") from None
     if not names:
         raise DataError(f"{NAME}: {path} lists no class names")
-    seen: set[str] = set()
-    dups: list[str] = []
-    for name in names:
-        if name in seen:
-            dups.append(repr(name))
-        seen.add(name)
+    dups = [repr(name) for name in duplicates(names)]
     if dups:
         raise DataError(f"{NAME}: {path} lists {len(dups)} class names twice: {listing(dups)}")
     return names
@@ -128,15 +124,10 @@ def _sorted_labels(labels: set[str]) -> list[str]:
         return sorted(labels)
 
 
-def _resolve(label: str, index: dict[str, int], n: int) -> int | None:
-    """A label's class index: the class of that name, else an integer index in ``[0, n)``; None if neither."""
-    if label in index:
-        return index[label]
-    try:
-        i = int(label)
-    except ValueError:
-        return None
-    return i if 0 <= i < n else None
+def _resolve(label: str, index: dict[str, int], n: int) -> int:
+    """A label's class index: the class of that name, else an integer index in ``[0, n)``; -1 if neither."""
+    i = index[label] if label in index else as_int(label, -1)
+    return i if 0 <= i < n else -1
 
 
 def read_csv(csv_path: str, base: str, classes: list[str] | None = None) -> LabelledFiles:
@@ -147,6 +138,7 @@ def read_csv(csv_path: str, base: str, classes: list[str] | None = None) -> Labe
     :class:`DataError` listing the first offending lines for: a missing header or wrong columns, malformed rows, a
     label absent from the class list (or an out-of-range index), a path listed twice, a path naming no file.
     """
+    training = classes is None
     rows: list[tuple[int, str, str]] = []  # (line number, path, label)
     malformed: list[str] = []
     try:
@@ -187,14 +179,8 @@ def read_csv(csv_path: str, base: str, classes: list[str] | None = None) -> Labe
         origin = "the training class list"
 
     index = {c: i for i, c in enumerate(classes)}
-    labels = np.empty(len(rows), dtype=np.int64)
-    unknown: list[str] = []
-    for j, (number, _, label) in enumerate(rows):
-        c = _resolve(label, index, len(classes))
-        if c is None:
-            unknown.append(f"line {number}: {label!r}")
-            c = -1
-        labels[j] = c
+    labels = np.array([_resolve(label, index, len(classes)) for _, _, label in rows], dtype=np.int64)
+    unknown = [f"line {number}: {label!r}" for (number, _, label), c in zip(rows, labels) if c < 0]
     if unknown:
         raise DataError(
             f"{NAME}: {csv_path} has {len(unknown)} labels absent from the class list ({len(classes)} classes from "
@@ -220,6 +206,14 @@ def read_csv(csv_path: str, base: str, classes: list[str] | None = None) -> Labe
     ]
     if missing:
         raise DataError(f"{NAME}: {csv_path} names {len(missing)} images missing under {base}: {listing(missing)}")
+    if training:  # a mistyped label in a training CSV becomes a class of its own, with a single image
+        counts = np.bincount(labels, minlength=len(classes))
+        single = [f"{classes[c]!r} (line {number})" for (number, _, _), c in zip(rows, labels) if counts[c] == 1]
+        if single:
+            warnings.warn(
+                f"{NAME}: {len(single)} of {len(classes)} classes in {csv_path} have a single image (a mistyped "
+                f"label?): {listing(single)}", KnnmixWarning, stacklevel=2,
+            )
     return LabelledFiles(base, keys, labels, list(classes))
 
 
@@ -239,6 +233,35 @@ def read_split(location: str, classes: list[str] | None = None) -> LabelledFiles
     return read_folder(location, classes)
 
 
+def read_train(root: str | None, labels_file: str | None = None) -> LabelledFiles:
+    """The training split of ``root`` (folder mode, or CSV mode with ``labels_file``), with at least 2 classes and
+    an image in every class."""
+    if not root:
+        raise DataError(f"{NAME}: set data.root to the folder holding your images")
+    root = require_dir(os.path.abspath(as_path(root)), NAME)
+    # Folder mode already refused empty class folders; a classes.txt may list classes without rows.
+    train = read_csv(_labels_file(labels_file, root), root) if labels_file else read_folder(root)
+    if len(train.classes) < 2:
+        raise DataError(f"{NAME}: the data holds a single class {train.classes[0]!r}; at least 2 are needed")
+    require_all_classes(NAME, train.classes, train.labels, f" (remove them from {CLASSES_FILE} or add images)")
+    return train
+
+
+def choose_image_size(base: str, keys: Sequence[str], sample: int = SIZE_SAMPLE) -> int:
+    """An ``image_size`` that fits the images ``base/key``: the median shorter side of a seeded sample of them
+    (sizes read from the file headers; unreadable files left out) rounded up to one of :data:`AUTO_SIDES`, so
+    28-pixel images get 32 (and the small CNN) and photos 224 (and ResNet-50)."""
+    sides = []
+    for i in np.random.default_rng(0).permutation(len(keys))[:sample].tolist():
+        try:
+            with Image.open(os.path.join(base, keys[i])) as im:
+                sides.append(min(im.size))
+        except Exception:  # noqa: BLE001 -- a bad image is reported by the load-time check
+            continue
+    median = float(np.median(sides)) if sides else AUTO_SIDES[-1]
+    return next((side for side in AUTO_SIDES if median <= side), AUTO_SIDES[-1])
+
+
 # --------------------------------------------------------------------------------------------------------- loader
 
 
@@ -247,7 +270,7 @@ def load_imagefolder(
     root: str | None,
     download: bool,
     *,
-    image_size: int = 224,
+    image_size: int | None = None,
     labels_file: str | None = None,
     test_root: str | None = None,
     on_bad_image: OnBadImage = "fail",
@@ -255,19 +278,13 @@ def load_imagefolder(
     """Load a user's images from ``root`` (folder mode, or CSV mode with ``labels_file``); see the module docstring.
 
     ``download`` is ignored (there is nothing to fetch). Images come out as ``float32 (B, 3, s, s)`` with
-    ``s = image_size``; bad images fail the load or are skipped with one warning (``on_bad_image``).
+    ``s = image_size`` (None: :func:`choose_image_size`); ``default_model`` is the small CNN up to 64 pixels, else
+    ResNet-50. Bad images fail the load or are skipped with one warning (``on_bad_image``).
     """
-    check_options(NAME, image_size, on_bad_image)
-    if not root:
-        raise DataError(f"{NAME}: set data.root to the folder holding your images")
-    root = os.path.abspath(as_path(root))
-    require_dir(root, NAME)
-    # Folder mode already refused empty class folders; a classes.txt may list classes without rows.
-    train = read_csv(_labels_file(labels_file, root), root) if labels_file else read_folder(root)
-    if len(train.classes) < 2:
-        raise DataError(f"{NAME}: the data holds a single class {train.classes[0]!r}; at least 2 are needed")
-    require_all_classes(NAME, train.classes, train.labels, f" (remove them from {CLASSES_FILE} or add images)")
-
+    check_options(NAME, AUTO_SIDES[-1] if image_size is None else image_size, on_bad_image)
+    train = read_train(root, labels_file)
+    if image_size is None:
+        image_size = choose_image_size(train.base, train.keys)
     test = None
     if test_root:
         location = os.path.abspath(as_path(test_root))
@@ -276,23 +293,17 @@ def load_imagefolder(
         test = read_split(location, train.classes)
 
     # Every list is consistent: now check (or preload) the images themselves.
-    bad = BadImages(NAME)
-    train_source, train_labels, _ = build_source(
-        train.base, train.keys, train.labels, image_size=image_size, on_bad_image=on_bad_image, split="train", bad=bad
-    )
-    require_all_classes(NAME, train.classes, train_labels, " left after skipping unreadable images")
-    test_source = test_labels = None
+    listed = {"train": (train.base, train.keys, train.labels)}
     if test is not None:
-        test_source, test_labels, _ = build_source(
-            test.base, test.keys, test.labels, image_size=image_size, on_bad_image=on_bad_image, split="test", bad=bad
-        )
-    bad.warn()
+        listed["test"] = (test.base, test.keys, test.labels)
+    splits = build_sources(NAME, train.classes, listed, image_size=image_size, on_bad_image=on_bad_image)
+    test_source, test_labels = splits.get("test", (None, None))
     return DatasetBundle(
         name=NAME,
         family="generic",
         classes=train.classes,
-        train=train_source,
-        train_labels=train_labels,
+        train=splits["train"][0],
+        train_labels=splits["train"][1],
         test=test_source,
         test_labels=test_labels,
         labels_are_clean=False,

@@ -18,19 +18,17 @@ ImageNet's validation images of the same classes are a second test set, ``extra_
 from __future__ import annotations
 
 import os
-from functools import partial
 
 import numpy as np
 
-from knnmix.data import DATASETS
 from knnmix.data._common import as_path
-from knnmix.data.base import DatasetBundle, ImageSource
+from knnmix.data.base import DATASETS, DatasetBundle
 from knnmix.data.files import (
-    BadImages,
     OnBadImage,
-    build_source,
+    build_sources,
     check_options,
-    list_images,
+    duplicates,
+    find_images,
     listing,
     parse_labels,
     read_columns,
@@ -59,12 +57,7 @@ def read_synsets(path: str) -> list[str]:
         raise DataError(f"{NAME}: cannot read {path}: {e}") from None
     if not ids:
         raise DataError(f"{NAME}: {path} lists no synsets")
-    seen: set[str] = set()
-    dups = []
-    for s in ids:
-        if s in seen:
-            dups.append(s)
-        seen.add(s)
+    dups = duplicates(ids)
     if dups:
         raise DataError(f"{NAME}: {path} lists {len(dups)} synsets twice: {listing(dups)}")
     return ids
@@ -83,22 +76,15 @@ def imagenet_split(directory: str, synsets: list[str]) -> tuple[list[str], np.nd
     Every class needs a folder with at least one image, else a :class:`DataError` lists the first missing synsets.
     """
     require_dir(directory, NAME, "ImageNet validation folder")
-    keys: list[str] = []
-    labels: list[int] = []
-    missing: list[str] = []
-    for c, synset in enumerate(synsets):
-        folder = os.path.join(directory, synset)
-        found = list_images(folder) if os.path.isdir(folder) else []
-        if not found:
-            missing.append(synset)
-        keys.extend(os.path.join(synset, f) for f in found)
-        labels.extend([c] * len(found))
+    keys, labels = find_images(directory, {synset: c for c, synset in enumerate(synsets)})
+    counts = np.bincount(labels, minlength=len(synsets))
+    missing = [synset for c, synset in enumerate(synsets) if counts[c] == 0]
     if missing:
         raise DataError(
             f"{NAME}: the ImageNet validation folder {directory} has no images for {len(missing)} of the "
             f"{len(synsets)} classes (expected {directory}/<synset>/*.JPEG): {listing(missing)}"
         )
-    return keys, np.asarray(labels, dtype=np.int64)
+    return keys, labels
 
 
 @DATASETS.register("webvision")
@@ -106,7 +92,7 @@ def load_webvision(
     root: str | None,
     download: bool,
     *,
-    image_size: int = 224,
+    image_size: int | None = None,
     test_root: str | None = None,
     on_bad_image: OnBadImage = "fail",
     first_classes: int | None = None,
@@ -116,6 +102,7 @@ def load_webvision(
     ``test_root``: ImageNet's validation folder (per-synset layout), default ``<root>/imagenet_val`` when it exists.
     ``download`` is ignored (WebVision is downloaded by hand). Images are ``float32 (B, 3, s, s)``.
     """
+    image_size = 224 if image_size is None else image_size
     check_options(NAME, image_size, on_bad_image)
     if not root:
         raise DataError(f"{NAME}: set data.root to the WebVision folder (holding info/, google/ and val_images_256/)")
@@ -163,25 +150,19 @@ def load_webvision(
         imagenet = imagenet_split(imagenet_dir, synsets[:k])
 
     # Every list is consistent: now check (or preload) the images themselves.
-    bad = BadImages(NAME)
-    make = partial(build_source, image_size=image_size, on_bad_image=on_bad_image, bad=bad)
-    train, train_labels, _ = make(root, train_keys, train_labels, split="train")
-    require_all_classes(NAME, classes, train_labels, " left after skipping unreadable images")
-    test, test_labels, _ = make(root, val_keys, val_labels, split="test")
-    extra: dict[str, tuple[ImageSource, np.ndarray]] = {}
+    listed = {"train": (root, train_keys, train_labels), "test": (root, val_keys, val_labels)}
     if imagenet is not None:
-        source, labels, _ = make(imagenet_dir, *imagenet, split="imagenet")
-        extra["imagenet"] = (source, labels)
-    bad.warn()
+        listed["imagenet"] = (imagenet_dir, *imagenet)
+    splits = build_sources(NAME, classes, listed, image_size=image_size, on_bad_image=on_bad_image)
     return DatasetBundle(
         name=NAME,
         family="generic",
         classes=classes,
-        train=train,
-        train_labels=train_labels,
-        test=test,
-        test_labels=test_labels,
+        train=splits["train"][0],
+        train_labels=splits["train"][1],
+        test=splits["test"][0],
+        test_labels=splits["test"][1],
         labels_are_clean=False,
         default_model="resnet50",
-        extra_tests=extra,
+        extra_tests={"imagenet": splits["imagenet"]} if imagenet is not None else {},
     )

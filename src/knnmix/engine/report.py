@@ -11,7 +11,7 @@ from knnmix import config as C
 from knnmix.audit import find_label_issues, plot_label_issues, write_label_issues
 from knnmix.data import LabelledDataset
 from knnmix.engine.checkpoint import LABEL_ISSUES, LABEL_ISSUES_PLOT, RunFolder
-from knnmix.engine.phases import Bank
+from knnmix.methods.phases import Bank
 from knnmix.provenance import git_commit
 
 if TYPE_CHECKING:
@@ -98,7 +98,8 @@ def banner(run: Run) -> str:
     )
 
 
-def progress_line(r: dict[str, Any], epochs: int) -> str:
+def progress_line(r: dict[str, Any], epochs: int, eta_s: float | None = None) -> str:
+    """One epoch's line; ``eta_s``: the estimated seconds left (shown from the first epoch on, until the last)."""
     parts = [
         f"epoch {r['epoch']:>3}/{epochs}",
         f"[{r['phase']}]",
@@ -112,6 +113,9 @@ def progress_line(r: dict[str, Any], epochs: int) -> str:
         parts.append(f"noisy P/R {pct(r.get('noisy_precision'))}/{pct(r.get('noisy_recall'))}")
     parts.append(f"lr {r['lr']:.4g}")
     parts.append(f"{r['train_time_s']:.1f}s")
+    if eta_s is not None and r["epoch"] < epochs:
+        left = round(eta_s)
+        parts.append(f"~{left // 3600}h{left % 3600 // 60:02d}m left" if left >= 3600 else f"~{left // 60}m{left % 60:02d}s left")
     return "  ".join(parts)
 
 
