@@ -31,10 +31,10 @@ import torch.distributed as td
 import torch.multiprocessing as mp
 
 from knnmix import config as C
-from knnmix.engine import dist as D
-from knnmix.engine import phases
+from knnmix.methods import dist as D
+from knnmix.methods import phases
 from knnmix.engine import train as E
-from knnmix.method import FaissSearch, l2_normalise, neighbours_excluding_self
+from knnmix.math import FaissSearch, l2_normalise, neighbours_excluding_self
 from knnmix.provenance import git_commit, machine
 
 RESULTS = Path(__file__).resolve().parent / "results"

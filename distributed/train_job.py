@@ -11,7 +11,8 @@ Runs unchanged on a laptop and on a cluster:
 The knnmix sources next to this file (``../src``) win over an installed knnmix, so a job runs the code it was
 submitted with; they travel to every worker in the job's runtime environment. Extra flag: ``--resume-if-exists``
 continues the run when its folder or Ray Train storage already holds one and starts it otherwise (for job retries,
-e.g. a KubeRay RayJob's ``backoffLimit``). Exit status: 0 done, 2 a user error (one line on stderr), 1 otherwise.
+e.g. a KubeRay RayJob's ``backoffLimit``). With ``--tracking-uri`` (or ``MLFLOW_TRACKING_URI``) the finished run is
+logged to MLflow. Exit status: 0 done, 2 a user error (one line on stderr), 1 otherwise.
 See distributed/README.md.
 """
 
@@ -27,7 +28,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 if (SRC / "knnmix").is_dir() and str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
-from knnmix.cli import _add_run_options, load_config  # noqa: E402
+from knnmix.cli import _add_run_options, load_config, run_training  # noqa: E402
 from knnmix.errors import KnnmixError  # noqa: E402
 
 
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from knnmix.scale.train import run_exists, train_distributed
+        from knnmix.scale.train import run_exists
 
         if args.resume and not args.config:  # as `knnmix train --resume`: the run folder's config by default
             from knnmix import config as C
@@ -60,8 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_config(args)
         if cfg.distributed.workers < 1:
             raise KnnmixError("train_job.py trains on Ray Train workers: pass --workers N (N >= 1)")
-        resume = args.resume or (args.resume_if_exists and run_exists(cfg))
-        summary = train_distributed(cfg, resume=resume, overwrite=args.overwrite)
+        args.resume = args.resume or (args.resume_if_exists and run_exists(cfg))
+        summary = run_training(cfg, args)  # Ray Train, then MLflow when a tracking URI is given
     except KnnmixError as exc:
         print(f"knnmix: error: {exc}", file=sys.stderr)
         return 2

@@ -27,28 +27,21 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """A private temp dir and token for Ray; yields ``start(dashboard=False)``, which (re)starts one local 2-CPU Ray
-    if needed. ``dashboard=True`` (sweeps) restarts a Ray started without one: when Ray Tune stops a trial, the Ray
-    Train controller's placement group is cleaned up only with the dashboard running."""
+    """A private temp dir and token for Ray; yields ``start()``, which (re)starts one local 2-CPU Ray if needed
+    (through knnmix's own ``ensure_ray``: bound to 127.0.0.1, with the dashboard that Ray Train needs to free a
+    stopped trial's placement group)."""
     import ray
 
     tmp = Path(tempfile.mkdtemp(prefix="kx-ray-", dir="/tmp"))  # short: Ray's socket paths live below it
-    names = ("RAY_TMPDIR", "RAY_AUTH_TOKEN", "RAY_AUTH_MODE")
+    names = ("RAY_TMPDIR", "RAY_AUTH_TOKEN", "RAY_AUTH_MODE", "RAY_ADDRESS")
     saved = {k: os.environ.get(k) for k in names}
     os.environ["RAY_TMPDIR"] = str(tmp)
     os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(24)  # ray.init() turns token auth on and uses this token
-    state = {"dashboard": False}
+    os.environ.pop("RAY_ADDRESS", None)
 
-    def start(dashboard: bool = False) -> None:
-        if ray.is_initialized() and dashboard and not state["dashboard"]:
-            ray.shutdown()
+    def start(dashboard: bool = True) -> None:
         if not ray.is_initialized():
-            kwargs = {"dashboard_host": "127.0.0.1", "dashboard_port": free_port()} if dashboard else {}
-            ray.init(
-                address="local", num_cpus=2, include_dashboard=dashboard, runtime_env=ray_env.runtime_env(),
-                log_to_driver=True, **kwargs,
-            )
-            state["dashboard"] = dashboard
+            ray_env.ensure_ray(num_cpus=2, dashboard_port=free_port())
 
     yield {"start": start, "tmp": tmp}
     ray.shutdown()

@@ -13,7 +13,7 @@ import torch
 
 from knnmix import config as C
 from knnmix.data import DATASETS, DatasetBundle, TensorSource
-from knnmix.engine import phases
+from knnmix.methods import phases
 from knnmix.engine import train as E
 from knnmix.engine.checkpoint import RunFolder
 from knnmix.engine.splits import build_splits

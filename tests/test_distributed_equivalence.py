@@ -13,10 +13,10 @@ import torch
 import torch.distributed as td
 import torch.multiprocessing as mp
 
-from knnmix.engine import dist as D
-from knnmix.engine import phases
-from knnmix.engine.state import SampleState
-from knnmix.method import FaissSearch, TorchSearch, l2_normalise
+from knnmix.methods import dist as D
+from knnmix.methods import phases
+from knnmix.methods.state import SampleState
+from knnmix.math import FaissSearch, TorchSearch, l2_normalise
 
 N, DIM, C, K = 301, 16, 5, 3  # odd N: the two shards differ in size
 

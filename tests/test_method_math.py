@@ -1,4 +1,4 @@
-"""Seeded unit tests of the pure tensor functions in knnmix.method."""
+"""Seeded unit tests of the pure tensor functions in knnmix.math."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from knnmix.method import (
+from knnmix.math import (
     FaissSearch,
     TorchSearch,
     fit_clean_probability,

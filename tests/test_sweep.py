@@ -528,8 +528,8 @@ def test_mlflow_holds_nested_runs_params_metrics_and_artifacts(e2e):
         assert best_run.info.run_id == x["best"]["mlflow_run_id"] and best_run.data.tags["knnmix.best"] == "true"
         assert x["model_uri"].startswith("models:/")
         info = mlflow.models.get_model_info(x["model_uri"])
-        assert info.run_id == best_run.info.run_id and info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] \
-            == [-1, 1, 8, 8]
+        assert info.run_id == best_run.info.run_id
+        assert tuple(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 1, 8, 8)
         model = mlflow.pytorch.load_model(x["model_uri"])
         best = safe_load(Path(x["best"]["run_folder"]) / "model_best.pt")
         assert all(torch.equal(v, model.net.state_dict()[k]) for k, v in best["state_dict"].items())
@@ -707,7 +707,7 @@ def _kill_tree(pid: int) -> None:
 
 
 @pytest.mark.slow
-def test_a_killed_sweep_resumes_without_running_a_trial_twice(e2e, ray_session, tmp_path):
+def test_a_killed_sweep_resumes_without_running_a_trial_twice(e2e, ray_session, tmp_path, capsys):
     import ray
 
     ray.shutdown()  # one Ray at a time on 2 cores: the driver below starts its own
@@ -733,8 +733,8 @@ def test_a_killed_sweep_resumes_without_running_a_trial_twice(e2e, ray_session, 
     finally:
         _kill_tree(driver.pid)  # the driver, its Ray and the trials, like a lost head node
         log.close()
-    with pytest.raises(Exception, match="already holds a sweep"):  # not without --resume
-        cli_main(["sweep", str(space), "--out", str(out)])
+    assert cli_main(["sweep", str(space), "--out", str(out)]) == 2  # not without --resume
+    assert "already holds a sweep; pass --resume" in capsys.readouterr().err
     before = {p.name for p in trials.iterdir()}
     started = json.loads((trials / interrupted / "run.json").read_text())["started"]
 
@@ -763,3 +763,35 @@ def test_a_killed_sweep_resumes_without_running_a_trial_twice(e2e, ray_session, 
     # resuming a finished sweep changes nothing
     assert cli_main(["sweep", "--resume", "--out", str(out)]) == 0
     assert len(runs_by_kind(T.Store.from_uri(uri).uri, "knnmix-sweep-e2e")["trial"]) == 3
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# knnmix train logs a run when a tracking URI is given
+
+
+def test_train_logs_its_run_to_mlflow_when_a_tracking_uri_is_given(tmp_path, monkeypatch, capsys):
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    argv = ["train", "--config", "digits", "--epochs", "2", "--method", "ce", "--set", "data.train_subset=400"]
+    assert cli_main([*argv, "--out", str(tmp_path / "quiet")]) == 0
+    assert "mlflow_run_id" not in capsys.readouterr().out  # no URI: nothing is logged
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    assert cli_main([*argv, "--out", str(tmp_path / "run"), "--tracking-uri", uri, "--register", "digits-ce"]) == 0
+    run_id = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["mlflow_run_id"]
+    client = client_for(uri)
+    run = client.get_run(run_id)
+    assert client.get_experiment(run.info.experiment_id).name == "knnmix-train"
+    assert run.info.run_name == "ce digits symmetric:0.4 seed 0" and run.data.tags[T.KIND_TAG] == "train"
+    assert run.data.params["method.name"] == "ce" and run.data.params["epochs"] == "2"
+    assert [int(m.step) for m in client.get_metric_history(run_id, "val_acc")] == [1, 2]
+    assert {"summary.json", "label_issues.csv", "config.yaml"} <= {a.path for a in client.list_artifacts(run_id)}
+    assert run.inputs.dataset_inputs[0].dataset.name == "digits [symmetric:0.4]"
+    mlflow.set_tracking_uri(uri)
+    (version,) = client.search_model_versions("name='digits-ce'")
+    assert version.run_id == run_id
+    assert mlflow.pytorch.load_model(f"models:/digits-ce/{version.version}")(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+    # MLflow's own variable does the same
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert cli_main([*argv, "--out", str(tmp_path / "env")]) == 0
+    assert len(client.search_runs([run.info.experiment_id])) == 2

@@ -126,7 +126,11 @@ def comparison_table(summaries: Sequence[dict[str, Any]]) -> str:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    """Train knnmix on a folder of images with untrusted labels; write the ranked list and the picture of suspects."""
+    """Train knnmix on a folder of images with untrusted labels; write the ranked list and the picture of suspects.
+
+    An image size the user did not choose is chosen from the images (data.image_size null), and with it the network
+    when model.name is auto (knnmix.data.imagefolder.choose_image_size); the resolved config records both.
+    """
     if args.config is None:
         args.config = "audit"
     args.extra_shorthands = {
@@ -255,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("data", help="folder of images: one sub-folder per class, or the root the --labels CSV refers to")
     p.add_argument("--labels", help="CSV with path,label columns (shorthand for --set data.labels_file=...)")
-    p.add_argument("--image-size", type=int, help="square side the images are resized to (data.image_size)")
+    p.add_argument("--image-size", type=int, help="square side the images are resized to (data.image_size; "
+                   "default: chosen from the images: 32, 64 or 224 pixels)")
     p.add_argument("--test", help="a folder or CSV with trusted labels, reported as the test split (data.test_root)")
     p.add_argument("--show", type=int, default=10, help="suspects printed on the terminal (default 10)")
     _add_run_options(p)

@@ -26,15 +26,15 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from knnmix import config as C
-from knnmix.data import LabelledDataset, collate_batch
-from knnmix.engine import dist as D
+from knnmix.data import LabelledDataset, collate_batch, dataset_options
+from knnmix.methods import dist as D
 from knnmix.engine import report
 from knnmix.engine.checkpoint import FORMAT, RunFolder, folder_lock, rng_state, set_rng_state
-from knnmix.engine.phases import Bank, gather_bank
+from knnmix.methods.phases import Bank, gather_bank
 from knnmix.engine.splits import Splits, build_splits
-from knnmix.engine.state import SampleState
+from knnmix.methods.state import SampleState
 from knnmix.errors import ConfigError, DivergedError, KnnmixError, KnnmixWarning
-from knnmix.method import SEARCH_BACKENDS, NeighbourSearch, l2_normalise
+from knnmix.math import SEARCH_BACKENDS, NeighbourSearch, l2_normalise
 from knnmix.methods import METHODS, Method
 from knnmix.models import build_model
 
@@ -137,6 +137,8 @@ def resolve_config(cfg: C.Config, splits: Splits) -> C.Config:
         changes["model.name"] = splits.bundle.default_model
     if cfg.noise.seed is None:
         changes["noise.seed"] = cfg.seed
+    if cfg.data.image_size is None and "image_size" in dataset_options(cfg.data.name):
+        changes["data.image_size"] = splits.train.source.shape[1]  # the side the data set chose
     return C.replace(cfg, **changes) if changes else cfg
 
 
@@ -406,7 +408,8 @@ def fit(run: Run, folder: RunFolder | None, *, echo: Echo = print, on_epoch: OnE
             if is_checkpoint_epoch(cfg, epoch):
                 folder.save_checkpoint(checkpoint(run))
         if say and (epoch % cfg.log_every == 0 or epoch == cfg.epochs):
-            say(report.progress_line(record, cfg.epochs))
+            per_epoch = sum(r["train_time_s"] + r["eval_time_s"] for r in run.history) / len(run.history)
+            say(report.progress_line(record, cfg.epochs, eta_s=per_epoch * (cfg.epochs - epoch)))
         if epoch == cfg.epochs:
             summary = finish(run, folder, echo=say)
         if on_epoch is not None:

@@ -3,7 +3,7 @@
 The engine owns the loop (batches, forward/backward, optimiser, evaluation, checkpoints); a method decides, per
 epoch, what to prepare (an embedding pass, a mixture fit, a neighbour search, a target correction), which samples
 each training example is built from, and the loss. Methods never touch datasets' labels: they read and write the
-index-aligned :class:`~knnmix.engine.state.SampleState`.
+index-aligned :class:`~knnmix.methods.state.SampleState`.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from knnmix.config import MethodConfig
-from knnmix.engine.dist import Dist
-from knnmix.engine.state import SampleState
+from knnmix.methods.dist import Dist
+from knnmix.methods.state import SampleState
 from knnmix.registry import Registry
 
 if TYPE_CHECKING:
-    from knnmix.engine.phases import Bank
-    from knnmix.method import NeighbourSearch
+    from knnmix.config import MethodConfig
+    from knnmix.methods.phases import Bank
+    from knnmix.math import NeighbourSearch
 
 
 class TrainContext(Protocol):

@@ -6,16 +6,15 @@ Phase names returned by ``prepare_epoch``: ``ce`` (cross-entropy on the targets)
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from knnmix.config import MethodConfig
-from knnmix.engine import phases
-from knnmix.engine.dist import all_reduce_sum
-from knnmix.method import (
+from knnmix.methods import phases
+from knnmix.methods.dist import all_reduce_sum
+from knnmix.math import (
     guard_weights,
     is_correction_epoch,
     mix_batch,
@@ -26,6 +25,9 @@ from knnmix.method import (
     soft_cross_entropy,
 )
 from knnmix.methods.base import METHODS, Method, TrainContext, targets_of
+
+if TYPE_CHECKING:
+    from knnmix.config import MethodConfig
 
 
 def _forward_soft(model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:

@@ -1,7 +1,7 @@
 """Scaling out on Ray: data-parallel training with Ray Train (:mod:`knnmix.scale.train`).
 
 Everything that imports Ray lives in this package; the engine only sees ``torch.distributed`` (through
-:mod:`knnmix.engine.dist`). ``knnmix train --workers N`` calls :func:`knnmix.scale.train.train_distributed`.
+:mod:`knnmix.methods.dist`). ``knnmix train --workers N`` calls :func:`knnmix.scale.train.train_distributed`.
 """
 
 from __future__ import annotations

@@ -68,32 +68,41 @@ def quiet(verbose: bool = False) -> None:
         warnings.filterwarnings("ignore", category=FutureWarning, module="mlflow")
 
 
-def ensure_ray(*, verbose: bool = False) -> bool:
-    """Join the cluster of ``RAY_ADDRESS``, or start a private local Ray bound to 127.0.0.1.
+def ensure_ray(*, verbose: bool = False, **init: Any) -> bool:
+    """Join the cluster of ``RAY_ADDRESS``, or start a private local Ray bound to 127.0.0.1 (``init``: more
+    ``ray.init`` arguments for it, e.g. ``num_cpus``).
 
-    Returns ``True`` when this call initialised Ray, ``False`` when this process was already connected (then the
-    existing connection and its runtime environment are used as they are).
+    A local Ray gets a GCS port chosen here, and every process of the job (Ray Train's controller and its
+    placement-group cleaner included) gets ``RAY_ADDRESS`` pointing at it: Ray's own look-ups then find this Ray,
+    not another instance on the host (with two, they fail and a stopped trial's placement group is never freed).
+    Returns ``True`` when this call initialised Ray, ``False`` when this process was already connected.
     """
     import ray
 
     quiet(verbose)
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = {
-        "runtime_env": runtime_env(),
-        "log_to_driver": verbose,
-        "logging_level": logging.INFO if verbose else logging.WARNING,
-    }
-    global _STARTED
+    env = runtime_env()
+    kwargs: dict[str, Any] = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING}
     address = os.environ.get("RAY_ADDRESS")
-    if address and address != _STARTED:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", **kwargs)
-        # Whatever this process starts later (Ray Train's helpers look the cluster up) joins this Ray, not another
-        # instance on the host.
-        _STARTED = os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    if address:
+        ray.init(address=address, runtime_env=env, **kwargs, **init)
+        return True
+    port = _free_port()
+    env["env_vars"]["RAY_ADDRESS"] = f"127.0.0.1:{port}"  # for the job's processes only, not this one's children
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    try:
+        ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", runtime_env=env,
+                 **kwargs, **init)
+    finally:
+        os.environ.pop("RAY_GCS_SERVER_PORT", None)
     return True
 
 
-_STARTED: str | None = None  # the address of the local Ray this process started (and put in RAY_ADDRESS)
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+

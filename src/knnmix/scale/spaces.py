@@ -27,6 +27,7 @@ import yaml
 from knnmix import config as C
 from knnmix.errors import ConfigError, KnnmixError
 
+SETTING_KEY = "noise_setting"  # the key of a sweep trial's config that names its noise setting (slug)
 METRIC = "val_acc"  # the only metric a sweep may select on (Tune, Optuna and ASHA all use it)
 MODE = "max"
 SPACE_PREFIX = "sweep."  # --set prefix of overrides that change the space file rather than the base run

@@ -42,9 +42,8 @@ from knnmix.engine.checkpoint import METRICS, SUMMARY, RunFolder, atomic_write_t
 from knnmix.errors import KnnmixError
 from knnmix.scale import ray_env
 from knnmix.scale import tracking as T
-from knnmix.scale.spaces import METRIC, MODE, NoiseSetting, SearchSpace, load_space, parse_space
+from knnmix.scale.spaces import METRIC, MODE, SETTING_KEY, NoiseSetting, SearchSpace, load_space, parse_space
 
-SETTING_KEY = "noise_setting"  # the key of a trial's config that names its noise setting (slug)
 TIME_ATTR = "epoch"
 STATE_FILE, SPACE_FILE, OPTUNA_DB = "sweep_state.json", "space.yaml", "optuna.db"
 SUMMARY_JSON, SUMMARY_MD = "sweep_summary.json", "sweep_summary.md"
@@ -458,7 +457,10 @@ def _run_sweep(space: SearchSpace, folder: SweepFolder, store: T.Store | None, r
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(num_samples=space.trials * len(settings), search_alg=search,
-                                        scheduler=scheduler, max_concurrent_trials=concurrency, reuse_actors=True),
+                                        scheduler=scheduler, max_concurrent_trials=concurrency,
+                                        # a stopped Ray Train trial unwinds its worker group for longer than Tune
+                                        # waits before it reuses the actor (2 s), which would fail the next trial
+                                        reuse_actors=in_process(first)),
             run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(folder.root), callbacks=[logger],
                                       failure_config=tune.FailureConfig(max_failures=0), verbose=0),
         )

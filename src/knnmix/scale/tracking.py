@@ -15,7 +15,6 @@ Every run carries MLflow's own source, user and git tags (``resolve_tags``, as t
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -31,7 +30,9 @@ from ray.tune import Callback
 
 from knnmix import config as C
 from knnmix.engine.checkpoint import BEST_MODEL, CONFIG, LABEL_ISSUES, METRICS, NOISY_LABELS, SUMMARY, read_metrics
+from knnmix.plots import plot_best_per_noise, plot_clean_prob_histogram, plot_importances, plot_learning_curves
 from knnmix.errors import KnnmixError
+from knnmix.scale.spaces import SETTING_KEY
 
 DEFAULT_DB, DEFAULT_ARTIFACTS = "mlflow.db", "mlartifacts"
 PARENT_TAG = "mlflow.parentRunId"
@@ -40,14 +41,6 @@ TRIAL_TAG = "knnmix.trial_id"
 OUTCOME_TAG = "knnmix.outcome"  # completed | stopped_early | failed
 FINALIZED_TAG = "knnmix.finalized"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # the UI's model-training view
-#: Keys of a Tune result that are Tune's bookkeeping, not the engine's epoch record.
-TUNE_KEYS = frozenset({
-    "epoch", "training_iteration", "timestamp", "time_this_iter_s", "time_total_s", "time_since_restore",
-    "iterations_since_restore", "pid", "done", "trial_id", "date", "hostname", "node_ip", "config",
-    "experiment_tag", "checkpoint_dir_name", "should_checkpoint",
-})
-
-
 @dataclass(frozen=True)
 class Store:
     """Where MLflow runs go: a tracking URI and, for a local store, the absolute artifact root."""
@@ -149,8 +142,11 @@ def log_params(client: Any, run_id: str, params: dict[str, Any]) -> None:
 
 
 def numeric_metrics(result: dict[str, Any]) -> dict[str, float]:
-    """The engine's numbers in a Tune result or a metrics.jsonl record (``epoch`` and Tune's keys excluded)."""
-    return {k: float(v) for k, v in result.items() if k not in TUNE_KEYS and not isinstance(v, bool)
+    """The engine's numbers in a Tune result or a metrics.jsonl record (``epoch`` and Tune's own keys excluded)."""
+    from ray.tune.result import AUTO_RESULT_KEYS
+
+    skip = {"epoch", "done", "trial_id", "experiment_tag", "should_checkpoint", *AUTO_RESULT_KEYS}
+    return {k: float(v) for k, v in result.items() if k not in skip and not isinstance(v, bool)
             and isinstance(v, (int, float)) and math.isfinite(float(v))}
 
 
@@ -263,14 +259,10 @@ class TrialLogger(Callback):
         self._done.update(state.get("done", []))
 
     def folder(self, trial: Any) -> Path:
-        from knnmix.scale.sweep import SETTING_KEY
-
         return Path(self.root) / trial.config[SETTING_KEY] / "trials" / trial.trial_id
 
     def run_id(self, trial: Any) -> str | None:
         """The trial's run (found or created); ``None`` once the trial's run is complete."""
-        from knnmix.scale.sweep import SETTING_KEY
-
         tid = trial.trial_id
         if tid in self._done:
             return None
@@ -342,8 +334,6 @@ class TrialLogger(Callback):
         self.client.set_terminated(rid, status="FAILED" if failed else "FINISHED")
         self._done.add(tid)
         if self.echo:
-            from knnmix.scale.sweep import SETTING_KEY
-
             sampled = {k: x for k, x in trial.config.items() if k != SETTING_KEY}
             v = f"{max(vals)[0]:.2f}" if vals else "n/a"
             self.echo(f"  trial {len(self._done):>3}/{self.total} {outcome:<13} after {last:>3} epochs, best val "
@@ -499,102 +489,3 @@ def log_training_run(store: Store, folder: Path, summary: dict[str, Any], *, exp
         log_model(store, rid, folder / BEST_MODEL, register=register)
     client.set_terminated(rid, status="FINISHED")
     return rid
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Plots
-
-
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_learning_curves(path: Path, curves: dict[str, list[dict[str, Any]]], best: str | None, title: str) -> Path:
-    """Noisy-validation accuracy per epoch of every trial (the best one bold, its test accuracy dashed) and the
-    training loss."""
-    from matplotlib.ticker import MaxNLocator
-
-    plt = _plt()
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for tid, recs in curves.items():
-        val = [(r["epoch"], r["val_acc"]) for r in recs if r.get("val_acc") is not None]
-        lw, alpha = (2.5, 1.0) if tid == best else (1.0, 0.5)
-        ax.plot(*zip(*val), "o-", ms=3, lw=lw, alpha=alpha, label=tid + (" (best)" if tid == best else ""))
-        ax2.plot([r["epoch"] for r in recs], [r["train_loss"] for r in recs], "o-", ms=3, lw=lw, alpha=alpha)
-        if tid == best:
-            ax.plot([r["epoch"] for r in recs], [r.get("test_acc") for r in recs], "k--", lw=1.2,
-                    label=f"{tid} test (reported only)")
-    ax.set(xlabel="epoch", ylabel="noisy-validation accuracy (%)")
-    ax2.set(xlabel="epoch", ylabel="training loss")
-    ax.legend(fontsize=6)
-    for a in (ax, ax2):
-        a.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.suptitle(f"{title}: every trial")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_clean_prob_histogram(path: Path, label_issues_csv: Path, title: str) -> Path | None:
-    """Histogram of the final clean probabilities, split by truly clean / truly noisy given labels (where the truth
-    is known: the ``true_label`` column); ``None`` when it is not."""
-    if not label_issues_csv.exists():
-        return None
-    with open(label_issues_csv) as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or "true_label" not in rows[0]:
-        return None
-    clean = [float(r["clean_prob"]) for r in rows if r["given_label"] == r["true_label"]]
-    noisy = [float(r["clean_prob"]) for r in rows if r["given_label"] != r["true_label"]]
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    bins = [i / 20 for i in range(21)]
-    ax.hist(clean, bins=bins, alpha=0.6, label=f"truly clean labels ({len(clean)})")
-    ax.hist(noisy, bins=bins, alpha=0.6, label=f"truly noisy labels ({len(noisy)})")
-    ax.set(xlabel="clean probability of the given label", ylabel="training samples", yscale="log", title=title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_best_per_noise(path: Path, settings: list[dict[str, Any]], title: str) -> Path:
-    """The sweep's best noisy-validation accuracy per noise setting, with the test accuracy of that trial."""
-    plt = _plt()
-    names = [s["noise"] for s in settings]
-    val = [(s.get("best") or {}).get("val_acc") or 0.0 for s in settings]
-    test = [(s.get("best") or {}).get("test_acc") or 0.0 for s in settings]
-    x = list(range(len(names)))
-    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(names)), 4))
-    ax.bar([i - 0.2 for i in x], val, width=0.4, label="best noisy-validation acc (selected on)")
-    ax.bar([i + 0.2 for i in x], test, width=0.4, label="its test acc (reported only)")
-    for i, (v, t) in enumerate(zip(val, test)):
-        ax.text(i - 0.2, v, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
-        ax.text(i + 0.2, t, f"{t:.1f}", ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(x)
-    ax.set_xticklabels(names, rotation=15)
-    ax.set(ylabel="accuracy (%)", ylim=(0, 105), title=title)
-    ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_importances(path: Path, importances: dict[str, float], title: str) -> Path:
-    plt = _plt()
-    keys = list(importances)[::-1]
-    fig, ax = plt.subplots(figsize=(6, 0.5 * len(keys) + 1.5))
-    ax.barh(keys, [importances[k] for k in keys])
-    ax.set(xlabel="importance (fANOVA) for the last noisy-validation accuracy", title=title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from knnmix import config as C
-from knnmix.engine import dist as D
+from knnmix.methods import dist as D
 from knnmix.engine import train as E
 from knnmix.engine.checkpoint import CHECKPOINT, SUMMARY, RunFolder, folder_lock, load_checkpoint
 from knnmix.errors import CheckpointError, KnnmixError, KnnmixWarning

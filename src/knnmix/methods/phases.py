@@ -1,6 +1,6 @@
 """The named phases of an epoch that act on the gathered feature bank and the per-sample state.
 
-Each function takes the gathered :class:`Bank`, updates :class:`~knnmix.engine.state.SampleState` in place, and
+Each function takes the gathered :class:`Bank`, updates :class:`~knnmix.methods.state.SampleState` in place, and
 gives the same result on every rank as a single process would compute from the same features and losses: the bank
 is sorted by dataset index after gathering, the mixture is fitted on rank 0 and broadcast, each rank searches
 neighbours for its own shard and the neighbour rows are gathered.
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from knnmix.engine import dist as D
-from knnmix.engine.state import SampleState
-from knnmix.method import (
+from knnmix.methods import dist as D
+from knnmix.methods.state import SampleState
+from knnmix.math import (
     NeighbourSearch,
     fit_clean_probability,
     fit_clean_probability_per_class,

@@ -6,13 +6,13 @@
 - :mod:`.targets` -- one-hot targets, moving-average soft-target correction and its schedule
 """
 
-from knnmix.method.clean_prob import (
+from knnmix.math.clean_prob import (
     fit_clean_probability,
     fit_clean_probability_per_class,
     normalise_losses,
     window_mean,
 )
-from knnmix.method.mixing import (
+from knnmix.math.mixing import (
     GUARDS,
     guard_weights,
     mix_batch,
@@ -21,7 +21,7 @@ from knnmix.method.mixing import (
     neighbour_weights,
     soft_cross_entropy,
 )
-from knnmix.method.neighbours import (
+from knnmix.math.neighbours import (
     SEARCH_BACKENDS,
     FaissSearch,
     NeighbourSearch,
@@ -30,7 +30,7 @@ from knnmix.method.neighbours import (
     neighbours_excluding_self,
     neighbours_within_batch,
 )
-from knnmix.method.targets import is_correction_epoch, one_hot_targets, update_soft_targets
+from knnmix.math.targets import is_correction_epoch, one_hot_targets, update_soft_targets
 
 __all__ = [
     "GUARDS",

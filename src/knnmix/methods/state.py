@@ -2,7 +2,7 @@
 
 Every tensor here has the training set's size N on its first axis (``loss_history`` on its second): row ``i``
 belongs to the sample whose dataset index is ``i``. Under data parallelism every rank holds the same full copy:
-each rank computes its shard's rows and the rows are gathered (:mod:`knnmix.engine.dist`), so the state that any
+each rank computes its shard's rows and the rows are gathered (:mod:`knnmix.methods.dist`), so the state that any
 rank checkpoints is the whole method's state.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
-from knnmix.method import one_hot_targets
+from knnmix.math import one_hot_targets
 
 
 @dataclass

@@ -1,0 +1,124 @@
+"""What a sweep costs, measured side by side in one run (issue 10's targets).
+
+1. The smoke sweep (``knnmix sweep smoke``: digits, 2 noise settings x 3 in-process trials): wall clock, and each
+   trial's overhead, i.e. the seconds it held its CPU (from Tune's start to its last report) minus the seconds its
+   epochs trained and evaluated (from its ``metrics.jsonl``).
+2. ASHA against the same sweep without early stopping, on Fashion-MNIST, where trials are long enough to matter: the
+   shipped ``search_spaces/fashion-mnist.yaml`` with in-process trials at one noise setting, the same sampler seed,
+   once with its ASHA and once with the grace period set to the whole run. Compared at an equal best noisy-validation
+   accuracy: the wall clock each spent until a trial first reached the lower of the two best values.
+
+    python benchmarks/sweeps.py                 # about 40 minutes on 2 cores; writes benchmarks/results/sweeps-<date>.json
+    python benchmarks/sweeps.py --quick         # a smoke version (CI): the smoke sweep only, 1 trial per setting
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from knnmix.provenance import git_commit, machine
+from knnmix.scale import spaces as SP
+from knnmix.scale import sweep as S
+from knnmix.scale.tracking import Store
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+FASHION = ["sweep.noise=[symmetric:0.5]", "sweep.trials=12", "sweep.startup_trials=4", "sweep.start_with=[]",
+           "distributed.workers=0", "distributed.cpus_per_worker=1", "data.train_subset=4000",
+           "data.val_fraction=0.2", "data.augment=false", "sweep.params.method.correction_start.high=15",
+           "epochs=20", "sweep.asha.grace_period=4", "sweep.asha.reduction_factor=3", "log_every=100"]
+
+
+def timed_sweep(space: SP.SearchSpace, out: Path) -> dict:
+    """Run a sweep into ``out`` (afresh); its wall clock and every trial's records and Tune times."""
+    from ray.tune import ExperimentAnalysis
+
+    if out.exists():
+        shutil.rmtree(out)
+    start = time.perf_counter()
+    summary = S.run_sweep(space, out, store=Store.from_uri(f"sqlite:///{out.parent / (out.name + '.db')}"), echo=None)
+    wall = time.perf_counter() - start
+    tune_trials = {t.trial_id: t for t in ExperimentAnalysis(str(out / S.TUNE_DIR)).trials}
+    trials = []
+    for t in S.collect_trials(S.SweepFolder(out.absolute())):
+        meta = tune_trials[t.trial_id].run_metadata
+        worked = sum(r["train_time_s"] + r["eval_time_s"] for r in t.records)
+        held = (meta.last_result_time or 0) - (meta.start_time or 0)
+        trials.append({"trial_id": t.trial_id, "setting": t.slug, "epochs": t.epochs_run, "completed": t.completed,
+                       "train_s": worked, "held_s": held, "overhead_s": held - worked,
+                       "first_result_after_s": (meta.start_time or 0) - start, "records": t.records})
+    return {"wall_s": wall, "trials": trials, "best": {s["noise"]: s["best"] for s in summary["settings"]}}
+
+
+def smoke(out: Path, quick: bool) -> dict:
+    space = SP.load_space("smoke", ["sweep.trials=1"] if quick else [])
+    run = timed_sweep(space, out / "smoke")
+    overheads = [t["overhead_s"] for t in run["trials"]]
+    return {"space": "smoke", "trials": len(run["trials"]), "wall_s": run["wall_s"],
+            "train_s": sum(t["train_s"] for t in run["trials"]), "overhead_s_mean": statistics.mean(overheads),
+            "overhead_s_max": max(overheads), "per_trial": [{k: v for k, v in t.items() if k != "records"}
+                                                            for t in run["trials"]]}
+
+
+def asha_vs_full(out: Path) -> dict:
+    runs = {}
+    for label, extra in (("asha", []), ("no_early_stopping", ["sweep.asha.grace_period=20"])):
+        space = SP.load_space("fashion-mnist", FASHION + extra)
+        runs[label] = timed_sweep(space, out / label)
+    best = {k: max(r["val_acc"] for t in v["trials"] for r in t["records"] if r.get("val_acc") is not None)
+            for k, v in runs.items()}
+    target = min(best.values())
+    result = {"space": "fashion-mnist", "overrides": FASHION, "target_val_acc": target}
+    for label, run in runs.items():
+        # the moment (seconds after the sweep started) a trial first reported an epoch at or above the target
+        reached = [t["first_result_after_s"] + sum(r["train_time_s"] + r["eval_time_s"] for r in t["records"][:i + 1])
+                   for t in run["trials"] for i, r in enumerate(t["records"])
+                   if r.get("val_acc") is not None and r["val_acc"] >= target]
+        result[label] = {"wall_s": run["wall_s"], "best_val_acc": best[label], "seconds_to_target": min(reached),
+                         "trial_epochs": sum(t["epochs"] for t in run["trials"]),
+                         "stopped_early": sum(not t["completed"] for t in run["trials"])}
+    a, b = result["asha"], result["no_early_stopping"]
+    result["wall_ratio"] = a["wall_s"] / b["wall_s"]
+    result["to_target_ratio"] = a["seconds_to_target"] / b["seconds_to_target"]
+    result["epochs_ratio"] = a["trial_epochs"] / b["trial_epochs"]
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="the smoke sweep only, one trial per setting")
+    p.add_argument("--out", help="result JSON (default benchmarks/results/sweeps-<date>.json)")
+    args = p.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="knnmix-sweeps-"))
+    try:
+        result = {"command": "python benchmarks/sweeps.py " + " ".join(argv or sys.argv[1:]), "commit": git_commit(),
+                  "machine": machine(), "date": time.strftime("%Y-%m-%d"), "smoke": smoke(work, args.quick)}
+        s = result["smoke"]
+        print(f"smoke sweep: {s['trials']} trials in {s['wall_s']:.0f} s wall clock (target <= 90 s); per-trial "
+              f"overhead {s['overhead_s_mean']:.2f} s mean, {s['overhead_s_max']:.2f} s max (target <= 2 s)", flush=True)
+        if not args.quick:
+            r = result["asha_vs_full"] = asha_vs_full(work)
+            print(f"ASHA vs no early stopping (Fashion-MNIST, symmetric 0.5, 12 trials of 20 epochs): wall "
+                  f"{r['asha']['wall_s']:.0f} s vs {r['no_early_stopping']['wall_s']:.0f} s ({r['wall_ratio']:.2f}x); "
+                  f"to the equal best val {r['target_val_acc']:.2f}%: {r['asha']['seconds_to_target']:.0f} s vs "
+                  f"{r['no_early_stopping']['seconds_to_target']:.0f} s ({r['to_target_ratio']:.2f}x, target <= 0.33); "
+                  f"trial epochs {r['epochs_ratio']:.2f}x", flush=True)
+        out = Path(args.out) if args.out else HERE / "results" / f"sweeps-{result['date']}.json"
+        if args.out or not args.quick:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result, indent=2) + "\n")
+            print(f"written: {out}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
