@@ -78,3 +78,15 @@ def test_config_reference_in_docs_is_current():
 
     doc = Path(__file__).resolve().parents[1] / "docs" / "config.md"
     assert doc.read_text().strip() == config_doc().strip(), "regenerate: knnmix config --doc > docs/config.md"
+
+
+def test_the_help_names_only_presets_that_exist():
+    import re
+
+    from knnmix import config as C
+    from knnmix.cli import build_parser
+
+    text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    named = re.search(r"embedded preset name \(([^)]*)\)", " ".join(text.split())).group(1)
+    presets = {p.stem for p in C.PRESETS.glob("*.yaml")}
+    assert {n.strip() for n in named.split(",")} == presets

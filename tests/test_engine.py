@@ -248,3 +248,17 @@ def test_the_best_model_file_rebuilds_its_network_without_the_data(tmp_path):
     model = load_model(tmp_path / "run" / "model_best.pt")
     logits, features = model(torch.zeros(3, 1, 8, 8))
     assert logits.shape == (3, 10) and not model.training
+
+
+def test_the_selected_epoch_is_tested_at_the_end_from_the_checkpoint_not_a_local_file(tmp_path):
+    """With test_every=0 the validation-selected weights are tested at the end. A resumed run takes them from its
+    checkpoint, never from model_best.pt, which another node of a multi-node run may not see (ranks that disagreed
+    about that file used to deadlock in the collective test pass)."""
+    dotted = {"epochs": 3, "test_every": 0, "method.name": "ce", "data.val_fraction": 0.2}
+    full = train(digits_cfg(tmp_path, **dotted, out=str(tmp_path / "full")), echo=None)
+    cut = digits_cfg(tmp_path, **dotted, out=str(tmp_path / "cut"))
+    with pytest.raises(Stop):
+        train(cut, echo=None, on_epoch=stop_after(2))
+    (tmp_path / "cut" / "model_best.pt").unlink()
+    resumed = train(cut, resume=True, echo=None)
+    assert resumed["best_val"] == full["best_val"] and resumed["best_val"]["test_acc"] is not None

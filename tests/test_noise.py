@@ -574,11 +574,11 @@ def cifar_n_dir() -> Path:
     folder = Path(os.environ.get("KNNMIX_CIFAR_N_DIR", REPO_ROOT.parent / "shared" / "data" / "cifar-n"))
     missing = [name for name in CIFAR_N_FILES if not (folder / name).is_file()]
     if missing:
-        pytest.fail(
-            f"CIFAR-N label files {', '.join(missing)} not found in {folder}; put CIFAR-10_human.pt and "
-            "CIFAR-100_human.pt (https://github.com/UCSC-REAL/cifar-10-100n) there or set KNNMIX_CIFAR_N_DIR",
-            pytrace=False,
-        )
+        reason = (f"CIFAR-N label files {', '.join(missing)} not found in {folder}; put CIFAR-10_human.pt and "
+                  "CIFAR-100_human.pt (https://github.com/UCSC-REAL/cifar-10-100n) there or set KNNMIX_CIFAR_N_DIR")
+        if os.environ.get("KNNMIX_REQUIRE_CIFAR_N"):  # .ci/run: CI must never skip them
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
     return folder
 
 

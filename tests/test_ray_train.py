@@ -100,6 +100,11 @@ def test_every_distributed_field_reaches_its_ray_config(tmp_path):
 
 def test_worker_config_is_absolute_and_threads_follow_cpus(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    files = {"data.name": "imagefolder", "data.labels_file": "labels.csv", "data.test_root": "test"}
+    wc = worker_config(digits_cfg(Path("rel/out"), **files))  # without data.root they are relative to the cwd
+    assert (wc.data.labels_file, wc.data.test_root) == (str(tmp_path / "labels.csv"), str(tmp_path / "test"))
+    wc = worker_config(digits_cfg(Path("rel/out"), **files, **{"data.root": "imgs"}))  # else to data.root
+    assert (wc.data.root, wc.data.labels_file, wc.data.test_root) == (str(tmp_path / "imgs"), "labels.csv", "test")
     cfg = digits_cfg(Path("rel/out"), **{"distributed.cpus_per_worker": 3, "threads": 0, "data.root": "data"})
     wc = worker_config(cfg)
     assert wc.out == str(tmp_path / "rel" / "out")

@@ -14,6 +14,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -415,6 +416,7 @@ def test_sweep_completes_with_early_stopping_and_a_summary(e2e):
     assert sum(ln.startswith("  trial ") for ln in lines) == 6
     assert "| noise | trials | stopped early | failed | best val acc (%) | its test acc (%) |" in e2e.text
     assert f"MLflow UI: {store.ui_command()}" in e2e.text
+    assert "#/experiments/" in e2e.text and "/runs?workflowType=machine_learning" in e2e.text  # the training view
     assert f"optuna-dashboard sqlite:///{e2e.out / 'optuna.db'}" in e2e.text
     assert json.loads(lines[-1])["best"]["symmetric:0.5"]["val_acc"] == s["settings"][1]["best"]["val_acc"]
     assert "INFO" not in e2e.text and "Trial status" not in e2e.text  # Ray's, Tune's, faiss's chatter is off
@@ -672,13 +674,45 @@ def test_every_sampled_value_reaches_the_trial_and_the_default_store(local_ray, 
     assert trial.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
 
 
+@pytest.fixture
+def other_ray(ray_session, tmp_path):
+    """Another local Ray instance on this host (``ray start --head``), started before the sweep's own."""
+    import tempfile
+
+    import ray
+
+    ray.shutdown()
+    temp = Path(tempfile.mkdtemp(prefix="kx-other-", dir="/tmp"))  # short: Ray's socket paths live below it
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_TMPDIR=str(temp), PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}")
+    log = open(tmp_path / "other-ray.log", "w")
+    head = subprocess.Popen(
+        [str(VENV_BIN / "ray"), "start", "--head", "--block", "--port", str(_free_port()), "--num-cpus=1",
+         "--include-dashboard=false", "--disable-usage-stats"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    end = time.time() + 90
+    while "Ray runtime started" not in (tmp_path / "other-ray.log").read_text():
+        assert head.poll() is None and time.time() < end, (tmp_path / "other-ray.log").read_text()[-2000:]
+        time.sleep(0.5)
+    try:
+        ray_session["start"]()  # the sweep's own Ray, second on the host
+        yield
+    finally:
+        ray.shutdown()
+        _kill_tree(head.pid)
+        log.close()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
 @pytest.mark.slow
-def test_ray_train_trials_run_and_release_their_workers(local_ray, tmp_path):
-    """Trials of 2 Ray Train workers on the 2-CPU cluster, one at a time: a trial ASHA stops must give its
-    workers' CPUs back, or the next trial would wait forever."""
+def test_ray_train_trials_run_and_release_their_workers_beside_another_ray(other_ray, tmp_path):
+    """Trials of 2 Ray Train workers on the 2-CPU cluster, one at a time, with a second Ray instance running on the
+    host: a trial ASHA stops must give its workers' CPUs back (Ray Train's placement-group cleaner must find the
+    sweep's own Ray), or the next trial would wait forever."""
     path = write_space(tmp_path, name="workers", trials=3, start_with=[GOOD, BAD], noise=["symmetric:0.5"],
-                       base={"config": "digits", "set": {**BASE_SET, "epochs": 3, "distributed.workers": 2,
-                                                         "data.train_subset": 600}})
+                       asha={"grace_period": 1, "reduction_factor": 2},
+                       base={"config": "digits", "set": {**BASE_SET, "epochs": 2, "distributed.workers": 2,
+                                                         "data.train_subset": 600, "method.correction_start": 2}})
     summary = S.run_sweep(SP.load_space(path), tmp_path / "sweep", store=T.Store.from_uri(
         f"sqlite:///{tmp_path / 'm.db'}"), echo=None)
     (x,) = summary["settings"]

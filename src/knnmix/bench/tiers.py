@@ -54,7 +54,7 @@ class Tier:
         return values
 
 
-def _schedule(epochs: int, warmup: int, start: int, period: int) -> dict[str, dict[str, Any]]:
+def _schedule(warmup: int, start: int, period: int) -> dict[str, dict[str, Any]]:
     return {
         "mixup": {"method.mixup_alpha": 1.0},
         "selc": {"method.correction_start": start, "method.correction_period": 1, "method.correction_momentum": 0.9},
@@ -120,7 +120,7 @@ TIERS: dict[str, Tier] = {
         base={"data.name": "digits", "model.name": "small_cnn", "epochs": 2, "optim.batch_size": 64},
         settings=("symmetric:0.4", "asymmetric:0.4"),
         seeds=(0,),
-        method_overrides=_schedule(2, warmup=0, start=2, period=1),
+        method_overrides=_schedule(warmup=0, start=2, period=1),
         cleanlab_folds=2,
     ),
     "smoke-tuned": Tier(
@@ -130,7 +130,7 @@ TIERS: dict[str, Tier] = {
         settings=("symmetric:0.4", "asymmetric:0.4"),
         seeds=(0,),
         methods=("ce", "knnmix", "cleanlab"),
-        method_overrides=_schedule(2, warmup=0, start=2, period=1),
+        method_overrides=_schedule(warmup=0, start=2, period=1),
         cleanlab_folds=2,
         spaces={"ce": "search_spaces/bench-quick-ce.yaml", "knnmix": "search_spaces/bench-quick-knnmix.yaml"},
         parallel=2,
@@ -142,7 +142,7 @@ TIERS: dict[str, Tier] = {
         base=QUICK_BASE,
         settings=QUICK_SETTINGS,
         seeds=(0, 1, 2),
-        method_overrides=_schedule(QUICK_EPOCHS, warmup=3, start=10, period=2),
+        method_overrides=_schedule(warmup=3, start=10, period=2),
         parallel=2,
     ),
     "quick-tuned": Tier(
@@ -168,7 +168,7 @@ TIERS: dict[str, Tier] = {
         base=_authors_protocol("cifar10", "preact_resnet18"),
         settings=("symmetric:0.2", "symmetric:0.5", "symmetric:0.8", "asymmetric:0.4", "cifar10n:worse"),
         seeds=(0, 1, 2),
-        method_overrides=_schedule(FULL_EPOCHS, warmup=10, start=60, period=10),
+        method_overrides=_schedule(warmup=10, start=60, period=10),
         cleanlab_folds=5,
     ),
     "full-cifar100": Tier(
@@ -180,7 +180,7 @@ TIERS: dict[str, Tier] = {
         base=_authors_protocol("cifar100", "preact_resnet34"),
         settings=("symmetric:0.2", "symmetric:0.5", "symmetric:0.8", "asymmetric:0.4", "cifar100n:noisy"),
         seeds=(0, 1, 2),
-        method_overrides=_schedule(FULL_EPOCHS, warmup=30, start=60, period=10),
+        method_overrides=_schedule(warmup=30, start=60, period=10),
         cleanlab_folds=5,
     ),
     "full-fashion-mnist": Tier(
@@ -195,7 +195,7 @@ TIERS: dict[str, Tier] = {
         },
         settings=("none", "symmetric:0.2", "symmetric:0.5", "symmetric:0.8", "asymmetric:0.4", "instance:0.4"),
         seeds=(0, 1, 2),
-        method_overrides=_schedule(100, warmup=5, start=30, period=5),
+        method_overrides=_schedule(warmup=5, start=30, period=5),
         cleanlab_folds=5,
     ),
 }

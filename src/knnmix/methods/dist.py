@@ -86,11 +86,6 @@ def all_reduce_sum(t: Tensor, dist: Dist | None = None) -> Tensor:
     return x.to(t.device)
 
 
-def barrier(dist: Dist | None = None) -> None:
-    if (dist or current()).active:
-        td.barrier()
-
-
 def shard(positions: Tensor, dist: Dist) -> Tensor:
     """This rank's strided share ``positions[rank::world]`` of a 1-D index tensor; no padding, shards differ by <= 1."""
     return positions[dist.rank :: dist.world_size]

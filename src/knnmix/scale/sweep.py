@@ -49,7 +49,6 @@ STATE_FILE, SPACE_FILE, OPTUNA_DB = "sweep_state.json", "space.yaml", "optuna.db
 SUMMARY_JSON, SUMMARY_MD = "sweep_summary.json", "sweep_summary.md"
 TUNE_DIR = "tune"
 TRIAL_MEMORY = 64 * 1024**2  # nominal memory of a Ray Train trial's own process (Tune refuses zero CPUs alone)
-DEFAULT_ROOT = Path("runs") / "sweeps"
 
 
 @dataclass(frozen=True)
@@ -61,10 +60,6 @@ class SweepFolder:
 
     def file(self, name: str) -> Path:
         return self.root / name
-
-
-def default_out(space: SearchSpace) -> Path:
-    return DEFAULT_ROOT / space.name
 
 
 def read_state(folder: SweepFolder) -> dict[str, Any] | None:
@@ -333,11 +328,6 @@ class TrialRecord:
         r = max(vals, key=lambda r: (r[METRIC], -r["epoch"]))
         return {"epoch": int(r["epoch"]), "val_acc": r[METRIC], "test_acc": r.get("test_acc")}
 
-    @property
-    def last_val(self) -> float | None:
-        vals = [r[METRIC] for r in self.records if r.get(METRIC) is not None]
-        return vals[-1] if vals else None
-
 
 def collect_trials(folder: SweepFolder) -> list[TrialRecord]:
     """Every trial of the sweep's Tune experiment, in creation order, with its epochs read from its run folder."""
@@ -367,15 +357,12 @@ def _creation_order(trial: Any) -> tuple[int, str]:
 
 
 def _error_line(trial: Any) -> str:
+    """The last line of the trial's error file (for a knnmix error: its one-line message)."""
     path = getattr(getattr(trial, "run_metadata", None), "error_filename", None)
     try:
-        text = (Path(trial.path) / path).read_text() if path else ""
+        lines = [ln.strip() for ln in (Path(trial.path) / path).read_text().splitlines() if ln.strip()]
     except (OSError, TypeError):
-        text = ""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if "knnmix.errors" in ln or "Error: " in ln and ("Knnmix" in ln or "Config" in ln or "Data" in ln):
-            return ln[:300]
+        lines = []
     return lines[-1][:300] if lines else "failed (see the Tune trial folder)"
 
 
@@ -478,7 +465,7 @@ def _run_sweep(space: SearchSpace, folder: SweepFolder, store: T.Store | None, r
     _write_state(folder, state)
     say("\n" + summary_table(summary))
     say(f"\nsweep folder: {folder.root}\nOptuna studies: optuna-dashboard sqlite:///{folder.file(OPTUNA_DB)}\n"
-        f"MLflow UI: {store.ui_command()}")
+        f"MLflow UI: {store.ui_command()}\n  then open {store.experiment_url(ml['experiment_id'])}")
     return summary
 
 

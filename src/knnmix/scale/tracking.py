@@ -84,6 +84,12 @@ class Store:
         return (f"mlflow ui --backend-store-uri {shlex.quote(self.uri)} --default-artifact-root "
                 f"{shlex.quote(str(self.artifact_root))} --host 127.0.0.1")
 
+    def experiment_url(self, experiment_id: str) -> str:
+        """The experiment's runs table in the UI's model-training view (MLflow 3.17's UI opens every experiment on its
+        GenAI overview unless the link asks for ``workflowType=machine_learning``)."""
+        base = "http://127.0.0.1:5000" if self.is_local else self.uri.rstrip("/")
+        return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
     def client(self) -> Any:
         from mlflow.tracking import MlflowClient
 
