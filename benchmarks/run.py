@@ -18,11 +18,12 @@ import json
 import sys
 from pathlib import Path
 
-from knnmix.bench import runner
-from knnmix.bench.tiers import FULL_FALLBACK, FULL_TIERS, METHODS, TIERS, get_tier
-from knnmix.data import load_dataset
-from knnmix.errors import DataError, KnnmixError
-from knnmix.provenance import git_commit
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # knnmix_bench, the harness beside this file
+from knnmix_bench import runner  # noqa: E402
+from knnmix_bench.tiers import FULL_FALLBACK, FULL_TIERS, METHODS, TIERS, get_tier  # noqa: E402
+from knnmix.data import load_dataset  # noqa: E402
+from knnmix.errors import DataError, KnnmixError  # noqa: E402
+from knnmix.provenance import git_commit  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             runs = Path(args.runs_dir)
             selections = None
             if tier.spaces:
-                from knnmix.bench.tuned import tune
+                from knnmix_bench.tuned import tune
 
                 selections = tune(tier, runs, settings, methods, echo=lambda s: print(s, flush=True))
             cells = runner.run_tier(tier, runs, seeds=seeds, settings=settings, methods=methods,

@@ -28,7 +28,7 @@ def test_smoke_tier_writes_a_well_formed_table(tmp_path):
     assert code == 0
     [json_path] = (tmp_path / "results").glob("smoke-*.json")
     result = json.loads(json_path.read_text())
-    methods = ["ce", "mixup", "selc", "knnmix", "cleanlab"]
+    methods = ["ce", "mixup", "selc", "knnmix", "cleanlab", "oracle"]
     assert result["methods"] == methods and len(result["settings"]) == 2
     assert {(c["setting"], c["method"]) for c in result["cells"]} == {
         (s, m) for s in result["settings"] for m in methods
@@ -38,7 +38,9 @@ def test_smoke_tier_writes_a_well_formed_table(tmp_path):
     assert result["commit"] and result["machine"]["cores"] and result["command"].startswith("python benchmarks/run.py")
     assert set(result["cost_ratios"]) >= {"knnmix_epoch_vs_ce", "cleanlab_total_vs_ce"}
     md = json_path.with_suffix(".md").read_text()
-    assert "| noise | ce | mixup | selc | knnmix | cleanlab |" in md
+    assert "| noise | ce | mixup | selc | knnmix | cleanlab | oracle |" in md
+    oracle = [c for c in result["cells"] if c["method"] == "oracle"]
+    assert all(c["extra"]["clean_samples"] < c["train_size"] / 0.55 for c in oracle)  # trained on the clean part
     for setting in result["settings"]:
         assert md.count(f"| {setting} |") >= 4
     assert json_path.with_suffix(".png").stat().st_size > 10_000
@@ -67,9 +69,49 @@ def test_scaling_benchmark_runs_and_writes_its_result(tmp_path, capsys, monkeypa
                          "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     over = result["epoch_overhead"]
-    assert over["ce_epoch_s"] > 0 and over["knnmix_epoch_s"] > 0 and over["ratio"] > 0
+    assert over["ce_epoch_s"] > 0 and set(over["knnmix"]) == {"knnmix_bank_every_1", "knnmix_bank_every_2"}
+    assert all(r["epoch_s"] > 0 and r["ratio"] > 0 for r in over["knnmix"].values())
+    assert over["knnmix"]["knnmix_bank_every_1"]["phase_s"]["embed"] > 0  # every epoch embeds the training set
     small, big = result["bank"]
     assert small["n"] == 3000 and small["gather_s"] > 0 and not small["flat_search_extrapolated"]
     assert big["flat_search_extrapolated"] and 0.0 <= big["ivf_recall_at_k"] <= 1.0 and big["ivf_build_s"] > 0
     printed = capsys.readouterr().out
-    assert "overhead ratio knnmix / ce" in printed and "| 100,000 |" in printed
+    assert "| knnmix bank every 2 (mixing phase, K=1) |" in printed and "| 100,000 |" in printed
+
+
+@pytest.mark.slow
+def test_the_tuned_protocol_sweeps_selects_on_validation_and_resumes(tmp_path, capsys):
+    """smoke-tuned: each tuned method's own sweep (knnmix sweep) per noise setting, the selection on the noisy
+    validation split, evaluation cells with the selected config; a second run with --resume trains nothing."""
+    run = load_entry_point()
+    args = ["--tier", "smoke-tuned", "--results-dir", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs")]
+    assert run.main(args) == 0
+    [json_path] = (tmp_path / "results").glob("smoke-tuned-*.json")
+    result = json.loads(json_path.read_text())
+    assert set(result["selections"]) == {"ce", "knnmix"}  # cleanlab trains with ce's selection
+    for method, by_setting in result["selections"].items():
+        assert set(by_setting) == set(result["settings"])
+        for setting, sel in by_setting.items():
+            trial = Path(sel["run_folder"])
+            assert (trial / "summary.json").exists()  # a completed trial of that method's sweep, at the tuning seed
+            assert json.loads((trial / "summary.json").read_text())["seed"] == 100
+            cells = [c for c in result["cells"] if c["setting"] == setting and c["method"] == method]
+            assert cells and all(c["selected_config"] == sel["selected_config"] and c["seed"] == 0 for c in cells)
+    cleanlab = [c for c in result["cells"] if c["method"] == "cleanlab"]
+    assert all(c["selected_config"] == result["selections"]["ce"][c["setting"]]["selected_config"] for c in cleanlab)
+    assert "## Selected configurations" in json_path.with_suffix(".md").read_text()
+    capsys.readouterr()
+    assert run.main([*args, "--resume"]) == 0
+    assert "6 cells kept from an earlier run, 0 to train" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_sweep_benchmark_measures_the_smoke_sweep(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    sweeps = importlib.import_module("sweeps")
+    out = tmp_path / "sweeps.json"
+    assert sweeps.main(["--quick", "--out", str(out)]) == 0
+    smoke = json.loads(out.read_text())["smoke"]
+    assert smoke["trials"] == 2 and smoke["wall_s"] > smoke["train_s"] > 0
+    assert all(t["held_s"] >= t["train_s"] > 0 for t in smoke["per_trial"])
+    assert "per-trial overhead" in capsys.readouterr().out

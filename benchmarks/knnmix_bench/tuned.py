@@ -1,6 +1,6 @@
 """The tuned protocol: each method's own knobs swept per noise setting with ``knnmix sweep``, one selection each.
 
-For every method of a tuned tier (:attr:`~knnmix.bench.tiers.Tier.spaces`), the project's own sweep runs the
+For every method of a tuned tier (:attr:`~knnmix_bench.tiers.Tier.spaces`), the project's own sweep runs the
 method's search space with the tier's data, network and budget and the tier's tuning seed (never an evaluation
 seed): one Optuna study and one ASHA per noise setting, selection on the noisy validation split only. The
 configuration selected for a setting is the completed trial with the highest *last-epoch* noisy-validation accuracy
@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from knnmix import config as C
-from knnmix.bench.tiers import Tier
+from knnmix_bench.tiers import Tier
 from knnmix.scale import spaces as SP
 from knnmix.scale import sweep as S
 from knnmix.scale.tracking import Store
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def space_for(tier: Tier, method: str, settings: list[str]) -> SP.SearchSpace:

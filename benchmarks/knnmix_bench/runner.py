@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from knnmix import config as C
-from knnmix.bench.peers import confident_learning, oracle
-from knnmix.bench.tiers import Tier
+from knnmix_bench.peers import confident_learning, oracle
+from knnmix_bench.tiers import Tier
 from knnmix.engine.checkpoint import METRICS, read_metrics
 from knnmix.engine.train import train
 from knnmix.provenance import git_commit, machine
@@ -38,7 +38,7 @@ def cell_job(tier: Tier, method: str, setting: str, seed: int, out: Path, cfg_ov
              selection: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything one (method, noise setting, seed) cell needs, as plain data (it runs in a worker process)."""
     if selection is not None:
-        from knnmix.bench.tuned import evaluation_config
+        from knnmix_bench.tuned import evaluation_config
 
         cfg = evaluation_config(selection, seed, out, int(tier.base.get("threads", 0)))
     else:
