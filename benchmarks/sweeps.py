@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from knnmix.provenance import git_commit, machine
-from knnmix.scale import spaces as SP
+from knnmix import spaces as SP
 from knnmix.scale import sweep as S
 from knnmix.scale.tracking import Store
 

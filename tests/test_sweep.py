@@ -30,7 +30,7 @@ from knnmix import config as C
 from knnmix.cli import main as cli_main
 from knnmix.engine.checkpoint import load_checkpoint, read_metrics, safe_load
 from knnmix.errors import ConfigError
-from knnmix.scale import spaces as SP
+from knnmix import spaces as SP
 from knnmix.scale import sweep as S
 from knnmix.scale import tracking as T
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from knnmix import config as C
 from knnmix_bench.tiers import Tier
-from knnmix.scale import spaces as SP
+from knnmix import spaces as SP
 from knnmix.scale import sweep as S
 from knnmix.scale.tracking import Store
 

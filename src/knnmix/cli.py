@@ -202,7 +202,7 @@ def config_doc() -> str:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Ray Tune + Optuna + ASHA sweep of a search space, one Optuna study per noise setting, logged to MLflow."""
-    from knnmix.scale import spaces as SP
+    from knnmix import spaces as SP
     from knnmix.scale import tracking as T
 
     if args.space is None and not args.resume:

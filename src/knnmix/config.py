@@ -233,7 +233,7 @@ def replace(cfg: Config, **dotted: Any) -> Config:
 def _build(cls: type, data: Any, path: str) -> Any:
     """An instance of dataclass ``cls`` from plain data, every field coerced to its annotated type.
 
-    Also builds the search-space schema (:mod:`knnmix.scale.spaces`): fields without a default are required, and
+    Also builds the search-space schema (:mod:`knnmix.spaces`): fields without a default are required, and
     ``list[T]``, ``dict[str, T]``, ``Any`` and unions of a dataclass and a scalar are understood.
     """
     if not isinstance(data, dict):

@@ -42,7 +42,7 @@ from knnmix.engine.checkpoint import METRICS, SUMMARY, RunFolder, atomic_write_t
 from knnmix.errors import KnnmixError
 from knnmix.scale import ray_env
 from knnmix.scale import tracking as T
-from knnmix.scale.spaces import METRIC, MODE, SETTING_KEY, NoiseSetting, SearchSpace, load_space, parse_space
+from knnmix.spaces import METRIC, MODE, SETTING_KEY, NoiseSetting, SearchSpace, load_space, parse_space
 
 TIME_ATTR = "epoch"
 STATE_FILE, SPACE_FILE, OPTUNA_DB = "sweep_state.json", "space.yaml", "optuna.db"

@@ -32,7 +32,7 @@ from knnmix import config as C
 from knnmix.engine.checkpoint import BEST_MODEL, CONFIG, LABEL_ISSUES, METRICS, NOISY_LABELS, SUMMARY, read_metrics
 from knnmix.plots import plot_best_per_noise, plot_clean_prob_histogram, plot_importances, plot_learning_curves
 from knnmix.errors import KnnmixError
-from knnmix.scale.spaces import SETTING_KEY
+from knnmix.spaces import SETTING_KEY
 
 DEFAULT_DB, DEFAULT_ARTIFACTS = "mlflow.db", "mlartifacts"
 PARENT_TAG = "mlflow.parentRunId"
