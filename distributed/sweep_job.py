@@ -31,6 +31,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 if (SRC / "knnmix").is_dir() and str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
+from knnmix.cli import guarded  # noqa: E402
 from knnmix.errors import KnnmixError  # noqa: E402
 
 # Ray's variable through which the job manager hands a submitted job's config to its driver.
@@ -56,30 +57,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        from knnmix.scale import sweep as S
-        from knnmix.scale.tracking import Store
+    return guarded(lambda: sweep(args), interrupted=" (continue with --resume)")
 
-        out = Path(args.out).expanduser()
-        if not out.is_absolute():
-            if os.environ.get(_SUBMITTED):
-                raise KnnmixError(f"--out {args.out!r} must be absolute in a submitted job (its working directory "
-                                  "is a temporary copy)")
-            out = out.absolute()
-        folder = S.SweepFolder(out)
-        resume = args.resume or (args.resume_if_exists and folder.file(S.STATE_FILE).exists())
-        space = S.resolve_space(folder, args.space, args.overrides, resume=resume)
-        if args.tracking_uri:
-            store = Store.from_uri(args.tracking_uri)
-        else:  # a resumed sweep keeps the store it started with (sweep_state.json)
-            store = None if resume else Store.default(out.parent)
-        summary = S.run_sweep(space, out, store=store, resume=resume)
-    except KnnmixError as exc:
-        print(f"knnmix: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("knnmix: interrupted (continue with --resume)", file=sys.stderr)
-        return 130
+
+def sweep(args: argparse.Namespace) -> int:
+    from knnmix.scale import sweep as S
+    from knnmix.scale.tracking import Store
+
+    out = Path(args.out).expanduser()
+    if not out.is_absolute():
+        if os.environ.get(_SUBMITTED):
+            raise KnnmixError(f"--out {args.out!r} must be absolute in a submitted job (its working directory is a "
+                              "temporary copy)")
+        out = out.absolute()
+    folder = S.SweepFolder(out)
+    resume = args.resume or (args.resume_if_exists and folder.file(S.STATE_FILE).exists())
+    space = S.resolve_space(folder, args.space, args.overrides, resume=resume)
+    if args.tracking_uri:
+        store = Store.from_uri(args.tracking_uri)
+    else:  # a resumed sweep keeps the store it started with (sweep_state.json)
+        store = None if resume else Store.default(out.parent)
+    summary = S.run_sweep(space, out, store=store, resume=resume)
     print(json.dumps({
         "out": summary["folder"],
         "best": {s["noise"]: s["best"] and {k: s["best"][k] for k in ("params", "val_acc", "test_acc")}

@@ -19,7 +19,6 @@ See distributed/README.md.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +27,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 if (SRC / "knnmix").is_dir() and str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
-from knnmix.cli import _add_run_options, load_config, run_training  # noqa: E402
+from knnmix.cli import _add_run_options, cmd_train, guarded, load_config  # noqa: E402
 from knnmix.errors import KnnmixError  # noqa: E402
 
 
@@ -37,9 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="train_job.py",
         description="knnmix train on Ray Train (the flags of `knnmix train`; --workers N is required).",
     )
-    _add_run_options(p)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace a run in --out (and its Ray Train checkpoints)")
+    _add_run_options(p, resume="the run (and its Ray Train checkpoints)")
     p.add_argument(
         "--resume-if-exists", action="store_true",
         help="continue the run if --out / the Ray Train storage already holds it, otherwise start it",
@@ -49,25 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        from knnmix.scale.train import run_exists
+    return guarded(lambda: train(args))
 
-        if args.resume and not args.config:  # as `knnmix train --resume`: the run folder's config by default
-            from knnmix import config as C
 
-            saved = Path(args.out or C.Config().out) / "config.yaml"
-            if saved.exists():
-                args.config = str(saved)
-        cfg = load_config(args)
-        if cfg.distributed.workers < 1:
-            raise KnnmixError("train_job.py trains on Ray Train workers: pass --workers N (N >= 1)")
-        args.resume = args.resume or (args.resume_if_exists and run_exists(cfg))
-        summary = run_training(cfg, args)  # Ray Train, then MLflow when a tracking URI is given
-    except KnnmixError as exc:
-        print(f"knnmix: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps({"final": summary["final"], "best_val": summary["best_val"], "out": summary["config"]["out"]}))
-    return 0
+def train(args: argparse.Namespace) -> int:
+    from knnmix import config as C
+    from knnmix.scale.train import run_exists
+
+    saved = Path(args.out or C.Config().out) / "config.yaml"
+    if (args.resume or args.resume_if_exists) and saved.exists() and not args.config:
+        args.config = str(saved)  # as `knnmix train --resume`: the run folder's config by default
+    cfg = load_config(args)
+    if cfg.distributed.workers < 1:
+        raise KnnmixError("train_job.py trains on Ray Train workers: pass --workers N (N >= 1)")
+    args.resume = args.resume or (args.resume_if_exists and run_exists(cfg))
+    return cmd_train(args)  # as `knnmix train`: Ray Train, then MLflow when a tracking URI is given
 
 
 if __name__ == "__main__":

@@ -212,31 +212,22 @@ def report(result: dict) -> str:
         f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, GPU: {result['machine']['gpu']}  ",
         f"Seeds: {', '.join(map(str, result['seeds']))}; mean ± sample std over seeds.",
         "",
-        "## Last-epoch test accuracy (%)",
-        "",
-        markdown_table(rows, methods, settings, "last_test_acc"),
-        "",
-        "## Test accuracy of the epoch picked by noisy-validation accuracy (%)",
-        "",
-        markdown_table(rows, methods, settings, "selected_test_acc"),
-        "",
-        "## Label-correction accuracy of argmax t (%, methods with soft targets)",
-        "",
-        markdown_table(rows, [m for m in methods if m in ("selc", "knnmix")], settings, "label_acc"),
-        "",
-        "## Noisy-label detection: precision / recall (%)",
-        "",
-        "knnmix: samples with clean probability < 0.5 at the last epoch versus samples whose current target is wrong; "
-        "cleanlab: the samples its filter removed versus the wrongly labelled ones.",
-        "",
-        "Precision (flagged samples that are wrongly labelled):",
-        "",
-        markdown_table(rows, detectors, noisy_settings, "noisy_precision"),
-        "",
-        "Recall (wrongly labelled samples that are flagged):",
-        "",
-        markdown_table(rows, detectors, noisy_settings, "noisy_recall"),
-        "",
+    ]
+    sections = [
+        ("## Last-epoch test accuracy (%)", methods, settings, "last_test_acc", None),
+        ("## Test accuracy of the epoch picked by noisy-validation accuracy (%)", methods, settings,
+         "selected_test_acc", None),
+        ("## Label-correction accuracy of argmax t (%, methods with soft targets)",
+         [m for m in methods if m in ("selc", "knnmix")], settings, "label_acc", None),
+        ("## Noisy-label detection: precision / recall (%)", detectors, noisy_settings, "noisy_precision",
+         "knnmix: samples with clean probability < 0.5 at the last epoch versus samples whose current target is "
+         "wrong; cleanlab: the samples its filter removed versus the wrongly labelled ones.\n\nPrecision (flagged "
+         "samples that are wrongly labelled):"),
+        ("Recall (wrongly labelled samples that are flagged):", detectors, noisy_settings, "noisy_recall", None),
+    ]
+    for title, cols, rows_of, key, note in sections:
+        parts += [title, ""] + ([note, ""] if note else []) + [markdown_table(rows, cols, rows_of, key), ""]
+    parts += [
         "## Cost",
         "",
         markdown_table(rows, methods, settings, "epoch_time_s").replace("**", ""),

@@ -113,6 +113,20 @@ def _authors_protocol(dataset: str, model: str) -> dict[str, Any]:
         "test_every": 10,
     }
 
+def _authors_tier(name: str, dataset: str, model: str, *, warmup: int, human: str, about: str) -> Tier:
+    """A tier on the paper's protocol: its data, network and schedule, the four synthetic settings and CIFAR-N."""
+    return Tier(
+        name=name,
+        description=f"The paper's protocol for a GPU: {about}, {FULL_EPOCHS} epochs, SGD lr 0.02 with cosine restarts "
+        "every 10 epochs (the authors' schedule), 3 seeds; needs the CIFAR images (data.download=true)",
+        base=_authors_protocol(dataset, model),
+        settings=("symmetric:0.2", "symmetric:0.5", "symmetric:0.8", "asymmetric:0.4", human),
+        seeds=(0, 1, 2),
+        method_overrides=_schedule(warmup=warmup, start=60, period=10),
+        cleanlab_folds=5,
+    )
+
+
 TIERS: dict[str, Tier] = {
     "smoke": Tier(
         name="smoke",
@@ -158,31 +172,10 @@ TIERS: dict[str, Tier] = {
         spaces={m: f"search_spaces/bench-quick-{m}.yaml" for m in ("ce", "mixup", "selc", "knnmix")},
         parallel=2,
     ),
-    "full": Tier(
-        name="full",
-        description=(
-            f"The paper's protocol for a GPU: CIFAR-10 with PreAct ResNet-18, {FULL_EPOCHS} epochs, SGD lr 0.02 with "
-            "cosine restarts every 10 epochs (the authors' schedule), 3 seeds; needs the CIFAR images "
-            "(data.download=true)"
-        ),
-        base=_authors_protocol("cifar10", "preact_resnet18"),
-        settings=("symmetric:0.2", "symmetric:0.5", "symmetric:0.8", "asymmetric:0.4", "cifar10n:worse"),
-        seeds=(0, 1, 2),
-        method_overrides=_schedule(warmup=10, start=60, period=10),
-        cleanlab_folds=5,
-    ),
-    "full-cifar100": Tier(
-        name="full-cifar100",
-        description=(
-            f"The paper's protocol on CIFAR-100: PreAct ResNet-34, {FULL_EPOCHS} epochs, the authors' schedule "
-            "(warm-up 30 epochs for CIFAR-100), 3 seeds"
-        ),
-        base=_authors_protocol("cifar100", "preact_resnet34"),
-        settings=("symmetric:0.2", "symmetric:0.5", "symmetric:0.8", "asymmetric:0.4", "cifar100n:noisy"),
-        seeds=(0, 1, 2),
-        method_overrides=_schedule(warmup=30, start=60, period=10),
-        cleanlab_folds=5,
-    ),
+    "full": _authors_tier("full", "cifar10", "preact_resnet18", warmup=10, human="cifar10n:worse",
+                          about="CIFAR-10 with PreAct ResNet-18"),
+    "full-cifar100": _authors_tier("full-cifar100", "cifar100", "preact_resnet34", warmup=30, human="cifar100n:noisy",
+                                   about="CIFAR-100 with PreAct ResNet-34 (warm-up 30 epochs for CIFAR-100)"),
     "full-fashion-mnist": Tier(
         name="full-fashion-mnist",
         description="The full tier where CIFAR is absent: all 60,000 Fashion-MNIST training images, 100 epochs",

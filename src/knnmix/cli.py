@@ -7,14 +7,15 @@ import json
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from knnmix import config as C
 from knnmix.errors import KnnmixError, KnnmixWarning
 
-def _add_run_options(p: argparse.ArgumentParser) -> None:
+def _add_run_options(p: argparse.ArgumentParser, resume: str | None = None, tracking: bool = True) -> None:
+    """The config options every training command shares; ``resume``: what --resume / --overwrite act on."""
     p.add_argument("--config", help="YAML config file, or an embedded preset name (digits, audit)")
     p.add_argument("--dataset", help="shorthand for --set data.name=NAME")
     p.add_argument("--noise", help="shorthand for --set noise.spec=SPEC (e.g. symmetric:0.4, cifar10n:worse)")
@@ -28,8 +29,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override any config key, e.g. --set method.k=5 (repeatable)",
     )
-    _add_tracking_options(p, "log the finished run to this MLflow tracking URI (default: MLFLOW_TRACKING_URI if set, "
-                             "else no logging)")
+    if tracking:
+        _add_tracking_options(p, "log the finished run to this MLflow tracking URI (default: MLFLOW_TRACKING_URI if "
+                                 "set, else no logging)")
+    if resume:
+        p.add_argument("--resume", action="store_true", help=f"continue {resume} in --out from its checkpoint")
+        p.add_argument("--overwrite", action="store_true", help=f"replace {resume} in --out")
 
 
 def _add_tracking_options(p: argparse.ArgumentParser, text: str) -> None:
@@ -238,16 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one run into its run folder")
-    _add_run_options(p)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace a finished or stopped run in --out")
+    _add_run_options(p, resume="the run")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("compare", help="train several methods on identical settings and print a table")
-    _add_run_options(p)
+    _add_run_options(p, resume="each method's run")
     p.add_argument("--methods", default="ce,knnmix", help="comma-separated methods (default: ce,knnmix)")
-    p.add_argument("--resume", action="store_true", help="continue each method's run from its checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace earlier runs in --out")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser(
@@ -263,9 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "default: chosen from the images: 32, 64 or 224 pixels)")
     p.add_argument("--test", help="a folder or CSV with trusted labels, reported as the test split (data.test_root)")
     p.add_argument("--show", type=int, default=10, help="suspects printed on the terminal (default 10)")
-    _add_run_options(p)
-    p.add_argument("--resume", action="store_true", help="continue the audit run in --out from its checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier audit in --out")
+    _add_run_options(p, resume="the audit run")
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser(
@@ -291,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("config", help="print the resolved config, its documentation, or the presets")
-    _add_run_options(p)
+    _add_run_options(p, tracking=False)
     p.add_argument("--doc", action="store_true", help="print every config key with its type, default and meaning")
     p.add_argument("--presets", action="store_true", help="list the embedded presets")
     p.set_defaults(func=cmd_config)
@@ -307,24 +306,24 @@ _default_format = warnings.formatwarning
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    return guarded(lambda: args.func(args))
+
+
+def guarded(command: Callable[[], int], interrupted: str = "") -> int:
+    """Run a command: a user error is one line on stderr and exit status 2, Ctrl+C status 130; knnmix's warnings
+    are one line each."""
     warnings.formatwarning = _warning_line  # type: ignore[assignment]
     try:
-        return _run(args)
-    finally:
-        warnings.formatwarning = _default_format
-
-
-def _run(args: argparse.Namespace) -> int:
-    try:
-        return int(args.func(args))
+        return int(command())
     except KnnmixError as exc:
         print(f"knnmix: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("knnmix: interrupted", file=sys.stderr)
+        print(f"knnmix: interrupted{interrupted}", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = _default_format
 
 
 if __name__ == "__main__":

@@ -292,14 +292,11 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         if value not in choices:
             raise ConfigError(f"{path}: {_show(value)} is not one of {', '.join(map(str, choices))}")
         return value
-    if tp is bool:
-        if isinstance(value, bool):
+    if tp in _SCALARS:
+        what, ok = _SCALARS[tp]
+        if ok(value):
             return value
-        raise ConfigError(f"{path}: expected true or false, got {_show(value)}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{path}: expected an integer, got {_show(value)}")
+        raise ConfigError(f"{path}: expected {what}, got {_show(value)}")
     if tp is float:
         number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -314,11 +311,15 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         if not math.isfinite(number):
             raise ConfigError(f"{path}: expected a finite number, got {_show(value)}")
         return number
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{path}: expected a string, got {_show(value)}")
     raise TypeError(f"unsupported config type {tp!r} at {path}")  # a bug in this module, not user input
+
+
+#: How a bool, int or str field is checked, and how its error names the expected value.
+_SCALARS: dict[Any, tuple[str, typing.Callable[[Any], bool]]] = {
+    bool: ("true or false", lambda v: isinstance(v, bool)),
+    int: ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    str: ("a string", lambda v: isinstance(v, str)),
+}
 
 
 def _join(path: str, key: str) -> str:
@@ -342,46 +343,37 @@ def _check(ok: bool, key: str, value: Any, need: str) -> None:
         raise ConfigError(f"{key}: {value!r} is out of range; {need}")
 
 
+#: Lowest value of each numeric key: ``(bound, open (>) rather than closed (>=), a note for the error)``.
+LOWER_BOUNDS: dict[str, tuple[float, bool, str]] = {
+    "data.val_fraction": (0, False, " and <= 0.5"), "data.train_subset": (2, False, ""), "data.num_workers": (0, False, ""),
+    "data.epoch_samples": (2, False, ""), "data.image_size": (8, False, " pixels"), "data.first_classes": (2, False, ""),
+    "noise.instance_std": (0, True, ""), "optim.lr": (0, True, ""), "optim.weight_decay": (0, False, ""),
+    "optim.restart_period": (1, False, ""), "optim.batch_size": (1, False, ""), "optim.eval_batch_size": (1, False, ""),
+    "method.warmup_epochs": (0, False, ""), "method.warmup_penalty": (0, False, " (0 = off)"),
+    "method.mixture_min_class": (2, False, ""), "method.bank_every": (1, False, ""), "method.k": (1, False, ""),
+    "method.temperature": (0, True, ""), "method.mixup_alpha": (0, True, ""),
+    "method.correction_start": (1, False, " (epochs count from 1)"), "method.correction_period": (1, False, ""),
+    "method.loss_window": (1, False, ""), "method.gmm_max_iter": (1, False, ""), "method.gmm_tol": (0, True, ""),
+    "method.gmm_reg_covar": (0, True, ""), "distributed.workers": (0, False, " (0: no Ray; N: Ray Train workers)"),
+    "distributed.cpus_per_worker": (1, False, ""), "distributed.max_failures": (-1, False, " (-1: forever)"),
+    "distributed.num_to_keep": (1, False, ""), "epochs": (1, False, ""), "threads": (0, False, ""),
+    "checkpoint_every": (1, False, ""), "log_every": (1, False, ""), "test_every": (0, False, ""),
+}
+NULLABLE = ("train_subset", "epoch_samples", "image_size", "first_classes")
+
+
 def validate(cfg: Config) -> None:
     """Range and cross-field checks that need no data. Raises :class:`ConfigError` naming the key."""
     d, o, m, x = cfg.data, cfg.optim, cfg.method, cfg.distributed
-    _check(0.0 <= d.val_fraction <= 0.5, "data.val_fraction", d.val_fraction, "use a fraction in [0, 0.5]")
-    _check(d.train_subset is None or d.train_subset >= 2, "data.train_subset", d.train_subset, "use null or >= 2")
-    _check(d.num_workers >= 0, "data.num_workers", d.num_workers, "use >= 0")
-    _check(d.epoch_samples is None or d.epoch_samples >= 2, "data.epoch_samples", d.epoch_samples, "use null or >= 2")
-    _check(d.image_size is None or d.image_size >= 8, "data.image_size", d.image_size, "use null or >= 8 pixels")
-    _check(d.first_classes is None or d.first_classes >= 2, "data.first_classes", d.first_classes, "use null or >= 2")
-    _check(cfg.noise.instance_std > 0, "noise.instance_std", cfg.noise.instance_std, "use > 0")
-    _check(o.lr > 0, "optim.lr", o.lr, "use > 0")
+    _check(d.val_fraction <= 0.5, "data.val_fraction", d.val_fraction, "use a fraction in [0, 0.5]")
+    for key, (low, strict, note) in LOWER_BOUNDS.items():
+        section, _, leaf = key.rpartition(".")
+        value = getattr(getattr(cfg, section) if section else cfg, leaf)
+        _check(value is None or value > low or (value == low and not strict), key, value,
+               f"use {'>' if strict else '>='} {low}{note}" + (" (or null)" if leaf in NULLABLE else ""))
     _check(0 <= o.momentum < 1, "optim.momentum", o.momentum, "use a value in [0, 1)")
-    _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "use >= 0")
-    _check(o.restart_period >= 1, "optim.restart_period", o.restart_period, "use >= 1")
     _check(0 <= o.min_lr <= o.lr, "optim.min_lr", o.min_lr, f"use a value in [0, optim.lr={o.lr}]")
-    _check(o.batch_size >= 1, "optim.batch_size", o.batch_size, "use >= 1")
-    _check(o.eval_batch_size >= 1, "optim.eval_batch_size", o.eval_batch_size, "use >= 1")
-    _check(m.warmup_epochs >= 0, "method.warmup_epochs", m.warmup_epochs, "use >= 0")
-    _check(m.warmup_penalty >= 0, "method.warmup_penalty", m.warmup_penalty, "use >= 0 (0 = off)")
-    _check(m.mixture_min_class >= 2, "method.mixture_min_class", m.mixture_min_class, "use >= 2")
-    _check(m.bank_every >= 1, "method.bank_every", m.bank_every, "use >= 1")
-    _check(m.k >= 1, "method.k", m.k, "use >= 1")
-    _check(m.temperature > 0, "method.temperature", m.temperature, "use a temperature > 0")
-    _check(m.mixup_alpha > 0, "method.mixup_alpha", m.mixup_alpha, "use > 0")
-    _check(m.correction_start >= 1, "method.correction_start", m.correction_start, "use >= 1 (epochs count from 1)")
-    _check(m.correction_period >= 1, "method.correction_period", m.correction_period, "use >= 1")
     _check(0 <= m.correction_momentum < 1, "method.correction_momentum", m.correction_momentum, "use [0, 1)")
-    _check(m.loss_window >= 1, "method.loss_window", m.loss_window, "use >= 1")
-    _check(m.gmm_max_iter >= 1, "method.gmm_max_iter", m.gmm_max_iter, "use >= 1")
-    _check(m.gmm_tol > 0, "method.gmm_tol", m.gmm_tol, "use > 0")
-    _check(m.gmm_reg_covar > 0, "method.gmm_reg_covar", m.gmm_reg_covar, "use > 0")
-    _check(x.workers >= 0, "distributed.workers", x.workers, "use 0 (no Ray) or a number of Ray Train workers")
-    _check(x.cpus_per_worker >= 1, "distributed.cpus_per_worker", x.cpus_per_worker, "use >= 1")
-    _check(x.max_failures >= -1, "distributed.max_failures", x.max_failures, "use -1 (forever) or >= 0")
-    _check(x.num_to_keep >= 1, "distributed.num_to_keep", x.num_to_keep, "use >= 1")
-    _check(cfg.epochs >= 1, "epochs", cfg.epochs, "use >= 1")
-    _check(cfg.threads >= 0, "threads", cfg.threads, "use >= 0")
-    _check(cfg.checkpoint_every >= 1, "checkpoint_every", cfg.checkpoint_every, "use >= 1")
-    _check(cfg.log_every >= 1, "log_every", cfg.log_every, "use >= 1")
-    _check(cfg.test_every >= 0, "test_every", cfg.test_every, "use >= 0")
     if x.storage_path is not None and "://" not in x.storage_path and not Path(x.storage_path).is_absolute():
         raise ConfigError(
             f"distributed.storage_path: {x.storage_path!r} must be an absolute path or a URI (Ray Train needs it)"

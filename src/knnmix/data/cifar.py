@@ -52,30 +52,14 @@ class CifarSpec:
 
 
 CIFAR10 = CifarSpec(
-    name="cifar10",
-    folder="cifar-10-batches-py",
-    train_files=tuple(f"data_batch_{i}" for i in range(1, 6)),
-    test_file="test_batch",
-    meta_file="batches.meta",
-    label_key="labels",
-    names_key="label_names",
-    num_classes=10,
-    mean=(0.4914, 0.4822, 0.4465),
-    std=(0.2023, 0.1994, 0.2010),
+    name="cifar10", folder="cifar-10-batches-py", train_files=tuple(f"data_batch_{i}" for i in range(1, 6)),
+    test_file="test_batch", meta_file="batches.meta", label_key="labels", names_key="label_names", num_classes=10,
+    mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010),
 )
-
 CIFAR100 = CifarSpec(
-    name="cifar100",
-    folder="cifar-100-python",
-    train_files=("train",),
-    test_file="test",
-    meta_file="meta",
-    label_key="fine_labels",
-    names_key="fine_label_names",
-    num_classes=100,
-    mean=(0.507, 0.487, 0.441),
-    std=(0.267, 0.256, 0.276),
-    coarse_key="coarse_labels",
+    name="cifar100", folder="cifar-100-python", train_files=("train",), test_file="test", meta_file="meta",
+    label_key="fine_labels", names_key="fine_label_names", num_classes=100, mean=(0.507, 0.487, 0.441),
+    std=(0.267, 0.256, 0.276), coarse_key="coarse_labels",
 )
 
 # The only globals a CIFAR pickle (Python 2 or 3, any protocol) needs to rebuild its numpy arrays.

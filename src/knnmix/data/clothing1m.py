@@ -21,20 +21,9 @@ import os
 
 import numpy as np
 
-from knnmix.data._common import as_path
 from knnmix.data.base import DATASETS, DatasetBundle
-from knnmix.data.files import (
-    OnBadImage,
-    build_sources,
-    check_options,
-    listing,
-    parse_labels,
-    read_columns,
-    require_all_classes,
-    require_dir,
-    require_file,
-    require_listed,
-)
+from knnmix.data.files import OnBadImage, build_sources, dataset_root, listing, parse_labels  # noqa: I001
+from knnmix.data.files import read_columns, require_all_classes, require_file, require_listed
 from knnmix.errors import DataError
 
 NAME = "clothing1m"
@@ -91,12 +80,7 @@ def load_clothing1m(
 
     ``download`` is ignored: Clothing1M is distributed by its authors on request.
     """
-    image_size = 224 if image_size is None else image_size
-    check_options(NAME, image_size, on_bad_image)
-    if not root:
-        raise DataError(f"{NAME}: set data.root to the Clothing1M folder (holding images/ and annotations/)")
-    root = os.path.abspath(as_path(root))
-    require_dir(root, NAME)
+    root, image_size = dataset_root(NAME, root, image_size, on_bad_image, "Clothing1M folder (holding images/ and annotations/)")
     for name in FILES:
         require_file(os.path.join(root, name), NAME, " (Clothing1M's published annotations/ folder)")
     noisy = read_kv(os.path.join(root, NOISY_KV))
@@ -113,15 +97,7 @@ def load_clothing1m(
     files = {split: (root, keys, labels) for split, (keys, labels) in listed.items()}
     splits = build_sources(NAME, CLASSES, files, image_size=image_size, on_bad_image=on_bad_image)
     return DatasetBundle(
-        name=NAME,
-        family="generic",
-        classes=list(CLASSES),
-        train=splits["train"][0],
-        train_labels=splits["train"][1],
-        val=splits["validation"][0],
-        val_labels=splits["validation"][1],
-        test=splits["test"][0],
-        test_labels=splits["test"][1],
-        labels_are_clean=False,
-        default_model="resnet50",
+        name=NAME, family="generic", classes=list(CLASSES), labels_are_clean=False, default_model="resnet50",
+        train=splits["train"][0], train_labels=splits["train"][1], val=splits["validation"][0],
+        val_labels=splits["validation"][1], test=splits["test"][0], test_labels=splits["test"][1],
     )

@@ -29,7 +29,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extensi
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from knnmix.data._common import one_line
+from knnmix.data._common import as_path, one_line
 from knnmix.data.base import Augment, ImageSource, Normalise, TensorSource, random_crop_flip
 from knnmix.errors import DataError
 
@@ -71,6 +71,18 @@ def load_threads() -> int:
     """Threads of the load-time check / preload pool: the CPUs this process may use, at most 32."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(32, cpus))
+
+
+def dataset_root(dataset: str, root: str | None, image_size: int | None, on_bad_image: str, what: str) -> tuple[str, int]:
+    """The checks every published file-based data set starts with: its options, and a ``root`` that is given and is
+    a folder. Returns the absolute root and the image side (224 when ``image_size`` is None)."""
+    image_size = 224 if image_size is None else image_size
+    check_options(dataset, image_size, on_bad_image)
+    if not root:
+        raise DataError(f"{dataset}: set data.root to the {what}")
+    root = os.path.abspath(as_path(root))
+    require_dir(root, dataset)
+    return root, image_size
 
 
 def check_options(dataset: str, image_size: int, on_bad_image: str) -> None:
@@ -325,15 +337,8 @@ class FileSource(_Files, ImageSource):
 class PreloadedSource(_Files, TensorSource):
     """A :class:`TensorSource` of images decoded once from files; remembers each row's file (:meth:`path`)."""
 
-    def __init__(
-        self,
-        images: Tensor,
-        root: str,
-        keys: Sequence[str] | np.ndarray,
-        augment: Augment,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-    ) -> None:
+    def __init__(self, images: Tensor, root: str, keys: Sequence[str] | np.ndarray, augment: Augment,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
         TensorSource.__init__(self, images, mean, std, augment)
         self._set_files(root, keys)
         if len(self.keys) != images.shape[0]:

@@ -23,20 +23,8 @@ import numpy as np
 
 from knnmix.data._common import as_path
 from knnmix.data.base import DATASETS, DatasetBundle
-from knnmix.data.files import (
-    OnBadImage,
-    build_sources,
-    check_options,
-    duplicates,
-    find_images,
-    listing,
-    parse_labels,
-    read_columns,
-    require_all_classes,
-    require_dir,
-    require_file,
-    require_listed,
-)
+from knnmix.data.files import OnBadImage, build_sources, dataset_root, duplicates, find_images, listing, parse_labels  # noqa: I001
+from knnmix.data.files import read_columns, require_all_classes, require_dir, require_file, require_listed
 from knnmix.errors import DataError
 
 NAME = "webvision"
@@ -102,12 +90,7 @@ def load_webvision(
     ``test_root``: ImageNet's validation folder (per-synset layout), default ``<root>/imagenet_val`` when it exists.
     ``download`` is ignored (WebVision is downloaded by hand). Images are ``float32 (B, 3, s, s)``.
     """
-    image_size = 224 if image_size is None else image_size
-    check_options(NAME, image_size, on_bad_image)
-    if not root:
-        raise DataError(f"{NAME}: set data.root to the WebVision folder (holding info/, google/ and val_images_256/)")
-    root = os.path.abspath(as_path(root))
-    require_dir(root, NAME)
+    root, image_size = dataset_root(NAME, root, image_size, on_bad_image, "WebVision folder (holding info/, google/ and val_images_256/)")
     hint = " (WebVision 1.0's info/ folder)"
     train_list = require_file(os.path.join(root, TRAIN_LIST), NAME, hint)
     val_list = require_file(os.path.join(root, VAL_LIST), NAME, hint)
@@ -155,14 +138,7 @@ def load_webvision(
         listed["imagenet"] = (imagenet_dir, *imagenet)
     splits = build_sources(NAME, classes, listed, image_size=image_size, on_bad_image=on_bad_image)
     return DatasetBundle(
-        name=NAME,
-        family="generic",
-        classes=classes,
-        train=splits["train"][0],
-        train_labels=splits["train"][1],
-        test=splits["test"][0],
-        test_labels=splits["test"][1],
-        labels_are_clean=False,
-        default_model="resnet50",
-        extra_tests={"imagenet": splits["imagenet"]} if imagenet is not None else {},
+        name=NAME, family="generic", classes=classes, labels_are_clean=False, default_model="resnet50",
+        train=splits["train"][0], train_labels=splits["train"][1], test=splits["test"][0],
+        test_labels=splits["test"][1], extra_tests={"imagenet": splits["imagenet"]} if imagenet is not None else {},
     )

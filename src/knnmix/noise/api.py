@@ -15,6 +15,7 @@ from knnmix.noise.base import (
     NoiseInputs,
     NoiseResult,
     NoiseSpec,
+    _as_label_array,
     check_rate,
     check_variant,
     lookup_model,
@@ -110,11 +111,7 @@ def _readonly(arr: np.ndarray) -> np.ndarray:
 
 
 def _check_labels(labels: object, num_classes: int) -> np.ndarray:
-    arr = np.asarray(labels)
-    if arr.ndim != 1:
-        raise KnnmixError(f"labels must be a 1-D array (N,), got shape {arr.shape}")
-    if arr.dtype.kind not in "iu":
-        raise KnnmixError(f"labels must be an integer array, got dtype {arr.dtype}")
+    arr = _as_label_array(labels, "labels")
     if arr.size == 0:
         raise KnnmixError("labels is empty; noise needs at least one sample")
     lo, hi = int(arr.min()), int(arr.max())

@@ -232,7 +232,7 @@ class NoiseResult:
 def _as_label_array(x: object, name: str) -> np.ndarray:
     arr = np.asarray(x)
     if arr.ndim != 1:
-        raise KnnmixError(f"{name} must be a 1-D label array (N,), got shape {arr.shape}")
+        raise KnnmixError(f"{name} must be a 1-D array (N,), got shape {arr.shape}")
     if arr.dtype.kind not in "iu":
         raise KnnmixError(f"{name} must be an integer array, got dtype {arr.dtype}")
     return arr

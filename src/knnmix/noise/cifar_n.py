@@ -39,30 +39,14 @@ class CifarNInfo:
 CIFAR_N: Mapping[str, CifarNInfo] = MappingProxyType(
     {
         "cifar10n": CifarNInfo(
-            kind="cifar10n",
-            family="cifar10",
-            dataset="CIFAR-10",
-            num_classes=10,
-            filename="CIFAR-10_human.pt",
-            variants=MappingProxyType(
-                {
-                    "aggre": "aggre_label",
-                    "random1": "random_label1",
-                    "random2": "random_label2",
-                    "random3": "random_label3",
-                    "worse": "worse_label",
-                }
-            ),
+            kind="cifar10n", family="cifar10", dataset="CIFAR-10", num_classes=10, filename="CIFAR-10_human.pt",
+            variants=MappingProxyType({"aggre": "aggre_label", "random1": "random_label1", "random2": "random_label2",
+                                       "random3": "random_label3", "worse": "worse_label"}),
             order="data_batch_1 .. data_batch_5 of the python version",
         ),
         "cifar100n": CifarNInfo(
-            kind="cifar100n",
-            family="cifar100",
-            dataset="CIFAR-100",
-            num_classes=100,
-            filename="CIFAR-100_human.pt",
-            variants=MappingProxyType({"noisy": "noisy_label"}),
-            order="the 'train' file of the python version",
+            kind="cifar100n", family="cifar100", dataset="CIFAR-100", num_classes=100, filename="CIFAR-100_human.pt",
+            variants=MappingProxyType({"noisy": "noisy_label"}), order="the 'train' file of the python version",
         ),
     }
 )
