@@ -12,12 +12,16 @@ from knnmix.math import (
     FaissSearch,
     TorchSearch,
     fit_clean_probability,
+    fit_clean_probability_per_class,
+    guard_weights,
     is_correction_epoch,
     l2_normalise,
     mix_batch,
     mixup,
+    negative_entropy,
     neighbour_weights,
     neighbours_excluding_self,
+    neighbours_within_batch,
     normalise_losses,
     one_hot_targets,
     soft_cross_entropy,
@@ -256,3 +260,70 @@ def test_gmm_probabilities_follow_noise_in_a_mixed_sample():
     p = fit_clean_probability(losses, seed=0)
     order = torch.argsort(losses)
     assert (p[order][1:] <= p[order][:-1] + 1e-6).all()
+
+
+# ------------------------------------------------------------------------------------- the knobs' math
+
+
+def test_per_class_mixture_sees_flips_a_global_one_misses():
+    """Class 0's clean losses sit near 0 and its flipped samples near 0.2; class 1's clean losses are high (a
+    hard class) near 0.6. A global mixture splits class 1 from class 0 and calls the flips clean; one mixture
+    per class finds them."""
+    g = torch.Generator().manual_seed(0)
+    clean0 = 0.02 * torch.rand(400, generator=g)
+    flipped0 = 0.2 + 0.02 * torch.rand(100, generator=g)
+    class1 = 0.6 + 0.05 * torch.rand(500, generator=g)
+    losses = torch.cat([clean0, flipped0, class1])
+    labels = torch.cat([torch.zeros(500, dtype=torch.long), torch.ones(500, dtype=torch.long)])
+    flips = torch.zeros(1000, dtype=torch.bool)
+    flips[400:500] = True
+    global_fit = fit_clean_probability(losses, seed=0)
+    per_class = fit_clean_probability_per_class(losses, labels, 2, min_class=20, seed=0)
+    assert (global_fit[flips] > 0.5).float().mean() > 0.9  # missed
+    assert (per_class[flips] < 0.5).float().mean() > 0.9  # found
+    assert (per_class[:400] > 0.5).float().mean() > 0.9
+
+
+def test_per_class_mixture_falls_back_to_the_global_fit_for_small_classes_and_keeps_nan():
+    losses = torch.tensor([0.0, 0.1, 0.9, 1.0, 0.05, 0.95, float("nan")])
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1])
+    per_class = fit_clean_probability_per_class(losses, labels, 2, min_class=4, seed=0)
+    assert torch.isnan(per_class[-1])
+    assert torch.allclose(per_class[4:6], fit_clean_probability(losses, seed=0)[4:6])  # class 1 has 2 < 4 losses
+    with pytest.raises(ValueError, match="labels"):
+        fit_clean_probability_per_class(losses, labels[:3], 2)
+
+
+def test_guard_weights_scale_or_drop_by_the_cleanest_member():
+    w = torch.tensor([[0.9, 0.1], [0.2, 0.3], [0.6, 0.0]])
+    assert torch.equal(guard_weights(w, "none"), torch.ones(3))
+    assert torch.allclose(guard_weights(w, "scale"), torch.tensor([0.9, 0.3, 0.6]))
+    assert torch.equal(guard_weights(w, "drop"), torch.tensor([1.0, 0.0, 1.0]))
+    with pytest.raises(ValueError, match="guard"):
+        guard_weights(w, "clip")
+
+
+def test_weighted_soft_cross_entropy_is_the_weighted_mean():
+    logits = torch.randn(4, 3, generator=torch.Generator().manual_seed(1))
+    targets = torch.softmax(torch.randn(4, 3, generator=torch.Generator().manual_seed(2)), dim=1)
+    per = -(targets * torch.log_softmax(logits, 1)).sum(1)
+    w = torch.tensor([1.0, 0.0, 0.5, 0.5])
+    assert torch.allclose(soft_cross_entropy(logits, targets, w), (w * per).sum() / w.sum())
+    assert soft_cross_entropy(logits, targets, torch.zeros(4)) == 0  # everything dropped: no gradient, no NaN
+    with pytest.raises(ValueError, match="weights"):
+        soft_cross_entropy(logits, targets, -w)
+
+
+def test_negative_entropy_penalises_confident_predictions():
+    flat, sharp = torch.zeros(2, 4), torch.tensor([[10.0, 0, 0, 0], [0, 10.0, 0, 0]])
+    assert negative_entropy(flat) == pytest.approx(-math.log(4), abs=1e-6)  # its minimum: uniform predictions
+    assert negative_entropy(sharp) > -0.01
+
+
+def test_neighbours_within_a_batch_are_its_other_most_similar_rows():
+    f = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]]), dim=1)
+    assert neighbours_within_batch(f, 1).tolist() == [[1], [0], [3], [2]]
+    two = neighbours_within_batch(f, 2)
+    assert (two != torch.arange(4)[:, None]).all()  # never itself
+    assert neighbours_within_batch(f[:1], 2).tolist() == [[0, 0]]  # a batch of one mixes with itself
+    assert neighbours_within_batch(f[:2], 3).shape == (2, 3)  # fewer others than K: the best ones repeat
