@@ -62,6 +62,7 @@ def quiet(verbose: bool = False) -> None:
     if not verbose:
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy reporter prints nothing at verbose=0
+        os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "5")  # "operation X took 0.6 s": logging to MLflow does
         import warnings
 
         warnings.filterwarnings("ignore", module="ray")
