@@ -208,6 +208,9 @@ def config_doc() -> str:
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Ray Tune + Optuna + ASHA sweep of a search space, one Optuna study per noise setting, logged to MLflow."""
     from knnmix import spaces as SP
+    from knnmix.scale import ray_env
+
+    ray_env.quiet(args.verbose)  # before Ray is imported: some of its settings are read at import
     from knnmix.scale import tracking as T
 
     if args.space is None and not args.resume:
