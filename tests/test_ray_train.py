@@ -342,7 +342,7 @@ def test_ray_job_submit_runs_train_job_to_success(ray_session, tmp_path):
         RAY_AUTH_TOKEN=token,
     )
     (ray_session["tmp"] / "head").mkdir()
-    gcs, dash = _free_port(), _free_port()
+    gcs, dash, agent = _free_port(), _free_port(), _free_port()
     # the submitted working dir: the sources and the job script only
     work = tmp_path / "work"
     shutil.copytree(REPO / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
@@ -352,7 +352,7 @@ def test_ray_job_submit_runs_train_job_to_success(ray_session, tmp_path):
     head = subprocess.Popen(
         [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
          "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-         "--disable-usage-stats"],
+         f"--dashboard-agent-listen-port={agent}", "--disable-usage-stats"],  # another Ray may hold 52365
         env=env, stdout=head_log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     address = f"http://127.0.0.1:{dash}"
@@ -364,13 +364,17 @@ def test_ray_job_submit_runs_train_job_to_success(ray_session, tmp_path):
                                  env=anon, capture_output=True, text=True, timeout=120)
         assert refused.returncode != 0
         assert "401" in refused.stdout + refused.stderr or "Authentication" in refused.stdout + refused.stderr
-        job = subprocess.run(
-            [str(VENV_BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(work), "--",
-             "python", "distributed/train_job.py", "--config", "digits", "--workers", "2", "--epochs", "2",
-             "--out", str(out), "--set", "data.train_subset=500"],
-            env=env, capture_output=True, text=True, timeout=420,
-        )
-        logs = job.stdout + job.stderr
+        for _ in range(12):  # the head's job agent comes up a little after its HTTP server: Ray asks to retry
+            job = subprocess.run(
+                [str(VENV_BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(work), "--",
+                 "python", "distributed/train_job.py", "--config", "digits", "--workers", "2", "--epochs", "2",
+                 "--out", str(out), "--set", "data.train_subset=500"],
+                env=env, capture_output=True, text=True, timeout=420,
+            )
+            logs = job.stdout + job.stderr
+            if "No available agent" not in logs:
+                break
+            time.sleep(5)
         assert job.returncode == 0, logs[-4000:]
         assert "SUCCEEDED" in logs or "succeeded" in logs
         assert "epoch   2/2" in logs  # rank 0's progress lines reach the job's logs

@@ -71,7 +71,8 @@ def quiet(verbose: bool = False) -> None:
 
 def ensure_ray(*, verbose: bool = False, **init: Any) -> bool:
     """Join the cluster of ``RAY_ADDRESS``, or start a private local Ray bound to 127.0.0.1 (``init``: more
-    ``ray.init`` arguments for it, e.g. ``num_cpus``).
+    ``ray.init`` arguments, e.g. ``num_cpus``; ``log_to_driver=True`` shows the workers' output, which is
+    off unless ``verbose``).
 
     A local Ray gets a GCS port chosen here, and every process of the job (Ray Train's controller and its
     placement-group cleaner included) gets ``RAY_ADDRESS`` pointing at it: Ray's own look-ups then find this Ray,
@@ -84,17 +85,17 @@ def ensure_ray(*, verbose: bool = False, **init: Any) -> bool:
     if ray.is_initialized():
         return False
     env = runtime_env()
-    kwargs: dict[str, Any] = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING}
+    kwargs: dict[str, Any] = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING,
+                              **init}
     address = os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, runtime_env=env, **kwargs, **init)
+        ray.init(address=address, runtime_env=env, **kwargs)
         return True
     port = _free_port()
     env["env_vars"]["RAY_ADDRESS"] = f"127.0.0.1:{port}"  # for the job's processes only, not this one's children
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     try:
-        ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", runtime_env=env,
-                 **kwargs, **init)
+        ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", runtime_env=env, **kwargs)
     finally:
         os.environ.pop("RAY_GCS_SERVER_PORT", None)
     return True

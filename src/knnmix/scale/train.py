@@ -157,8 +157,8 @@ def fit(
     if callbacks:
         configs.run.callbacks = [*(configs.run.callbacks or []), *callbacks]
     check_run_state(cfg, resume=resume, overwrite=overwrite)
-    if configs.scaling.num_workers > 0:
-        ray_env.ensure_ray(verbose=verbose)
+    if configs.scaling.num_workers > 0:  # rank 0's progress lines reach the user (a sweep's driver is quieter)
+        ray_env.ensure_ray(verbose=verbose, log_to_driver=True)
     local = configs.scaling.num_workers == 0
     if local and "://" in configs.storage_path:
         raise KnnmixError("in-process Ray Train (num_workers=0) needs a local distributed.storage_path")
