@@ -1,17 +1,12 @@
-"""Starting or joining Ray, quietly, and the runtime environment that carries knnmix to the workers.
-
-:func:`ensure_ray` is the only place that calls ``ray.init``. It joins the cluster named by ``RAY_ADDRESS`` (``ray
-job submit`` sets it for the job's driver; set it yourself to join a ``ray start`` cluster, ``RAY_ADDRESS=auto``
-for the one on this machine); otherwise it starts a private local Ray for this process, bound to 127.0.0.1, whatever
-other Ray instances run on the host. The job's runtime environment ships the knnmix package folder
-(``py_modules``), so workers on nodes where knnmix is not installed can import it.
-"""
+"""Starting or joining Ray, quietly, and the runtime environment that carries knnmix to the workers."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import socket
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +35,8 @@ def worker_env() -> dict[str, str]:
 
 
 def runtime_env() -> dict[str, Any]:
-    """The job-level runtime environment: the knnmix package and the workers' environment variables."""
+    """The job-level runtime environment: the knnmix package (so that workers on nodes where knnmix is not
+    installed can import it) and the workers' environment variables."""
     env: dict[str, Any] = {"py_modules": [str(package_dir())], "env_vars": worker_env()}
     raw = os.environ.get(_JOB_CONFIG_ENV)  # a submitted job: Ray refuses a driver env that repeats the job's fields
     job_env = (json.loads(raw).get("runtime_env") or {}) if raw else {}
@@ -63,16 +59,15 @@ def quiet(verbose: bool = False) -> None:
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy reporter prints nothing at verbose=0
         os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "5")  # "operation X took 0.6 s": logging to MLflow does
-        import warnings
-
         warnings.filterwarnings("ignore", module="ray")
         warnings.filterwarnings("ignore", category=FutureWarning, module="mlflow")
 
 
 def ensure_ray(*, verbose: bool = False, **init: Any) -> bool:
-    """Join the cluster of ``RAY_ADDRESS``, or start a private local Ray bound to 127.0.0.1 (``init``: more
-    ``ray.init`` arguments, e.g. ``num_cpus``; ``log_to_driver=True`` shows the workers' output, which is
-    off unless ``verbose``).
+    """Join the cluster of ``RAY_ADDRESS`` (``ray job submit`` sets it for the job's driver; ``auto``: the ``ray
+    start`` cluster on this machine), or start a private local Ray bound to 127.0.0.1, whatever other Ray instances
+    run on the host. ``init``: more ``ray.init`` arguments, e.g. ``num_cpus``; ``log_to_driver=True`` shows the
+    workers' output, which is off unless ``verbose``.
 
     A local Ray gets a GCS port chosen here, and every process of the job (Ray Train's controller and its
     placement-group cleaner included) gets ``RAY_ADDRESS`` pointing at it: Ray's own look-ups then find this Ray,
@@ -86,25 +81,17 @@ def ensure_ray(*, verbose: bool = False, **init: Any) -> bool:
         return False
     env = runtime_env()
     kwargs: dict[str, Any] = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING,
-                              **init}
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, runtime_env=env, **kwargs)
+                              "runtime_env": env, **init}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
         return True
-    port = _free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     env["env_vars"]["RAY_ADDRESS"] = f"127.0.0.1:{port}"  # for the job's processes only, not this one's children
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     try:
-        ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", runtime_env=env, **kwargs)
+        ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", **kwargs)
     finally:
         os.environ.pop("RAY_GCS_SERVER_PORT", None)
     return True
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
