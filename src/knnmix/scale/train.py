@@ -1,16 +1,8 @@
 """Data-parallel training on Ray Train (V2): the plain engine on every worker, plus a report per epoch.
 
-:func:`train_distributed` is what ``knnmix train --workers N`` runs: it locks the run folder, checks the run state,
-starts or joins Ray (:func:`~knnmix.scale.ray_env.ensure_ray`) and runs a ``TorchTrainer`` whose workers each build
-the same :class:`~knnmix.engine.train.Run` (the process group makes it DDP; rank 0 writes the run folder) and report
-every epoch to Ray Train.
-
-One checkpoint path: rank 0's ``checkpoint.pt`` (the whole method, per-sample state included: every rank holds all
-of it) is what the run folder keeps and what Ray Train keeps, in ``<storage_path>/<name>/checkpoint_epochNNNNN/``.
-On (re)start every worker restores the newest of Ray Train's kept checkpoints that reads (an unreadable one is
-skipped with a warning), or with ``--resume`` and none kept, the run folder's.
-
-The pure function :func:`ray_configs` maps the ``distributed`` config section onto Ray's config objects.
+:func:`train_distributed` is what ``knnmix train --workers N`` runs; :func:`train_worker` is each worker; the pure
+function :func:`ray_configs` maps the ``distributed`` config section onto Ray's config objects. One checkpoint path:
+rank 0's ``checkpoint.pt`` is what the run folder keeps and what Ray Train keeps. See docs/distributed.md.
 """
 
 from __future__ import annotations
@@ -55,14 +47,6 @@ class RayConfigs:
     torch_config: Any  # ray.train.torch.TorchConfig
     run: Any  # ray.train.RunConfig
 
-    @property
-    def storage_path(self) -> str:
-        return self.run.storage_path
-
-    @property
-    def name(self) -> str:
-        return self.run.name
-
 
 def storage_of(cfg: C.Config) -> tuple[str, str]:
     """``(storage_path, name)``: ``distributed.storage_path`` or ``<abs out>/ray``; ``distributed.name`` or the name
@@ -75,27 +59,22 @@ def storage_of(cfg: C.Config) -> tuple[str, str]:
     return storage, x.name or out.name
 
 
-def ray_configs(cfg: C.Config, *, num_workers: int | None = None) -> RayConfigs:
-    """The Ray Train configs for ``cfg`` (``num_workers`` overrides ``distributed.workers``, e.g. 0 = in-process)."""
+def ray_configs(cfg: C.Config, *, num_workers: int | None = None, callbacks: list[Any] | None = None) -> RayConfigs:
+    """The Ray Train configs for ``cfg`` (``num_workers`` overrides ``distributed.workers``, e.g. 0 = in-process;
+    ``callbacks``: Ray Train callbacks)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig
 
     x = cfg.distributed
     storage, name = storage_of(cfg)
-    scaling = ScalingConfig(
-        num_workers=x.workers if num_workers is None else num_workers,
-        use_gpu=x.use_gpu,
-        resources_per_worker={"CPU": x.cpus_per_worker},  # with use_gpu Ray adds one GPU per worker
-    )
+    scaling = ScalingConfig(num_workers=x.workers if num_workers is None else num_workers, use_gpu=x.use_gpu,
+                            resources_per_worker={"CPU": x.cpus_per_worker})  # use_gpu adds one GPU per worker
     # Without a validation split there is no val_acc to rank by: keep the most recent checkpoints instead.
     score = CHECKPOINT_SCORE if cfg.data.val_fraction > 0 else None
     run = RunConfig(
-        name=name,
-        storage_path=storage,
-        failure_config=FailureConfig(max_failures=x.max_failures),
-        checkpoint_config=CheckpointConfig(
-            num_to_keep=x.num_to_keep, checkpoint_score_attribute=score, checkpoint_score_order="max"
-        ),
+        name=name, storage_path=storage, callbacks=callbacks, failure_config=FailureConfig(max_failures=x.max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=x.num_to_keep, checkpoint_score_attribute=score,
+                                           checkpoint_score_order="max"),
         # The knnmix package itself travels in the job's runtime env (ray_env.ensure_ray): Ray uploads local
         # folders only at the job level.
         worker_runtime_env={"env_vars": ray_env.worker_env()},
@@ -134,7 +113,6 @@ def absolute_paths(cfg: C.Config) -> dict[str, str]:
 class DistributedRun:
     summary: dict[str, Any]
     result: Any  # ray.train.Result
-    configs: RayConfigs
 
 
 def train_distributed(cfg: C.Config, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
@@ -153,18 +131,17 @@ def fit(
     from ray.train.torch import TorchTrainer
 
     cfg = worker_config(cfg)
-    configs = ray_configs(cfg, num_workers=num_workers)
-    if callbacks:
-        configs.run.callbacks = [*(configs.run.callbacks or []), *callbacks]
+    configs = ray_configs(cfg, num_workers=num_workers, callbacks=callbacks)
+    storage, name = configs.run.storage_path, configs.run.name
     check_run_state(cfg, resume=resume, overwrite=overwrite)
-    if configs.scaling.num_workers > 0:  # rank 0's progress lines reach the user (a sweep's driver is quieter)
-        ray_env.ensure_ray(verbose=verbose, log_to_driver=True)
     local = configs.scaling.num_workers == 0
-    if local and "://" in configs.storage_path:
+    if local and "://" in storage:
         raise KnnmixError("in-process Ray Train (num_workers=0) needs a local distributed.storage_path")
+    if not local:  # rank 0's progress lines reach the user (a sweep's driver is quieter)
+        ray_env.ensure_ray(verbose=verbose, log_to_driver=True)
     trainer = TorchTrainer(
         train_worker, train_loop_config={"config": C.to_dict(cfg), "resume": resume,
-                                         "keep_in": str(Path(configs.storage_path) / configs.name) if local else None},
+                                         "keep_in": str(Path(storage) / name) if local else None},
         scaling_config=configs.scaling, torch_config=configs.torch_config, run_config=configs.run,
     )
     try:
@@ -174,13 +151,12 @@ def fit(
         if user is not None:
             raise user.with_traceback(None) from None
         raise
-    summary = result.return_value if isinstance(result.return_value, dict) else None
-    if summary is None:
-        path = RunFolder(cfg.out).file(SUMMARY)
-        if not path.exists():
-            raise KnnmixError(f"the run finished but {str(path)!r} is missing (is 'out' on storage every node sees?)")
-        summary = json.loads(path.read_text())
-    return DistributedRun(summary=summary, result=result, configs=configs)
+    if isinstance(result.return_value, dict):
+        return DistributedRun(summary=result.return_value, result=result)
+    path = RunFolder(cfg.out).file(SUMMARY)
+    if not path.exists():
+        raise KnnmixError(f"the run finished but {str(path)!r} is missing (is 'out' on storage every node sees?)")
+    return DistributedRun(summary=json.loads(path.read_text()), result=result)
 
 
 def user_error(exc: BaseException) -> KnnmixError | None:
@@ -194,29 +170,34 @@ def user_error(exc: BaseException) -> KnnmixError | None:
     return inner if isinstance(inner, KnnmixError) else None
 
 
-def latest_ray_checkpoint(storage_path: str, name: str) -> str | None:
-    """The latest checkpoint Ray Train recorded for run ``name`` in ``storage_path`` (its folder name), or ``None``."""
+def _ray_run_dir(storage_path: str, name: str) -> tuple[Any, str]:
+    """The filesystem of ``storage_path`` and Ray Train's folder of run ``name`` on it."""
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(storage_path)
+    return fs, f"{root.rstrip('/')}/{name}"
+
+
+def has_ray_checkpoint(storage_path: str, name: str) -> bool:
+    """Whether Ray Train recorded a checkpoint of run ``name`` in ``storage_path``."""
     import pyarrow
     import pyarrow.fs
 
     try:
-        fs, root = pyarrow.fs.FileSystem.from_uri(storage_path)
-        snapshot = f"{root.rstrip('/')}/{name}/{SNAPSHOT_FILE}"
+        fs, path = _ray_run_dir(storage_path, name)
+        snapshot = f"{path}/{SNAPSHOT_FILE}"
         if fs.get_file_info(snapshot).type == pyarrow.fs.FileType.NotFound:
-            return None
+            return False
         with fs.open_input_stream(snapshot) as fh:
-            state = json.loads(fh.read().decode("utf-8"))
+            return bool(json.loads(fh.read().decode("utf-8")).get("latest_checkpoint_result"))
     except (OSError, ValueError, pyarrow.ArrowException) as exc:
         text = " ".join(str(exc).split())[:300]
         raise KnnmixError(f"distributed.storage_path {storage_path!r} cannot be read: {text}") from None
-    latest = state.get("latest_checkpoint_result") or {}
-    return (latest.get("checkpoint_dir_name") or latest.get("checkpoint") or "<recorded>") if latest else None
 
 
 def run_exists(cfg: C.Config) -> bool:
     """Whether ``cfg``'s run folder holds ``checkpoint.pt`` or Ray Train's storage holds checkpoints of its run name."""
-    storage, name = storage_of(cfg)
-    return RunFolder(cfg.out).has_run() or latest_ray_checkpoint(storage, name) is not None
+    return RunFolder(cfg.out).has_run() or has_ray_checkpoint(*storage_of(cfg))
 
 
 def check_run_state(cfg: C.Config, *, resume: bool, overwrite: bool = False) -> None:
@@ -229,8 +210,11 @@ def check_run_state(cfg: C.Config, *, resume: bool, overwrite: bool = False) -> 
         raise KnnmixError("--resume and --overwrite exclude each other")
     folder = RunFolder(cfg.out)
     storage, name = storage_of(cfg)
-    ray_ckpt = latest_ray_checkpoint(storage, name)
-    if not resume and (folder.has_run() or ray_ckpt is not None):
+    in_ray = has_ray_checkpoint(storage, name)
+    if resume and not (in_ray or folder.has_run()):
+        raise KnnmixError(f"nothing to resume: no Ray Train checkpoint of run {name!r} in {storage!r} and no "
+                          f"{str(folder.file(CHECKPOINT))!r}")
+    if not resume and (in_ray or folder.has_run()):
         if not overwrite:
             where = (f"run folder {str(folder.path)!r}" if folder.has_run()
                      else f"Ray Train storage {storage!r} (run name {name!r})")
@@ -238,17 +222,13 @@ def check_run_state(cfg: C.Config, *, resume: bool, overwrite: bool = False) -> 
                               "it, or choose another --out (or distributed.name)")
         folder.clear()
         delete_ray_run(storage, name)
-    if resume and ray_ckpt is None and not folder.has_run():
-        raise KnnmixError(f"nothing to resume: no Ray Train checkpoint of run {name!r} in {storage!r} and no "
-                          f"{str(folder.file(CHECKPOINT))!r}")
 
 
 def delete_ray_run(storage_path: str, name: str) -> None:
     """Delete Ray Train's folder of run ``name`` (its checkpoints and snapshot) from the storage."""
     import pyarrow.fs
 
-    fs, root = pyarrow.fs.FileSystem.from_uri(storage_path)
-    path = f"{root.rstrip('/')}/{name}"
+    fs, path = _ray_run_dir(storage_path, name)
     if fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound:
         fs.delete_dir(path)
 
@@ -257,28 +237,22 @@ def delete_ray_run(storage_path: str, name: str) -> None:
 # The workers (also used by in-process sweep trials, with Ray Tune's report in place of Ray Train's)
 
 
-def kept_checkpoints(checkpoint: Any) -> list[Any]:
-    """The checkpoint and its kept siblings (``checkpoint_epoch*`` beside it), newest epoch first."""
+def restore_newest_readable(run: E.Run, checkpoint: Any) -> None:
+    """Restore ``run`` from ``checkpoint`` or, when it does not read, from the newest of its kept siblings
+    (``checkpoint_epoch*`` beside it) that does."""
     import pyarrow.fs
     from ray.train import Checkpoint
 
     fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
-    parent = path.rsplit("/", 1)[0]
     try:
-        infos = fs.get_file_info(pyarrow.fs.FileSelector(parent))
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(path.rsplit("/", 1)[0]))
     except OSError:
-        return [checkpoint]
-    names = sorted((i.path for i in infos if i.type == pyarrow.fs.FileType.Directory
-                    and i.base_name.startswith("checkpoint_epoch")), reverse=True)
-    if path not in names:
-        names.insert(0, path)
-    return [Checkpoint(p, filesystem=fs) if p != path else checkpoint for p in names]
-
-
-def restore_newest_readable(run: E.Run, checkpoint: Any) -> None:
-    """Restore ``run`` from ``checkpoint`` or, when it does not read, from the newest kept one that does."""
+        infos = []
+    kept = sorted((i.path for i in infos if i.type == pyarrow.fs.FileType.Directory
+                   and i.base_name.startswith("checkpoint_epoch")), reverse=True)
     errors = []
-    for candidate in kept_checkpoints(checkpoint):
+    for name in kept if path in kept else [path, *kept]:
+        candidate = checkpoint if name == path else Checkpoint(name, filesystem=fs)
         with candidate.as_directory() as d:
             try:
                 payload = load_checkpoint(Path(d) / CHECKPOINT)
