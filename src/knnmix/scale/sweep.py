@@ -7,22 +7,13 @@ own ASHA scheduler on the noisy-validation accuracy (:class:`SettingsASHA`), so 
 trials of their own setting. A trial (:func:`run_trial`) with ``distributed.workers`` <= 1 runs the engine in the
 trial's own process, reporting every epoch and checkpoint to Tune; a trial with more workers is a Ray Train run.
 
-Sweep folder (``--out``, default ``runs/sweeps/<name>``)::
-
-    space.yaml                  the resolved space (file + --set), what --resume continues
-    sweep_state.json            MLflow store and run ids, status
-    optuna.db                   one Optuna study per noise setting (optuna-dashboard sqlite:///.../optuna.db)
-    tune/                       the Tune experiment (Tuner.restore continues it)
-    sweep_summary.json / .md    per noise setting: best config, its val / test accuracy, trials run / stopped early
-    plots/                      best accuracy per noise setting
-    <noise slug>/trials/<id>/   each trial's run folder (config.yaml, metrics.jsonl, checkpoint.pt, ...)
-    <noise slug>/ray/<id>/      the Ray Train checkpoints of multi-worker trials
-    <noise slug>/plots/         learning curves, clean-probability histogram, parameter importances
+The sweep folder and what it holds: docs/sweeps.md.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import time
@@ -38,10 +29,11 @@ from ray.tune.search import Searcher
 
 from knnmix import config as C
 from knnmix.engine import train as E
-from knnmix.engine.checkpoint import METRICS, SUMMARY, RunFolder, atomic_write_text, folder_lock, read_metrics
+from knnmix.engine.checkpoint import SUMMARY, RunFolder, atomic_write_text, folder_lock
 from knnmix.errors import KnnmixError
 from knnmix.scale import ray_env
 from knnmix.scale import tracking as T
+from knnmix.scale.train import absolute_paths, fit, report_epoch, run_exists, start_or_restore
 from knnmix.spaces import METRIC, MODE, SETTING_KEY, NoiseSetting, SearchSpace, load_space, parse_space
 
 TIME_ATTR = "epoch"
@@ -55,11 +47,15 @@ TRIAL_MEMORY = 64 * 1024**2  # nominal memory of a Ray Train trial's own process
 class SweepFolder:
     root: Path
 
-    def trials_dir(self, slug: str) -> Path:
-        return self.root / slug / "trials"
+    def trial_dir(self, slug: str, trial_id: str) -> Path:
+        return self.root / slug / "trials" / trial_id
 
     def file(self, name: str) -> Path:
         return self.root / name
+
+    @property
+    def optuna_storage(self) -> str:
+        return f"sqlite:///{self.file(OPTUNA_DB)}"
 
 
 def read_state(folder: SweepFolder) -> dict[str, Any] | None:
@@ -67,20 +63,26 @@ def read_state(folder: SweepFolder) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def check_state(folder: SweepFolder, resume: bool) -> dict[str, Any] | None:
+    """The sweep state: required with ``resume``, refused without."""
+    state = read_state(folder)
+    if resume and state is None:
+        raise KnnmixError(f"nothing to resume: {str(folder.file(STATE_FILE))!r} does not exist")
+    if not resume and state is not None:
+        raise KnnmixError(f"sweep folder {str(folder.root)!r} already holds a sweep; pass --resume to continue it "
+                          "or choose another --out")
+    return state
+
+
 def resolve_space(folder: SweepFolder, space_arg: str | None, overrides: list[str] | None, *, resume: bool
                   ) -> SearchSpace:
     """The space to run: the file (+ ``--set``), or with ``resume`` the sweep folder's saved one (which a given file
     must then match)."""
-    state = read_state(folder)
+    state = check_state(folder, resume)
     if not resume:
-        if state is not None:
-            raise KnnmixError(f"sweep folder {str(folder.root)!r} already holds a sweep; pass --resume to continue "
-                              "it or choose another --out")
         if space_arg is None:
             raise KnnmixError("name a search space file, e.g. knnmix sweep search_spaces/smoke.yaml")
         return load_space(space_arg, overrides)
-    if state is None:
-        raise KnnmixError(f"nothing to resume: {str(folder.file(STATE_FILE))!r} does not exist")
     import yaml
 
     saved = parse_space(yaml.safe_load(folder.file(SPACE_FILE).read_text()), label=state["space_label"])
@@ -172,18 +174,15 @@ class SettingsSearch(Searcher):
             self.__dict__.update(pickle.load(fh))
 
 
+@dataclass(frozen=True)
 class RunHistory:
     """The epochs a trial reported, from its run folder (up to the last epoch Tune saw)."""
 
-    def __init__(self, root: str) -> None:
-        self.root = root
+    root: str
 
     def __call__(self, trial: Any) -> list[dict[str, Any]]:
-        last = int((getattr(trial, "last_result", None) or {}).get(TIME_ATTR, 0) or 0)
-        path = Path(self.root) / trial.config[SETTING_KEY] / "trials" / trial.trial_id / METRICS
-        if not last or not path.exists():
-            return []
-        return [r for r in read_metrics(path) if int(r[TIME_ATTR]) <= last and r.get(METRIC) is not None]
+        folder = SweepFolder(Path(self.root)).trial_dir(trial.config[SETTING_KEY], trial.trial_id)
+        return [r for r in T.reported(folder, T.last_epoch(trial)) if r.get(METRIC) is not None]
 
 
 class SettingsASHA(FIFOScheduler):
@@ -196,14 +195,7 @@ class SettingsASHA(FIFOScheduler):
     def __init__(self, schedulers: dict[str, ASHAScheduler], history: Callable[[Any], list[dict]] | None = None):
         super().__init__()
         self.schedulers, self.history = schedulers, history
-
-    @property
-    def metric(self) -> str:
-        return METRIC
-
-    @property
-    def mode(self) -> str:
-        return MODE
+        self._metric = METRIC  # what TrialScheduler.metric reports to Tune
 
     def _of(self, trial: Any) -> ASHAScheduler:
         return self.schedulers[trial.config[SETTING_KEY]]
@@ -265,8 +257,9 @@ def trial_config(payload: dict[str, Any], slug: str, sampled: dict[str, Any], tr
     """The config trial ``trial_id`` trains: its setting's config, the sampled values, its own run folder, Ray
     Train run name (the trial id: a restarted trial resumes) and, in-process, its CPUs as threads."""
     cfg = C.from_dict(payload["configs"][slug])
-    changes = {**sampled, "out": str(Path(payload["root"]) / slug / "trials" / trial_id),
-               "distributed.storage_path": str(Path(payload["root"]) / slug / "ray"), "distributed.name": trial_id}
+    root = Path(payload["root"])
+    changes = {**sampled, "out": str(SweepFolder(root).trial_dir(slug, trial_id)),
+               "distributed.storage_path": str(root / slug / "ray"), "distributed.name": trial_id}
     if in_process(cfg):
         changes["threads"] = cfg.distributed.cpus_per_worker
     return C.replace(cfg, **changes)
@@ -277,11 +270,8 @@ def run_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
     any report, so the engine finishes (summary, label audit) before it reports its last epoch."""
     from ray import tune
 
-    from knnmix.scale.train import fit, report_epoch, run_exists, start_or_restore
-
     ray_env.quiet(payload.get("verbose", False))
-    sampled = {k: v for k, v in config.items() if k != SETTING_KEY}
-    cfg = trial_config(payload, config[SETTING_KEY], sampled, tune.get_context().get_trial_id())
+    cfg = trial_config(payload, config[SETTING_KEY], T.sampled_values(config), tune.get_context().get_trial_id())
     if not in_process(cfg):
         from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -322,32 +312,26 @@ class TrialRecord:
 
     def best(self) -> dict[str, Any] | None:
         """The epoch with the best noisy-validation accuracy (first on ties) and its test accuracy."""
-        vals = [r for r in self.records if r.get(METRIC) is not None]
-        if not vals:
-            return None
-        r = max(vals, key=lambda r: (r[METRIC], -r["epoch"]))
-        return {"epoch": int(r["epoch"]), "val_acc": r[METRIC], "test_acc": r.get("test_acc")}
+        r = T.best_record(self.records)
+        return None if r is None else {"val_acc": r[METRIC], "test_acc": r.get("test_acc"), "epoch": int(r["epoch"])}
 
 
 def collect_trials(folder: SweepFolder) -> list[TrialRecord]:
     """Every trial of the sweep's Tune experiment, in creation order, with its epochs read from its run folder."""
     from ray.tune import ExperimentAnalysis
 
-    out, order = [], []
-    for trial in ExperimentAnalysis(str(folder.file(TUNE_DIR))).trials:
-        order.append(_creation_order(trial))
+    trials = sorted(ExperimentAnalysis(str(folder.file(TUNE_DIR))).trials, key=_creation_order)
+    out = []
+    for trial in trials:
         slug = trial.config[SETTING_KEY]
-        run = folder.trials_dir(slug) / trial.trial_id
-        last = int((trial.last_result or {}).get(TIME_ATTR, 0) or 0)
-        records = read_metrics(run / METRICS) if (run / METRICS).exists() else []
-        records = [r for r in records if int(r["epoch"]) <= last] if last else records
+        run = folder.trial_dir(slug, trial.trial_id)
+        failed = trial.status == "ERROR"
         out.append(TrialRecord(
-            trial_id=trial.trial_id, status=str(trial.status), slug=slug,
-            params={k: v for k, v in trial.config.items() if k != SETTING_KEY}, run_folder=run, records=records,
-            completed=(run / SUMMARY).exists() and trial.status != "ERROR",
-            error=_error_line(trial) if trial.status == "ERROR" else None,
+            trial_id=trial.trial_id, status=str(trial.status), slug=slug, params=T.sampled_values(trial.config),
+            run_folder=run, records=T.reported(run, T.last_epoch(trial) or math.inf),  # no result seen: every epoch
+            completed=(run / SUMMARY).exists() and not failed, error=_error_line(trial) if failed else None,
         ))
-    return [t for _, t in sorted(zip(order, out), key=lambda p: p[0])]
+    return out
 
 
 def _creation_order(trial: Any) -> tuple[int, str]:
@@ -391,14 +375,10 @@ def run_sweep(
 
 def _run_sweep(space: SearchSpace, folder: SweepFolder, store: T.Store | None, resume: bool,
                say: Callable[[str], None], verbose: bool, register: str | None) -> dict[str, Any]:
+    import ray
     from ray import tune
 
-    state = read_state(folder)
-    if resume and state is None:
-        raise KnnmixError(f"nothing to resume: {str(folder.file(STATE_FILE))!r} does not exist")
-    if not resume and state is not None:
-        raise KnnmixError(f"sweep folder {str(folder.root)!r} already holds a sweep; pass --resume to continue it "
-                          "or choose another --out")
+    state = check_state(folder, resume)
     if state is not None:
         saved = T.Store(state["tracking"]["uri"], state["tracking"]["artifact_root"])
         if store is not None and store.uri != saved.uri:
@@ -414,10 +394,8 @@ def _run_sweep(space: SearchSpace, folder: SweepFolder, store: T.Store | None, r
                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                  "tracking": {"uri": store.uri, "artifact_root": store.artifact_root}, "mlflow": {}}
         _write_state(folder, state)
-    ml = T.open_sweep_runs(store, space, [s.spec for s in settings], state["mlflow"], folder.file(SPACE_FILE))
+    ml = T.open_sweep_runs(store, space, settings, state["mlflow"], folder.file(SPACE_FILE))
     _write_state(folder, state)
-
-    import ray
 
     ray_env.ensure_ray(verbose=verbose)
     first = configs[settings[0].slug]
@@ -425,26 +403,25 @@ def _run_sweep(space: SearchSpace, folder: SweepFolder, store: T.Store | None, r
     payload = {"configs": {k: C.to_dict(v) for k, v in configs.items()}, "root": str(folder.root),
                "verbose": verbose}
     trainable = tune.with_resources(tune.with_parameters(run_trial, payload=payload), trial_resources(first))
-    tune_dir = folder.file(TUNE_DIR)
+    tune_dir = str(folder.file(TUNE_DIR))
+    total = space.trials * len(settings)
     say(f"sweep {space.name}: {len(settings)} noise setting(s) x {space.trials} trials, up to {concurrency} at a "
         f"time ({'in-process' if in_process(first) else f'{first.distributed.workers} Ray Train workers'} each); "
         f"{', '.join(space.params)} searched; folder {folder.root}; MLflow {store.uri}")
-    logger = T.TrialLogger(store=store, experiment_id=ml["experiment_id"], parents=ml["settings"],
-                           specs={s.slug: s.spec for s in settings}, root=str(folder.root),
-                           total=space.trials * len(settings), echo=say)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # how often Tune saves what --resume starts from
-    if tune.Tuner.can_restore(str(tune_dir)):
-        tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    if tune.Tuner.can_restore(tune_dir):  # with the searcher, the run config and its TrialLogger as saved
+        tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        storage = f"sqlite:///{folder.file(OPTUNA_DB)}"
-        search = SettingsSearch({s.slug: make_study(space, s, storage) for s in settings}, space.trials)
+        logger = T.TrialLogger(store=store, experiment_id=ml["experiment_id"], parents=ml["settings"],
+                               specs={s.slug: s.spec for s in settings}, root=str(folder.root), total=total, echo=say)
+        search = SettingsSearch({s.slug: make_study(space, s, folder.optuna_storage) for s in settings}, space.trials)
         max_t = max(c.epochs for c in configs.values())
         scheduler = SettingsASHA({s.slug: make_asha(space, configs[s.slug].epochs or max_t) for s in settings},
                                  RunHistory(str(folder.root)))
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(num_samples=space.trials * len(settings), search_alg=search,
-                                        scheduler=scheduler, max_concurrent_trials=concurrency,
+            tune_config=tune.TuneConfig(num_samples=total, search_alg=search, scheduler=scheduler,
+                                        max_concurrent_trials=concurrency,
                                         # a stopped Ray Train trial unwinds its worker group for longer than Tune
                                         # waits before it reuses the actor (2 s), which would fail the next trial
                                         reuse_actors=in_process(first)),
@@ -454,8 +431,8 @@ def _run_sweep(space: SearchSpace, folder: SweepFolder, store: T.Store | None, r
     tuner.fit()
     trials = collect_trials(folder)
     ended = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
-    if len(ended) < space.trials * len(settings):  # Tune returns normally after Ctrl+C (it saved its state first)
-        say(f"\nsweep stopped ({len(ended)} of {space.trials * len(settings)} trials ended); continue it with:\n"
+    if len(ended) < total:  # Tune returns normally after Ctrl+C (it saved its state first)
+        say(f"\nsweep stopped ({len(ended)} of {total} trials ended); continue it with:\n"
             f"  knnmix sweep --resume --out {folder.root}")
         raise KeyboardInterrupt
     entries = [_finalize_setting(space, s, [t for t in trials if t.slug == s.slug], folder, store, ml, register)
@@ -464,16 +441,13 @@ def _run_sweep(space: SearchSpace, folder: SweepFolder, store: T.Store | None, r
     state.update(status="done", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     _write_state(folder, state)
     say("\n" + summary_table(summary))
-    say(f"\nsweep folder: {folder.root}\nOptuna studies: optuna-dashboard sqlite:///{folder.file(OPTUNA_DB)}\n"
+    say(f"\nsweep folder: {folder.root}\nOptuna studies: optuna-dashboard {folder.optuna_storage}\n"
         f"MLflow UI: {store.ui_command()}\n  then open {store.experiment_url(ml['experiment_id'])}")
     return summary
 
 
 def _absolute(cfg: C.Config) -> C.Config:
-    from knnmix.scale.train import absolute_paths
-
-    changes = {k: v for k, v in absolute_paths(cfg).items() if k != "out"}
-    return C.replace(cfg, **changes) if changes else cfg
+    return C.replace(cfg, **{k: v for k, v in absolute_paths(cfg).items() if k != "out"})
 
 
 def _write_state(folder: SweepFolder, state: dict[str, Any]) -> None:
@@ -491,13 +465,11 @@ def _finalize_setting(space: SearchSpace, setting: NoiseSetting, trials: list[Tr
         "mlflow_run_id": ml["settings"][setting.slug], "trial_ids": [t.trial_id for t in trials], "best": None,
         "study": study_name(space, setting),
     }
-    if best is not None:
-        b = best.best() or {}
-        entry["best"] = {"trial_id": best.trial_id, "params": best.params, "val_acc": b.get("val_acc"),
-                         "test_acc": b.get("test_acc"), "epoch": b.get("epoch"), "completed": best.completed,
+    if best is not None:  # best_trial only picks a trial with a best epoch
+        entry["best"] = {"trial_id": best.trial_id, "params": best.params, **best.best(), "completed": best.completed,
                          "run_folder": str(best.run_folder)}
     entry.update(T.finish_setting_run(store, ml, setting, entry, trials, best, folder.root / setting.slug / "plots",
-                                      f"sqlite:///{folder.file(OPTUNA_DB)}", register))
+                                      folder.optuna_storage, register))
     return entry
 
 
@@ -506,7 +478,7 @@ def _finalize_sweep(space: SearchSpace, folder: SweepFolder, store: T.Store, ml:
     summary = {
         "name": space.name, "folder": str(folder.root), "metric": METRIC, "mode": MODE, "settings": settings,
         "trials": sum(s["trials"] for s in settings), "stopped_early": sum(s["stopped_early"] for s in settings),
-        "failed": sum(s["failed"] for s in settings), "optuna_storage": f"sqlite:///{folder.file(OPTUNA_DB)}",
+        "failed": sum(s["failed"] for s in settings), "optuna_storage": folder.optuna_storage,
         "mlflow": {"tracking_uri": store.uri, "artifact_root": store.artifact_root,
                    "experiment": space.experiment_name, "experiment_id": ml["experiment_id"],
                    "sweep_run_id": ml["sweep_run_id"], "ui": store.ui_command()},

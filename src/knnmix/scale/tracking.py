@@ -3,14 +3,8 @@
 The store is ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db`` with artifacts in
 ``<cwd>/mlartifacts`` (absolute paths, so a submitted Ray job, whose working directory is a temporary copy, writes
 where it was told). Experiments are tagged as model development (``mlflow.experimentKind``), so the MLflow UI opens
-them on the runs table. A sweep is three levels of nested runs::
-
-    sweep run  (knnmix.kind=sweep)            params: the space; artifacts: space, summary, plots
-      noise-setting run  (knnmix.kind=noise_setting)   importances, learning curves, the best trial's audit
-        trial run  (knnmix.kind=trial, named by its sampled values)   the resolved config as params, metrics per
-                   epoch (step = epoch), its dataset as input; the best trial also holds the model
-
-Every run carries MLflow's own source, user and git tags (``resolve_tags``, as the fluent API sets them).
+them on the runs table. A sweep is three levels of nested runs: the sweep, one per noise setting, one per trial (what
+each holds: docs/sweeps.md). Every run carries MLflow's own source, user and git tags (``resolve_tags``).
 """
 
 from __future__ import annotations
@@ -18,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import shlex
 import time
@@ -27,12 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
+from ray.tune.result import AUTO_RESULT_KEYS
 
 from knnmix import config as C
-from knnmix.engine.checkpoint import BEST_MODEL, CONFIG, LABEL_ISSUES, METRICS, NOISY_LABELS, SUMMARY, read_metrics
-from knnmix.plots import plot_best_per_noise, plot_clean_prob_histogram, plot_importances, plot_learning_curves
+from knnmix.engine.checkpoint import (BEST_MODEL, CONFIG, LABEL_ISSUES, LABEL_ISSUES_PLOT, METRICS, NOISY_LABELS,
+                                      RUN_INFO, SUMMARY, read_metrics)
 from knnmix.errors import KnnmixError
-from knnmix.spaces import SETTING_KEY
+from knnmix.plots import plot_best_per_noise, plot_clean_prob_histogram, plot_importances, plot_learning_curves
+from knnmix.scale.ray_env import package_dir
+from knnmix.spaces import METRIC, SETTING_KEY
 
 DEFAULT_DB, DEFAULT_ARTIFACTS = "mlflow.db", "mlartifacts"
 PARENT_TAG = "mlflow.parentRunId"
@@ -41,6 +39,8 @@ TRIAL_TAG = "knnmix.trial_id"
 OUTCOME_TAG = "knnmix.outcome"  # completed | stopped_early | failed
 FINALIZED_TAG = "knnmix.finalized"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # the UI's model-training view
+
+
 @dataclass(frozen=True)
 class Store:
     """Where MLflow runs go: a tracking URI and, for a local store, the absolute artifact root."""
@@ -56,8 +56,6 @@ class Store:
     @classmethod
     def resolve(cls, uri: str | None = None) -> Store:
         """``uri``, else ``MLFLOW_TRACKING_URI``, else the default store in the working directory."""
-        import os
-
         uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
         return cls.from_uri(uri) if uri else cls.default()
 
@@ -66,8 +64,7 @@ class Store:
         """``sqlite:///rel.db`` is made absolute; a local database keeps its artifacts beside it; a bare folder
         (MLflow's file store) is refused, as MLflow 3 deprecates it."""
         if uri.startswith("sqlite:///"):
-            path = Path(uri[len("sqlite:///"):]).expanduser()
-            path = path.absolute() if not path.is_absolute() else path
+            path = Path(uri[len("sqlite:///"):]).expanduser().absolute()
             return cls(f"sqlite:///{path}", str(path.parent / DEFAULT_ARTIFACTS))
         if "://" not in uri:
             raise KnnmixError(f"tracking URI {uri!r} is not a URI; use e.g. sqlite:///mlflow.db or "
@@ -136,21 +133,37 @@ def create_run(store: Store, exp_id: str, name: str, tags: dict[str, str], *, pa
     return client.create_run(exp_id, run_name=name, tags=all_tags).info.run_id
 
 
+def find_trial_run(client: Any, exp_id: str, trial_id: str) -> Any:
+    """The MLflow run of sweep trial ``trial_id`` (by its tag), or ``None``."""
+    found = client.search_runs([exp_id], filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}'", max_results=1)
+    return found[0] if found else None
+
+
 def log_params(client: Any, run_id: str, params: dict[str, Any]) -> None:
-    """Log params in batches of 100, skipping ones already logged (params cannot change)."""
+    """Log params, skipping ones already logged (params cannot change); ``log_batch`` splits them into batches."""
     from mlflow.entities import Param
 
     have = client.get_run(run_id).data.params
-    items = [Param(k, (json.dumps(v) if isinstance(v, (list, dict)) else str(v))[:6000])
-             for k, v in params.items() if k not in have]
-    for i in range(0, len(items), 100):
-        client.log_batch(run_id, params=items[i : i + 100])
+    client.log_batch(run_id, params=[Param(k, (json.dumps(v) if isinstance(v, (list, dict)) else str(v))[:6000])
+                                     for k, v in params.items() if k not in have])
+
+
+def log_totals(client: Any, run_id: str, values: dict[str, float]) -> None:
+    """Log a run's totals (one value per metric, at step 0)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in values.items()])
+
+
+def log_files(client: Any, run_id: str, folder: Path, names: Iterable[str], artifact_path: str | None = None) -> None:
+    for name in names:
+        if (folder / name).exists():
+            client.log_artifact(run_id, str(folder / name), artifact_path)
 
 
 def numeric_metrics(result: dict[str, Any]) -> dict[str, float]:
     """The engine's numbers in a Tune result or a metrics.jsonl record (``epoch`` and Tune's own keys excluded)."""
-    from ray.tune.result import AUTO_RESULT_KEYS
-
     skip = {"epoch", "done", "trial_id", "experiment_tag", "should_checkpoint", *AUTO_RESULT_KEYS}
     return {k: float(v) for k, v in result.items() if k not in skip and not isinstance(v, bool)
             and isinstance(v, (int, float)) and math.isfinite(float(v))}
@@ -165,58 +178,76 @@ def log_epochs(client: Any, run_id: str, records: Iterable[dict[str, Any]]) -> l
     for r in records:
         epochs.append(int(r["epoch"]))
         metrics.extend(Metric(k, v, now, int(r["epoch"])) for k, v in numeric_metrics(r).items())
-    for i in range(0, len(metrics), 1000):
-        client.log_batch(run_id, metrics=metrics[i : i + 1000])
+    client.log_batch(run_id, metrics=metrics)
     return epochs
 
 
 def log_run_folder(client: Any, run_id: str, folder: Path) -> None:
-    """A run folder's config as params and the dataset it trained on as the run's input."""
-    if (folder / CONFIG).exists():
-        cfg = C.load(folder / CONFIG)
-        log_params(client, run_id, C.flatten(cfg))
-        client.log_artifact(run_id, str(folder / CONFIG))
-        log_dataset(client, run_id, cfg, folder)
-
-
-def log_dataset(client: Any, run_id: str, cfg: C.Config, folder: Path) -> None:
-    """The run's training data as an MLflow dataset input: the data set with its noisy labels (digest of the labels
-    the run trained on), so the runs table's Dataset column names what each run saw."""
+    """A run folder's config as params, and the training data as the run's dataset input: the data set with its
+    noisy labels (digest of the labels the run trained on), so the runs table's Dataset column names what each run
+    saw."""
     import mlflow.data
     import numpy as np
+    from mlflow.data.code_dataset_source import CodeDatasetSource
     from mlflow.entities import DatasetInput, InputTag
 
+    if not (folder / CONFIG).exists():
+        return
+    cfg = C.load(folder / CONFIG)
+    log_params(client, run_id, C.flatten(cfg))
+    client.log_artifact(run_id, str(folder / CONFIG))
     if not (folder / NOISY_LABELS).exists():
         return
     with np.load(folder / NOISY_LABELS) as z:
         labels = z["noisy_labels"][z["train_rows"]]
-    from mlflow.data.code_dataset_source import CodeDatasetSource
-
     source = CodeDatasetSource({"knnmix.dataset": cfg.data.name, "knnmix.noise": cfg.noise.spec,
                                 "data.root": str(cfg.data.root or "default")})
     ds = mlflow.data.from_numpy(labels, source=source, name=f"{cfg.data.name} [{cfg.noise.spec}]")
-    client.log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), [InputTag("mlflow.data.context",
-                                                                                         "train")])])
+    context = InputTag("mlflow.data.context", "train")
+    client.log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), [context])])
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Sweeps
 
 
-def open_sweep_runs(store: Store, space: Any, specs: list[str], ml: dict[str, Any], space_file: Path) -> dict:
+def last_epoch(trial: Any) -> int:
+    """The epoch of the last result Tune saw of ``trial`` (0 before its first)."""
+    return int((trial.last_result or {}).get("epoch", 0) or 0)
+
+
+def reported(folder: Path, last: float) -> list[dict[str, Any]]:
+    """The run folder's epoch records up to epoch ``last``."""
+    path = folder / METRICS
+    return [r for r in read_metrics(path) if int(r["epoch"]) <= last] if path.exists() else []
+
+
+def best_record(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The epoch with the best noisy-validation accuracy (the first on ties)."""
+    vals = [r for r in records if r.get(METRIC) is not None]
+    return max(vals, key=lambda r: (r[METRIC], -r["epoch"])) if vals else None
+
+
+def sampled_values(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial config's sampled values (without its noise setting)."""
+    return {k: v for k, v in config.items() if k != SETTING_KEY}
+
+
+def open_sweep_runs(store: Store, space: Any, settings: list[Any], ml: dict[str, Any], space_file: Path) -> dict:
     """The experiment, the sweep's run and one run per noise setting; ids kept in ``ml`` (the sweep state)."""
     ml["experiment_id"] = experiment_id(store, space.experiment_name)
     tags = {KIND_TAG: "sweep", **({"mlflow.note.content": space.description} if space.description else {})}
     ml["sweep_run_id"] = create_run(store, ml["experiment_id"], space.name, tags, reuse=ml.get("sweep_run_id"))
     runs = ml.setdefault("settings", {})
-    for spec in specs:
-        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.replace(":", "-"))
-        runs[slug] = create_run(store, ml["experiment_id"], spec, {KIND_TAG: "noise_setting", "knnmix.noise": spec},
-                                parent=ml["sweep_run_id"], reuse=runs.get(slug))
+    for s in settings:
+        tags = {KIND_TAG: "noise_setting", "knnmix.noise": s.spec}
+        runs[s.slug] = create_run(store, ml["experiment_id"], s.spec, tags, parent=ml["sweep_run_id"],
+                                  reuse=runs.get(s.slug))
     client = store.client()
     log_params(client, ml["sweep_run_id"], {
-        "name": space.name, "trials": space.trials, "seed": space.seed, "metric": space.metric, "noise": ",".join(specs),
-        "base.config": space.base.config, **{f"asha.{k}": v for k, v in space.to_dict()["asha"].items()},
+        "name": space.name, "trials": space.trials, "seed": space.seed, "metric": space.metric,
+        "noise": ",".join(s.spec for s in settings), "base.config": space.base.config,
+        **{f"asha.{k}": v for k, v in space.to_dict()["asha"].items()},
         **{f"params.{k}": p.describe() for k, p in space.params.items()},
         **{f"base.set.{k}": v for k, v in space.base.set.items()},
     })
@@ -257,41 +288,34 @@ class TrialLogger(Callback):
             self._client = self.store.client()
         return self._client
 
-    def get_state(self) -> dict[str, Any]:
-        return {"runs": dict(self._runs), "done": sorted(self._done)}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self._runs.update(state.get("runs", {}))
-        self._done.update(state.get("done", []))
-
     def folder(self, trial: Any) -> Path:
         return Path(self.root) / trial.config[SETTING_KEY] / "trials" / trial.trial_id
+
+    def name(self, trial: Any) -> str:
+        return run_name(self.specs[trial.config[SETTING_KEY]], sampled_values(trial.config))
 
     def run_id(self, trial: Any) -> str | None:
         """The trial's run (found or created); ``None`` once the trial's run is complete."""
         tid = trial.trial_id
         if tid in self._done:
             return None
-        slug = trial.config[SETTING_KEY]
         if tid not in self._runs:
-            found = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{TRIAL_TAG}` = '{tid}'",
-                                            max_results=1)
-            if found and found[0].data.tags.get(OUTCOME_TAG):
+            found = find_trial_run(self.client, self.experiment_id, tid)
+            if found and found.data.tags.get(OUTCOME_TAG):
                 self._done.add(tid)
                 return None
-            if found:
-                self._runs[tid] = found[0].info.run_id
-        if tid not in self._runs:
-            sampled = {k: v for k, v in trial.config.items() if k != SETTING_KEY}
-            rid = create_run(self.store, self.experiment_id, run_name(self.specs[slug], sampled), {
-                KIND_TAG: "trial", TRIAL_TAG: tid, "knnmix.noise": self.specs[slug],
-                "knnmix.run_folder": str(self.folder(trial)),
-            }, parent=self.parents[slug])
-            log_params(self.client, rid, {f"sampled.{k}": v for k, v in sampled.items()})
-            self._runs[tid] = rid
+            self._runs[tid] = found.info.run_id if found else self._create_run(trial)
         if tid not in self._epochs:
-            self._epochs[tid] = {int(m.step) for m in self.client.get_metric_history(self._runs[tid], "val_acc")}
+            self._epochs[tid] = {int(m.step) for m in self.client.get_metric_history(self._runs[tid], METRIC)}
         return self._runs[tid]
+
+    def _create_run(self, trial: Any) -> str:
+        slug = trial.config[SETTING_KEY]
+        tags = {KIND_TAG: "trial", TRIAL_TAG: trial.trial_id, "knnmix.noise": self.specs[slug],
+                "knnmix.run_folder": str(self.folder(trial))}
+        rid = create_run(self.store, self.experiment_id, self.name(trial), tags, parent=self.parents[slug])
+        log_params(self.client, rid, {f"sampled.{k}": v for k, v in sampled_values(trial.config).items()})
+        return rid
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.run_id(trial)
@@ -312,38 +336,31 @@ class TrialLogger(Callback):
         self._finish(trial, failed=True)
 
     def _finish(self, trial: Any, *, failed: bool) -> None:
-        from mlflow.entities import Metric
-
         rid = self.run_id(trial)
         if rid is None:
             return
-        tid, folder = trial.trial_id, self.folder(trial)
-        last = int((trial.last_result or {}).get("epoch", 0) or 0)
-        records = [r for r in read_metrics(folder / METRICS) if int(r["epoch"]) <= last] if (
-            folder / METRICS).exists() else []
+        tid, folder, last = trial.trial_id, self.folder(trial), last_epoch(trial)
+        records = reported(folder, last)
         if not self._epochs[tid]:
             log_run_folder(self.client, rid, folder)
         # epochs the driver did not see (reported while it was down), from the run folder
-        self._epochs[tid].update(log_epochs(self.client, rid, [r for r in records if r["epoch"] not in self._epochs[tid]]))
-        completed = (folder / SUMMARY).exists() and not failed
-        outcome = "failed" if failed else ("completed" if completed else "stopped_early")
-        now = int(time.time() * 1000)
-        final = [Metric("epochs_run", float(last), now, 0)]
-        vals = [(r["val_acc"], -r["epoch"], r.get("test_acc")) for r in records if r.get("val_acc") is not None]
-        if vals:
-            best = max(vals)
-            final.append(Metric("best_val_acc", float(best[0]), now, 0))
-            if best[2] is not None:
-                final.append(Metric("test_acc_at_best_val", float(best[2]), now, 0))
-        self.client.log_batch(rid, metrics=final)
+        unseen = [r for r in records if r["epoch"] not in self._epochs[tid]]
+        self._epochs[tid].update(log_epochs(self.client, rid, unseen))
+        outcome = "failed" if failed else ("completed" if (folder / SUMMARY).exists() else "stopped_early")
+        totals = {"epochs_run": last}
+        best = best_record(records)
+        if best is not None:
+            totals["best_val_acc"] = best[METRIC]
+            if best.get("test_acc") is not None:
+                totals["test_acc_at_best_val"] = best["test_acc"]
+        log_totals(self.client, rid, totals)
         self.client.set_tag(rid, OUTCOME_TAG, outcome)
         self.client.set_terminated(rid, status="FAILED" if failed else "FINISHED")
         self._done.add(tid)
         if self.echo:
-            sampled = {k: x for k, x in trial.config.items() if k != SETTING_KEY}
-            v = f"{max(vals)[0]:.2f}" if vals else "n/a"
+            v = f"{best[METRIC]:.2f}" if best else "n/a"
             self.echo(f"  trial {len(self._done):>3}/{self.total} {outcome:<13} after {last:>3} epochs, best val "
-                      f"{v:>6}: {run_name(self.specs[trial.config[SETTING_KEY]], sampled)}")
+                      f"{v:>6}: {self.name(trial)}")
 
 
 def finish_setting_run(store: Store, ml: dict[str, Any], setting: Any, entry: dict[str, Any], trials: list,
@@ -351,17 +368,13 @@ def finish_setting_run(store: Store, ml: dict[str, Any], setting: Any, entry: di
     """A noise setting's run: learning curves, importances from its Optuna study, the best trial's audit, the best
     model (logged on the best trial's run, with ``mlflow.pytorch``). Done once: a resumed sweep does not log
     twice. Returns what the summary adds (``model_uri``, ``importances``, the best trial's run id)."""
-    from mlflow.entities import Metric
-
     client = store.client()
     run_id = ml["settings"][setting.slug]
     run = client.get_run(run_id)
     extra: dict[str, Any] = {}
     if best is not None:
-        found = client.search_runs([ml["experiment_id"]], filter_string=f"tags.`{TRIAL_TAG}` = '{best.trial_id}'",
-                                   max_results=1)
-        extra["best_mlflow_run_id"] = found[0].info.run_id if found else None
-        entry["best"]["mlflow_run_id"] = extra["best_mlflow_run_id"]
+        found = find_trial_run(client, ml["experiment_id"], best.trial_id)
+        extra["best_mlflow_run_id"] = entry["best"]["mlflow_run_id"] = found.info.run_id if found else None
     if run.data.tags.get(FINALIZED_TAG) == "true":
         extra["model_uri"] = run.data.tags.get("knnmix.model_uri")
         extra["importances"] = json.loads(run.data.tags.get("knnmix.importances", "null") or "null")
@@ -377,17 +390,14 @@ def finish_setting_run(store: Store, ml: dict[str, Any], setting: Any, entry: di
         client.log_dict(run_id, extra["importances"], "param_importances.json")
         client.log_artifact(run_id, str(plot_importances(plots / "param_importances.png", extra["importances"],
                                                           f"{setting.spec}: parameter importances")), "plots")
-    now = int(time.time() * 1000)
-    metrics = [Metric(k, float(entry[k]), now, 0) for k in ("trials", "completed", "stopped_early", "failed")]
+    totals = {k: entry[k] for k in ("trials", "completed", "stopped_early", "failed")}
     if best is not None:
         b = entry["best"]
         client.set_tag(run_id, "knnmix.best_trial", best.trial_id)
-        metrics.append(Metric("best_val_acc", float(b["val_acc"]), now, 0))
+        totals["best_val_acc"] = b["val_acc"]
         if b["test_acc"] is not None:
-            metrics.append(Metric("best_test_acc", float(b["test_acc"]), now, 0))
-        for name in (LABEL_ISSUES, "label_issues.png", CONFIG):
-            if (best.run_folder / name).exists():
-                client.log_artifact(run_id, str(best.run_folder / name), "best_trial")
+            totals["best_test_acc"] = b["test_acc"]
+        log_files(client, run_id, best.run_folder, (LABEL_ISSUES, LABEL_ISSUES_PLOT, CONFIG), "best_trial")
         hist = plot_clean_prob_histogram(plots / "clean_prob_histogram.png", best.run_folder / LABEL_ISSUES,
                                          f"{setting.spec}: best trial {best.trial_id}")
         if hist is not None:
@@ -398,7 +408,7 @@ def finish_setting_run(store: Store, ml: dict[str, Any], setting: Any, entry: di
                 extra["model_uri"] = log_model(store, extra["best_mlflow_run_id"], best.run_folder / BEST_MODEL,
                                                register=register)
                 client.set_tag(run_id, "knnmix.model_uri", extra["model_uri"])
-    client.log_batch(run_id, metrics=metrics)
+    log_totals(client, run_id, totals)
     client.set_tag(run_id, "knnmix.importances", json.dumps(extra["importances"])[:5000])
     client.set_tag(run_id, FINALIZED_TAG, "true")
     client.set_terminated(run_id, status="FINISHED")
@@ -411,16 +421,14 @@ def study_importances(storage: str, name: str) -> dict[str, float] | None:
 
     try:
         study = optuna.load_study(study_name=name, storage=storage)
-        return dict(optuna.importance.get_param_importances(study, evaluator=optuna.importance
-                                                            .FanovaImportanceEvaluator(seed=0)))
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
     except (ValueError, RuntimeError, KeyError):
         return None
 
 
 def finish_sweep_run(store: Store, ml: dict[str, Any], summary: dict[str, Any], files: list[Path], plots: Path,
                      title: str) -> None:
-    from mlflow.entities import Metric
-
     client = store.client()
     run_id = ml["sweep_run_id"]
     plots.mkdir(exist_ok=True)
@@ -428,14 +436,8 @@ def finish_sweep_run(store: Store, ml: dict[str, Any], summary: dict[str, Any], 
                         "plots")
     for f in files:
         client.log_artifact(run_id, str(f))
-    now = int(time.time() * 1000)
-    metrics = []
-    for s in summary["settings"]:
-        for key in ("val_acc", "test_acc"):
-            if s["best"] and s["best"][key] is not None:
-                metrics.append(Metric(f"best_{key}.{s['slug']}", float(s["best"][key]), now, 0))
-    if metrics:
-        client.log_batch(run_id, metrics=metrics)
+    log_totals(client, run_id, {f"best_{key}.{s['slug']}": s["best"][key] for s in summary["settings"]
+                                for key in ("val_acc", "test_acc") if s["best"] and s["best"][key] is not None})
     client.set_terminated(run_id, status="FAILED" if summary["failed"] else "FINISHED")
 
 
@@ -467,7 +469,7 @@ def log_model(store: Store, run_id: str, weights: Path, *, name: str = "model", 
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pytorch.log_model(
                 model, name=name, signature=signature, input_example=example.numpy(), serialization_format="pickle",
-                code_paths=[str(Path(__file__).resolve().parents[1])], registered_model_name=register,
+                code_paths=[str(package_dir())], registered_model_name=register,
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
                 metadata={"model_args": args, "weights": str(weights)},
             )
@@ -481,16 +483,14 @@ def log_training_run(store: Store, folder: Path, summary: dict[str, Any], *, exp
     """Log a finished run folder (``knnmix train --tracking-uri``): config, per-epoch metrics, dataset, summary,
     label audit and the validation-selected model. Returns the run id."""
     client = store.client()
-    exp = experiment_id(store, experiment)
     cfg = C.load(folder / CONFIG)
-    rid = create_run(store, exp, f"{cfg.method.name} {cfg.data.name} {cfg.noise.spec} seed {cfg.seed}",
-                     {KIND_TAG: "train", "knnmix.run_folder": str(folder.absolute()), "mlflow.source.git.commit":
-                      str(summary.get("commit", ""))})
+    rid = create_run(store, experiment_id(store, experiment),
+                     f"{cfg.method.name} {cfg.data.name} {cfg.noise.spec} seed {cfg.seed}",
+                     {KIND_TAG: "train", "knnmix.run_folder": str(folder.absolute()),
+                      "mlflow.source.git.commit": str(summary.get("commit", ""))})
     log_run_folder(client, rid, folder)
     log_epochs(client, rid, read_metrics(folder / METRICS))
-    for name in (SUMMARY, LABEL_ISSUES, "label_issues.png", "run.json"):
-        if (folder / name).exists():
-            client.log_artifact(rid, str(folder / name))
+    log_files(client, rid, folder, (SUMMARY, LABEL_ISSUES, LABEL_ISSUES_PLOT, RUN_INFO))
     if (folder / BEST_MODEL).exists():
         log_model(store, rid, folder / BEST_MODEL, register=register)
     client.set_terminated(rid, status="FINISHED")
