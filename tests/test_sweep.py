@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -369,6 +370,17 @@ def test_a_sweep_folder_on_object_storage_is_refused_in_one_line(tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert err.startswith("knnmix: error: --out 's3://bucket/sweeps/x': a sweep folder is a local")
     assert not Path("s3:").exists()
+
+
+def test_a_sweep_folder_in_use_is_refused_in_one_line(tmp_path, capsys):
+    from knnmix.engine.checkpoint import folder_lock
+
+    out = tmp_path / "sweep"
+    with folder_lock(out, "sweep folder"):  # another sweep holds it
+        assert cli_main(["sweep", str(write_space(tmp_path)), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(r"knnmix: error: sweep folder '.*' is in use by pid \d+ on \S+ since .*", err), err
+    assert not (out / "sweep_state.json").exists()
 
 
 # ----------------------------------------------------------------------------------------------------------------
