@@ -1,8 +1,8 @@
 """Data sets: the registry of loaders (``DATASETS``) and the data contract, both in :mod:`knnmix.data.base`.
 
 Importing this package registers every built-in loader (``digits``, ``fashion-mnist``, ``cifar10``, ``cifar100``,
-``imagefolder``, ``clothing1m``, ``webvision``). A loader is a function ``loader(root: str | None, download: bool, **options) -> DatasetBundle``
-registered with ``@DATASETS.register("name")``; :func:`load_dataset` looks it up and calls it. The keyword options a
+``imagefolder``, ``clothing1m``, ``webvision``). A loader is a function
+``loader(root: str | None, download: bool, **options) -> DatasetBundle`` registered with ``@DATASETS.register("name")``; :func:`load_dataset` looks it up and calls it. The keyword options a
 loader declares in its signature (e.g. ``image_size``, ``labels_file``) come from the ``data`` section of the
 config; giving a non-default value for an option the dataset does not use is an error, never silently ignored.
 """
@@ -15,16 +15,8 @@ from typing import Any
 
 # Importing the loader modules registers them.
 from knnmix.data import cifar, clothing1m, digits, fashion_mnist, imagefolder, webvision  # noqa: F401
-from knnmix.data.base import (
-    DATASETS,
-    Augment,
-    DatasetBundle,
-    DatasetLoader,
-    ImageSource,
-    LabelledDataset,
-    TensorSource,
-    collate_batch,
-)
+from knnmix.data.base import DATASETS, Augment, DatasetBundle, DatasetLoader, ImageSource, LabelledDataset
+from knnmix.data.base import TensorSource, collate_batch
 from knnmix.errors import DataError
 
 
@@ -67,14 +59,6 @@ def dataset_options(name: str) -> set[str]:
 
 
 __all__ = [
-    "DATASETS",
-    "Augment",
-    "DatasetBundle",
-    "DatasetLoader",
-    "ImageSource",
-    "LabelledDataset",
-    "TensorSource",
-    "collate_batch",
-    "dataset_options",
-    "load_dataset",
-]
+    "DATASETS", "Augment", "DatasetBundle", "DatasetLoader", "ImageSource", "LabelledDataset", "TensorSource",
+    "collate_batch", "dataset_options", "load_dataset",
+]  # fmt: skip

@@ -22,8 +22,8 @@ import os
 import numpy as np
 
 from knnmix.data.base import DATASETS, DatasetBundle
-from knnmix.data.files import OnBadImage, build_sources, dataset_root, listing, parse_labels  # noqa: I001
-from knnmix.data.files import read_columns, require_all_classes, require_file, require_listed
+from knnmix.data.files import OnBadImage, build_sources, check_options, data_root, listing, read_list
+from knnmix.data.files import require_all_classes, require_file, require_listed
 from knnmix.errors import DataError
 
 NAME = "clothing1m"
@@ -42,9 +42,8 @@ FILES = (NOISY_KV, CLEAN_KV, TRAIN_KEYS, VAL_KEYS, TEST_KEYS)
 
 def read_kv(path: str) -> dict[str, int]:
     """A ``<key> <label>`` file as a dict; malformed lines or labels outside 0..13 are a :class:`DataError`."""
-    rows = read_columns(path, NAME, 2, "'<image key> <label>'")
-    labels = parse_labels(rows, 1, path, NAME, len(CLASSES))
-    return {tokens[0]: int(label) for (_, tokens), label in zip(rows, labels)}
+    keys, labels, _ = read_list(path, NAME, "'<image key> <label>'", len(CLASSES))
+    return dict(zip(keys, labels.tolist()))
 
 
 def read_split(root: str, list_file: str, kv: dict[str, int], kv_file: str) -> tuple[list[str], np.ndarray]:
@@ -54,9 +53,7 @@ def read_split(root: str, list_file: str, kv: dict[str, int], kv_file: str) -> t
     offenders with their line numbers.
     """
     path = os.path.join(root, list_file)
-    rows = read_columns(path, NAME, 1, "one image key")
-    keys = [tokens[0] for _, tokens in rows]
-    lines = [number for number, _ in rows]
+    keys, _, lines = read_list(path, NAME, "one image key", labelled=False)
     absent = [f"line {n}: {k}" for n, k in zip(lines, keys) if k not in kv]
     if absent:
         raise DataError(
@@ -80,22 +77,19 @@ def load_clothing1m(
 
     ``download`` is ignored: Clothing1M is distributed by its authors on request.
     """
-    root, image_size = dataset_root(NAME, root, image_size, on_bad_image, "Clothing1M folder (holding images/ and annotations/)")
+    check_options(NAME, image_size, on_bad_image)
+    root = data_root(NAME, root, "Clothing1M folder (holding images/ and annotations/)")
     for name in FILES:
         require_file(os.path.join(root, name), NAME, " (Clothing1M's published annotations/ folder)")
-    noisy = read_kv(os.path.join(root, NOISY_KV))
-    clean = read_kv(os.path.join(root, CLEAN_KV))
-
+    noisy, clean = read_kv(os.path.join(root, NOISY_KV)), read_kv(os.path.join(root, CLEAN_KV))
     listed = {
-        "train": read_split(root, TRAIN_KEYS, noisy, NOISY_KV),
-        "validation": read_split(root, VAL_KEYS, clean, CLEAN_KV),
-        "test": read_split(root, TEST_KEYS, clean, CLEAN_KV),
+        "train": (root, *read_split(root, TRAIN_KEYS, noisy, NOISY_KV)),
+        "validation": (root, *read_split(root, VAL_KEYS, clean, CLEAN_KV)),
+        "test": (root, *read_split(root, TEST_KEYS, clean, CLEAN_KV)),
     }
     del noisy, clean  # the noisy kv file holds ~1M entries
-    require_all_classes(NAME, CLASSES, listed["train"][1], f" in {os.path.join(root, TRAIN_KEYS)}")
-    # Every list is consistent: now check (or preload) the images themselves.
-    files = {split: (root, keys, labels) for split, (keys, labels) in listed.items()}
-    splits = build_sources(NAME, CLASSES, files, image_size=image_size, on_bad_image=on_bad_image)
+    require_all_classes(NAME, CLASSES, listed["train"][2], f" in {os.path.join(root, TRAIN_KEYS)}")
+    splits = build_sources(NAME, CLASSES, listed, image_size=image_size, on_bad_image=on_bad_image)
     return DatasetBundle(
         name=NAME, family="generic", classes=list(CLASSES), labels_are_clean=False, default_model="resnet50",
         train=splits["train"][0], train_labels=splits["train"][1], val=splits["validation"][0],

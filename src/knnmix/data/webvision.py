@@ -21,10 +21,9 @@ import os
 
 import numpy as np
 
-from knnmix.data._common import as_path
-from knnmix.data.base import DATASETS, DatasetBundle
-from knnmix.data.files import OnBadImage, build_sources, dataset_root, duplicates, find_images, listing, parse_labels  # noqa: I001
-from knnmix.data.files import read_columns, require_all_classes, require_dir, require_file, require_listed
+from knnmix.data.base import DATASETS, DatasetBundle, one_line
+from knnmix.data.files import OnBadImage, build_sources, check_options, data_root, duplicates, find_images, listing
+from knnmix.data.files import read_list, require_all_classes, require_dir, require_file, require_listed
 from knnmix.errors import DataError
 
 NAME = "webvision"
@@ -42,20 +41,12 @@ def read_synsets(path: str) -> list[str]:
         with open(path, encoding="utf-8") as f:
             ids = [line.split()[0] for line in f if line.strip()]
     except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{NAME}: cannot read {path}: {e}") from None
+        raise DataError(f"{NAME}: cannot read {path}: {one_line(e)}") from None
     if not ids:
         raise DataError(f"{NAME}: {path} lists no synsets")
-    dups = duplicates(ids)
-    if dups:
+    if dups := duplicates(ids):
         raise DataError(f"{NAME}: {path} lists {len(dups)} synsets twice: {listing(dups)}")
     return ids
-
-
-def read_list(path: str, num_classes: int | None) -> tuple[list[str], np.ndarray, list[int]]:
-    """A ``<path> <label>`` file list: ``(paths, labels (N,), line numbers)``."""
-    rows = read_columns(path, NAME, 2, "'<image path> <label>'")
-    labels = parse_labels(rows, 1, path, NAME, num_classes)
-    return [tokens[0] for _, tokens in rows], labels, [n for n, _ in rows]
 
 
 def imagenet_split(directory: str, synsets: list[str]) -> tuple[list[str], np.ndarray]:
@@ -90,18 +81,16 @@ def load_webvision(
     ``test_root``: ImageNet's validation folder (per-synset layout), default ``<root>/imagenet_val`` when it exists.
     ``download`` is ignored (WebVision is downloaded by hand). Images are ``float32 (B, 3, s, s)``.
     """
-    root, image_size = dataset_root(NAME, root, image_size, on_bad_image, "WebVision folder (holding info/, google/ and val_images_256/)")
-    hint = " (WebVision 1.0's info/ folder)"
-    train_list = require_file(os.path.join(root, TRAIN_LIST), NAME, hint)
-    val_list = require_file(os.path.join(root, VAL_LIST), NAME, hint)
+    check_options(NAME, image_size, on_bad_image)
+    root = data_root(NAME, root, "WebVision folder (holding info/, google/ and val_images_256/)")
+    hint, what = " (WebVision 1.0's info/ folder)", "'<image path> <label>'"
+    train_list, val_list = (require_file(os.path.join(root, f), NAME, hint) for f in (TRAIN_LIST, VAL_LIST))
     synsets_file = os.path.join(root, SYNSETS)
     synsets = read_synsets(synsets_file) if os.path.isfile(synsets_file) else None
-
     total = len(synsets) if synsets is not None else None
-    train_keys, train_labels, train_lines = read_list(train_list, total)
-    val_names, val_labels, val_lines = read_list(val_list, total)
+    train, val = read_list(train_list, NAME, what, total), read_list(val_list, NAME, what, total)
     if total is None:
-        total = int(max(train_labels.max(initial=-1), val_labels.max(initial=-1))) + 1
+        total = int(max(train[1].max(initial=-1), val[1].max(initial=-1))) + 1
     if first_classes is not None and (
         isinstance(first_classes, bool) or not isinstance(first_classes, int) or not 2 <= first_classes <= total
     ):
@@ -109,36 +98,30 @@ def load_webvision(
     k = total if first_classes is None else first_classes
     classes = synsets[:k] if synsets is not None else [str(c) for c in range(k)]
 
-    def keep(keys: list[str], labels: np.ndarray, lines: list[int]) -> tuple[list[str], np.ndarray, list[int]]:
-        rows = np.flatnonzero(labels < k)
-        return [keys[i] for i in rows], labels[rows], [lines[i] for i in rows]
+    def first_k(listed: tuple[list[str], np.ndarray, list[int]], path: str, folder: str = "") -> tuple:
+        """``(root, keys, labels)`` of the listed images of classes ``0 .. k-1``, which must exist."""
+        keys, labels, lines = listed
+        rows = np.flatnonzero(labels < k).tolist()
+        keys = [os.path.join(folder, keys[i]) for i in rows]
+        require_listed(NAME, root, keys, path, [lines[i] for i in rows])
+        return root, keys, labels[rows]
 
-    train_keys, train_labels, train_lines = keep(train_keys, train_labels, train_lines)
-    val_names, val_labels, val_lines = keep(val_names, val_labels, val_lines)
-    val_keys = [os.path.join(VAL_DIR, name) for name in val_names]
-    require_all_classes(NAME, classes, train_labels, f" in {train_list}")
-    require_listed(NAME, root, train_keys, train_list, train_lines)
-    require_listed(NAME, root, val_keys, val_list, val_lines)
+    require_all_classes(NAME, classes, train[1][train[1] < k], f" in {train_list}")
+    splits = {"train": first_k(train, train_list), "test": first_k(val, val_list, VAL_DIR)}
 
-    imagenet_dir = os.path.abspath(as_path(test_root)) if test_root else os.path.join(root, IMAGENET_VAL_DIR)
+    imagenet_dir = os.path.abspath(os.path.expanduser(test_root)) if test_root else os.path.join(root, IMAGENET_VAL_DIR)
     if test_root and not os.path.exists(imagenet_dir):
         raise DataError(f"{NAME}: data.test_root {imagenet_dir} does not exist")
-    use_imagenet = bool(test_root) or os.path.isdir(imagenet_dir)
-    imagenet: tuple[list[str], np.ndarray] | None = None
-    if use_imagenet:
+    if test_root or os.path.isdir(imagenet_dir):
         if synsets is None:
             raise DataError(
                 f"{NAME}: the ImageNet test set {imagenet_dir} needs {synsets_file} to map classes to synsets"
             )
-        imagenet = imagenet_split(imagenet_dir, synsets[:k])
+        splits["imagenet"] = (imagenet_dir, *imagenet_split(imagenet_dir, synsets[:k]))
 
-    # Every list is consistent: now check (or preload) the images themselves.
-    listed = {"train": (root, train_keys, train_labels), "test": (root, val_keys, val_labels)}
-    if imagenet is not None:
-        listed["imagenet"] = (imagenet_dir, *imagenet)
-    splits = build_sources(NAME, classes, listed, image_size=image_size, on_bad_image=on_bad_image)
+    sources = build_sources(NAME, classes, splits, image_size=image_size, on_bad_image=on_bad_image)
     return DatasetBundle(
         name=NAME, family="generic", classes=classes, labels_are_clean=False, default_model="resnet50",
-        train=splits["train"][0], train_labels=splits["train"][1], test=splits["test"][0],
-        test_labels=splits["test"][1], extra_tests={"imagenet": splits["imagenet"]} if imagenet is not None else {},
+        train=sources["train"][0], train_labels=sources["train"][1], test=sources["test"][0],
+        test_labels=sources["test"][1], extra_tests={"imagenet": sources["imagenet"]} if "imagenet" in sources else {},
     )
