@@ -1,14 +1,9 @@
 """``cifar10`` and ``cifar100``: 32x32 colour images from the python-pickle release torchvision downloads.
 
-Layout below ``root`` (default ``~/.cache/knnmix/data``; ``root`` may also be the batch folder itself)::
-
-    cifar-10-batches-py/data_batch_1 .. data_batch_5, test_batch, batches.meta
-    cifar-100-python/train, test, meta
-
-``download=True`` fetches missing files with torchvision first. The pickles are parsed here, not by torchvision's
-readers, which ``pickle.load`` them (a doctored file could run code), insist on the release's MD5 sums and drop
-CIFAR-100's coarse labels: a restricted unpickler resolves only the numpy globals an array needs. The training images
-keep CIFAR's order (``data_batch_1 .. 5`` concatenated), which the CIFAR-N noisy-label files index.
+Layout below ``root`` (default ``~/.cache/knnmix/data``, or the batch folder itself): ``cifar-10-batches-py/`` or
+``cifar-100-python/``; ``download=True`` fetches it with torchvision. The pickles are read here with a restricted
+unpickler, not by torchvision's readers (which could run code, and drop CIFAR-100's coarse labels); the training
+images keep CIFAR's order, which the CIFAR-N noisy-label files index. Details: ``docs/data.md``.
 """
 
 from __future__ import annotations

@@ -1,18 +1,10 @@
 """``clothing1m``: Clothing1M (Xiao et al. 2015), ~1M online-shopping photos of 14 classes with real noisy labels.
 
-The published layout below ``root`` (``data.root``, required; the data cannot be downloaded automatically)::
-
-    images/0/00/<id>.jpg ...
-    annotations/noisy_label_kv.txt        lines "images/0/00/<id>.jpg 12" (key, noisy label 0..13)
-    annotations/clean_label_kv.txt        lines "<key> <clean label>"
-    annotations/noisy_train_key_list.txt  one key per line: the training images (noisy labels)
-    annotations/clean_val_key_list.txt    the clean validation images
-    annotations/clean_test_key_list.txt   the clean test images
-
-Train = ``noisy_train_key_list`` with noisy labels (``labels_are_clean=False``); ``val`` = ``clean_val_key_list``
-with clean labels (the shipped clean validation split, so runs need ``data.val_fraction=0``); test =
-``clean_test_key_list`` with clean labels. The usual per-epoch class-balanced subsample of the noisy training set is
-drawn by the engine (``data.epoch_samples``, e.g. 64000), not here.
+Below ``root`` (required; distributed by its authors on request): ``images/`` and ``annotations/`` with the noisy and
+clean ``<key> <label>`` files and the train, validation and test key lists (layout: ``docs/data.md``). Train = the
+noisy training keys with noisy labels; ``val`` and test = the clean lists with clean labels (the shipped validation
+split, so runs need ``data.val_fraction=0``). The engine draws the usual per-epoch class-balanced subsample
+(``data.epoch_samples``).
 """
 
 from __future__ import annotations
@@ -22,7 +14,7 @@ import os
 import numpy as np
 
 from knnmix.data.base import DATASETS, DatasetBundle
-from knnmix.data.files import OnBadImage, build_sources, check_options, data_root, listing, read_list
+from knnmix.data.files import OnBadImage, build_sources, check_options, data_root, read_list, refuse
 from knnmix.data.files import require_all_classes, require_file, require_listed
 from knnmix.errors import DataError
 
@@ -55,10 +47,7 @@ def read_split(root: str, list_file: str, kv: dict[str, int], kv_file: str) -> t
     path = os.path.join(root, list_file)
     keys, _, lines = read_list(path, NAME, "one image key", labelled=False)
     absent = [f"line {n}: {k}" for n, k in zip(lines, keys) if k not in kv]
-    if absent:
-        raise DataError(
-            f"{NAME}: {len(absent)} keys of {path} are missing from {os.path.join(root, kv_file)}: {listing(absent)}"
-        )
+    refuse(absent, f"{NAME}: {len(absent)} keys of {path} are missing from {os.path.join(root, kv_file)}")
     if not keys:
         raise DataError(f"{NAME}: {path} lists no images")
     require_listed(NAME, root, keys, path, lines)

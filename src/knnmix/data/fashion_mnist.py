@@ -1,9 +1,8 @@
 """``fashion-mnist``: Zalando's 28x28 grey-scale clothing images (60,000 train / 10,000 test), from the idx files.
 
-The four idx files (each plain or ``.gz``) are read from ``root`` itself (Debian's ``dataset-fashion-mnist`` layout)
-or from ``root/FashionMNIST/raw`` (torchvision's). Without a ``root`` the loader looks in :data:`DEBIAN_ROOT`, then in
-the knnmix cache, where ``download=True`` also fetches them (through torchvision). The files are parsed here:
-torchvision's ``read_image_file`` cannot read the ``.gz`` files Debian ships and checks the format with ``assert``.
+The four idx files (plain or ``.gz``) are read from ``root`` or ``root/FashionMNIST/raw``; without a ``root``, from
+:data:`DEBIAN_ROOT`, then the knnmix cache, where ``download=True`` fetches them through torchvision. They are
+parsed here: torchvision's reader cannot read Debian's ``.gz`` files and checks the format with ``assert``.
 """
 
 from __future__ import annotations

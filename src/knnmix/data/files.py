@@ -1,19 +1,17 @@
 """Images read from files: the shared machinery of ``imagefolder``, ``clothing1m`` and ``webvision``.
 
-A file-backed split is a root plus one key per row (e.g. ``images/0/00/x.jpg``) with one label per row.
-:func:`build_sources` checks every image once at load time, on a thread pool: bad ones fail the load
-(``on_bad_image="fail"``) or are dropped *before* row numbers are assigned (``"skip"``), so per-sample state stays
-aligned with the rows that remain. Small images (``image_size < 64``, at most :data:`PRELOAD_MAX_BYTES` of pixels)
-are decoded once into an in-memory :class:`PreloadedSource`, the decode doubling as the check; everything else
-becomes a :class:`FileSource` that decodes each batch from disk. Decoding, transforms and their costs are
-documented in ``docs/data.md``; all randomness comes from torch's global generator.
+A split is a root plus one key per row (e.g. ``images/0/00/x.jpg``) with one label per row. :func:`build_sources`
+checks every image once at load time: bad ones fail the load or are dropped *before* row numbers are assigned, so
+per-sample state stays aligned with the rows that remain. Small images are decoded once into a
+:class:`PreloadedSource`; others become a :class:`FileSource` that decodes each batch. Decoding, transforms and
+their costs: ``docs/data.md``.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
@@ -54,6 +52,12 @@ def listing(items: Sequence[str], limit: int = MAX_LISTED) -> str:
     """``"a, b, c, d, e (and 7 more)"``: the first ``limit`` of ``items``."""
     shown = ", ".join(items[:limit])
     return shown + (f" (and {len(items) - limit} more)" if len(items) > limit else "")
+
+
+def refuse(offenders: Sequence[str], message: str) -> None:
+    """A :class:`DataError` ``"<message>: <the first offenders>"`` when there are ``offenders``."""
+    if offenders:
+        raise DataError(f"{message}: {listing(offenders)}")
 
 
 def failure_reason(exc: BaseException, path: str) -> str:
@@ -115,6 +119,27 @@ def find_images(root: str, folders: dict[str, int]) -> tuple[list[str], np.ndarr
     return [key for _, key, _ in found], np.array([label for _, _, label in found], dtype=np.int64)
 
 
+def _read_lines(path: str, dataset: str) -> list[tuple[int, str]]:
+    """``(line number, stripped line)`` of the non-blank lines of a UTF-8 text file."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return [(number, line.strip()) for number, line in enumerate(f, 1) if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{dataset}: cannot read {path}: {one_line(e)}") from None
+
+
+def read_names(path: str, dataset: str, what: str, first_token: bool = False) -> list[str]:
+    """The names (``what``, e.g. ``"class names"``) a file lists one per non-blank line (the line stripped, or its
+    first token), in order; an empty list or a name listed twice is a :class:`DataError`."""
+    names = [line.split()[0] if first_token else line for _, line in _read_lines(path, dataset)]
+    if not names:
+        raise DataError(f"{dataset}: {path} lists no {what}")
+    seen: set[str] = set()
+    twice = [repr(x) for x in names if x in seen or seen.add(x)]  # type: ignore[func-returns-value]
+    refuse(twice, f"{dataset}: {path} lists {len(twice)} {what} twice")
+    return names
+
+
 def read_list(
     path: str, dataset: str, what: str, num_classes: int | None = None, labelled: bool = True
 ) -> tuple[list[str], np.ndarray, list[int]]:
@@ -124,30 +149,16 @@ def read_list(
     Labels must lie in ``[0, num_classes)`` (or be ``>= 0`` when ``num_classes`` is None). A malformed line or a bad
     label is a :class:`DataError` listing the first offending lines.
     """
-    columns = 2 if labelled else 1
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = [(number, line.strip()) for number, line in enumerate(f, 1) if line.strip()]
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{dataset}: cannot read {path}: {one_line(e)}") from None
-    malformed = [f"line {n}: {line[:80]!r}" for n, line in lines if len(line.split()) != columns]
-    if malformed:
-        problem = f"{len(malformed)} malformed lines, expected {what}"
-        raise DataError(f"{dataset}: {path} has {problem}: {listing(malformed)}")
+    lines = _read_lines(path, dataset)
+    malformed = [f"line {n}: {line[:80]!r}" for n, line in lines if len(line.split()) != (2 if labelled else 1)]
+    refuse(malformed, f"{dataset}: {path} has {len(malformed)} malformed lines, expected {what}")
     rows = [line.split() for _, line in lines]
     labels = np.array([as_int(tokens[1], -1) for tokens in rows] if labelled else [], dtype=np.int64)
     bad = np.flatnonzero((labels < 0) | (labels >= (np.inf if num_classes is None else num_classes))).tolist()
-    if bad:
-        valid = "non-negative integers" if num_classes is None else f"0..{num_classes - 1}"
-        offenders = [f"line {lines[i][0]}: {rows[i][1]!r}" for i in bad]
-        raise DataError(f"{dataset}: {path} has {len(bad)} labels outside {valid}: {listing(offenders)}")
+    valid = "non-negative integers" if num_classes is None else f"0..{num_classes - 1}"
+    offenders = [f"line {lines[i][0]}: {rows[i][1]!r}" for i in bad]
+    refuse(offenders, f"{dataset}: {path} has {len(bad)} labels outside {valid}")
     return [tokens[0] for tokens in rows], labels, [number for number, _ in lines]
-
-
-def duplicates(items: Iterable[str]) -> list[str]:
-    """The items that occurred before, in order (an item three times is listed twice)."""
-    seen: set[str] = set()
-    return [x for x in items if x in seen or seen.add(x)]  # type: ignore[func-returns-value]
 
 
 def as_int(text: str, default: int) -> int:
@@ -161,20 +172,14 @@ def as_int(text: str, default: int) -> int:
 def require_listed(dataset: str, root: str, keys: Sequence[str], listed_in: str, lines: Sequence[int]) -> None:
     """A :class:`DataError` listing the first ``keys`` (lines ``lines`` of ``listed_in``) with no file ``root/key``."""
     missing = [f"line {n}: {k}" for k, n in zip(keys, lines) if not os.path.isfile(os.path.join(root, k))]
-    if missing:
-        raise DataError(
-            f"{dataset}: {len(missing)} images named in {listed_in} do not exist under {root}: {listing(missing)}"
-        )
+    refuse(missing, f"{dataset}: {len(missing)} images named in {listed_in} do not exist under {root}")
 
 
 def require_all_classes(dataset: str, classes: Sequence[str], labels: np.ndarray, hint: str = "") -> None:
     """A :class:`DataError` naming the classes without a single training image (an empty class)."""
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes))
     empty = [repr(classes[c]) for c in np.flatnonzero(counts == 0).tolist()]
-    if empty:
-        raise DataError(
-            f"{dataset}: {len(empty)} of {len(classes)} classes have no training images{hint}: {listing(empty)}"
-        )
+    refuse(empty, f"{dataset}: {len(empty)} of {len(classes)} classes have no training images{hint}")
 
 
 # ------------------------------------------------------------------------------------------ decoding, transforms
@@ -183,11 +188,9 @@ def require_all_classes(dataset: str, classes: Sequence[str], labels: np.ndarray
 def read_rgb(path: str, min_shorter: int = 1) -> Tensor:
     """Decode the image file ``path`` with Pillow as RGB ``uint8 (3, H, W)``; raises whatever Pillow raises.
 
-    A JPEG is decoded at a reduced scale (Pillow's ``draft``: libjpeg's DCT scaling by 1/2, 1/4 or 1/8) as long as
-    its shorter side stays at least ``min_shorter`` (1: the smallest scale, enough for the load-time check); it is
-    resized to that side anyway, and this makes decoding large photos several times cheaper. Grey-scale is repeated
-    on 3 channels (16-bit grey-scale after keeping its high byte); alpha is dropped (palette transparency through
-    RGBA). The EXIF orientation is not applied.
+    A JPEG is decoded at a reduced scale (Pillow's ``draft``, several times cheaper) as long as its shorter side stays
+    at least ``min_shorter`` (1: the smallest scale, enough for the load-time check). Grey-scale is repeated on 3
+    channels (16-bit: its high byte), alpha is dropped, the EXIF orientation is not applied.
     """
     with Image.open(path) as im:
         if im.format == "JPEG":
@@ -205,14 +208,11 @@ def read_rgb(path: str, min_shorter: int = 1) -> Tensor:
 
 
 class ImageTransform:
-    """One image file -> ``uint8 (3, s, s)``: torchvision's v2 ``Resize`` (antialiased bilinear, on ``uint8``
-    tensors), ``CenterCrop`` for evaluation, ``RandomCrop`` + ``RandomHorizontalFlip`` for training.
+    """One image file -> ``uint8 (3, s, s)`` with torchvision's v2 transforms (the table in ``docs/data.md``).
 
-    ``s >= 64``: the shorter side goes to ``round(s * 256 / 224)`` and training draws a random ``s x s`` crop and
-    flip per image in :meth:`decode`. ``s < 64``: the shorter side goes to ``s`` and :meth:`decode` is the centre
-    crop in training too; :meth:`augment_batch` then crops each image of the decoded batch after ``s // 8`` pixels of
-    zero padding and flips it: :class:`TensorSource`'s vectorised augmentation, so preloaded images and images
-    decoded from files give the same batches under the same seed.
+    ``s >= 64``: the shorter side goes to ``round(s * 256 / 224)``, then a centre crop (eval) or a random crop and
+    flip (train). ``s < 64``: resize to ``s`` and centre crop; training then pads, crops and flips the decoded batch
+    (:meth:`augment_batch`, :class:`TensorSource`'s augmentation, so preloaded and decoded images agree).
     """
 
     def __init__(self, image_size: int) -> None:
@@ -252,7 +252,6 @@ class _Files:
         self.keys = np.array([os.fsencode(k) for k in keys], dtype=np.bytes_).reshape(-1)
 
     def path(self, row: int) -> str:
-        """The file of ``row``."""
         return os.path.join(self.root, os.fsdecode(self.keys[row]))
 
     def paths(self) -> list[str]:
@@ -348,12 +347,8 @@ def build_source(
 
 
 def build_sources(
-    dataset: str,
-    classes: Sequence[str],
-    splits: dict[str, tuple[str, Sequence[str], np.ndarray]],
-    *,
-    image_size: int | None,
-    on_bad_image: OnBadImage,
+    dataset: str, classes: Sequence[str], splits: dict[str, tuple[str, Sequence[str], np.ndarray]], *,
+    image_size: int | None, on_bad_image: OnBadImage,
 ) -> dict[str, tuple[ImageSource, np.ndarray]]:
     """:func:`build_source` for each split (``name -> (root, keys, labels (N,))``, the training split first):
     ``name -> (source, labels)``; ``image_size`` None is :data:`DEFAULT_IMAGE_SIZE`.
@@ -363,7 +358,8 @@ def build_sources(
     is a :class:`DataError`.
     """
     out: dict[str, tuple[ImageSource, np.ndarray]] = {}
-    skipped: list[tuple[str, str]] = []  # (split, "path (reason)")
+    skipped: list[str] = []  # "path (reason)"
+    counts: list[str] = []  # "3 train"
     for split, (root, keys, labels) in splits.items():
         source, kept, bad = build_source(root, keys, image_size or DEFAULT_IMAGE_SIZE)
         shown = [f"{os.path.join(root, keys[i])} ({reason})" for i, reason in bad]
@@ -372,16 +368,15 @@ def build_sources(
                 f"{dataset}: {len(bad)} unreadable or corrupt {split} image{'s' if len(bad) > 1 else ''}: "
                 f"{listing(shown)}; fix or remove them, or set data.on_bad_image=skip"
             )
-        skipped += [(split, item) for item in shown]
+        skipped += shown
+        counts += [f"{len(bad)} {split}"] if bad else []
         out[split] = (source, np.asarray(labels, dtype=np.int64)[kept])
         if len(out) == 1:
             require_all_classes(dataset, classes, out[split][1], " left after skipping unreadable images")
     if skipped:
-        counts = ", ".join(f"{n} {split}" for split in out if (n := sum(s == split for s, _ in skipped)))
         print(
-            f"knnmix: warning: {dataset}: skipped {len(skipped)} unreadable or corrupt "
-            f"image{'s' if len(skipped) > 1 else ''} ({counts}): {listing([item for _, item in skipped])}",
-            file=sys.stderr,
-            flush=True,
+            f"knnmix: warning: {dataset}: skipped {len(skipped)} unreadable or corrupt image"
+            f"{'s' if len(skipped) > 1 else ''} ({', '.join(counts)}): {listing(skipped)}",
+            file=sys.stderr, flush=True,
         )
     return out

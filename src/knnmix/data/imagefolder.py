@@ -1,18 +1,8 @@
 """``imagefolder``: a user's own images with the labels they were given (not trusted: ``labels_are_clean=False``).
 
-Two layouts of ``root`` (``data.root``, required):
-
-- **folder mode** (no ``data.labels_file``): one sub-folder per class, ``root/<class>/**/<image>``; class names are
-  the sorted folder names, images are found recursively inside each class folder (:data:`IMAGE_EXTENSIONS`);
-- **CSV mode** (``data.labels_file``): a CSV with a ``path,label`` header; ``path`` is relative to ``root`` (or
-  absolute), ``label`` a class name or an integer index into the class list. The class list is ``classes.txt``
-  beside the CSV (one name per line, line order = class index) if present, else the sorted set of labels
-  (numerically sorted when every label is an integer). A class with a single image in the training CSV is warned
-  about (:class:`~knnmix.errors.KnnmixWarning`): a mistyped label becomes such a class.
-
-``data.test_root`` (optional) is a second folder (folder mode) or CSV file (paths relative to the CSV's folder) with
-trusted labels, reported as the test split; its labels are resolved against the training class list.
-``image_size=None`` chooses the side from the images (:func:`choose_image_size`).
+``root`` holds one sub-folder per class (folder mode), or ``data.labels_file`` is a ``path,label`` CSV (CSV mode,
+class list from a ``classes.txt`` beside it or the sorted labels); ``data.test_root`` is a second folder or CSV with
+trusted labels, the test split. ``image_size=None`` chooses the side from the images. Details: ``docs/data.md``.
 """
 
 from __future__ import annotations
@@ -28,7 +18,7 @@ from PIL import Image
 
 from knnmix.data.base import DATASETS, DatasetBundle, one_line
 from knnmix.data.files import IMAGE_EXTENSIONS, OnBadImage, as_int, build_sources, check_options, data_root
-from knnmix.data.files import duplicates, find_images, listing, require_all_classes, require_dir
+from knnmix.data.files import find_images, listing, read_names, refuse, require_all_classes, require_dir
 from knnmix.errors import DataError, KnnmixWarning
 
 NAME = "imagefolder"
@@ -66,32 +56,13 @@ def read_folder(root: str, classes: list[str] | None = None) -> LabelledFiles:
             "or a CSV of path,label given as data.labels_file)"
         )
     classes = folders if classes is None else classes
-    if unknown := [repr(f) for f in folders if f not in classes]:
-        raise DataError(
-            f"{NAME}: {len(unknown)} class folders under {root} are not training classes: {listing(unknown)}"
-        )
+    unknown = [repr(f) for f in folders if f not in classes]
+    refuse(unknown, f"{NAME}: {len(unknown)} class folders under {root} are not training classes")
     keys, labels = find_images(root, {f: classes.index(f) for f in folders})
     counts = np.bincount(labels, minlength=len(classes))
-    if empty := [repr(f) for f in folders if counts[classes.index(f)] == 0]:
-        raise DataError(
-            f"{NAME}: {len(empty)} class folders under {root} hold no images "
-            f"({'/'.join(IMAGE_EXTENSIONS)}): {listing(empty)}"
-        )
+    empty = [repr(f) for f in folders if counts[classes.index(f)] == 0]
+    refuse(empty, f"{NAME}: {len(empty)} class folders under {root} hold no images ({'/'.join(IMAGE_EXTENSIONS)})")
     return LabelledFiles(root, keys, labels, list(classes))
-
-
-def read_classes_file(path: str) -> list[str]:
-    """Class names of a ``classes.txt``: one per non-blank line, stripped, in class-index order, no duplicates."""
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            names = [line.strip() for line in f if line.strip()]
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{NAME}: cannot read {path}: {one_line(e)}") from None
-    if not names:
-        raise DataError(f"{NAME}: {path} lists no class names")
-    if dups := [repr(name) for name in duplicates(names)]:
-        raise DataError(f"{NAME}: {path} lists {len(dups)} class names twice: {listing(dups)}")
-    return names
 
 
 def _read_rows(csv_path: str) -> list[tuple[int, str, str]]:
@@ -116,11 +87,8 @@ def _read_rows(csv_path: str) -> list[tuple[int, str, str]]:
                 rows.append((reader.line_num, path, label))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"{NAME}: cannot read {csv_path}: {one_line(e)}") from None
-    if malformed:
-        raise DataError(
-            f"{NAME}: {csv_path} has {len(malformed)} rows without {len(columns)} fields and a non-empty path and "
-            f"label: {listing(malformed)}"
-        )
+    refuse(malformed, f"{NAME}: {csv_path} has {len(malformed)} rows without {len(columns)} fields and a "
+                      "non-empty path and label")
     if not rows:
         raise DataError(f"{NAME}: {csv_path} lists no images")
     return rows
@@ -144,7 +112,7 @@ def read_csv(csv_path: str, base: str, classes: list[str] | None = None) -> Labe
     """
     rows = _read_rows(csv_path)
     classes_file = os.path.join(os.path.dirname(os.path.abspath(csv_path)), CLASSES_FILE)
-    listed = read_classes_file(classes_file) if os.path.isfile(classes_file) else None
+    listed = read_names(classes_file, NAME, "class names") if os.path.isfile(classes_file) else None
     training = classes is None
     if classes is None:
         classes = listed if listed is not None else _sorted_labels({label for _, _, label in rows})
@@ -157,11 +125,9 @@ def read_csv(csv_path: str, base: str, classes: list[str] | None = None) -> Labe
     index = {c: i for i, c in enumerate(classes)}
     labels = np.array([index.get(label, as_int(label, -1)) for _, _, label in rows], dtype=np.int64)
     labels[labels >= len(classes)] = -1
-    if unknown := [f"line {number}: {label!r}" for (number, _, label), c in zip(rows, labels) if c < 0]:
-        raise DataError(
-            f"{NAME}: {csv_path} has {len(unknown)} labels absent from the class list ({len(classes)} classes from "
-            f"{origin}; integer labels must lie in 0..{len(classes) - 1}): {listing(unknown)}"
-        )
+    unknown = [f"line {number}: {label!r}" for (number, _, label), c in zip(rows, labels) if c < 0]
+    refuse(unknown, f"{NAME}: {csv_path} has {len(unknown)} labels absent from the class list ({len(classes)} "
+                    f"classes from {origin}; integer labels must lie in 0..{len(classes) - 1})")
 
     keys = [os.path.normpath(p) for _, p, _ in rows]
     first_line: dict[str, int] = {}
@@ -173,10 +139,8 @@ def read_csv(csv_path: str, base: str, classes: list[str] | None = None) -> Labe
         first_line.setdefault(full, number)
         if not os.path.isfile(os.path.join(base, key)):
             missing.append(f"line {number}: {path!r}")
-    if dups:
-        raise DataError(f"{NAME}: {csv_path} lists {len(dups)} paths more than once: {listing(dups)}")
-    if missing:
-        raise DataError(f"{NAME}: {csv_path} names {len(missing)} images missing under {base}: {listing(missing)}")
+    refuse(dups, f"{NAME}: {csv_path} lists {len(dups)} paths more than once")
+    refuse(missing, f"{NAME}: {csv_path} names {len(missing)} images missing under {base}")
     counts = np.bincount(labels, minlength=len(classes))
     single = [f"{classes[c]!r} (line {number})" for (number, _, _), c in zip(rows, labels) if counts[c] == 1]
     if training and single:  # a mistyped label in a training CSV becomes a class of its own, with a single image

@@ -1,18 +1,10 @@
 """``webvision``: WebVision 1.0 (Li et al. 2017), web images of ImageNet's 1000 classes with real noisy labels.
 
-Layout below ``root`` (``data.root``, required; the resized release, downloaded by hand)::
-
-    info/train_filelist_google.txt   lines "google/q0001/00000001.jpg 0" (path below root, class 0..999)
-    info/val_filelist.txt            lines "val000001.JPEG 0" (images in val_images_256/)
-    info/synsets.txt                 optional: one line per class, first token the WordNet id (n01440764 ...)
-    google/q0001/00000001.jpg ...
-    val_images_256/val000001.JPEG ...
-
-Train = the Google images (the Flickr file list is not used) with their web labels (``labels_are_clean=False``);
-test = WebVision's validation images. ``data.first_classes=50`` gives mini-WebVision (the first 50 classes).
-ImageNet's validation images of the same classes are a second test set, ``extra_tests["imagenet"]``, when
-``data.test_root`` is given or ``<root>/imagenet_val`` exists: a folder in per-synset layout
-(``<dir>/n01440764/*.JPEG``), matched to WebVision's classes through ``info/synsets.txt``.
+Below ``root`` (required; the resized release, downloaded by hand): ``info/`` (file lists, optional ``synsets.txt``),
+``google/`` and ``val_images_256/`` (layout: ``docs/data.md``). Train = the Google images with their web labels;
+test = WebVision's validation images; ``data.first_classes=50`` gives mini-WebVision. ImageNet's validation images
+of the kept classes (per-synset folders in ``data.test_root`` or ``<root>/imagenet_val``) are a second test set,
+``extra_tests["imagenet"]``.
 """
 
 from __future__ import annotations
@@ -21,9 +13,9 @@ import os
 
 import numpy as np
 
-from knnmix.data.base import DATASETS, DatasetBundle, one_line
-from knnmix.data.files import OnBadImage, build_sources, check_options, data_root, duplicates, find_images, listing
-from knnmix.data.files import read_list, require_all_classes, require_dir, require_file, require_listed
+from knnmix.data.base import DATASETS, DatasetBundle
+from knnmix.data.files import OnBadImage, build_sources, check_options, data_root, find_images, read_list, read_names
+from knnmix.data.files import refuse, require_all_classes, require_dir, require_file, require_listed
 from knnmix.errors import DataError
 
 NAME = "webvision"
@@ -35,20 +27,6 @@ VAL_DIR = "val_images_256"
 IMAGENET_VAL_DIR = "imagenet_val"
 
 
-def read_synsets(path: str) -> list[str]:
-    """WordNet ids in class order: the first token of each non-blank line of ``synsets.txt`` (no duplicates)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            ids = [line.split()[0] for line in f if line.strip()]
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{NAME}: cannot read {path}: {one_line(e)}") from None
-    if not ids:
-        raise DataError(f"{NAME}: {path} lists no synsets")
-    if dups := duplicates(ids):
-        raise DataError(f"{NAME}: {path} lists {len(dups)} synsets twice: {listing(dups)}")
-    return ids
-
-
 def imagenet_split(directory: str, synsets: list[str]) -> tuple[list[str], np.ndarray]:
     """ImageNet validation images of classes ``0 .. len(synsets)-1`` from ``directory/<synset>/``: ``(keys, labels)``.
 
@@ -58,11 +36,8 @@ def imagenet_split(directory: str, synsets: list[str]) -> tuple[list[str], np.nd
     keys, labels = find_images(directory, {synset: c for c, synset in enumerate(synsets)})
     counts = np.bincount(labels, minlength=len(synsets))
     missing = [synset for c, synset in enumerate(synsets) if counts[c] == 0]
-    if missing:
-        raise DataError(
-            f"{NAME}: the ImageNet validation folder {directory} has no images for {len(missing)} of the "
-            f"{len(synsets)} classes (expected {directory}/<synset>/*.JPEG): {listing(missing)}"
-        )
+    refuse(missing, f"{NAME}: the ImageNet validation folder {directory} has no images for {len(missing)} of the "
+                    f"{len(synsets)} classes (expected {directory}/<synset>/*.JPEG)")
     return keys, labels
 
 
@@ -86,7 +61,8 @@ def load_webvision(
     hint, what = " (WebVision 1.0's info/ folder)", "'<image path> <label>'"
     train_list, val_list = (require_file(os.path.join(root, f), NAME, hint) for f in (TRAIN_LIST, VAL_LIST))
     synsets_file = os.path.join(root, SYNSETS)
-    synsets = read_synsets(synsets_file) if os.path.isfile(synsets_file) else None
+    # WordNet ids in class order: the first token of each line of synsets.txt
+    synsets = read_names(synsets_file, NAME, "synsets", first_token=True) if os.path.isfile(synsets_file) else None
     total = len(synsets) if synsets is not None else None
     train, val = read_list(train_list, NAME, what, total), read_list(val_list, NAME, what, total)
     if total is None:
