@@ -2,9 +2,10 @@
 
 Importing this package registers every built-in loader (``digits``, ``fashion-mnist``, ``cifar10``, ``cifar100``,
 ``imagefolder``, ``clothing1m``, ``webvision``). A loader is a function
-``loader(root: str | None, download: bool, **options) -> DatasetBundle`` registered with ``@DATASETS.register("name")``; :func:`load_dataset` looks it up and calls it. The keyword options a
-loader declares in its signature (e.g. ``image_size``, ``labels_file``) come from the ``data`` section of the
-config; giving a non-default value for an option the dataset does not use is an error, never silently ignored.
+``loader(root: str | None, download: bool, **options) -> DatasetBundle`` registered with
+``@DATASETS.register("name")``; :func:`load_dataset` looks it up and calls it. The keyword options a loader declares
+(e.g. ``image_size``) come from the config's ``data`` section; a non-default value for an option the dataset does
+not use is an error, never silently ignored.
 """
 
 from __future__ import annotations
@@ -20,23 +21,14 @@ from knnmix.data.base import TensorSource, collate_batch
 from knnmix.errors import DataError
 
 
-def load_dataset(
-    name: str,
-    root: str | os.PathLike[str] | None = None,
-    download: bool = False,
-    *,
-    defaults: dict[str, Any] | None = None,
-    **options: Any,
-) -> DatasetBundle:
-    """Load the registered dataset ``name``.
+def load_dataset(name: str, root: str | os.PathLike[str] | None = None, download: bool = False, *,
+                 defaults: dict[str, Any] | None = None, **options: Any) -> DatasetBundle:
+    """Load the registered dataset ``name`` from ``root`` (``None`` or ``""``: its default, see ``docs/data.md``),
+    letting loaders of public data sets fetch missing files first if ``download``.
 
-    ``root`` is the directory holding the data (``None`` or ``""``: the dataset's default, see ``docs/data.md``);
-    ``download`` lets loaders of public data sets fetch missing files into ``root`` first. An unknown ``name``
-    raises the registry's one-line :class:`~knnmix.errors.KnnmixError`; missing or corrupt files raise
-    :class:`~knnmix.errors.DataError`.
-
-    ``options`` are passed to the loader when its signature declares them; an option it does not declare must equal
-    its value in ``defaults`` (the config's default), else :class:`~knnmix.errors.DataError` names it.
+    An unknown ``name`` is the registry's one-line :class:`~knnmix.errors.KnnmixError`; missing or corrupt files are
+    a :class:`~knnmix.errors.DataError`. ``options`` go to the loader when its signature declares them; an option it
+    does not declare must equal its value in ``defaults`` (the config's default), else a ``DataError`` names it.
     """
     loader = DATASETS.get(name)
     accepted = dataset_options(name)

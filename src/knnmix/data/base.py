@@ -229,15 +229,8 @@ class LabelledDataset(Dataset):
     Batched access through ``__getitems__`` returns already-collated tensors (use :func:`collate_batch`).
     """
 
-    def __init__(
-        self,
-        source: ImageSource,
-        rows: np.ndarray,
-        given_labels: np.ndarray,
-        classes: Sequence[str],
-        true_labels: np.ndarray | None = None,
-        augment: bool = False,
-    ) -> None:
+    def __init__(self, source: ImageSource, rows: np.ndarray, given_labels: np.ndarray, classes: Sequence[str],
+                 true_labels: np.ndarray | None = None, augment: bool = False) -> None:
         self.source = source
         self.rows = np.asarray(rows, dtype=np.int64)
         self._rows_t = torch.from_numpy(self.rows)

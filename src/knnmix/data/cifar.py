@@ -8,6 +8,7 @@ images keep CIFAR's order, which the CIFAR-N noisy-label files index. Details: `
 
 from __future__ import annotations
 
+import functools
 import math
 import pickle
 from dataclasses import dataclass
@@ -155,25 +156,15 @@ def load_cifar(spec: CifarSpec, root: str | None, download: bool) -> DatasetBund
             f"test images {test_images.shape[1:]}"
         )
     return DatasetBundle(
-        name=spec.name,
-        family=spec.name,
-        classes=read_class_names(directory / meta_file, spec),
+        name=spec.name, family=spec.name, classes=read_class_names(directory / meta_file, spec),
         train=TensorSource(torch.from_numpy(train_images), spec.mean, spec.std, AUGMENT),
         train_labels=np.concatenate([p[1] for p in parts]),
-        test=TensorSource(torch.from_numpy(test_images), spec.mean, spec.std, AUGMENT),
-        test_labels=test_labels,
         train_coarse_labels=np.concatenate([p[2] for p in parts]) if spec.coarse_key else None,
+        test=TensorSource(torch.from_numpy(test_images), spec.mean, spec.std, AUGMENT), test_labels=test_labels,
         default_model="preact_resnet18",
     )
 
 
-@DATASETS.register("cifar10")
-def load_cifar10(root: str | None, download: bool) -> DatasetBundle:
-    """CIFAR-10: 10 classes, 50,000 train / 10,000 test images (``cifar-10-batches-py``)."""
-    return load_cifar(CIFAR10, root, download)
-
-
-@DATASETS.register("cifar100")
-def load_cifar100(root: str | None, download: bool) -> DatasetBundle:
-    """CIFAR-100: 100 fine classes in 20 super-classes, 50,000 train / 10,000 test (``cifar-100-python``)."""
-    return load_cifar(CIFAR100, root, download)
+# CIFAR-10: 10 classes; CIFAR-100: 100 fine classes in 20 super-classes; each 50,000 train / 10,000 test images.
+DATASETS.register("cifar10")(functools.partial(load_cifar, CIFAR10))
+DATASETS.register("cifar100")(functools.partial(load_cifar, CIFAR100))

@@ -56,11 +56,7 @@ def read_split(root: str, list_file: str, kv: dict[str, int], kv_file: str) -> t
 
 @DATASETS.register("clothing1m")
 def load_clothing1m(
-    root: str | None,
-    download: bool,
-    *,
-    image_size: int | None = None,
-    on_bad_image: OnBadImage = "fail",
+    root: str | None, download: bool, *, image_size: int | None = None, on_bad_image: OnBadImage = "fail"
 ) -> DatasetBundle:
     """Load Clothing1M from ``root`` (layout in the module docstring); images ``float32 (B, 3, s, s)``.
 

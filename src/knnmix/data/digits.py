@@ -60,12 +60,7 @@ def load_digits_dataset(root: str | None, download: bool) -> DatasetBundle:
     train = images[train_rows].numpy().astype(np.float64) / 255.0
     mean, std = train.mean(axis=(0, 2, 3)).tolist(), train.std(axis=(0, 2, 3)).tolist()
     return DatasetBundle(
-        name="digits",
-        family="digits",
-        classes=list(CLASSES),
-        train=TensorSource(images[train_rows], mean, std, AUGMENT),
-        train_labels=labels[train_rows],
-        test=TensorSource(images[test_rows], mean, std, AUGMENT),
-        test_labels=labels[test_rows],
-        default_model="small_cnn",
+        name="digits", family="digits", classes=list(CLASSES), default_model="small_cnn",
+        train=TensorSource(images[train_rows], mean, std, AUGMENT), train_labels=labels[train_rows],
+        test=TensorSource(images[test_rows], mean, std, AUGMENT), test_labels=labels[test_rows],
     )

@@ -45,8 +45,6 @@ _CHUNK = 256
 OnBadImage = Literal["fail", "skip"]
 
 
-# ---------------------------------------------------------------------------------------- checks of the listings
-
 
 def listing(items: Sequence[str], limit: int = MAX_LISTED) -> str:
     """``"a, b, c, d, e (and 7 more)"``: the first ``limit`` of ``items``."""
@@ -182,8 +180,6 @@ def require_all_classes(dataset: str, classes: Sequence[str], labels: np.ndarray
     refuse(empty, f"{dataset}: {len(empty)} of {len(classes)} classes have no training images{hint}")
 
 
-# ------------------------------------------------------------------------------------------ decoding, transforms
-
 
 def read_rgb(path: str, min_shorter: int = 1) -> Tensor:
     """Decode the image file ``path`` with Pillow as RGB ``uint8 (3, H, W)``; raises whatever Pillow raises.
@@ -241,8 +237,6 @@ class ImageTransform:
         return random_crop_flip(x, self.augment.crop_padding, self.augment.hflip) if self.small else x
 
 
-# ------------------------------------------------------------------------------------------------------ sources
-
 
 class _Files:
     """Image paths stored compactly: a root plus one key per row (a fixed-width bytes array, cheap to pickle)."""
@@ -298,8 +292,6 @@ class PreloadedSource(_Files, TensorSource):
         if len(self.keys) != images.shape[0]:
             raise ValueError(f"{len(self.keys)} paths for {images.shape[0]} images")
 
-
-# ---------------------------------------------------------------------------------------------- load-time checks
 
 
 def build_source(

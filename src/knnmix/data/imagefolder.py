@@ -105,10 +105,10 @@ def _sorted_labels(labels: set[str]) -> list[str]:
 def read_csv(csv_path: str, base: str, classes: list[str] | None = None) -> LabelledFiles:
     """CSV mode: rows ``path,label`` of ``csv_path``; relative paths are taken below ``base``.
 
-    ``classes`` None: the class list is ``classes.txt`` beside the CSV, else the sorted labels. Given (a test CSV), labels are resolved against it and a
-    ``classes.txt`` beside the CSV must agree with it. Raises a :class:`DataError` listing the first offending lines
-    for: a missing header or wrong columns, malformed rows, a label absent from the class list (or an out-of-range
-    index), a path listed twice, a path naming no file.
+    ``classes`` None: the class list is ``classes.txt`` beside the CSV, else the sorted labels. Given (a test CSV),
+    labels are resolved against it and a ``classes.txt`` beside the CSV must agree with it. Raises a
+    :class:`DataError` listing the first offending lines for: malformed rows, a label absent from the class list (or
+    an out-of-range index), a path listed twice, a path naming no file.
     """
     rows = _read_rows(csv_path)
     classes_file = os.path.join(os.path.dirname(os.path.abspath(csv_path)), CLASSES_FILE)
@@ -186,15 +186,8 @@ def choose_image_size(base: str, keys: Sequence[str], sample: int = SIZE_SAMPLE)
 
 
 @DATASETS.register("imagefolder")
-def load_imagefolder(
-    root: str | None,
-    download: bool,
-    *,
-    image_size: int | None = None,
-    labels_file: str | None = None,
-    test_root: str | None = None,
-    on_bad_image: OnBadImage = "fail",
-) -> DatasetBundle:
+def load_imagefolder(root: str | None, download: bool, *, image_size: int | None = None, labels_file: str | None = None,
+                     test_root: str | None = None, on_bad_image: OnBadImage = "fail") -> DatasetBundle:
     """Load a user's images from ``root`` (folder mode, or CSV mode with ``labels_file``); see the module docstring.
 
     ``download`` is ignored (there is nothing to fetch). Images come out as ``float32 (B, 3, s, s)`` with
@@ -218,13 +211,7 @@ def load_imagefolder(
     sources = build_sources(NAME, train.classes, splits, image_size=image_size, on_bad_image=on_bad_image)
     test_source, test_labels = sources.get("test", (None, None))
     return DatasetBundle(
-        name=NAME,
-        family="generic",
-        classes=train.classes,
-        train=sources["train"][0],
-        train_labels=sources["train"][1],
-        test=test_source,
-        test_labels=test_labels,
-        labels_are_clean=False,
+        name=NAME, family="generic", classes=train.classes, labels_are_clean=False,
         default_model="small_cnn" if image_size <= SMALL_MODEL_MAX_SIDE else "resnet50",
+        train=sources["train"][0], train_labels=sources["train"][1], test=test_source, test_labels=test_labels,
     )

@@ -42,15 +42,8 @@ def imagenet_split(directory: str, synsets: list[str]) -> tuple[list[str], np.nd
 
 
 @DATASETS.register("webvision")
-def load_webvision(
-    root: str | None,
-    download: bool,
-    *,
-    image_size: int | None = None,
-    test_root: str | None = None,
-    on_bad_image: OnBadImage = "fail",
-    first_classes: int | None = None,
-) -> DatasetBundle:
+def load_webvision(root: str | None, download: bool, *, image_size: int | None = None, test_root: str | None = None,
+                   on_bad_image: OnBadImage = "fail", first_classes: int | None = None) -> DatasetBundle:
     """Load WebVision 1.0 (or mini-WebVision with ``first_classes=50``) from ``root``; see the module docstring.
 
     ``test_root``: ImageNet's validation folder (per-synset layout), default ``<root>/imagenet_val`` when it exists.
