@@ -1,10 +1,11 @@
 """Data sets: the registry of loaders (``DATASETS``) and the data contract, both in :mod:`knnmix.data.base`.
 
 Importing this package registers every built-in loader (``digits``, ``fashion-mnist``, ``cifar10``, ``cifar100``,
-``imagefolder``, ``clothing1m``, ``webvision``). A loader is a function ``loader(root: str | None, download: bool, **options) -> DatasetBundle``
-registered with ``@DATASETS.register("name")``; :func:`load_dataset` looks it up and calls it. The keyword options a
-loader declares in its signature (e.g. ``image_size``, ``labels_file``) come from the ``data`` section of the
-config; giving a non-default value for an option the dataset does not use is an error, never silently ignored.
+``imagefolder``, ``clothing1m``, ``webvision``). A loader is a function
+``loader(root: str | None, download: bool, **options) -> DatasetBundle`` registered with
+``@DATASETS.register("name")``; :func:`load_dataset` looks it up and calls it. The keyword options a loader declares
+(e.g. ``image_size``) come from the config's ``data`` section; a non-default value for an option the dataset does
+not use is an error, never silently ignored.
 """
 
 from __future__ import annotations
@@ -15,36 +16,19 @@ from typing import Any
 
 # Importing the loader modules registers them.
 from knnmix.data import cifar, clothing1m, digits, fashion_mnist, imagefolder, webvision  # noqa: F401
-from knnmix.data.base import (
-    DATASETS,
-    Augment,
-    DatasetBundle,
-    DatasetLoader,
-    ImageSource,
-    LabelledDataset,
-    TensorSource,
-    collate_batch,
-)
+from knnmix.data.base import DATASETS, Augment, DatasetBundle, DatasetLoader, ImageSource, LabelledDataset
+from knnmix.data.base import TensorSource, collate_batch
 from knnmix.errors import DataError
 
 
-def load_dataset(
-    name: str,
-    root: str | os.PathLike[str] | None = None,
-    download: bool = False,
-    *,
-    defaults: dict[str, Any] | None = None,
-    **options: Any,
-) -> DatasetBundle:
-    """Load the registered dataset ``name``.
+def load_dataset(name: str, root: str | os.PathLike[str] | None = None, download: bool = False, *,
+                 defaults: dict[str, Any] | None = None, **options: Any) -> DatasetBundle:
+    """Load the registered dataset ``name`` from ``root`` (``None`` or ``""``: its default, see ``docs/data.md``),
+    letting loaders of public data sets fetch missing files first if ``download``.
 
-    ``root`` is the directory holding the data (``None`` or ``""``: the dataset's default, see ``docs/data.md``);
-    ``download`` lets loaders of public data sets fetch missing files into ``root`` first. An unknown ``name``
-    raises the registry's one-line :class:`~knnmix.errors.KnnmixError`; missing or corrupt files raise
-    :class:`~knnmix.errors.DataError`.
-
-    ``options`` are passed to the loader when its signature declares them; an option it does not declare must equal
-    its value in ``defaults`` (the config's default), else :class:`~knnmix.errors.DataError` names it.
+    An unknown ``name`` is the registry's one-line :class:`~knnmix.errors.KnnmixError`; missing or corrupt files are
+    a :class:`~knnmix.errors.DataError`. ``options`` go to the loader when its signature declares them; an option it
+    does not declare must equal its value in ``defaults`` (the config's default), else a ``DataError`` names it.
     """
     loader = DATASETS.get(name)
     accepted = dataset_options(name)
@@ -67,14 +51,6 @@ def dataset_options(name: str) -> set[str]:
 
 
 __all__ = [
-    "DATASETS",
-    "Augment",
-    "DatasetBundle",
-    "DatasetLoader",
-    "ImageSource",
-    "LabelledDataset",
-    "TensorSource",
-    "collate_batch",
-    "dataset_options",
-    "load_dataset",
-]
+    "DATASETS", "Augment", "DatasetBundle", "DatasetLoader", "ImageSource", "LabelledDataset", "TensorSource",
+    "collate_batch", "dataset_options", "load_dataset",
+]  # fmt: skip

@@ -1,4 +1,4 @@
-"""The data contract every dataset follows.
+"""The data contract every dataset follows, and the helpers the loaders share.
 
 A registered dataset loader returns a :class:`DatasetBundle`: image *sources* (things that turn row numbers into
 normalised image tensors) plus the published labels. The engine then injects label noise, carves the noisy
@@ -12,6 +12,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +22,43 @@ from torch.utils.data import Dataset
 
 from knnmix.errors import DataError
 from knnmix.registry import Registry
+
+#: Where downloadable data sets live unless the user passes ``root`` (``data.root``).
+DEFAULT_CACHE_ROOT = "~/.cache/knnmix/data"
+
+
+def cache_root() -> Path:
+    """The knnmix data cache, ``~/.cache/knnmix/data`` with ``~`` expanded."""
+    return Path(DEFAULT_CACHE_ROOT).expanduser()
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message squeezed onto one line (for :class:`~knnmix.errors.DataError` texts)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_labels(labels: Any, n: int, num_classes: int, what: str) -> np.ndarray:
+    """``labels`` as int64 ``(n,)`` in ``[0, num_classes)``, else a :class:`DataError` starting with ``what``."""
+    try:
+        labels = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{what} is not a list of integers: {one_line(e)}") from None
+    if labels.shape != (n,):
+        raise DataError(f"{what} has shape {labels.shape}, expected ({n},) to match the images")
+    if n and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DataError(f"{what} must lie in [0, {num_classes}), found {labels.min()}..{labels.max()}")
+    return labels
+
+
+def torchvision_download(dataset: str, cls: str, root: Path) -> None:
+    """Fetch a public data set into ``root`` through ``torchvision.datasets.<cls>`` (needs internet)."""
+    from torchvision import datasets
+
+    try:
+        getattr(datasets, cls)(str(root), train=True, download=True)
+    except (RuntimeError, OSError) as e:
+        raise DataError(f"could not download {dataset} into {root}: {one_line(e)}") from None
 
 
 class ImageSource(ABC):
@@ -63,9 +102,8 @@ class Normalise:
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        c = len(mean)
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1) * 255.0
-        self.inv_std = 1.0 / (torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1) * 255.0)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+        self.inv_std = 1.0 / (torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0)
 
     def __call__(self, x: Tensor) -> Tensor:
         return x.float().sub_(self.mean).mul_(self.inv_std)
@@ -78,13 +116,7 @@ class TensorSource(ImageSource):
     DataLoader worker processes.
     """
 
-    def __init__(
-        self,
-        images: Tensor,
-        mean: Sequence[float],
-        std: Sequence[float],
-        augment: Augment = Augment(),
-    ) -> None:
+    def __init__(self, images: Tensor, mean: Sequence[float], std: Sequence[float], augment: Augment = Augment()):
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         c = images.shape[1]
@@ -114,14 +146,14 @@ class TensorSource(ImageSource):
 
 def random_crop_flip(x: Tensor, padding: int, hflip: bool) -> Tensor:
     """Independently random-crop (after zero padding) and flip each image of a batch ``(B, C, H, W)``."""
-    b, _, h, w = x.shape
+    b, c, h, w = x.shape
     if padding > 0:
         padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
         dy = torch.randint(0, 2 * padding + 1, (b,))
         dx = torch.randint(0, 2 * padding + 1, (b,))
-        rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]  # (B, 1, H, 1)
-        cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :]  # (B, 1, 1, W)
-        x = padded[torch.arange(b)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None], rows, cols]
+        rows = (dy[:, None] + torch.arange(h))[:, None, :, None]  # (B, 1, H, 1)
+        cols = (dx[:, None] + torch.arange(w))[:, None, None, :]  # (B, 1, 1, W)
+        x = padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
     if hflip:
         flip = torch.rand(b) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
@@ -161,17 +193,16 @@ class DatasetBundle:
         return len(self.classes)
 
     def __post_init__(self) -> None:
-        self.train_labels = _check_labels(self.train_labels, len(self.train), self.num_classes, "train")
-        if self.test is not None:
-            if self.test_labels is None:
-                raise ValueError("a test source needs test labels")
-            self.test_labels = _check_labels(self.test_labels, len(self.test), self.num_classes, "test")
-        if self.val is not None:
-            if self.val_labels is None:
-                raise ValueError("a validation source needs validation labels")
-            self.val_labels = _check_labels(self.val_labels, len(self.val), self.num_classes, "validation")
+        k = self.num_classes
+        self.train_labels = check_labels(self.train_labels, len(self.train), k, "train_labels")
+        for split, name in (("test", "test"), ("val", "validation")):
+            source, labels = getattr(self, split), getattr(self, f"{split}_labels")
+            if source is not None:
+                if labels is None:
+                    raise ValueError(f"a {name} source needs {name} labels")
+                setattr(self, f"{split}_labels", check_labels(labels, len(source), k, f"{split}_labels"))
         for name, (source, labels) in list(self.extra_tests.items()):
-            self.extra_tests[name] = (source, _check_labels(labels, len(source), self.num_classes, name))
+            self.extra_tests[name] = (source, check_labels(labels, len(source), k, f"extra_tests[{name!r}]"))
 
 
 #: The signature every registered dataset loader has (plus the keyword options it declares).
@@ -181,12 +212,12 @@ DatasetLoader = Callable[..., DatasetBundle]
 DATASETS: Registry[DatasetLoader] = Registry("dataset")
 
 
-def _check_labels(labels: np.ndarray, n: int, num_classes: int, split: str) -> np.ndarray:
-    labels = np.asarray(labels, dtype=np.int64)
-    if labels.shape != (n,):
-        raise DataError(f"{split} labels have shape {labels.shape}, expected ({n},)")
-    if n and (labels.min() < 0 or labels.max() >= num_classes):
-        raise DataError(f"{split} labels must lie in [0, {num_classes}), found {labels.min()}..{labels.max()}")
+def _frozen_labels(labels: np.ndarray, rows: np.ndarray, what: str) -> np.ndarray:
+    """A read-only int64 copy of ``labels``, one per row."""
+    labels = np.array(labels, dtype=np.int64, copy=True)
+    if labels.shape != rows.shape:
+        raise ValueError(f"{len(labels)} {what} for {len(rows)} rows")
+    labels.setflags(write=False)
     return labels
 
 
@@ -198,31 +229,14 @@ class LabelledDataset(Dataset):
     Batched access through ``__getitems__`` returns already-collated tensors (use :func:`collate_batch`).
     """
 
-    def __init__(
-        self,
-        source: ImageSource,
-        rows: np.ndarray,
-        given_labels: np.ndarray,
-        classes: Sequence[str],
-        true_labels: np.ndarray | None = None,
-        augment: bool = False,
-    ) -> None:
-        rows = np.asarray(rows, dtype=np.int64)
-        given = np.array(given_labels, dtype=np.int64, copy=True)
-        if given.shape != rows.shape:
-            raise ValueError(f"{len(given)} labels for {len(rows)} rows")
-        given.setflags(write=False)
-        if true_labels is not None:
-            true_labels = np.array(true_labels, dtype=np.int64, copy=True)
-            if true_labels.shape != rows.shape:
-                raise ValueError(f"{len(true_labels)} true labels for {len(rows)} rows")
-            true_labels.setflags(write=False)
+    def __init__(self, source: ImageSource, rows: np.ndarray, given_labels: np.ndarray, classes: Sequence[str],
+                 true_labels: np.ndarray | None = None, augment: bool = False) -> None:
         self.source = source
-        self.rows = rows
-        self._rows_t = torch.from_numpy(rows)
-        self.given_labels = given
-        self._given_t = torch.from_numpy(given.copy())
-        self.true_labels = true_labels
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self._rows_t = torch.from_numpy(self.rows)
+        self.given_labels = _frozen_labels(given_labels, self.rows, "labels")
+        self._given_t = torch.tensor(self.given_labels)
+        self.true_labels = None if true_labels is None else _frozen_labels(true_labels, self.rows, "true labels")
         self.classes = list(classes)
         self.augment = augment
 
@@ -240,20 +254,15 @@ class LabelledDataset(Dataset):
     def subset(self, positions: np.ndarray) -> LabelledDataset:
         """A new dataset of the samples at ``positions`` (re-indexed ``0 .. len-1``), same source and view."""
         positions = np.asarray(positions, dtype=np.int64)
+        true = None if self.true_labels is None else self.true_labels[positions]
         return LabelledDataset(
-            self.source,
-            self.rows[positions],
-            self.given_labels[positions],
-            self.classes,
-            true_labels=None if self.true_labels is None else self.true_labels[positions],
-            augment=self.augment,
+            self.source, self.rows[positions], self.given_labels[positions], self.classes, true, self.augment
         )
 
     def view(self, *, augment: bool) -> LabelledDataset:
         """The same samples and labels, loaded with or without augmentation."""
         other = object.__new__(LabelledDataset)
-        other.__dict__.update(self.__dict__)
-        other.augment = augment
+        other.__dict__.update(self.__dict__, augment=augment)
         return other
 
     def __getitem__(self, i: int) -> tuple[Tensor, int, int]:

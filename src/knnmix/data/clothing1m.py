@@ -1,18 +1,10 @@
 """``clothing1m``: Clothing1M (Xiao et al. 2015), ~1M online-shopping photos of 14 classes with real noisy labels.
 
-The published layout below ``root`` (``data.root``, required; the data cannot be downloaded automatically)::
-
-    images/0/00/<id>.jpg ...
-    annotations/noisy_label_kv.txt        lines "images/0/00/<id>.jpg 12" (key, noisy label 0..13)
-    annotations/clean_label_kv.txt        lines "<key> <clean label>"
-    annotations/noisy_train_key_list.txt  one key per line: the training images (noisy labels)
-    annotations/clean_val_key_list.txt    the clean validation images
-    annotations/clean_test_key_list.txt   the clean test images
-
-Train = ``noisy_train_key_list`` with noisy labels (``labels_are_clean=False``); ``val`` = ``clean_val_key_list``
-with clean labels (the shipped clean validation split, so runs need ``data.val_fraction=0``); test =
-``clean_test_key_list`` with clean labels. The usual per-epoch class-balanced subsample of the noisy training set is
-drawn by the engine (``data.epoch_samples``, e.g. 64000), not here.
+Below ``root`` (required; distributed by its authors on request): ``images/`` and ``annotations/`` with the noisy and
+clean ``<key> <label>`` files and the train, validation and test key lists (layout: ``docs/data.md``). Train = the
+noisy training keys with noisy labels; ``val`` and test = the clean lists with clean labels (the shipped validation
+split, so runs need ``data.val_fraction=0``). The engine draws the usual per-epoch class-balanced subsample
+(``data.epoch_samples``).
 """
 
 from __future__ import annotations
@@ -22,8 +14,8 @@ import os
 import numpy as np
 
 from knnmix.data.base import DATASETS, DatasetBundle
-from knnmix.data.files import OnBadImage, build_sources, dataset_root, listing, parse_labels  # noqa: I001
-from knnmix.data.files import read_columns, require_all_classes, require_file, require_listed
+from knnmix.data.files import OnBadImage, build_sources, check_options, data_root, read_list, refuse
+from knnmix.data.files import require_all_classes, require_file, require_listed
 from knnmix.errors import DataError
 
 NAME = "clothing1m"
@@ -42,9 +34,8 @@ FILES = (NOISY_KV, CLEAN_KV, TRAIN_KEYS, VAL_KEYS, TEST_KEYS)
 
 def read_kv(path: str) -> dict[str, int]:
     """A ``<key> <label>`` file as a dict; malformed lines or labels outside 0..13 are a :class:`DataError`."""
-    rows = read_columns(path, NAME, 2, "'<image key> <label>'")
-    labels = parse_labels(rows, 1, path, NAME, len(CLASSES))
-    return {tokens[0]: int(label) for (_, tokens), label in zip(rows, labels)}
+    keys, labels, _ = read_list(path, NAME, "'<image key> <label>'", len(CLASSES))
+    return dict(zip(keys, labels.tolist()))
 
 
 def read_split(root: str, list_file: str, kv: dict[str, int], kv_file: str) -> tuple[list[str], np.ndarray]:
@@ -54,14 +45,9 @@ def read_split(root: str, list_file: str, kv: dict[str, int], kv_file: str) -> t
     offenders with their line numbers.
     """
     path = os.path.join(root, list_file)
-    rows = read_columns(path, NAME, 1, "one image key")
-    keys = [tokens[0] for _, tokens in rows]
-    lines = [number for number, _ in rows]
+    keys, _, lines = read_list(path, NAME, "one image key", labelled=False)
     absent = [f"line {n}: {k}" for n, k in zip(lines, keys) if k not in kv]
-    if absent:
-        raise DataError(
-            f"{NAME}: {len(absent)} keys of {path} are missing from {os.path.join(root, kv_file)}: {listing(absent)}"
-        )
+    refuse(absent, f"{NAME}: {len(absent)} keys of {path} are missing from {os.path.join(root, kv_file)}")
     if not keys:
         raise DataError(f"{NAME}: {path} lists no images")
     require_listed(NAME, root, keys, path, lines)
@@ -70,32 +56,25 @@ def read_split(root: str, list_file: str, kv: dict[str, int], kv_file: str) -> t
 
 @DATASETS.register("clothing1m")
 def load_clothing1m(
-    root: str | None,
-    download: bool,
-    *,
-    image_size: int | None = None,
-    on_bad_image: OnBadImage = "fail",
+    root: str | None, download: bool, *, image_size: int | None = None, on_bad_image: OnBadImage = "fail"
 ) -> DatasetBundle:
     """Load Clothing1M from ``root`` (layout in the module docstring); images ``float32 (B, 3, s, s)``.
 
     ``download`` is ignored: Clothing1M is distributed by its authors on request.
     """
-    root, image_size = dataset_root(NAME, root, image_size, on_bad_image, "Clothing1M folder (holding images/ and annotations/)")
+    check_options(NAME, image_size, on_bad_image)
+    root = data_root(NAME, root, "Clothing1M folder (holding images/ and annotations/)")
     for name in FILES:
         require_file(os.path.join(root, name), NAME, " (Clothing1M's published annotations/ folder)")
-    noisy = read_kv(os.path.join(root, NOISY_KV))
-    clean = read_kv(os.path.join(root, CLEAN_KV))
-
+    noisy, clean = read_kv(os.path.join(root, NOISY_KV)), read_kv(os.path.join(root, CLEAN_KV))
     listed = {
-        "train": read_split(root, TRAIN_KEYS, noisy, NOISY_KV),
-        "validation": read_split(root, VAL_KEYS, clean, CLEAN_KV),
-        "test": read_split(root, TEST_KEYS, clean, CLEAN_KV),
+        "train": (root, *read_split(root, TRAIN_KEYS, noisy, NOISY_KV)),
+        "validation": (root, *read_split(root, VAL_KEYS, clean, CLEAN_KV)),
+        "test": (root, *read_split(root, TEST_KEYS, clean, CLEAN_KV)),
     }
     del noisy, clean  # the noisy kv file holds ~1M entries
-    require_all_classes(NAME, CLASSES, listed["train"][1], f" in {os.path.join(root, TRAIN_KEYS)}")
-    # Every list is consistent: now check (or preload) the images themselves.
-    files = {split: (root, keys, labels) for split, (keys, labels) in listed.items()}
-    splits = build_sources(NAME, CLASSES, files, image_size=image_size, on_bad_image=on_bad_image)
+    require_all_classes(NAME, CLASSES, listed["train"][2], f" in {os.path.join(root, TRAIN_KEYS)}")
+    splits = build_sources(NAME, CLASSES, listed, image_size=image_size, on_bad_image=on_bad_image)
     return DatasetBundle(
         name=NAME, family="generic", classes=list(CLASSES), labels_are_clean=False, default_model="resnet50",
         train=splits["train"][0], train_labels=splits["train"][1], val=splits["validation"][0],

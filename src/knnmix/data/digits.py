@@ -12,7 +12,6 @@ import math
 import numpy as np
 import torch
 
-from knnmix.data._common import channel_stats
 from knnmix.data.base import DATASETS, Augment, DatasetBundle, TensorSource
 
 #: Seed of the fixed train/test split (never a run's seed).
@@ -25,9 +24,7 @@ CLASSES = [str(d) for d in range(10)]
 AUGMENT = Augment(crop_padding=1, hflip=False)
 
 
-def stratified_split(
-    labels: np.ndarray, test_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split row numbers into sorted ``(train_rows, test_rows)`` with every class in proportion.
 
     The test split has ``ceil(test_fraction * n)`` rows; each class gets its share rounded by largest
@@ -40,35 +37,30 @@ def stratified_split(
     classes, counts = np.unique(labels, return_counts=True)
     quota = counts * n_test / n
     take = np.floor(quota).astype(np.int64)
-    short = n_test - int(take.sum())
-    take[np.argsort(-(quota - take), kind="stable")[:short]] += 1
+    take[np.argsort(-(quota - take), kind="stable")[: n_test - int(take.sum())]] += 1
     rng = np.random.RandomState(seed)
-    test_parts = [
-        rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take, strict=True)
-    ]
     is_test = np.zeros(n, dtype=bool)
-    is_test[np.concatenate(test_parts)] = True
+    for c, k in zip(classes, take, strict=True):
+        is_test[rng.permutation(np.flatnonzero(labels == c))[:k]] = True
     return np.flatnonzero(~is_test), np.flatnonzero(is_test)
 
 
 @DATASETS.register("digits")
 def load_digits_dataset(root: str | None, download: bool) -> DatasetBundle:
-    """Load scikit-learn's digits as uint8 ``(N, 1, 8, 8)`` images; ``root`` and ``download`` are ignored."""
+    """Load scikit-learn's digits as uint8 ``(N, 1, 8, 8)`` images; ``root`` and ``download`` are ignored.
+
+    Normalised with the training images' per-channel mean and (population) standard deviation.
+    """
     from sklearn.datasets import load_digits
 
     raw = load_digits()
-    images = np.rint(raw.images * (255.0 / 16.0)).astype(np.uint8)[:, None, :, :]
+    images = torch.from_numpy(np.rint(raw.images * (255.0 / 16.0)).astype(np.uint8)[:, None, :, :])
     labels = raw.target.astype(np.int64)
     train_rows, test_rows = stratified_split(labels, TEST_FRACTION, SPLIT_SEED)
-    train_images = images[train_rows]
-    mean, std = channel_stats(train_images)
+    train = images[train_rows].numpy().astype(np.float64) / 255.0
+    mean, std = train.mean(axis=(0, 2, 3)).tolist(), train.std(axis=(0, 2, 3)).tolist()
     return DatasetBundle(
-        name="digits",
-        family="digits",
-        classes=list(CLASSES),
-        train=TensorSource(torch.from_numpy(train_images), mean, std, AUGMENT),
-        train_labels=labels[train_rows],
-        test=TensorSource(torch.from_numpy(images[test_rows]), mean, std, AUGMENT),
-        test_labels=labels[test_rows],
-        default_model="small_cnn",
+        name="digits", family="digits", classes=list(CLASSES), default_model="small_cnn",
+        train=TensorSource(images[train_rows], mean, std, AUGMENT), train_labels=labels[train_rows],
+        test=TensorSource(images[test_rows], mean, std, AUGMENT), test_labels=labels[test_rows],
     )

@@ -1,19 +1,8 @@
 """``imagefolder``: a user's own images with the labels they were given (not trusted: ``labels_are_clean=False``).
 
-Two layouts of ``root`` (``data.root``, required):
-
-- **folder mode** (no ``data.labels_file``): one sub-folder per class, ``root/<class>/**/<image>``; class names are
-  the sorted folder names, images are found recursively inside each class folder (:data:`IMAGE_EXTENSIONS`);
-- **CSV mode** (``data.labels_file``): a CSV with a ``path,label`` header; ``path`` is relative to ``root`` (or
-  absolute), ``label`` a class name or an integer index into the class list. The class list is ``classes.txt``
-  beside the CSV (one name per line, line order = class index) if present, else the sorted set of labels
-  (numerically sorted when every label is an integer). A class with a single image in the training CSV is warned
-  about (:class:`~knnmix.errors.KnnmixWarning`): a mistyped label becomes such a class.
-
-``data.test_root`` (optional) is a second folder (folder mode) or CSV file (paths relative to the CSV's folder) with
-trusted labels, reported as the test split; its labels are resolved against the training class list.
-Images are decoded and transformed as described in :mod:`knnmix.data.files`; ``image_size=None`` chooses the side
-from the images (:func:`choose_image_size`).
+``root`` holds one sub-folder per class (folder mode), or ``data.labels_file`` is a ``path,label`` CSV (CSV mode,
+class list from a ``classes.txt`` beside it or the sorted labels); ``data.test_root`` is a second folder or CSV with
+trusted labels, the test split. ``image_size=None`` chooses the side from the images. Details: ``docs/data.md``.
 """
 
 from __future__ import annotations
@@ -27,20 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from knnmix.data._common import as_path, one_line
-from knnmix.data.base import DATASETS, DatasetBundle
-from knnmix.data.files import (
-    IMAGE_EXTENSIONS,
-    OnBadImage,
-    as_int,
-    build_sources,
-    check_options,
-    duplicates,
-    find_images,
-    listing,
-    require_all_classes,
-    require_dir,
-)
+from knnmix.data.base import DATASETS, DatasetBundle, one_line
+from knnmix.data.files import IMAGE_EXTENSIONS, OnBadImage, as_int, build_sources, check_options, data_root
+from knnmix.data.files import find_images, listing, read_names, refuse, require_all_classes, require_dir
 from knnmix.errors import DataError, KnnmixWarning
 
 NAME = "imagefolder"
@@ -64,9 +42,6 @@ class LabelledFiles:
     classes: list[str]
 
 
-# --------------------------------------------------------------------------------------------------- folder mode
-
-
 def read_folder(root: str, classes: list[str] | None = None) -> LabelledFiles:
     """Folder mode: every image below ``root/<class>/`` (:func:`~knnmix.data.files.find_images`).
 
@@ -82,65 +57,18 @@ def read_folder(root: str, classes: list[str] | None = None) -> LabelledFiles:
         )
     classes = folders if classes is None else classes
     unknown = [repr(f) for f in folders if f not in classes]
-    if unknown:
-        raise DataError(
-            f"{NAME}: {len(unknown)} class folders under {root} are not training classes: {listing(unknown)}"
-        )
-    index = {c: i for i, c in enumerate(classes)}
-    keys, labels = find_images(root, {f: index[f] for f in folders})
+    refuse(unknown, f"{NAME}: {len(unknown)} class folders under {root} are not training classes")
+    keys, labels = find_images(root, {f: classes.index(f) for f in folders})
     counts = np.bincount(labels, minlength=len(classes))
-    empty = [repr(f) for f in folders if counts[index[f]] == 0]
-    if empty:
-        raise DataError(
-            f"{NAME}: {len(empty)} class folders under {root} hold no images "
-            f"({'/'.join(IMAGE_EXTENSIONS)}): {listing(empty)}"
-        )
+    empty = [repr(f) for f in folders if counts[classes.index(f)] == 0]
+    refuse(empty, f"{NAME}: {len(empty)} class folders under {root} hold no images ({'/'.join(IMAGE_EXTENSIONS)})")
     return LabelledFiles(root, keys, labels, list(classes))
 
 
-# ------------------------------------------------------------------------------------------------------ CSV mode
-
-
-def read_classes_file(path: str) -> list[str]:
-    """Class names of a ``classes.txt``: one per non-blank line, stripped, in class-index order, no duplicates."""
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            names = [line.strip() for line in f if line.strip()]
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{NAME}: cannot read {path}: {one_line(e)}") from None
-    if not names:
-        raise DataError(f"{NAME}: {path} lists no class names")
-    dups = [repr(name) for name in duplicates(names)]
-    if dups:
-        raise DataError(f"{NAME}: {path} lists {len(dups)} class names twice: {listing(dups)}")
-    return names
-
-
-def _sorted_labels(labels: set[str]) -> list[str]:
-    """The sorted set of label names; numerically sorted when every one is an integer (``"2"`` before ``"10"``)."""
-    try:
-        return sorted(labels, key=int)
-    except ValueError:
-        return sorted(labels)
-
-
-def _resolve(label: str, index: dict[str, int], n: int) -> int:
-    """A label's class index: the class of that name, else an integer index in ``[0, n)``; -1 if neither."""
-    i = index[label] if label in index else as_int(label, -1)
-    return i if 0 <= i < n else -1
-
-
-def read_csv(csv_path: str, base: str, classes: list[str] | None = None) -> LabelledFiles:
-    """CSV mode: rows ``path,label`` of ``csv_path``; relative paths are taken below ``base``.
-
-    ``classes`` None: the class list is ``classes.txt`` beside the CSV, else the sorted labels. Given (a test CSV),
-    labels are resolved against it and a ``classes.txt`` beside the CSV must agree with it. Raises a
-    :class:`DataError` listing the first offending lines for: a missing header or wrong columns, malformed rows, a
-    label absent from the class list (or an out-of-range index), a path listed twice, a path naming no file.
-    """
-    training = classes is None
-    rows: list[tuple[int, str, str]] = []  # (line number, path, label)
-    malformed: list[str] = []
+def _read_rows(csv_path: str) -> list[tuple[int, str, str]]:
+    """The ``(line number, path, label)`` of each non-blank row of a ``path,label`` CSV (any column order, extra
+    columns ignored); a missing header or a row without a path or label is a :class:`DataError`."""
+    rows, malformed = [], []
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
@@ -153,23 +81,39 @@ def read_csv(csv_path: str, base: str, classes: list[str] | None = None) -> Labe
             for row in reader:
                 if not any(cell.strip() for cell in row):
                     continue
-                path = row[pi].strip() if len(row) == len(columns) else ""
-                label = row[li].strip() if len(row) == len(columns) else ""
+                path, label = (row[pi].strip(), row[li].strip()) if len(row) == len(columns) else ("", "")
                 if not path or not label:
                     malformed.append(f"line {reader.line_num}: {','.join(row)[:80]!r}")
                 rows.append((reader.line_num, path, label))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"{NAME}: cannot read {csv_path}: {one_line(e)}") from None
-    if malformed:
-        raise DataError(
-            f"{NAME}: {csv_path} has {len(malformed)} rows without {len(columns)} fields and a non-empty path and "
-            f"label: {listing(malformed)}"
-        )
+    refuse(malformed, f"{NAME}: {csv_path} has {len(malformed)} rows without {len(columns)} fields and a "
+                      "non-empty path and label")
     if not rows:
         raise DataError(f"{NAME}: {csv_path} lists no images")
+    return rows
 
+
+def _sorted_labels(labels: set[str]) -> list[str]:
+    """The sorted set of label names; numerically sorted when every one is an integer (``"2"`` before ``"10"``)."""
+    try:
+        return sorted(labels, key=int)
+    except ValueError:
+        return sorted(labels)
+
+
+def read_csv(csv_path: str, base: str, classes: list[str] | None = None) -> LabelledFiles:
+    """CSV mode: rows ``path,label`` of ``csv_path``; relative paths are taken below ``base``.
+
+    ``classes`` None: the class list is ``classes.txt`` beside the CSV, else the sorted labels. Given (a test CSV),
+    labels are resolved against it and a ``classes.txt`` beside the CSV must agree with it. Raises a
+    :class:`DataError` listing the first offending lines for: malformed rows, a label absent from the class list (or
+    an out-of-range index), a path listed twice, a path naming no file.
+    """
+    rows = _read_rows(csv_path)
     classes_file = os.path.join(os.path.dirname(os.path.abspath(csv_path)), CLASSES_FILE)
-    listed = read_classes_file(classes_file) if os.path.isfile(classes_file) else None
+    listed = read_names(classes_file, NAME, "class names") if os.path.isfile(classes_file) else None
+    training = classes is None
     if classes is None:
         classes = listed if listed is not None else _sorted_labels({label for _, _, label in rows})
         origin = classes_file if listed is not None else "the sorted labels"
@@ -179,70 +123,49 @@ def read_csv(csv_path: str, base: str, classes: list[str] | None = None) -> Labe
         origin = "the training class list"
 
     index = {c: i for i, c in enumerate(classes)}
-    labels = np.array([_resolve(label, index, len(classes)) for _, _, label in rows], dtype=np.int64)
+    labels = np.array([index.get(label, as_int(label, -1)) for _, _, label in rows], dtype=np.int64)
+    labels[labels >= len(classes)] = -1
     unknown = [f"line {number}: {label!r}" for (number, _, label), c in zip(rows, labels) if c < 0]
-    if unknown:
-        raise DataError(
-            f"{NAME}: {csv_path} has {len(unknown)} labels absent from the class list ({len(classes)} classes from "
-            f"{origin}; integer labels must lie in 0..{len(classes) - 1}): {listing(unknown)}"
-        )
+    refuse(unknown, f"{NAME}: {csv_path} has {len(unknown)} labels absent from the class list ({len(classes)} "
+                    f"classes from {origin}; integer labels must lie in 0..{len(classes) - 1})")
 
     keys = [os.path.normpath(p) for _, p, _ in rows]
     first_line: dict[str, int] = {}
-    dups: list[str] = []
+    dups, missing = [], []
     for (number, path, _), key in zip(rows, keys):
         full = os.path.normpath(os.path.join(base, key))
         if full in first_line:
             dups.append(f"line {number}: {path!r} (also line {first_line[full]})")
-        else:
-            first_line[full] = number
-    if dups:
-        raise DataError(f"{NAME}: {csv_path} lists {len(dups)} paths more than once: {listing(dups)}")
-
-    missing = [
-        f"line {number}: {path!r}"
-        for (number, path, _), key in zip(rows, keys)
-        if not os.path.isfile(os.path.join(base, key))
-    ]
-    if missing:
-        raise DataError(f"{NAME}: {csv_path} names {len(missing)} images missing under {base}: {listing(missing)}")
-    if training:  # a mistyped label in a training CSV becomes a class of its own, with a single image
-        counts = np.bincount(labels, minlength=len(classes))
-        single = [f"{classes[c]!r} (line {number})" for (number, _, _), c in zip(rows, labels) if counts[c] == 1]
-        if single:
-            warnings.warn(
-                f"{NAME}: {len(single)} of {len(classes)} classes in {csv_path} have a single image (a mistyped "
-                f"label?): {listing(single)}", KnnmixWarning, stacklevel=2,
-            )
+        first_line.setdefault(full, number)
+        if not os.path.isfile(os.path.join(base, key)):
+            missing.append(f"line {number}: {path!r}")
+    refuse(dups, f"{NAME}: {csv_path} lists {len(dups)} paths more than once")
+    refuse(missing, f"{NAME}: {csv_path} names {len(missing)} images missing under {base}")
+    counts = np.bincount(labels, minlength=len(classes))
+    single = [f"{classes[c]!r} (line {number})" for (number, _, _), c in zip(rows, labels) if counts[c] == 1]
+    if training and single:  # a mistyped label in a training CSV becomes a class of its own, with a single image
+        warnings.warn(
+            f"{NAME}: {len(single)} of {len(classes)} classes in {csv_path} have a single image (a mistyped "
+            f"label?): {listing(single)}", KnnmixWarning, stacklevel=2,
+        )  # fmt: skip
     return LabelledFiles(base, keys, labels, list(classes))
 
 
-def _labels_file(labels_file: str, root: str) -> str:
-    """``labels_file`` as given (``~`` expanded) if it is a file, else below ``root``; else a :class:`DataError`."""
-    given = str(as_path(labels_file))
-    for candidate in (given, os.path.join(root, given)):
-        if os.path.isfile(candidate):
-            return os.path.abspath(candidate)
-    raise DataError(f"{NAME}: data.labels_file {labels_file} does not exist (nor below {root})")
-
-
-def read_split(location: str, classes: list[str] | None = None) -> LabelledFiles:
-    """A test location: a CSV file (paths relative to its folder) or a folder in folder mode."""
-    if os.path.isfile(location):
-        return read_csv(location, os.path.dirname(os.path.abspath(location)), classes)
-    return read_folder(location, classes)
-
-
 def read_train(root: str | None, labels_file: str | None = None) -> LabelledFiles:
-    """The training split of ``root`` (folder mode, or CSV mode with ``labels_file``), with at least 2 classes and
-    an image in every class."""
-    if not root:
-        raise DataError(f"{NAME}: set data.root to the folder holding your images")
-    root = require_dir(os.path.abspath(as_path(root)), NAME)
-    # Folder mode already refused empty class folders; a classes.txt may list classes without rows.
-    train = read_csv(_labels_file(labels_file, root), root) if labels_file else read_folder(root)
+    """The training split of ``root`` (folder mode, or CSV mode with ``labels_file``, looked up as given, then
+    below ``root``), with at least 2 classes and an image in every class."""
+    root = data_root(NAME, root, "folder holding your images")
+    if labels_file:
+        given = os.path.expanduser(labels_file)
+        csv_path = next((p for p in (given, os.path.join(root, given)) if os.path.isfile(p)), None)
+        if csv_path is None:
+            raise DataError(f"{NAME}: data.labels_file {labels_file} does not exist (nor below {root})")
+        train = read_csv(os.path.abspath(csv_path), root)
+    else:
+        train = read_folder(root)
     if len(train.classes) < 2:
         raise DataError(f"{NAME}: the data holds a single class {train.classes[0]!r}; at least 2 are needed")
+    # Folder mode already refused empty class folders; a classes.txt may list classes without rows.
     require_all_classes(NAME, train.classes, train.labels, f" (remove them from {CLASSES_FILE} or add images)")
     return train
 
@@ -262,50 +185,33 @@ def choose_image_size(base: str, keys: Sequence[str], sample: int = SIZE_SAMPLE)
     return next((side for side in AUTO_SIDES if median <= side), AUTO_SIDES[-1])
 
 
-# --------------------------------------------------------------------------------------------------------- loader
-
-
 @DATASETS.register("imagefolder")
-def load_imagefolder(
-    root: str | None,
-    download: bool,
-    *,
-    image_size: int | None = None,
-    labels_file: str | None = None,
-    test_root: str | None = None,
-    on_bad_image: OnBadImage = "fail",
-) -> DatasetBundle:
+def load_imagefolder(root: str | None, download: bool, *, image_size: int | None = None, labels_file: str | None = None,
+                     test_root: str | None = None, on_bad_image: OnBadImage = "fail") -> DatasetBundle:
     """Load a user's images from ``root`` (folder mode, or CSV mode with ``labels_file``); see the module docstring.
 
     ``download`` is ignored (there is nothing to fetch). Images come out as ``float32 (B, 3, s, s)`` with
     ``s = image_size`` (None: :func:`choose_image_size`); ``default_model`` is the small CNN up to 64 pixels, else
     ResNet-50. Bad images fail the load or are skipped with one warning (``on_bad_image``).
     """
-    check_options(NAME, AUTO_SIDES[-1] if image_size is None else image_size, on_bad_image)
+    check_options(NAME, image_size, on_bad_image)
     train = read_train(root, labels_file)
     if image_size is None:
         image_size = choose_image_size(train.base, train.keys)
-    test = None
+    splits = {"train": (train.base, train.keys, train.labels)}
     if test_root:
-        location = os.path.abspath(as_path(test_root))
+        location = os.path.abspath(os.path.expanduser(test_root))
         if not os.path.exists(location):
             raise DataError(f"{NAME}: data.test_root {location} does not exist")
-        test = read_split(location, train.classes)
-
-    # Every list is consistent: now check (or preload) the images themselves.
-    listed = {"train": (train.base, train.keys, train.labels)}
-    if test is not None:
-        listed["test"] = (test.base, test.keys, test.labels)
-    splits = build_sources(NAME, train.classes, listed, image_size=image_size, on_bad_image=on_bad_image)
-    test_source, test_labels = splits.get("test", (None, None))
+        if os.path.isfile(location):  # a CSV, paths relative to its folder
+            test = read_csv(location, os.path.dirname(location), train.classes)
+        else:
+            test = read_folder(location, train.classes)
+        splits["test"] = (test.base, test.keys, test.labels)
+    sources = build_sources(NAME, train.classes, splits, image_size=image_size, on_bad_image=on_bad_image)
+    test_source, test_labels = sources.get("test", (None, None))
     return DatasetBundle(
-        name=NAME,
-        family="generic",
-        classes=train.classes,
-        train=splits["train"][0],
-        train_labels=splits["train"][1],
-        test=test_source,
-        test_labels=test_labels,
-        labels_are_clean=False,
+        name=NAME, family="generic", classes=train.classes, labels_are_clean=False,
         default_model="small_cnn" if image_size <= SMALL_MODEL_MAX_SIDE else "resnet50",
+        train=sources["train"][0], train_labels=sources["train"][1], test=test_source, test_labels=test_labels,
     )

@@ -1,18 +1,10 @@
 """``webvision``: WebVision 1.0 (Li et al. 2017), web images of ImageNet's 1000 classes with real noisy labels.
 
-Layout below ``root`` (``data.root``, required; the resized release, downloaded by hand)::
-
-    info/train_filelist_google.txt   lines "google/q0001/00000001.jpg 0" (path below root, class 0..999)
-    info/val_filelist.txt            lines "val000001.JPEG 0" (images in val_images_256/)
-    info/synsets.txt                 optional: one line per class, first token the WordNet id (n01440764 ...)
-    google/q0001/00000001.jpg ...
-    val_images_256/val000001.JPEG ...
-
-Train = the Google images (the Flickr file list is not used) with their web labels (``labels_are_clean=False``);
-test = WebVision's validation images. ``data.first_classes=50`` gives mini-WebVision (the first 50 classes).
-ImageNet's validation images of the same classes are a second test set, ``extra_tests["imagenet"]``, when
-``data.test_root`` is given or ``<root>/imagenet_val`` exists: a folder in per-synset layout
-(``<dir>/n01440764/*.JPEG``), matched to WebVision's classes through ``info/synsets.txt``.
+Below ``root`` (required; the resized release, downloaded by hand): ``info/`` (file lists, optional ``synsets.txt``),
+``google/`` and ``val_images_256/`` (layout: ``docs/data.md``). Train = the Google images with their web labels;
+test = WebVision's validation images; ``data.first_classes=50`` gives mini-WebVision. ImageNet's validation images
+of the kept classes (per-synset folders in ``data.test_root`` or ``<root>/imagenet_val``) are a second test set,
+``extra_tests["imagenet"]``.
 """
 
 from __future__ import annotations
@@ -21,10 +13,9 @@ import os
 
 import numpy as np
 
-from knnmix.data._common import as_path
 from knnmix.data.base import DATASETS, DatasetBundle
-from knnmix.data.files import OnBadImage, build_sources, dataset_root, duplicates, find_images, listing, parse_labels  # noqa: I001
-from knnmix.data.files import read_columns, require_all_classes, require_dir, require_file, require_listed
+from knnmix.data.files import OnBadImage, build_sources, check_options, data_root, find_images, read_list, read_names
+from knnmix.data.files import refuse, require_all_classes, require_dir, require_file, require_listed
 from knnmix.errors import DataError
 
 NAME = "webvision"
@@ -36,28 +27,6 @@ VAL_DIR = "val_images_256"
 IMAGENET_VAL_DIR = "imagenet_val"
 
 
-def read_synsets(path: str) -> list[str]:
-    """WordNet ids in class order: the first token of each non-blank line of ``synsets.txt`` (no duplicates)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            ids = [line.split()[0] for line in f if line.strip()]
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{NAME}: cannot read {path}: {e}") from None
-    if not ids:
-        raise DataError(f"{NAME}: {path} lists no synsets")
-    dups = duplicates(ids)
-    if dups:
-        raise DataError(f"{NAME}: {path} lists {len(dups)} synsets twice: {listing(dups)}")
-    return ids
-
-
-def read_list(path: str, num_classes: int | None) -> tuple[list[str], np.ndarray, list[int]]:
-    """A ``<path> <label>`` file list: ``(paths, labels (N,), line numbers)``."""
-    rows = read_columns(path, NAME, 2, "'<image path> <label>'")
-    labels = parse_labels(rows, 1, path, NAME, num_classes)
-    return [tokens[0] for _, tokens in rows], labels, [n for n, _ in rows]
-
-
 def imagenet_split(directory: str, synsets: list[str]) -> tuple[list[str], np.ndarray]:
     """ImageNet validation images of classes ``0 .. len(synsets)-1`` from ``directory/<synset>/``: ``(keys, labels)``.
 
@@ -67,41 +36,30 @@ def imagenet_split(directory: str, synsets: list[str]) -> tuple[list[str], np.nd
     keys, labels = find_images(directory, {synset: c for c, synset in enumerate(synsets)})
     counts = np.bincount(labels, minlength=len(synsets))
     missing = [synset for c, synset in enumerate(synsets) if counts[c] == 0]
-    if missing:
-        raise DataError(
-            f"{NAME}: the ImageNet validation folder {directory} has no images for {len(missing)} of the "
-            f"{len(synsets)} classes (expected {directory}/<synset>/*.JPEG): {listing(missing)}"
-        )
+    refuse(missing, f"{NAME}: the ImageNet validation folder {directory} has no images for {len(missing)} of the "
+                    f"{len(synsets)} classes (expected {directory}/<synset>/*.JPEG)")
     return keys, labels
 
 
 @DATASETS.register("webvision")
-def load_webvision(
-    root: str | None,
-    download: bool,
-    *,
-    image_size: int | None = None,
-    test_root: str | None = None,
-    on_bad_image: OnBadImage = "fail",
-    first_classes: int | None = None,
-) -> DatasetBundle:
+def load_webvision(root: str | None, download: bool, *, image_size: int | None = None, test_root: str | None = None,
+                   on_bad_image: OnBadImage = "fail", first_classes: int | None = None) -> DatasetBundle:
     """Load WebVision 1.0 (or mini-WebVision with ``first_classes=50``) from ``root``; see the module docstring.
 
     ``test_root``: ImageNet's validation folder (per-synset layout), default ``<root>/imagenet_val`` when it exists.
     ``download`` is ignored (WebVision is downloaded by hand). Images are ``float32 (B, 3, s, s)``.
     """
-    root, image_size = dataset_root(NAME, root, image_size, on_bad_image, "WebVision folder (holding info/, google/ and val_images_256/)")
-    hint = " (WebVision 1.0's info/ folder)"
-    train_list = require_file(os.path.join(root, TRAIN_LIST), NAME, hint)
-    val_list = require_file(os.path.join(root, VAL_LIST), NAME, hint)
+    check_options(NAME, image_size, on_bad_image)
+    root = data_root(NAME, root, "WebVision folder (holding info/, google/ and val_images_256/)")
+    hint, what = " (WebVision 1.0's info/ folder)", "'<image path> <label>'"
+    train_list, val_list = (require_file(os.path.join(root, f), NAME, hint) for f in (TRAIN_LIST, VAL_LIST))
     synsets_file = os.path.join(root, SYNSETS)
-    synsets = read_synsets(synsets_file) if os.path.isfile(synsets_file) else None
-
+    # WordNet ids in class order: the first token of each line of synsets.txt
+    synsets = read_names(synsets_file, NAME, "synsets", first_token=True) if os.path.isfile(synsets_file) else None
     total = len(synsets) if synsets is not None else None
-    train_keys, train_labels, train_lines = read_list(train_list, total)
-    val_names, val_labels, val_lines = read_list(val_list, total)
+    train, val = read_list(train_list, NAME, what, total), read_list(val_list, NAME, what, total)
     if total is None:
-        total = int(max(train_labels.max(initial=-1), val_labels.max(initial=-1))) + 1
+        total = int(max(train[1].max(initial=-1), val[1].max(initial=-1))) + 1
     if first_classes is not None and (
         isinstance(first_classes, bool) or not isinstance(first_classes, int) or not 2 <= first_classes <= total
     ):
@@ -109,36 +67,30 @@ def load_webvision(
     k = total if first_classes is None else first_classes
     classes = synsets[:k] if synsets is not None else [str(c) for c in range(k)]
 
-    def keep(keys: list[str], labels: np.ndarray, lines: list[int]) -> tuple[list[str], np.ndarray, list[int]]:
-        rows = np.flatnonzero(labels < k)
-        return [keys[i] for i in rows], labels[rows], [lines[i] for i in rows]
+    def first_k(listed: tuple[list[str], np.ndarray, list[int]], path: str, folder: str = "") -> tuple:
+        """``(root, keys, labels)`` of the listed images of classes ``0 .. k-1``, which must exist."""
+        keys, labels, lines = listed
+        rows = np.flatnonzero(labels < k).tolist()
+        keys = [os.path.join(folder, keys[i]) for i in rows]
+        require_listed(NAME, root, keys, path, [lines[i] for i in rows])
+        return root, keys, labels[rows]
 
-    train_keys, train_labels, train_lines = keep(train_keys, train_labels, train_lines)
-    val_names, val_labels, val_lines = keep(val_names, val_labels, val_lines)
-    val_keys = [os.path.join(VAL_DIR, name) for name in val_names]
-    require_all_classes(NAME, classes, train_labels, f" in {train_list}")
-    require_listed(NAME, root, train_keys, train_list, train_lines)
-    require_listed(NAME, root, val_keys, val_list, val_lines)
+    require_all_classes(NAME, classes, train[1][train[1] < k], f" in {train_list}")
+    splits = {"train": first_k(train, train_list), "test": first_k(val, val_list, VAL_DIR)}
 
-    imagenet_dir = os.path.abspath(as_path(test_root)) if test_root else os.path.join(root, IMAGENET_VAL_DIR)
+    imagenet_dir = os.path.abspath(os.path.expanduser(test_root)) if test_root else os.path.join(root, IMAGENET_VAL_DIR)
     if test_root and not os.path.exists(imagenet_dir):
         raise DataError(f"{NAME}: data.test_root {imagenet_dir} does not exist")
-    use_imagenet = bool(test_root) or os.path.isdir(imagenet_dir)
-    imagenet: tuple[list[str], np.ndarray] | None = None
-    if use_imagenet:
+    if test_root or os.path.isdir(imagenet_dir):
         if synsets is None:
             raise DataError(
                 f"{NAME}: the ImageNet test set {imagenet_dir} needs {synsets_file} to map classes to synsets"
             )
-        imagenet = imagenet_split(imagenet_dir, synsets[:k])
+        splits["imagenet"] = (imagenet_dir, *imagenet_split(imagenet_dir, synsets[:k]))
 
-    # Every list is consistent: now check (or preload) the images themselves.
-    listed = {"train": (root, train_keys, train_labels), "test": (root, val_keys, val_labels)}
-    if imagenet is not None:
-        listed["imagenet"] = (imagenet_dir, *imagenet)
-    splits = build_sources(NAME, classes, listed, image_size=image_size, on_bad_image=on_bad_image)
+    sources = build_sources(NAME, classes, splits, image_size=image_size, on_bad_image=on_bad_image)
     return DatasetBundle(
         name=NAME, family="generic", classes=classes, labels_are_clean=False, default_model="resnet50",
-        train=splits["train"][0], train_labels=splits["train"][1], test=splits["test"][0],
-        test_labels=splits["test"][1], extra_tests={"imagenet": splits["imagenet"]} if imagenet is not None else {},
+        train=sources["train"][0], train_labels=sources["train"][1], test=sources["test"][0],
+        test_labels=sources["test"][1], extra_tests={"imagenet": sources["imagenet"]} if "imagenet" in sources else {},
     )
