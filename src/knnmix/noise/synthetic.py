@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
@@ -150,8 +151,12 @@ def _pairflip(spec: NoiseSpec, inputs: NoiseInputs) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------- instance
-def _truncnorm_bounds(rate: float, std: float) -> tuple[float, float]:
-    return (0.0 - rate) / std, (1.0 - rate) / std
+def _flip_rate(rate: float, std: float) -> Any:
+    """The per-sample flip rate of ``instance:rate``: ``N(rate, std^2)`` truncated to [0, 1], a frozen scipy
+    distribution."""
+    from scipy.stats import truncnorm
+
+    return truncnorm(-rate / std, (1.0 - rate) / std, loc=rate, scale=std)
 
 
 def instance_expected_rate(rate: float, std: float = 0.1) -> float:
@@ -160,12 +165,7 @@ def instance_expected_rate(rate: float, std: float = 0.1) -> float:
     It exceeds ``rate`` noticeably at small rates, e.g. 0.1288 for ``rate=0.1, std=0.1`` (0 for ``rate=0``:
     ``instance:0`` is parsed as ``none``).
     """
-    if rate == 0:
-        return 0.0
-    from scipy.stats import truncnorm
-
-    a, b = _truncnorm_bounds(rate, std)
-    return float(truncnorm.mean(a, b, loc=rate, scale=std))
+    return 0.0 if rate == 0 else float(_flip_rate(rate, std).mean())
 
 
 @register_noise_model(
@@ -191,17 +191,13 @@ def _instance(spec: NoiseSpec, inputs: NoiseInputs) -> np.ndarray:
     x = inputs.features
     if x.dtype.kind == "f" and not all(np.isfinite(x[i : i + 4096]).all() for i in range(0, x.shape[0], 4096)):
         raise KnnmixError("features for instance noise contain nan or inf values")
-    from scipy.stats import truncnorm
-
     labels, c, rng = inputs.labels, inputs.num_classes, inputs.rng
     n, d = x.shape
-    a, b = _truncnorm_bounds(spec.rate, inputs.instance_std)
-    q = np.clip(truncnorm.rvs(a, b, loc=spec.rate, scale=inputs.instance_std, size=n, random_state=rng), 0.0, 1.0)
-    flip = rng.random(n) < q
+    q = np.clip(_flip_rate(spec.rate, inputs.instance_std).rvs(size=n, random_state=rng), 0.0, 1.0)
+    flipped = np.flatnonzero(rng.random(n) < q)
     u = rng.random(n)
 
     noisy = np.array(labels, dtype=np.int64, copy=True)
-    flipped = np.flatnonzero(flip)
     by_class = flipped[np.argsort(labels[flipped], kind="stable")]
     bounds = np.searchsorted(labels[by_class], np.arange(c + 1))
     for k in range(c):
