@@ -192,12 +192,11 @@ def parse_noise_spec(spec: str | NoiseSpec) -> NoiseSpec:
         try:
             rate = float(arg)
         except ValueError:
-            if not model.takes_rate:
-                variant = arg  # refused by _checked_arg: the model takes no rate or variant
-            else:
+            if model.takes_rate:
                 percent = arg.endswith("%") and _is_number(arg[:-1])
                 suggestion = f" (write {arg} as {float(arg[:-1]) / 100:g})" if percent else ""
                 raise KnnmixError(f"noise rate {arg!r} in {text!r} is not a number{suggestion}") from None
+            variant = arg  # refused by _checked_arg: the model takes no rate or variant
     rate, variant = _checked_arg(model, rate, variant, text, arg)
     return NoiseSpec(model.name, rate, variant).canonical()
 
