@@ -30,12 +30,8 @@ def _listing(items: list[str]) -> str:
 
 
 def _strip(key: str) -> str:
-    stripped = True
-    while stripped:
-        stripped = False
-        for prefix in STRIP_PREFIXES:
-            if key.startswith(prefix):
-                key, stripped = key[len(prefix) :], True
+    while key.startswith(STRIP_PREFIXES):
+        key = key[len(next(p for p in STRIP_PREFIXES if key.startswith(p))) :]
     return key
 
 

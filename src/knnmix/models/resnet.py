@@ -23,8 +23,6 @@ class ResNet50(Backbone, ResNet):
     With ``in_channels != 3`` the 7x7 stem convolution is replaced by one taking ``in_channels`` inputs.
     """
 
-    head_name = "fc"
-
     def __init__(self, num_classes: int, in_channels: int, image_size: int) -> None:
         check_dims("resnet50", num_classes, in_channels, image_size, min_size=MIN_IMAGE_SIZE)
         ResNet.__init__(self, Bottleneck, [3, 4, 6, 3], num_classes=num_classes)

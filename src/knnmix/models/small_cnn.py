@@ -44,19 +44,8 @@ DEFAULT_CONVS_PER_STAGE: tuple[int, int, int] = (1, 2, 2)
 MIN_IMAGE_SIZE = 8
 
 
-def conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
-    """A 3x3 convolution (no bias), BatchNorm and an in-place ReLU."""
-    return [
-        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    ]
-
-
 class SmallCNN(Backbone):
     """Conv-BN-ReLU stages ``(w, 2w, 4w)`` with size-adapted max-pooling, global average pooling, linear head."""
-
-    head_name = "fc"
 
     def __init__(
         self,
@@ -78,8 +67,12 @@ class SmallCNN(Backbone):
         channels, size = in_channels, image_size
         for stage, (multiplier, n_convs) in enumerate(zip((1, 2, 4), convs, strict=True)):
             out_channels = width * multiplier
-            for _ in range(n_convs):
-                layers += conv_bn_relu(channels, out_channels)
+            for _ in range(n_convs):  # 3x3 convolution (no bias), BatchNorm, in-place ReLU
+                layers += [
+                    nn.Conv2d(channels, out_channels, kernel_size=3, padding=1, bias=False),
+                    nn.BatchNorm2d(out_channels),
+                    nn.ReLU(inplace=True),
+                ]
                 channels = out_channels
             if stage < 2 and size >= 8:
                 layers.append(nn.MaxPool2d(2))

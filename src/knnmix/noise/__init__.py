@@ -11,24 +11,21 @@ lists the built-in ones. Conventions and class maps are documented in ``docs/noi
 
 from __future__ import annotations
 
+from knnmix.noise import cifar_n, synthetic  # importing the model modules registers their models
 from knnmix.noise.base import (
     NOISE_MODELS,
+    SYMMETRIC_CONVENTIONS,
     NoiseInputs,
     NoiseModel,
     NoiseResult,
     NoiseSpec,
+    apply_noise,
+    parse_noise_spec,
     register_noise_model,
     transition_matrix,
 )
-
-from knnmix.noise import cifar_n, synthetic  # importing the model modules registers their models
-from knnmix.noise.api import SYMMETRIC_CONVENTIONS, apply_noise, parse_noise_spec
 from knnmix.noise.cifar_n import CIFAR_N, load_cifar_n_file
-from knnmix.noise.synthetic import (
-    ASYMMETRIC_CLASS_MAPS,
-    asymmetric_class_map,
-    instance_expected_rate,
-)
+from knnmix.noise.synthetic import ASYMMETRIC_CLASS_MAPS, asymmetric_class_map, instance_expected_rate
 
 #: Names of the built-in noise models (``NOISE_MODELS.names()`` also lists models registered later).
 NOISE_KINDS: tuple[str, ...] = tuple(NOISE_MODELS.names())

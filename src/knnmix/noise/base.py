@@ -1,9 +1,8 @@
-"""Core types of :mod:`knnmix.noise`: specs, results, the model registry and empirical transition matrices.
+"""Core of :mod:`knnmix.noise`: the model registry, noise specs, :func:`apply_noise` and transition matrices.
 
-A noise model is a :class:`NoiseModel` registered by name in :data:`NOISE_MODELS`. Its ``generate`` function
-receives the validated :class:`NoiseSpec` and :class:`NoiseInputs` and returns new labels; everything around it
-(spec parsing, input checks, measured rate, transition matrix) is shared, so a new model is one registered
-function and nothing else.
+A noise model is a function ``generate(spec, inputs) -> (N,) int64 labels`` registered by name in
+:data:`NOISE_MODELS`. Everything around it (spec parsing, input checks, measured rate, transition matrix) is
+shared, so a new model is one registered function and nothing else.
 """
 
 from __future__ import annotations
@@ -11,6 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,23 +20,13 @@ import numpy as np
 from knnmix.errors import KnnmixError
 from knnmix.registry import Registry
 
-__all__ = [
-    "NOISE_MODELS",
-    "NoiseGenerator",
-    "NoiseInputs",
-    "NoiseModel",
-    "NoiseResult",
-    "NoiseSpec",
-    "exact_count",
-    "flip_within_classes",
-    "register_noise_model",
-    "transition_matrix",
-]
+#: ``"other"``: a flipped label moves to a uniformly chosen other class; ``"any"``: it is redrawn among all classes.
+SYMMETRIC_CONVENTIONS = ("other", "any")
 
 
 @dataclass(frozen=True)
 class NoiseInputs:
-    """Everything a noise model may use, already validated by :func:`knnmix.noise.apply_noise`.
+    """Everything a noise model may use, already validated by :func:`apply_noise`.
 
     Arrays are read-only views: a model must return new labels and never write into its inputs.
     """
@@ -58,11 +48,8 @@ NoiseGenerator = Callable[["NoiseSpec", NoiseInputs], np.ndarray]
 
 @dataclass(frozen=True)
 class NoiseModel:
-    """A registered noise model.
-
-    A model takes either a rate (``"symmetric:0.4"``), or a variant (``"cifar10n:worse"``), or nothing
-    (``"none"``).
-    """
+    """A registered noise model; it takes a rate (``"symmetric:0.4"``), a variant (``"cifar10n:worse"``) or
+    nothing (``"none"``)."""
 
     name: str
     generate: NoiseGenerator
@@ -94,59 +81,67 @@ def register_noise_model(
     return deco
 
 
-def _hint(name: str, choices: list[str] | tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1)
+def _hint(name: object, choices: tuple[str, ...] | list[str]) -> str:
+    """``" (did you mean 'x'?)"`` for the choice closest to a misspelt ``name``, else ``""``."""
+    close = difflib.get_close_matches(name, list(choices), n=1) if isinstance(name, str) else []
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def lookup_model(kind: object, text: str) -> NoiseModel:
+def _model(kind: object, text: str) -> NoiseModel:
     """The registered model called ``kind``; ``text`` is the spec as the user wrote it, for the error message."""
     if not isinstance(kind, str) or kind not in NOISE_MODELS:
         names = NOISE_MODELS.names()
-        hint = _hint(kind, names) if isinstance(kind, str) else ""
         raise KnnmixError(
-            f"unknown noise model {kind!r} in noise spec {text!r}{hint}; choose one of: {', '.join(names)}"
+            f"unknown noise model {kind!r} in noise spec {text!r}{_hint(kind, names)}; "
+            f"choose one of: {', '.join(names)}"
         )
     return NOISE_MODELS.get(kind)
 
 
-def check_rate(value: object, shown: str, text: str) -> float:
-    """``value`` as a float in [0, 1); ``shown`` is how the user wrote it, ``text`` the whole spec."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise KnnmixError(f"noise rate {shown} in {text!r} is not a number")
-    rate = float(value)
-    if not 0.0 <= rate < 1.0:  # also rejects nan
-        raise KnnmixError(f"noise rate {shown} in {text!r} is outside [0, 1)")
-    return rate
+def _checked_arg(
+    model: NoiseModel, rate: object, variant: object, text: str, shown: str
+) -> tuple[float | None, str | None]:
+    """``(rate, variant)`` of a spec of ``model``, validated: ``rate`` a float in [0, 1) for a model taking a rate,
+    ``variant`` one of ``model.variants`` for a model taking one, rate ``0.0`` for a model taking neither.
 
-
-def check_variant(model: NoiseModel, variant: object) -> str:
-    """``variant`` if it is one of ``model.variants``, else a :class:`KnnmixError` listing them."""
-    if not isinstance(variant, str) or variant not in model.variants:
-        hint = _hint(variant, model.variants) if isinstance(variant, str) else ""
-        raise KnnmixError(
-            f"unknown {model.name} variant {variant!r}{hint}; choose one of {', '.join(model.variants)}"
-        )
-    return variant
+    ``text`` is the whole spec and ``shown`` the rate as the user wrote them, for the error messages.
+    """
+    kind = model.name
+    if model.takes_rate:
+        if variant is not None:
+            raise KnnmixError(f"noise model {kind!r} takes a rate, not a variant; got {variant!r}")
+        if rate is None:
+            raise KnnmixError(f"noise spec {text!r} needs a rate, e.g. '{kind}:0.4'")
+        if isinstance(rate, bool) or not isinstance(rate, numbers.Real):
+            raise KnnmixError(f"noise rate {shown} in {text!r} is not a number")
+        if not 0.0 <= rate < 1.0:  # also rejects nan
+            raise KnnmixError(f"noise rate {shown} in {text!r} is outside [0, 1)")
+        return float(rate), None
+    if model.variants:
+        choices = ", ".join(model.variants)
+        if rate is not None:
+            raise KnnmixError(f"noise model {kind!r} takes a variant, not a rate; got {rate!r}")
+        if variant is None:
+            raise KnnmixError(f"noise spec {text!r} needs a variant; choose one of {choices}")
+        if variant not in model.variants:
+            close = _hint(variant, model.variants)
+            raise KnnmixError(f"unknown {kind} variant {variant!r}{close}; choose one of {choices}")
+        return None, str(variant)
+    if variant is not None or not (rate is None or rate == 0):
+        raise KnnmixError(f"noise model {kind!r} takes no rate or variant, got {text!r}")
+    return 0.0, None
 
 
 @dataclass(frozen=True)
 class NoiseSpec:
     """A validated noise model choice: ``kind`` plus its rate or variant.
 
-    Construct it with :func:`knnmix.noise.parse_noise_spec` (from ``"symmetric:0.4"``) or directly; either way the
-    fields are checked against the registered model. ``str(spec)`` is the canonical spec string, which
-    :func:`~knnmix.noise.parse_noise_spec` reads back to an equal spec.
-
-    Attributes
-    ----------
-    kind
-        Registered model name: ``none``, ``symmetric``, ``asymmetric``, ``pairflip``, ``instance``, ``cifar10n``,
-        ``cifar100n``.
-    rate
-        Nominal noise rate in [0, 1) for the synthetic kinds; ``0.0`` for ``none``; ``None`` for the CIFAR-N kinds.
-    variant
-        ``aggre|random1|random2|random3|worse`` for ``cifar10n``, ``noisy`` for ``cifar100n``; else ``None``.
+    ``kind`` is a registered model name (``none``, ``symmetric``, ``asymmetric``, ``pairflip``, ``instance``,
+    ``cifar10n``, ``cifar100n``); ``rate`` the nominal noise rate in [0, 1) of the synthetic kinds (``0.0`` for
+    ``none``, ``None`` for the CIFAR-N kinds); ``variant`` one of ``aggre|random1|random2|random3|worse`` for
+    ``cifar10n``, ``noisy`` for ``cifar100n``, else ``None``. Built by :func:`parse_noise_spec` (from
+    ``"symmetric:0.4"``) or directly, the fields are checked either way. ``str(spec)`` is the canonical spec
+    string, which :func:`parse_noise_spec` reads back to an equal spec.
     """
 
     kind: str
@@ -154,69 +149,75 @@ class NoiseSpec:
     variant: str | None = None
 
     def __post_init__(self) -> None:
-        text = self._display()
-        model = lookup_model(self.kind, text)
-        if model.takes_rate:
-            if self.variant is not None:
-                raise KnnmixError(f"noise model {self.kind!r} takes a rate, not a variant; got {self.variant!r}")
-            if self.rate is None:
-                raise KnnmixError(f"noise spec {self.kind!r} needs a rate, e.g. '{self.kind}:0.4'")
-            object.__setattr__(self, "rate", check_rate(self.rate, repr(self.rate), text))
-        elif model.variants:
-            if self.rate is not None:
-                raise KnnmixError(f"noise model {self.kind!r} takes a variant, not a rate; got {self.rate!r}")
-            if self.variant is None:
-                raise KnnmixError(
-                    f"noise spec {self.kind!r} needs a variant; choose one of {', '.join(model.variants)}"
-                )
-            check_variant(model, self.variant)
-        else:
-            if self.variant is not None or not (self.rate is None or self.rate == 0):
-                raise KnnmixError(f"noise model {self.kind!r} takes no rate or variant, got {text!r}")
-            object.__setattr__(self, "rate", 0.0)
-
-    def _display(self) -> str:
         arg = self.variant if self.variant is not None else self.rate
-        return str(self.kind) if arg is None else f"{self.kind}:{arg}"
+        text = str(self.kind) if arg is None else f"{self.kind}:{arg}"
+        rate, _ = _checked_arg(_model(self.kind, text), self.rate, self.variant, text, repr(self.rate))
+        object.__setattr__(self, "rate", rate)
 
     def __str__(self) -> str:
-        model = NOISE_MODELS.get(self.kind)
-        if model.takes_rate:
-            return f"{self.kind}:{self.rate!r}"
-        if model.variants:
-            return f"{self.kind}:{self.variant}"
-        return self.kind
+        arg = self.rate if NOISE_MODELS.get(self.kind).takes_rate else self.variant
+        return self.kind if arg is None else f"{self.kind}:{arg}"
 
     def canonical(self) -> NoiseSpec:
         """This spec, except that a synthetic model at rate 0 becomes ``none`` (no label changes)."""
-        if self.rate == 0 and self.kind != "none":
-            return NoiseSpec("none")
-        return self
+        return NoiseSpec("none") if self.rate == 0 and self.kind != "none" else self
+
+
+def parse_noise_spec(spec: str | NoiseSpec) -> NoiseSpec:
+    """Parse and validate a noise spec string; needs no data, so configs can be checked up front.
+
+    ``spec`` is ``"none"``; ``"<kind>:<rate>"`` with kind ``symmetric``, ``asymmetric``, ``pairflip`` or
+    ``instance`` and rate in [0, 1) (e.g. ``"symmetric:0.4"``); ``"cifar10n:<aggre|random1|random2|random3|worse>"``;
+    or ``"cifar100n:noisy"``. Case and surrounding spaces are ignored. A synthetic kind at rate 0 (``"symmetric:0"``)
+    means no noise and gives ``NoiseSpec("none", 0.0, None)``; a :class:`NoiseSpec` is returned in that canonical form.
+
+    Bad input raises a one-line :class:`KnnmixError` naming the bad value, e.g. ``unknown noise model 'symetric' in
+    noise spec 'symetric:0.4' (did you mean 'symmetric'?); ...`` or ``noise rate 1.2 in 'symmetric:1.2' is outside
+    [0, 1)``.
+    """
+    if isinstance(spec, NoiseSpec):
+        return spec.canonical()
+    if not isinstance(spec, str):
+        raise KnnmixError(f"noise spec must be a string such as 'symmetric:0.4' or 'none', got {spec!r}")
+    text = spec.strip()
+    if not text:
+        raise KnnmixError("empty noise spec; use 'none' or e.g. 'symmetric:0.4'")
+    kind, _, arg = (part.strip() for part in text.partition(":"))
+    model = _model(kind.lower() if kind.lower() in NOISE_MODELS else kind, text)
+    rate: float | None = None
+    variant: str | None = None
+    if model.variants:
+        variant = (arg.lower() if arg.lower() in model.variants else arg) or None
+    elif arg:
+        try:
+            rate = float(arg)
+        except ValueError:
+            if model.takes_rate:
+                percent = arg.endswith("%") and _is_number(arg[:-1])
+                suggestion = f" (write {arg} as {float(arg[:-1]) / 100:g})" if percent else ""
+                raise KnnmixError(f"noise rate {arg!r} in {text!r} is not a number{suggestion}") from None
+            variant = arg  # refused by _checked_arg: the model takes no rate or variant
+    rate, variant = _checked_arg(model, rate, variant, text, arg)
+    return NoiseSpec(model.name, rate, variant).canonical()
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True, eq=False)
 class NoiseResult:
-    """Noisy labels plus what was measured about them.
+    """Noisy labels plus what was measured about them."""
 
-    Attributes
-    ----------
-    noisy_labels
-        ``(N,)`` int64, the labels to train on.
-    noise_rate
-        Measured rate ``mean(noisy_labels != clean_labels)``.
-    transition
-        ``(C, C)`` float64 empirical ``T[i, j] = P(noisy = j | true = i)``; see :func:`transition_matrix`.
-    spec
-        Canonical spec string, e.g. ``"symmetric:0.4"`` (``"none"`` for any rate-0 spec).
-    clean_labels
-        ``(N,)`` int64 copy of the clean labels the noise was applied to.
-    """
-
-    noisy_labels: np.ndarray
-    noise_rate: float
-    transition: np.ndarray
-    spec: str
-    clean_labels: np.ndarray
+    noisy_labels: np.ndarray  # (N,) int64, the labels to train on
+    noise_rate: float  # measured mean(noisy_labels != clean_labels)
+    transition: np.ndarray  # (C, C) float64 empirical T[i, j] = P(noisy = j | true = i), see transition_matrix
+    spec: str  # canonical spec string, e.g. "symmetric:0.4" ("none" for any rate-0 spec)
+    clean_labels: np.ndarray  # (N,) int64 copy of the clean labels the noise was applied to
 
     @property
     def is_noisy(self) -> np.ndarray:
@@ -229,45 +230,35 @@ class NoiseResult:
         return int(self.transition.shape[0])
 
 
-def _as_label_array(x: object, name: str) -> np.ndarray:
+def _label_array(x: object, name: str, num_classes: int | None = None, context: str = "") -> np.ndarray:
+    """``x`` as a 1-D integer array with entries in ``[0, num_classes)`` (``>= 0`` without ``num_classes``)."""
     arr = np.asarray(x)
     if arr.ndim != 1:
         raise KnnmixError(f"{name} must be a 1-D array (N,), got shape {arr.shape}")
     if arr.dtype.kind not in "iu":
         raise KnnmixError(f"{name} must be an integer array, got dtype {arr.dtype}")
+    if arr.size:
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or (num_classes is not None and hi >= num_classes):
+            bound = "be >= 0" if num_classes is None else f"lie in [0, {num_classes}){context}"
+            raise KnnmixError(f"{name} must {bound}; found {lo if lo < 0 else hi}")
     return arr
 
 
 def transition_matrix(true: np.ndarray, noisy: np.ndarray, num_classes: int) -> np.ndarray:
-    """Empirical label transition matrix.
+    """Empirical label transition matrix of ``(N,)`` integer clean and noisy labels in ``[0, num_classes)``.
 
-    Parameters
-    ----------
-    true
-        ``(N,)`` integer clean labels in ``[0, num_classes)``.
-    noisy
-        ``(N,)`` integer noisy labels in ``[0, num_classes)``.
-    num_classes
-        ``C``.
-
-    Returns
-    -------
-    np.ndarray
-        ``(C, C)`` float64, ``T[i, j] = #{n : true[n] = i, noisy[n] = j} / #{n : true[n] = i}``. Each row sums
-        to 1; a class without samples gets the identity row ``T[i, i] = 1``.
+    Returns ``(C, C)`` float64 ``T[i, j] = #{n : true[n] = i, noisy[n] = j} / #{n : true[n] = i}``. Each row sums
+    to 1; a class without samples gets the identity row ``T[i, i] = 1``.
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
         raise KnnmixError(f"num_classes must be a positive integer, got {num_classes!r}")
     c = int(num_classes)
-    t = _as_label_array(true, "true labels")
-    n = _as_label_array(noisy, "noisy labels")
+    t = _label_array(true, "true labels", c).astype(np.int64)
+    n = _label_array(noisy, "noisy labels", c).astype(np.int64)
     if t.shape != n.shape:
         raise KnnmixError(f"true and noisy labels differ in length: {t.shape[0]} vs {n.shape[0]}")
-    for arr, name in ((t, "true labels"), (n, "noisy labels")):
-        if arr.size and (arr.min() < 0 or arr.max() >= c):
-            bad = arr.min() if arr.min() < 0 else arr.max()
-            raise KnnmixError(f"{name} must lie in [0, {c}); found {int(bad)}")
-    counts = np.bincount(t.astype(np.int64) * c + n.astype(np.int64), minlength=c * c).reshape(c, c)
+    counts = np.bincount(t * c + n, minlength=c * c).reshape(c, c)
     totals = counts.sum(axis=1, keepdims=True)
     out = np.divide(counts, totals, out=np.zeros((c, c), dtype=np.float64), where=totals > 0)
     empty = np.flatnonzero(totals[:, 0] == 0)
@@ -275,39 +266,113 @@ def transition_matrix(true: np.ndarray, noisy: np.ndarray, num_classes: int) -> 
     return out
 
 
-def exact_count(rate: float, n: int) -> int:
-    """``round(rate * n)`` with halves rounded up: how many of ``n`` samples a rate-``rate`` model flips."""
-    return min(n, int(math.floor(rate * n + 0.5)))
+def _check_int(value: object, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise KnnmixError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
 
 
-def flip_within_classes(
-    labels: np.ndarray, class_map: dict[int, int], rate: float, rng: np.random.Generator
-) -> np.ndarray:
-    """Flip exactly ``round(rate * n_s)`` random samples of each source class ``s`` to ``class_map[s]``.
+def _readonly(arr: np.ndarray) -> np.ndarray:
+    view = arr.view()
+    view.flags.writeable = False
+    return view
 
-    Source classes are visited in ascending order; each draws one permutation of its sample indices and flips
-    a prefix of it, so with the same seed the samples flipped at a lower rate are a subset of those flipped
-    at a higher rate.
 
-    Parameters
-    ----------
-    labels
-        ``(N,)`` int64 clean labels (not modified).
-    class_map
-        ``{source class: target class}``; entries mapping a class to itself flip nothing.
-    rate
-        Fraction in [0, 1) of each source class to flip.
-    rng
-        Random generator.
+def _check_features(features: object, n: int) -> np.ndarray | None:
+    if features is None:
+        return None
+    arr = np.asarray(features)
+    if arr.ndim != 2:
+        raise KnnmixError(f"features must be a 2-D array (N, D) of flattened images, got shape {arr.shape}")
+    if arr.shape[0] != n:
+        raise KnnmixError(f"features has {arr.shape[0]} rows but labels has {n}")
+    if arr.shape[1] == 0:
+        raise KnnmixError("features has no columns (D = 0)")
+    if arr.dtype.kind not in "fiub":
+        raise KnnmixError(f"features must be a real array, got dtype {arr.dtype}")
+    return _readonly(arr)
 
-    Returns
-    -------
-    np.ndarray
-        ``(N,)`` int64 new labels.
+
+def apply_noise(
+    spec: str | NoiseSpec,
+    labels: np.ndarray,
+    num_classes: int,
+    *,
+    seed: int,
+    family: str = "generic",
+    coarse_labels: np.ndarray | None = None,
+    features: np.ndarray | None = None,
+    cifar_n_dir: str | os.PathLike[str] | None = None,
+    symmetric_convention: str = "other",
+    instance_std: float = 0.1,
+) -> NoiseResult:
+    """Corrupt ``(N,)`` integer clean ``labels`` in ``[0, num_classes)`` (``C >= 2``) with the noise model ``spec``.
+
+    Deterministic: the same arguments give identical labels; all randomness comes from
+    ``np.random.default_rng(seed)`` (``seed >= 0``). Input arrays are never modified.
+
+    - ``spec``: noise spec string or :class:`NoiseSpec`, see :func:`parse_noise_spec`.
+    - ``family``: ``digits``, ``fashion-mnist``, ``cifar10``, ``cifar100`` or ``generic``; selects the asymmetric
+      class map and is checked by the CIFAR-N kinds.
+    - ``coarse_labels``: ``(N,)`` integer CIFAR-100 super-class labels; required by ``asymmetric`` on ``cifar100``.
+    - ``features``: ``(N, D)`` real flattened images, expected in [0, 1] (float32 preferred); required by ``instance``.
+    - ``cifar_n_dir``: folder holding ``CIFAR-10_human.pt`` / ``CIFAR-100_human.pt``; required by ``cifar10n`` /
+      ``cifar100n``.
+    - ``symmetric_convention``: ``"other"``: a flipped label moves to a uniformly chosen other class (measured rate
+      = r). ``"any"`` (DivideMix): it is redrawn among all C classes (measured rate about ``r * (C - 1) / C``).
+    - ``instance_std``: std of the truncated-normal per-sample flip rate of ``instance`` (Xia et al. use 0.1).
+
+    Returns the noisy labels ``(N,)`` int64, measured rate, empirical transition matrix ``(C, C)`` and canonical
+    spec as a :class:`NoiseResult`. Any bad argument or missing input raises a one-line :class:`KnnmixError`.
     """
-    noisy = np.array(labels, dtype=np.int64, copy=True)
-    for src in sorted(class_map):
-        idx = np.flatnonzero(labels == src)
-        chosen = rng.permutation(idx)[: exact_count(rate, idx.size)]
-        noisy[chosen] = class_map[src]
-    return noisy
+    parsed = parse_noise_spec(spec)
+    c = _check_int(num_classes, "num_classes", 2)
+    seed_value = _check_int(seed, "seed", 0)
+    if not isinstance(family, str) or not family:
+        raise KnnmixError(f"family must be a dataset family name such as 'cifar10' or 'generic', got {family!r}")
+    if symmetric_convention not in SYMMETRIC_CONVENTIONS:
+        raise KnnmixError(
+            f"unknown symmetric_convention {symmetric_convention!r}; choose one of {', '.join(SYMMETRIC_CONVENTIONS)}"
+        )
+    is_real = isinstance(instance_std, numbers.Real) and not isinstance(instance_std, bool)
+    if not (is_real and math.isfinite(instance_std) and instance_std > 0):
+        raise KnnmixError(f"instance_std must be a positive number, got {instance_std!r}")
+    if cifar_n_dir is not None and not isinstance(cifar_n_dir, (str, os.PathLike)):
+        raise KnnmixError(f"cifar_n_dir must be a folder path, got {cifar_n_dir!r}")
+
+    clean = _readonly(_label_array(labels, "labels", c, f" for num_classes={c}").astype(np.int64, copy=False))
+    n = clean.shape[0]
+    if n == 0:
+        raise KnnmixError("labels is empty; noise needs at least one sample")
+    coarse = None
+    if coarse_labels is not None:
+        if np.shape(coarse_labels) != (n,):
+            raise KnnmixError(f"coarse_labels must have shape ({n},) like labels, got {np.shape(coarse_labels)}")
+        coarse = _readonly(_label_array(coarse_labels, "coarse_labels").astype(np.int64, copy=False))
+    inputs = NoiseInputs(
+        labels=clean,
+        num_classes=c,
+        rng=np.random.default_rng(seed_value),
+        family=family,
+        coarse_labels=coarse,
+        features=_check_features(features, n),
+        cifar_n_dir=None if cifar_n_dir is None else Path(cifar_n_dir),
+        symmetric_convention=symmetric_convention,
+        instance_std=float(instance_std),
+    )
+    noisy = np.asarray(NOISE_MODELS.get(parsed.kind).generate(parsed, inputs))
+    if noisy.shape != (n,) or noisy.dtype.kind not in "iu" or noisy.min() < 0 or noisy.max() >= c:
+        raise RuntimeError(
+            f"noise model {parsed.kind!r} returned {noisy.dtype} {noisy.shape} labels, expected int ({n},) in [0, {c})"
+        )
+    noisy = noisy.astype(np.int64, copy=False)
+    if np.shares_memory(noisy, np.asarray(labels)):
+        noisy = noisy.copy()
+    clean_copy = np.array(clean, dtype=np.int64, copy=True)
+    return NoiseResult(
+        noisy_labels=noisy,
+        noise_rate=float(np.mean(noisy != clean_copy)),
+        transition=transition_matrix(clean_copy, noisy, c),
+        spec=str(parsed),
+        clean_labels=clean_copy,
+    )

@@ -18,8 +18,6 @@ import numpy as np
 from knnmix.errors import KnnmixError
 from knnmix.noise.base import NoiseInputs, NoiseSpec, register_noise_model
 
-__all__ = ["CIFAR_N", "CIFAR_N_TRAIN_SIZE", "CifarNInfo", "cifar_n_labels", "load_cifar_n_file"]
-
 CIFAR_N_TRAIN_SIZE = 50_000
 
 
@@ -58,33 +56,21 @@ def _allowed_globals() -> list[object]:
         from numpy._core.multiarray import _reconstruct  # numpy >= 2
     except ImportError:  # pragma: no cover - numpy 1.x
         from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
-    allowed: list[object] = [
+    integer_dtypes = {type(np.dtype(code)) for code in np.typecodes["AllInteger"]}  # Int8DType, ..., ULongLongDType
+    return [
         (_reconstruct, "numpy.core.multiarray._reconstruct"),
         (_reconstruct, "numpy._core.multiarray._reconstruct"),
         np.ndarray,
         np.dtype,
+        *sorted(integer_dtypes, key=lambda cls: cls.__name__),
     ]
-    for name in ("Int8DType", "Int16DType", "Int32DType", "Int64DType", "UInt8DType", "UInt16DType", "UInt32DType",
-                 "UInt64DType", "LongDType", "ULongDType", "LongLongDType", "ULongLongDType"):  # fmt: skip
-        dtype_cls = getattr(np.dtypes, name, None)
-        if dtype_cls is not None and dtype_cls not in allowed:
-            allowed.append(dtype_cls)
-    return allowed
 
 
 def load_cifar_n_file(path: str | Path) -> dict[str, np.ndarray]:
-    """Load a CIFAR-N label file safely.
+    """Load a CIFAR-N label file (``CIFAR-10_human.pt`` or ``CIFAR-100_human.pt``) safely.
 
-    Parameters
-    ----------
-    path
-        ``CIFAR-10_human.pt`` or ``CIFAR-100_human.pt``.
-
-    Returns
-    -------
-    dict[str, np.ndarray]
-        Every entry as a ``(50000,)`` int64 array (``clean_label``, ``aggre_label``, ... or ``clean_label``,
-        ``noisy_label``, ``clean_coarse_label``, ``noisy_coarse_label``).
+    Returns every entry as a ``(50000,)`` int64 array (``clean_label``, ``aggre_label``, ... or ``clean_label``,
+    ``noisy_label``, ``clean_coarse_label``, ``noisy_coarse_label``).
     """
     import torch
 
@@ -110,7 +96,7 @@ def load_cifar_n_file(path: str | Path) -> dict[str, np.ndarray]:
     return out
 
 
-def _check_entry(data: dict[str, np.ndarray], key: str, path: Path, info: CifarNInfo) -> np.ndarray:
+def _entry(data: dict[str, np.ndarray], key: str, path: Path, info: CifarNInfo) -> np.ndarray:
     if key not in data:
         raise KnnmixError(f"{path} has no {key!r} entry; is it {info.filename} of CIFAR-N?")
     arr = data[key]
@@ -121,74 +107,49 @@ def _check_entry(data: dict[str, np.ndarray], key: str, path: Path, info: CifarN
     return arr
 
 
-def cifar_n_labels(kind: str, variant: str, cifar_n_dir: str | Path | None) -> tuple[np.ndarray, np.ndarray]:
-    """Clean and human-noisy labels of one CIFAR-N variant.
-
-    Parameters
-    ----------
-    kind
-        ``"cifar10n"`` or ``"cifar100n"``.
-    variant
-        A key of ``CIFAR_N[kind].variants`` (``aggre``, ``random1`` .. ``random3``, ``worse``; ``noisy``).
-    cifar_n_dir
-        Folder holding the label file.
-
-    Returns
-    -------
-    tuple[np.ndarray, np.ndarray]
-        ``(clean, noisy)``, each ``(50000,)`` int64 in CIFAR's python training-batch order.
-    """
-    info = CIFAR_N[kind]
-    spec = f"{kind}:{variant}"
-    if cifar_n_dir is None:
+def _human_labels(spec: NoiseSpec, inputs: NoiseInputs) -> np.ndarray:
+    """The human labels of variant ``spec.variant`` of the file of ``CIFAR_N[spec.kind]``, once the data is known
+    to be that file's training set: ``inputs.labels`` must equal its ``clean_label``, in the same order."""
+    assert spec.variant is not None
+    info = CIFAR_N[spec.kind]
+    if inputs.family != info.family:
         raise KnnmixError(
-            f"noise spec {spec!r} needs cifar_n_dir, the folder holding {info.filename} "
+            f"noise model {info.kind!r} holds human labels of {info.dataset}'s training set; it needs dataset "
+            f"family {info.family!r}, got {inputs.family!r}"
+        )
+    if inputs.num_classes != info.num_classes:
+        raise KnnmixError(
+            f"noise model {info.kind!r} needs {info.num_classes} classes, but num_classes is {inputs.num_classes}"
+        )
+    n = inputs.labels.shape[0]
+    if n != CIFAR_N_TRAIN_SIZE:
+        raise KnnmixError(
+            f"{info.kind} labels cover {info.dataset}'s {CIFAR_N_TRAIN_SIZE:,} training images; this dataset has {n:,}"
+        )
+    if inputs.cifar_n_dir is None:
+        raise KnnmixError(
+            f"noise spec {str(spec)!r} needs cifar_n_dir, the folder holding {info.filename} "
             "(CIFAR-N human labels, https://github.com/UCSC-REAL/cifar-10-100n)"
         )
-    path = Path(cifar_n_dir) / info.filename
+    path = inputs.cifar_n_dir / info.filename
     if not path.is_file():
         raise KnnmixError(
-            f"CIFAR-N label file {path} not found: noise spec {spec!r} expects {info.filename} in cifar_n_dir"
+            f"CIFAR-N label file {path} not found: noise spec {str(spec)!r} expects {info.filename} in cifar_n_dir"
         )
     data = load_cifar_n_file(path)
-    clean = _check_entry(data, "clean_label", path, info)
-    noisy = _check_entry(data, info.variants[variant], path, info)
-    return clean, noisy
-
-
-def _register(info: CifarNInfo) -> None:
-    @register_noise_model(
-        info.kind,
-        variants=tuple(info.variants),
-        summary=f"real human labels of {info.dataset}N (Wei et al. 2022), needs cifar_n_dir",
-    )
-    def _generate(spec: NoiseSpec, inputs: NoiseInputs) -> np.ndarray:
-        assert spec.variant is not None
-        if inputs.family != info.family:
-            raise KnnmixError(
-                f"noise model {info.kind!r} holds human labels of {info.dataset}'s training set; it needs dataset "
-                f"family {info.family!r}, got {inputs.family!r}"
-            )
-        if inputs.num_classes != info.num_classes:
-            raise KnnmixError(
-                f"noise model {info.kind!r} needs {info.num_classes} classes, but num_classes is {inputs.num_classes}"
-            )
-        n = inputs.labels.shape[0]
-        if n != CIFAR_N_TRAIN_SIZE:
-            raise KnnmixError(
-                f"{info.kind} labels cover {info.dataset}'s {CIFAR_N_TRAIN_SIZE:,} training images; "
-                f"this dataset has {n:,}"
-            )
-        clean, noisy = cifar_n_labels(info.kind, spec.variant, inputs.cifar_n_dir)
-        mismatch = int(np.count_nonzero(clean != inputs.labels))
-        if mismatch:
-            raise KnnmixError(
-                f"labels differ from clean_label of {Path(inputs.cifar_n_dir or '') / info.filename} at "
-                f"{mismatch:,} of {CIFAR_N_TRAIN_SIZE:,} positions; {info.kind} needs {info.dataset}'s training "
-                f"set in the order of {info.order}"
-            )
-        return np.array(noisy, dtype=np.int64, copy=True)
+    clean, noisy = (_entry(data, key, path, info) for key in ("clean_label", info.variants[spec.variant]))
+    mismatch = int(np.count_nonzero(clean != inputs.labels))
+    if mismatch:
+        raise KnnmixError(
+            f"labels differ from clean_label of {path} at {mismatch:,} of {CIFAR_N_TRAIN_SIZE:,} positions; "
+            f"{info.kind} needs {info.dataset}'s training set in the order of {info.order}"
+        )
+    return np.array(noisy, dtype=np.int64, copy=True)
 
 
 for _info in CIFAR_N.values():
-    _register(_info)
+    register_noise_model(
+        _info.kind,
+        variants=tuple(_info.variants),
+        summary=f"real human labels of {_info.dataset}N (Wei et al. 2022), needs cifar_n_dir",
+    )(_human_labels)

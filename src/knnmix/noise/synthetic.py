@@ -6,36 +6,15 @@ call is reproducible from its seed. See ``docs/noise.md`` for the exact conventi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
 from knnmix.errors import KnnmixError
-from knnmix.noise.base import (
-    NoiseInputs,
-    NoiseSpec,
-    _hint,
-    exact_count,
-    flip_within_classes,
-    register_noise_model,
-)
-
-__all__ = [
-    "ASYMMETRIC_CLASS_MAPS",
-    "CIFAR10_CLASSES",
-    "FASHION_MNIST_CLASSES",
-    "asymmetric_class_map",
-    "cifar100_superclass_map",
-    "instance_expected_rate",
-]
-
-CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-)  # fmt: skip
-FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
+from knnmix.noise.base import NoiseInputs, NoiseSpec, _hint, register_noise_model
 
 #: Fixed asymmetric class maps ``{source: target}`` of the 10-class families. Classes not listed keep their
 #: label. ``cifar100`` is built from the data's super-classes by :func:`cifar100_superclass_map`.
@@ -49,7 +28,28 @@ ASYMMETRIC_CLASS_MAPS: Mapping[str, Mapping[int, int]] = MappingProxyType(
         "fashion-mnist": MappingProxyType({0: 6, 2: 4, 4: 2, 7: 5, 9: 7}),
     }
 )
-_FAMILIES_WITH_MAPS = ("cifar10", "cifar100", "digits", "fashion-mnist")
+
+
+def exact_count(rate: float, n: int) -> int:
+    """``round(rate * n)`` with halves rounded up: how many of ``n`` samples a rate-``rate`` model flips."""
+    return min(n, int(math.floor(rate * n + 0.5)))
+
+
+def flip_within_classes(
+    labels: np.ndarray, class_map: dict[int, int], rate: float, rng: np.random.Generator
+) -> np.ndarray:
+    """``(N,)`` int64 copy of ``labels`` in which exactly ``exact_count(rate, n_s)`` random samples of each source
+    class ``s`` of ``class_map`` ``{source: target}`` flipped to ``class_map[s]``.
+
+    Source classes are visited in ascending order; each draws one permutation of its sample indices and flips
+    a prefix of it, so with the same seed the samples flipped at a lower rate are a subset of those flipped
+    at a higher rate.
+    """
+    noisy = np.array(labels, dtype=np.int64, copy=True)
+    for src in sorted(class_map):
+        idx = np.flatnonzero(labels == src)
+        noisy[rng.permutation(idx)[: exact_count(rate, idx.size)]] = class_map[src]
+    return noisy
 
 
 # --------------------------------------------------------------------------------------------------- none
@@ -70,75 +70,47 @@ def _symmetric(spec: NoiseSpec, inputs: NoiseInputs) -> np.ndarray:
     assert spec.rate is not None
     labels, c, rng = inputs.labels, inputs.num_classes, inputs.rng
     n = labels.shape[0]
-    k = exact_count(spec.rate, n)
-    order = rng.permutation(n)
-    chosen = order[:k]
+    chosen = rng.permutation(n)[: exact_count(spec.rate, n)]
     noisy = np.array(labels, dtype=np.int64, copy=True)
     if inputs.symmetric_convention == "other":
-        offsets = rng.integers(1, c, size=n)[:k]  # uniform over the C-1 other classes
+        offsets = rng.integers(1, c, size=n)[: chosen.size]  # uniform over the C-1 other classes
         noisy[chosen] = (labels[chosen] + offsets) % c
     else:  # "any": DivideMix's redraw among all C classes; ~1/C of the chosen keep their class
-        noisy[chosen] = rng.integers(0, c, size=n)[:k]
+        noisy[chosen] = rng.integers(0, c, size=n)[: chosen.size]
     return noisy
 
 
 # --------------------------------------------------------------------------------------------- asymmetric
 def cifar100_superclass_map(labels: np.ndarray, coarse_labels: np.ndarray) -> dict[int, int]:
-    """Next-class-within-super-class map built from the real (fine, coarse) pairs in the data.
+    """``{fine class: fine class it flips to}`` for every fine class in ``(N,)`` int ``labels``, built from the
+    real (fine, coarse) pairs of the data with ``(N,)`` int super-class ``coarse_labels``.
 
-    The fine classes present are grouped by coarse label; each group's fine ids are sorted ascending and each
-    maps to the next one, the last to the first (a group of one maps to itself).
-
-    Parameters
-    ----------
-    labels
-        ``(N,)`` int fine labels.
-    coarse_labels
-        ``(N,)`` int super-class labels, aligned with ``labels``.
-
-    Returns
-    -------
-    dict[int, int]
-        ``{fine class: fine class it flips to}`` for every fine class present.
+    The fine classes of each super-class, sorted ascending, map each to the next one, the last to the first (a
+    group of one maps to itself).
     """
     labels = np.asarray(labels, dtype=np.int64)
     coarse = np.asarray(coarse_labels, dtype=np.int64)
     pairs = np.unique(np.stack([labels, coarse], axis=1), axis=0)  # sorted by fine, then coarse
-    fine_ids = np.unique(pairs[:, 0])
-    if fine_ids.size != pairs.shape[0]:
-        dup = pairs[:, 0][np.flatnonzero(np.diff(pairs[:, 0]) == 0)[0]]
-        sups = pairs[pairs[:, 0] == dup, 1].tolist()
+    repeated = np.flatnonzero(np.diff(pairs[:, 0]) == 0)
+    if repeated.size:
+        dup = pairs[repeated[0], 0]
         raise KnnmixError(
-            f"coarse_labels are inconsistent: fine class {int(dup)} appears with coarse labels {sups}; "
-            "pass the data's own super-class labels"
+            f"coarse_labels are inconsistent: fine class {int(dup)} appears with coarse labels "
+            f"{pairs[pairs[:, 0] == dup, 1].tolist()}; pass the data's own super-class labels"
         )
     mapping: dict[int, int] = {}
     for sup in np.unique(pairs[:, 1]):
-        group = np.sort(pairs[pairs[:, 1] == sup, 0])
-        for i, fine in enumerate(group):
-            mapping[int(fine)] = int(group[(i + 1) % group.size])
+        group = pairs[pairs[:, 1] == sup, 0]  # ascending
+        mapping.update(zip(group.tolist(), np.roll(group, -1).tolist(), strict=True))
     return mapping
 
 
 def asymmetric_class_map(
-    family: str,
-    *,
-    labels: np.ndarray | None = None,
-    coarse_labels: np.ndarray | None = None,
+    family: str, *, labels: np.ndarray | None = None, coarse_labels: np.ndarray | None = None
 ) -> dict[int, int]:
-    """The asymmetric-noise class map ``{source: target}`` of a dataset family.
-
-    Parameters
-    ----------
-    family
-        ``cifar10``, ``cifar100``, ``digits`` or ``fashion-mnist``.
-    labels, coarse_labels
-        ``(N,)`` fine and super-class labels; required for ``cifar100`` only.
-
-    Returns
-    -------
-    dict[int, int]
-        Source class to target class; classes not in the map are never flipped.
+    """The asymmetric-noise class map ``{source: target}`` of dataset family ``cifar10``, ``cifar100``, ``digits``
+    or ``fashion-mnist``; classes not in the map are never flipped. ``cifar100`` needs the ``(N,)`` fine
+    ``labels`` and super-class ``coarse_labels``.
     """
     if family == "cifar100":
         if coarse_labels is None or labels is None:
@@ -147,8 +119,9 @@ def asymmetric_class_map(
             )
         return cifar100_superclass_map(labels, coarse_labels)
     if family not in ASYMMETRIC_CLASS_MAPS:
+        known = _hint(family, [*ASYMMETRIC_CLASS_MAPS, "cifar100"])
         raise KnnmixError(
-            f"asymmetric noise has no class map for dataset family {family!r}{_hint(family, _FAMILIES_WITH_MAPS)}; "
+            f"asymmetric noise has no class map for dataset family {family!r}{known}; "
             "use symmetric, pairflip or instance"
         )
     return dict(ASYMMETRIC_CLASS_MAPS[family])
@@ -160,14 +133,10 @@ def asymmetric_class_map(
 def _asymmetric(spec: NoiseSpec, inputs: NoiseInputs) -> np.ndarray:
     assert spec.rate is not None
     mapping = asymmetric_class_map(inputs.family, labels=inputs.labels, coarse_labels=inputs.coarse_labels)
-    if inputs.family != "cifar100" and inputs.num_classes != 10:
+    expected = 100 if inputs.family == "cifar100" else 10
+    if inputs.num_classes != expected:
         raise KnnmixError(
-            f"asymmetric noise for dataset family {inputs.family!r} maps 10 classes, but num_classes is "
-            f"{inputs.num_classes}"
-        )
-    if inputs.family == "cifar100" and inputs.num_classes != 100:
-        raise KnnmixError(
-            f"asymmetric noise for dataset family 'cifar100' expects 100 classes, but num_classes is "
+            f"asymmetric noise for dataset family {inputs.family!r} maps {expected} classes, but num_classes is "
             f"{inputs.num_classes}"
         )
     return flip_within_classes(inputs.labels, mapping, spec.rate, inputs.rng)
@@ -182,8 +151,12 @@ def _pairflip(spec: NoiseSpec, inputs: NoiseInputs) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------- instance
-def _truncnorm_bounds(rate: float, std: float) -> tuple[float, float]:
-    return (0.0 - rate) / std, (1.0 - rate) / std
+def _flip_rate(rate: float, std: float) -> Any:
+    """The per-sample flip rate of ``instance:rate``: ``N(rate, std^2)`` truncated to [0, 1], a frozen scipy
+    distribution."""
+    from scipy.stats import truncnorm
+
+    return truncnorm(-rate / std, (1.0 - rate) / std, loc=rate, scale=std)
 
 
 def instance_expected_rate(rate: float, std: float = 0.1) -> float:
@@ -192,12 +165,7 @@ def instance_expected_rate(rate: float, std: float = 0.1) -> float:
     It exceeds ``rate`` noticeably at small rates, e.g. 0.1288 for ``rate=0.1, std=0.1`` (0 for ``rate=0``:
     ``instance:0`` is parsed as ``none``).
     """
-    if rate == 0:
-        return 0.0
-    from scipy.stats import truncnorm
-
-    a, b = _truncnorm_bounds(rate, std)
-    return float(truncnorm.mean(a, b, loc=rate, scale=std))
+    return 0.0 if rate == 0 else float(_flip_rate(rate, std).mean())
 
 
 @register_noise_model(
@@ -223,17 +191,13 @@ def _instance(spec: NoiseSpec, inputs: NoiseInputs) -> np.ndarray:
     x = inputs.features
     if x.dtype.kind == "f" and not all(np.isfinite(x[i : i + 4096]).all() for i in range(0, x.shape[0], 4096)):
         raise KnnmixError("features for instance noise contain nan or inf values")
-    from scipy.stats import truncnorm
-
     labels, c, rng = inputs.labels, inputs.num_classes, inputs.rng
     n, d = x.shape
-    a, b = _truncnorm_bounds(spec.rate, inputs.instance_std)
-    q = np.clip(truncnorm.rvs(a, b, loc=spec.rate, scale=inputs.instance_std, size=n, random_state=rng), 0.0, 1.0)
-    flip = rng.random(n) < q
+    q = np.clip(_flip_rate(spec.rate, inputs.instance_std).rvs(size=n, random_state=rng), 0.0, 1.0)
+    flipped = np.flatnonzero(rng.random(n) < q)
     u = rng.random(n)
 
     noisy = np.array(labels, dtype=np.int64, copy=True)
-    flipped = np.flatnonzero(flip)
     by_class = flipped[np.argsort(labels[flipped], kind="stable")]
     bounds = np.searchsorted(labels[by_class], np.arange(c + 1))
     for k in range(c):
