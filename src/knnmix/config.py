@@ -170,8 +170,7 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None, **s
         if value is not None:
             set_dotted(data, key, value)
     for item in overrides or []:
-        key, value = parse_override(item)
-        set_dotted(data, key, value)
+        set_dotted(data, *parse_override(item))
     return from_dict(data)
 
 
@@ -265,17 +264,15 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
+        first_error = None
         for arg in args:
             if arg is type(None) or (dataclasses.is_dataclass(arg) and not isinstance(value, dict)):
                 continue
             try:
                 return _coerce(arg, value, path)
             except ConfigError as exc:
-                errors.append(exc)
-        if errors:
-            raise errors[0]
-        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {_show(value)}")
+                first_error = first_error or exc
+        raise first_error or ConfigError(f"{path}: expected {_type_name(tp)}, got {_show(value)}")
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{path}: expected a list, got {_show(value)}")
