@@ -80,10 +80,9 @@ def label_audit(run: Run, bank: Bank, folder: RunFolder) -> dict[str, Any]:
     out: dict[str, Any] = {"flagged": int(flagged.sum()), "total": int(len(flagged))}
     if train.true_labels is not None:
         wrong = train.given_labels[table["index"]] != train.true_labels[table["index"]]
-        hits = int((flagged & wrong).sum())
-        out["precision"] = 100.0 * hits / max(int(flagged.sum()), 1)
-        out["recall"] = 100.0 * hits / max(int(wrong.sum()), 1)
-        k = int(wrong.sum())
+        hits, k = int((flagged & wrong).sum()), int(wrong.sum())
+        out["precision"] = 100.0 * hits / max(out["flagged"], 1)
+        out["recall"] = 100.0 * hits / max(k, 1)
         out["precision_at_noisy_count"] = 100.0 * float(wrong[:k].mean()) if k else None
     return out
 
