@@ -14,6 +14,15 @@ from typing import Any
 from knnmix import config as C
 from knnmix.errors import KnnmixError, KnnmixWarning
 
+#: Options that stand for a config key: ``--dataset NAME`` is ``--set data.name=NAME`` (argparse dest: key).
+SHORTHANDS = {
+    "dataset": "data.name", "noise": "noise.spec", "method": "method.name", "epochs": "epochs", "seed": "seed",
+    "out": "out", "workers": "distributed.workers", "pretrained": "model.pretrained",
+    # knnmix audit's
+    "data": "data.root", "labels": "data.labels_file", "image_size": "data.image_size", "test": "data.test_root",
+}
+
+
 def _add_run_options(p: argparse.ArgumentParser, resume: str | None = None, tracking: bool = True) -> None:
     """The config options every training command shares; ``resume``: what --resume / --overwrite act on."""
     p.add_argument("--config", help="YAML config file, or an embedded preset name (digits, audit)")
@@ -43,22 +52,9 @@ def _add_tracking_options(p: argparse.ArgumentParser, text: str) -> None:
 
 
 def load_config(args: argparse.Namespace) -> C.Config:
+    """Defaults <- ``--config`` <- the shorthand options given <- ``--set``."""
     path = C.preset_path(args.config) if args.config else None
-    return C.load(
-        path,
-        args.overrides,
-        **{
-            "data.name": args.dataset,
-            "noise.spec": args.noise,
-            "method.name": args.method,
-            "epochs": args.epochs,
-            "seed": args.seed,
-            "out": args.out,
-            "distributed.workers": getattr(args, "workers", None),
-            "model.pretrained": getattr(args, "pretrained", None),
-            **getattr(args, "extra_shorthands", {}),
-        },
-    )
+    return C.load(path, args.overrides, **{key: getattr(args, dest, None) for dest, key in SHORTHANDS.items()})
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -68,8 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             args.config = str(saved)
     cfg = load_config(args)
     summary = run_training(cfg, args)
-    print(json.dumps({"final": summary["final"], "best_val": summary["best_val"],
-                      **({"mlflow_run_id": summary["mlflow_run_id"]} if "mlflow_run_id" in summary else {})}))
+    print(json.dumps({k: summary[k] for k in ("final", "best_val", "mlflow_run_id") if k in summary}))
     return 0
 
 
@@ -77,13 +72,10 @@ def run_training(cfg: C.Config, args: argparse.Namespace) -> dict[str, Any]:
     """Single process, or Ray Train when ``distributed.workers > 0``; then logged to MLflow when a tracking URI is
     given (``--tracking-uri`` or ``MLFLOW_TRACKING_URI``)."""
     if cfg.distributed.workers > 0:
-        from knnmix.scale.train import train_distributed
-
-        summary = train_distributed(cfg, resume=args.resume, overwrite=args.overwrite)
+        from knnmix.scale.train import train_distributed as train
     else:
-        from knnmix.engine.train import train
-
-        summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
+        from knnmix.engine.train import train  # type: ignore[assignment]
+    summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
     uri = getattr(args, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         from knnmix.scale import ray_env
@@ -106,8 +98,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for cfg in configs:
         print(f"\n=== {cfg.method.name} ===", flush=True)
         results.append(run_training(cfg, args))
-    print()
-    print(comparison_table(results))
+    print(f"\n{comparison_table(results)}")
     return 0
 
 
@@ -138,18 +129,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
     """
     if args.config is None:
         args.config = "audit"
-    args.extra_shorthands = {
-        "data.root": args.data,
-        "data.labels_file": args.labels,
-        "data.image_size": args.image_size,
-        "data.test_root": args.test,
-    }
     if args.dataset is None and not args.labels and not Path(args.data).is_dir():
         raise KnnmixError(f"data folder {args.data!r} does not exist")
     cfg = load_config(args)
     summary = run_training(cfg, args)
-    out = Path(cfg.out)
-    print(audit_report(out / "label_issues.csv", summary, args.show))
+    print(audit_report(Path(cfg.out) / "label_issues.csv", summary, args.show))
     return 0
 
 
@@ -180,12 +164,10 @@ def audit_report(csv_path: Path, summary: dict[str, Any], show: int) -> str:
 def cmd_config(args: argparse.Namespace) -> int:
     if args.doc:
         print(config_doc())
-        return 0
-    if args.presets:
-        for p in sorted(C.PRESETS.glob("*.yaml")):
-            print(p.stem)
-        return 0
-    print(C.to_yaml(load_config(args)), end="")
+    elif args.presets:
+        print("\n".join(sorted(p.stem for p in C.PRESETS.glob("*.yaml"))))
+    else:
+        print(C.to_yaml(load_config(args)), end="")
     return 0
 
 

@@ -12,7 +12,9 @@ Every field documents its unit and meaning in the comment beside it; ``docs/conf
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -168,8 +170,7 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None, **s
         if value is not None:
             set_dotted(data, key, value)
     for item in overrides or []:
-        key, value = parse_override(item)
-        set_dotted(data, key, value)
+        set_dotted(data, *parse_override(item))
     return from_dict(data)
 
 
@@ -214,11 +215,10 @@ def flatten(cfg: Config | dict[str, Any], prefix: str = "") -> dict[str, Any]:
     data = to_dict(cfg) if not isinstance(cfg, dict) else cfg
     flat: dict[str, Any] = {}
     for key, value in data.items():
-        name = f"{prefix}{key}"
         if isinstance(value, dict):
-            flat.update(flatten(value, name + "."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
-            flat[name] = value
+            flat[f"{prefix}{key}"] = value
     return flat
 
 
@@ -242,8 +242,6 @@ def _build(cls: type, data: Any, path: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(map(str, data)) - set(fields))
     if unknown:
-        import difflib
-
         key = unknown[0]
         close = [f for f in fields if f.startswith(key)][:1] or difflib.get_close_matches(key, list(fields), n=1)
         hint = f" (did you mean {_join(path, close[0])!r}?)" if close else ""
@@ -266,17 +264,15 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
+        first_error = None
         for arg in args:
             if arg is type(None) or (dataclasses.is_dataclass(arg) and not isinstance(value, dict)):
                 continue
             try:
                 return _coerce(arg, value, path)
             except ConfigError as exc:
-                errors.append(exc)
-        if errors:
-            raise errors[0]
-        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {_show(value)}")
+                first_error = first_error or exc
+        raise first_error or ConfigError(f"{path}: expected {_type_name(tp)}, got {_show(value)}")
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{path}: expected a list, got {_show(value)}")
@@ -298,14 +294,10 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             return value
         raise ConfigError(f"{path}: expected {what}, got {_show(value)}")
     if tp is float:
-        number = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
-        elif isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
-            try:
-                number = float(value)
-            except ValueError:
-                pass
+        try:  # YAML 1.1 reads "1e-3" as a string
+            number = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else None
+        except ValueError:
+            number = None
         if number is None:
             raise ConfigError(f"{path}: expected a number, got {_show(value)}")
         if not math.isfinite(number):
@@ -378,8 +370,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"distributed.storage_path: {x.storage_path!r} must be an absolute path or a URI (Ray Train needs it)"
         )
-    workers = max(x.workers, 1)
-    if o.batch_size % workers:
+    if o.batch_size % max(x.workers, 1):
         raise ConfigError(
             f"optim.batch_size: {o.batch_size} does not split evenly over distributed.workers={x.workers}"
         )
@@ -405,35 +396,25 @@ def _named(key: str, lookup: typing.Callable[[], object]) -> None:
 
 def field_docs() -> list[tuple[str, str, str, str]]:
     """``(dotted key, type, default, meaning)`` of every field, read from the comments in this file."""
-    import inspect
-    import re
-
-    src = inspect.getsource(typing.cast(Any, __import__(__name__, fromlist=["x"])))
     comments: dict[tuple[str, str], str] = {}
     current = ""
-    for line in src.splitlines():
-        head = re.match(r"^class (\w+)\b", line)
-        if head:
+    for line in Path(__file__).read_text().splitlines():
+        if head := re.match(r"^class (\w+)\b", line):
             current = head.group(1)
-            continue
-        fld = re.match(r"^    (\w+): .*?#\s*(.+)$", line)
-        if fld and current:
-            comments[(current, fld.group(1))] = fld.group(2).strip()
+        elif (fld := re.match(r"^    (\w+): .*?#\s*(.+)$", line)) and current:
+            comments[current, fld.group(1)] = fld.group(2).strip()
 
-    rows: list[tuple[str, str, str, str]] = []
-
-    def walk(cls: type, prefix: str) -> None:
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            tp = hints[f.name]
+    def rows(cls: type, prefix: str) -> list[tuple[str, str, str, str]]:
+        out = []
+        for name, tp in typing.get_type_hints(cls).items():
             if dataclasses.is_dataclass(tp):
-                walk(typing.cast(type, tp), f"{prefix}{f.name}.")
-                continue
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-            rows.append((prefix + f.name, _type_name(tp), repr(default), comments.get((cls.__name__, f.name), "")))
+                out += rows(typing.cast(type, tp), f"{prefix}{name}.")
+            else:
+                default = repr(getattr(cls, name))  # every leaf field has a plain default
+                out.append((prefix + name, _type_name(tp), default, comments.get((cls.__name__, name), "")))
+        return out
 
-    walk(Config, "")
-    return rows
+    return rows(Config, "")
 
 
 def _type_name(tp: Any) -> str:

@@ -41,23 +41,24 @@ SHIPPED_VALIDATION = ("clothing1m", "webvision")  # datasets with their own vali
 # The schema: what a space file may hold (built by knnmix.config's builder)
 
 
+class _Schema:
+    _noun: ClassVar[str] = "field"  # how the builder's errors name an unknown key
+
+
 @dataclass
-class Base:
-    _noun: ClassVar[str] = "field"
+class Base(_Schema):
     config: str | None = None  # an embedded preset name or a config YAML file (relative to the space file)
     set: dict[str, Any] = field(default_factory=dict)  # config keys of the base run, dotted or nested
 
 
 @dataclass
-class NoiseEntry:
-    _noun: ClassVar[str] = "field"
+class NoiseEntry(_Schema):
     spec: str  # a noise spec, e.g. symmetric:0.8
     set: dict[str, Any] = field(default_factory=dict)  # config keys for this noise setting only
 
 
 @dataclass
-class Asha:
-    _noun: ClassVar[str] = "field"
+class Asha(_Schema):
     grace_period: int = 1  # epochs every trial runs before it can be stopped
     reduction_factor: float = 2.0  # 1/reduction_factor of the trials pass each rung
     max_t: int | None = None  # the longest trial, in epochs; null = the base run's epochs
@@ -65,8 +66,7 @@ class Asha:
 
 
 @dataclass
-class Param:
-    _noun: ClassVar[str] = "field"
+class Param(_Schema):
     type: Literal["int", "uniform", "loguniform", "choice"]
     low: int | float | None = None
     high: int | float | None = None
@@ -97,11 +97,10 @@ class Param:
 
 
 @dataclass
-class SearchSpace:
+class SearchSpace(_Schema):
     """A search space file, validated; ``base.config`` resolved to an absolute file, ``base.set`` flat, ``noise``
     canonical."""
 
-    _noun: ClassVar[str] = "field"
     name: str  # sweep name: default folder runs/sweeps/<name>, MLflow experiment knnmix-sweep-<name>
     trials: int  # per noise setting
     noise: list[str | NoiseEntry]
@@ -116,7 +115,7 @@ class SearchSpace:
     startup_trials: int | None = None
     asha: Asha = field(default_factory=Asha)
     start_with: list[dict[str, Any]] = field(default_factory=list)
-    label: str = field(default="space.yaml", metadata={"internal": True})  # how errors name the file
+    label: str = "space.yaml"  # how errors name the file (not part of the space: to_dict leaves it out)
 
     @property
     def settings(self) -> list[NoiseSetting]:
@@ -147,11 +146,9 @@ class SearchSpace:
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved space as plain data; :func:`parse_space` of it gives an equal space."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.metadata.get("internal")}
-        out["base"] = dataclasses.asdict(self.base)
-        out["noise"] = [s.to_dict() for s in self.settings]
-        out["params"] = {k: p.to_dict() for k, p in self.params.items()}
-        out["asha"] = dataclasses.asdict(self.asha)
+        out = dataclasses.asdict(self)
+        del out["label"]
+        out.update(noise=[s.to_dict() for s in self.settings], params={k: p.to_dict() for k, p in self.params.items()})
         return out
 
     def to_yaml(self) -> str:
@@ -203,20 +200,14 @@ def load_space(path: str | Path, overrides: list[str] | None = None) -> SearchSp
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"search space {p.name}: not valid YAML: {' '.join(str(exc).split())}") from None
+        raise ConfigError(f"search space {p.name}: not valid YAML: {C._one_line(exc)}") from None
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"search space {p.name}: expected a mapping of fields, got {type(data).__name__}")
     data.setdefault("name", p.stem)
     for item in overrides or []:
         key, value = C.parse_override(item)
-        if key.startswith(SPACE_PREFIX):
-            _set_space_field(data, key[len(SPACE_PREFIX):], value)
-        else:
-            base = data.setdefault("base", {}) or {}
-            data["base"] = base
-            if isinstance(base, dict):
-                base["set"] = {**flat_keys(base.get("set") or {}), key: value}
+        _set_space_field(data, key[len(SPACE_PREFIX):] if key.startswith(SPACE_PREFIX) else f"base.set.{key}", value)
     return parse_space(data, label=p.name, root=p.parent)
 
 
@@ -248,7 +239,7 @@ def _validate(space: SearchSpace, root: Path | None) -> None:
     # the base run and the noise settings
     space.base.config = _base_path(space.base.config, root)
     space.base.set = flat_keys(space.base.set, "base.set")
-    base = _config(space.base_config, "base")
+    base = _at("base", space.base_config)
     check(base.data.val_fraction > 0 or base.data.name in SHIPPED_VALIDATION, "base.set.data.val_fraction",
           f"sweeps select on the noisy-validation accuracy ({METRIC}): use a validation fraction > 0 "
           f"({base.data.name} ships no validation split)")
@@ -259,10 +250,7 @@ def _validate(space: SearchSpace, root: Path | None) -> None:
     for i, entry in enumerate(space.noise):
         where = f"noise[{i}]"
         spec = entry.spec if isinstance(entry, NoiseEntry) else entry
-        try:
-            canonical = str(parse_noise_spec(spec))
-        except KnnmixError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
+        canonical = _at(where, lambda: str(parse_noise_spec(spec)))
         if isinstance(entry, NoiseEntry):
             entry.spec, entry.set = canonical, flat_keys(entry.set, f"{where}.set")
             check(not {"noise.spec", "out"} & set(entry.set), f"{where}.set", "noise.spec and out are set by the sweep")
@@ -271,7 +259,7 @@ def _validate(space: SearchSpace, root: Path | None) -> None:
         setting = space.settings[i]
         check(setting.slug not in seen, where, f"{canonical!r} is listed twice (also noise[{seen.get(setting.slug)}])")
         seen[setting.slug] = i
-        cfg = _config(lambda s=setting: space.setting_config(s), where)
+        cfg = _at(where, lambda s=setting: space.setting_config(s))
         kind = canonical.split(":")[0]
         if kind in ("cifar10n", "cifar100n"):
             dataset = kind[:-1]
@@ -298,10 +286,7 @@ def _validate(space: SearchSpace, root: Path | None) -> None:
             for sub in ("low", "high", "step"):
                 v = getattr(param, sub)
                 check(v is None or isinstance(v, int), f"{where}.{sub}", f"expected an integer, got {v!r} (float)")
-        try:
-            dist = param.distribution()
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"{where}: {' '.join(str(exc).split())}") from None
+        dist = _at(where, param.distribution, (ValueError, TypeError))  # Optuna's own checks
         tp = _key_type(key)
         is_int, is_float = tp in (int, int | None), tp in (float, float | None)
         if param.type in ("uniform", "loguniform"):
@@ -310,7 +295,7 @@ def _validate(space: SearchSpace, root: Path | None) -> None:
         if param.type == "int":
             check(is_int or is_float, f"{where}.type", f"int draws integers but {key} is not a number; use choice")
         for value, sub in _corners(param, dist):
-            _config(lambda v=value: C.replace(base, **{key: v}), f"{where}.{sub}")
+            _at(f"{where}.{sub}", lambda v=value: C.replace(base, **{key: v}))
 
     # ASHA and the start points
     a = space.asha
@@ -334,11 +319,15 @@ def _validate(space: SearchSpace, root: Path | None) -> None:
                   f"{value!r} is outside {space.params[key].describe()}")
 
 
-def _config(build: typing.Callable[[], C.Config], where: str) -> C.Config:
+_MISTAKES = (KnnmixError, yaml.YAMLError, OSError)  # what reading a base config or a noise spec can raise
+
+
+def _at(where: str, build: typing.Callable[[], Any], errors: tuple[type[Exception], ...] = _MISTAKES) -> Any:
+    """``build()``, with whatever ``errors`` it raises as one :class:`ConfigError` naming ``where``."""
     try:
         return build()
-    except (ConfigError, yaml.YAMLError, OSError) as exc:
-        raise ConfigError(f"{where}: {' '.join(str(exc).split())}") from None
+    except errors as exc:
+        raise ConfigError(f"{where}: {C._one_line(exc)}") from None
 
 
 def _corners(param: Param, dist: Any) -> list[tuple[Any, str]]:
@@ -374,10 +363,7 @@ def _base_path(value: str | None, root: Path | None) -> str | None:
         if not p.is_file():
             raise ConfigError(f"base.config: config file {str(p)!r} does not exist")
         return str(p.resolve())
-    try:
-        return str(C.preset_path(value).resolve())
-    except ConfigError as exc:
-        raise ConfigError(f"base.config: {exc}") from None
+    return _at("base.config", lambda: str(C.preset_path(value).resolve()))
 
 
 def flat_keys(data: Any, where: str = "set") -> dict[str, Any]:
@@ -409,9 +395,9 @@ def _set_space_field(data: dict[str, Any], key: str, value: Any) -> None:
             params[name] = value
         return
     if parts[:2] == ["base", "set"] and len(parts) > 2:
-        base = data.setdefault("base", {}) or {}
-        data["base"] = base
-        base["set"] = {**flat_keys(base.get("set") or {}), ".".join(parts[2:]): value}
+        base = data["base"] = data.get("base") or {}
+        if isinstance(base, dict):  # otherwise the builder names the mistake
+            base["set"] = {**flat_keys(base.get("set") or {}), ".".join(parts[2:]): value}
         return
     node = data
     for part in parts[:-1]:

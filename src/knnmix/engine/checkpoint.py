@@ -224,7 +224,7 @@ def folder_lock(path: str | Path, what: str = "run folder") -> Iterator[None]:
         fh = open(p / LOCK, "a+")
     except OSError as exc:
         raise KnnmixError(f"cannot write {what} {str(p)!r}: {exc.strerror or _line(exc)}") from None
-    try:
+    with fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -242,5 +242,3 @@ def folder_lock(path: str | Path, what: str = "run folder") -> Iterator[None]:
             fh.seek(0)
             fh.truncate()
             fcntl.flock(fh, fcntl.LOCK_UN)
-    finally:
-        fh.close()

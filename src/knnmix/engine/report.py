@@ -9,7 +9,6 @@ import torch
 
 from knnmix import config as C
 from knnmix.audit import find_label_issues, plot_label_issues, write_label_issues
-from knnmix.data import LabelledDataset
 from knnmix.engine.checkpoint import LABEL_ISSUES, LABEL_ISSUES_PLOT, RunFolder
 from knnmix.methods.phases import Bank
 from knnmix.provenance import git_commit
@@ -24,12 +23,13 @@ def summary(run: Run) -> dict[str, Any]:
     cfg, splits = run.cfg, run.splits
     last = run.history[-1] if run.history else {}
     times = [r["train_time_s"] for r in run.history]
+    noisy = run.truly_noisy
     return {
         "method": cfg.method.name,
         "dataset": cfg.data.name,
         "noise": cfg.noise.spec,
         "noise_rate": splits.noise.noise_rate,
-        "train_noise_rate": noise_rate(splits.train),
+        "train_noise_rate": None if noisy is None else float(noisy.double().mean()),
         "model": cfg.model.name,
         "seed": cfg.seed,
         "epochs": run.epoch,
@@ -80,10 +80,9 @@ def label_audit(run: Run, bank: Bank, folder: RunFolder) -> dict[str, Any]:
     out: dict[str, Any] = {"flagged": int(flagged.sum()), "total": int(len(flagged))}
     if train.true_labels is not None:
         wrong = train.given_labels[table["index"]] != train.true_labels[table["index"]]
-        hits = int((flagged & wrong).sum())
-        out["precision"] = 100.0 * hits / max(int(flagged.sum()), 1)
-        out["recall"] = 100.0 * hits / max(int(wrong.sum()), 1)
-        k = int(wrong.sum())
+        hits, k = int((flagged & wrong).sum()), int(wrong.sum())
+        out["precision"] = 100.0 * hits / max(out["flagged"], 1)
+        out["recall"] = 100.0 * hits / max(k, 1)
         out["precision_at_noisy_count"] = 100.0 * float(wrong[:k].mean()) if k else None
     return out
 
@@ -111,8 +110,7 @@ def progress_line(r: dict[str, Any], epochs: int, eta_s: float | None = None) ->
         parts.append(f"labels {pct(r['label_acc'])}")
     if r.get("noisy_precision") is not None or r.get("noisy_recall") is not None:
         parts.append(f"noisy P/R {pct(r.get('noisy_precision'))}/{pct(r.get('noisy_recall'))}")
-    parts.append(f"lr {r['lr']:.4g}")
-    parts.append(f"{r['train_time_s']:.1f}s")
+    parts += [f"lr {r['lr']:.4g}", f"{r['train_time_s']:.1f}s"]
     if eta_s is not None and r["epoch"] < epochs:
         left = round(eta_s)
         parts.append(f"~{left // 3600}h{left % 3600 // 60:02d}m left" if left >= 3600 else f"~{left // 60}m{left % 60:02d}s left")
@@ -129,9 +127,3 @@ def done_line(summary: dict[str, Any], folder: RunFolder) -> str:
 
 def pct(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.2f}%"
-
-
-def noise_rate(ds: LabelledDataset) -> float | None:
-    if ds.true_labels is None:
-        return None
-    return float(np.mean(ds.given_labels != ds.true_labels))

@@ -116,16 +116,10 @@ def build_splits(cfg: Config) -> Splits:
     val_rows, train_rows = np.sort(perm[:n_val]), np.sort(perm[n_val:])
     if len(train_rows) < 2:
         raise DataError(f"only {len(train_rows)} training images remain after the validation split")
-    true = labels if bundle.labels_are_clean else None
 
     def subset(r: np.ndarray) -> LabelledDataset:
-        return LabelledDataset(
-            bundle.train,
-            r,
-            noise.noisy_labels[r],
-            bundle.classes,
-            true_labels=None if true is None else true[r],
-        )
+        true = labels[r] if bundle.labels_are_clean else None
+        return LabelledDataset(bundle.train, r, noise.noisy_labels[r], bundle.classes, true_labels=true)
 
     def trusted(source: ImageSource | None, labels: np.ndarray | None) -> LabelledDataset | None:
         if source is None or labels is None:

@@ -27,15 +27,15 @@ from torch.utils.data import DataLoader
 
 from knnmix import config as C
 from knnmix.data import LabelledDataset, collate_batch, dataset_options
-from knnmix.methods import dist as D
 from knnmix.engine import report
 from knnmix.engine.checkpoint import FORMAT, RunFolder, folder_lock, rng_state, set_rng_state
-from knnmix.methods.phases import Bank, gather_bank
 from knnmix.engine.splits import Splits, build_splits
-from knnmix.methods.state import SampleState
 from knnmix.errors import ConfigError, DivergedError, KnnmixError, KnnmixWarning
 from knnmix.math import SEARCH_BACKENDS, NeighbourSearch, l2_normalise
 from knnmix.methods import METHODS, Method
+from knnmix.methods import dist as D
+from knnmix.methods.phases import Bank, gather_bank
+from knnmix.methods.state import SampleState
 from knnmix.models import build_model
 
 #: ``on_epoch(run, record, summary)``: called after every epoch (after :func:`finish` at the last one, with its summary).
@@ -489,11 +489,9 @@ def restore(run: Run, ckpt: dict[str, Any]) -> None:
 
 def check_resumable(saved: dict[str, Any], wanted: dict[str, Any]) -> None:
     a, b = C.flatten(saved), C.flatten(wanted)
-    diff = [
-        k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not any(
-            k == p or (p.endswith(".") and k.startswith(p)) for p in RESUMABLE_CHANGES
-        )
-    ]
+    sections = tuple(p for p in RESUMABLE_CHANGES if p.endswith("."))
+    diff = [k for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES and not k.startswith(sections)]
     if diff:
         shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:4])
         raise ConfigError(f"cannot resume with a different config ({shown}); only paths, resources and epochs may change")
