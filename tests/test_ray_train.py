@@ -208,6 +208,18 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_newest_readable_one(tmp_p
 # Real worker groups
 
 
+def test_the_local_ray_knnmix_starts_listens_on_loopback(local_ray):
+    import ray
+
+    import psutil  # Ray's vendored copy (importing ray put it on sys.path)
+
+    assert {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]} == {"127.0.0.1"}
+    ours = {os.getpid(), *(p.pid for p in psutil.Process().children(recursive=True))}  # GCS, raylet, workers, ...
+    listening = {(c.laddr.ip, psutil.Process(c.pid).name()) for c in psutil.net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN and c.pid in ours}
+    assert listening and all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for ip, _ in listening), listening
+
+
 @pytest.mark.slow
 def test_worker_user_error_surfaces_as_the_same_one_line_error(local_ray, tmp_path, capsys):
     # method.k must be smaller than the training set: only the workers (which load the data) can tell
