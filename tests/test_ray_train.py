@@ -215,7 +215,7 @@ def test_the_local_ray_knnmix_starts_listens_on_loopback(local_ray):
 
     assert {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]} == {"127.0.0.1"}
     ours = {os.getpid(), *(p.pid for p in psutil.Process().children(recursive=True))}  # GCS, raylet, workers, ...
-    listening = {(c.laddr.ip, psutil.Process(c.pid).name()) for c in psutil.net_connections("tcp")
+    listening = {(c.laddr.ip, c.laddr.port) for c in psutil.net_connections("tcp")
                  if c.status == psutil.CONN_LISTEN and c.pid in ours}
     assert listening and all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for ip, _ in listening), listening
 
