@@ -91,15 +91,18 @@ def ensure_ray(*, verbose: bool = False, **init: Any) -> bool:
     env["env_vars"]["RAY_ADDRESS"] = f"127.0.0.1:{port}"  # for the job's processes only, not this one's children
     # Ray turns a node address of 127.0.0.1 into the host's reachable address (its GCS and raylets then listen on
     # every interface) unless it believes it runs single-node, as on macOS; this flag says so, for this process
-    # (Ray reads it at import) and, through the environment, for the GCS, raylet and workers it starts.
+    # while it starts Ray (Ray read it at import) and, through the environment, for the GCS, raylet and workers it
+    # starts. Once connected, Ray takes this process's address from its node, so a later join is not affected.
     from ray._private import ray_constants
 
+    cluster = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False
     local = {"RAY_GCS_SERVER_PORT": str(port), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     os.environ.update(local)
     try:
         ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", **kwargs)
     finally:
+        ray_constants.ENABLE_RAY_CLUSTER = cluster
         for key in local:
             os.environ.pop(key, None)
     return True
