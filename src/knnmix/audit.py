@@ -16,19 +16,7 @@ import numpy as np
 import torch
 
 from knnmix.math import fit_clean_probability, normalise_losses
-
-COLUMNS = [
-    "rank",
-    "index",
-    "row",
-    "given_label",
-    "corrected_label",
-    "clean_prob",
-    "is_label_issue",
-    "given_label_confidence",
-    "suggestion_confidence",
-]
-
+from knnmix.plots import pyplot, save
 
 def find_label_issues(
     labels: np.ndarray,
@@ -99,30 +87,27 @@ def write_label_issues(
     ``class_names`` adds ``given_class`` / ``corrected_class``; ``extra`` adds columns indexed by dataset index.
     """
     index = table["index"]
-    header = list(COLUMNS)
+    given, corrected = table["given_label"], table["corrected_label"]
+    columns: dict[str, Sequence[object]] = {
+        "rank": range(1, len(index) + 1),
+        "index": index,
+        "row": index if rows is None else np.asarray(rows)[index],
+        "given_label": given,
+        "corrected_label": corrected,
+        "clean_prob": [f"{p:.6f}" for p in table["clean_prob"]],
+        "is_label_issue": np.asarray(table["is_label_issue"], dtype=bool).astype(int),
+        "given_label_confidence": [f"{p:.6f}" for p in table["given_label_confidence"]],
+        "suggestion_confidence": [f"{p:.6f}" for p in table["suggestion_confidence"]],
+    }
     if class_names is not None:
-        header += ["given_class", "corrected_class"]
-    extra = extra or {}
-    header += list(extra)
+        columns["given_class"] = [class_names[c] for c in given]
+        columns["corrected_class"] = [class_names[c] for c in corrected]
+    for name, values in (extra or {}).items():
+        columns[name] = [values[i] for i in index]
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(header)
-        for r, i in enumerate(index):
-            line: list[object] = [
-                r + 1,
-                int(i),
-                int(rows[i]) if rows is not None else int(i),
-                int(table["given_label"][r]),
-                int(table["corrected_label"][r]),
-                f"{table['clean_prob'][r]:.6f}",
-                int(bool(table["is_label_issue"][r])),
-                f"{table['given_label_confidence'][r]:.6f}",
-                f"{table['suggestion_confidence'][r]:.6f}",
-            ]
-            if class_names is not None:
-                line += [class_names[int(table["given_label"][r])], class_names[int(table["corrected_label"][r])]]
-            line += [extra[k][i] for k in extra]
-            w.writerow(line)
+        w.writerow(columns)
+        w.writerows(zip(*columns.values()))
 
 
 def plot_label_issues(
@@ -139,17 +124,12 @@ def plot_label_issues(
 
     ``given``, ``suggested`` and ``clean_prob`` are aligned with the images, most suspect first.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     n = images.shape[0]
     if n == 0:
         return
     cols = min(columns, n)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.5 * rows + 0.4), squeeze=False)
+    fig, axes = pyplot().subplots(rows, cols, figsize=(1.9 * cols, 2.5 * rows + 0.4), squeeze=False)
     for k, ax in enumerate(axes.ravel()):
         ax.axis("off")
         if k >= n:
@@ -158,6 +138,4 @@ def plot_label_issues(
         ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray" if img.shape[2] == 1 else None)
         ax.set_title(f"given: {given[k]}\nsuggested: {suggested[k]}\nclean p={clean_prob[k]:.2f}", fontsize=7)
     fig.suptitle(title or "Labels most likely wrong (most suspect first)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, Path(path))

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 
-def _plt() -> Any:
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (files only, no display)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -17,13 +18,20 @@ def _plt() -> Any:
     return plt
 
 
+def save(fig: Any, path: Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` (110 dpi) and close it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+    return path
+
+
 def plot_learning_curves(path: Path, curves: dict[str, list[dict[str, Any]]], best: str | None, title: str) -> Path:
     """Noisy-validation accuracy per epoch of every trial (the best one bold, its test accuracy dashed) and the
     training loss."""
     from matplotlib.ticker import MaxNLocator
 
-    plt = _plt()
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax, ax2) = pyplot().subplots(1, 2, figsize=(11, 4))
     for tid, recs in curves.items():
         val = [(r["epoch"], r["val_acc"]) for r in recs if r.get("val_acc") is not None]
         lw, alpha = (2.5, 1.0) if tid == best else (1.0, 0.5)
@@ -38,10 +46,7 @@ def plot_learning_curves(path: Path, curves: dict[str, list[dict[str, Any]]], be
     for a in (ax, ax2):
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(f"{title}: every trial")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_clean_prob_histogram(path: Path, label_issues_csv: Path, title: str) -> Path | None:
@@ -55,27 +60,22 @@ def plot_clean_prob_histogram(path: Path, label_issues_csv: Path, title: str) ->
         return None
     clean = [float(r["clean_prob"]) for r in rows if r["given_label"] == r["true_label"]]
     noisy = [float(r["clean_prob"]) for r in rows if r["given_label"] != r["true_label"]]
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     bins = [i / 20 for i in range(21)]
     ax.hist(clean, bins=bins, alpha=0.6, label=f"truly clean labels ({len(clean)})")
     ax.hist(noisy, bins=bins, alpha=0.6, label=f"truly noisy labels ({len(noisy)})")
     ax.set(xlabel="clean probability of the given label", ylabel="training samples", yscale="log", title=title)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_best_per_noise(path: Path, settings: list[dict[str, Any]], title: str) -> Path:
     """The sweep's best noisy-validation accuracy per noise setting, with the test accuracy of that trial."""
-    plt = _plt()
     names = [s["noise"] for s in settings]
     val = [(s.get("best") or {}).get("val_acc") or 0.0 for s in settings]
     test = [(s.get("best") or {}).get("test_acc") or 0.0 for s in settings]
     x = list(range(len(names)))
-    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(names)), 4))
+    fig, ax = pyplot().subplots(figsize=(max(5, 1.6 * len(names)), 4))
     ax.bar([i - 0.2 for i in x], val, width=0.4, label="best noisy-validation acc (selected on)")
     ax.bar([i + 0.2 for i in x], test, width=0.4, label="its test acc (reported only)")
     for i, (v, t) in enumerate(zip(val, test)):
@@ -85,19 +85,12 @@ def plot_best_per_noise(path: Path, settings: list[dict[str, Any]], title: str) 
     ax.set_xticklabels(names, rotation=15)
     ax.set(ylabel="accuracy (%)", ylim=(0, 105), title=title)
     ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_importances(path: Path, importances: dict[str, float], title: str) -> Path:
-    plt = _plt()
     keys = list(importances)[::-1]
-    fig, ax = plt.subplots(figsize=(6, 0.5 * len(keys) + 1.5))
+    fig, ax = pyplot().subplots(figsize=(6, 0.5 * len(keys) + 1.5))
     ax.barh(keys, [importances[k] for k in keys])
     ax.set(xlabel="importance (fANOVA) for the last noisy-validation accuracy", title=title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
