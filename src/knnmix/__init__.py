@@ -4,20 +4,18 @@
 :mod:`knnmix.audit`); ``knnmix.train(cfg)`` trains one run (see :mod:`knnmix.engine.train`).
 """
 
+import importlib
 from typing import Any
 
 __version__ = "0.1.0"
 
 __all__ = ["find_label_issues", "train"]
 
+#: The public functions, imported on first use so that `import knnmix` stays light: name -> its module.
+_LAZY = {"find_label_issues": "knnmix.audit", "train": "knnmix.engine.train"}
 
-def __getattr__(name: str) -> Any:  # lazy, so that `import knnmix` stays light
-    if name == "find_label_issues":
-        from knnmix.audit import find_label_issues
 
-        return find_label_issues
-    if name == "train":
-        from knnmix.engine.train import train
-
-        return train
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'knnmix' has no attribute {name!r}")

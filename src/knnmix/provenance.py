@@ -17,21 +17,19 @@ def git_commit() -> str:
     env = os.environ.get("KNNMIX_GIT_COMMIT")
     if env:
         return env
-    here = Path(__file__).resolve().parent
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
+        sha = _git("rev-parse", "HEAD", check=True)
+        dirty = _git("status", "--porcelain", "--untracked-files=no", check=False)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{sha}-dirty" if dirty else sha
+
+
+def _git(*args: str, check: bool) -> str:
+    """The output of ``git ARGS`` run in this package's folder."""
+    here = Path(__file__).resolve().parent
+    done = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=5, check=check)
+    return done.stdout.strip()
 
 
 def cpu_model() -> str:
@@ -47,7 +45,7 @@ def cpu_model() -> str:
 def machine() -> dict[str, Any]:
     import torch
 
-    info: dict[str, Any] = {
+    return {
         "host": platform.node(),
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
@@ -55,4 +53,3 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
-    return info
