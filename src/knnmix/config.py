@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import operator
 import re
 import types
 import typing
@@ -154,24 +155,26 @@ def from_dict(data: dict[str, Any] | None = None) -> Config:
 
 def load(path: str | Path | None = None, overrides: list[str] | None = None, **shorthands: Any) -> Config:
     """Defaults <- YAML file <- shorthands (dotted keys, ``None`` = not given) <- ``key=value`` overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {_one_line(exc)}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config file {str(p)!r} must hold a mapping of keys, got {type(loaded).__name__}")
-        data = loaded or {}
+    data = read_yaml(Path(path), f"config file {str(path)!r}") if path is not None else {}
     for key, value in shorthands.items():
         if value is not None:
             set_dotted(data, key, value)
     for item in overrides or []:
         set_dotted(data, *parse_override(item))
     return from_dict(data)
+
+
+def read_yaml(path: Path, what: str) -> dict[str, Any]:
+    """The mapping a YAML file holds (``{}`` when it is empty); ``what`` names the file in errors."""
+    if not path.is_file():
+        raise ConfigError(f"{what} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} is not valid YAML: {_one_line(exc)}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{what} must hold a mapping of keys, got {type(data).__name__}")
+    return data or {}
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -201,9 +204,8 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """The config as plain nested dicts (YAML/JSON serialisable)."""
-    return dataclasses.asdict(cfg)
+#: The config as plain nested dicts (YAML/JSON serialisable).
+to_dict = dataclasses.asdict
 
 
 def to_yaml(cfg: Config) -> str:
@@ -337,8 +339,9 @@ def _check(ok: bool, key: str, value: Any, need: str) -> None:
 
 #: Lowest value of each numeric key: ``(bound, open (>) rather than closed (>=), a note for the error)``.
 LOWER_BOUNDS: dict[str, tuple[float, bool, str]] = {
-    "data.val_fraction": (0, False, " and <= 0.5"), "data.train_subset": (2, False, ""), "data.num_workers": (0, False, ""),
-    "data.epoch_samples": (2, False, ""), "data.image_size": (8, False, " pixels"), "data.first_classes": (2, False, ""),
+    "data.val_fraction": (0, False, " and <= 0.5"), "data.train_subset": (2, False, " (or null)"),
+    "data.num_workers": (0, False, ""), "data.epoch_samples": (2, False, " (or null)"),
+    "data.image_size": (8, False, " pixels (or null)"), "data.first_classes": (2, False, " (or null)"),
     "noise.instance_std": (0, True, ""), "optim.lr": (0, True, ""), "optim.weight_decay": (0, False, ""),
     "optim.restart_period": (1, False, ""), "optim.batch_size": (1, False, ""), "optim.eval_batch_size": (1, False, ""),
     "method.warmup_epochs": (0, False, ""), "method.warmup_penalty": (0, False, " (0 = off)"),
@@ -351,7 +354,6 @@ LOWER_BOUNDS: dict[str, tuple[float, bool, str]] = {
     "distributed.num_to_keep": (1, False, ""), "epochs": (1, False, ""), "threads": (0, False, ""),
     "checkpoint_every": (1, False, ""), "log_every": (1, False, ""), "test_every": (0, False, ""),
 }
-NULLABLE = ("train_subset", "epoch_samples", "image_size", "first_classes")
 
 
 def validate(cfg: Config) -> None:
@@ -359,10 +361,9 @@ def validate(cfg: Config) -> None:
     d, o, m, x = cfg.data, cfg.optim, cfg.method, cfg.distributed
     _check(d.val_fraction <= 0.5, "data.val_fraction", d.val_fraction, "use a fraction in [0, 0.5]")
     for key, (low, strict, note) in LOWER_BOUNDS.items():
-        section, _, leaf = key.rpartition(".")
-        value = getattr(getattr(cfg, section) if section else cfg, leaf)
+        value = operator.attrgetter(key)(cfg)
         _check(value is None or value > low or (value == low and not strict), key, value,
-               f"use {'>' if strict else '>='} {low}{note}" + (" (or null)" if leaf in NULLABLE else ""))
+               f"use {'>' if strict else '>='} {low}{note}")
     _check(0 <= o.momentum < 1, "optim.momentum", o.momentum, "use a value in [0, 1)")
     _check(0 <= o.min_lr <= o.lr, "optim.min_lr", o.min_lr, f"use a value in [0, optim.lr={o.lr}]")
     _check(0 <= m.correction_momentum < 1, "method.correction_momentum", m.correction_momentum, "use [0, 1)")

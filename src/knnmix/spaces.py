@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import operator
 import re
 import typing
 from dataclasses import dataclass, field
@@ -123,9 +124,8 @@ class SearchSpace(_Schema):
 
     def base_config(self) -> C.Config:
         """The validated base config (before the noise setting and the sampled values)."""
-        data: dict[str, Any] = {}
-        if self.base.config is not None:
-            data = yaml.safe_load(Path(self.base.config).read_text()) or {}
+        path = self.base.config
+        data = {} if path is None else C.read_yaml(Path(path), f"config file {path!r}")
         for key, value in self.base.set.items():
             C.set_dotted(data, key, value)
         return C.from_dict(data)
@@ -197,13 +197,7 @@ def resolve_space_path(name_or_path: str | Path) -> Path:
 def load_space(path: str | Path, overrides: list[str] | None = None) -> SearchSpace:
     """Read, override (``--set``: ``sweep.FIELD=...`` changes the space, other keys its base run) and validate."""
     p = resolve_space_path(path)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"search space {p.name}: not valid YAML: {C._one_line(exc)}") from None
-    data = {} if data is None else data
-    if not isinstance(data, dict):
-        raise ConfigError(f"search space {p.name}: expected a mapping of fields, got {type(data).__name__}")
+    data = C.read_yaml(p, f"search space {p.name}: the file")
     data.setdefault("name", p.stem)
     for item in overrides or []:
         key, value = C.parse_override(item)
@@ -232,8 +226,9 @@ def _validate(space: SearchSpace, root: Path | None) -> None:
     check(space.metric == METRIC, "metric", f"{space.metric!r} cannot be selected on: sweeps select on the "
           f"noisy-validation accuracy {METRIC!r} only (the test split is reported, never used to select)")
     check(space.mode == MODE, "mode", f"{space.mode!r}: {METRIC} is maximised; use {MODE!r}")
-    for key, low in (("trials", 1), ("seed", 0), ("max_concurrent_trials", 1), ("startup_trials", 0)):
-        value = getattr(space, key)
+    for key, low in (("trials", 1), ("seed", 0), ("max_concurrent_trials", 1), ("startup_trials", 0),
+                     ("asha.grace_period", 1), ("asha.brackets", 1)):
+        value = operator.attrgetter(key)(space)
         check(value is None or value >= low, key, f"{value} is out of range; use >= {low}")
 
     # the base run and the noise settings
@@ -299,9 +294,7 @@ def _validate(space: SearchSpace, root: Path | None) -> None:
 
     # ASHA and the start points
     a = space.asha
-    check(a.grace_period >= 1, "asha.grace_period", f"{a.grace_period} is out of range; use >= 1")
     check(a.reduction_factor > 1, "asha.reduction_factor", f"{a.reduction_factor:g} must be > 1")
-    check(a.brackets >= 1, "asha.brackets", f"{a.brackets} is out of range; use >= 1")
     check(a.max_t is None or 1 <= a.max_t <= space.epochs, "asha.max_t",
           f"{a.max_t} is outside [1, the base run's epochs={space.epochs}]")
     check(a.grace_period <= (a.max_t or space.epochs), "asha.grace_period",
@@ -319,7 +312,7 @@ def _validate(space: SearchSpace, root: Path | None) -> None:
                   f"{value!r} is outside {space.params[key].describe()}")
 
 
-_MISTAKES = (KnnmixError, yaml.YAMLError, OSError)  # what reading a base config or a noise spec can raise
+_MISTAKES = (KnnmixError, OSError)  # what reading a base config or a noise spec can raise
 
 
 def _at(where: str, build: typing.Callable[[], Any], errors: tuple[type[Exception], ...] = _MISTAKES) -> Any:
@@ -399,7 +392,4 @@ def _set_space_field(data: dict[str, Any], key: str, value: Any) -> None:
         if isinstance(base, dict):  # otherwise the builder names the mistake
             base["set"] = {**flat_keys(base.get("set") or {}), ".".join(parts[2:]): value}
         return
-    node = data
-    for part in parts[:-1]:
-        node = node.setdefault(part, {}) if isinstance(node.get(part), dict) or part not in node else node[part]
-    node[parts[-1]] = value
+    C.set_dotted(data, key, value)
