@@ -290,11 +290,10 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         if value not in choices:
             raise ConfigError(f"{path}: {_show(value)} is not one of {', '.join(map(str, choices))}")
         return value
-    if tp in _SCALARS:
-        what, ok = _SCALARS[tp]
-        if ok(value):
+    if tp in _EXPECTED:  # bool, int, str: taken as they are (true is not an integer)
+        if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
             return value
-        raise ConfigError(f"{path}: expected {what}, got {_show(value)}")
+        raise ConfigError(f"{path}: expected {_EXPECTED[tp]}, got {_show(value)}")
     if tp is float:
         try:  # YAML 1.1 reads "1e-3" as a string
             number = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else None
@@ -308,12 +307,8 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
     raise TypeError(f"unsupported config type {tp!r} at {path}")  # a bug in this module, not user input
 
 
-#: How a bool, int or str field is checked, and how its error names the expected value.
-_SCALARS: dict[Any, tuple[str, typing.Callable[[Any], bool]]] = {
-    bool: ("true or false", lambda v: isinstance(v, bool)),
-    int: ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
-    str: ("a string", lambda v: isinstance(v, str)),
-}
+#: What the error of a bool, int or str field says it expected.
+_EXPECTED: dict[Any, str] = {bool: "true or false", int: "an integer", str: "a string"}
 
 
 def _join(path: str, key: str) -> str:

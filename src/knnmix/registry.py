@@ -42,9 +42,7 @@ class Registry(Generic[T]):
         except KeyError:
             close = difflib.get_close_matches(name, self._items, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise KnnmixError(
-                f"unknown {self.kind} {name!r}{hint}; choose one of: {', '.join(self.names())}"
-            ) from None
+            raise KnnmixError(f"unknown {self.kind} {name!r}{hint}; choose one of: {', '.join(self.names())}") from None
 
     def names(self) -> list[str]:
         return sorted(self._items)

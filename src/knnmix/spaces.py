@@ -289,7 +289,9 @@ def _validate(space: SearchSpace, root: Path | None) -> None:
                   + ("an integer; use int or choice" if is_int else "not a number; use choice"))
         if param.type == "int":
             check(is_int or is_float, f"{where}.type", f"int draws integers but {key} is not a number; use choice")
-        for value, sub in _corners(param, dist):
+        corners = ([(v, f"values[{i}]") for i, v in enumerate(dist.choices)] if param.type == "choice"
+                   else [(dist.low, "low"), (dist.high, "high")])
+        for value, sub in corners:
             _at(f"{where}.{sub}", lambda v=value: C.replace(base, **{key: v}))
 
     # ASHA and the start points
@@ -321,12 +323,6 @@ def _at(where: str, build: typing.Callable[[], Any], errors: tuple[type[Exceptio
         return build()
     except errors as exc:
         raise ConfigError(f"{where}: {C._one_line(exc)}") from None
-
-
-def _corners(param: Param, dist: Any) -> list[tuple[Any, str]]:
-    if param.type == "choice":
-        return [(v, f"values[{i}]") for i, v in enumerate(dist.choices)]
-    return [(dist.low, "low"), (dist.high, "high")]
 
 
 def _inside(dist: Any, value: Any) -> bool:
