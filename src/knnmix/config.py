@@ -376,18 +376,21 @@ def validate(cfg: Config) -> None:
     from knnmix.models import MODELS
     from knnmix.noise import parse_noise_spec
 
-    _named("method.name", lambda: METHODS.get(m.name))
-    _named("noise.spec", lambda: parse_noise_spec(cfg.noise.spec))
-    _named("data.name", lambda: DATASETS.get(d.name))
+    naming("method.name", lambda: METHODS.get(m.name))
+    naming("noise.spec", lambda: parse_noise_spec(cfg.noise.spec))
+    naming("data.name", lambda: DATASETS.get(d.name))
     if cfg.model.name != "auto":
-        _named("model.name", lambda: MODELS.get(cfg.model.name))
+        naming("model.name", lambda: MODELS.get(cfg.model.name))
 
 
-def _named(key: str, lookup: typing.Callable[[], object]) -> None:
+def naming(where: str, build: typing.Callable[[], Any],
+           errors: tuple[type[Exception], ...] = (KnnmixError, OSError)) -> Any:
+    """``build()``, with whatever ``errors`` it raises (by default a user's mistake: a bad name, noise spec or
+    config file) as one :class:`ConfigError` naming ``where``."""
     try:
-        lookup()
-    except KnnmixError as exc:
-        raise ConfigError(f"{key}: {exc}") from None
+        return build()
+    except errors as exc:
+        raise ConfigError(f"{where}: {_one_line(exc)}") from None
 
 
 def field_docs() -> list[tuple[str, str, str, str]]:
