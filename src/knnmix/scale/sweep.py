@@ -144,9 +144,6 @@ class SettingsSearch(Searcher):
         self.studies, self.trials = studies, trials
         self.setting_of: dict[str, str] = {}
 
-    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
-        return True
-
     def suggest(self, trial_id: str) -> dict | str | None:
         started = Counter(self.setting_of.values())
         open_settings = [s for s in self.studies if started[s] < self.trials]
@@ -199,9 +196,6 @@ class SettingsASHA(FIFOScheduler):
 
     def _of(self, trial: Any) -> ASHAScheduler:
         return self.schedulers[trial.config[SETTING_KEY]]
-
-    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
-        return all(s.set_search_properties(metric, mode, **spec) for s in self.schedulers.values())
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         asha = self._of(trial)
