@@ -361,87 +361,81 @@ def run_sweep(
     echo: Callable[[str], None] | None = print, verbose: bool = False, register: str | None = None,
 ) -> dict[str, Any]:
     """Run (or continue) the sweep of ``space`` into ``out``; returns the summary (``sweep_summary.json``)."""
-    folder = SweepFolder(Path(out).expanduser().absolute())
-    ray_env.quiet(verbose)
-    with folder_lock(folder.root, "sweep folder"):
-        return _run_sweep(space, folder, store, resume, echo or (lambda _s: None), verbose, register)
-
-
-def _run_sweep(space: SearchSpace, folder: SweepFolder, store: T.Store | None, resume: bool,
-               say: Callable[[str], None], verbose: bool, register: str | None) -> dict[str, Any]:
     import ray
     from ray import tune
 
-    state = check_state(folder, resume)
-    if state is not None:
-        saved = T.Store(state["tracking"]["uri"], state["tracking"]["artifact_root"])
-        if store is not None and store.uri != saved.uri:
-            raise KnnmixError(f"--tracking-uri {store.uri!r} differs from the store this sweep logs to "
-                              f"({saved.uri!r})")
-        store = saved
-    store = store or T.Store.resolve()
-    settings = space.settings
-    configs = {s.slug: _absolute(space.setting_config(s)) for s in settings}
-    if state is None:
-        atomic_write_text(folder.file(SPACE_FILE), space.to_yaml())
-        state = {"version": 2, "name": space.name, "space_label": space.label, "status": "running",
-                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                 "tracking": {"uri": store.uri, "artifact_root": store.artifact_root}, "mlflow": {}}
+    folder = SweepFolder(Path(out).expanduser().absolute())
+    say = echo or (lambda _s: None)
+    ray_env.quiet(verbose)
+    with folder_lock(folder.root, "sweep folder"):
+        state = check_state(folder, resume)
+        if state is not None:
+            saved = T.Store(state["tracking"]["uri"], state["tracking"]["artifact_root"])
+            if store is not None and store.uri != saved.uri:
+                raise KnnmixError(f"--tracking-uri {store.uri!r} differs from the store this sweep logs to "
+                                  f"({saved.uri!r})")
+            store = saved
+        store = store or T.Store.resolve()
+        settings = space.settings
+        configs = {s.slug: space.setting_config(s) for s in settings}
+        configs = {slug: C.replace(cfg, **absolute_paths(cfg)) for slug, cfg in configs.items()}
+        if state is None:
+            atomic_write_text(folder.file(SPACE_FILE), space.to_yaml())
+            state = {"version": 2, "name": space.name, "space_label": space.label, "status": "running",
+                     "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                     "tracking": {"uri": store.uri, "artifact_root": store.artifact_root}, "mlflow": {}}
+            _write_state(folder, state)
+        ml = T.open_sweep_runs(store, space, settings, state["mlflow"], folder.file(SPACE_FILE))
         _write_state(folder, state)
-    ml = T.open_sweep_runs(store, space, settings, state["mlflow"], folder.file(SPACE_FILE))
-    _write_state(folder, state)
 
-    ray_env.ensure_ray(verbose=verbose)
-    first = configs[settings[0].slug]
-    concurrency = max_concurrent(space, first, ray.cluster_resources())
-    payload = {"configs": {k: C.to_dict(v) for k, v in configs.items()}, "root": str(folder.root),
-               "verbose": verbose}
-    trainable = tune.with_resources(tune.with_parameters(run_trial, payload=payload), trial_resources(first))
-    tune_dir = str(folder.file(TUNE_DIR))
-    total = space.trials * len(settings)
-    say(f"sweep {space.name}: {len(settings)} noise setting(s) x {space.trials} trials, up to {concurrency} at a "
-        f"time ({'in-process' if in_process(first) else f'{first.distributed.workers} Ray Train workers'} each); "
-        f"{', '.join(space.params)} searched; folder {folder.root}; MLflow {store.uri}")
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # how often Tune saves what --resume starts from
-    if tune.Tuner.can_restore(tune_dir):  # with the searcher, the run config and its TrialLogger as saved
-        tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        logger = T.TrialLogger(store=store, experiment_id=ml["experiment_id"], parents=ml["settings"],
-                               specs={s.slug: s.spec for s in settings}, root=str(folder.root), total=total, echo=say)
-        search = SettingsSearch({s.slug: make_study(space, s, folder.optuna_storage) for s in settings}, space.trials)
-        max_t = max(c.epochs for c in configs.values())
-        scheduler = SettingsASHA({s.slug: make_asha(space, configs[s.slug].epochs or max_t) for s in settings},
-                                 RunHistory(str(folder.root)))
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(num_samples=total, search_alg=search, scheduler=scheduler,
-                                        max_concurrent_trials=concurrency,
-                                        # a stopped Ray Train trial unwinds its worker group for longer than Tune
-                                        # waits before it reuses the actor (2 s), which would fail the next trial
-                                        reuse_actors=in_process(first)),
-            run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(folder.root), callbacks=[logger],
-                                      failure_config=tune.FailureConfig(max_failures=0), verbose=0),
-        )
-    tuner.fit()
-    trials = collect_trials(folder)
-    ended = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
-    if len(ended) < total:  # Tune returns normally after Ctrl+C (it saved its state first)
-        say(f"\nsweep stopped ({len(ended)} of {total} trials ended); continue it with:\n"
-            f"  knnmix sweep --resume --out {folder.root}")
-        raise KeyboardInterrupt
-    entries = [_finalize_setting(space, s, [t for t in trials if t.slug == s.slug], folder, store, ml, register)
-               for s in settings]
-    summary = _finalize_sweep(space, folder, store, ml, entries)
-    state.update(status="done", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    _write_state(folder, state)
-    say("\n" + summary_table(summary))
-    say(f"\nsweep folder: {folder.root}\nOptuna studies: optuna-dashboard {folder.optuna_storage}\n"
-        f"MLflow UI: {store.ui_command()}\n  then open {store.experiment_url(ml['experiment_id'])}")
-    return summary
-
-
-def _absolute(cfg: C.Config) -> C.Config:
-    return C.replace(cfg, **{k: v for k, v in absolute_paths(cfg).items() if k != "out"})
+        ray_env.ensure_ray(verbose=verbose)
+        first = configs[settings[0].slug]
+        concurrency = max_concurrent(space, first, ray.cluster_resources())
+        payload = {"configs": {k: C.to_dict(v) for k, v in configs.items()}, "root": str(folder.root),
+                   "verbose": verbose}
+        trainable = tune.with_resources(tune.with_parameters(run_trial, payload=payload), trial_resources(first))
+        tune_dir = str(folder.file(TUNE_DIR))
+        total = space.trials * len(settings)
+        say(f"sweep {space.name}: {len(settings)} noise setting(s) x {space.trials} trials, up to {concurrency} at a "
+            f"time ({'in-process' if in_process(first) else f'{first.distributed.workers} Ray Train workers'} each); "
+            f"{', '.join(space.params)} searched; folder {folder.root}; MLflow {store.uri}")
+        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # how often Tune saves what --resume starts from
+        if tune.Tuner.can_restore(tune_dir):  # with the searcher, the run config and its TrialLogger as saved
+            tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        else:
+            logger = T.TrialLogger(store=store, experiment_id=ml["experiment_id"], parents=ml["settings"],
+                                   specs={s.slug: s.spec for s in settings}, root=str(folder.root), total=total,
+                                   echo=say)
+            studies = {s.slug: make_study(space, s, folder.optuna_storage) for s in settings}
+            search = SettingsSearch(studies, space.trials)
+            scheduler = SettingsASHA({s.slug: make_asha(space, configs[s.slug].epochs) for s in settings},
+                                     RunHistory(str(folder.root)))
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(num_samples=total, search_alg=search, scheduler=scheduler,
+                                            max_concurrent_trials=concurrency,
+                                            # a stopped Ray Train trial unwinds its worker group for longer than Tune
+                                            # waits before it reuses the actor (2 s), which would fail the next trial
+                                            reuse_actors=in_process(first)),
+                run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(folder.root), callbacks=[logger],
+                                          failure_config=tune.FailureConfig(max_failures=0), verbose=0),
+            )
+        tuner.fit()
+        trials = collect_trials(folder)
+        ended = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
+        if len(ended) < total:  # Tune returns normally after Ctrl+C (it saved its state first)
+            say(f"\nsweep stopped ({len(ended)} of {total} trials ended); continue it with:\n"
+                f"  knnmix sweep --resume --out {folder.root}")
+            raise KeyboardInterrupt
+        entries = [_finalize_setting(space, s, [t for t in trials if t.slug == s.slug], folder, store, ml, register)
+                   for s in settings]
+        summary = _finalize_sweep(space, folder, store, ml, entries)
+        state.update(status="done", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        _write_state(folder, state)
+        say("\n" + summary_table(summary))
+        say(f"\nsweep folder: {folder.root}\nOptuna studies: optuna-dashboard {folder.optuna_storage}\n"
+            f"MLflow UI: {store.ui_command()}\n  then open {store.experiment_url(ml['experiment_id'])}")
+        return summary
 
 
 def _write_state(folder: SweepFolder, state: dict[str, Any]) -> None:
