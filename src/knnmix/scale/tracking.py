@@ -148,14 +148,6 @@ def log_params(client: Any, run_id: str, params: dict[str, Any]) -> None:
                                      for k, v in params.items() if k not in have])
 
 
-def log_totals(client: Any, run_id: str, values: dict[str, float]) -> None:
-    """Log a run's totals (one value per metric, at step 0)."""
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in values.items()])
-
-
 def log_files(client: Any, run_id: str, folder: Path, names: Iterable[str], artifact_path: str | None = None) -> None:
     for name in names:
         if (folder / name).exists():
@@ -180,6 +172,11 @@ def log_epochs(client: Any, run_id: str, records: Iterable[dict[str, Any]]) -> l
         metrics.extend(Metric(k, v, now, int(r["epoch"])) for k, v in numeric_metrics(r).items())
     client.log_batch(run_id, metrics=metrics)
     return epochs
+
+
+def log_totals(client: Any, run_id: str, values: dict[str, float]) -> None:
+    """Log a run's totals (one value per metric, at step 0)."""
+    log_epochs(client, run_id, [{**values, "epoch": 0}])
 
 
 def log_run_folder(client: Any, run_id: str, folder: Path) -> None:
@@ -320,14 +317,19 @@ class TrialLogger(Callback):
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.run_id(trial)
 
+    def log_new_epochs(self, trial: Any, rid: str, records: list[dict[str, Any]]) -> None:
+        """Log the epochs of ``records`` not logged yet; before the first, the run folder's config and data."""
+        logged = self._epochs[trial.trial_id]
+        if not logged:
+            log_run_folder(self.client, rid, self.folder(trial))
+        new = [r for r in records if int(r["epoch"]) not in logged]
+        if new:
+            logged.update(log_epochs(self.client, rid, new))
+
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         rid = self.run_id(trial)
-        if rid is None or "epoch" not in result:
-            return
-        if not self._epochs[trial.trial_id]:
-            log_run_folder(self.client, rid, self.folder(trial))
-        if int(result["epoch"]) not in self._epochs[trial.trial_id]:
-            self._epochs[trial.trial_id].update(log_epochs(self.client, rid, [result]))
+        if rid is not None and "epoch" in result:
+            self.log_new_epochs(trial, rid, [result])
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, failed=False)
@@ -339,13 +341,9 @@ class TrialLogger(Callback):
         rid = self.run_id(trial)
         if rid is None:
             return
-        tid, folder, last = trial.trial_id, self.folder(trial), last_epoch(trial)
+        folder, last = self.folder(trial), last_epoch(trial)
         records = reported(folder, last)
-        if not self._epochs[tid]:
-            log_run_folder(self.client, rid, folder)
-        # epochs the driver did not see (reported while it was down), from the run folder
-        unseen = [r for r in records if r["epoch"] not in self._epochs[tid]]
-        self._epochs[tid].update(log_epochs(self.client, rid, unseen))
+        self.log_new_epochs(trial, rid, records)  # with the epochs reported while the driver was down
         outcome = "failed" if failed else ("completed" if (folder / SUMMARY).exists() else "stopped_early")
         totals = {"epochs_run": last}
         best = best_record(records)
@@ -356,7 +354,7 @@ class TrialLogger(Callback):
         log_totals(self.client, rid, totals)
         self.client.set_tag(rid, OUTCOME_TAG, outcome)
         self.client.set_terminated(rid, status="FAILED" if failed else "FINISHED")
-        self._done.add(tid)
+        self._done.add(trial.trial_id)
         if self.echo:
             v = f"{best[METRIC]:.2f}" if best else "n/a"
             self.echo(f"  trial {len(self._done):>3}/{self.total} {outcome:<13} after {last:>3} epochs, best val "
