@@ -456,8 +456,8 @@ def _finalize_setting(space: SearchSpace, setting: NoiseSetting, trials: list[Tr
     if best is not None:  # best_trial only picks a trial with a best epoch
         entry["best"] = {"trial_id": best.trial_id, "params": best.params, **best.best(), "completed": best.completed,
                          "run_folder": str(best.run_folder)}
-    entry.update(T.finish_setting_run(store, ml, setting, entry, trials, best, folder.root / setting.slug / "plots",
-                                      folder.optuna_storage, register))
+    T.finish_setting_run(store, ml, setting, entry, trials, best, folder.root / setting.slug / "plots",
+                         folder.optuna_storage, register)
     return entry
 
 

@@ -362,31 +362,30 @@ class TrialLogger(Callback):
 
 
 def finish_setting_run(store: Store, ml: dict[str, Any], setting: Any, entry: dict[str, Any], trials: list,
-                       best: Any, plots: Path, optuna_storage: str, register: str | None) -> dict[str, Any]:
+                       best: Any, plots: Path, optuna_storage: str, register: str | None) -> None:
     """A noise setting's run: learning curves, importances from its Optuna study, the best trial's audit, the best
     model (logged on the best trial's run, with ``mlflow.pytorch``). Done once: a resumed sweep does not log
-    twice. Returns what the summary adds (``model_uri``, ``importances``, the best trial's run id)."""
+    twice. Adds to the setting's summary ``entry`` the best trial's run id, ``importances`` and ``model_uri``."""
     client = store.client()
     run_id = ml["settings"][setting.slug]
     run = client.get_run(run_id)
-    extra: dict[str, Any] = {}
     if best is not None:
         found = find_trial_run(client, ml["experiment_id"], best.trial_id)
-        extra["best_mlflow_run_id"] = entry["best"]["mlflow_run_id"] = found.info.run_id if found else None
+        entry["best_mlflow_run_id"] = entry["best"]["mlflow_run_id"] = found.info.run_id if found else None
     if run.data.tags.get(FINALIZED_TAG) == "true":
-        extra["model_uri"] = run.data.tags.get("knnmix.model_uri")
-        extra["importances"] = json.loads(run.data.tags.get("knnmix.importances", "null") or "null")
-        return extra
+        entry["model_uri"] = run.data.tags.get("knnmix.model_uri")
+        entry["importances"] = json.loads(run.data.tags.get("knnmix.importances", "null") or "null")
+        return
     plots.mkdir(parents=True, exist_ok=True)
     log_params(client, run_id, {"noise.spec": setting.spec, **{f"set.{k}": v for k, v in setting.overrides.items()}})
     curves = {t.trial_id: t.records for t in trials if t.records}
     if curves:
         client.log_artifact(run_id, str(plot_learning_curves(plots / "learning_curves.png", curves,
                                                               best.trial_id if best else None, setting.spec)), "plots")
-    extra["importances"] = study_importances(optuna_storage, entry["study"])
-    if extra["importances"]:
-        client.log_dict(run_id, extra["importances"], "param_importances.json")
-        client.log_artifact(run_id, str(plot_importances(plots / "param_importances.png", extra["importances"],
+    entry["importances"] = study_importances(optuna_storage, entry["study"])
+    if entry["importances"]:
+        client.log_dict(run_id, entry["importances"], "param_importances.json")
+        client.log_artifact(run_id, str(plot_importances(plots / "param_importances.png", entry["importances"],
                                                           f"{setting.spec}: parameter importances")), "plots")
     totals = {k: entry[k] for k in ("trials", "completed", "stopped_early", "failed")}
     if best is not None:
@@ -400,17 +399,16 @@ def finish_setting_run(store: Store, ml: dict[str, Any], setting: Any, entry: di
                                          f"{setting.spec}: best trial {best.trial_id}")
         if hist is not None:
             client.log_artifact(run_id, str(hist), "plots")
-        if extra["best_mlflow_run_id"]:
-            client.set_tag(extra["best_mlflow_run_id"], "knnmix.best", "true")
+        if entry["best_mlflow_run_id"]:
+            client.set_tag(entry["best_mlflow_run_id"], "knnmix.best", "true")
             if (best.run_folder / BEST_MODEL).exists():
-                extra["model_uri"] = log_model(store, extra["best_mlflow_run_id"], best.run_folder / BEST_MODEL,
+                entry["model_uri"] = log_model(store, entry["best_mlflow_run_id"], best.run_folder / BEST_MODEL,
                                                register=register)
-                client.set_tag(run_id, "knnmix.model_uri", extra["model_uri"])
+                client.set_tag(run_id, "knnmix.model_uri", entry["model_uri"])
     log_totals(client, run_id, totals)
-    client.set_tag(run_id, "knnmix.importances", json.dumps(extra["importances"])[:5000])
+    client.set_tag(run_id, "knnmix.importances", json.dumps(entry["importances"])[:5000])
     client.set_tag(run_id, FINALIZED_TAG, "true")
     client.set_terminated(run_id, status="FINISHED")
-    return extra
 
 
 def study_importances(storage: str, name: str) -> dict[str, float] | None:
