@@ -85,10 +85,9 @@ def ray_configs(cfg: C.Config, *, num_workers: int | None = None, callbacks: lis
 def worker_config(cfg: C.Config) -> C.Config:
     """The config the workers run: local paths made absolute (Ray Train moves workers into their own working
     directory), ``threads`` = ``distributed.cpus_per_worker`` and the Ray Train storage and name filled in."""
-    changes: dict[str, Any] = {"threads": cfg.distributed.cpus_per_worker}
-    changes.update(absolute_paths(cfg))
-    changes["distributed.storage_path"], changes["distributed.name"] = storage_of(cfg)
-    return C.replace(cfg, **changes)
+    storage, name = storage_of(cfg)
+    return C.replace(cfg, threads=cfg.distributed.cpus_per_worker, **absolute_paths(cfg),
+                     **{"distributed.storage_path": storage, "distributed.name": name})
 
 
 def absolute_paths(cfg: C.Config) -> dict[str, str]:
