@@ -264,14 +264,14 @@ def run_epoch(run: Run, epoch: int) -> dict[str, Any]:
     cfg = run.cfg
     seed_epoch(cfg.seed, epoch, run.dist.rank)
     t0 = time.perf_counter()
-    phase = run.method.prepare_epoch(epoch, run)
+    run.method.prepare_epoch(epoch, run)
     lr = run.optimizer.param_groups[0]["lr"]
     train_loss = train_one_epoch(run, epoch)
     run.scheduler.step()
     t1 = time.perf_counter()
     tested = epoch == cfg.epochs or (cfg.test_every > 0 and epoch % cfg.test_every == 0)
     record: dict[str, Any] = {
-        "epoch": epoch, "phase": phase, "lr": lr, "train_loss": train_loss,
+        "epoch": epoch, "phase": run.method.phase, "lr": lr, "train_loss": train_loss,
         "val_acc": evaluate(run, run.splits.val),
         "test_acc": evaluate(run, run.splits.test) if tested else None,
     }

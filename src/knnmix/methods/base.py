@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from knnmix.math import soft_cross_entropy
 from knnmix.methods.dist import Dist
 from knnmix.methods.state import SampleState
 from knnmix.registry import Registry
@@ -48,20 +49,19 @@ class TrainContext(Protocol):
 
 
 class Method:
-    """Base class: plain cross-entropy on the given labels, no preparation."""
+    """Base class: cross-entropy on the current soft targets (the given labels unless corrected), no preparation."""
 
     name = "base"
+    phase = "ce"  # the current epoch's phase, logged with it
     uses_soft_targets = False  # reports label-correction accuracy of argmax t
     uses_clean_prob = False  # reports the clean/noisy split of its clean probabilities
 
     def __init__(self, cfg: MethodConfig, num_classes: int) -> None:
         self.cfg = cfg
         self.num_classes = num_classes
-        self.phase = "train"
 
-    def prepare_epoch(self, epoch: int, ctx: TrainContext) -> str:
-        """Run the epoch's preparation phases; return the phase name (logged with the epoch)."""
-        return self.phase
+    def prepare_epoch(self, epoch: int, ctx: TrainContext) -> None:
+        """Run the epoch's preparation phases and set :attr:`phase`."""
 
     def batch_members(self, index: Tensor, ctx: TrainContext) -> Tensor:
         """``(B, M)`` dataset indices whose (independently augmented) images build each example; column 0 = itself."""
@@ -69,7 +69,8 @@ class Method:
 
     def loss(self, model: nn.Module, images: Tensor, members: Tensor, ctx: TrainContext) -> Tensor:
         """Loss of one batch: ``images`` ``(B, M, C, H, W)`` loaded for ``members`` ``(B, M)``."""
-        raise NotImplementedError
+        logits, _ = model(images[:, 0])
+        return soft_cross_entropy(logits, targets_of(ctx, members[:, 0], images.device))
 
     def schedule_note(self, epochs: int) -> str | None:
         """A warning when a run of ``epochs`` epochs never reaches a phase this method's config asks for."""

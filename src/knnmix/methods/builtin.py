@@ -1,7 +1,7 @@
 """The four built-in methods: ``ce``, ``mixup``, ``selc`` and ``knnmix``, all on the same engine.
 
-Phase names returned by ``prepare_epoch``: ``ce`` (cross-entropy on the targets), ``mixup`` (random mixup),
-``knn`` (neighbour mixing with clean-probability weights).
+Phase names (``Method.phase``, set by ``prepare_epoch``): ``ce`` (cross-entropy on the targets), ``mixup``
+(random mixup), ``knn`` (neighbour mixing with clean-probability weights).
 """
 
 from __future__ import annotations
@@ -30,31 +30,21 @@ if TYPE_CHECKING:
     from knnmix.config import MethodConfig
 
 
-def _forward_soft(model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
-    logits, _ = model(images)
-    return soft_cross_entropy(logits, targets)
-
-
 def _mixup_loss(model: nn.Module, images: Tensor, members: Tensor, ctx: TrainContext, alpha: float) -> Tensor:
     x = images[:, 0]
     t = targets_of(ctx, members[:, 0], x.device)
     lam = float(np.random.beta(alpha, alpha))
     perm = torch.randperm(x.shape[0], device=x.device)
     xm, tm = mixup(x, t, lam, perm)
-    return _forward_soft(model, xm, tm)
+    logits, _ = model(xm)
+    return soft_cross_entropy(logits, tm)
 
 
 @METHODS.register("ce")
 class CrossEntropy(Method):
-    """Standard cross-entropy on the given labels."""
+    """Standard cross-entropy on the given labels (the base method as it stands)."""
 
     name = "ce"
-
-    def prepare_epoch(self, epoch: int, ctx: TrainContext) -> str:
-        return "ce"
-
-    def loss(self, model: nn.Module, images: Tensor, members: Tensor, ctx: TrainContext) -> Tensor:
-        return _forward_soft(model, images[:, 0], targets_of(ctx, members[:, 0], images.device))
 
 
 @METHODS.register("mixup")
@@ -62,9 +52,7 @@ class Mixup(Method):
     """mixup (Zhang et al., ICLR 2018) on the given labels: random pairs, ``lam ~ Beta(alpha, alpha)`` per batch."""
 
     name = "mixup"
-
-    def prepare_epoch(self, epoch: int, ctx: TrainContext) -> str:
-        return "mixup"
+    phase = "mixup"
 
     def loss(self, model: nn.Module, images: Tensor, members: Tensor, ctx: TrainContext) -> Tensor:
         return _mixup_loss(model, images, members, ctx, self.cfg.mixup_alpha)
@@ -87,14 +75,10 @@ class SELC(Method):
                     f"{self.cfg.correction_start} (this run is plain cross-entropy)")
         return None
 
-    def prepare_epoch(self, epoch: int, ctx: TrainContext) -> str:
+    def prepare_epoch(self, epoch: int, ctx: TrainContext) -> None:
         c = self.cfg
         if is_correction_epoch(epoch, c.correction_start, c.correction_period):
             phases.correct_targets(ctx.state, ctx.embed_train_set(), c.correction_momentum)
-        return "ce"
-
-    def loss(self, model: nn.Module, images: Tensor, members: Tensor, ctx: TrainContext) -> Tensor:
-        return _forward_soft(model, images[:, 0], targets_of(ctx, members[:, 0], images.device))
 
 
 @METHODS.register("knnmix")
@@ -103,10 +87,9 @@ class KnnMix(Method):
 
     Epochs ``1..warmup_epochs``: cross-entropy on the given labels (plus ``warmup_penalty`` times the negative
     entropy); then ``premix`` until ``correction_start`` and neighbour mixing from ``correction_start`` on. An epoch
-    of the mixing phase starts by embedding the training set (every ``bank_every`` epochs and on every correction
-    epoch; also in the ``loss_window - 1`` epochs before the phase), correcting the soft targets on correction
-    epochs, fitting the clean-probability mixture (``global`` or ``per_class``) and searching neighbours over the
-    whole bank (``neighbours=bank``); with ``neighbours=batch`` each sample's neighbours are found inside its own
+    of the mixing phase embeds the training set (when :meth:`needs_bank`), corrects the soft targets on correction
+    epochs, fits the clean-probability mixture (``global`` or ``per_class``) and searches neighbours over the whole
+    bank (``neighbours=bank``); with ``neighbours=batch`` each sample's neighbours are found inside its own
     mini-batch, on the bank's features, when the batch is formed.
     """
 
@@ -159,13 +142,13 @@ class KnnMix(Method):
     def corrects(self, epoch: int) -> bool:
         return is_correction_epoch(epoch, self.cfg.correction_start, self.cfg.correction_period)
 
-    def prepare_epoch(self, epoch: int, ctx: TrainContext) -> str:
+    def prepare_epoch(self, epoch: int, ctx: TrainContext) -> None:
         c = self.cfg
         self.epoch = epoch
         self.phase = self.phase_of(epoch)
         self._mixing.zero_()
         if not self.needs_bank(epoch):
-            return self.phase
+            return
         bank = ctx.embed_train_set()
         if self.corrects(epoch):
             phases.correct_targets(ctx.state, bank, c.correction_momentum)
@@ -187,7 +170,6 @@ class KnnMix(Method):
             if self._features is None:
                 self._features = torch.zeros(ctx.state.num_samples, bank.features.shape[1])
             self._features[bank.index] = bank.features
-        return self.phase
 
     def batch_members(self, index: Tensor, ctx: TrainContext) -> Tensor:
         if self.phase != "knn":
