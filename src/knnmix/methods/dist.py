@@ -8,12 +8,13 @@ ranks' rows in rank order.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as td
 from torch import Tensor
+from torch.utils.data import BatchSampler, DistributedSampler
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,8 @@ def current() -> Dist:
     return Dist()
 
 
-def _comm_device(t: Tensor) -> torch.device:
-    # NCCL needs CUDA tensors, gloo takes CPU tensors.
+def _comm_device() -> torch.device:
+    """Where a collective's tensors live: NCCL needs CUDA tensors, gloo takes CPU tensors."""
     if td.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
@@ -51,39 +52,34 @@ def all_gather_rows(t: Tensor, dist: Dist | None = None) -> Tensor:
     dist = dist or current()
     if not dist.active:
         return t
-    dev = _comm_device(t)
+    dev = _comm_device()
     x = t.to(dev)
     sizes = [torch.zeros(1, dtype=torch.int64, device=dev) for _ in range(dist.world_size)]
     td.all_gather(sizes, torch.tensor([x.shape[0]], dtype=torch.int64, device=dev))
     counts = [int(s.item()) for s in sizes]
-    biggest = max(counts)
-    if x.shape[0] < biggest:
-        pad = torch.zeros((biggest - x.shape[0], *x.shape[1:]), dtype=x.dtype, device=dev)
-        x = torch.cat([x, pad])
+    x = torch.cat([x, x.new_zeros((max(counts) - x.shape[0], *x.shape[1:]))])  # padded to the largest shard
     parts = [torch.empty_like(x) for _ in range(dist.world_size)]
     td.all_gather(parts, x.contiguous())
     return torch.cat([p[:c] for p, c in zip(parts, counts)]).to(t.device)
 
 
-def broadcast(t: Tensor, src: int = 0, dist: Dist | None = None) -> Tensor:
+def _on_comm_device(t: Tensor, dist: Dist, op: Callable[[Tensor], object]) -> Tensor:
+    """The in-place collective ``op`` run on a copy of ``t`` on the communication device, the result on ``t``'s
+    device (``t`` itself with one process)."""
+    if not dist.active:
+        return t
+    x = t.to(_comm_device(), copy=True).contiguous()
+    op(x)
+    return x.to(t.device)
+
+
+def broadcast(t: Tensor, src: int, dist: Dist) -> Tensor:
     """Rank ``src``'s tensor on every rank (same shape and dtype on all ranks)."""
-    dist = dist or current()
-    if not dist.active:
-        return t
-    dev = _comm_device(t)
-    x = t.to(dev).contiguous()
-    td.broadcast(x, src)
-    return x.to(t.device)
+    return _on_comm_device(t, dist, lambda x: td.broadcast(x, src))
 
 
-def all_reduce_sum(t: Tensor, dist: Dist | None = None) -> Tensor:
-    dist = dist or current()
-    if not dist.active:
-        return t
-    dev = _comm_device(t)
-    x = t.to(dev).clone()
-    td.all_reduce(x, op=td.ReduceOp.SUM)
-    return x.to(t.device)
+def all_reduce_sum(t: Tensor, dist: Dist) -> Tensor:
+    return _on_comm_device(t, dist, lambda x: td.all_reduce(x, op=td.ReduceOp.SUM))
 
 
 def shard(positions: Tensor, dist: Dist) -> Tensor:
@@ -91,21 +87,14 @@ def shard(positions: Tensor, dist: Dist) -> Tensor:
     return positions[dist.rank :: dist.world_size]
 
 
-def epoch_batches(
-    positions: Tensor, batch_size: int, dist: Dist, *, seed: int, epoch: int
-) -> Iterator[Tensor]:
+def epoch_batches(positions: Tensor, batch_size: int, dist: Dist, *, seed: int, epoch: int) -> Iterator[Tensor]:
     """Training batches of this rank for one epoch, as tensors of dataset indices.
 
-    The same seeded permutation of ``positions`` on every rank, padded by wrapping around to a multiple of the
-    world size (like ``DistributedSampler``) so that every rank runs the same number of steps under DDP; rank r
-    takes every world-size-th element. ``batch_size`` is per rank; the last batch may be smaller.
+    ``DistributedSampler``'s shuffle, seeded by (seed, epoch): the same permutation of ``positions`` on every rank,
+    padded by wrapping around to a multiple of the world size so that every rank runs the same number of steps
+    under DDP; rank r takes every world-size-th element. ``batch_size`` is per rank; the last batch may be smaller.
     """
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    order = positions[torch.randperm(positions.numel(), generator=g)]
-    if dist.active:
-        total = -(-order.numel() // dist.world_size) * dist.world_size
-        if total > order.numel():
-            order = torch.cat([order, order[: total - order.numel()]])
-        order = order[dist.rank :: dist.world_size]
-    for start in range(0, order.numel(), batch_size):
-        yield order[start : start + batch_size]
+    sampler = DistributedSampler(positions, dist.world_size, dist.rank, seed=seed * 100_003)  # type: ignore[arg-type]
+    sampler.set_epoch(epoch)
+    for batch in BatchSampler(sampler, batch_size, drop_last=False):
+        yield positions[batch]
