@@ -72,35 +72,31 @@ def fit_mixture(
     reg_covar: float,
     seed: int,
     dist: D.Dist,
-) -> Tensor:
+) -> None:
     """Clean probabilities from the losses against the current corrected labels (``argmax t``).
 
     Losses are min-max normalised over the bank, appended to the loss history (samples outside the bank: NaN),
     averaged over the last ``window`` epochs and fitted by a two-component GMM on rank 0 (one per current class with
-    ``per_class``); the result is broadcast so that every rank holds identical probabilities. Returns the raw
-    per-sample losses ``(M,)``.
+    ``per_class``); the result is broadcast so that every rank holds identical probabilities.
     """
     n = state.num_samples
     labels = state.corrected_labels()[bank.index]
     losses = -bank.log_probs.gather(1, labels[:, None]).squeeze(1)
     full = torch.full((n,), float("nan"))
     full[bank.index] = normalise_losses(losses)
-    state.push_losses(full, window)
+    state.loss_history = torch.cat([state.loss_history, full[None]])[-window:]  # the last ``window`` epochs
     clean = torch.empty(n)
     if dist.is_main:
         averaged = window_mean(state.loss_history, window)
         gmm = {"max_iter": max_iter, "tol": tol, "reg_covar": reg_covar, "seed": seed}
         if per_class:
-            current = state.corrected_labels()
-            clean = fit_clean_probability_per_class(
-                averaged, current, state.targets.shape[1], min_class=min_class, **gmm
-            )
+            clean = fit_clean_probability_per_class(averaged, state.corrected_labels(), state.targets.shape[1],
+                                                    min_class=min_class, **gmm)
         else:
             clean = fit_clean_probability(averaged, **gmm)
     clean = D.broadcast(clean, 0, dist)
     fitted = ~torch.isnan(clean)
     state.clean_prob[fitted] = clean[fitted]
-    return losses
 
 
 def search_neighbours(state: SampleState, bank: Bank, k: int, searcher: NeighbourSearch, dist: D.Dist) -> None:
@@ -116,6 +112,4 @@ def search_neighbours(state: SampleState, bank: Bank, k: int, searcher: Neighbou
     found = neighbours_excluding_self(searcher, bank.features, positions, k)
     all_pos = D.all_gather_rows(positions, dist)
     all_found = D.all_gather_rows(found, dist)
-    if state.neighbours.shape[1] != k:
-        state.neighbours = torch.full((state.num_samples, k), -1, dtype=torch.int64)
     state.neighbours[bank.index[all_pos]] = bank.index[all_found]

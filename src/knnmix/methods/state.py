@@ -37,10 +37,6 @@ class SampleState:
     def num_samples(self) -> int:
         return self.targets.shape[0]
 
-    def push_losses(self, normalised: Tensor, window: int) -> None:
-        """Append one epoch's normalised losses ``(N,)`` and keep only the last ``window`` epochs."""
-        self.loss_history = torch.cat([self.loss_history, normalised[None].float()])[-window:]
-
     def corrected_labels(self) -> Tensor:
         """``argmax t`` ``(N,)``: the method's current label of each sample."""
         return self.targets.argmax(dim=1)
