@@ -68,7 +68,7 @@ class Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "val_acc": None, "test_acc": None})
     best_weights: dict[str, Tensor] | None = None  # only when test_every skipped the selected epoch
-    loaders: dict[tuple[int, bool], tuple[LabelledDataset, BatchLoader]] = field(default_factory=dict)
+    loaders: dict[tuple[LabelledDataset, bool], BatchLoader] = field(default_factory=dict)
 
     # The services methods use (knnmix.methods.base.TrainContext)
     @property
@@ -175,46 +175,37 @@ def make_lr_schedule(o: C.OptimConfig, opt: torch.optim.Optimizer, epochs: int) 
 Batch = tuple[int, Tensor]  # (seed of the batch's augmentation, member indices (B, M))
 
 
-def load_batch(ds: LabelledDataset, batch: Batch) -> Tensor:
-    """Images ``(B, M, C, H, W)`` of a batch's members; augmentation draws from the batch's own seed, so the result
-    does not depend on which process loads it (and a resumed epoch replays exactly)."""
-    seed, members = batch
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        x, _, _ = ds.__getitems__(members.reshape(-1))
-    return x.view(*members.shape, *x.shape[1:])
-
-
-class _SeededDataset:
-    """What a DataLoader worker loads: a whole :data:`Batch` per index."""
+class _SeededBatches:
+    """What the ``DataLoader`` loads: a whole :data:`Batch` per index."""
 
     def __init__(self, ds: LabelledDataset) -> None:
         self.ds = ds
 
-    def __len__(self) -> int:
-        return len(self.ds)
-
     def __getitems__(self, batch: Batch) -> Tensor:
-        return load_batch(self.ds, batch)
+        """Images ``(B, M, C, H, W)`` of a batch's members; augmentation draws from the batch's own seed, so the
+        result does not depend on which process loads it (and a resumed epoch replays exactly)."""
+        seed, members = batch
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            x, _, _ = self.ds.__getitems__(members.reshape(-1))
+        return x.view(*members.shape, *x.shape[1:])
 
 
 class BatchLoader:
     """Loads the batches of one dataset view for the whole run.
 
-    With ``data.num_workers`` > 0 it is one ``DataLoader`` whose worker processes persist across epochs; this object
-    is its batch sampler, handed the next pass's batches by :meth:`__call__`.
+    It is one ``DataLoader`` (its ``data.num_workers`` worker processes persist across epochs) whose batch sampler
+    is this object, handed the next pass's batches by :meth:`__call__`.
     """
 
     def __init__(self, ds: LabelledDataset, workers: int, device: torch.device) -> None:
-        self.ds, self.device = ds, device
+        self.device = device
         self._batches: list[Batch] = []
-        self._loader = None
-        if workers > 0:
-            self._loader = DataLoader(
-                _SeededDataset(ds), batch_sampler=self, collate_fn=collate_batch, num_workers=workers,  # type: ignore[arg-type]
-                persistent_workers=True, pin_memory=device.type == "cuda",
-                generator=torch.Generator(),  # its seed draw must not advance the global generator the method uses
-            )
+        self._loader = DataLoader(
+            _SeededBatches(ds), batch_sampler=self, collate_fn=collate_batch, num_workers=workers,  # type: ignore[arg-type]
+            persistent_workers=workers > 0, pin_memory=workers > 0 and device.type == "cuda",
+            generator=torch.Generator(),  # its seed draw must not advance the global generator the method uses
+        )
 
     def __iter__(self) -> Iterator[Batch]:
         return iter(self._batches)
@@ -225,17 +216,16 @@ class BatchLoader:
     def __call__(self, batches: Iterable[Batch]) -> Iterator[tuple[Tensor, Tensor]]:
         """``(members (B, M), images (B, M, C, H, W) on the device)`` for each batch."""
         self._batches = list(batches)
-        loaded = iter(self._loader) if self._loader is not None else (load_batch(self.ds, b) for b in self._batches)
-        for (_, members), x in zip(self._batches, loaded):
+        for (_, members), x in zip(self._batches, self._loader):
             yield members, x.to(self.device, non_blocking=True)
 
 
 def loader(run: Run, ds: LabelledDataset, *, augment: bool) -> BatchLoader:
     """The run's one loader of ``ds`` (with or without augmentation), made on first use."""
-    key = (id(ds), augment)
+    key = (ds, augment)
     if key not in run.loaders:
-        run.loaders[key] = (ds, BatchLoader(ds.view(augment=augment), run.cfg.data.num_workers, run.device))
-    return run.loaders[key][1]
+        run.loaders[key] = BatchLoader(ds.view(augment=augment), run.cfg.data.num_workers, run.device)
+    return run.loaders[key]
 
 
 def active_indices(run: Run, epoch: int) -> Tensor:
