@@ -99,7 +99,8 @@ class RunFolder:
         return load_checkpoint(self.file(CHECKPOINT))
 
     def save_best_model(self, model_args: dict[str, Any], state_dict: dict[str, Any]) -> None:
-        atomic_save(weights_payload(model_args, state_dict), self.file(BEST_MODEL))
+        """A weights file: the network's constructor arguments (:func:`knnmix.models.build_model`) and its weights."""
+        atomic_save({"format": FORMAT, "model_args": dict(model_args), "state_dict": state_dict}, self.file(BEST_MODEL))
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_text(self.file(SUMMARY), json.dumps(summary, indent=2) + "\n")
@@ -154,11 +155,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if missing:
         raise CheckpointError(f"{str(path)!r} is an incomplete knnmix checkpoint (missing {', '.join(missing)})")
     return payload
-
-
-def weights_payload(model_args: dict[str, Any], state_dict: dict[str, Any]) -> dict[str, Any]:
-    """A weights file: the network's constructor arguments (:func:`knnmix.models.build_model`) and its weights."""
-    return {"format": FORMAT, "model_args": dict(model_args), "state_dict": state_dict}
 
 
 def load_model(path: str | Path) -> nn.Module:

@@ -64,15 +64,14 @@ def label_audit(run: Run, bank: Bank, folder: RunFolder) -> dict[str, Any]:
     top = table["index"][:AUDIT_PLOT_SIZE]
     try:
         images = source.preview(torch.from_numpy(train.rows[top]))
-    except NotImplementedError:
-        images = None
-    if images is not None:
-        names = train.classes
+    except NotImplementedError:  # a source that cannot show its images gets no plot
+        pass
+    else:
         plot_label_issues(
             folder.file(LABEL_ISSUES_PLOT),
             images,
-            [names[int(c)] for c in table["given_label"][: len(top)]],
-            [names[int(c)] for c in table["corrected_label"][: len(top)]],
+            [train.classes[int(c)] for c in table["given_label"][: len(top)]],
+            [train.classes[int(c)] for c in table["corrected_label"][: len(top)]],
             table["clean_prob"][: len(top)],
             title=f"{run.cfg.data.name}: the {len(top)} labels most likely wrong ({run.cfg.method.name})",
         )
