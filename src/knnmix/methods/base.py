@@ -51,7 +51,6 @@ class TrainContext(Protocol):
 class Method:
     """Base class: cross-entropy on the current soft targets (the given labels unless corrected), no preparation."""
 
-    name = "base"
     phase = "ce"  # the current epoch's phase, logged with it
     uses_soft_targets = False  # reports label-correction accuracy of argmax t
     uses_clean_prob = False  # reports the clean/noisy split of its clean probabilities

@@ -42,16 +42,13 @@ def _mixup_loss(model: nn.Module, images: Tensor, members: Tensor, ctx: TrainCon
 
 @METHODS.register("ce")
 class CrossEntropy(Method):
-    """Standard cross-entropy on the given labels (the base method as it stands)."""
-
-    name = "ce"
+    """Standard cross-entropy on the given labels: the base :class:`Method` unchanged."""
 
 
 @METHODS.register("mixup")
 class Mixup(Method):
     """mixup (Zhang et al., ICLR 2018) on the given labels: random pairs, ``lam ~ Beta(alpha, alpha)`` per batch."""
 
-    name = "mixup"
     phase = "mixup"
 
     def loss(self, model: nn.Module, images: Tensor, members: Tensor, ctx: TrainContext) -> Tensor:
@@ -66,7 +63,6 @@ class SELC(Method):
     then corrected every ``correction_period`` epochs (SELC's paper: every epoch).
     """
 
-    name = "selc"
     uses_soft_targets = True
 
     def schedule_note(self, epochs: int) -> str | None:
@@ -93,7 +89,6 @@ class KnnMix(Method):
     mini-batch, on the bank's features, when the batch is formed.
     """
 
-    name = "knnmix"
     uses_soft_targets = True
     uses_clean_prob = True
 
