@@ -194,8 +194,8 @@ class _SeededBatches:
 class BatchLoader:
     """Loads the batches of one dataset view for the whole run.
 
-    It is one ``DataLoader`` (its ``data.num_workers`` worker processes persist across epochs) whose batch sampler
-    is this object, handed the next pass's batches by :meth:`__call__`.
+    It is one ``DataLoader`` (loading in this process with ``data.num_workers=0``, else in worker processes that
+    persist across epochs) whose batch sampler is this object, handed the next pass's batches by :meth:`__call__`.
     """
 
     def __init__(self, ds: LabelledDataset, workers: int, device: torch.device) -> None:
