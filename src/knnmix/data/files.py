@@ -45,7 +45,6 @@ _CHUNK = 256
 OnBadImage = Literal["fail", "skip"]
 
 
-
 def listing(items: Sequence[str], limit: int = MAX_LISTED) -> str:
     """``"a, b, c, d, e (and 7 more)"``: the first ``limit`` of ``items``."""
     shown = ", ".join(items[:limit])
@@ -180,7 +179,6 @@ def require_all_classes(dataset: str, classes: Sequence[str], labels: np.ndarray
     refuse(empty, f"{dataset}: {len(empty)} of {len(classes)} classes have no training images{hint}")
 
 
-
 def read_rgb(path: str, min_shorter: int = 1) -> Tensor:
     """Decode the image file ``path`` with Pillow as RGB ``uint8 (3, H, W)``; raises whatever Pillow raises.
 
@@ -237,7 +235,6 @@ class ImageTransform:
         return random_crop_flip(x, self.augment.crop_padding, self.augment.hflip) if self.small else x
 
 
-
 class _Files:
     """Image paths stored compactly: a root plus one key per row (a fixed-width bytes array, cheap to pickle)."""
 
@@ -291,7 +288,6 @@ class PreloadedSource(_Files, TensorSource):
         _Files.__init__(self, root, keys)
         if len(self.keys) != images.shape[0]:
             raise ValueError(f"{len(self.keys)} paths for {images.shape[0]} images")
-
 
 
 def build_source(
