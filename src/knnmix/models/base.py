@@ -96,5 +96,3 @@ def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-
-__all__ = ["MODELS", "Backbone", "LogitsOnly", "ModelFactory", "check_dims", "count_parameters", "init_conv_bn"]

@@ -11,6 +11,7 @@ State-dict keys follow the common CIFAR implementations (``conv1``, ``layerN.i.{
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch.nn.functional as F
@@ -24,8 +25,6 @@ MIN_IMAGE_SIZE = 8
 
 class PreActBlock(nn.Module):
     """A pre-activation basic block: ``x + conv(relu(bn(conv(relu(bn(x))))))``, 1x1-conv shortcut when reshaping."""
-
-    expansion = 1
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
@@ -43,6 +42,12 @@ class PreActBlock(nn.Module):
         out = self.conv1(out)
         out = self.conv2(F.relu(self.bn2(out)))
         return out + shortcut
+
+
+def stage(in_planes: int, planes: int, num_blocks: int, stride: int) -> nn.Sequential:
+    """``num_blocks`` blocks from ``in_planes`` to ``planes`` channels; the first one strides by ``stride``."""
+    rest = (PreActBlock(planes, planes) for _ in range(num_blocks - 1))
+    return nn.Sequential(PreActBlock(in_planes, planes, stride), *rest)
 
 
 class PreActResNet(Backbone):
@@ -63,23 +68,15 @@ class PreActResNet(Backbone):
         check_dims(name, num_classes, in_channels, image_size, min_size=MIN_IMAGE_SIZE)
         self.num_classes = num_classes
         self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        self._in_planes = 64
-        self.layer1 = self._make_layer(64, num_blocks[0], stride=1)
-        self.layer2 = self._make_layer(128, num_blocks[1], stride=2)
-        self.layer3 = self._make_layer(256, num_blocks[2], stride=2)
-        self.layer4 = self._make_layer(512, num_blocks[3], stride=2)
+        self.layer1 = stage(64, 64, num_blocks[0], stride=1)
+        self.layer2 = stage(64, 128, num_blocks[1], stride=2)
+        self.layer3 = stage(128, 256, num_blocks[2], stride=2)
+        self.layer4 = stage(256, 512, num_blocks[3], stride=2)
         self.bn = nn.BatchNorm2d(512)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.feature_dim = 512
         self.linear = nn.Linear(512, num_classes)
         init_conv_bn(self)
-
-    def _make_layer(self, planes: int, num_blocks: int, stride: int) -> nn.Sequential:
-        blocks = []
-        for s in [stride] + [1] * (num_blocks - 1):
-            blocks.append(PreActBlock(self._in_planes, planes, s))
-            self._in_planes = planes
-        return nn.Sequential(*blocks)
 
     def forward_features(self, x: Tensor) -> Tensor:
         out = self.conv1(x)
@@ -88,13 +85,6 @@ class PreActResNet(Backbone):
         return self.pool(out).flatten(1)
 
 
-@MODELS.register("preact_resnet18")
-def preact_resnet18(num_classes: int, in_channels: int, image_size: int) -> PreActResNet:
-    """PreActResNet-18 (blocks 2-2-2-2, about 11.2M parameters for 10 classes), as DivideMix's PreResNet18."""
-    return PreActResNet((2, 2, 2, 2), num_classes, in_channels, image_size, name="preact_resnet18")
-
-
-@MODELS.register("preact_resnet34")
-def preact_resnet34(num_classes: int, in_channels: int, image_size: int) -> PreActResNet:
-    """PreActResNet-34 (blocks 3-4-6-3, about 21.3M parameters for 10 classes)."""
-    return PreActResNet((3, 4, 6, 3), num_classes, in_channels, image_size, name="preact_resnet34")
+# PreActResNet-18 (about 11.2M parameters for 10 classes) is DivideMix's PreResNet18; -34 has about 21.3M.
+MODELS.register("preact_resnet18")(functools.partial(PreActResNet, (2, 2, 2, 2), name="preact_resnet18"))
+MODELS.register("preact_resnet34")(functools.partial(PreActResNet, (3, 4, 6, 3), name="preact_resnet34"))

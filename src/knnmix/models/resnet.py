@@ -17,6 +17,7 @@ from knnmix.models.base import MODELS, Backbone, check_dims
 MIN_IMAGE_SIZE = 32
 
 
+@MODELS.register("resnet50")
 class ResNet50(Backbone, ResNet):
     """``torchvision.models.resnet50(weights=None)`` with a ``num_classes`` head and a ``(logits, features)`` forward.
 
@@ -39,9 +40,3 @@ class ResNet50(Backbone, ResNet):
 
     # torchvision's ResNet defines ``forward``; keep the (logits, features) contract of :class:`Backbone`.
     forward = Backbone.forward
-
-
-@MODELS.register("resnet50")
-def resnet50(num_classes: int, in_channels: int, image_size: int) -> ResNet50:
-    """torchvision ResNet-50 (2048-d features, about 23.5M parameters plus the head)."""
-    return ResNet50(num_classes, in_channels, image_size)

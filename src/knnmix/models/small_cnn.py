@@ -44,6 +44,7 @@ DEFAULT_CONVS_PER_STAGE: tuple[int, int, int] = (1, 2, 2)
 MIN_IMAGE_SIZE = 8
 
 
+@MODELS.register("small_cnn")
 class SmallCNN(Backbone):
     """Conv-BN-ReLU stages ``(w, 2w, 4w)`` with size-adapted max-pooling, global average pooling, linear head."""
 
@@ -90,9 +91,3 @@ class SmallCNN(Backbone):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.pool(self.features(x)).flatten(1)
-
-
-@MODELS.register("small_cnn")
-def small_cnn(num_classes: int, in_channels: int, image_size: int) -> SmallCNN:
-    """The default :class:`SmallCNN`: width 16, blocks per stage (1, 2, 2), 64-d features."""
-    return SmallCNN(num_classes, in_channels, image_size)
