@@ -23,9 +23,8 @@ CIFAR_N_TRAIN_SIZE = 50_000
 
 @dataclass(frozen=True)
 class CifarNInfo:
-    """One CIFAR-N label file and the noise variants it provides."""
+    """One CIFAR-N label file and the noise variants it provides (:data:`CIFAR_N` keys it by noise model name)."""
 
-    kind: str  # noise model name
     family: str  # dataset family it belongs to
     dataset: str  # human-readable data set name
     num_classes: int
@@ -37,13 +36,13 @@ class CifarNInfo:
 CIFAR_N: Mapping[str, CifarNInfo] = MappingProxyType(
     {
         "cifar10n": CifarNInfo(
-            kind="cifar10n", family="cifar10", dataset="CIFAR-10", num_classes=10, filename="CIFAR-10_human.pt",
+            family="cifar10", dataset="CIFAR-10", num_classes=10, filename="CIFAR-10_human.pt",
             variants=MappingProxyType({"aggre": "aggre_label", "random1": "random_label1", "random2": "random_label2",
                                        "random3": "random_label3", "worse": "worse_label"}),
             order="data_batch_1 .. data_batch_5 of the python version",
         ),
         "cifar100n": CifarNInfo(
-            kind="cifar100n", family="cifar100", dataset="CIFAR-100", num_classes=100, filename="CIFAR-100_human.pt",
+            family="cifar100", dataset="CIFAR-100", num_classes=100, filename="CIFAR-100_human.pt",
             variants=MappingProxyType({"noisy": "noisy_label"}), order="the 'train' file of the python version",
         ),
     }
@@ -114,17 +113,17 @@ def _human_labels(spec: NoiseSpec, inputs: NoiseInputs) -> np.ndarray:
     info = CIFAR_N[spec.kind]
     if inputs.family != info.family:
         raise KnnmixError(
-            f"noise model {info.kind!r} holds human labels of {info.dataset}'s training set; it needs dataset "
+            f"noise model {spec.kind!r} holds human labels of {info.dataset}'s training set; it needs dataset "
             f"family {info.family!r}, got {inputs.family!r}"
         )
     if inputs.num_classes != info.num_classes:
         raise KnnmixError(
-            f"noise model {info.kind!r} needs {info.num_classes} classes, but num_classes is {inputs.num_classes}"
+            f"noise model {spec.kind!r} needs {info.num_classes} classes, but num_classes is {inputs.num_classes}"
         )
     n = inputs.labels.shape[0]
     if n != CIFAR_N_TRAIN_SIZE:
         raise KnnmixError(
-            f"{info.kind} labels cover {info.dataset}'s {CIFAR_N_TRAIN_SIZE:,} training images; this dataset has {n:,}"
+            f"{spec.kind} labels cover {info.dataset}'s {CIFAR_N_TRAIN_SIZE:,} training images; this dataset has {n:,}"
         )
     if inputs.cifar_n_dir is None:
         raise KnnmixError(
@@ -142,14 +141,14 @@ def _human_labels(spec: NoiseSpec, inputs: NoiseInputs) -> np.ndarray:
     if mismatch:
         raise KnnmixError(
             f"labels differ from clean_label of {path} at {mismatch:,} of {CIFAR_N_TRAIN_SIZE:,} positions; "
-            f"{info.kind} needs {info.dataset}'s training set in the order of {info.order}"
+            f"{spec.kind} needs {info.dataset}'s training set in the order of {info.order}"
         )
     return np.array(noisy, dtype=np.int64, copy=True)
 
 
-for _info in CIFAR_N.values():
+for _kind, _info in CIFAR_N.items():
     register_noise_model(
-        _info.kind,
+        _kind,
         variants=tuple(_info.variants),
         summary=f"real human labels of {_info.dataset}N (Wei et al. 2022), needs cifar_n_dir",
     )(_human_labels)
