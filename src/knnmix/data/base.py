@@ -88,6 +88,22 @@ class Augment:
     crop_padding: int = 0  # pixels of zero padding before the random crop back to the original size; 0 = no crop
     hflip: bool = False  # flip horizontally with probability 1/2
 
+    def __call__(self, x: Tensor) -> Tensor:
+        """Independently random-crop (after zero padding) and flip each image of a batch ``(B, C, H, W)``."""
+        b, c, h, w = x.shape
+        pad = self.crop_padding
+        if pad > 0:
+            padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+            dy = torch.randint(0, 2 * pad + 1, (b,))
+            dx = torch.randint(0, 2 * pad + 1, (b,))
+            rows = (dy[:, None] + torch.arange(h))[:, None, :, None]  # (B, 1, H, 1)
+            cols = (dx[:, None] + torch.arange(w))[:, None, None, :]  # (B, 1, 1, W)
+            x = padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+        if self.hflip:
+            flip = torch.rand(b) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        return x
+
 
 class Normalise:
     """``uint8 (B, C, H, W)`` -> normalised ``float32``: ``(x - 255 * mean) * (1 / (255 * std))`` per channel.
@@ -127,9 +143,7 @@ class TensorSource(ImageSource):
 
     def load(self, rows: Tensor, *, augment: bool) -> Tensor:
         x = self.images[rows]
-        if augment:
-            x = random_crop_flip(x, self.augment.crop_padding, self.augment.hflip)
-        return self.normalise(x)
+        return self.normalise(self.augment(x) if augment else x)
 
     def preview(self, rows: Tensor) -> Tensor:
         return self.images[rows]
@@ -137,22 +151,6 @@ class TensorSource(ImageSource):
     def as_float(self) -> Tensor:
         """All images as ``(N, C*H*W)`` floats in [0, 1] (used by instance-dependent noise)."""
         return self.images.reshape(len(self), -1).float() / 255.0
-
-
-def random_crop_flip(x: Tensor, padding: int, hflip: bool) -> Tensor:
-    """Independently random-crop (after zero padding) and flip each image of a batch ``(B, C, H, W)``."""
-    b, c, h, w = x.shape
-    if padding > 0:
-        padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
-        dy = torch.randint(0, 2 * padding + 1, (b,))
-        dx = torch.randint(0, 2 * padding + 1, (b,))
-        rows = (dy[:, None] + torch.arange(h))[:, None, :, None]  # (B, 1, H, 1)
-        cols = (dx[:, None] + torch.arange(w))[:, None, None, :]  # (B, 1, 1, W)
-        x = padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
-    if hflip:
-        flip = torch.rand(b) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(3), x)
-    return x
 
 
 @dataclass

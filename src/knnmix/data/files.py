@@ -23,7 +23,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extensi
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from knnmix.data.base import Augment, ImageSource, Normalise, TensorSource, one_line, random_crop_flip
+from knnmix.data.base import Augment, ImageSource, Normalise, TensorSource, one_line
 from knnmix.errors import DataError
 
 #: ImageNet's per-channel mean and std (RGB, 0..1 scale), used by every file-based data set.
@@ -232,7 +232,7 @@ class ImageTransform:
 
     def augment_batch(self, x: Tensor) -> Tensor:
         """Train-time augmentation of decoded ``uint8 (B, 3, s, s)`` for ``s < 64`` (identity for larger sides)."""
-        return random_crop_flip(x, self.augment.crop_padding, self.augment.hflip) if self.small else x
+        return self.augment(x) if self.small else x
 
 
 class _Files:
