@@ -52,13 +52,11 @@ def flip_within_classes(
     return noisy
 
 
-# --------------------------------------------------------------------------------------------------- none
 @register_noise_model("none", summary="labels unchanged")
 def _none(spec: NoiseSpec, inputs: NoiseInputs) -> np.ndarray:
     return np.array(inputs.labels, dtype=np.int64, copy=True)
 
 
-# ---------------------------------------------------------------------------------------------- symmetric
 @register_noise_model("symmetric", takes_rate=True, summary="exactly round(r*N) random labels move to another class")
 def _symmetric(spec: NoiseSpec, inputs: NoiseInputs) -> np.ndarray:
     """Flip exactly ``round(r * N)`` uniformly chosen samples.
@@ -80,7 +78,6 @@ def _symmetric(spec: NoiseSpec, inputs: NoiseInputs) -> np.ndarray:
     return noisy
 
 
-# --------------------------------------------------------------------------------------------- asymmetric
 def cifar100_superclass_map(labels: np.ndarray, coarse_labels: np.ndarray) -> dict[int, int]:
     """``{fine class: fine class it flips to}`` for every fine class in ``(N,)`` int ``labels``, built from the
     real (fine, coarse) pairs of the data with ``(N,)`` int super-class ``coarse_labels``.
@@ -142,7 +139,6 @@ def _asymmetric(spec: NoiseSpec, inputs: NoiseInputs) -> np.ndarray:
     return flip_within_classes(inputs.labels, mapping, spec.rate, inputs.rng)
 
 
-# ----------------------------------------------------------------------------------------------- pairflip
 @register_noise_model("pairflip", takes_rate=True, summary="exactly round(r*n_c) samples of class c flip to c+1 mod C")
 def _pairflip(spec: NoiseSpec, inputs: NoiseInputs) -> np.ndarray:
     assert spec.rate is not None
@@ -150,7 +146,6 @@ def _pairflip(spec: NoiseSpec, inputs: NoiseInputs) -> np.ndarray:
     return flip_within_classes(inputs.labels, {k: (k + 1) % c for k in range(c)}, spec.rate, inputs.rng)
 
 
-# ----------------------------------------------------------------------------------------------- instance
 def _flip_rate(rate: float, std: float) -> Any:
     """The per-sample flip rate of ``instance:rate``: ``N(rate, std^2)`` truncated to [0, 1], a frozen scipy
     distribution."""
