@@ -224,11 +224,6 @@ class NoiseResult:
         """``(N,)`` bool, True where the noisy label differs from the clean one."""
         return np.asarray(self.noisy_labels != self.clean_labels)
 
-    @property
-    def num_classes(self) -> int:
-        """``C``, the number of classes."""
-        return int(self.transition.shape[0])
-
 
 def _label_array(x: object, name: str, num_classes: int | None = None, context: str = "") -> np.ndarray:
     """``x`` as a 1-D integer array with entries in ``[0, num_classes)`` (``>= 0`` without ``num_classes``)."""
@@ -365,9 +360,7 @@ def apply_noise(
         raise RuntimeError(
             f"noise model {parsed.kind!r} returned {noisy.dtype} {noisy.shape} labels, expected int ({n},) in [0, {c})"
         )
-    noisy = noisy.astype(np.int64, copy=False)
-    if np.shares_memory(noisy, np.asarray(labels)):
-        noisy = noisy.copy()
+    noisy = np.array(noisy, dtype=np.int64)  # always a copy: the caller's to modify, never a view of its input
     clean_copy = np.array(clean, dtype=np.int64, copy=True)
     return NoiseResult(
         noisy_labels=noisy,
