@@ -291,12 +291,12 @@ class PreloadedSource(_Files, TensorSource):
 
 
 def build_source(
-    root: str, keys: Sequence[str], image_size: int, threads: int | None = None
+    root: str, keys: Sequence[str], image_size: int
 ) -> tuple[ImageSource, np.ndarray, list[tuple[int, str]]]:
     """Check the files ``root/key`` and wrap the good ones in a source: ``(source, kept, failures)``.
 
     Every image is opened and decoded (a JPEG at 1/8 scale: ``open`` + ``verify`` alone would miss truncated files)
-    on a thread pool of ``threads`` (default: the usable CPUs, at most 32; Pillow decodes without the GIL), or,
+    on a thread pool (one thread per usable CPU, at most 32; Pillow decodes without the GIL), or,
     when small enough to preload, decoded and transformed into memory. ``kept`` (``(M,)`` int64 positions into
     ``keys``) are the rows of the source, a :class:`PreloadedSource` when preloaded, else a :class:`FileSource`;
     ``failures`` are ``(position, reason)`` of the others.
@@ -320,10 +320,8 @@ def build_source(
         return bad
 
     starts = range(0, len(paths), _CHUNK)
-    if threads is None:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        threads = max(1, min(32, cpus))
-    with ThreadPoolExecutor(min(threads, len(starts)) or 1) as pool:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    with ThreadPoolExecutor(max(1, min(32, cpus, len(starts)))) as pool:
         failures = [f for part in pool.map(check, starts) for f in part]
     kept = np.setdiff1d(np.arange(len(paths)), [i for i, _ in failures]).astype(np.int64)
     kept_keys = [keys[i] for i in kept.tolist()]
