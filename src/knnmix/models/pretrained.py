@@ -8,6 +8,7 @@ prefix (DataParallel / DistributedDataParallel) and an ``"_orig_mod."`` prefix (
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,8 +19,8 @@ from knnmix.errors import KnnmixError
 
 #: Keys under which checkpoints commonly nest their state dict, tried in order.
 CHECKPOINT_KEYS = ("state_dict", "model")
-#: Prefixes stripped from every key, repeatedly, in any order.
-STRIP_PREFIXES = ("module.", "_orig_mod.")
+#: The ``module.`` and ``_orig_mod.`` prefixes stripped from every key, repeatedly, in any order.
+STRIP_PREFIXES = re.compile(r"^(?:module\.|_orig_mod\.)+")
 #: How many offending keys an error message lists.
 MAX_LISTED = 5
 
@@ -27,12 +28,6 @@ MAX_LISTED = 5
 def _listing(items: list[str]) -> str:
     more = f", ... ({len(items)} in all)" if len(items) > MAX_LISTED else ""
     return ", ".join(items[:MAX_LISTED]) + more
-
-
-def _strip(key: str) -> str:
-    while key.startswith(STRIP_PREFIXES):
-        key = key[len(next(p for p in STRIP_PREFIXES if key.startswith(p))) :]
-    return key
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
@@ -45,11 +40,8 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's error
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise KnnmixError(f"cannot read pretrained weights {str(path)!r}: {reason}") from None
-    if isinstance(obj, Mapping):
-        for key in CHECKPOINT_KEYS:
-            if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
-                break
+    if isinstance(obj, Mapping):  # a checkpoint holds its state dict under the first of CHECKPOINT_KEYS it has
+        obj = next((obj[k] for k in CHECKPOINT_KEYS if isinstance(obj.get(k), Mapping)), obj)
     if not isinstance(obj, Mapping) or not obj:
         raise KnnmixError(f"pretrained weights {str(path)!r} hold no state dict (got {type(obj).__name__})")
     state: dict[str, Tensor] = {}
@@ -58,7 +50,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
             raise KnnmixError(
                 f"pretrained weights {str(path)!r} are not a state dict: entry {key!r} is a {type(value).__name__}"
             )
-        state[_strip(key)] = value
+        state[STRIP_PREFIXES.sub("", key)] = value
     return state
 
 
