@@ -23,8 +23,13 @@ from torch.utils.data import Dataset
 from knnmix.errors import DataError
 from knnmix.registry import Registry
 
-#: Where downloadable data sets live unless the user passes ``root`` (``data.root``); ``~`` is expanded on use.
+#: Where downloadable data sets live unless the user passes ``root`` (``data.root``).
 DEFAULT_CACHE_ROOT = "~/.cache/knnmix/data"
+
+
+def cache_root() -> Path:
+    """The knnmix data cache, ``~/.cache/knnmix/data`` with ``~`` expanded."""
+    return Path(DEFAULT_CACHE_ROOT).expanduser()
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from knnmix.data.base import DATASETS, Augment, DatasetBundle, TensorSource, check_labels, one_line
-from knnmix.data.base import DEFAULT_CACHE_ROOT, torchvision_download
+from knnmix.data.base import DATASETS, Augment, DatasetBundle, TensorSource, cache_root, check_labels, one_line
+from knnmix.data.base import torchvision_download
 from knnmix.errors import DataError
 
 AUGMENT = Augment(crop_padding=4, hflip=True)
@@ -133,7 +133,7 @@ def _missing(directory: Path, spec: CifarSpec) -> str | None:
 
 def load_cifar(spec: CifarSpec, root: str | None, download: bool) -> DatasetBundle:
     """Load a CIFAR variant from ``root`` (default ``~/.cache/knnmix/data``), downloading first if asked."""
-    base = Path(root or DEFAULT_CACHE_ROOT).expanduser()
+    base = Path(root).expanduser() if root else cache_root()
     directory = base / spec.folder
     if _missing(directory, spec) == spec.files[0] and (base / spec.files[0]).is_file():
         directory = base  # the root is the batch folder itself

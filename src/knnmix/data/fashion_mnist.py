@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from knnmix.data.base import DATASETS, Augment, DatasetBundle, TensorSource, check_labels, one_line
-from knnmix.data.base import DEFAULT_CACHE_ROOT, torchvision_download
+from knnmix.data.base import DATASETS, Augment, DatasetBundle, TensorSource, cache_root, check_labels, one_line
+from knnmix.data.base import torchvision_download
 from knnmix.errors import DataError
 
 #: Where Debian's ``dataset-fashion-mnist`` package installs the gzipped idx files.
@@ -96,7 +96,7 @@ def _read_split(images_path: Path, labels_path: Path) -> tuple[TensorSource, np.
 @DATASETS.register("fashion-mnist")
 def load_fashion_mnist(root: str | None, download: bool) -> DatasetBundle:
     """Load Fashion-MNIST as uint8 ``(N, 1, 28, 28)`` images from ``root`` (default: see the module docstring)."""
-    roots = [Path(root).expanduser()] if root else [Path(DEBIAN_ROOT), Path(DEFAULT_CACHE_ROOT).expanduser()]
+    roots = [Path(root).expanduser()] if root else [Path(DEBIAN_ROOT), cache_root()]
     try:
         files = find_files(roots)
     except DataError:
