@@ -18,6 +18,7 @@ import torch
 from knnmix.math import fit_clean_probability, normalise_losses
 from knnmix.plots import pyplot, save
 
+
 def find_label_issues(
     labels: np.ndarray,
     pred_probs: np.ndarray,
