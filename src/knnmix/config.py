@@ -376,15 +376,15 @@ def validate(cfg: Config) -> None:
     from knnmix.models import MODELS
     from knnmix.noise import parse_noise_spec
 
-    naming("method.name", lambda: METHODS.get(m.name))
-    naming("noise.spec", lambda: parse_noise_spec(cfg.noise.spec))
-    naming("data.name", lambda: DATASETS.get(d.name))
+    as_config_error("method.name", lambda: METHODS.get(m.name))
+    as_config_error("noise.spec", lambda: parse_noise_spec(cfg.noise.spec))
+    as_config_error("data.name", lambda: DATASETS.get(d.name))
     if cfg.model.name != "auto":
-        naming("model.name", lambda: MODELS.get(cfg.model.name))
+        as_config_error("model.name", lambda: MODELS.get(cfg.model.name))
 
 
-def naming(where: str, build: typing.Callable[[], Any],
-           errors: tuple[type[Exception], ...] = (KnnmixError, OSError)) -> Any:
+def as_config_error(where: str, build: typing.Callable[[], Any],
+                    errors: tuple[type[Exception], ...] = (KnnmixError, OSError)) -> Any:
     """``build()``, with whatever ``errors`` it raises (by default a user's mistake: a bad name, noise spec or
     config file) as one :class:`ConfigError` naming ``where``."""
     try:

@@ -234,7 +234,7 @@ def _validate(space: SearchSpace, root: Path | None) -> None:
     # the base run and the noise settings
     space.base.config = _base_path(space.base.config, root)
     space.base.set = flat_keys(space.base.set, "base.set")
-    base = C.naming("base", space.base_config)
+    base = C.as_config_error("base", space.base_config)
     check(base.data.val_fraction > 0 or base.data.name in SHIPPED_VALIDATION, "base.set.data.val_fraction",
           f"sweeps select on the noisy-validation accuracy ({METRIC}): use a validation fraction > 0 "
           f"({base.data.name} ships no validation split)")
@@ -245,7 +245,7 @@ def _validate(space: SearchSpace, root: Path | None) -> None:
     for i, entry in enumerate(space.noise):
         where = f"noise[{i}]"
         spec = entry.spec if isinstance(entry, NoiseEntry) else entry
-        canonical = C.naming(where, lambda: str(parse_noise_spec(spec)))
+        canonical = C.as_config_error(where, lambda: str(parse_noise_spec(spec)))
         if isinstance(entry, NoiseEntry):
             entry.spec, entry.set = canonical, flat_keys(entry.set, f"{where}.set")
             check(not {"noise.spec", "out"} & set(entry.set), f"{where}.set", "noise.spec and out are set by the sweep")
@@ -254,7 +254,7 @@ def _validate(space: SearchSpace, root: Path | None) -> None:
         setting = space.settings[i]
         check(setting.slug not in seen, where, f"{canonical!r} is listed twice (also noise[{seen.get(setting.slug)}])")
         seen[setting.slug] = i
-        cfg = C.naming(where, lambda s=setting: space.setting_config(s))
+        cfg = C.as_config_error(where, lambda s=setting: space.setting_config(s))
         kind = canonical.split(":")[0]
         if kind in ("cifar10n", "cifar100n"):
             dataset = kind[:-1]
@@ -281,7 +281,7 @@ def _validate(space: SearchSpace, root: Path | None) -> None:
             for sub in ("low", "high", "step"):
                 v = getattr(param, sub)
                 check(v is None or isinstance(v, int), f"{where}.{sub}", f"expected an integer, got {v!r} (float)")
-        dist = C.naming(where, param.distribution, (ValueError, TypeError))  # Optuna's own checks
+        dist = C.as_config_error(where, param.distribution, (ValueError, TypeError))  # Optuna's own checks
         tp = _key_type(key)
         is_int, is_float = tp in (int, int | None), tp in (float, float | None)
         if param.type in ("uniform", "loguniform"):
@@ -292,7 +292,7 @@ def _validate(space: SearchSpace, root: Path | None) -> None:
         corners = ([(v, f"values[{i}]") for i, v in enumerate(dist.choices)] if param.type == "choice"
                    else [(dist.low, "low"), (dist.high, "high")])
         for value, sub in corners:
-            C.naming(f"{where}.{sub}", lambda v=value: C.replace(base, **{key: v}))
+            C.as_config_error(f"{where}.{sub}", lambda v=value: C.replace(base, **{key: v}))
 
     # ASHA and the start points
     a = space.asha
@@ -341,7 +341,7 @@ def _base_path(value: str | None, root: Path | None) -> str | None:
         if not p.is_file():
             raise ConfigError(f"base.config: config file {str(p)!r} does not exist")
         return str(p.resolve())
-    return C.naming("base.config", lambda: str(C.preset_path(value).resolve()))
+    return C.as_config_error("base.config", lambda: str(C.preset_path(value).resolve()))
 
 
 def flat_keys(data: Any, where: str = "set") -> dict[str, Any]:
