@@ -249,6 +249,14 @@ class LabelledDataset(Dataset):
         """A copy of the given labels ``(N,)`` as an int64 tensor (the dataset's own labels stay untouched)."""
         return self._given_t.clone()
 
+    def subset(self, positions: np.ndarray) -> LabelledDataset:
+        """A new dataset of the samples at ``positions`` (re-indexed ``0 .. len-1``), same source and view."""
+        positions = np.asarray(positions, dtype=np.int64)
+        true = None if self.true_labels is None else self.true_labels[positions]
+        return LabelledDataset(
+            self.source, self.rows[positions], self.given_labels[positions], self.classes, true, self.augment
+        )
+
     def view(self, *, augment: bool) -> LabelledDataset:
         """The same samples and labels, loaded with or without augmentation."""
         other = object.__new__(LabelledDataset)
