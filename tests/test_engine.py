@@ -45,7 +45,7 @@ def test_run_folder_holds_every_output(tmp_path):
     summary = train(cfg, echo=None)
     run = tmp_path / "run"
     for name in ("config.yaml", "run.json", "noisy_labels.npz", "metrics.jsonl", "checkpoint.pt",
-                 "model_best.pt", "summary.json", "label_issues.csv"):
+                 "model_best.pt", "summary.json", "label_issues.csv", "label_issues.png"):
         assert (run / name).exists(), name
     # resolved config: automatic choices are filled in
     saved = C.load(run / "config.yaml")
