@@ -90,3 +90,21 @@ def test_the_help_names_only_presets_that_exist():
     named = re.search(r"embedded preset name \(([^)]*)\)", " ".join(text.split())).group(1)
     presets = {p.stem for p in C.PRESETS.glob("*.yaml")}
     assert {n.strip() for n in named.split(",")} == presets
+
+
+def test_compare_trains_each_method_on_one_setting_and_writes_one_result_file(capsys, tmp_path):
+    """`knnmix compare` prints the table and writes comparison.json: every method's accuracies, commit and resolved
+    config, the same data, noise and seed for all."""
+    import json
+
+    code, out, _ = run_cli(capsys, "compare", "--config", "digits", "--methods", "ce,mixup", "--epochs", "1",
+                           "--set", "data.train_subset=300", "--seed", "3", "--out", str(tmp_path / "cmp"))
+    assert code == 0
+    result = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert [r["method"] for r in result["runs"]] == ["ce", "mixup"]
+    for r in result["runs"]:
+        assert r["seed"] == 3 and r["config"]["seed"] == 3 and r["config"]["method"]["name"] == r["method"]
+        assert 0 <= r["last_test_acc"] <= 100 and r["run_folder"] == str((tmp_path / "cmp" / r["method"]).resolve())
+        assert (tmp_path / "cmp" / r["method"] / "summary.json").exists()
+    assert {r["config"]["data"]["train_subset"] for r in result["runs"]} == {300}
+    assert result["command"].startswith("knnmix compare") and result["table"] in out

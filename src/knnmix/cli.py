@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -98,7 +99,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for cfg in configs:
         print(f"\n=== {cfg.method.name} ===", flush=True)
         results.append(run_training(cfg, args))
-    print(f"\n{comparison_table(results)}")
+    table = comparison_table(results)
+    runs = [{"seed": s["seed"], "method": s["method"], "last_test_acc": s["final"]["test_acc"],
+             "val_selected_test_acc": s["best_val"]["test_acc"], "best_val_epoch": s["best_val"]["epoch"],
+             "commit": s["commit"], "run_folder": str(Path(cfg.out).resolve()), "config": s["config"]}
+            for s, cfg in zip(results, configs)]
+    out = Path(base.out) / "comparison.json"
+    out.write_text(json.dumps({"command": shlex.join(["knnmix", *args.argv]), "runs": runs, "table": table},
+                              indent=1) + "\n")
+    print(f"\n{table}\n\nevery run's result and resolved config: {out}")
     return 0
 
 
@@ -291,7 +300,9 @@ _default_format = warnings.formatwarning
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the command as typed, recorded with results (compare)
     return guarded(lambda: args.func(args))
 
 
