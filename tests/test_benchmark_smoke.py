@@ -116,4 +116,5 @@ def test_sweep_benchmark_measures_the_smoke_sweep(tmp_path, capsys, monkeypatch)
     smoke = json.loads(out.read_text())["smoke"]
     assert smoke["trials"] == 2 and smoke["wall_s"] > smoke["train_s"] > 0
     assert all(t["held_s"] >= t["train_s"] > 0 for t in smoke["per_trial"])
+    assert all(0 <= t["first_result_after_s"] < smoke["wall_s"] for t in smoke["per_trial"])  # seconds into the sweep
     assert "per-trial overhead" in capsys.readouterr().out
