@@ -92,11 +92,12 @@ def test_the_help_names_only_presets_that_exist():
     assert {n.strip() for n in named.split(",")} == presets
 
 
-def test_compare_trains_each_method_on_one_setting_and_writes_one_result_file(capsys, tmp_path):
+def test_compare_trains_each_method_on_one_setting_and_writes_one_result_file(capsys, tmp_path, monkeypatch):
     """`knnmix compare` prints the table and writes comparison.json: every method's accuracies, commit and resolved
     config, the same data, noise and seed for all."""
     import json
 
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # a URI would log the runs too (tested in test_sweep)
     code, out, _ = run_cli(capsys, "compare", "--config", "digits", "--methods", "ce,mixup", "--epochs", "1",
                            "--set", "data.train_subset=300", "--seed", "3", "--out", str(tmp_path / "cmp"))
     assert code == 0

@@ -825,6 +825,7 @@ def test_train_logs_its_run_to_mlflow_when_a_tracking_uri_is_given(tmp_path, mon
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     assert cli_main([*argv, "--out", str(tmp_path / "run"), "--tracking-uri", uri, "--register", "digits-ce"]) == 0
     run_id = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["mlflow_run_id"]
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # logging the model must not leave its store as the default
     client = client_for(uri)
     run = client.get_run(run_id)
     assert client.get_experiment(run.info.experiment_id).name == "knnmix-train"

@@ -457,6 +457,9 @@ def log_model(store: Store, run_id: str, weights: Path, *, name: str = "model", 
     example = torch.zeros(2, args["in_channels"], args["image_size"], args["image_size"])
     with torch.no_grad():
         signature = infer_signature(example.numpy(), model(example).numpy())
+    # The fluent API needs the global URI; setting it also exports MLFLOW_TRACKING_URI to this process, which knnmix
+    # reads as the user's choice, so both are put back afterwards (a later run must not log into this store).
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(store.uri)
     quiet = logging.getLogger("mlflow")
     level = quiet.level
@@ -471,6 +474,7 @@ def log_model(store: Store, run_id: str, weights: Path, *, name: str = "model", 
             )
     finally:
         quiet.setLevel(level)
+        mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]  # None unsets it
     return str(info.model_uri)
 
 
