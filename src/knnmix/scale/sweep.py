@@ -273,7 +273,9 @@ def run_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
         return
     run = E.build_run(cfg)
     folder = RunFolder(cfg.out)
-    start_or_restore(run, folder, tune.get_checkpoint(), resume=False)
+    # Tune's checkpoint if it kept one; else the trial's own run folder, which is ahead of Tune's last saved state
+    # when a killed sweep resumes (the folder checkpoints every epoch, Tune's state every few seconds)
+    start_or_restore(run, folder, tune.get_checkpoint(), resume=folder.has_run())
     E.fit(run, folder, echo=None, on_epoch=report_epoch(tune.report, tune.Checkpoint, named=False))
 
 
