@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from knnmix.math import fit_clean_probability, normalise_losses
-from knnmix.plots import pyplot
+from knnmix.plots import pyplot, save
 
 
 def find_label_issues(
@@ -149,5 +149,4 @@ def plot_label_issues(
                 fontsize=7, ha="center", va="bottom")
     ax.imshow(canvas, interpolation="nearest")
     fig.suptitle(title or "Labels most likely wrong (most suspect first)", fontsize=10)
-    fig.savefig(Path(path), dpi=110)
-    pyplot().close(fig)
+    save(fig, Path(path), tight=False)  # placed by hand: tight_layout would cost what the single canvas saves

@@ -18,9 +18,11 @@ def pyplot() -> Any:
     return plt
 
 
-def save(fig: Any, path: Path) -> Path:
-    """Lay out ``fig``, write it to ``path`` (110 dpi) and close it."""
-    fig.tight_layout()
+def save(fig: Any, path: Path, *, tight: bool = True) -> Path:
+    """Lay out ``fig`` (``tight``: matplotlib's tight layout; off for a figure placed by hand), write it to ``path``
+    (110 dpi) and close it."""
+    if tight:
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
     pyplot().close(fig)
     return path
