@@ -275,7 +275,7 @@ def run_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
     folder = RunFolder(cfg.out)
     # Tune's checkpoint if it kept one; else the trial's own run folder, which is ahead of Tune's last saved state
     # when a killed sweep resumes (the folder checkpoints every epoch, Tune's state every few seconds)
-    start_or_restore(run, folder, tune.get_checkpoint(), resume=folder.has_run())
+    start_or_restore(run, folder, tune.get_checkpoint(), resume=True)
     E.fit(run, folder, echo=None, on_epoch=report_epoch(tune.report, tune.Checkpoint, named=False))
 
 
