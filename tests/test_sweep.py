@@ -202,6 +202,7 @@ _BAD_CASES = [
 def test_malformed_space_is_a_one_line_error_naming_the_field(tmp_path, capsys, fields, message):
     import ray
 
+    ray.shutdown()  # an earlier test's shared Ray may still be up (with -m "not slow"): this command must start none
     path = write_space(tmp_path, "bad.yaml", **fields)
     with pytest.raises(ConfigError) as err:
         SP.load_space(path)
