@@ -26,7 +26,6 @@ from knnmix.engine.checkpoint import CHECKPOINT, SUMMARY, RunFolder, folder_lock
 from knnmix.errors import CheckpointError, KnnmixError, KnnmixWarning
 from knnmix.scale import ray_env
 
-CHECKPOINT_SCORE = "val_acc"
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints
 FAIL_AT_ENV = "KNNMIX_TEST_FAIL_AT"  # test hook "EPOCH:RANK:MARKER": that rank raises once after EPOCH
 
@@ -70,7 +69,7 @@ def ray_configs(cfg: C.Config, *, num_workers: int | None = None, callbacks: lis
     scaling = ScalingConfig(num_workers=x.workers if num_workers is None else num_workers, use_gpu=x.use_gpu,
                             resources_per_worker={"CPU": x.cpus_per_worker})  # use_gpu adds one GPU per worker
     # Without a validation split there is no val_acc to rank by: keep the most recent checkpoints instead.
-    score = CHECKPOINT_SCORE if cfg.data.val_fraction > 0 else None
+    score = "val_acc" if cfg.data.val_fraction > 0 else None
     run = RunConfig(
         name=name, storage_path=storage, callbacks=callbacks, failure_config=FailureConfig(max_failures=x.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=x.num_to_keep, checkpoint_score_attribute=score,
@@ -178,7 +177,6 @@ def _ray_run_dir(storage_path: str, name: str) -> tuple[Any, str]:
 
 
 def has_ray_checkpoint(storage_path: str, name: str) -> bool:
-    """Whether Ray Train recorded a checkpoint of run ``name`` in ``storage_path``."""
     import pyarrow
     import pyarrow.fs
 
@@ -188,14 +186,13 @@ def has_ray_checkpoint(storage_path: str, name: str) -> bool:
         if fs.get_file_info(snapshot).type == pyarrow.fs.FileType.NotFound:
             return False
         with fs.open_input_stream(snapshot) as fh:
-            return bool(json.loads(fh.read().decode("utf-8")).get("latest_checkpoint_result"))
+            return bool(json.loads(fh.read()).get("latest_checkpoint_result"))
     except (OSError, ValueError, pyarrow.ArrowException) as exc:
         text = " ".join(str(exc).split())[:300]
         raise KnnmixError(f"distributed.storage_path {storage_path!r} cannot be read: {text}") from None
 
 
 def run_exists(cfg: C.Config) -> bool:
-    """Whether ``cfg``'s run folder holds ``checkpoint.pt`` or Ray Train's storage holds checkpoints of its run name."""
     return RunFolder(cfg.out).has_run() or has_ray_checkpoint(*storage_of(cfg))
 
 
@@ -205,6 +202,8 @@ def check_run_state(cfg: C.Config, *, resume: bool, overwrite: bool = False) -> 
     A run exists when the run folder holds ``checkpoint.pt`` or Ray Train's storage holds checkpoints for this run
     name (Ray Train would silently continue from them). ``overwrite`` deletes both.
     """
+    import pyarrow.fs
+
     if resume and overwrite:
         raise KnnmixError("--resume and --overwrite exclude each other")
     folder = RunFolder(cfg.out)
@@ -220,16 +219,9 @@ def check_run_state(cfg: C.Config, *, resume: bool, overwrite: bool = False) -> 
             raise KnnmixError(f"{where} already holds a run; pass --resume to continue it, --overwrite to replace "
                               "it, or choose another --out (or distributed.name)")
         folder.clear()
-        delete_ray_run(storage, name)
-
-
-def delete_ray_run(storage_path: str, name: str) -> None:
-    """Delete Ray Train's folder of run ``name`` (its checkpoints and snapshot) from the storage."""
-    import pyarrow.fs
-
-    fs, path = _ray_run_dir(storage_path, name)
-    if fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound:
-        fs.delete_dir(path)
+        fs, path = _ray_run_dir(storage, name)  # Ray Train's folder of the run: its checkpoints and snapshot
+        if fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound:
+            fs.delete_dir(path)
 
 
 # ----------------------------------------------------------------------------------------------------------------
