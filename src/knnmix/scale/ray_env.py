@@ -37,14 +37,11 @@ def worker_env() -> dict[str, str]:
 def runtime_env() -> dict[str, Any]:
     """The job-level runtime environment: the knnmix package (so that workers on nodes where knnmix is not
     installed can import it) and the workers' environment variables."""
-    env: dict[str, Any] = {"py_modules": [str(package_dir())], "env_vars": worker_env()}
     raw = os.environ.get(_JOB_CONFIG_ENV)  # a submitted job: Ray refuses a driver env that repeats the job's fields
     job_env = (json.loads(raw).get("runtime_env") or {}) if raw else {}
-    for key in job_env:
-        if key != "env_vars":
-            env.pop(key, None)
-    env["env_vars"] = {k: v for k, v in env["env_vars"].items() if k not in (job_env.get("env_vars") or {})}
-    return env
+    env_vars = {k: v for k, v in worker_env().items() if k not in (job_env.get("env_vars") or {})}
+    env = {"py_modules": [str(package_dir())], "env_vars": env_vars}
+    return {k: v for k, v in env.items() if k == "env_vars" or k not in job_env}
 
 
 def quiet(verbose: bool = False) -> None:
