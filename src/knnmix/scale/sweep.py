@@ -36,7 +36,6 @@ from knnmix.scale import tracking as T
 from knnmix.scale.train import absolute_paths, fit, report_epoch, run_exists, start_or_restore
 from knnmix.spaces import METRIC, MODE, SETTING_KEY, NoiseSetting, SearchSpace, load_space, parse_space
 
-TIME_ATTR = "epoch"
 STATE_FILE, SPACE_FILE, OPTUNA_DB = "sweep_state.json", "space.yaml", "optuna.db"
 SUMMARY_JSON, SUMMARY_MD = "sweep_summary.json", "sweep_summary.md"
 TUNE_DIR = "tune"
@@ -83,9 +82,7 @@ def resolve_space(folder: SweepFolder, space_arg: str | None, overrides: list[st
         if space_arg is None:
             raise KnnmixError("name a search space file, e.g. knnmix sweep search_spaces/smoke.yaml")
         return load_space(space_arg, overrides)
-    import yaml
-
-    saved = parse_space(yaml.safe_load(folder.file(SPACE_FILE).read_text()), label=state["space_label"])
+    saved = parse_space(C.read_yaml(folder.file(SPACE_FILE), f"the sweep's {SPACE_FILE}"), label=state["space_label"])
     if space_arg is None and not overrides:
         return saved
     if space_arg is None:
@@ -104,11 +101,6 @@ def resolve_space(folder: SweepFolder, space_arg: str | None, overrides: list[st
 # Tune pieces (built from the space; testable without Ray running)
 
 
-def sampler_seed(space: SearchSpace, setting: NoiseSetting) -> int:
-    """Each noise setting's own TPE seed, derived from the sweep seed and the setting."""
-    return (space.seed * 1_000_003 + zlib.crc32(setting.spec.encode())) % (2**31 - 1)
-
-
 def startup_trials(space: SearchSpace) -> int:
     """Random trials before TPE models the results: the space's value, else a quarter of the budget (2 to 10)."""
     return space.startup_trials if space.startup_trials is not None else max(2, min(10, space.trials // 4))
@@ -120,7 +112,8 @@ def make_study(space: SearchSpace, setting: NoiseSetting, storage: str | None = 
     from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=sampler_seed(space, setting), n_startup_trials=startup_trials(space))
+    seed = (space.seed * 1_000_003 + zlib.crc32(setting.spec.encode())) % (2**31 - 1)  # the sweep's, per setting
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(space))
     return OptunaSearch(
         space=space.distributions(), metric=METRIC, mode=MODE, sampler=sampler,
         study_name=study_name(space, setting), points_to_evaluate=[dict(p) for p in space.start_with] or None,
@@ -219,7 +212,7 @@ class SettingsASHA(FIFOScheduler):
 def make_asha(space: SearchSpace, max_t: int | None = None) -> ASHAScheduler:
     """One noise setting's ASHA on ``val_acc`` (max) over epochs."""
     a = space.asha
-    return ASHAScheduler(time_attr=TIME_ATTR, metric=METRIC, mode=MODE, max_t=a.max_t or max_t or space.epochs,
+    return ASHAScheduler(time_attr="epoch", metric=METRIC, mode=MODE, max_t=a.max_t or max_t or space.epochs,
                          grace_period=a.grace_period, reduction_factor=a.reduction_factor, brackets=a.brackets)
 
 
@@ -316,9 +309,8 @@ def collect_trials(folder: SweepFolder) -> list[TrialRecord]:
     """Every trial of the sweep's Tune experiment, in creation order, with its epochs read from its run folder."""
     from ray.tune import ExperimentAnalysis
 
-    trials = sorted(ExperimentAnalysis(str(folder.file(TUNE_DIR))).trials, key=_creation_order)
     out = []
-    for trial in trials:
+    for trial in sorted(ExperimentAnalysis(str(folder.file(TUNE_DIR))).trials, key=_creation_order):
         slug = trial.config[SETTING_KEY]
         run = folder.trial_dir(slug, trial.trial_id)
         failed = trial.status == "ERROR"
@@ -338,20 +330,15 @@ def _creation_order(trial: Any) -> tuple[int, str]:
 
 def _error_line(trial: Any) -> str:
     """The last line of the trial's error file (for a knnmix error: its one-line message)."""
-    path = getattr(getattr(trial, "run_metadata", None), "error_filename", None)
-    try:
-        lines = [ln.strip() for ln in (Path(trial.path) / path).read_text().splitlines() if ln.strip()]
-    except (OSError, TypeError):
-        lines = []
+    lines = [ln.strip() for ln in (trial.get_error() or "").splitlines() if ln.strip()]
     return lines[-1][:300] if lines else "failed (see the Tune trial folder)"
 
 
 def best_trial(trials: list[TrialRecord]) -> TrialRecord | None:
     """The completed trial with the highest noisy-validation accuracy (any trial if none completed)."""
     pool = [t for t in trials if t.completed and t.best()] or [t for t in trials if t.best()]
-    if not pool:
-        return None
-    return max(pool, key=lambda t: (t.best()["val_acc"], -t.best()["epoch"], [-ord(c) for c in t.trial_id]))
+    return max(pool, key=lambda t: (t.best()["val_acc"], -t.best()["epoch"], [-ord(c) for c in t.trial_id]),
+               default=None)
 
 
 # ----------------------------------------------------------------------------------------------------------------
