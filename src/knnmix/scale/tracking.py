@@ -50,8 +50,7 @@ class Store:
 
     @classmethod
     def default(cls, cwd: str | Path | None = None) -> Store:
-        base = Path(cwd or Path.cwd()).absolute()
-        return cls(f"sqlite:///{base / DEFAULT_DB}", str(base / DEFAULT_ARTIFACTS))
+        return cls.from_uri(f"sqlite:///{Path(cwd or Path.cwd()).absolute() / DEFAULT_DB}")
 
     @classmethod
     def resolve(cls, uri: str | None = None) -> Store:
@@ -134,7 +133,6 @@ def create_run(store: Store, exp_id: str, name: str, tags: dict[str, str], *, pa
 
 
 def find_trial_run(client: Any, exp_id: str, trial_id: str) -> Any:
-    """The MLflow run of sweep trial ``trial_id`` (by its tag), or ``None``."""
     found = client.search_runs([exp_id], filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}'", max_results=1)
     return found[0] if found else None
 
@@ -155,7 +153,7 @@ def log_files(client: Any, run_id: str, folder: Path, names: Iterable[str], arti
 
 
 def numeric_metrics(result: dict[str, Any]) -> dict[str, float]:
-    """The engine's numbers in a Tune result or a metrics.jsonl record (``epoch`` and Tune's own keys excluded)."""
+    """The engine's numbers in a Tune result or a metrics.jsonl record (``epoch``, Tune's keys, ``None`` left out)."""
     skip = {"epoch", "done", "trial_id", "experiment_tag", "should_checkpoint", *AUTO_RESULT_KEYS}
     return {k: float(v) for k, v in result.items() if k not in skip and not isinstance(v, bool)
             and isinstance(v, (int, float)) and math.isfinite(float(v))}
@@ -174,8 +172,8 @@ def log_epochs(client: Any, run_id: str, records: Iterable[dict[str, Any]]) -> l
     return epochs
 
 
-def log_totals(client: Any, run_id: str, values: dict[str, float]) -> None:
-    """Log a run's totals (one value per metric, at step 0)."""
+def log_totals(client: Any, run_id: str, values: dict[str, float | None]) -> None:
+    """Log a run's totals (one value per metric, at step 0; ``None`` values are not logged)."""
     log_epochs(client, run_id, [{**values, "epoch": 0}])
 
 
@@ -214,7 +212,6 @@ def last_epoch(trial: Any) -> int:
 
 
 def reported(folder: Path, last: float) -> list[dict[str, Any]]:
-    """The run folder's epoch records up to epoch ``last``."""
     path = folder / METRICS
     return [r for r in read_metrics(path) if int(r["epoch"]) <= last] if path.exists() else []
 
@@ -274,16 +271,13 @@ class TrialLogger(Callback):
         self._runs: dict[str, str] = {}
         self._epochs: dict[str, set[int]] = {}
         self._done: set[str] = set()
-        self._client: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None, "echo": None}
+        return {**self.__dict__, "echo": None}
 
     @property
     def client(self) -> Any:
-        if self._client is None:
-            self._client = self.store.client()
-        return self._client
+        return self.store.client()  # MLflow caches the store behind each client
 
     def folder(self, trial: Any) -> Path:
         return Path(self.root) / trial.config[SETTING_KEY] / "trials" / trial.trial_id
@@ -302,7 +296,6 @@ class TrialLogger(Callback):
                 self._done.add(tid)
                 return None
             self._runs[tid] = found.info.run_id if found else self._create_run(trial)
-        if tid not in self._epochs:
             self._epochs[tid] = {int(m.step) for m in self.client.get_metric_history(self._runs[tid], METRIC)}
         return self._runs[tid]
 
@@ -345,13 +338,9 @@ class TrialLogger(Callback):
         records = reported(folder, last)
         self.log_new_epochs(trial, rid, records)  # with the epochs reported while the driver was down
         outcome = "failed" if failed else ("completed" if (folder / SUMMARY).exists() else "stopped_early")
-        totals = {"epochs_run": last}
-        best = best_record(records)
-        if best is not None:
-            totals["best_val_acc"] = best[METRIC]
-            if best.get("test_acc") is not None:
-                totals["test_acc_at_best_val"] = best["test_acc"]
-        log_totals(self.client, rid, totals)
+        best = best_record(records) or {}
+        log_totals(self.client, rid, {"epochs_run": last, "best_val_acc": best.get(METRIC),
+                                      "test_acc_at_best_val": best.get("test_acc")})
         self.client.set_tag(rid, OUTCOME_TAG, outcome)
         self.client.set_terminated(rid, status="FAILED" if failed else "FINISHED")
         self._done.add(trial.trial_id)
@@ -389,11 +378,8 @@ def finish_setting_run(store: Store, ml: dict[str, Any], setting: Any, entry: di
                                                           f"{setting.spec}: parameter importances")), "plots")
     totals = {k: entry[k] for k in ("trials", "completed", "stopped_early", "failed")}
     if best is not None:
-        b = entry["best"]
         client.set_tag(run_id, "knnmix.best_trial", best.trial_id)
-        totals["best_val_acc"] = b["val_acc"]
-        if b["test_acc"] is not None:
-            totals["best_test_acc"] = b["test_acc"]
+        totals.update(best_val_acc=entry["best"]["val_acc"], best_test_acc=entry["best"]["test_acc"])
         log_files(client, run_id, best.run_folder, (LABEL_ISSUES, LABEL_ISSUES_PLOT, CONFIG), "best_trial")
         hist = plot_clean_prob_histogram(plots / "clean_prob_histogram.png", best.run_folder / LABEL_ISSUES,
                                          f"{setting.spec}: best trial {best.trial_id}")
@@ -432,8 +418,8 @@ def finish_sweep_run(store: Store, ml: dict[str, Any], summary: dict[str, Any], 
                         "plots")
     for f in files:
         client.log_artifact(run_id, str(f))
-    log_totals(client, run_id, {f"best_{key}.{s['slug']}": s["best"][key] for s in summary["settings"]
-                                for key in ("val_acc", "test_acc") if s["best"] and s["best"][key] is not None})
+    log_totals(client, run_id, {f"best_{key}.{s['slug']}": s["best"][key] for s in summary["settings"] if s["best"]
+                                for key in ("val_acc", "test_acc")})
     client.set_terminated(run_id, status="FAILED" if summary["failed"] else "FINISHED")
 
 
@@ -441,22 +427,19 @@ def finish_sweep_run(store: Store, ml: dict[str, Any], summary: dict[str, Any], 
 # Models and single runs
 
 
-def log_model(store: Store, run_id: str, weights: Path, *, name: str = "model", register: str | None = None) -> str:
-    """Log a weights file's network under run ``run_id`` with ``mlflow.pytorch`` (a logits-only module, with a
-    signature and an input example from its constructor arguments); returns the model URI."""
+def log_model(store: Store, run_id: str, weights: Path, *, register: str | None = None) -> str:
+    """Log a weights file's network under run ``run_id`` with ``mlflow.pytorch`` (a logits-only module, with an
+    input example from its constructor arguments, from which MLflow infers the signature); returns the model URI."""
     import mlflow
     import mlflow.pytorch
     import torch
-    from mlflow.models import infer_signature
 
     from knnmix.engine.checkpoint import load_model, safe_load
     from knnmix.models import LogitsOnly
 
     args = safe_load(weights)["model_args"]
     model = LogitsOnly(load_model(weights)).eval()
-    example = torch.zeros(2, args["in_channels"], args["image_size"], args["image_size"])
-    with torch.no_grad():
-        signature = infer_signature(example.numpy(), model(example).numpy())
+    example = torch.zeros(2, args["in_channels"], args["image_size"], args["image_size"]).numpy()
     # The fluent API needs the global URI; setting it also exports MLFLOW_TRACKING_URI to this process, which knnmix
     # reads as the user's choice, so both are put back afterwards (a later run must not log into this store).
     previous = os.environ.get("MLFLOW_TRACKING_URI")
@@ -467,7 +450,7 @@ def log_model(store: Store, run_id: str, weights: Path, *, name: str = "model", 
     try:
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pytorch.log_model(
-                model, name=name, signature=signature, input_example=example.numpy(), serialization_format="pickle",
+                model, name="model", input_example=example, serialization_format="pickle",
                 code_paths=[str(package_dir())], registered_model_name=register,
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
                 metadata={"model_args": args, "weights": str(weights)},
