@@ -139,10 +139,9 @@ class SettingsSearch(Searcher):
 
     def suggest(self, trial_id: str) -> dict | str | None:
         started = Counter(self.setting_of.values())
-        open_settings = [s for s in self.studies if started[s] < self.trials]
-        if not open_settings:
+        slug = min(self.studies, key=lambda s: started[s])
+        if started[slug] >= self.trials:  # the least-started setting has all its trials: so have the others
             return Searcher.FINISHED
-        slug = min(open_settings, key=lambda s: started[s])
         config = self.studies[slug].suggest(trial_id)
         if not isinstance(config, dict):
             return config
