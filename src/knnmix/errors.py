@@ -30,3 +30,9 @@ class DivergedError(KnnmixError):
 
 class KnnmixWarning(UserWarning):
     """Something the run can do, but probably not what the user meant (the CLI prints it as one line)."""
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message squeezed onto one line of at most ``limit`` characters, for error messages."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -23,8 +23,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extensi
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from knnmix.data.base import Augment, ImageSource, Normalise, TensorSource, one_line
-from knnmix.errors import DataError
+from knnmix.data.base import Augment, ImageSource, Normalise, TensorSource
+from knnmix.errors import DataError, one_line
 
 #: ImageNet's per-channel mean and std (RGB, 0..1 scale), used by every file-based data set.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
