@@ -7,7 +7,6 @@ shared, so a new model is one registered function and nothing else.
 
 from __future__ import annotations
 
-import difflib
 import math
 import numbers
 import os
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from knnmix.errors import KnnmixError
+from knnmix.errors import KnnmixError, did_you_mean
 from knnmix.registry import Registry
 
 #: ``"other"``: a flipped label moves to a uniformly chosen other class; ``"any"``: it is redrawn among all classes.
@@ -81,18 +80,12 @@ def register_noise_model(
     return deco
 
 
-def _hint(name: object, choices: tuple[str, ...] | list[str]) -> str:
-    """``" (did you mean 'x'?)"`` for the choice closest to a misspelt ``name``, else ``""``."""
-    close = difflib.get_close_matches(name, list(choices), n=1) if isinstance(name, str) else []
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _model(kind: object, text: str) -> NoiseModel:
     """The registered model called ``kind``; ``text`` is the spec as the user wrote it, for the error message."""
     if not isinstance(kind, str) or kind not in NOISE_MODELS:
         names = NOISE_MODELS.names()
         raise KnnmixError(
-            f"unknown noise model {kind!r} in noise spec {text!r}{_hint(kind, names)}; "
+            f"unknown noise model {kind!r} in noise spec {text!r}{did_you_mean(kind, names)}; "
             f"choose one of: {', '.join(names)}"
         )
     return NOISE_MODELS.get(kind)
@@ -124,7 +117,7 @@ def _checked_arg(
         if variant is None:
             raise KnnmixError(f"noise spec {text!r} needs a variant; choose one of {choices}")
         if variant not in model.variants:
-            close = _hint(variant, model.variants)
+            close = did_you_mean(variant, model.variants)
             raise KnnmixError(f"unknown {kind} variant {variant!r}{close}; choose one of {choices}")
         return None, str(variant)
     if variant is not None or not (rate is None or rate == 0):
