@@ -105,8 +105,6 @@ def search_neighbours(state: SampleState, bank: Bank, k: int, searcher: Neighbou
     Each rank searches the queries of its own strided shard of the bank; the rows are gathered so that every rank
     ends with the full neighbour table.
     """
-    if k >= len(bank):
-        raise ValueError(f"method.k={k} neighbours need more than {k} training samples in the bank, got {len(bank)}")
     searcher.build(bank.features)
     positions = D.shard(torch.arange(len(bank)), dist)
     found = neighbours_excluding_self(searcher, bank.features, positions, k)
