@@ -23,13 +23,9 @@ from torch.utils.data import Dataset
 from knnmix.errors import DataError, one_line
 from knnmix.registry import Registry
 
-#: Where downloadable data sets live unless the user passes ``root`` (``data.root``).
-DEFAULT_CACHE_ROOT = "~/.cache/knnmix/data"
-
-
 def cache_root() -> Path:
-    """The knnmix data cache, ``~/.cache/knnmix/data`` with ``~`` expanded."""
-    return Path(DEFAULT_CACHE_ROOT).expanduser()
+    """Where downloadable data sets live unless the user passes ``root`` (``data.root``)."""
+    return Path("~/.cache/knnmix/data").expanduser()
 
 
 def check_labels(labels: Any, n: int, num_classes: int, what: str) -> np.ndarray:
