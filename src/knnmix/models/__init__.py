@@ -24,12 +24,7 @@ from knnmix.models.small_cnn import SmallCNN
 
 
 def build_model(
-    name: str,
-    num_classes: int,
-    in_channels: int,
-    image_size: int,
-    *,
-    pretrained: str | os.PathLike[str] | None = None,
+    name: str, num_classes: int, in_channels: int, image_size: int, *, pretrained: str | os.PathLike[str] | None = None
 ) -> nn.Module:
     """Build the registered network ``name`` for ``num_classes`` classes and ``in_channels x image_size^2`` inputs,
     with the local weights file ``pretrained`` loaded if given (:func:`~knnmix.models.pretrained.load_pretrained`).
@@ -44,15 +39,6 @@ def build_model(
 
 
 __all__ = [
-    "MODELS",
-    "Backbone",
-    "LogitsOnly",
-    "ModelFactory",
-    "PreActResNet",
-    "ResNet50",
-    "SmallCNN",
-    "build_model",
-    "count_parameters",
-    "load_pretrained",
-    "read_state_dict",
-]
+    "MODELS", "Backbone", "LogitsOnly", "ModelFactory", "PreActResNet", "ResNet50", "SmallCNN", "build_model",
+    "count_parameters", "load_pretrained", "read_state_dict",
+]  # fmt: skip
