@@ -20,29 +20,16 @@ from knnmix.plots import pyplot, save
 
 
 def find_label_issues(
-    labels: np.ndarray,
-    pred_probs: np.ndarray,
-    *,
-    corrected_labels: np.ndarray | None = None,
-    threshold: float = 0.5,
+    labels: np.ndarray, pred_probs: np.ndarray, *, corrected_labels: np.ndarray | None = None, threshold: float = 0.5,
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
-    """Rank samples by how likely their given label is wrong.
+    """Rank samples by how likely their given label ``labels`` ``(N,)`` int is wrong, from predicted class
+    probabilities ``pred_probs`` ``(N, C)`` (rows sum to one).
 
-    Parameters
-    ----------
-    labels : (N,) int
-        The given labels.
-    pred_probs : (N, C) float
-        Predicted class probabilities (rows sum to one).
-    corrected_labels : (N,) int, optional
-        A method's corrected labels (e.g. ``argmax`` of knnmix's soft targets); default ``argmax pred_probs``.
-    threshold : float
-        A label is an issue when its clean probability is below this.
+    ``corrected_labels`` ``(N,)`` int are a method's corrected labels (e.g. ``argmax`` of knnmix's soft targets),
+    default ``argmax pred_probs``; a label is an issue when its clean probability is below ``threshold``.
 
-    Returns
-    -------
-    dict of (N,) arrays, ordered most-suspect first: ``index`` (position in ``labels``), ``given_label``,
+    Returns a dict of (N,) arrays, ordered most-suspect first: ``index`` (position in ``labels``), ``given_label``,
     ``corrected_label`` (the suggestion), ``clean_prob`` (probability that the given label is right),
     ``is_label_issue``, ``given_label_confidence`` (p(given | x)) and ``suggestion_confidence`` (p(suggestion | x)).
     Ties in ``clean_prob`` are broken by ``given_label_confidence``, lowest first.
@@ -75,12 +62,8 @@ def find_label_issues(
 
 
 def write_label_issues(
-    path: str | Path,
-    table: dict[str, np.ndarray],
-    *,
-    rows: np.ndarray | None = None,
-    class_names: Sequence[str] | None = None,
-    extra: dict[str, Sequence[object]] | None = None,
+    path: str | Path, table: dict[str, np.ndarray], *, rows: np.ndarray | None = None,
+    class_names: Sequence[str] | None = None, extra: dict[str, Sequence[object]] | None = None,
 ) -> None:
     """Write the ranked table as CSV: ``rank, index, row, given_label, corrected_label, clean_prob, ...``.
 
@@ -112,14 +95,8 @@ def write_label_issues(
 
 
 def plot_label_issues(
-    path: str | Path,
-    images: "torch.Tensor",
-    given: Sequence[str],
-    suggested: Sequence[str],
-    clean_prob: Sequence[float],
-    *,
-    columns: int = 8,
-    title: str | None = None,
+    path: str | Path, images: torch.Tensor, given: Sequence[str], suggested: Sequence[str], clean_prob: Sequence[float],
+    *, columns: int = 8, title: str | None = None,
 ) -> None:
     """A grid of the top suspects: each image ``(B, C, H, W)`` uint8 with its given and suggested label.
 

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import yaml
 
-from knnmix.errors import ConfigError, KnnmixError
+from knnmix.errors import ConfigError, KnnmixError, one_line
 
 
 @dataclass
@@ -171,7 +171,7 @@ def read_yaml(path: Path, what: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{what} is not valid YAML: {_one_line(exc)}") from None
+        raise ConfigError(f"{what} is not valid YAML: {one_line(exc)}") from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{what} must hold a mapping of keys, got {type(data).__name__}")
     return data or {}
@@ -319,10 +319,6 @@ def _show(value: Any) -> str:
     return f"{value!r} ({type(value).__name__})" if value is not None else "null"
 
 
-def _one_line(exc: Exception) -> str:
-    return " ".join(str(exc).split())
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Range checks (types are already right when these run)
 
@@ -390,7 +386,7 @@ def as_config_error(where: str, build: typing.Callable[[], Any],
     try:
         return build()
     except errors as exc:
-        raise ConfigError(f"{where}: {_one_line(exc)}") from None
+        raise ConfigError(f"{where}: {one_line(exc)}") from None
 
 
 def field_docs() -> list[tuple[str, str, str, str]]:

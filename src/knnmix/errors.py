@@ -1,4 +1,4 @@
-"""User-facing errors.
+"""User-facing errors, and the helpers their messages share.
 
 Every problem a user can cause (a bad config value, a missing data root, an unknown name) raises
 :class:`KnnmixError` with a one-line message that names the bad value. The CLI prints it as
@@ -6,6 +6,9 @@ Every problem a user can cause (a bad config value, a missing data root, an unkn
 """
 
 from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
 
 
 class KnnmixError(ValueError):
@@ -30,3 +33,15 @@ class DivergedError(KnnmixError):
 
 class KnnmixWarning(UserWarning):
     """Something the run can do, but probably not what the user meant (the CLI prints it as one line)."""
+
+
+def did_you_mean(name: object, choices: Iterable[str]) -> str:
+    """``" (did you mean 'x'?)"`` for the choice closest to a misspelt ``name``, else ``""``."""
+    close = difflib.get_close_matches(name, list(choices), n=1) if isinstance(name, str) else []
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message squeezed onto one line of at most ``limit`` characters, for error messages."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -26,7 +26,6 @@ def git_commit() -> str:
 
 
 def _git(*args: str, check: bool) -> str:
-    """The output of ``git ARGS`` run in this package's folder."""
     here = Path(__file__).resolve().parent
     done = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=5, check=check)
     return done.stdout.strip()

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from knnmix.errors import KnnmixError
+from knnmix.errors import KnnmixError, did_you_mean
 
 T = TypeVar("T")
 
@@ -40,8 +39,7 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            close = difflib.get_close_matches(name, self._items, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(name, self._items)
             raise KnnmixError(f"unknown {self.kind} {name!r}{hint}; choose one of: {', '.join(self.names())}") from None
 
     def names(self) -> list[str]:

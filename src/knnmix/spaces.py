@@ -13,7 +13,6 @@ Selection is on the noisy-validation accuracy only: ``metric`` can only be ``val
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import operator
 import re
@@ -26,7 +25,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 
 from knnmix import config as C
-from knnmix.errors import ConfigError
+from knnmix.errors import ConfigError, did_you_mean
 
 SETTING_KEY = "noise_setting"  # the key of a sweep trial's config that names its noise setting (slug)
 METRIC = "val_acc"  # the only metric a sweep may select on (Tune, Optuna and ASHA all use it)
@@ -268,9 +267,8 @@ def _validate(space: SearchSpace, root: Path | None) -> None:
     keys = [row[0] for row in C.field_docs()]
     for key, param in space.params.items():
         where = f"params.{key}"
-        close = difflib.get_close_matches(key, keys, n=1)
-        check(key in keys, where, f"{key!r} is not a config key" + (f" (did you mean {close[0]!r}?)" if close else "")
-              + "; `knnmix config --doc` lists them")
+        check(key in keys, where,
+              f"{key!r} is not a config key{did_you_mean(key, keys)}; `knnmix config --doc` lists them")
         check(key not in FIXED_KEYS and not key.startswith(FIXED_PREFIXES), where, f"{key} is set by the sweep")
         if param.type == "choice":
             check(bool(param.values), f"{where}.values", "expected a non-empty list")

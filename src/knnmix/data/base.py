@@ -20,22 +20,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from knnmix.errors import DataError
+from knnmix.errors import DataError, one_line
 from knnmix.registry import Registry
 
-#: Where downloadable data sets live unless the user passes ``root`` (``data.root``).
-DEFAULT_CACHE_ROOT = "~/.cache/knnmix/data"
-
-
 def cache_root() -> Path:
-    """The knnmix data cache, ``~/.cache/knnmix/data`` with ``~`` expanded."""
-    return Path(DEFAULT_CACHE_ROOT).expanduser()
-
-
-def one_line(exc: BaseException, limit: int = 300) -> str:
-    """An exception's message squeezed onto one line (for :class:`~knnmix.errors.DataError` texts)."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """Where downloadable data sets live unless the user passes ``root`` (``data.root``)."""
+    return Path("~/.cache/knnmix/data").expanduser()
 
 
 def check_labels(labels: Any, n: int, num_classes: int, what: str) -> np.ndarray:

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from knnmix.data.base import DATASETS, Augment, DatasetBundle, TensorSource, cache_root, check_labels, one_line
+from knnmix.data.base import DATASETS, Augment, DatasetBundle, TensorSource, cache_root, check_labels
 from knnmix.data.base import torchvision_download
-from knnmix.errors import DataError
+from knnmix.errors import DataError, one_line
 
 AUGMENT = Augment(crop_padding=4, hflip=True)
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from knnmix.data.base import DATASETS, Augment, DatasetBundle, TensorSource, cache_root, check_labels, one_line
+from knnmix.data.base import DATASETS, Augment, DatasetBundle, TensorSource, cache_root, check_labels
 from knnmix.data.base import torchvision_download
-from knnmix.errors import DataError
+from knnmix.errors import DataError, one_line
 
 #: Where Debian's ``dataset-fashion-mnist`` package installs the gzipped idx files.
 DEBIAN_ROOT = "/usr/share/datasets/fashion-mnist"

@@ -23,8 +23,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extensi
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from knnmix.data.base import Augment, ImageSource, Normalise, TensorSource, one_line
-from knnmix.errors import DataError
+from knnmix.data.base import Augment, ImageSource, Normalise, TensorSource
+from knnmix.errors import DataError, one_line
 
 #: ImageNet's per-channel mean and std (RGB, 0..1 scale), used by every file-based data set.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -66,7 +66,6 @@ def failure_reason(exc: BaseException, path: str) -> str:
 
 
 def check_options(dataset: str, image_size: int | None, on_bad_image: str) -> None:
-    """Reject an ``image_size`` below 8 (None is allowed) or an unknown ``on_bad_image`` with a :class:`DataError`."""
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8):
         raise DataError(f"{dataset}: data.image_size must be an integer >= 8, got {image_size!r}")
     if on_bad_image not in ("fail", "skip"):
@@ -81,14 +80,12 @@ def data_root(dataset: str, root: str | None, what: str) -> str:
 
 
 def require_file(path: str, dataset: str, hint: str = "") -> str:
-    """``path`` if it is a file, else a :class:`DataError` naming it as the expected file."""
     if not os.path.isfile(path):
         raise DataError(f"{dataset}: expected file {path} is missing{hint}")
     return path
 
 
 def require_dir(path: str, dataset: str, what: str = "data root") -> str:
-    """``path`` if it is a directory, else a :class:`DataError` naming it."""
     if not os.path.isdir(path):
         problem = "is not a directory" if os.path.exists(path) else "does not exist"
         raise DataError(f"{dataset}: {what} {path} {problem}")
@@ -159,7 +156,6 @@ def read_list(
 
 
 def as_int(text: str, default: int) -> int:
-    """``int(text)``, or ``default`` when ``text`` is not an integer."""
     try:
         return int(text)
     except ValueError:
@@ -246,7 +242,6 @@ class _Files:
         return os.path.join(self.root, os.fsdecode(self.keys[row]))
 
     def paths(self) -> list[str]:
-        """The file of every row, in row order."""
         return [self.path(i) for i in range(len(self.keys))]
 
 

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from knnmix import config as C
-from knnmix.errors import CheckpointError, KnnmixError
+from knnmix.errors import CheckpointError, KnnmixError, one_line
 from knnmix.provenance import git_commit, machine
 
 CHECKPOINT = "checkpoint.pt"
@@ -140,9 +140,9 @@ def safe_load(path: str | Path) -> Any:
                 f"{str(p)!r} holds objects other than tensors and plain data; it is not loaded, since loading "
                 f"it could run code ({first})"
             ) from None
-        raise CheckpointError(f"{str(p)!r} is unreadable (corrupt or not a torch file): {_line(exc)}") from None
+        raise CheckpointError(f"{str(p)!r} is unreadable (corrupt or not a torch file): {one_line(exc, 200)}") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, IndexError, KeyError) as exc:
-        raise CheckpointError(f"{str(p)!r} is unreadable (truncated, corrupt or not a torch file): {_line(exc)}") from None
+        raise CheckpointError(f"{str(p)!r} is unreadable (truncated, corrupt or not a torch file): {one_line(exc, 200)}") from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -169,10 +169,6 @@ def load_model(path: str | Path) -> nn.Module:
     model = build_model(**payload["model_args"])
     model.load_state_dict(weights)
     return model.eval()
-
-
-def _line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -219,7 +215,7 @@ def folder_lock(path: str | Path, what: str = "run folder") -> Iterator[None]:
         p.mkdir(parents=True, exist_ok=True)
         fh = open(p / LOCK, "a+")
     except OSError as exc:
-        raise KnnmixError(f"cannot write {what} {str(p)!r}: {exc.strerror or _line(exc)}") from None
+        raise KnnmixError(f"cannot write {what} {str(p)!r}: {exc.strerror or one_line(exc, 200)}") from None
     with fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)

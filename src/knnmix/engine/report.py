@@ -67,14 +67,10 @@ def label_audit(run: Run, bank: Bank, folder: RunFolder) -> dict[str, Any]:
     except NotImplementedError:  # a source that cannot show its images gets no plot
         pass
     else:
-        plot_label_issues(
-            folder.file(LABEL_ISSUES_PLOT),
-            images,
-            [train.classes[int(c)] for c in table["given_label"][: len(top)]],
-            [train.classes[int(c)] for c in table["corrected_label"][: len(top)]],
-            table["clean_prob"][: len(top)],
-            title=f"{run.cfg.data.name}: the {len(top)} labels most likely wrong ({run.cfg.method.name})",
-        )
+        given, suggested = ([train.classes[int(c)] for c in table[k][: len(top)]]
+                            for k in ("given_label", "corrected_label"))
+        plot_label_issues(folder.file(LABEL_ISSUES_PLOT), images, given, suggested, table["clean_prob"][: len(top)],
+                          title=f"{run.cfg.data.name}: the {len(top)} labels most likely wrong ({run.cfg.method.name})")
     flagged = table["is_label_issue"]
     out: dict[str, Any] = {"flagged": int(flagged.sum()), "total": int(len(flagged))}
     if train.true_labels is not None:

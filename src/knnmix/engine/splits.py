@@ -88,15 +88,9 @@ def build_splits(cfg: Config) -> Splits:
             raise DataError(f"instance noise needs an in-memory dataset; {d.name!r} is loaded from files")
         features = bundle.train.as_float().numpy()
     noise = apply_noise(
-        spec,
-        labels,
-        bundle.num_classes,
-        seed=cfg.seed if cfg.noise.seed is None else cfg.noise.seed,
-        family=bundle.family,
-        coarse_labels=bundle.train_coarse_labels,
-        features=features,
-        cifar_n_dir=cfg.noise.cifar_n_dir,
-        symmetric_convention=cfg.noise.symmetric_convention,
+        spec, labels, bundle.num_classes, seed=cfg.seed if cfg.noise.seed is None else cfg.noise.seed,
+        family=bundle.family, coarse_labels=bundle.train_coarse_labels, features=features,
+        cifar_n_dir=cfg.noise.cifar_n_dir, symmetric_convention=cfg.noise.symmetric_convention,
         instance_std=cfg.noise.instance_std,
     )
     # A stream of its own: seeded with the bare seed it would replay the noise model's draws (same seed, same
@@ -130,13 +124,8 @@ def build_splits(cfg: Config) -> Splits:
     if d.epoch_samples is not None:
         bundle.epoch_rows = class_balanced_epochs(noise.noisy_labels, train_rows, d.epoch_samples, bundle.num_classes)
     return Splits(
-        bundle=bundle,
-        noise=noise,
-        train=subset(train_rows).view(augment=d.augment),
-        val=val,
-        test=trusted(bundle.test, bundle.test_labels),
-        train_rows=train_rows,
-        val_rows=val_rows,
+        bundle=bundle, noise=noise, train=subset(train_rows).view(augment=d.augment), val=val,
+        test=trusted(bundle.test, bundle.test_labels), train_rows=train_rows, val_rows=val_rows,
         extra_tests={k: trusted(src, lab) for k, (src, lab) in bundle.extra_tests.items()},  # type: ignore[misc]
     )
 

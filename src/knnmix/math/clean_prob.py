@@ -42,12 +42,7 @@ def window_mean(history: Tensor, window: int) -> Tensor:
 
 
 def fit_clean_probability(
-    losses: Tensor,
-    *,
-    max_iter: int = 10,
-    tol: float = 1e-2,
-    reg_covar: float = 5e-4,
-    seed: int = 0,
+    losses: Tensor, *, max_iter: int = 10, tol: float = 1e-2, reg_covar: float = 5e-4, seed: int = 0
 ) -> Tensor:
     """Posterior of the low-mean component of a two-component GMM fit to losses ``(N,)`` -> ``(N,)`` in [0, 1].
 
@@ -75,15 +70,8 @@ def fit_clean_probability(
 
 
 def fit_clean_probability_per_class(
-    losses: Tensor,
-    labels: Tensor,
-    num_classes: int,
-    *,
-    min_class: int = 20,
-    max_iter: int = 10,
-    tol: float = 1e-2,
-    reg_covar: float = 5e-4,
-    seed: int = 0,
+    losses: Tensor, labels: Tensor, num_classes: int, *, min_class: int = 20, max_iter: int = 10, tol: float = 1e-2,
+    reg_covar: float = 5e-4, seed: int = 0,
 ) -> Tensor:
     """One two-component GMM per class of ``labels`` ``(N,)`` over losses ``(N,)`` -> clean probabilities ``(N,)``.
 
@@ -96,8 +84,6 @@ def fit_clean_probability_per_class(
     _check_vector(losses, "losses", allow_nan=True)
     if labels.shape != losses.shape:
         raise ValueError(f"labels {tuple(labels.shape)} and losses {tuple(losses.shape)} must both be (N,)")
-    if min_class < 2:
-        raise ValueError(f"min_class must be >= 2, got {min_class}")
     gmm = {"max_iter": max_iter, "tol": tol, "reg_covar": reg_covar}
     out = fit_clean_probability(losses, seed=seed, **gmm)
     finite = ~torch.isnan(losses)

@@ -14,16 +14,8 @@ from torch import Tensor, nn
 
 from knnmix.methods import phases
 from knnmix.methods.dist import all_reduce_sum
-from knnmix.math import (
-    guard_weights,
-    is_correction_epoch,
-    mix_batch,
-    mixup,
-    negative_entropy,
-    neighbour_weights,
-    neighbours_within_batch,
-    soft_cross_entropy,
-)
+from knnmix.math import guard_weights, is_correction_epoch, mix_batch, mixup, negative_entropy, neighbour_weights
+from knnmix.math import neighbours_within_batch, soft_cross_entropy
 from knnmix.methods.base import METHODS, Method, TrainContext, targets_of
 
 if TYPE_CHECKING:
@@ -148,16 +140,8 @@ class KnnMix(Method):
         if self.corrects(epoch):
             phases.correct_targets(ctx.state, bank, c.correction_momentum)
         phases.fit_mixture(
-            ctx.state,
-            bank,
-            window=c.loss_window,
-            per_class=c.mixture == "per_class",
-            min_class=c.mixture_min_class,
-            max_iter=c.gmm_max_iter,
-            tol=c.gmm_tol,
-            reg_covar=c.gmm_reg_covar,
-            seed=ctx.seed + epoch,
-            dist=ctx.dist,
+            ctx.state, bank, window=c.loss_window, per_class=c.mixture == "per_class", min_class=c.mixture_min_class,
+            max_iter=c.gmm_max_iter, tol=c.gmm_tol, reg_covar=c.gmm_reg_covar, seed=ctx.seed + epoch, dist=ctx.dist,
         )
         if self.phase == "knn" and c.neighbours == "bank":
             phases.search_neighbours(ctx.state, bank, c.k, ctx.neighbour_search(), ctx.dist)

@@ -15,15 +15,8 @@ from torch import Tensor
 
 from knnmix.methods import dist as D
 from knnmix.methods.state import SampleState
-from knnmix.math import (
-    NeighbourSearch,
-    fit_clean_probability,
-    fit_clean_probability_per_class,
-    neighbours_excluding_self,
-    normalise_losses,
-    update_soft_targets,
-    window_mean,
-)
+from knnmix.math import NeighbourSearch, fit_clean_probability, fit_clean_probability_per_class
+from knnmix.math import neighbours_excluding_self, normalise_losses, update_soft_targets, window_mean
 
 
 @dataclass
@@ -61,17 +54,8 @@ def correct_targets(state: SampleState, bank: Bank, momentum: float) -> None:
 
 
 def fit_mixture(
-    state: SampleState,
-    bank: Bank,
-    *,
-    window: int,
-    per_class: bool = False,
-    min_class: int = 20,
-    max_iter: int,
-    tol: float,
-    reg_covar: float,
-    seed: int,
-    dist: D.Dist,
+    state: SampleState, bank: Bank, *, window: int, per_class: bool = False, min_class: int = 20, max_iter: int,
+    tol: float, reg_covar: float, seed: int, dist: D.Dist,
 ) -> None:
     """Clean probabilities from the losses against the current corrected labels (``argmax t``).
 
@@ -105,8 +89,6 @@ def search_neighbours(state: SampleState, bank: Bank, k: int, searcher: Neighbou
     Each rank searches the queries of its own strided shard of the bank; the rows are gathered so that every rank
     ends with the full neighbour table.
     """
-    if k >= len(bank):
-        raise ValueError(f"method.k={k} neighbours need more than {k} training samples in the bank, got {len(bank)}")
     searcher.build(bank.features)
     positions = D.shard(torch.arange(len(bank)), dist)
     found = neighbours_excluding_self(searcher, bank.features, positions, k)

@@ -1,8 +1,4 @@
-"""Networks that return ``(logits, features)``, by name.
-
-Every network built here has an ``int`` attribute ``feature_dim`` and a ``forward(x)`` returning
-``(logits (B, num_classes), features (B, feature_dim))``, where ``features`` is the penultimate representation
-(after global pooling, before the final linear layer) and ``logits == model.head(features)``.
+"""Networks that return ``(logits, features)`` (the contract: :mod:`knnmix.models.base`), by name.
 
 ========================  ===========  =================================================================
 name                      feature_dim  meant for
@@ -28,18 +24,10 @@ from knnmix.models.small_cnn import SmallCNN
 
 
 def build_model(
-    name: str,
-    num_classes: int,
-    in_channels: int,
-    image_size: int,
-    *,
-    pretrained: str | os.PathLike[str] | None = None,
+    name: str, num_classes: int, in_channels: int, image_size: int, *, pretrained: str | os.PathLike[str] | None = None
 ) -> nn.Module:
-    """Build the registered network ``name`` for ``num_classes`` classes and ``in_channels x image_size^2`` inputs.
-
-    ``pretrained`` is an optional path to a local weights file (a state dict saved with ``torch.save``, or a
-    checkpoint holding one under ``"state_dict"`` or ``"model"``); it is loaded strictly except for a
-    classification head of another shape, which stays freshly initialised. Nothing is downloaded.
+    """Build the registered network ``name`` for ``num_classes`` classes and ``in_channels x image_size^2`` inputs,
+    with the local weights file ``pretrained`` loaded if given (:func:`~knnmix.models.pretrained.load_pretrained`).
 
     Raises :class:`~knnmix.errors.KnnmixError` for an unknown name, an out-of-range size, a missing file or
     weights that do not fit.
@@ -51,15 +39,6 @@ def build_model(
 
 
 __all__ = [
-    "MODELS",
-    "Backbone",
-    "LogitsOnly",
-    "ModelFactory",
-    "PreActResNet",
-    "ResNet50",
-    "SmallCNN",
-    "build_model",
-    "count_parameters",
-    "load_pretrained",
-    "read_state_dict",
-]
+    "MODELS", "Backbone", "LogitsOnly", "ModelFactory", "PreActResNet", "ResNet50", "SmallCNN", "build_model",
+    "count_parameters", "load_pretrained", "read_state_dict",
+]  # fmt: skip

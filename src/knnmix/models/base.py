@@ -64,20 +64,12 @@ class LogitsOnly(nn.Module):
         return self.net(x)[0]
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def check_dims(model: str, num_classes: int, in_channels: int, image_size: int, *, min_size: int) -> None:
     """Raise a one-line :class:`KnnmixError` naming the first bad argument of network ``model``."""
-    if not _is_int(num_classes) or num_classes < 2:
-        raise KnnmixError(f"model {model!r}: num_classes must be an integer >= 2, got {num_classes!r}")
-    if not _is_int(in_channels) or in_channels < 1:
-        raise KnnmixError(f"model {model!r}: in_channels must be an integer >= 1, got {in_channels!r}")
-    if not _is_int(image_size) or image_size < min_size:
-        raise KnnmixError(
-            f"model {model!r}: image_size must be an integer >= {min_size} for this network, got {image_size!r}"
-        )
+    for name, value, low, note in (("num_classes", num_classes, 2, ""), ("in_channels", in_channels, 1, ""),
+                                   ("image_size", image_size, min_size, " for this network")):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise KnnmixError(f"model {model!r}: {name} must be an integer >= {low}{note}, got {value!r}")
 
 
 def init_conv_bn(module: nn.Module) -> None:

@@ -55,15 +55,8 @@ class PreActResNet(Backbone):
 
     head_name = "linear"
 
-    def __init__(
-        self,
-        num_blocks: Sequence[int],
-        num_classes: int,
-        in_channels: int,
-        image_size: int,
-        *,
-        name: str = "preact_resnet",
-    ) -> None:
+    def __init__(self, num_blocks: Sequence[int], num_classes: int, in_channels: int, image_size: int, *,
+                 name: str = "preact_resnet") -> None:
         super().__init__()
         check_dims(name, num_classes, in_channels, image_size, min_size=MIN_IMAGE_SIZE)
         self.num_classes = num_classes

@@ -49,14 +49,8 @@ class SmallCNN(Backbone):
     """Conv-BN-ReLU stages ``(w, 2w, 4w)`` with size-adapted max-pooling, global average pooling, linear head."""
 
     def __init__(
-        self,
-        num_classes: int,
-        in_channels: int,
-        image_size: int,
-        *,
-        width: int = DEFAULT_WIDTH,
-        convs_per_stage: int | Sequence[int] = DEFAULT_CONVS_PER_STAGE,
-        channels_last: bool = True,
+        self, num_classes: int, in_channels: int, image_size: int, *, width: int = DEFAULT_WIDTH,
+        convs_per_stage: int | Sequence[int] = DEFAULT_CONVS_PER_STAGE, channels_last: bool = True,
     ) -> None:
         super().__init__()
         check_dims("small_cnn", num_classes, in_channels, image_size, min_size=MIN_IMAGE_SIZE)

@@ -12,18 +12,8 @@ lists the built-in ones. Conventions and class maps are documented in ``docs/noi
 from __future__ import annotations
 
 from knnmix.noise import cifar_n, synthetic  # importing the model modules registers their models
-from knnmix.noise.base import (
-    NOISE_MODELS,
-    SYMMETRIC_CONVENTIONS,
-    NoiseInputs,
-    NoiseModel,
-    NoiseResult,
-    NoiseSpec,
-    apply_noise,
-    parse_noise_spec,
-    register_noise_model,
-    transition_matrix,
-)
+from knnmix.noise.base import NOISE_MODELS, SYMMETRIC_CONVENTIONS, NoiseInputs, NoiseModel, NoiseResult, NoiseSpec
+from knnmix.noise.base import apply_noise, parse_noise_spec, register_noise_model, transition_matrix
 from knnmix.noise.cifar_n import CIFAR_N, load_cifar_n_file
 from knnmix.noise.synthetic import ASYMMETRIC_CLASS_MAPS, asymmetric_class_map, instance_expected_rate
 
@@ -31,20 +21,7 @@ from knnmix.noise.synthetic import ASYMMETRIC_CLASS_MAPS, asymmetric_class_map, 
 NOISE_KINDS: tuple[str, ...] = tuple(NOISE_MODELS.names())
 
 __all__ = [
-    "ASYMMETRIC_CLASS_MAPS",
-    "CIFAR_N",
-    "NOISE_KINDS",
-    "NOISE_MODELS",
-    "SYMMETRIC_CONVENTIONS",
-    "NoiseInputs",
-    "NoiseModel",
-    "NoiseResult",
-    "NoiseSpec",
-    "apply_noise",
-    "asymmetric_class_map",
-    "instance_expected_rate",
-    "load_cifar_n_file",
-    "parse_noise_spec",
-    "register_noise_model",
-    "transition_matrix",
-]
+    "ASYMMETRIC_CLASS_MAPS", "CIFAR_N", "NOISE_KINDS", "NOISE_MODELS", "SYMMETRIC_CONVENTIONS", "NoiseInputs",
+    "NoiseModel", "NoiseResult", "NoiseSpec", "apply_noise", "asymmetric_class_map", "instance_expected_rate",
+    "load_cifar_n_file", "parse_noise_spec", "register_noise_model", "transition_matrix",
+]  # fmt: skip

@@ -7,7 +7,6 @@ shared, so a new model is one registered function and nothing else.
 
 from __future__ import annotations
 
-import difflib
 import math
 import numbers
 import os
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from knnmix.errors import KnnmixError
+from knnmix.errors import KnnmixError, did_you_mean
 from knnmix.registry import Registry
 
 #: ``"other"``: a flipped label moves to a uniformly chosen other class; ``"any"``: it is redrawn among all classes.
@@ -81,18 +80,12 @@ def register_noise_model(
     return deco
 
 
-def _hint(name: object, choices: tuple[str, ...] | list[str]) -> str:
-    """``" (did you mean 'x'?)"`` for the choice closest to a misspelt ``name``, else ``""``."""
-    close = difflib.get_close_matches(name, list(choices), n=1) if isinstance(name, str) else []
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _model(kind: object, text: str) -> NoiseModel:
     """The registered model called ``kind``; ``text`` is the spec as the user wrote it, for the error message."""
     if not isinstance(kind, str) or kind not in NOISE_MODELS:
         names = NOISE_MODELS.names()
         raise KnnmixError(
-            f"unknown noise model {kind!r} in noise spec {text!r}{_hint(kind, names)}; "
+            f"unknown noise model {kind!r} in noise spec {text!r}{did_you_mean(kind, names)}; "
             f"choose one of: {', '.join(names)}"
         )
     return NOISE_MODELS.get(kind)
@@ -124,7 +117,7 @@ def _checked_arg(
         if variant is None:
             raise KnnmixError(f"noise spec {text!r} needs a variant; choose one of {choices}")
         if variant not in model.variants:
-            close = _hint(variant, model.variants)
+            close = did_you_mean(variant, model.variants)
             raise KnnmixError(f"unknown {kind} variant {variant!r}{close}; choose one of {choices}")
         return None, str(variant)
     if variant is not None or not (rate is None or rate == 0):
@@ -134,14 +127,10 @@ def _checked_arg(
 
 @dataclass(frozen=True)
 class NoiseSpec:
-    """A validated noise model choice: ``kind`` plus its rate or variant.
-
-    ``kind`` is a registered model name (``none``, ``symmetric``, ``asymmetric``, ``pairflip``, ``instance``,
-    ``cifar10n``, ``cifar100n``); ``rate`` the nominal noise rate in [0, 1) of the synthetic kinds (``0.0`` for
-    ``none``, ``None`` for the CIFAR-N kinds); ``variant`` one of ``aggre|random1|random2|random3|worse`` for
-    ``cifar10n``, ``noisy`` for ``cifar100n``, else ``None``. Built by :func:`parse_noise_spec` (from
-    ``"symmetric:0.4"``) or directly, the fields are checked either way. ``str(spec)`` is the canonical spec
-    string, which :func:`parse_noise_spec` reads back to an equal spec.
+    """A validated noise model choice: a registered model name ``kind`` (see :func:`parse_noise_spec`) plus the
+    nominal rate in [0, 1) of a synthetic kind (``0.0`` for ``none``, ``None`` for the CIFAR-N kinds) or the variant
+    of a CIFAR-N kind (else ``None``). Built by :func:`parse_noise_spec` or directly, the fields are checked either
+    way. ``str(spec)`` is the canonical spec string, which :func:`parse_noise_spec` reads back to an equal spec.
     """
 
     kind: str
@@ -193,20 +182,14 @@ def parse_noise_spec(spec: str | NoiseSpec) -> NoiseSpec:
             rate = float(arg)
         except ValueError:
             if model.takes_rate:
-                percent = arg.endswith("%") and _is_number(arg[:-1])
-                suggestion = f" (write {arg} as {float(arg[:-1]) / 100:g})" if percent else ""
+                try:  # "40%": suggest 0.4
+                    suggestion = f" (write {arg} as {float(arg[:-1]) / 100:g})" if arg.endswith("%") else ""
+                except ValueError:
+                    suggestion = ""
                 raise KnnmixError(f"noise rate {arg!r} in {text!r} is not a number{suggestion}") from None
             variant = arg  # refused by _checked_arg: the model takes no rate or variant
     rate, variant = _checked_arg(model, rate, variant, text, arg)
     return NoiseSpec(model.name, rate, variant).canonical()
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 @dataclass(frozen=True, eq=False)
@@ -289,17 +272,9 @@ def _check_features(features: object, n: int) -> np.ndarray | None:
 
 
 def apply_noise(
-    spec: str | NoiseSpec,
-    labels: np.ndarray,
-    num_classes: int,
-    *,
-    seed: int,
-    family: str = "generic",
-    coarse_labels: np.ndarray | None = None,
-    features: np.ndarray | None = None,
-    cifar_n_dir: str | os.PathLike[str] | None = None,
-    symmetric_convention: str = "other",
-    instance_std: float = 0.1,
+    spec: str | NoiseSpec, labels: np.ndarray, num_classes: int, *, seed: int, family: str = "generic",
+    coarse_labels: np.ndarray | None = None, features: np.ndarray | None = None,
+    cifar_n_dir: str | os.PathLike[str] | None = None, symmetric_convention: str = "other", instance_std: float = 0.1,
 ) -> NoiseResult:
     """Corrupt ``(N,)`` integer clean ``labels`` in ``[0, num_classes)`` (``C >= 2``) with the noise model ``spec``.
 
@@ -345,15 +320,9 @@ def apply_noise(
             raise KnnmixError(f"coarse_labels must have shape ({n},) like labels, got {np.shape(coarse_labels)}")
         coarse = _readonly(_label_array(coarse_labels, "coarse_labels").astype(np.int64, copy=False))
     inputs = NoiseInputs(
-        labels=clean,
-        num_classes=c,
-        rng=np.random.default_rng(seed_value),
-        family=family,
-        coarse_labels=coarse,
-        features=_check_features(features, n),
-        cifar_n_dir=None if cifar_n_dir is None else Path(cifar_n_dir),
-        symmetric_convention=symmetric_convention,
-        instance_std=float(instance_std),
+        labels=clean, num_classes=c, rng=np.random.default_rng(seed_value), family=family, coarse_labels=coarse,
+        features=_check_features(features, n), cifar_n_dir=None if cifar_n_dir is None else Path(cifar_n_dir),
+        symmetric_convention=symmetric_convention, instance_std=float(instance_std),
     )
     noisy = np.asarray(NOISE_MODELS.get(parsed.kind).generate(parsed, inputs))
     if noisy.shape != (n,) or noisy.dtype.kind not in "iu" or noisy.min() < 0 or noisy.max() >= c:
@@ -362,10 +331,5 @@ def apply_noise(
         )
     noisy = np.array(noisy, dtype=np.int64)  # always a copy: the caller's to modify, never a view of its input
     clean_copy = np.array(clean, dtype=np.int64, copy=True)
-    return NoiseResult(
-        noisy_labels=noisy,
-        noise_rate=float(np.mean(noisy != clean_copy)),
-        transition=transition_matrix(clean_copy, noisy, c),
-        spec=str(parsed),
-        clean_labels=clean_copy,
-    )
+    return NoiseResult(noisy_labels=noisy, noise_rate=float(np.mean(noisy != clean_copy)),
+                       transition=transition_matrix(clean_copy, noisy, c), spec=str(parsed), clean_labels=clean_copy)

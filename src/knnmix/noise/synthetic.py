@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from knnmix.errors import KnnmixError
-from knnmix.noise.base import NoiseInputs, NoiseSpec, _hint, register_noise_model
+from knnmix.errors import KnnmixError, did_you_mean
+from knnmix.noise.base import NoiseInputs, NoiseSpec, register_noise_model
 
 #: Fixed asymmetric class maps ``{source: target}`` of the 10-class families. Classes not listed keep their
 #: label. ``cifar100`` is built from the data's super-classes by :func:`cifar100_superclass_map`.
@@ -116,7 +116,7 @@ def asymmetric_class_map(
             )
         return cifar100_superclass_map(labels, coarse_labels)
     if family not in ASYMMETRIC_CLASS_MAPS:
-        known = _hint(family, [*ASYMMETRIC_CLASS_MAPS, "cifar100"])
+        known = did_you_mean(family, [*ASYMMETRIC_CLASS_MAPS, "cifar100"])
         raise KnnmixError(
             f"asymmetric noise has no class map for dataset family {family!r}{known}; "
             "use symmetric, pairflip or instance"
