@@ -314,18 +314,19 @@ def test_loss_window(tmp_path):
 
 @probe("method.gmm_max_iter", "method.gmm_tol", "method.gmm_reg_covar")
 def test_gmm_keys(tmp_path, monkeypatch):
-    seen = {}
-    real = phases.fit_clean_probability
+    for mixture, fit in (("global", "fit_clean_probability"), ("per_class", "fit_clean_probability_per_class")):
+        seen = {}
+        real = getattr(phases, fit)
 
-    def spy(x, **kw):
-        seen.update(kw)
-        return real(x, **kw)
+        def spy(*a, seen=seen, real=real, **kw):
+            seen.update(kw)
+            return real(*a, **kw)
 
-    monkeypatch.setattr(phases, "fit_clean_probability", spy)
-    eng = engine(tmp_path, **{"method.gmm_max_iter": 3, "method.gmm_tol": 0.5, "method.gmm_reg_covar": 0.01,
-                              "method.warmup_epochs": 0, "method.correction_start": 1})
-    eng.method.prepare_epoch(1, eng)
-    assert (seen["max_iter"], seen["tol"], seen["reg_covar"]) == (3, 0.5, 0.01)
+        monkeypatch.setattr(phases, fit, spy)
+        eng = engine(tmp_path, **{"method.gmm_max_iter": 3, "method.gmm_tol": 0.5, "method.gmm_reg_covar": 0.01,
+                                  "method.warmup_epochs": 0, "method.correction_start": 1, "method.mixture": mixture})
+        eng.method.prepare_epoch(1, eng)
+        assert (seen["max_iter"], seen["tol"], seen["reg_covar"]) == (3, 0.5, 0.01), mixture
 
 
 @probe("method.warmup_penalty")
@@ -375,7 +376,7 @@ def test_mixture_keys(tmp_path, monkeypatch):
     monkeypatch.setattr(phases, "fit_clean_probability_per_class",
                         lambda *a, **kw: (seen.append(kw["min_class"]), real(*a, **kw))[1])
     dotted = {"method.warmup_epochs": 0, "method.correction_start": 1}
-    eng = engine(tmp_path, **dotted)
+    eng = engine(tmp_path, **dotted, **{"method.mixture": "global"})
     eng.method.prepare_epoch(1, eng)
     assert not seen
     eng = engine(tmp_path, **dotted, **{"method.mixture": "per_class", "method.mixture_min_class": 7})

@@ -655,7 +655,7 @@ def test_every_sampled_value_reaches_the_trial_and_the_default_store(local_ray, 
         "method.correction_momentum": {"type": "choice", "values": [0.77]},
         "method.correction_period": {"type": "choice", "values": [3]},
         "method.warmup_epochs": {"type": "choice", "values": [1]},
-        "method.mixture": {"type": "choice", "values": ["per_class"]},
+        "method.mixture": {"type": "choice", "values": ["global"]},  # not the default
         "method.neighbours": {"type": "choice", "values": ["bank"]},
         "optim.lr": {"type": "choice", "values": [0.033]},
     }
@@ -671,7 +671,7 @@ def test_every_sampled_value_reaches_the_trial_and_the_default_store(local_ray, 
     cfg = C.load(folder / "config.yaml")
     assert (cfg.method.k, cfg.method.temperature, cfg.method.correction_start, cfg.method.correction_momentum,
             cfg.method.correction_period, cfg.method.warmup_epochs, cfg.optim.lr, cfg.method.mixture) == (
-        7, 0.37, 2, 0.77, 3, 1, 0.033, "per_class")
+        7, 0.37, 2, 0.77, 3, 1, 0.033, "global")
     assert cfg.noise.spec == "asymmetric:0.3" and cfg.epochs == 3 and cfg.method.loss_window == 2
     ckpt = load_checkpoint(folder / "checkpoint.pt")  # the search asked for K = 7: 7 neighbour columns
     assert ckpt["state"]["neighbours"].shape[1] == 7 and ckpt["config"]["method"]["k"] == 7

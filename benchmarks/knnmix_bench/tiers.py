@@ -156,7 +156,7 @@ TIERS: dict[str, Tier] = {
         base=QUICK_BASE,
         settings=QUICK_SETTINGS,
         seeds=(0, 1, 2),
-        method_overrides=_schedule(warmup=3, start=10, period=2),
+        method_overrides=_schedule(warmup=3, start=10, period=1),
         parallel=2,
     ),
     "quick-tuned": Tier(
