@@ -9,7 +9,7 @@
    set to the whole run. Compared by wall clock and at an equal best noisy-validation accuracy: the wall clock each
    spent until a trial first reached the lower of the two best values.
 
-    python benchmarks/sweeps.py                 # about 40 minutes on 2 cores; writes benchmarks/results/sweeps-<date>.json
+    python benchmarks/sweeps.py                 # about 27 minutes on 2 cores; writes benchmarks/results/sweeps-<date>.json
     python benchmarks/sweeps.py --quick         # a smoke version (CI): the smoke sweep only, 1 trial per setting
 """
 
