@@ -53,8 +53,8 @@ def timed_sweep(space: SP.SearchSpace, out: Path) -> dict:
         meta = tune_trials[t.trial_id].run_metadata
         worked = sum(r["train_time_s"] + r["eval_time_s"] for r in t.records)
         held = (meta.last_result_time or 0) - (meta.start_time or 0)
-        trials.append({"trial_id": t.trial_id, "setting": t.slug, "epochs": t.epochs_run, "completed": t.completed,
-                       "train_s": worked, "held_s": held, "overhead_s": held - worked,
+        trials.append({"trial_id": t.trial_id, "setting": t.slug, "params": dict(t.params), "epochs": t.epochs_run,
+                       "completed": t.completed, "train_s": worked, "held_s": held, "overhead_s": held - worked,
                        "first_result_after_s": (meta.start_time or 0) - start, "records": t.records})
     return {"wall_s": wall, "trials": trials, "best": {s["noise"]: s["best"] for s in summary["settings"]}}
 
@@ -85,7 +85,12 @@ def asha_vs_full(out: Path) -> dict:
                    if r.get("val_acc") is not None and r["val_acc"] >= target]
         result[label] = {"wall_s": run["wall_s"], "best_val_acc": best[label], "seconds_to_target": min(reached),
                          "trial_epochs": sum(t["epochs"] for t in run["trials"]),
-                         "stopped_early": sum(not t["completed"] for t in run["trials"])}
+                         "stopped_early": sum(not t["completed"] for t in run["trials"]),
+                         # which configurations each arm stopped, and where its best came from
+                         "per_trial": [{"params": t["params"], "epochs": t["epochs"],
+                                        "best_val_acc": max((r["val_acc"] for r in t["records"]
+                                                             if r.get("val_acc") is not None), default=None)}
+                                       for t in run["trials"]]}
     a, b = result["asha"], result["no_early_stopping"]
     result["wall_ratio"] = a["wall_s"] / b["wall_s"]
     result["to_target_ratio"] = a["seconds_to_target"] / b["seconds_to_target"]
