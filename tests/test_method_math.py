@@ -327,3 +327,14 @@ def test_neighbours_within_a_batch_are_its_other_most_similar_rows():
     assert (two != torch.arange(4)[:, None]).all()  # never itself
     assert neighbours_within_batch(f[:1], 2).tolist() == [[0, 0]]  # a batch of one mixes with itself
     assert neighbours_within_batch(f[:2], 3).shape == (2, 3)  # fewer others than K: the best ones repeat
+
+
+def test_the_pure_functions_check_their_scalar_arguments():
+    """The math checks its own inputs; the config's range checks do not stand in for them (principle 1)."""
+    t = torch.full((3, 2), 0.5)
+    with pytest.raises(ValueError, match="momentum"):
+        update_soft_targets(t, t, 1.5)
+    with pytest.raises(ValueError, match="period"):
+        is_correction_epoch(5, 1, 0)
+    with pytest.raises(ValueError, match="min_class"):
+        fit_clean_probability_per_class(torch.rand(6), torch.zeros(6, dtype=torch.long), 2, min_class=1)

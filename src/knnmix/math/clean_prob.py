@@ -84,6 +84,8 @@ def fit_clean_probability_per_class(
     _check_vector(losses, "losses", allow_nan=True)
     if labels.shape != losses.shape:
         raise ValueError(f"labels {tuple(labels.shape)} and losses {tuple(losses.shape)} must both be (N,)")
+    if min_class < 2:
+        raise ValueError(f"min_class must be >= 2, got {min_class}")
     gmm = {"max_iter": max_iter, "tol": tol, "reg_covar": reg_covar}
     out = fit_clean_probability(losses, seed=seed, **gmm)
     finite = ~torch.isnan(losses)

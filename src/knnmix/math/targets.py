@@ -16,14 +16,18 @@ def one_hot_targets(labels: Tensor, num_classes: int) -> Tensor:
 
 
 def update_soft_targets(targets: Tensor, probs: Tensor, momentum: float) -> Tensor:
-    """``t <- m t + (1 - m) p`` for targets and predicted probabilities ``(N, C)`` and ``m`` in [0, 1] (checked by
-    the config: ``method.correction_momentum``); returns a new tensor, on the probability simplex when both inputs are.
+    """``t <- m t + (1 - m) p`` for targets and predicted probabilities ``(N, C)`` and ``m`` in [0, 1]; returns a new
+    tensor, on the probability simplex when both inputs are.
     """
     if targets.shape != probs.shape or targets.dim() != 2:
         raise ValueError(f"targets {tuple(targets.shape)} and probs {tuple(probs.shape)} must both be (N, C)")
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must lie in [0, 1], got {momentum}")
     return momentum * targets + (1.0 - momentum) * probs.to(targets.dtype)
 
 
 def is_correction_epoch(epoch: int, start: int, period: int) -> bool:
     """Whether soft targets are corrected in (1-based) ``epoch``: from ``start`` on, every ``period`` epochs."""
+    if period < 1:
+        raise ValueError(f"period must be >= 1, got {period}")
     return epoch >= start and (epoch - start) % period == 0
