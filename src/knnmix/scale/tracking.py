@@ -271,13 +271,17 @@ class TrialLogger(Callback):
         self._runs: dict[str, str] = {}
         self._epochs: dict[str, set[int]] = {}
         self._done: set[str] = set()
+        self._client: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "echo": None}
+        return {**self.__dict__, "_client": None, "echo": None}
 
     @property
     def client(self) -> Any:
-        return self.store.client()  # MLflow caches the store behind each client
+        """One client for the callback's life (it is used several times per trial result)."""
+        if self._client is None:
+            self._client = self.store.client()
+        return self._client
 
     def folder(self, trial: Any) -> Path:
         return Path(self.root) / trial.config[SETTING_KEY] / "trials" / trial.trial_id
