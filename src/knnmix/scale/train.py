@@ -23,7 +23,7 @@ from knnmix import config as C
 from knnmix.methods import dist as D
 from knnmix.engine import train as E
 from knnmix.engine.checkpoint import CHECKPOINT, SUMMARY, RunFolder, folder_lock, load_checkpoint
-from knnmix.errors import CheckpointError, KnnmixError, KnnmixWarning
+from knnmix.errors import CheckpointError, KnnmixError, KnnmixWarning, one_line
 from knnmix.scale import ray_env
 
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints
@@ -188,8 +188,7 @@ def has_ray_checkpoint(storage_path: str, name: str) -> bool:
         with fs.open_input_stream(snapshot) as fh:
             return bool(json.loads(fh.read()).get("latest_checkpoint_result"))
     except (OSError, ValueError, pyarrow.ArrowException) as exc:
-        text = " ".join(str(exc).split())[:300]
-        raise KnnmixError(f"distributed.storage_path {storage_path!r} cannot be read: {text}") from None
+        raise KnnmixError(f"distributed.storage_path {storage_path!r} cannot be read: {one_line(exc)}") from None
 
 
 def run_exists(cfg: C.Config) -> bool:
