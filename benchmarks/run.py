@@ -2,7 +2,7 @@
 
     python benchmarks/run.py --tier smoke     # CI: digits, 2 settings, 1 seed, 2 epochs (checks the command only)
     python benchmarks/run.py --tier quick     # CPU, about an hour on 2 cores: Fashion-MNIST, 6 settings, 3 seeds, defaults
-    python benchmarks/run.py --tier quick-tuned --resume   # CPU, 2-2.5 hours: each method tuned per setting, then 3-5 seeds
+    python benchmarks/run.py --tier quick-tuned --resume   # CPU, about 2 hours: 4 settings, each method tuned per setting, then 3-5 seeds
     python benchmarks/run.py --tier full      # GPU: CIFAR-10/100 where present (else full-length Fashion-MNIST)
     python benchmarks/run.py --render benchmarks/results/quick-<date>.json   # re-write a result's .md/.png only
 

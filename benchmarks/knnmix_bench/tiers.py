@@ -91,6 +91,7 @@ QUICK_BASE = {
     "threads": 1,
 }
 QUICK_SETTINGS = ("none", "symmetric:0.2", "symmetric:0.5", "symmetric:0.8", "asymmetric:0.4", "instance:0.4")
+TUNED_SETTINGS = ("none", "symmetric:0.5", "symmetric:0.8", "asymmetric:0.4")
 QUICK_DESCRIPTION = (
     f"Fashion-MNIST (Debian's full data; a seeded 4,000-image training subset, 20% held out as noisy validation; "
     f"the full 10,000-image test set), small CNN, no augmentation, {QUICK_EPOCHS} epochs, CPU"
@@ -163,9 +164,13 @@ TIERS: dict[str, Tier] = {
         name="quick-tuned",
         description=QUICK_DESCRIPTION + "; every method's own knobs tuned per noise setting with knnmix sweep (10 "
         "Optuna trials with ASHA per method and setting, noisy validation only, tuning seed 100), then evaluated "
-        "on seeds 0-2 (0-4 at symmetric 0.8)",
+        "on seeds 0-2 (0-4 at symmetric 0.8); the four settings its targets name (clean labels, symmetric 0.5 "
+        "and 0.8, asymmetric 0.4)",
         base=QUICK_BASE,
-        settings=QUICK_SETTINGS,
+        # All six settings cost about 3.1 hours on 2 cores (24 sweeps of ~154 trial epochs, 120 cells), more than the
+        # tier's 2.5-hour budget; the targets name these four (clean labels for the clean-CE ratio), about 2.1 hours.
+        # Decided before any test number of this tier's run; the fixed tier keeps all six.
+        settings=TUNED_SETTINGS,
         seeds=(0, 1, 2),
         methods=("ce", "mixup", "selc", "knnmix", "cleanlab"),
         extra_seeds={"symmetric:0.8": (3, 4)},
