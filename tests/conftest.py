@@ -18,6 +18,11 @@ import pytest
 
 from knnmix.scale import ray_env
 
+# Under pytest-xdist (scripts/test.sh) each test process gets its own Ray temp dir, so that a Ray a test starts
+# outside the fixtures below (a sweep driver, a benchmark, `ray job submit`) never joins the other process's Ray.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["RAY_TMPDIR"] = f"{os.environ.get('RAY_TMPDIR', '/tmp/ray')}-{os.environ['PYTEST_XDIST_WORKER']}"
+
 
 def free_port() -> int:
     with socket.socket() as s:
