@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # knnmix_bench, the harness beside this file
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             settings = args.settings or list(tier.settings)
             print(f"# {tier.name}: {tier.description}", flush=True)
             commit = git_commit()  # the code that runs the cells, even if the checkout changes meanwhile
+            started = time.time()
             runs = Path(args.runs_dir)
             selections = None
             if tier.spaces:
@@ -102,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             all_seeds = sorted({c["seed"] for c in cells})
             result = runner.result_record(tier, cells, command, all_seeds, settings, methods, commit=commit,
                                           selections=selections)
+            # this invocation's wall clock (sweeps and cells); a resumed run's earlier invocations are not in it
+            result["wall_s"] = round(time.time() - started, 1)
             paths = runner.write_result(result, Path(args.results_dir))
             print(paths["md"].read_text())
             print("written: " + ", ".join(str(v) for v in paths.values()))

@@ -36,6 +36,7 @@ def test_smoke_tier_writes_a_well_formed_table(tmp_path):
     for cell in result["cells"]:
         assert 0.0 <= cell["last_test_acc"] <= 100.0 and cell["epoch_time_s"] > 0
     assert result["commit"] and result["machine"]["cores"] and result["command"].startswith("python benchmarks/run.py")
+    assert 0 < result["wall_s"] < 3600  # the invocation's wall clock, which a tier's runtime budget is checked by
     assert set(result["cost_ratios"]) >= {"knnmix_epoch_vs_ce", "cleanlab_total_vs_ce"}
     md = json_path.with_suffix(".md").read_text()
     assert "| noise | ce | mixup | selc | knnmix | cleanlab | oracle |" in md
