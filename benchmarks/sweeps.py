@@ -27,7 +27,7 @@ from pathlib import Path
 from knnmix.provenance import git_commit, machine
 from knnmix import spaces as SP
 from knnmix.scale import sweep as S
-from knnmix.scale.tracking import Store
+from knnmix.tracking import Store
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def sweep(args: argparse.Namespace) -> int:
     from knnmix.scale import sweep as S
-    from knnmix.scale.tracking import Store
+    from knnmix.tracking import Store
 
     out = Path(args.out).expanduser()
     if not out.is_absolute():

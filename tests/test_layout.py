@@ -11,7 +11,7 @@ FLOORS = {
     "knnmix.math": 1,  # the method's math: pure tensor functions
     "knnmix.data": 2, "knnmix.noise": 2, "knnmix.models": 2, "knnmix.methods": 2,  # parts
     "knnmix.engine": 3,  # the training engine
-    "knnmix.scale": 4, "knnmix.spaces": 4, "knnmix.cli": 4,  # Ray, Tune, MLflow, the command line
+    "knnmix.scale": 4, "knnmix.spaces": 4, "knnmix.tracking": 4, "knnmix.cli": 4,  # Ray, Tune, MLflow, the CLI
 }
 
 

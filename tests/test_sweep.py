@@ -33,7 +33,8 @@ from knnmix.engine.checkpoint import load_checkpoint, read_metrics, safe_load
 from knnmix.errors import ConfigError
 from knnmix import spaces as SP
 from knnmix.scale import sweep as S
-from knnmix.scale import tracking as T
+from knnmix import tracking as TR
+from knnmix.scale import sweep_mlflow as T
 
 REPO = Path(__file__).resolve().parent.parent
 SPACES = REPO / "search_spaces"
@@ -97,7 +98,7 @@ def runs_by_kind(uri: str, experiment: str) -> dict[str, list]:
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     out: dict[str, list] = {"sweep": [], "noise_setting": [], "trial": []}
     for r in runs:
-        out[r.data.tags[T.KIND_TAG]].append(r)
+        out[r.data.tags[TR.KIND_TAG]].append(r)
     return out
 
 
@@ -348,20 +349,20 @@ def test_trial_resources_concurrency_and_config(tmp_path):
 def test_tracking_store_default_env_and_uri(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    store = T.Store.resolve()
+    store = TR.Store.resolve()
     assert store.uri == f"sqlite:///{tmp_path}/mlflow.db" and store.artifact_root == str(tmp_path / "mlartifacts")
     assert store.ui_command() == (f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db "
                                   f"--default-artifact-root {tmp_path}/mlartifacts --host 127.0.0.1")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///env/x.db")
-    assert T.Store.resolve().uri == f"sqlite:///{tmp_path}/env/x.db"  # MLflow's own variable is honoured
-    assert T.Store.resolve("sqlite:///flag.db").uri == f"sqlite:///{tmp_path}/flag.db"  # the flag wins
-    remote = T.Store.from_uri("http://127.0.0.1:5000")
+    assert TR.Store.resolve().uri == f"sqlite:///{tmp_path}/env/x.db"  # MLflow's own variable is honoured
+    assert TR.Store.resolve("sqlite:///flag.db").uri == f"sqlite:///{tmp_path}/flag.db"  # the flag wins
+    remote = TR.Store.from_uri("http://127.0.0.1:5000")
     assert remote.uri == "http://127.0.0.1:5000" and remote.artifact_root is None
     with pytest.raises(Exception, match="is not a URI"):
-        T.Store.from_uri("mlruns")
+        TR.Store.from_uri("mlruns")
     # the experiment gets an absolute artifact location and opens in the UI's model-training view
-    rel = T.Store.from_uri("sqlite:///sub/x.db")
-    exp = client_for(rel.uri).get_experiment(T.experiment_id(rel, "knnmix-test"))
+    rel = TR.Store.from_uri("sqlite:///sub/x.db")
+    exp = client_for(rel.uri).get_experiment(TR.experiment_id(rel, "knnmix-test"))
     assert exp.artifact_location == (tmp_path / "sub" / "mlartifacts" / "knnmix-test").as_uri()
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
 
@@ -424,7 +425,7 @@ def test_sweep_completes_with_early_stopping_and_a_summary(e2e):
         assert best["params"]["optim.lr"] > 1e-4
     assert s["trials"] == 6 and s["stopped_early"] >= 2 and s["failed"] == 0
     # the terminal: one line per trial, the table, the commands that open the stores, the JSON line last
-    store = T.Store.from_uri(e2e.uri)
+    store = TR.Store.from_uri(e2e.uri)
     lines = e2e.text.strip().splitlines()
     assert sum(ln.startswith("  trial ") for ln in lines) == 6
     assert "| noise | trials | stopped early | failed | best val acc (%) | its test acc (%) |" in e2e.text
@@ -493,7 +494,7 @@ def test_mlflow_holds_nested_runs_params_metrics_and_artifacts(e2e):
     assert len(runs["sweep"]) == 1 and len(runs["noise_setting"]) == 2 and len(runs["trial"]) == 6
     sweep = runs["sweep"][0]
     settings = {r.info.run_id: r for r in runs["noise_setting"]}
-    assert all(r.data.tags[T.PARENT_TAG] == sweep.info.run_id for r in settings.values())
+    assert all(r.data.tags[TR.PARENT_TAG] == sweep.info.run_id for r in settings.values())
     assert sorted(r.info.run_name for r in settings.values()) == ["symmetric:0.2", "symmetric:0.5"]
     assert all(r.info.status == "FINISHED" for r in runs["sweep"] + runs["noise_setting"])
     for r in runs["sweep"] + runs["noise_setting"] + runs["trial"]:  # MLflow's own source and user tags
@@ -507,7 +508,7 @@ def test_mlflow_holds_nested_runs_params_metrics_and_artifacts(e2e):
     by_trial = {r.data.tags[T.TRIAL_TAG]: r for r in runs["trial"]}
     for x in e2e.summary["settings"]:
         setting = settings[x["mlflow_run_id"]]
-        children = [r for r in runs["trial"] if r.data.tags[T.PARENT_TAG] == setting.info.run_id]
+        children = [r for r in runs["trial"] if r.data.tags[TR.PARENT_TAG] == setting.info.run_id]
         assert sorted(r.data.tags[T.TRIAL_TAG] for r in children) == sorted(x["trial_ids"])
         outcomes = [r.data.tags[T.OUTCOME_TAG] for r in children]
         assert outcomes.count("stopped_early") == x["stopped_early"] and "failed" not in outcomes
@@ -559,7 +560,7 @@ def test_mlflow_holds_nested_runs_params_metrics_and_artifacts(e2e):
 def test_mlflow_server_serves_the_sweep_over_rest(e2e):
     import psutil  # Ray's vendored copy, on sys.path once ray is imported
 
-    store = T.Store.from_uri(e2e.uri)
+    store = TR.Store.from_uri(e2e.uri)
     port = _free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -593,13 +594,13 @@ def test_mlflow_server_serves_the_sweep_over_rest(e2e):
             exp_id = json.loads(r.read())["experiment"]["experiment_id"]
         found = post("/api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id], "max_results": 100})["runs"]
         tags = [{t["key"]: t["value"] for t in run["data"].get("tags", [])} for run in found]
-        kinds = [t.get(T.KIND_TAG) for t in tags]
+        kinds = [t.get(TR.KIND_TAG) for t in tags]
         assert kinds.count("sweep") == 1 and kinds.count("noise_setting") == 2 and kinds.count("trial") == 6
-        sweep_id = next(run["info"]["run_id"] for run, t in zip(found, tags) if t[T.KIND_TAG] == "sweep")
-        setting_ids = {run["info"]["run_id"] for run, t in zip(found, tags) if t[T.KIND_TAG] == "noise_setting"}
-        assert all(t[T.PARENT_TAG] == sweep_id for t in tags if t[T.KIND_TAG] == "noise_setting")
-        assert all(t[T.PARENT_TAG] in setting_ids for t in tags if t[T.KIND_TAG] == "trial")
-        trial_id = next(run["info"]["run_id"] for run, t in zip(found, tags) if t[T.KIND_TAG] == "trial")
+        sweep_id = next(run["info"]["run_id"] for run, t in zip(found, tags) if t[TR.KIND_TAG] == "sweep")
+        setting_ids = {run["info"]["run_id"] for run, t in zip(found, tags) if t[TR.KIND_TAG] == "noise_setting"}
+        assert all(t[TR.PARENT_TAG] == sweep_id for t in tags if t[TR.KIND_TAG] == "noise_setting")
+        assert all(t[TR.PARENT_TAG] in setting_ids for t in tags if t[TR.KIND_TAG] == "trial")
+        trial_id = next(run["info"]["run_id"] for run, t in zip(found, tags) if t[TR.KIND_TAG] == "trial")
         with urllib.request.urlopen(
                 f"{base}/api/2.0/mlflow/metrics/get-history?run_id={trial_id}&metric_key=val_acc", timeout=30) as r:
             steps = sorted(m["step"] for m in json.loads(r.read())["metrics"])
@@ -630,7 +631,7 @@ def test_an_in_process_trial_and_a_ray_train_run_give_the_same_metrics(local_ray
 
     path = write_space(tmp_path, name="paths", trials=1, start_with=[GOOD], noise=["symmetric:0.5"],
                        base={"config": "digits", "set": {**BASE_SET, "epochs": 3}})
-    summary = S.run_sweep(SP.load_space(path), tmp_path / "sweep", store=T.Store.from_uri(
+    summary = S.run_sweep(SP.load_space(path), tmp_path / "sweep", store=TR.Store.from_uri(
         f"sqlite:///{tmp_path / 'm.db'}"), echo=None)
     trial = Path(summary["settings"][0]["best"]["run_folder"])
     cfg = C.load(trial / "config.yaml")
@@ -726,7 +727,7 @@ def test_ray_train_trials_run_and_release_their_workers_beside_another_ray(other
                        asha={"grace_period": 1, "reduction_factor": 2},
                        base={"config": "digits", "set": {**BASE_SET, "epochs": 2, "distributed.workers": 2,
                                                          "data.train_subset": 600, "method.correction_start": 2}})
-    summary = S.run_sweep(SP.load_space(path), tmp_path / "sweep", store=T.Store.from_uri(
+    summary = S.run_sweep(SP.load_space(path), tmp_path / "sweep", store=TR.Store.from_uri(
         f"sqlite:///{tmp_path / 'm.db'}"), echo=None)
     (x,) = summary["settings"]
     assert x["trials"] == 3 and x["failed"] == 0 and x["stopped_early"] >= 1
@@ -797,8 +798,8 @@ def test_a_killed_sweep_resumes_without_running_a_trial_twice(e2e, ray_session, 
         epochs = [r["epoch"] for r in read_metrics(trials / tid / "metrics.jsonl")]
         assert epochs == list(range(1, 9)), tid  # no epoch lost or trained twice into the record
     # MLflow: one run per trial, each epoch logged once, parent runs reused
-    client = client_for(T.Store.from_uri(uri).uri)
-    runs = runs_by_kind(T.Store.from_uri(uri).uri, "knnmix-sweep-e2e")
+    client = client_for(TR.Store.from_uri(uri).uri)
+    runs = runs_by_kind(TR.Store.from_uri(uri).uri, "knnmix-sweep-e2e")
     assert len(runs["sweep"]) == 1 and len(runs["noise_setting"]) == 1
     assert sorted(r.data.tags[T.TRIAL_TAG] for r in runs["trial"]) == sorted(x["trial_ids"])
     for r in runs["trial"]:
@@ -809,7 +810,7 @@ def test_a_killed_sweep_resumes_without_running_a_trial_twice(e2e, ray_session, 
     assert state["mlflow"]["sweep_run_id"] == runs["sweep"][0].info.run_id and state["status"] == "done"
     # resuming a finished sweep changes nothing
     assert cli_main(["sweep", "--resume", "--out", str(out)]) == 0
-    assert len(runs_by_kind(T.Store.from_uri(uri).uri, "knnmix-sweep-e2e")["trial"]) == 3
+    assert len(runs_by_kind(TR.Store.from_uri(uri).uri, "knnmix-sweep-e2e")["trial"]) == 3
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -830,7 +831,7 @@ def test_train_logs_its_run_to_mlflow_when_a_tracking_uri_is_given(tmp_path, mon
     client = client_for(uri)
     run = client.get_run(run_id)
     assert client.get_experiment(run.info.experiment_id).name == "knnmix-train"
-    assert run.info.run_name == "ce digits symmetric:0.4 seed 0" and run.data.tags[T.KIND_TAG] == "train"
+    assert run.info.run_name == "ce digits symmetric:0.4 seed 0" and run.data.tags[TR.KIND_TAG] == "train"
     assert run.data.params["method.name"] == "ce" and run.data.params["epochs"] == "2"
     assert [int(m.step) for m in client.get_metric_history(run_id, "val_acc")] == [1, 2]
     assert {"summary.json", "label_issues.csv", "config.yaml"} <= {a.path for a in client.list_artifacts(run_id)}
@@ -843,3 +844,19 @@ def test_train_logs_its_run_to_mlflow_when_a_tracking_uri_is_given(tmp_path, mon
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     assert cli_main([*argv, "--out", str(tmp_path / "env")]) == 0
     assert len(client.search_runs([run.info.experiment_id])) == 2
+
+
+def test_a_single_process_run_logs_to_mlflow_without_importing_ray(tmp_path):
+    """``knnmix train --tracking-uri`` with no workers is plain torch and MLflow: Ray is never imported."""
+    code = (
+        "import sys\nfrom knnmix.cli import main\n"
+        f"rc = main(['train', '--config', 'digits', '--epochs', '1', '--method', 'ce', '--set', "
+        f"'data.train_subset=200', '--out', {str(tmp_path / 'run')!r}, '--tracking-uri', "
+        f"'sqlite:///{tmp_path / 'm.db'}'])\n"
+        "print('RAY', sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.'))[:3], rc)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "RAY [] 0"
+    assert '"mlflow_run_id"' in done.stdout

@@ -19,7 +19,7 @@ from knnmix import config as C
 from knnmix_bench.tiers import Tier
 from knnmix import spaces as SP
 from knnmix.scale import sweep as S
-from knnmix.scale.tracking import Store
+from knnmix.tracking import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -80,7 +80,7 @@ def run_training(cfg: C.Config, args: argparse.Namespace) -> dict[str, Any]:
     uri = getattr(args, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         from knnmix.scale import ray_env
-        from knnmix.scale.tracking import Store, log_training_run
+        from knnmix.tracking import Store, log_training_run
 
         ray_env.quiet()
         summary["mlflow_run_id"] = log_training_run(Store.from_uri(uri), Path(cfg.out), summary,
@@ -202,7 +202,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from knnmix.scale import ray_env
 
     ray_env.quiet(args.verbose)  # before Ray is imported: some of its settings are read at import
-    from knnmix.scale import tracking as T
+    from knnmix.tracking import Store
 
     if args.space is None and not args.resume:
         raise KnnmixError("name a search space file, e.g. knnmix sweep search_spaces/smoke.yaml")
@@ -217,7 +217,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     folder = S.SweepFolder(Path(args.out).expanduser().absolute())
     space = S.resolve_space(folder, args.space, args.overrides, resume=args.resume)
-    store = T.Store.from_uri(args.tracking_uri) if args.tracking_uri else None
+    store = Store.from_uri(args.tracking_uri) if args.tracking_uri else None
     summary = S.run_sweep(space, folder.root, store=store, resume=args.resume, verbose=args.verbose,
                           register=args.register)
     best = {s["noise"]: s["best"] and {k: s["best"][k] for k in ("val_acc", "test_acc", "params")}

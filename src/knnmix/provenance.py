@@ -31,6 +31,12 @@ def _git(*args: str, check: bool) -> str:
     return done.stdout.strip()
 
 
+def package_dir() -> Path:
+    """The folder of the ``knnmix`` package this process imported (Ray ships it to workers; MLflow logs it with a
+    model)."""
+    return Path(__file__).resolve().parent
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -7,8 +7,9 @@ import logging
 import os
 import socket
 import warnings
-from pathlib import Path
 from typing import Any
+
+from knnmix.provenance import package_dir
 
 #: Environment of the Ray workers, unless the user set the variables. Ray Train's controller polls its workers
 #: every ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` (2 s by default) and a report can wait up to one interval: with one
@@ -19,13 +20,6 @@ FORWARDED_PREFIX = "KNNMIX_"
 _JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # Ray's variable handing a submitted job's config to its driver
 QUIET_LOGGERS = ("ray", "ray.tune", "ray.train", "ray.data", "faiss", "faiss.loader", "mlflow", "mlflow.store.db.utils",
                  "alembic", "optuna")
-
-
-def package_dir() -> Path:
-    """The folder of the ``knnmix`` package this process imported (shipped to workers as a ``py_module``)."""
-    import knnmix
-
-    return Path(knnmix.__file__).resolve().parent
 
 
 def worker_env() -> dict[str, str]:

@@ -32,9 +32,10 @@ from knnmix.engine import train as E
 from knnmix.engine.checkpoint import SUMMARY, RunFolder, atomic_write_text, folder_lock
 from knnmix.errors import KnnmixError
 from knnmix.scale import ray_env
-from knnmix.scale import tracking as T
+from knnmix.scale import sweep_mlflow as T
 from knnmix.scale.train import absolute_paths, fit, report_epoch, run_exists, start_or_restore
 from knnmix.spaces import METRIC, MODE, SETTING_KEY, NoiseSetting, SearchSpace, load_space, parse_space
+from knnmix.tracking import Store
 
 STATE_FILE, SPACE_FILE, OPTUNA_DB = "sweep_state.json", "space.yaml", "optuna.db"
 SUMMARY_JSON, SUMMARY_MD = "sweep_summary.json", "sweep_summary.md"
@@ -345,7 +346,7 @@ def best_trial(trials: list[TrialRecord]) -> TrialRecord | None:
 
 
 def run_sweep(
-    space: SearchSpace, out: str | Path, *, store: T.Store | None = None, resume: bool = False,
+    space: SearchSpace, out: str | Path, *, store: Store | None = None, resume: bool = False,
     echo: Callable[[str], None] | None = print, verbose: bool = False, register: str | None = None,
 ) -> dict[str, Any]:
     """Run (or continue) the sweep of ``space`` into ``out``; returns the summary (``sweep_summary.json``)."""
@@ -358,12 +359,12 @@ def run_sweep(
     with folder_lock(folder.root, "sweep folder"):
         state = check_state(folder, resume)
         if state is not None:
-            saved = T.Store(state["tracking"]["uri"], state["tracking"]["artifact_root"])
+            saved = Store(state["tracking"]["uri"], state["tracking"]["artifact_root"])
             if store is not None and store.uri != saved.uri:
                 raise KnnmixError(f"--tracking-uri {store.uri!r} differs from the store this sweep logs to "
                                   f"({saved.uri!r})")
             store = saved
-        store = store or T.Store.resolve()
+        store = store or Store.resolve()
         settings = space.settings
         configs = {s.slug: space.setting_config(s) for s in settings}
         configs = {slug: C.replace(cfg, **absolute_paths(cfg)) for slug, cfg in configs.items()}
@@ -431,7 +432,7 @@ def _write_state(folder: SweepFolder, state: dict[str, Any]) -> None:
 
 
 def _finalize_setting(space: SearchSpace, setting: NoiseSetting, trials: list[TrialRecord], folder: SweepFolder,
-                      store: T.Store, ml: dict[str, Any], register: str | None) -> dict[str, Any]:
+                      store: Store, ml: dict[str, Any], register: str | None) -> dict[str, Any]:
     """The summary entry of one noise setting, and (once) its MLflow run's artifacts."""
     best = best_trial(trials)
     entry: dict[str, Any] = {
@@ -449,7 +450,7 @@ def _finalize_setting(space: SearchSpace, setting: NoiseSetting, trials: list[Tr
     return entry
 
 
-def _finalize_sweep(space: SearchSpace, folder: SweepFolder, store: T.Store, ml: dict[str, Any],
+def _finalize_sweep(space: SearchSpace, folder: SweepFolder, store: Store, ml: dict[str, Any],
                     settings: list[dict[str, Any]]) -> dict[str, Any]:
     summary = {
         "name": space.name, "folder": str(folder.root), "metric": METRIC, "mode": MODE, "settings": settings,
