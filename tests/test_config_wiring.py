@@ -286,7 +286,7 @@ def test_mixup_alpha(tmp_path, monkeypatch):
 def test_correction_schedule_keys(tmp_path, monkeypatch):
     calls = []
     real = phases.correct_targets
-    monkeypatch.setattr(phases, "correct_targets", lambda s, b, m: (calls.append(m), real(s, b, m))[1])
+    monkeypatch.setattr(phases, "correct_targets", lambda s, b, m, gate=False: (calls.append(m), real(s, b, m))[1])
     eng = engine(tmp_path, epochs=6, **{"method.warmup_epochs": 1, "method.correction_start": 2,
                                         "method.correction_period": 2, "method.correction_momentum": 0.6})
     corrected = []
@@ -298,6 +298,22 @@ def test_correction_schedule_keys(tmp_path, monkeypatch):
             corrected.append(e)
     assert corrected == [2, 4, 6]
     assert set(calls) == {0.6}
+
+
+@probe("method.correction_gate")
+@pytest.mark.parametrize("gate", ["none", "clean_prob"])
+def test_correction_gate(tmp_path, gate):
+    """With the gate a sample the last mixture fit holds clean keeps its target; without it every target moves."""
+    eng = engine(tmp_path, **{"method.correction_gate": gate, "method.warmup_epochs": 1, "method.correction_start": 2,
+                              "method.correction_period": 1})
+    epochs(eng, 1)
+    before = eng.state.targets.clone()
+    eng.state.clean_prob[:] = 0.0
+    eng.state.clean_prob[:100] = 1.0
+    eng.method.prepare_epoch(2, eng)
+    held = torch.equal(eng.state.targets[:100], before[:100])
+    assert held is (gate == "clean_prob")
+    assert not torch.equal(eng.state.targets[100:], before[100:])
 
 
 @probe("method.loss_window")

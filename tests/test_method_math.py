@@ -232,6 +232,17 @@ def test_soft_target_update_is_the_moving_average():
     assert torch.equal(t, one_hot_targets(torch.tensor([0, 1]), 2)), "input must not be modified"
 
 
+def test_a_kept_share_withholds_that_share_of_each_step():
+    t = one_hot_targets(torch.tensor([0, 0, 0]), 2)
+    p = torch.tensor([[0.0, 1.0]] * 3)
+    new = update_soft_targets(t, p, 0.8, keep=torch.tensor([1.0, 0.5, 0.0]))
+    assert torch.allclose(new, torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.8, 0.2]]))  # kept, half a step, a full step
+    assert torch.equal(update_soft_targets(t, p, 0.8, keep=torch.zeros(3)), update_soft_targets(t, p, 0.8))
+    for bad in (torch.ones(2), torch.tensor([0.5, 1.5, 0.0]), torch.tensor([0.5, float("nan"), 0.0])):
+        with pytest.raises(ValueError, match="keep must be"):
+            update_soft_targets(t, p, 0.8, keep=bad)
+
+
 def test_repeated_updates_converge_to_a_stable_prediction():
     t = one_hot_targets(torch.tensor([0]), 2)
     p = torch.tensor([[0.1, 0.9]])

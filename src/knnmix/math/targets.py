@@ -15,15 +15,23 @@ def one_hot_targets(labels: Tensor, num_classes: int) -> Tensor:
     return torch.nn.functional.one_hot(labels.long(), num_classes).float()
 
 
-def update_soft_targets(targets: Tensor, probs: Tensor, momentum: float) -> Tensor:
+def update_soft_targets(targets: Tensor, probs: Tensor, momentum: float, keep: Tensor | None = None) -> Tensor:
     """``t <- m t + (1 - m) p`` for targets and predicted probabilities ``(N, C)`` and ``m`` in [0, 1]; returns a new
     tensor, on the probability simplex when both inputs are.
+
+    ``keep`` ``(N,)`` in [0, 1] withholds that share of each sample's step: ``t <- t + (1 - m)(1 - keep)(p - t)``
+    (DivideMix's label refinement with ``keep`` = the clean probability: a sample held clean keeps its label).
     """
     if targets.shape != probs.shape or targets.dim() != 2:
         raise ValueError(f"targets {tuple(targets.shape)} and probs {tuple(probs.shape)} must both be (N, C)")
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"momentum must lie in [0, 1], got {momentum}")
-    return momentum * targets + (1.0 - momentum) * probs.to(targets.dtype)
+    if keep is None:
+        return momentum * targets + (1.0 - momentum) * probs.to(targets.dtype)
+    if keep.shape != targets.shape[:1] or bool(((keep < 0) | (keep > 1) | keep.isnan()).any()):
+        raise ValueError(f"keep must be (N,) = ({targets.shape[0]},) with values in [0, 1], got {tuple(keep.shape)}")
+    step = ((1.0 - momentum) * (1.0 - keep.to(targets.dtype)))[:, None]
+    return targets + step * (probs.to(targets.dtype) - targets)
 
 
 def is_correction_epoch(epoch: int, start: int, period: int) -> bool:

@@ -48,9 +48,11 @@ def gather_bank(index: Tensor, features: Tensor, log_probs: Tensor, dist: D.Dist
     )
 
 
-def correct_targets(state: SampleState, bank: Bank, momentum: float) -> None:
-    """Soft-target correction ``t_i <- m t_i + (1 - m) softmax(f(x_i))`` for every sample in the bank."""
-    state.targets[bank.index] = update_soft_targets(state.targets[bank.index], bank.log_probs.exp(), momentum)
+def correct_targets(state: SampleState, bank: Bank, momentum: float, gate: bool = False) -> None:
+    """Soft-target correction ``t_i <- m t_i + (1 - m) softmax(f(x_i))`` for every sample in the bank; with ``gate``
+    each step is scaled by ``1 - clean_prob_i`` (the last mixture fit's), so a sample held clean keeps its label."""
+    keep = state.clean_prob[bank.index] if gate else None
+    state.targets[bank.index] = update_soft_targets(state.targets[bank.index], bank.log_probs.exp(), momentum, keep)
 
 
 def fit_mixture(
