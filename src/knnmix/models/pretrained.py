@@ -67,20 +67,10 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike[str], *, name: str
     head_name: str | None = getattr(model, "head_name", None)
     head_keys = {k for k in own if k.startswith(f"{head_name}.")} if head_name else set()
     head_fits = all(k in state and state[k].shape == own[k].shape for k in head_keys)
-
-    to_load: dict[str, Tensor] = {}
-    missing: list[str] = []
-    mismatched: list[str] = []
-    for key, tensor in own.items():
-        if key in head_keys and not head_fits:
-            continue
-        if key not in state:
-            if not key.endswith("num_batches_tracked"):
-                missing.append(key)
-        elif state[key].shape != tensor.shape:
-            mismatched.append(f"{key} (file {tuple(state[key].shape)}, model {tuple(tensor.shape)})")
-        else:
-            to_load[key] = state[key]
+    wanted = [k for k in own if head_fits or k not in head_keys]  # a head that does not fit stays as initialised
+    missing = [k for k in wanted if k not in state and not k.endswith("num_batches_tracked")]
+    mismatched = [f"{k} (file {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
+                  for k in wanted if k in state and state[k].shape != own[k].shape]
     unexpected = [k for k in state if k not in own]
 
     if missing or unexpected or mismatched:
@@ -91,5 +81,5 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike[str], *, name: str
         ]
         model_name = name or type(model).__name__
         raise KnnmixError(f"pretrained weights {str(path)!r} do not fit model {model_name!r}; " + "; ".join(problems))
-    model.load_state_dict(to_load, strict=False)
+    model.load_state_dict({k: state[k] for k in wanted if k in state}, strict=False)
     return model

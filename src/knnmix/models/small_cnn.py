@@ -5,7 +5,7 @@ two stages, but only while the feature map is at least 8 pixels wide, so 28x28 r
 32x32 at 8x8 and 8x8 at 4x4 (it is pooled once, never to nothing). Global average pooling gives the
 ``4w``-dimensional features, and a linear head gives the logits.
 
-The default (``w = 16``, blocks per stage ``(1, 2, 2)``, 64-d features, 70k parameters) was chosen by CPU
+The shape used (``w = 16``, blocks per stage ``(1, 2, 2)``, 64-d features, 70k parameters) was chosen by CPU
 training throughput (forward + backward + SGD step, batch 128, 28x28x1, ``torch.set_num_threads(2)``, best of
 8 interleaved runs on a shared 2-core machine) against Fashion-MNIST test accuracy (SGD + Nesterov, one-cycle
 lr 0.1, weight decay 5e-4, pad-2 random crop + flip, one seed):
@@ -29,17 +29,15 @@ that are multiples of 16 suit oneDNN best: with blocks (1,1,1), width 16 trained
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor, nn
 
 from knnmix.models.base import MODELS, Backbone, check_dims, init_conv_bn
 
-#: Default width ``w`` of the first stage (features are ``4 * w`` wide); see the table above.
-DEFAULT_WIDTH = 16
-#: Default number of Conv-BN-ReLU blocks in each of the three stages.
-DEFAULT_CONVS_PER_STAGE: tuple[int, int, int] = (1, 2, 2)
+#: Width ``w`` of the first stage (features are ``4 * w`` wide); see the table above.
+WIDTH = 16
+#: Number of Conv-BN-ReLU blocks in each of the three stages.
+CONVS_PER_STAGE: tuple[int, int, int] = (1, 2, 2)
 #: Smallest input side the network accepts.
 MIN_IMAGE_SIZE = 8
 
@@ -48,20 +46,14 @@ MIN_IMAGE_SIZE = 8
 class SmallCNN(Backbone):
     """Conv-BN-ReLU stages ``(w, 2w, 4w)`` with size-adapted max-pooling, global average pooling, linear head."""
 
-    def __init__(
-        self, num_classes: int, in_channels: int, image_size: int, *, width: int = DEFAULT_WIDTH,
-        convs_per_stage: int | Sequence[int] = DEFAULT_CONVS_PER_STAGE, channels_last: bool = True,
-    ) -> None:
+    def __init__(self, num_classes: int, in_channels: int, image_size: int, *, channels_last: bool = True) -> None:
         super().__init__()
         check_dims("small_cnn", num_classes, in_channels, image_size, min_size=MIN_IMAGE_SIZE)
-        convs = (convs_per_stage,) * 3 if isinstance(convs_per_stage, int) else tuple(convs_per_stage)
-        if width < 1 or len(convs) != 3 or min(convs) < 1:
-            raise ValueError(f"need width >= 1 and three stages of >= 1 convs, got {width} and {convs_per_stage}")
         self.num_classes = num_classes
         layers: list[nn.Module] = []
         channels, size = in_channels, image_size
-        for stage, (multiplier, n_convs) in enumerate(zip((1, 2, 4), convs, strict=True)):
-            out_channels = width * multiplier
+        for stage, (multiplier, n_convs) in enumerate(zip((1, 2, 4), CONVS_PER_STAGE, strict=True)):
+            out_channels = WIDTH * multiplier
             for _ in range(n_convs):  # 3x3 convolution (no bias), BatchNorm, in-place ReLU
                 layers += [
                     nn.Conv2d(channels, out_channels, kernel_size=3, padding=1, bias=False),
