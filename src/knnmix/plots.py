@@ -78,13 +78,10 @@ def plot_best_per_noise(path: Path, settings: list[dict[str, Any]], title: str) 
     test = [(s.get("best") or {}).get("test_acc") or 0.0 for s in settings]
     x = list(range(len(names)))
     fig, ax = pyplot().subplots(figsize=(max(5, 1.6 * len(names)), 4))
-    ax.bar([i - 0.2 for i in x], val, width=0.4, label="best noisy-validation acc (selected on)")
-    ax.bar([i + 0.2 for i in x], test, width=0.4, label="its test acc (reported only)")
-    for i, (v, t) in enumerate(zip(val, test)):
-        ax.text(i - 0.2, v, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
-        ax.text(i + 0.2, t, f"{t:.1f}", ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(x)
-    ax.set_xticklabels(names, rotation=15)
+    for shift, heights, label in ((-0.2, val, "best noisy-validation acc (selected on)"),
+                                  (0.2, test, "its test acc (reported only)")):
+        ax.bar_label(ax.bar([i + shift for i in x], heights, width=0.4, label=label), fmt="%.1f", fontsize=7)
+    ax.set_xticks(x, names, rotation=15)
     ax.set(ylabel="accuracy (%)", ylim=(0, 105), title=title)
     ax.legend(fontsize=8, loc="lower left")
     return save(fig, path)
