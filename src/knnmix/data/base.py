@@ -228,10 +228,6 @@ class LabelledDataset(Dataset):
         self.classes = list(classes)
         self.augment = augment
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
     def __len__(self) -> int:
         return len(self.rows)
 
