@@ -229,9 +229,7 @@ def transition_matrix(true: np.ndarray, noisy: np.ndarray, num_classes: int) -> 
     Returns ``(C, C)`` float64 ``T[i, j] = #{n : true[n] = i, noisy[n] = j} / #{n : true[n] = i}``. Each row sums
     to 1; a class without samples gets the identity row ``T[i, i] = 1``.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
-        raise KnnmixError(f"num_classes must be a positive integer, got {num_classes!r}")
-    c = int(num_classes)
+    c = _check_int(num_classes, "num_classes", 1)
     t = _label_array(true, "true labels", c).astype(np.int64)
     n = _label_array(noisy, "noisy labels", c).astype(np.int64)
     if t.shape != n.shape:
