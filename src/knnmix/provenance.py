@@ -26,8 +26,7 @@ def git_commit() -> str:
 
 
 def _git(*args: str, check: bool) -> str:
-    here = Path(__file__).resolve().parent
-    done = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=5, check=check)
+    done = subprocess.run(["git", *args], cwd=package_dir(), capture_output=True, text=True, timeout=5, check=check)
     return done.stdout.strip()
 
 
