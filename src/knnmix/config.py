@@ -88,7 +88,7 @@ class MethodConfig:
     correction_start: int = 60  # first epoch (1-based) of knnmix's neighbour mixing and of soft-target correction (knnmix, selc)
     correction_period: int = 10  # correct soft targets every this many epochs from correction_start (the authors: 10; SELC: 1)
     correction_momentum: float = 0.9  # m in t <- m t + (1 - m) softmax(f(x)) (the authors and SELC: 0.9)
-    correction_gate: Literal["none", "clean_prob"] = "none"  # knnmix: every target takes the step (none: SELC, the authors), or each takes (1 - its clean probability) of it (clean_prob: DivideMix's label refinement; a sample the mixture holds clean keeps its label)
+    correction_gate: Literal["none", "clean_prob"] = "clean_prob"  # knnmix: each target takes (1 - its clean probability) of the step (clean_prob: DivideMix's label refinement; a sample the mixture holds clean keeps its label; the default since 2026-12-01, chosen on noisy validation), or every target takes all of it (none: SELC, the authors)
     mixture: Literal["global", "per_class"] = "per_class"  # clean probabilities from one two-component mixture per current corrected class (classes below mixture_min_class fall back to the global fit), or one over all losses (the authors: global)
     mixture_min_class: int = 20  # per_class: fewest samples of a class for it to get its own mixture
     loss_window: int = 1  # average this many epochs' normalised losses before the mixture fit (the authors use 5 at 80% noise)
