@@ -35,7 +35,6 @@ KIND_TAG = "knnmix.kind"  # sweep | noise_setting | trial | train
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # the UI's model-training view
 
 
-
 @dataclass(frozen=True)
 class Store:
     """Where MLflow runs go: a tracking URI and, for a local store, the absolute artifact root."""
