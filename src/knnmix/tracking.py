@@ -191,6 +191,7 @@ def log_run_folder(client: Any, run_id: str, folder: Path) -> None:
     context = InputTag("mlflow.data.context", "train")
     client.log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), [context])])
 
+
 # ----------------------------------------------------------------------------------------------------------------
 # Models and single runs
 
