@@ -26,7 +26,6 @@ FINALIZED_TAG = "knnmix.finalized"
 TUNE_KEYS = {"done", "trial_id", "experiment_tag", "should_checkpoint", *AUTO_RESULT_KEYS}  # Tune's, not the engine's
 
 
-
 def find_trial_run(client: Any, exp_id: str, trial_id: str) -> Any:
     found = client.search_runs([exp_id], filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}'", max_results=1)
     return found[0] if found else None
