@@ -487,19 +487,26 @@ def check_resumable(saved: dict[str, Any], wanted: dict[str, Any]) -> None:
         raise ConfigError(f"cannot resume with a different config ({shown}); only paths, resources and epochs may change")
 
 
-def prepare_folder(folder: RunFolder, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix two runs in one folder: continue it (resume), replace it (overwrite), or fail."""
+def resume_or_replace(held: str | None, *, resume: bool, overwrite: bool, missing: str, another: str = "--out") -> bool:
+    """Never mix two runs in one place, which ``held`` names when it holds one: ``resume`` continues it (without one,
+    the error says what is ``missing``), ``overwrite`` replaces it, else refuse and point to ``another`` place.
+    Returns whether the caller must delete the run the place holds."""
     if resume and overwrite:
         raise KnnmixError("--resume and --overwrite exclude each other")
-    if folder.has_run() and not resume:
-        if not overwrite:
-            raise KnnmixError(
-                f"run folder {str(folder.path)!r} already holds a run; pass --resume to continue it, "
-                "--overwrite to replace it, or choose another --out"
-            )
+    if resume and held is None:
+        raise KnnmixError(f"nothing to resume: {missing}")
+    if held is not None and not resume and not overwrite:
+        raise KnnmixError(f"{held} already holds a run; pass --resume to continue it, --overwrite to replace it, or "
+                          f"choose another {another}")
+    return held is not None and not resume
+
+
+def prepare_folder(folder: RunFolder, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix two runs in one folder: continue it (resume), replace it (overwrite), or fail."""
+    held = f"run folder {str(folder.path)!r}" if folder.has_run() else None
+    if resume_or_replace(held, resume=resume, overwrite=overwrite,
+                         missing=f"{str(folder.path / 'checkpoint.pt')!r} does not exist"):
         folder.clear()
-    if resume and not folder.has_run():
-        raise KnnmixError(f"nothing to resume: {str(folder.path / 'checkpoint.pt')!r} does not exist")
 
 
 def train(

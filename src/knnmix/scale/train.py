@@ -203,20 +203,14 @@ def check_run_state(cfg: C.Config, *, resume: bool, overwrite: bool = False) -> 
     """
     import pyarrow.fs
 
-    if resume and overwrite:
-        raise KnnmixError("--resume and --overwrite exclude each other")
     folder = RunFolder(cfg.out)
     storage, name = storage_of(cfg)
     in_ray = has_ray_checkpoint(storage, name)
-    if resume and not (in_ray or folder.has_run()):
-        raise KnnmixError(f"nothing to resume: no Ray Train checkpoint of run {name!r} in {storage!r} and no "
-                          f"{str(folder.file(CHECKPOINT))!r}")
-    if not resume and (in_ray or folder.has_run()):
-        if not overwrite:
-            where = (f"run folder {str(folder.path)!r}" if folder.has_run()
-                     else f"Ray Train storage {storage!r} (run name {name!r})")
-            raise KnnmixError(f"{where} already holds a run; pass --resume to continue it, --overwrite to replace "
-                              "it, or choose another --out (or distributed.name)")
+    held = (f"run folder {str(folder.path)!r}" if folder.has_run()
+            else f"Ray Train storage {storage!r} (run name {name!r})" if in_ray else None)
+    missing = f"no Ray Train checkpoint of run {name!r} in {storage!r} and no {str(folder.file(CHECKPOINT))!r}"
+    if E.resume_or_replace(held, resume=resume, overwrite=overwrite, missing=missing,
+                           another="--out (or distributed.name)"):
         folder.clear()
         fs, path = _ray_run_dir(storage, name)  # Ray Train's folder of the run: its checkpoints and snapshot
         if fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound:
