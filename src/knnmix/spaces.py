@@ -52,9 +52,20 @@ class Base(_Schema):
 
 
 @dataclass
-class NoiseEntry(_Schema):
-    spec: str  # a noise spec, e.g. symmetric:0.8
+class NoiseSetting(_Schema):
+    """One noise setting: its own Optuna study, ASHA scheduler and MLflow parent run. A space file lists it as a
+    noise spec, or as a mapping of ``spec`` and ``set``."""
+
+    spec: str  # a noise spec, e.g. symmetric:0.8 (canonical once validated)
     set: dict[str, Any] = field(default_factory=dict)  # config keys for this noise setting only
+
+    @property
+    def slug(self) -> str:
+        """Folder-safe name: ``symmetric:0.2`` -> ``symmetric-0.2``."""
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", self.spec.replace(":", "-"))
+
+    def to_dict(self) -> str | dict[str, Any]:
+        return {"spec": self.spec, "set": dict(self.set)} if self.set else self.spec
 
 
 @dataclass
@@ -103,7 +114,7 @@ class SearchSpace(_Schema):
 
     name: str  # sweep name: default folder runs/sweeps/<name>, MLflow experiment knnmix-sweep-<name>
     trials: int  # per noise setting
-    noise: list[str | NoiseEntry]
+    noise: list[str | NoiseSetting]
     params: dict[str, Param]
     description: str = ""
     experiment: str | None = None
@@ -119,7 +130,7 @@ class SearchSpace(_Schema):
 
     @property
     def settings(self) -> list[NoiseSetting]:
-        return [NoiseSetting(n.spec, dict(n.set)) if isinstance(n, NoiseEntry) else NoiseSetting(n) for n in self.noise]
+        return [n if isinstance(n, NoiseSetting) else NoiseSetting(n) for n in self.noise]
 
     def base_config(self) -> C.Config:
         """The validated base config (before the noise setting and the sampled values)."""
@@ -130,7 +141,7 @@ class SearchSpace(_Schema):
         return C.from_dict(data)
 
     def setting_config(self, setting: NoiseSetting) -> C.Config:
-        return C.replace(self.base_config(), **{"noise.spec": setting.spec, **setting.overrides})
+        return C.replace(self.base_config(), **{"noise.spec": setting.spec, **setting.set})
 
     @property
     def epochs(self) -> int:
@@ -152,22 +163,6 @@ class SearchSpace(_Schema):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-
-@dataclass(frozen=True)
-class NoiseSetting:
-    """One noise setting: its own Optuna study, ASHA scheduler and MLflow parent run."""
-
-    spec: str  # canonical noise spec, e.g. symmetric:0.2
-    overrides: dict[str, Any] = field(default_factory=dict)  # extra config keys for this setting only
-
-    @property
-    def slug(self) -> str:
-        """Folder-safe name: ``symmetric:0.2`` -> ``symmetric-0.2``."""
-        return re.sub(r"[^A-Za-z0-9._-]+", "_", self.spec.replace(":", "-"))
-
-    def to_dict(self) -> str | dict[str, Any]:
-        return {"spec": self.spec, "set": dict(self.overrides)} if self.overrides else self.spec
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -240,17 +235,13 @@ def _validate(space: SearchSpace, root: Path | None) -> None:
     from knnmix.noise import parse_noise_spec
 
     check(len(space.noise) > 0, "noise", "expected a non-empty list of noise specs")
+    space.noise[:] = space.settings  # each a NoiseSetting, made canonical below
     seen: dict[str, int] = {}
-    for i, entry in enumerate(space.noise):
+    for i, setting in enumerate(space.settings):
         where = f"noise[{i}]"
-        spec = entry.spec if isinstance(entry, NoiseEntry) else entry
-        canonical = C.as_config_error(where, lambda: str(parse_noise_spec(spec)))
-        if isinstance(entry, NoiseEntry):
-            entry.spec, entry.set = canonical, flat_keys(entry.set, f"{where}.set")
-            check(not {"noise.spec", "out"} & set(entry.set), f"{where}.set", "noise.spec and out are set by the sweep")
-        else:
-            space.noise[i] = canonical
-        setting = space.settings[i]
+        canonical = setting.spec = C.as_config_error(where, lambda: str(parse_noise_spec(setting.spec)))
+        setting.set = flat_keys(setting.set, f"{where}.set")
+        check(not {"noise.spec", "out"} & set(setting.set), f"{where}.set", "noise.spec and out are set by the sweep")
         check(setting.slug not in seen, where, f"{canonical!r} is listed twice (also noise[{seen.get(setting.slug)}])")
         seen[setting.slug] = i
         cfg = C.as_config_error(where, lambda s=setting: space.setting_config(s))

@@ -195,7 +195,7 @@ def finish_setting_run(store: Store, ml: dict[str, Any], setting: Any, entry: di
         entry["importances"] = json.loads(run.data.tags.get("knnmix.importances", "null") or "null")
         return
     plots.mkdir(parents=True, exist_ok=True)
-    log_params(client, run_id, {"noise.spec": setting.spec, **{f"set.{k}": v for k, v in setting.overrides.items()}})
+    log_params(client, run_id, {"noise.spec": setting.spec, **{f"set.{k}": v for k, v in setting.set.items()}})
     curves = {t.trial_id: t.records for t in trials if t.records}
     if curves:
         client.log_artifact(run_id, str(plot_learning_curves(plots / "learning_curves.png", curves,
