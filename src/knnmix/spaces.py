@@ -255,11 +255,11 @@ def _validate(space: SearchSpace, root: Path | None) -> None:
 
     # the distributions: Optuna's constructors check the bounds; the config checks every value they can draw
     check(len(space.params) > 0, "params", "expected a mapping of config keys to distributions")
-    keys = [row[0] for row in C.field_docs()]
+    types = {key: tp for key, tp, _, _ in C.field_docs()}  # config key -> its documented type, e.g. "int or null"
     for key, param in space.params.items():
         where = f"params.{key}"
-        check(key in keys, where,
-              f"{key!r} is not a config key{did_you_mean(key, keys)}; `knnmix config --doc` lists them")
+        check(key in types, where,
+              f"{key!r} is not a config key{did_you_mean(key, types)}; `knnmix config --doc` lists them")
         check(key not in FIXED_KEYS and not key.startswith(FIXED_PREFIXES), where, f"{key} is set by the sweep")
         if param.type == "choice":
             check(bool(param.values), f"{where}.values", "expected a non-empty list")
@@ -271,8 +271,8 @@ def _validate(space: SearchSpace, root: Path | None) -> None:
                 v = getattr(param, sub)
                 check(v is None or isinstance(v, int), f"{where}.{sub}", f"expected an integer, got {v!r} (float)")
         dist = C.as_config_error(where, param.distribution, (ValueError, TypeError))  # Optuna's own checks
-        tp = _key_type(key)
-        is_int, is_float = tp in (int, int | None), tp in (float, float | None)
+        tp = types[key].removesuffix(" or null")
+        is_int, is_float = tp == "int", tp == "float"
         if param.type in ("uniform", "loguniform"):
             check(is_float, f"{where}.type", f"{param.type} draws real numbers but {key} is "
                   + ("an integer; use int or choice" if is_int else "not a number; use choice"))
@@ -312,13 +312,6 @@ def _inside(dist: Any, value: Any) -> bool:
         return False
     step = dist.step
     return step is None or math.isclose((value - dist.low) / step, round((value - dist.low) / step), abs_tol=1e-9)
-
-
-def _key_type(key: str) -> Any:
-    cls: Any = C.Config
-    for part in key.split("."):
-        cls = typing.get_type_hints(cls)[part]
-    return cls
 
 
 def _base_path(value: str | None, root: Path | None) -> str | None:
