@@ -92,8 +92,8 @@ def require_dir(path: str, dataset: str, what: str = "data root") -> str:
     return path
 
 
-def find_images(root: str, folders: dict[str, int]) -> tuple[list[str], np.ndarray]:
-    """The images below ``root/<folder>/`` of each ``folder -> label`` in ``folders``: ``(keys, labels (N,))``.
+def find_images(root: str, folders: dict[str, int]) -> tuple[list[str], np.ndarray, list[str]]:
+    """The images below ``root/<folder>/`` of each ``folder -> label``: ``(keys, labels (N,), folders without any)``.
 
     torchvision's ``make_dataset`` walks each folder recursively (following links) for :data:`IMAGE_EXTENSIONS` in
     any case; hidden files and folders (``.name``) are skipped and a missing folder yields nothing. Keys are relative
@@ -110,7 +110,8 @@ def find_images(root: str, folders: dict[str, int]) -> tuple[list[str], np.ndarr
         (rank[label], path.removeprefix(prefix), label)
         for path, label in make_dataset(root, folders, is_valid_file=visible_image, allow_empty=True)
     )
-    return [key for _, key, _ in found], np.array([label for _, _, label in found], dtype=np.int64)
+    labels = np.array([label for _, _, label in found], dtype=np.int64)
+    return [key for _, key, _ in found], labels, [folder for folder, label in folders.items() if label not in labels]
 
 
 def _read_lines(path: str, dataset: str) -> list[tuple[int, str]]:

@@ -58,10 +58,9 @@ def read_folder(root: str, classes: list[str] | None = None) -> LabelledFiles:
     classes = folders if classes is None else classes
     unknown = [repr(f) for f in folders if f not in classes]
     refuse(unknown, f"{NAME}: {len(unknown)} class folders under {root} are not training classes")
-    keys, labels = find_images(root, {f: classes.index(f) for f in folders})
-    counts = np.bincount(labels, minlength=len(classes))
-    empty = [repr(f) for f in folders if counts[classes.index(f)] == 0]
-    refuse(empty, f"{NAME}: {len(empty)} class folders under {root} hold no images ({'/'.join(IMAGE_EXTENSIONS)})")
+    keys, labels, empty = find_images(root, {f: classes.index(f) for f in folders})
+    refuse([repr(f) for f in empty], f"{NAME}: {len(empty)} class folders under {root} hold no images "
+                                     f"({'/'.join(IMAGE_EXTENSIONS)})")
     return LabelledFiles(root, keys, labels, list(classes))
 
 

@@ -33,9 +33,7 @@ def imagenet_split(directory: str, synsets: list[str]) -> tuple[list[str], np.nd
     Every class needs a folder with at least one image, else a :class:`DataError` lists the first missing synsets.
     """
     require_dir(directory, NAME, "ImageNet validation folder")
-    keys, labels = find_images(directory, {synset: c for c, synset in enumerate(synsets)})
-    counts = np.bincount(labels, minlength=len(synsets))
-    missing = [synset for c, synset in enumerate(synsets) if counts[c] == 0]
+    keys, labels, missing = find_images(directory, {synset: c for c, synset in enumerate(synsets)})
     refuse(missing, f"{NAME}: the ImageNet validation folder {directory} has no images for {len(missing)} of the "
                     f"{len(synsets)} classes (expected {directory}/<synset>/*.JPEG)")
     return keys, labels
