@@ -112,15 +112,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def comparison_table(summaries: Sequence[dict[str, Any]]) -> str:
-    def pct(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.2f}"
+    from knnmix.engine.report import pct
 
     head = "| method | last-epoch test acc (%) | val-selected test acc (%) | best val acc (%) | epoch time (s) |"
     lines = [head, "|---|---|---|---|---|"]
     for s in summaries:
         lines.append(
-            f"| {s['method']} | {pct(s['final']['test_acc'])} | {pct(s['best_val']['test_acc'])} | "
-            f"{pct(s['best_val']['val_acc'])} | {s['epoch_time_s']:.2f} |"
+            f"| {s['method']} | {pct(s['final']['test_acc'], '')} | {pct(s['best_val']['test_acc'], '')} | "
+            f"{pct(s['best_val']['val_acc'], '')} | {s['epoch_time_s']:.2f} |"
         )
     first = summaries[0]
     lines.append(

@@ -120,5 +120,6 @@ def done_line(summary: dict[str, Any], folder: RunFolder) -> str:
     )
 
 
-def pct(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.2f}%"
+def pct(v: float | None, sign: str = "%") -> str:
+    """A percentage to two decimals, or ``n/a``; a table whose header says ``(%)`` passes ``sign=""``."""
+    return "n/a" if v is None else f"{v:.2f}{sign}"

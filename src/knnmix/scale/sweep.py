@@ -30,6 +30,7 @@ from ray.tune.search import Searcher
 from knnmix import config as C
 from knnmix.engine import train as E
 from knnmix.engine.checkpoint import SUMMARY, RunFolder, atomic_write_text, folder_lock
+from knnmix.engine.report import pct
 from knnmix.errors import KnnmixError
 from knnmix.scale import ray_env
 from knnmix.scale import sweep_mlflow as T
@@ -467,10 +468,6 @@ def _finalize_sweep(space: SearchSpace, folder: SweepFolder, store: Store, ml: d
     return summary
 
 
-def _pct(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.2f}"
-
-
 def config_text(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
@@ -481,7 +478,7 @@ def summary_table(summary: dict[str, Any]) -> str:
     for s in summary["settings"]:
         b = s["best"] or {}
         lines.append(f"| {s['noise']} | {s['trials']} | {s['stopped_early']} | {s['failed']} | "
-                     f"{_pct(b.get('val_acc'))} | {_pct(b.get('test_acc'))} | "
+                     f"{pct(b.get('val_acc'), '')} | {pct(b.get('test_acc'), '')} | "
                      f"{config_text(b.get('params', {})) if b else 'n/a'} |")
     lines.append(f"\nSelected on the noisy-validation accuracy ({METRIC}, best epoch of each completed trial); the "
                  "test accuracy of that epoch is reported only.")
@@ -494,8 +491,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         out += [f"## {s['noise']}", ""]
         b = s["best"]
         if b:
-            out.append(f"- best trial `{b['trial_id']}` (epoch {b['epoch']}): val {_pct(b['val_acc'])}%, "
-                       f"test {_pct(b['test_acc'])}%, run folder `{b['run_folder']}`")
+            out.append(f"- best trial `{b['trial_id']}` (epoch {b['epoch']}): val {pct(b['val_acc'])}, "
+                       f"test {pct(b['test_acc'])}, run folder `{b['run_folder']}`")
             out.append(f"- sampled: {config_text(b['params'])}")
         out.append(f"- trials: {s['trials']} ({s['completed']} completed, {s['stopped_early']} stopped early by "
                    f"ASHA, {s['failed']} failed); Optuna study `{s['study']}`")
