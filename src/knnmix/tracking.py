@@ -126,7 +126,6 @@ def create_run(store: Store, exp_id: str, name: str, tags: dict[str, str], *, pa
     return client.create_run(exp_id, run_name=name, tags=all_tags).info.run_id
 
 
-
 def log_params(client: Any, run_id: str, params: dict[str, Any]) -> None:
     """Log params, skipping ones already logged (params cannot change); ``log_batch`` splits them into batches."""
     from mlflow.entities import Param
@@ -146,7 +145,6 @@ def numeric_metrics(record: dict[str, Any]) -> dict[str, float]:
     """The engine's numbers in a metrics.jsonl record (not ``epoch``; ``None`` and non-finite values left out)."""
     return {k: float(v) for k, v in record.items() if k != "epoch" and not isinstance(v, bool)
             and isinstance(v, (int, float)) and math.isfinite(float(v))}
-
 
 
 def log_epochs(client: Any, run_id: str, records: Iterable[dict[str, Any]]) -> list[int]:
