@@ -347,12 +347,10 @@ def _set_space_field(data: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     if parts[0] == "params" and len(parts) > 1:
         params = data.setdefault("params", {})
-        leaf = parts[-1] if parts[-1] in {f.name for f in dataclasses.fields(Param)} and len(parts) > 2 else None
-        name = ".".join(parts[1:-1] if leaf else parts[1:])
-        if leaf:
-            params.setdefault(name, {})[leaf] = value
-        else:
-            params[name] = value
+        if len(parts) > 2 and parts[-1] in {f.name for f in dataclasses.fields(Param)}:  # one field of a param
+            params.setdefault(".".join(parts[1:-1]), {})[parts[-1]] = value
+        else:  # a whole param
+            params[".".join(parts[1:])] = value
         return
     if parts[:2] == ["base", "set"] and len(parts) > 2:
         base = data["base"] = data.get("base") or {}
