@@ -132,10 +132,9 @@ def read_csv(csv_path: str, base: str, classes: list[str] | None = None) -> Labe
     first_line: dict[str, int] = {}
     dups, missing = [], []
     for (number, path, _), key in zip(rows, keys):
-        full = os.path.normpath(os.path.join(base, key))
-        if full in first_line:
-            dups.append(f"line {number}: {path!r} (also line {first_line[full]})")
-        first_line.setdefault(full, number)
+        first = first_line.setdefault(os.path.normpath(os.path.join(base, key)), number)
+        if first != number:
+            dups.append(f"line {number}: {path!r} (also line {first})")
         if not os.path.isfile(os.path.join(base, key)):
             missing.append(f"line {number}: {path!r}")
     refuse(dups, f"{NAME}: {csv_path} lists {len(dups)} paths more than once")
