@@ -32,9 +32,7 @@ def load_dataset(name: str, root: str | os.PathLike[str] | None = None, download
     """
     loader = DATASETS.get(name)
     accepted = dataset_options(name)
-    unused = sorted(
-        k for k, v in options.items() if k not in accepted and (defaults is None or v != defaults.get(k))
-    )
+    unused = sorted(k for k, v in options.items() if k not in accepted and (defaults is None or v != defaults.get(k)))
     if unused:
         raise DataError(
             f"data.{unused[0]}={options[unused[0]]!r} is not used by dataset {name!r} "

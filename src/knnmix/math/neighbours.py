@@ -86,9 +86,7 @@ def l2_normalise(features: Tensor) -> Tensor:
     return F.normalize(features.float(), dim=1)
 
 
-def neighbours_excluding_self(
-    searcher: NeighbourSearch, bank: Tensor, query_positions: Tensor, k: int
-) -> Tensor:
+def neighbours_excluding_self(searcher: NeighbourSearch, bank: Tensor, query_positions: Tensor, k: int) -> Tensor:
     """Top-``k`` cosine neighbours ``(Q, k)`` (bank positions) of the bank rows ``query_positions`` ``(Q,)``.
 
     ``bank`` ``(N, D)`` must already be L2-normalised and built into ``searcher``. The query itself is never
