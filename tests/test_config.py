@@ -34,6 +34,16 @@ def test_flatten_gives_dotted_keys_for_mlflow():
     assert all(not isinstance(v, dict) for v in flat.values())
 
 
+def test_differences_name_the_changed_keys_except_the_ignored_ones():
+    old = C.to_dict(C.from_dict({}))
+    new = C.to_dict(C.replace(C.from_dict({}), **{"method.k": 3, "epochs": 7, "distributed.workers": 2,
+                                                  "optim.lr": 0.1}))
+    assert C.differences(old, old, 3) == ""
+    assert C.differences(old, new, 3) == "distributed.workers: 0 -> 2, epochs: 100 -> 7, method.k: 1 -> 3"
+    assert C.differences(old, new, 1, ("epochs", "distributed.")) == "method.k: 1 -> 3"
+    assert C.differences(old, new, 4, ("epochs", "distributed.")) == "method.k: 1 -> 3, optim.lr: 0.05 -> 0.1"
+
+
 def test_replace_validates():
     cfg = C.from_dict({})
     assert C.replace(cfg, **{"method.k": 4}).method.k == 4

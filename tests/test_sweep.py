@@ -30,7 +30,7 @@ import yaml
 from knnmix import config as C
 from knnmix.cli import main as cli_main
 from knnmix.engine.checkpoint import load_checkpoint, read_metrics, safe_load
-from knnmix.errors import ConfigError
+from knnmix.errors import ConfigError, KnnmixError
 from knnmix import spaces as SP
 from knnmix.scale import sweep as S
 from knnmix import tracking as TR
@@ -365,6 +365,17 @@ def test_tracking_store_default_env_and_uri(tmp_path, monkeypatch):
     exp = client_for(rel.uri).get_experiment(TR.experiment_id(rel, "knnmix-test"))
     assert exp.artifact_location == (tmp_path / "sub" / "mlartifacts" / "knnmix-test").as_uri()
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_resume_with_a_changed_space_file_names_what_changed(tmp_path):
+    path = write_space(tmp_path)
+    folder = S.SweepFolder(tmp_path / "sweep")
+    folder.root.mkdir()
+    folder.file(S.SPACE_FILE).write_text(SP.load_space(path).to_yaml())
+    folder.file(S.STATE_FILE).write_text(json.dumps({"space_label": path.name}))
+    assert S.resolve_space(folder, str(path), [], resume=True).trials == SP.load_space(path).trials
+    with pytest.raises(KnnmixError, match=r"differs from the one sweep folder .* started with \(trials: \d+ -> 9\)"):
+        S.resolve_space(folder, str(path), ["sweep.trials=9"], resume=True)
 
 
 def test_a_sweep_folder_on_object_storage_is_refused_in_one_line(tmp_path, capsys):

@@ -225,6 +225,16 @@ def flatten(cfg: Config | dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def differences(old: dict[str, Any], new: dict[str, Any], shown: int, ignore: tuple[str, ...] = ()) -> str:
+    """``"key: old -> new, ..."`` for the first ``shown`` dotted keys whose values differ between two nested dicts
+    (``""`` when none do), leaving out the keys in ``ignore`` and, for an entry ending in ``.``, its whole section."""
+    a, b = flatten(old), flatten(new)
+    sections = tuple(k for k in ignore if k.endswith("."))
+    diff = [k for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and k not in ignore and not k.startswith(sections)]
+    return ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:shown])
+
+
 def replace(cfg: Config, **dotted: Any) -> Config:
     """A validated copy of ``cfg`` with dotted keys changed: ``replace(cfg, **{"method.k": 3})``."""
     data = to_dict(cfg)

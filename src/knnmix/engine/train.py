@@ -463,7 +463,9 @@ def checkpoint(run: Run) -> dict[str, Any]:
 
 def restore(run: Run, ckpt: dict[str, Any]) -> None:
     """Continue from a checkpoint (the config must match except for paths, resources and ``epochs``)."""
-    check_resumable(ckpt["config"], C.to_dict(run.cfg))
+    if shown := C.differences(ckpt["config"], C.to_dict(run.cfg), 4, RESUMABLE_CHANGES):
+        raise ConfigError(f"cannot resume with a different config ({shown}); only paths, resources and epochs may "
+                          "change")
     if ckpt["epoch"] > run.cfg.epochs:
         raise ConfigError(f"epochs={run.cfg.epochs} is fewer than the {ckpt['epoch']} epochs already trained")
     run.model.load_state_dict(ckpt["model"])
@@ -475,16 +477,6 @@ def restore(run: Run, ckpt: dict[str, Any]) -> None:
     run.best = dict(ckpt["best"])
     run.best_weights = ckpt.get("best_weights")
     set_rng_state(ckpt["rng"])
-
-
-def check_resumable(saved: dict[str, Any], wanted: dict[str, Any]) -> None:
-    a, b = C.flatten(saved), C.flatten(wanted)
-    sections = tuple(p for p in RESUMABLE_CHANGES if p.endswith("."))
-    diff = [k for k in sorted(set(a) | set(b))
-            if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES and not k.startswith(sections)]
-    if diff:
-        shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:4])
-        raise ConfigError(f"cannot resume with a different config ({shown}); only paths, resources and epochs may change")
 
 
 def resume_or_replace(held: str | None, *, resume: bool, overwrite: bool, missing: str, another: str = "--out") -> bool:

@@ -90,10 +90,7 @@ def resolve_space(folder: SweepFolder, space_arg: str | None, overrides: list[st
     if space_arg is None:
         raise KnnmixError("--resume with --set needs the space file too (or resume without --set)")
     given = load_space(space_arg, overrides)
-    a, b = C.flatten(saved.to_dict()), C.flatten(given.to_dict())
-    diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    if diff:
-        shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:3])
+    if shown := C.differences(saved.to_dict(), given.to_dict(), 3):
         raise KnnmixError(f"search space {given.label} differs from the one sweep folder {str(folder.root)!r} was "
                           f"started with ({shown}); run --resume without the space file, or choose another --out")
     return saved
