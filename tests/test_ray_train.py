@@ -145,6 +145,14 @@ def test_run_state_checks(tmp_path):
     check_run_state(cfg, resume=False)
 
 
+def test_resume_with_overwrite_is_refused_before_ray_train_storage_is_read(tmp_path):
+    cfg = digits_cfg(tmp_path / "run", **{"distributed.storage_path": "nosuchscheme://bucket/runs"})
+    with pytest.raises(KnnmixError, match="cannot be read"):
+        check_run_state(cfg, resume=False)
+    with pytest.raises(KnnmixError, match="--resume and --overwrite exclude each other"):
+        check_run_state(cfg, resume=True, overwrite=True)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # 1. The glue, in-process (ScalingConfig(num_workers=0)): checkpoints, metrics, summary, restore
 

@@ -479,12 +479,14 @@ def restore(run: Run, ckpt: dict[str, Any]) -> None:
     set_rng_state(ckpt["rng"])
 
 
-def resume_or_replace(held: str | None, *, resume: bool, overwrite: bool, missing: str, another: str = "--out") -> bool:
-    """Never mix two runs in one place, which ``held`` names when it holds one: ``resume`` continues it (without one,
-    the error says what is ``missing``), ``overwrite`` replaces it, else refuse and point to ``another`` place.
-    Returns whether the caller must delete the run the place holds."""
+def resume_or_replace(holder: Callable[[], str | None], *, resume: bool, overwrite: bool, missing: str,
+                      another: str = "--out") -> bool:
+    """Never mix two runs in one place, which ``holder()`` names when it holds one (asked only once the flags agree):
+    ``resume`` continues it (without one, the error says what is ``missing``), ``overwrite`` replaces it, else refuse
+    and point to ``another`` place. Returns whether the caller must delete the run the place holds."""
     if resume and overwrite:
         raise KnnmixError("--resume and --overwrite exclude each other")
+    held = holder()
     if resume and held is None:
         raise KnnmixError(f"nothing to resume: {missing}")
     if held is not None and not resume and not overwrite:
@@ -495,9 +497,8 @@ def resume_or_replace(held: str | None, *, resume: bool, overwrite: bool, missin
 
 def prepare_folder(folder: RunFolder, *, resume: bool, overwrite: bool) -> None:
     """Refuse to mix two runs in one folder: continue it (resume), replace it (overwrite), or fail."""
-    held = f"run folder {str(folder.path)!r}" if folder.has_run() else None
-    if resume_or_replace(held, resume=resume, overwrite=overwrite,
-                         missing=f"{str(folder.path / 'checkpoint.pt')!r} does not exist"):
+    if resume_or_replace(lambda: f"run folder {str(folder.path)!r}" if folder.has_run() else None, resume=resume,
+                         overwrite=overwrite, missing=f"{str(folder.path / 'checkpoint.pt')!r} does not exist"):
         folder.clear()
 
 

@@ -205,9 +205,12 @@ def check_run_state(cfg: C.Config, *, resume: bool, overwrite: bool = False) -> 
 
     folder = RunFolder(cfg.out)
     storage, name = storage_of(cfg)
-    in_ray = has_ray_checkpoint(storage, name)
-    held = (f"run folder {str(folder.path)!r}" if folder.has_run()
-            else f"Ray Train storage {storage!r} (run name {name!r})" if in_ray else None)
+
+    def held() -> str | None:  # Ray Train's storage is read only once the flags agree
+        in_ray = has_ray_checkpoint(storage, name)
+        return (f"run folder {str(folder.path)!r}" if folder.has_run()
+                else f"Ray Train storage {storage!r} (run name {name!r})" if in_ray else None)
+
     missing = f"no Ray Train checkpoint of run {name!r} in {storage!r} and no {str(folder.file(CHECKPOINT))!r}"
     if E.resume_or_replace(held, resume=resume, overwrite=overwrite, missing=missing,
                            another="--out (or distributed.name)"):
