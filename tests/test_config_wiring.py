@@ -71,7 +71,7 @@ def test_data_download(tmp_path, monkeypatch):
     from knnmix.data import fashion_mnist
 
     asked = []
-    monkeypatch.setattr(fashion_mnist, "fetch", lambda root: asked.append(root))
+    monkeypatch.setattr(fashion_mnist, "torchvision_download", lambda dataset, cls, root: asked.append(root))
     root = str(tmp_path / "fm")
     for download in (False, True):
         with pytest.raises(DataError):

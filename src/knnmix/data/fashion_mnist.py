@@ -82,11 +82,6 @@ def find_files(roots: list[Path]) -> dict[str, Path]:
     )
 
 
-def fetch(root: Path) -> None:
-    """Fetch the idx files into ``root/FashionMNIST/raw`` with torchvision (needs internet)."""
-    torchvision_download("fashion-mnist", "FashionMNIST", root)
-
-
 def _read_split(images_path: Path, labels_path: Path) -> tuple[TensorSource, np.ndarray]:
     images = read_idx(images_path, 3)
     labels = check_labels(read_idx(labels_path, 1), len(images), len(CLASSES), str(labels_path))
@@ -102,7 +97,7 @@ def load_fashion_mnist(root: str | None, download: bool) -> DatasetBundle:
     except DataError:
         if not download:
             raise
-        fetch(roots[-1])
+        torchvision_download("fashion-mnist", "FashionMNIST", roots[-1])  # into <root>/FashionMNIST/raw
         files = find_files(roots[-1:])
     train, train_labels = _read_split(files[TRAIN_IMAGES], files[TRAIN_LABELS])
     test, test_labels = _read_split(files[TEST_IMAGES], files[TEST_LABELS])
