@@ -148,7 +148,8 @@ def numeric_metrics(record: dict[str, Any]) -> dict[str, float]:
 
 
 def log_epochs(client: Any, run_id: str, records: Iterable[dict[str, Any]]) -> list[int]:
-    """Log per-epoch metrics with ``step = epoch``; returns the epochs logged."""
+    """Log per-epoch metrics with ``step = epoch``; returns the epochs logged. A run's totals are one record of
+    epoch 0 (one value per metric; ``None`` values are not logged)."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
@@ -158,11 +159,6 @@ def log_epochs(client: Any, run_id: str, records: Iterable[dict[str, Any]]) -> l
         metrics.extend(Metric(k, v, now, int(r["epoch"])) for k, v in numeric_metrics(r).items())
     client.log_batch(run_id, metrics=metrics)
     return epochs
-
-
-def log_totals(client: Any, run_id: str, values: dict[str, float | None]) -> None:
-    """Log a run's totals (one value per metric, at step 0; ``None`` values are not logged)."""
-    log_epochs(client, run_id, [{**values, "epoch": 0}])
 
 
 def log_run_folder(client: Any, run_id: str, folder: Path) -> None:

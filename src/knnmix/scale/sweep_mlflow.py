@@ -18,7 +18,7 @@ from knnmix.engine.checkpoint import BEST_MODEL, CONFIG, LABEL_ISSUES, LABEL_ISS
 from knnmix.plots import plot_best_per_noise, plot_clean_prob_histogram, plot_importances, plot_learning_curves
 from knnmix.spaces import METRIC, SETTING_KEY
 from knnmix.tracking import (KIND_TAG, Store, create_run, experiment_id, log_epochs, log_files, log_model, log_params,
-                             log_run_folder, log_totals)
+                             log_run_folder)
 
 TRIAL_TAG = "knnmix.trial_id"
 OUTCOME_TAG = "knnmix.outcome"  # completed | stopped_early | failed
@@ -168,8 +168,8 @@ class TrialLogger(Callback):
         self.log_new_epochs(trial, rid, records)  # with the epochs reported while the driver was down
         outcome = "failed" if failed else ("completed" if (folder / SUMMARY).exists() else "stopped_early")
         best = best_record(records) or {}
-        log_totals(self.client, rid, {"epochs_run": last, "best_val_acc": best.get(METRIC),
-                                      "test_acc_at_best_val": best.get("test_acc")})
+        log_epochs(self.client, rid, [{"epoch": 0, "epochs_run": last, "best_val_acc": best.get(METRIC),
+                                       "test_acc_at_best_val": best.get("test_acc")}])  # the trial's totals
         self.client.set_tag(rid, OUTCOME_TAG, outcome)
         self.client.set_terminated(rid, status="FAILED" if failed else "FINISHED")
         self._done.add(trial.trial_id)
@@ -220,7 +220,7 @@ def finish_setting_run(store: Store, ml: dict[str, Any], setting: Any, entry: di
                 entry["model_uri"] = log_model(store, entry["best_mlflow_run_id"], best.run_folder / BEST_MODEL,
                                                register=register)
                 client.set_tag(run_id, "knnmix.model_uri", entry["model_uri"])
-    log_totals(client, run_id, totals)
+    log_epochs(client, run_id, [{"epoch": 0, **totals}])
     client.set_tag(run_id, "knnmix.importances", json.dumps(entry["importances"])[:5000])
     client.set_tag(run_id, FINALIZED_TAG, "true")
     client.set_terminated(run_id, status="FINISHED")
@@ -247,6 +247,7 @@ def finish_sweep_run(store: Store, ml: dict[str, Any], summary: dict[str, Any], 
                         "plots")
     for f in files:
         client.log_artifact(run_id, str(f))
-    log_totals(client, run_id, {f"best_{key}.{s['slug']}": s["best"][key] for s in summary["settings"] if s["best"]
-                                for key in ("val_acc", "test_acc")})
+    totals = {f"best_{key}.{s['slug']}": s["best"][key] for s in summary["settings"] if s["best"]
+              for key in ("val_acc", "test_acc")}
+    log_epochs(client, run_id, [{"epoch": 0, **totals}])
     client.set_terminated(run_id, status="FAILED" if summary["failed"] else "FINISHED")
