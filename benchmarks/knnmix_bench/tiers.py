@@ -114,6 +114,7 @@ def _authors_protocol(dataset: str, model: str) -> dict[str, Any]:
         "test_every": 10,
     }
 
+
 def _authors_tier(name: str, dataset: str, model: str, *, warmup: int, human: str, about: str) -> Tier:
     """A tier on the paper's protocol: its data, network and schedule, the four synthetic settings and CIFAR-N."""
     return Tier(

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from knnmix.errors import DataError, one_line
 from knnmix.registry import Registry
 
+
 def cache_root() -> Path:
     """Where downloadable data sets live unless the user passes ``root`` (``data.root``)."""
     return Path("~/.cache/knnmix/data").expanduser()
