@@ -17,7 +17,7 @@ from knnmix.methods import phases
 from knnmix.engine import train as E
 from knnmix.engine.checkpoint import RunFolder
 from knnmix.engine.splits import build_splits
-from knnmix.errors import DataError
+from knnmix.errors import ConfigError, DataError
 from knnmix.methods import builtin
 
 PROBED: set[str] = set()
@@ -286,7 +286,7 @@ def test_mixup_alpha(tmp_path, monkeypatch):
 def test_correction_schedule_keys(tmp_path, monkeypatch):
     calls = []
     real = phases.correct_targets
-    monkeypatch.setattr(phases, "correct_targets", lambda s, b, m, gate=False: (calls.append(m), real(s, b, m))[1])
+    monkeypatch.setattr(phases, "correct_targets", lambda s, b, m, *rest: (calls.append(m), real(s, b, m))[1])
     eng = engine(tmp_path, epochs=6, **{"method.warmup_epochs": 1, "method.correction_start": 2,
                                         "method.correction_period": 2, "method.correction_momentum": 0.6})
     corrected = []
@@ -301,19 +301,41 @@ def test_correction_schedule_keys(tmp_path, monkeypatch):
 
 
 @probe("method.correction_gate")
-@pytest.mark.parametrize("gate", ["none", "clean_prob"])
-def test_correction_gate(tmp_path, gate):
-    """With the gate a sample the last mixture fit holds clean keeps its target; without it every target moves."""
+@pytest.mark.parametrize("gate", ["none", "clean_prob", "neighbours", "clean_prob+neighbours"])
+def test_correction_gate(tmp_path, monkeypatch, gate):
+    """clean_prob: a sample the last mixture fit holds clean keeps its target; neighbours: a sample none of whose
+    neighbours agree with its prediction keeps it; both: either holds it; none: every target moves."""
     eng = engine(tmp_path, **{"method.correction_gate": gate, "method.warmup_epochs": 1, "method.correction_start": 2,
                               "method.correction_period": 1})
     epochs(eng, 1)
     before = eng.state.targets.clone()
     eng.state.clean_prob[:] = 0.0
-    eng.state.clean_prob[:100] = 1.0
+    eng.state.clean_prob[:100] = 1.0  # held clean
+    votes = []
+
+    def vote(state, bank, k, searcher, dist):  # no neighbour agrees with samples 100-199
+        votes.append(k)
+        return torch.where((bank.index >= 100) & (bank.index < 200), 0.0, 1.0)
+
+    monkeypatch.setattr(phases, "neighbour_vote", vote)
     eng.method.prepare_epoch(2, eng)
-    held = torch.equal(eng.state.targets[:100], before[:100])
-    assert held is (gate == "clean_prob")
-    assert not torch.equal(eng.state.targets[100:], before[100:])
+    held = [torch.equal(eng.state.targets[a:a + 100], before[a:a + 100]) for a in (0, 100, 200)]
+    assert held == [gate in ("clean_prob", "clean_prob+neighbours"), "neighbours" in gate, False]
+    assert votes == ([10] if "neighbours" in gate else [])
+
+
+@probe("method.vote_k")
+def test_vote_k(tmp_path, monkeypatch):
+    """The neighbour gate's vote uses method.vote_k real neighbours from the bank."""
+    seen = []
+    real = phases.neighbour_vote
+    monkeypatch.setattr(phases, "neighbour_vote", lambda s, b, k, *rest: (seen.append(k), real(s, b, k, *rest))[1])
+    eng = engine(tmp_path, **{"method.correction_gate": "neighbours", "method.vote_k": 7, "method.warmup_epochs": 1,
+                              "method.correction_start": 2, "method.correction_period": 1})
+    epochs(eng, 2)
+    assert seen == [7]
+    with pytest.raises(ConfigError, match="method.vote_k=5000 is not smaller than the training set"):
+        engine(tmp_path, **{"method.vote_k": 5000})
 
 
 @probe("method.loss_window")

@@ -19,6 +19,7 @@ from knnmix.math import (
     mix_batch,
     mixup,
     negative_entropy,
+    neighbour_agreement,
     neighbour_weights,
     neighbours_excluding_self,
     neighbours_within_batch,
@@ -349,3 +350,11 @@ def test_the_pure_functions_check_their_scalar_arguments():
         is_correction_epoch(5, 1, 0)
     with pytest.raises(ValueError, match="min_class"):
         fit_clean_probability_per_class(torch.rand(6), torch.zeros(6, dtype=torch.long), 2, min_class=1)
+
+
+def test_neighbour_agreement_is_the_share_of_neighbours_labelled_as_predicted():
+    predicted = torch.tensor([0, 1, 2])
+    labels = torch.tensor([[0, 0, 1, 2], [0, 0, 0, 0], [2, 2, 2, 2]])
+    assert torch.equal(neighbour_agreement(predicted, labels), torch.tensor([0.5, 0.0, 1.0]))
+    with pytest.raises(ValueError, match="neighbour_labels"):
+        neighbour_agreement(predicted, labels[:2])

@@ -88,7 +88,8 @@ class MethodConfig:
     correction_start: int = 60  # first epoch (1-based) of knnmix's neighbour mixing and of soft-target correction (knnmix, selc)
     correction_period: int = 10  # correct soft targets every this many epochs from correction_start (the authors: 10; SELC: 1)
     correction_momentum: float = 0.9  # m in t <- m t + (1 - m) softmax(f(x)) (the authors and SELC: 0.9)
-    correction_gate: Literal["none", "clean_prob"] = "clean_prob"  # knnmix: each target takes (1 - its clean probability) of the step (clean_prob: DivideMix's label refinement; a sample the mixture holds clean keeps its label; the default since 2026-12-01, chosen on noisy validation), or every target takes all of it (none: SELC, the authors)
+    correction_gate: Literal["none", "clean_prob", "neighbours", "clean_prob+neighbours"] = "clean_prob"  # knnmix: what share of the correction step each target takes: all of it (none: SELC, the authors); 1 - its clean probability (clean_prob: DivideMix's label refinement; a sample the mixture holds clean keeps its label; the default since 2026-12-01, chosen on noisy validation); the share of its method.vote_k feature-space neighbours whose current label is the class predicted for it (neighbours); or the product of both
+    vote_k: int = 10  # neighbours gates: feature-space neighbours (self excluded) whose current labels vote on each sample's correction
     mixture: Literal["global", "per_class"] = "per_class"  # clean probabilities from one two-component mixture per current corrected class (classes below mixture_min_class fall back to the global fit), or one over all losses (the authors: global)
     mixture_min_class: int = 20  # per_class: fewest samples of a class for it to get its own mixture
     loss_window: int = 1  # average this many epochs' normalised losses before the mixture fit (the authors use 5 at 80% noise)
@@ -350,8 +351,9 @@ LOWER_BOUNDS: dict[str, tuple[float, bool, str]] = {
     "method.mixture_min_class": (2, False, ""), "method.bank_every": (1, False, ""), "method.k": (1, False, ""),
     "method.temperature": (0, True, ""), "method.mixup_alpha": (0, True, ""),
     "method.correction_start": (1, False, " (epochs count from 1)"), "method.correction_period": (1, False, ""),
-    "method.loss_window": (1, False, ""), "method.gmm_max_iter": (1, False, ""), "method.gmm_tol": (0, True, ""),
-    "method.gmm_reg_covar": (0, True, ""), "distributed.workers": (0, False, " (0: no Ray; N: Ray Train workers)"),
+    "method.loss_window": (1, False, ""), "method.vote_k": (1, False, ""), "method.gmm_max_iter": (1, False, ""),
+    "method.gmm_tol": (0, True, ""), "method.gmm_reg_covar": (0, True, ""),
+    "distributed.workers": (0, False, " (0: no Ray; N: Ray Train workers)"),
     "distributed.cpus_per_worker": (1, False, ""), "distributed.max_failures": (-1, False, " (-1: forever)"),
     "distributed.num_to_keep": (1, False, ""), "epochs": (1, False, ""), "threads": (0, False, ""),
     "checkpoint_every": (1, False, ""), "log_every": (1, False, ""), "test_every": (0, False, ""),

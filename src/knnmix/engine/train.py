@@ -108,8 +108,9 @@ def build_run(
     splits = splits or build_splits(cfg)
     cfg = resolve_config(cfg, splits)
     n = len(splits.train)
-    if cfg.method.k >= n:
-        raise ConfigError(f"method.k={cfg.method.k} is not smaller than the training set ({n} samples)")
+    for key in ("k", "vote_k"):
+        if (value := getattr(cfg.method, key)) >= n:
+            raise ConfigError(f"method.{key}={value} is not smaller than the training set ({n} samples)")
     c, h, _ = splits.train.source.shape
     model_args = {"name": cfg.model.name, "num_classes": splits.num_classes, "in_channels": c, "image_size": h}
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank

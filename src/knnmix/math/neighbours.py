@@ -106,6 +106,15 @@ def neighbours_excluding_self(searcher: NeighbourSearch, bank: Tensor, query_pos
     return torch.gather(idx, 1, order)[:, :k].contiguous()
 
 
+def neighbour_agreement(predicted: Tensor, neighbour_labels: Tensor) -> Tensor:
+    """The share ``(N,)`` of each sample's neighbours whose label is the class predicted for it: ``predicted`` ``(N,)``
+    int, ``neighbour_labels`` ``(N, K)`` int (the labels of each sample's ``K`` neighbours)."""
+    if predicted.dim() != 1 or neighbour_labels.dim() != 2 or neighbour_labels.shape[0] != predicted.shape[0]:
+        raise ValueError(f"predicted must be (N,) and neighbour_labels (N, K), got {tuple(predicted.shape)} and "
+                         f"{tuple(neighbour_labels.shape)}")
+    return (neighbour_labels == predicted[:, None]).float().mean(1)
+
+
 def neighbours_within_batch(features: Tensor, k: int) -> Tensor:
     """Top-``k`` cosine neighbours ``(B, k)`` of each row of a batch's L2-normalised features ``(B, D)``, among the
     batch's other rows (positions in the batch, best first; the authors' MixNN mixes within the mini-batch).

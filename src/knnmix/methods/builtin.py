@@ -138,7 +138,10 @@ class KnnMix(Method):
             return
         bank = ctx.embed_train_set()
         if self.corrects(epoch):
-            phases.correct_targets(ctx.state, bank, c.correction_momentum, gate=c.correction_gate == "clean_prob")
+            vote = None
+            if "neighbours" in c.correction_gate:
+                vote = phases.neighbour_vote(ctx.state, bank, c.vote_k, ctx.neighbour_search(), ctx.dist)
+            phases.correct_targets(ctx.state, bank, c.correction_momentum, c.correction_gate, vote)
         phases.fit_mixture(
             ctx.state, bank, window=c.loss_window, per_class=c.mixture == "per_class", min_class=c.mixture_min_class,
             max_iter=c.gmm_max_iter, tol=c.gmm_tol, reg_covar=c.gmm_reg_covar, seed=ctx.seed + epoch, dist=ctx.dist,

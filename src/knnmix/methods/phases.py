@@ -16,7 +16,8 @@ from torch import Tensor
 from knnmix.methods import dist as D
 from knnmix.methods.state import SampleState
 from knnmix.math import NeighbourSearch, fit_clean_probability, fit_clean_probability_per_class
-from knnmix.math import neighbours_excluding_self, normalise_losses, update_soft_targets, window_mean
+from knnmix.math import neighbour_agreement, neighbours_excluding_self, normalise_losses, update_soft_targets
+from knnmix.math import window_mean
 
 
 @dataclass
@@ -48,11 +49,32 @@ def gather_bank(index: Tensor, features: Tensor, log_probs: Tensor, dist: D.Dist
     )
 
 
-def correct_targets(state: SampleState, bank: Bank, momentum: float, gate: bool = False) -> None:
-    """Soft-target correction ``t_i <- m t_i + (1 - m) softmax(f(x_i))`` for every sample in the bank; with ``gate``
-    each step is scaled by ``1 - clean_prob_i`` (the last mixture fit's), so a sample held clean keeps its label."""
-    keep = state.clean_prob[bank.index] if gate else None
+def correct_targets(state: SampleState, bank: Bank, momentum: float, gate: str = "none",
+                    vote: Tensor | None = None) -> None:
+    """Soft-target correction ``t_i <- m t_i + (1 - m) softmax(f(x_i))`` for every sample in the bank. ``gate`` scales
+    each step: ``clean_prob`` by ``1 - clean_prob_i`` (the last mixture fit's: a sample held clean keeps its label),
+    ``neighbours`` by ``vote`` ``(M,)`` (:func:`neighbour_vote`: the share of its neighbours that agree with the
+    prediction), ``clean_prob+neighbours`` by both; ``none`` leaves every step whole."""
+    clean = state.clean_prob[bank.index]
+    keep = clean if gate == "clean_prob" else None
+    if "neighbours" in gate:
+        if vote is None:
+            raise ValueError(f"correction gate {gate!r} needs the neighbour vote")
+        keep = 1.0 - vote if gate == "neighbours" else 1.0 - (1.0 - clean) * vote
     state.targets[bank.index] = update_soft_targets(state.targets[bank.index], bank.log_probs.exp(), momentum, keep)
+
+
+def neighbour_vote(state: SampleState, bank: Bank, k: int, searcher: NeighbourSearch, dist: D.Dist) -> Tensor:
+    """``(M,)`` for the bank's samples: the share of each one's ``k`` cosine neighbours in the bank (self excluded)
+    whose current label (``argmax t``) is the class the network predicts for it. Searched as
+    :func:`search_neighbours` does (each rank its shard, gathered), so every rank holds the same vote."""
+    searcher.build(bank.features)
+    positions = D.shard(torch.arange(len(bank)), dist)
+    found = torch.empty(len(bank), k, dtype=torch.long)
+    found[D.all_gather_rows(positions, dist)] = D.all_gather_rows(
+        neighbours_excluding_self(searcher, bank.features, positions, k), dist)
+    labels = state.corrected_labels()[bank.index]
+    return neighbour_agreement(bank.log_probs.argmax(1), labels[found])
 
 
 def fit_mixture(
