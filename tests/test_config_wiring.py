@@ -251,7 +251,7 @@ def test_k_and_search_backend(tmp_path, monkeypatch):
     asked = []
     for backend in ("faiss", "torch"):
         eng = engine(tmp_path, **{"method.k": 7, "method.search": backend, "method.warmup_epochs": 0,
-                                  "method.correction_start": 1})
+                                  "method.correction_start": 1, "method.vote_k": 5})
         searcher = eng.neighbour_search()
         assert type(searcher).__name__ == {"faiss": "FaissSearch", "torch": "TorchSearch"}[backend]
         real = searcher.search
@@ -259,7 +259,7 @@ def test_k_and_search_backend(tmp_path, monkeypatch):
         monkeypatch.setattr(eng, "neighbour_search", lambda s=searcher: s)
         eng.method.prepare_epoch(1, eng)
         assert eng.state.neighbours.shape[1] == 7
-    assert asked == [8, 8]  # K neighbours + the query itself, which is dropped
+    assert asked == [6, 8, 6, 8]  # the correction gate's vote_k, then K neighbours (each + the query, dropped)
 
 
 @probe("method.temperature")
