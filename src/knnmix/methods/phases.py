@@ -65,16 +65,10 @@ def correct_targets(state: SampleState, bank: Bank, momentum: float, gate: str =
 
 
 def neighbour_vote(state: SampleState, bank: Bank, k: int, searcher: NeighbourSearch, dist: D.Dist) -> Tensor:
-    """``(M,)`` for the bank's samples: the share of each one's ``k`` cosine neighbours in the bank (self excluded)
-    whose current label (``argmax t``) is the class the network predicts for it. Searched as
-    :func:`search_neighbours` does (each rank its shard, gathered), so every rank holds the same vote."""
-    searcher.build(bank.features)
-    positions = D.shard(torch.arange(len(bank)), dist)
-    found = torch.empty(len(bank), k, dtype=torch.long)
-    found[D.all_gather_rows(positions, dist)] = D.all_gather_rows(
-        neighbours_excluding_self(searcher, bank.features, positions, k), dist)
+    """``(M,)`` for the bank's samples: the share of each one's ``k`` cosine neighbours in the bank (self excluded,
+    :func:`bank_neighbours`) whose current label (``argmax t``) is the class the network predicts for it."""
     labels = state.corrected_labels()[bank.index]
-    return neighbour_agreement(bank.log_probs.argmax(1), labels[found])
+    return neighbour_agreement(bank.log_probs.argmax(1), labels[bank_neighbours(bank, k, searcher, dist)])
 
 
 def fit_mixture(
@@ -107,15 +101,20 @@ def fit_mixture(
     state.clean_prob[fitted] = clean[fitted]
 
 
-def search_neighbours(state: SampleState, bank: Bank, k: int, searcher: NeighbourSearch, dist: D.Dist) -> None:
-    """Top-``k`` cosine neighbours (dataset indices, self excluded) of every bank sample, over the whole bank.
+def bank_neighbours(bank: Bank, k: int, searcher: NeighbourSearch, dist: D.Dist) -> Tensor:
+    """Top-``k`` cosine neighbours ``(M, k)`` (bank positions, self excluded) of every bank sample, over the whole bank.
 
     Each rank searches the queries of its own strided shard of the bank; the rows are gathered so that every rank
-    ends with the full neighbour table.
+    ends with the full table.
     """
     searcher.build(bank.features)
     positions = D.shard(torch.arange(len(bank)), dist)
-    found = neighbours_excluding_self(searcher, bank.features, positions, k)
-    all_pos = D.all_gather_rows(positions, dist)
-    all_found = D.all_gather_rows(found, dist)
-    state.neighbours[bank.index[all_pos]] = bank.index[all_found]
+    found = torch.empty(len(bank), k, dtype=torch.long)
+    found[D.all_gather_rows(positions, dist)] = D.all_gather_rows(
+        neighbours_excluding_self(searcher, bank.features, positions, k), dist)
+    return found
+
+
+def search_neighbours(state: SampleState, bank: Bank, k: int, searcher: NeighbourSearch, dist: D.Dist) -> None:
+    """The neighbour table: top-``k`` cosine neighbours (dataset indices, self excluded) of every bank sample."""
+    state.neighbours[bank.index] = bank.index[bank_neighbours(bank, k, searcher, dist)]
