@@ -97,7 +97,7 @@ def epoch_overhead(dataset: str, train_subset: int | None, epochs: int, threads:
             timer = timers.get(name)
             if timer is not None:
                 timer.wrap(run, "embed_train_set", "embed")
-                for fn, label in (("fit_mixture", "mixture"), ("search_neighbours", "search")):
+                for fn, label in (("fit_mixture", "mixture"), ("bank_neighbours", "search")):
                     timer.wrap(phases, fn, label)
                 before = dict(timer.totals)
             try:

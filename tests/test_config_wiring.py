@@ -251,7 +251,7 @@ def test_k_and_search_backend(tmp_path, monkeypatch):
     asked = []
     for backend in ("faiss", "torch"):
         eng = engine(tmp_path, **{"method.k": 7, "method.search": backend, "method.warmup_epochs": 0,
-                                  "method.correction_start": 1, "method.vote_k": 5})
+                                  "method.correction_start": 1, "method.vote_k": 9})
         searcher = eng.neighbour_search()
         assert type(searcher).__name__ == {"faiss": "FaissSearch", "torch": "TorchSearch"}[backend]
         real = searcher.search
@@ -259,7 +259,7 @@ def test_k_and_search_backend(tmp_path, monkeypatch):
         monkeypatch.setattr(eng, "neighbour_search", lambda s=searcher: s)
         eng.method.prepare_epoch(1, eng)
         assert eng.state.neighbours.shape[1] == 7
-    assert asked == [6, 8, 6, 8]  # the correction gate's vote_k, then K neighbours (each + the query, dropped)
+    assert asked == [10, 10]  # one search for the gate's vote_k and the K neighbours (max + the query, dropped)
 
 
 @probe("method.temperature")
@@ -313,8 +313,8 @@ def test_correction_gate(tmp_path, monkeypatch, gate):
     eng.state.clean_prob[:100] = 1.0  # held clean
     votes = []
 
-    def vote(state, bank, k, searcher, dist):  # no neighbour agrees with samples 100-199
-        votes.append(k)
+    def vote(state, bank, found):  # no neighbour agrees with samples 100-199
+        votes.append(found.shape[1])
         return torch.where((bank.index >= 100) & (bank.index < 200), 0.0, 1.0)
 
     monkeypatch.setattr(phases, "neighbour_vote", vote)
@@ -329,7 +329,7 @@ def test_vote_k(tmp_path, monkeypatch):
     """The neighbour gate's vote uses method.vote_k real neighbours from the bank."""
     seen = []
     real = phases.neighbour_vote
-    monkeypatch.setattr(phases, "neighbour_vote", lambda s, b, k, *rest: (seen.append(k), real(s, b, k, *rest))[1])
+    monkeypatch.setattr(phases, "neighbour_vote", lambda s, b, found: (seen.append(found.shape[1]), real(s, b, found))[1])
     eng = engine(tmp_path, **{"method.correction_gate": "neighbours", "method.vote_k": 7, "method.warmup_epochs": 1,
                               "method.correction_start": 2, "method.correction_period": 1})
     epochs(eng, 2)

@@ -36,10 +36,11 @@ def run_phases(labels, index, feats, log_probs, dist: D.Dist, backend: str):
     searcher = FaissSearch(threads=1) if backend == "faiss" else TorchSearch()
     for epoch in (1, 2):  # two epochs: the second sees corrected targets and a loss window of 2
         bank = phases.gather_bank(index, feats, log_probs, dist)
-        vote = phases.neighbour_vote(state, bank, 3, searcher, dist)  # the neighbour gate's vote, sharded too
+        found = phases.bank_neighbours(bank, max(3, K), searcher, dist)  # sharded search, gathered
+        vote = phases.neighbour_vote(state, bank, found[:, :3])  # the neighbour gate's vote
         phases.correct_targets(state, bank, 0.7, "clean_prob+neighbours", vote)
         phases.fit_mixture(state, bank, window=2, max_iter=10, tol=1e-2, reg_covar=5e-4, seed=epoch, dist=dist)
-        phases.search_neighbours(state, bank, K, searcher, dist)
+        state.neighbours[bank.index] = bank.index[found[:, :K]]
     return state
 
 

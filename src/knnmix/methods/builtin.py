@@ -137,17 +137,20 @@ class KnnMix(Method):
         if not self.needs_bank(epoch):
             return
         bank = ctx.embed_train_set()
+        voting = self.corrects(epoch) and c.correction_gate in phases.VOTING_GATES
+        mixing = self.phase == "knn" and c.neighbours == "bank"
+        if voting or mixing:  # one search of the bank serves the vote and the neighbour table
+            k = max(c.vote_k if voting else 0, c.k if mixing else 0)
+            found = phases.bank_neighbours(bank, k, ctx.neighbour_search(), ctx.dist)
         if self.corrects(epoch):
-            vote = None
-            if "neighbours" in c.correction_gate:
-                vote = phases.neighbour_vote(ctx.state, bank, c.vote_k, ctx.neighbour_search(), ctx.dist)
+            vote = phases.neighbour_vote(ctx.state, bank, found[:, :c.vote_k]) if voting else None
             phases.correct_targets(ctx.state, bank, c.correction_momentum, c.correction_gate, vote)
         phases.fit_mixture(
             ctx.state, bank, window=c.loss_window, per_class=c.mixture == "per_class", min_class=c.mixture_min_class,
             max_iter=c.gmm_max_iter, tol=c.gmm_tol, reg_covar=c.gmm_reg_covar, seed=ctx.seed + epoch, dist=ctx.dist,
         )
-        if self.phase == "knn" and c.neighbours == "bank":
-            phases.search_neighbours(ctx.state, bank, c.k, ctx.neighbour_search(), ctx.dist)
+        if mixing:
+            ctx.state.neighbours[bank.index] = bank.index[found[:, :c.k]]
         elif self.phase == "knn":
             if self._features is None:
                 self._features = torch.zeros(ctx.state.num_samples, bank.features.shape[1])

@@ -20,6 +20,9 @@ from knnmix.math import neighbour_agreement, neighbours_excluding_self, normalis
 from knnmix.math import window_mean
 
 
+VOTING_GATES = ("neighbours", "clean_prob+neighbours")  # the correction gates that need the neighbour vote
+
+
 @dataclass
 class Bank:
     """One no-augmentation pass over the (active) training set, gathered from all ranks, sorted by index.
@@ -57,18 +60,18 @@ def correct_targets(state: SampleState, bank: Bank, momentum: float, gate: str =
     prediction), ``clean_prob+neighbours`` by both; ``none`` leaves every step whole."""
     clean = state.clean_prob[bank.index]
     keep = clean if gate == "clean_prob" else None
-    if "neighbours" in gate:
+    if gate in VOTING_GATES:
         if vote is None:
             raise ValueError(f"correction gate {gate!r} needs the neighbour vote")
         keep = 1.0 - vote if gate == "neighbours" else 1.0 - (1.0 - clean) * vote
     state.targets[bank.index] = update_soft_targets(state.targets[bank.index], bank.log_probs.exp(), momentum, keep)
 
 
-def neighbour_vote(state: SampleState, bank: Bank, k: int, searcher: NeighbourSearch, dist: D.Dist) -> Tensor:
-    """``(M,)`` for the bank's samples: the share of each one's ``k`` cosine neighbours in the bank (self excluded,
+def neighbour_vote(state: SampleState, bank: Bank, found: Tensor) -> Tensor:
+    """``(M,)`` for the bank's samples: the share of each one's neighbours ``found`` ``(M, k)`` (bank positions, from
     :func:`bank_neighbours`) whose current label (``argmax t``) is the class the network predicts for it."""
     labels = state.corrected_labels()[bank.index]
-    return neighbour_agreement(bank.log_probs.argmax(1), labels[bank_neighbours(bank, k, searcher, dist)])
+    return neighbour_agreement(bank.log_probs.argmax(1), labels[found])
 
 
 def fit_mixture(
@@ -113,8 +116,3 @@ def bank_neighbours(bank: Bank, k: int, searcher: NeighbourSearch, dist: D.Dist)
     found[D.all_gather_rows(positions, dist)] = D.all_gather_rows(
         neighbours_excluding_self(searcher, bank.features, positions, k), dist)
     return found
-
-
-def search_neighbours(state: SampleState, bank: Bank, k: int, searcher: NeighbourSearch, dist: D.Dist) -> None:
-    """The neighbour table: top-``k`` cosine neighbours (dataset indices, self excluded) of every bank sample."""
-    state.neighbours[bank.index] = bank.index[bank_neighbours(bank, k, searcher, dist)]
