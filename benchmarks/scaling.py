@@ -1,8 +1,9 @@
 """What the method costs, measured side by side in one run.
 
 1. Epoch time of the neighbour-mixing phase versus plain cross-entropy, same network, data and batch size, the
-   epochs of the two interleaved so that both see the same machine load. The mixing epoch is split into its phases:
-   the no-augmentation embedding pass, the mixture fit, the neighbour search, and the training pass.
+   epochs of all interleaved so that all see the same machine load: with the bank refreshed every 1 and 2 epochs,
+   and with a correction every epoch. The mixing epoch is split into its phases: the no-augmentation embedding pass,
+   the mixture fit, the neighbour search, the correction, and the training pass.
 2. How long gathering the feature bank across two torch.distributed (gloo) processes and the exact neighbour search
    take as the bank grows (10k, 100k, 1M synthetic features), and what an IVF index buys at 1M.
 
@@ -71,8 +72,8 @@ class PhaseTimer:
 
 def epoch_overhead(dataset: str, train_subset: int | None, epochs: int, threads: int,
                    bank_every: tuple[int, ...] = (1, 2)) -> dict:
-    """Median epoch time of knnmix's mixing phase against ce's, the epochs of ce and of knnmix with each
-    ``method.bank_every`` interleaved so that all see the same machine load."""
+    """Median epoch time of knnmix's mixing phase against ce's, the epochs of ce, of knnmix with each
+    ``method.bank_every`` and of knnmix correcting every epoch interleaved so that all see the same machine load."""
     base = {
         "data.name": dataset,
         "data.train_subset": train_subset,
@@ -83,12 +84,17 @@ def epoch_overhead(dataset: str, train_subset: int | None, epochs: int, threads:
         "out": tempfile.mkdtemp(),
         "optim.batch_size": 128,
     }
+    variants = {f"knnmix_bank_every_{every}": {"method.bank_every": every, "method.correction_period": epochs + 10}
+                for every in bank_every}  # no correction after epoch 1 (untimed)
+    # a correction every epoch (the quick tier's schedule): a bank every epoch, searched once for the default gate's
+    # neighbour vote (method.vote_k) and the K mixing partners
+    variants["knnmix_correcting_every_epoch"] = {"method.correction_period": 1}
     runs = {"ce": E.build_run(C.replace(C.from_dict({}), **base, **{"method.name": "ce"}))}
-    for every in bank_every:
-        runs[f"knnmix_bank_every_{every}"] = E.build_run(C.replace(
+    for name, overrides in variants.items():
+        runs[name] = E.build_run(C.replace(
             C.from_dict({}), **base,
-            **{"method.name": "knnmix", "method.warmup_epochs": 0, "method.correction_start": 1,
-               "method.correction_period": epochs + 10, "method.k": 1, "method.bank_every": every},
+            **{"method.name": "knnmix", "method.warmup_epochs": 0, "method.correction_start": 1, "method.k": 1},
+            **overrides,
         ))
     timers = {name: PhaseTimer() for name in runs if name != "ce"}
     times: dict[str, list[float]] = {name: [] for name in runs}
@@ -97,7 +103,8 @@ def epoch_overhead(dataset: str, train_subset: int | None, epochs: int, threads:
             timer = timers.get(name)
             if timer is not None:
                 timer.wrap(run, "embed_train_set", "embed")
-                for fn, label in (("fit_mixture", "mixture"), ("bank_neighbours", "search")):
+                for fn, label in (("fit_mixture", "mixture"), ("bank_neighbours", "search"),
+                                  ("correct_targets", "correction")):
                     timer.wrap(phases, fn, label)
                 before = dict(timer.totals)
             try:
@@ -228,12 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     over = epoch_overhead(args.dataset, args.train_subset, args.epochs, args.threads)
     print(f"\n## Epoch time, {over['dataset']} ({over['train_size']} training images), small_cnn, batch 128, "
           f"{over['epochs_timed']} interleaved epochs each (ce: median; knnmix: mean)\n")
-    print("| method | epoch (s) | / ce | per epoch: embed, mixture fit, search (s) |\n|---|---|---|---|")
+    print("| method | epoch (s) | / ce | per epoch: embed, mixture fit, search, correction (s) |\n|---|---|---|---|")
     print(f"| ce | {over['ce_epoch_s']:.2f} | 1.00 | |")
     for name, r in over["knnmix"].items():
         ph = r["phase_s"]
         print(f"| {name.replace('_', ' ')} (mixing phase, K=1) | {r['epoch_s']:.2f} | **{r['ratio']:.2f}x** | "
-              f"{ph.get('embed', 0):.2f}, {ph.get('mixture', 0):.2f}, {ph.get('search', 0):.2f} |")
+              + ", ".join(f"{ph.get(k, 0):.2f}" for k in ("embed", "mixture", "search", "correction")) + " |")
 
     rows = []
     if args.sizes:

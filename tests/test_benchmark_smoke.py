@@ -70,9 +70,12 @@ def test_scaling_benchmark_runs_and_writes_its_result(tmp_path, capsys, monkeypa
                          "--threads", "1", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     over = result["epoch_overhead"]
-    assert over["ce_epoch_s"] > 0 and set(over["knnmix"]) == {"knnmix_bank_every_1", "knnmix_bank_every_2"}
+    assert over["ce_epoch_s"] > 0 and set(over["knnmix"]) == {"knnmix_bank_every_1", "knnmix_bank_every_2",
+                                                                "knnmix_correcting_every_epoch"}
     assert all(r["epoch_s"] > 0 and r["ratio"] > 0 for r in over["knnmix"].values())
     assert over["knnmix"]["knnmix_bank_every_1"]["phase_s"]["embed"] > 0  # every epoch embeds the training set
+    assert "correction" not in over["knnmix"]["knnmix_bank_every_1"]["phase_s"]  # corrects in epoch 1 only (untimed)
+    assert over["knnmix"]["knnmix_correcting_every_epoch"]["phase_s"]["correction"] > 0
     small, big = result["bank"]
     assert small["n"] == 3000 and small["gather_s"] > 0
     assert small["queries_timed"] == 1000 and small["flat_search_extrapolated"]  # 1,000 of 3,000 queries timed
