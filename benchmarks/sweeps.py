@@ -11,8 +11,11 @@
    draws elsewhere, and the comparison would measure two different searches). Compared by wall clock and at an equal
    best noisy-validation accuracy: the wall clock each spent until a trial first reached the lower of the two best
    values, and whether ASHA kept the configuration that ended best without early stopping.
+   The same comparison on the quick-tuned tier's mixup space (``bench-quick-mixup``: mixup alpha and lr, knobs that
+   act from the first epoch, unlike knnmix's, which act only after its warm-up), 24 trials of 25 epochs.
 
-    python benchmarks/sweeps.py                 # about 27 minutes on 2 cores; writes benchmarks/results/sweeps-<date>.json
+    python benchmarks/sweeps.py                 # about 50 minutes on 2 cores; writes benchmarks/results/sweeps-<date>.json
+    python benchmarks/sweeps.py --asha mixup    # the smoke sweep and the mixup space's comparison only
     python benchmarks/sweeps.py --quick         # a smoke version (CI): the smoke sweep only, 1 trial per setting
 """
 
@@ -35,10 +38,15 @@ from knnmix.tracking import Store
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 # ASHA with Ray Tune's own defaults (grace period 1 epoch, reduction factor 4): rungs at epochs 1, 4 and 16.
-FASHION = ["sweep.noise=[symmetric:0.5]", "sweep.trials=24", "sweep.startup_trials=24", "sweep.start_with=[]",
-           "distributed.workers=0", "distributed.cpus_per_worker=1", "data.train_subset=4000",
-           "data.val_fraction=0.2", "data.augment=false", "sweep.params.method.correction_start.high=15",
-           "epochs=20", "sweep.asha.grace_period=1", "sweep.asha.reduction_factor=4", "log_every=100"]
+RANDOM_24 = ["sweep.noise=[symmetric:0.5]", "sweep.trials=24", "sweep.startup_trials=24", "sweep.start_with=[]",
+             "distributed.workers=0", "distributed.cpus_per_worker=1", "data.train_subset=4000",
+             "data.val_fraction=0.2", "data.augment=false", "sweep.asha.grace_period=1",
+             "sweep.asha.reduction_factor=4", "log_every=100"]
+FASHION = RANDOM_24 + ["sweep.params.method.correction_start.high=15", "epochs=20"]
+# The quick-tuned tier's mixup space (alpha and lr, which act from the first epoch) on the quick tier's data
+MIXUP = RANDOM_24 + ["data.name=fashion-mnist", "model.name=small_cnn", "optim.batch_size=128", "epochs=25",
+                     "test_every=0"]
+ARMS = {"knnmix": ("fashion-mnist", FASHION, 20), "mixup": ("bench-quick-mixup", MIXUP, 25)}
 
 
 def timed_sweep(space: SP.SearchSpace, out: Path) -> dict:
@@ -73,14 +81,15 @@ def smoke(out: Path, quick: bool) -> dict:
                                                             for t in run["trials"]]}
 
 
-def asha_vs_full(out: Path) -> dict:
+def asha_vs_full(out: Path, arm: str = "knnmix") -> dict:
+    name, overrides, epochs = ARMS[arm]
     runs = {}
-    for label, extra in (("asha", []), ("no_early_stopping", ["sweep.asha.grace_period=20"])):
-        space = SP.load_space("fashion-mnist", FASHION + extra)
-        runs[label] = timed_sweep(space, out / label)
+    for label, extra in (("asha", []), ("no_early_stopping", [f"sweep.asha.grace_period={epochs}"])):
+        space = SP.load_space(name, overrides + extra)
+        runs[label] = timed_sweep(space, out / arm / label)
     best = {k: max(t["best_val_acc"] for t in v["trials"] if t["best_val_acc"] is not None) for k, v in runs.items()}
     target = min(best.values())
-    result = {"space": "fashion-mnist", "overrides": FASHION, "target_val_acc": target}
+    result = {"space": name, "overrides": overrides, "target_val_acc": target}
     for label, run in runs.items():
         # the moment (seconds after the sweep started) a trial first reported an epoch at or above the target
         reached = [t["first_result_after_s"] + sum(r["train_time_s"] + r["eval_time_s"] for r in t["records"][:i + 1])
@@ -107,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="the smoke sweep only, one trial per setting")
     p.add_argument("--out", help="result JSON (default benchmarks/results/sweeps-<date>.json)")
+    p.add_argument("--asha", nargs="*", choices=sorted(ARMS), default=sorted(ARMS),
+                   help="the spaces of the ASHA comparison (default: both)")
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="knnmix-sweeps-"))
     try:
@@ -115,9 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         s = result["smoke"]
         print(f"smoke sweep: {s['trials']} trials in {s['wall_s']:.0f} s wall clock (target <= 90 s); per-trial "
               f"overhead {s['overhead_s_mean']:.2f} s mean, {s['overhead_s_max']:.2f} s max (target <= 2 s)", flush=True)
-        if not args.quick:
-            r = result["asha_vs_full"] = asha_vs_full(work)
-            print(f"ASHA vs no early stopping (Fashion-MNIST, symmetric 0.5, 24 trials of 20 epochs): wall "
+        for arm in [] if args.quick else args.asha:
+            r = result["asha_vs_full" if arm == "knnmix" else f"asha_vs_full_{arm}"] = asha_vs_full(work, arm)
+            print(f"ASHA vs no early stopping ({r['space']}, Fashion-MNIST, symmetric 0.5, 24 trials of "
+                  f"{ARMS[arm][2]} epochs): wall "
                   f"{r['asha']['wall_s']:.0f} s vs {r['no_early_stopping']['wall_s']:.0f} s ({r['wall_ratio']:.2f}x); "
                   f"to the equal best val {r['target_val_acc']:.2f}%: {r['asha']['seconds_to_target']:.0f} s vs "
                   f"{r['no_early_stopping']['seconds_to_target']:.0f} s ({r['to_target_ratio']:.2f}x, target <= 0.33); "
