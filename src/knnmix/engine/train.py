@@ -45,6 +45,8 @@ Echo = Callable[[str], None] | None
 # Config keys that may differ between a checkpoint and the run that resumes it (paths, resources, length).
 RESUMABLE_CHANGES = ("epochs", "out", "log_every", "checkpoint_every", "threads", "device", "distributed.",
                      "data.num_workers", "data.root", "data.download", "noise.cifar_n_dir", "model.pretrained")
+# The parts of a run that checkpoint themselves (state_dict / load_state_dict), each under its own key.
+STATEFUL = ("model", "optimizer", "scheduler", "state")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -449,10 +451,7 @@ def checkpoint(run: Run) -> dict[str, Any]:
         "config": C.to_dict(run.cfg),
         "epoch": run.epoch,
         "model_args": dict(run.model_args),
-        "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(),
-        "state": run.state.state_dict(),
+        **{part: getattr(run, part).state_dict() for part in STATEFUL},
         "history": list(run.history),
         "best": dict(run.best),
         "rng": rng_state(),
@@ -469,10 +468,8 @@ def restore(run: Run, ckpt: dict[str, Any]) -> None:
                           "change")
     if ckpt["epoch"] > run.cfg.epochs:
         raise ConfigError(f"epochs={run.cfg.epochs} is fewer than the {ckpt['epoch']} epochs already trained")
-    run.model.load_state_dict(ckpt["model"])
-    run.optimizer.load_state_dict(ckpt["optimizer"])
-    run.scheduler.load_state_dict(ckpt["scheduler"])
-    run.state.load_state_dict(ckpt["state"])
+    for part in STATEFUL:
+        getattr(run, part).load_state_dict(ckpt[part])
     run.epoch = int(ckpt["epoch"])
     run.history = list(ckpt["history"])
     run.best = dict(ckpt["best"])
