@@ -72,7 +72,6 @@ def load_webvision(root: str | None, download: bool, *, image_size: int | None =
             raise DataError(
                 f"{NAME}: the ImageNet test set {imagenet_dir} needs {synsets_file} to map classes to synsets"
             )
-        # every kept class needs a folder <synset>/ with at least one image
         require_dir(imagenet_dir, NAME, "ImageNet validation folder")
         keys, labels, missing = find_images(imagenet_dir, {synset: c for c, synset in enumerate(synsets[:k])})
         refuse(missing, f"{NAME}: the ImageNet validation folder {imagenet_dir} has no images for {len(missing)} of "
