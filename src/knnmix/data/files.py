@@ -195,15 +195,14 @@ class ImageTransform:
 
     ``s >= 64``: the shorter side goes to ``round(s * 256 / 224)``, then a centre crop (eval) or a random crop and
     flip (train). ``s < 64``: resize to ``s`` and centre crop; training then pads, crops and flips the decoded batch
-    (:attr:`augment`, :class:`TensorSource`'s augmentation, so preloaded and decoded images agree).
+    (:meth:`augment_batch`, :class:`TensorSource`'s augmentation, so preloaded and decoded images agree).
     """
 
     def __init__(self, image_size: int) -> None:
         s = self.image_size = image_size
         self.small = s < SMALL_IMAGE_SIDE
         self.resize_to = s if self.small else round(s * 256 / 224)
-        # the batch augmentation of decoded images: padded crop and flip for small sides, none (identity) otherwise
-        self.augment = Augment(crop_padding=s // 8, hflip=True) if self.small else Augment()
+        self.augment = Augment(crop_padding=s // 8, hflip=True)  # the small-image batch augmentation
         self.random_crop_flip = v2.Compose([v2.RandomCrop(s), v2.RandomHorizontalFlip()])
 
     def __call__(self, x: Tensor, *, train: bool = False) -> Tensor:
@@ -219,6 +218,10 @@ class ImageTransform:
         except Exception as e:  # noqa: BLE001 -- PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
             raise DataError(f"cannot decode image {path}: {failure_reason(e, path)}") from None
         return self(x, train=train)
+
+    def augment_batch(self, x: Tensor) -> Tensor:
+        """Train-time augmentation of decoded ``uint8 (B, 3, s, s)`` for ``s < 64`` (identity for larger sides)."""
+        return self.augment(x) if self.small else x
 
 
 class _Files:
@@ -256,7 +259,7 @@ class FileSource(_Files, ImageSource):
         out = torch.empty((rows.numel(), *self.shape), dtype=torch.uint8)
         for j, r in enumerate(rows.reshape(-1).tolist()):
             out[j] = self.transform.decode(self.path(r), train=augment)
-        return self.transform.augment(out) if augment else out
+        return self.transform.augment_batch(out) if augment else out
 
     def load(self, rows: Tensor, *, augment: bool) -> Tensor:
         return self.normalise(self.load_uint8(rows, augment=augment))
