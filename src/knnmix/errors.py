@@ -8,10 +8,7 @@ Every problem a user can cause (a bad config value, a missing data root, an unkn
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Sequence
-
-#: How many offenders an error or warning names.
-MAX_LISTED = 5
+from collections.abc import Iterable
 
 
 class KnnmixError(ValueError):
@@ -42,12 +39,6 @@ def did_you_mean(name: object, choices: Iterable[str]) -> str:
     """``" (did you mean 'x'?)"`` for the choice closest to a misspelt ``name``, else ``""``."""
     close = difflib.get_close_matches(name, list(choices), n=1) if isinstance(name, str) else []
     return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def listing(items: Sequence[str], limit: int = MAX_LISTED) -> str:
-    """``"a, b, c, d, e (and 7 more)"``: the first ``limit`` of ``items``."""
-    shown = ", ".join(items[:limit])
-    return shown + (f" (and {len(items) - limit} more)" if len(items) > limit else "")
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:

@@ -18,8 +18,8 @@ from PIL import Image
 
 from knnmix.data.base import DATASETS, DatasetBundle
 from knnmix.data.files import IMAGE_EXTENSIONS, OnBadImage, as_int, build_sources, check_options, data_root
-from knnmix.data.files import find_images, read_names, refuse, require_all_classes, require_dir
-from knnmix.errors import DataError, KnnmixWarning, listing, one_line
+from knnmix.data.files import find_images, listing, read_names, refuse, require_all_classes, require_dir
+from knnmix.errors import DataError, KnnmixWarning, one_line
 
 NAME = "imagefolder"
 #: The class list beside a labels CSV.
