@@ -141,22 +141,17 @@ def log_files(client: Any, run_id: str, folder: Path, names: Iterable[str], arti
             client.log_artifact(run_id, str(folder / name), artifact_path)
 
 
-def numeric_metrics(record: dict[str, Any]) -> dict[str, float]:
-    """The engine's numbers in a metrics.jsonl record (not ``epoch``; ``None`` and non-finite values left out)."""
-    return {k: float(v) for k, v in record.items() if k != "epoch" and not isinstance(v, bool)
-            and isinstance(v, (int, float)) and math.isfinite(float(v))}
-
-
 def log_epochs(client: Any, run_id: str, records: Iterable[dict[str, Any]]) -> list[int]:
-    """Log per-epoch metrics with ``step = epoch``; returns the epochs logged. A run's totals are one record of
-    epoch 0 (one value per metric; ``None`` values are not logged)."""
+    """Log the numbers of metrics.jsonl records with ``step = epoch``; returns the epochs logged. A run's totals are
+    one record of epoch 0 (one value per metric). ``None``, non-finite and non-numeric values are not logged."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
     metrics, epochs = [], []
     for r in records:
         epochs.append(int(r["epoch"]))
-        metrics.extend(Metric(k, v, now, int(r["epoch"])) for k, v in numeric_metrics(r).items())
+        metrics.extend(Metric(k, float(v), now, epochs[-1]) for k, v in r.items() if k != "epoch"
+                       and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
     client.log_batch(run_id, metrics=metrics)
     return epochs
 

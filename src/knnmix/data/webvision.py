@@ -27,18 +27,6 @@ VAL_DIR = "val_images_256"
 IMAGENET_VAL_DIR = "imagenet_val"
 
 
-def imagenet_split(directory: str, synsets: list[str]) -> tuple[list[str], np.ndarray]:
-    """ImageNet validation images of classes ``0 .. len(synsets)-1`` from ``directory/<synset>/``: ``(keys, labels)``.
-
-    Every class needs a folder with at least one image, else a :class:`DataError` lists the first missing synsets.
-    """
-    require_dir(directory, NAME, "ImageNet validation folder")
-    keys, labels, missing = find_images(directory, {synset: c for c, synset in enumerate(synsets)})
-    refuse(missing, f"{NAME}: the ImageNet validation folder {directory} has no images for {len(missing)} of the "
-                    f"{len(synsets)} classes (expected {directory}/<synset>/*.JPEG)")
-    return keys, labels
-
-
 @DATASETS.register("webvision")
 def load_webvision(root: str | None, download: bool, *, image_size: int | None = None, test_root: str | None = None,
                    on_bad_image: OnBadImage = "fail", first_classes: int | None = None) -> DatasetBundle:
@@ -84,7 +72,11 @@ def load_webvision(root: str | None, download: bool, *, image_size: int | None =
             raise DataError(
                 f"{NAME}: the ImageNet test set {imagenet_dir} needs {synsets_file} to map classes to synsets"
             )
-        splits["imagenet"] = (imagenet_dir, *imagenet_split(imagenet_dir, synsets[:k]))
+        require_dir(imagenet_dir, NAME, "ImageNet validation folder")
+        keys, labels, missing = find_images(imagenet_dir, {synset: c for c, synset in enumerate(synsets[:k])})
+        refuse(missing, f"{NAME}: the ImageNet validation folder {imagenet_dir} has no images for {len(missing)} of "
+                        f"the {k} classes (expected {imagenet_dir}/<synset>/*.JPEG)")
+        splits["imagenet"] = (imagenet_dir, keys, labels)
 
     sources = build_sources(NAME, classes, splits, image_size=image_size, on_bad_image=on_bad_image)
     return DatasetBundle(

@@ -133,15 +133,13 @@ def safe_load(path: str | Path) -> Any:
         raise CheckpointError(f"{str(p)!r} does not exist")
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "weights only" in str(exc).lower() or "weights_only" in str(exc).lower():
-            first = str(exc).split("\n")[0][:200]
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, IndexError,
+            KeyError) as exc:
+        if isinstance(exc, pickle.UnpicklingError) and "weights only" in str(exc).lower().replace("_", " "):
             raise CheckpointError(
                 f"{str(p)!r} holds objects other than tensors and plain data; it is not loaded, since loading "
-                f"it could run code ({first})"
+                f"it could run code ({one_line(exc, 200)})"
             ) from None
-        raise CheckpointError(f"{str(p)!r} is unreadable (corrupt or not a torch file): {one_line(exc, 200)}") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, IndexError, KeyError) as exc:
         raise CheckpointError(f"{str(p)!r} is unreadable (truncated, corrupt or not a torch file): {one_line(exc, 200)}") from None
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from knnmix.errors import KnnmixError
+from knnmix.errors import KnnmixError, one_line
 
 #: Keys under which checkpoints commonly nest their state dict, tried in order.
 CHECKPOINT_KEYS = ("state_dict", "model")
@@ -38,8 +38,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     try:
         obj = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's error
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise KnnmixError(f"cannot read pretrained weights {str(path)!r}: {reason}") from None
+        raise KnnmixError(f"cannot read pretrained weights {str(path)!r}: {one_line(exc)}") from None
     if isinstance(obj, Mapping):  # a checkpoint holds its state dict under the first of CHECKPOINT_KEYS it has
         obj = next((obj[k] for k in CHECKPOINT_KEYS if isinstance(obj.get(k), Mapping)), obj)
     if not isinstance(obj, Mapping) or not obj:

@@ -15,7 +15,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from knnmix.errors import KnnmixError
+from knnmix.errors import KnnmixError, one_line
 from knnmix.noise.base import NoiseInputs, NoiseSpec, register_noise_model
 
 CIFAR_N_TRAIN_SIZE = 50_000
@@ -80,9 +80,9 @@ def load_cifar_n_file(path: str | Path) -> dict[str, np.ndarray]:
         with torch.serialization.safe_globals(_allowed_globals()):
             raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling, truncated file, not a torch file, ...
-        first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")[:200]
         raise KnnmixError(
-            f"cannot read CIFAR-N label file {path} with torch.load(weights_only=True): {type(e).__name__}: {first}"
+            f"cannot read CIFAR-N label file {path} with torch.load(weights_only=True): {type(e).__name__}: "
+            f"{one_line(e, 200)}"
         ) from None
     if not isinstance(raw, dict):
         raise KnnmixError(f"CIFAR-N label file {path} holds a {type(raw).__name__}, expected a dict of label arrays")
