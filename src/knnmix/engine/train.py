@@ -389,12 +389,8 @@ def fit(run: Run, folder: RunFolder | None, *, echo: Echo = print, on_epoch: OnE
     """Train the remaining epochs, then :func:`finish`. ``folder`` (rank 0 only) receives every output."""
     cfg = run.cfg
     say = echo if run.dist.is_main and echo is not None else None
-    if say:  # the banner
-        c, s = cfg, run.splits
-        say(f"knnmix: {c.method.name} on {c.data.name} ({len(s.train)} train / "
-            f"{len(s.val) if s.val is not None else 0} noisy val / {len(s.test) if s.test is not None else 0} test), "
-            f"noise {c.noise.spec} (measured {100 * s.noise.noise_rate:.2f}%), {c.model.name}, "
-            f"{c.epochs} epochs, seed {c.seed}, {run.dist.world_size} process(es) on {run.device}")
+    if say:
+        say(banner(run))
     summary = None
     for epoch in range(run.epoch + 1, cfg.epochs + 1):
         record = run_epoch(run, epoch)
@@ -443,9 +439,7 @@ def finish(run: Run, folder: RunFolder | None, *, echo: Echo = None) -> dict[str
         summary["label_issues"] = label_audit(run, bank, folder)
         folder.write_summary(summary)
         if echo:
-            echo(f"done: last-epoch test acc {pct(summary['final']['test_acc'])}, val-selected test acc "
-                 f"{pct(summary['best_val']['test_acc'])} (epoch {summary['best_val']['epoch']}); "
-                 f"{summary['label_issues']['flagged']} labels flagged in {folder.file(LABEL_ISSUES)}")
+            echo(done_line(summary, folder))
     return summary
 
 
@@ -517,6 +511,16 @@ def label_audit(run: Run, bank: Bank, folder: RunFolder) -> dict[str, Any]:
     return out
 
 
+def banner(run: Run) -> str:
+    c, s = run.cfg, run.splits
+    return (
+        f"knnmix: {c.method.name} on {c.data.name} ({len(s.train)} train / "
+        f"{len(s.val) if s.val is not None else 0} noisy val / {len(s.test) if s.test is not None else 0} test), "
+        f"noise {c.noise.spec} (measured {100 * s.noise.noise_rate:.2f}%), {c.model.name}, "
+        f"{c.epochs} epochs, seed {c.seed}, {run.dist.world_size} process(es) on {run.device}"
+    )
+
+
 def progress_line(r: dict[str, Any], epochs: int, eta_s: float | None = None) -> str:
     """One epoch's line; ``eta_s``: the estimated seconds left (shown from the first epoch on, until the last)."""
     parts = [
@@ -535,6 +539,14 @@ def progress_line(r: dict[str, Any], epochs: int, eta_s: float | None = None) ->
         left = round(eta_s)
         parts.append(f"~{left // 3600}h{left % 3600 // 60:02d}m left" if left >= 3600 else f"~{left // 60}m{left % 60:02d}s left")
     return "  ".join(parts)
+
+
+def done_line(summary: dict[str, Any], folder: RunFolder) -> str:
+    return (
+        f"done: last-epoch test acc {pct(summary['final']['test_acc'])}, val-selected test acc "
+        f"{pct(summary['best_val']['test_acc'])} (epoch {summary['best_val']['epoch']}); "
+        f"{summary['label_issues']['flagged']} labels flagged in {folder.file(LABEL_ISSUES)}"
+    )
 
 
 def pct(v: float | None, sign: str = "%") -> str:
