@@ -112,7 +112,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def comparison_table(summaries: Sequence[dict[str, Any]]) -> str:
-    from knnmix.engine.train import pct
+    from knnmix.engine.report import pct
 
     head = "| method | last-epoch test acc (%) | val-selected test acc (%) | best val acc (%) | epoch time (s) |"
     lines = [head, "|---|---|---|---|---|"]

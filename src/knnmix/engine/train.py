@@ -26,10 +26,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from knnmix import config as C
-from knnmix.audit import find_label_issues, plot_label_issues, write_label_issues
 from knnmix.data import LabelledDataset, collate_batch, dataset_options
-from knnmix.engine.checkpoint import FORMAT, LABEL_ISSUES, LABEL_ISSUES_PLOT, RunFolder, folder_lock, rng_state
-from knnmix.engine.checkpoint import set_rng_state
+from knnmix.engine import report
+from knnmix.engine.checkpoint import FORMAT, RunFolder, folder_lock, rng_state, set_rng_state
 from knnmix.engine.splits import Splits, build_splits
 from knnmix.errors import ConfigError, DivergedError, KnnmixError, KnnmixWarning
 from knnmix.math import SEARCH_BACKENDS, NeighbourSearch, l2_normalise
@@ -38,13 +37,11 @@ from knnmix.methods import dist as D
 from knnmix.methods.phases import Bank, gather_bank
 from knnmix.methods.state import SampleState
 from knnmix.models import build_model
-from knnmix.provenance import git_commit
 
 #: ``on_epoch(run, record, summary)``: called after every epoch (after :func:`finish` at the last one, with its summary).
 OnEpoch = Callable[["Run", dict[str, Any], "dict[str, Any] | None"], None]
 Echo = Callable[[str], None] | None
 
-AUDIT_PLOT_SIZE = 32  # suspects shown in label_issues.png
 # Config keys that may differ between a checkpoint and the run that resumes it (paths, resources, length).
 RESUMABLE_CHANGES = ("epochs", "out", "log_every", "checkpoint_every", "threads", "device", "distributed.",
                      "data.num_workers", "data.root", "data.download", "noise.cifar_n_dir", "model.pretrained")
@@ -390,7 +387,7 @@ def fit(run: Run, folder: RunFolder | None, *, echo: Echo = print, on_epoch: OnE
     cfg = run.cfg
     say = echo if run.dist.is_main and echo is not None else None
     if say:
-        say(banner(run))
+        say(report.banner(run))
     summary = None
     for epoch in range(run.epoch + 1, cfg.epochs + 1):
         record = run_epoch(run, epoch)
@@ -405,7 +402,7 @@ def fit(run: Run, folder: RunFolder | None, *, echo: Echo = print, on_epoch: OnE
                 folder.save_checkpoint(checkpoint(run))
         if say and (epoch % cfg.log_every == 0 or epoch == cfg.epochs):
             per_epoch = sum(r["train_time_s"] + r["eval_time_s"] for r in run.history) / len(run.history)
-            say(progress_line(record, cfg.epochs, eta_s=per_epoch * (cfg.epochs - epoch)))
+            say(report.progress_line(record, cfg.epochs, eta_s=per_epoch * (cfg.epochs - epoch)))
         if epoch == cfg.epochs:
             summary = finish(run, folder, echo=say)
         if on_epoch is not None:
@@ -434,124 +431,13 @@ def finish(run: Run, folder: RunFolder | None, *, echo: Echo = None) -> dict[str
         run.best["test_acc"] = evaluate(run, run.splits.test)
         run.model.load_state_dict(final)
     bank = embed(run, torch.arange(len(run.splits.train)))
-    summary = summarise(run)
+    summary = report.summary(run)
     if folder is not None:
-        summary["label_issues"] = label_audit(run, bank, folder)
+        summary["label_issues"] = report.label_audit(run, bank, folder)
         folder.write_summary(summary)
         if echo:
-            echo(done_line(summary, folder))
+            echo(report.done_line(summary, folder))
     return summary
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# What a run reports: its progress lines, ``summary.json`` and the label audit (``label_issues.csv`` / ``.png``)
-
-
-def summarise(run: Run) -> dict[str, Any]:
-    """``summary.json``: what ran, its final and validation-selected figures, timing and provenance."""
-    cfg, splits = run.cfg, run.splits
-    last = run.history[-1] if run.history else {}
-    times = [r["train_time_s"] for r in run.history]
-    noisy = run.truly_noisy
-    return {
-        "method": cfg.method.name,
-        "dataset": cfg.data.name,
-        "noise": cfg.noise.spec,
-        "noise_rate": splits.noise.noise_rate,
-        "train_noise_rate": None if noisy is None else float(noisy.double().mean()),
-        "model": cfg.model.name,
-        "seed": cfg.seed,
-        "epochs": run.epoch,
-        "train_size": len(splits.train),
-        "val_size": len(splits.val) if splits.val is not None else 0,
-        "final": {k: last.get(k) for k in ("val_acc", "test_acc", "label_acc", "noisy_precision", "noisy_recall")},
-        "best_val": dict(run.best),
-        "epoch_time_s": float(np.mean(times)) if times else None,
-        "world_size": run.dist.world_size,
-        "commit": git_commit(),
-        "config": C.to_dict(cfg),
-    }
-
-
-def label_audit(run: Run, bank: Bank, folder: RunFolder) -> dict[str, Any]:
-    """Write ``label_issues.csv`` (and ``.png``) from the final model; return counts (and quality where truth is
-    known)."""
-    train = run.splits.train
-    given = train.given_labels[bank.index.numpy()]
-    # The suggestion is the final model's prediction: the soft targets move slowly by design (momentum 0.9 every
-    # correction_period epochs), so their argmax still names the given label long after the network disagrees.
-    table = find_label_issues(given, bank.log_probs.exp().numpy(), seed=run.cfg.seed)
-    table["index"] = bank.index.numpy()[table["index"]]
-    extra: dict[str, Any] = {}
-    if train.true_labels is not None:
-        extra["true_label"] = train.true_labels
-    source = train.source
-    if source.path(0) is not None:
-        extra["path"] = [source.path(int(r)) for r in train.rows]
-    write_label_issues(folder.file(LABEL_ISSUES), table, rows=run.splits.train_rows, class_names=train.classes,
-                       extra=extra)
-    top = table["index"][:AUDIT_PLOT_SIZE]
-    try:
-        images = source.preview(torch.from_numpy(train.rows[top]))
-    except NotImplementedError:  # a source that cannot show its images gets no plot
-        pass
-    else:
-        given, suggested = ([train.classes[int(c)] for c in table[k][: len(top)]]
-                            for k in ("given_label", "corrected_label"))
-        plot_label_issues(folder.file(LABEL_ISSUES_PLOT), images, given, suggested, table["clean_prob"][: len(top)],
-                          title=f"{run.cfg.data.name}: the {len(top)} labels most likely wrong ({run.cfg.method.name})")
-    flagged = table["is_label_issue"]
-    out: dict[str, Any] = {"flagged": int(flagged.sum()), "total": int(len(flagged))}
-    if train.true_labels is not None:
-        wrong = train.given_labels[table["index"]] != train.true_labels[table["index"]]
-        hits, k = int((flagged & wrong).sum()), int(wrong.sum())
-        out["precision"] = 100.0 * hits / max(out["flagged"], 1)
-        out["recall"] = 100.0 * hits / max(k, 1)
-        out["precision_at_noisy_count"] = 100.0 * float(wrong[:k].mean()) if k else None
-    return out
-
-
-def banner(run: Run) -> str:
-    c, s = run.cfg, run.splits
-    return (
-        f"knnmix: {c.method.name} on {c.data.name} ({len(s.train)} train / "
-        f"{len(s.val) if s.val is not None else 0} noisy val / {len(s.test) if s.test is not None else 0} test), "
-        f"noise {c.noise.spec} (measured {100 * s.noise.noise_rate:.2f}%), {c.model.name}, "
-        f"{c.epochs} epochs, seed {c.seed}, {run.dist.world_size} process(es) on {run.device}"
-    )
-
-
-def progress_line(r: dict[str, Any], epochs: int, eta_s: float | None = None) -> str:
-    """One epoch's line; ``eta_s``: the estimated seconds left (shown from the first epoch on, until the last)."""
-    parts = [
-        f"epoch {r['epoch']:>3}/{epochs}",
-        f"[{r['phase']}]",
-        f"loss {r['train_loss']:.4f}",
-        f"val {pct(r['val_acc'])}",
-        f"test {pct(r['test_acc'])}",
-    ]
-    if r.get("label_acc") is not None:
-        parts.append(f"labels {pct(r['label_acc'])}")
-    if r.get("noisy_precision") is not None or r.get("noisy_recall") is not None:
-        parts.append(f"noisy P/R {pct(r.get('noisy_precision'))}/{pct(r.get('noisy_recall'))}")
-    parts += [f"lr {r['lr']:.4g}", f"{r['train_time_s']:.1f}s"]
-    if eta_s is not None and r["epoch"] < epochs:
-        left = round(eta_s)
-        parts.append(f"~{left // 3600}h{left % 3600 // 60:02d}m left" if left >= 3600 else f"~{left // 60}m{left % 60:02d}s left")
-    return "  ".join(parts)
-
-
-def done_line(summary: dict[str, Any], folder: RunFolder) -> str:
-    return (
-        f"done: last-epoch test acc {pct(summary['final']['test_acc'])}, val-selected test acc "
-        f"{pct(summary['best_val']['test_acc'])} (epoch {summary['best_val']['epoch']}); "
-        f"{summary['label_issues']['flagged']} labels flagged in {folder.file(LABEL_ISSUES)}"
-    )
-
-
-def pct(v: float | None, sign: str = "%") -> str:
-    """A percentage to two decimals, or ``n/a``; a table whose header says ``(%)`` passes ``sign=""``."""
-    return "n/a" if v is None else f"{v:.2f}{sign}"
 
 
 # ----------------------------------------------------------------------------------------------------------------

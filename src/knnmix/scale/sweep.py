@@ -30,7 +30,7 @@ from ray.tune.search import Searcher
 from knnmix import config as C
 from knnmix.engine import train as E
 from knnmix.engine.checkpoint import SUMMARY, RunFolder, atomic_write_text, folder_lock
-from knnmix.engine.train import pct
+from knnmix.engine.report import pct
 from knnmix.errors import KnnmixError
 from knnmix.scale import ray_env
 from knnmix.scale import sweep_mlflow as T
