@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"smoke sweep: {s['trials']} trials in {s['wall_s']:.0f} s wall clock (target <= 90 s); per-trial "
               f"overhead {s['overhead_s_mean']:.2f} s mean, {s['overhead_s_max']:.2f} s max (target <= 2 s)", flush=True)
         for arm in [] if args.quick else args.asha:
-            r = result["asha_vs_full" if arm == "knnmix" else f"asha_vs_full_{arm}"] = asha_vs_full(work, arm)
+            key = "asha_vs_full" if arm == "knnmix" else f"asha_vs_full_{arm}"  # the knnmix key of earlier results
+            r = result[key] = asha_vs_full(work, arm)
             print(f"ASHA vs no early stopping ({r['space']}, Fashion-MNIST, symmetric 0.5, 24 trials of "
                   f"{ARMS[arm][2]} epochs): wall "
                   f"{r['asha']['wall_s']:.0f} s vs {r['no_early_stopping']['wall_s']:.0f} s ({r['wall_ratio']:.2f}x); "

@@ -329,7 +329,8 @@ def test_vote_k(tmp_path, monkeypatch):
     """The neighbour gate's vote uses method.vote_k real neighbours from the bank."""
     seen = []
     real = phases.neighbour_vote
-    monkeypatch.setattr(phases, "neighbour_vote", lambda s, b, found: (seen.append(found.shape[1]), real(s, b, found))[1])
+    monkeypatch.setattr(phases, "neighbour_vote",
+                        lambda s, b, found: (seen.append(found.shape[1]), real(s, b, found))[1])
     eng = engine(tmp_path, **{"method.correction_gate": "neighbours", "method.vote_k": 7, "method.warmup_epochs": 1,
                               "method.correction_start": 2, "method.correction_period": 1})
     epochs(eng, 2)

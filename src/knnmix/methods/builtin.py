@@ -137,12 +137,13 @@ class KnnMix(Method):
         if not self.needs_bank(epoch):
             return
         bank = ctx.embed_train_set()
-        voting = self.corrects(epoch) and c.correction_gate in phases.VOTING_GATES
+        corrects = self.corrects(epoch)
+        voting = corrects and c.correction_gate in phases.VOTING_GATES
         mixing = self.phase == "knn" and c.neighbours == "bank"
         if voting or mixing:  # one search of the bank serves the vote and the neighbour table
             k = max(c.vote_k if voting else 0, c.k if mixing else 0)
             found = phases.bank_neighbours(bank, k, ctx.neighbour_search(), ctx.dist)
-        if self.corrects(epoch):
+        if corrects:
             vote = phases.neighbour_vote(ctx.state, bank, found[:, :c.vote_k]) if voting else None
             phases.correct_targets(ctx.state, bank, c.correction_momentum, c.correction_gate, vote)
         phases.fit_mixture(
