@@ -122,3 +122,21 @@ def test_sweep_benchmark_measures_the_smoke_sweep(tmp_path, capsys, monkeypatch)
     assert all(t["held_s"] >= t["train_s"] > 0 for t in smoke["per_trial"])
     assert all(0 <= t["first_result_after_s"] < smoke["wall_s"] for t in smoke["per_trial"])  # seconds into the sweep
     assert "per-trial overhead" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("arm, method", [("knnmix", "knnmix"), ("mixup", "mixup")])
+def test_each_asha_comparison_arm_builds_its_space(monkeypatch, arm, method):
+    """``sweeps.py --asha ARM``: the arm's space validates with its overrides, in both of its forms (ASHA, and the
+    grace period stretched to the whole run), on 24 seeded random trials of one noise setting."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    sweeps = importlib.import_module("sweeps")
+    from knnmix import spaces as SP
+
+    name, overrides, epochs = sweeps.ARMS[arm]
+    for extra, grace in (([], 1), ([f"sweep.asha.grace_period={epochs}"], epochs)):
+        space = SP.load_space(name, overrides + extra)
+        assert space.trials == space.startup_trials == 24 and not space.start_with
+        assert [s.spec for s in space.settings] == ["symmetric:0.5"] and space.epochs == epochs
+        assert space.asha.grace_period == grace and space.asha.reduction_factor == 4
+        base = space.base_config()
+        assert base.method.name == method and base.data.name == "fashion-mnist" and base.data.train_subset == 4000
