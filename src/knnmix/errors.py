@@ -8,7 +8,10 @@ Every problem a user can cause (a bad config value, a missing data root, an unkn
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 
 class KnnmixError(ValueError):
@@ -45,3 +48,23 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     """An exception's message squeezed onto one line of at most ``limit`` characters, for error messages."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def load_tensors(path: str | os.PathLike[str], what: str, allowed: Iterable[Any] = ()) -> Any:
+    """``torch.load`` of the ``what`` (e.g. ``"checkpoint"``) at ``path``: tensors and plain data only, plus the
+    ``allowed`` globals, so no pickled code runs. A missing, unreadable or code-carrying file is a
+    :class:`CheckpointError` that names it."""
+    import torch
+
+    if not Path(path).is_file():
+        raise CheckpointError(f"{what} {path} not found")
+    try:
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unpickling, truncated file, not a torch file, ...
+        if "unsupported global" in str(exc).lower():
+            raise CheckpointError(
+                f"{what} {str(path)!r} holds objects other than tensors and plain data, which loading with "
+                f"torch.load(weights_only=True) refuses, since they could run code ({one_line(exc, 200)})"
+            ) from None
+        raise CheckpointError(f"cannot read {what} {path} (truncated, corrupt or not a torch file): {one_line(exc, 200)}") from None

@@ -17,12 +17,10 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import pickle
 import random
 import socket
 import sys
 import time
-import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,7 +31,7 @@ import torch
 from torch import nn
 
 from knnmix import config as C
-from knnmix.errors import CheckpointError, KnnmixError, one_line
+from knnmix.errors import CheckpointError, KnnmixError, load_tensors, one_line
 from knnmix.provenance import git_commit, machine
 
 CHECKPOINT = "checkpoint.pt"
@@ -127,20 +125,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def safe_load(path: str | Path) -> Any:
-    """``torch.load`` of tensors and plain data only (no code runs); any failure is one :class:`CheckpointError`."""
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{str(p)!r} does not exist")
-    try:
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, IndexError,
-            KeyError) as exc:
-        if isinstance(exc, pickle.UnpicklingError) and "weights only" in str(exc).lower().replace("_", " "):
-            raise CheckpointError(
-                f"{str(p)!r} holds objects other than tensors and plain data; it is not loaded, since loading "
-                f"it could run code ({one_line(exc, 200)})"
-            ) from None
-        raise CheckpointError(f"{str(p)!r} is unreadable (truncated, corrupt or not a torch file): {one_line(exc, 200)}") from None
+    """A checkpoint or weights file read without running code (see :func:`~knnmix.errors.load_tensors`)."""
+    return load_tensors(path, "checkpoint")
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

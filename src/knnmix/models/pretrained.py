@@ -10,12 +10,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from knnmix.errors import KnnmixError, one_line
+from knnmix.errors import KnnmixError, load_tensors
 
 #: Keys under which checkpoints commonly nest their state dict, tried in order.
 CHECKPOINT_KEYS = ("state_dict", "model")
@@ -32,13 +31,7 @@ def _listing(items: list[str]) -> str:
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """Read a tensor state dict from ``path`` (unwrapping checkpoints, stripping prefixes) without unpickling code."""
-    file = Path(path)
-    if not file.is_file():
-        raise KnnmixError(f"pretrained weights file not found: {str(path)!r}")
-    try:
-        obj = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's error
-        raise KnnmixError(f"cannot read pretrained weights {str(path)!r}: {one_line(exc)}") from None
+    obj = load_tensors(path, "pretrained weights file")
     if isinstance(obj, Mapping):  # a checkpoint holds its state dict under the first of CHECKPOINT_KEYS it has
         obj = next((obj[k] for k in CHECKPOINT_KEYS if isinstance(obj.get(k), Mapping)), obj)
     if not isinstance(obj, Mapping) or not obj:

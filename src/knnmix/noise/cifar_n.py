@@ -15,7 +15,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from knnmix.errors import KnnmixError, one_line
+from knnmix.errors import KnnmixError, load_tensors
 from knnmix.noise.base import NoiseInputs, NoiseSpec, register_noise_model
 
 CIFAR_N_TRAIN_SIZE = 50_000
@@ -73,17 +73,7 @@ def load_cifar_n_file(path: str | Path) -> dict[str, np.ndarray]:
     """
     import torch
 
-    path = Path(path)
-    if not path.is_file():
-        raise KnnmixError(f"CIFAR-N label file {path} not found")
-    try:
-        with torch.serialization.safe_globals(_allowed_globals()):
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling, truncated file, not a torch file, ...
-        raise KnnmixError(
-            f"cannot read CIFAR-N label file {path} with torch.load(weights_only=True): {type(e).__name__}: "
-            f"{one_line(e, 200)}"
-        ) from None
+    raw = load_tensors(path, "CIFAR-N label file", _allowed_globals())
     if not isinstance(raw, dict):
         raise KnnmixError(f"CIFAR-N label file {path} holds a {type(raw).__name__}, expected a dict of label arrays")
     out: dict[str, np.ndarray] = {}
