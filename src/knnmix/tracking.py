@@ -188,7 +188,6 @@ def log_run_folder(client: Any, run_id: str, folder: Path) -> None:
 def log_model(store: Store, run_id: str, weights: Path, *, register: str | None = None) -> str:
     """Log a weights file's network under run ``run_id`` with ``mlflow.pytorch`` (a logits-only module, with an
     input example from its constructor arguments, from which MLflow infers the signature); returns the model URI."""
-    import mlflow
     import mlflow.pytorch
     import torch
 

@@ -11,7 +11,6 @@ import os
 import re
 from collections.abc import Mapping
 
-import torch
 from torch import Tensor, nn
 
 from knnmix.errors import KnnmixError, load_tensors

@@ -177,7 +177,6 @@ def _ray_run_dir(storage_path: str, name: str) -> tuple[Any, str]:
 
 
 def has_ray_checkpoint(storage_path: str, name: str) -> bool:
-    import pyarrow
     import pyarrow.fs
 
     try:
@@ -314,7 +313,6 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
 
     Rank 0 returns the run's summary (Ray Train hands it to the driver as ``Result.return_value``).
     """
-    import ray.train
     import ray.train.torch
 
     ray_env.quiet()
