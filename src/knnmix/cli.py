@@ -63,8 +63,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         saved = Path(args.out or C.Config().out) / "config.yaml"
         if saved.exists() and not args.config:
             args.config = str(saved)
-    cfg = load_config(args)
-    summary = run_training(cfg, args)
+    summary = run_training(load_config(args), args)
     print(json.dumps({k: summary[k] for k in ("final", "best_val", "mlflow_run_id") if k in summary}))
     return 0
 
@@ -135,8 +134,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
     An image size the user did not choose is chosen from the images (data.image_size null), and with it the network
     when model.name is auto (knnmix.data.imagefolder.choose_image_size); the resolved config records both.
     """
-    if args.config is None:
-        args.config = "audit"
     if args.dataset is None and not args.labels and not Path(args.data).is_dir():
         raise KnnmixError(f"data folder {args.data!r} does not exist")
     cfg = load_config(args)
@@ -258,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", help="a folder or CSV with trusted labels, reported as the test split (data.test_root)")
     p.add_argument("--show", type=int, default=10, help="suspects printed on the terminal (default 10)")
     _add_run_options(p, resume="the audit run")
-    p.set_defaults(func=cmd_audit)
+    p.set_defaults(func=cmd_audit, config="audit")  # the embedded audit preset unless --config names another
 
     p = sub.add_parser(
         "sweep",
