@@ -19,6 +19,7 @@ import re
 import shlex
 import time
 from collections.abc import Iterable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,12 +117,10 @@ def create_run(store: Store, exp_id: str, name: str, tags: dict[str, str], *, pa
 
     client = store.client()
     if reuse:
-        try:
+        with suppress(Exception):  # MlflowException for an unknown id
             if client.get_run(reuse).info.lifecycle_stage == "active":
                 client.update_run(reuse, status="RUNNING")
                 return reuse
-        except Exception:  # noqa: BLE001 - MlflowException for an unknown id
-            pass
     all_tags = resolve_tags({**tags, **({PARENT_TAG: parent} if parent else {})})
     return client.create_run(exp_id, run_name=name, tags=all_tags).info.run_id
 

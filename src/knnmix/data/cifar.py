@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import pickle
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,10 +69,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if (module, name) not in _ALLOWED_GLOBALS:
             raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
         if module.startswith("numpy.core."):
-            try:
+            with suppress(ImportError, AttributeError):
                 return super().find_class(module.replace("numpy.core.", "numpy._core.", 1), name)
-            except (ImportError, AttributeError):
-                pass
         return super().find_class(module, name)
 
 

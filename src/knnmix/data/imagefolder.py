@@ -11,6 +11,7 @@ import csv
 import os
 import warnings
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 
 import numpy as np
@@ -174,11 +175,9 @@ def choose_image_size(base: str, keys: Sequence[str], sample: int = SIZE_SAMPLE)
     28-pixel images get 32 (and the small CNN) and photos 224 (and ResNet-50)."""
     sides = []
     for i in np.random.default_rng(0).permutation(len(keys))[:sample].tolist():
-        try:
-            with Image.open(os.path.join(base, keys[i])) as im:
-                sides.append(min(im.size))
-        except Exception:  # noqa: BLE001 -- a bad image is reported by the load-time check
-            continue
+        # a bad image is left out; the load-time check reports it
+        with suppress(Exception), Image.open(os.path.join(base, keys[i])) as im:
+            sides.append(min(im.size))
     median = float(np.median(sides)) if sides else AUTO_SIDES[-1]
     return next((side for side in AUTO_SIDES if median <= side), AUTO_SIDES[-1])
 
