@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -96,17 +97,14 @@ class TrialLogger(Callback):
         self._runs: dict[str, str] = {}
         self._epochs: dict[str, set[int]] = {}
         self._done: set[str] = set()
-        self._client: Any = None
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None, "echo": None}
+    def __getstate__(self) -> dict[str, Any]:  # without the client (made again on first use) and echo
+        return {k: v for k, v in self.__dict__.items() if k != "client"} | {"echo": None}
 
-    @property
+    @cached_property
     def client(self) -> Any:
         """One client for the callback's life (it is used several times per trial result)."""
-        if self._client is None:
-            self._client = self.store.client()
-        return self._client
+        return self.store.client()
 
     def folder(self, trial: Any) -> Path:
         return Path(self.root) / trial.config[SETTING_KEY] / "trials" / trial.trial_id
