@@ -240,13 +240,11 @@ def max_concurrent(space: SearchSpace, cfg: C.Config, cluster: dict[str, float])
 
 def trial_config(payload: dict[str, Any], slug: str, sampled: dict[str, Any], trial_id: str) -> C.Config:
     """The config trial ``trial_id`` trains: its setting's config, the sampled values, its own run folder, Ray
-    Train run name (the trial id: a restarted trial resumes) and, in-process, its CPUs as threads."""
+    Train run name (the trial id: a restarted trial resumes) and ``distributed.cpus_per_worker`` as threads."""
     cfg = C.from_dict(payload["configs"][slug])
     root = Path(payload["root"])
-    changes = {**sampled, "out": str(SweepFolder(root).trial_dir(slug, trial_id)),
-               "distributed.storage_path": str(root / slug / "ray"), "distributed.name": trial_id}
-    if in_process(cfg):
-        changes["threads"] = cfg.distributed.cpus_per_worker
+    changes = {**sampled, "out": str(SweepFolder(root).trial_dir(slug, trial_id)), "distributed.name": trial_id,
+               "distributed.storage_path": str(root / slug / "ray"), "threads": cfg.distributed.cpus_per_worker}
     return C.replace(cfg, **changes)
 
 
