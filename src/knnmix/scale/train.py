@@ -316,8 +316,7 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     import ray.train.torch
 
     ray_env.quiet()
-    cfg = C.from_dict(loop_config["config"])
-    torch.set_num_threads(cfg.distributed.cpus_per_worker)
+    cfg = C.from_dict(loop_config["config"])  # worker_config's: threads = distributed.cpus_per_worker, set by build_run
     run = E.build_run(cfg, dist=D.current(), device=ray.train.torch.get_device())
     folder = RunFolder(cfg.out)
     start_or_restore(run, folder, ray.train.get_checkpoint(), loop_config["resume"])
