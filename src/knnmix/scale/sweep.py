@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ray
+from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 
@@ -154,12 +156,10 @@ class SettingsSearch(Searcher):
         self.studies[self.setting_of[trial_id]].on_trial_complete(trial_id, result, error)
 
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as fh:
-            pickle.dump(self.__dict__, fh)
+        Path(checkpoint_path).write_bytes(pickle.dumps(self.__dict__))
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as fh:
-            self.__dict__.update(pickle.load(fh))
+        self.__dict__.update(pickle.loads(Path(checkpoint_path).read_bytes()))
 
 
 @dataclass(frozen=True)
@@ -251,8 +251,6 @@ def trial_config(payload: dict[str, Any], slug: str, sampled: dict[str, Any], tr
 def run_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
     """One trial (a Tune function trainable). Nothing after the last report may matter: ASHA can stop a trial at
     any report, so the engine finishes (summary, label audit) before it reports its last epoch."""
-    from ray import tune
-
     ray_env.quiet(payload.get("verbose", False))
     cfg = trial_config(payload, config[SETTING_KEY], T.sampled_values(config), tune.get_context().get_trial_id())
     if not in_process(cfg):
@@ -303,10 +301,8 @@ class TrialRecord:
 
 def collect_trials(folder: SweepFolder) -> list[TrialRecord]:
     """Every trial of the sweep's Tune experiment, in creation order, with its epochs read from its run folder."""
-    from ray.tune import ExperimentAnalysis
-
     out = []
-    for trial in sorted(ExperimentAnalysis(str(folder.file(TUNE_DIR))).trials, key=_creation_order):
+    for trial in sorted(tune.ExperimentAnalysis(str(folder.file(TUNE_DIR))).trials, key=_creation_order):
         slug = trial.config[SETTING_KEY]
         run = folder.trial_dir(slug, trial.trial_id)
         failed = trial.status == "ERROR"
@@ -346,9 +342,6 @@ def run_sweep(
     echo: Callable[[str], None] | None = print, verbose: bool = False, register: str | None = None,
 ) -> dict[str, Any]:
     """Run (or continue) the sweep of ``space`` into ``out``; returns the summary (``sweep_summary.json``)."""
-    import ray
-    from ray import tune
-
     folder = SweepFolder(Path(out).expanduser().absolute())
     say = echo or (lambda _s: None)
     ray_env.quiet(verbose)
