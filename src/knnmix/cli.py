@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shlex
@@ -143,8 +144,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def audit_report(csv_path: Path, summary: dict[str, Any], show: int) -> str:
-    import csv
-
     with open(csv_path) as fh:
         rows = list(csv.DictReader(fh))
     issues = summary.get("label_issues", {})

@@ -7,8 +7,11 @@ probability of carrying a clean label (Arazo et al. 2019; Li et al. 2020, Divide
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 from torch import Tensor
 
@@ -57,10 +60,6 @@ def fit_clean_probability(
         out[mask] = 1.0
         return out
     gmm = GaussianMixture(n_components=2, max_iter=max_iter, tol=tol, reg_covar=reg_covar, random_state=seed)
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # 10 EM steps is the authors' deliberate choice
         gmm.fit(values)

@@ -39,8 +39,7 @@ def mix_batch(images: Tensor, targets: Tensor, weights: Tensor) -> tuple[Tensor,
             f"images {tuple(images.shape)}, targets {tuple(targets.shape)} and weights {tuple(weights.shape)} "
             "must agree on (B, M)"
         )
-    w = weights.to(images.dtype)
-    x = torch.einsum("bm,bm...->b...", w, images)
+    x = torch.einsum("bm,bm...->b...", weights.to(images.dtype), images)
     y = torch.einsum("bm,bmc->bc", weights.to(targets.dtype), targets)
     return x, y
 
