@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs
 import torch
 
 from knnmix import config as C
@@ -170,15 +171,11 @@ def user_error(exc: BaseException) -> KnnmixError | None:
 
 def _ray_run_dir(storage_path: str, name: str) -> tuple[Any, str]:
     """The filesystem of ``storage_path`` and Ray Train's folder of run ``name`` on it."""
-    import pyarrow.fs
-
     fs, root = pyarrow.fs.FileSystem.from_uri(storage_path)
     return fs, f"{root.rstrip('/')}/{name}"
 
 
 def has_ray_checkpoint(storage_path: str, name: str) -> bool:
-    import pyarrow.fs
-
     try:
         fs, path = _ray_run_dir(storage_path, name)
         snapshot = f"{path}/{SNAPSHOT_FILE}"
@@ -200,8 +197,6 @@ def check_run_state(cfg: C.Config, *, resume: bool, overwrite: bool = False) -> 
     A run exists when the run folder holds ``checkpoint.pt`` or Ray Train's storage holds checkpoints for this run
     name (Ray Train would silently continue from them). ``overwrite`` deletes both.
     """
-    import pyarrow.fs
-
     folder = RunFolder(cfg.out)
     storage, name = storage_of(cfg)
 
@@ -226,7 +221,6 @@ def check_run_state(cfg: C.Config, *, resume: bool, overwrite: bool = False) -> 
 def restore_newest_readable(run: E.Run, checkpoint: Any) -> None:
     """Restore ``run`` from ``checkpoint`` or, when it does not read, from the newest of its kept siblings
     (``checkpoint_epoch*`` beside it) that does."""
-    import pyarrow.fs
     from ray.train import Checkpoint
 
     fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
