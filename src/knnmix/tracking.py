@@ -26,7 +26,7 @@ from typing import Any
 
 from knnmix import config as C
 from knnmix.engine.checkpoint import (BEST_MODEL, CONFIG, LABEL_ISSUES, LABEL_ISSUES_PLOT, METRICS, NOISY_LABELS,
-                                      RUN_INFO, SUMMARY, read_metrics)
+                                      RUN_INFO, SUMMARY, load_model, read_metrics, safe_load)
 from knnmix.errors import KnnmixError
 from knnmix.provenance import package_dir
 
@@ -190,7 +190,6 @@ def log_model(store: Store, run_id: str, weights: Path, *, register: str | None 
     import mlflow.pytorch
     import torch
 
-    from knnmix.engine.checkpoint import load_model, safe_load
     from knnmix.models import LogitsOnly
 
     args = safe_load(weights)["model_args"]
