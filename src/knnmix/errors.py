@@ -27,7 +27,8 @@ class DataError(KnnmixError):
 
 
 class CheckpointError(KnnmixError):
-    """A checkpoint or weights file that is missing, unreadable, corrupt, foreign, or would run code if loaded."""
+    """A torch file (checkpoint, weights, CIFAR-N labels) that is missing, unreadable, corrupt, foreign, or would run
+    code if loaded."""
 
 
 class DivergedError(KnnmixError):
@@ -67,4 +68,6 @@ def load_tensors(path: str | os.PathLike[str], what: str, allowed: Iterable[Any]
                 f"{what} {str(path)!r} holds objects other than tensors and plain data, which loading with "
                 f"torch.load(weights_only=True) refuses, since they could run code ({one_line(exc, 200)})"
             ) from None
-        raise CheckpointError(f"cannot read {what} {path} (truncated, corrupt or not a torch file): {one_line(exc, 200)}") from None
+        raise CheckpointError(
+            f"cannot read {what} {path} (truncated, corrupt or not a torch file): {one_line(exc, 200)}"
+        ) from None
