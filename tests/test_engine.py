@@ -262,3 +262,16 @@ def test_the_selected_epoch_is_tested_at_the_end_from_the_checkpoint_not_a_local
     (tmp_path / "cut" / "model_best.pt").unlink()
     resumed = train(cut, resume=True, echo=None)
     assert resumed["best_val"] == full["best_val"] and resumed["best_val"]["test_acc"] is not None
+
+
+@pytest.mark.parametrize("content", [b"not a torch file", b"\x80\x02garbage", b""])
+def test_a_damaged_checkpoint_is_unreadable_not_code_carrying(tmp_path, content):
+    """Damage is reported as damage: torch's message for any failed weights-only load mentions "weights only", so only
+    its "Unsupported global" may be called an object that could run code."""
+    from knnmix.engine.checkpoint import safe_load
+
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(content)
+    with pytest.raises(KnnmixError, match=f"cannot read checkpoint {path} \\(truncated, corrupt") as err:
+        safe_load(path)
+    assert "could run code" not in str(err.value)
