@@ -115,6 +115,22 @@ def test_missing_or_invalid_config_file(tmp_path):
         C.load(lst)
 
 
+def test_unreadable_config_file_or_a_folder_is_one_line(tmp_path, monkeypatch):
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00garbage\x80")
+    with pytest.raises(ConfigError, match=r"config file '.*bin.yaml' cannot be read as YAML text \(UTF-8\): 'utf-8'"):
+        C.load(binary)
+    (tmp_path / "dir.yaml").mkdir()
+    with pytest.raises(ConfigError, match="is a folder, not a YAML file"):
+        C.load(C.preset_path(str(tmp_path / "dir.yaml")))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "digits").mkdir()  # a folder named like a preset does not hide the preset
+    assert C.preset_path("digits") == C.PRESETS / "digits.yaml"
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(ConfigError, match="'adir' is neither a file nor an embedded preset"):
+        C.preset_path("adir")
+
+
 def test_every_field_is_documented():
     rows = C.field_docs()
     n_fields = 0

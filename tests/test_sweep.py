@@ -216,6 +216,16 @@ def test_malformed_space_is_a_one_line_error_naming_the_field(tmp_path, capsys, 
     assert not ray.is_initialized() and not (tmp_path / "out").exists()
 
 
+def test_unreadable_space_file_or_a_folder_is_one_line(tmp_path):
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00garbage\x80")
+    with pytest.raises(ConfigError, match=r"^search space bin.yaml: the file cannot be read as YAML text \(UTF-8\): "):
+        SP.load_space(binary)
+    (tmp_path / "dir.yaml").mkdir()
+    with pytest.raises(ConfigError, match=r"^search space '.*dir.yaml' is a folder, not a YAML file \(shipped"):
+        SP.load_space(tmp_path / "dir.yaml")
+
+
 def test_test_accuracy_cannot_be_selected_on_in_any_way(tmp_path):
     path = write_space(tmp_path)
     for bad in (["sweep.metric=test_acc"], ["sweep.metric=test_acc", "sweep.mode=max"]):

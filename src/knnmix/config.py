@@ -139,7 +139,7 @@ PRESETS = Path(__file__).parent / "presets"
 def preset_path(name_or_path: str) -> Path:
     """A config file path, or the name of an embedded preset (``knnmix config --presets`` lists them)."""
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
+    if p.suffix in (".yaml", ".yml") or p.is_file():
         return p
     preset = PRESETS / f"{name_or_path}.yaml"
     if preset.exists():
@@ -168,10 +168,16 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None, **s
 
 def read_yaml(path: Path, what: str) -> dict[str, Any]:
     """The mapping a YAML file holds (``{}`` when it is empty); ``what`` names the file in errors."""
+    if path.is_dir():
+        raise ConfigError(f"{what} is a folder, not a YAML file")
     if not path.is_file():
         raise ConfigError(f"{what} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{what} cannot be read as YAML text (UTF-8): {one_line(exc, 200)}") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{what} is not valid YAML: {one_line(exc)}") from None
     if data is not None and not isinstance(data, dict):

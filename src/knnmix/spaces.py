@@ -185,7 +185,8 @@ def resolve_space_path(name_or_path: str | Path) -> Path:
     if p.suffix not in (".yaml", ".yml") and len(p.parts) == 1 and (shipped_spaces() / f"{p.name}.yaml").is_file():
         return shipped_spaces() / f"{p.name}.yaml"
     names = ", ".join(sorted(x.stem for x in shipped_spaces().glob("*.yaml")))
-    raise ConfigError(f"search space {str(name_or_path)!r} does not exist (shipped spaces: {names})")
+    problem = "is a folder, not a YAML file" if p.is_dir() else "does not exist"
+    raise ConfigError(f"search space {str(name_or_path)!r} {problem} (shipped spaces: {names})")
 
 
 def load_space(path: str | Path, overrides: list[str] | None = None) -> SearchSpace:
