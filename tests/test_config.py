@@ -115,6 +115,20 @@ def test_missing_or_invalid_config_file(tmp_path):
         C.load(lst)
 
 
+def test_a_key_given_twice_in_a_config_file_is_refused_not_silently_replaced(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("method:\n  k: 3\nepochs: 4\nmethod:\n  temperature: 0.5\n")  # PyYAML keeps the second only
+    with pytest.raises(ConfigError) as exc:
+        C.load(path)
+    assert str(exc.value) == (f"config file {str(path)!r} is not valid YAML: key 'method' is given twice "
+                              "(lines 1 and 4); YAML allows it once")
+    path.write_text("data:\n  name: digits\n  name: fashion-mnist\n")
+    with pytest.raises(ConfigError, match="key 'name' is given twice"):
+        C.load(path)
+    path.write_text("base: &b {k: 1}\nmethod:\n  <<: *b\n  temperature: 0.5\n")  # a merge key is not a repeat
+    assert C.read_yaml(path, "f")["method"] == {"k": 1, "temperature": 0.5}
+
+
 def test_unreadable_config_file_or_a_folder_is_one_line(tmp_path, monkeypatch):
     binary = tmp_path / "bin.yaml"
     binary.write_bytes(b"\xff\xfe\x00garbage\x80")

@@ -177,12 +177,29 @@ def read_yaml(path: Path, what: str) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{what} cannot be read as YAML text (UTF-8): {one_line(exc, 200)}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{what} is not valid YAML: {one_line(exc)}") from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{what} must hold a mapping of keys, got {type(data).__name__}")
     return data or {}
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader, refusing a key given twice in one mapping (PyYAML would keep the last one
+    silently: a second ``method:`` section would replace the whole first one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value != "<<":
+                key = self.construct_object(key_node, deep=deep)
+                line = key_node.start_mark.line + 1
+                if key in lines:
+                    raise yaml.constructor.ConstructorError(
+                        problem=f"key {key!r} is given twice (lines {lines[key]} and {line}); YAML allows it once")
+                lines[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 def parse_override(item: str) -> tuple[str, Any]:
