@@ -79,6 +79,10 @@ def test_replace_validates():
         ({"distributed": {"storage_path": "relative/dir"}}, "must be an absolute path"),
         ({"distributed": {"workers": 3}}, "optim.batch_size: 128 does not split evenly"),
         ({"method": "knnmix"}, "method: expected a mapping of keys, got 'knnmix'"),
+        ({"seed": -1}, "seed: -1 is out of range; use >= 0"),
+        ({"seed": 10**9}, "seed: 1000000000 is out of range; use an integer in [0, 100000000]"),
+        ({"noise": {"seed": -3}}, "noise.seed: -3 is out of range; use >= 0 (or null)"),
+        ({"data": {"split_seed": -3}}, "data.split_seed: -3 is out of range; use >= 0"),
     ],
 )
 def test_bad_values_are_one_line_errors_naming_the_key(data, needle):

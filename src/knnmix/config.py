@@ -380,7 +380,10 @@ LOWER_BOUNDS: dict[str, tuple[float, bool, str]] = {
     "distributed.cpus_per_worker": (1, False, ""), "distributed.max_failures": (-1, False, " (-1: forever)"),
     "distributed.num_to_keep": (1, False, ""), "epochs": (1, False, ""), "threads": (0, False, ""),
     "checkpoint_every": (1, False, ""), "log_every": (1, False, ""), "test_every": (0, False, ""),
+    "seed": (0, False, ""), "noise.seed": (0, False, " (or null)"), "data.split_seed": (0, False, ""),
 }
+#: Largest ``seed``: the per-batch seeds derived from it (about ``seed * 1e11``) must fit torch's 64-bit seeds.
+MAX_SEED = 10**8
 
 
 def validate(cfg: Config) -> None:
@@ -391,6 +394,7 @@ def validate(cfg: Config) -> None:
         value = operator.attrgetter(key)(cfg)
         _check(value is None or value > low or (value == low and not strict), key, value,
                f"use {'>' if strict else '>='} {low}{note}")
+    _check(cfg.seed <= MAX_SEED, "seed", cfg.seed, f"use an integer in [0, {MAX_SEED}]")
     _check(0 <= o.momentum < 1, "optim.momentum", o.momentum, "use a value in [0, 1)")
     _check(0 <= o.min_lr <= o.lr, "optim.min_lr", o.min_lr, f"use a value in [0, optim.lr={o.lr}]")
     _check(0 <= m.correction_momentum < 1, "method.correction_momentum", m.correction_momentum, "use [0, 1)")
