@@ -171,6 +171,14 @@ _BAD_CASES = [
     ({"params": {"optim.lr": {"type": "loguniform", "low": 0, "high": 0.1}}},
      "params.optim.lr: `low > 0` must hold for `log=True`"),
     ({"params": {"method.k": {"type": "choice", "values": []}}}, "params.method.k.values: expected a non-empty list"),
+    ({"params": {"method.k": {"type": "int", "low": 1, "high": 3, "step": 0}}},
+     "params.method.k: `step > 0` must hold"),  # was taken as step 1
+    ({"params": {"optim.momentum": {"type": "uniform", "low": 0.5, "high": 0.9, "log": True}}},
+     "params.optim.momentum.log: only for type int; for a real number on a log scale use type loguniform"),
+    ({"params": {"method.k": {"type": "choice", "values": [1, 2], "low": 0}}},
+     "params.method.k.low: only for types int, uniform and loguniform, not choice"),
+    ({"params": {"optim.lr": {"type": "uniform", "low": float("nan"), "high": 0.1}}},
+     "params.optim.lr.low: expected a finite number, got nan (float)"),  # was 'expected an integer'
     ({"params": {"out": {"type": "choice", "values": ["x"]}}}, "params.out: out is set by the sweep"),
     ({"params": {"distributed.workers": {"type": "choice", "values": [1]}}},
      "params.distributed.workers: distributed.workers is set by the sweep"),

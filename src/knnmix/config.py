@@ -301,15 +301,15 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        first_error = None
+        last_error = None  # the last member's: for int | float, a bad float is "expected a finite number"
         for arg in args:
             if arg is type(None) or (dataclasses.is_dataclass(arg) and not isinstance(value, dict)):
                 continue
             try:
                 return _coerce(arg, value, path)
             except ConfigError as exc:
-                first_error = first_error or exc
-        raise first_error or ConfigError(f"{path}: expected {_type_name(tp)}, got {_show(value)}")
+                last_error = exc
+        raise last_error or ConfigError(f"{path}: expected {_type_name(tp)}, got {_show(value)}")
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{path}: expected a list, got {_show(value)}")

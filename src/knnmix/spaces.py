@@ -92,7 +92,8 @@ class Param(_Schema):
         if self.type == "choice":
             return d.CategoricalDistribution(list(self.values or []))
         if self.type == "int":
-            return d.IntDistribution(int(self.low), int(self.high), step=int(self.step or 1), log=self.log)  # type: ignore[arg-type]
+            step = 1 if self.step is None else int(self.step)  # step 0 is Optuna's error, not step 1
+            return d.IntDistribution(int(self.low), int(self.high), step=step, log=self.log)  # type: ignore[arg-type]
         return d.FloatDistribution(float(self.low), float(self.high), step=self.step,  # type: ignore[arg-type]
                                    log=self.type == "loguniform")
 
@@ -264,9 +265,14 @@ def _validate(space: SearchSpace, root: Path | None) -> None:
         check(key not in FIXED_KEYS and not key.startswith(FIXED_PREFIXES), where, f"{key} is set by the sweep")
         if param.type == "choice":
             check(bool(param.values), f"{where}.values", "expected a non-empty list")
+            given = [f for f in ("low", "high", "step") if getattr(param, f) is not None] + ["log"] * param.log
+            check(not given, f"{where}.{given[0] if given else ''}", "only for types int, uniform and loguniform, "
+                  "not choice")
         else:
             check(param.low is not None and param.high is not None, where, f"{param.type} needs low and high")
             check(param.values is None, f"{where}.values", f"only for type choice, not {param.type}")
+        check(not param.log or param.type in ("int", "choice"), f"{where}.log",
+              f"only for type int; for a real number on a log scale use type loguniform, not {param.type} with log")
         if param.type == "int":
             for sub in ("low", "high", "step"):
                 v = getattr(param, sub)
