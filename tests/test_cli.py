@@ -109,3 +109,21 @@ def test_compare_trains_each_method_on_one_setting_and_writes_one_result_file(ca
         assert (tmp_path / "cmp" / r["method"] / "summary.json").exists()
     assert {r["config"]["data"]["train_subset"] for r in result["runs"]} == {300}
     assert result["command"].startswith("knnmix compare") and result["table"] in out
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["train", "--register", "m"], "--register m: nothing is logged to MLflow without a tracking URI"),
+        (["train", "--tracking-uri", "bogus://x"], "tracking URI 'bogus://x': MLflow has no tracking store for "
+                                                   "'bogus://'"),
+    ],
+)
+def test_inputs_that_would_be_ignored_or_fail_after_training_are_refused_before(capsys, tmp_path, monkeypatch, argv,
+                                                                                 needle):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, *argv, "--config", "digits", "--epochs", "1", "--out", str(tmp_path / "run"))
+    assert code == 2 and err.startswith("knnmix: error: ") and needle in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.glob("run/**/checkpoint.pt")), "nothing may train after a bad input"

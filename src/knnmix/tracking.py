@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,13 @@ DEFAULT_DB, DEFAULT_ARTIFACTS = "mlflow.db", "mlartifacts"
 PARENT_TAG = "mlflow.parentRunId"
 KIND_TAG = "knnmix.kind"  # sweep | noise_setting | trial | train
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # the UI's model-training view
+
+
+#: The URI schemes of MLflow's own tracking stores (mlflow.tracking._tracking_service.utils), and the entry-point
+#: group through which plugins add more.
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks", "databricks-uc",
+                    "uc")
+TRACKING_PLUGINS = "mlflow.tracking_store"
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,10 @@ class Store:
         if "://" not in uri:
             raise KnnmixError(f"tracking URI {uri!r} is not a URI; use e.g. sqlite:///mlflow.db or "
                               "http://127.0.0.1:5000")
+        scheme = uri.split("://", 1)[0].split("+", 1)[0].lower()  # postgresql+psycopg2://: a database and its driver
+        if scheme not in TRACKING_SCHEMES and scheme not in {e.name for e in entry_points(group=TRACKING_PLUGINS)}:
+            raise KnnmixError(f"tracking URI {uri!r}: MLflow has no tracking store for {scheme + '://'!r}; use e.g. "
+                              f"sqlite:///mlflow.db or http://127.0.0.1:5000 (schemes: {', '.join(TRACKING_SCHEMES)})")
         return cls(uri, None)
 
     @property
