@@ -111,9 +111,27 @@ def test_compare_trains_each_method_on_one_setting_and_writes_one_result_file(ca
     assert result["command"].startswith("knnmix compare") and result["table"] in out
 
 
+@pytest.mark.parametrize("named", ["--out", "--set"])
+def test_resume_reads_the_run_folders_config_however_the_folder_is_named(capsys, tmp_path, named):
+    """`--set out=DIR --resume` is `--out DIR --resume`: both continue from DIR/config.yaml (here one that cannot
+    load, to show it is read), not from the defaults."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("data:\n  name: mnist\n")
+    where = ["--out", str(run)] if named == "--out" else ["--set", f"out={run}"]
+    code, _, err = run_cli(capsys, "train", *where, "--resume")
+    assert code == 2 and "unknown dataset 'mnist'" in err, err
+
+
 @pytest.mark.parametrize(
     "argv,needle",
     [
+        (["compare", "--method", "selc"], "compare trains each method of --methods (default: ce,knnmix); name them "
+                                          "there, not with --method or --set method.name"),
+        (["compare", "--set", "method.name=selc"], "not with --method or --set method.name"),
+        (["compare", "--methods", "ce,knnmix,ce"], "--methods names ce more than once"),
+        (["audit", "IMAGES", "--show", "-1"], "--show -1: use 0 or more"),
+        (["audit", "FILE"], "data folder 'FILE' is a file, not a folder of images"),
         (["train", "--register", "m"], "--register m: nothing is logged to MLflow without a tracking URI"),
         (["train", "--tracking-uri", "bogus://x"], "tracking URI 'bogus://x': MLflow has no tracking store for "
                                                    "'bogus://'"),
@@ -123,6 +141,8 @@ def test_inputs_that_would_be_ignored_or_fail_after_training_are_refused_before(
                                                                                  needle):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "IMAGES" / "a").mkdir(parents=True)
+    (tmp_path / "FILE").write_text("not a folder\n")
     code, _, err = run_cli(capsys, *argv, "--config", "digits", "--epochs", "1", "--out", str(tmp_path / "run"))
     assert code == 2 and err.startswith("knnmix: error: ") and needle in err, err
     assert len(err.strip().splitlines()) == 1

@@ -60,8 +60,9 @@ def load_config(args: argparse.Namespace) -> C.Config:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    if args.resume:
-        saved = Path(args.out or C.Config().out) / "config.yaml"
+    if args.resume:  # the run folder: --set out=DIR (the last one) beats --out DIR, as in load_config
+        outs = [value for key, value in map(C.parse_override, args.overrides) if key == "out"]
+        saved = Path(str(outs[-1] if outs else args.out or C.Config().out)) / "config.yaml"
         if saved.exists() and not args.config:
             args.config = str(saved)
     summary = run_training(load_config(args), args)
@@ -96,10 +97,16 @@ def run_training(cfg: C.Config, args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Train several methods on the same data, noise, network, epochs and seed; print their accuracies."""
+    if args.method or any(C.parse_override(o)[0] == "method.name" for o in args.overrides):
+        raise KnnmixError("compare trains each method of --methods (default: ce,knnmix); name them there, "
+                          "not with --method or --set method.name")
     base = load_config(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
         raise KnnmixError("--methods needs at least one method name")
+    if twice := sorted({m for m in methods if methods.count(m) > 1}):
+        raise KnnmixError(f"--methods names {', '.join(twice)} more than once (each method's run goes to "
+                          f"{Path(base.out) / twice[0]})")
     configs = [C.replace(base, **{"method.name": m, "out": str(Path(base.out) / m)}) for m in methods]
     results = []
     for cfg in configs:
@@ -141,8 +148,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
     An image size the user did not choose is chosen from the images (data.image_size null), and with it the network
     when model.name is auto (knnmix.data.imagefolder.choose_image_size); the resolved config records both.
     """
+    if args.show < 0:
+        raise KnnmixError(f"--show {args.show}: use 0 or more (how many suspects to print)")
     if args.dataset is None and not args.labels and not Path(args.data).is_dir():
-        raise KnnmixError(f"data folder {args.data!r} does not exist")
+        found = "is a file, not a folder of images" if Path(args.data).exists() else "does not exist"
+        raise KnnmixError(f"data folder {args.data!r} {found}")
     cfg = load_config(args)
     summary = run_training(cfg, args)
     print(audit_report(Path(cfg.out) / "label_issues.csv", summary, args.show))
