@@ -21,7 +21,7 @@ def normalise_losses(losses: Tensor) -> Tensor:
 
     NaN entries (samples not evaluated this epoch) stay NaN and are ignored by the min and max.
     """
-    _check_vector(losses, "losses", allow_nan=True)
+    _check_losses(losses)
     finite = losses[~torch.isnan(losses)]
     if finite.numel() == 0:
         raise ValueError("losses holds no finite value")
@@ -52,7 +52,7 @@ def fit_clean_probability(
     NaN losses (samples outside this fit) get NaN. Degenerate inputs -- fewer than two finite values, or all equal
     -- give probability 1 everywhere: there is no evidence that any label is wrong. Deterministic given ``seed``.
     """
-    _check_vector(losses, "losses", allow_nan=True)
+    _check_losses(losses)
     mask = ~torch.isnan(losses)
     out = torch.full_like(losses, float("nan"), dtype=torch.float32)
     values = losses[mask].double().cpu().numpy().reshape(-1, 1)
@@ -80,7 +80,7 @@ def fit_clean_probability_per_class(
     but still higher than those of the class's clean samples: a per-class split sees them where a global one does
     not. NaN losses get NaN.
     """
-    _check_vector(losses, "losses", allow_nan=True)
+    _check_losses(losses)
     if labels.shape != losses.shape:
         raise ValueError(f"labels {tuple(labels.shape)} and losses {tuple(losses.shape)} must both be (N,)")
     if min_class < 2:
@@ -95,11 +95,10 @@ def fit_clean_probability_per_class(
     return out
 
 
-def _check_vector(x: Tensor, name: str, *, allow_nan: bool = False) -> None:
-    if not isinstance(x, Tensor) or x.dim() != 1:
-        raise ValueError(f"{name} must be a 1-D tensor (N,), got {getattr(x, 'shape', type(x))}")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be floating point, got {x.dtype}")
-    bad = torch.isinf(x) if allow_nan else ~torch.isfinite(x)
-    if bool(bad.any()):
-        raise ValueError(f"{name} holds {int(bad.sum())} non-finite values")
+def _check_losses(losses: Tensor) -> None:
+    if not isinstance(losses, Tensor) or losses.dim() != 1:
+        raise ValueError(f"losses must be a 1-D tensor (N,), got {getattr(losses, 'shape', type(losses))}")
+    if not losses.is_floating_point():
+        raise ValueError(f"losses must be floating point, got {losses.dtype}")
+    if bool((bad := torch.isinf(losses)).any()):
+        raise ValueError(f"losses holds {int(bad.sum())} non-finite values")
