@@ -399,13 +399,11 @@ def validate(cfg: Config) -> None:
     _check(0 <= o.min_lr <= o.lr, "optim.min_lr", o.min_lr, f"use a value in [0, optim.lr={o.lr}]")
     _check(0 <= m.correction_momentum < 1, "method.correction_momentum", m.correction_momentum, "use [0, 1)")
     if x.storage_path is not None and "://" not in x.storage_path and not Path(x.storage_path).is_absolute():
-        raise ConfigError(
-            f"distributed.storage_path: {x.storage_path!r} must be an absolute path or a URI (Ray Train needs it)"
-        )
+        raise ConfigError(f"distributed.storage_path: {x.storage_path!r} must be an absolute path or a URI (Ray Train "
+                          "needs it)")
     if o.batch_size % max(x.workers, 1):
-        raise ConfigError(
-            f"optim.batch_size: {o.batch_size} does not split evenly over distributed.workers={x.workers}"
-        )
+        raise ConfigError(f"optim.batch_size: {o.batch_size} does not split evenly over "
+                          f"distributed.workers={x.workers}")
     # Names are checked against the registries of the parts, imported lazily to keep this module light.
     from knnmix.data import DATASETS
     from knnmix.methods import METHODS

@@ -64,10 +64,8 @@ def load_tensors(path: str | os.PathLike[str], what: str, allowed: Iterable[Any]
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - unpickling, truncated file, not a torch file, ...
         if "unsupported global" in str(exc).lower():
-            raise CheckpointError(
-                f"{what} {str(path)!r} holds objects other than tensors and plain data, which loading with "
-                f"torch.load(weights_only=True) refuses, since they could run code ({one_line(exc, 200)})"
-            ) from None
-        raise CheckpointError(
-            f"cannot read {what} {path} (truncated, corrupt or not a torch file): {one_line(exc, 200)}"
-        ) from None
+            raise CheckpointError(f"{what} {str(path)!r} holds objects other than tensors and plain data, which "
+                                  "loading with torch.load(weights_only=True) refuses, since they could run code "
+                                  f"({one_line(exc, 200)})") from None
+        raise CheckpointError(f"cannot read {what} {path} (truncated, corrupt or not a torch file): "
+                              f"{one_line(exc, 200)}") from None

@@ -34,10 +34,8 @@ def load_dataset(name: str, root: str | os.PathLike[str] | None = None, download
     accepted = dataset_options(name)
     unused = sorted(k for k, v in options.items() if k not in accepted and (defaults is None or v != defaults.get(k)))
     if unused:
-        raise DataError(
-            f"data.{unused[0]}={options[unused[0]]!r} is not used by dataset {name!r} "
-            f"(its options: {', '.join(sorted(accepted)) or 'none'})"
-        )
+        raise DataError(f"data.{unused[0]}={options[unused[0]]!r} is not used by dataset {name!r} "
+                        f"(its options: {', '.join(sorted(accepted)) or 'none'})")
     kwargs = {k: v for k, v in options.items() if k in accepted}
     return loader(os.fspath(root) if root else None, bool(download), **kwargs)
 

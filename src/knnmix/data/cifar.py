@@ -141,19 +141,15 @@ def load_cifar(spec: CifarSpec, root: str | None, download: bool) -> DatasetBund
         directory = base / spec.folder
     if (missing := _missing(directory, spec)) is not None:
         rel = directory.relative_to(base) / missing
-        raise DataError(
-            f"{spec.name} data not found under {base} (expected {rel.as_posix()}); "
-            "pass --set data.root=DIR or --set data.download=true"
-        )
+        raise DataError(f"{spec.name} data not found under {base} (expected {rel.as_posix()}); "
+                        "pass --set data.root=DIR or --set data.download=true")
     *train_files, test_file, meta_file = spec.files
     parts = [read_batch(directory / name, spec) for name in train_files]
     test_images, test_labels, _ = read_batch(directory / test_file, spec)
     train_images = np.concatenate([p[0] for p in parts])
     if train_images.shape[1:] != test_images.shape[1:]:
-        raise DataError(
-            f"{spec.name} under {directory}: training images are {train_images.shape[1:]}, "
-            f"test images {test_images.shape[1:]}"
-        )
+        raise DataError(f"{spec.name} under {directory}: training images are {train_images.shape[1:]}, "
+                        f"test images {test_images.shape[1:]}")
     return DatasetBundle(
         name=spec.name, family=spec.name, classes=read_class_names(directory / meta_file, spec),
         train=TensorSource(torch.from_numpy(train_images), spec.mean, spec.std, AUGMENT),

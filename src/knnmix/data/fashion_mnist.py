@@ -57,10 +57,8 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     dims = tuple(int(d) for d in np.frombuffer(buf, ">u4", ndim, offset=4))
     size = int(np.prod(dims, dtype=np.int64))
     if len(buf) - header != size:
-        raise DataError(
-            f"idx file {path} is truncated or corrupt: header says {'x'.join(map(str, dims))} = {size} bytes "
-            f"of data, found {len(buf) - header}"
-        )
+        raise DataError(f"idx file {path} is truncated or corrupt: header says {'x'.join(map(str, dims))} = {size} "
+                        f"bytes of data, found {len(buf) - header}")
     return np.frombuffer(buf, dtype=np.uint8, offset=header).reshape(dims).copy()
 
 
@@ -75,11 +73,9 @@ def find_files(roots: list[Path]) -> dict[str, Path]:
             return found
         best = found if len(found) > len(best) else best
     missing = next(name for name in FILES if name not in best)
-    raise DataError(
-        f"fashion-mnist data not found at {' or '.join(map(str, roots))} (missing {missing}[.gz]); install Debian's "
-        "dataset-fashion-mnist (apt-get install -y dataset-fashion-mnist), pass --set data.root=DIR, "
-        "or --set data.download=true to fetch it"
-    )
+    raise DataError(f"fashion-mnist data not found at {' or '.join(map(str, roots))} (missing {missing}[.gz]); install "
+                    "Debian's dataset-fashion-mnist (apt-get install -y dataset-fashion-mnist), pass --set "
+                    "data.root=DIR, or --set data.download=true to fetch it")
 
 
 def _read_split(images_path: Path, labels_path: Path) -> tuple[TensorSource, np.ndarray]:
@@ -102,10 +98,8 @@ def load_fashion_mnist(root: str | None, download: bool) -> DatasetBundle:
     train, train_labels = _read_split(files[TRAIN_IMAGES], files[TRAIN_LABELS])
     test, test_labels = _read_split(files[TEST_IMAGES], files[TEST_LABELS])
     if train.shape != test.shape:
-        raise DataError(
-            f"{files[TRAIN_IMAGES]} holds {train.shape[1]}x{train.shape[2]} images but "
-            f"{files[TEST_IMAGES]} holds {test.shape[1]}x{test.shape[2]}"
-        )
+        raise DataError(f"{files[TRAIN_IMAGES]} holds {train.shape[1]}x{train.shape[2]} images but "
+                        f"{files[TEST_IMAGES]} holds {test.shape[1]}x{test.shape[2]}")
     return DatasetBundle(
         name="fashion-mnist", family="fashion-mnist", classes=list(CLASSES), default_model="small_cnn",
         train=train, train_labels=train_labels, test=test, test_labels=test_labels,

@@ -346,10 +346,8 @@ def build_sources(
         source, kept, bad = build_source(root, keys, image_size or DEFAULT_IMAGE_SIZE)
         shown = [f"{os.path.join(root, keys[i])} ({reason})" for i, reason in bad]
         if bad and on_bad_image == "fail":
-            raise DataError(
-                f"{dataset}: {len(bad)} unreadable or corrupt {split} image{'s' if len(bad) > 1 else ''}: "
-                f"{listing(shown)}; fix or remove them, or set data.on_bad_image=skip"
-            )
+            raise DataError(f"{dataset}: {len(bad)} unreadable or corrupt {split} image{'s' if len(bad) > 1 else ''}: "
+                            f"{listing(shown)}; fix or remove them, or set data.on_bad_image=skip")
         skipped += shown
         counts += [f"{len(bad)} {split}"] if bad else []
         out[split] = (source, np.asarray(labels, dtype=np.int64)[kept])

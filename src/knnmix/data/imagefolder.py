@@ -52,10 +52,8 @@ def read_folder(root: str, classes: list[str] | None = None) -> LabelledFiles:
     require_dir(root, NAME, "image folder")
     folders = sorted(d for d in os.listdir(root) if not d.startswith(".") and os.path.isdir(os.path.join(root, d)))
     if not folders:
-        raise DataError(
-            f"{NAME}: no class folders under {root} (expected {root}/<class>/<image>, "
-            "or a CSV of path,label given as data.labels_file)"
-        )
+        raise DataError(f"{NAME}: no class folders under {root} (expected {root}/<class>/<image>, "
+                        "or a CSV of path,label given as data.labels_file)")
     classes = folders if classes is None else classes
     unknown = [repr(f) for f in folders if f not in classes]
     refuse(unknown, f"{NAME}: {len(unknown)} class folders under {root} are not training classes")

@@ -69,9 +69,8 @@ def load_webvision(root: str | None, download: bool, *, image_size: int | None =
         raise DataError(f"{NAME}: data.test_root {imagenet_dir} does not exist")
     if test_root or os.path.isdir(imagenet_dir):
         if synsets is None:
-            raise DataError(
-                f"{NAME}: the ImageNet test set {imagenet_dir} needs {synsets_file} to map classes to synsets"
-            )
+            raise DataError(f"{NAME}: the ImageNet test set {imagenet_dir} needs {synsets_file} to map classes to "
+                            "synsets")
         require_dir(imagenet_dir, NAME, "ImageNet validation folder")
         keys, labels, missing = find_images(imagenet_dir, {synset: c for c, synset in enumerate(synsets[:k])})
         refuse(missing, f"{NAME}: the ImageNet validation folder {imagenet_dir} has no images for {len(missing)} of "

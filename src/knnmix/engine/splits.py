@@ -102,9 +102,8 @@ def build_splits(cfg: Config) -> Splits:
             raise DataError(f"data.train_subset={d.train_subset} exceeds the {len(rows)} training images of {d.name}")
         rows = np.sort(rng.choice(rows, size=d.train_subset, replace=False))
     if bundle.val is not None and d.val_fraction > 0:
-        raise ConfigError(
-            f"data.val_fraction={d.val_fraction}: {d.name} ships its own validation split; set data.val_fraction=0"
-        )
+        raise ConfigError(f"data.val_fraction={d.val_fraction}: {d.name} ships its own validation split; set "
+                          "data.val_fraction=0")
     n_val = int(round(d.val_fraction * len(rows)))
     perm = rng.permutation(rows)
     val_rows, train_rows = np.sort(perm[:n_val]), np.sort(perm[n_val:])

@@ -35,10 +35,8 @@ def mix_batch(images: Tensor, targets: Tensor, weights: Tensor) -> tuple[Tensor,
     Returns the synthetic images ``(B, ...)`` and their soft labels ``(B, C)``; the same weights mix both.
     """
     if images.shape[:2] != weights.shape or targets.shape[:2] != weights.shape:
-        raise ValueError(
-            f"images {tuple(images.shape)}, targets {tuple(targets.shape)} and weights {tuple(weights.shape)} "
-            "must agree on (B, M)"
-        )
+        raise ValueError(f"images {tuple(images.shape)}, targets {tuple(targets.shape)} and weights "
+                         f"{tuple(weights.shape)} must agree on (B, M)")
     x = torch.einsum("bm,bm...->b...", weights.to(images.dtype), images)
     y = torch.einsum("bm,bmc->bc", weights.to(targets.dtype), targets)
     return x, y

@@ -38,9 +38,8 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     state: dict[str, Tensor] = {}
     for key, value in obj.items():
         if not isinstance(key, str) or not isinstance(value, Tensor):
-            raise KnnmixError(
-                f"pretrained weights {str(path)!r} are not a state dict: entry {key!r} is a {type(value).__name__}"
-            )
+            raise KnnmixError(f"pretrained weights {str(path)!r} are not a state dict: entry {key!r} is a "
+                              f"{type(value).__name__}")
         state[STRIP_PREFIXES.sub("", key)] = value
     return state
 

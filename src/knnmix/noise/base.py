@@ -84,10 +84,8 @@ def _model(kind: object, text: str) -> NoiseModel:
     """The registered model called ``kind``; ``text`` is the spec as the user wrote it, for the error message."""
     if not isinstance(kind, str) or kind not in NOISE_MODELS:
         names = NOISE_MODELS.names()
-        raise KnnmixError(
-            f"unknown noise model {kind!r} in noise spec {text!r}{did_you_mean(kind, names)}; "
-            f"choose one of: {', '.join(names)}"
-        )
+        raise KnnmixError(f"unknown noise model {kind!r} in noise spec {text!r}{did_you_mean(kind, names)}; "
+                          f"choose one of: {', '.join(names)}")
     return NOISE_MODELS.get(kind)
 
 
@@ -299,9 +297,8 @@ def apply_noise(
     if not isinstance(family, str) or not family:
         raise KnnmixError(f"family must be a dataset family name such as 'cifar10' or 'generic', got {family!r}")
     if symmetric_convention not in SYMMETRIC_CONVENTIONS:
-        raise KnnmixError(
-            f"unknown symmetric_convention {symmetric_convention!r}; choose one of {', '.join(SYMMETRIC_CONVENTIONS)}"
-        )
+        raise KnnmixError(f"unknown symmetric_convention {symmetric_convention!r}; choose one of "
+                          f"{', '.join(SYMMETRIC_CONVENTIONS)}")
     is_real = isinstance(instance_std, numbers.Real) and not isinstance(instance_std, bool)
     if not (is_real and math.isfinite(instance_std) and instance_std > 0):
         raise KnnmixError(f"instance_std must be a positive number, got {instance_std!r}")
@@ -324,9 +321,8 @@ def apply_noise(
     )
     noisy = np.asarray(NOISE_MODELS.get(parsed.kind).generate(parsed, inputs))
     if noisy.shape != (n,) or noisy.dtype.kind not in "iu" or noisy.min() < 0 or noisy.max() >= c:
-        raise RuntimeError(
-            f"noise model {parsed.kind!r} returned {noisy.dtype} {noisy.shape} labels, expected int ({n},) in [0, {c})"
-        )
+        raise RuntimeError(f"noise model {parsed.kind!r} returned {noisy.dtype} {noisy.shape} labels, expected int "
+                           f"({n},) in [0, {c})")
     noisy = np.array(noisy, dtype=np.int64)  # always a copy: the caller's to modify, never a view of its input
     clean_copy = np.array(clean, dtype=np.int64, copy=True)
     return NoiseResult(noisy_labels=noisy, noise_rate=float(np.mean(noisy != clean_copy)),

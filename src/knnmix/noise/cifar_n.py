@@ -102,37 +102,28 @@ def _human_labels(spec: NoiseSpec, inputs: NoiseInputs) -> np.ndarray:
     assert spec.variant is not None
     info = CIFAR_N[spec.kind]
     if inputs.family != info.family:
-        raise KnnmixError(
-            f"noise model {spec.kind!r} holds human labels of {info.dataset}'s training set; it needs dataset "
-            f"family {info.family!r}, got {inputs.family!r}"
-        )
+        raise KnnmixError(f"noise model {spec.kind!r} holds human labels of {info.dataset}'s training set; it needs "
+                          f"dataset family {info.family!r}, got {inputs.family!r}")
     if inputs.num_classes != info.num_classes:
-        raise KnnmixError(
-            f"noise model {spec.kind!r} needs {info.num_classes} classes, but num_classes is {inputs.num_classes}"
-        )
+        raise KnnmixError(f"noise model {spec.kind!r} needs {info.num_classes} classes, but num_classes is "
+                          f"{inputs.num_classes}")
     n = inputs.labels.shape[0]
     if n != CIFAR_N_TRAIN_SIZE:
-        raise KnnmixError(
-            f"{spec.kind} labels cover {info.dataset}'s {CIFAR_N_TRAIN_SIZE:,} training images; this dataset has {n:,}"
-        )
+        raise KnnmixError(f"{spec.kind} labels cover {info.dataset}'s {CIFAR_N_TRAIN_SIZE:,} training images; this "
+                          f"dataset has {n:,}")
     if inputs.cifar_n_dir is None:
-        raise KnnmixError(
-            f"noise spec {str(spec)!r} needs cifar_n_dir, the folder holding {info.filename} "
-            "(CIFAR-N human labels, https://github.com/UCSC-REAL/cifar-10-100n)"
-        )
+        raise KnnmixError(f"noise spec {str(spec)!r} needs cifar_n_dir, the folder holding {info.filename} "
+                          "(CIFAR-N human labels, https://github.com/UCSC-REAL/cifar-10-100n)")
     path = inputs.cifar_n_dir / info.filename
     if not path.is_file():
-        raise KnnmixError(
-            f"CIFAR-N label file {path} not found: noise spec {str(spec)!r} expects {info.filename} in cifar_n_dir"
-        )
+        raise KnnmixError(f"CIFAR-N label file {path} not found: noise spec {str(spec)!r} expects {info.filename} in "
+                          "cifar_n_dir")
     data = load_cifar_n_file(path)
     clean, noisy = (_entry(data, key, path, info) for key in ("clean_label", info.variants[spec.variant]))
     mismatch = int(np.count_nonzero(clean != inputs.labels))
     if mismatch:
-        raise KnnmixError(
-            f"labels differ from clean_label of {path} at {mismatch:,} of {CIFAR_N_TRAIN_SIZE:,} positions; "
-            f"{spec.kind} needs {info.dataset}'s training set in the order of {info.order}"
-        )
+        raise KnnmixError(f"labels differ from clean_label of {path} at {mismatch:,} of {CIFAR_N_TRAIN_SIZE:,} "
+                          f"positions; {spec.kind} needs {info.dataset}'s training set in the order of {info.order}")
     return np.array(noisy, dtype=np.int64, copy=True)
 
 

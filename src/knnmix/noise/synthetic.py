@@ -91,10 +91,8 @@ def cifar100_superclass_map(labels: np.ndarray, coarse_labels: np.ndarray) -> di
     repeated = np.flatnonzero(np.diff(pairs[:, 0]) == 0)
     if repeated.size:
         dup = pairs[repeated[0], 0]
-        raise KnnmixError(
-            f"coarse_labels are inconsistent: fine class {int(dup)} appears with coarse labels "
-            f"{pairs[pairs[:, 0] == dup, 1].tolist()}; pass the data's own super-class labels"
-        )
+        raise KnnmixError(f"coarse_labels are inconsistent: fine class {int(dup)} appears with coarse labels "
+                          f"{pairs[pairs[:, 0] == dup, 1].tolist()}; pass the data's own super-class labels")
     mapping: dict[int, int] = {}
     for sup in np.unique(pairs[:, 1]):
         group = pairs[pairs[:, 1] == sup, 0]  # ascending
@@ -111,16 +109,13 @@ def asymmetric_class_map(
     """
     if family == "cifar100":
         if coarse_labels is None or labels is None:
-            raise KnnmixError(
-                "asymmetric noise on cifar100 needs coarse_labels (the CIFAR-100 super-class of each sample)"
-            )
+            raise KnnmixError("asymmetric noise on cifar100 needs coarse_labels (the CIFAR-100 super-class of each "
+                              "sample)")
         return cifar100_superclass_map(labels, coarse_labels)
     if family not in ASYMMETRIC_CLASS_MAPS:
         known = did_you_mean(family, [*ASYMMETRIC_CLASS_MAPS, "cifar100"])
-        raise KnnmixError(
-            f"asymmetric noise has no class map for dataset family {family!r}{known}; "
-            "use symmetric, pairflip or instance"
-        )
+        raise KnnmixError(f"asymmetric noise has no class map for dataset family {family!r}{known}; "
+                          "use symmetric, pairflip or instance")
     return dict(ASYMMETRIC_CLASS_MAPS[family])
 
 
@@ -132,10 +127,8 @@ def _asymmetric(spec: NoiseSpec, inputs: NoiseInputs) -> np.ndarray:
     mapping = asymmetric_class_map(inputs.family, labels=inputs.labels, coarse_labels=inputs.coarse_labels)
     expected = 100 if inputs.family == "cifar100" else 10
     if inputs.num_classes != expected:
-        raise KnnmixError(
-            f"asymmetric noise for dataset family {inputs.family!r} maps {expected} classes, but num_classes is "
-            f"{inputs.num_classes}"
-        )
+        raise KnnmixError(f"asymmetric noise for dataset family {inputs.family!r} maps {expected} classes, but "
+                          f"num_classes is {inputs.num_classes}")
     return flip_within_classes(inputs.labels, mapping, spec.rate, inputs.rng)
 
 
@@ -180,9 +173,8 @@ def _instance(spec: NoiseSpec, inputs: NoiseInputs) -> np.ndarray:
     """
     assert spec.rate is not None
     if inputs.features is None:
-        raise KnnmixError(
-            "instance noise needs features: the (N, D) flattened training images in [0, 1] (pass features=...)"
-        )
+        raise KnnmixError("instance noise needs features: the (N, D) flattened training images in [0, 1] (pass "
+                          "features=...)")
     x = inputs.features
     if x.dtype.kind == "f" and not all(np.isfinite(x[i : i + 4096]).all() for i in range(0, x.shape[0], 4096)):
         raise KnnmixError("features for instance noise contain nan or inf values")
