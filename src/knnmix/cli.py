@@ -73,7 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def run_training(cfg: C.Config, args: argparse.Namespace) -> dict[str, Any]:
     """Single process, or Ray Train when ``distributed.workers > 0``; then logged to MLflow when a tracking URI is
     given (``--tracking-uri`` or ``MLFLOW_TRACKING_URI``)."""
-    from knnmix.tracking import Store
+    from knnmix.tracking import Store, log_training_run
 
     uri = getattr(args, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI")
     register = getattr(args, "register", None)
@@ -88,7 +88,6 @@ def run_training(cfg: C.Config, args: argparse.Namespace) -> dict[str, Any]:
     summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
     if store is not None:
         from knnmix.scale import ray_env
-        from knnmix.tracking import log_training_run
 
         ray_env.quiet()
         summary["mlflow_run_id"] = log_training_run(store, Path(cfg.out), summary, register=register)

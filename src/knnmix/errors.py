@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,16 @@ def did_you_mean(name: object, choices: Iterable[str]) -> str:
     """``" (did you mean 'x'?)"`` for the choice closest to a misspelt ``name``, else ``""``."""
     close = difflib.get_close_matches(name, list(choices), n=1) if isinstance(name, str) else []
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+#: How many offending items an error message lists.
+MAX_LISTED = 5
+
+
+def listing(items: Sequence[str], limit: int = MAX_LISTED) -> str:
+    """``"a, b, c, d, e (and 7 more)"``: the first ``limit`` of ``items``."""
+    shown = ", ".join(items[:limit])
+    return shown + (f" (and {len(items) - limit} more)" if len(items) > limit else "")
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:

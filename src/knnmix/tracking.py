@@ -39,8 +39,7 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # the U
 
 #: The URI schemes of MLflow's own tracking stores (mlflow.tracking._tracking_service.utils), and the entry-point
 #: group through which plugins add more.
-TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks", "databricks-uc",
-                    "uc")
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks")
 TRACKING_PLUGINS = "mlflow.tracking_store"
 
 

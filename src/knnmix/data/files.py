@@ -24,7 +24,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from knnmix.data.base import Augment, ImageSource, Normalise, TensorSource
-from knnmix.errors import DataError, one_line
+from knnmix.errors import DataError, listing, one_line
 
 #: ImageNet's per-channel mean and std (RGB, 0..1 scale), used by every file-based data set.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -37,18 +37,10 @@ DEFAULT_IMAGE_SIZE = 224
 SMALL_IMAGE_SIDE = 64
 #: Largest decoded size (``N * 3 * s * s`` bytes) preloaded into memory when ``s < SMALL_IMAGE_SIDE``.
 PRELOAD_MAX_BYTES = 2 * 1024**3
-#: How many offenders an error or warning names.
-MAX_LISTED = 5
 #: Images per task of the load-time thread pool.
 _CHUNK = 256
 
 OnBadImage = Literal["fail", "skip"]
-
-
-def listing(items: Sequence[str], limit: int = MAX_LISTED) -> str:
-    """``"a, b, c, d, e (and 7 more)"``: the first ``limit`` of ``items``."""
-    shown = ", ".join(items[:limit])
-    return shown + (f" (and {len(items) - limit} more)" if len(items) > limit else "")
 
 
 def refuse(offenders: Sequence[str], message: str) -> None:

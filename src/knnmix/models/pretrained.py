@@ -13,19 +13,12 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
-from knnmix.errors import KnnmixError, load_tensors
+from knnmix.errors import KnnmixError, listing, load_tensors
 
 #: Keys under which checkpoints commonly nest their state dict, tried in order.
 CHECKPOINT_KEYS = ("state_dict", "model")
 #: The ``module.`` and ``_orig_mod.`` prefixes stripped from every key, repeatedly, in any order.
 STRIP_PREFIXES = re.compile(r"^(?:module\.|_orig_mod\.)+")
-#: How many offending keys an error message lists.
-MAX_LISTED = 5
-
-
-def _listing(items: list[str]) -> str:
-    more = f", ... ({len(items)} in all)" if len(items) > MAX_LISTED else ""
-    return ", ".join(items[:MAX_LISTED]) + more
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
@@ -65,7 +58,7 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike[str], *, name: str
 
     if missing or unexpected or mismatched:
         problems = [
-            f"{label}: {_listing(keys)}"
+            f"{label}: {listing(keys)}"
             for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched))
             if keys
         ]
