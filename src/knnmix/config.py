@@ -120,7 +120,7 @@ class Config:
     method: MethodConfig = field(default_factory=MethodConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     epochs: int = 100  # training epochs
-    seed: int = 0  # seed of initialisation, batching, augmentation (and of the noise unless noise.seed is set)
+    seed: int = 0  # seed of initialisation, batching, augmentation (and of the noise unless noise.seed is set); 0 to 1e8
     out: str = "runs/knnmix"  # run folder: config, metrics, checkpoint, label issues
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
     threads: int = 0  # torch / faiss CPU threads per process; 0 = leave the library default
