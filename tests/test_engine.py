@@ -119,6 +119,7 @@ def test_existing_run_is_not_overwritten_and_resume_needs_a_run(tmp_path):
         train(cfg, echo=None)
     with pytest.raises(KnnmixError, match="nothing to resume"):
         train(C.replace(cfg, out=str(tmp_path / "empty")), resume=True, echo=None)
+    assert not (tmp_path / "empty").exists()  # a mistyped folder leaves nothing behind (not even a lock file)
     (tmp_path / "run" / "notes.txt").write_text("mine")
     train(C.replace(cfg, seed=1), overwrite=True, echo=None)  # replaces the run's files, keeps the user's
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["seed"] == 1

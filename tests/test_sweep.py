@@ -184,6 +184,8 @@ _BAD_CASES = [
      "params.distributed.workers: distributed.workers is set by the sweep"),
     ({"params": {"method.premix": {"type": "choice", "values": ["knn", "cutmix"]}}},
      "params.method.premix.values[1]: method.premix: 'cutmix' (str) is not one of mixup, knn, ce"),
+    ({"params": {"method.k": {"type": "choice", "values": [1, 2, 1.0, 2]}}},
+     "params.method.k.values: lists 2 twice"),  # 1 and 1.0 differ in type: the float is refused per value below
     ({"noise": ["symmetric:0.2", "symetric:0.5"]}, "noise[1]: unknown noise model 'symetric'"),
     ({"noise": ["symmetric:0.2", "symmetric:1.5"]}, "noise[1]: noise rate 1.5 in 'symmetric:1.5' is outside"),
     ({"noise": ["symmetric:0.2", "symmetric:0.20"]}, "noise[1]: 'symmetric:0.2' is listed twice (also noise[0])"),

@@ -265,6 +265,9 @@ def _validate(space: SearchSpace, root: Path | None) -> None:
         check(key not in FIXED_KEYS and not key.startswith(FIXED_PREFIXES), where, f"{key} is set by the sweep")
         if param.type == "choice":
             check(bool(param.values), f"{where}.values", "expected a non-empty list")
+            seen = [(v, type(v)) for v in param.values or []]  # a repeated value would weigh twice in the sampler
+            twice = [v for i, (v, tp) in enumerate(seen) if (v, tp) in seen[:i]]
+            check(not twice, f"{where}.values", f"lists {twice[0]!r} twice" if twice else "")
             given = [f for f in ("low", "high", "step") if getattr(param, f) is not None] + ["log"] * param.log
             check(not given, f"{where}.{given[0] if given else ''}", "only for types int, uniform and loguniform, "
                   "not choice")

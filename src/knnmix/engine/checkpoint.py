@@ -188,13 +188,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 @contextmanager
-def folder_lock(path: str | Path, what: str = "run folder") -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if needed) while a run or sweep writes into it.
+def folder_lock(path: str | Path, what: str = "run folder", *, resume: bool = False) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if needed; with ``resume`` it must exist) while a run or sweep writes
+    into it.
 
     A second process asking for the same folder gets a one-line :class:`KnnmixError` naming the holder. The lock is
     an ``flock`` on ``<path>/.lock``: the kernel releases it when the holder exits, even by SIGKILL.
     """
     p = Path(path)
+    if resume and not p.is_dir():
+        raise KnnmixError(f"nothing to resume: {what} {str(p)!r} does not exist")
     try:
         p.mkdir(parents=True, exist_ok=True)
         fh = open(p / LOCK, "a+")

@@ -116,7 +116,7 @@ class DistributedRun:
 
 def train_distributed(cfg: C.Config, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Train ``cfg`` on ``distributed.workers`` Ray Train workers; return the run's summary (as ``train``)."""
-    with folder_lock(Path(cfg.out).expanduser().absolute()):
+    with folder_lock(Path(cfg.out).expanduser().absolute(), resume=resume):
         return fit(cfg, resume=resume, overwrite=overwrite).summary
 
 
