@@ -34,6 +34,7 @@ from knnmix.scale.train import (
     fit,
     ray_configs,
     storage_of,
+    train_distributed,
     worker_config,
 )
 
@@ -124,6 +125,9 @@ def test_knnmix_env_vars_are_forwarded_to_workers(tmp_path, monkeypatch):
 
 def test_run_state_checks(tmp_path):
     cfg = digits_cfg(tmp_path / "run")
+    with pytest.raises(KnnmixError, match="nothing to resume: run folder .* does not exist"):
+        train_distributed(cfg, resume=True)  # refused before Ray starts, and leaves no folder (or lock) behind
+    assert not (tmp_path / "run").exists()
     with pytest.raises(KnnmixError, match="nothing to resume"):
         check_run_state(cfg, resume=True)
     check_run_state(cfg, resume=False)

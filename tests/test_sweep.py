@@ -405,6 +405,12 @@ def test_a_sweep_folder_on_object_storage_is_refused_in_one_line(tmp_path, capsy
     assert not Path("s3:").exists()
 
 
+def test_resuming_a_sweep_folder_that_does_not_exist_leaves_nothing_behind(tmp_path):
+    with pytest.raises(KnnmixError, match="nothing to resume: sweep folder .* does not exist"):
+        S.run_sweep(SP.load_space(write_space(tmp_path)), tmp_path / "typo", resume=True, echo=None)
+    assert not (tmp_path / "typo").exists()
+
+
 def test_a_sweep_folder_in_use_is_refused_in_one_line(tmp_path, capsys):
     from knnmix.engine.checkpoint import folder_lock
 
