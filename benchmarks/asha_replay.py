@@ -33,10 +33,13 @@ GRACE = range(1, 16)
 FACTORS = (2, 3, 4, 6, 8)
 
 
-def full_arm(runs: Path, seed: int) -> list[dict]:
-    """Every trial of the arm without early stopping, in creation order: its sampled values and val curve."""
-    out = (runs / f"no-early-stopping-seed{seed}").absolute()
-    space = SP.load_space("fashion-mnist", FASHION + [f"sweep.asha.grace_period={EPOCHS}", f"sweep.seed={seed}"])
+def arm(runs: Path, seed: int, grace: int = EPOCHS, factor: int = 4) -> list[dict]:
+    """Every trial of a real sweep of the 24 configurations (default: no early stopping), in creation order: its
+    sampled values and the val curve of the epochs it ran."""
+    label = "no-early-stopping" if grace == EPOCHS else f"asha-{grace}-{factor}"
+    out = (runs / f"{label}-seed{seed}").absolute()
+    space = SP.load_space("fashion-mnist", FASHION + [f"sweep.asha.grace_period={grace}",
+                                                      f"sweep.asha.reduction_factor={factor}", f"sweep.seed={seed}"])
     if not (out / "sweep_summary.json").exists():
         S.run_sweep(space, out, store=Store.from_uri(f"sqlite:///{runs.absolute() / 'mlflow.db'}"), echo=print,
                     resume=(out / "sweep_state.json").exists())
@@ -76,9 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", required=True, help="folder for the sweep (kept, so a stopped run resumes)")
     p.add_argument("--seed", type=int, default=0, help="the sweep's seed (0: the configurations of sweeps.py)")
     p.add_argument("--out", help="result JSON (default benchmarks/results/asha-replay/replay-seed<seed>.json)")
+    p.add_argument("--check", nargs=2, type=int, metavar=("GRACE", "FACTOR"), default=(1, 4),
+                   help="also run this placement for real, to compare with its replay (default: Ray's 1 and 4)")
     args = p.parse_args(argv)
     start = time.time()
-    trials = full_arm(Path(args.runs), args.seed)
+    trials = arm(Path(args.runs), args.seed)
     curves = [t["val"] for t in trials]
     full_epochs, full_best = sum(map(len, curves)), max(map(max, curves))
     grid = []
@@ -88,10 +93,16 @@ def main(argv: list[str] | None = None) -> int:
             grid.append({"grace_period": grace, "reduction_factor": factor, "trial_epochs": spent,
                          "epochs_fraction": spent / full_epochs, "best_val_acc": best, "kept_best": best >= full_best})
     meets = [g for g in grid if g["kept_best"] and g["epochs_fraction"] <= 1 / 3]
+    real = arm(Path(args.runs), args.seed, *args.check)  # the replay's fidelity: the same placement run by Ray
+    spent, best = replay(curves, *args.check)
+    ran = [len(t["val"]) for t in real]
+    check = {"grace_period": args.check[0], "reduction_factor": args.check[1],
+             "real": {"trial_epochs": sum(ran), "best_val_acc": max(max(t["val"]) for t in real), "epochs": ran},
+             "replay": {"trial_epochs": spent, "best_val_acc": best}}
     result = {"command": "python benchmarks/asha_replay.py " + " ".join(argv or sys.argv[1:]), "commit": git_commit(),
               "machine": machine(), "date": time.strftime("%Y-%m-%d"), "seed": args.seed, "wall_s": time.time() - start,
               "full_trial_epochs": full_epochs, "full_best_val_acc": full_best, "grid": grid,
-              "kept_best_within_a_third": meets, "trials": trials}
+              "kept_best_within_a_third": meets, "check": check, "trials": trials}
     out = Path(args.out) if args.out else HERE / "results" / "asha-replay" / f"replay-seed{args.seed}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"no early stopping: {len(curves)} trials, {full_epochs} trial epochs, best val {full_best:.2f}%")
@@ -99,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     for g in grid:
         print(f"{g['grace_period']:5d} {g['reduction_factor']:6d} {g['trial_epochs']:7d} {g['epochs_fraction']:9.2f} "
               f"{g['best_val_acc']:6.2f} {'yes' if g['kept_best'] else 'no'}")
-    print(f"placements that keep the best within 1/3 of the trial epochs: {len(meets)}; written: {out}")
+    print(f"placements that keep the best within 1/3 of the trial epochs: {len(meets)}")
+    print(f"check, grace {args.check[0]} factor {args.check[1]}: Ray {sum(ran)} trial epochs, best "
+          f"{check['real']['best_val_acc']:.2f}; replay {spent}, best {best:.2f}; written: {out}")
     return 0
 
 
