@@ -8,7 +8,9 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,3 +142,26 @@ def test_each_asha_comparison_arm_builds_its_space(monkeypatch, arm, method):
         assert space.asha.grace_period == grace and space.asha.reduction_factor == 4
         base = space.base_config()
         assert base.method.name == method and base.data.name == "fashion-mnist" and base.data.train_subset == 4000
+
+
+@pytest.mark.parametrize("grace, factor", [(1, 4), (2, 3), (4, 2), (6, 8), (15, 3)])
+def test_the_asha_replay_stops_the_trials_rays_own_bracket_stops(monkeypatch, grace, factor):
+    """``asha_replay.replay`` against Ray's ``_Bracket`` fed the same curves epoch by epoch, one trial after another:
+    the same trial epochs and the same best value."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    replay = importlib.import_module("asha_replay").replay
+    from ray.tune.schedulers import TrialScheduler
+    from ray.tune.schedulers.async_hyperband import _Bracket
+
+    rng = np.random.default_rng(grace * 10 + factor)
+    curves = [list(np.round(rng.uniform(10, 50, 20) + np.linspace(0, 10, 20) * rng.uniform(-1, 1), 3))
+              for _ in range(24)]
+    bracket, spent, best = _Bracket(grace, 20, factor, 0), 0, -np.inf
+    for i, curve in enumerate(curves):
+        trial = SimpleNamespace(trial_id=str(i))
+        for epoch, value in enumerate(curve, 1):
+            spent, best = spent + 1, max(best, value)
+            if bracket.on_result(trial, epoch, value) == TrialScheduler.STOP:
+                break
+    assert replay(curves, grace, factor) == (spent, best)
+    assert spent < 24 * 20  # the case stops something, so the comparison could fail
