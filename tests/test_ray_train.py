@@ -125,7 +125,7 @@ def test_knnmix_env_vars_are_forwarded_to_workers(tmp_path, monkeypatch):
 
 def test_run_state_checks(tmp_path):
     cfg = digits_cfg(tmp_path / "run")
-    with pytest.raises(KnnmixError, match="nothing to resume: run folder .* does not exist"):
+    with pytest.raises(KnnmixError, match="nothing to resume: no Ray Train checkpoint"):
         train_distributed(cfg, resume=True)  # refused before Ray starts, and leaves no folder (or lock) behind
     assert not (tmp_path / "run").exists()
     with pytest.raises(KnnmixError, match="nothing to resume"):
@@ -286,19 +286,20 @@ def test_worker_failure_restarts_from_the_last_checkpoint_without_losing_state(l
 
 @pytest.mark.slow
 def test_relaunch_with_same_name_and_storage_continues_from_latest_checkpoint(local_ray, tmp_path):
-    first = digits_cfg(tmp_path / "run", epochs=2, **{"data.train_subset": 500, "distributed.workers": 2})
+    first = digits_cfg(tmp_path / "run", epochs=2, **{"data.train_subset": 500, "distributed.workers": 2,
+                                                      "distributed.storage_path": str(tmp_path / "storage")})
     fit(first)
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     # launching it again without --resume is refused (Ray Train would silently continue otherwise)
     with pytest.raises(KnnmixError, match="already holds a run"):
         fit(first)
-    (tmp_path / "run" / "checkpoint.pt").unlink()  # only Ray Train's storage can continue it now
-    run = fit(C.replace(first, epochs=3), resume=True)
-    assert run.summary["epochs"] == 3
+    shutil.rmtree(tmp_path / "run")  # e.g. relaunched on another node: only Ray Train's storage can continue it now
+    summary = train_distributed(C.replace(first, epochs=3), resume=True)
+    assert summary["epochs"] == 3
     after = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert after[:2] == lines  # epochs 1-2 were not trained again
     assert [json.loads(x)["epoch"] for x in after] == [1, 2, 3]
-    assert run.result.checkpoint.path.endswith(checkpoint_dir_name(3))
+    assert (tmp_path / "storage" / "run" / checkpoint_dir_name(3)).is_dir()
 
 
 # ----------------------------------------------------------------------------------------------------------------
