@@ -120,6 +120,10 @@ def test_existing_run_is_not_overwritten_and_resume_needs_a_run(tmp_path):
     with pytest.raises(KnnmixError, match="nothing to resume"):
         train(C.replace(cfg, out=str(tmp_path / "empty")), resume=True, echo=None)
     assert not (tmp_path / "empty").exists()  # a mistyped folder leaves nothing behind (not even a lock file)
+    with pytest.raises(KnnmixError, match="cifar10"):  # nor does a new run that fails before writing anything
+        train(C.replace(cfg, out=str(tmp_path / "new"), **{"data.name": "cifar10", "data.root": str(tmp_path)}),
+              echo=None)
+    assert not (tmp_path / "new").exists()
     (tmp_path / "run" / "notes.txt").write_text("mine")
     train(C.replace(cfg, seed=1), overwrite=True, echo=None)  # replaces the run's files, keeps the user's
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["seed"] == 1

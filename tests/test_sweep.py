@@ -406,7 +406,7 @@ def test_a_sweep_folder_on_object_storage_is_refused_in_one_line(tmp_path, capsy
 
 
 def test_resuming_a_sweep_folder_that_does_not_exist_leaves_nothing_behind(tmp_path):
-    with pytest.raises(KnnmixError, match="nothing to resume: sweep folder .* does not exist"):
+    with pytest.raises(KnnmixError, match="nothing to resume: .*sweep_state.json' does not exist"):
         S.run_sweep(SP.load_space(write_space(tmp_path)), tmp_path / "typo", resume=True, echo=None)
     assert not (tmp_path / "typo").exists()
 

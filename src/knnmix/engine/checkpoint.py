@@ -188,16 +188,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 @contextmanager
-def folder_lock(path: str | Path, what: str = "run folder", *, resume: bool = False) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if needed; with ``resume`` it must exist) while a run or sweep writes
-    into it.
+def folder_lock(path: str | Path, what: str = "run folder") -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if needed) while a run or sweep writes into it.
 
     A second process asking for the same folder gets a one-line :class:`KnnmixError` naming the holder. The lock is
-    an ``flock`` on ``<path>/.lock``: the kernel releases it when the holder exits, even by SIGKILL.
+    an ``flock`` on ``<path>/.lock``: the kernel releases it when the holder exits, even by SIGKILL. A folder this
+    call created is removed again when the body fails before writing anything into it (e.g. nothing to resume).
     """
     p = Path(path)
-    if resume and not p.is_dir():
-        raise KnnmixError(f"nothing to resume: {what} {str(p)!r} does not exist")
+    created = not p.exists()
     try:
         p.mkdir(parents=True, exist_ok=True)
         fh = open(p / LOCK, "a+")
@@ -217,6 +216,11 @@ def folder_lock(path: str | Path, what: str = "run folder", *, resume: bool = Fa
         fh.flush()
         try:
             yield
+        except BaseException:
+            if created and [f.name for f in p.iterdir()] == [LOCK]:
+                (p / LOCK).unlink()
+                p.rmdir()
+            raise
         finally:
             fh.seek(0)
             fh.truncate()

@@ -510,7 +510,7 @@ def train(
     another process is writing into is an error too.
     """
     folder = RunFolder(cfg.out)
-    with folder_lock(folder.path, resume=resume):
+    with folder_lock(folder.path):
         prepare_folder(folder, resume=resume, overwrite=overwrite)
         run = build_run(cfg)
         if resume:

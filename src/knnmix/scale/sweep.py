@@ -345,7 +345,7 @@ def run_sweep(
     folder = SweepFolder(Path(out).expanduser().absolute())
     say = echo or (lambda _s: None)
     ray_env.quiet(verbose)
-    with folder_lock(folder.root, "sweep folder", resume=resume):
+    with folder_lock(folder.root, "sweep folder"):
         state = check_state(folder, resume)
         if state is not None:
             saved = Store(state["tracking"]["uri"], state["tracking"]["artifact_root"])

@@ -116,10 +116,7 @@ class DistributedRun:
 
 def train_distributed(cfg: C.Config, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Train ``cfg`` on ``distributed.workers`` Ray Train workers; return the run's summary (as ``train``)."""
-    out = Path(cfg.out).expanduser().absolute()
-    if resume and not out.exists():  # Ray Train's storage may still continue it; if not, refuse before making out
-        check_run_state(cfg, resume=True)
-    with folder_lock(out):
+    with folder_lock(Path(cfg.out).expanduser().absolute()):
         return fit(cfg, resume=resume, overwrite=overwrite).summary
 
 
