@@ -10,8 +10,8 @@ by more than a margin, how often validation orders them the same way.
     python benchmarks/results/tuned-2026-12-01e/val_vs_test.py COMMIT=SWEEPS_DIR ...  # rebuild it
 
 The JSON was built from this run's sweeps and the 9717f7a run's (same tuning seed, data and split; rung at epoch 9):
-a7f6038=RUNS_DIR/quick-tuned/sweeps and 9717f7a=... of each (`benchmarks/run.py --runs-dir`), not committed. A diagnostic of the protocol
-only: nothing is selected with it.
+a7f6038=RUNS_DIR/quick-tuned/sweeps and 9717f7a=... of each (`benchmarks/run.py --runs-dir`), not committed. A
+diagnostic of the protocol only: nothing is selected with it.
 """
 
 import itertools
