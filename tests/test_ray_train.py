@@ -26,6 +26,7 @@ from knnmix.cli import main as cli_main
 from knnmix.engine.checkpoint import RunFolder, load_checkpoint, read_metrics
 from knnmix.engine.train import train
 from knnmix.errors import KnnmixError
+from knnmix.provenance import git_commit
 from knnmix.scale import ray_env
 from knnmix.scale.train import (
     FAIL_AT_ENV,
@@ -120,6 +121,7 @@ def test_knnmix_env_vars_are_forwarded_to_workers(tmp_path, monkeypatch):
     monkeypatch.setenv(FAIL_AT_ENV, "3:1:/x")
     env = ray_configs(digits_cfg(tmp_path / "r")).run.worker_runtime_env["env_vars"]
     assert env[FAIL_AT_ENV] == "3:1:/x"
+    assert env["KNNMIX_GIT_COMMIT"] == git_commit()  # the workers' package copy (py_modules) is no checkout
     assert ray_env.runtime_env()["py_modules"] == [str(REPO / "src" / "knnmix")]
 
 
@@ -258,6 +260,7 @@ def test_two_workers_match_single_process_accuracy(local_ray, tmp_path):
     ray_run = fit(digits_cfg(tmp_path / "ray", **settings, **{"distributed.workers": 2}))
     elapsed = time.perf_counter() - t0
     assert ray_run.summary["world_size"] == 2 and single["world_size"] == 1
+    assert json.loads((tmp_path / "ray" / "run.json").read_text())["commit"] == git_commit() != "unknown"
     a, b = single["final"]["test_acc"], ray_run.summary["final"]["test_acc"]
     print(f"last-epoch test acc: single {a:.2f}%, 2 workers {b:.2f}%; 2-worker run {elapsed:.0f}s")
     assert a > 80 and b > 80  # both learned through 40% noise

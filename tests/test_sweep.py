@@ -31,6 +31,7 @@ from knnmix import config as C
 from knnmix.cli import main as cli_main
 from knnmix.engine.checkpoint import load_checkpoint, read_metrics, safe_load
 from knnmix.errors import ConfigError, KnnmixError
+from knnmix.provenance import git_commit
 from knnmix import spaces as SP
 from knnmix.scale import sweep as S
 from knnmix import tracking as TR
@@ -460,6 +461,8 @@ def test_sweep_completes_with_early_stopping_and_a_summary(e2e):
                   for p in folder.parent.iterdir() if (p / "summary.json").exists()]
         assert best["val_acc"] == max(others)
         assert best["params"]["optim.lr"] > 1e-4
+        # every trial records the driver's commit, though it imports the package copy Ray ships (py_modules)
+        assert json.loads((folder / "run.json").read_text())["commit"] == git_commit() != "unknown"
     assert s["trials"] == 6 and s["stopped_early"] >= 2 and s["failed"] == 0
     # the terminal: one line per trial, the table, the commands that open the stores, the JSON line last
     store = TR.Store.from_uri(e2e.uri)
