@@ -51,7 +51,7 @@ def test_audit_ranks_the_flipped_labels_first(fashion_folder, tmp_path, capsys):
     out = tmp_path / "audit"
     code = main(["audit", str(root), "--image-size", "28", "--epochs", "12", "--out", str(out),
                  "--set", "method.warmup_epochs=3", "--set", "method.correction_start=6",
-                 "--set", "threads=2"])
+                 "--set", "threads=1"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "Most suspect first" in printed and "label_issues.png" in printed

@@ -20,7 +20,7 @@ from knnmix.errors import ConfigError, DivergedError, KnnmixError, KnnmixWarning
 def digits_cfg(tmp_path, **dotted):
     """The embedded digits preset, shortened."""
     base = C.load(C.preset_path("digits"))
-    defaults = {"epochs": 4, "out": str(tmp_path / "run"), "threads": 2, "log_every": 100}
+    defaults = {"epochs": 4, "out": str(tmp_path / "run"), "threads": 1, "log_every": 100}
     defaults.update(dotted)
     if defaults["epochs"] is None:  # the preset's own length
         defaults["epochs"] = base.epochs
