@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from knnmix.cli import main
+from knnmix.provenance import git_commit
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -109,6 +110,7 @@ def test_compare_trains_each_method_on_one_setting_and_writes_one_result_file(ca
         assert (tmp_path / "cmp" / r["method"] / "summary.json").exists()
     assert {r["config"]["data"]["train_subset"] for r in result["runs"]} == {300}
     assert result["command"].startswith("knnmix compare") and result["table"] in out
+    assert f"commit {git_commit()}" in result["table"]  # whole, -dirty included
 
 
 @pytest.mark.parametrize("named", ["--out", "--set"])

@@ -15,6 +15,7 @@ from knnmix.engine import train as E
 from knnmix.engine.checkpoint import RunFolder, folder_lock, read_metrics
 from knnmix.engine.train import train
 from knnmix.errors import ConfigError, DivergedError, KnnmixError, KnnmixWarning
+from knnmix.provenance import command, git_commit
 
 
 def digits_cfg(tmp_path, **dotted):
@@ -138,6 +139,12 @@ def test_resume_refuses_a_different_method_config(tmp_path):
         train(C.replace(cfg, **{"method.k": 3, "epochs": 2}), resume=True, echo=None)
     train(C.replace(cfg, epochs=2), resume=True, echo=None)  # more epochs is allowed
     assert len(read_metrics(tmp_path / "run" / "metrics.jsonl")) == 2
+    # ... and recorded: config.yaml (what MLflow logs as params) is the config that ran; run.json says who resumed it
+    assert C.load(tmp_path / "run" / "config.yaml").epochs == 2
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    (resumed,) = info["resumed"]
+    assert resumed["after_epoch"] == 1 and resumed["commit"] == git_commit() and resumed["command"] == command()
+    assert RunFolder(tmp_path / "run").load_checkpoint()["commit"] == git_commit()
 
 
 @pytest.mark.parametrize("method", ["ce", "mixup", "selc"])

@@ -26,7 +26,7 @@ from knnmix.cli import main as cli_main
 from knnmix.engine.checkpoint import RunFolder, load_checkpoint, read_metrics
 from knnmix.engine.train import train
 from knnmix.errors import KnnmixError
-from knnmix.provenance import git_commit
+from knnmix.provenance import command, git_commit
 from knnmix.scale import ray_env
 from knnmix.scale.train import (
     FAIL_AT_ENV,
@@ -260,7 +260,8 @@ def test_two_workers_match_single_process_accuracy(local_ray, tmp_path):
     ray_run = fit(digits_cfg(tmp_path / "ray", **settings, **{"distributed.workers": 2}))
     elapsed = time.perf_counter() - t0
     assert ray_run.summary["world_size"] == 2 and single["world_size"] == 1
-    assert json.loads((tmp_path / "ray" / "run.json").read_text())["commit"] == git_commit() != "unknown"
+    info = json.loads((tmp_path / "ray" / "run.json").read_text())  # the driver's, not Ray's worker's
+    assert info["commit"] == git_commit() != "unknown" and info["command"] == command()
     a, b = single["final"]["test_acc"], ray_run.summary["final"]["test_acc"]
     print(f"last-epoch test acc: single {a:.2f}%, 2 workers {b:.2f}%; 2-worker run {elapsed:.0f}s")
     assert a > 80 and b > 80  # both learned through 40% noise
@@ -278,6 +279,8 @@ def test_worker_failure_restarts_from_the_last_checkpoint_without_losing_state(l
     run = fit(digits_cfg(tmp_path / "run", **dotted, **{"distributed.max_failures": 1}))
     assert marker.exists(), "the injected failure did not happen"
     assert run.summary["epochs"] == 4
+    info = json.loads((tmp_path / "run" / "run.json").read_text())  # the restart is on record
+    assert [r["after_epoch"] for r in info["resumed"]] == [2] and info["resumed"][0]["commit"] == git_commit()
     # each epoch exactly once: epoch 3 ran twice, the first time's line was dropped on restore
     assert [r["epoch"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3, 4]
     a, b = RunFolder(tmp_path / "clean").load_checkpoint(), RunFolder(tmp_path / "run").load_checkpoint()

@@ -31,7 +31,7 @@ from knnmix import config as C
 from knnmix.cli import main as cli_main
 from knnmix.engine.checkpoint import load_checkpoint, read_metrics, safe_load
 from knnmix.errors import ConfigError, KnnmixError
-from knnmix.provenance import git_commit
+from knnmix.provenance import command, git_commit
 from knnmix import spaces as SP
 from knnmix.scale import sweep as S
 from knnmix import tracking as TR
@@ -457,13 +457,16 @@ def test_sweep_completes_with_early_stopping_and_a_summary(e2e):
         assert set(best["params"]) == set(PARAMS) and best["completed"]
         folder = Path(best["run_folder"])
         assert json.loads((folder / "summary.json").read_text())["best_val"]["val_acc"] == best["val_acc"]
+        assert json.loads((folder / "summary.json").read_text())["final"]["test_acc"] == best["last_test_acc"]
         others = [json.loads((p / "summary.json").read_text())["best_val"]["val_acc"]
                   for p in folder.parent.iterdir() if (p / "summary.json").exists()]
         assert best["val_acc"] == max(others)
         assert best["params"]["optim.lr"] > 1e-4
-        # every trial records the driver's commit, though it imports the package copy Ray ships (py_modules)
-        assert json.loads((folder / "run.json").read_text())["commit"] == git_commit() != "unknown"
-    assert s["trials"] == 6 and s["stopped_early"] >= 2 and s["failed"] == 0
+        # every trial records the driver's commit and command, though it imports the package copy Ray ships
+        # (py_modules) and runs Ray's worker command line
+        info = json.loads((folder / "run.json").read_text())
+        assert info["commit"] == git_commit() != "unknown" and info["command"] == command()
+    assert s["trials"] == 6 and s["stopped_early"] >= 2 and s["failed"] == 0 and s["commit"] == git_commit()
     # the terminal: one line per trial, the table, the commands that open the stores, the JSON line last
     store = TR.Store.from_uri(e2e.uri)
     lines = e2e.text.strip().splitlines()
@@ -537,8 +540,9 @@ def test_mlflow_holds_nested_runs_params_metrics_and_artifacts(e2e):
     assert all(r.data.tags[TR.PARENT_TAG] == sweep.info.run_id for r in settings.values())
     assert sorted(r.info.run_name for r in settings.values()) == ["symmetric:0.2", "symmetric:0.5"]
     assert all(r.info.status == "FINISHED" for r in runs["sweep"] + runs["noise_setting"])
-    for r in runs["sweep"] + runs["noise_setting"] + runs["trial"]:  # MLflow's own source and user tags
+    for r in runs["sweep"] + runs["noise_setting"] + runs["trial"]:  # MLflow's own source and user tags, the commit
         assert r.data.tags["mlflow.source.type"] == "LOCAL" and r.data.tags["mlflow.user"]
+        assert r.data.tags["mlflow.source.git.commit"] == git_commit()
     arts = {a.path for a in client.list_artifacts(sweep.info.run_id)} | {
         a.path for a in client.list_artifacts(sweep.info.run_id, "plots")}
     assert {"space.yaml", "sweep_summary.json", "sweep_summary.md", "plots/best_per_noise.png"} <= arts

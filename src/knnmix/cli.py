@@ -136,7 +136,7 @@ def comparison_table(summaries: Sequence[dict[str, Any]]) -> str:
     first = summaries[0]
     lines.append(
         f"\n{first['dataset']}, noise {first['noise']} (measured {100 * first['noise_rate']:.2f}%), "
-        f"{first['model']}, {first['epochs']} epochs, seed {first['seed']}, commit {first['commit'][:12]}"
+        f"{first['model']}, {first['epochs']} epochs, seed {first['seed']}, commit {first['commit']}"
     )
     return "\n".join(lines)
 

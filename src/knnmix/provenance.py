@@ -14,16 +14,23 @@ from typing import Any
 
 @lru_cache(maxsize=1)
 def git_commit() -> str:
-    """``<sha>`` of the checkout knnmix runs from (``<sha>-dirty`` with uncommitted changes), or ``unknown``."""
-    env = os.environ.get("KNNMIX_GIT_COMMIT")
-    if env:
-        return env
+    """``<sha>`` of the git checkout that tracks this package's files (``<sha>-dirty`` with uncommitted changes); else
+    ``KNNMIX_GIT_COMMIT`` (what the driver passes to Ray workers, which import a copy of the package, or a Docker
+    image's build argument); else ``unknown``. A package copied into another project's repository is not its
+    checkout."""
     try:
+        _git("ls-files", "--error-unmatch", Path(__file__).name, check=True)
         sha = _git("rev-parse", "HEAD", check=True)
         dirty = _git("status", "--porcelain", "--untracked-files=no", check=False)
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return os.environ.get("KNNMIX_GIT_COMMIT") or "unknown"
     return f"{sha}-dirty" if dirty else sha
+
+
+def command() -> str:
+    """The command that started this result: the driver's (``KNNMIX_COMMAND``, passed to Ray workers) or this
+    process's."""
+    return os.environ.get("KNNMIX_COMMAND") or " ".join(sys.argv)
 
 
 def _git(*args: str, check: bool) -> str:

@@ -6,7 +6,7 @@ logs a finished run folder here (:func:`log_training_run`); a sweep's Tune callb
 The store is ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db`` with artifacts in
 ``<cwd>/mlartifacts`` (absolute paths, so a submitted Ray job, whose working directory is a temporary copy, writes
 where it was told). Experiments are tagged as model development (``mlflow.experimentKind``), so the MLflow UI opens
-them on the runs table. Every run carries MLflow's own source, user and git tags (``resolve_tags``).
+them on the runs table. Every run carries MLflow's own source and user tags (``resolve_tags``) and knnmix's git commit.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from knnmix import config as C
 from knnmix.engine.checkpoint import (BEST_MODEL, CONFIG, LABEL_ISSUES, LABEL_ISSUES_PLOT, METRICS, NOISY_LABELS,
                                       RUN_INFO, SUMMARY, load_model, read_metrics, safe_load)
 from knnmix.errors import KnnmixError
-from knnmix.provenance import package_dir
+from knnmix.provenance import git_commit, package_dir
 
 DEFAULT_DB, DEFAULT_ARTIFACTS = "mlflow.db", "mlartifacts"
 PARENT_TAG = "mlflow.parentRunId"
@@ -123,7 +123,8 @@ def experiment_id(store: Store, name: str) -> str:
 def create_run(store: Store, exp_id: str, name: str, tags: dict[str, str], *, parent: str | None = None,
                reuse: str | None = None) -> str:
     """Reuse run ``reuse`` when it still exists, else a new run (nested under ``parent``) with MLflow's default
-    source, user and git tags."""
+    source and user tags and knnmix's commit (MLflow finds none when its entry point, e.g. .venv/bin/knnmix, is
+    git-ignored)."""
     from mlflow.tracking.context.registry import resolve_tags
 
     client = store.client()
@@ -132,7 +133,8 @@ def create_run(store: Store, exp_id: str, name: str, tags: dict[str, str], *, pa
             if client.get_run(reuse).info.lifecycle_stage == "active":
                 client.update_run(reuse, status="RUNNING")
                 return reuse
-    all_tags = resolve_tags({**tags, **({PARENT_TAG: parent} if parent else {})})
+    extra = {PARENT_TAG: parent} if parent else {}
+    all_tags = resolve_tags({"mlflow.source.git.commit": git_commit(), **tags, **extra})
     return client.create_run(exp_id, run_name=name, tags=all_tags).info.run_id
 
 

@@ -19,7 +19,6 @@ import json
 import os
 import random
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,7 +31,7 @@ from torch import nn
 
 from knnmix import config as C
 from knnmix.errors import CheckpointError, KnnmixError, load_tensors, one_line
-from knnmix.provenance import git_commit, machine
+from knnmix.provenance import command, git_commit, machine
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -76,11 +75,21 @@ class RunFolder:
         np.savez_compressed(self.file(NOISY_LABELS), **noisy_labels)
         info = {
             "commit": git_commit(),
-            "command": " ".join(sys.argv),
+            "command": command(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "machine": machine(),
         }
         self.file(RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
+
+    def resumed(self, cfg: C.Config, epoch: int, history: list[dict[str, Any]]) -> None:
+        """A run continued after ``epoch`` (a resume or a worker restart): its config now (``epochs`` and resources
+        may have changed), its history, and in ``run.json`` who continued it, when."""
+        self.file(CONFIG).write_text(C.to_yaml(cfg))
+        self.write_metrics(history)
+        info = json.loads(self.file(RUN_INFO).read_text()) if self.file(RUN_INFO).exists() else {}
+        info.setdefault("resumed", []).append({"after_epoch": epoch, "commit": git_commit(), "command": command(),
+                                               "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        atomic_write_text(self.file(RUN_INFO), json.dumps(info, indent=2) + "\n")
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         """Rewrite ``metrics.jsonl`` from the full history (so a resumed run never holds an epoch twice)."""

@@ -37,6 +37,7 @@ from knnmix.methods import dist as D
 from knnmix.methods.phases import Bank, gather_bank
 from knnmix.methods.state import SampleState
 from knnmix.models import build_model
+from knnmix.provenance import git_commit
 
 #: ``on_epoch(run, record, summary)``: called after every epoch (after :func:`finish` at the last one, with its summary).
 OnEpoch = Callable[["Run", dict[str, Any], "dict[str, Any] | None"], None]
@@ -448,6 +449,7 @@ def checkpoint(run: Run) -> dict[str, Any]:
     """Everything needed to continue the method exactly where it stands (tensors and plain data only)."""
     payload = {
         "format": FORMAT,
+        "commit": git_commit(),
         "config": C.to_dict(run.cfg),
         "epoch": run.epoch,
         "model_args": dict(run.model_args),
@@ -515,7 +517,7 @@ def train(
         run = build_run(cfg)
         if resume:
             restore(run, folder.load_checkpoint())
-            folder.write_metrics(run.history)
+            folder.resumed(run.cfg, run.epoch, run.history)
             if echo:
                 echo(f"resumed after epoch {run.epoch}")
         else:

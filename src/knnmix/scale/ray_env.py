@@ -9,7 +9,7 @@ import socket
 import warnings
 from typing import Any
 
-from knnmix.provenance import git_commit, package_dir
+from knnmix.provenance import command, git_commit, package_dir
 
 #: Environment of the Ray workers, unless the user set the variables. Ray Train's controller polls its workers
 #: every ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` (2 s by default) and a report can wait up to one interval: with one
@@ -24,9 +24,10 @@ QUIET_LOGGERS = ("ray", "ray.tune", "ray.train", "ray.data", "faiss", "faiss.loa
 
 def worker_env() -> dict[str, str]:
     env = {k: v for k, v in WORKER_ENV.items() if k not in os.environ}
-    # workers import the copy of the package that py_modules ships, outside any checkout: the driver's commit
-    env["KNNMIX_GIT_COMMIT"] = git_commit()
     env.update({k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIX)})
+    # workers import the copy of the package that py_modules ships, outside any checkout, and run Ray's command line:
+    # they record the driver's commit and command
+    env.update(KNNMIX_GIT_COMMIT=git_commit(), KNNMIX_COMMAND=command())
     return env
 
 

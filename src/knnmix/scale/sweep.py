@@ -33,6 +33,7 @@ from knnmix import config as C
 from knnmix.engine import train as E
 from knnmix.engine.checkpoint import SUMMARY, RunFolder, atomic_write_text, folder_lock
 from knnmix.engine.report import pct
+from knnmix.provenance import git_commit
 from knnmix.errors import KnnmixError
 from knnmix.scale import ray_env
 from knnmix.scale import sweep_mlflow as T
@@ -433,7 +434,7 @@ def _finalize_setting(space: SearchSpace, setting: NoiseSetting, trials: list[Tr
     }
     if best is not None:  # best_trial only picks a trial with a best epoch
         entry["best"] = {"trial_id": best.trial_id, "params": best.params, **best.best(), "completed": best.completed,
-                         "run_folder": str(best.run_folder)}
+                         "last_test_acc": best.records[-1].get("test_acc"), "run_folder": str(best.run_folder)}
     T.finish_setting_run(store, ml, setting, entry, trials, best, folder.root / setting.slug / "plots",
                          folder.optuna_storage, register)
     return entry
@@ -442,7 +443,8 @@ def _finalize_setting(space: SearchSpace, setting: NoiseSetting, trials: list[Tr
 def _finalize_sweep(space: SearchSpace, folder: SweepFolder, store: Store, ml: dict[str, Any],
                     settings: list[dict[str, Any]]) -> dict[str, Any]:
     summary = {
-        "name": space.name, "folder": str(folder.root), "metric": METRIC, "mode": MODE, "settings": settings,
+        "name": space.name, "commit": git_commit(), "folder": str(folder.root), "metric": METRIC, "mode": MODE,
+        "settings": settings,
         "trials": sum(s["trials"] for s in settings), "stopped_early": sum(s["stopped_early"] for s in settings),
         "failed": sum(s["failed"] for s in settings), "optuna_storage": folder.optuna_storage,
         "mlflow": {"tracking_uri": store.uri, "artifact_root": store.artifact_root,
@@ -474,13 +476,14 @@ def summary_table(summary: dict[str, Any]) -> str:
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
-    out = [f"# Sweep {summary['name']}", "", summary_table(summary), ""]
+    out = [f"# Sweep {summary['name']}", "", f"Commit {summary['commit']}.", "", summary_table(summary), ""]
     for s in summary["settings"]:
         out += [f"## {s['noise']}", ""]
         b = s["best"]
         if b:
             out.append(f"- best trial `{b['trial_id']}` (epoch {b['epoch']}): val {pct(b['val_acc'])}, "
-                       f"test {pct(b['test_acc'])}, run folder `{b['run_folder']}`")
+                       f"test {pct(b['test_acc'])} (last epoch {pct(b['last_test_acc'])}), run folder "
+                       f"`{b['run_folder']}`")
             out.append(f"- sampled: {config_text(b['params'])}")
         out.append(f"- trials: {s['trials']} ({s['completed']} completed, {s['stopped_early']} stopped early by "
                    f"ASHA, {s['failed']} failed); Optuna study `{s['study']}`")

@@ -299,7 +299,7 @@ def start_or_restore(run: E.Run, folder: RunFolder, checkpoint: Any, resume: boo
         folder.start(run.cfg, run.splits.noisy_labels_record())  # a restart before any checkpoint starts afresh
         return
     if run.dist.is_main:
-        folder.write_metrics(run.history)
+        folder.resumed(run.cfg, run.epoch, run.history)
 
 
 def train_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:

@@ -1,0 +1,42 @@
+"""What a result records as its commit: this checkout's, never another repository's, else the driver's or the image's
+``KNNMIX_GIT_COMMIT``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from knnmix.provenance import git_commit, package_dir
+
+PRINT = "from knnmix.provenance import git_commit; print(git_commit())"
+
+
+def commit_seen(site: Path, **env: str) -> str:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("KNNMIX_")}
+    done = subprocess.run([sys.executable, "-c", PRINT], env={**clean, "PYTHONPATH": str(site), **env},
+                          capture_output=True, text=True, check=True, cwd=site)
+    return done.stdout.strip()
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_a_package_copied_into_another_repository_does_not_take_its_commit(tmp_path):
+    repo = tmp_path / "project"  # a user's project with knnmix copied into a git-ignored folder (e.g. a venv)
+    repo.mkdir()
+    git(repo, "init", "-q")
+    (repo / ".gitignore").write_text("site/\n")
+    git(repo, "add", ".gitignore")
+    git(repo, "-c", "user.name=u", "-c", "user.email=u@x", "commit", "-qm", "theirs")
+    shutil.copytree(package_dir(), repo / "site" / "knnmix", ignore=shutil.ignore_patterns("__pycache__"))
+    assert commit_seen(repo / "site") == "unknown"  # not the project's HEAD
+    assert commit_seen(repo / "site", KNNMIX_GIT_COMMIT="abc123") == "abc123"  # a Ray worker's or an image's
+
+
+def test_the_checkout_wins_over_a_stale_variable():
+    assert git_commit() != "unknown"  # the tests run from a git checkout
+    assert commit_seen(package_dir().parent, KNNMIX_GIT_COMMIT="stale") == git_commit()
