@@ -6,7 +6,8 @@ logs a finished run folder here (:func:`log_training_run`); a sweep's Tune callb
 The store is ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db`` with artifacts in
 ``<cwd>/mlartifacts`` (absolute paths, so a submitted Ray job, whose working directory is a temporary copy, writes
 where it was told). Experiments are tagged as model development (``mlflow.experimentKind``), so the MLflow UI opens
-them on the runs table. Every run carries MLflow's own source and user tags (``resolve_tags``) and knnmix's git commit.
+them on the runs table. Every run carries MLflow's own source and user tags (``resolve_tags``) and knnmix's git
+commit.
 """
 
 from __future__ import annotations

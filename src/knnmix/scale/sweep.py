@@ -33,8 +33,8 @@ from knnmix import config as C
 from knnmix.engine import train as E
 from knnmix.engine.checkpoint import SUMMARY, RunFolder, atomic_write_text, folder_lock
 from knnmix.engine.report import pct
-from knnmix.provenance import git_commit
 from knnmix.errors import KnnmixError
+from knnmix.provenance import git_commit
 from knnmix.scale import ray_env
 from knnmix.scale import sweep_mlflow as T
 from knnmix.scale.train import absolute_paths, fit, report_epoch, run_exists, start_or_restore
