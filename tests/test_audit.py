@@ -59,7 +59,8 @@ def test_audit_ranks_the_flipped_labels_first(fashion_folder, tmp_path, capsys):
     with open(out / "label_issues.csv") as fh:
         rows = list(csv.DictReader(fh))
     train_paths = [r["path"] for r in rows]
-    assert len(rows) == 9 * PER_CLASS  # 10% held out as the noisy validation split
+    assert len(rows) == 9 * PER_CLASS  # 10% held out as the noisy validation split, and the audit says so
+    assert f"not ranked: the {len(truth) - len(rows)} images held out as noisy validation" in printed
     wrong = np.array([truth[p] for p in train_paths])
     k = int(wrong.sum())
     precision_at_k = wrong[:k].mean()

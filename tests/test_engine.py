@@ -287,3 +287,50 @@ def test_a_damaged_checkpoint_is_unreadable_not_code_carrying(tmp_path, content)
     with pytest.raises(KnnmixError, match=f"cannot read checkpoint {path} \\(truncated, corrupt") as err:
         safe_load(path)
     assert "could run code" not in str(err.value)
+
+
+def image_folder(root, per_class: int = 12):
+    """Two classes of random 16x16 PNGs in class folders: a user's own (not clean) labels."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in ("cat", "dog"):
+        (root / name).mkdir(parents=True)
+        for k in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(root / name / f"{k:03d}.png")
+    return root
+
+
+def folder_cfg(tmp_path, **dotted):
+    return C.replace(C.Config(), **{"data.name": "imagefolder", "data.root": str(tmp_path / "images"),
+                                    "data.image_size": 16, "method.name": "ce", "epochs": 1, "threads": 1,
+                                    "out": str(tmp_path / "run"), "log_every": 100, **dotted})
+
+
+def test_auto_noise_adds_none_to_labels_that_are_already_noisy(tmp_path):
+    """noise.spec=auto, the default: a user's own labels train as given; a benchmark's clean ones get symmetric:0.4."""
+    image_folder(tmp_path / "images")
+    assert C.Config().noise.spec == "auto"
+    summary = train(folder_cfg(tmp_path), echo=None)
+    assert summary["noise"] == "none" and summary["noise_rate"] == 0.0
+    assert C.load(tmp_path / "run" / "config.yaml").noise.spec == "none"  # what it resolved to
+    digits = C.replace(C.Config(), **{"data.name": "digits", "method.name": "ce", "epochs": 1, "threads": 1,
+                                      "out": str(tmp_path / "digits")})
+    assert train(digits, echo=None)["noise"] == "symmetric:0.4"
+
+
+def test_resume_on_other_data_is_refused_and_a_failed_overwrite_keeps_the_run(tmp_path):
+    image_folder(tmp_path / "images")
+    cfg = folder_cfg(tmp_path)
+    train(cfg, echo=None)
+    (tmp_path / "images" / "cat" / "000.png").rename(tmp_path / "images" / "dog" / "moved.png")  # a label changed
+    with pytest.raises(ConfigError, match="cannot resume on other data") as err:
+        train(C.replace(cfg, epochs=2), resume=True, echo=None)
+    assert "\n" not in str(err.value)
+    (tmp_path / "images" / "dog" / "extra.png").write_bytes((tmp_path / "images" / "dog" / "moved.png").read_bytes())
+    with pytest.raises(ConfigError, match="cannot resume on other data"):  # one image more: not a shape traceback
+        train(C.replace(cfg, epochs=2), resume=True, echo=None)
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    with pytest.raises(KnnmixError):  # asymmetric noise needs a class structure a user's folder does not have
+        train(C.replace(cfg, **{"noise.spec": "asymmetric:0.2"}), overwrite=True, echo=None)
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before  # the run it would have replaced is intact

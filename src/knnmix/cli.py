@@ -177,6 +177,9 @@ def audit_report(csv_path: Path, summary: dict[str, Any], show: int) -> str:
             f"{float(r['suggestion_confidence']):.3f} |"
         )
     lines += ["", f"full list: {csv_path}", f"picture of the top suspects: {csv_path.with_suffix('.png')}"]
+    if summary.get("val_size"):
+        lines.append(f"not ranked: the {summary['val_size']} images held out as noisy validation "
+                     "(--set data.val_fraction=0 ranks every image)")
     return "\n".join(lines)
 
 

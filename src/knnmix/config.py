@@ -47,7 +47,7 @@ class DataConfig:
 
 @dataclass
 class NoiseConfig:
-    spec: str = "symmetric:0.4"  # label noise: none | symmetric:r | asymmetric:r | pairflip:r | instance:r | cifar10n:VARIANT | cifar100n:noisy
+    spec: str = "auto"  # label noise added to the training labels: none | symmetric:r | asymmetric:r | pairflip:r | instance:r | cifar10n:VARIANT | cifar100n:noisy; auto = symmetric:0.4 on a benchmark's clean labels, none on labels that are already noisy (imagefolder, clothing1m, webvision)
     seed: int | None = None  # seed of the synthetic noise; null = the run's seed
     symmetric_convention: Literal["other", "any"] = "other"  # symmetric flips go to another class (other) or are redrawn among all classes (any, DivideMix)
     cifar_n_dir: str | None = None  # folder with CIFAR-10_human.pt / CIFAR-100_human.pt (cifar10n / cifar100n noise)
@@ -411,7 +411,8 @@ def validate(cfg: Config) -> None:
     from knnmix.noise import parse_noise_spec
 
     as_config_error("method.name", lambda: METHODS.get(m.name))
-    as_config_error("noise.spec", lambda: parse_noise_spec(cfg.noise.spec))
+    if cfg.noise.spec != "auto":
+        as_config_error("noise.spec", lambda: parse_noise_spec(cfg.noise.spec))
     as_config_error("data.name", lambda: DATASETS.get(d.name))
     if cfg.model.name != "auto":
         as_config_error("model.name", lambda: MODELS.get(cfg.model.name))

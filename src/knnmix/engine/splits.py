@@ -12,6 +12,7 @@ The test split is only ever reported.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -26,6 +27,7 @@ from knnmix.noise import NoiseResult, apply_noise, parse_noise_spec
 # data.* keys handed to dataset loaders that declare them (see knnmix.data.load_dataset).
 DATASET_OPTION_KEYS = ("image_size", "labels_file", "test_root", "on_bad_image", "first_classes")
 SPLIT_STREAM = 0x5E1EC7  # tag of the random stream of the subset and validation split
+AUTO_NOISE = "symmetric:0.4"  # noise.spec=auto on a dataset whose labels are clean
 
 
 @dataclass
@@ -42,6 +44,13 @@ class Splits:
     @property
     def num_classes(self) -> int:
         return self.bundle.num_classes
+
+    def fingerprint(self) -> str:
+        """sha256 of what per-sample state is aligned to: the noisy labels and the train / validation rows."""
+        digest = hashlib.sha256()
+        for rows in (self.noise.noisy_labels, self.train_rows, self.val_rows):
+            digest.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes() + b"|")
+        return digest.hexdigest()
 
     def noisy_labels_record(self) -> dict[str, np.ndarray]:
         """Everything needed to re-score a run against its labels (saved as ``noisy_labels.npz``)."""
@@ -62,8 +71,8 @@ _LAST_BUNDLE: dict[tuple, DatasetBundle] = {}  # the last in-memory dataset this
 
 
 def load_bundle(d: DataConfig) -> DatasetBundle:
-    """The configured dataset; an in-memory one is kept for the next call with the same data keys (a sweep's
-    trials in one process load Fashion-MNIST once)."""
+    """The configured dataset; a published in-memory one is kept for the next call with the same data keys (a
+    sweep's trials in one process load Fashion-MNIST once). A user's own files are read afresh: they may change."""
     options = {k: getattr(d, k) for k in DATASET_OPTION_KEYS}
     key = (d.name, d.root, d.download, tuple(sorted(options.items())))
     if key in _LAST_BUNDLE:
@@ -71,7 +80,7 @@ def load_bundle(d: DataConfig) -> DatasetBundle:
     bundle = load_dataset(
         d.name, d.root, d.download, defaults={k: getattr(DataConfig(), k) for k in DATASET_OPTION_KEYS}, **options
     )
-    if isinstance(bundle.train, TensorSource):
+    if isinstance(bundle.train, TensorSource) and bundle.labels_are_clean:
         _LAST_BUNDLE.clear()
         _LAST_BUNDLE[key] = bundle
     return dataclasses.replace(bundle)
@@ -81,7 +90,9 @@ def build_splits(cfg: Config) -> Splits:
     d = cfg.data
     bundle = load_bundle(d)
     labels = bundle.train_labels
-    spec = parse_noise_spec(cfg.noise.spec)
+    # auto: synthetic noise on a benchmark's clean labels, never on top of labels that are already noisy
+    spec = parse_noise_spec(AUTO_NOISE if cfg.noise.spec == "auto" and bundle.labels_are_clean else
+                            "none" if cfg.noise.spec == "auto" else cfg.noise.spec)
     features = None
     if spec.kind == "instance":
         if not isinstance(bundle.train, TensorSource):

@@ -141,6 +141,8 @@ def resolve_config(cfg: C.Config, splits: Splits) -> C.Config:
         changes["model.name"] = splits.bundle.default_model
     if cfg.noise.seed is None:
         changes["noise.seed"] = cfg.seed
+    if cfg.noise.spec == "auto":
+        changes["noise.spec"] = splits.noise.spec
     if cfg.data.image_size is None and "image_size" in dataset_options(cfg.data.name):
         changes["data.image_size"] = splits.train.source.shape[1]  # the side the data set chose
     return C.replace(cfg, **changes) if changes else cfg
@@ -451,6 +453,7 @@ def checkpoint(run: Run) -> dict[str, Any]:
         "format": FORMAT,
         "commit": git_commit(),
         "config": C.to_dict(run.cfg),
+        "data": run.splits.fingerprint(),
         "epoch": run.epoch,
         "model_args": dict(run.model_args),
         **{part: getattr(run, part).state_dict() for part in STATEFUL},
@@ -470,6 +473,9 @@ def restore(run: Run, ckpt: dict[str, Any]) -> None:
                           "change")
     if ckpt["epoch"] > run.cfg.epochs:
         raise ConfigError(f"epochs={run.cfg.epochs} is fewer than the {ckpt['epoch']} epochs already trained")
+    if ckpt.get("data", run.splits.fingerprint()) != run.splits.fingerprint():  # (checkpoints before 2026-12-02: none)
+        raise ConfigError("cannot resume on other data: the noisy labels or the train / validation rows differ from "
+                          "the checkpoint's, and its per-sample state is aligned to them")
     for part in STATEFUL:
         getattr(run, part).load_state_dict(ckpt[part])
     run.epoch = int(ckpt["epoch"])
@@ -495,11 +501,11 @@ def resume_or_replace(holder: Callable[[], str | None], *, resume: bool, overwri
     return held is not None and not resume
 
 
-def prepare_folder(folder: RunFolder, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix two runs in one folder: continue it (resume), replace it (overwrite), or fail."""
-    if resume_or_replace(lambda: f"run folder {str(folder.path)!r}" if folder.has_run() else None, resume=resume,
-                         overwrite=overwrite, missing=f"{str(folder.path / 'checkpoint.pt')!r} does not exist"):
-        folder.clear()
+def prepare_folder(folder: RunFolder, *, resume: bool, overwrite: bool) -> bool:
+    """Refuse to mix two runs in one folder: continue it (resume), replace it (overwrite: returns True), or fail."""
+    return resume_or_replace(lambda: f"run folder {str(folder.path)!r}" if folder.has_run() else None,
+                             resume=resume, overwrite=overwrite,
+                             missing=f"{str(folder.path / 'checkpoint.pt')!r} does not exist")
 
 
 def train(
@@ -513,8 +519,10 @@ def train(
     """
     folder = RunFolder(cfg.out)
     with folder_lock(folder.path):
-        prepare_folder(folder, resume=resume, overwrite=overwrite)
-        run = build_run(cfg)
+        replace = prepare_folder(folder, resume=resume, overwrite=overwrite)
+        run = build_run(cfg)  # a config or data error leaves the run it would replace in place
+        if replace:
+            folder.clear()
         if resume:
             restore(run, folder.load_checkpoint())
             folder.resumed(run.cfg, run.epoch, run.history)
