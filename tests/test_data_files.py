@@ -286,6 +286,21 @@ def test_csv_labels_absent_from_the_class_list(flat: Path) -> None:
     assert "line 3: 'wasp', line 4: '2', line 5: '-1'" in msg
 
 
+def test_csv_integer_class_names_are_never_taken_as_indices(flat: Path, tmp_path: Path) -> None:
+    csv = write_csv(flat / "labels.csv", ["path,label", "img/0.png,0", "img/1.png,1", "img/2.png,3"])  # classes 0 1 3
+    write_image(tmp_path / "held" / "x.png")
+    write_image(tmp_path / "held" / "y.png")
+    test_csv = write_csv(tmp_path / "held" / "test.csv", ["path,label", "x.png,3", "y.png,2"])
+    with pytest.raises(DataError) as e:
+        load_dataset("imagefolder", flat, False, image_size=16, labels_file=str(csv), test_root=str(test_csv))
+    assert re.search(r"test.csv has 1 labels absent from the class list .*: line 3: '2'$", one_line_error(e))
+    write_csv(flat / "classes.txt", ["10", "20"])  # integer names from classes.txt: '1' is no index either
+    write_csv(flat / "labels.csv", ["path,label", "img/0.png,10", "img/1.png,20", "img/2.png,1"])
+    with pytest.raises(DataError) as e:
+        load_dataset("imagefolder", flat, False, image_size=16, labels_file=str(csv))
+    assert re.search(r"labels.csv has 1 labels absent from the class list .*: line 4: '1'$", one_line_error(e))
+
+
 def test_csv_class_without_images_and_missing_labels_file(flat: Path) -> None:
     write_csv(flat / "classes.txt", ["ant", "bee", "cow", "dog"])
     csv = write_csv(flat / "labels.csv", ["path,label", "img/0.png,ant", "img/1.png,cow"])

@@ -148,7 +148,7 @@ def read_list(
     return [tokens[0] for tokens in rows], labels, [number for number, _ in lines]
 
 
-def as_int(text: str, default: int) -> int:
+def as_int(text: str, default: int | None) -> int | None:
     try:
         return int(text)
     except ValueError:
