@@ -161,6 +161,21 @@ def test_folder_mode_test_root_uses_the_training_classes(folder: Path, tmp_path:
     assert re.search(r"2 class folders under .*test are not training classes: 'cow', 'yak'", one_line_error(e))
 
 
+def test_test_images_that_are_training_images_are_an_error(folder: Path, flat: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataError) as e:  # the training folder again
+        load_dataset("imagefolder", folder, False, image_size=16, test_root=str(folder))
+    assert re.search(r"7 test images .* are also training images: .*pets/cat/a.png, ", one_line_error(e))
+    write_image(folder / "held" / "cat" / "t.png")  # nested: would be a training class 'held' of test images
+    with pytest.raises(DataError, match=r"data.test_root .*pets/held lies inside the training folder .*class 'held'"):
+        load_dataset("imagefolder", folder, False, image_size=16, test_root=str(folder / "held"))
+    csv = write_csv(flat / "labels.csv", ["path,label", "img/0.png,a", "img/1.png,b", "img/2.png,a"])
+    (tmp_path / "link").symlink_to(flat)  # the same files by another path
+    test_csv = write_csv(tmp_path / "test.csv", ["path,label", "link/img/2.png,a", "link/img/3.png,b"])
+    with pytest.raises(DataError) as e:
+        load_dataset("imagefolder", flat, False, image_size=16, labels_file=str(csv), test_root=str(test_csv))
+    assert re.search(r"1 test images .* are also training images: .*flat/img/2.png$", one_line_error(e))
+
+
 def test_folder_mode_structural_errors(tmp_path: Path, folder: Path) -> None:
     with pytest.raises(DataError, match=r"data root .*nowhere does not exist"):
         load_dataset("imagefolder", tmp_path / "nowhere", False, image_size=16)
@@ -576,6 +591,19 @@ def test_clothing1m_errors(tmp_path: Path) -> None:
     os.remove(ann / "clean_test_key_list.txt")
     with pytest.raises(DataError, match=r"expected file .*annotations/clean_test_key_list.txt is missing"):
         load_dataset("clothing1m", tmp_path, False, image_size=16)
+
+
+def test_clothing1m_test_keys_that_are_training_keys_are_an_error(tmp_path: Path) -> None:
+    info = build_clothing(tmp_path)
+    train = list(info["train"])
+    for name, lines in [("clean_label_kv.txt", f"{train[3]} 1\n{train[5]} 2\n"),
+                        ("clean_test_key_list.txt", f"{train[3]}\n{train[5]}\n")]:
+        with open(tmp_path / "annotations" / name, "a") as f:
+            f.write(lines)
+    with pytest.raises(DataError) as e:
+        load_dataset("clothing1m", tmp_path, False, image_size=16)
+    assert re.search(rf"2 keys of .*clean_test_key_list.txt are also training images: {train[3]}, {train[5]}$",
+                     one_line_error(e))  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------- webvision

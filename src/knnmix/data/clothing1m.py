@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from knnmix.data.base import DATASETS, DatasetBundle
-from knnmix.data.files import OnBadImage, build_sources, check_options, data_root, read_list, refuse
+from knnmix.data.files import OnBadImage, build_sources, check_options, data_root, read_list, refuse, refuse_shared
 from knnmix.data.files import require_all_classes, require_file, require_listed
 from knnmix.errors import DataError
 
@@ -73,6 +73,8 @@ def load_clothing1m(
         "test": (root, *read_split(root, TEST_KEYS, clean, CLEAN_KV)),
     }
     del noisy, clean  # the noisy kv file holds ~1M entries
+    train_keys, test_keys = ([os.path.normpath(k) for k in listed[s][1]] for s in ("train", "test"))
+    refuse_shared(NAME, train_keys, test_keys, f"keys of {os.path.join(root, TEST_KEYS)}")
     require_all_classes(NAME, CLASSES, listed["train"][2], f" in {os.path.join(root, TRAIN_KEYS)}")
     splits = build_sources(NAME, CLASSES, listed, image_size=image_size, on_bad_image=on_bad_image)
     return DatasetBundle(

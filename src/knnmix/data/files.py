@@ -161,6 +161,14 @@ def require_listed(dataset: str, root: str, keys: Sequence[str], listed_in: str,
     refuse(missing, f"{dataset}: {len(missing)} images named in {listed_in} do not exist under {root}")
 
 
+def refuse_shared(dataset: str, train: Sequence[str], test: Sequence[str], what: str) -> None:
+    """A :class:`DataError` naming the ``test`` files (``what``, e.g. ``"test images"``) also in ``train``; both are
+    resolved paths, or keys below one root."""
+    seen = set(train)
+    shared = [t for t in test if t in seen]
+    refuse(shared, f"{dataset}: {len(shared)} {what} are also training images")
+
+
 def require_all_classes(dataset: str, classes: Sequence[str], labels: np.ndarray, hint: str = "") -> None:
     """A :class:`DataError` naming the classes without a single training image (an empty class)."""
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes))

@@ -19,7 +19,7 @@ from PIL import Image
 
 from knnmix.data.base import DATASETS, DatasetBundle
 from knnmix.data.files import IMAGE_EXTENSIONS, OnBadImage, as_int, build_sources, check_options, data_root
-from knnmix.data.files import find_images, listing, read_names, refuse, require_all_classes, require_dir
+from knnmix.data.files import find_images, listing, read_names, refuse, refuse_shared, require_all_classes, require_dir
 from knnmix.errors import DataError, KnnmixWarning, one_line
 
 NAME = "imagefolder"
@@ -205,7 +205,13 @@ def load_imagefolder(root: str | None, download: bool, *, image_size: int | None
         if os.path.isfile(location):  # a CSV, paths relative to its folder
             test = read_csv(location, os.path.dirname(location), train.classes)
         else:
+            inside = os.path.relpath(os.path.realpath(location), os.path.realpath(train.base)).split(os.sep)[0]
+            if not labels_file and inside in train.classes:
+                raise DataError(f"{NAME}: data.test_root {location} lies inside the training folder {train.base}, "
+                                f"where its images are training images of class {inside!r}; move it out")
             test = read_folder(location, train.classes)
+        resolved = [[os.path.realpath(os.path.join(s.base, k)) for k in s.keys] for s in (train, test)]
+        refuse_shared(NAME, *resolved, f"test images of {location}")
         splits["test"] = (test.base, test.keys, test.labels)
     sources = build_sources(NAME, train.classes, splits, image_size=image_size, on_bad_image=on_bad_image)
     test_source, test_labels = sources.get("test", (None, None))
