@@ -519,6 +519,24 @@ def test_every_pixel_format_becomes_rgb(tmp_path: Path) -> None:
         assert x.shape == (3, 8, 8) and torch.equal(x[0], torch.from_numpy(grey)) and torch.equal(x[0], x[2]), name
 
 
+def test_32_bit_integer_images_keep_16_bits_and_float_images_are_refused(tmp_path: Path) -> None:
+    grey = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4
+    sixteen = (grey.astype(np.int32) << 8) | 0xFF
+    Image.fromarray(sixteen).save(tmp_path / "grey32.tif")  # mode I with 16-bit values
+    Image.fromarray(sixteen.astype(np.uint16)).save(tmp_path / "grey16.pgm")  # 16-bit PGM: opens as mode I
+    Image.fromarray(sixteen << 8).save(tmp_path / "wide.tif")  # mode I beyond 16 bits
+    Image.fromarray(grey.astype(np.float32) / 255).save(tmp_path / "float.tif")  # mode F
+    t = ImageTransform(8)
+    for name in ("grey32.tif", "grey16.pgm"):
+        assert Image.open(tmp_path / name).mode == "I", name
+        x = t.decode(str(tmp_path / name))
+        assert torch.equal(x[0], torch.from_numpy(grey)) and torch.equal(x[0], x[2]), name
+    for name, pattern in [("wide.tif", r"mode I values outside 0\.\.65535"), ("float.tif", r"mode F .* not supported")]:
+        with pytest.raises(DataError) as e:
+            t.decode(str(tmp_path / name))
+        assert re.search(rf"cannot decode image .*{name}: .*{pattern}", one_line_error(e)), str(e.value)
+
+
 def test_small_image_transform_resizes_then_pads_and_crops(tmp_path: Path) -> None:
     t = ImageTransform(16)
     path = str(gradient_image(tmp_path / "g.png", (40, 20)))

@@ -181,7 +181,8 @@ def read_rgb(path: str, min_shorter: int = 1) -> Tensor:
 
     A JPEG is decoded at a reduced scale (Pillow's ``draft``, several times cheaper) as long as its shorter side stays
     at least ``min_shorter`` (1: the smallest scale, enough for the load-time check). Grey-scale is repeated on 3
-    channels (16-bit: its high byte), alpha is dropped, the EXIF orientation is not applied.
+    channels (16-bit, also 32-bit mode I valued 0..65535: its high byte; larger values or floats are a ValueError),
+    alpha is dropped, the EXIF orientation is not applied.
     """
     with Image.open(path) as im:
         if im.format == "JPEG":
@@ -189,9 +190,13 @@ def read_rgb(path: str, min_shorter: int = 1) -> Tensor:
             short = min_shorter
             im.draft("RGB", (short, int(short * h / w)) if w <= h else (int(short * w / h), short))
         im.load()
-        if im.mode.startswith("I;16"):
-            grey = (np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8)
-            return torch.from_numpy(grey).expand(3, -1, -1)
+        if im.mode.startswith("I;16") or im.mode == "I":  # mode I: 32-bit TIFF, 16-bit PGM (Pillow scales to 16 bits)
+            values = np.asarray(im)
+            if values.size and (values.min() < 0 or values.max() > 65535):
+                raise ValueError(f"mode I values outside 0..65535 (min {values.min()}, max {values.max()})")
+            return torch.from_numpy((values.astype(np.uint16) >> 8).astype(np.uint8)).expand(3, -1, -1)
+        if im.mode == "F":
+            raise ValueError("mode F (floating-point pixels) is not supported: save the image as 8- or 16-bit")
         if im.mode == "P" and "transparency" in im.info:
             im = im.convert("RGBA")
         pixels = np.array(im if im.mode == "RGB" else im.convert("RGB"))  # (H, W, 3)
