@@ -611,6 +611,24 @@ def test_clothing1m_errors(tmp_path: Path) -> None:
         load_dataset("clothing1m", tmp_path, False, image_size=16)
 
 
+def test_clothing1m_keys_listed_twice_are_an_error(tmp_path: Path) -> None:
+    info = build_clothing(tmp_path)
+    ann = tmp_path / "annotations"
+    first = next(iter(info["train"]))
+    train_list = (ann / "noisy_train_key_list.txt").read_text()
+    (ann / "noisy_train_key_list.txt").write_text(train_list + f"{first}\n")
+    with pytest.raises(DataError) as e:
+        load_dataset("clothing1m", tmp_path, False, image_size=16)
+    assert re.search(rf"noisy_train_key_list.txt lists 1 keys more than once: line 29: {first} \(also line 1\)$",
+                     one_line_error(e))  # fmt: skip
+    (ann / "noisy_train_key_list.txt").write_text(train_list)
+    (ann / "noisy_label_kv.txt").write_text((ann / "noisy_label_kv.txt").read_text() + f"{first} 5\n")
+    with pytest.raises(DataError) as e:  # the last label would have won
+        load_dataset("clothing1m", tmp_path, False, image_size=16)
+    assert re.search(rf"noisy_label_kv.txt lists 1 keys more than once: line 32: {first} \(also line 1\)$",
+                     one_line_error(e))  # fmt: skip
+
+
 def test_clothing1m_test_keys_that_are_training_keys_are_an_error(tmp_path: Path) -> None:
     info = build_clothing(tmp_path)
     train = list(info["train"])

@@ -155,6 +155,13 @@ def as_int(text: str, default: int | None) -> int | None:
         return default
 
 
+def refuse_repeated(dataset: str, path: str, keys: Sequence[str], lines: Sequence[int]) -> None:
+    """A :class:`DataError` listing the ``keys`` (lines ``lines`` of the file ``path``) listed more than once."""
+    first: dict[str, int] = {}
+    again = [f"line {n}: {k} (also line {first[k]})" for k, n in zip(keys, lines) if first.setdefault(k, n) != n]
+    refuse(again, f"{dataset}: {path} lists {len(again)} keys more than once")
+
+
 def require_listed(dataset: str, root: str, keys: Sequence[str], listed_in: str, lines: Sequence[int]) -> None:
     """A :class:`DataError` listing the first ``keys`` (lines ``lines`` of ``listed_in``) with no file ``root/key``."""
     missing = [f"line {n}: {k}" for k, n in zip(keys, lines) if not os.path.isfile(os.path.join(root, k))]
