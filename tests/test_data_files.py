@@ -161,6 +161,21 @@ def test_folder_mode_test_root_uses_the_training_classes(folder: Path, tmp_path:
     assert re.search(r"2 class folders under .*test are not training classes: 'cow', 'yak'", one_line_error(e))
 
 
+def test_test_images_that_are_training_images_are_an_error(folder: Path, flat: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataError) as e:  # the training folder again
+        load_dataset("imagefolder", folder, False, image_size=16, test_root=str(folder))
+    assert re.search(r"7 test images .* are also training images: .*pets/cat/a.png, ", one_line_error(e))
+    write_image(folder / "held" / "cat" / "t.png")  # nested: would be a training class 'held' of test images
+    with pytest.raises(DataError, match=r"data.test_root .*pets/held lies inside the training folder .*class 'held'"):
+        load_dataset("imagefolder", folder, False, image_size=16, test_root=str(folder / "held"))
+    csv = write_csv(flat / "labels.csv", ["path,label", "img/0.png,a", "img/1.png,b", "img/2.png,a"])
+    (tmp_path / "link").symlink_to(flat)  # the same files by another path
+    test_csv = write_csv(tmp_path / "test.csv", ["path,label", "link/img/2.png,a", "link/img/3.png,b"])
+    with pytest.raises(DataError) as e:
+        load_dataset("imagefolder", flat, False, image_size=16, labels_file=str(csv), test_root=str(test_csv))
+    assert re.search(r"1 test images .* are also training images: .*flat/img/2.png$", one_line_error(e))
+
+
 def test_folder_mode_structural_errors(tmp_path: Path, folder: Path) -> None:
     with pytest.raises(DataError, match=r"data root .*nowhere does not exist"):
         load_dataset("imagefolder", tmp_path / "nowhere", False, image_size=16)
@@ -284,6 +299,21 @@ def test_csv_labels_absent_from_the_class_list(flat: Path) -> None:
     msg = one_line_error(e)
     assert "3 labels absent from the class list (2 classes from" in msg and "0..1" in msg
     assert "line 3: 'wasp', line 4: '2', line 5: '-1'" in msg
+
+
+def test_csv_integer_class_names_are_never_taken_as_indices(flat: Path, tmp_path: Path) -> None:
+    csv = write_csv(flat / "labels.csv", ["path,label", "img/0.png,0", "img/1.png,1", "img/2.png,3"])  # classes 0 1 3
+    write_image(tmp_path / "held" / "x.png")
+    write_image(tmp_path / "held" / "y.png")
+    test_csv = write_csv(tmp_path / "held" / "test.csv", ["path,label", "x.png,3", "y.png,2"])
+    with pytest.raises(DataError) as e:
+        load_dataset("imagefolder", flat, False, image_size=16, labels_file=str(csv), test_root=str(test_csv))
+    assert re.search(r"test.csv has 1 labels absent from the class list .*: line 3: '2'$", one_line_error(e))
+    write_csv(flat / "classes.txt", ["10", "20"])  # integer names from classes.txt: '1' is no index either
+    write_csv(flat / "labels.csv", ["path,label", "img/0.png,10", "img/1.png,20", "img/2.png,1"])
+    with pytest.raises(DataError) as e:
+        load_dataset("imagefolder", flat, False, image_size=16, labels_file=str(csv))
+    assert re.search(r"labels.csv has 1 labels absent from the class list .*: line 4: '1'$", one_line_error(e))
 
 
 def test_csv_class_without_images_and_missing_labels_file(flat: Path) -> None:
@@ -489,6 +519,24 @@ def test_every_pixel_format_becomes_rgb(tmp_path: Path) -> None:
         assert x.shape == (3, 8, 8) and torch.equal(x[0], torch.from_numpy(grey)) and torch.equal(x[0], x[2]), name
 
 
+def test_32_bit_integer_images_keep_16_bits_and_float_images_are_refused(tmp_path: Path) -> None:
+    grey = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4
+    sixteen = (grey.astype(np.int32) << 8) | 0xFF
+    Image.fromarray(sixteen).save(tmp_path / "grey32.tif")  # mode I with 16-bit values
+    Image.fromarray(sixteen.astype(np.uint16)).save(tmp_path / "grey16.pgm")  # 16-bit PGM: opens as mode I
+    Image.fromarray(sixteen << 8).save(tmp_path / "wide.tif")  # mode I beyond 16 bits
+    Image.fromarray(grey.astype(np.float32) / 255).save(tmp_path / "float.tif")  # mode F
+    t = ImageTransform(8)
+    for name in ("grey32.tif", "grey16.pgm"):
+        assert Image.open(tmp_path / name).mode == "I", name
+        x = t.decode(str(tmp_path / name))
+        assert torch.equal(x[0], torch.from_numpy(grey)) and torch.equal(x[0], x[2]), name
+    for name, pattern in [("wide.tif", r"mode I values outside 0\.\.65535"), ("float.tif", r"mode F .* not supported")]:
+        with pytest.raises(DataError) as e:
+            t.decode(str(tmp_path / name))
+        assert re.search(rf"cannot decode image .*{name}: .*{pattern}", one_line_error(e)), str(e.value)
+
+
 def test_small_image_transform_resizes_then_pads_and_crops(tmp_path: Path) -> None:
     t = ImageTransform(16)
     path = str(gradient_image(tmp_path / "g.png", (40, 20)))
@@ -561,6 +609,37 @@ def test_clothing1m_errors(tmp_path: Path) -> None:
     os.remove(ann / "clean_test_key_list.txt")
     with pytest.raises(DataError, match=r"expected file .*annotations/clean_test_key_list.txt is missing"):
         load_dataset("clothing1m", tmp_path, False, image_size=16)
+
+
+def test_clothing1m_keys_listed_twice_are_an_error(tmp_path: Path) -> None:
+    info = build_clothing(tmp_path)
+    ann = tmp_path / "annotations"
+    first = next(iter(info["train"]))
+    train_list = (ann / "noisy_train_key_list.txt").read_text()
+    (ann / "noisy_train_key_list.txt").write_text(train_list + f"{first}\n")
+    with pytest.raises(DataError) as e:
+        load_dataset("clothing1m", tmp_path, False, image_size=16)
+    assert re.search(rf"noisy_train_key_list.txt lists 1 keys more than once: line 29: {first} \(also line 1\)$",
+                     one_line_error(e))  # fmt: skip
+    (ann / "noisy_train_key_list.txt").write_text(train_list)
+    (ann / "noisy_label_kv.txt").write_text((ann / "noisy_label_kv.txt").read_text() + f"{first} 5\n")
+    with pytest.raises(DataError) as e:  # the last label would have won
+        load_dataset("clothing1m", tmp_path, False, image_size=16)
+    assert re.search(rf"noisy_label_kv.txt lists 1 keys more than once: line 32: {first} \(also line 1\)$",
+                     one_line_error(e))  # fmt: skip
+
+
+def test_clothing1m_test_keys_that_are_training_keys_are_an_error(tmp_path: Path) -> None:
+    info = build_clothing(tmp_path)
+    train = list(info["train"])
+    for name, lines in [("clean_label_kv.txt", f"{train[3]} 1\n{train[5]} 2\n"),
+                        ("clean_test_key_list.txt", f"{train[3]}\n{train[5]}\n")]:
+        with open(tmp_path / "annotations" / name, "a") as f:
+            f.write(lines)
+    with pytest.raises(DataError) as e:
+        load_dataset("clothing1m", tmp_path, False, image_size=16)
+    assert re.search(rf"2 keys of .*clean_test_key_list.txt are also training images: {train[3]}, {train[5]}$",
+                     one_line_error(e))  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------- webvision

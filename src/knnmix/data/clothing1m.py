@@ -14,8 +14,8 @@ import os
 import numpy as np
 
 from knnmix.data.base import DATASETS, DatasetBundle
-from knnmix.data.files import OnBadImage, build_sources, check_options, data_root, read_list, refuse
-from knnmix.data.files import require_all_classes, require_file, require_listed
+from knnmix.data.files import OnBadImage, build_sources, check_options, data_root, read_list, refuse, refuse_shared
+from knnmix.data.files import refuse_repeated, require_all_classes, require_file, require_listed
 from knnmix.errors import DataError
 
 NAME = "clothing1m"
@@ -33,19 +33,22 @@ FILES = (NOISY_KV, CLEAN_KV, TRAIN_KEYS, VAL_KEYS, TEST_KEYS)
 
 
 def read_kv(path: str) -> dict[str, int]:
-    """A ``<key> <label>`` file as a dict; malformed lines or labels outside 0..13 are a :class:`DataError`."""
-    keys, labels, _ = read_list(path, NAME, "'<image key> <label>'", len(CLASSES))
+    """A ``<key> <label>`` file as a dict; malformed lines, labels outside 0..13 or a key listed twice are a
+    :class:`DataError`."""
+    keys, labels, lines = read_list(path, NAME, "'<image key> <label>'", len(CLASSES))
+    refuse_repeated(NAME, path, keys, lines)
     return dict(zip(keys, labels.tolist()))
 
 
 def read_split(root: str, list_file: str, kv: dict[str, int], kv_file: str) -> tuple[list[str], np.ndarray]:
     """The keys of ``root/list_file`` and their labels from ``kv`` (read from ``kv_file``): ``(keys, labels (N,))``.
 
-    A key absent from the kv file, or naming no image under ``root``, is a :class:`DataError` listing the first
-    offenders with their line numbers.
+    A key listed twice, absent from the kv file, or naming no image under ``root``, is a :class:`DataError` listing
+    the first offenders with their line numbers.
     """
     path = os.path.join(root, list_file)
     keys, _, lines = read_list(path, NAME, "one image key", labelled=False)
+    refuse_repeated(NAME, path, keys, lines)
     absent = [f"line {n}: {k}" for n, k in zip(lines, keys) if k not in kv]
     refuse(absent, f"{NAME}: {len(absent)} keys of {path} are missing from {os.path.join(root, kv_file)}")
     if not keys:
@@ -73,6 +76,8 @@ def load_clothing1m(
         "test": (root, *read_split(root, TEST_KEYS, clean, CLEAN_KV)),
     }
     del noisy, clean  # the noisy kv file holds ~1M entries
+    train_keys, test_keys = ([os.path.normpath(k) for k in listed[s][1]] for s in ("train", "test"))
+    refuse_shared(NAME, train_keys, test_keys, f"keys of {os.path.join(root, TEST_KEYS)}")
     require_all_classes(NAME, CLASSES, listed["train"][2], f" in {os.path.join(root, TRAIN_KEYS)}")
     splits = build_sources(NAME, CLASSES, listed, image_size=image_size, on_bad_image=on_bad_image)
     return DatasetBundle(

@@ -148,17 +148,32 @@ def read_list(
     return [tokens[0] for tokens in rows], labels, [number for number, _ in lines]
 
 
-def as_int(text: str, default: int) -> int:
+def as_int(text: str, default: int | None) -> int | None:
     try:
         return int(text)
     except ValueError:
         return default
 
 
+def refuse_repeated(dataset: str, path: str, keys: Sequence[str], lines: Sequence[int]) -> None:
+    """A :class:`DataError` listing the ``keys`` (lines ``lines`` of the file ``path``) listed more than once."""
+    first: dict[str, int] = {}
+    again = [f"line {n}: {k} (also line {first[k]})" for k, n in zip(keys, lines) if first.setdefault(k, n) != n]
+    refuse(again, f"{dataset}: {path} lists {len(again)} keys more than once")
+
+
 def require_listed(dataset: str, root: str, keys: Sequence[str], listed_in: str, lines: Sequence[int]) -> None:
     """A :class:`DataError` listing the first ``keys`` (lines ``lines`` of ``listed_in``) with no file ``root/key``."""
     missing = [f"line {n}: {k}" for k, n in zip(keys, lines) if not os.path.isfile(os.path.join(root, k))]
     refuse(missing, f"{dataset}: {len(missing)} images named in {listed_in} do not exist under {root}")
+
+
+def refuse_shared(dataset: str, train: Sequence[str], test: Sequence[str], what: str) -> None:
+    """A :class:`DataError` naming the ``test`` files (``what``, e.g. ``"test images"``) also in ``train``; both are
+    resolved paths, or keys below one root."""
+    seen = set(train)
+    shared = [t for t in test if t in seen]
+    refuse(shared, f"{dataset}: {len(shared)} {what} are also training images")
 
 
 def require_all_classes(dataset: str, classes: Sequence[str], labels: np.ndarray, hint: str = "") -> None:
@@ -173,7 +188,8 @@ def read_rgb(path: str, min_shorter: int = 1) -> Tensor:
 
     A JPEG is decoded at a reduced scale (Pillow's ``draft``, several times cheaper) as long as its shorter side stays
     at least ``min_shorter`` (1: the smallest scale, enough for the load-time check). Grey-scale is repeated on 3
-    channels (16-bit: its high byte), alpha is dropped, the EXIF orientation is not applied.
+    channels (16-bit, also 32-bit mode I valued 0..65535: its high byte; larger values or floats are a ValueError),
+    alpha is dropped, the EXIF orientation is not applied.
     """
     with Image.open(path) as im:
         if im.format == "JPEG":
@@ -181,9 +197,13 @@ def read_rgb(path: str, min_shorter: int = 1) -> Tensor:
             short = min_shorter
             im.draft("RGB", (short, int(short * h / w)) if w <= h else (int(short * w / h), short))
         im.load()
-        if im.mode.startswith("I;16"):
-            grey = (np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8)
-            return torch.from_numpy(grey).expand(3, -1, -1)
+        if im.mode.startswith("I;16") or im.mode == "I":  # mode I: 32-bit TIFF, 16-bit PGM (Pillow scales to 16 bits)
+            values = np.asarray(im)
+            if values.size and (values.min() < 0 or values.max() > 65535):
+                raise ValueError(f"mode I values outside 0..65535 (min {values.min()}, max {values.max()})")
+            return torch.from_numpy((values.astype(np.uint16) >> 8).astype(np.uint8)).expand(3, -1, -1)
+        if im.mode == "F":
+            raise ValueError("mode F (floating-point pixels) is not supported: save the image as 8- or 16-bit")
         if im.mode == "P" and "transparency" in im.info:
             im = im.convert("RGBA")
         pixels = np.array(im if im.mode == "RGB" else im.convert("RGB"))  # (H, W, 3)

@@ -19,7 +19,7 @@ from PIL import Image
 
 from knnmix.data.base import DATASETS, DatasetBundle
 from knnmix.data.files import IMAGE_EXTENSIONS, OnBadImage, as_int, build_sources, check_options, data_root
-from knnmix.data.files import find_images, listing, read_names, refuse, require_all_classes, require_dir
+from knnmix.data.files import find_images, listing, read_names, refuse, refuse_shared, require_all_classes, require_dir
 from knnmix.errors import DataError, KnnmixWarning, one_line
 
 NAME = "imagefolder"
@@ -104,9 +104,10 @@ def read_csv(csv_path: str, base: str, classes: list[str] | None = None) -> Labe
     """CSV mode: rows ``path,label`` of ``csv_path``; relative paths are taken below ``base``.
 
     ``classes`` None: the class list is ``classes.txt`` beside the CSV, else the sorted labels. Given (a test CSV),
-    labels are resolved against it and a ``classes.txt`` beside the CSV must agree with it. Raises a
-    :class:`DataError` listing the first offending lines for: malformed rows, a label absent from the class list (or
-    an out-of-range index), a path listed twice, a path naming no file.
+    labels are resolved against it and a ``classes.txt`` beside the CSV must agree with it. An integer label is a
+    class index only when no class name is an integer. Raises a :class:`DataError` listing the first offending lines
+    for: malformed rows, a label absent from the class list (or an out-of-range index), a path listed twice, a path
+    naming no file.
     """
     rows = _read_rows(csv_path)
     classes_file = os.path.join(os.path.dirname(os.path.abspath(csv_path)), CLASSES_FILE)
@@ -121,11 +122,14 @@ def read_csv(csv_path: str, base: str, classes: list[str] | None = None) -> Labe
         origin = "the training class list"
 
     index = {c: i for i, c in enumerate(classes)}
-    labels = np.array([index.get(label, as_int(label, -1)) for _, _, label in rows], dtype=np.int64)
+    by_index = all(as_int(c, None) is None for c in classes)  # integer labels index names; integer names are names
+    labels = np.array([index.get(label, as_int(label, -1) if by_index else -1) for _, _, label in rows], np.int64)
     labels[labels >= len(classes)] = -1
     unknown = [f"line {number}: {label!r}" for (number, _, label), c in zip(rows, labels) if c < 0]
+    rule = (f"integer labels must lie in 0..{len(classes) - 1}" if by_index
+            else "labels are names, never indices, where class names are integers")
     refuse(unknown, f"{NAME}: {csv_path} has {len(unknown)} labels absent from the class list ({len(classes)} "
-                    f"classes from {origin}; integer labels must lie in 0..{len(classes) - 1})")
+                    f"classes from {origin}; {rule})")
 
     keys = [os.path.normpath(p) for _, p, _ in rows]
     first_line: dict[str, int] = {}
@@ -201,7 +205,13 @@ def load_imagefolder(root: str | None, download: bool, *, image_size: int | None
         if os.path.isfile(location):  # a CSV, paths relative to its folder
             test = read_csv(location, os.path.dirname(location), train.classes)
         else:
+            inside = os.path.relpath(os.path.realpath(location), os.path.realpath(train.base)).split(os.sep)[0]
+            if not labels_file and inside in train.classes:
+                raise DataError(f"{NAME}: data.test_root {location} lies inside the training folder {train.base}, "
+                                f"where its images are training images of class {inside!r}; move it out")
             test = read_folder(location, train.classes)
+        resolved = [[os.path.realpath(os.path.join(s.base, k)) for k in s.keys] for s in (train, test)]
+        refuse_shared(NAME, *resolved, f"test images of {location}")
         splits["test"] = (test.base, test.keys, test.labels)
     sources = build_sources(NAME, train.classes, splits, image_size=image_size, on_bad_image=on_bad_image)
     test_source, test_labels = sources.get("test", (None, None))
