@@ -334,3 +334,10 @@ def test_resume_on_other_data_is_refused_and_a_failed_overwrite_keeps_the_run(tm
     with pytest.raises(KnnmixError):  # asymmetric noise needs a class structure a user's folder does not have
         train(C.replace(cfg, **{"noise.spec": "asymmetric:0.2"}), overwrite=True, echo=None)
     assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before  # the run it would have replaced is intact
+
+
+def test_the_banner_measures_the_noise_of_the_rows_trained_on(tmp_path):
+    lines: list[str] = []
+    summary = train(digits_cfg(tmp_path, epochs=1, **{"method.name": "ce", "data.train_subset": 60}), echo=lines.append)
+    assert summary["train_noise_rate"] != summary["noise_rate"]  # 54 training rows of the 1,437 the noise flipped
+    assert f"(measured {100 * summary['train_noise_rate']:.2f}%)" in lines[0]

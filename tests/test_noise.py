@@ -559,6 +559,9 @@ def test_cifar_n_unreadable_or_unsafe_file_is_a_clear_error(tmp_path: Path) -> N
     torch.save({"clean_label": fractions.Fraction(1, 3)}, path)
     with pytest.raises(KnnmixError, match=re.escape("with torch.load(weights_only=True)")):
         load_cifar_n_file(path)
+    torch.save({"aggre_label": np.zeros(50_000, dtype=np.float32)}, path)  # intact, but not integer labels
+    with pytest.raises(KnnmixError, match=re.escape("'aggre_label' of") + ".*not a 1-D integer label array"):
+        load_cifar_n_file(path)
     torch.save({"clean_label": np.zeros(50_000, dtype=np.int64)}, path)  # a valid file without the variant
     with pytest.raises(KnnmixError, match=re.escape("has no 'aggre_label' entry")):
         apply_noise("cifar10n:aggre", np.zeros(50_000, dtype=np.int64), 10, seed=0, family="cifar10",

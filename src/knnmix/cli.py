@@ -134,8 +134,9 @@ def comparison_table(summaries: Sequence[dict[str, Any]]) -> str:
             f"{pct(s['best_val']['val_acc'], '')} | {s['epoch_time_s']:.2f} |"
         )
     first = summaries[0]
+    rate = first["noise_rate"] if first["train_noise_rate"] is None else first["train_noise_rate"]  # rows trained on
     lines.append(
-        f"\n{first['dataset']}, noise {first['noise']} (measured {100 * first['noise_rate']:.2f}%), "
+        f"\n{first['dataset']}, noise {first['noise']} (measured {100 * rate:.2f}%), "
         f"{first['model']}, {first['epochs']} epochs, seed {first['seed']}, commit {first['commit']}"
     )
     return "\n".join(lines)

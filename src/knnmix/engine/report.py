@@ -83,11 +83,12 @@ def label_audit(run: Run, bank: Bank, folder: RunFolder) -> dict[str, Any]:
 
 
 def banner(run: Run) -> str:
-    c, s = run.cfg, run.splits
+    c, s = run.cfg, run.splits  # the measured rate of the rows trained on, where the true labels are known
+    rate = s.noise.noise_rate if run.truly_noisy is None else float(run.truly_noisy.double().mean())
     return (
         f"knnmix: {c.method.name} on {c.data.name} ({len(s.train)} train / "
         f"{len(s.val) if s.val is not None else 0} noisy val / {len(s.test) if s.test is not None else 0} test), "
-        f"noise {c.noise.spec} (measured {100 * s.noise.noise_rate:.2f}%), {c.model.name}, "
+        f"noise {c.noise.spec} (measured {100 * rate:.2f}%), {c.model.name}, "
         f"{c.epochs} epochs, seed {c.seed}, {run.dist.world_size} process(es) on {run.device}"
     )
 

@@ -50,18 +50,19 @@ CIFAR_N: Mapping[str, CifarNInfo] = MappingProxyType(
 
 
 def _allowed_globals() -> list[object]:
-    """The numpy globals a CIFAR-N file pickles (ndarrays of int64), allow-listed for ``weights_only`` loading."""
+    """The numpy globals a CIFAR-N file pickles (ndarrays of int64), allow-listed for ``weights_only`` loading; float
+    and bool arrays load too, so that a file of such labels is the one-line "not an integer label array" error."""
     try:
         from numpy._core.multiarray import _reconstruct  # numpy >= 2
     except ImportError:  # pragma: no cover - numpy 1.x
         from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
-    integer_dtypes = {type(np.dtype(code)) for code in np.typecodes["AllInteger"]}  # Int8DType, ..., ULongLongDType
+    label_dtypes = {type(np.dtype(code)) for code in np.typecodes["AllInteger"] + np.typecodes["Float"] + "?"}
     return [
         (_reconstruct, "numpy.core.multiarray._reconstruct"),
         (_reconstruct, "numpy._core.multiarray._reconstruct"),
         np.ndarray,
         np.dtype,
-        *sorted(integer_dtypes, key=lambda cls: cls.__name__),
+        *sorted(label_dtypes, key=lambda cls: cls.__name__),
     ]
 
 
