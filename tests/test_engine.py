@@ -287,6 +287,7 @@ def test_a_damaged_checkpoint_is_unreadable_not_code_carrying(tmp_path, content)
     with pytest.raises(KnnmixError, match=f"cannot read checkpoint {path} \\(truncated, corrupt") as err:
         safe_load(path)
     assert "could run code" not in str(err.value)
+    assert "weights_only" not in str(err.value)  # torch's advice to load it unsafely is not passed on
 
 
 def image_folder(root, per_class: int = 12):

@@ -77,5 +77,7 @@ def load_tensors(path: str | os.PathLike[str], what: str, allowed: Iterable[Any]
             raise CheckpointError(f"{what} {str(path)!r} holds objects other than tensors and plain data, which "
                                   "loading with torch.load(weights_only=True) refuses, since they could run code "
                                   f"({one_line(exc, 200)})") from None
+        # torch's own words around the reason advise loading with weights_only=False: never for a file that fails
+        reason = str(exc).partition("WeightsUnpickler error:")[2].partition("Check the documentation")[0]
         raise CheckpointError(f"cannot read {what} {path} (truncated, corrupt or not a torch file): "
-                              f"{one_line(exc, 200)}") from None
+                              f"{one_line(ValueError(reason) if reason.strip() else exc, 200)}") from None
