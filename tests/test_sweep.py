@@ -192,7 +192,16 @@ _BAD_CASES = [
     ({"noise": ["symmetric:0.2", "symmetric:0.20"]}, "noise[1]: 'symmetric:0.2' is listed twice (also noise[0])"),
     ({"noise": ["cifar10n:worse"]}, "noise[0]: 'cifar10n:worse' is the human noise of cifar10, but data.name"),
     ({"noise": []}, "noise: expected a non-empty list of noise specs"),
-    ({"noise": [{"spec": "symmetric:0.2", "set": {"out": "x"}}]}, "noise[0].set: noise.spec and out are set by"),
+    ({"noise": [{"spec": "symmetric:0.2", "set": {"out": "x"}}]}, "noise[0].set: noise.spec, out and threads are set"),
+    ({"noise": [{"spec": "symmetric:0.2", "set": {"method.k": 9}}]},  # was silently replaced by the sampled k
+     "noise[0].set: method.k: searched, so a setting cannot fix them"),
+    ({"noise": ["symmetric:0.2", {"spec": "symmetric:0.5", "set": {"distributed.workers": 2}}]},  # the sweep hung
+     "noise[1].set: distributed.* keys are the sweep's"),
+    ({"base": {"config": "digits", "set": {**BASE_SET, "out": "x"}}},  # --set out=X: was silently ignored
+     "base.set: out: set by the sweep for each trial"),
+    ({"base": {"config": "digits", "set": {**BASE_SET, "threads": 2}}}, "base.set: threads: set by the sweep"),
+    ({"base": {"config": "digits", "set": {**BASE_SET, "method": {"k": 3}, "method.k": 4}}},  # the last one won
+     "base.set: method.k is given twice (as a section's key and as a dotted key)"),
     ({"metric": "test_acc"}, "metric: 'test_acc' cannot be selected on: sweeps select on the noisy-validation "
      "accuracy 'val_acc' only"),
     ({"metric": "label_acc"}, "metric: 'label_acc' cannot be selected on"),
@@ -315,6 +324,16 @@ def _trial(tid: str, setting: str, last: int = 0):
     return SimpleNamespace(trial_id=tid, config={S.SETTING_KEY: setting}, last_result={"epoch": last} if last else {})
 
 
+def test_the_best_trial_of_a_tie_is_the_first_created(tmp_path):
+    """Trial ids are random: a tie broken by id could pick another config each time the same sweep runs."""
+    def record(tid: str, val: float) -> S.TrialRecord:
+        return S.TrialRecord(tid, "TERMINATED", "s", {}, tmp_path, [{"epoch": 1, "val_acc": val}], completed=True)
+
+    trials = [record("ffff0000", 20.0), record("0000ffff", 20.0), record("88888888", 10.0)]  # in creation order
+    assert S.best_trial(trials).trial_id == "ffff0000"
+    assert S.best_trial(trials[1:]).trial_id == "0000ffff"
+
+
 def test_settings_asha_compares_trials_within_their_setting_only(tmp_path):
     from ray.tune.schedulers import TrialScheduler
 
@@ -379,8 +398,9 @@ def test_tracking_store_default_env_and_uri(tmp_path, monkeypatch):
     assert TR.Store.resolve("sqlite:///flag.db").uri == f"sqlite:///{tmp_path}/flag.db"  # the flag wins
     remote = TR.Store.from_uri("http://127.0.0.1:5000")
     assert remote.uri == "http://127.0.0.1:5000" and remote.artifact_root is None
-    with pytest.raises(Exception, match="is not a URI"):
-        TR.Store.from_uri("mlruns")
+    for folder in ("mlruns", "file:///tmp/mlruns", "file:mlruns"):  # refused before a run, not after it trained
+        with pytest.raises(KnnmixError, match=re.escape("(MLflow's deprecated file store) is not supported")):
+            TR.Store.from_uri(folder)
     # the experiment gets an absolute artifact location and opens in the UI's model-training view
     rel = TR.Store.from_uri("sqlite:///sub/x.db")
     exp = client_for(rel.uri).get_experiment(TR.experiment_id(rel, "knnmix-test"))
@@ -404,6 +424,18 @@ def test_a_sweep_folder_on_object_storage_is_refused_in_one_line(tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert err.startswith("knnmix: error: --out 's3://bucket/sweeps/x': a sweep folder is a local")
     assert not Path("s3:").exists()
+
+
+def test_a_store_that_fails_at_the_start_leaves_no_sweep_to_resume(tmp_path, monkeypatch):
+    """A tracking store that fails when the sweep opens its runs (a server down): the next plain run may start."""
+    def down(*args, **kwargs):
+        raise KnnmixError("the tracking server is down")
+
+    monkeypatch.setattr(T, "open_sweep_runs", down)
+    with pytest.raises(KnnmixError, match="down"):
+        S.run_sweep(SP.load_space(write_space(tmp_path)), tmp_path / "sweep", store=TR.Store.from_uri(
+            f"sqlite:///{tmp_path / 'm.db'}"), echo=None)
+    assert S.check_state(S.SweepFolder(tmp_path / "sweep"), resume=False) is None  # not "already holds a sweep"
 
 
 def test_resuming_a_sweep_folder_that_does_not_exist_leaves_nothing_behind(tmp_path):

@@ -34,6 +34,8 @@ SPACE_PREFIX = "sweep."  # --set prefix of overrides that change the space file 
 #: Config keys a sweep sets itself (per trial or per noise setting): they cannot be searched.
 FIXED_KEYS = ("out", "noise.spec", "epochs", "device", "threads", "checkpoint_every", "log_every")
 FIXED_PREFIXES = ("distributed.",)
+#: Config keys the sweep writes into every trial's config (a value in base.set would be silently replaced).
+TRIAL_KEYS = ("out", "noise.spec", "threads", "distributed.name", "distributed.storage_path")
 SHIPPED_VALIDATION = ("clothing1m", "webvision")  # datasets with their own validation split
 
 
@@ -230,6 +232,9 @@ def _validate(space: SearchSpace, root: Path | None) -> None:
     # the base run and the noise settings
     space.base.config = _base_path(space.base.config, root)
     space.base.set = flat_keys(space.base.set, "base.set")
+    fixed = sorted(set(space.base.set) & set(TRIAL_KEYS))
+    check(not fixed, "base.set", f"{', '.join(fixed)}: set by the sweep for each trial (--out names the sweep's "
+          "folder, a setting its noise.spec; a trial's threads are distributed.cpus_per_worker)")
     base = C.as_config_error("base", space.base_config)
     check(base.data.val_fraction > 0 or base.data.name in SHIPPED_VALIDATION, "base.set.data.val_fraction",
           f"sweeps select on the noisy-validation accuracy ({METRIC}): use a validation fraction > 0 "
@@ -243,7 +248,12 @@ def _validate(space: SearchSpace, root: Path | None) -> None:
         where = f"noise[{i}]"
         canonical = setting.spec = C.as_config_error(where, lambda: str(parse_noise_spec(setting.spec)))
         setting.set = flat_keys(setting.set, f"{where}.set")
-        check(not {"noise.spec", "out"} & set(setting.set), f"{where}.set", "noise.spec and out are set by the sweep")
+        check(not {"noise.spec", "out", "threads"} & set(setting.set), f"{where}.set",
+              "noise.spec, out and threads are set by the sweep")
+        searched = sorted(set(space.params) & set(setting.set))
+        check(not searched, f"{where}.set", f"{', '.join(searched)}: searched, so a setting cannot fix them")
+        check(not any(k.startswith(FIXED_PREFIXES) for k in setting.set), f"{where}.set", "distributed.* keys are "
+              "the sweep's (every trial gets the same resources): set them in base.set")
         check(setting.slug not in seen, where, f"{canonical!r} is listed twice (also noise[{seen.get(setting.slug)}])")
         seen[setting.slug] = i
         cfg = C.as_config_error(where, lambda s=setting: space.setting_config(s))
@@ -344,10 +354,12 @@ def flat_keys(data: Any, where: str = "set") -> dict[str, Any]:
     sections = {name for name, tp in typing.get_type_hints(C.Config).items() if dataclasses.is_dataclass(tp)}
     flat: dict[str, Any] = {}
     for key, value in data.items():
-        if isinstance(value, dict) and str(key) in sections:
-            flat.update({f"{key}.{k}": v for k, v in flat_keys(value, f"{where}.{key}").items()})
-        else:
-            flat[str(key)] = value
+        nested = isinstance(value, dict) and str(key) in sections
+        for k, v in ({f"{key}.{k}": v for k, v in flat_keys(value, f"{where}.{key}").items()} if nested
+                     else {str(key): value}).items():
+            if k in flat:
+                raise ConfigError(f"{where}: {k} is given twice (as a section's key and as a dotted key)")
+            flat[k] = v
     return flat
 
 

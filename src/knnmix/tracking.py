@@ -40,7 +40,7 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # the U
 
 #: The URI schemes of MLflow's own tracking stores (mlflow.tracking._tracking_service.utils), and the entry-point
 #: group through which plugins add more.
-TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks")
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")  # file: see from_uri
 TRACKING_PLUGINS = "mlflow.tracking_store"
 
 
@@ -68,9 +68,9 @@ class Store:
         if uri.startswith("sqlite:///"):
             path = Path(uri[len("sqlite:///"):]).expanduser().absolute()
             return cls(f"sqlite:///{path}", str(path.parent / DEFAULT_ARTIFACTS))
-        if "://" not in uri:
-            raise KnnmixError(f"tracking URI {uri!r} is not a URI; use e.g. sqlite:///mlflow.db or "
-                              "http://127.0.0.1:5000")
+        if uri.startswith("file:") or "://" not in uri:  # MLflow 3 keeps its file store only behind a flag
+            raise KnnmixError(f"tracking URI {uri!r}: a folder (MLflow's deprecated file store) is not supported; use "
+                              "e.g. sqlite:///mlflow.db or http://127.0.0.1:5000")
         scheme = uri.split("://", 1)[0].split("+", 1)[0].lower()  # postgresql+psycopg2://: a database and its driver
         if scheme not in TRACKING_SCHEMES and scheme not in {e.name for e in entry_points(group=TRACKING_PLUGINS)}:
             raise KnnmixError(f"tracking URI {uri!r}: MLflow has no tracking store for {scheme + '://'!r}; use e.g. "

@@ -330,8 +330,7 @@ def _error_line(trial: Any) -> str:
 def best_trial(trials: list[TrialRecord]) -> TrialRecord | None:
     """The completed trial with the highest noisy-validation accuracy (any trial if none completed)."""
     pool = [t for t in trials if t.completed and t.best()] or [t for t in trials if t.best()]
-    return max(pool, key=lambda t: (t.best()["val_acc"], -t.best()["epoch"], [-ord(c) for c in t.trial_id]),
-               default=None)
+    return max(pool, key=lambda t: (t.best()["val_acc"], -t.best()["epoch"]), default=None)  # ties: the first created
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -363,7 +362,7 @@ def run_sweep(
             state = {"version": 2, "name": space.name, "space_label": space.label, "status": "running",
                      "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                      "tracking": {"uri": store.uri, "artifact_root": store.artifact_root}, "mlflow": {}}
-            _write_state(folder, state)
+        # the state (what --resume needs) is written once the store answered: a store that fails leaves no sweep
         ml = T.open_sweep_runs(store, space, settings, state["mlflow"], folder.file(SPACE_FILE))
         _write_state(folder, state)
 
