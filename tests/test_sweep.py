@@ -401,6 +401,8 @@ def test_tracking_store_default_env_and_uri(tmp_path, monkeypatch):
     for folder in ("mlruns", "file:///tmp/mlruns", "file:mlruns"):  # refused before a run, not after it trained
         with pytest.raises(KnnmixError, match=re.escape("(MLflow's deprecated file store) is not supported")):
             TR.Store.from_uri(folder)
+    with pytest.raises(KnnmixError, match="'sqlite:x.db' is not a URI"):
+        TR.Store.from_uri("sqlite:x.db")
     # the experiment gets an absolute artifact location and opens in the UI's model-training view
     rel = TR.Store.from_uri("sqlite:///sub/x.db")
     exp = client_for(rel.uri).get_experiment(TR.experiment_id(rel, "knnmix-test"))

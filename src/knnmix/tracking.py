@@ -68,9 +68,12 @@ class Store:
         if uri.startswith("sqlite:///"):
             path = Path(uri[len("sqlite:///"):]).expanduser().absolute()
             return cls(f"sqlite:///{path}", str(path.parent / DEFAULT_ARTIFACTS))
-        if uri.startswith("file:") or "://" not in uri:  # MLflow 3 keeps its file store only behind a flag
+        if uri.startswith("file:") or ":" not in uri:  # a folder: MLflow 3 keeps its file store only behind a flag
             raise KnnmixError(f"tracking URI {uri!r}: a folder (MLflow's deprecated file store) is not supported; use "
                               "e.g. sqlite:///mlflow.db or http://127.0.0.1:5000")
+        if "://" not in uri:
+            raise KnnmixError(f"tracking URI {uri!r} is not a URI; use e.g. sqlite:///mlflow.db or "
+                              "http://127.0.0.1:5000")
         scheme = uri.split("://", 1)[0].split("+", 1)[0].lower()  # postgresql+psycopg2://: a database and its driver
         if scheme not in TRACKING_SCHEMES and scheme not in {e.name for e in entry_points(group=TRACKING_PLUGINS)}:
             raise KnnmixError(f"tracking URI {uri!r}: MLflow has no tracking store for {scheme + '://'!r}; use e.g. "
