@@ -55,8 +55,9 @@ def listing(items: Sequence[str], limit: int = MAX_LISTED) -> str:
     return shown + (f" (and {len(items) - limit} more)" if len(items) > limit else "")
 
 
-def one_line(exc: BaseException, limit: int = 300) -> str:
-    """An exception's message squeezed onto one line of at most ``limit`` characters, for error messages."""
+def one_line(exc: BaseException | str, limit: int = 300) -> str:
+    """An exception's message (or a text) squeezed onto one line of at most ``limit`` characters, for error
+    messages."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -80,4 +81,4 @@ def load_tensors(path: str | os.PathLike[str], what: str, allowed: Iterable[Any]
         # torch's own words around the reason advise loading with weights_only=False: never for a file that fails
         reason = str(exc).partition("WeightsUnpickler error:")[2].partition("Check the documentation")[0]
         raise CheckpointError(f"cannot read {what} {path} (truncated, corrupt or not a torch file): "
-                              f"{one_line(ValueError(reason) if reason.strip() else exc, 200)}") from None
+                              f"{one_line(reason.strip() or exc, 200)}") from None

@@ -6,6 +6,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from contextlib import suppress
 from functools import lru_cache
 from pathlib import Path
@@ -25,6 +26,11 @@ def git_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return os.environ.get("KNNMIX_GIT_COMMIT") or "unknown"
     return f"{sha}-dirty" if dirty else sha
+
+
+def now() -> str:
+    """The local time as results record it, e.g. ``2026-12-02T01:23:45+0000``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 def command() -> str:

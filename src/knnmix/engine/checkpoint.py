@@ -31,7 +31,7 @@ from torch import nn
 
 from knnmix import config as C
 from knnmix.errors import CheckpointError, KnnmixError, load_tensors, one_line
-from knnmix.provenance import command, git_commit, machine
+from knnmix.provenance import command, git_commit, machine, now
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -76,7 +76,7 @@ class RunFolder:
         info = {
             "commit": git_commit(),
             "command": command(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "started": now(),
             "machine": machine(),
         }
         self.file(RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
@@ -88,7 +88,7 @@ class RunFolder:
         self.write_metrics(history)
         info = json.loads(self.file(RUN_INFO).read_text()) if self.file(RUN_INFO).exists() else {}
         info.setdefault("resumed", []).append({"after_epoch": epoch, "commit": git_commit(), "command": command(),
-                                               "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                                               "at": now()})
         atomic_write_text(self.file(RUN_INFO), json.dumps(info, indent=2) + "\n")
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:

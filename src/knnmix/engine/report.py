@@ -19,17 +19,22 @@ if TYPE_CHECKING:
 AUDIT_PLOT_SIZE = 32  # suspects shown in label_issues.png
 
 
+def train_noise_rate(run: Run) -> float | None:
+    """The share of the training rows whose given label is wrong, where the true labels are known."""
+    noisy = run.truly_noisy
+    return None if noisy is None else float(noisy.double().mean())
+
+
 def summary(run: Run) -> dict[str, Any]:
     cfg, splits = run.cfg, run.splits
     last = run.history[-1] if run.history else {}
     times = [r["train_time_s"] for r in run.history]
-    noisy = run.truly_noisy
     return {
         "method": cfg.method.name,
         "dataset": cfg.data.name,
         "noise": cfg.noise.spec,
         "noise_rate": splits.noise.noise_rate,
-        "train_noise_rate": None if noisy is None else float(noisy.double().mean()),
+        "train_noise_rate": train_noise_rate(run),
         "model": cfg.model.name,
         "seed": cfg.seed,
         "epochs": run.epoch,
@@ -83,8 +88,9 @@ def label_audit(run: Run, bank: Bank, folder: RunFolder) -> dict[str, Any]:
 
 
 def banner(run: Run) -> str:
-    c, s = run.cfg, run.splits  # the measured rate of the rows trained on, where the true labels are known
-    rate = s.noise.noise_rate if run.truly_noisy is None else float(run.truly_noisy.double().mean())
+    c, s = run.cfg, run.splits
+    rate = train_noise_rate(run)  # of the rows trained on, where the true labels are known
+    rate = s.noise.noise_rate if rate is None else rate
     return (
         f"knnmix: {c.method.name} on {c.data.name} ({len(s.train)} train / "
         f"{len(s.val) if s.val is not None else 0} noisy val / {len(s.test) if s.test is not None else 0} test), "

@@ -12,6 +12,7 @@ The test split is only ever reported.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ class Splits:
     def num_classes(self) -> int:
         return self.bundle.num_classes
 
+    @functools.cached_property
     def fingerprint(self) -> str:
         """sha256 of what per-sample state is aligned to: the noisy labels and the train / validation rows."""
         digest = hashlib.sha256()
@@ -90,9 +92,10 @@ def build_splits(cfg: Config) -> Splits:
     d = cfg.data
     bundle = load_bundle(d)
     labels = bundle.train_labels
-    # auto: synthetic noise on a benchmark's clean labels, never on top of labels that are already noisy
-    spec = parse_noise_spec(AUTO_NOISE if cfg.noise.spec == "auto" and bundle.labels_are_clean else
-                            "none" if cfg.noise.spec == "auto" else cfg.noise.spec)
+    text = cfg.noise.spec
+    if text == "auto":  # synthetic noise on a benchmark's clean labels, never on top of labels that are already noisy
+        text = AUTO_NOISE if bundle.labels_are_clean else "none"
+    spec = parse_noise_spec(text)
     features = None
     if spec.kind == "instance":
         if not isinstance(bundle.train, TensorSource):

@@ -453,7 +453,7 @@ def checkpoint(run: Run) -> dict[str, Any]:
         "format": FORMAT,
         "commit": git_commit(),
         "config": C.to_dict(run.cfg),
-        "data": run.splits.fingerprint(),
+        "data": run.splits.fingerprint,
         "epoch": run.epoch,
         "model_args": dict(run.model_args),
         **{part: getattr(run, part).state_dict() for part in STATEFUL},
@@ -473,7 +473,7 @@ def restore(run: Run, ckpt: dict[str, Any]) -> None:
                           "change")
     if ckpt["epoch"] > run.cfg.epochs:
         raise ConfigError(f"epochs={run.cfg.epochs} is fewer than the {ckpt['epoch']} epochs already trained")
-    if ckpt.get("data", run.splits.fingerprint()) != run.splits.fingerprint():  # (checkpoints before 2026-12-02: none)
+    if ckpt.get("data", run.splits.fingerprint) != run.splits.fingerprint:  # (checkpoints before 2026-12-02: none)
         raise ConfigError("cannot resume on other data: the noisy labels or the train / validation rows differ from "
                           "the checkpoint's, and its per-sample state is aligned to them")
     for part in STATEFUL:

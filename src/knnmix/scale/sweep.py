@@ -16,7 +16,6 @@ import json
 import math
 import os
 import pickle
-import time
 import zlib
 from collections import Counter
 from collections.abc import Callable
@@ -34,7 +33,7 @@ from knnmix.engine import train as E
 from knnmix.engine.checkpoint import SUMMARY, RunFolder, atomic_write_text, folder_lock
 from knnmix.engine.report import pct
 from knnmix.errors import KnnmixError
-from knnmix.provenance import git_commit
+from knnmix.provenance import git_commit, now
 from knnmix.scale import ray_env
 from knnmix.scale import sweep_mlflow as T
 from knnmix.scale.train import absolute_paths, fit, report_epoch, run_exists, start_or_restore
@@ -360,7 +359,7 @@ def run_sweep(
         if state is None:
             atomic_write_text(folder.file(SPACE_FILE), space.to_yaml())
             state = {"version": 2, "name": space.name, "space_label": space.label, "status": "running",
-                     "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                     "started": now(),
                      "tracking": {"uri": store.uri, "artifact_root": store.artifact_root}, "mlflow": {}}
         # the state (what --resume needs) is written once the store answered: a store that fails leaves no sweep
         ml = T.open_sweep_runs(store, space, settings, state["mlflow"], folder.file(SPACE_FILE))
@@ -408,7 +407,7 @@ def run_sweep(
         entries = [_finalize_setting(space, s, [t for t in trials if t.slug == s.slug], folder, store, ml, register)
                    for s in settings]
         summary = _finalize_sweep(space, folder, store, ml, entries)
-        state.update(status="done", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        state.update(status="done", finished=now())
         _write_state(folder, state)
         say("\n" + summary_table(summary))
         say(f"\nsweep folder: {folder.root}\nOptuna studies: optuna-dashboard {folder.optuna_storage}\n"
