@@ -15,6 +15,7 @@ from knnmix.provenance import command, git_commit, package_dir
 #: every ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` (2 s by default) and a report can wait up to one interval: with one
 #: report per epoch on small data the default made a 2-worker run several times slower than the work itself.
 WORKER_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"  # off in the private local Ray (see ensure_ray)
 #: Driver environment variables with this prefix go to the workers too (e.g. ``KNNMIX_GIT_COMMIT``, test hooks).
 FORWARDED_PREFIX = "KNNMIX_"
 _JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # Ray's variable handing a submitted job's config to its driver
@@ -83,6 +84,10 @@ def ensure_ray(*, verbose: bool = False, **init: Any) -> bool:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env["env_vars"]["RAY_ADDRESS"] = f"127.0.0.1:{port}"  # for the job's processes only, not this one's children
+    # no cloud preempts this host: Ray Train's preemption watcher (an actor per run, started beside the workers on
+    # the same cores, and a core_worker error line about its arguments at every start) has nothing to watch
+    if PREEMPTION_WATCHER_ENV not in os.environ:
+        env["env_vars"][PREEMPTION_WATCHER_ENV] = "0"
     # Ray turns a node address of 127.0.0.1 into the host's reachable address (its GCS and raylets then listen on
     # every interface) unless it believes it runs single-node, as on macOS; this flag says so, for this process
     # while it starts Ray (Ray read it at import) and, through the environment, for the GCS, raylet and workers it
