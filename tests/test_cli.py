@@ -70,6 +70,9 @@ def test_config_command_prints_the_resolved_config_and_docs(capsys):
     assert "| `method.temperature` | float |" in out
     code, out, _ = run_cli(capsys, "config", "--presets")
     assert "digits" in out.split()
+    for extra in (["--set", "method.kk=3"], ["--epochs", "3"]):  # a config option they would ignore is an error
+        code, _, err = run_cli(capsys, "config", "--doc", *extra)
+        assert code == 2 and err.strip() == f"knnmix: error: --doc and --presets take no config options: drop {extra[0]}"
 
 
 def test_config_reference_in_docs_is_current():

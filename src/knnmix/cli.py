@@ -185,6 +185,9 @@ def audit_report(csv_path: Path, summary: dict[str, Any], show: int) -> str:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
+    given = [f"--{d.replace('_', '-')}" for d in ("config", *SHORTHANDS) if getattr(args, d, None) is not None]
+    if (args.doc or args.presets) and (given or args.overrides):  # they print what no config changes
+        raise KnnmixError(f"--doc and --presets take no config options: drop {', '.join(given or ['--set'])}")
     if args.doc:
         print(config_doc())
     elif args.presets:
