@@ -45,14 +45,10 @@ def did_you_mean(name: object, choices: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-#: How many offending items an error message lists.
-MAX_LISTED = 5
-
-
-def listing(items: Sequence[str], limit: int = MAX_LISTED) -> str:
-    """``"a, b, c, d, e (and 7 more)"``: the first ``limit`` of ``items``."""
-    shown = ", ".join(items[:limit])
-    return shown + (f" (and {len(items) - limit} more)" if len(items) > limit else "")
+def listing(items: Sequence[str]) -> str:
+    """``"a, b, c, d, e (and 7 more)"``: the first five of ``items``, for error messages."""
+    shown = ", ".join(items[:5])
+    return shown + (f" (and {len(items) - 5} more)" if len(items) > 5 else "")
 
 
 def one_line(exc: BaseException | str, limit: int = 300) -> str:

@@ -31,7 +31,7 @@ from knnmix.engine import report
 from knnmix.engine.checkpoint import FORMAT, RunFolder, folder_lock, rng_state, set_rng_state
 from knnmix.engine.splits import Splits, build_splits
 from knnmix.errors import ConfigError, DivergedError, KnnmixError, KnnmixWarning
-from knnmix.math import SEARCH_BACKENDS, NeighbourSearch, l2_normalise
+from knnmix.math import FaissSearch, NeighbourSearch, TorchSearch, l2_normalise
 from knnmix.methods import METHODS, Method
 from knnmix.methods import dist as D
 from knnmix.methods.phases import Bank, gather_bank
@@ -93,8 +93,8 @@ class Run:
 
     def neighbour_search(self) -> NeighbourSearch:
         if self.cfg.method.search == "faiss":
-            return SEARCH_BACKENDS["faiss"](threads=self.cfg.threads)
-        return SEARCH_BACKENDS["torch"](device=self.device)
+            return FaissSearch(threads=self.cfg.threads)
+        return TorchSearch(device=self.device)
 
 
 def build_run(

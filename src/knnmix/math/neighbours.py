@@ -76,9 +76,6 @@ class TorchSearch:
         return torch.cat(sims), torch.cat(idx)
 
 
-SEARCH_BACKENDS = {"faiss": FaissSearch, "torch": TorchSearch}
-
-
 def l2_normalise(features: Tensor) -> Tensor:
     """Rows of ``(N, D)`` scaled to unit L2 norm (zero rows stay zero), so inner product = cosine similarity."""
     if features.dim() != 2:
