@@ -30,6 +30,7 @@ import yaml
 from knnmix import config as C
 from knnmix.cli import main as cli_main
 from knnmix.engine.checkpoint import load_checkpoint, read_metrics, safe_load
+from knnmix.data import load_dataset
 from knnmix.errors import ConfigError, KnnmixError
 from knnmix.provenance import command, git_commit
 from knnmix import spaces as SP
@@ -899,25 +900,37 @@ def test_train_logs_its_run_to_mlflow_when_a_tracking_uri_is_given(tmp_path, mon
     import mlflow
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    argv = ["train", "--config", "digits", "--epochs", "2", "--method", "ce", "--set", "data.train_subset=400"]
+    argv = ["train", "--config", "digits", "--epochs", "6", "--method", "ce", "--noise", "none",
+            "--set", "data.train_subset=400"]  # clean labels: a model that has learned, to serve below
     assert cli_main([*argv, "--out", str(tmp_path / "quiet")]) == 0
     assert "mlflow_run_id" not in capsys.readouterr().out  # no URI: nothing is logged
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     assert cli_main([*argv, "--out", str(tmp_path / "run"), "--tracking-uri", uri, "--register", "digits-ce"]) == 0
-    run_id = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["mlflow_run_id"]
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    run_id = summary["mlflow_run_id"]
     assert "MLFLOW_TRACKING_URI" not in os.environ  # logging the model must not leave its store as the default
     client = client_for(uri)
     run = client.get_run(run_id)
     assert client.get_experiment(run.info.experiment_id).name == "knnmix-train"
-    assert run.info.run_name == "ce digits symmetric:0.4 seed 0" and run.data.tags[TR.KIND_TAG] == "train"
-    assert run.data.params["method.name"] == "ce" and run.data.params["epochs"] == "2"
-    assert [int(m.step) for m in client.get_metric_history(run_id, "val_acc")] == [1, 2]
+    assert run.info.run_name == "ce digits none seed 0" and run.data.tags[TR.KIND_TAG] == "train"
+    assert run.data.params["method.name"] == "ce" and run.data.params["epochs"] == "6"
+    assert [int(m.step) for m in client.get_metric_history(run_id, "val_acc")] == [1, 2, 3, 4, 5, 6]
     assert {"summary.json", "label_issues.csv", "config.yaml"} <= {a.path for a in client.list_artifacts(run_id)}
-    assert run.inputs.dataset_inputs[0].dataset.name == "digits [symmetric:0.4]"
+    assert run.inputs.dataset_inputs[0].dataset.name == "digits [none]"
     mlflow.set_tracking_uri(uri)
     (version,) = client.search_model_versions("name='digits-ce'")
     assert version.run_id == run_id
-    assert mlflow.pytorch.load_model(f"models:/digits-ce/{version.version}")(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+    # the served model takes pixels in [0, 1] and normalises them itself: it scores the run's own test split
+    served = mlflow.pytorch.load_model(f"models:/digits-ce/{version.version}")
+    test = load_dataset("digits")
+    with torch.no_grad():
+        hits = served(test.test.images.float() / 255).argmax(1).numpy() == test.test_labels
+    assert summary["best_val"]["test_acc"] > 50 and 100 * hits.mean() == pytest.approx(
+        summary["best_val"]["test_acc"], abs=0.3)  # one of 360 images
+    info = mlflow.models.get_model_info(f"models:/digits-ce/{version.version}")
+    assert info.metadata["classes"] == [str(c) for c in range(10)] and len(info.metadata["mean"]) == 1
+    requirements = mlflow.pyfunc.get_model_dependencies(f"models:/digits-ce/{version.version}")
+    assert {"torch", "torchvision", "numpy"} <= {line.split("==")[0] for line in Path(requirements).read_text().split()}
     # MLflow's own variable does the same
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     assert cli_main([*argv, "--out", str(tmp_path / "env")]) == 0

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import dataclass
-from importlib.metadata import entry_points
+from importlib.metadata import entry_points, version
 from pathlib import Path
 from typing import Any
 
@@ -202,16 +202,21 @@ def log_run_folder(client: Any, run_id: str, folder: Path) -> None:
 
 
 def log_model(store: Store, run_id: str, weights: Path, *, register: str | None = None) -> str:
-    """Log a weights file's network under run ``run_id`` with ``mlflow.pytorch`` (a logits-only module, with an
-    input example from its constructor arguments, from which MLflow infers the signature); returns the model URI."""
+    """Log a weights file's network under run ``run_id`` with ``mlflow.pytorch``; returns the model URI.
+
+    The logged module takes ``float32`` images ``(N, C, H, W)`` with pixels in [0, 1] at the training size and
+    returns logits: it normalises them as training did (:class:`~knnmix.models.LogitsOnly`). Its metadata holds
+    the class names, the normalisation and the constructor arguments; MLflow infers the signature from an example.
+    """
     import mlflow.pytorch
     import torch
 
     from knnmix.models import LogitsOnly
 
-    args = safe_load(weights)["model_args"]
-    model = LogitsOnly(load_model(weights)).eval()
-    example = torch.zeros(2, args["in_channels"], args["image_size"], args["image_size"]).numpy()
+    payload = safe_load(weights)
+    args, serving = payload["model_args"], payload.get("serving", {})
+    model = LogitsOnly(load_model(weights), serving.get("mean"), serving.get("std")).eval()
+    example = torch.rand(2, args["in_channels"], args["image_size"], args["image_size"]).numpy()
     # The fluent API needs the global URI; setting it also exports MLFLOW_TRACKING_URI to this process, which knnmix
     # reads as the user's choice, so both are put back afterwards (a later run must not log into this store).
     previous = os.environ.get("MLFLOW_TRACKING_URI")
@@ -224,8 +229,9 @@ def log_model(store: Store, run_id: str, weights: Path, *, register: str | None 
             info = mlflow.pytorch.log_model(
                 model, name="model", input_example=example, serialization_format="pickle",
                 code_paths=[str(package_dir())], registered_model_name=register,
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-                metadata={"model_args": args, "weights": str(weights)},
+                pip_requirements=[f"{pkg}=={version(pkg).split('+')[0]}" for pkg in ("torch", "torchvision", "numpy")],
+                metadata={"model_args": args, "weights": str(weights.absolute()), **serving,
+                          "input": "float32 (N, C, H, W), pixels in [0, 1], H = W = image_size"},
             )
     finally:
         quiet.setLevel(level)

@@ -109,6 +109,7 @@ class Normalise:
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.values = {"mean": [float(m) for m in mean], "std": [float(s) for s in std]}  # of pixels in [0, 1]
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
         self.inv_std = 1.0 / (torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0)
 

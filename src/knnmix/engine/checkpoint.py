@@ -105,9 +105,12 @@ class RunFolder:
     def load_checkpoint(self) -> dict[str, Any]:
         return load_checkpoint(self.file(CHECKPOINT))
 
-    def save_best_model(self, model_args: dict[str, Any], state_dict: dict[str, Any]) -> None:
-        """A weights file: the network's constructor arguments (:func:`knnmix.models.build_model`) and its weights."""
-        atomic_save({"format": FORMAT, "model_args": dict(model_args), "state_dict": state_dict}, self.file(BEST_MODEL))
+    def save_best_model(self, model_args: dict[str, Any], state_dict: dict[str, Any],
+                        serving: dict[str, Any] | None = None) -> None:
+        """A weights file: the network's constructor arguments (:func:`knnmix.models.build_model`), its weights and
+        what serving it needs (:func:`knnmix.engine.train.serving`: class names, input normalisation)."""
+        atomic_save({"format": FORMAT, "model_args": dict(model_args), "state_dict": state_dict,
+                     "serving": dict(serving or {})}, self.file(BEST_MODEL))
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_text(self.file(SUMMARY), json.dumps(summary, indent=2) + "\n")

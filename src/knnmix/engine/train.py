@@ -97,6 +97,13 @@ class Run:
         return TorchSearch(device=self.device)
 
 
+def serving(splits: Splits) -> dict[str, Any]:
+    """What a served network needs beside its weights: the class names of its outputs and the per-channel ``mean``
+    and ``std`` (of pixels in [0, 1]) its training images were normalised with (absent for a source without)."""
+    norm = getattr(splits.train.source, "normalise", None)
+    return {"classes": list(splits.train.classes), **(norm.values if norm is not None else {})}
+
+
 def build_run(
     cfg: C.Config, *, dist: D.Dist | None = None, device: torch.device | None = None, splits: Splits | None = None
 ) -> Run:
@@ -400,7 +407,7 @@ def fit(run: Run, folder: RunFolder | None, *, echo: Echo = print, on_epoch: OnE
         if folder is not None:
             folder.append_metrics(record)
             if improved:
-                folder.save_best_model(run.model_args, run.model.state_dict())
+                folder.save_best_model(run.model_args, run.model.state_dict(), serving(run.splits))
             if is_checkpoint_epoch(cfg, epoch):
                 folder.save_checkpoint(checkpoint(run))
         if say and (epoch % cfg.log_every == 0 or epoch == cfg.epochs):

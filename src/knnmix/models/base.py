@@ -7,9 +7,10 @@ neighbours, and ``logits`` ``(B, num_classes)`` is ``head(features)``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from knnmix.errors import KnnmixError
@@ -54,14 +55,20 @@ class Backbone(nn.Module):
 
 
 class LogitsOnly(nn.Module):
-    """A network for serving: images ``(B, C, H, W)`` -> logits ``(B, num_classes)`` (the features dropped)."""
+    """A network for serving: ``float32`` images ``(B, C, H, W)`` with pixels in [0, 1] -> logits ``(B, num_classes)``.
 
-    def __init__(self, net: nn.Module) -> None:
+    It normalises them as training did (``mean`` / ``std`` per channel, of pixels in [0, 1]; none given: the images
+    go to the network as they come) and drops the features.
+    """
+
+    def __init__(self, net: nn.Module, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
         super().__init__()
         self.net = net
+        self.register_buffer("mean", torch.tensor(mean or [0.0]).view(1, -1, 1, 1) * 255.0)
+        self.register_buffer("inv_std", 1.0 / (torch.tensor(std or [1.0]).view(1, -1, 1, 1) * 255.0))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)[0]
+        return self.net((x * 255.0 - self.mean) * self.inv_std)[0]  # the arithmetic of knnmix.data.base.Normalise
 
 
 def check_dims(model: str, num_classes: int, in_channels: int, image_size: int, *, min_size: int) -> None:
