@@ -16,6 +16,7 @@ import json
 import re
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -429,16 +430,28 @@ def test_a_sweep_folder_on_object_storage_is_refused_in_one_line(tmp_path, capsy
     assert not Path("s3:").exists()
 
 
-def test_a_store_that_fails_at_the_start_leaves_no_sweep_to_resume(tmp_path, monkeypatch):
-    """A tracking store that fails when the sweep opens its runs (a server down): the next plain run may start."""
-    def down(*args, **kwargs):
-        raise KnnmixError("the tracking server is down")
-
-    monkeypatch.setattr(T, "open_sweep_runs", down)
-    with pytest.raises(KnnmixError, match="down"):
-        S.run_sweep(SP.load_space(write_space(tmp_path)), tmp_path / "sweep", store=TR.Store.from_uri(
-            f"sqlite:///{tmp_path / 'm.db'}"), echo=None)
-    assert S.check_state(S.SweepFolder(tmp_path / "sweep"), resume=False) is None  # not "already holds a sweep"
+def test_a_store_that_does_not_answer_is_one_line_before_training_and_leaves_no_sweep(tmp_path, monkeypatch, capsys):
+    """A tracking server that is down, a database file that is not one, a model name MLflow refuses: one line each
+    before any training (not a traceback once it is done), and no half-made sweep for the next plain run."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the user's choice wins over knnmix's 3 retries
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{s.getsockname()[1]}"
+    (tmp_path / "junk.db").write_text("not a database\n")
+    cases = [(["--tracking-uri", down], f"tracking URI '{down}' does not answer: "),
+             (["--tracking-uri", f"sqlite:///{tmp_path / 'junk.db'}"],
+              f"tracking URI 'sqlite:///{tmp_path / 'junk.db'}' does not answer: (sqlite3.DatabaseError) file is not"),
+             (["--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--register", "bad/name"],
+              "--register 'bad/name': Invalid model name 'bad/name'")]
+    for extra, needle in cases:
+        assert cli_main(["train", "--config", "digits", "--epochs", "1", "--out", str(tmp_path / "run"), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"knnmix: error: {needle}") and "\n" not in err, err
+        assert not (tmp_path / "run").exists()  # nothing trained
+    for extra, needle in cases:
+        assert cli_main(["sweep", str(write_space(tmp_path)), "--out", str(tmp_path / "sweep"), *extra]) == 2
+        assert capsys.readouterr().err.strip().startswith(f"knnmix: error: {needle}")
+        assert S.check_state(S.SweepFolder(tmp_path / "sweep"), resume=False) is None  # not "already holds a sweep"
 
 
 def test_resuming_a_sweep_folder_that_does_not_exist_leaves_nothing_behind(tmp_path):

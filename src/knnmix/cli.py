@@ -73,7 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def run_training(cfg: C.Config, args: argparse.Namespace) -> dict[str, Any]:
     """Single process, or Ray Train when ``distributed.workers > 0``; then logged to MLflow when a tracking URI is
     given (``--tracking-uri`` or ``MLFLOW_TRACKING_URI``)."""
-    from knnmix.tracking import Store, log_training_run
+    from knnmix.tracking import TRAIN_EXPERIMENT, Store, log_training_run, reach
 
     uri = getattr(args, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI")
     register = getattr(args, "register", None)
@@ -81,15 +81,17 @@ def run_training(cfg: C.Config, args: argparse.Namespace) -> dict[str, Any]:
         raise KnnmixError(f"--register {register}: nothing is logged to MLflow without a tracking URI "
                           "(--tracking-uri or MLFLOW_TRACKING_URI)")
     store = Store.from_uri(uri) if uri else None  # a bad URI is an error before training, not after
+    if store is not None:
+        from knnmix.scale import ray_env
+
+        ray_env.quiet()  # MLflow's INFO lines too
+        reach(store, TRAIN_EXPERIMENT, register)
     if cfg.distributed.workers > 0:
         from knnmix.scale.train import train_distributed as train
     else:
         from knnmix.engine.train import train  # type: ignore[assignment]
     summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
     if store is not None:
-        from knnmix.scale import ray_env
-
-        ray_env.quiet()
         summary["mlflow_run_id"] = log_training_run(store, Path(cfg.out), summary, register=register)
     return summary
 

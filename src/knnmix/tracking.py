@@ -29,7 +29,7 @@ from typing import Any
 from knnmix import config as C
 from knnmix.engine.checkpoint import (BEST_MODEL, CONFIG, LABEL_ISSUES, LABEL_ISSUES_PLOT, METRICS, NOISY_LABELS,
                                       RUN_INFO, SUMMARY, load_model, read_metrics, safe_load)
-from knnmix.errors import KnnmixError
+from knnmix.errors import KnnmixError, one_line
 from knnmix.provenance import git_commit, package_dir
 
 DEFAULT_DB, DEFAULT_ARTIFACTS = "mlflow.db", "mlartifacts"
@@ -42,6 +42,7 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # the U
 #: group through which plugins add more.
 TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")  # file: see from_uri
 TRACKING_PLUGINS = "mlflow.tracking_store"
+TRAIN_EXPERIMENT = "knnmix-train"  # where knnmix train and compare log their runs
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,34 @@ def experiment_id(store: Store, name: str) -> str:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp_id)
     client.set_experiment_tag(exp_id, *EXPERIMENT_KIND)
+    return exp_id
+
+
+def reach(store: Store, experiment: str, register: str | None = None) -> str:
+    """Ask the store for experiment ``experiment`` (created if missing) before any training, and MLflow whether it
+    takes ``register`` as a model name: a store that does not answer or a name it refuses is a one-line error now,
+    not a traceback once the training is done. Returns the experiment's id."""
+    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES as RETRIES
+    from mlflow.exceptions import MlflowException
+
+    # MLflow retries a refused connection for about four minutes by default; this question is asked 3 times (about
+    # 15 s) unless the user chose how often
+    patient = RETRIES.is_set()
+    if not patient:
+        RETRIES.set(3)
+    try:
+        exp_id = experiment_id(store, experiment)
+    except Exception as exc:  # MLflow's, SQLAlchemy's or the OS's: which one depends on the store
+        raise KnnmixError(f"tracking URI {store.uri!r} does not answer: {one_line(exc)}") from None
+    finally:
+        if not patient:
+            RETRIES.unset()
+    if register is not None:
+        try:
+            store.client().get_registered_model(register)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":  # a name MLflow's registry refuses
+                raise KnnmixError(f"--register {register!r}: {one_line(exc)}") from None
     return exp_id
 
 
@@ -239,7 +268,7 @@ def log_model(store: Store, run_id: str, weights: Path, *, register: str | None 
     return str(info.model_uri)
 
 
-def log_training_run(store: Store, folder: Path, summary: dict[str, Any], *, experiment: str = "knnmix-train",
+def log_training_run(store: Store, folder: Path, summary: dict[str, Any], *, experiment: str = TRAIN_EXPERIMENT,
                      register: str | None = None) -> str:
     """Log a finished run folder (``knnmix train --tracking-uri``): config, per-epoch metrics, dataset, summary,
     label audit and the validation-selected model. Returns the run id."""
