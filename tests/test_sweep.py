@@ -571,6 +571,11 @@ def test_optuna_storage_holds_every_study(e2e):
         study = optuna.load_study(study_name=x["study"], storage=storage)
         assert len(study.trials) == 3 and set(study.trials[0].params) == set(PARAMS)
         assert all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
+        # each trial's value is its best epoch's, what the sweep selects on (not its last epoch's)
+        folders = [e2e.out / x["slug"] / "trials" / tid for tid in x["trial_ids"]]
+        bests = [max(r["val_acc"] for r in read_metrics(f / "metrics.jsonl")) for f in folders]
+        assert sorted(t.value for t in study.trials) == pytest.approx(sorted(bests))
+        assert study.best_value == pytest.approx(x["best"]["val_acc"])
 
 
 @pytest.mark.slow

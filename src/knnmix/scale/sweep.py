@@ -130,13 +130,16 @@ class SettingsSearch(Searcher):
     """One Optuna study per noise setting behind one Tune search algorithm.
 
     Each new trial goes to the setting with the fewest trials so far (in the space's order on ties) and carries the
-    setting's slug under :data:`SETTING_KEY`; results and completions go back to that setting's study.
+    setting's slug under :data:`SETTING_KEY`; results and completions go back to that setting's study. A study is
+    told a trial's best epoch (what the sweep selects on, :func:`best_trial`), not its last as Ray's OptunaSearch
+    would.
     """
 
     def __init__(self, studies: dict[str, Any], trials: int) -> None:
         super().__init__(metric=METRIC, mode=MODE)
         self.studies, self.trials = studies, trials
         self.setting_of: dict[str, str] = {}
+        self.best_of: dict[str, float] = {}  # each running trial's best value so far
 
     def suggest(self, trial_id: str) -> dict | str | None:
         started = Counter(self.setting_of.values())
@@ -150,9 +153,13 @@ class SettingsSearch(Searcher):
         return {**config, SETTING_KEY: slug}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.best_of[trial_id] = max(self.best_of.get(trial_id, result[METRIC]), result[METRIC])
         self.studies[self.setting_of[trial_id]].on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        best = self.best_of.pop(trial_id, None)
+        if result and result.get(METRIC) is not None:
+            result = {**result, METRIC: max(result[METRIC], best if best is not None else result[METRIC])}
         self.studies[self.setting_of[trial_id]].on_trial_complete(trial_id, result, error)
 
     def save(self, checkpoint_path: str) -> None:
