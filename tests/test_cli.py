@@ -72,7 +72,8 @@ def test_config_command_prints_the_resolved_config_and_docs(capsys):
     assert "digits" in out.split()
     for extra in (["--set", "method.kk=3"], ["--epochs", "3"]):  # a config option they would ignore is an error
         code, _, err = run_cli(capsys, "config", "--doc", *extra)
-        assert code == 2 and err.strip() == f"knnmix: error: --doc and --presets take no config options: drop {extra[0]}"
+        assert code == 2
+        assert err.strip() == f"knnmix: error: --doc and --presets take no config options: drop {extra[0]}"
 
 
 def test_config_reference_in_docs_is_current():
@@ -114,6 +115,15 @@ def test_compare_trains_each_method_on_one_setting_and_writes_one_result_file(ca
     assert {r["config"]["data"]["train_subset"] for r in result["runs"]} == {300}
     assert result["command"].startswith("knnmix compare") and result["table"] in out
     assert f"commit {git_commit()}" in result["table"]  # whole, -dirty included
+    # --resume continues the methods that have a run and starts a method added since
+    code, _, err = run_cli(capsys, "compare", "--config", "digits", "--methods", "ce,mixup,selc", "--epochs", "2",
+                           "--set", "data.train_subset=300", "--seed", "3", "--out", str(tmp_path / "cmp"), "--resume")
+    assert code == 0, err
+    result = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert [r["method"] for r in result["runs"]] == ["ce", "mixup", "selc"]
+    for method in ("ce", "mixup", "selc"):
+        info = json.loads((tmp_path / "cmp" / method / "run.json").read_text())
+        assert [r["after_epoch"] for r in info.get("resumed", [])] == ([] if method == "selc" else [1])
 
 
 @pytest.mark.parametrize("named", ["--out", "--set"])

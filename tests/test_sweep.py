@@ -430,6 +430,20 @@ def test_a_sweep_folder_on_object_storage_is_refused_in_one_line(tmp_path, capsy
     assert not Path("s3:").exists()
 
 
+def test_compare_logs_each_method_and_registers_it_under_its_own_name(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    assert cli_main(["compare", "--config", "digits", "--methods", "ce,mixup", "--epochs", "1", "--set",
+                     "data.train_subset=300", "--out", str(tmp_path / "cmp"), "--tracking-uri", uri,
+                     "--register", "digits"]) == 0
+    runs = json.loads((tmp_path / "cmp" / "comparison.json").read_text())["runs"]
+    client = client_for(uri)
+    for r in runs:  # comparison.json names each method's MLflow run; its model is a version of digits-<method>
+        (version,) = client.search_model_versions(f"name='digits-{r['method']}'")
+        assert version.run_id == r["mlflow_run_id"] and client.get_run(r["mlflow_run_id"]).data.params[
+            "method.name"] == r["method"]
+
+
 def test_a_store_that_does_not_answer_is_one_line_before_training_and_leaves_no_sweep(tmp_path, monkeypatch, capsys):
     """A tracking server that is down, a database file that is not one, a model name MLflow refuses: one line each
     before any training (not a traceback once it is done), and no half-made sweep for the next plain run."""

@@ -50,7 +50,8 @@ def _add_run_options(p: argparse.ArgumentParser, resume: str | None = None, trac
 
 def _add_tracking_options(p: argparse.ArgumentParser, text: str) -> None:
     p.add_argument("--tracking-uri", help=text)
-    p.add_argument("--register", metavar="NAME", help="register the logged best model under this MLflow model name")
+    p.add_argument("--register", metavar="NAME", help="register the logged best model under this MLflow model name "
+                                                     "(compare: NAME-<method> for each method)")
 
 
 def load_config(args: argparse.Namespace) -> C.Config:
@@ -108,15 +109,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if twice := sorted({m for m in methods if methods.count(m) > 1}):
         raise KnnmixError(f"--methods names {', '.join(twice)} more than once (each method's run goes to "
                           f"{Path(base.out) / twice[0]})")
+    from knnmix.engine.checkpoint import RunFolder
+
     configs = [C.replace(base, **{"method.name": m, "out": str(Path(base.out) / m)}) for m in methods]
     results = []
     for cfg in configs:
         print(f"\n=== {cfg.method.name} ===", flush=True)
-        results.append(run_training(cfg, args))
+        # --resume continues the methods that have a run and starts the others (a comparison stopped before them);
+        # --register NAME registers each method's model as its own NAME-<method>
+        results.append(run_training(cfg, argparse.Namespace(**{
+            **vars(args), "resume": args.resume and RunFolder(cfg.out).has_run(),
+            "register": args.register and f"{args.register}-{cfg.method.name}"})))
     table = comparison_table(results)
     runs = [{"seed": s["seed"], "method": s["method"], "last_test_acc": s["final"]["test_acc"],
              "val_selected_test_acc": s["best_val"]["test_acc"], "best_val_epoch": s["best_val"]["epoch"],
-             "commit": s["commit"], "run_folder": str(Path(cfg.out).resolve()), "config": s["config"]}
+             "commit": s["commit"], "run_folder": str(Path(cfg.out).resolve()), "config": s["config"],
+             **({"mlflow_run_id": s["mlflow_run_id"]} if "mlflow_run_id" in s else {})}
             for s, cfg in zip(results, configs)]
     out = Path(base.out) / "comparison.json"
     out.write_text(json.dumps({"command": shlex.join(["knnmix", *args.argv]), "runs": runs, "table": table},
