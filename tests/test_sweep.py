@@ -963,10 +963,17 @@ def test_train_logs_its_run_to_mlflow_when_a_tracking_uri_is_given(tmp_path, mon
     assert info.metadata["classes"] == [str(c) for c in range(10)] and len(info.metadata["mean"]) == 1
     requirements = mlflow.pyfunc.get_model_dependencies(f"models:/digits-ce/{version.version}")
     assert {"torch", "torchvision", "numpy"} <= {line.split("==")[0] for line in Path(requirements).read_text().split()}
+    # resuming the run folder continues its MLflow run: no second run, epoch or model version
+    for more in ([], ["--epochs", "8"]):
+        assert cli_main(["train", "--out", str(tmp_path / "run"), "--resume", "--tracking-uri", uri, *more]) == 0
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["mlflow_run_id"] == run_id
+    assert [int(m.step) for m in client.get_metric_history(run_id, "val_acc")] == list(range(1, 9))
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+    assert len(client.search_model_versions("name='digits-ce'")) == 1
     # MLflow's own variable does the same
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     assert cli_main([*argv, "--out", str(tmp_path / "env")]) == 0
-    assert len(client.search_runs([run.info.experiment_id])) == 2
+    assert len(client.search_runs([run.info.experiment_id])) == 2  # another run folder: another run
 
 
 def test_a_single_process_run_logs_to_mlflow_without_importing_ray(tmp_path):

@@ -43,6 +43,7 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # the U
 TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")  # file: see from_uri
 TRACKING_PLUGINS = "mlflow.tracking_store"
 TRAIN_EXPERIMENT = "knnmix-train"  # where knnmix train and compare log their runs
+MODEL_EPOCH_TAG = "knnmix.model_epoch"  # the epoch whose weights a train run's logged model holds
 
 
 @dataclass(frozen=True)
@@ -271,17 +272,27 @@ def log_model(store: Store, run_id: str, weights: Path, *, register: str | None 
 def log_training_run(store: Store, folder: Path, summary: dict[str, Any], *, experiment: str = TRAIN_EXPERIMENT,
                      register: str | None = None) -> str:
     """Log a finished run folder (``knnmix train --tracking-uri``): config, per-epoch metrics, dataset, summary,
-    label audit and the validation-selected model. Returns the run id."""
+    label audit and the validation-selected model. Returns the run id.
+
+    A resumed run folder continues the MLflow run it logged before (the same folder and start time): only the new
+    epochs are added, and the model is logged again only when the selected epoch changed or ``register`` asks."""
     client = store.client()
     cfg = C.load(folder / CONFIG)
-    rid = create_run(store, experiment_id(store, experiment),
-                     f"{cfg.method.name} {cfg.data.name} {cfg.noise.spec} seed {cfg.seed}",
-                     {KIND_TAG: "train", "knnmix.run_folder": str(folder.absolute()),
-                      "mlflow.source.git.commit": str(summary.get("commit", ""))})
+    exp_id = experiment_id(store, experiment)
+    started = json.loads((folder / RUN_INFO).read_text()).get("started", "") if (folder / RUN_INFO).exists() else ""
+    tags = {KIND_TAG: "train", "knnmix.run_folder": str(folder.absolute()), "knnmix.run_started": started,
+            "mlflow.source.git.commit": str(summary.get("commit", ""))}
+    earlier = [r for r in client.search_runs([exp_id], f"tags.`knnmix.run_started` = '{started}'") if started
+               and r.data.tags.get("knnmix.run_folder") == tags["knnmix.run_folder"]][:1]
+    rid = create_run(store, exp_id, f"{cfg.method.name} {cfg.data.name} {cfg.noise.spec} seed {cfg.seed}", tags,
+                     reuse=earlier[0].info.run_id if earlier else None)
     log_run_folder(client, rid, folder)
-    log_epochs(client, rid, read_metrics(folder / METRICS))
+    logged = {int(m.step) for m in client.get_metric_history(rid, "train_loss")}  # logged every epoch
+    log_epochs(client, rid, [r for r in read_metrics(folder / METRICS) if int(r["epoch"]) not in logged])
     log_files(client, rid, folder, (SUMMARY, LABEL_ISSUES, LABEL_ISSUES_PLOT, RUN_INFO))
-    if (folder / BEST_MODEL).exists():
+    selected = str(summary["best_val"]["epoch"])
+    if (folder / BEST_MODEL).exists() and (register or client.get_run(rid).data.tags.get(MODEL_EPOCH_TAG) != selected):
         log_model(store, rid, folder / BEST_MODEL, register=register)
+        client.set_tag(rid, MODEL_EPOCH_TAG, selected)
     client.set_terminated(rid, status="FINISHED")
     return rid
