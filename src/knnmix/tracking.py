@@ -19,8 +19,8 @@ import os
 import re
 import shlex
 import time
-from collections.abc import Iterable
-from contextlib import suppress
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from importlib.metadata import entry_points, version
 from pathlib import Path
@@ -247,26 +247,43 @@ def log_model(store: Store, run_id: str, weights: Path, *, register: str | None 
     args, serving = payload["model_args"], payload.get("serving", {})
     model = LogitsOnly(load_model(weights), serving.get("mean"), serving.get("std")).eval()
     example = torch.rand(2, args["in_channels"], args["image_size"], args["image_size"]).numpy()
-    # The fluent API needs the global URI; setting it also exports MLFLOW_TRACKING_URI to this process, which knnmix
-    # reads as the user's choice, so both are put back afterwards (a later run must not log into this store).
+    with fluent(store), mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(
+            model, name="model", input_example=example, serialization_format="pickle",
+            code_paths=[str(package_dir())], registered_model_name=register,
+            pip_requirements=[f"{pkg}=={version(pkg).split('+')[0]}" for pkg in ("torch", "torchvision", "numpy")],
+            metadata={"model_args": args, "weights": str(weights.absolute()), **serving,
+                      "input": "float32 (N, C, H, W), pixels in [0, 1], H = W = image_size"},
+        )
+    return str(info.model_uri)
+
+
+def register_once(store: Store, model_uri: str, run_id: str, name: str) -> None:
+    """Register a logged model under ``name`` unless a version of ``name`` from run ``run_id`` exists."""
+    import mlflow
+
+    if not store.client().search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+        with fluent(store):
+            mlflow.register_model(model_uri, name)
+
+
+@contextmanager
+def fluent(store: Store) -> Iterator[None]:
+    """MLflow's fluent API on ``store``, quietly. The fluent API needs the global URI; setting it also exports
+    MLFLOW_TRACKING_URI to this process, which knnmix reads as the user's choice, so both are put back afterwards (a
+    later run must not log into this store)."""
+    import mlflow
+
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(store.uri)
     quiet = logging.getLogger("mlflow")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pytorch.log_model(
-                model, name="model", input_example=example, serialization_format="pickle",
-                code_paths=[str(package_dir())], registered_model_name=register,
-                pip_requirements=[f"{pkg}=={version(pkg).split('+')[0]}" for pkg in ("torch", "torchvision", "numpy")],
-                metadata={"model_args": args, "weights": str(weights.absolute()), **serving,
-                          "input": "float32 (N, C, H, W), pixels in [0, 1], H = W = image_size"},
-            )
+        yield
     finally:
         quiet.setLevel(level)
         mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]  # None unsets it
-    return str(info.model_uri)
 
 
 def log_training_run(store: Store, folder: Path, summary: dict[str, Any], *, experiment: str = TRAIN_EXPERIMENT,

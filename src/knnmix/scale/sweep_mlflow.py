@@ -19,7 +19,7 @@ from knnmix.engine.checkpoint import BEST_MODEL, CONFIG, LABEL_ISSUES, LABEL_ISS
 from knnmix.plots import plot_best_per_noise, plot_clean_prob_histogram, plot_importances, plot_learning_curves
 from knnmix.spaces import METRIC, SETTING_KEY
 from knnmix.tracking import (KIND_TAG, Store, create_run, experiment_id, log_epochs, log_files, log_model, log_params,
-                             log_run_folder)
+                             log_run_folder, register_once)
 
 TRIAL_TAG = "knnmix.trial_id"
 OUTCOME_TAG = "knnmix.outcome"  # completed | stopped_early | failed
@@ -191,6 +191,8 @@ def finish_setting_run(store: Store, ml: dict[str, Any], setting: Any, entry: di
     if run.data.tags.get(FINALIZED_TAG) == "true":
         entry["model_uri"] = run.data.tags.get("knnmix.model_uri")
         entry["importances"] = json.loads(run.data.tags.get("knnmix.importances", "null") or "null")
+        if register and entry["model_uri"] and entry.get("best_mlflow_run_id"):  # --register on a finished sweep
+            register_once(store, entry["model_uri"], entry["best_mlflow_run_id"], register)
         return
     plots.mkdir(parents=True, exist_ok=True)
     log_params(client, run_id, {"noise.spec": setting.spec, **{f"set.{k}": v for k, v in setting.set.items()}})
