@@ -77,6 +77,8 @@ def test_replace_validates():
         ({"noise": {"spec": "gaussian:0.2"}}, "gaussian"),
         ({"model": {"name": "vgg"}}, "unknown model 'vgg'"),
         ({"distributed": {"storage_path": "relative/dir"}}, "must be an absolute path"),
+        ({"distributed": {"name": ".."}}, "distributed.name: '..' must be one folder name"),  # --overwrite deletes it
+        ({"distributed": {"name": "a/../../b"}}, "distributed.name: 'a/../../b' must be one folder name"),
         ({"distributed": {"workers": 3}}, "optim.batch_size: 128 does not split evenly"),
         ({"method": "knnmix"}, "method: expected a mapping of keys, got 'knnmix'"),
         ({"seed": -1}, "seed: -1 is out of range; use >= 0"),

@@ -401,6 +401,9 @@ def validate(cfg: Config) -> None:
     if x.storage_path is not None and "://" not in x.storage_path and not Path(x.storage_path).is_absolute():
         raise ConfigError(f"distributed.storage_path: {x.storage_path!r} must be an absolute path or a URI (Ray Train "
                           "needs it)")
+    if x.name is not None and (x.name in ("", ".", "..") or "/" in x.name or "\\" in x.name):
+        raise ConfigError(f"distributed.name: {x.name!r} must be one folder name (no '/', not '.' or '..'): the run's "
+                          "folder inside distributed.storage_path, which --overwrite deletes")
     if o.batch_size % max(x.workers, 1):
         raise ConfigError(f"optim.batch_size: {o.batch_size} does not split evenly over "
                           f"distributed.workers={x.workers}")
