@@ -112,9 +112,8 @@ def test_worker_config_is_absolute_and_threads_follow_cpus(tmp_path, monkeypatch
     assert wc.out == str(tmp_path / "rel" / "out")
     assert wc.data.root == str(tmp_path / "data")
     assert wc.threads == 3
-    assert wc.distributed.storage_path == str(tmp_path / "rel" / "out" / "ray")
-    assert wc.distributed.name == "out"
-    assert storage_of(wc) == storage_of(cfg)
+    assert wc.distributed.storage_path is None and wc.distributed.name is None  # derived from out where used
+    assert storage_of(wc) == storage_of(cfg) == (str(tmp_path / "rel" / "out" / "ray"), "out")
 
 
 def test_knnmix_env_vars_are_forwarded_to_workers(tmp_path, monkeypatch):
@@ -194,6 +193,20 @@ def test_in_process_run_writes_checkpoints_reports_metrics_and_returns_the_summa
     assert a["epoch"] == b["epoch"] == 3
     assert_same_state(a["state"], b["state"])
     assert not torch.all(a["state"]["clean_prob"] == 1.0)  # the state is not the initial one
+
+
+def test_a_copied_run_folder_resumes_into_its_own_ray_train_storage(tmp_path):
+    """config.yaml keeps the derived storage path and name unset: a copy resumed with its own out (as
+    `knnmix train --out copy --resume` does, from copy/config.yaml) neither reads nor evicts the original's."""
+    fit(digits_cfg(tmp_path / "run", epochs=2, **{"data.train_subset": 300}), num_workers=0)
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")
+    before = sorted(p.name for p in (tmp_path / "run" / "ray" / "run").iterdir())
+    saved = C.load(tmp_path / "copy" / "config.yaml")
+    assert saved.distributed.storage_path is None and saved.distributed.name is None
+    fit(C.replace(saved, out=str(tmp_path / "copy"), epochs=4), resume=True, num_workers=0)
+    assert sorted(p.name for p in (tmp_path / "run" / "ray" / "run").iterdir()) == before  # the original's, as was
+    assert (tmp_path / "copy" / "ray" / "copy" / checkpoint_dir_name(4)).is_dir()
+    assert json.loads((tmp_path / "copy" / "summary.json").read_text())["epochs"] == 4
 
 
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_newest_readable_one(tmp_path):

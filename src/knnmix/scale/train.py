@@ -84,10 +84,10 @@ def ray_configs(cfg: C.Config, *, num_workers: int | None = None, callbacks: lis
 
 def worker_config(cfg: C.Config) -> C.Config:
     """The config the workers run: local paths made absolute (Ray Train moves workers into their own working
-    directory), ``threads`` = ``distributed.cpus_per_worker`` and the Ray Train storage and name filled in."""
-    storage, name = storage_of(cfg)
-    return C.replace(cfg, threads=cfg.distributed.cpus_per_worker, **absolute_paths(cfg),
-                     **{"distributed.storage_path": storage, "distributed.name": name})
+    directory) and ``threads`` = ``distributed.cpus_per_worker``. The Ray Train storage and name stay as the user
+    set them: the run folder's config.yaml is this config, and a copied or moved run folder resumed with its own
+    ``--out`` must find its own storage, not keep writing into the original's."""
+    return C.replace(cfg, threads=cfg.distributed.cpus_per_worker, **absolute_paths(cfg))
 
 
 def absolute_paths(cfg: C.Config) -> dict[str, str]:
