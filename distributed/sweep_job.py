@@ -4,7 +4,8 @@
 Runs unchanged on a laptop and on a cluster:
 
 * laptop:  ``python distributed/sweep_job.py search_spaces/smoke.yaml --out runs/sweeps/smoke`` starts a private
-  local Ray (``ray.init()``) for the sweep, or joins the one ``ray start`` left on this machine;
+  local Ray (``ray.init()``) for the sweep, beside any other Ray on the machine (``RAY_ADDRESS=auto`` joins a
+  ``ray start`` cluster on it instead);
 * cluster: ``ray job submit --address http://HEAD:8265 --working-dir . -- python distributed/sweep_job.py
   search_spaces/cifar10.yaml --out /mnt/shared/sweeps/cifar10 ...`` (``ray job submit`` sets ``RAY_ADDRESS`` for
   this driver, which joins that cluster).
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,10 +32,6 @@ if (SRC / "knnmix").is_dir() and str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
 from knnmix.cli import guarded  # noqa: E402
-from knnmix.errors import KnnmixError  # noqa: E402
-
-# Ray's variable through which the job manager hands a submitted job's config to its driver.
-_SUBMITTED = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,15 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def sweep(args: argparse.Namespace) -> int:
+    from knnmix.scale import ray_env
     from knnmix.scale import sweep as S
     from knnmix.tracking import Store
 
-    out = Path(args.out).expanduser()
-    if not out.is_absolute():
-        if os.environ.get(_SUBMITTED):
-            raise KnnmixError(f"--out {args.out!r} must be absolute in a submitted job (its working directory is a "
-                              "temporary copy)")
-        out = out.absolute()
+    ray_env.refuse_temporary_paths(args.out, args.tracking_uri)
+    out = Path(args.out).expanduser().absolute()
     folder = S.SweepFolder(out)
     resume = args.resume or (args.resume_if_exists and folder.file(S.STATE_FILE).exists())
     space = S.resolve_space(folder, args.space, args.overrides, resume=resume)

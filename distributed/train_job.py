@@ -4,7 +4,8 @@
 Runs unchanged on a laptop and on a cluster:
 
 * laptop:  ``python distributed/train_job.py --config digits --workers 2 --out runs/digits-ray`` starts a private
-  local Ray (``ray.init()``) for the run, or joins the one ``ray start`` left on this machine;
+  local Ray (``ray.init()``) for the run, beside any other Ray on the machine (``RAY_ADDRESS=auto`` joins a
+  ``ray start`` cluster on it instead);
 * cluster: ``ray job submit --address http://HEAD:8265 --working-dir . -- python distributed/train_job.py ...``
   (``ray job submit`` sets ``RAY_ADDRESS`` for this driver, which joins that cluster).
 
@@ -19,6 +20,7 @@ See distributed/README.md.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,12 +53,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def train(args: argparse.Namespace) -> int:
     from knnmix import config as C
+    from knnmix.scale import ray_env
     from knnmix.scale.train import run_exists
 
     saved = Path(args.out or C.Config().out) / "config.yaml"
     if (args.resume or args.resume_if_exists) and saved.exists() and not args.config:
         args.config = str(saved)  # as `knnmix train --resume`: the run folder's config by default
     cfg = load_config(args)
+    ray_env.refuse_temporary_paths(cfg.out, args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
     if cfg.distributed.workers < 1:
         raise KnnmixError("train_job.py trains on Ray Train workers: pass --workers N (N >= 1)")
     args.resume = args.resume or (args.resume_if_exists and run_exists(cfg))

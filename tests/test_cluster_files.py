@@ -471,3 +471,21 @@ def test_iam_policy_worker_subset_reads_the_bucket_and_image_only():
         assert allows(subset, action), action
     for action in ("ec2:RunInstances", "ec2:TerminateInstances", "iam:PassRole"):
         assert not allows(subset, action), action
+
+
+@pytest.mark.parametrize("script", ["train_job.py", "sweep_job.py"])
+def test_a_submitted_job_refuses_paths_in_its_temporary_working_directory(script, tmp_path, monkeypatch, capsys):
+    """A submitted job runs in a copy of its working dir that Ray deletes: a relative --out or SQLite store there
+    would be lost with it (train_job.py's job 'succeeded' into it)."""
+    spec = importlib.util.spec_from_file_location(f"_job_{Path(script).stem}", REPO / "distributed" / script)
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {}}))  # what `ray job submit` sets
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    first = ["--config", "digits", "--workers", "2"] if script == "train_job.py" else ["smoke"]
+    for flags, named in ((["--out", "runs/x"], "--out 'runs/x'"),
+                         (["--out", str(tmp_path / "x"), "--tracking-uri", "sqlite:///m.db"], "--tracking-uri 'm.db'")):
+        assert job.main([*first, *flags]) == 2
+        assert capsys.readouterr().err.strip() == (f"knnmix: error: {named} must be absolute in a submitted job (its "
+                                                   "working directory is a temporary copy that Ray deletes)")
+    assert not (tmp_path / "x").exists()

@@ -7,8 +7,10 @@ import logging
 import os
 import socket
 import warnings
+from pathlib import Path
 from typing import Any
 
+from knnmix.errors import KnnmixError
 from knnmix.provenance import command, git_commit, package_dir
 
 #: Environment of the Ray workers, unless the user set the variables. Ray Train's controller polls its workers
@@ -40,6 +42,18 @@ def runtime_env() -> dict[str, Any]:
     env_vars = {k: v for k, v in worker_env().items() if k not in (job_env.get("env_vars") or {})}
     env = {"py_modules": [str(package_dir())], "env_vars": env_vars}
     return {k: v for k, v in env.items() if k == "env_vars" or k not in job_env}
+
+
+def refuse_temporary_paths(out: str | None, tracking_uri: str | None) -> None:
+    """In a submitted job, whose working directory is a temporary copy that Ray deletes, a relative ``--out`` or
+    SQLite store would be lost with it: a one-line error (outside a job, nothing)."""
+    if not os.environ.get(_JOB_CONFIG_ENV):
+        return
+    db = tracking_uri[len("sqlite:///"):] if tracking_uri and tracking_uri.startswith("sqlite:///") else None
+    for flag, path in (("--out", out), ("--tracking-uri", db)):
+        if path is not None and not Path(path).expanduser().is_absolute():
+            raise KnnmixError(f"{flag} {path!r} must be absolute in a submitted job (its working directory is a "
+                              "temporary copy that Ray deletes)")
 
 
 def quiet(verbose: bool = False) -> None:
