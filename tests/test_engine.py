@@ -213,16 +213,31 @@ def test_checkpoints_load_without_running_code(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("damage", ["truncate", "random", "empty", "foreign"])
+@pytest.mark.parametrize("damage", ["truncate", "random", "empty", "foreign", "flipped", "shape", "type"])
 def test_a_corrupt_checkpoint_is_one_line_naming_the_file(tmp_path, damage):
+    """Damaged bytes (a flipped stretch too: torch.load does not check the checksums) or contents that do not fit
+    the run: one line naming the file, never a resume on wrong weights or a traceback from load_state_dict."""
+    import zipfile
+
     cfg = digits_cfg(tmp_path, epochs=1, **{"method.name": "ce"})
     train(cfg, echo=None)
     path = tmp_path / "run" / "checkpoint.pt"
-    data = path.read_bytes()
-    path.write_bytes({"truncate": data[: len(data) // 2], "random": os.urandom(4096), "empty": b"",
-                      "foreign": b""}[damage])
+    data = bytearray(path.read_bytes())
+    if damage == "flipped":  # 64 bytes inside the largest tensor's record, the archive still well formed
+        with zipfile.ZipFile(path) as z:
+            largest = z.read(max(z.infolist(), key=lambda i: i.file_size))
+        at = data.find(largest) + len(largest) // 2
+        data[at:at + 64] = bytes(b ^ 0xFF for b in data[at:at + 64])
+    path.write_bytes({"truncate": data[: len(data) // 2], "random": os.urandom(4096), "empty": b""}.get(damage, data))
     if damage == "foreign":
         torch.save({"weights": torch.zeros(3)}, path)
+    if damage in ("shape", "type"):  # a well-formed file, edited
+        ckpt = torch.load(path, weights_only=True)
+        if damage == "shape":
+            ckpt["model"][next(iter(ckpt["model"]))] = torch.zeros(1)
+        else:
+            ckpt["epoch"] = "three"
+        torch.save(ckpt, path)
     with pytest.raises(KnnmixError, match=f"{path}") as err:
         train(C.replace(cfg, epochs=2), resume=True, echo=None)
     assert "\n" not in str(err.value)

@@ -229,6 +229,23 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_newest_readable_one(tmp_p
         (ckpt_root / name / "checkpoint.pt").write_bytes(b"")
     with pytest.raises(KnnmixError, match="no kept checkpoint of this run reads"):
         restore_newest_readable(E.build_run(worker_config(cfg)), Checkpoint(str(latest)))
+    # ... else the run folder's own checkpoint.pt (epoch 3, intact: Ray's copy was replaced, not overwritten)
+    run = E.build_run(worker_config(cfg))
+    with pytest.warns(Warning, match="skipping an unreadable checkpoint"):
+        restore_newest_readable(run, Checkpoint(str(latest)), RunFolder(tmp_path / "run"))
+    assert run.epoch == 3
+    # Tune names an in-process trial's checkpoints checkpoint_000NNN: its older ones are tried too
+    tune = tmp_path / "tune"
+    for name, data in (("checkpoint_000002", b"garbage"), ("checkpoint_000001", None)):
+        (tune / name).mkdir(parents=True)
+        if data is None:
+            shutil.copy(tmp_path / "run" / "checkpoint.pt", tune / name / "checkpoint.pt")
+        else:
+            (tune / name / "checkpoint.pt").write_bytes(data)
+    run = E.build_run(worker_config(cfg))
+    with pytest.warns(Warning, match="skipping an unreadable checkpoint: .*checkpoint_000002"):
+        restore_newest_readable(run, Checkpoint(str(tune / "checkpoint_000002")))
+    assert run.epoch == 3
 
 
 # ----------------------------------------------------------------------------------------------------------------

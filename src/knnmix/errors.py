@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import difflib
 import os
+import zipfile
 from collections.abc import Iterable, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +67,10 @@ def load_tensors(path: str | os.PathLike[str], what: str, allowed: Iterable[Any]
     import torch
 
     if not Path(path).is_file():
-        raise CheckpointError(f"{what} {path} not found")
+        raise CheckpointError(f"{what} {path} " + ("is a folder, not a file" if Path(path).is_dir() else "not found"))
+    with suppress(zipfile.BadZipFile, OSError), zipfile.ZipFile(path) as archive:  # torch.load skips the CRCs
+        if (damaged := archive.testzip()) is not None:
+            raise CheckpointError(f"cannot read {what} {path}: its part {damaged!r} fails its checksum (corrupt)")
     try:
         with torch.serialization.safe_globals(list(allowed)):
             return torch.load(path, map_location="cpu", weights_only=True)

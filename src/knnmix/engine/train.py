@@ -28,9 +28,9 @@ from torch.utils.data import DataLoader
 from knnmix import config as C
 from knnmix.data import LabelledDataset, collate_batch, dataset_options
 from knnmix.engine import report
-from knnmix.engine.checkpoint import FORMAT, RunFolder, folder_lock, rng_state, set_rng_state
+from knnmix.engine.checkpoint import CHECKPOINT, FORMAT, RunFolder, folder_lock, rng_state, set_rng_state
 from knnmix.engine.splits import Splits, build_splits
-from knnmix.errors import ConfigError, DivergedError, KnnmixError, KnnmixWarning
+from knnmix.errors import CheckpointError, ConfigError, DivergedError, KnnmixError, KnnmixWarning, one_line
 from knnmix.math import FaissSearch, NeighbourSearch, TorchSearch, l2_normalise
 from knnmix.methods import METHODS, Method
 from knnmix.methods import dist as D
@@ -473,8 +473,18 @@ def checkpoint(run: Run) -> dict[str, Any]:
     return payload
 
 
-def restore(run: Run, ckpt: dict[str, Any]) -> None:
-    """Continue from a checkpoint (the config must match except for paths, resources and ``epochs``)."""
+def restore(run: Run, ckpt: dict[str, Any], source: str = "the checkpoint") -> None:
+    """Continue from a checkpoint (the config must match except for paths, resources and ``epochs``); contents that
+    do not fit the run (shapes, types) are a :class:`CheckpointError` naming ``source``."""
+    try:
+        _restore(run, ckpt)
+    except KnnmixError:
+        raise
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        raise CheckpointError(f"{source} does not fit this run (damaged or edited?): {one_line(exc, 200)}") from None
+
+
+def _restore(run: Run, ckpt: dict[str, Any]) -> None:
     if shown := C.differences(ckpt["config"], C.to_dict(run.cfg), 4, RESUMABLE_CHANGES):
         raise ConfigError(f"cannot resume with a different config ({shown}); only paths, resources and epochs may "
                           "change")
@@ -531,7 +541,7 @@ def train(
         if replace:
             folder.clear()
         if resume:
-            restore(run, folder.load_checkpoint())
+            restore(run, folder.load_checkpoint(), str(folder.file(CHECKPOINT)))
             folder.resumed(run.cfg, run.epoch, run.history)
             if echo:
                 echo(f"resumed after epoch {run.epoch}")

@@ -218,9 +218,10 @@ def check_run_state(cfg: C.Config, *, resume: bool, overwrite: bool = False) -> 
 # The workers (also used by in-process sweep trials, with Ray Tune's report in place of Ray Train's)
 
 
-def restore_newest_readable(run: E.Run, checkpoint: Any) -> None:
-    """Restore ``run`` from ``checkpoint`` or, when it does not read, from the newest of its kept siblings
-    (``checkpoint_epoch*`` beside it) that does."""
+def restore_newest_readable(run: E.Run, checkpoint: Any, folder: RunFolder | None = None) -> None:
+    """Restore ``run`` from ``checkpoint`` or, when it does not read or fit, from the newest of its kept siblings
+    (Ray Train's ``checkpoint_epoch*`` or Tune's ``checkpoint_0*`` beside it) that does, else from the run
+    ``folder``'s own ``checkpoint.pt``."""
     from ray.train import Checkpoint
 
     fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
@@ -229,21 +230,27 @@ def restore_newest_readable(run: E.Run, checkpoint: Any) -> None:
     except OSError:
         infos = []
     kept = sorted((i.path for i in infos if i.type == pyarrow.fs.FileType.Directory
-                   and i.base_name.startswith("checkpoint_epoch")), reverse=True)
-    errors = []
+                   and i.base_name.startswith("checkpoint_")), reverse=True)
+    errors: list[str] = []
     for name in kept if path in kept else [path, *kept]:
-        candidate = checkpoint if name == path else Checkpoint(name, filesystem=fs)
-        with candidate.as_directory() as d:
-            try:
-                payload = load_checkpoint(Path(d) / CHECKPOINT)
-            except CheckpointError as exc:
-                errors.append(str(exc))
-                if run.dist.is_main:
-                    warnings.warn(f"skipping an unreadable checkpoint: {exc}", KnnmixWarning, stacklevel=2)
-                continue
-        E.restore(run, payload)
+        with (checkpoint if name == path else Checkpoint(name, filesystem=fs)).as_directory() as d:
+            if restored(run, Path(d) / CHECKPOINT, errors):
+                return
+    if folder is not None and folder.has_run() and restored(run, folder.file(CHECKPOINT), errors):
         return
     raise CheckpointError(f"no kept checkpoint of this run reads: {errors[0]}")
+
+
+def restored(run: E.Run, file: Path, errors: list[str]) -> bool:
+    """Whether ``run`` restored from checkpoint ``file``; if not, why is added to ``errors`` (and warned on rank 0)."""
+    try:
+        E.restore(run, load_checkpoint(file), str(file))
+        return True
+    except CheckpointError as exc:
+        errors.append(str(exc))
+        if run.dist.is_main:
+            warnings.warn(f"skipping an unreadable checkpoint: {exc}", KnnmixWarning, stacklevel=2)
+        return False
 
 
 def report_epoch(report: Callable[..., None], checkpoint_cls: Any, *, named: bool = True,
@@ -292,9 +299,9 @@ def say(text: str) -> None:
 def start_or_restore(run: E.Run, folder: RunFolder, checkpoint: Any, resume: bool) -> None:
     """Restore from Ray's checkpoint, else (``resume``) from the run folder's, else start the run folder (rank 0)."""
     if checkpoint is not None:
-        restore_newest_readable(run, checkpoint)
+        restore_newest_readable(run, checkpoint, folder)
     elif resume and folder.has_run():  # e.g. a single-process run continued on workers
-        E.restore(run, folder.load_checkpoint())
+        E.restore(run, folder.load_checkpoint(), str(folder.file(CHECKPOINT)))
     elif run.dist.is_main:
         folder.start(run.cfg, run.splits.noisy_labels_record())  # a restart before any checkpoint starts afresh
         return
