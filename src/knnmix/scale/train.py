@@ -132,12 +132,12 @@ def fit(
     cfg = worker_config(cfg)
     configs = ray_configs(cfg, num_workers=num_workers, callbacks=callbacks)
     storage, name = configs.run.storage_path, configs.run.name
-    check_run_state(cfg, resume=resume, overwrite=overwrite)
     local = configs.scaling.num_workers == 0
     if local and "://" in storage:
         raise KnnmixError("in-process Ray Train (num_workers=0) needs a local distributed.storage_path")
-    if not local:  # rank 0's progress lines reach the user (a sweep's driver is quieter)
-        ray_env.ensure_ray(verbose=verbose, log_to_driver=True)
+    if not local and ray_env.ensure_ray(verbose=verbose, log_to_driver=True):  # rank 0's lines reach the user
+        fits_this_machine(cfg)  # the private Ray just started here: no node will join it (before any --overwrite)
+    check_run_state(cfg, resume=resume, overwrite=overwrite)
     trainer = TorchTrainer(
         train_worker, train_loop_config={"config": C.to_dict(cfg), "resume": resume,
                                          "keep_in": str(Path(storage) / name) if local else None},
@@ -156,6 +156,19 @@ def fit(
     if not path.exists():
         raise KnnmixError(f"the run finished but {str(path)!r} is missing (is 'out' on storage every node sees?)")
     return DistributedRun(summary=json.loads(path.read_text()), result=result)
+
+
+def fits_this_machine(cfg: C.Config) -> None:
+    """Refuse workers that a Ray of this machine alone can never place (Ray Train would wait for them forever)."""
+    import ray
+
+    x, have = cfg.distributed, ray.cluster_resources()
+    for what, each in (("CPU", x.cpus_per_worker), ("GPU", int(x.use_gpu))):
+        if x.workers * each > have.get(what, 0):
+            fewer = "distributed.cpus_per_worker" if what == "CPU" else "no GPU (distributed.use_gpu=false)"
+            raise KnnmixError(f"distributed.workers={x.workers} x {each} {what} each needs {x.workers * each} {what}s "
+                              f"but this machine has {have.get(what, 0):g}: use fewer workers or {fewer}, or join a "
+                              "cluster (RAY_ADDRESS)")
 
 
 def user_error(exc: BaseException) -> KnnmixError | None:
