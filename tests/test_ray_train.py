@@ -224,8 +224,14 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_newest_readable_one(tmp_p
     (latest / "checkpoint.pt").write_bytes(b"garbage")
     run = E.build_run(worker_config(cfg))
     with pytest.warns(Warning, match="skipping an unreadable checkpoint: .*checkpoint_epoch00003"):
-        restore_newest_readable(run, Checkpoint(str(latest)))  # what Ray Train hands a restarted worker
+        skipped = restore_newest_readable(run, Checkpoint(str(latest)))  # what Ray Train hands a restarted worker
     assert run.epoch == 2 and len(run.history) == 2
+    # it says so: the epochs trained again get their own checkpoint folders (checkpoint_dir_name's redo mark), or
+    # Ray's eviction of the unreadable epoch-3 folder would delete the new epoch 3 with it
+    assert skipped and not restore_newest_readable(E.build_run(worker_config(cfg)),
+                                                   Checkpoint(str(ckpt_root / checkpoint_dir_name(2))))
+    redone = checkpoint_dir_name(3, "-redo1")
+    assert checkpoint_dir_name(3) < redone < checkpoint_dir_name(4)  # still newest-first by name
     for name in (checkpoint_dir_name(1), checkpoint_dir_name(2)):
         (ckpt_root / name / "checkpoint.pt").write_bytes(b"")
     with pytest.raises(KnnmixError, match="no kept checkpoint of this run reads"):
@@ -457,6 +463,9 @@ def test_ray_job_submit_runs_train_job_to_success(ray_session, tmp_path):
         assert job.returncode == 0, logs[-4000:]
         assert "SUCCEEDED" in logs or "succeeded" in logs
         assert "epoch   2/2" in logs  # rank 0's progress lines reach the job's logs
+        # ... and little else: knnmix's warnings in one line, none of Ray Train's per-worker, per-epoch INFO lines
+        assert "knnmix: warning: knnmix never mixes neighbours" in logs and "KnnmixWarning" not in logs
+        assert "Reporting training result" not in logs and "Started training worker group" not in logs
         for name in ("summary.json", "metrics.jsonl", "label_issues.csv", "config.yaml", "checkpoint.pt"):
             assert (out / name).exists(), name
         summary = json.loads((out / "summary.json").read_text())

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from knnmix import config as C
-from knnmix.errors import KnnmixError, KnnmixWarning
+from knnmix.errors import DEFAULT_WARNING_FORMAT, KnnmixError, warning_line
 
 #: Options that stand for a config key: ``--dataset NAME`` is ``--set data.name=NAME`` (argparse dest: key).
 SHORTHANDS = {
@@ -318,14 +318,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _warning_line(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> str:
-    return f"knnmix: warning: {message}\n" if issubclass(category, KnnmixWarning) else _default_format(
-        message, category, *args, **kwargs)
-
-
-_default_format = warnings.formatwarning
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
@@ -336,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def guarded(command: Callable[[], int], interrupted: str = "") -> int:
     """Run a command: a user error is one line on stderr and exit status 2, Ctrl+C status 130; knnmix's warnings
     are one line each."""
-    warnings.formatwarning = _warning_line  # type: ignore[assignment]
+    warnings.formatwarning = warning_line  # type: ignore[assignment]
     try:
         return int(command())
     except KnnmixError as exc:
@@ -346,7 +338,7 @@ def guarded(command: Callable[[], int], interrupted: str = "") -> int:
         print(f"knnmix: interrupted{interrupted}", file=sys.stderr)
         return 130
     finally:
-        warnings.formatwarning = _default_format
+        warnings.formatwarning = DEFAULT_WARNING_FORMAT
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import warnings
 import zipfile
 from collections.abc import Iterable, Sequence
 from contextlib import suppress
@@ -39,6 +40,16 @@ class DivergedError(KnnmixError):
 
 class KnnmixWarning(UserWarning):
     """Something the run can do, but probably not what the user meant (the CLI prints it as one line)."""
+
+
+def warning_line(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> str:
+    """``warnings.formatwarning`` for knnmix's commands and Ray workers: a :class:`KnnmixWarning` is one line,
+    ``knnmix: warning: ...``, not the file, line number and source line of where it was raised."""
+    return f"knnmix: warning: {message}\n" if issubclass(category, KnnmixWarning) else DEFAULT_WARNING_FORMAT(
+        message, category, *args, **kwargs)
+
+
+DEFAULT_WARNING_FORMAT = warnings.formatwarning
 
 
 def did_you_mean(name: object, choices: Iterable[str]) -> str:

@@ -8,9 +8,11 @@ rank 0's ``checkpoint.pt`` is what the run folder keeps and what Ray Train keeps
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,15 +26,17 @@ from knnmix import config as C
 from knnmix.methods import dist as D
 from knnmix.engine import train as E
 from knnmix.engine.checkpoint import CHECKPOINT, SUMMARY, RunFolder, folder_lock, load_checkpoint
-from knnmix.errors import CheckpointError, KnnmixError, KnnmixWarning, one_line
+from knnmix.errors import CheckpointError, KnnmixError, KnnmixWarning, one_line, warning_line
 from knnmix.scale import ray_env
 
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints
 FAIL_AT_ENV = "KNNMIX_TEST_FAIL_AT"  # test hook "EPOCH:RANK:MARKER": that rank raises once after EPOCH
 
 
-def checkpoint_dir_name(epoch: int) -> str:
-    return f"checkpoint_epoch{epoch:05d}"
+def checkpoint_dir_name(epoch: int, redo: str = "") -> str:
+    """Ray Train's folder of epoch ``epoch``'s checkpoint; ``redo`` marks epochs trained again after a restore that
+    skipped a newer, unreadable checkpoint (two checkpoints in one folder: Ray's eviction of one broke the run)."""
+    return f"checkpoint_epoch{epoch:05d}{redo}"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -59,10 +63,12 @@ def storage_of(cfg: C.Config) -> tuple[str, str]:
     return storage, x.name or out.name
 
 
-def ray_configs(cfg: C.Config, *, num_workers: int | None = None, callbacks: list[Any] | None = None) -> RayConfigs:
+def ray_configs(cfg: C.Config, *, num_workers: int | None = None, callbacks: list[Any] | None = None,
+                verbose: bool = False) -> RayConfigs:
     """The Ray Train configs for ``cfg`` (``num_workers`` overrides ``distributed.workers``, e.g. 0 = in-process;
-    ``callbacks``: Ray Train callbacks)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    ``callbacks``: Ray Train callbacks; ``verbose``: Ray Train's INFO lines on the console, e.g. each worker's
+    'Reporting training result ...' every epoch)."""
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig
 
     x = cfg.distributed
@@ -78,6 +84,7 @@ def ray_configs(cfg: C.Config, *, num_workers: int | None = None, callbacks: lis
         # The knnmix package itself travels in the job's runtime env (ray_env.ensure_ray): Ray uploads local
         # folders only at the job level.
         worker_runtime_env={"env_vars": ray_env.worker_env()},
+        logging_config=LoggingConfig(log_level="INFO" if verbose else "WARNING"),
     )
     return RayConfigs(scaling=scaling, torch_config=TorchConfig(backend="nccl" if x.use_gpu else "gloo"), run=run)
 
@@ -130,7 +137,7 @@ def fit(
     from ray.train.torch import TorchTrainer
 
     cfg = worker_config(cfg)
-    configs = ray_configs(cfg, num_workers=num_workers, callbacks=callbacks)
+    configs = ray_configs(cfg, num_workers=num_workers, callbacks=callbacks, verbose=verbose)
     storage, name = configs.run.storage_path, configs.run.name
     local = configs.scaling.num_workers == 0
     if local and "://" in storage:
@@ -139,7 +146,7 @@ def fit(
         fits_this_machine(cfg)  # the private Ray just started here: no node will join it (before any --overwrite)
     check_run_state(cfg, resume=resume, overwrite=overwrite)
     trainer = TorchTrainer(
-        train_worker, train_loop_config={"config": C.to_dict(cfg), "resume": resume,
+        train_worker, train_loop_config={"config": C.to_dict(cfg), "resume": resume, "verbose": verbose,
                                          "keep_in": str(Path(storage) / name) if local else None},
         scaling_config=configs.scaling, torch_config=configs.torch_config, run_config=configs.run,
     )
@@ -231,10 +238,10 @@ def check_run_state(cfg: C.Config, *, resume: bool, overwrite: bool = False) -> 
 # The workers (also used by in-process sweep trials, with Ray Tune's report in place of Ray Train's)
 
 
-def restore_newest_readable(run: E.Run, checkpoint: Any, folder: RunFolder | None = None) -> None:
+def restore_newest_readable(run: E.Run, checkpoint: Any, folder: RunFolder | None = None) -> bool:
     """Restore ``run`` from ``checkpoint`` or, when it does not read or fit, from the newest of its kept siblings
     (Ray Train's ``checkpoint_epoch*`` or Tune's ``checkpoint_0*`` beside it) that does, else from the run
-    ``folder``'s own ``checkpoint.pt``."""
+    ``folder``'s own ``checkpoint.pt``. Returns whether it skipped ``checkpoint``."""
     from ray.train import Checkpoint
 
     fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
@@ -245,12 +252,12 @@ def restore_newest_readable(run: E.Run, checkpoint: Any, folder: RunFolder | Non
     kept = sorted((i.path for i in infos if i.type == pyarrow.fs.FileType.Directory
                    and i.base_name.startswith("checkpoint_")), reverse=True)
     errors: list[str] = []
-    for name in kept if path in kept else [path, *kept]:
+    for name in kept[kept.index(path):] if path in kept else [path, *kept]:
         with (checkpoint if name == path else Checkpoint(name, filesystem=fs)).as_directory() as d:
             if restored(run, Path(d) / CHECKPOINT, errors):
-                return
+                return name != path
     if folder is not None and folder.has_run() and restored(run, folder.file(CHECKPOINT), errors):
-        return
+        return True
     raise CheckpointError(f"no kept checkpoint of this run reads: {errors[0]}")
 
 
@@ -267,7 +274,7 @@ def restored(run: E.Run, file: Path, errors: list[str]) -> bool:
 
 
 def report_epoch(report: Callable[..., None], checkpoint_cls: Any, *, named: bool = True,
-                 keep_in: str | None = None) -> E.OnEpoch:
+                 keep_in: str | None = None, redo: str = "") -> E.OnEpoch:
     """The ``on_epoch`` hook that reports each epoch's numbers to Ray (``ray.train.report`` or ``ray.tune.report``),
     with rank 0's ``checkpoint.pt`` on checkpoint epochs (after :func:`~knnmix.engine.train.finish` at the last).
     ``keep_in``: Ray Train's local mode uploads nothing, so its checkpoints are written where they are kept."""
@@ -280,14 +287,14 @@ def report_epoch(report: Callable[..., None], checkpoint_cls: Any, *, named: boo
             report(metrics)
             return
         with tempfile.TemporaryDirectory(prefix="knnmix-ckpt-") as tmp:
-            folder = Path(keep_in) / checkpoint_dir_name(epoch) if keep_in else Path(tmp)
+            folder = Path(keep_in) / checkpoint_dir_name(epoch, redo) if keep_in else Path(tmp)
             folder.mkdir(parents=True, exist_ok=True)
             source, target = RunFolder(run.cfg.out).file(CHECKPOINT), folder / CHECKPOINT
             try:
                 os.link(source, target)  # the run folder's file, not a second copy
             except OSError:
                 torch.save(E.checkpoint(run), target)
-            name = {"checkpoint_dir_name": checkpoint_dir_name(epoch)} if named else {}  # Tune names its own
+            name = {"checkpoint_dir_name": checkpoint_dir_name(epoch, redo)} if named else {}  # Tune names its own
             report(metrics, checkpoint=checkpoint_cls.from_directory(str(folder)), **name)
 
     return on_epoch
@@ -309,17 +316,23 @@ def say(text: str) -> None:
     sys.stdout.flush()
 
 
-def start_or_restore(run: E.Run, folder: RunFolder, checkpoint: Any, resume: bool) -> None:
-    """Restore from Ray's checkpoint, else (``resume``) from the run folder's, else start the run folder (rank 0)."""
+def start_or_restore(run: E.Run, folder: RunFolder, checkpoint: Any, resume: bool) -> str:
+    """Restore from Ray's checkpoint, else (``resume``) from the run folder's, else start the run folder (rank 0).
+    Returns the ``redo`` mark of :func:`checkpoint_dir_name` for the epochs to come (``""`` unless it skipped Ray's
+    newest checkpoint)."""
+    redo = ""
     if checkpoint is not None:
-        restore_newest_readable(run, checkpoint, folder)
+        if restore_newest_readable(run, checkpoint, folder):
+            redo = f"-redo{time.strftime('%Y%m%d%H%M%S')}"  # only rank 0's names checkpoints
     elif resume and folder.has_run():  # e.g. a single-process run continued on workers
         E.restore(run, folder.load_checkpoint(), str(folder.file(CHECKPOINT)))
-    elif run.dist.is_main:
-        folder.start(run.cfg, run.splits.noisy_labels_record())  # a restart before any checkpoint starts afresh
-        return
+    else:
+        if run.dist.is_main:
+            folder.start(run.cfg, run.splits.noisy_labels_record())  # a restart before any checkpoint starts afresh
+        return redo
     if run.dist.is_main:
         folder.resumed(run.cfg, run.epoch, run.history)
+    return redo
 
 
 def train_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
@@ -329,11 +342,18 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     """
     import ray.train.torch
 
-    ray_env.quiet()
+    verbose = bool(loop_config.get("verbose"))
+    ray_env.quiet(verbose)
+    warnings.formatwarning = warning_line  # type: ignore[assignment]  # one line, as on the driver
+    # Ray Train logs each worker's report at INFO under a logger named by its file's path, outside "ray.train", so
+    # RunConfig's LoggingConfig misses it: one 'Reporting training result ...' line per worker and epoch
+    if (context := sys.modules.get("ray.train.v2._internal.execution.context")) is not None:
+        logging.getLogger(context.__file__).setLevel(logging.INFO if verbose else logging.WARNING)
     cfg = C.from_dict(loop_config["config"])  # worker_config's: threads = distributed.cpus_per_worker, set by build_run
     run = E.build_run(cfg, dist=D.current(), device=ray.train.torch.get_device())
     folder = RunFolder(cfg.out)
-    start_or_restore(run, folder, ray.train.get_checkpoint(), loop_config["resume"])
+    redo = start_or_restore(run, folder, ray.train.get_checkpoint(), loop_config["resume"])
     summary = E.fit(run, folder if run.dist.is_main else None, echo=say,
-                    on_epoch=report_epoch(ray.train.report, ray.train.Checkpoint, keep_in=loop_config.get("keep_in")))
+                    on_epoch=report_epoch(ray.train.report, ray.train.Checkpoint, keep_in=loop_config.get("keep_in"),
+                                          redo=redo))
     return summary if run.dist.is_main else None
