@@ -83,14 +83,16 @@ def load_tensors(path: str | os.PathLike[str], what: str, allowed: Iterable[Any]
         if (damaged := archive.testzip()) is not None:
             raise CheckpointError(f"cannot read {what} {path}: its part {damaged!r} fails its checksum (corrupt)")
     try:
-        with torch.serialization.safe_globals(list(allowed)):
+        with torch.serialization.safe_globals(list(allowed)), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "Detected pickle protocol 4": the error below says more
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - unpickling, truncated file, not a torch file, ...
+        # torch's own words around the reason advise loading with weights_only=False: never for a file that fails
+        reason = str(exc).split("trusted source.")[-1].split("your use case:")[-1].partition("Check the docum")[0]
+        reason = reason.replace("WeightsUnpickler error:", "").strip()
         if "unsupported global" in str(exc).lower():
             raise CheckpointError(f"{what} {str(path)!r} holds objects other than tensors and plain data, which "
                                   "loading with torch.load(weights_only=True) refuses, since they could run code "
-                                  f"({one_line(exc, 200)})") from None
-        # torch's own words around the reason advise loading with weights_only=False: never for a file that fails
-        reason = str(exc).partition("WeightsUnpickler error:")[2].partition("Check the documentation")[0]
+                                  f"({one_line(reason or exc, 200)})") from None
         raise CheckpointError(f"cannot read {what} {path} (truncated, corrupt or not a torch file): "
                               f"{one_line(reason.strip() or exc, 200)}") from None

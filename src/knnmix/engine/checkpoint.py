@@ -159,11 +159,22 @@ def load_model(path: str | Path) -> nn.Module:
     from knnmix.models import build_model
 
     payload = safe_load(path)
-    if not isinstance(payload, dict) or "model_args" not in payload:
+    if not isinstance(payload, dict) or not isinstance(payload.get("model_args"), dict):
         raise CheckpointError(f"{str(path)!r} holds no model_args: not a knnmix weights file of format {FORMAT}")
-    weights = payload.get("state_dict", payload.get("model"))
-    model = build_model(**payload["model_args"])
-    model.load_state_dict(weights)
+    args, weights = payload["model_args"], payload.get("state_dict", payload.get("model"))
+    try:
+        with torch.device("meta"):  # the shapes first, allocating nothing: model_args may ask for any size
+            shapes = {k: v.shape for k, v in build_model(**args).state_dict().items()}
+        if not isinstance(weights, dict) or {k: getattr(v, "shape", None) for k, v in weights.items()} != shapes:
+            raise CheckpointError(f"{str(path)!r}: its weights do not fit the network its model_args describe")
+        model = build_model(**args)
+        model.load_state_dict(weights)
+    except CheckpointError:
+        raise
+    except KnnmixError as exc:  # build_model's own checks: an unknown network, a size it cannot take
+        raise CheckpointError(f"{str(path)!r}: {exc}") from None
+    except (TypeError, RuntimeError) as exc:  # e.g. an argument the network does not take
+        raise CheckpointError(f"{str(path)!r}: model_args {args} build no network: {one_line(exc, 200)}") from None
     return model.eval()
 
 
