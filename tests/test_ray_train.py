@@ -284,6 +284,21 @@ def test_workers_this_machine_cannot_hold_are_one_line_not_a_wait_forever(tmp_pa
                         line), line
 
 
+def test_a_dashboard_address_or_an_unwritable_storage_path_is_one_line(tmp_path):
+    """RAY_ADDRESS set to the dashboard's URL (what `ray job submit` takes, not a driver) and a storage path that
+    cannot be made were tracebacks of 42 and 93 lines."""
+    argv = [str(VENV_BIN / "knnmix"), "train", "--config", "digits", "--workers", "2", "--out", str(tmp_path / "r")]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "RAY_ADDRESS": "http://127.0.0.1:8265"})
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("knnmix: error: RAY_ADDRESS='http://127.0.0.1:8265': Invalid Ray address"), line
+    (tmp_path / "file").write_text("")
+    cfg = digits_cfg(tmp_path / "run", epochs=1, **{"distributed.storage_path": str(tmp_path / "file" / "ray")})
+    with pytest.raises(KnnmixError, match=r"distributed.storage_path '.*/file/ray' cannot be created: "):
+        fit(cfg, num_workers=0)
+
+
 @pytest.mark.slow
 def test_worker_user_error_surfaces_as_the_same_one_line_error(local_ray, tmp_path, capsys):
     # method.k must be smaller than the training set: only the workers (which load the data) can tell

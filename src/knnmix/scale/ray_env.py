@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from knnmix.errors import KnnmixError
+from knnmix.errors import KnnmixError, one_line
 from knnmix.provenance import command, git_commit, package_dir
 
 #: Environment of the Ray workers, unless the user set the variables. Ray Train's controller polls its workers
@@ -91,8 +91,11 @@ def ensure_ray(*, verbose: bool = False, **init: Any) -> bool:
     env = runtime_env()
     kwargs: dict[str, Any] = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING,
                               "runtime_env": env, **init}
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
+    if address := os.environ.get("RAY_ADDRESS"):
+        try:
+            ray.init(address=address, **kwargs)
+        except (ValueError, ConnectionError) as exc:  # an HTTP (dashboard) address, no Ray at "auto", ...
+            raise KnnmixError(f"RAY_ADDRESS={address!r}: {one_line(exc)}") from None
         return True
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

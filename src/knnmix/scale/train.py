@@ -144,6 +144,11 @@ def fit(
         raise KnnmixError("in-process Ray Train (num_workers=0) needs a local distributed.storage_path")
     if not local and ray_env.ensure_ray(verbose=verbose, log_to_driver=True):  # rank 0's lines reach the user
         fits_this_machine(cfg)  # the private Ray just started here: no node will join it (before any --overwrite)
+    if "://" not in storage:  # Ray Train's error for a folder it cannot make is a traceback of ~90 lines
+        try:
+            Path(storage).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise KnnmixError(f"distributed.storage_path {storage!r} cannot be created: {one_line(exc)}") from None
     check_run_state(cfg, resume=resume, overwrite=overwrite)
     trainer = TorchTrainer(
         train_worker, train_loop_config={"config": C.to_dict(cfg), "resume": resume, "verbose": verbose,
