@@ -466,7 +466,8 @@ def test_ray_job_submit_runs_train_job_to_success(ray_session, tmp_path):
         assert "401" in refused.stdout + refused.stderr or "Authentication" in refused.stdout + refused.stderr
         for _ in range(12):  # the head's job agent comes up a little after its HTTP server: Ray asks to retry
             job = subprocess.run(
-                [str(VENV_BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(work), "--",
+                [str(VENV_BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(work),
+                 "--runtime-env-json", json.dumps({"env_vars": {"KNNMIX_GIT_COMMIT": "c0ffee-submitted"}}), "--",
                  "python", "distributed/train_job.py", "--config", "digits", "--workers", "2", "--epochs", "2",
                  "--out", str(out), "--set", "data.train_subset=500"],
                 env=env, capture_output=True, text=True, timeout=420,
@@ -485,6 +486,7 @@ def test_ray_job_submit_runs_train_job_to_success(ray_session, tmp_path):
             assert (out / name).exists(), name
         summary = json.loads((out / "summary.json").read_text())
         assert summary["world_size"] == 2 and summary["epochs"] == 2
+        assert summary["commit"] == "c0ffee-submitted"  # the uploaded copy has no .git: the submitter says which
         assert summary["config"]["out"] == str(out)
         assert (out / "ray" / "job-out" / checkpoint_dir_name(2)).is_dir()
     finally:
