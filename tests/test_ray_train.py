@@ -33,6 +33,7 @@ from knnmix.scale.train import (
     FAIL_AT_ENV,
     check_run_state,
     checkpoint_dir_name,
+    clear_run,
     fit,
     ray_configs,
     storage_of,
@@ -146,7 +147,8 @@ def test_run_state_checks(tmp_path):
     out = tmp_path / "run"
     (out / "checkpoint.pt").write_text("x")
     (out / "notes.txt").write_text("mine")
-    check_run_state(cfg, resume=False, overwrite=True)
+    assert check_run_state(cfg, resume=False, overwrite=True) and snap.parent.exists()  # says so, deletes nothing
+    clear_run(cfg)
     assert not snap.parent.exists() and not (out / "checkpoint.pt").exists() and (out / "notes.txt").exists()
     check_run_state(cfg, resume=False)
 

@@ -299,8 +299,8 @@ def log_training_run(store: Store, folder: Path, summary: dict[str, Any], *, exp
     started = json.loads((folder / RUN_INFO).read_text()).get("started", "") if (folder / RUN_INFO).exists() else ""
     tags = {KIND_TAG: "train", "knnmix.run_folder": str(folder.absolute()), "knnmix.run_started": started,
             "mlflow.source.git.commit": str(summary.get("commit", ""))}
-    earlier = [r for r in client.search_runs([exp_id], f"tags.`knnmix.run_started` = '{started}'") if started
-               and r.data.tags.get("knnmix.run_folder") == tags["knnmix.run_folder"]][:1]
+    earlier = [r for r in client.search_runs([exp_id], f"tags.`knnmix.run_started` = '{started}'")
+               if r.data.tags.get("knnmix.run_folder") == tags["knnmix.run_folder"]][:1] if started else []
     rid = create_run(store, exp_id, f"{cfg.method.name} {cfg.data.name} {cfg.noise.spec} seed {cfg.seed}", tags,
                      reuse=earlier[0].info.run_id if earlier else None)
     log_run_folder(client, rid, folder)

@@ -139,17 +139,19 @@ def fit(
     cfg = worker_config(cfg)
     configs = ray_configs(cfg, num_workers=num_workers, callbacks=callbacks, verbose=verbose)
     storage, name = configs.run.storage_path, configs.run.name
+    replace = check_run_state(cfg, resume=resume, overwrite=overwrite)  # before Ray starts
     local = configs.scaling.num_workers == 0
     if local and "://" in storage:
         raise KnnmixError("in-process Ray Train (num_workers=0) needs a local distributed.storage_path")
     if not local and ray_env.ensure_ray(verbose=verbose, log_to_driver=True):  # rank 0's lines reach the user
-        fits_this_machine(cfg)  # the private Ray just started here: no node will join it (before any --overwrite)
+        fits_this_machine(cfg)  # the private Ray just started here: no node will join it
     if "://" not in storage:  # Ray Train's error for a folder it cannot make is a traceback of ~90 lines
         try:
             Path(storage).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise KnnmixError(f"distributed.storage_path {storage!r} cannot be created: {one_line(exc)}") from None
-    check_run_state(cfg, resume=resume, overwrite=overwrite)
+    if replace:  # the run --overwrite replaces goes once the checks above passed
+        clear_run(cfg)
     trainer = TorchTrainer(
         train_worker, train_loop_config={"config": C.to_dict(cfg), "resume": resume, "verbose": verbose,
                                          "keep_in": str(Path(storage) / name) if local else None},
@@ -216,11 +218,12 @@ def run_exists(cfg: C.Config) -> bool:
     return RunFolder(cfg.out).has_run() or has_ray_checkpoint(*storage_of(cfg))
 
 
-def check_run_state(cfg: C.Config, *, resume: bool, overwrite: bool = False) -> None:
+def check_run_state(cfg: C.Config, *, resume: bool, overwrite: bool = False) -> bool:
     """Continue a run (``resume``), replace it (``overwrite``) or refuse to mix two, as the single-process ``train``.
 
     A run exists when the run folder holds ``checkpoint.pt`` or Ray Train's storage holds checkpoints for this run
-    name (Ray Train would silently continue from them). ``overwrite`` deletes both.
+    name (Ray Train would silently continue from them). Returns whether ``overwrite`` must replace one
+    (:func:`clear_run`).
     """
     folder = RunFolder(cfg.out)
     storage, name = storage_of(cfg)
@@ -231,12 +234,16 @@ def check_run_state(cfg: C.Config, *, resume: bool, overwrite: bool = False) -> 
                 else f"Ray Train storage {storage!r} (run name {name!r})" if in_ray else None)
 
     missing = f"no Ray Train checkpoint of run {name!r} in {storage!r} and no {str(folder.file(CHECKPOINT))!r}"
-    if E.resume_or_replace(held, resume=resume, overwrite=overwrite, missing=missing,
-                           another="--out (or distributed.name)"):
-        folder.clear()
-        fs, path = _ray_run_dir(storage, name)  # Ray Train's folder of the run: its checkpoints and snapshot
-        if fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound:
-            fs.delete_dir(path)
+    return E.resume_or_replace(held, resume=resume, overwrite=overwrite, missing=missing,
+                               another="--out (or distributed.name)")
+
+
+def clear_run(cfg: C.Config) -> None:
+    """Delete the run in the run folder and Ray Train's folder of the run (its checkpoints and snapshot)."""
+    RunFolder(cfg.out).clear()
+    fs, path = _ray_run_dir(*storage_of(cfg))
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound:
+        fs.delete_dir(path)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -328,7 +335,7 @@ def start_or_restore(run: E.Run, folder: RunFolder, checkpoint: Any, resume: boo
     redo = ""
     if checkpoint is not None:
         if restore_newest_readable(run, checkpoint, folder):
-            redo = f"-redo{time.strftime('%Y%m%d%H%M%S')}"  # only rank 0's names checkpoints
+            redo = f"-redo{time.strftime('%Y%m%d%H%M%S')}"  # (rank 0's is the one that names checkpoints)
     elif resume and folder.has_run():  # e.g. a single-process run continued on workers
         E.restore(run, folder.load_checkpoint(), str(folder.file(CHECKPOINT)))
     else:
