@@ -273,17 +273,16 @@ def test_the_local_ray_knnmix_starts_listens_on_loopback(local_ray):
     assert listening and all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for ip, _ in listening), listening
 
 
-def test_workers_this_machine_cannot_hold_are_one_line_not_a_wait_forever(tmp_path):
+def test_workers_this_machine_cannot_hold_are_one_line_not_a_wait_forever(local_ray, tmp_path):
     """The private Ray of `knnmix train --workers N` is this machine alone: Ray Train would wait for the CPUs forever
     (a WorkerGroupStartupTimeoutError traceback each minute)."""
-    proc = subprocess.run([str(VENV_BIN / "knnmix"), "train", "--config", "digits", "--workers", "2", "--epochs", "1",
-                           "--set", "distributed.cpus_per_worker=1000", "--out", str(tmp_path / "run")],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2
-    (line,) = proc.stderr.strip().splitlines()  # Ray counts this machine's CPUs (cgroup limits included)
-    assert re.fullmatch(r"knnmix: error: distributed.workers=2 x 1000 CPU each needs 2000 CPUs but this machine has "
-                        r"\d+: use fewer workers or distributed.cpus_per_worker, or join a cluster \(RAY_ADDRESS\)",
-                        line), line
+    cfg = digits_cfg(tmp_path / "run", epochs=1, **{"distributed.workers": 2, "distributed.cpus_per_worker": 1000})
+    with pytest.raises(KnnmixError) as err:
+        fit(cfg)
+    assert re.fullmatch(r"distributed.workers=2 x 1000 CPU each needs 2000 CPUs but this machine has \d+: use "
+                        r"fewer workers or distributed.cpus_per_worker, or join a cluster \(RAY_ADDRESS\)",
+                        str(err.value)), str(err.value)
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_dashboard_address_or_an_unwritable_storage_path_is_one_line(tmp_path):

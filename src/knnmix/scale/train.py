@@ -143,8 +143,9 @@ def fit(
     local = configs.scaling.num_workers == 0
     if local and "://" in storage:
         raise KnnmixError("in-process Ray Train (num_workers=0) needs a local distributed.storage_path")
-    if not local and ray_env.ensure_ray(verbose=verbose, log_to_driver=True):  # rank 0's lines reach the user
-        fits_this_machine(cfg)  # the private Ray just started here: no node will join it
+    if not local:
+        ray_env.ensure_ray(verbose=verbose, log_to_driver=True)  # rank 0's lines reach the user
+        fits_this_machine(cfg)
     if "://" not in storage:  # Ray Train's error for a folder it cannot make is a traceback of ~90 lines
         try:
             Path(storage).mkdir(parents=True, exist_ok=True)
@@ -173,9 +174,13 @@ def fit(
 
 
 def fits_this_machine(cfg: C.Config) -> None:
-    """Refuse workers that a Ray of this machine alone can never place (Ray Train would wait for them forever)."""
+    """Refuse workers that a Ray of this machine alone (its GCS on the loopback address: no other node can join,
+    e.g. the private one :func:`~knnmix.scale.ray_env.ensure_ray` starts) can never place: Ray Train would wait for
+    them forever. A cluster may autoscale: not checked."""
     import ray
 
+    if ray.get_runtime_context().gcs_address.rpartition(":")[0] not in ("127.0.0.1", "localhost"):
+        return
     x, have = cfg.distributed, ray.cluster_resources()
     for what, each in (("CPU", x.cpus_per_worker), ("GPU", int(x.use_gpu))):
         if x.workers * each > have.get(what, 0):
