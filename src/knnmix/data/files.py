@@ -155,11 +155,14 @@ def as_int(text: str, default: int | None) -> int | None:
         return default
 
 
-def refuse_repeated(dataset: str, path: str, keys: Sequence[str], lines: Sequence[int]) -> None:
-    """A :class:`DataError` listing the ``keys`` (lines ``lines`` of the file ``path``) listed more than once."""
+def refuse_repeated(dataset: str, path: str, keys: Sequence[str], lines: Sequence[int], what: str = "keys",
+                    shown: Sequence[str] | None = None) -> None:
+    """A :class:`DataError` listing the ``keys`` (lines ``lines`` of the file ``path``) listed more than once, each
+    written as ``shown`` (default: the key itself)."""
     first: dict[str, int] = {}
-    again = [f"line {n}: {k} (also line {first[k]})" for k, n in zip(keys, lines) if first.setdefault(k, n) != n]
-    refuse(again, f"{dataset}: {path} lists {len(again)} keys more than once")
+    again = [f"line {n}: {s} (also line {first[k]})" for k, n, s in zip(keys, lines, shown or keys)
+             if first.setdefault(k, n) != n]
+    refuse(again, f"{dataset}: {path} lists {len(again)} {what} more than once")
 
 
 def require_listed(dataset: str, root: str, keys: Sequence[str], listed_in: str, lines: Sequence[int]) -> None:

@@ -19,7 +19,8 @@ from PIL import Image
 
 from knnmix.data.base import DATASETS, DatasetBundle
 from knnmix.data.files import IMAGE_EXTENSIONS, OnBadImage, as_int, build_sources, check_options, data_root
-from knnmix.data.files import find_images, listing, read_names, refuse, refuse_shared, require_all_classes, require_dir
+from knnmix.data.files import find_images, listing, read_names, refuse, refuse_repeated, refuse_shared
+from knnmix.data.files import require_all_classes, require_dir
 from knnmix.errors import DataError, KnnmixWarning, one_line
 
 NAME = "imagefolder"
@@ -132,15 +133,9 @@ def read_csv(csv_path: str, base: str, classes: list[str] | None = None) -> Labe
                     f"classes from {origin}; {rule})")
 
     keys = [os.path.normpath(p) for _, p, _ in rows]
-    first_line: dict[str, int] = {}
-    dups, missing = [], []
-    for (number, path, _), key in zip(rows, keys):
-        first = first_line.setdefault(os.path.normpath(os.path.join(base, key)), number)
-        if first != number:
-            dups.append(f"line {number}: {path!r} (also line {first})")
-        if not os.path.isfile(os.path.join(base, key)):
-            missing.append(f"line {number}: {path!r}")
-    refuse(dups, f"{NAME}: {csv_path} lists {len(dups)} paths more than once")
+    refuse_repeated(NAME, csv_path, [os.path.normpath(os.path.join(base, k)) for k in keys], [n for n, _, _ in rows],
+                    "paths", [repr(p) for _, p, _ in rows])
+    missing = [f"line {n}: {p!r}" for (n, p, _), k in zip(rows, keys) if not os.path.isfile(os.path.join(base, k))]
     refuse(missing, f"{NAME}: {csv_path} names {len(missing)} images missing under {base}")
     counts = np.bincount(labels, minlength=len(classes))
     single = [f"{classes[c]!r} (line {number})" for (number, _, _), c in zip(rows, labels) if counts[c] == 1]
