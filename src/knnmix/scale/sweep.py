@@ -38,7 +38,7 @@ from knnmix.scale import ray_env
 from knnmix.scale import sweep_mlflow as T
 from knnmix.scale.train import absolute_paths, fit, report_epoch, run_exists, start_or_restore
 from knnmix.spaces import METRIC, MODE, SETTING_KEY, NoiseSetting, SearchSpace, load_space, parse_space
-from knnmix.tracking import Store, reach
+from knnmix.tracking import Store
 
 STATE_FILE, SPACE_FILE, OPTUNA_DB = "sweep_state.json", "space.yaml", "optuna.db"
 SUMMARY_JSON, SUMMARY_MD = "sweep_summary.json", "sweep_summary.md"
@@ -369,8 +369,7 @@ def run_sweep(
                      "started": now(),
                      "tracking": {"uri": store.uri, "artifact_root": store.artifact_root}, "mlflow": {}}
         # the state (what --resume needs) is written once the store answered: a store that fails leaves no sweep
-        reach(store, space.experiment_name, register)
-        ml = T.open_sweep_runs(store, space, settings, state["mlflow"], folder.file(SPACE_FILE))
+        ml = T.open_sweep_runs(store, space, settings, state["mlflow"], folder.file(SPACE_FILE), register)
         _write_state(folder, state)
 
         ray_env.ensure_ray(verbose=verbose)

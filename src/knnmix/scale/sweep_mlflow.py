@@ -18,8 +18,8 @@ from ray.tune.result import AUTO_RESULT_KEYS
 from knnmix.engine.checkpoint import BEST_MODEL, CONFIG, LABEL_ISSUES, LABEL_ISSUES_PLOT, METRICS, SUMMARY, read_metrics
 from knnmix.plots import plot_best_per_noise, plot_clean_prob_histogram, plot_importances, plot_learning_curves
 from knnmix.spaces import METRIC, SETTING_KEY
-from knnmix.tracking import (KIND_TAG, Store, create_run, experiment_id, log_epochs, log_files, log_model, log_params,
-                             log_run_folder, register_once)
+from knnmix.tracking import (KIND_TAG, Store, create_run, log_epochs, log_files, log_model, log_params,
+                             log_run_folder, reach, register_once)
 
 TRIAL_TAG = "knnmix.trial_id"
 OUTCOME_TAG = "knnmix.outcome"  # completed | stopped_early | failed
@@ -53,9 +53,11 @@ def sampled_values(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k != SETTING_KEY}
 
 
-def open_sweep_runs(store: Store, space: Any, settings: list[Any], ml: dict[str, Any], space_file: Path) -> dict:
-    """The experiment, the sweep's run and one run per noise setting; ids kept in ``ml`` (the sweep state)."""
-    ml["experiment_id"] = experiment_id(store, space.experiment_name)
+def open_sweep_runs(store: Store, space: Any, settings: list[Any], ml: dict[str, Any], space_file: Path,
+                    register: str | None = None) -> dict:
+    """The experiment, the sweep's run and one run per noise setting; ids kept in ``ml`` (the sweep state). A store
+    that does not answer, or a ``register`` name MLflow refuses, is a one-line error first (:func:`reach`)."""
+    ml["experiment_id"] = reach(store, space.experiment_name, register)
     tags = {KIND_TAG: "sweep", **({"mlflow.note.content": space.description} if space.description else {})}
     ml["sweep_run_id"] = create_run(store, ml["experiment_id"], space.name, tags, reuse=ml.get("sweep_run_id"))
     runs = ml.setdefault("settings", {})
