@@ -86,6 +86,9 @@ def test_every_distributed_field_reaches_its_ray_config(tmp_path):
     assert rc.run.storage_path == str((tmp_path / "digits-run" / "ray").absolute())
     assert rc.run.name == "digits-run"
     assert rc.run.worker_runtime_env["env_vars"]["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "0.5"
+    # Ray Train's console: warnings only, its INFO lines with --verbose
+    assert rc.run.logging_config.log_level == "WARNING"
+    assert ray_configs(cfg, verbose=True).run.logging_config.log_level == "INFO"
 
     gpu = C.replace(cfg, **{"distributed.use_gpu": True, "distributed.name": "exp-7",
                             "distributed.storage_path": "s3://bucket/knnmix", "distributed.max_failures": -1})
