@@ -24,7 +24,7 @@ import torch
 
 from knnmix import config as C
 from knnmix.cli import main as cli_main
-from knnmix.engine.checkpoint import RunFolder, load_checkpoint, read_metrics
+from knnmix.engine.checkpoint import RunFolder, load_checkpoint
 from knnmix.engine.train import train
 from knnmix.errors import KnnmixError
 from knnmix.provenance import command, git_commit
@@ -343,43 +343,43 @@ def test_two_workers_match_single_process_accuracy(local_ray, tmp_path):
 
 
 @pytest.mark.slow
-def test_worker_failure_restarts_from_the_last_checkpoint_without_losing_state(local_ray, tmp_path, monkeypatch):
+def test_a_failed_worker_restarts_from_the_last_checkpoint_and_a_relaunch_continues(local_ray, tmp_path, monkeypatch):
     """Rank 1 fails after epoch 3 (before that epoch's checkpoint); the group restarts from epoch 2's checkpoint
-    and ends exactly where an uninterrupted run ends."""
-    dotted = {"epochs": 4, "data.train_subset": 600, "distributed.workers": 2, "distributed.num_to_keep": 10}
+    and ends exactly where an uninterrupted run ends. Launched again with the same name and storage, the run is
+    refused without resume and, with it, continues from Ray Train's latest checkpoint, also when its run folder is
+    gone (e.g. relaunched on another node). One test: each Ray Train run costs ~30 s of start-up on 2 cores."""
+    storage = tmp_path / "storage"
+    dotted = {"epochs": 4, "data.train_subset": 600, "distributed.workers": 2, "distributed.num_to_keep": 10,
+              "distributed.storage_path": str(storage)}
     clean = fit(digits_cfg(tmp_path / "clean", **dotted))
     marker = tmp_path / "failed-once"
     monkeypatch.setenv(FAIL_AT_ENV, f"3:1:{marker}")
-    run = fit(digits_cfg(tmp_path / "run", **dotted, **{"distributed.max_failures": 1}))
+    cfg = digits_cfg(tmp_path / "run", **dotted, **{"distributed.max_failures": 1})
+    run = fit(cfg)
     assert marker.exists(), "the injected failure did not happen"
+    monkeypatch.delenv(FAIL_AT_ENV)
     assert run.summary["epochs"] == 4
     info = json.loads((tmp_path / "run" / "run.json").read_text())  # the restart is on record
     assert [r["after_epoch"] for r in info["resumed"]] == [2] and info["resumed"][0]["commit"] == git_commit()
     # each epoch exactly once: epoch 3 ran twice, the first time's line was dropped on restore
-    assert [r["epoch"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3, 4]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3, 4]
     a, b = RunFolder(tmp_path / "clean").load_checkpoint(), RunFolder(tmp_path / "run").load_checkpoint()
     assert_same_state(a["state"], b["state"])
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert run.summary["final"] == clean.summary["final"]
 
-
-@pytest.mark.slow
-def test_relaunch_with_same_name_and_storage_continues_from_latest_checkpoint(local_ray, tmp_path):
-    first = digits_cfg(tmp_path / "run", epochs=2, **{"data.train_subset": 500, "distributed.workers": 2,
-                                                      "distributed.storage_path": str(tmp_path / "storage")})
-    fit(first)
-    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     # launching it again without --resume is refused (Ray Train would silently continue otherwise)
     with pytest.raises(KnnmixError, match="already holds a run"):
-        fit(first)
-    shutil.rmtree(tmp_path / "run")  # e.g. relaunched on another node: only Ray Train's storage can continue it now
-    summary = train_distributed(C.replace(first, epochs=3), resume=True)
-    assert summary["epochs"] == 3
+        fit(cfg)
+    shutil.rmtree(tmp_path / "run")  # only Ray Train's storage can continue it now
+    summary = train_distributed(C.replace(cfg, epochs=5), resume=True)
+    assert summary["epochs"] == 5
     after = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    assert after[:2] == lines  # epochs 1-2 were not trained again
-    assert [json.loads(x)["epoch"] for x in after] == [1, 2, 3]
-    assert (tmp_path / "storage" / "run" / checkpoint_dir_name(3)).is_dir()
+    assert after[:4] == lines  # epochs 1-4 were not trained again
+    assert [json.loads(x)["epoch"] for x in after] == [1, 2, 3, 4, 5]
+    assert (storage / "run" / checkpoint_dir_name(5)).is_dir()
 
 
 # ----------------------------------------------------------------------------------------------------------------
