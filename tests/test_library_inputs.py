@@ -1,0 +1,92 @@
+"""What a notebook user hands the library by mistake: wrong dtypes, devices, names and contracts are one-line
+errors naming the argument (:class:`knnmix.errors.KnnmixError`), never a silently wrong result."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from knnmix.errors import KnnmixError
+from knnmix.math import FaissSearch, TorchSearch, fit_clean_probability, fit_clean_probability_per_class, l2_normalise
+from knnmix.math import mix_batch, neighbour_weights, neighbours_excluding_self, neighbours_within_batch
+from knnmix.math import normalise_losses, one_hot_targets, update_soft_targets, window_mean
+
+# ----------------------------------------------------------------------------------------------------------------
+# knnmix.math
+
+
+def test_mix_batch_refuses_integer_targets_and_images_instead_of_mixing_to_zero():
+    weights = torch.tensor([[0.75, 0.25]])
+    targets = torch.eye(3)[torch.tensor([[0, 1]])]  # (1, 2, 3)
+    images = torch.rand(1, 2, 1, 2, 2)
+    assert torch.allclose(mix_batch(images, targets, weights)[1], torch.tensor([[0.75, 0.25, 0.0]]))
+    with pytest.raises(KnnmixError, match="targets must be floating point, got torch.int64"):
+        mix_batch(images, targets.long(), weights)  # one-hot int64: the weights became 0 and the labels all zero
+    with pytest.raises(KnnmixError, match="images must be floating point, got torch.uint8"):
+        mix_batch((images * 255).to(torch.uint8), targets, weights)
+
+
+def test_update_soft_targets_with_keep_corrects_integer_one_hot_targets():
+    targets = torch.eye(2)[torch.tensor([0, 1])]
+    probs = torch.tensor([[0.2, 0.8], [0.6, 0.4]])
+    keep = torch.zeros(2)
+    want = update_soft_targets(targets, probs, 0.5, keep)
+    assert torch.allclose(want, torch.tensor([[0.6, 0.4], [0.3, 0.7]]))
+    # int64 one-hot targets: the step was computed in int64 and truncated, leaving [[0.5, 0], [0, 0.5]]
+    assert torch.allclose(update_soft_targets(targets.long(), probs, 0.5, keep), want)
+
+
+def test_neighbour_weights_refuses_nan_temperature_and_bad_members():
+    clean = torch.tensor([0.9, 0.1, 0.5])
+    with pytest.raises(ValueError, match="temperature must be >= 0, got nan"):
+        neighbour_weights(clean, torch.tensor([[0, 1]]), float("nan"))  # gave NaN weights
+    with pytest.raises(KnnmixError, match=r"members must lie in \[0, 3\).*found -1\.\.0"):
+        neighbour_weights(clean, torch.tensor([[0, -1]]), 1.0)  # -1 silently weighed the last sample
+    with pytest.raises(KnnmixError, match="members must be an integer tensor"):
+        neighbour_weights(clean, torch.tensor([[True, False]]), 1.0)
+    with pytest.raises(KnnmixError, match="temperature must be a number"):
+        neighbour_weights(clean, torch.tensor([[0, 1]]), "1")
+
+
+def test_neighbours_excluding_self_refuses_masks_fractions_and_positions_outside_the_bank():
+    bank = l2_normalise(torch.randn(6, 4, generator=torch.Generator().manual_seed(0)))
+    search = TorchSearch()
+    search.build(bank)
+    assert neighbours_excluding_self(search, bank, torch.tensor([0, 5]), 2).shape == (2, 2)
+    with pytest.raises(KnnmixError, match="query_positions must be an integer tensor, got torch.bool"):
+        neighbours_excluding_self(search, bank, torch.tensor([True, False, True, False, False, True]), 2)
+    with pytest.raises(KnnmixError, match="query_positions must be an integer tensor, got torch.float32"):
+        neighbours_excluding_self(search, bank, torch.tensor([0.0, 2.7]), 2)
+    with pytest.raises(KnnmixError, match=r"query_positions must lie in \[0, 6\)"):
+        neighbours_excluding_self(search, bank, torch.tensor([0, 9]), 2)
+    with pytest.raises(KnnmixError, match="k must be an integer >= 1, got 2.0"):
+        neighbours_excluding_self(search, bank, torch.tensor([0]), 2.0)
+    with pytest.raises(KnnmixError, match="k must be an integer >= 1, got 1.5"):
+        neighbours_within_batch(bank, 1.5)
+
+
+@pytest.mark.parametrize("searcher", [TorchSearch, FaissSearch])
+def test_a_bank_with_nan_features_is_refused(searcher):
+    bank = l2_normalise(torch.randn(5, 3))
+    bank[2, 0] = float("nan")  # faiss answered position -1 for every query, which indexes the last sample
+    with pytest.raises(KnnmixError, match=r"bank \(5, 3\) holds NaN or infinite values in 1 rows"):
+        searcher().build(bank)
+
+
+def test_meta_tensors_and_non_integer_labels_are_named():
+    meta = torch.ones(4, device="meta")
+    for call in (lambda: fit_clean_probability(meta), lambda: normalise_losses(meta),
+                 lambda: update_soft_targets(torch.ones(2, 2, device="meta"), torch.ones(2, 2, device="meta"), 0.5,
+                                             torch.zeros(2, device="meta")),
+                 lambda: TorchSearch().build(torch.ones(3, 2, device="meta"))):
+        with pytest.raises(KnnmixError, match="is on the meta device"):
+            call()
+    with pytest.raises(KnnmixError, match="labels must be an integer tensor, got torch.float32"):
+        one_hot_targets(torch.tensor([0.0, 1.7]), 3)  # was truncated to [0, 1]
+    losses = torch.tensor([0.1, 0.2, 2.0, 2.1])
+    with pytest.raises(KnnmixError, match=r"labels must lie in \[0, 2\)"):
+        fit_clean_probability_per_class(losses, torch.tensor([0, 0, 5, 5]), 2, min_class=2)  # class 5 ignored
+    with pytest.raises(KnnmixError, match="history must be floating point"):
+        window_mean(torch.ones(2, 3, dtype=torch.long), 1)
+    with pytest.raises(KnnmixError, match="window must be an integer >= 1, got 1.5"):
+        window_mean(torch.ones(2, 3), 1.5)
