@@ -3,9 +3,11 @@ errors naming the argument (:class:`knnmix.errors.KnnmixError`), never a silentl
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
+import knnmix
 from knnmix.errors import KnnmixError
 from knnmix.math import FaissSearch, TorchSearch, fit_clean_probability, fit_clean_probability_per_class, l2_normalise
 from knnmix.math import mix_batch, neighbour_weights, neighbours_excluding_self, neighbours_within_batch
@@ -90,3 +92,39 @@ def test_meta_tensors_and_non_integer_labels_are_named():
         window_mean(torch.ones(2, 3, dtype=torch.long), 1)
     with pytest.raises(KnnmixError, match="window must be an integer >= 1, got 1.5"):
         window_mean(torch.ones(2, 3), 1.5)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# knnmix.find_label_issues
+
+
+def _probs_and_labels() -> tuple[np.ndarray, np.ndarray]:
+    probs = np.random.default_rng(0).dirichlet(np.ones(3), size=20)
+    labels = probs.argmax(1)
+    labels[:3] = (labels[:3] + 1) % 3
+    return probs, labels
+
+
+def test_find_label_issues_refuses_what_is_not_probabilities():
+    probs, labels = _probs_and_labels()
+    assert len(knnmix.find_label_issues(labels, probs)["index"]) == 20
+    nan = probs.copy()
+    nan[0] = np.nan  # was ranked least suspect of all, with clean_prob NaN and is_label_issue False
+    with pytest.raises(KnnmixError, match=r"pred_probs holds NaN or infinite values in 1 rows \(first: row 0\)"):
+        knnmix.find_label_issues(labels, nan)
+    logits = np.log(probs) + 3.0  # logits instead of probabilities: ranked without complaint
+    with pytest.raises(KnnmixError, match="pred_probs must be probabilities .* 20 rows are not"):
+        knnmix.find_label_issues(labels, logits)
+
+
+def test_find_label_issues_refuses_fractional_and_out_of_range_labels():
+    probs, labels = _probs_and_labels()
+    with pytest.raises(KnnmixError, match="labels must be integer class indices, got float64"):
+        knnmix.find_label_issues(labels + 0.7, probs)  # was truncated to the given labels
+    with pytest.raises(KnnmixError, match=r"corrected_labels must lie in \[0, 3\).*found -1\.\.-1"):
+        knnmix.find_label_issues(labels, probs, corrected_labels=np.full(20, -1))  # wrapped to the last class
+    with pytest.raises(KnnmixError, match=r"corrected_labels must lie in \[0, 3\)"):
+        knnmix.find_label_issues(labels, probs, corrected_labels=np.full(20, 7))  # IndexError
+    assert knnmix.find_label_issues(labels.astype(float), probs)["given_label"].dtype == np.int64
+    empty = knnmix.find_label_issues(np.zeros(0, dtype=int), np.zeros((0, 3)))  # 'losses holds no finite value'
+    assert all(len(v) == 0 for v in empty.values()) and len(empty) == 7
