@@ -128,3 +128,43 @@ def test_find_label_issues_refuses_fractional_and_out_of_range_labels():
     assert knnmix.find_label_issues(labels.astype(float), probs)["given_label"].dtype == np.int64
     empty = knnmix.find_label_issues(np.zeros(0, dtype=int), np.zeros((0, 3)))  # 'losses holds no finite value'
     assert all(len(v) == 0 for v in empty.values()) and len(empty) == 7
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Registries
+
+
+def test_registering_without_a_name_is_an_error_not_a_silently_lost_registration():
+    from knnmix.models import MODELS
+
+    def tiny(num_classes, in_channels, image_size):
+        return torch.nn.Linear(1, 1)
+
+    with pytest.raises(KnnmixError, match=r"model name must be a non-empty string, got <function .*with the name"):
+        MODELS.register(tiny)  # @MODELS.register without (name): replaced tiny by the decorator, registered nothing
+    with pytest.raises(KnnmixError, match="model name must be a non-empty string, got 3"):
+        MODELS.register(3)  # was registered, and every later names() and unknown-name error raised TypeError
+    assert "small_cnn" in MODELS.names()
+
+
+def test_a_notebook_cell_run_twice_re_registers_but_another_object_cannot_take_a_name():
+    from knnmix.data import DATASETS
+    from knnmix.noise import register_noise_model
+
+    try:
+        for _ in range(2):  # the same cell, run twice: was RuntimeError "dataset 'cell-ds' is registered twice"
+            @DATASETS.register("cell-ds")
+            def cell_ds(root, download):
+                return None
+        assert DATASETS.get("cell-ds") is cell_ds
+        for _ in range(2):
+            @register_noise_model("cell-noise", takes_rate=True)
+            def cell_noise(spec, inputs):
+                return inputs.labels
+        with pytest.raises(KnnmixError, match=r"dataset 'digits' is already registered \(knnmix\.data\.digits\..*"
+                                              r"unregister\('digits'\)"):
+            DATASETS.register("digits")(cell_ds)
+    finally:
+        DATASETS.unregister("cell-ds")
+        from knnmix.noise import NOISE_MODELS
+        NOISE_MODELS.unregister("cell-noise")
