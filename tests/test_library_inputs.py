@@ -168,3 +168,71 @@ def test_a_notebook_cell_run_twice_re_registers_but_another_object_cannot_take_a
         DATASETS.unregister("cell-ds")
         from knnmix.noise import NOISE_MODELS
         NOISE_MODELS.unregister("cell-noise")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Plugin contracts: datasets, networks, methods
+
+
+def test_a_dataset_loader_that_breaks_the_contract_is_named():
+    from knnmix.data import DATASETS, DatasetBundle, TensorSource, load_dataset
+    from knnmix.errors import DataError
+
+    images = torch.zeros(4, 1, 8, 8, dtype=torch.uint8)
+
+    def tuple_ds(root, download):
+        return images, np.zeros(4)
+
+    def no_args():
+        return None
+
+    try:
+        DATASETS.register("_tuple_ds")(tuple_ds)
+        DATASETS.register("_no_args_ds")(no_args)
+        with pytest.raises(DataError, match="dataset '_tuple_ds': its loader returned tuple, not a DatasetBundle"):
+            load_dataset("_tuple_ds")  # returned the tuple; training failed on 'tuple' object has no attribute
+        with pytest.raises(DataError, match=r"dataset '_no_args_ds': its loader must take \(root, download"):
+            load_dataset("_no_args_ds")
+    finally:
+        DATASETS.unregister("_tuple_ds")
+        DATASETS.unregister("_no_args_ds")
+    source = TensorSource(images, [0.5], [0.5])
+    with pytest.raises(DataError, match="train_labels must be integer class indices, got float64"):
+        DatasetBundle("x", "generic", ["a", "b"], source, np.array([0.0, 1.7, 1.0, 0.0]))  # 1.7 became class 1
+    with pytest.raises(DataError, match="classes must be a list of class names, got 'ab'"):
+        DatasetBundle("x", "generic", "ab", source, np.zeros(4))
+    with pytest.raises(DataError, match="train must be an ImageSource .* got Tensor"):
+        DatasetBundle("x", "generic", ["a", "b"], images.float(), np.zeros(4))
+    assert DatasetBundle("x", "generic", ["a", "b"], source, np.array([0.0, 1.0, 1.0, 0.0])).train_labels.dtype == "int64"
+
+
+def test_network_and_method_factories_that_break_the_contract_are_named(tmp_path):
+    from knnmix import config
+    from knnmix.engine.train import build_run
+    from knnmix.methods import METHODS
+    from knnmix.models import MODELS, build_model
+
+    def one_arg(num_classes):
+        return torch.nn.Linear(1, num_classes)
+
+    def not_a_module(num_classes, in_channels, image_size):
+        return None
+
+    def not_a_method(cfg, num_classes):
+        return object()
+
+    try:
+        MODELS.register("_one_arg")(one_arg)
+        MODELS.register("_not_a_module")(not_a_module)
+        METHODS.register("_not_a_method")(not_a_method)
+        with pytest.raises(KnnmixError, match=r"model '_one_arg': its factory must take \(num_classes, in_channels"):
+            build_model("_one_arg", 3, 1, 8)
+        with pytest.raises(KnnmixError, match="model '_not_a_module': its factory returned NoneType, not a torch"):
+            build_model("_not_a_module", 3, 1, 8)
+        cfg = config.load(config.preset_path("digits"), ["data.train_subset=100", "method.name=_not_a_method",
+                                                         f"out={tmp_path}"])
+        with pytest.raises(KnnmixError, match="method '_not_a_method': its registered factory made a object"):
+            build_run(cfg)  # AttributeError: 'object' object has no attribute 'schedule_note'
+    finally:
+        for registry, name in ((MODELS, "_one_arg"), (MODELS, "_not_a_module"), (METHODS, "_not_a_method")):
+            registry.unregister(name)

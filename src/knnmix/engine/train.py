@@ -130,6 +130,9 @@ def build_run(
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = make_optimizer(cfg.optim, model)
     method = METHODS.get(cfg.method.name)(cfg.method, splits.num_classes)
+    if not isinstance(method, Method):
+        raise KnnmixError(f"method {cfg.method.name!r}: its registered factory made a {type(method).__name__}, not a "
+                          "knnmix.methods.Method")
     note = method.schedule_note(cfg.epochs)
     if note and dist.is_main:
         warnings.warn(note, KnnmixWarning, stacklevel=2)
