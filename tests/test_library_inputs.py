@@ -203,7 +203,8 @@ def test_a_dataset_loader_that_breaks_the_contract_is_named():
         DatasetBundle("x", "generic", "ab", source, np.zeros(4))
     with pytest.raises(DataError, match="train must be an ImageSource .* got Tensor"):
         DatasetBundle("x", "generic", ["a", "b"], images.float(), np.zeros(4))
-    assert DatasetBundle("x", "generic", ["a", "b"], source, np.array([0.0, 1.0, 1.0, 0.0])).train_labels.dtype == "int64"
+    whole = np.array([0.0, 1.0, 1.0, 0.0])  # integral floats are fine
+    assert DatasetBundle("x", "generic", ["a", "b"], source, whole).train_labels.dtype == np.int64
 
 
 def test_network_and_method_factories_that_break_the_contract_are_named(tmp_path):
@@ -236,3 +237,34 @@ def test_network_and_method_factories_that_break_the_contract_are_named(tmp_path
     finally:
         for registry, name in ((MODELS, "_one_arg"), (MODELS, "_not_a_module"), (METHODS, "_not_a_method")):
             registry.unregister(name)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The config from Python
+
+
+def test_config_load_takes_a_preset_name_and_refuses_a_string_of_overrides():
+    from knnmix import config
+    from knnmix.errors import ConfigError
+
+    assert config.load("digits", ["method.k=3"]).method.k == 3  # was "config file 'digits' does not exist"
+    with pytest.raises(ConfigError, match=r"overrides must be a list of 'key=value' strings.*\['method.k=3'\]"):
+        config.load("digits", "method.k=3")  # read character by character: "override 'm' must look like key=value"
+    with pytest.raises(ConfigError, match="'nope' is neither a file nor an embedded preset"):
+        config.load("nope")
+
+
+def test_train_checks_a_config_changed_by_hand_and_takes_a_dict(tmp_path):
+    from knnmix import config
+    from knnmix.engine.train import train
+    from knnmix.errors import ConfigError
+
+    cfg = config.load(config.preset_path("digits"), ["model.name=small_cnn", "noise.spec=none", "noise.seed=0",
+                                                     "epochs=1", "data.train_subset=100", f"out={tmp_path}"])
+    cfg.method.temperature = -1.0  # a notebook's attribute assignment, after from_dict validated
+    with pytest.raises(ConfigError, match=r"method.temperature: -1.0 is out of range; use > 0"):
+        train(cfg, echo=None)
+    with pytest.raises(ConfigError, match="unknown config key 'method.kk'"):
+        train({"method": {"kk": 1}, "out": str(tmp_path)}, echo=None)  # AttributeError: 'dict' has no attribute 'out'
+    with pytest.raises(ConfigError, match="train needs a knnmix.config.Config .* got str"):
+        train("digits", echo=None)
