@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from knnmix.errors import KnnmixError, one_line
 from knnmix.math import fit_clean_probability, normalise_losses
 from knnmix.plots import pyplot, save
 
@@ -34,18 +35,19 @@ def find_label_issues(
     ``is_label_issue``, ``given_label_confidence`` (p(given | x)) and ``suggestion_confidence`` (p(suggestion | x)).
     Ties in ``clean_prob`` are broken by ``given_label_confidence``, lowest first.
     """
-    labels = np.asarray(labels, dtype=np.int64)
-    probs = np.asarray(pred_probs, dtype=np.float64)
-    if probs.ndim != 2 or labels.shape != (probs.shape[0],):
-        raise ValueError(f"labels {labels.shape} and pred_probs {probs.shape} must be (N,) and (N, C)")
+    probs = _probabilities(pred_probs)
     n, c = probs.shape
-    if n and (labels.min() < 0 or labels.max() >= c):
-        raise ValueError(f"labels must lie in [0, {c})")
+    labels = _class_labels(labels, "labels", n, c)
     if not 0 < threshold < 1:
-        raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
-    suggestion = probs.argmax(1) if corrected_labels is None else np.asarray(corrected_labels, dtype=np.int64)
-    if suggestion.shape != labels.shape:
-        raise ValueError(f"corrected_labels {suggestion.shape} must match labels {labels.shape}")
+        raise KnnmixError(f"threshold must lie in (0, 1), got {threshold}")
+    if corrected_labels is None:
+        suggestion = probs.argmax(1)
+    else:
+        suggestion = _class_labels(corrected_labels, "corrected_labels", n, c)
+    if n == 0:
+        empty = {key: np.zeros(0, dtype=np.int64) for key in ("index", "given_label", "corrected_label")}
+        return {**empty, "is_label_issue": np.zeros(0, dtype=bool), **{key: np.zeros(0) for key in (
+            "clean_prob", "given_label_confidence", "suggestion_confidence")}}
     given_conf = probs[np.arange(n), labels]
     losses = torch.from_numpy(-np.log(np.clip(given_conf, 1e-12, 1.0)))
     clean = fit_clean_probability(normalise_losses(losses), seed=seed).double().numpy()
@@ -59,6 +61,41 @@ def find_label_issues(
         "given_label_confidence": given_conf[order],
         "suggestion_confidence": probs[order, suggestion[order]],
     }
+
+
+def _probabilities(pred_probs: object) -> np.ndarray:
+    """``pred_probs`` as float64 ``(N, C)`` rows of probabilities, else a one-line :class:`KnnmixError`."""
+    try:
+        probs = np.asarray(pred_probs, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise KnnmixError(f"pred_probs must be an (N, C) array of numbers: {one_line(exc, 200)}") from None
+    if probs.ndim != 2 or probs.shape[1] < 2:
+        raise KnnmixError(f"pred_probs must be (N, C) with C >= 2 classes, got shape {probs.shape}")
+    if not np.isfinite(probs).all():
+        rows = np.flatnonzero(~np.isfinite(probs).all(1))
+        raise KnnmixError(f"pred_probs holds NaN or infinite values in {len(rows)} rows (first: row {rows[0]})")
+    sums = probs.sum(1)
+    bad = np.flatnonzero((probs.min(1) < 0) | (np.abs(sums - 1) > 1e-2))
+    if len(bad):
+        raise KnnmixError(f"pred_probs must be probabilities (each row >= 0, summing to 1: softmax of logits, not "
+                          f"the logits); {len(bad)} rows are not, e.g. row {bad[0]}: min {probs[bad[0]].min():.4g}, "
+                          f"sum {sums[bad[0]]:.4g}")
+    return probs
+
+
+def _class_labels(values: object, name: str, n: int, c: int) -> np.ndarray:
+    """``values`` as int64 ``(n,)`` class indices in ``[0, c)``; fractions, booleans and text are refused."""
+    raw = np.asarray(values)
+    if raw.dtype == bool or raw.dtype.kind not in "iuf" or (raw.dtype.kind == "f" and not (
+            np.isfinite(raw).all() and (raw == np.round(raw)).all())):
+        raise KnnmixError(f"{name} must be integer class indices, got {raw.dtype} values (e.g. {raw.ravel()[:3]})")
+    if raw.shape != (n,):
+        raise KnnmixError(f"{name} has shape {raw.shape}, expected ({n},) to match pred_probs (N, C) = ({n}, {c})")
+    labels = raw.astype(np.int64)
+    if n and (labels.min() < 0 or labels.max() >= c):
+        raise KnnmixError(f"{name} must lie in [0, {c}) (the columns of pred_probs), found "
+                          f"{labels.min()}..{labels.max()}")
+    return labels
 
 
 def write_label_issues(

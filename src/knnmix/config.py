@@ -156,8 +156,12 @@ def from_dict(data: dict[str, Any] | None = None) -> Config:
 
 
 def load(path: str | Path | None = None, overrides: list[str] | None = None, **shorthands: Any) -> Config:
-    """Defaults <- YAML file <- shorthands (dotted keys, ``None`` = not given) <- ``key=value`` overrides."""
-    data = read_yaml(Path(path), f"config file {str(path)!r}") if path is not None else {}
+    """Defaults <- YAML file (or embedded preset name, e.g. ``"digits"``) <- shorthands (dotted keys, ``None`` = not
+    given) <- ``key=value`` overrides (a list of strings)."""
+    if isinstance(overrides, str):
+        raise ConfigError(f"overrides must be a list of 'key=value' strings, got the string {overrides!r} (write "
+                          f"[{overrides!r}])")
+    data = read_yaml(preset_path(str(path)), f"config file {str(path)!r}") if path is not None else {}
     for key, value in shorthands.items():
         if value is not None:
             set_dotted(data, key, value)

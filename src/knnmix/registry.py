@@ -23,9 +23,16 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
+        """Decorator registering an object as ``name``. Registering the same function again (a notebook cell run
+        twice: same module and qualified name) replaces it; another object under a taken name is an error."""
+        if not isinstance(name, str) or not name.strip():
+            how = " (write @register('name'), with the name in parentheses)" if callable(name) else ""
+            raise KnnmixError(f"a {self.kind} name must be a non-empty string, got {name!r}{how}")
+
         def deco(obj: T) -> T:
-            if name in self._items:
-                raise RuntimeError(f"{self.kind} {name!r} is registered twice")
+            if name in self._items and _origin(self._items[name]) != _origin(obj):
+                raise KnnmixError(f"{self.kind} {name!r} is already registered ({_origin(self._items[name])}); choose "
+                                  f"another name, or unregister({name!r}) it first")
             self._items[name] = obj
             return obj
 
@@ -47,3 +54,9 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._items
+
+
+def _origin(obj: object) -> str:
+    """``module.qualname`` of a registered function or class (of a noise model: of its ``generate`` function)."""
+    target = getattr(obj, "generate", obj)
+    return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', type(target).__qualname__)}"

@@ -37,7 +37,16 @@ def load_dataset(name: str, root: str | os.PathLike[str] | None = None, download
         raise DataError(f"data.{unused[0]}={options[unused[0]]!r} is not used by dataset {name!r} "
                         f"(its options: {', '.join(sorted(accepted)) or 'none'})")
     kwargs = {k: v for k, v in options.items() if k in accepted}
-    return loader(os.fspath(root) if root else None, bool(download), **kwargs)
+    args = (os.fspath(root) if root else None, bool(download))
+    try:
+        inspect.signature(loader).bind(*args, **kwargs)
+    except TypeError as exc:
+        raise DataError(f"dataset {name!r}: its loader must take (root, download, *, options...): {exc}") from None
+    bundle = loader(*args, **kwargs)
+    if not isinstance(bundle, DatasetBundle):
+        raise DataError(f"dataset {name!r}: its loader returned {type(bundle).__name__}, not a DatasetBundle "
+                        "(knnmix.data.DatasetBundle: image sources and labels)")
+    return bundle
 
 
 def dataset_options(name: str) -> set[str]:

@@ -32,9 +32,12 @@ def cache_root() -> Path:
 def check_labels(labels: Any, n: int, num_classes: int, what: str) -> np.ndarray:
     """``labels`` as int64 ``(n,)`` in ``[0, num_classes)``, else a :class:`DataError` starting with ``what``."""
     try:
-        labels = np.asarray(labels, dtype=np.int64)
+        raw = np.asarray(labels)
+        labels = raw.astype(np.int64)
     except (TypeError, ValueError) as e:
         raise DataError(f"{what} is not a list of integers: {one_line(e)}") from None
+    if raw.dtype == bool or raw.dtype.kind not in "iuf" or (raw.dtype.kind == "f" and (labels != raw).any()):
+        raise DataError(f"{what} must be integer class indices, got {raw.dtype} values (e.g. {raw.ravel()[:3]})")
     if labels.shape != (n,):
         raise DataError(f"{what} has shape {labels.shape}, expected ({n},) to match the images")
     if n and (labels.min() < 0 or labels.max() >= num_classes):
@@ -183,6 +186,13 @@ class DatasetBundle:
         return len(self.classes)
 
     def __post_init__(self) -> None:
+        if isinstance(self.classes, str) or not all(isinstance(c, str) for c in self.classes):
+            raise DataError(f"DatasetBundle {self.name!r}: classes must be a list of class names, got {self.classes!r}")
+        for split in ("train", "test", "val"):
+            source = getattr(self, split)
+            if not (source is None and split != "train") and not isinstance(source, ImageSource):
+                raise DataError(f"DatasetBundle {self.name!r}: {split} must be an ImageSource (e.g. TensorSource of "
+                                f"uint8 (N, C, H, W) images), got {type(source).__name__}")
         k = self.num_classes
         self.train_labels = check_labels(self.train_labels, len(self.train), k, "train_labels")
         for split, name in (("test", "test"), ("val", "validation")):

@@ -130,6 +130,9 @@ def build_run(
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = make_optimizer(cfg.optim, model)
     method = METHODS.get(cfg.method.name)(cfg.method, splits.num_classes)
+    if not isinstance(method, Method):
+        raise KnnmixError(f"method {cfg.method.name!r}: its registered factory made a {type(method).__name__}, not a "
+                          "knnmix.methods.Method")
     note = method.schedule_note(cfg.epochs)
     if note and dist.is_main:
         warnings.warn(note, KnnmixWarning, stacklevel=2)
@@ -532,8 +535,12 @@ def train(
     """Train one run into ``cfg.out`` and return its summary (see ``summary.json``).
 
     An existing run in ``cfg.out`` is continued with ``resume``, replaced with ``overwrite``, else an error; a folder
-    another process is writing into is an error too.
+    another process is writing into is an error too. ``cfg`` may also be a nested dict
+    (:func:`knnmix.config.from_dict`); a config changed after it was built is checked again.
     """
+    if not isinstance(cfg, (C.Config, dict)):
+        raise ConfigError(f"train needs a knnmix.config.Config (or a dict of its keys), got {type(cfg).__name__}")
+    cfg = C.from_dict(C.to_dict(cfg) if isinstance(cfg, C.Config) else cfg)  # attributes set by hand are checked too
     folder = RunFolder(cfg.out)
     with folder_lock(folder.path):
         replace = prepare_folder(folder, resume=resume, overwrite=overwrite)

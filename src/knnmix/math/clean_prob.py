@@ -15,6 +15,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 from torch import Tensor
 
+from knnmix.math._checks import check_int, check_range, check_tensor
+
 
 def normalise_losses(losses: Tensor) -> Tensor:
     """Min-max normalise losses ``(N,)`` to [0, 1]; a constant vector becomes all zeros.
@@ -37,10 +39,10 @@ def window_mean(history: Tensor, window: int) -> Tensor:
 
     A sample with no finite value in the window gets NaN.
     """
+    check_tensor(history, "history", "float")
     if history.dim() != 2 or history.shape[0] == 0:
         raise ValueError(f"history must be (H, N) with H >= 1, got {tuple(history.shape)}")
-    if window < 1:
-        raise ValueError(f"window must be >= 1, got {window}")
+    check_int(window, "window", 1)
     return torch.nanmean(history[-window:], dim=0)
 
 
@@ -81,8 +83,10 @@ def fit_clean_probability_per_class(
     not. NaN losses get NaN.
     """
     _check_losses(losses)
+    check_tensor(labels, "labels", "int")
     if labels.shape != losses.shape:
         raise ValueError(f"labels {tuple(labels.shape)} and losses {tuple(losses.shape)} must both be (N,)")
+    check_range(labels, "labels", check_int(num_classes, "num_classes", 1), "num_classes")
     if min_class < 2:
         raise ValueError(f"min_class must be >= 2, got {min_class}")
     gmm = {"max_iter": max_iter, "tol": tol, "reg_covar": reg_covar}
@@ -98,7 +102,6 @@ def fit_clean_probability_per_class(
 def _check_losses(losses: Tensor) -> None:
     if not isinstance(losses, Tensor) or losses.dim() != 1:
         raise ValueError(f"losses must be a 1-D tensor (N,), got {getattr(losses, 'shape', type(losses))}")
-    if not losses.is_floating_point():
-        raise ValueError(f"losses must be floating point, got {losses.dtype}")
+    check_tensor(losses, "losses", "float")
     if bool((bad := torch.isinf(losses)).any()):
         raise ValueError(f"losses holds {int(bad.sum())} non-finite values")

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import Tensor
+
+from knnmix.errors import KnnmixError
+from knnmix.math._checks import check_range, check_tensor
 
 _EPS = 1e-10  # keeps log(w) finite for w = 0, as the authors' lam = (w_i + 1e-10) / (w_i + w_j + 1e-10)
 
@@ -15,11 +20,15 @@ def neighbour_weights(clean_prob: Tensor, members: Tensor, temperature: float) -
     ``lambda_i = w_i / (w_i + w_j)``; T -> 0 puts all weight on the cleanest member (``temperature=0`` is that
     limit exactly, ties to the earliest column); large T tends to uniform weights. Rows sum to one.
     """
-    if clean_prob.dim() != 1:
+    if check_tensor(clean_prob, "clean_prob").dim() != 1:
         raise ValueError(f"clean_prob must be (N,), got {tuple(clean_prob.shape)}")
-    if members.dim() != 2 or members.shape[1] < 1:
+    if check_tensor(members, "members", "int").dim() != 2 or members.shape[1] < 1:
         raise ValueError(f"members must be (B, K+1), got {tuple(members.shape)}")
-    if temperature < 0:
+    check_range(members, "members", clean_prob.shape[0], "positions in clean_prob")
+    if isinstance(temperature, bool) or not isinstance(temperature, (numbers.Real, Tensor)):
+        raise KnnmixError(f"temperature must be a number >= 0, got {temperature!r}")
+    temperature = float(temperature)
+    if not temperature >= 0:  # NaN too
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     w = clean_prob[members].float()
     if bool(((w < 0) | (w > 1) | torch.isnan(w)).any()):
@@ -32,8 +41,13 @@ def neighbour_weights(clean_prob: Tensor, members: Tensor, temperature: float) -
 def mix_batch(images: Tensor, targets: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
     """Weighted sums over the member axis: images ``(B, M, ...)``, targets ``(B, M, C)``, weights ``(B, M)``.
 
-    Returns the synthetic images ``(B, ...)`` and their soft labels ``(B, C)``; the same weights mix both.
+    Returns the synthetic images ``(B, ...)`` and their soft labels ``(B, C)``; the same weights mix both. All three
+    must be floating point: weights cast to integer images or targets would truncate to zero.
     """
+    for name, x in (("images", images), ("targets", targets), ("weights", weights)):
+        if not x.is_floating_point():
+            raise KnnmixError(f"{name} must be floating point, got {x.dtype} {tuple(x.shape)} (mixing weights cast "
+                              "to an integer dtype truncate to zero)")
     if images.shape[:2] != weights.shape or targets.shape[:2] != weights.shape:
         raise ValueError(f"images {tuple(images.shape)}, targets {tuple(targets.shape)} and weights "
                          f"{tuple(weights.shape)} must agree on (B, M)")

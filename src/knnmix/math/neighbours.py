@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from knnmix.errors import KnnmixError
+from knnmix.math._checks import check_int, check_range, check_tensor
+
 
 class NeighbourSearch(Protocol):
     def build(self, bank: Tensor) -> None:
@@ -90,12 +93,13 @@ def neighbours_excluding_self(searcher: NeighbourSearch, bank: Tensor, query_pos
     returned: ``k + 1`` are searched and the query's own position is dropped (or, when exact duplicates push it out
     of the list, the last candidate).
     """
-    n = bank.shape[0]
-    if not 1 <= k < n:
+    n = check_tensor(bank, "bank").shape[0]
+    if not 1 <= check_int(k, "k", 1) < n:
         raise ValueError(f"k={k} neighbours need a bank of more than k samples, got {n}")
-    query_positions = query_positions.long()
-    if query_positions.dim() != 1:
+    if check_tensor(query_positions, "query_positions", "int").dim() != 1:
         raise ValueError(f"query_positions must be (Q,), got {tuple(query_positions.shape)}")
+    check_range(query_positions, "query_positions", n, "rows of the bank")
+    query_positions = query_positions.long()
     _, idx = searcher.search(bank[query_positions], k + 1)
     is_self = idx == query_positions[:, None].cpu()
     # Stable sort moves the query's own entry (if present) to the end, keeping the ranking of the others.
@@ -121,8 +125,7 @@ def neighbours_within_batch(features: Tensor, k: int) -> Tensor:
     """
     if features.dim() != 2 or features.shape[0] == 0:
         raise ValueError(f"features must be a non-empty (B, D) tensor, got {tuple(features.shape)}")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+    check_int(k, "k", 1)
     b = features.shape[0]
     if b == 1:
         return torch.zeros(1, k, dtype=torch.long)
@@ -135,12 +138,21 @@ def neighbours_within_batch(features: Tensor, k: int) -> Tensor:
 
 
 def _check_bank(bank: Tensor) -> None:
-    if bank.dim() != 2 or bank.shape[0] == 0:
+    if check_tensor(bank, "bank").dim() != 2 or bank.shape[0] == 0:
         raise ValueError(f"bank must be a non-empty (N, D) tensor, got {tuple(bank.shape)}")
+    _check_finite(bank, "bank")
 
 
 def _check_queries(queries: Tensor, d: int, k: int, n: int) -> None:
-    if queries.dim() != 2 or queries.shape[1] != d:
+    if check_tensor(queries, "queries").dim() != 2 or queries.shape[1] != d:
         raise ValueError(f"queries must be (Q, {d}), got {tuple(queries.shape)}")
-    if not 1 <= k <= n:
+    if not 1 <= check_int(k, "k", 1) <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
+    _check_finite(queries, "queries")
+
+
+def _check_finite(x: Tensor, name: str) -> None:
+    """NaN or inf features have no neighbours (faiss returns position -1, which would index the last sample)."""
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        rows = int((~torch.isfinite(x)).any(dim=1).sum())
+        raise KnnmixError(f"{name} {tuple(x.shape)} holds NaN or infinite values in {rows} rows (a diverged model?)")

@@ -12,10 +12,12 @@ name                      feature_dim  meant for
 
 from __future__ import annotations
 
+import inspect
 import os
 
 from torch import nn
 
+from knnmix.errors import KnnmixError
 from knnmix.models.base import MODELS, Backbone, LogitsOnly, ModelFactory, count_parameters
 from knnmix.models.preact_resnet import PreActResNet
 from knnmix.models.pretrained import load_pretrained, read_state_dict
@@ -32,7 +34,17 @@ def build_model(
     Raises :class:`~knnmix.errors.KnnmixError` for an unknown name, an out-of-range size, a missing file or
     weights that do not fit.
     """
-    model = MODELS.get(name)(num_classes, in_channels, image_size)
+    factory = MODELS.get(name)
+    try:
+        inspect.signature(factory).bind(num_classes, in_channels, image_size)
+    except TypeError as exc:
+        raise KnnmixError(f"model {name!r}: its factory must take (num_classes, in_channels, image_size): "
+                          f"{exc}") from None
+    except ValueError:  # a builtin or class whose signature Python cannot read: call it as it is
+        pass
+    model = factory(num_classes, in_channels, image_size)
+    if not isinstance(model, nn.Module):
+        raise KnnmixError(f"model {name!r}: its factory returned {type(model).__name__}, not a torch.nn.Module")
     if pretrained is not None:
         load_pretrained(model, pretrained, name=name)
     return model
