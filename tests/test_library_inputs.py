@@ -219,23 +219,30 @@ def test_network_and_method_factories_that_break_the_contract_are_named(tmp_path
     def not_a_module(num_classes, in_channels, image_size):
         return None
 
+    def plain_logits(num_classes, in_channels, image_size):  # a torch network, but no features for the search
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(in_channels * image_size ** 2, num_classes))
+
     def not_a_method(cfg, num_classes):
         return object()
 
     try:
         MODELS.register("_one_arg")(one_arg)
         MODELS.register("_not_a_module")(not_a_module)
+        MODELS.register("_plain_logits")(plain_logits)
         METHODS.register("_not_a_method")(not_a_method)
         with pytest.raises(KnnmixError, match=r"model '_one_arg': its factory must take \(num_classes, in_channels"):
             build_model("_one_arg", 3, 1, 8)
-        with pytest.raises(KnnmixError, match="model '_not_a_module': its factory returned NoneType, not a torch"):
+        with pytest.raises(KnnmixError, match="model '_not_a_module': its factory returned NoneType, not a knnmix"):
             build_model("_not_a_module", 3, 1, 8)
+        with pytest.raises(KnnmixError, match=r"'_plain_logits': .* Sequential, not a knnmix.models.Backbone \(forw"):
+            build_model("_plain_logits", 3, 1, 8)  # was "too many values to unpack" in the first training step
         cfg = config.load(config.preset_path("digits"), ["data.train_subset=100", "method.name=_not_a_method",
                                                          f"out={tmp_path}"])
         with pytest.raises(KnnmixError, match="method '_not_a_method': its registered factory made a object"):
             build_run(cfg)  # AttributeError: 'object' object has no attribute 'schedule_note'
     finally:
-        for registry, name in ((MODELS, "_one_arg"), (MODELS, "_not_a_module"), (METHODS, "_not_a_method")):
+        for registry, name in ((MODELS, "_one_arg"), (MODELS, "_not_a_module"), (MODELS, "_plain_logits"),
+                               (METHODS, "_not_a_method")):
             registry.unregister(name)
 
 

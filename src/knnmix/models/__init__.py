@@ -43,8 +43,9 @@ def build_model(
     except ValueError:  # a builtin or class whose signature Python cannot read: call it as it is
         pass
     model = factory(num_classes, in_channels, image_size)
-    if not isinstance(model, nn.Module):
-        raise KnnmixError(f"model {name!r}: its factory returned {type(model).__name__}, not a torch.nn.Module")
+    if not isinstance(model, Backbone):  # the engine needs forward -> (logits, features) and feature_dim
+        raise KnnmixError(f"model {name!r}: its factory returned {type(model).__name__}, not a knnmix.models.Backbone "
+                          "(forward returns (logits, features); see its docstring)")
     if pretrained is not None:
         load_pretrained(model, pretrained, name=name)
     return model
