@@ -271,12 +271,21 @@ def test_a_schedule_that_never_mixes_is_a_warning(tmp_path):
 
 
 def test_the_best_model_file_rebuilds_its_network_without_the_data(tmp_path):
-    from knnmix.engine.checkpoint import load_model
+    from knnmix.engine.checkpoint import load_model, load_predictor
 
     train(digits_cfg(tmp_path, epochs=1, **{"method.name": "ce"}), echo=None)
     model = load_model(tmp_path / "run" / "model_best.pt")
     logits, features = model(torch.zeros(3, 1, 8, 8))
     assert logits.shape == (3, 10) and not model.training
+    # ready to predict: pixels in [0, 1], normalised as training did, at the size it trained on; classes named
+    predictor = load_predictor(tmp_path / "run" / "model_best.pt")
+    serving = torch.load(tmp_path / "run" / "model_best.pt", weights_only=True)["serving"]
+    images, (mean,), (std,) = torch.rand(3, 1, 8, 8), serving["mean"], serving["std"]
+    with torch.no_grad():
+        assert torch.allclose(predictor(images), model((images - mean) / std)[0], atol=1e-5)
+    assert predictor.classes == [str(c) for c in range(10)] and not predictor.training
+    with pytest.raises(KnnmixError, match=r"images must be \(N, 1, 8, 8\) with pixels in \[0, 1\].* got \(3, 1, 28"):
+        predictor(torch.rand(3, 1, 28, 28))  # small_cnn pools globally: it answered for any size
     # an edited file is one line naming it, before anything is allocated (10**9 classes would ask for 256 GB)
     payload = torch.load(tmp_path / "run" / "model_best.pt", weights_only=True)
     for change, needle in (({"num_classes": 10**9}, "its weights do not fit the network its model_args describe"),

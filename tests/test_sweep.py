@@ -974,6 +974,8 @@ def test_train_logs_its_run_to_mlflow_when_a_tracking_uri_is_given(tmp_path, mon
         hits = served(test.test.images.float() / 255).argmax(1).numpy() == test.test_labels
     assert summary["best_val"]["test_acc"] > 50 and 100 * hits.mean() == pytest.approx(
         summary["best_val"]["test_acc"], abs=0.3)  # one of 360 images
+    with pytest.raises(Exception, match=r"images must be \(N, 1, 8, 8\)"):
+        served(torch.rand(2, 1, 28, 28))  # another size is refused, not answered
     info = mlflow.models.get_model_info(f"models:/digits-ce/{version.version}")
     assert info.metadata["classes"] == [str(c) for c in range(10)] and len(info.metadata["mean"]) == 1
     requirements = mlflow.pyfunc.get_model_dependencies(f"models:/digits-ce/{version.version}")

@@ -28,7 +28,7 @@ from typing import Any
 
 from knnmix import config as C
 from knnmix.engine.checkpoint import (BEST_MODEL, CONFIG, LABEL_ISSUES, LABEL_ISSUES_PLOT, METRICS, NOISY_LABELS,
-                                      RUN_INFO, SUMMARY, load_model, read_metrics, safe_load)
+                                      RUN_INFO, SUMMARY, load_predictor, read_metrics, safe_load)
 from knnmix.errors import KnnmixError, one_line
 from knnmix.provenance import git_commit, package_dir
 
@@ -235,18 +235,16 @@ def log_model(store: Store, run_id: str, weights: Path, *, register: str | None 
     """Log a weights file's network under run ``run_id`` with ``mlflow.pytorch``; returns the model URI.
 
     The logged module takes ``float32`` images ``(N, C, H, W)`` with pixels in [0, 1] at the training size and
-    returns logits: it normalises them as training did (:class:`~knnmix.models.LogitsOnly`). Its metadata holds
+    returns logits: it normalises them as training did (:func:`~knnmix.engine.checkpoint.load_predictor`). Its metadata holds
     the class names, the normalisation and the constructor arguments; MLflow infers the signature from an example.
     """
     import mlflow.pytorch
     import torch
 
-    from knnmix.models import LogitsOnly
-
     payload = safe_load(weights)
     args, serving = payload["model_args"], payload.get("serving", {})
-    model = LogitsOnly(load_model(weights), serving.get("mean"), serving.get("std")).eval()
-    example = torch.rand(2, args["in_channels"], args["image_size"], args["image_size"]).numpy()
+    model = load_predictor(weights)
+    example = torch.rand(2, *model.input_shape).numpy()
     with fluent(store), mlflow.start_run(run_id=run_id):
         info = mlflow.pytorch.log_model(
             model, name="model", input_example=example, serialization_format="pickle",

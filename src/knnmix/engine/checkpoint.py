@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from torch import nn
 from knnmix import config as C
 from knnmix.errors import CheckpointError, KnnmixError, load_tensors, one_line
 from knnmix.provenance import command, git_commit, machine, now
+
+if TYPE_CHECKING:
+    from knnmix.models import LogitsOnly
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -155,10 +158,26 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def load_model(path: str | Path) -> nn.Module:
     """The network of a weights file (``model_best.pt``) or checkpoint, built from the arguments saved with it, in
-    eval mode -- no dataset is read."""
-    from knnmix.models import build_model
+    eval mode -- no dataset is read. It maps *normalised* images to ``(logits, features)``; see
+    :func:`load_predictor` for pixels in [0, 1] to logits."""
+    return _model(safe_load(path), path)
+
+
+def load_predictor(path: str | Path) -> LogitsOnly:
+    """The network of a weights file ready to predict: ``float32`` images ``(N, C, H, W)`` with pixels in [0, 1], at
+    the size it trained on, to logits ``(N, num_classes)``, normalised as training did; ``.classes`` names the
+    logits' columns (``None`` in a checkpoint, which keeps no ``serving`` entry)."""
+    from knnmix.models import LogitsOnly
 
     payload = safe_load(path)
+    net, args, serving = _model(payload, path), payload["model_args"], payload.get("serving") or {}
+    return LogitsOnly(net, serving.get("mean"), serving.get("std"), classes=serving.get("classes"),
+                      input_shape=(args["in_channels"], args["image_size"], args["image_size"])).eval()
+
+
+def _model(payload: Any, path: str | Path) -> nn.Module:
+    from knnmix.models import build_model
+
     if not isinstance(payload, dict) or not isinstance(payload.get("model_args"), dict):
         raise CheckpointError(f"{str(path)!r} holds no model_args: not a knnmix weights file of format {FORMAT}")
     args, weights = payload["model_args"], payload.get("state_dict", payload.get("model"))

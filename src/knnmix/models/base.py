@@ -58,16 +58,25 @@ class LogitsOnly(nn.Module):
     """A network for serving: ``float32`` images ``(B, C, H, W)`` with pixels in [0, 1] -> logits ``(B, num_classes)``.
 
     It normalises them as training did (``mean`` / ``std`` per channel, of pixels in [0, 1]; none given: the images
-    go to the network as they come) and drops the features.
+    go to the network as they come) and drops the features. ``input_shape`` ``(C, H, W)``: images of another shape
+    are an error (a network with global pooling would otherwise give an answer for any size); ``classes``: the names
+    of the logits' columns, kept for the caller.
     """
 
-    def __init__(self, net: nn.Module, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+    def __init__(self, net: nn.Module, mean: Sequence[float] | None = None, std: Sequence[float] | None = None, *,
+                 input_shape: Sequence[int] | None = None, classes: Sequence[str] | None = None) -> None:
         super().__init__()
         self.net = net
         self.register_buffer("mean", torch.tensor(mean or [0.0]).view(1, -1, 1, 1) * 255.0)
         self.register_buffer("inv_std", 1.0 / (torch.tensor(std or [1.0]).view(1, -1, 1, 1) * 255.0))
+        self.input_shape = tuple(input_shape) if input_shape else None
+        self.classes = list(classes) if classes else None
 
     def forward(self, x: Tensor) -> Tensor:
+        shape = getattr(self, "input_shape", None)  # absent from a module pickled before it existed
+        if shape and tuple(x.shape[1:]) != shape:
+            raise KnnmixError(f"images must be (N, {', '.join(map(str, shape))}) with pixels in [0, 1], the size the "
+                              f"network trained on; got {tuple(x.shape)}")
         return self.net((x * 255.0 - self.mean) * self.inv_std)[0]  # the arithmetic of knnmix.data.base.Normalise
 
 
