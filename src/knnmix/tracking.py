@@ -235,8 +235,9 @@ def log_model(store: Store, run_id: str, weights: Path, *, register: str | None 
     """Log a weights file's network under run ``run_id`` with ``mlflow.pytorch``; returns the model URI.
 
     The logged module takes ``float32`` images ``(N, C, H, W)`` with pixels in [0, 1] at the training size and
-    returns logits: it normalises them as training did (:func:`~knnmix.engine.checkpoint.load_predictor`). Its metadata holds
-    the class names, the normalisation and the constructor arguments; MLflow infers the signature from an example.
+    returns logits: it normalises them as training did (:func:`~knnmix.engine.checkpoint.load_predictor`). Its
+    metadata holds the class names, the normalisation and the constructor arguments; MLflow infers the signature from
+    an example.
     """
     import mlflow.pytorch
     import torch
