@@ -297,6 +297,13 @@ def test_a_dashboard_address_or_an_unwritable_storage_path_is_one_line(tmp_path)
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("knnmix: error: RAY_ADDRESS='http://127.0.0.1:8265': Invalid Ray address"), line
+    # a host:port where nothing listens: one line at once (Ray retried for minutes, a line every 5 s)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "RAY_ADDRESS": f"127.0.0.1:{_free_port()}"})
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert re.fullmatch(r"knnmix: error: RAY_ADDRESS='127\.0\.0\.1:\d+': nothing answers there \(Connection refused\);"
+                        r" start that cluster, or unset RAY_ADDRESS for a private local Ray", line), line
     (tmp_path / "file").write_text("")
     cfg = digits_cfg(tmp_path / "run", epochs=1, **{"distributed.storage_path": str(tmp_path / "file" / "ray")})
     with pytest.raises(KnnmixError, match=r"distributed.storage_path '.*/file/ray' cannot be created: "):

@@ -72,6 +72,19 @@ def quiet(verbose: bool = False) -> None:
         warnings.filterwarnings("ignore", category=FutureWarning, module="mlflow")
 
 
+def refuse_unreachable(address: str) -> None:
+    """A ``host:port`` (or ``ray://host:port``) ``RAY_ADDRESS`` where nothing listens: one line now (Ray itself retries
+    for minutes). Other forms (``auto``, a URL) are left to Ray, whose errors for them are prompt."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or "/" in host:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as exc:
+        raise KnnmixError(f"RAY_ADDRESS={address!r}: nothing answers there ({exc.strerror or one_line(exc)}); start "
+                          "that cluster, or unset RAY_ADDRESS for a private local Ray") from None
+
+
 def ensure_ray(*, verbose: bool = False, **init: Any) -> bool:
     """Join the cluster of ``RAY_ADDRESS`` (``ray job submit`` sets it for the job's driver; ``auto``: the ``ray
     start`` cluster on this machine), or start a private local Ray bound to 127.0.0.1, whatever other Ray instances
@@ -92,6 +105,7 @@ def ensure_ray(*, verbose: bool = False, **init: Any) -> bool:
     kwargs: dict[str, Any] = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING,
                               "runtime_env": env, **init}
     if address := os.environ.get("RAY_ADDRESS"):
+        refuse_unreachable(address)
         try:
             ray.init(address=address, **kwargs)
         except (ValueError, ConnectionError) as exc:  # an HTTP (dashboard) address, no Ray at "auto", ...
