@@ -114,6 +114,17 @@ def test_resume_continues_exactly(tmp_path):
         assert torch.equal(torch.nan_to_num(a["state"][key]), torch.nan_to_num(b["state"][key])), key
 
 
+def test_a_resume_with_more_epochs_stretches_the_cosine_schedule(tmp_path):
+    """Extending a finished 2-epoch run to 4 epochs continues the cosine schedule over 4 epochs from where it
+    stands; the saved schedule's own length would give epoch 3 a learning rate of 0 and epoch 4 a rising one."""
+    cfg = digits_cfg(tmp_path, epochs=2, **{"method.name": "ce", "data.train_subset": 300})
+    train(cfg, echo=None)
+    train(C.replace(cfg, epochs=4), resume=True, echo=None)
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")]
+    assert lrs == pytest.approx([0.05, 0.025, E.cosine_lr(0.05, 0.0, 2, 4), E.cosine_lr(0.05, 0.0, 3, 4)])
+    assert lrs[2] > lrs[3] > 0
+
+
 def test_existing_run_is_not_overwritten_and_resume_needs_a_run(tmp_path):
     cfg = digits_cfg(tmp_path, epochs=1, **{"method.name": "ce"})
     train(cfg, echo=None)

@@ -181,6 +181,21 @@ def make_lr_schedule(o: C.OptimConfig, opt: torch.optim.Optimizer, epochs: int) 
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
+def cosine_lr(base: float, low: float, step: int, steps: int) -> float:
+    """The learning rate of a cosine schedule from ``base`` to ``low`` over ``steps`` epochs, after ``step`` of them."""
+    return low + (base - low) * (1 + math.cos(math.pi * step / steps)) / 2
+
+
+def stretch_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, epochs: int) -> None:
+    """Fit a restored cosine schedule to the run's ``epochs`` (a resume may extend a run): the saved one keeps the
+    old length, so the extra epochs would train at a learning rate of 0 and then a rising one."""
+    if not isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) or scheduler.T_max == epochs:
+        return
+    scheduler.T_max = epochs
+    for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = cosine_lr(base, scheduler.eta_min, scheduler.last_epoch, epochs)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Loading batches
 
@@ -495,6 +510,7 @@ def _restore(run: Run, ckpt: dict[str, Any]) -> None:
                           "the checkpoint's, and its per-sample state is aligned to them")
     for part in STATEFUL:
         getattr(run, part).load_state_dict(ckpt[part])
+    stretch_schedule(run.scheduler, run.cfg.epochs)
     run.epoch = int(ckpt["epoch"])
     run.history = list(ckpt["history"])
     run.best = dict(ckpt["best"])
