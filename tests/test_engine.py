@@ -297,6 +297,21 @@ def test_the_best_model_file_rebuilds_its_network_without_the_data(tmp_path):
             load_model(tmp_path / "edited.pt")
 
 
+def test_without_a_validation_split_the_best_model_file_is_the_last_epoch(tmp_path):
+    """data.val_fraction=0 (as the audit suggests) selects no epoch; model_best.pt, what --tracking-uri logs and
+    --register registers, must still be written: the last epoch's network."""
+    from knnmix.engine.checkpoint import load_model
+
+    lines = []
+    cfg = digits_cfg(tmp_path, epochs=2, **{"method.name": "ce", "data.train_subset": 300, "data.val_fraction": 0.0})
+    summary = train(cfg, echo=lines.append)
+    assert summary["best_val"]["val_acc"] is None
+    model = load_model(tmp_path / "run" / "model_best.pt")
+    last = RunFolder(tmp_path / "run").load_checkpoint()["model"]
+    assert all(torch.equal(v, last[k]) for k, v in model.state_dict().items())
+    assert "no validation split, so model_best.pt holds the last epoch" in lines[-1]
+
+
 def test_the_selected_epoch_is_tested_at_the_end_from_the_checkpoint_not_a_local_file(tmp_path):
     """With test_every=0 the validation-selected weights are tested at the end. A resumed run takes them from its
     checkpoint, never from model_best.pt, which another node of a multi-node run may not see (ranks that disagreed

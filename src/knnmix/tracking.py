@@ -307,7 +307,7 @@ def log_training_run(store: Store, folder: Path, summary: dict[str, Any], *, exp
     logged = {int(m.step) for m in client.get_metric_history(rid, "train_loss")}  # logged every epoch
     log_epochs(client, rid, [r for r in read_metrics(folder / METRICS) if int(r["epoch"]) not in logged])
     log_files(client, rid, folder, (SUMMARY, LABEL_ISSUES, LABEL_ISSUES_PLOT, RUN_INFO))
-    selected = str(summary["best_val"]["epoch"])
+    selected = str(summary["best_val"]["epoch"] or summary["epochs"])  # no validation split: the last epoch
     if (folder / BEST_MODEL).exists() and (register or client.get_run(rid).data.tags.get(MODEL_EPOCH_TAG) != selected):
         log_model(store, rid, folder / BEST_MODEL, register=register)
         client.set_tag(rid, MODEL_EPOCH_TAG, selected)

@@ -449,7 +449,8 @@ def track_best(run: Run, record: dict[str, Any]) -> bool:
 
 def finish(run: Run, folder: RunFolder | None, *, echo: Echo = None) -> dict[str, Any]:
     """Test the selected weights if no epoch did, audit every training label with the final model, write
-    ``summary.json`` and ``label_issues.csv`` (rank 0). Every rank calls it (the passes are collective)."""
+    ``summary.json`` and ``label_issues.csv`` (rank 0; and ``model_best.pt`` of the last epoch without a validation
+    split). Every rank calls it (the passes are collective)."""
     if run.best["epoch"] and run.best["test_acc"] is None and run.best_weights is not None:
         final = {k: v.clone() for k, v in run.model.state_dict().items()}
         run.model.load_state_dict(run.best_weights)
@@ -458,6 +459,8 @@ def finish(run: Run, folder: RunFolder | None, *, echo: Echo = None) -> dict[str
     bank = embed(run, torch.arange(len(run.splits.train)))
     summary = report.summary(run)
     if folder is not None:
+        if run.splits.val is None:  # nothing selects an epoch: model_best.pt (what is logged and served) is the last
+            folder.save_best_model(run.model_args, run.model.state_dict(), serving(run.splits))
         summary["label_issues"] = report.label_audit(run, bank, folder)
         folder.write_summary(summary)
         if echo:
