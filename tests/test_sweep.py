@@ -393,7 +393,8 @@ def test_tracking_store_default_env_and_uri(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     store = TR.Store.resolve()
     assert store.uri == f"sqlite:///{tmp_path}/mlflow.db" and store.artifact_root == str(tmp_path / "mlartifacts")
-    assert store.ui_command() == (f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db "
+    assert store.ui_command() == ("MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false "
+                                  f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db "
                                   f"--default-artifact-root {tmp_path}/mlartifacts --host 127.0.0.1")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///env/x.db")
     assert TR.Store.resolve().uri == f"sqlite:///{tmp_path}/env/x.db"  # MLflow's own variable is honoured

@@ -87,9 +87,12 @@ class Store:
         return self.artifact_root is not None
 
     def ui_command(self) -> str:
+        """The command that serves a local store's UI; without MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false MLflow 3.17's
+        server also starts ten job-runner processes (docs/sweeps.md)."""
         if not self.is_local:
             return f"open {self.uri} in a browser"
-        return (f"mlflow ui --backend-store-uri {shlex.quote(self.uri)} --default-artifact-root "
+        return (f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri {shlex.quote(self.uri)} "
+                "--default-artifact-root "
                 f"{shlex.quote(str(self.artifact_root))} --host 127.0.0.1")
 
     def experiment_url(self, experiment_id: str) -> str:
