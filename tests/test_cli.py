@@ -97,6 +97,18 @@ def test_the_help_names_only_presets_that_exist():
     assert {n.strip() for n in named.split(",")} == presets
 
 
+def test_each_commands_help_describes_what_it_does():
+    """--register is described for the command it is on, and the sweep's help names its default in-process
+    trials (smoke.yaml's), not only Ray Train runs."""
+    from knnmix.cli import build_parser
+
+    choices = build_parser()._subparsers._group_actions[0].choices
+    helps = {name: " ".join(choices[name].format_help().split()) for name in ("train", "compare", "audit", "sweep")}
+    assert "NAME-<method>" in helps["compare"]
+    assert all("NAME-<method>" not in helps[name] for name in ("train", "audit", "sweep"))
+    assert "each noise setting's best model" in helps["sweep"] and "own process" in helps["sweep"]
+
+
 def test_compare_trains_each_method_on_one_setting_and_writes_one_result_file(capsys, tmp_path, monkeypatch):
     """`knnmix compare` prints the table and writes comparison.json: every method's accuracies, commit and resolved
     config, the same data, noise and seed for all."""

@@ -114,6 +114,17 @@ def test_resume_continues_exactly(tmp_path):
         assert torch.equal(torch.nan_to_num(a["state"][key]), torch.nan_to_num(b["state"][key])), key
 
 
+def test_a_resume_with_more_epochs_stretches_the_cosine_schedule(tmp_path):
+    """Extending a finished 2-epoch run to 4 epochs continues the cosine schedule over 4 epochs from where it
+    stands; the saved schedule's own length would give epoch 3 a learning rate of 0 and epoch 4 a rising one."""
+    cfg = digits_cfg(tmp_path, epochs=2, **{"method.name": "ce", "data.train_subset": 300})
+    train(cfg, echo=None)
+    train(C.replace(cfg, epochs=4), resume=True, echo=None)
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")]
+    assert lrs == pytest.approx([0.05, 0.025, E.cosine_lr(0.05, 0.0, 2, 4), E.cosine_lr(0.05, 0.0, 3, 4)])
+    assert lrs[2] > lrs[3] > 0
+
+
 def test_existing_run_is_not_overwritten_and_resume_needs_a_run(tmp_path):
     cfg = digits_cfg(tmp_path, epochs=1, **{"method.name": "ce"})
     train(cfg, echo=None)
@@ -293,6 +304,21 @@ def test_the_best_model_file_rebuilds_its_network_without_the_data(tmp_path):
         torch.save({**payload, "model_args": {**payload["model_args"], **change}}, tmp_path / "edited.pt")
         with pytest.raises(CheckpointError, match=re.escape(f"{str(tmp_path / 'edited.pt')!r}: ") + ".*" + needle):
             load_model(tmp_path / "edited.pt")
+
+
+def test_without_a_validation_split_the_best_model_file_is_the_last_epoch(tmp_path):
+    """data.val_fraction=0 (as the audit suggests) selects no epoch; model_best.pt, what --tracking-uri logs and
+    --register registers, must still be written: the last epoch's network."""
+    from knnmix.engine.checkpoint import load_model
+
+    lines = []
+    cfg = digits_cfg(tmp_path, epochs=2, **{"method.name": "ce", "data.train_subset": 300, "data.val_fraction": 0.0})
+    summary = train(cfg, echo=lines.append)
+    assert summary["best_val"]["val_acc"] is None
+    model = load_model(tmp_path / "run" / "model_best.pt")
+    last = RunFolder(tmp_path / "run").load_checkpoint()["model"]
+    assert all(torch.equal(v, last[k]) for k, v in model.state_dict().items())
+    assert "no validation split, so model_best.pt holds the last epoch" in lines[-1]
 
 
 def test_the_selected_epoch_is_tested_at_the_end_from_the_checkpoint_not_a_local_file(tmp_path):

@@ -393,7 +393,8 @@ def test_tracking_store_default_env_and_uri(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     store = TR.Store.resolve()
     assert store.uri == f"sqlite:///{tmp_path}/mlflow.db" and store.artifact_root == str(tmp_path / "mlartifacts")
-    assert store.ui_command() == (f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db "
+    assert store.ui_command() == ("MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false "
+                                  f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db "
                                   f"--default-artifact-root {tmp_path}/mlartifacts --host 127.0.0.1")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///env/x.db")
     assert TR.Store.resolve().uri == f"sqlite:///{tmp_path}/env/x.db"  # MLflow's own variable is honoured
@@ -466,6 +467,23 @@ def test_a_store_that_does_not_answer_is_one_line_before_training_and_leaves_no_
         assert cli_main(["sweep", str(write_space(tmp_path)), "--out", str(tmp_path / "sweep"), *extra]) == 2
         assert capsys.readouterr().err.strip().startswith(f"knnmix: error: {needle}")
         assert S.check_state(S.SweepFolder(tmp_path / "sweep"), resume=False) is None  # not "already holds a sweep"
+
+
+@pytest.mark.parametrize("resources, needle", [
+    ({"distributed.workers": 2, "distributed.cpus_per_worker": 2}, "needs 4 CPUs but this machine has 2"),
+    ({"distributed.workers": 0, "distributed.use_gpu": True}, "needs 1 GPUs but this machine has 0"),
+])
+def test_trials_this_machine_cannot_hold_are_one_line_before_any_trial(local_ray, tmp_path, resources, needle):
+    """Ray Train trials too big for this machine failed one after another (a search_spaces/cifar10.yaml sweep on a
+    2-core laptop: 120 identical failures); an in-process trial asking for a missing GPU waited forever."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is there")
+    space = SP.load_space(write_space(tmp_path, base={"config": "digits", "set": {**BASE_SET, **resources}}))
+    store = TR.Store.from_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with pytest.raises(KnnmixError, match=needle):
+        S.run_sweep(space, tmp_path / "sweep", store=store, echo=None)
+    assert S.check_state(S.SweepFolder(tmp_path / "sweep"), resume=False) is None  # nothing to --resume
+    assert not list((tmp_path / "sweep").glob("*/trials"))
 
 
 def test_resuming_a_sweep_folder_that_does_not_exist_leaves_nothing_behind(tmp_path):

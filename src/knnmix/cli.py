@@ -25,8 +25,10 @@ SHORTHANDS = {
 }
 
 
-def _add_run_options(p: argparse.ArgumentParser, resume: str | None = None, tracking: bool = True) -> None:
-    """The config options every training command shares; ``resume``: what --resume / --overwrite act on."""
+def _add_run_options(p: argparse.ArgumentParser, resume: str | None = None, tracking: bool = True,
+                     command: str = "train") -> None:
+    """The config options every training command shares; ``resume``: what --resume / --overwrite act on;
+    ``command``: whose --register help to show."""
     p.add_argument("--config", help="YAML config file, or an embedded preset name (digits, audit)")
     p.add_argument("--dataset", help="shorthand for --set data.name=NAME")
     p.add_argument("--noise", help="shorthand for --set noise.spec=SPEC (e.g. symmetric:0.4, cifar10n:worse)")
@@ -42,16 +44,22 @@ def _add_run_options(p: argparse.ArgumentParser, resume: str | None = None, trac
     )
     if tracking:
         _add_tracking_options(p, "log the finished run to this MLflow tracking URI (default: MLFLOW_TRACKING_URI if "
-                                 "set, else no logging)")
+                                 "set, else no logging)", command)
     if resume:
         p.add_argument("--resume", action="store_true", help=f"continue {resume} in --out from its checkpoint")
         p.add_argument("--overwrite", action="store_true", help=f"replace {resume} in --out")
 
 
-def _add_tracking_options(p: argparse.ArgumentParser, text: str) -> None:
+REGISTER_HELP = {
+    "train": "register the logged model (model_best.pt) as a version of this MLflow model name",
+    "compare": "register each method's logged model as a version of NAME-<method>",
+    "sweep": "register each noise setting's best model as a version of this MLflow model name",
+}
+
+
+def _add_tracking_options(p: argparse.ArgumentParser, text: str, command: str = "train") -> None:
     p.add_argument("--tracking-uri", help=text)
-    p.add_argument("--register", metavar="NAME", help="register the logged best model under this MLflow model name "
-                                                     "(compare: NAME-<method> for each method)")
+    p.add_argument("--register", metavar="NAME", help=REGISTER_HELP[command])
 
 
 def load_config(args: argparse.Namespace) -> C.Config:
@@ -268,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("compare", help="train several methods on identical settings and print a table")
-    _add_run_options(p, resume="each method's run")
+    _add_run_options(p, resume="each method's run", command="compare")
     p.add_argument("--methods", default="ce,knnmix", help="comma-separated methods (default: ce,knnmix)")
     p.set_defaults(func=cmd_compare)
 
@@ -292,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep",
         help="tune hyper-parameters per noise setting: Ray Tune + Optuna (TPE) + ASHA, logged to MLflow",
         description="Sweep a search space (search_spaces/README.md): one Optuna study per noise setting, each trial "
-        "a Ray Train run, stopped early by ASHA on the noisy-validation accuracy; every trial logged to MLflow.",
+        "run in its Tune trial's own process (distributed.workers <= 1) or as a Ray Train run, stopped early by ASHA "
+        "on the noisy-validation accuracy; every trial logged to MLflow.",
     )
     p.add_argument("space", nargs="?", help="search space YAML file (or a name in search_spaces/, e.g. smoke)")
     p.add_argument(
@@ -302,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", help="sweep folder (default runs/sweeps/<space name>)")
     _add_tracking_options(p, "MLflow tracking URI (default: MLFLOW_TRACKING_URI if set, else "
-                             "sqlite:///<cwd>/mlflow.db with artifacts in <cwd>/mlartifacts)")
+                             "sqlite:///<cwd>/mlflow.db with artifacts in <cwd>/mlartifacts)", "sweep")
     p.add_argument("--verbose", action="store_true", help="show Ray's, Tune's and the trials' own output")
     p.add_argument(
         "--resume", action="store_true",

@@ -119,7 +119,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
-    epochs: int = 100  # training epochs
+    epochs: int = 100  # training epochs; a resume may raise it (the cosine schedule then stretches to the new length)
     seed: int = 0  # seed of initialisation, batching, augmentation (and of the noise unless noise.seed is set); 0 to 1e8
     out: str = "runs/knnmix"  # run folder: config, metrics, checkpoint, label issues
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available

@@ -87,9 +87,12 @@ class Store:
         return self.artifact_root is not None
 
     def ui_command(self) -> str:
+        """The command that serves a local store's UI; without MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false MLflow 3.17's
+        server also starts ten job-runner processes (docs/sweeps.md)."""
         if not self.is_local:
             return f"open {self.uri} in a browser"
-        return (f"mlflow ui --backend-store-uri {shlex.quote(self.uri)} --default-artifact-root "
+        return (f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri {shlex.quote(self.uri)} "
+                "--default-artifact-root "
                 f"{shlex.quote(str(self.artifact_root))} --host 127.0.0.1")
 
     def experiment_url(self, experiment_id: str) -> str:
@@ -306,7 +309,7 @@ def log_training_run(store: Store, folder: Path, summary: dict[str, Any], *, exp
     logged = {int(m.step) for m in client.get_metric_history(rid, "train_loss")}  # logged every epoch
     log_epochs(client, rid, [r for r in read_metrics(folder / METRICS) if int(r["epoch"]) not in logged])
     log_files(client, rid, folder, (SUMMARY, LABEL_ISSUES, LABEL_ISSUES_PLOT, RUN_INFO))
-    selected = str(summary["best_val"]["epoch"])
+    selected = str(summary["best_val"]["epoch"] or summary["epochs"])  # no validation split: the last epoch
     if (folder / BEST_MODEL).exists() and (register or client.get_run(rid).data.tags.get(MODEL_EPOCH_TAG) != selected):
         log_model(store, rid, folder / BEST_MODEL, register=register)
         client.set_tag(rid, MODEL_EPOCH_TAG, selected)

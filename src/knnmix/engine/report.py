@@ -9,7 +9,7 @@ import torch
 
 from knnmix import config as C
 from knnmix.audit import find_label_issues, plot_label_issues, write_label_issues
-from knnmix.engine.checkpoint import LABEL_ISSUES, LABEL_ISSUES_PLOT, RunFolder
+from knnmix.engine.checkpoint import BEST_MODEL, LABEL_ISSUES, LABEL_ISSUES_PLOT, RunFolder
 from knnmix.methods.phases import Bank
 from knnmix.provenance import git_commit
 
@@ -120,9 +120,11 @@ def progress_line(r: dict[str, Any], epochs: int, eta_s: float | None = None) ->
 
 
 def done_line(summary: dict[str, Any], folder: RunFolder) -> str:
+    best = summary["best_val"]
+    selected = (f"val-selected test acc {pct(best['test_acc'])} (epoch {best['epoch']})" if best["val_acc"] is not None
+                else f"no validation split, so {BEST_MODEL} holds the last epoch")
     return (
-        f"done: last-epoch test acc {pct(summary['final']['test_acc'])}, val-selected test acc "
-        f"{pct(summary['best_val']['test_acc'])} (epoch {summary['best_val']['epoch']}); "
+        f"done: last-epoch test acc {pct(summary['final']['test_acc'])}, {selected}; "
         f"{summary['label_issues']['flagged']} labels flagged in {folder.file(LABEL_ISSUES)}"
     )
 

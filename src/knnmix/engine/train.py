@@ -184,6 +184,21 @@ def make_lr_schedule(o: C.OptimConfig, opt: torch.optim.Optimizer, epochs: int) 
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
+def cosine_lr(base: float, low: float, step: int, steps: int) -> float:
+    """The learning rate of a cosine schedule from ``base`` to ``low`` over ``steps`` epochs, after ``step`` of them."""
+    return low + (base - low) * (1 + math.cos(math.pi * step / steps)) / 2
+
+
+def stretch_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, epochs: int) -> None:
+    """Fit a restored cosine schedule to the run's ``epochs`` (a resume may extend a run): the saved one keeps the
+    old length, so the extra epochs would train at a learning rate of 0 and then a rising one."""
+    if not isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) or scheduler.T_max == epochs:
+        return
+    scheduler.T_max = epochs
+    for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = cosine_lr(base, scheduler.eta_min, scheduler.last_epoch, epochs)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Loading batches
 
@@ -437,7 +452,8 @@ def track_best(run: Run, record: dict[str, Any]) -> bool:
 
 def finish(run: Run, folder: RunFolder | None, *, echo: Echo = None) -> dict[str, Any]:
     """Test the selected weights if no epoch did, audit every training label with the final model, write
-    ``summary.json`` and ``label_issues.csv`` (rank 0). Every rank calls it (the passes are collective)."""
+    ``summary.json`` and ``label_issues.csv`` (rank 0; and ``model_best.pt`` of the last epoch without a validation
+    split). Every rank calls it (the passes are collective)."""
     if run.best["epoch"] and run.best["test_acc"] is None and run.best_weights is not None:
         final = {k: v.clone() for k, v in run.model.state_dict().items()}
         run.model.load_state_dict(run.best_weights)
@@ -446,6 +462,8 @@ def finish(run: Run, folder: RunFolder | None, *, echo: Echo = None) -> dict[str
     bank = embed(run, torch.arange(len(run.splits.train)))
     summary = report.summary(run)
     if folder is not None:
+        if run.splits.val is None:  # nothing selects an epoch: model_best.pt (what is logged and served) is the last
+            folder.save_best_model(run.model_args, run.model.state_dict(), serving(run.splits))
         summary["label_issues"] = report.label_audit(run, bank, folder)
         folder.write_summary(summary)
         if echo:
@@ -498,6 +516,7 @@ def _restore(run: Run, ckpt: dict[str, Any]) -> None:
                           "the checkpoint's, and its per-sample state is aligned to them")
     for part in STATEFUL:
         getattr(run, part).load_state_dict(ckpt[part])
+    stretch_schedule(run.scheduler, run.cfg.epochs)
     run.epoch = int(ckpt["epoch"])
     run.history = list(ckpt["history"])
     run.best = dict(ckpt["best"])

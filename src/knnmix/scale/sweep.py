@@ -36,7 +36,7 @@ from knnmix.errors import KnnmixError
 from knnmix.provenance import git_commit, now
 from knnmix.scale import ray_env
 from knnmix.scale import sweep_mlflow as T
-from knnmix.scale.train import absolute_paths, fit, report_epoch, run_exists, start_or_restore
+from knnmix.scale.train import absolute_paths, fit, fits_this_machine, report_epoch, run_exists, start_or_restore
 from knnmix.spaces import METRIC, MODE, SETTING_KEY, NoiseSetting, SearchSpace, load_space, parse_space
 from knnmix.tracking import Store
 
@@ -233,6 +233,12 @@ def trial_resources(cfg: C.Config) -> dict[str, Any]:
     return {"cpu": 0, "memory": TRIAL_MEMORY}
 
 
+def trials_fit_this_machine(cfg: C.Config) -> None:
+    """A trial that a Ray of this machine alone can never hold is one line before any trial starts: Tune would wait
+    for an in-process trial's CPUs or GPU forever, and every Ray Train trial would fail alike, one after another."""
+    fits_this_machine(C.replace(cfg, **{"distributed.workers": max(cfg.distributed.workers, 1)}))
+
+
 def max_concurrent(space: SearchSpace, cfg: C.Config, cluster: dict[str, float]) -> int:
     """``max_concurrent_trials``, or the trials the cluster's CPUs (GPUs) fit, at most every trial of the sweep."""
     if space.max_concurrent_trials is not None:
@@ -370,10 +376,11 @@ def run_sweep(
                      "tracking": {"uri": store.uri, "artifact_root": store.artifact_root}, "mlflow": {}}
         # the state (what --resume needs) is written once the store answered: a store that fails leaves no sweep
         ml = T.open_sweep_runs(store, space, settings, state["mlflow"], folder.file(SPACE_FILE), register)
-        _write_state(folder, state)
-
         ray_env.ensure_ray(verbose=verbose)
         first = configs[settings[0].slug]
+        trials_fit_this_machine(first)  # before the state: a sweep that cannot run leaves none to --resume
+        _write_state(folder, state)
+
         concurrency = max_concurrent(space, first, ray.cluster_resources())
         payload = {"configs": {k: C.to_dict(v) for k, v in configs.items()}, "root": str(folder.root),
                    "verbose": verbose}
