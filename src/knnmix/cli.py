@@ -331,6 +331,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # the command as typed, recorded with results (compare)
+    from knnmix.scale.ray_env import sigterm_as_interrupt
+
+    sigterm_as_interrupt()  # kill / timeout / a batch system stop a command as Ctrl+C does (ensure_ray again)
     return guarded(lambda: args.func(args))
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -110,6 +112,7 @@ def ensure_ray(*, verbose: bool = False, **init: Any) -> bool:
             ray.init(address=address, **kwargs)
         except (ValueError, ConnectionError) as exc:  # an HTTP (dashboard) address, no Ray at "auto", ...
             raise KnnmixError(f"RAY_ADDRESS={address!r}: {one_line(exc)}") from None
+        sigterm_as_interrupt()
         return True
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -135,4 +138,20 @@ def ensure_ray(*, verbose: bool = False, **init: Any) -> bool:
         ray_constants.ENABLE_RAY_CLUSTER = cluster
         for key in local:
             os.environ.pop(key, None)
+    sigterm_as_interrupt()
     return True
+
+
+def sigterm_as_interrupt() -> None:
+    """Make SIGTERM (``kill``, ``timeout``, a batch system, ``ray job stop``) stop this process as Ctrl+C does: a sweep
+    saves its state and says how to ``--resume``, a run says it was interrupted. ``ray.init`` leaves SIGTERM to
+    Ray's crash handler, which printed a native stack dump and aborted the driver (status 134). Main thread only."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _on_sigterm(_signum: int, frame: Any) -> None:
+    handler = signal.getsignal(signal.SIGINT)  # Tune's graceful stop during a sweep, else Python's KeyboardInterrupt
+    if not callable(handler):  # SIGINT ignored (a job started with '&' by a script) or left to the OS: still stop
+        raise KeyboardInterrupt
+    handler(signal.SIGINT, frame)
