@@ -393,6 +393,9 @@ def run_sweep(
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # how often Tune saves what --resume starts from
         if tune.Tuner.can_restore(tune_dir):  # with the searcher, the run config and its TrialLogger as saved
             tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
+            for callback in tuner._local_tuner.get_run_config().callbacks or []:
+                if isinstance(callback, T.TrialLogger):
+                    callback.resumed(say)  # else a resumed sweep printed no trial's line
         else:
             logger = T.TrialLogger(store=store, experiment_id=ml["experiment_id"], parents=ml["settings"],
                                    specs={s.slug: s.spec for s in settings}, root=str(folder.root), total=total,

@@ -103,6 +103,16 @@ class TrialLogger(Callback):
     def __getstate__(self) -> dict[str, Any]:  # without the client (made again on first use) and echo
         return {k: v for k, v in self.__dict__.items() if k != "client"} | {"echo": None}
 
+    def resumed(self, echo: Callable[[str], None] | None) -> None:
+        """After ``Tuner.restore``, which gives back this callback as saved when the sweep started (no echo, no trial
+        done): print each trial's line again, counting on from the trials that ended before."""
+        self.echo = echo
+        for parent in self.parents.values():
+            runs = self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'",
+                                           max_results=50000)
+            self._done.update(r.data.tags[TRIAL_TAG] for r in runs
+                              if r.data.tags.get(OUTCOME_TAG) and r.data.tags.get(TRIAL_TAG))
+
     @cached_property
     def client(self) -> Any:
         """One client for the callback's life (it is used several times per trial result)."""
