@@ -503,6 +503,45 @@ def test_a_sweep_folder_in_use_is_refused_in_one_line(tmp_path, capsys):
     assert not (out / "sweep_state.json").exists()
 
 
+def test_sigterm_stops_a_ray_driver_as_ctrl_c_does(local_ray):
+    """Ray's crash handler took SIGTERM from ray.init: a sweep driver stopped by kill / timeout / a batch system
+    printed a native stack dump and aborted (status 134) instead of saving its state and naming --resume."""
+    import signal
+
+    from knnmix.scale import ray_env
+
+    ray_env.ensure_ray()  # already connected: the handler is the one ensure_ray installed when it started Ray
+    assert signal.getsignal(signal.SIGTERM) is ray_env._on_sigterm
+    with pytest.raises(KeyboardInterrupt):  # what Tune's SIGINT handler (during a sweep) or Python's gets
+        signal.raise_signal(signal.SIGTERM)
+        time.sleep(1)
+
+
+def test_a_resumed_sweep_prints_each_trials_line(local_ray, tmp_path):
+    """Tune saves the TrialLogger without its echo; after --resume the trials that ended printed nothing (and the
+    count started again at 1)."""
+    import signal
+
+    space = SP.load_space(write_space(tmp_path, base={"config": "digits", "set": {**BASE_SET, "epochs": 3,
+                                                                                   "data.train_subset": 300}},
+                                      noise=["symmetric:0.2"], trials=2, start_with=[GOOD],
+                                      asha={"grace_period": 3}, max_concurrent_trials=1))
+    lines: list[str] = []
+
+    def stop_after_first(line: str) -> None:  # Ctrl+C once the first trial has ended
+        lines.append(line)
+        if line.lstrip().startswith("trial") and len([x for x in lines if x.lstrip().startswith("trial")]) == 1:
+            signal.raise_signal(signal.SIGINT)
+
+    out = tmp_path / "sweep"
+    with pytest.raises(KeyboardInterrupt):
+        S.run_sweep(space, out, store=TR.Store.from_uri(f"sqlite:///{tmp_path / 'runs.db'}"), echo=stop_after_first)
+    assert any("continue it with" in x for x in lines), lines
+    resumed: list[str] = []
+    S.run_sweep(space, out, resume=True, echo=resumed.append)
+    assert [x.split(" after ")[0].split()[:2] for x in resumed if x.lstrip().startswith("trial")] == [["trial", "2/2"]]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # End to end: 2 noise rates x 3 in-process trials on digits
 
