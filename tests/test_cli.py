@@ -150,6 +150,22 @@ def test_resume_reads_the_run_folders_config_however_the_folder_is_named(capsys,
     assert code == 2 and "unknown dataset 'mnist'" in err, err
 
 
+def test_a_run_folder_named_with_tilde_is_in_the_home_folder(capsys, tmp_path, monkeypatch):
+    """`out: ~/runs/x` in a config file (or `--set out=~/...`, which no shell expands) went to a folder named '~' in
+    the working directory, and `--resume` there found no run; data.root, sweeps and --workers runs expand it."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    args = ["--config", "digits", "--set", "epochs=1", "--set", "data.train_subset=300", "--set", "out=~/runs/x"]
+    code, _, err = run_cli(capsys, "train", *args)
+    assert code == 0, err
+    assert (home / "runs" / "x" / "summary.json").exists() and not (work / "~").exists()
+    code, out, err = run_cli(capsys, "train", "--set", "out=~/runs/x", "--resume")  # with its saved config
+    assert code == 0 and "resumed after epoch 1" in out, err
+
+
 @pytest.mark.parametrize(
     "argv,needle",
     [

@@ -65,13 +65,15 @@ def _add_tracking_options(p: argparse.ArgumentParser, text: str, command: str = 
 def load_config(args: argparse.Namespace) -> C.Config:
     """Defaults <- ``--config`` <- the shorthand options given <- ``--set``."""
     path = C.preset_path(args.config) if args.config else None
-    return C.load(path, args.overrides, **{key: getattr(args, dest, None) for dest, key in SHORTHANDS.items()})
+    cfg = C.load(path, args.overrides, **{key: getattr(args, dest, None) for dest, key in SHORTHANDS.items()})
+    # '~' from a config file or --set out=~/x (no shell expands it) is the home folder, as for data.root and sweeps
+    return C.replace(cfg, out=os.path.expanduser(cfg.out)) if cfg.out.startswith("~") else cfg
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:  # the run folder: --set out=DIR (the last one) beats --out DIR, as in load_config
         outs = [value for key, value in map(C.parse_override, args.overrides) if key == "out"]
-        saved = Path(str(outs[-1] if outs else args.out or C.Config().out)) / "config.yaml"
+        saved = Path(str(outs[-1] if outs else args.out or C.Config().out)).expanduser() / "config.yaml"
         if saved.exists() and not args.config:
             args.config = str(saved)
     summary = run_training(load_config(args), args)

@@ -56,7 +56,7 @@ CHECKPOINT_KEYS = ("format", "config", "epoch", "model_args", "model", "optimize
 
 class RunFolder:
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        self.path = Path(path).expanduser()  # '~/runs/x' is the home folder's, not a folder named '~' here
 
     def file(self, name: str) -> Path:
         return self.path / name
