@@ -517,6 +517,18 @@ def test_sigterm_stops_a_ray_driver_as_ctrl_c_does(local_ray):
         time.sleep(1)
 
 
+def test_a_ray_temp_dir_too_long_for_its_sockets_is_one_line(tmp_path):
+    """A long RAY_TMPDIR (Ray's Unix socket paths may have 107 bytes) was a 30-line OSError traceback."""
+    env = {**os.environ, "RAY_TMPDIR": str(tmp_path / ("x" * 90))}
+    env.pop("RAY_ADDRESS", None)
+    args = ["sweep", str(write_space(tmp_path, noise=["symmetric:0.2"])), "--out", str(tmp_path / "sweep"),
+            "--tracking-uri", f"sqlite:///{tmp_path / 'runs.db'}"]
+    done = subprocess.run([sys.executable, "-m", "knnmix.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith("knnmix: error: RAY_TMPDIR="), done.stderr[-3000:]
+    assert "is too long for Ray" in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]
+
+
 def test_a_resumed_sweep_prints_each_trials_line(local_ray, tmp_path):
     """Tune saves the TrialLogger without its echo; after --resume the trials that ended printed nothing (and the
     count started again at 1)."""

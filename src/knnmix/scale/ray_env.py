@@ -134,6 +134,12 @@ def ensure_ray(*, verbose: bool = False, **init: Any) -> bool:
     os.environ.update(local)
     try:
         ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", **kwargs)
+    except OSError as exc:  # before Ray starts any process: the Unix sockets below its temp dir need short paths
+        if "AF_UNIX path length" not in str(exc):
+            raise
+        where = os.environ.get("RAY_TMPDIR") or init.get("_temp_dir") or "the temporary folder"
+        raise KnnmixError(f"RAY_TMPDIR={where!r} is too long for Ray: its socket paths below it may have at most 107 "
+                          "bytes; choose a shorter RAY_TMPDIR (e.g. /tmp/ray-$USER)") from None
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = cluster
         for key in local:
