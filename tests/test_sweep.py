@@ -424,6 +424,23 @@ def test_resume_with_a_changed_space_file_names_what_changed(tmp_path):
         S.resolve_space(folder, str(path), ["sweep.trials=9"], resume=True)
 
 
+def test_resume_after_editing_the_sweep_folders_space_file_is_refused_in_one_line(tmp_path, capsys):
+    """Tune restores the experiment as started: with trials raised in the folder's space.yaml, each --resume ran the
+    old trials, then said 'sweep stopped (4 of 6 trials ended); continue it with ... --resume', never finishing."""
+    space = SP.load_space(write_space(tmp_path))
+    folder = S.SweepFolder(tmp_path / "sweep")
+    folder.root.mkdir()
+    folder.file(S.SPACE_FILE).write_text(space.to_yaml())
+    S._write_state(folder, S.new_state(space, TR.Store.from_uri(f"sqlite:///{tmp_path / 'runs.db'}")))
+    assert S.resolve_space(folder, None, [], resume=True).to_dict() == space.to_dict()  # unedited: resumes
+    saved = folder.file(S.SPACE_FILE)
+    saved.write_text(saved.read_text().replace("trials: 3", "trials: 5"))
+    assert cli_main(["sweep", "--resume", "--out", str(folder.root)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("knnmix: error: ") and "\n" not in err, err
+    assert "space.yaml' was edited after the sweep started (trials: 3 -> 5)" in err, err
+
+
 def test_a_sweep_folder_on_object_storage_is_refused_in_one_line(tmp_path, capsys):
     assert cli_main(["sweep", str(write_space(tmp_path)), "--out", "s3://bucket/sweeps/x"]) == 2
     err = capsys.readouterr().err.strip()

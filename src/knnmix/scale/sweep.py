@@ -87,6 +87,13 @@ def resolve_space(folder: SweepFolder, space_arg: str | None, overrides: list[st
             raise KnnmixError("name a search space file, e.g. knnmix sweep search_spaces/smoke.yaml")
         return load_space(space_arg, overrides)
     saved = parse_space(C.read_yaml(folder.file(SPACE_FILE), f"the sweep's {SPACE_FILE}"), label=state["space_label"])
+    # Tune restores the experiment as started (its trial count, searcher, schedulers): an edited space.yaml ran the
+    # old one, then (more trials) said "sweep stopped ... --resume" after every resume, never finishing
+    as_saved = json.loads(json.dumps(saved.to_dict()))  # as sweep_state.json holds it (lists, not tuples)
+    if "space" in state and (shown := C.differences(state["space"], as_saved, 3)):
+        raise KnnmixError(f"{str(folder.file(SPACE_FILE))!r} was edited after the sweep started ({shown}); a sweep "
+                          "continues the space it started with: undo the edit, or start the edited space in another "
+                          "--out")
     if space_arg is None and not overrides:
         return saved
     if space_arg is None:
@@ -371,9 +378,7 @@ def run_sweep(
         configs = {slug: C.replace(cfg, **absolute_paths(cfg)) for slug, cfg in configs.items()}
         if state is None:
             atomic_write_text(folder.file(SPACE_FILE), space.to_yaml())
-            state = {"version": 2, "name": space.name, "space_label": space.label, "status": "running",
-                     "started": now(),
-                     "tracking": {"uri": store.uri, "artifact_root": store.artifact_root}, "mlflow": {}}
+            state = new_state(space, store)
         # the state (what --resume needs) is written once the store answered: a store that fails leaves no sweep
         ml = T.open_sweep_runs(store, space, settings, state["mlflow"], folder.file(SPACE_FILE), register)
         ray_env.ensure_ray(verbose=verbose)
@@ -430,6 +435,13 @@ def run_sweep(
         say(f"\nsweep folder: {folder.root}\nOptuna studies: optuna-dashboard {folder.optuna_storage}\n"
             f"MLflow UI: {store.ui_command()}\n  then open {store.experiment_url(ml['experiment_id'])}")
         return summary
+
+
+def new_state(space: SearchSpace, store: Store) -> dict[str, Any]:
+    """What ``sweep_state.json`` holds when a sweep starts; ``space``: the space as started (see resolve_space)."""
+    return {"version": 2, "name": space.name, "space_label": space.label, "status": "running", "started": now(),
+            "space": space.to_dict(), "tracking": {"uri": store.uri, "artifact_root": store.artifact_root},
+            "mlflow": {}}
 
 
 def _write_state(folder: SweepFolder, state: dict[str, Any]) -> None:
