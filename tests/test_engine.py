@@ -401,3 +401,33 @@ def test_the_banner_measures_the_noise_of_the_rows_trained_on(tmp_path):
     summary = train(digits_cfg(tmp_path, epochs=1, **{"method.name": "ce", "data.train_subset": 60}), echo=lines.append)
     assert summary["train_noise_rate"] != summary["noise_rate"]  # 54 training rows of the 1,437 the noise flipped
     assert f"(measured {100 * summary['train_noise_rate']:.2f}%)" in lines[0]
+
+
+def test_a_file_the_disk_cannot_hold_is_one_line_and_leaves_the_previous_one(tmp_path):
+    """A full disk while saving: torch's zip writer raised a RuntimeError ('unexpected pos ...') as a traceback and
+    left its partial .tmp taking the space a --resume needs. Here a file-size limit stands in for the full disk."""
+    import resource
+    import signal
+
+    from knnmix.engine.checkpoint import atomic_save, atomic_write_text
+
+    folder = RunFolder(tmp_path)
+    atomic_save({"x": torch.zeros(10)}, folder.file("checkpoint.pt"))
+    folder.write_summary({"epoch": 1})
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, hard))
+    try:
+        with pytest.raises(KnnmixError, match=r"cannot write '.*checkpoint.pt' \(the write stopped short, is the "
+                                              r"disk full\? .*\); the previous checkpoint.pt, if any, is unchanged"):
+            atomic_save({"x": torch.zeros(100_000)}, folder.file("checkpoint.pt"))
+        with pytest.raises(KnnmixError, match=r"cannot write '.*summary.json' \(File too large\)"):
+            folder.write_summary({"epoch": 2, "pad": "x" * 300_000})
+        with pytest.raises(KnnmixError, match=r"cannot write '.*metrics.jsonl' \(File too large\)"):
+            folder.append_metrics({"epoch": 2, "pad": "x" * 300_000})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    (tmp_path / "metrics.jsonl").unlink()  # (append writes in place; --resume rewrites it from the checkpoint)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no .tmp left, nothing replaced

@@ -99,8 +99,12 @@ class RunFolder:
         atomic_write_text(self.file(METRICS), "".join(json.dumps(r) + "\n" for r in history))
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        with open(self.file(METRICS), "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        try:
+            with open(self.file(METRICS), "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+        except OSError as exc:  # a line cut short is rewritten from the checkpoint's history on --resume
+            raise KnnmixError(f"cannot write {str(self.file(METRICS))!r} ({exc.strerror or one_line(exc, 150)}): "
+                              "free some space, then --resume") from None
 
     def save_checkpoint(self, payload: dict[str, Any]) -> None:
         atomic_save(payload, self.file(CHECKPOINT))
@@ -129,14 +133,30 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 def atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # a full disk is a RuntimeError of torch's zip writer ("unexpected pos")
+        raise write_error(path, tmp, exc) from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise write_error(path, tmp, exc) from None
+
+
+def write_error(path: Path, tmp: Path, exc: BaseException) -> KnnmixError:
+    """A file that could not be written in full (a full disk, a quota): its partial copy is removed, so the space
+    it took is free again, and the file as it was stays in place (a run resumes from its last checkpoint)."""
+    tmp.unlink(missing_ok=True)
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (
+        f"the write stopped short, is the disk full? {one_line(exc, 120)}")
+    return KnnmixError(f"cannot write {str(path)!r} ({reason}); the previous {path.name}, if any, is unchanged: "
+                       "free some space, then --resume")
 
 
 def safe_load(path: str | Path) -> Any:
