@@ -336,7 +336,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from knnmix.scale.ray_env import sigterm_as_interrupt
 
     sigterm_as_interrupt()  # kill / timeout / a batch system stop a command as Ctrl+C does (ensure_ray again)
-    return guarded(lambda: args.func(args))
+    resumable = args.command in ("train", "compare", "audit")  # (a sweep says how to resume when Tune has stopped)
+    return guarded(lambda: args.func(args), RESUME_HINT if resumable else "")
+
+
+#: After "knnmix: interrupted" for the commands that train into run folders.
+RESUME_HINT = "; the same command with --resume continues from the last checkpoint"
 
 
 def guarded(command: Callable[[], int], interrupted: str = "") -> int:
