@@ -441,6 +441,18 @@ def test_resume_after_editing_the_sweep_folders_space_file_is_refused_in_one_lin
     assert "space.yaml' was edited after the sweep started (trials: 3 -> 5)" in err, err
 
 
+def test_the_printed_optuna_command_survives_a_folder_with_spaces_and_a_hash(tmp_path):
+    """The MLflow UI command was quoted, the Optuna one was not: '/runs/sp ü/sw #1' broke it at the space, and
+    the shell dropped everything after '#'."""
+    import shlex
+
+    storage = S.SweepFolder(tmp_path / "sp ü" / "sw #1").optuna_storage
+    assert shlex.split(S.optuna_command(storage)) == ["optuna-dashboard", storage]
+    summary = {"name": "x", "commit": "c", "settings": [], "optuna_storage": storage,
+               "mlflow": {"experiment": "e", "sweep_run_id": "r", "ui": "mlflow ui"}}
+    assert f"Optuna: `{S.optuna_command(storage)}`" in S.summary_markdown(summary)
+
+
 def test_a_sweep_folder_on_object_storage_is_refused_in_one_line(tmp_path, capsys):
     assert cli_main(["sweep", str(write_space(tmp_path)), "--out", "s3://bucket/sweeps/x"]) == 2
     err = capsys.readouterr().err.strip()

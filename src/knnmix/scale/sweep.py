@@ -16,6 +16,7 @@ import json
 import math
 import os
 import pickle
+import shlex
 import zlib
 from collections import Counter
 from collections.abc import Callable
@@ -432,7 +433,7 @@ def run_sweep(
         state.update(status="done", finished=now())
         _write_state(folder, state)
         say("\n" + summary_table(summary))
-        say(f"\nsweep folder: {folder.root}\nOptuna studies: optuna-dashboard {folder.optuna_storage}\n"
+        say(f"\nsweep folder: {folder.root}\nOptuna studies: {optuna_command(folder.optuna_storage)}\n"
             f"MLflow UI: {store.ui_command()}\n  then open {store.experiment_url(ml['experiment_id'])}")
         return summary
 
@@ -442,6 +443,11 @@ def new_state(space: SearchSpace, store: Store) -> dict[str, Any]:
     return {"version": 2, "name": space.name, "space_label": space.label, "status": "running", "started": now(),
             "space": space.to_dict(), "tracking": {"uri": store.uri, "artifact_root": store.artifact_root},
             "mlflow": {}}
+
+
+def optuna_command(storage: str) -> str:
+    """The command that opens the studies, quoted for a shell (a sweep folder may hold spaces or '#')."""
+    return f"optuna-dashboard {shlex.quote(storage)}"
 
 
 def _write_state(folder: SweepFolder, state: dict[str, Any]) -> None:
@@ -518,5 +524,5 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         out.append("")
     m = summary["mlflow"]
     out += [f"MLflow: experiment `{m['experiment']}`, sweep run `{m['sweep_run_id']}`; `{m['ui']}`",
-            f"Optuna: `optuna-dashboard {summary['optuna_storage']}`", ""]
+            f"Optuna: `{optuna_command(summary['optuna_storage'])}`", ""]
     return "\n".join(out)
