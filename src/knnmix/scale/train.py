@@ -160,6 +160,8 @@ def fit(
     )
     try:
         result = trainer.fit()
+    except SystemExit:  # Ray Train's Ctrl+C (and so SIGTERM) handler aborts the run, then exits 1 without a word
+        raise KeyboardInterrupt from None  # 'knnmix: interrupted', status 130, as a run without Ray
     except TrainingFailedError as exc:
         user = user_error(exc)
         if user is not None:
