@@ -399,13 +399,9 @@ def run_sweep(
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # how often Tune saves what --resume starts from
         if tune.Tuner.can_restore(tune_dir):  # with the searcher, the run config and its TrialLogger as saved
             tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
-            for callback in tuner._local_tuner.get_run_config().callbacks or []:
-                if isinstance(callback, T.TrialLogger):
-                    callback.resumed(say)  # else a resumed sweep printed no trial's line
         else:
             logger = T.TrialLogger(store=store, experiment_id=ml["experiment_id"], parents=ml["settings"],
-                                   specs={s.slug: s.spec for s in settings}, root=str(folder.root), total=total,
-                                   echo=say)
+                                   specs={s.slug: s.spec for s in settings}, root=str(folder.root), total=total)
             studies = {s.slug: make_study(space, s, folder.optuna_storage) for s in settings}
             search = SettingsSearch(studies, space.trials)
             scheduler = SettingsASHA({s.slug: make_asha(space, configs[s.slug].epochs) for s in settings},
@@ -420,7 +416,11 @@ def run_sweep(
                 run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(folder.root), callbacks=[logger],
                                           failure_config=tune.FailureConfig(max_failures=0), verbose=0),
             )
-        tuner.fit()
+        T.ECHOES[str(folder.root)] = say  # the trials' lines (the TrialLogger Tune restores was saved without it)
+        try:
+            tuner.fit()
+        finally:
+            T.ECHOES.pop(str(folder.root), None)
         trials = collect_trials(folder)
         ended = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
         if len(ended) < total:  # Tune returns normally after Ctrl+C (it saved its state first)

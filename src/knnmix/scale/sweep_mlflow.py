@@ -85,28 +85,33 @@ def run_name(spec: str, sampled: dict[str, Any]) -> str:
     return " ".join([spec, *(f"{k.rsplit('.', 1)[-1]}={fmt(v)}" for k, v in sampled.items())])[:250]
 
 
+#: Where each running sweep prints its trials' lines, by sweep folder (set by run_sweep for the call). Not part of
+#: the TrialLogger, which Tune pickles with the experiment and gives back on --resume as it was saved.
+ECHOES: dict[str, Callable[[str], None]] = {}
+
+
 class TrialLogger(Callback):
-    """Logs every trial as an MLflow run nested under its noise setting's run (a Tune callback on the driver).
+    """Logs every trial as an MLflow run nested under its noise setting's run (a Tune callback on the driver) and
+    prints a line for each trial that ends (through ``ECHOES[root]``).
 
     Picklable (Tune saves it with the experiment). A restored sweep finds each trial's run again by its
     ``knnmix.trial_id`` tag, so a trial is never logged twice.
     """
 
     def __init__(self, *, store: Store, experiment_id: str, parents: dict[str, str], specs: dict[str, str],
-                 root: str, total: int, echo: Callable[[str], None] | None = None) -> None:
+                 root: str, total: int) -> None:
         self.store, self.experiment_id, self.parents, self.specs = store, experiment_id, parents, specs
-        self.root, self.total, self.echo = root, total, echo
+        self.root, self.total = root, total
         self._runs: dict[str, str] = {}
         self._epochs: dict[str, set[int]] = {}
         self._done: set[str] = set()
 
-    def __getstate__(self) -> dict[str, Any]:  # without the client (made again on first use) and echo
-        return {k: v for k, v in self.__dict__.items() if k != "client"} | {"echo": None}
+    def __getstate__(self) -> dict[str, Any]:  # without the client (made again on first use)
+        return {k: v for k, v in self.__dict__.items() if k != "client"}
 
-    def resumed(self, echo: Callable[[str], None] | None) -> None:
-        """After ``Tuner.restore``, which gives back this callback as saved when the sweep started (no echo, no trial
-        done): print each trial's line again, counting on from the trials that ended before."""
-        self.echo = echo
+    def setup(self, **info: Any) -> None:
+        """At the start of every ``Tuner.fit``, a restored one too (Tune gives this callback back as saved when the
+        sweep started, with no trial done): the trials that ended before, so that the count goes on from them."""
         for parent in self.parents.values():
             runs = self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'",
                                            max_results=50000)
@@ -183,9 +188,9 @@ class TrialLogger(Callback):
         self.client.set_tag(rid, OUTCOME_TAG, outcome)
         self.client.set_terminated(rid, status="FAILED" if failed else "FINISHED")
         self._done.add(trial.trial_id)
-        if self.echo:
+        if echo := ECHOES.get(self.root):
             v = f"{best[METRIC]:.2f}" if best else "n/a"
-            self.echo(f"  trial {len(self._done):>3}/{self.total} {outcome:<13} after {last:>3} epochs, best val "
+            echo(f"  trial {len(self._done):>3}/{self.total} {outcome:<13} after {last:>3} epochs, best val "
                       f"{v:>6}: {self.name(trial)}")
 
 
