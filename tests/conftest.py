@@ -11,7 +11,10 @@ import os
 import secrets
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,28 @@ from knnmix.scale import ray_env
 # outside the fixtures below (a sweep driver, a benchmark, `ray job submit`) never joins the other process's Ray.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["RAY_TMPDIR"] = f"{os.environ.get('RAY_TMPDIR', '/tmp/ray')}-{os.environ['PYTEST_XDIST_WORKER']}"
+
+
+@pytest.fixture
+def interrupt_after_checkpoint():
+    """``f(argv, run, sig, env=None, wait_s=60)``: run ``python -m knnmix.cli *argv``, send it ``sig`` once
+    ``run/checkpoint.pt`` exists (or after ``wait_s``) and return its exit status and stderr."""
+    return _interrupt_after_checkpoint
+
+
+def _interrupt_after_checkpoint(argv: list[str], run: Path, sig: int, *, env: dict[str, str] | None = None,
+                                wait_s: float = 60) -> tuple[int, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "knnmix.cli", *argv], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.time() + wait_s
+        while not (run / "checkpoint.pt").exists() and proc.poll() is None and time.time() < end:
+            time.sleep(0.1)
+        proc.send_signal(sig)
+        err = proc.communicate(timeout=120)[1]
+    finally:
+        proc.kill()
+    return proc.returncode, err
 
 
 def free_port() -> int:

@@ -166,24 +166,14 @@ def test_a_run_folder_named_with_tilde_is_in_the_home_folder(capsys, tmp_path, m
     assert code == 0 and "resumed after epoch 1" in out, err
 
 
-def test_a_run_stopped_by_sigterm_says_so_and_how_to_resume(tmp_path):
+def test_a_run_stopped_by_sigterm_says_so_and_how_to_resume(tmp_path, interrupt_after_checkpoint):
     """SIGTERM (kill, timeout, a batch system) ended a run silently with status 143; now as Ctrl+C: one line."""
     import signal
-    import time
 
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "knnmix.cli", "train", "--config", "digits", "--epochs", "500",
-                             "--set", "data.train_subset=300", "--out", str(run)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        end = time.time() + 60
-        while not (run / "checkpoint.pt").exists() and proc.poll() is None and time.time() < end:
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
-        err = proc.communicate(timeout=60)[1]
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, err[-2000:]
+    argv = ["train", "--config", "digits", "--epochs", "500", "--set", "data.train_subset=300", "--out", str(run)]
+    code, err = interrupt_after_checkpoint(argv, run, signal.SIGTERM)
+    assert code == 130, err[-2000:]
     assert err.strip().splitlines()[-1] == ("knnmix: interrupted; the same command with --resume continues from the "
                                             "last checkpoint"), err[-2000:]
 

@@ -507,7 +507,8 @@ def test_ray_job_submit_runs_train_job_to_success(ray_session, tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_on_a_ray_train_run_is_one_line_with_status_130_and_keeps_its_checkpoint(tmp_path):
+def test_ctrl_c_on_a_ray_train_run_is_one_line_with_status_130_and_keeps_its_checkpoint(
+        tmp_path, interrupt_after_checkpoint):
     """Ray Train's SIGINT handler aborts the run and exits 1 silently: the driver printed nothing and looked failed."""
     import signal
 
@@ -520,17 +521,10 @@ def test_ctrl_c_on_a_ray_train_run_is_one_line_with_status_130_and_keeps_its_che
     env.pop("RAY_ADDRESS", None)
     args = ["train", "--config", "digits", "--epochs", "300", "--set", "data.train_subset=300", "--workers", "2",
             "--out", str(run)]
-    proc = subprocess.Popen([sys.executable, "-m", "knnmix.cli", *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
     try:
-        end = time.time() + 240
-        while not (run / "checkpoint.pt").exists() and proc.poll() is None and time.time() < end:
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
-        err = proc.communicate(timeout=120)[1]
+        code, err = interrupt_after_checkpoint(args, run, signal.SIGINT, env=env, wait_s=240)
     finally:
-        proc.kill()
         shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
-    assert proc.returncode == 130, err[-3000:]
+    assert code == 130, err[-3000:]
     assert err.strip().splitlines()[-1].startswith("knnmix: interrupted; the same command with --resume"), err[-3000:]
     assert load_checkpoint(run / "checkpoint.pt")["epoch"] >= 1
