@@ -558,7 +558,7 @@ def test_a_ray_temp_dir_too_long_for_its_sockets_is_one_line(tmp_path):
     assert "is too long for Ray" in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]
 
 
-def test_a_resumed_sweep_prints_each_trials_line(local_ray, tmp_path):
+def test_a_resumed_sweep_prints_each_trials_line(local_ray, tmp_path, caplog):
     """Tune saves the TrialLogger without its echo; after --resume the trials that ended printed nothing (and the
     count started again at 1)."""
     import signal
@@ -578,6 +578,7 @@ def test_a_resumed_sweep_prints_each_trials_line(local_ray, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         S.run_sweep(space, out, store=TR.Store.from_uri(f"sqlite:///{tmp_path / 'runs.db'}"), echo=stop_after_first)
     assert any("continue it with" in x for x in lines), lines
+    assert "Tuner.restore" not in caplog.text  # Tune's own resume hint (knnmix names `knnmix sweep --resume`)
     resumed: list[str] = []
     S.run_sweep(space, out, resume=True, echo=resumed.append)
     assert [x.split(" after ")[0].split()[:2] for x in resumed if x.lstrip().startswith("trial")] == [["trial", "2/2"]]

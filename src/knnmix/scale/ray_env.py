@@ -63,9 +63,12 @@ def quiet(verbose: bool = False) -> None:
     level = logging.INFO if verbose else logging.WARNING
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(level)
-    # "Token authentication is enabled" at every start: true, and what we want; say it with --verbose only
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
-        logging.INFO if verbose else logging.ERROR)
+    # "Token authentication is enabled" at every start: true, and what we want; and Tune's lines on Ctrl+C, "Resume
+    # experiment with: Tuner.restore(...)" (knnmix names `knnmix sweep --resume`) and "Failed to fetch metrics" of
+    # the trials stopped before their first result (knnmix reads its own files): with --verbose only
+    for name in ("ray._private.authentication.authentication_token_setup", "ray.tune.tune",
+                 "ray.tune.analysis.experiment_analysis"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
     if not verbose:
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy reporter prints nothing at verbose=0
