@@ -28,7 +28,7 @@ from typing import Any
 
 from knnmix import config as C
 from knnmix.engine.checkpoint import (BEST_MODEL, CONFIG, LABEL_ISSUES, LABEL_ISSUES_PLOT, METRICS, NOISY_LABELS,
-                                      RUN_INFO, SUMMARY, load_predictor, read_metrics, safe_load)
+                                      RUN_INFO, SUMMARY, predictor, read_metrics, safe_load)
 from knnmix.errors import KnnmixError, one_line
 from knnmix.provenance import git_commit, package_dir
 
@@ -246,8 +246,7 @@ def log_model(store: Store, run_id: str, weights: Path, *, register: str | None 
     import torch
 
     payload = safe_load(weights)
-    args, serving = payload["model_args"], payload.get("serving", {})
-    model = load_predictor(weights)
+    args, serving, model = payload["model_args"], payload.get("serving", {}), predictor(payload, weights)
     example = torch.rand(2, *model.input_shape).numpy()
     with fluent(store), mlflow.start_run(run_id=run_id):
         info = mlflow.pytorch.log_model(

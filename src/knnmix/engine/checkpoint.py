@@ -187,9 +187,13 @@ def load_predictor(path: str | Path) -> LogitsOnly:
     """The network of a weights file ready to predict: ``float32`` images ``(N, C, H, W)`` with pixels in [0, 1], at
     the size it trained on, to logits ``(N, num_classes)``, normalised as training did; ``.classes`` names the
     logits' columns (``None`` in a checkpoint, which keeps no ``serving`` entry)."""
+    return predictor(safe_load(path), path)
+
+
+def predictor(payload: Any, path: str | Path) -> LogitsOnly:
+    """:func:`load_predictor` of a weights file's contents already read (``path`` names it in errors)."""
     from knnmix.models import LogitsOnly
 
-    payload = safe_load(path)
     net, args, serving = _model(payload, path), payload["model_args"], payload.get("serving") or {}
     return LogitsOnly(net, serving.get("mean"), serving.get("std"), classes=serving.get("classes"),
                       input_shape=(args["in_channels"], args["image_size"], args["image_size"])).eval()

@@ -191,7 +191,7 @@ class TrialLogger(Callback):
         if echo := ECHOES.get(self.root):
             v = f"{best[METRIC]:.2f}" if best else "n/a"
             echo(f"  trial {len(self._done):>3}/{self.total} {outcome:<13} after {last:>3} epochs, best val "
-                      f"{v:>6}: {self.name(trial)}")
+                 f"{v:>6}: {self.name(trial)}")
 
 
 def finish_setting_run(store: Store, ml: dict[str, Any], setting: Any, entry: dict[str, Any], trials: list,
