@@ -629,16 +629,18 @@ def test_clothing1m_keys_listed_twice_are_an_error(tmp_path: Path) -> None:
                      one_line_error(e))  # fmt: skip
 
 
-def test_clothing1m_test_keys_that_are_training_keys_are_an_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("split", ["test", "val"])
+def test_clothing1m_test_or_val_keys_that_are_training_keys_are_an_error(tmp_path: Path, split: str) -> None:
+    """A validation key that is also a training key was accepted: runs would select their epoch on seen images."""
     info = build_clothing(tmp_path)
     train = list(info["train"])
     for name, lines in [("clean_label_kv.txt", f"{train[3]} 1\n{train[5]} 2\n"),
-                        ("clean_test_key_list.txt", f"{train[3]}\n{train[5]}\n")]:
+                        (f"clean_{split}_key_list.txt", f"{train[3]}\n{train[5]}\n")]:
         with open(tmp_path / "annotations" / name, "a") as f:
             f.write(lines)
     with pytest.raises(DataError) as e:
         load_dataset("clothing1m", tmp_path, False, image_size=16)
-    assert re.search(rf"2 keys of .*clean_test_key_list.txt are also training images: {train[3]}, {train[5]}$",
+    assert re.search(rf"2 keys of .*clean_{split}_key_list.txt are also training images: {train[3]}, {train[5]}$",
                      one_line_error(e))  # fmt: skip
 
 

@@ -324,6 +324,8 @@ def test_weighted_soft_cross_entropy_is_the_weighted_mean():
     assert soft_cross_entropy(logits, targets, torch.zeros(4)) == 0  # everything dropped: no gradient, no NaN
     with pytest.raises(ValueError, match="weights"):
         soft_cross_entropy(logits, targets, -w)
+    with pytest.raises(ValueError, match=r"an empty batch \(B = 0\)"):  # was NaN: the mean of nothing
+        soft_cross_entropy(logits[:0], targets[:0])
 
 
 def test_negative_entropy_penalises_confident_predictions():

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from knnmix.provenance import git_commit, package_dir
+from knnmix.provenance import command, git_commit, package_dir
 
 PRINT = "from knnmix.provenance import git_commit; print(git_commit())"
 
@@ -40,3 +41,11 @@ def test_a_package_copied_into_another_repository_does_not_take_its_commit(tmp_p
 def test_the_checkout_wins_over_a_stale_variable():
     assert git_commit() != "unknown"  # the tests run from a git checkout
     assert commit_seen(package_dir().parent, KNNMIX_GIT_COMMIT="stale") == git_commit()
+
+
+def test_the_recorded_command_runs_again_as_a_shell_line(monkeypatch):
+    """run.json's command joined the arguments with spaces: a --set value or path with a space read back wrong."""
+    argv = ["knnmix", "train", "--set", "noise.spec=symmetric:0.5", "--out", "my runs/a b", "--set", "name=it's"]
+    monkeypatch.delenv("KNNMIX_COMMAND", raising=False)
+    monkeypatch.setattr(sys, "argv", argv)
+    assert shlex.split(command()) == argv

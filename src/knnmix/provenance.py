@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -34,9 +35,9 @@ def now() -> str:
 
 
 def command() -> str:
-    """The command that started this result: the driver's (``KNNMIX_COMMAND``, passed to Ray workers) or this
-    process's."""
-    return os.environ.get("KNNMIX_COMMAND") or " ".join(sys.argv)
+    """The command that started this result, as a shell line that runs it again (arguments quoted): the driver's
+    (``KNNMIX_COMMAND``, passed to Ray workers) or this process's."""
+    return os.environ.get("KNNMIX_COMMAND") or shlex.join(sys.argv)
 
 
 def _git(*args: str, check: bool) -> str:

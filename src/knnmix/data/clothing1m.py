@@ -76,8 +76,9 @@ def load_clothing1m(
         "test": (root, *read_split(root, TEST_KEYS, clean, CLEAN_KV)),
     }
     del noisy, clean  # the noisy kv file holds ~1M entries
-    train_keys, test_keys = ([os.path.normpath(k) for k in listed[s][1]] for s in ("train", "test"))
+    train_keys, val_keys, test_keys = ([os.path.normpath(k) for k in listed[s][1]] for s in listed)
     refuse_shared(NAME, train_keys, test_keys, f"keys of {os.path.join(root, TEST_KEYS)}")
+    refuse_shared(NAME, train_keys, val_keys, f"keys of {os.path.join(root, VAL_KEYS)}")  # would select on them
     require_all_classes(NAME, CLASSES, listed["train"][2], f" in {os.path.join(root, TRAIN_KEYS)}")
     splits = build_sources(NAME, CLASSES, listed, image_size=image_size, on_bad_image=on_bad_image)
     return DatasetBundle(

@@ -72,6 +72,8 @@ def soft_cross_entropy(logits: Tensor, targets: Tensor, weights: Tensor | None =
     """
     if logits.shape != targets.shape or logits.dim() != 2:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must both be (B, C)")
+    if logits.shape[0] == 0:
+        raise ValueError("an empty batch (B = 0) has no mean loss")
     per_sample = -(targets * torch.log_softmax(logits, dim=1)).sum(dim=1)
     if weights is None:
         return per_sample.mean()
