@@ -98,30 +98,6 @@ def test_audit_of_a_missing_folder_is_a_one_line_error(tmp_path, capsys):
     assert code == 2 and len(err) == 1 and "nope" in err[0]
 
 
-@pytest.mark.slow
-def test_audit_runs_on_ray_train_workers(local_ray, tmp_path, capsys):
-    """`knnmix audit DATA --workers 2`: the same audit, data-parallel; rank 0 writes the ranked list and the picture."""
-    from PIL import Image
-
-    from knnmix.data import load_dataset
-
-    digits = load_dataset("digits")
-    root = tmp_path / "folder"
-    for k in range(300):
-        cls = int(digits.train_labels[k])
-        (root / str(cls)).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(digits.train.images[k, 0].numpy()).save(root / str(cls) / f"{k}.png")
-    out = tmp_path / "audit"
-    code = main(["audit", str(root), "--image-size", "8", "--epochs", "3", "--workers", "2", "--out", str(out),
-                 "--set", "method.warmup_epochs=1", "--set", "method.correction_start=2"])
-    assert code == 0
-    with open(out / "label_issues.csv") as fh:
-        rows = list(csv.DictReader(fh))
-    assert len(rows) == 270 and all(Path(r["path"]).exists() for r in rows)
-    assert (out / "label_issues.png").exists()
-    assert "Most suspect first" in capsys.readouterr().out
-
-
 def _tiny_folder(root: Path, side: int = 12) -> Path:
     from PIL import Image
 

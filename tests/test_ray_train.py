@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -323,71 +324,113 @@ def test_worker_user_error_surfaces_as_the_same_one_line_error(local_ray, tmp_pa
     assert "Traceback" not in err.split(line)[-1] and not err.split(line)[-1].strip()  # the last word is ours
 
 
+#: knnmix on digits with 40% noise, long enough to learn through it; the 2-worker run of these settings is shared by
+#: the accuracy test and the failure test (each Ray Train run costs ~30 s of start-up on 2 cores)
+PARITY = {"epochs": 8, "method.warmup_epochs": 2, "method.correction_start": 4, "method.correction_period": 2,
+          "distributed.workers": 2, "distributed.num_to_keep": 10}
+
+
+@pytest.fixture(scope="module")
+def two_workers(ray_session, tmp_path_factory):
+    """An uninterrupted 2-worker run of PARITY, its config (storage beside it) and its wall clock."""
+    ray_session["start"]()
+    tmp = tmp_path_factory.mktemp("two-workers")
+    cfg = digits_cfg(tmp / "clean", **PARITY, **{"distributed.storage_path": str(tmp / "storage")})
+    t0 = time.perf_counter()
+    run = fit(cfg)
+    return SimpleNamespace(cfg=cfg, run=run, elapsed=time.perf_counter() - t0, folder=tmp / "clean")
+
+
 @pytest.mark.slow
-def test_two_workers_match_single_process_accuracy(local_ray, tmp_path):
+def test_two_workers_match_single_process_accuracy(two_workers, tmp_path):
     """knnmix on digits with 40% noise: 2 Ray workers vs one process, same seed and epochs.
 
     The two runs see the same global batches (the per-rank batches are the halves of the single-process batch),
     but BatchNorm statistics, augmentation and mixup draws differ per rank, so they are not bit-identical.
     Tolerance: 3 points of last-epoch test accuracy (360 test images; one image = 0.28 points).
     """
-    settings = {"epochs": 8, "method.warmup_epochs": 2, "method.correction_start": 4, "method.correction_period": 2}
-    single = train(digits_cfg(tmp_path / "single", **settings), echo=None)
-    t0 = time.perf_counter()
-    ray_run = fit(digits_cfg(tmp_path / "ray", **settings, **{"distributed.workers": 2}))
-    elapsed = time.perf_counter() - t0
+    method = {k: v for k, v in PARITY.items() if not k.startswith("distributed.")}
+    single = train(digits_cfg(tmp_path / "single", **method), echo=None)
+    ray_run = two_workers.run
     assert ray_run.summary["world_size"] == 2 and single["world_size"] == 1
     import ray
     from ray.util.state import list_actors  # no cloud preempts the private local Ray: no watcher beside the workers
 
     ours = ray.get_runtime_context().gcs_address  # other Ray instances may run on the host
     assert "PreemptionWatcher" not in {a.class_name for a in list_actors(address=ours, limit=10_000)}
-    info = json.loads((tmp_path / "ray" / "run.json").read_text())  # the driver's, not Ray's worker's
+    info = json.loads((two_workers.folder / "run.json").read_text())  # the driver's, not Ray's worker's
     assert info["commit"] == git_commit() != "unknown" and info["command"] == command()
     a, b = single["final"]["test_acc"], ray_run.summary["final"]["test_acc"]
-    print(f"last-epoch test acc: single {a:.2f}%, 2 workers {b:.2f}%; 2-worker run {elapsed:.0f}s")
+    print(f"last-epoch test acc: single {a:.2f}%, 2 workers {b:.2f}%; 2-worker run {two_workers.elapsed:.0f}s")
     assert a > 80 and b > 80  # both learned through 40% noise
     assert abs(a - b) <= 3.0
 
 
 @pytest.mark.slow
-def test_a_failed_worker_restarts_from_the_last_checkpoint_and_a_relaunch_continues(local_ray, tmp_path, monkeypatch):
+def test_a_failed_worker_restarts_from_the_last_checkpoint_and_a_relaunch_continues(two_workers, tmp_path,
+                                                                                      monkeypatch):
     """Rank 1 fails after epoch 3 (before that epoch's checkpoint); the group restarts from epoch 2's checkpoint
-    and ends exactly where an uninterrupted run ends. Launched again with the same name and storage, the run is
+    and ends exactly where the uninterrupted run ends. Launched again with the same name and storage, the run is
     refused without resume and, with it, continues from Ray Train's latest checkpoint, also when its run folder is
-    gone (e.g. relaunched on another node). One test: each Ray Train run costs ~30 s of start-up on 2 cores."""
+    gone (e.g. relaunched on another node)."""
     storage = tmp_path / "storage"
-    dotted = {"epochs": 4, "data.train_subset": 600, "distributed.workers": 2, "distributed.num_to_keep": 10,
-              "distributed.storage_path": str(storage)}
-    clean = fit(digits_cfg(tmp_path / "clean", **dotted))
     marker = tmp_path / "failed-once"
     monkeypatch.setenv(FAIL_AT_ENV, f"3:1:{marker}")
-    cfg = digits_cfg(tmp_path / "run", **dotted, **{"distributed.max_failures": 1})
+    cfg = digits_cfg(tmp_path / "run", **PARITY, **{"distributed.storage_path": str(storage),
+                                                    "distributed.max_failures": 1})
     run = fit(cfg)
     assert marker.exists(), "the injected failure did not happen"
     monkeypatch.delenv(FAIL_AT_ENV)
-    assert run.summary["epochs"] == 4
+    epochs = PARITY["epochs"]
+    assert run.summary["epochs"] == epochs
     info = json.loads((tmp_path / "run" / "run.json").read_text())  # the restart is on record
     assert [r["after_epoch"] for r in info["resumed"]] == [2] and info["resumed"][0]["commit"] == git_commit()
     # each epoch exactly once: epoch 3 ran twice, the first time's line was dropped on restore
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3, 4]
-    a, b = RunFolder(tmp_path / "clean").load_checkpoint(), RunFolder(tmp_path / "run").load_checkpoint()
+    assert [json.loads(x)["epoch"] for x in lines] == list(range(1, epochs + 1))
+    a, b = RunFolder(two_workers.folder).load_checkpoint(), RunFolder(tmp_path / "run").load_checkpoint()
     assert_same_state(a["state"], b["state"])
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
-    assert run.summary["final"] == clean.summary["final"]
+    assert run.summary["final"] == two_workers.run.summary["final"]
 
     # launching it again without --resume is refused (Ray Train would silently continue otherwise)
     with pytest.raises(KnnmixError, match="already holds a run"):
         fit(cfg)
     shutil.rmtree(tmp_path / "run")  # only Ray Train's storage can continue it now
-    summary = train_distributed(C.replace(cfg, epochs=5), resume=True)
-    assert summary["epochs"] == 5
+    summary = train_distributed(C.replace(cfg, epochs=epochs + 1), resume=True)
+    assert summary["epochs"] == epochs + 1
     after = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    assert after[:4] == lines  # epochs 1-4 were not trained again
-    assert [json.loads(x)["epoch"] for x in after] == [1, 2, 3, 4, 5]
-    assert (storage / "run" / checkpoint_dir_name(5)).is_dir()
+    assert after[:epochs] == lines  # the earlier epochs were not trained again
+    assert [json.loads(x)["epoch"] for x in after] == list(range(1, epochs + 2))
+    assert (storage / "run" / checkpoint_dir_name(epochs + 1)).is_dir()
+
+
+@pytest.mark.slow
+def test_audit_runs_on_ray_train_workers(local_ray, tmp_path, capsys):
+    """`knnmix audit DATA --workers 2`: the same audit, data-parallel; rank 0 writes the ranked list and the picture.
+    Here, not in test_audit.py: it runs on the local Ray these tests share (another start costs ~10 s)."""
+    import csv
+
+    from PIL import Image
+
+    from knnmix.data import load_dataset
+
+    digits = load_dataset("digits")
+    root = tmp_path / "folder"
+    for k in range(300):
+        cls = int(digits.train_labels[k])
+        (root / str(cls)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(digits.train.images[k, 0].numpy()).save(root / str(cls) / f"{k}.png")
+    out = tmp_path / "audit"
+    code = cli_main(["audit", str(root), "--image-size", "8", "--epochs", "3", "--workers", "2", "--out", str(out),
+                 "--set", "method.warmup_epochs=1", "--set", "method.correction_start=2"])
+    assert code == 0
+    with open(out / "label_issues.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 270 and all(Path(r["path"]).exists() for r in rows)
+    assert (out / "label_issues.png").exists()
+    assert "Most suspect first" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------------------------------------------
