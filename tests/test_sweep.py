@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -35,6 +36,7 @@ from knnmix.data import load_dataset
 from knnmix.errors import ConfigError, KnnmixError
 from knnmix.provenance import command, git_commit
 from knnmix import spaces as SP
+from knnmix.scale import ray_env
 from knnmix.scale import sweep as S
 from knnmix import tracking as TR
 from knnmix.scale import sweep_mlflow as T
@@ -313,6 +315,23 @@ def test_one_study_per_setting_behind_one_searcher_round_robin(tmp_path):
     assert again.setting_of == search.setting_of and again.trials == 2
 
 
+def test_a_resumed_trial_reporting_a_redone_epoch_again_warns_of_nothing(tmp_path):
+    """A trial restored from its checkpoint reports the epochs it redoes again; Optuna printed a UserWarning for
+    each ("The reported value is ignored because this `step=1` is already reported") in the resumed sweep's output."""
+    import warnings
+
+    space = SP.load_space(write_space(tmp_path, trials=1, start_with=[], noise=["symmetric:0.2"]))
+    study = S.make_study(space, space.settings[0])
+    search = S.SettingsSearch({space.settings[0].slug: study}, 1)
+    search.suggest("t0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for value in (10.0, 11.0):  # the epoch as first reported, then as redone after the restore
+            search.on_trial_result("t0", {"val_acc": value, "training_iteration": 1})
+    (trial,) = study._ot_study.trials
+    assert trial.intermediate_values == {1: 10.0}  # Optuna keeps the first report
+
+
 def test_asha_fields_reach_each_settings_scheduler(tmp_path):
     space = SP.load_space(write_space(tmp_path, asha={"grace_period": 1, "reduction_factor": 3, "max_t": 4,
                                                        "brackets": 2}))
@@ -513,6 +532,10 @@ def test_trials_this_machine_cannot_hold_are_one_line_before_any_trial(local_ray
         S.run_sweep(space, tmp_path / "sweep", store=store, echo=None)
     assert S.check_state(S.SweepFolder(tmp_path / "sweep"), resume=False) is None  # nothing to --resume
     assert not list((tmp_path / "sweep").glob("*/trials"))
+    # the sweep's and its settings' MLflow runs, made before the check, end FAILED (they stayed RUNNING for good)
+    assert [r.info.status for r in store.client().search_runs(
+        [store.client().get_experiment_by_name(space.experiment_name).experiment_id])] == ["FAILED"] * 3
+    assert len(space.settings) == 2
 
 
 def test_resuming_a_sweep_folder_that_does_not_exist_leaves_nothing_behind(tmp_path):
@@ -574,14 +597,25 @@ def test_a_resumed_sweep_prints_each_trials_line(local_ray, tmp_path, caplog):
         if line.lstrip().startswith("trial") and len([x for x in lines if x.lstrip().startswith("trial")]) == 1:
             signal.raise_signal(signal.SIGINT)
 
-    out = tmp_path / "sweep"
+    out, store = tmp_path / "sweep", TR.Store.from_uri(f"sqlite:///{tmp_path / 'runs.db'}")
     with pytest.raises(KeyboardInterrupt):
-        S.run_sweep(space, out, store=TR.Store.from_uri(f"sqlite:///{tmp_path / 'runs.db'}"), echo=stop_after_first)
+        S.run_sweep(space, out, store=store, echo=stop_after_first)
     assert any("continue it with" in x for x in lines), lines
     assert "Tuner.restore" not in caplog.text  # Tune's own resume hint (knnmix names `knnmix sweep --resume`)
+    client = store.client()
+    exp = client.get_experiment_by_name(space.experiment_name).experiment_id
+
+    def statuses() -> dict[str, str]:
+        return {r.data.tags.get("knnmix.trial_id", r.data.tags["knnmix.kind"]): r.info.status
+                for r in client.search_runs([exp])}
+
+    stopped = statuses()  # MLflow's convention after Ctrl+C (was RUNNING for good): KILLED, the ended trial FINISHED
+    assert sorted(stopped.values()) == ["FINISHED", "KILLED", "KILLED"] + ["KILLED"] * (len(stopped) == 4), stopped
+    assert stopped["sweep"] == stopped["noise_setting"] == "KILLED"
     resumed: list[str] = []
     S.run_sweep(space, out, resume=True, echo=resumed.append)
     assert [x.split(" after ")[0].split()[:2] for x in resumed if x.lstrip().startswith("trial")] == [["trial", "2/2"]]
+    assert set(statuses().values()) == {"FINISHED"} and len(statuses()) == 4
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -976,31 +1010,59 @@ def _kill_tree(pid: int) -> None:
 
 @pytest.mark.slow
 def test_a_killed_sweep_resumes_without_running_a_trial_twice(e2e, ray_session, tmp_path, capsys):
+    """A sweep driver stopped twice, then resumed: first by SIGTERM to its whole process group (`timeout`,
+    `kill -- -PGID`, systemd and Slurm signal every process of the job, Ray's own too: the driver then waited 60 s
+    for them and ended with status 1 and a GCS error line, after Slurm's 30 s a SIGKILL), then, resumed, by SIGKILL
+    to it and every process under it, like a lost head node."""
+    import signal
+
     import ray
 
-    ray.shutdown()  # one Ray at a time on 2 cores: the driver below starts its own
+    ray.shutdown()  # one Ray at a time on 2 cores: the drivers below start their own
     space = write_space(tmp_path, base={"config": "digits", "set": {**BASE_SET, "epochs": 6}},
                         asha={"grace_period": 6})
     out, uri = tmp_path / "sweep", f"sqlite:///{tmp_path / 'runs.db'}"
     args = ["sweep", str(space), "--out", str(out), "--tracking-uri", uri, "--set", "sweep.noise=[symmetric:0.2]"]
-    log = open(tmp_path / "driver.log", "w")
-    driver = subprocess.Popen([sys.executable, "-m", "knnmix.cli", *args], stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
     trials = out / "symmetric-0.2" / "trials"
-    interrupted = None
-    try:
+
+    def epochs_trained() -> dict[str, int]:
+        return {p.name: len(read_metrics(p / "metrics.jsonl")) for p in trials.glob("*")
+                if (p / "metrics.jsonl").exists()} if trials.exists() else {}
+
+    def driver_until(argv: list[str], ready: Callable[[], bool]) -> subprocess.Popen:
+        log = tmp_path / "driver.log"
+        with open(log, "w") as fh:
+            driver = subprocess.Popen([sys.executable, "-m", "knnmix.cli", *argv], stdout=fh,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
         end = time.time() + 300
-        while interrupted is None:
-            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-4000:]
-            assert time.time() < end, "no trial got past its second epoch in time"
-            for p in trials.glob("*") if trials.exists() else []:
-                if (p / "metrics.jsonl").exists() and len(read_metrics(p / "metrics.jsonl")) >= 3 and not (
-                        p / "summary.json").exists():
-                    interrupted = p.name
-            time.sleep(0.1)
+        try:
+            while not ready():
+                assert driver.poll() is None, log.read_text()[-4000:]
+                assert time.time() < end, "the sweep made no progress in time"
+                time.sleep(0.1)
+        except BaseException:
+            _kill_tree(driver.pid)
+            raise
+        return driver
+
+    def mid_trial() -> str | None:  # a trial past its second epoch and not finished
+        return next((t for t, n in epochs_trained().items() if n >= 3 and not (trials / t / "summary.json").exists()),
+                    None)
+
+    driver = driver_until(args, lambda: mid_trial() is not None)
+    interrupted = mid_trial()
+    t0 = time.time()
+    os.killpg(driver.pid, signal.SIGTERM)
+    try:
+        driver.wait(timeout=50)
     finally:
-        _kill_tree(driver.pid)  # the driver, its Ray and the trials, like a lost head node
-        log.close()
+        _kill_tree(driver.pid)
+    log = (tmp_path / "driver.log").read_text()
+    assert driver.returncode == 130 and log.strip().splitlines()[-1] == ray_env.RAY_GONE, log[-3000:]
+    assert time.time() - t0 < 20
+    done = sum(epochs_trained().values())
+    driver = driver_until(["sweep", "--resume", "--out", str(out)], lambda: sum(epochs_trained().values()) > done)
+    _kill_tree(driver.pid)  # the resumed driver, its Ray and the trials
     assert cli_main(["sweep", str(space), "--out", str(out)]) == 2  # not without --resume
     assert "already holds a sweep; pass --resume" in capsys.readouterr().err
     before = {p.name for p in trials.iterdir()}

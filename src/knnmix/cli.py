@@ -330,12 +330,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; ``argv`` ``None``: this process is the ``knnmix`` program (``sys.argv``)."""
+    from knnmix.scale import ray_env
+
+    ray_env.LEAVE_WITH_RAY = argv is None  # a program, not a caller that outlives its Ray (see ray_env)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # the command as typed, recorded with results (compare)
-    from knnmix.scale.ray_env import sigterm_as_interrupt
-
-    sigterm_as_interrupt()  # kill / timeout / a batch system stop a command as Ctrl+C does (ensure_ray again)
+    ray_env.sigterm_as_interrupt()  # kill / timeout / a batch system stop a command as Ctrl+C does (ensure_ray again)
     resumable = args.command in ("train", "compare", "audit")  # (a sweep says how to resume when Tune has stopped)
     return guarded(lambda: args.func(args), RESUME_HINT if resumable else "")
 

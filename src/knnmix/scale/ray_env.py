@@ -121,6 +121,8 @@ def ensure_ray(*, verbose: bool = False, **init: Any) -> bool:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env["env_vars"]["RAY_ADDRESS"] = f"127.0.0.1:{port}"  # for the job's processes only, not this one's children
+    global _LOCAL_GCS_PORT
+    _LOCAL_GCS_PORT = port
     # no cloud preempts this host: Ray Train's preemption watcher (an actor per run, started beside the workers on
     # the same cores, and a core_worker error line about its arguments at every start) has nothing to watch
     if PREEMPTION_WATCHER_ENV not in os.environ:
@@ -159,8 +161,41 @@ def sigterm_as_interrupt() -> None:
         signal.signal(signal.SIGTERM, _on_sigterm)
 
 
+#: The GCS port of the private local Ray this process started (None when it joined a cluster or started none).
+_LOCAL_GCS_PORT: int | None = None
+#: Set by the ``knnmix`` program (knnmix.cli.main): after SIGTERM, end the process once its private Ray is gone too
+#: (:func:`_exit_once_ray_is_gone`). Off for library callers, which may stop their Ray and go on.
+LEAVE_WITH_RAY = False
+#: The line a driver ends with when SIGTERM stopped its private local Ray too.
+RAY_GONE = "knnmix: interrupted (SIGTERM stopped Ray's processes too); the same command with --resume continues"
+_watching = threading.Event()
+
+
 def _on_sigterm(_signum: int, frame: Any) -> None:
+    if LEAVE_WITH_RAY and _LOCAL_GCS_PORT is not None and not _watching.is_set():
+        _watching.set()
+        threading.Thread(target=_exit_once_ray_is_gone, args=(_LOCAL_GCS_PORT,), daemon=True).start()
     handler = signal.getsignal(signal.SIGINT)  # Tune's graceful stop during a sweep, else Python's KeyboardInterrupt
     if not callable(handler):  # SIGINT ignored (a job started with '&' by a script) or left to the OS: still stop
         raise KeyboardInterrupt
     handler(signal.SIGINT, frame)
+
+
+def _exit_once_ray_is_gone(port: int, poll_s: float = 0.5) -> None:
+    """After SIGTERM: end this process with :data:`RAY_GONE` and status 130 once its private Ray's GCS no longer
+    answers on ``port``. A SIGTERM to the whole process group (``timeout``, ``kill -- -PGID``; systemd and Slurm
+    signal every process of the job) stops Ray's own processes with the driver: Tune then waits for them, and Ray's
+    client ended the driver after 60 s with status 1 and a GCS error (after Slurm's default 30 s, SIGKILL). What
+    ``--resume`` needs is on disk already (Tune saves its state every few seconds; a run, every checkpoint), as after
+    a SIGKILL. Never fires once the main thread has finished (Ray's own shutdown at exit stops the GCS too)."""
+    import time
+
+    while threading.main_thread().is_alive():
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=poll_s).close()
+        except OSError:
+            if threading.main_thread().is_alive():
+                os.write(2, (RAY_GONE + "\n").encode())
+                os._exit(130)
+            return
+        time.sleep(poll_s)

@@ -17,6 +17,7 @@ import math
 import os
 import pickle
 import shlex
+import warnings
 import zlib
 from collections import Counter
 from collections.abc import Callable
@@ -162,7 +163,9 @@ class SettingsSearch(Searcher):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self.best_of[trial_id] = max(self.best_of.get(trial_id, result[METRIC]), result[METRIC])
-        self.studies[self.setting_of[trial_id]].on_trial_result(trial_id, result)
+        with warnings.catch_warnings():  # a resumed trial reports the epochs it redoes again: Optuna keeps the first
+            warnings.filterwarnings("ignore", "The reported value is ignored because this `step=", UserWarning)
+            self.studies[self.setting_of[trial_id]].on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         best = self.best_of.pop(trial_id, None)
@@ -382,60 +385,63 @@ def run_sweep(
             state = new_state(space, store)
         # the state (what --resume needs) is written once the store answered: a store that fails leaves no sweep
         ml = T.open_sweep_runs(store, space, settings, state["mlflow"], folder.file(SPACE_FILE), register)
-        ray_env.ensure_ray(verbose=verbose)
-        first = configs[settings[0].slug]
-        trials_fit_this_machine(first)  # before the state: a sweep that cannot run leaves none to --resume
-        _write_state(folder, state)
+        with T.ended_on_failure(store, ml):  # its runs KILLED / FAILED, not RUNNING for good
+            ray_env.ensure_ray(verbose=verbose)
+            first = configs[settings[0].slug]
+            trials_fit_this_machine(first)  # before the state: a sweep that cannot run leaves none to --resume
+            _write_state(folder, state)
 
-        concurrency = max_concurrent(space, first, ray.cluster_resources())
-        payload = {"configs": {k: C.to_dict(v) for k, v in configs.items()}, "root": str(folder.root),
-                   "verbose": verbose}
-        trainable = tune.with_resources(tune.with_parameters(run_trial, payload=payload), trial_resources(first))
-        tune_dir = str(folder.file(TUNE_DIR))
-        total = space.trials * len(settings)
-        say(f"sweep {space.name}: {len(settings)} noise setting(s) x {space.trials} trials, up to {concurrency} at a "
-            f"time ({'in-process' if in_process(first) else f'{first.distributed.workers} Ray Train workers'} each); "
-            f"{', '.join(space.params)} searched; folder {folder.root}; MLflow {store.uri}")
-        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # how often Tune saves what --resume starts from
-        if tune.Tuner.can_restore(tune_dir):  # with the searcher, the run config and its TrialLogger as saved
-            tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
-        else:
-            logger = T.TrialLogger(store=store, experiment_id=ml["experiment_id"], parents=ml["settings"],
-                                   specs={s.slug: s.spec for s in settings}, root=str(folder.root), total=total)
-            studies = {s.slug: make_study(space, s, folder.optuna_storage) for s in settings}
-            search = SettingsSearch(studies, space.trials)
-            scheduler = SettingsASHA({s.slug: make_asha(space, configs[s.slug].epochs) for s in settings},
-                                     RunHistory(str(folder.root)))
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(num_samples=total, search_alg=search, scheduler=scheduler,
-                                            max_concurrent_trials=concurrency,
-                                            # a stopped Ray Train trial unwinds its worker group for longer than Tune
-                                            # waits before it reuses the actor (2 s), which would fail the next trial
-                                            reuse_actors=in_process(first)),
-                run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(folder.root), callbacks=[logger],
-                                          failure_config=tune.FailureConfig(max_failures=0), verbose=0),
-            )
-        T.ECHOES[str(folder.root)] = say  # the trials' lines (the TrialLogger Tune restores was saved without it)
-        try:
-            tuner.fit()
-        finally:
-            T.ECHOES.pop(str(folder.root), None)
-        trials = collect_trials(folder)
-        ended = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
-        if len(ended) < total:  # Tune returns normally after Ctrl+C (it saved its state first)
-            say(f"\nsweep stopped ({len(ended)} of {total} trials ended); continue it with:\n"
-                f"  knnmix sweep --resume --out {folder.root}")
-            raise KeyboardInterrupt
-        entries = [_finalize_setting(space, s, [t for t in trials if t.slug == s.slug], folder, store, ml, register)
-                   for s in settings]
-        summary = _finalize_sweep(space, folder, store, ml, entries)
-        state.update(status="done", finished=now())
-        _write_state(folder, state)
-        say("\n" + summary_table(summary))
-        say(f"\nsweep folder: {folder.root}\nOptuna studies: {optuna_command(folder.optuna_storage)}\n"
-            f"MLflow UI: {store.ui_command()}\n  then open {store.experiment_url(ml['experiment_id'])}")
-        return summary
+            concurrency = max_concurrent(space, first, ray.cluster_resources())
+            payload = {"configs": {k: C.to_dict(v) for k, v in configs.items()}, "root": str(folder.root),
+                       "verbose": verbose}
+            trainable = tune.with_resources(tune.with_parameters(run_trial, payload=payload), trial_resources(first))
+            tune_dir = str(folder.file(TUNE_DIR))
+            total = space.trials * len(settings)
+            each = "in-process" if in_process(first) else f"{first.distributed.workers} Ray Train workers"
+            say(f"sweep {space.name}: {len(settings)} noise setting(s) x {space.trials} trials, up to {concurrency} "
+                f"at a time ({each} each); {', '.join(space.params)} searched; folder {folder.root}; "
+                f"MLflow {store.uri}")
+            os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # how often Tune saves what --resume starts from
+            if tune.Tuner.can_restore(tune_dir):  # with the searcher, the run config and its TrialLogger as saved
+                tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
+            else:
+                logger = T.TrialLogger(store=store, experiment_id=ml["experiment_id"], parents=ml["settings"],
+                                       specs={s.slug: s.spec for s in settings}, root=str(folder.root), total=total)
+                studies = {s.slug: make_study(space, s, folder.optuna_storage) for s in settings}
+                search = SettingsSearch(studies, space.trials)
+                scheduler = SettingsASHA({s.slug: make_asha(space, configs[s.slug].epochs) for s in settings},
+                                         RunHistory(str(folder.root)))
+                tuner = tune.Tuner(
+                    trainable,
+                    tune_config=tune.TuneConfig(num_samples=total, search_alg=search, scheduler=scheduler,
+                                                max_concurrent_trials=concurrency,
+                                                # a stopped Ray Train trial unwinds its worker group for longer
+                                                # than Tune waits before it reuses the actor (2 s), which would
+                                                # fail the next trial
+                                                reuse_actors=in_process(first)),
+                    run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(folder.root), callbacks=[logger],
+                                              failure_config=tune.FailureConfig(max_failures=0), verbose=0),
+                )
+            T.ECHOES[str(folder.root)] = say  # the trials' lines (the TrialLogger Tune restores was saved without it)
+            try:
+                tuner.fit()
+            finally:
+                T.ECHOES.pop(str(folder.root), None)
+            trials = collect_trials(folder)
+            ended = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
+            if len(ended) < total:  # Tune returns normally after Ctrl+C (it saved its state first)
+                say(f"\nsweep stopped ({len(ended)} of {total} trials ended); continue it with:\n"
+                    f"  knnmix sweep --resume --out {folder.root}")
+                raise KeyboardInterrupt
+            entries = [_finalize_setting(space, s, [t for t in trials if t.slug == s.slug], folder, store, ml, register)
+                       for s in settings]
+            summary = _finalize_sweep(space, folder, store, ml, entries)
+            state.update(status="done", finished=now())
+            _write_state(folder, state)
+            say("\n" + summary_table(summary))
+            say(f"\nsweep folder: {folder.root}\nOptuna studies: {optuna_command(folder.optuna_storage)}\n"
+                f"MLflow UI: {store.ui_command()}\n  then open {store.experiment_url(ml['experiment_id'])}")
+            return summary
 
 
 def new_state(space: SearchSpace, store: Store) -> dict[str, Any]:

@@ -7,7 +7,8 @@ sweep, one per noise setting, one per trial (what each holds: docs/sweeps.md). T
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,28 @@ def open_sweep_runs(store: Store, space: Any, settings: list[Any], ml: dict[str,
     return ml
 
 
+@contextmanager
+def ended_on_failure(store: Store, ml: dict[str, Any]) -> Iterator[None]:
+    """MLflow's convention for runs that stop unfinished (as ``mlflow.start_run`` has it): after Ctrl+C or SIGTERM
+    the sweep's run, its noise settings' runs and its trials' runs still RUNNING become KILLED, after an error
+    FAILED (they stayed RUNNING in the UI for good). ``--resume`` sets them running again. Marking never raises:
+    the error that stopped the sweep is the one to report."""
+    try:
+        yield
+    except BaseException as e:
+        status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+        with suppress(Exception):
+            client = store.client()
+            parents = list(ml.get("settings", {}).values())
+            trials = [r.info.run_id for p in parents for r in client.search_runs(
+                [ml["experiment_id"]], f"tags.`mlflow.parentRunId` = '{p}' and attributes.status = 'RUNNING'",
+                max_results=50000)]
+            for rid in [*trials, *parents, ml.get("sweep_run_id")]:
+                if rid and client.get_run(rid).info.status == "RUNNING":
+                    client.set_terminated(rid, status=status)
+        raise
+
+
 def run_name(spec: str, sampled: dict[str, Any]) -> str:
     """A trial's run name: its noise setting and sampled values, e.g. ``symmetric:0.5 k=3 temperature=0.71``."""
     def fmt(v: Any) -> str:
@@ -140,6 +163,8 @@ class TrialLogger(Callback):
                 self._done.add(tid)
                 return None
             self._runs[tid] = found.info.run_id if found else self._create_run(trial)
+            if found and found.info.status != "RUNNING":  # KILLED when an interrupted sweep stopped it
+                self.client.update_run(found.info.run_id, status="RUNNING")
             self._epochs[tid] = {int(m.step) for m in self.client.get_metric_history(self._runs[tid], METRIC)}
         return self._runs[tid]
 
