@@ -107,6 +107,7 @@ def test_data_num_workers(tmp_path, monkeypatch):
     monkeypatch.setattr(E, "DataLoader", spy)
     eng = engine(tmp_path, **{"data.num_workers": 1, "method.name": "ce"})
     E.train_one_epoch(eng, 1)
+    eng.close_loaders()  # its worker, now rather than when the garbage collector finds it (5 s then)
     assert made and set(made) == {1}
 
 

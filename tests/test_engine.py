@@ -188,9 +188,17 @@ def test_selc_corrects_targets_from_the_start_epoch(tmp_path):
 def test_data_loader_workers_give_the_same_run_as_loading_in_process(tmp_path):
     """Each batch's augmentation draws from its own seed: DataLoader worker processes (kept for the whole run)
     change where images are loaded, not what is trained."""
+    import gc
+    import multiprocessing
+
     dotted = {"epochs": 2, "method.name": "ce"}
     a = train(digits_cfg(tmp_path, **dotted, out=str(tmp_path / "a")), echo=None)
-    b = train(digits_cfg(tmp_path, **dotted, out=str(tmp_path / "b"), **{"data.num_workers": 2}), echo=None)
+    gc.disable()  # the workers must stop when the run ends, not when the garbage collector finds their loader
+    try:
+        b = train(digits_cfg(tmp_path, **dotted, out=str(tmp_path / "b"), **{"data.num_workers": 2}), echo=None)
+        assert not multiprocessing.active_children()
+    finally:
+        gc.enable()
     assert a["final"] == b["final"]
     assert a["final"]["test_acc"] > 20.0
 

@@ -73,6 +73,12 @@ class Run:
     best_weights: dict[str, Tensor] | None = None  # only when test_every skipped the selected epoch
     loaders: dict[tuple[LabelledDataset, bool], BatchLoader] = field(default_factory=dict)
 
+    def close_loaders(self) -> None:
+        """Stop the data loaders' worker processes (:meth:`BatchLoader.close`); a later pass makes new loaders."""
+        for batches in self.loaders.values():
+            batches.close()
+        self.loaders.clear()
+
     # The services methods use (knnmix.methods.base.TrainContext)
     @property
     def seed(self) -> int:
@@ -232,11 +238,17 @@ class BatchLoader:
     def __init__(self, ds: LabelledDataset, workers: int, device: torch.device) -> None:
         self.device = device
         self._batches: list[Batch] = []
-        self._loader = DataLoader(
+        self._loader: DataLoader | None = DataLoader(
             _SeededBatches(ds), batch_sampler=self, collate_fn=collate_batch, num_workers=workers,  # type: ignore[arg-type]
             persistent_workers=workers > 0, pin_memory=workers > 0 and device.type == "cuda",
             generator=torch.Generator(),  # its seed draw must not advance the global generator the method uses
         )
+
+    def close(self) -> None:
+        """Stop the worker processes now. Left to the garbage collector (the DataLoader refers back to this object,
+        its batch sampler), they lived on after the run, and the collection that found them waited 5 s per worker
+        for them to exit (``DataLoader``'s shutdown timeout) in whatever ran then."""
+        self._loader = None  # the only reference to the DataLoader: its persistent iterator shuts its workers down
 
     def __iter__(self) -> Iterator[Batch]:
         return iter(self._batches)
@@ -246,6 +258,8 @@ class BatchLoader:
 
     def __call__(self, batches: Iterable[Batch]) -> Iterator[tuple[Tensor, Tensor]]:
         """``(members (B, M), images (B, M, C, H, W) on the device)`` for each batch."""
+        if self._loader is None:
+            raise RuntimeError("this BatchLoader is closed (knnmix.engine.train.loader makes a new one)")
         self._batches = list(batches)
         for (_, members), x in zip(self._batches, self._loader):
             yield members, x.to(self.device, non_blocking=True)
@@ -411,7 +425,15 @@ def is_checkpoint_epoch(cfg: C.Config, epoch: int) -> bool:
 
 
 def fit(run: Run, folder: RunFolder | None, *, echo: Echo = print, on_epoch: OnEpoch | None = None) -> dict[str, Any]:
-    """Train the remaining epochs, then :func:`finish`. ``folder`` (rank 0 only) receives every output."""
+    """Train the remaining epochs, then :func:`finish`. ``folder`` (rank 0 only) receives every output. The run's
+    data loaders (and their worker processes) are closed when it returns or stops."""
+    try:
+        return _fit(run, folder, echo=echo, on_epoch=on_epoch)
+    finally:
+        run.close_loaders()
+
+
+def _fit(run: Run, folder: RunFolder | None, *, echo: Echo, on_epoch: OnEpoch | None) -> dict[str, Any]:
     cfg = run.cfg
     say = echo if run.dist.is_main and echo is not None else None
     if say:
