@@ -569,6 +569,44 @@ def test_sigterm_stops_a_ray_driver_as_ctrl_c_does(local_ray):
         time.sleep(1)
 
 
+def test_after_sigterm_the_program_ends_at_once_when_its_ray_is_gone():
+    """SIGTERM to a whole process group (timeout, kill -- -PGID, systemd, Slurm) stops Ray's own processes with the
+    driver, which then waited 60 s for its GCS and ended with status 1 (Slurm sends SIGKILL after 30 s). The
+    knnmix program's SIGTERM handler watches its private Ray's GCS port and ends the process with one line once
+    nothing answers there; while something answers, the driver stops as Ctrl+C has it (here: it goes on)."""
+    import signal
+
+    script = """
+import os, signal, socket, sys, time
+from knnmix.scale import ray_env
+ray_env.LEAVE_WITH_RAY = True  # what knnmix.cli.main sets for the program
+gcs = socket.socket(); gcs.bind(("127.0.0.1", 0)); gcs.listen()
+ray_env._LOCAL_GCS_PORT = gcs.getsockname()[1]  # what ensure_ray records when it starts a private Ray
+ray_env.sigterm_as_interrupt()
+try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
+except KeyboardInterrupt:  # as Ctrl+C; Tune would now stop its trials through Ray
+    time.sleep(1.5)
+    print("still running while the GCS answers", flush=True)
+    if sys.argv[1] == "gone":
+        gcs.close()
+    time.sleep(30)
+"""
+    for case, code, last in [("gone", 130, ray_env.RAY_GONE), ("up", -signal.SIGKILL, None)]:  # up: went on
+        proc = subprocess.Popen([sys.executable, "-c", script, case], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            out, err = proc.communicate(timeout=8)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        assert "still running while the GCS answers" in out, err
+        assert proc.returncode == code, err
+        if last:
+            assert err.strip().splitlines()[-1] == last, err
+
+
 def test_a_ray_temp_dir_too_long_for_its_sockets_is_one_line(tmp_path):
     """A long RAY_TMPDIR (Ray's Unix socket paths may have 107 bytes) was a 30-line OSError traceback."""
     env = {**os.environ, "RAY_TMPDIR": str(tmp_path / ("x" * 90))}
@@ -1010,59 +1048,31 @@ def _kill_tree(pid: int) -> None:
 
 @pytest.mark.slow
 def test_a_killed_sweep_resumes_without_running_a_trial_twice(e2e, ray_session, tmp_path, capsys):
-    """A sweep driver stopped twice, then resumed: first by SIGTERM to its whole process group (`timeout`,
-    `kill -- -PGID`, systemd and Slurm signal every process of the job, Ray's own too: the driver then waited 60 s
-    for them and ended with status 1 and a GCS error line, after Slurm's 30 s a SIGKILL), then, resumed, by SIGKILL
-    to it and every process under it, like a lost head node."""
-    import signal
-
     import ray
 
-    ray.shutdown()  # one Ray at a time on 2 cores: the drivers below start their own
+    ray.shutdown()  # one Ray at a time on 2 cores: the driver below starts its own
     space = write_space(tmp_path, base={"config": "digits", "set": {**BASE_SET, "epochs": 6}},
                         asha={"grace_period": 6})
     out, uri = tmp_path / "sweep", f"sqlite:///{tmp_path / 'runs.db'}"
     args = ["sweep", str(space), "--out", str(out), "--tracking-uri", uri, "--set", "sweep.noise=[symmetric:0.2]"]
+    log = open(tmp_path / "driver.log", "w")
+    driver = subprocess.Popen([sys.executable, "-m", "knnmix.cli", *args], stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
     trials = out / "symmetric-0.2" / "trials"
-
-    def epochs_trained() -> dict[str, int]:
-        return {p.name: len(read_metrics(p / "metrics.jsonl")) for p in trials.glob("*")
-                if (p / "metrics.jsonl").exists()} if trials.exists() else {}
-
-    def driver_until(argv: list[str], ready: Callable[[], bool]) -> subprocess.Popen:
-        log = tmp_path / "driver.log"
-        with open(log, "w") as fh:
-            driver = subprocess.Popen([sys.executable, "-m", "knnmix.cli", *argv], stdout=fh,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
-        end = time.time() + 300
-        try:
-            while not ready():
-                assert driver.poll() is None, log.read_text()[-4000:]
-                assert time.time() < end, "the sweep made no progress in time"
-                time.sleep(0.1)
-        except BaseException:
-            _kill_tree(driver.pid)
-            raise
-        return driver
-
-    def mid_trial() -> str | None:  # a trial past its second epoch and not finished
-        return next((t for t, n in epochs_trained().items() if n >= 3 and not (trials / t / "summary.json").exists()),
-                    None)
-
-    driver = driver_until(args, lambda: mid_trial() is not None)
-    interrupted = mid_trial()
-    t0 = time.time()
-    os.killpg(driver.pid, signal.SIGTERM)
+    interrupted = None
     try:
-        driver.wait(timeout=50)
+        end = time.time() + 300
+        while interrupted is None:
+            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-4000:]
+            assert time.time() < end, "no trial got past its second epoch in time"
+            for p in trials.glob("*") if trials.exists() else []:
+                if (p / "metrics.jsonl").exists() and len(read_metrics(p / "metrics.jsonl")) >= 3 and not (
+                        p / "summary.json").exists():
+                    interrupted = p.name
+            time.sleep(0.1)
     finally:
-        _kill_tree(driver.pid)
-    log = (tmp_path / "driver.log").read_text()
-    assert driver.returncode == 130 and log.strip().splitlines()[-1] == ray_env.RAY_GONE, log[-3000:]
-    assert time.time() - t0 < 20
-    done = sum(epochs_trained().values())
-    driver = driver_until(["sweep", "--resume", "--out", str(out)], lambda: sum(epochs_trained().values()) > done)
-    _kill_tree(driver.pid)  # the resumed driver, its Ray and the trials
+        _kill_tree(driver.pid)  # the driver, its Ray and the trials, like a lost head node
+        log.close()
     assert cli_main(["sweep", str(space), "--out", str(out)]) == 2  # not without --resume
     assert "already holds a sweep; pass --resume" in capsys.readouterr().err
     before = {p.name for p in trials.iterdir()}
