@@ -19,7 +19,7 @@ from ray.tune.result import AUTO_RESULT_KEYS
 from knnmix.engine.checkpoint import BEST_MODEL, CONFIG, LABEL_ISSUES, LABEL_ISSUES_PLOT, METRICS, SUMMARY, read_metrics
 from knnmix.plots import plot_best_per_noise, plot_clean_prob_histogram, plot_importances, plot_learning_curves
 from knnmix.spaces import METRIC, SETTING_KEY
-from knnmix.tracking import (KIND_TAG, Store, create_run, log_epochs, log_files, log_model, log_params,
+from knnmix.tracking import (KIND_TAG, PARENT_TAG, Store, create_run, log_epochs, log_files, log_model, log_params,
                              log_run_folder, reach, register_once)
 
 TRIAL_TAG = "knnmix.trial_id"
@@ -91,13 +91,19 @@ def ended_on_failure(store: Store, ml: dict[str, Any]) -> Iterator[None]:
         with suppress(Exception):
             client = store.client()
             parents = list(ml.get("settings", {}).values())
-            trials = [r.info.run_id for p in parents for r in client.search_runs(
-                [ml["experiment_id"]], f"tags.`mlflow.parentRunId` = '{p}' and attributes.status = 'RUNNING'",
-                max_results=50000)]
-            for rid in [*trials, *parents, ml.get("sweep_run_id")]:
+            for p in parents:
+                for run in child_runs(client, ml["experiment_id"], p, "attributes.status = 'RUNNING'"):
+                    client.set_terminated(run.info.run_id, status=status)
+            for rid in [*parents, ml.get("sweep_run_id")]:
                 if rid and client.get_run(rid).info.status == "RUNNING":
                     client.set_terminated(rid, status=status)
         raise
+
+
+def child_runs(client: Any, experiment_id: str, parent: str, where: str = "") -> list[Any]:
+    """The runs nested under run ``parent`` (all of them); ``where``: more of MLflow's search filter."""
+    return client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent}'" + (f" and {where}" if where else ""),
+                              max_results=50000)
 
 
 def run_name(spec: str, sampled: dict[str, Any]) -> str:
@@ -136,9 +142,7 @@ class TrialLogger(Callback):
         """At the start of every ``Tuner.fit``, a restored one too (Tune gives this callback back as saved when the
         sweep started, with no trial done): the trials that ended before, so that the count goes on from them."""
         for parent in self.parents.values():
-            runs = self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'",
-                                           max_results=50000)
-            self._done.update(r.data.tags[TRIAL_TAG] for r in runs
+            self._done.update(r.data.tags[TRIAL_TAG] for r in child_runs(self.client, self.experiment_id, parent)
                               if r.data.tags.get(OUTCOME_TAG) and r.data.tags.get(TRIAL_TAG))
 
     @cached_property
