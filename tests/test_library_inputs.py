@@ -246,6 +246,42 @@ def test_network_and_method_factories_that_break_the_contract_are_named(tmp_path
             registry.unregister(name)
 
 
+def test_a_network_whose_outputs_break_the_contract_is_named_when_it_is_built():
+    """A Backbone's outputs are checked on two blank images where it is built: before, unpooled features or a head
+    of another width failed inside the first training step (a shape error from the loss or the neighbour search)."""
+    from knnmix.models import MODELS, Backbone, build_model
+
+    class Net(Backbone):
+        def __init__(self, num_classes, in_channels, image_size, pool=True, width=None):
+            super().__init__()
+            self.pool, self.feature_dim, self.num_classes = pool, 4, num_classes
+            self.conv = torch.nn.Conv2d(in_channels, 4, 3, padding=1)
+            self.fc = torch.nn.Linear(4, width or num_classes)
+
+        def forward_features(self, x):
+            x = self.conv(x)
+            return x.mean((2, 3)) if self.pool else x.flatten(1)
+
+    makers = {"_unpooled": lambda n, c, s: Net(n, c, s, pool=False), "_wide": lambda n, c, s: Net(n, c, s, width=7),
+              "_rgb_only": lambda n, c, s: Net(n, 3, s), "_fine": Net}
+    try:
+        for name, make in makers.items():
+            MODELS.register(name)(make)
+        with pytest.raises(KnnmixError, match=r"'_unpooled': a forward pass on a \(2, 1, 8, 8\) batch failed: .*"
+                                              r"mat1 and mat2 shapes cannot be multiplied"):
+            build_model("_unpooled", 3, 1, 8)
+        with pytest.raises(KnnmixError, match=r"'_wide': forward on a \(2, 1, 8, 8\) batch must return float "
+                                              r"\(logits \(2, 3\), features \(2, D\)\); it returned \(\(2, 7\), \(2, 4\)\)"):
+            build_model("_wide", 3, 1, 8)
+        with pytest.raises(KnnmixError, match=r"'_rgb_only': a forward pass .* failed: .*expected input\[2, 1, 8, 8\]"):
+            build_model("_rgb_only", 3, 1, 8)
+        net = build_model("_fine", 3, 1, 8)
+        assert net.training and net.conv.weight.grad is None  # left as built: training mode, no gradient
+    finally:
+        for name in makers:
+            MODELS.unregister(name)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The config from Python
 

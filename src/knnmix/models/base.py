@@ -2,7 +2,8 @@
 
 A network returns ``(logits, features)`` from ``forward``: ``features`` ``(B, feature_dim)`` is the penultimate
 representation (after global pooling, before the classification head) in which the method looks for nearest
-neighbours, and ``logits`` ``(B, num_classes)`` is ``head(features)``.
+neighbours, and ``logits`` ``(B, num_classes)`` is ``head(features)``. ``build_model`` runs every network it builds
+once on two blank images and names one whose outputs break this contract.
 """
 
 from __future__ import annotations
