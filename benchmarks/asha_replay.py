@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -99,8 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     check = {"grace_period": args.check[0], "reduction_factor": args.check[1],
              "real": {"trial_epochs": sum(ran), "best_val_acc": max(max(t["val"]) for t in real), "epochs": ran},
              "replay": {"trial_epochs": spent, "best_val_acc": best}}
-    result = {"command": "python benchmarks/asha_replay.py " + " ".join(argv or sys.argv[1:]), "commit": git_commit(),
-              "machine": machine(), "date": time.strftime("%Y-%m-%d"), "seed": args.seed, "wall_s": time.time() - start,
+    result = {"command": shlex.join(["python", "benchmarks/asha_replay.py", *(argv or sys.argv[1:])]),
+              "commit": git_commit(), "machine": machine(), "date": time.strftime("%Y-%m-%d"), "seed": args.seed,
+              "wall_s": time.time() - start,
               "full_trial_epochs": full_epochs, "full_best_val_acc": full_best, "grid": grid,
               "kept_best_within_a_third": meets, "check": check, "trials": trials}
     out = Path(args.out) if args.out else HERE / "results" / "asha-replay" / f"replay-seed{args.seed}.json"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             cells = runner.run_tier(tier, runs, seeds=seeds, settings=settings, methods=methods,
                                     cfg_overrides=args.overrides, selections=selections, resume=args.resume,
                                     echo=lambda s: print(s, flush=True))
-            command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+            command = shlex.join(["python", "benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])])
             all_seeds = sorted({c["seed"] for c in cells})
             result = runner.result_record(tier, cells, command, all_seeds, settings, methods, commit=commit,
                                           selections=selections)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -260,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {n:,} | {row['gather_s']:.2f} | {flat} | {build} | {ivf} | {rec} |", flush=True)
 
 
-    result = {"command": " ".join(sys.argv), "commit": git_commit(), "machine": machine(),
+    result = {"command": shlex.join(["python", *sys.argv]), "commit": git_commit(), "machine": machine(),
               "date": time.strftime("%Y-%m-%d"), "epoch_overhead": over, "bank": rows}
     out = Path(args.out) if args.out else RESULTS / f"scaling-{result['date']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

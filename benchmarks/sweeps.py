@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import statistics
 import sys
@@ -121,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="knnmix-sweeps-"))
     try:
-        result = {"command": "python benchmarks/sweeps.py " + " ".join(argv or sys.argv[1:]), "commit": git_commit(),
-                  "machine": machine(), "date": time.strftime("%Y-%m-%d"), "smoke": smoke(work, args.quick)}
+        result = {"command": shlex.join(["python", "benchmarks/sweeps.py", *(argv or sys.argv[1:])]),
+                  "commit": git_commit(), "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+                  "smoke": smoke(work, args.quick)}
         s = result["smoke"]
         print(f"smoke sweep: {s['trials']} trials in {s['wall_s']:.0f} s wall clock (target <= 90 s); per-trial "
               f"overhead {s['overhead_s_mean']:.2f} s mean, {s['overhead_s_max']:.2f} s max (target <= 2 s)", flush=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shlex
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -26,8 +27,8 @@ def load_entry_point():
 @pytest.mark.slow
 def test_smoke_tier_writes_a_well_formed_table(tmp_path):
     run = load_entry_point()
-    code = run.main(["--tier", "smoke", "--results-dir", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs")])
-    assert code == 0
+    argv = ["--tier", "smoke", "--results-dir", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs #1")]
+    assert run.main(argv) == 0
     [json_path] = (tmp_path / "results").glob("smoke-*.json")
     result = json.loads(json_path.read_text())
     methods = ["ce", "mixup", "selc", "knnmix", "cleanlab", "oracle"]
@@ -37,7 +38,8 @@ def test_smoke_tier_writes_a_well_formed_table(tmp_path):
     }
     for cell in result["cells"]:
         assert 0.0 <= cell["last_test_acc"] <= 100.0 and cell["epoch_time_s"] > 0
-    assert result["commit"] and result["machine"]["cores"] and result["command"].startswith("python benchmarks/run.py")
+    assert result["commit"] and result["machine"]["cores"]
+    assert shlex.split(result["command"]) == ["python", "benchmarks/run.py", *argv]  # quoted: it runs again as typed
     assert 0 < result["wall_s"] < 3600  # the invocation's wall clock, which a tier's runtime budget is checked by
     assert set(result["cost_ratios"]) >= {"knnmix_epoch_vs_ce", "cleanlab_total_vs_ce"}
     md = json_path.with_suffix(".md").read_text()
