@@ -583,6 +583,8 @@ ray_env.LEAVE_WITH_RAY = True  # what knnmix.cli.main sets for the program
 gcs = socket.socket(); gcs.bind(("127.0.0.1", 0)); gcs.listen()
 ray_env._LOCAL_GCS_PORT = gcs.getsockname()[1]  # what ensure_ray records when it starts a private Ray
 ray_env.sigterm_as_interrupt()
+ray_env.BEFORE_EXIT_S = 0.5  # a store that hangs holds the exit this long, then the next one runs
+ray_env.BEFORE_EXIT += [lambda: time.sleep(60), lambda: print("runs marked", flush=True)]
 try:
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(5)
@@ -603,8 +605,27 @@ except KeyboardInterrupt:  # as Ctrl+C; Tune would now stop its trials through R
             out, err = proc.communicate()
         assert "still running while the GCS answers" in out, err
         assert proc.returncode == code, err
+        assert ("runs marked" in out) == (case == "gone"), out  # what a sweep registers runs before the exit
         if last:
             assert err.strip().splitlines()[-1] == last, err
+
+
+def test_a_sweep_registers_the_marking_of_its_runs_killed_for_the_sigterm_exit(tmp_path):
+    """The watchdog above ends the process without unwinding the sweep: the sweep's MLflow runs stayed RUNNING
+    until --resume. While a sweep runs, ended_on_failure registers the KILLED marking with the watchdog."""
+    store = TR.Store.from_uri(f"sqlite:///{tmp_path / 'm.db'}")
+    client = store.client()
+    exp = client.create_experiment("e")
+    sweep, setting, done = (client.create_run(exp).info.run_id for _ in range(3))
+    trial = client.create_run(exp, tags={TR.PARENT_TAG: setting}).info.run_id
+    client.set_terminated(done)
+    ml = {"experiment_id": exp, "sweep_run_id": sweep, "settings": {"symmetric-0.5": setting}}
+    with T.ended_on_failure(store, ml):
+        (killed,) = ray_env.BEFORE_EXIT
+        killed()  # what the watchdog runs before os._exit
+        assert {r: client.get_run(r).info.status for r in (sweep, setting, trial, done)} == {
+            sweep: "KILLED", setting: "KILLED", trial: "KILLED", done: "FINISHED"}
+    assert ray_env.BEFORE_EXIT == []  # the sweep ended: nothing left to mark
 
 
 def test_a_ray_temp_dir_too_long_for_its_sockets_is_one_line(tmp_path):

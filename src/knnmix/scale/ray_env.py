@@ -9,6 +9,7 @@ import signal
 import socket
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,10 @@ _LOCAL_GCS_PORT: int | None = None
 LEAVE_WITH_RAY = False
 #: The line a driver ends with when SIGTERM stopped its private local Ray too.
 RAY_GONE = "knnmix: interrupted (SIGTERM stopped Ray's processes too); the same command with --resume continues"
+#: What :func:`_exit_once_ray_is_gone` runs first, each for at most :data:`BEFORE_EXIT_S` (a sweep marks its MLflow
+#: runs KILLED there, as after Ctrl+C). Each must not raise.
+BEFORE_EXIT: list[Callable[[], None]] = []
+BEFORE_EXIT_S = 5.0
 _watching = threading.Event()
 
 
@@ -195,6 +200,10 @@ def _exit_once_ray_is_gone(port: int, poll_s: float = 0.5) -> None:
             socket.create_connection(("127.0.0.1", port), timeout=poll_s).close()
         except OSError:
             if threading.main_thread().is_alive():
+                for before in list(BEFORE_EXIT):
+                    worker = threading.Thread(target=before, daemon=True)  # a store that hangs cannot hold the exit
+                    worker.start()
+                    worker.join(BEFORE_EXIT_S)
                 os.write(2, (RAY_GONE + "\n").encode())
                 os._exit(130)
             return

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from ray.tune.result import AUTO_RESULT_KEYS
 
 from knnmix.engine.checkpoint import BEST_MODEL, CONFIG, LABEL_ISSUES, LABEL_ISSUES_PLOT, METRICS, SUMMARY, read_metrics
 from knnmix.plots import plot_best_per_noise, plot_clean_prob_histogram, plot_importances, plot_learning_curves
+from knnmix.scale import ray_env
 from knnmix.spaces import METRIC, SETTING_KEY
 from knnmix.tracking import (KIND_TAG, PARENT_TAG, Store, create_run, log_epochs, log_files, log_model, log_params,
                              log_run_folder, reach, register_once)
@@ -82,22 +83,31 @@ def open_sweep_runs(store: Store, space: Any, settings: list[Any], ml: dict[str,
 def ended_on_failure(store: Store, ml: dict[str, Any]) -> Iterator[None]:
     """MLflow's convention for runs that stop unfinished (as ``mlflow.start_run`` has it): after Ctrl+C or SIGTERM
     the sweep's run, its noise settings' runs and its trials' runs still RUNNING become KILLED, after an error
-    FAILED (they stayed RUNNING in the UI for good). ``--resume`` sets them running again. Marking never raises:
-    the error that stopped the sweep is the one to report."""
+    FAILED (they stayed RUNNING in the UI for good); also when SIGTERM stopped Ray too and the process ends from
+    :mod:`ray_env`'s watchdog. ``--resume`` sets them running again."""
+    killed = partial(mark_unfinished, store, ml, "KILLED")
+    ray_env.BEFORE_EXIT.append(killed)
     try:
         yield
     except BaseException as e:
-        status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
-        with suppress(Exception):
-            client = store.client()
-            parents = list(ml.get("settings", {}).values())
-            for p in parents:
-                for run in child_runs(client, ml["experiment_id"], p, "attributes.status = 'RUNNING'"):
-                    client.set_terminated(run.info.run_id, status=status)
-            for rid in [*parents, ml.get("sweep_run_id")]:
-                if rid and client.get_run(rid).info.status == "RUNNING":
-                    client.set_terminated(rid, status=status)
+        mark_unfinished(store, ml, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
+    finally:
+        ray_env.BEFORE_EXIT.remove(killed)
+
+
+def mark_unfinished(store: Store, ml: dict[str, Any], status: str) -> None:
+    """End the sweep's runs that are still RUNNING with ``status``. Never raises: the error that stopped the sweep
+    is the one to report."""
+    with suppress(Exception):
+        client = store.client()
+        parents = list(ml.get("settings", {}).values())
+        for p in parents:
+            for run in child_runs(client, ml["experiment_id"], p, "attributes.status = 'RUNNING'"):
+                client.set_terminated(run.info.run_id, status=status)
+        for rid in [*parents, ml.get("sweep_run_id")]:
+            if rid and client.get_run(rid).info.status == "RUNNING":
+                client.set_terminated(rid, status=status)
 
 
 def child_runs(client: Any, experiment_id: str, parent: str, where: str = "") -> list[Any]:
