@@ -168,6 +168,16 @@ def test_pretrained_model_key_and_missing_batchnorm_counters(tmp_path: Path) -> 
     assert torch.equal(loaded.state_dict()["layer4.1.conv2.weight"], state["layer4.1.conv2.weight"])
 
 
+def test_pretrained_path_may_start_with_the_home_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """model.pretrained='~/w.pt' from a config file or --set (no shell expands it): 'not found' in a single-process
+    run before (Ray runs already expanded it), as data.root expands '~'."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    source = build_model("small_cnn", 10, 1, 28)
+    _save(source.state_dict(), tmp_path / "w.pt")
+    loaded = build_model("small_cnn", 10, 1, 28, pretrained="~/w.pt")
+    assert torch.equal(loaded.state_dict()["fc.weight"], source.state_dict()["fc.weight"])
+
+
 def test_pretrained_other_architecture_lists_keys(tmp_path: Path) -> None:
     path = _save(build_model("small_cnn", 10, 3, 32).state_dict(), tmp_path / "cnn.pth")
     with pytest.raises(KnnmixError, match=r"missing: .*conv1\.weight.*unexpected: .*features\.0\.weight") as info:

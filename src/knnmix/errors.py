@@ -77,7 +77,8 @@ def load_tensors(path: str | os.PathLike[str], what: str, allowed: Iterable[Any]
     :class:`CheckpointError` that names it."""
     import torch
 
-    if not Path(path).is_file():
+    path = Path(path).expanduser()  # '~' from a config file or --set, which no shell expanded
+    if not path.is_file():
         raise CheckpointError(f"{what} {path} " + ("is a folder, not a file" if Path(path).is_dir() else "not found"))
     with suppress(zipfile.BadZipFile, OSError), zipfile.ZipFile(path) as archive:  # torch.load skips the CRCs
         if (damaged := archive.testzip()) is not None:
