@@ -381,6 +381,28 @@ def test_folder_listing_order_and_hidden_files(tmp_path: Path) -> None:
     assert b.classes == ["a", "a-b", "b"] and b.train_labels.tolist() == [0, 1, 2, 2, 2]
 
 
+@pytest.mark.timeout(60)  # the link back to the root used to make the folder walk (practically) endless
+def test_folder_links_are_followed_once_and_loops_are_an_error(folder: Path, tmp_path: Path) -> None:
+    write_image(tmp_path / "elsewhere" / "h.png")
+    (folder / "fox").symlink_to(tmp_path / "elsewhere", target_is_directory=True)  # a linked class folder
+    b = load_dataset("imagefolder", folder, False, image_size=16)
+    assert b.classes == ["cat", "dog", "emu", "fox"] and b.train_labels.tolist() == [0, 0, 0, 1, 1, 2, 2, 3]
+    # a link to its own folder repeated the class's images at every level of the loop (41 times)
+    (folder / "cat" / "self").symlink_to(".", target_is_directory=True)
+    with pytest.raises(DataError) as e:
+        load_dataset("imagefolder", folder, False, image_size=16)
+    assert re.search(r"remove the symbolic links through which 1 folders under .*/pets are reached a second time "
+                     r"\(a link loop, or two links to one folder\): cat/self \(= cat\)$", one_line_error(e))
+    (folder / "cat" / "self").unlink()
+    (folder / "dog" / "alias").symlink_to(folder / "emu", target_is_directory=True)  # emu's images labelled dog too
+    with pytest.raises(DataError, match=r"1 folders .*: emu \(= dog/alias\)$"):
+        load_dataset("imagefolder", folder, False, image_size=16)
+    (folder / "dog" / "alias").unlink()
+    (folder / "emu" / "up").symlink_to("..", target_is_directory=True)
+    with pytest.raises(DataError, match=r"4 folders .*: emu/up/cat \(= cat\), emu/up/dog \(= dog\), "):
+        load_dataset("imagefolder", folder, False, image_size=16)
+
+
 # -------------------------------------------------------------------------------------------------- bad images
 
 

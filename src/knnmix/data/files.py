@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
@@ -84,24 +84,31 @@ def require_dir(path: str, dataset: str, what: str = "data root") -> str:
     return path
 
 
-def find_images(root: str, folders: dict[str, int]) -> tuple[list[str], np.ndarray, list[str]]:
+def find_images(dataset: str, root: str, folders: dict[str, int]) -> tuple[list[str], np.ndarray, list[str]]:
     """The images below ``root/<folder>/`` of each ``folder -> label``: ``(keys, labels (N,), folders without any)``.
 
-    torchvision's ``make_dataset`` walks each folder recursively (following links) for :data:`IMAGE_EXTENSIONS` in
-    any case; hidden files and folders (``.name``) are skipped and a missing folder yields nothing. Keys are relative
-    to ``root``, in the order of ``folders``, sorted within each folder.
+    Each folder is walked recursively for :data:`IMAGE_EXTENSIONS` in any case, following links (as torchvision's
+    ``make_dataset``) but entering no folder twice: a folder reached again through a link (a link loop, which would
+    otherwise repeat its images at every level or never end, or two links to one folder) is a :class:`DataError`.
+    Hidden files and folders (``.name``) are skipped and a missing folder yields nothing. Keys are relative to
+    ``root``, in the order of ``folders``, sorted within each folder.
     """
-    prefix = os.path.join(root, "")
-
-    def visible_image(path: str) -> bool:
-        hidden = any(part.startswith(".") for part in path.removeprefix(prefix).split(os.sep))
-        return not hidden and has_file_allowed_extension(path, IMAGE_EXTENSIONS)
-
-    rank = {label: i for i, label in enumerate(folders.values())}
-    found = sorted(
-        (rank[label], path.removeprefix(prefix), label)
-        for path, label in make_dataset(root, folders, is_valid_file=visible_image, allow_empty=True)
-    )
+    seen: dict[str, str] = {}  # real path of each folder entered -> its key below root
+    again: list[str] = []  # "key (= first key)" of folders reached a second time
+    found = []
+    for rank, (top, label) in enumerate(folders.items()):
+        for folder, dirs, files in os.walk(os.path.join(root, top), followlinks=True):
+            key = os.path.relpath(folder, root)
+            if seen.setdefault(os.path.realpath(folder), key) != key:
+                again.append(f"{key} (= {seen[os.path.realpath(folder)]})")
+                dirs.clear()
+                continue
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # (sorted: the same error every time)
+            found += [(rank, os.path.join(key, f), label) for f in files
+                      if not f.startswith(".") and has_file_allowed_extension(f, IMAGE_EXTENSIONS)]
+    refuse(again, f"{dataset}: remove the symbolic links through which {len(again)} folders under {root} are reached "
+                  "a second time (a link loop, or two links to one folder)")
+    found.sort()
     labels = np.array([label for _, _, label in found], dtype=np.int64)
     return [key for _, key, _ in found], labels, [folder for folder, label in folders.items() if label not in labels]
 

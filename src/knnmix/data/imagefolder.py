@@ -58,7 +58,7 @@ def read_folder(root: str, classes: list[str] | None = None) -> LabelledFiles:
     classes = folders if classes is None else classes
     unknown = [repr(f) for f in folders if f not in classes]
     refuse(unknown, f"{NAME}: {len(unknown)} class folders under {root} are not training classes")
-    keys, labels, empty = find_images(root, {f: classes.index(f) for f in folders})
+    keys, labels, empty = find_images(NAME, root, {f: classes.index(f) for f in folders})
     refuse([repr(f) for f in empty], f"{NAME}: {len(empty)} class folders under {root} hold no images "
                                      f"({'/'.join(IMAGE_EXTENSIONS)})")
     return LabelledFiles(root, keys, labels, list(classes))

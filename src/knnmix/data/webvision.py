@@ -72,7 +72,7 @@ def load_webvision(root: str | None, download: bool, *, image_size: int | None =
             raise DataError(f"{NAME}: the ImageNet test set {imagenet_dir} needs {synsets_file} to map classes to "
                             "synsets")
         require_dir(imagenet_dir, NAME, "ImageNet validation folder")
-        keys, labels, missing = find_images(imagenet_dir, {synset: c for c, synset in enumerate(synsets[:k])})
+        keys, labels, missing = find_images(NAME, imagenet_dir, {synset: c for c, synset in enumerate(synsets[:k])})
         refuse(missing, f"{NAME}: the ImageNet validation folder {imagenet_dir} has no images for {len(missing)} of "
                         f"the {k} classes (expected {imagenet_dir}/<synset>/*.JPEG)")
         splits["imagenet"] = (imagenet_dir, keys, labels)
