@@ -14,6 +14,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2 as transforms
 
+from knnmix import config as C
 from knnmix.data import (
     DATASETS,
     DatasetBundle,
@@ -27,6 +28,7 @@ from knnmix.data import files as files_module
 from knnmix.data.clothing1m import CLASSES as CLOTHING_CLASSES
 from knnmix.data.files import IMAGENET_MEAN, IMAGENET_STD, FileSource, ImageTransform, PreloadedSource
 from knnmix.data.imagefolder import choose_image_size, read_train
+from knnmix.engine.splits import build_splits
 from knnmix.errors import DataError, KnnmixWarning
 
 # The miniature CSVs have one-image classes on purpose (the warning about them is tested on its own).
@@ -348,6 +350,27 @@ def test_csv_class_with_a_single_image_is_a_warning(flat: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- image size
+
+
+def test_a_class_the_validation_split_or_subset_empties_is_an_error(folder: Path) -> None:
+    """3 + 2 + 2 images, half held out: some split seeds put all of a class's images in the validation split, which
+    trained without that class (and never ranked its images)."""
+    base = C.replace(C.Config(), **{"data.name": "imagefolder", "data.root": str(folder), "data.image_size": 8,
+                                    "data.val_fraction": 0.5, "noise.spec": "none"})
+    lost = 0
+    for seed in range(8):
+        try:
+            splits = build_splits(C.replace(base, **{"data.split_seed": seed}))
+        except DataError as e:
+            lost += 1
+            assert re.search(rf"^data.val_fraction=0.5 \(data.split_seed={seed}\) leaves 1 of 3 classes without "
+                             r"training images: '\w+' \([23] images\); add images to them, or change "
+                             r"data.val_fraction or data.split_seed$", str(e))
+        else:
+            assert set(splits.train.given_labels.tolist()) == {0, 1, 2}
+    assert 0 < lost < 8
+    with pytest.raises(DataError, match=r"^data.train_subset=2 \(data.split_seed=0\) leaves 1 of 3 classes without "):
+        build_splits(C.replace(base, **{"data.train_subset": 2, "data.val_fraction": 0.0}))
 
 
 def test_image_size_none_is_chosen_from_the_images(folder: Path, tmp_path: Path) -> None:

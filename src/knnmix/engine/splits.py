@@ -5,6 +5,7 @@ Order of operations (each seeded, so every run with the same seeds sees the same
 2. inject the configured label noise into the whole published training set (CIFAR-N files address it in order);
 3. optionally keep a seeded subset of the training rows (``data.train_subset``);
 4. carve the noisy validation split (``data.val_fraction``, ``data.split_seed``) from what remains.
+A class (by given label) that step 3 or 4 leaves without training images is a :class:`DataError`.
 The validation split keeps its noisy labels: it is the only data used to select models and hyper-parameters.
 The test split is only ever reported.
 """
@@ -21,7 +22,7 @@ import numpy as np
 
 from knnmix.config import Config, DataConfig
 from knnmix.data import DatasetBundle, ImageSource, LabelledDataset, TensorSource, load_dataset
-from knnmix.errors import ConfigError, DataError
+from knnmix.errors import ConfigError, DataError, listing
 from knnmix.noise import NoiseResult, apply_noise, parse_noise_spec
 
 
@@ -115,6 +116,8 @@ def build_splits(cfg: Config) -> Splits:
         if d.train_subset > len(rows):
             raise DataError(f"data.train_subset={d.train_subset} exceeds the {len(rows)} training images of {d.name}")
         rows = np.sort(rng.choice(rows, size=d.train_subset, replace=False))
+        refuse_lost_classes(noise.noisy_labels, np.arange(len(labels)), rows, bundle.classes,
+                            f"data.train_subset={d.train_subset} (data.split_seed={d.split_seed})")
     if bundle.val is not None and d.val_fraction > 0:
         raise ConfigError(f"data.val_fraction={d.val_fraction}: {d.name} ships its own validation split; set "
                           "data.val_fraction=0")
@@ -123,6 +126,8 @@ def build_splits(cfg: Config) -> Splits:
     val_rows, train_rows = np.sort(perm[:n_val]), np.sort(perm[n_val:])
     if len(train_rows) < 2:
         raise DataError(f"only {len(train_rows)} training images remain after the validation split")
+    refuse_lost_classes(noise.noisy_labels, rows, train_rows, bundle.classes,
+                        f"data.val_fraction={d.val_fraction} (data.split_seed={d.split_seed})")
 
     def subset(r: np.ndarray) -> LabelledDataset:
         true = labels[r] if bundle.labels_are_clean else None
@@ -141,6 +146,18 @@ def build_splits(cfg: Config) -> Splits:
         test=trusted(bundle.test, bundle.test_labels), train_rows=train_rows, val_rows=val_rows,
         extra_tests={k: trusted(src, lab) for k, (src, lab) in bundle.extra_tests.items()},  # type: ignore[misc]
     )
+
+
+def refuse_lost_classes(given: np.ndarray, before: np.ndarray, after: np.ndarray, classes: list[str],
+                        setting: str) -> None:
+    """A :class:`DataError` naming the classes that have training images (by given label) among rows ``before`` but
+    none among rows ``after``, the rows ``setting`` kept: a run would never train on them."""
+    lost = np.setdiff1d(given[before], given[after]).tolist()
+    if lost:
+        counts = np.bincount(given[before], minlength=len(classes))
+        shown = [f"{classes[c]!r} ({counts[c]} image{'s' if counts[c] > 1 else ''})" for c in lost]
+        raise DataError(f"{setting} leaves {len(lost)} of {len(classes)} classes without training images: "
+                        f"{listing(shown)}; add images to them, or change {setting.split('=')[0]} or data.split_seed")
 
 
 def class_balanced_epochs(
