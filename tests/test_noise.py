@@ -568,6 +568,18 @@ def test_cifar_n_unreadable_or_unsafe_file_is_a_clear_error(tmp_path: Path) -> N
                     cifar_n_dir=tmp_path)  # fmt: skip
 
 
+def test_cifar_n_dir_may_start_with_the_home_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """'~' from a config file or --set (no shell expands it) was taken as a folder named '~': file not found."""
+    import torch
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    clean = balanced_labels(10, 5000)
+    (tmp_path / "cifar-n").mkdir()
+    torch.save({"clean_label": clean, "worse_label": (clean + 1) % 10}, tmp_path / "cifar-n" / "CIFAR-10_human.pt")
+    res = apply_noise("cifar10n:worse", clean, 10, seed=0, family="cifar10", cifar_n_dir="~/cifar-n")
+    assert np.array_equal(res.noisy_labels, (clean + 1) % 10)
+
+
 # ------------------------------------------------------------------------------------ real CIFAR-N labels
 CIFAR_N_FILES = ("CIFAR-10_human.pt", "CIFAR-100_human.pt")
 

@@ -282,8 +282,8 @@ def apply_noise(
       class map and is checked by the CIFAR-N kinds.
     - ``coarse_labels``: ``(N,)`` integer CIFAR-100 super-class labels; required by ``asymmetric`` on ``cifar100``.
     - ``features``: ``(N, D)`` real flattened images, expected in [0, 1] (float32 preferred); required by ``instance``.
-    - ``cifar_n_dir``: folder holding ``CIFAR-10_human.pt`` / ``CIFAR-100_human.pt``; required by ``cifar10n`` /
-      ``cifar100n``.
+    - ``cifar_n_dir``: folder holding ``CIFAR-10_human.pt`` / ``CIFAR-100_human.pt`` (``~`` is the home folder, as
+      in ``data.root``); required by ``cifar10n`` / ``cifar100n``.
     - ``symmetric_convention``: ``"other"``: a flipped label moves to a uniformly chosen other class (measured rate
       = r). ``"any"`` (DivideMix): it is redrawn among all C classes (measured rate about ``r * (C - 1) / C``).
     - ``instance_std``: std of the truncated-normal per-sample flip rate of ``instance`` (Xia et al. use 0.1).
@@ -316,7 +316,8 @@ def apply_noise(
         coarse = _readonly(_label_array(coarse_labels, "coarse_labels").astype(np.int64, copy=False))
     inputs = NoiseInputs(
         labels=clean, num_classes=c, rng=np.random.default_rng(seed_value), family=family, coarse_labels=coarse,
-        features=_check_features(features, n), cifar_n_dir=None if cifar_n_dir is None else Path(cifar_n_dir),
+        features=_check_features(features, n),
+        cifar_n_dir=None if cifar_n_dir is None else Path(cifar_n_dir).expanduser(),
         symmetric_convention=symmetric_convention, instance_std=float(instance_std),
     )
     noisy = np.asarray(NOISE_MODELS.get(parsed.kind).generate(parsed, inputs))
