@@ -518,6 +518,18 @@ def test_cifar10_missing_batch_is_named(tmp_path: Path) -> None:
         load_dataset("cifar10", root=str(tmp_path))
 
 
+def test_cifar_batches_of_different_image_sizes_are_a_data_error(tmp_path: Path) -> None:
+    """A user's own CIFAR-format batches: one of 16x16 images crashed numpy's concatenate (a ValueError)."""
+    _write_cifar10(tmp_path, np.random.default_rng(4), "py3")
+    small = {"labels": [1, 2], "data": np.zeros((2, 3 * 16 * 16), dtype=np.uint8)}
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(pickle.dumps(small))
+    with pytest.raises(DataError) as info:
+        load_dataset("cifar10", root=str(tmp_path))
+    assert str(info.value).endswith("the batches hold images of different sizes (data_batch_1: 32x32, data_batch_2: "
+                                    "32x32, data_batch_3: 16x16, data_batch_4: 32x32, data_batch_5: 32x32, "
+                                    "test_batch: 32x32); all must be equal")
+
+
 class _Evil:
     def __reduce__(self) -> tuple[Any, ...]:
         return (print, ("pickles must not run code",))

@@ -146,10 +146,11 @@ def load_cifar(spec: CifarSpec, root: str | None, download: bool) -> DatasetBund
     *train_files, test_file, meta_file = spec.files
     parts = [read_batch(directory / name, spec) for name in train_files]
     test_images, test_labels, _ = read_batch(directory / test_file, spec)
+    sides = {name: images.shape[-1] for name, images in zip(spec.files, [*(p[0] for p in parts), test_images])}
+    if len(set(sides.values())) > 1:
+        raise DataError(f"{spec.name} under {directory}: the batches hold images of different sizes ("
+                        f"{', '.join(f'{name}: {side}x{side}' for name, side in sides.items())}); all must be equal")
     train_images = np.concatenate([p[0] for p in parts])
-    if train_images.shape[1:] != test_images.shape[1:]:
-        raise DataError(f"{spec.name} under {directory}: training images are {train_images.shape[1:]}, "
-                        f"test images {test_images.shape[1:]}")
     return DatasetBundle(
         name=spec.name, family=spec.name, classes=read_class_names(directory / meta_file, spec),
         train=TensorSource(torch.from_numpy(train_images), spec.mean, spec.std, AUGMENT),
