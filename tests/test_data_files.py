@@ -281,6 +281,9 @@ def test_csv_test_root(flat: Path, tmp_path: Path) -> None:
         (["path,label", "img/0.png,a", "img/1.png,b", "img/./0.png,b", "img/1.png,a"],
          r"lists 2 paths more than once: line 4: 'img/./0.png' \(also line 2\), line 5: 'img/1.png' \(also line 3\)"),
         (["path,label"], r"labels.csv lists no images"),
+        (["path,label", "img/0.png,0", "img/1.png,-1", "img/2.png,1", "img/3.png,-1"],  # was a class '-1'
+         r"labels.csv has 2 negative integer labels \(a 'no label' marker\?\), which would make a class of their "
+         r"own; remove those rows, or list every class in .*flat/classes.txt: line 3: '-1', line 5: '-1'$"),
     ],
 )  # fmt: skip
 def test_csv_errors_list_the_offending_lines(flat: Path, lines: list[str], pattern: str) -> None:
@@ -316,6 +319,13 @@ def test_csv_integer_class_names_are_never_taken_as_indices(flat: Path, tmp_path
     with pytest.raises(DataError) as e:
         load_dataset("imagefolder", flat, False, image_size=16, labels_file=str(csv))
     assert re.search(r"labels.csv has 1 labels absent from the class list .*: line 4: '1'$", one_line_error(e))
+
+
+def test_csv_negative_label_listed_in_classes_txt_is_a_name(flat: Path) -> None:
+    write_csv(flat / "classes.txt", ["-1", "0"])
+    csv = write_csv(flat / "labels.csv", ["path,label", "img/0.png,0", "img/1.png,-1", "img/2.png,-1"])
+    b = load_dataset("imagefolder", flat, False, image_size=16, labels_file=str(csv))
+    assert b.classes == ["-1", "0"] and b.train_labels.tolist() == [1, 0, 0]
 
 
 def test_csv_class_without_images_and_missing_labels_file(flat: Path) -> None:

@@ -104,9 +104,10 @@ def _sorted_labels(labels: set[str]) -> list[str]:
 def read_csv(csv_path: str, base: str, classes: list[str] | None = None) -> LabelledFiles:
     """CSV mode: rows ``path,label`` of ``csv_path``; relative paths are taken below ``base``.
 
-    ``classes`` None: the class list is ``classes.txt`` beside the CSV, else the sorted labels. Given (a test CSV),
-    labels are resolved against it and a ``classes.txt`` beside the CSV must agree with it. An integer label is a
-    class index only when no class name is an integer. Raises a :class:`DataError` listing the first offending lines
+    ``classes`` None: the class list is ``classes.txt`` beside the CSV, else the sorted labels (then a negative
+    integer label is an error: a "no label" marker, not a class). Given (a test CSV), labels are resolved against it
+    and a ``classes.txt`` beside the CSV must agree with it. An integer label is a class index only when no class
+    name is an integer. Raises a :class:`DataError` listing the first offending lines
     for: malformed rows, a label absent from the class list (or an out-of-range index), a path listed twice, a path
     naming no file.
     """
@@ -115,6 +116,12 @@ def read_csv(csv_path: str, base: str, classes: list[str] | None = None) -> Labe
     listed = read_names(classes_file, NAME, "class names") if os.path.isfile(classes_file) else None
     training = classes is None
     if classes is None:
+        if listed is None:  # -1 for "no label" would otherwise be a class of its own
+            negative = [f"line {n}: {label!r}" for n, _, label in rows
+                        if label.startswith("-") and as_int(label, None) is not None]
+            refuse(negative, f"{NAME}: {csv_path} has {len(negative)} negative integer labels (a 'no label' marker?), "
+                             f"which would make a class of their own; remove those rows, or list every class in "
+                             f"{classes_file}")
         classes = listed if listed is not None else _sorted_labels({label for _, _, label in rows})
         origin = classes_file if listed is not None else "the sorted labels"
     else:
