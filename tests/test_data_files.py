@@ -414,6 +414,31 @@ def test_folder_listing_order_and_hidden_files(tmp_path: Path) -> None:
     assert b.classes == ["a", "a-b", "b"] and b.train_labels.tolist() == [0, 1, 2, 2, 2]
 
 
+def test_folder_mode_warns_of_loose_images_and_of_splits_read_as_classes(folder: Path, tmp_path: Path) -> None:
+    write_image(folder / "stray.png")  # in no class folder: left out, which was silent
+    with pytest.warns(KnnmixWarning) as caught:
+        b = load_dataset("imagefolder", folder, False, image_size=16)
+    assert len(b.train) == 7 and [str(w.message) for w in caught] == [
+        f"imagefolder: 1 images directly under {folder} are in no class folder and are left out: stray.png"
+    ]
+    # a data set in split folders, given by its top folder: 2 classes 'test' and 'train', which was silent
+    for key in ["train/cat/a.png", "train/cat/b.png", "train/dog/c.png", "test/cat/d.png", "test/dog/e.png"]:
+        write_image(tmp_path / "kaggle" / key)
+    with pytest.warns(KnnmixWarning) as caught:
+        b = load_dataset("imagefolder", tmp_path / "kaggle", False, image_size=16)
+    assert b.classes == ["test", "train"] and [str(w.message) for w in caught] == [
+        f"imagefolder: the class folders 'test', 'train' under {tmp_path / 'kaggle'} all hold the same sub-folders "
+        f"(cat, dog) and no images of their own: if they are splits and those are the classes, set data.root to one "
+        f"split (e.g. {tmp_path / 'kaggle' / 'train'}) and data.test_root to another"
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nested folders of a class's own (fixture: cat/nested/deep) are no split
+        load_dataset("imagefolder", tmp_path / "kaggle" / "train", False, image_size=16,
+                     test_root=str(tmp_path / "kaggle" / "test"))
+        (folder / "stray.png").unlink()
+        load_dataset("imagefolder", folder, False, image_size=16)
+
+
 @pytest.mark.timeout(60)  # the link back to the root used to make the folder walk (practically) endless
 def test_folder_links_are_followed_once_and_loops_are_an_error(folder: Path, tmp_path: Path) -> None:
     write_image(tmp_path / "elsewhere" / "h.png")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+from torchvision.datasets.folder import has_file_allowed_extension
 
 from knnmix.data.base import DATASETS, DatasetBundle
 from knnmix.data.files import IMAGE_EXTENSIONS, OnBadImage, as_int, build_sources, check_options, data_root
@@ -61,7 +62,32 @@ def read_folder(root: str, classes: list[str] | None = None) -> LabelledFiles:
     keys, labels, empty = find_images(NAME, root, {f: classes.index(f) for f in folders})
     refuse([repr(f) for f in empty], f"{NAME}: {len(empty)} class folders under {root} hold no images "
                                      f"({'/'.join(IMAGE_EXTENSIONS)})")
+    warn_layout(root, folders, keys)
     return LabelledFiles(root, keys, labels, list(classes))
+
+
+def warn_layout(root: str, folders: list[str], keys: list[str]) -> None:
+    """Warn about what folder mode reads otherwise than its user may think: images directly under ``root`` (in no
+    class folder, left out), and class folders that all hold only the same sub-folders (``train/{cat,dog}``,
+    ``test/{cat,dog}``: splits read as classes)."""
+    loose = sorted(f for f in os.listdir(root) if not f.startswith(".") and os.path.isfile(os.path.join(root, f))
+                   and has_file_allowed_extension(f, IMAGE_EXTENSIONS))
+    if loose:
+        warnings.warn(f"{NAME}: {len(loose)} images directly under {root} are in no class folder and are left out: "
+                      f"{listing(loose)}", KnnmixWarning, stacklevel=3)
+    subfolders: dict[str, set[str]] = {folder: set() for folder in folders}
+    for key in keys:
+        folder, sub, image = (*key.split(os.sep, 2), "")[:3]
+        if not image:
+            return  # a class folder with an image of its own
+        subfolders[folder].add(sub)
+    first = subfolders[folders[0]]
+    if len(first) > 1 and all(s == first for s in subfolders.values()):
+        split = next((f for f in folders if "train" in f.lower()), folders[0])
+        warnings.warn(f"{NAME}: the class folders {listing([repr(f) for f in folders])} under {root} all hold the same "
+                      f"sub-folders ({listing(sorted(first))}) and no images of their own: if they are splits "
+                      f"and those are the classes, set data.root to one split (e.g. {os.path.join(root, split)}) and "
+                      "data.test_root to another", KnnmixWarning, stacklevel=3)
 
 
 def _read_rows(csv_path: str) -> list[tuple[int, str, str]]:
