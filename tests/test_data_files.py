@@ -807,6 +807,17 @@ def test_webvision_errors(tmp_path: Path) -> None:
         load_dataset("webvision", tmp_path, False, image_size=16)
 
 
+def test_webvision_images_listed_twice_are_an_error(tmp_path: Path) -> None:
+    """A concatenated or hand-edited file list trained on the repeated images twice, possibly under two labels."""
+    build_webvision(tmp_path)
+    with open(tmp_path / "info" / "train_filelist_google.txt", "a") as f:
+        f.write("google/q0002/00000000.jpg 3\ngoogle/./q0001/00000001.jpg 0\n")
+    with pytest.raises(DataError) as e:
+        load_dataset("webvision", tmp_path, False, image_size=16)
+    assert re.search(r"train_filelist_google.txt lists 2 images more than once: line 10: google/q0002/00000000.jpg "
+                     r"\(also line 3\), line 11: google/./q0001/00000001.jpg \(also line 2\)$", one_line_error(e))
+
+
 def test_bundles_satisfy_the_contract(tmp_path: Path) -> None:
     build_webvision(tmp_path)
     b = load_dataset("webvision", tmp_path, False, image_size=16)

@@ -15,7 +15,7 @@ import numpy as np
 
 from knnmix.data.base import DATASETS, DatasetBundle
 from knnmix.data.files import OnBadImage, build_sources, check_options, data_root, find_images, read_list, read_names
-from knnmix.data.files import refuse, require_all_classes, require_dir, require_file, require_listed
+from knnmix.data.files import refuse, refuse_repeated, require_all_classes, require_dir, require_file, require_listed
 from knnmix.errors import DataError
 
 NAME = "webvision"
@@ -44,6 +44,8 @@ def load_webvision(root: str | None, download: bool, *, image_size: int | None =
     synsets = read_names(synsets_file, NAME, "synsets", first_token=True) if os.path.isfile(synsets_file) else None
     total = len(synsets) if synsets is not None else None
     train, val = read_list(train_list, NAME, what, total), read_list(val_list, NAME, what, total)
+    for (keys, _, lines), path in ((train, train_list), (val, val_list)):  # an image listed twice would count twice
+        refuse_repeated(NAME, path, [os.path.normpath(k) for k in keys], lines, "images", keys)
     if total is None:
         total = int(max(train[1].max(initial=-1), val[1].max(initial=-1))) + 1
     if first_classes is not None and (
