@@ -439,6 +439,18 @@ def test_folder_mode_warns_of_loose_images_and_of_splits_read_as_classes(folder:
         load_dataset("imagefolder", folder, False, image_size=16)
 
 
+def test_image_paths_that_are_not_utf8_are_an_error(folder: Path) -> None:
+    """Latin-1 names (e.g. from an old zip archive) trained, then crashed writing label_issues.csv (a traceback)."""
+    write_image(Path(os.fsdecode(bytes(folder) + b"/cat/caf\xe9.png")))
+    os.rename(bytes(folder / "emu"), bytes(folder) + b"/\xe9mu")
+    with pytest.raises(DataError) as e:
+        load_dataset("imagefolder", folder, False, image_size=16)
+    assert one_line_error(e) == (
+        f"imagefolder: 3 image paths are not valid UTF-8 (knnmix writes paths and class names to UTF-8 files); rename "
+        f"them, e.g. with convmv: {folder}/cat/caf\\xe9.png, {folder}/\\xe9mu/f.png, {folder}/\\xe9mu/g.bmp"
+    )
+
+
 @pytest.mark.timeout(60)  # the link back to the root used to make the folder walk (practically) endless
 def test_folder_links_are_followed_once_and_loops_are_an_error(folder: Path, tmp_path: Path) -> None:
     write_image(tmp_path / "elsewhere" / "h.png")

@@ -89,9 +89,9 @@ def find_images(dataset: str, root: str, folders: dict[str, int]) -> tuple[list[
 
     Each folder is walked recursively for :data:`IMAGE_EXTENSIONS` in any case, following links (as torchvision's
     ``make_dataset``) but entering no folder twice: a folder reached again through a link (a link loop, which would
-    otherwise repeat its images at every level or never end, or two links to one folder) is a :class:`DataError`.
-    Hidden files and folders (``.name``) are skipped and a missing folder yields nothing. Keys are relative to
-    ``root``, in the order of ``folders``, sorted within each folder.
+    otherwise repeat its images at every level or never end, or two links to one folder) is a :class:`DataError`,
+    as is an image path that is not valid UTF-8. Hidden files and folders (``.name``) are skipped and a missing
+    folder yields nothing. Keys are relative to ``root``, in the order of ``folders``, sorted within each folder.
     """
     seen: dict[str, str] = {}  # real path of each folder entered -> its key below root
     again: list[str] = []  # "key (= first key)" of folders reached a second time
@@ -109,8 +109,23 @@ def find_images(dataset: str, root: str, folders: dict[str, int]) -> tuple[list[
     refuse(again, f"{dataset}: remove the symbolic links through which {len(again)} folders under {root} are reached "
                   "a second time (a link loop, or two links to one folder)")
     found.sort()
+    # such a name failed only after training, when the audit wrote the images' paths and classes to label_issues.csv
+    odd = [os.fsencode(path).decode(errors="backslashreplace") for path in (os.path.join(root, k) for _, k, _ in found)
+           if not is_utf8(path)]
+    refuse(odd, f"{dataset}: {len(odd)} image paths are not valid UTF-8 (knnmix writes paths and class names to "
+                "UTF-8 files); rename them, e.g. with convmv")
     labels = np.array([label for _, _, label in found], dtype=np.int64)
     return [key for _, key, _ in found], labels, [folder for folder, label in folders.items() if label not in labels]
+
+
+def is_utf8(name: str) -> bool:
+    """Whether ``name`` (e.g. a file name as ``os`` decodes it) encodes as UTF-8: the bytes of a name that is not
+    UTF-8 (e.g. Latin-1 from an old archive) come out of ``os`` as unpaired surrogates, which do not."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _read_lines(path: str, dataset: str) -> list[tuple[int, str]]:
