@@ -92,6 +92,17 @@ def test_find_label_issues_api_ranks_low_confidence_labels_first():
         knnmix.find_label_issues(labels[:-1], probs)
 
 
+def test_suspects_picture_draws_class_names_as_text(tmp_path):
+    """A class folder named e.g. '$a^$' was parsed as matplotlib math: a ValueError after the whole training."""
+    import torch
+
+    from knnmix.audit import plot_label_issues
+
+    path = tmp_path / "label_issues.png"
+    plot_label_issues(path, torch.zeros((2, 3, 8, 8), dtype=torch.uint8), ["$a^$", "$\\x$"], ["b", "$5"], [0.1, 0.2])
+    assert path.stat().st_size > 1_000
+
+
 def test_audit_of_a_missing_folder_is_a_one_line_error(tmp_path, capsys):
     code = main(["audit", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()

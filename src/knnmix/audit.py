@@ -160,7 +160,7 @@ def plot_label_issues(
         top, left = r * cell_h + cap, c * cell_w + pad
         canvas[top : top + h, left : left + w] = pixels[k]
         ax.text(left + w / 2, top - 0.5, f"given: {given[k]}\nsuggested: {suggested[k]}\nclean p={clean_prob[k]:.2f}",
-                fontsize=7, ha="center", va="bottom")
+                fontsize=7, ha="center", va="bottom", parse_math=False)  # class names are text, never "$math$"
     ax.imshow(canvas, interpolation="nearest")
     fig.suptitle(title or "Labels most likely wrong (most suspect first)", fontsize=10)
     save(fig, Path(path), tight=False)  # placed by hand: tight_layout would cost what the single canvas saves
