@@ -109,6 +109,13 @@ def test_audit_of_a_missing_folder_is_a_one_line_error(tmp_path, capsys):
     assert code == 2 and len(err) == 1 and "nope" in err[0]
 
 
+def test_audit_folder_may_start_with_the_home_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "pets").mkdir()
+    code = main(["audit", "~/pets", "--epochs", "0", "--out", str(tmp_path / "o")])  # past the folder check, no run
+    assert code == 2 and capsys.readouterr().err.strip() == "knnmix: error: epochs: 0 is out of range; use >= 1"
+
+
 def _tiny_folder(root: Path, side: int = 12) -> Path:
     from PIL import Image
 

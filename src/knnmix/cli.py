@@ -170,8 +170,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     """
     if args.show < 0:
         raise KnnmixError(f"--show {args.show}: use 0 or more (how many suspects to print)")
-    if args.dataset is None and not args.labels and not Path(args.data).is_dir():
-        found = "is a file, not a folder of images" if Path(args.data).exists() else "does not exist"
+    folder = Path(args.data).expanduser()  # as data.root: '~' quoted or from a script is the home folder
+    if args.dataset is None and not args.labels and not folder.is_dir():
+        found = "is a file, not a folder of images" if folder.exists() else "does not exist"
         raise KnnmixError(f"data folder {args.data!r} {found}")
     cfg = load_config(args)
     summary = run_training(cfg, args)
