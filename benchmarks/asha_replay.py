@@ -49,22 +49,24 @@ def arm(runs: Path, seed: int, grace: int = EPOCHS, factor: int = 4) -> list[dic
             for t in trials]
 
 
-def replay(curves: list[list[float]], grace: int, factor: int, max_t: int = EPOCHS) -> tuple[int, float]:
+def replay(curves: list[list[float]], grace: int, factor: int, max_t: int = EPOCHS,
+           rung_values: list[list[float]] | None = None) -> tuple[int, float]:
     """Ray's ASHA (one bracket, ``_Bracket``'s rungs and cutoff) over per-epoch curves taken in creation order.
 
     Rungs at ``grace * factor**k`` for k < int(log(max_t / grace) / log(factor) + 1); at a rung a trial stops when its
-    value is below the (1 - 1/factor) percentile of the values other trials recorded there before it. Returns the
-    trial epochs spent and the best value seen in them.
+    value is below the (1 - 1/factor) percentile of the values other trials recorded there before it. The values
+    compared are ``rung_values`` (e.g. each curve's running best; default: the curves). Returns the trial epochs
+    spent and the best value of ``curves`` seen in them.
     """
     rungs = [grace * factor**k for k in range(int(np.log(max_t / grace) / np.log(factor) + 1))]
     recorded: dict[int, list[float]] = {r: [] for r in rungs}
     spent, best = 0, -np.inf
-    for curve in curves:
+    for curve, values in zip(curves, rung_values or curves):
         ran = len(curve)
         for r in rungs:
             if r > len(curve):
                 break
-            value, seen = curve[r - 1], recorded[r]
+            value, seen = values[r - 1], recorded[r]
             stop = bool(seen) and value < np.nanpercentile(seen, (1 - 1 / factor) * 100)
             seen.append(value)
             if stop:
