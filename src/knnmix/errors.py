@@ -79,7 +79,7 @@ def load_tensors(path: str | os.PathLike[str], what: str, allowed: Iterable[Any]
 
     path = Path(path).expanduser()  # '~' from a config file or --set, which no shell expanded
     if not path.is_file():
-        raise CheckpointError(f"{what} {path} " + ("is a folder, not a file" if Path(path).is_dir() else "not found"))
+        raise CheckpointError(f"{what} {path} " + ("is a folder, not a file" if path.is_dir() else "not found"))
     with suppress(zipfile.BadZipFile, OSError), zipfile.ZipFile(path) as archive:  # torch.load skips the CRCs
         if (damaged := archive.testzip()) is not None:
             raise CheckpointError(f"cannot read {what} {path}: its part {damaged!r} fails its checksum (corrupt)")
