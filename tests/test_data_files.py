@@ -414,6 +414,19 @@ def test_folder_listing_order_and_hidden_files(tmp_path: Path) -> None:
     assert b.classes == ["a", "a-b", "b"] and b.train_labels.tolist() == [0, 1, 2, 2, 2]
 
 
+def test_folder_mode_reads_jpeg_by_its_other_endings_and_warns_of_photos_it_cannot_decode(folder: Path) -> None:
+    write_image(folder / "cat" / "h.jfif", colour=(1, 2, 3))  # a JPEG, as browsers save them: was left out silently
+    write_image(folder / "dog" / "i.jpe")
+    (folder / "emu" / "IMG_0001.HEIC").write_bytes(b"\0\0\0\x18ftypheic")  # an iPhone photo: Pillow cannot decode it
+    with pytest.warns(KnnmixWarning) as caught:
+        b = load_dataset("imagefolder", folder, False, image_size=16)
+    assert len(b.train) == 9 and {"cat/h.jfif", "dog/i.jpe"} <= {os.path.relpath(p, folder) for p in b.train.paths()}
+    assert [str(w.message) for w in caught] == [
+        f"imagefolder: 1 images under {folder} are in formats knnmix cannot read here (.heic) and are left out: "
+        "emu/IMG_0001.HEIC; convert them to JPEG or PNG"
+    ]
+
+
 def test_folder_mode_warns_of_loose_images_and_of_splits_read_as_classes(folder: Path, tmp_path: Path) -> None:
     write_image(folder / "stray.png")  # in no class folder: left out, which was silent
     with pytest.warns(KnnmixWarning) as caught:

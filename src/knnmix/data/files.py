@@ -15,22 +15,28 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
+import warnings
+
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, features
 from torch import Tensor
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from knnmix.data.base import Augment, ImageSource, Normalise, TensorSource
-from knnmix.errors import DataError, listing, one_line
+from knnmix.errors import DataError, KnnmixWarning, listing, one_line
 
 #: ImageNet's per-channel mean and std (RGB, 0..1 scale), used by every file-based data set.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-#: File name endings (matched in any case) taken as images when a folder is listed: torchvision's, plus GIF and PBM.
-IMAGE_EXTENSIONS = (*IMG_EXTENSIONS, ".gif", ".pbm")
+#: File name endings (matched in any case) taken as images when a folder is listed: torchvision's, plus GIF, PBM,
+#: JPEG's other endings and AVIF where Pillow decodes it.
+IMAGE_EXTENSIONS = (*IMG_EXTENSIONS, ".gif", ".pbm", ".jfif", ".jpe", *((".avif",) if features.check("avif") else ()))
+#: Endings of photo formats Pillow does not decode here: a listed folder leaves them out with a warning.
+UNREAD_IMAGE_EXTENSIONS = tuple(e for e in (".heic", ".heif", ".avif", ".jxl", ".dng", ".cr2", ".cr3", ".nef", ".arw",
+                                            ".orf", ".rw2", ".raf", ".svg") if e not in IMAGE_EXTENSIONS)
 #: ``data.image_size`` of the published data sets when none is given.
 DEFAULT_IMAGE_SIZE = 224
 #: Sides below this use the small-image transform (no up-front enlargement, padded random crop).
@@ -91,11 +97,12 @@ def find_images(dataset: str, root: str, folders: dict[str, int]) -> tuple[list[
     ``make_dataset``) but entering no folder twice: a folder reached again through a link (a link loop, which would
     otherwise repeat its images at every level or never end, or two links to one folder) is a :class:`DataError`,
     as is an image path that is not valid UTF-8. Hidden files and folders (``.name``) are skipped and a missing
-    folder yields nothing. Keys are relative to ``root``, in the order of ``folders``, sorted within each folder.
+    folder yields nothing; photos in formats Pillow cannot decode here (:data:`UNREAD_IMAGE_EXTENSIONS`, e.g.
+    HEIC) are left out with one warning. Keys are relative to ``root``, in the order of ``folders``, sorted within each folder.
     """
     seen: dict[str, str] = {}  # real path of each folder entered -> its key below root
     again: list[str] = []  # "key (= first key)" of folders reached a second time
-    found = []
+    found, unread = [], []
     for rank, (top, label) in enumerate(folders.items()):
         for folder, dirs, files in os.walk(os.path.join(root, top), followlinks=True):
             key = os.path.relpath(folder, root)
@@ -106,8 +113,15 @@ def find_images(dataset: str, root: str, folders: dict[str, int]) -> tuple[list[
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # (sorted: the same error every time)
             found += [(rank, os.path.join(key, f), label) for f in files
                       if not f.startswith(".") and has_file_allowed_extension(f, IMAGE_EXTENSIONS)]
+            unread += [os.path.join(key, f) for f in files
+                       if not f.startswith(".") and has_file_allowed_extension(f, UNREAD_IMAGE_EXTENSIONS)]
     refuse(again, f"{dataset}: remove the symbolic links through which {len(again)} folders under {root} are reached "
                   "a second time (a link loop, or two links to one folder)")
+    if unread:
+        endings = sorted({os.path.splitext(k)[1].lower() for k in unread})
+        warnings.warn(f"{dataset}: {len(unread)} images under {root} are in formats knnmix cannot read here "
+                      f"({'/'.join(endings)}) and are left out: {listing(sorted(unread))}; convert them to JPEG or "
+                      "PNG", KnnmixWarning, stacklevel=3)
     found.sort()
     # such a name failed only after training, when the audit wrote the images' paths and classes to label_issues.csv
     odd = [os.fsencode(path).decode(errors="backslashreplace") for path in (os.path.join(root, k) for _, k, _ in found)
