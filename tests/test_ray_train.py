@@ -262,6 +262,21 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_newest_readable_one(tmp_p
     assert run.epoch == 3
 
 
+def test_overwrite_with_data_that_fails_keeps_the_run_it_would_replace(tmp_path):
+    """--overwrite on Ray Train deleted the old run (its folder's files and Ray Train's checkpoints) before the
+    workers built the data: a bad data.root left nothing. As without Ray, the data is checked first."""
+    cfg = digits_cfg(tmp_path / "run", epochs=1, **{"data.train_subset": 300})
+    fit(cfg, num_workers=0)
+    before = sorted(p.name for p in (tmp_path / "run").rglob("*"))
+    bad = C.replace(cfg, **{"data.name": "fashion-mnist", "data.root": str(tmp_path / "nowhere")})
+    with pytest.raises(KnnmixError, match="nowhere"):
+        fit(bad, overwrite=True, num_workers=0)
+    assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == before
+    with pytest.raises(KnnmixError, match="method.k=300 is not smaller than the training set"):
+        fit(C.replace(cfg, **{"method.k": 300}), overwrite=True, num_workers=0)
+    assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == before
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Real worker groups
 

@@ -140,6 +140,8 @@ def fit(
     configs = ray_configs(cfg, num_workers=num_workers, callbacks=callbacks, verbose=verbose)
     storage, name = configs.run.storage_path, configs.run.name
     replace = check_run_state(cfg, resume=resume, overwrite=overwrite)  # before Ray starts
+    if replace:  # as without Ray, the data must build before the run it replaces goes (else a bad data.root or
+        E.build_data(cfg)  # method.k fails on the workers once the old run is deleted)
     local = configs.scaling.num_workers == 0
     if local and "://" in storage:
         raise KnnmixError("in-process Ray Train (num_workers=0) needs a local distributed.storage_path")
