@@ -277,6 +277,25 @@ def test_overwrite_with_data_that_fails_keeps_the_run_it_would_replace(tmp_path)
     assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == before
 
 
+def test_a_run_continued_without_ray_resumes_on_ray_from_its_newer_checkpoint(tmp_path):
+    """Ray run to epoch 2, `knnmix train --resume --epochs 3` in one process, then `--workers N --resume`: Ray Train
+    hands its own latest checkpoint (epoch 2), and the run went back to it, dropping epoch 3 without a word."""
+    from ray.train import Checkpoint
+
+    from knnmix.engine import train as E
+    from knnmix.scale.train import start_or_restore
+
+    out = tmp_path / "run"
+    fit(digits_cfg(out, epochs=2, **{"data.train_subset": 300}), num_workers=0)
+    train(C.replace(C.load(out / "config.yaml"), epochs=3), resume=True)
+    cfg = worker_config(C.replace(C.load(out / "config.yaml"), epochs=4))
+    ray_latest = Checkpoint(str(out / "ray" / "run" / checkpoint_dir_name(2)))  # what the workers get
+    run = E.build_run(cfg)
+    start_or_restore(run, RunFolder(out), ray_latest, resume=True)
+    assert run.epoch == 3 and [r["epoch"] for r in run.history] == [1, 2, 3]
+    assert [r["after_epoch"] for r in json.loads((out / "run.json").read_text())["resumed"]] == [2, 3]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Real worker groups
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -342,7 +343,9 @@ def start_or_restore(run: E.Run, folder: RunFolder, checkpoint: Any, resume: boo
     Returns the ``redo`` mark of :func:`checkpoint_dir_name` for the epochs to come (``""`` unless it skipped Ray's
     newest checkpoint)."""
     redo = ""
-    if checkpoint is not None:
+    if checkpoint is not None and (newer := newer_in_folder(folder, checkpoint)) is not None:
+        E.restore(run, newer, str(folder.file(CHECKPOINT)))
+    elif checkpoint is not None:
         if restore_newest_readable(run, checkpoint, folder):
             redo = f"-redo{time.strftime('%Y%m%d%H%M%S')}"  # (rank 0's is the one that names checkpoints)
     elif resume and folder.has_run():  # e.g. a single-process run continued on workers
@@ -354,6 +357,19 @@ def start_or_restore(run: E.Run, folder: RunFolder, checkpoint: Any, resume: boo
     if run.dist.is_main:
         folder.resumed(run.cfg, run.epoch, run.history)
     return redo
+
+
+def newer_in_folder(folder: RunFolder, checkpoint: Any) -> dict[str, Any] | None:
+    """The run folder's checkpoint when it is of a later epoch than Ray Train's ``checkpoint`` (the run was continued
+    without Ray since, ``knnmix train --resume`` in one process: restoring Ray's would drop those epochs unsaid)."""
+    epoch = re.fullmatch(r"checkpoint_epoch(\d+)(-redo\d+)?", checkpoint.path.rstrip("/").rsplit("/", 1)[-1])
+    if epoch is None or not folder.has_run():  # (Tune's checkpoint_0000NN: a sweep trial, continued only by Tune)
+        return None
+    try:
+        mine = folder.load_checkpoint()
+    except CheckpointError:
+        return None
+    return mine if int(mine["epoch"]) > int(epoch.group(1)) else None
 
 
 def train_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
