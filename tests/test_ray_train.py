@@ -158,6 +158,32 @@ def test_run_state_checks(tmp_path):
     check_run_state(cfg, resume=False)
 
 
+def test_resuming_on_ray_train_checkpoints_of_a_replaced_run_is_refused(tmp_path):
+    """A Ray run replaced by a single-process `--overwrite` keeps its Ray Train checkpoints; `--workers N --resume`
+    restored them: the old run instead of the folder's (or a config error from the workers)."""
+    cfg = digits_cfg(tmp_path / "run")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_text("x")
+    (out / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "train_loss": 2.0 / e, "train_time_s": e / 7,
+                                                           "test_acc": None}) + "\n" for e in (1, 2)))
+    snap = Path(storage_of(cfg)[0]) / "run" / "checkpoint_manager_snapshot.json"
+    snap.parent.mkdir(parents=True)
+
+    def ray_latest(**metrics) -> None:
+        snap.write_text(json.dumps({"latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_epoch00002",
+                                                                 "metrics": metrics}}))
+
+    ray_latest(epoch=2, train_loss=1.0, train_time_s=2 / 7)  # this run's epoch 2: resumed
+    assert not check_run_state(cfg, resume=True)
+    ray_latest(epoch=1, train_loss=2.0, train_time_s=1 / 7)  # older (the folder continued without Ray): resumed
+    assert not check_run_state(cfg, resume=True)
+    for other in ({"epoch": 2, "train_loss": 1.5, "train_time_s": 2 / 7}, {"epoch": 3, "train_loss": 0.5}):
+        ray_latest(**other)
+        with pytest.raises(KnnmixError, match=r"holds checkpoints of another run than run folder .*: delete "):
+            check_run_state(cfg, resume=True)
+
+
 def test_resume_with_overwrite_is_refused_before_ray_train_storage_is_read(tmp_path):
     cfg = digits_cfg(tmp_path / "run", **{"distributed.storage_path": "nosuchscheme://bucket/runs"})
     with pytest.raises(KnnmixError, match="cannot be read"):

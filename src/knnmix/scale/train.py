@@ -26,7 +26,7 @@ import torch
 from knnmix import config as C
 from knnmix.methods import dist as D
 from knnmix.engine import train as E
-from knnmix.engine.checkpoint import CHECKPOINT, SUMMARY, RunFolder, folder_lock, load_checkpoint
+from knnmix.engine.checkpoint import CHECKPOINT, METRICS, SUMMARY, RunFolder, folder_lock, load_checkpoint, read_metrics
 from knnmix.errors import CheckpointError, KnnmixError, KnnmixWarning, one_line, warning_line
 from knnmix.scale import ray_env
 
@@ -213,15 +213,32 @@ def _ray_run_dir(storage_path: str, name: str) -> tuple[Any, str]:
 
 
 def has_ray_checkpoint(storage_path: str, name: str) -> bool:
+    return bool(latest_ray_checkpoint(storage_path, name))
+
+
+def latest_ray_checkpoint(storage_path: str, name: str) -> dict[str, Any] | None:
+    """Ray Train's record of run ``name``'s latest checkpoint (``checkpoint_dir_name``, the epoch's ``metrics``)."""
     try:
         fs, path = _ray_run_dir(storage_path, name)
         snapshot = f"{path}/{SNAPSHOT_FILE}"
         if fs.get_file_info(snapshot).type == pyarrow.fs.FileType.NotFound:
-            return False
+            return None
         with fs.open_input_stream(snapshot) as fh:
-            return bool(json.loads(fh.read()).get("latest_checkpoint_result"))
+            return json.loads(fh.read()).get("latest_checkpoint_result") or None
     except (OSError, ValueError, pyarrow.ArrowException) as exc:
         raise KnnmixError(f"distributed.storage_path {storage_path!r} cannot be read: {one_line(exc)}") from None
+
+
+def of_another_run(folder: RunFolder, latest: dict[str, Any]) -> bool:
+    """Whether Ray Train's ``latest`` checkpoint is not one of the run in ``folder``: no epoch of its
+    ``metrics.jsonl`` has the numbers Ray Train recorded (the run was replaced without Ray since, e.g. by a
+    single-process ``--overwrite``, and Ray Train's checkpoints of the old one stayed)."""
+    metrics = latest.get("metrics") or {}
+    try:
+        records = read_metrics(folder.file(METRICS))
+    except (OSError, ValueError):
+        return False  # nothing to tell by
+    return "epoch" in metrics and not any(all(r.get(k) == v for k, v in metrics.items()) for r in records)
 
 
 def run_exists(cfg: C.Config) -> bool:
@@ -244,8 +261,14 @@ def check_run_state(cfg: C.Config, *, resume: bool, overwrite: bool = False) -> 
                 else f"Ray Train storage {storage!r} (run name {name!r})" if in_ray else None)
 
     missing = f"no Ray Train checkpoint of run {name!r} in {storage!r} and no {str(folder.file(CHECKPOINT))!r}"
-    return E.resume_or_replace(held, resume=resume, overwrite=overwrite, missing=missing,
-                               another="--out (or distributed.name)")
+    replace = E.resume_or_replace(held, resume=resume, overwrite=overwrite, missing=missing,
+                                  another="--out (or distributed.name)")
+    latest = latest_ray_checkpoint(storage, name) if resume and folder.has_run() else None
+    if latest and of_another_run(folder, latest):  # Ray Train would restore it: the old run, or a config error
+        raise KnnmixError(f"Ray Train storage {storage!r} (run name {name!r}) holds checkpoints of another run than "
+                          f"run folder {str(folder.path)!r} (replaced without Ray?): delete {storage}/{name} or "
+                          "pass --set distributed.name=NEW to resume the folder's checkpoint.pt")
+    return replace
 
 
 def clear_run(cfg: C.Config) -> None:
