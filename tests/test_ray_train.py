@@ -301,6 +301,9 @@ def test_overwrite_with_data_that_fails_keeps_the_run_it_would_replace(tmp_path)
     with pytest.raises(KnnmixError, match="method.k=300 is not smaller than the training set"):
         fit(C.replace(cfg, **{"method.k": 300}), overwrite=True, num_workers=0)
     assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == before
+    with pytest.raises(KnnmixError, match="pretrained weights file .*/none.pt not found"):
+        fit(C.replace(cfg, **{"model.pretrained": str(tmp_path / "none.pt")}), overwrite=True, num_workers=0)
+    assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == before
 
 
 def test_a_run_continued_without_ray_resumes_on_ray_from_its_newer_checkpoint(tmp_path):

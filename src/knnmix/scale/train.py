@@ -141,8 +141,8 @@ def fit(
     configs = ray_configs(cfg, num_workers=num_workers, callbacks=callbacks, verbose=verbose)
     storage, name = configs.run.storage_path, configs.run.name
     replace = check_run_state(cfg, resume=resume, overwrite=overwrite)  # before Ray starts
-    if replace:  # as without Ray, the data must build before the run it replaces goes (else a bad data.root or
-        E.build_data(cfg)  # method.k fails on the workers once the old run is deleted)
+    if replace:  # as without Ray, the run must build before the run it replaces goes
+        check_buildable(cfg)
     local = configs.scaling.num_workers == 0
     if local and "://" in storage:
         raise KnnmixError("in-process Ray Train (num_workers=0) needs a local distributed.storage_path")
@@ -176,6 +176,16 @@ def fit(
     if not path.exists():
         raise KnnmixError(f"the run finished but {str(path)!r} is missing (is 'out' on storage every node sees?)")
     return DistributedRun(summary=json.loads(path.read_text()), result=result)
+
+
+def check_buildable(cfg: C.Config) -> None:
+    """Build here what the workers build first and can fail on (a bad ``data.root``, ``method.k`` too large for the
+    data, a missing or unfitting ``model.pretrained``), without their device or process group."""
+    from knnmix.models import build_model
+
+    splits, cfg = E.build_data(cfg)
+    if cfg.model.pretrained is not None:
+        build_model(**E.network_args(cfg, splits), pretrained=cfg.model.pretrained)
 
 
 def fits_this_machine(cfg: C.Config) -> None:
