@@ -166,16 +166,19 @@ def test_a_run_folder_named_with_tilde_is_in_the_home_folder(capsys, tmp_path, m
     assert code == 0 and "resumed after epoch 1" in out, err
 
 
-def test_a_run_stopped_by_sigterm_says_so_and_how_to_resume(tmp_path, interrupt_after_checkpoint):
-    """SIGTERM (kill, timeout, a batch system) ended a run silently with status 143; now as Ctrl+C: one line."""
+@pytest.mark.parametrize("flags,instead", [([], ""), (["--overwrite"], " in place of --overwrite")])
+def test_a_run_stopped_by_sigterm_says_so_and_how_to_resume(tmp_path, interrupt_after_checkpoint, flags, instead):
+    """SIGTERM (kill, timeout, a batch system) ended a run silently with status 143; now as Ctrl+C: one line. A run
+    started with --overwrite was told to add --resume, which it refuses beside --overwrite."""
     import signal
 
     run = tmp_path / "run"
-    argv = ["train", "--config", "digits", "--epochs", "500", "--set", "data.train_subset=300", "--out", str(run)]
+    argv = ["train", "--config", "digits", "--epochs", "500", "--set", "data.train_subset=300", "--out", str(run),
+            *flags]
     code, err = interrupt_after_checkpoint(argv, run, signal.SIGTERM)
     assert code == 130, err[-2000:]
-    assert err.strip().splitlines()[-1] == ("knnmix: interrupted; the same command with --resume continues from the "
-                                            "last checkpoint"), err[-2000:]
+    assert err.strip().splitlines()[-1] == (f"knnmix: interrupted; the same command with --resume{instead} continues "
+                                            "from the last checkpoint"), err[-2000:]
 
 
 @pytest.mark.parametrize(

@@ -340,7 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv  # the command as typed, recorded with results (compare)
     ray_env.sigterm_as_interrupt()  # kill / timeout / a batch system stop a command as Ctrl+C does (ensure_ray again)
     resumable = args.command in ("train", "compare", "audit")  # (a sweep says how to resume when Tune has stopped)
-    return guarded(lambda: args.func(args), RESUME_HINT if resumable else "")
+    overwrite = getattr(args, "overwrite", False)  # (which --resume excludes)
+    hint = RESUME_HINT.replace("--resume", "--resume in place of --overwrite") if overwrite else RESUME_HINT
+    return guarded(lambda: args.func(args), hint if resumable else "")
 
 
 #: After "knnmix: interrupted" for the commands that train into run folders.
