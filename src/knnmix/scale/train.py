@@ -372,11 +372,12 @@ def say(text: str) -> None:
 
 
 def start_or_restore(run: E.Run, folder: RunFolder, checkpoint: Any, resume: bool) -> str:
-    """Restore from Ray's checkpoint, else (``resume``) from the run folder's, else start the run folder (rank 0).
+    """Restore from Ray's checkpoint (``resume``: the run folder's when newer), else (``resume``) from the run
+    folder's, else start the run folder (rank 0).
     Returns the ``redo`` mark of :func:`checkpoint_dir_name` for the epochs to come (``""`` unless it skipped Ray's
     newest checkpoint)."""
     redo = ""
-    if checkpoint is not None and (newer := newer_in_folder(folder, checkpoint)) is not None:
+    if checkpoint is not None and resume and (newer := newer_in_folder(folder, checkpoint)) is not None:
         E.restore(run, newer, str(folder.file(CHECKPOINT)))
     elif checkpoint is not None:
         if restore_newest_readable(run, checkpoint, folder):
