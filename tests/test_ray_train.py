@@ -304,6 +304,13 @@ def test_overwrite_with_data_that_fails_keeps_the_run_it_would_replace(tmp_path)
     with pytest.raises(KnnmixError, match="pretrained weights file .*/none.pt not found"):
         fit(C.replace(cfg, **{"model.pretrained": str(tmp_path / "none.pt")}), overwrite=True, num_workers=0)
     assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == before
+    # with max_failures=-1 Ray Train retries a worker's error forever: a typo in data.root hung the run, a worker
+    # traceback every ~25 s; the driver says it once, before Ray starts
+    argv = [sys.executable, "-m", "knnmix.cli", "train", "--config", "digits", "--workers", "1", "--out",
+            str(tmp_path / "new"), "--set", "distributed.max_failures=-1", "--set", "data.name=fashion-mnist",
+            "--set", f"data.root={tmp_path / 'nowhere'}"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 2 and proc.stderr.startswith("knnmix: error: fashion-mnist data not found"), proc.stderr
 
 
 def test_a_run_continued_without_ray_resumes_on_ray_from_its_newer_checkpoint(tmp_path):

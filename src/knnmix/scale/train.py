@@ -141,8 +141,8 @@ def fit(
     configs = ray_configs(cfg, num_workers=num_workers, callbacks=callbacks, verbose=verbose)
     storage, name = configs.run.storage_path, configs.run.name
     replace = check_run_state(cfg, resume=resume, overwrite=overwrite)  # before Ray starts
-    if replace:  # as without Ray, the run must build before the run it replaces goes
-        check_buildable(cfg)
+    if replace or cfg.distributed.max_failures == -1:  # as without Ray, the run must build before the run it
+        check_buildable(cfg)  # replaces goes; and a worker's user error (a typo in data.root) is retried forever
     local = configs.scaling.num_workers == 0
     if local and "://" in storage:
         raise KnnmixError("in-process Ray Train (num_workers=0) needs a local distributed.storage_path")
