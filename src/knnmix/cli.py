@@ -70,12 +70,18 @@ def load_config(args: argparse.Namespace) -> C.Config:
     return C.replace(cfg, out=os.path.expanduser(cfg.out)) if cfg.out.startswith("~") else cfg
 
 
+def resume_config(args: argparse.Namespace) -> None:
+    """Resuming: the run folder's ``config.yaml`` is the config unless ``--config`` names one (the run folder:
+    ``--set out=DIR``, the last one, beats ``--out DIR``, as in :func:`load_config`)."""
+    outs = [value for key, value in map(C.parse_override, args.overrides) if key == "out"]
+    saved = Path(str(outs[-1] if outs else args.out or C.Config().out)).expanduser() / "config.yaml"
+    if saved.exists() and not args.config:
+        args.config = str(saved)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    if args.resume:  # the run folder: --set out=DIR (the last one) beats --out DIR, as in load_config
-        outs = [value for key, value in map(C.parse_override, args.overrides) if key == "out"]
-        saved = Path(str(outs[-1] if outs else args.out or C.Config().out)).expanduser() / "config.yaml"
-        if saved.exists() and not args.config:
-            args.config = str(saved)
+    if args.resume:
+        resume_config(args)
     summary = run_training(load_config(args), args)
     print(json.dumps({k: summary[k] for k in ("final", "best_val", "mlflow_run_id") if k in summary}))
     return 0
