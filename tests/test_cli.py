@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -136,6 +137,23 @@ def test_compare_trains_each_method_on_one_setting_and_writes_one_result_file(ca
     for method in ("ce", "mixup", "selc"):
         info = json.loads((tmp_path / "cmp" / method / "run.json").read_text())
         assert [r["after_epoch"] for r in info.get("resumed", [])] == ([] if method == "selc" else [1])
+
+
+def test_comparisons_in_one_ray_train_storage_name_their_runs_apart(capsys, tmp_path):
+    """With a shared distributed.storage_path a comparison's Ray Train runs were named by their folders, ce,
+    knnmix...: any second comparison in that storage was refused (another --out did not help, --overwrite deleted
+    the first one's checkpoints). Here the second one gets past that check to the data (a bad data.root, which
+    with max_failures=-1 the driver reads before Ray starts)."""
+    storage = tmp_path / "ray"
+    (storage / "ce").mkdir(parents=True)  # a first comparison's ce run (Ray Train's record of its checkpoints)
+    (storage / "ce" / "checkpoint_manager_snapshot.json").write_text(
+        json.dumps({"latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_epoch00001"}}))
+    code, _, err = run_cli(capsys, "compare", "--config", "digits", "--methods", "ce", "--workers", "1", "--out",
+                           str(tmp_path / "second"), "--set", f"distributed.storage_path={storage}", "--set",
+                           "distributed.max_failures=-1", "--set", "data.name=fashion-mnist", "--set",
+                           f"data.root={tmp_path / 'nowhere'}")
+    assert code == 2 and "fashion-mnist data not found" in err, err
+    assert (storage / "ce" / "checkpoint_manager_snapshot.json").exists()
 
 
 @pytest.mark.parametrize("named", ["--out", "--set"])

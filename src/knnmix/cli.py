@@ -127,7 +127,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                           f"{Path(base.out) / twice[0]})")
     from knnmix.engine.checkpoint import RunFolder
 
-    configs = [C.replace(base, **{"method.name": m, "out": str(Path(base.out) / m)}) for m in methods]
+    configs = [C.replace(base, **method_run(base, m)) for m in methods]
     results = []
     for cfg in configs:
         print(f"\n=== {cfg.method.name} ===", flush=True)
@@ -147,6 +147,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
                               indent=1) + "\n")
     print(f"\n{table}\n\nevery run's result and resolved config: {out}")
     return 0
+
+
+def method_run(base: C.Config, method: str) -> dict[str, str]:
+    """The config changes of ``method``'s run in a comparison: its run folder ``<out>/<method>`` and, in a shared
+    ``distributed.storage_path``, its own Ray Train run name ``<name or out folder's name>-<method>`` (by the run
+    folder's name alone every comparison's runs were named ``ce``, ``knnmix``...: a second one was refused)."""
+    changes = {"method.name": method, "out": str(Path(base.out) / method)}
+    if base.distributed.storage_path is not None:
+        changes["distributed.name"] = f"{base.distributed.name or Path(base.out).expanduser().absolute().name}-{method}"
+    return changes
 
 
 def comparison_table(summaries: Sequence[dict[str, Any]]) -> str:
