@@ -154,6 +154,14 @@ def test_comparisons_in_one_ray_train_storage_name_their_runs_apart(capsys, tmp_
                            f"data.root={tmp_path / 'nowhere'}")
     assert code == 2 and "fashion-mnist data not found" in err, err
     assert (storage / "ce" / "checkpoint_manager_snapshot.json").exists()
+    # --resume continues a method whose run only Ray Train's storage holds (its folder lost): it was refused with
+    # "already holds a run; pass --resume" (compare looked for the folder's checkpoint.pt alone)
+    (storage / "ce").rename(storage / "second-ce")
+    code, _, err = run_cli(capsys, "compare", "--config", "digits", "--methods", "ce", "--workers", "1", "--out",
+                           str(tmp_path / "second"), "--set", f"distributed.storage_path={storage}", "--set",
+                           "distributed.max_failures=-1", "--set", "data.name=fashion-mnist", "--set",
+                           f"data.root={tmp_path / 'nowhere'}", "--resume")
+    assert code == 2 and "fashion-mnist data not found" in err, err
 
 
 @pytest.mark.parametrize("named", ["--out", "--set"])

@@ -125,8 +125,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if twice := sorted({m for m in methods if methods.count(m) > 1}):
         raise KnnmixError(f"--methods names {', '.join(twice)} more than once (each method's run goes to "
                           f"{Path(base.out) / twice[0]})")
-    from knnmix.engine.checkpoint import RunFolder
-
     configs = [C.replace(base, **method_run(base, m)) for m in methods]
     results = []
     for cfg in configs:
@@ -134,7 +132,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         # --resume continues the methods that have a run and starts the others (a comparison stopped before them);
         # --register NAME registers each method's model as its own NAME-<method>
         results.append(run_training(cfg, argparse.Namespace(**{
-            **vars(args), "resume": args.resume and RunFolder(cfg.out).has_run(),
+            **vars(args), "resume": args.resume and has_run(cfg),
             "register": args.register and f"{args.register}-{cfg.method.name}"})))
     table = comparison_table(results)
     runs = [{"seed": s["seed"], "method": s["method"], "last_test_acc": s["final"]["test_acc"],
@@ -147,6 +145,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
                               indent=1) + "\n")
     print(f"\n{table}\n\nevery run's result and resolved config: {out}")
     return 0
+
+
+def has_run(cfg: C.Config) -> bool:
+    """Whether ``cfg``'s run exists: its folder's checkpoint or, on Ray Train, also Ray Train's checkpoints."""
+    if cfg.distributed.workers > 0:
+        from knnmix.scale.train import run_exists
+
+        return run_exists(cfg)
+    from knnmix.engine.checkpoint import RunFolder
+
+    return RunFolder(cfg.out).has_run()
 
 
 def method_run(base: C.Config, method: str) -> dict[str, str]:
