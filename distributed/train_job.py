@@ -29,7 +29,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 if (SRC / "knnmix").is_dir() and str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
-from knnmix.cli import _add_run_options, cmd_train, guarded, load_config  # noqa: E402
+from knnmix.cli import _add_run_options, cmd_train, guarded, load_config, resume_config  # noqa: E402
 from knnmix.errors import KnnmixError  # noqa: E402
 
 
@@ -52,13 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def train(args: argparse.Namespace) -> int:
-    from knnmix import config as C
     from knnmix.scale import ray_env
     from knnmix.scale.train import run_exists
 
-    saved = Path(args.out or C.Config().out) / "config.yaml"
-    if (args.resume or args.resume_if_exists) and saved.exists() and not args.config:
-        args.config = str(saved)  # as `knnmix train --resume`: the run folder's config by default
+    if args.resume or args.resume_if_exists:
+        resume_config(args)  # as `knnmix train --resume`: the run folder's config by default
     cfg = load_config(args)
     ray_env.refuse_temporary_paths(cfg.out, args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
     if cfg.distributed.workers < 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -138,6 +139,31 @@ def test_compare_trains_each_method_on_one_setting_and_writes_one_result_file(ca
         assert [r["after_epoch"] for r in info.get("resumed", [])] == ([] if method == "selc" else [1])
 
 
+def test_comparisons_in_one_ray_train_storage_name_their_runs_apart(capsys, tmp_path):
+    """With a shared distributed.storage_path a comparison's Ray Train runs were named by their folders, ce,
+    knnmix...: any second comparison in that storage was refused (another --out did not help, --overwrite deleted
+    the first one's checkpoints). Here the second one gets past that check to the data (a bad data.root, which
+    with max_failures=-1 the driver reads before Ray starts)."""
+    storage = tmp_path / "ray"
+    (storage / "ce").mkdir(parents=True)  # a first comparison's ce run (Ray Train's record of its checkpoints)
+    (storage / "ce" / "checkpoint_manager_snapshot.json").write_text(
+        json.dumps({"latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_epoch00001"}}))
+    code, _, err = run_cli(capsys, "compare", "--config", "digits", "--methods", "ce", "--workers", "1", "--out",
+                           str(tmp_path / "second"), "--set", f"distributed.storage_path={storage}", "--set",
+                           "distributed.max_failures=-1", "--set", "data.name=fashion-mnist", "--set",
+                           f"data.root={tmp_path / 'nowhere'}")
+    assert code == 2 and "fashion-mnist data not found" in err, err
+    assert (storage / "ce" / "checkpoint_manager_snapshot.json").exists()
+    # --resume continues a method whose run only Ray Train's storage holds (its folder lost): it was refused with
+    # "already holds a run; pass --resume" (compare looked for the folder's checkpoint.pt alone)
+    (storage / "ce").rename(storage / "second-ce")
+    code, _, err = run_cli(capsys, "compare", "--config", "digits", "--methods", "ce", "--workers", "1", "--out",
+                           str(tmp_path / "second"), "--set", f"distributed.storage_path={storage}", "--set",
+                           "distributed.max_failures=-1", "--set", "data.name=fashion-mnist", "--set",
+                           f"data.root={tmp_path / 'nowhere'}", "--resume")
+    assert code == 2 and "fashion-mnist data not found" in err, err
+
+
 @pytest.mark.parametrize("named", ["--out", "--set"])
 def test_resume_reads_the_run_folders_config_however_the_folder_is_named(capsys, tmp_path, named):
     """`--set out=DIR --resume` is `--out DIR --resume`: both continue from DIR/config.yaml (here one that cannot
@@ -166,16 +192,19 @@ def test_a_run_folder_named_with_tilde_is_in_the_home_folder(capsys, tmp_path, m
     assert code == 0 and "resumed after epoch 1" in out, err
 
 
-def test_a_run_stopped_by_sigterm_says_so_and_how_to_resume(tmp_path, interrupt_after_checkpoint):
-    """SIGTERM (kill, timeout, a batch system) ended a run silently with status 143; now as Ctrl+C: one line."""
+@pytest.mark.parametrize("flags,instead", [([], ""), (["--overwrite"], " in place of --overwrite")])
+def test_a_run_stopped_by_sigterm_says_so_and_how_to_resume(tmp_path, interrupt_after_checkpoint, flags, instead):
+    """SIGTERM (kill, timeout, a batch system) ended a run silently with status 143; now as Ctrl+C: one line. A run
+    started with --overwrite was told to add --resume, which it refuses beside --overwrite."""
     import signal
 
     run = tmp_path / "run"
-    argv = ["train", "--config", "digits", "--epochs", "500", "--set", "data.train_subset=300", "--out", str(run)]
+    argv = ["train", "--config", "digits", "--epochs", "500", "--set", "data.train_subset=300", "--out", str(run),
+            *flags]
     code, err = interrupt_after_checkpoint(argv, run, signal.SIGTERM)
     assert code == 130, err[-2000:]
-    assert err.strip().splitlines()[-1] == ("knnmix: interrupted; the same command with --resume continues from the "
-                                            "last checkpoint"), err[-2000:]
+    assert err.strip().splitlines()[-1] == (f"knnmix: interrupted; the same command with --resume{instead} continues "
+                                            "from the last checkpoint"), err[-2000:]
 
 
 @pytest.mark.parametrize(

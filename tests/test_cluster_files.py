@@ -489,3 +489,18 @@ def test_a_submitted_job_refuses_paths_in_its_temporary_working_directory(script
         assert capsys.readouterr().err.strip() == (f"knnmix: error: {named} must be absolute in a submitted job (its "
                                                    "working directory is a temporary copy that Ray deletes)")
     assert not (tmp_path / "x").exists()
+
+
+def test_train_job_resumes_with_the_config_of_the_run_folder_set_by_set_out(tmp_path, monkeypatch, capsys):
+    """`train_job.py --set out=DIR --resume-if-exists` read the config.yaml of the default run folder
+    (runs/knnmix, any run there) instead of DIR's, as `knnmix train --set out=DIR --resume` does not."""
+    spec = importlib.util.spec_from_file_location("_job_train_job", REPO / "distributed" / "train_job.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    monkeypatch.chdir(tmp_path)
+    for folder, name in ((tmp_path / "runs" / "knnmix", "stray"), (tmp_path / "run", "mnist")):
+        folder.mkdir(parents=True)
+        (folder / "config.yaml").write_text(f"data:\n  name: {name}\n")  # cannot load: shows which is read
+    for flag in ("--resume", "--resume-if-exists"):
+        assert job.main(["--set", f"out={tmp_path / 'run'}", "--workers", "2", flag]) == 2
+        assert "unknown dataset 'mnist'" in capsys.readouterr().err

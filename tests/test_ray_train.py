@@ -158,6 +158,32 @@ def test_run_state_checks(tmp_path):
     check_run_state(cfg, resume=False)
 
 
+def test_resuming_on_ray_train_checkpoints_of_a_replaced_run_is_refused(tmp_path):
+    """A Ray run replaced by a single-process `--overwrite` keeps its Ray Train checkpoints; `--workers N --resume`
+    restored them: the old run instead of the folder's (or a config error from the workers)."""
+    cfg = digits_cfg(tmp_path / "run")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_text("x")
+    (out / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "train_loss": 2.0 / e, "train_time_s": e / 7,
+                                                           "test_acc": None}) + "\n" for e in (1, 2)))
+    snap = Path(storage_of(cfg)[0]) / "run" / "checkpoint_manager_snapshot.json"
+    snap.parent.mkdir(parents=True)
+
+    def ray_latest(**metrics) -> None:
+        snap.write_text(json.dumps({"latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_epoch00002",
+                                                                 "metrics": metrics}}))
+
+    ray_latest(epoch=2, train_loss=1.0, train_time_s=2 / 7)  # this run's epoch 2: resumed
+    assert not check_run_state(cfg, resume=True)
+    ray_latest(epoch=1, train_loss=2.0, train_time_s=1 / 7)  # older (the folder continued without Ray): resumed
+    assert not check_run_state(cfg, resume=True)
+    for other in ({"epoch": 2, "train_loss": 1.5, "train_time_s": 2 / 7}, {"epoch": 3, "train_loss": 0.5}):
+        ray_latest(**other)
+        with pytest.raises(KnnmixError, match=r"holds checkpoints of another run than run folder .*: delete "):
+            check_run_state(cfg, resume=True)
+
+
 def test_resume_with_overwrite_is_refused_before_ray_train_storage_is_read(tmp_path):
     cfg = digits_cfg(tmp_path / "run", **{"distributed.storage_path": "nosuchscheme://bucket/runs"})
     with pytest.raises(KnnmixError, match="cannot be read"):
@@ -260,6 +286,50 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_newest_readable_one(tmp_p
     with pytest.warns(Warning, match="skipping an unreadable checkpoint: .*checkpoint_000002"):
         restore_newest_readable(run, Checkpoint(str(tune / "checkpoint_000002")))
     assert run.epoch == 3
+
+
+def test_overwrite_with_data_that_fails_keeps_the_run_it_would_replace(tmp_path):
+    """--overwrite on Ray Train deleted the old run (its folder's files and Ray Train's checkpoints) before the
+    workers built the data: a bad data.root left nothing. As without Ray, the data is checked first."""
+    cfg = digits_cfg(tmp_path / "run", epochs=1, **{"data.train_subset": 300})
+    fit(cfg, num_workers=0)
+    before = sorted(p.name for p in (tmp_path / "run").rglob("*"))
+    bad = C.replace(cfg, **{"data.name": "fashion-mnist", "data.root": str(tmp_path / "nowhere")})
+    with pytest.raises(KnnmixError, match="nowhere"):
+        fit(bad, overwrite=True, num_workers=0)
+    assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == before
+    with pytest.raises(KnnmixError, match="method.k=300 is not smaller than the training set"):
+        fit(C.replace(cfg, **{"method.k": 300}), overwrite=True, num_workers=0)
+    assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == before
+    with pytest.raises(KnnmixError, match="pretrained weights file .*/none.pt not found"):
+        fit(C.replace(cfg, **{"model.pretrained": str(tmp_path / "none.pt")}), overwrite=True, num_workers=0)
+    assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == before
+    # with max_failures=-1 Ray Train retries a worker's error forever: a typo in data.root hung the run, a worker
+    # traceback every ~25 s; the driver says it once, before Ray starts
+    argv = [sys.executable, "-m", "knnmix.cli", "train", "--config", "digits", "--workers", "1", "--out",
+            str(tmp_path / "new"), "--set", "distributed.max_failures=-1", "--set", "data.name=fashion-mnist",
+            "--set", f"data.root={tmp_path / 'nowhere'}"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 2 and proc.stderr.startswith("knnmix: error: fashion-mnist data not found"), proc.stderr
+
+
+def test_a_run_continued_without_ray_resumes_on_ray_from_its_newer_checkpoint(tmp_path):
+    """Ray run to epoch 2, `knnmix train --resume --epochs 3` in one process, then `--workers N --resume`: Ray Train
+    hands its own latest checkpoint (epoch 2), and the run went back to it, dropping epoch 3 without a word."""
+    from ray.train import Checkpoint
+
+    from knnmix.engine import train as E
+    from knnmix.scale.train import start_or_restore
+
+    out = tmp_path / "run"
+    fit(digits_cfg(out, epochs=2, **{"data.train_subset": 300}), num_workers=0)
+    train(C.replace(C.load(out / "config.yaml"), epochs=3), resume=True)
+    cfg = worker_config(C.replace(C.load(out / "config.yaml"), epochs=4))
+    ray_latest = Checkpoint(str(out / "ray" / "run" / checkpoint_dir_name(2)))  # what the workers get
+    run = E.build_run(cfg)
+    start_or_restore(run, RunFolder(out), ray_latest, resume=True)
+    assert run.epoch == 3 and [r["epoch"] for r in run.history] == [1, 2, 3]
+    assert [r["after_epoch"] for r in json.loads((out / "run.json").read_text())["resumed"]] == [2, 3]
 
 
 # ----------------------------------------------------------------------------------------------------------------

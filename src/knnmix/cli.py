@@ -70,12 +70,18 @@ def load_config(args: argparse.Namespace) -> C.Config:
     return C.replace(cfg, out=os.path.expanduser(cfg.out)) if cfg.out.startswith("~") else cfg
 
 
+def resume_config(args: argparse.Namespace) -> None:
+    """Resuming: the run folder's ``config.yaml`` is the config unless ``--config`` names one (the run folder:
+    ``--set out=DIR``, the last one, beats ``--out DIR``, as in :func:`load_config`)."""
+    outs = [value for key, value in map(C.parse_override, args.overrides) if key == "out"]
+    saved = Path(str(outs[-1] if outs else args.out or C.Config().out)).expanduser() / "config.yaml"
+    if saved.exists() and not args.config:
+        args.config = str(saved)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    if args.resume:  # the run folder: --set out=DIR (the last one) beats --out DIR, as in load_config
-        outs = [value for key, value in map(C.parse_override, args.overrides) if key == "out"]
-        saved = Path(str(outs[-1] if outs else args.out or C.Config().out)).expanduser() / "config.yaml"
-        if saved.exists() and not args.config:
-            args.config = str(saved)
+    if args.resume:
+        resume_config(args)
     summary = run_training(load_config(args), args)
     print(json.dumps({k: summary[k] for k in ("final", "best_val", "mlflow_run_id") if k in summary}))
     return 0
@@ -119,16 +125,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if twice := sorted({m for m in methods if methods.count(m) > 1}):
         raise KnnmixError(f"--methods names {', '.join(twice)} more than once (each method's run goes to "
                           f"{Path(base.out) / twice[0]})")
-    from knnmix.engine.checkpoint import RunFolder
-
-    configs = [C.replace(base, **{"method.name": m, "out": str(Path(base.out) / m)}) for m in methods]
+    configs = [C.replace(base, **method_run(base, m)) for m in methods]
     results = []
     for cfg in configs:
         print(f"\n=== {cfg.method.name} ===", flush=True)
         # --resume continues the methods that have a run and starts the others (a comparison stopped before them);
         # --register NAME registers each method's model as its own NAME-<method>
         results.append(run_training(cfg, argparse.Namespace(**{
-            **vars(args), "resume": args.resume and RunFolder(cfg.out).has_run(),
+            **vars(args), "resume": args.resume and has_run(cfg),
             "register": args.register and f"{args.register}-{cfg.method.name}"})))
     table = comparison_table(results)
     runs = [{"seed": s["seed"], "method": s["method"], "last_test_acc": s["final"]["test_acc"],
@@ -141,6 +145,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
                               indent=1) + "\n")
     print(f"\n{table}\n\nevery run's result and resolved config: {out}")
     return 0
+
+
+def has_run(cfg: C.Config) -> bool:
+    """Whether ``cfg``'s run exists: its folder's checkpoint or, on Ray Train, also Ray Train's checkpoints."""
+    if cfg.distributed.workers > 0:
+        from knnmix.scale.train import run_exists
+
+        return run_exists(cfg)
+    from knnmix.engine.checkpoint import RunFolder
+
+    return RunFolder(cfg.out).has_run()
+
+
+def method_run(base: C.Config, method: str) -> dict[str, str]:
+    """The config changes of ``method``'s run in a comparison: its run folder ``<out>/<method>`` and, in a shared
+    ``distributed.storage_path``, its own Ray Train run name ``<name or out folder's name>-<method>`` (by the run
+    folder's name alone every comparison's runs were named ``ce``, ``knnmix``...: a second one was refused)."""
+    changes = {"method.name": method, "out": str(Path(base.out) / method)}
+    if base.distributed.storage_path is not None:
+        changes["distributed.name"] = f"{base.distributed.name or Path(base.out).expanduser().absolute().name}-{method}"
+    return changes
 
 
 def comparison_table(summaries: Sequence[dict[str, Any]]) -> str:
@@ -340,7 +365,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv  # the command as typed, recorded with results (compare)
     ray_env.sigterm_as_interrupt()  # kill / timeout / a batch system stop a command as Ctrl+C does (ensure_ray again)
     resumable = args.command in ("train", "compare", "audit")  # (a sweep says how to resume when Tune has stopped)
-    return guarded(lambda: args.func(args), RESUME_HINT if resumable else "")
+    overwrite = getattr(args, "overwrite", False)  # (which --resume excludes)
+    hint = RESUME_HINT.replace("--resume", "--resume in place of --overwrite") if overwrite else RESUME_HINT
+    return guarded(lambda: args.func(args), hint if resumable else "")
 
 
 #: After "knnmix: interrupted" for the commands that train into run folders.

@@ -121,14 +121,8 @@ def build_run(
     # Weight decay drives many weights and gradients into the subnormal range, where x86 CPUs slow down by an order
     # of magnitude: flushing them to zero made small-CNN epochs ~25% faster (Fashion-MNIST, 2 threads).
     torch.set_flush_denormal(True)
-    splits = splits or build_splits(cfg)
-    cfg = resolve_config(cfg, splits)
-    n = len(splits.train)
-    for key in ("k", "vote_k"):
-        if (value := getattr(cfg.method, key)) >= n:
-            raise ConfigError(f"method.{key}={value} is not smaller than the training set ({n} samples)")
-    c, h, _ = splits.train.source.shape
-    model_args = {"name": cfg.model.name, "num_classes": splits.num_classes, "in_channels": c, "image_size": h}
+    splits, cfg = build_data(cfg, splits)
+    model_args = network_args(cfg, splits)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(**model_args, pretrained=cfg.model.pretrained).to(device)
     net: nn.Module = model
@@ -148,6 +142,24 @@ def build_run(
         state=SampleState.initial(splits.train.given_tensor(), splits.num_classes, cfg.method.k),
         dist=dist, device=device,
     )
+
+
+def build_data(cfg: C.Config, splits: Splits | None = None) -> tuple[Splits, C.Config]:
+    """The splits of ``cfg`` and the config resolved against them, checked against the data (``method.k``): what
+    fails on a bad ``data.root`` or a setting the data cannot take, before a run is replaced (Ray Train's driver)."""
+    splits = splits or build_splits(cfg)
+    cfg = resolve_config(cfg, splits)
+    n = len(splits.train)
+    for key in ("k", "vote_k"):
+        if (value := getattr(cfg.method, key)) >= n:
+            raise ConfigError(f"method.{key}={value} is not smaller than the training set ({n} samples)")
+    return splits, cfg
+
+
+def network_args(cfg: C.Config, splits: Splits) -> dict[str, Any]:
+    """``build_model(**network_args(...))`` builds the run's network (``cfg`` resolved: :func:`build_data`)."""
+    c, h, _ = splits.train.source.shape
+    return {"name": cfg.model.name, "num_classes": splits.num_classes, "in_channels": c, "image_size": h}
 
 
 def resolve_config(cfg: C.Config, splits: Splits) -> C.Config:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -25,7 +26,7 @@ import torch
 from knnmix import config as C
 from knnmix.methods import dist as D
 from knnmix.engine import train as E
-from knnmix.engine.checkpoint import CHECKPOINT, SUMMARY, RunFolder, folder_lock, load_checkpoint
+from knnmix.engine.checkpoint import CHECKPOINT, METRICS, SUMMARY, RunFolder, folder_lock, load_checkpoint, read_metrics
 from knnmix.errors import CheckpointError, KnnmixError, KnnmixWarning, one_line, warning_line
 from knnmix.scale import ray_env
 
@@ -140,6 +141,8 @@ def fit(
     configs = ray_configs(cfg, num_workers=num_workers, callbacks=callbacks, verbose=verbose)
     storage, name = configs.run.storage_path, configs.run.name
     replace = check_run_state(cfg, resume=resume, overwrite=overwrite)  # before Ray starts
+    if replace or cfg.distributed.max_failures == -1:  # as without Ray, the run must build before the run it
+        check_buildable(cfg)  # replaces goes; and a worker's user error (a typo in data.root) is retried forever
     local = configs.scaling.num_workers == 0
     if local and "://" in storage:
         raise KnnmixError("in-process Ray Train (num_workers=0) needs a local distributed.storage_path")
@@ -173,6 +176,16 @@ def fit(
     if not path.exists():
         raise KnnmixError(f"the run finished but {str(path)!r} is missing (is 'out' on storage every node sees?)")
     return DistributedRun(summary=json.loads(path.read_text()), result=result)
+
+
+def check_buildable(cfg: C.Config) -> None:
+    """Build here what the workers build first and can fail on (a bad ``data.root``, ``method.k`` too large for the
+    data, a missing or unfitting ``model.pretrained``), without their device or process group."""
+    from knnmix.models import build_model
+
+    splits, cfg = E.build_data(cfg)
+    if cfg.model.pretrained is not None:
+        build_model(**E.network_args(cfg, splits), pretrained=cfg.model.pretrained)
 
 
 def fits_this_machine(cfg: C.Config) -> None:
@@ -210,15 +223,32 @@ def _ray_run_dir(storage_path: str, name: str) -> tuple[Any, str]:
 
 
 def has_ray_checkpoint(storage_path: str, name: str) -> bool:
+    return bool(latest_ray_checkpoint(storage_path, name))
+
+
+def latest_ray_checkpoint(storage_path: str, name: str) -> dict[str, Any] | None:
+    """Ray Train's record of run ``name``'s latest checkpoint (``checkpoint_dir_name``, the epoch's ``metrics``)."""
     try:
         fs, path = _ray_run_dir(storage_path, name)
         snapshot = f"{path}/{SNAPSHOT_FILE}"
         if fs.get_file_info(snapshot).type == pyarrow.fs.FileType.NotFound:
-            return False
+            return None
         with fs.open_input_stream(snapshot) as fh:
-            return bool(json.loads(fh.read()).get("latest_checkpoint_result"))
+            return json.loads(fh.read()).get("latest_checkpoint_result") or None
     except (OSError, ValueError, pyarrow.ArrowException) as exc:
         raise KnnmixError(f"distributed.storage_path {storage_path!r} cannot be read: {one_line(exc)}") from None
+
+
+def of_another_run(folder: RunFolder, latest: dict[str, Any]) -> bool:
+    """Whether Ray Train's ``latest`` checkpoint is not one of the run in ``folder``: no epoch of its
+    ``metrics.jsonl`` has the numbers Ray Train recorded (the run was replaced without Ray since, e.g. by a
+    single-process ``--overwrite``, and Ray Train's checkpoints of the old one stayed)."""
+    metrics = latest.get("metrics") or {}
+    try:
+        records = read_metrics(folder.file(METRICS))
+    except (OSError, ValueError):
+        return False  # nothing to tell by
+    return "epoch" in metrics and not any(all(r.get(k) == v for k, v in metrics.items()) for r in records)
 
 
 def run_exists(cfg: C.Config) -> bool:
@@ -241,8 +271,14 @@ def check_run_state(cfg: C.Config, *, resume: bool, overwrite: bool = False) -> 
                 else f"Ray Train storage {storage!r} (run name {name!r})" if in_ray else None)
 
     missing = f"no Ray Train checkpoint of run {name!r} in {storage!r} and no {str(folder.file(CHECKPOINT))!r}"
-    return E.resume_or_replace(held, resume=resume, overwrite=overwrite, missing=missing,
-                               another="--out (or distributed.name)")
+    replace = E.resume_or_replace(held, resume=resume, overwrite=overwrite, missing=missing,
+                                  another="--out (or distributed.name)")
+    latest = latest_ray_checkpoint(storage, name) if resume and folder.has_run() else None
+    if latest and of_another_run(folder, latest):  # Ray Train would restore it: the old run, or a config error
+        raise KnnmixError(f"Ray Train storage {storage!r} (run name {name!r}) holds checkpoints of another run than "
+                          f"run folder {str(folder.path)!r} (replaced without Ray?): delete {storage}/{name} or "
+                          "pass --set distributed.name=NEW to resume the folder's checkpoint.pt")
+    return replace
 
 
 def clear_run(cfg: C.Config) -> None:
@@ -336,11 +372,14 @@ def say(text: str) -> None:
 
 
 def start_or_restore(run: E.Run, folder: RunFolder, checkpoint: Any, resume: bool) -> str:
-    """Restore from Ray's checkpoint, else (``resume``) from the run folder's, else start the run folder (rank 0).
+    """Restore from Ray's checkpoint (``resume``: the run folder's when newer), else (``resume``) from the run
+    folder's, else start the run folder (rank 0).
     Returns the ``redo`` mark of :func:`checkpoint_dir_name` for the epochs to come (``""`` unless it skipped Ray's
     newest checkpoint)."""
     redo = ""
-    if checkpoint is not None:
+    if checkpoint is not None and resume and (newer := newer_in_folder(folder, checkpoint)) is not None:
+        E.restore(run, newer, str(folder.file(CHECKPOINT)))
+    elif checkpoint is not None:
         if restore_newest_readable(run, checkpoint, folder):
             redo = f"-redo{time.strftime('%Y%m%d%H%M%S')}"  # (rank 0's is the one that names checkpoints)
     elif resume and folder.has_run():  # e.g. a single-process run continued on workers
@@ -352,6 +391,19 @@ def start_or_restore(run: E.Run, folder: RunFolder, checkpoint: Any, resume: boo
     if run.dist.is_main:
         folder.resumed(run.cfg, run.epoch, run.history)
     return redo
+
+
+def newer_in_folder(folder: RunFolder, checkpoint: Any) -> dict[str, Any] | None:
+    """The run folder's checkpoint when it is of a later epoch than Ray Train's ``checkpoint`` (the run was continued
+    without Ray since, ``knnmix train --resume`` in one process: restoring Ray's would drop those epochs unsaid)."""
+    epoch = re.fullmatch(r"checkpoint_epoch(\d+)(-redo\d+)?", checkpoint.path.rstrip("/").rsplit("/", 1)[-1])
+    if epoch is None or not folder.has_run():  # (Tune's checkpoint_0000NN: a sweep trial, continued only by Tune)
+        return None
+    try:
+        mine = folder.load_checkpoint()
+    except CheckpointError:
+        return None
+    return mine if int(mine["epoch"]) > int(epoch.group(1)) else None
 
 
 def train_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
