@@ -443,6 +443,20 @@ def test_resume_with_a_changed_space_file_names_what_changed(tmp_path):
         S.resolve_space(folder, str(path), ["sweep.trials=9"], resume=True)
 
 
+def test_a_space_whose_bounds_start_at_zero_is_saved_whole_and_resumes(tmp_path):
+    """Param.to_dict dropped a bound equal to False (low: 0, low: 0.0): the sweep folder's space.yaml lost it and
+    --resume was one line, 'params.method.warmup_epochs: int needs low and high'."""
+    params = {"method.warmup_epochs": {"type": "int", "low": 0, "high": 1},
+              "optim.weight_decay": {"type": "uniform", "low": 0.0, "high": 0.001}}
+    space = SP.load_space(write_space(tmp_path, params=params, start_with=[]))
+    assert {k: p.to_dict() for k, p in space.params.items()} == params
+    folder = S.SweepFolder(tmp_path / "sweep")
+    folder.root.mkdir()
+    folder.file(S.SPACE_FILE).write_text(space.to_yaml())
+    S._write_state(folder, S.new_state(space, TR.Store.from_uri(f"sqlite:///{tmp_path / 'runs.db'}")))
+    assert S.resolve_space(folder, None, [], resume=True).to_dict() == space.to_dict()
+
+
 def test_resume_after_editing_the_sweep_folders_space_file_is_refused_in_one_line(tmp_path, capsys):
     """Tune restores the experiment as started: with trials raised in the folder's space.yaml, each --resume ran the
     old trials, then said 'sweep stopped (4 of 6 trials ended); continue it with ... --resume', never finishing."""

@@ -107,7 +107,9 @@ class Param(_Schema):
 
     def to_dict(self) -> dict[str, Any]:
         keep = ("values",) if self.type == "choice" else ("low", "high", "step", "log")
-        return {"type": self.type, **{k: getattr(self, k) for k in keep if getattr(self, k) not in (None, False)}}
+        # 'is not None', not 'not in (None, False)': low 0 or 0.0 equals False and was dropped from space.yaml
+        return {"type": self.type, **{k: getattr(self, k) for k in keep
+                                      if getattr(self, k) is not None and (k != "log" or self.log)}}
 
 
 @dataclass
