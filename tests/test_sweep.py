@@ -642,6 +642,28 @@ def test_a_sweep_registers_the_marking_of_its_runs_killed_for_the_sigterm_exit(t
     assert ray_env.BEFORE_EXIT == []  # the sweep ended: nothing left to mark
 
 
+def test_resuming_a_finished_sweep_leaves_its_mlflow_runs_finished_and_logs_no_total_twice(tmp_path):
+    """--resume on a finished sweep (e.g. to --register its models) set its noise settings' runs RUNNING again
+    (open_sweep_runs reuses them) and left them so for good, and logged the sweep run's totals a second time."""
+    space = SP.load_space(write_space(tmp_path))
+    store = TR.Store.from_uri(f"sqlite:///{tmp_path / 'm.db'}")
+    (tmp_path / "space.yaml").write_text(space.to_yaml())
+    ml: dict = {}
+    summary = {"failed": 0, "settings": [{"noise": s.spec, "slug": s.slug, "best": {"val_acc": 50.0 + i,
+                                                                                    "test_acc": 60.0}}
+                                         for i, s in enumerate(space.settings)]}
+    for _ in range(2):  # the sweep, then --resume of the finished sweep
+        T.open_sweep_runs(store, space, space.settings, ml, tmp_path / "space.yaml")
+        for s, entry in zip(space.settings, summary["settings"]):
+            entry.update(trials=0, completed=0, stopped_early=0, failed=0, study=S.study_name(space, s))
+            T.finish_setting_run(store, ml, s, entry, [], None, tmp_path / "plots", "sqlite:///:memory:", None)
+        T.finish_sweep_run(store, ml, summary, [], tmp_path / "plots", "t")
+    client = store.client()
+    runs = [ml["sweep_run_id"], *ml["settings"].values()]
+    assert [client.get_run(r).info.status for r in runs] == ["FINISHED"] * 3
+    assert len(client.get_metric_history(ml["sweep_run_id"], "best_val_acc.symmetric-0.2")) == 1
+
+
 def test_a_ray_temp_dir_too_long_for_its_sockets_is_one_line(tmp_path):
     """A long RAY_TMPDIR (Ray's Unix socket paths may have 107 bytes) was a 30-line OSError traceback."""
     env = {**os.environ, "RAY_TMPDIR": str(tmp_path / ("x" * 90))}

@@ -249,6 +249,7 @@ def finish_setting_run(store: Store, ml: dict[str, Any], setting: Any, entry: di
         entry["importances"] = json.loads(run.data.tags.get("knnmix.importances", "null") or "null")
         if register and entry["model_uri"] and entry.get("best_mlflow_run_id"):  # --register on a finished sweep
             register_once(store, entry["model_uri"], entry["best_mlflow_run_id"], register)
+        client.set_terminated(run_id, status="FINISHED")  # open_sweep_runs set it RUNNING again
         return
     plots.mkdir(parents=True, exist_ok=True)
     log_params(client, run_id, {"noise.spec": setting.spec, **{f"set.{k}": v for k, v in setting.set.items()}})
@@ -305,5 +306,6 @@ def finish_sweep_run(store: Store, ml: dict[str, Any], summary: dict[str, Any], 
         client.log_artifact(run_id, str(f))
     totals = {f"best_{key}.{s['slug']}": s["best"][key] for s in summary["settings"] if s["best"]
               for key in ("val_acc", "test_acc")}
-    log_epochs(client, run_id, [{"epoch": 0, **totals}])
+    have = client.get_run(run_id).data.metrics  # a resumed finished sweep: each total once
+    log_epochs(client, run_id, [{"epoch": 0, **{k: v for k, v in totals.items() if have.get(k) != v}}])
     client.set_terminated(run_id, status="FAILED" if summary["failed"] else "FINISHED")
