@@ -713,6 +713,34 @@ def test_a_resumed_sweep_prints_each_trials_line(local_ray, tmp_path, caplog):
     assert set(statuses().values()) == {"FINISHED"} and len(statuses()) == 4
 
 
+def test_a_failed_trial_that_resume_runs_again_is_logged_and_selected_as_it_ended(local_ray, tmp_path):
+    """--resume runs a failed trial again (resume_errored), but its MLflow run stayed FAILED without the rerun's
+    epochs, and its setting's run kept the old best, best tag, model and counts (it was finalized once)."""
+    weights = tmp_path / "w.pt"  # missing at first: the trial that starts from it fails
+    space = SP.load_space(write_space(
+        tmp_path, base={"config": "digits", "set": {**BASE_SET, "epochs": 2, "data.train_subset": 300}},
+        noise=["symmetric:0.2"], trials=2, asha={"grace_period": 2}, max_concurrent_trials=1,
+        params={"model.pretrained": {"type": "choice", "values": [None, str(weights)]}},
+        start_with=[{"model.pretrained": None}, {"model.pretrained": str(weights)}]))
+    out, store = tmp_path / "sweep", TR.Store.from_uri(f"sqlite:///{tmp_path / 'runs.db'}")
+    assert S.run_sweep(space, out, store=store, echo=None)["failed"] == 1
+    (done,) = (out / "symmetric-0.2" / "trials").glob("*/model_best.pt")
+    torch.save(safe_load(done)["state_dict"], weights)
+    lines: list[str] = []
+    summary = S.run_sweep(space, out, resume=True, echo=lines.append)
+    assert summary["failed"] == 0 and summary["settings"][0]["completed"] == 2
+    assert [x.split(" after ")[0].split() for x in lines if x.lstrip().startswith("trial")] == [
+        ["trial", "2/2", "completed"]]
+    client, (setting,) = store.client(), summary["settings"]
+    trials = runs_by_kind(store.uri, space.experiment_name)["trial"]
+    assert {(r.info.status, r.data.tags[T.OUTCOME_TAG]) for r in trials} == {("FINISHED", "completed")}
+    assert all(r.data.metrics["epochs_run"] == 2 and "val_acc" in r.data.metrics for r in trials)
+    assert [r.data.tags[T.TRIAL_TAG] for r in trials if r.data.tags.get("knnmix.best")] == [setting["best"]["trial_id"]]
+    run = client.get_run(setting["mlflow_run_id"])
+    assert run.data.tags["knnmix.best_trial"] == setting["best"]["trial_id"] and run.data.metrics["failed"] == 0
+    assert run.data.metrics["best_val_acc"] == setting["best"]["val_acc"]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # End to end: 2 noise rates x 3 in-process trials on digits
 

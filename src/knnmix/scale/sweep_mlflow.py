@@ -153,7 +153,7 @@ class TrialLogger(Callback):
         sweep started, with no trial done): the trials that ended before, so that the count goes on from them."""
         for parent in self.parents.values():
             self._done.update(r.data.tags[TRIAL_TAG] for r in child_runs(self.client, self.experiment_id, parent)
-                              if r.data.tags.get(OUTCOME_TAG) and r.data.tags.get(TRIAL_TAG))
+                              if r.data.tags.get(OUTCOME_TAG, "failed") != "failed" and r.data.tags.get(TRIAL_TAG))
 
     @cached_property
     def client(self) -> Any:
@@ -173,12 +173,16 @@ class TrialLogger(Callback):
             return None
         if tid not in self._runs:
             found = find_trial_run(self.client, self.experiment_id, tid)
-            if found and found.data.tags.get(OUTCOME_TAG):
+            outcome = found and found.data.tags.get(OUTCOME_TAG)
+            if outcome and outcome != "failed":
                 self._done.add(tid)
                 return None
             self._runs[tid] = found.info.run_id if found else self._create_run(trial)
             if found and found.info.status != "RUNNING":  # KILLED when an interrupted sweep stopped it
                 self.client.update_run(found.info.run_id, status="RUNNING")
+            if outcome:  # a failed trial that --resume (resume_errored) runs again: its setting is finalized again
+                self.client.delete_tag(found.info.run_id, OUTCOME_TAG)
+                self.client.set_tag(self.parents[trial.config[SETTING_KEY]], FINALIZED_TAG, "false")
             self._epochs[tid] = {int(m.step) for m in self.client.get_metric_history(self._runs[tid], METRIC)}
         return self._runs[tid]
 
@@ -264,6 +268,9 @@ def finish_setting_run(store: Store, ml: dict[str, Any], setting: Any, entry: di
                                                           f"{setting.spec}: parameter importances")), "plots")
     totals = {k: entry[k] for k in ("trials", "completed", "stopped_early", "failed")}
     if best is not None:
+        if (before := run.data.tags.get("knnmix.best_trial")) not in (None, best.trial_id):  # finalized again
+            with suppress(Exception):  # MlflowException: that run has no such tag
+                client.delete_tag(find_trial_run(client, ml["experiment_id"], before).info.run_id, "knnmix.best")
         client.set_tag(run_id, "knnmix.best_trial", best.trial_id)
         totals.update(best_val_acc=entry["best"]["val_acc"], best_test_acc=entry["best"]["test_acc"])
         log_files(client, run_id, best.run_folder, (LABEL_ISSUES, LABEL_ISSUES_PLOT, CONFIG), "best_trial")
