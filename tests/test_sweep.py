@@ -739,6 +739,8 @@ def test_a_failed_trial_that_resume_runs_again_is_logged_and_selected_as_it_ende
     run = client.get_run(setting["mlflow_run_id"])
     assert run.data.tags["knnmix.best_trial"] == setting["best"]["trial_id"] and run.data.metrics["failed"] == 0
     assert run.data.metrics["best_val_acc"] == setting["best"]["val_acc"]
+    models = client.search_logged_models([run.info.experiment_id])
+    assert [m.source_run_id for m in models] == [setting["best_mlflow_run_id"]]  # one model, the best trial's
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -180,9 +180,8 @@ class TrialLogger(Callback):
             self._runs[tid] = found.info.run_id if found else self._create_run(trial)
             if found and found.info.status != "RUNNING":  # KILLED when an interrupted sweep stopped it
                 self.client.update_run(found.info.run_id, status="RUNNING")
-            if outcome:  # a failed trial that --resume (resume_errored) runs again: its setting is finalized again
+            if outcome:  # a failed trial that --resume (resume_errored) runs again
                 self.client.delete_tag(found.info.run_id, OUTCOME_TAG)
-                self.client.set_tag(self.parents[trial.config[SETTING_KEY]], FINALIZED_TAG, "false")
             self._epochs[tid] = {int(m.step) for m in self.client.get_metric_history(self._runs[tid], METRIC)}
         return self._runs[tid]
 
@@ -229,6 +228,8 @@ class TrialLogger(Callback):
         log_epochs(self.client, rid, [{"epoch": 0, "epochs_run": last, "best_val_acc": best.get(METRIC),
                                        "test_acc_at_best_val": best.get("test_acc")}])  # the trial's totals
         self.client.set_tag(rid, OUTCOME_TAG, outcome)
+        if not failed:  # a failed trial that --resume ran again: its setting, finalized before, is finalized again
+            self.client.set_tag(self.parents[trial.config[SETTING_KEY]], FINALIZED_TAG, "false")
         self.client.set_terminated(rid, status="FAILED" if failed else "FINISHED")
         self._done.add(trial.trial_id)
         if echo := ECHOES.get(self.root):
@@ -267,8 +268,9 @@ def finish_setting_run(store: Store, ml: dict[str, Any], setting: Any, entry: di
         client.log_artifact(run_id, str(plot_importances(plots / "param_importances.png", entry["importances"],
                                                           f"{setting.spec}: parameter importances")), "plots")
     totals = {k: entry[k] for k in ("trials", "completed", "stopped_early", "failed")}
+    before = run.data.tags.get("knnmix.best_trial")  # when finalized again
     if best is not None:
-        if (before := run.data.tags.get("knnmix.best_trial")) not in (None, best.trial_id):  # finalized again
+        if before not in (None, best.trial_id):
             with suppress(Exception):  # MlflowException: that run has no such tag
                 client.delete_tag(find_trial_run(client, ml["experiment_id"], before).info.run_id, "knnmix.best")
         client.set_tag(run_id, "knnmix.best_trial", best.trial_id)
@@ -280,7 +282,11 @@ def finish_setting_run(store: Store, ml: dict[str, Any], setting: Any, entry: di
             client.log_artifact(run_id, str(hist), "plots")
         if entry["best_mlflow_run_id"]:
             client.set_tag(entry["best_mlflow_run_id"], "knnmix.best", "true")
-            if (best.run_folder / BEST_MODEL).exists():
+            if before == best.trial_id and run.data.tags.get("knnmix.model_uri"):  # logged before: not twice
+                entry["model_uri"] = run.data.tags["knnmix.model_uri"]
+                if register:
+                    register_once(store, entry["model_uri"], entry["best_mlflow_run_id"], register)
+            elif (best.run_folder / BEST_MODEL).exists():
                 entry["model_uri"] = log_model(store, entry["best_mlflow_run_id"], best.run_folder / BEST_MODEL,
                                                register=register)
                 client.set_tag(run_id, "knnmix.model_uri", entry["model_uri"])
