@@ -218,6 +218,10 @@ _BAD_CASES = [
     ({"base": {"config": "nopreset"}}, "base.config: config 'nopreset' is neither a file nor an embedded preset"),
     ({"base": {"config": "digits", "set": {**BASE_SET, "data.val_fraction": 0.0}}},
      "base.set.data.val_fraction: sweeps select on the noisy-validation accuracy (val_acc)"),
+    ({"noise": [{"spec": "symmetric:0.2", "set": {"data.val_fraction": 0}}]},  # Tune's traceback at the 1st epoch
+     "noise[0].set.data.val_fraction: sweeps select on the noisy-validation accuracy (val_acc)"),
+    ({"params": {**PARAMS, "data.val_fraction": {"type": "choice", "values": [0.1, 0.0]}}},
+     "params.data.val_fraction.values[1]: sweeps select on the noisy-validation accuracy (val_acc)"),
     ({"start_with": [{**GOOD, "optim.lr": 2.0}]}, "start_with[0].optim.lr: 2.0 is outside loguniform"),
     ({"start_with": [{"method.k": 2}]}, "start_with[0]: gives no value for "),
 ]
