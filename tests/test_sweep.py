@@ -478,6 +478,21 @@ def test_resume_after_editing_the_sweep_folders_space_file_is_refused_in_one_lin
     assert "space.yaml' was edited after the sweep started (trials: 3 -> 5)" in err, err
 
 
+def test_resuming_with_another_mlflow_tracking_uri_is_refused_as_with_tracking_uri(tmp_path, monkeypatch, capsys):
+    """docs/sweeps.md: a changed store is refused on --resume; MLFLOW_TRACKING_URI pointing at another store was
+    silently ignored (the sweep went on logging to the store it started with)."""
+    space = SP.load_space(write_space(tmp_path))
+    folder = S.SweepFolder(tmp_path / "sweep")
+    folder.root.mkdir()
+    folder.file(S.SPACE_FILE).write_text(space.to_yaml())
+    (tmp_path / "file").write_text("")  # the saved store cannot answer: without the check the resume fails there
+    S._write_state(folder, S.new_state(space, TR.Store.from_uri(f"sqlite:///{tmp_path / 'file' / 'm.db'}")))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'other.db'}")
+    assert cli_main(["sweep", "--resume", "--out", str(folder.root)]) == 2
+    err = capsys.readouterr().err
+    assert f"tracking URI 'sqlite:///{tmp_path / 'other.db'}' (--tracking-uri or MLFLOW_TRACKING_URI) differs" in err
+
+
 def test_the_printed_optuna_command_survives_a_folder_with_spaces_and_a_hash(tmp_path):
     """The MLflow UI command was quoted, the Optuna one was not: '/runs/sp ü/sw #1' broke it at the space, and
     the shell dropped everything after '#'."""

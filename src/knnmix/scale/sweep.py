@@ -373,8 +373,8 @@ def run_sweep(
         if state is not None:
             saved = Store(state["tracking"]["uri"], state["tracking"]["artifact_root"])
             if store is not None and store.uri != saved.uri:
-                raise KnnmixError(f"--tracking-uri {store.uri!r} differs from the store this sweep logs to "
-                                  f"({saved.uri!r})")
+                raise KnnmixError(f"tracking URI {store.uri!r} (--tracking-uri or MLFLOW_TRACKING_URI) differs from "
+                                  f"the store this sweep logs to ({saved.uri!r})")
             store = saved
         store = store or Store.resolve()
         settings = space.settings
