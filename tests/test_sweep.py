@@ -493,6 +493,26 @@ def test_resuming_with_another_mlflow_tracking_uri_is_refused_as_with_tracking_u
     assert f"tracking URI 'sqlite:///{tmp_path / 'other.db'}' (--tracking-uri or MLFLOW_TRACKING_URI) differs" in err
 
 
+def test_resuming_a_moved_sweep_folder_is_one_line(tmp_path, capsys):
+    """Tune's saved experiment names the sweep folder (the Optuna storage, the MLflow logger's run folders): a sweep
+    folder moved, then resumed, ended in a 60-line sqlite3 'unable to open database file' traceback after Ray
+    started."""
+    space = SP.load_space(write_space(tmp_path))
+    before, after = S.SweepFolder(tmp_path / "sweep"), S.SweepFolder(tmp_path / "moved")
+    before.root.mkdir()
+    before.file(S.SPACE_FILE).write_text(space.to_yaml())
+    S._write_state(before, {**S.new_state(space, TR.Store.from_uri(f"sqlite:///{tmp_path / 'm.db'}")),
+                            "folder": str(before.root)})
+    (tmp_path / "link").symlink_to(before.root)
+    with pytest.raises(KnnmixError, match="differs from the store"):  # the same folder by another path: no move
+        S.run_sweep(space, tmp_path / "link", resume=True, store=TR.Store.from_uri(f"sqlite:///{tmp_path}/x.db"))
+    before.root.rename(after.root)
+    assert cli_main(["sweep", "--resume", "--out", str(after.root)]) == 2
+    assert capsys.readouterr().err == (f"knnmix: error: sweep folder {str(after.root)!r} was started as "
+                                       f"{str(before.root)!r}, which its Tune experiment and Optuna studies name: "
+                                       "move it back there to resume it\n")
+
+
 def test_the_printed_optuna_command_survives_a_folder_with_spaces_and_a_hash(tmp_path):
     """The MLflow UI command was quoted, the Optuna one was not: '/runs/sp ü/sw #1' broke it at the space, and
     the shell dropped everything after '#'."""
