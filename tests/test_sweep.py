@@ -752,6 +752,7 @@ def test_a_resumed_sweep_prints_each_trials_line(local_ray, tmp_path, caplog):
     assert set(statuses().values()) == {"FINISHED"} and len(statuses()) == 4
 
 
+@pytest.mark.slow
 def test_a_failed_trial_that_resume_runs_again_is_logged_and_selected_as_it_ended(local_ray, tmp_path):
     """--resume runs a failed trial again (resume_errored), but its MLflow run stayed FAILED without the rerun's
     epochs, and its setting's run kept the old best, best tag, model and counts (it was finalized once)."""
