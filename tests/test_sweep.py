@@ -513,6 +513,16 @@ def test_resuming_a_moved_sweep_folder_is_one_line(tmp_path, capsys):
                                        "move it back there to resume it\n")
 
 
+def test_the_importance_plot_names_the_value_its_study_holds(tmp_path, monkeypatch):
+    """The studies hold each trial's best epoch's val_acc (SettingsSearch); the plot's axis still said 'the last'."""
+    from knnmix import plots
+
+    labels: list[str] = []
+    monkeypatch.setattr(plots, "save", lambda fig, path, **_: labels.append(fig.axes[0].get_xlabel()) or path)
+    plots.plot_importances(tmp_path / "p.png", {"method.k": 0.7, "optim.lr": 0.3}, "t")
+    assert labels == ["importance (fANOVA) for the best epoch's noisy-validation accuracy"]
+
+
 def test_the_printed_optuna_command_survives_a_folder_with_spaces_and_a_hash(tmp_path):
     """The MLflow UI command was quoted, the Optuna one was not: '/runs/sp ü/sw #1' broke it at the space, and
     the shell dropped everything after '#'."""
