@@ -901,11 +901,12 @@ def test_optuna_storage_holds_every_study(e2e):
 
 
 @pytest.mark.slow
-def test_mlflow_holds_nested_runs_params_metrics_and_artifacts(e2e):
+def test_mlflow_holds_nested_runs_params_metrics_and_artifacts(e2e, monkeypatch):
     import mlflow
     import mlflow.artifacts
     import mlflow.pytorch
 
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", e2e.uri)  # put back after the test: set_tracking_uri exports it
     mlflow.set_tracking_uri(e2e.uri)  # models:/ URIs resolve through the tracking store
     client = client_for(e2e.uri)
     runs = runs_by_kind(e2e.uri, "knnmix-sweep-e2e")
