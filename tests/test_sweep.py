@@ -218,6 +218,10 @@ _BAD_CASES = [
     ({"base": {"config": "nopreset"}}, "base.config: config 'nopreset' is neither a file nor an embedded preset"),
     ({"base": {"config": "digits", "set": {**BASE_SET, "data.val_fraction": 0.0}}},
      "base.set.data.val_fraction: sweeps select on the noisy-validation accuracy (val_acc)"),
+    ({"noise": [{"spec": "symmetric:0.2", "set": {"data.val_fraction": 0}}]},  # Tune's traceback at the 1st epoch
+     "noise[0].set.data.val_fraction: sweeps select on the noisy-validation accuracy (val_acc)"),
+    ({"params": {**PARAMS, "data.val_fraction": {"type": "choice", "values": [0.1, 0.0]}}},
+     "params.data.val_fraction.values[1]: sweeps select on the noisy-validation accuracy (val_acc)"),
     ({"start_with": [{**GOOD, "optim.lr": 2.0}]}, "start_with[0].optim.lr: 2.0 is outside loguniform"),
     ({"start_with": [{"method.k": 2}]}, "start_with[0]: gives no value for "),
 ]
@@ -443,6 +447,20 @@ def test_resume_with_a_changed_space_file_names_what_changed(tmp_path):
         S.resolve_space(folder, str(path), ["sweep.trials=9"], resume=True)
 
 
+def test_a_space_whose_bounds_start_at_zero_is_saved_whole_and_resumes(tmp_path):
+    """Param.to_dict dropped a bound equal to False (low: 0, low: 0.0): the sweep folder's space.yaml lost it and
+    --resume was one line, 'params.method.warmup_epochs: int needs low and high'."""
+    params = {"method.warmup_epochs": {"type": "int", "low": 0, "high": 1},
+              "optim.weight_decay": {"type": "uniform", "low": 0.0, "high": 0.001}}
+    space = SP.load_space(write_space(tmp_path, params=params, start_with=[]))
+    assert {k: p.to_dict() for k, p in space.params.items()} == params
+    folder = S.SweepFolder(tmp_path / "sweep")
+    folder.root.mkdir()
+    folder.file(S.SPACE_FILE).write_text(space.to_yaml())
+    S._write_state(folder, S.new_state(space, TR.Store.from_uri(f"sqlite:///{tmp_path / 'runs.db'}")))
+    assert S.resolve_space(folder, None, [], resume=True).to_dict() == space.to_dict()
+
+
 def test_resume_after_editing_the_sweep_folders_space_file_is_refused_in_one_line(tmp_path, capsys):
     """Tune restores the experiment as started: with trials raised in the folder's space.yaml, each --resume ran the
     old trials, then said 'sweep stopped (4 of 6 trials ended); continue it with ... --resume', never finishing."""
@@ -458,6 +476,51 @@ def test_resume_after_editing_the_sweep_folders_space_file_is_refused_in_one_lin
     err = capsys.readouterr().err.strip()
     assert err.startswith("knnmix: error: ") and "\n" not in err, err
     assert "space.yaml' was edited after the sweep started (trials: 3 -> 5)" in err, err
+
+
+def test_resuming_with_another_mlflow_tracking_uri_is_refused_as_with_tracking_uri(tmp_path, monkeypatch, capsys):
+    """docs/sweeps.md: a changed store is refused on --resume; MLFLOW_TRACKING_URI pointing at another store was
+    silently ignored (the sweep went on logging to the store it started with)."""
+    space = SP.load_space(write_space(tmp_path))
+    folder = S.SweepFolder(tmp_path / "sweep")
+    folder.root.mkdir()
+    folder.file(S.SPACE_FILE).write_text(space.to_yaml())
+    (tmp_path / "file").write_text("")  # the saved store cannot answer: without the check the resume fails there
+    S._write_state(folder, S.new_state(space, TR.Store.from_uri(f"sqlite:///{tmp_path / 'file' / 'm.db'}")))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'other.db'}")
+    assert cli_main(["sweep", "--resume", "--out", str(folder.root)]) == 2
+    err = capsys.readouterr().err
+    assert f"tracking URI 'sqlite:///{tmp_path / 'other.db'}' (--tracking-uri or MLFLOW_TRACKING_URI) differs" in err
+
+
+def test_resuming_a_moved_sweep_folder_is_one_line(tmp_path, capsys):
+    """Tune's saved experiment names the sweep folder (the Optuna storage, the MLflow logger's run folders): a sweep
+    folder moved, then resumed, ended in a 60-line sqlite3 'unable to open database file' traceback after Ray
+    started."""
+    space = SP.load_space(write_space(tmp_path))
+    before, after = S.SweepFolder(tmp_path / "sweep"), S.SweepFolder(tmp_path / "moved")
+    before.root.mkdir()
+    before.file(S.SPACE_FILE).write_text(space.to_yaml())
+    S._write_state(before, {**S.new_state(space, TR.Store.from_uri(f"sqlite:///{tmp_path / 'm.db'}")),
+                            "folder": str(before.root)})
+    (tmp_path / "link").symlink_to(before.root)
+    with pytest.raises(KnnmixError, match="differs from the store"):  # the same folder by another path: no move
+        S.run_sweep(space, tmp_path / "link", resume=True, store=TR.Store.from_uri(f"sqlite:///{tmp_path}/x.db"))
+    before.root.rename(after.root)
+    assert cli_main(["sweep", "--resume", "--out", str(after.root)]) == 2
+    assert capsys.readouterr().err == (f"knnmix: error: sweep folder {str(after.root)!r} was started as "
+                                       f"{str(before.root)!r}, which its Tune experiment and Optuna studies name: "
+                                       "move it back there to resume it\n")
+
+
+def test_the_importance_plot_names_the_value_its_study_holds(tmp_path, monkeypatch):
+    """The studies hold each trial's best epoch's val_acc (SettingsSearch); the plot's axis still said 'the last'."""
+    from knnmix import plots
+
+    labels: list[str] = []
+    monkeypatch.setattr(plots, "save", lambda fig, path, **_: labels.append(fig.axes[0].get_xlabel()) or path)
+    plots.plot_importances(tmp_path / "p.png", {"method.k": 0.7, "optim.lr": 0.3}, "t")
+    assert labels == ["importance (fANOVA) for the best epoch's noisy-validation accuracy"]
 
 
 def test_the_printed_optuna_command_survives_a_folder_with_spaces_and_a_hash(tmp_path):
@@ -628,6 +691,28 @@ def test_a_sweep_registers_the_marking_of_its_runs_killed_for_the_sigterm_exit(t
     assert ray_env.BEFORE_EXIT == []  # the sweep ended: nothing left to mark
 
 
+def test_resuming_a_finished_sweep_leaves_its_mlflow_runs_finished_and_logs_no_total_twice(tmp_path):
+    """--resume on a finished sweep (e.g. to --register its models) set its noise settings' runs RUNNING again
+    (open_sweep_runs reuses them) and left them so for good, and logged the sweep run's totals a second time."""
+    space = SP.load_space(write_space(tmp_path))
+    store = TR.Store.from_uri(f"sqlite:///{tmp_path / 'm.db'}")
+    (tmp_path / "space.yaml").write_text(space.to_yaml())
+    ml: dict = {}
+    summary = {"failed": 0, "settings": [{"noise": s.spec, "slug": s.slug, "best": {"val_acc": 50.0 + i,
+                                                                                    "test_acc": 60.0}}
+                                         for i, s in enumerate(space.settings)]}
+    for _ in range(2):  # the sweep, then --resume of the finished sweep
+        T.open_sweep_runs(store, space, space.settings, ml, tmp_path / "space.yaml")
+        for s, entry in zip(space.settings, summary["settings"]):
+            entry.update(trials=0, completed=0, stopped_early=0, failed=0, study=S.study_name(space, s))
+            T.finish_setting_run(store, ml, s, entry, [], None, tmp_path / "plots", "sqlite:///:memory:", None)
+        T.finish_sweep_run(store, ml, summary, [], tmp_path / "plots", "t")
+    client = store.client()
+    runs = [ml["sweep_run_id"], *ml["settings"].values()]
+    assert [client.get_run(r).info.status for r in runs] == ["FINISHED"] * 3
+    assert len(client.get_metric_history(ml["sweep_run_id"], "best_val_acc.symmetric-0.2")) == 1
+
+
 def test_a_ray_temp_dir_too_long_for_its_sockets_is_one_line(tmp_path):
     """A long RAY_TMPDIR (Ray's Unix socket paths may have 107 bytes) was a 30-line OSError traceback."""
     env = {**os.environ, "RAY_TMPDIR": str(tmp_path / ("x" * 90))}
@@ -675,6 +760,37 @@ def test_a_resumed_sweep_prints_each_trials_line(local_ray, tmp_path, caplog):
     S.run_sweep(space, out, resume=True, echo=resumed.append)
     assert [x.split(" after ")[0].split()[:2] for x in resumed if x.lstrip().startswith("trial")] == [["trial", "2/2"]]
     assert set(statuses().values()) == {"FINISHED"} and len(statuses()) == 4
+
+
+@pytest.mark.slow
+def test_a_failed_trial_that_resume_runs_again_is_logged_and_selected_as_it_ended(local_ray, tmp_path):
+    """--resume runs a failed trial again (resume_errored), but its MLflow run stayed FAILED without the rerun's
+    epochs, and its setting's run kept the old best, best tag, model and counts (it was finalized once)."""
+    weights = tmp_path / "w.pt"  # missing at first: the trial that starts from it fails
+    space = SP.load_space(write_space(
+        tmp_path, base={"config": "digits", "set": {**BASE_SET, "epochs": 2, "data.train_subset": 300}},
+        noise=["symmetric:0.2"], trials=2, asha={"grace_period": 2}, max_concurrent_trials=1,
+        params={"model.pretrained": {"type": "choice", "values": [None, str(weights)]}},
+        start_with=[{"model.pretrained": None}, {"model.pretrained": str(weights)}]))
+    out, store = tmp_path / "sweep", TR.Store.from_uri(f"sqlite:///{tmp_path / 'runs.db'}")
+    assert S.run_sweep(space, out, store=store, echo=None)["failed"] == 1
+    (done,) = (out / "symmetric-0.2" / "trials").glob("*/model_best.pt")
+    torch.save(safe_load(done)["state_dict"], weights)
+    lines: list[str] = []
+    summary = S.run_sweep(space, out, resume=True, echo=lines.append)
+    assert summary["failed"] == 0 and summary["settings"][0]["completed"] == 2
+    assert [x.split(" after ")[0].split() for x in lines if x.lstrip().startswith("trial")] == [
+        ["trial", "2/2", "completed"]]
+    client, (setting,) = store.client(), summary["settings"]
+    trials = runs_by_kind(store.uri, space.experiment_name)["trial"]
+    assert {(r.info.status, r.data.tags[T.OUTCOME_TAG]) for r in trials} == {("FINISHED", "completed")}
+    assert all(r.data.metrics["epochs_run"] == 2 and "val_acc" in r.data.metrics for r in trials)
+    assert [r.data.tags[T.TRIAL_TAG] for r in trials if r.data.tags.get("knnmix.best")] == [setting["best"]["trial_id"]]
+    run = client.get_run(setting["mlflow_run_id"])
+    assert run.data.tags["knnmix.best_trial"] == setting["best"]["trial_id"] and run.data.metrics["failed"] == 0
+    assert run.data.metrics["best_val_acc"] == setting["best"]["val_acc"]
+    models = client.search_logged_models([run.info.experiment_id])
+    assert [m.source_run_id for m in models] == [setting["best_mlflow_run_id"]]  # one model, the best trial's
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -785,11 +901,12 @@ def test_optuna_storage_holds_every_study(e2e):
 
 
 @pytest.mark.slow
-def test_mlflow_holds_nested_runs_params_metrics_and_artifacts(e2e):
+def test_mlflow_holds_nested_runs_params_metrics_and_artifacts(e2e, monkeypatch):
     import mlflow
     import mlflow.artifacts
     import mlflow.pytorch
 
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", e2e.uri)  # put back after the test: set_tracking_uri exports it
     mlflow.set_tracking_uri(e2e.uri)  # models:/ URIs resolve through the tracking store
     client = client_for(e2e.uri)
     runs = runs_by_kind(e2e.uri, "knnmix-sweep-e2e")

@@ -280,7 +280,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     folder = S.SweepFolder(Path(args.out).expanduser().absolute())
     space = S.resolve_space(folder, args.space, args.overrides, resume=args.resume)
-    store = Store.from_uri(args.tracking_uri) if args.tracking_uri else None
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")  # --resume refuses one that differs
+    store = Store.from_uri(uri) if uri else None
     summary = S.run_sweep(space, folder.root, store=store, resume=args.resume, verbose=args.verbose,
                           register=args.register)
     best = {s["noise"]: s["best"] and {k: s["best"][k] for k in ("val_acc", "test_acc", "params")}

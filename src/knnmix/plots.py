@@ -91,5 +91,5 @@ def plot_importances(path: Path, importances: dict[str, float], title: str) -> P
     keys = list(importances)[::-1]
     fig, ax = pyplot().subplots(figsize=(6, 0.5 * len(keys) + 1.5))
     ax.barh(keys, [importances[k] for k in keys])
-    ax.set(xlabel="importance (fANOVA) for the last noisy-validation accuracy", title=title)
+    ax.set(xlabel="importance (fANOVA) for the best epoch's noisy-validation accuracy", title=title)
     return save(fig, path)

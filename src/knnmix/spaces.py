@@ -107,7 +107,9 @@ class Param(_Schema):
 
     def to_dict(self) -> dict[str, Any]:
         keep = ("values",) if self.type == "choice" else ("low", "high", "step", "log")
-        return {"type": self.type, **{k: getattr(self, k) for k in keep if getattr(self, k) not in (None, False)}}
+        # 'is not None', not 'not in (None, False)': low 0 or 0.0 equals False and was dropped from space.yaml
+        return {"type": self.type, **{k: getattr(self, k) for k in keep
+                                      if getattr(self, k) is not None and (k != "log" or self.log)}}
 
 
 @dataclass
@@ -236,9 +238,13 @@ def _validate(space: SearchSpace, root: Path | None) -> None:
     check(not fixed, "base.set", f"{', '.join(fixed)}: set by the sweep for each trial (--out names the sweep's "
           "folder, a setting its noise.spec; a trial's threads are distributed.cpus_per_worker)")
     base = C.as_config_error("base", space.base_config)
-    check(base.data.val_fraction > 0 or base.data.name in SHIPPED_VALIDATION, "base.set.data.val_fraction",
-          f"sweeps select on the noisy-validation accuracy ({METRIC}): use a validation fraction > 0 "
-          f"({base.data.name} ships no validation split)")
+
+    def validated(cfg: C.Config, where: str) -> None:  # every trial reports val_acc (else Tune's traceback)
+        check(cfg.data.val_fraction > 0 or cfg.data.name in SHIPPED_VALIDATION, where,
+              f"sweeps select on the noisy-validation accuracy ({METRIC}): use a validation fraction > 0 "
+              f"({cfg.data.name} ships no validation split)")
+
+    validated(base, "base.set.data.val_fraction")
     from knnmix.noise import parse_noise_spec
 
     check(len(space.noise) > 0, "noise", "expected a non-empty list of noise specs")
@@ -257,6 +263,7 @@ def _validate(space: SearchSpace, root: Path | None) -> None:
         check(setting.slug not in seen, where, f"{canonical!r} is listed twice (also noise[{seen.get(setting.slug)}])")
         seen[setting.slug] = i
         cfg = C.as_config_error(where, lambda s=setting: space.setting_config(s))
+        validated(cfg, f"{where}.set.data.val_fraction")
         kind = canonical.split(":")[0]
         if kind in ("cifar10n", "cifar100n"):
             dataset = kind[:-1]
@@ -301,7 +308,8 @@ def _validate(space: SearchSpace, root: Path | None) -> None:
         corners = ([(v, f"values[{i}]") for i, v in enumerate(dist.choices)] if param.type == "choice"
                    else [(dist.low, "low"), (dist.high, "high")])
         for value, sub in corners:
-            C.as_config_error(f"{where}.{sub}", lambda v=value: C.replace(base, **{key: v}))
+            at = f"{where}.{sub}"
+            validated(C.as_config_error(at, lambda v=value: C.replace(base, **{key: v})), at)
 
     # ASHA and the start points
     a = space.asha

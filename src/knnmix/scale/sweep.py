@@ -370,11 +370,14 @@ def run_sweep(
     ray_env.quiet(verbose)
     with folder_lock(folder.root, "sweep folder"):
         state = check_state(folder, resume)
+        if state is not None and Path(state.get("folder", folder.root)).resolve() != folder.root.resolve():
+            raise KnnmixError(f"sweep folder {str(folder.root)!r} was started as {state['folder']!r}, which its Tune "
+                              "experiment and Optuna studies name: move it back there to resume it")
         if state is not None:
             saved = Store(state["tracking"]["uri"], state["tracking"]["artifact_root"])
             if store is not None and store.uri != saved.uri:
-                raise KnnmixError(f"--tracking-uri {store.uri!r} differs from the store this sweep logs to "
-                                  f"({saved.uri!r})")
+                raise KnnmixError(f"tracking URI {store.uri!r} (--tracking-uri or MLFLOW_TRACKING_URI) differs from "
+                                  f"the store this sweep logs to ({saved.uri!r})")
             store = saved
         store = store or Store.resolve()
         settings = space.settings
@@ -382,7 +385,7 @@ def run_sweep(
         configs = {slug: C.replace(cfg, **absolute_paths(cfg)) for slug, cfg in configs.items()}
         if state is None:
             atomic_write_text(folder.file(SPACE_FILE), space.to_yaml())
-            state = new_state(space, store)
+            state = {**new_state(space, store), "folder": str(folder.root)}  # Tune's state names it: not moved
         # the state (what --resume needs) is written once the store answered: a store that fails leaves no sweep
         ml = T.open_sweep_runs(store, space, settings, state["mlflow"], folder.file(SPACE_FILE), register)
         with T.ended_on_failure(store, ml):  # its runs KILLED / FAILED, not RUNNING for good

@@ -153,7 +153,7 @@ class TrialLogger(Callback):
         sweep started, with no trial done): the trials that ended before, so that the count goes on from them."""
         for parent in self.parents.values():
             self._done.update(r.data.tags[TRIAL_TAG] for r in child_runs(self.client, self.experiment_id, parent)
-                              if r.data.tags.get(OUTCOME_TAG) and r.data.tags.get(TRIAL_TAG))
+                              if r.data.tags.get(OUTCOME_TAG, "failed") != "failed" and r.data.tags.get(TRIAL_TAG))
 
     @cached_property
     def client(self) -> Any:
@@ -173,12 +173,15 @@ class TrialLogger(Callback):
             return None
         if tid not in self._runs:
             found = find_trial_run(self.client, self.experiment_id, tid)
-            if found and found.data.tags.get(OUTCOME_TAG):
+            outcome = found and found.data.tags.get(OUTCOME_TAG)
+            if outcome and outcome != "failed":
                 self._done.add(tid)
                 return None
             self._runs[tid] = found.info.run_id if found else self._create_run(trial)
             if found and found.info.status != "RUNNING":  # KILLED when an interrupted sweep stopped it
                 self.client.update_run(found.info.run_id, status="RUNNING")
+            if outcome:  # a failed trial that --resume (resume_errored) runs again
+                self.client.delete_tag(found.info.run_id, OUTCOME_TAG)
             self._epochs[tid] = {int(m.step) for m in self.client.get_metric_history(self._runs[tid], METRIC)}
         return self._runs[tid]
 
@@ -225,6 +228,8 @@ class TrialLogger(Callback):
         log_epochs(self.client, rid, [{"epoch": 0, "epochs_run": last, "best_val_acc": best.get(METRIC),
                                        "test_acc_at_best_val": best.get("test_acc")}])  # the trial's totals
         self.client.set_tag(rid, OUTCOME_TAG, outcome)
+        if not failed:  # a failed trial that --resume ran again: its setting, finalized before, is finalized again
+            self.client.set_tag(self.parents[trial.config[SETTING_KEY]], FINALIZED_TAG, "false")
         self.client.set_terminated(rid, status="FAILED" if failed else "FINISHED")
         self._done.add(trial.trial_id)
         if echo := ECHOES.get(self.root):
@@ -249,6 +254,7 @@ def finish_setting_run(store: Store, ml: dict[str, Any], setting: Any, entry: di
         entry["importances"] = json.loads(run.data.tags.get("knnmix.importances", "null") or "null")
         if register and entry["model_uri"] and entry.get("best_mlflow_run_id"):  # --register on a finished sweep
             register_once(store, entry["model_uri"], entry["best_mlflow_run_id"], register)
+        client.set_terminated(run_id, status="FINISHED")  # open_sweep_runs set it RUNNING again
         return
     plots.mkdir(parents=True, exist_ok=True)
     log_params(client, run_id, {"noise.spec": setting.spec, **{f"set.{k}": v for k, v in setting.set.items()}})
@@ -262,7 +268,11 @@ def finish_setting_run(store: Store, ml: dict[str, Any], setting: Any, entry: di
         client.log_artifact(run_id, str(plot_importances(plots / "param_importances.png", entry["importances"],
                                                           f"{setting.spec}: parameter importances")), "plots")
     totals = {k: entry[k] for k in ("trials", "completed", "stopped_early", "failed")}
+    before = run.data.tags.get("knnmix.best_trial")  # when finalized again
     if best is not None:
+        if before not in (None, best.trial_id):
+            with suppress(Exception):  # MlflowException: that run has no such tag
+                client.delete_tag(find_trial_run(client, ml["experiment_id"], before).info.run_id, "knnmix.best")
         client.set_tag(run_id, "knnmix.best_trial", best.trial_id)
         totals.update(best_val_acc=entry["best"]["val_acc"], best_test_acc=entry["best"]["test_acc"])
         log_files(client, run_id, best.run_folder, (LABEL_ISSUES, LABEL_ISSUES_PLOT, CONFIG), "best_trial")
@@ -272,7 +282,11 @@ def finish_setting_run(store: Store, ml: dict[str, Any], setting: Any, entry: di
             client.log_artifact(run_id, str(hist), "plots")
         if entry["best_mlflow_run_id"]:
             client.set_tag(entry["best_mlflow_run_id"], "knnmix.best", "true")
-            if (best.run_folder / BEST_MODEL).exists():
+            if before == best.trial_id and run.data.tags.get("knnmix.model_uri"):  # logged before: not twice
+                entry["model_uri"] = run.data.tags["knnmix.model_uri"]
+                if register:
+                    register_once(store, entry["model_uri"], entry["best_mlflow_run_id"], register)
+            elif (best.run_folder / BEST_MODEL).exists():
                 entry["model_uri"] = log_model(store, entry["best_mlflow_run_id"], best.run_folder / BEST_MODEL,
                                                register=register)
                 client.set_tag(run_id, "knnmix.model_uri", entry["model_uri"])
@@ -305,5 +319,6 @@ def finish_sweep_run(store: Store, ml: dict[str, Any], summary: dict[str, Any], 
         client.log_artifact(run_id, str(f))
     totals = {f"best_{key}.{s['slug']}": s["best"][key] for s in summary["settings"] if s["best"]
               for key in ("val_acc", "test_acc")}
-    log_epochs(client, run_id, [{"epoch": 0, **totals}])
+    have = client.get_run(run_id).data.metrics  # a resumed finished sweep: each total once
+    log_epochs(client, run_id, [{"epoch": 0, **{k: v for k, v in totals.items() if have.get(k) != v}}])
     client.set_terminated(run_id, status="FAILED" if summary["failed"] else "FINISHED")
