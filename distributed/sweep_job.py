@@ -13,16 +13,17 @@ Runs unchanged on a laptop and on a cluster:
 The knnmix sources next to this file (``../src``) win over an installed knnmix, so a job runs the code it was
 submitted with; they travel to every trial and worker in the job's runtime environment. A submitted job's working
 directory is a temporary copy, so ``--out`` must be absolute there, and the MLflow store defaults to ``mlflow.db``
-and ``mlartifacts/`` in the folder that contains ``--out`` (not the working directory); ``--tracking-uri`` points
-elsewhere. Extra flag: ``--resume-if-exists`` continues the sweep when ``--out`` already holds one and starts it
-otherwise (for job retries). Exit status: 0 done, 2 a user error (one line on stderr), 1 otherwise (also when a
-trial failed). See distributed/README.md.
+and ``mlartifacts/`` in the folder that contains ``--out`` (not the working directory); ``--tracking-uri`` (or
+``MLFLOW_TRACKING_URI``, e.g. in the job's ``env_vars``) points elsewhere. Extra flag: ``--resume-if-exists``
+continues the sweep when ``--out`` already holds one and starts it otherwise (for job retries). Exit status: 0
+done, 2 a user error (one line on stderr), 1 otherwise (also when a trial failed). See distributed/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config key of the base run, or sweep.FIELD of the space (repeatable)")
     p.add_argument("--out", required=True, help="sweep folder (absolute for a submitted job)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite mlflow.db next to --out)")
+    p.add_argument("--tracking-uri",
+                   help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite mlflow.db next to --out)")
     p.add_argument("--resume", action="store_true", help="continue the sweep in --out")
     p.add_argument("--resume-if-exists", action="store_true",
                    help="continue the sweep if --out already holds one, otherwise start it")
@@ -61,13 +63,14 @@ def sweep(args: argparse.Namespace) -> int:
     from knnmix.scale import sweep as S
     from knnmix.tracking import Store
 
-    ray_env.refuse_temporary_paths(args.out, args.tracking_uri)
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")  # as `knnmix sweep` (--resume refuses a change)
+    ray_env.refuse_temporary_paths(args.out, uri)
     out = Path(args.out).expanduser().absolute()
     folder = S.SweepFolder(out)
     resume = args.resume or (args.resume_if_exists and folder.file(S.STATE_FILE).exists())
     space = S.resolve_space(folder, args.space, args.overrides, resume=resume)
-    if args.tracking_uri:
-        store = Store.from_uri(args.tracking_uri)
+    if uri:
+        store = Store.from_uri(uri)
     else:  # a resumed sweep keeps the store it started with (sweep_state.json)
         store = None if resume else Store.default(out.parent)
     summary = S.run_sweep(space, out, store=store, resume=resume)

@@ -484,10 +484,14 @@ def test_a_submitted_job_refuses_paths_in_its_temporary_working_directory(script
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     first = ["--config", "digits", "--workers", "2"] if script == "train_job.py" else ["smoke"]
     for flags, named in ((["--out", "runs/x"], "--out 'runs/x'"),
-                         (["--out", str(tmp_path / "x"), "--tracking-uri", "sqlite:///m.db"], "--tracking-uri 'm.db'")):
+                         (["--out", str(tmp_path / "x"), "--tracking-uri", "sqlite:///m.db"],
+                          "--tracking-uri (or MLFLOW_TRACKING_URI) 'm.db'")):
         assert job.main([*first, *flags]) == 2
         assert capsys.readouterr().err.strip() == (f"knnmix: error: {named} must be absolute in a submitted job (its "
                                                    "working directory is a temporary copy that Ray deletes)")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///m.db")  # the store in the job's env_vars: read, as the flag
+    assert job.main([*first, "--out", str(tmp_path / "x")]) == 2
+    assert "MLFLOW_TRACKING_URI) 'm.db' must be absolute in a submitted job" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 

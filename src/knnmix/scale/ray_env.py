@@ -53,7 +53,7 @@ def refuse_temporary_paths(out: str | None, tracking_uri: str | None) -> None:
     if not os.environ.get(_JOB_CONFIG_ENV):
         return
     db = tracking_uri[len("sqlite:///"):] if tracking_uri and tracking_uri.startswith("sqlite:///") else None
-    for flag, path in (("--out", out), ("--tracking-uri", db)):
+    for flag, path in (("--out", out), ("--tracking-uri (or MLFLOW_TRACKING_URI)", db)):
         if path is not None and not Path(path).expanduser().is_absolute():
             raise KnnmixError(f"{flag} {path!r} must be absolute in a submitted job (its working directory is a "
                               "temporary copy that Ray deletes)")
