@@ -228,7 +228,7 @@ class TrialLogger(Callback):
         log_epochs(self.client, rid, [{"epoch": 0, "epochs_run": last, "best_val_acc": best.get(METRIC),
                                        "test_acc_at_best_val": best.get("test_acc")}])  # the trial's totals
         self.client.set_tag(rid, OUTCOME_TAG, outcome)
-        if not failed:  # a failed trial that --resume ran again: its setting, finalized before, is finalized again
+        if not failed:  # its setting is finalized (again, when --resume reran a failed trial of a finalized one)
             self.client.set_tag(self.parents[trial.config[SETTING_KEY]], FINALIZED_TAG, "false")
         self.client.set_terminated(rid, status="FAILED" if failed else "FINISHED")
         self._done.add(trial.trial_id)
