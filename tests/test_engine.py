@@ -387,6 +387,21 @@ def test_auto_noise_adds_none_to_labels_that_are_already_noisy(tmp_path):
     assert train(digits, echo=None)["noise"] == "symmetric:0.4"
 
 
+def test_a_spec_as_typed_is_recorded_as_the_labels_it_gave(tmp_path):
+    """--noise ' Symmetric:0.40' was recorded as typed in config.yaml and summary.json, and pairflip:0 as pairflip:0
+    on clean labels: the canonical spec, as noisy_labels.npz has it, is recorded; the run resumes either way."""
+    dotted = {"method.name": "ce", "data.train_subset": 60, "noise.spec": " Symmetric:0.40"}
+    cfg = digits_cfg(tmp_path, epochs=1, **dotted)
+    assert train(cfg, echo=None)["noise"] == "symmetric:0.4"
+    assert C.load(tmp_path / "run" / "config.yaml").noise.spec == "symmetric:0.4"
+    assert str(np.load(tmp_path / "run" / "noisy_labels.npz")["spec"]) == "symmetric:0.4"
+    assert train(C.replace(cfg, epochs=2), resume=True, echo=None)["epochs"] == 2  # the spec as typed again
+    assert E.canonical_noise({"noise": {"spec": " Symmetric:0.40"}}) == {"noise": {"spec": "symmetric:0.4"}}  # older
+    zero = C.replace(cfg, **{"noise.spec": "pairflip:0", "out": str(tmp_path / "zero")})
+    summary = train(zero, echo=None)
+    assert summary["noise"] == "none" and summary["noise_rate"] == 0.0
+
+
 def test_resume_on_other_data_is_refused_and_a_failed_overwrite_keeps_the_run(tmp_path):
     image_folder(tmp_path / "images")
     cfg = folder_cfg(tmp_path)

@@ -37,6 +37,7 @@ from knnmix.methods import dist as D
 from knnmix.methods.phases import Bank, gather_bank
 from knnmix.methods.state import SampleState
 from knnmix.models import build_model
+from knnmix.noise import parse_noise_spec
 from knnmix.provenance import git_commit
 
 #: ``on_epoch(run, record, summary)``: called after every epoch (after :func:`finish` at the last one, with its summary).
@@ -169,7 +170,7 @@ def resolve_config(cfg: C.Config, splits: Splits) -> C.Config:
         changes["model.name"] = splits.bundle.default_model
     if cfg.noise.seed is None:
         changes["noise.seed"] = cfg.seed
-    if cfg.noise.spec == "auto":
+    if cfg.noise.spec != splits.noise.spec:  # auto, or a spec as typed (" Symmetric:0.40", "pairflip:0")
         changes["noise.spec"] = splits.noise.spec
     if cfg.data.image_size is None and "image_size" in dataset_options(cfg.data.name):
         changes["data.image_size"] = splits.train.source.shape[1]  # the side the data set chose
@@ -539,8 +540,21 @@ def restore(run: Run, ckpt: dict[str, Any], source: str = "the checkpoint") -> N
         raise CheckpointError(f"{source} does not fit this run (damaged or edited?): {one_line(exc, 200)}") from None
 
 
+def canonical_noise(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config with its noise spec canonical, as :func:`resolve_config` now records it (a run saved
+    before 2026-12-02 kept the spec as typed, e.g. "Symmetric:0.40")."""
+    spec = saved.get("noise", {}).get("spec")
+    if not isinstance(spec, str) or spec == "auto":
+        return saved
+    try:
+        canonical = str(parse_noise_spec(spec))
+    except KnnmixError:
+        return saved  # a spec no longer known: the comparison names it
+    return {**saved, "noise": {**saved["noise"], "spec": canonical}}
+
+
 def _restore(run: Run, ckpt: dict[str, Any]) -> None:
-    if shown := C.differences(ckpt["config"], C.to_dict(run.cfg), 4, RESUMABLE_CHANGES):
+    if shown := C.differences(canonical_noise(ckpt["config"]), C.to_dict(run.cfg), 4, RESUMABLE_CHANGES):
         raise ConfigError(f"cannot resume with a different config ({shown}); only paths, resources and epochs may "
                           "change")
     if ckpt["epoch"] > run.cfg.epochs:
