@@ -246,6 +246,12 @@ def test_csv_mode_integer_labels_and_classes_txt(flat: Path) -> None:
     assert csv.exists()
 
 
+def test_a_folder_as_labels_file_is_named_a_folder(flat: Path) -> None:
+    """knnmix audit DIR --labels DIR said the folder, which exists, "does not exist"."""
+    with pytest.raises(DataError, match=r"data.labels_file img is a folder \(.*img\), not a CSV file$"):
+        load_dataset("imagefolder", flat, False, image_size=16, labels_file="img")  # below root
+
+
 def test_csv_integer_labels_without_classes_txt_sort_numerically(flat: Path) -> None:
     rows = ["path,label"] + [f"img/{i}.png,{lab}" for i, lab in enumerate([10, 2, 2, 10, 7])]
     csv = write_csv(flat / "labels.csv", rows)

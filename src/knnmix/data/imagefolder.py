@@ -188,7 +188,9 @@ def read_train(root: str | None, labels_file: str | None = None) -> LabelledFile
         given = os.path.expanduser(labels_file)
         csv_path = next((p for p in (given, os.path.join(root, given)) if os.path.isfile(p)), None)
         if csv_path is None:
-            raise DataError(f"{NAME}: data.labels_file {labels_file} does not exist (nor below {root})")
+            folder = next((p for p in (given, os.path.join(root, given)) if os.path.isdir(p)), None)
+            found = f"is a folder ({folder}), not a CSV file" if folder else f"does not exist (nor below {root})"
+            raise DataError(f"{NAME}: data.labels_file {labels_file} {found}")
         train = read_csv(os.path.abspath(csv_path), root)
     else:
         train = read_folder(root)
