@@ -651,3 +651,11 @@ def test_asymmetric_cifar100_on_real_superclasses(cifar_n_files: dict[str, dict[
     fine_to_coarse = np.zeros(100, dtype=np.int64)
     fine_to_coarse[fine] = coarse
     np.testing.assert_array_equal(fine_to_coarse[res.noisy_labels], coarse)
+
+
+@pytest.mark.parametrize(("spec", "n", "flips"), [("symmetric:0.29", 50, 15), ("pairflip:0.35", 90, 32)])
+def test_a_half_count_rounds_up_though_the_float_product_falls_below_it(spec, n, flips):
+    """0.29 * 50 is 14.499999999999998 in floats: symmetric:0.29 flipped 14 of 50 labels, not round(14.5) = 15 as
+    documented (halves rounded up); pairflip:0.35 on one class of 90 flipped 31, not 32."""
+    res = apply_noise(spec, np.zeros(n, dtype=np.int64), 10, seed=0)
+    assert int(res.is_noisy.sum()) == flips

@@ -7,6 +7,7 @@ call is reproducible from its seed. See ``docs/noise.md`` for the exact conventi
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -31,8 +32,11 @@ ASYMMETRIC_CLASS_MAPS: Mapping[str, Mapping[int, int]] = MappingProxyType(
 
 
 def exact_count(rate: float, n: int) -> int:
-    """``round(rate * n)`` with halves rounded up: how many of ``n`` samples a rate-``rate`` model flips."""
-    return min(n, int(math.floor(rate * n + 0.5)))
+    """``round(rate * n)`` with halves rounded up: how many of ``n`` samples a rate-``rate`` model flips.
+
+    Computed on the rate as written (its shortest decimal), exactly: in floats ``0.29 * 50`` is 14.499999999999998,
+    and the half, 14.5, was rounded down."""
+    return min(n, math.floor(Fraction(repr(float(rate))) * n + Fraction(1, 2)))
 
 
 def flip_within_classes(
