@@ -7,8 +7,8 @@ call is reproducible from its seed. See ``docs/noise.md`` for the exact conventi
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 from collections.abc import Mapping
+from fractions import Fraction
 from types import MappingProxyType
 from typing import Any
 
