@@ -17,6 +17,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -265,16 +266,20 @@ def check_run_state(cfg: C.Config, *, resume: bool, overwrite: bool = False) -> 
     folder = RunFolder(cfg.out)
     storage, name = storage_of(cfg)
 
-    def held() -> str | None:  # Ray Train's storage is read only once the flags agree
-        in_ray = has_ray_checkpoint(storage, name)
+    @cache
+    def latest() -> dict[str, Any] | None:  # Ray Train's storage is read once, and only once the flags agree
+        return latest_ray_checkpoint(storage, name)
+
+    def held() -> str | None:
+        in_ray = latest() is not None
         return (f"run folder {str(folder.path)!r}" if folder.has_run()
                 else f"Ray Train storage {storage!r} (run name {name!r})" if in_ray else None)
 
     missing = f"no Ray Train checkpoint of run {name!r} in {storage!r} and no {str(folder.file(CHECKPOINT))!r}"
     replace = E.resume_or_replace(held, resume=resume, overwrite=overwrite, missing=missing,
                                   another="--out (or distributed.name)")
-    latest = latest_ray_checkpoint(storage, name) if resume and folder.has_run() else None
-    if latest and of_another_run(folder, latest):  # Ray Train would restore it: the old run, or a config error
+    # Ray Train would restore another run's checkpoint: the old run, or a config error
+    if resume and folder.has_run() and latest() and of_another_run(folder, latest()):
         raise KnnmixError(f"Ray Train storage {storage!r} (run name {name!r}) holds checkpoints of another run than "
                           f"run folder {str(folder.path)!r} (replaced without Ray?): delete {storage}/{name} or "
                           "pass --set distributed.name=NEW to resume the folder's checkpoint.pt")
