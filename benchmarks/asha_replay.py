@@ -22,6 +22,7 @@ import numpy as np
 
 from knnmix import spaces as SP
 from knnmix.provenance import git_commit, machine
+from knnmix import sweep_folder as SF
 from knnmix.scale import sweep as S
 from knnmix.tracking import Store
 
@@ -44,7 +45,7 @@ def arm(runs: Path, seed: int, grace: int = EPOCHS, factor: int = 4) -> list[dic
     if not (out / "sweep_summary.json").exists():
         S.run_sweep(space, out, store=Store.from_uri(f"sqlite:///{runs.absolute() / 'mlflow.db'}"), echo=print,
                     resume=(out / "sweep_state.json").exists())
-    trials = S.collect_trials(S.SweepFolder(out))
+    trials = S.collect_trials(SF.SweepFolder(out))
     return [{"trial_id": t.trial_id, "params": dict(t.params), "val": [r["val_acc"] for r in t.records]}
             for t in trials]
 

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from knnmix.provenance import git_commit, machine
 from knnmix import spaces as SP
+from knnmix import sweep_folder as SF
 from knnmix.scale import sweep as S
 from knnmix.tracking import Store
 
@@ -59,9 +60,9 @@ def timed_sweep(space: SP.SearchSpace, out: Path) -> dict:
     start = time.time()  # Tune's trial start times are wall-clock (time.time()) too
     summary = S.run_sweep(space, out, store=Store.from_uri(f"sqlite:///{out.parent / (out.name + '.db')}"), echo=None)
     wall = time.time() - start
-    tune_trials = {t.trial_id: t for t in ExperimentAnalysis(str(out / S.TUNE_DIR)).trials}
+    tune_trials = {t.trial_id: t for t in ExperimentAnalysis(str(out / SF.TUNE_DIR)).trials}
     trials = []
-    for t in S.collect_trials(S.SweepFolder(out.absolute())):
+    for t in S.collect_trials(SF.SweepFolder(out.absolute())):
         meta = tune_trials[t.trial_id].run_metadata
         worked = sum(r["train_time_s"] + r["eval_time_s"] for r in t.records)
         held = (meta.last_result_time or 0) - (meta.start_time or 0)

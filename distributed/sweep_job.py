@@ -59,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def sweep(args: argparse.Namespace) -> int:
+    from knnmix import sweep_folder as SF
     from knnmix.scale import ray_env
     from knnmix.scale import sweep as S
     from knnmix.tracking import Store
@@ -66,9 +67,9 @@ def sweep(args: argparse.Namespace) -> int:
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")  # as `knnmix sweep` (--resume refuses a change)
     ray_env.refuse_temporary_paths(args.out, uri)
     out = Path(args.out).expanduser().absolute()
-    folder = S.SweepFolder(out)
-    resume = args.resume or (args.resume_if_exists and folder.file(S.STATE_FILE).exists())
-    space = S.resolve_space(folder, args.space, args.overrides, resume=resume)
+    folder = SF.SweepFolder(out)
+    resume = args.resume or (args.resume_if_exists and folder.file(SF.STATE_FILE).exists())
+    space = SF.resolve_space(folder, args.space, args.overrides, resume=resume)
     if uri:
         store = Store.from_uri(uri)
     else:  # a resumed sweep keeps the store it started with (sweep_state.json)

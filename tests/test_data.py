@@ -26,7 +26,6 @@ from knnmix.data import (
     collate_batch,
     load_dataset,
 )
-from knnmix.data import cifar as cifar_module
 from knnmix.data import fashion_mnist as fmnist_module
 from knnmix.errors import DataError, KnnmixError
 

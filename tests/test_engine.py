@@ -432,7 +432,7 @@ def test_a_file_the_disk_cannot_hold_is_one_line_and_leaves_the_previous_one(tmp
     import resource
     import signal
 
-    from knnmix.engine.checkpoint import atomic_save, atomic_write_text
+    from knnmix.engine.checkpoint import atomic_save
 
     folder = RunFolder(tmp_path)
     atomic_save({"x": torch.zeros(10)}, folder.file("checkpoint.pt"))

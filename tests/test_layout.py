@@ -11,7 +11,8 @@ FLOORS = {
     "knnmix.math": 1,  # the method's math: pure tensor functions
     "knnmix.data": 2, "knnmix.noise": 2, "knnmix.models": 2, "knnmix.methods": 2,  # parts
     "knnmix.engine": 3,  # the training engine
-    "knnmix.scale": 4, "knnmix.spaces": 4, "knnmix.tracking": 4, "knnmix.cli": 4,  # Ray, Tune, MLflow, the CLI
+    "knnmix.scale": 4, "knnmix.spaces": 4, "knnmix.sweep_folder": 4, "knnmix.tracking": 4,  # Ray, Tune, MLflow
+    "knnmix.cli": 4,  # the command line
 }
 
 
@@ -122,3 +123,14 @@ def test_the_math_floor_imports_no_config_ray_or_mlflow():
             text = path.read_text()
             for banned in ("knnmix.config", "import ray", "mlflow", "knnmix.engine"):
                 assert banned not in text, f"{name} uses {banned}"
+
+
+def test_only_the_scale_layer_imports_ray():
+    """Ray, Tune and Ray Train are scale/'s: the engine, the sweep folder's files and results, MLflow logging and the
+    CLI import and run without Ray (the CLI reaches Ray only through knnmix.scale)."""
+    for name, path in modules().items():
+        if not name.startswith("knnmix.scale"):
+            tree = ast.parse(path.read_text())
+            imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names] + [
+                n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+            assert not [m for m in imported if m == "ray" or m.startswith("ray.")], f"{name} imports Ray"

@@ -21,7 +21,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -37,6 +36,7 @@ from knnmix.errors import ConfigError, KnnmixError
 from knnmix.provenance import command, git_commit
 from knnmix import spaces as SP
 from knnmix.scale import ray_env
+from knnmix import sweep_folder as SF
 from knnmix.scale import sweep as S
 from knnmix import tracking as TR
 from knnmix.scale import sweep_mlflow as T
@@ -290,7 +290,7 @@ def test_seeds_and_startup_trials_reach_each_settings_sampler(tmp_path):
     # start-up trials: the space's value, else scaled to the budget so that a small sweep still searches
     assert S.make_study(SP.load_space(write_space(tmp_path, "s2.yaml", startup_trials=5)), space.settings[0]) \
         ._sampler._n_startup_trials == 5
-    assert [S.startup_trials(SP.load_space(write_space(tmp_path, f"n{n}.yaml", trials=n))) for n in (3, 16, 100)] \
+    assert [SF.startup_trials(SP.load_space(write_space(tmp_path, f"n{n}.yaml", trials=n))) for n in (3, 16, 100)] \
         == [2, 4, 10]
     # start points are each setting's first suggestions
     started = SP.load_space(write_space(tmp_path, "s3.yaml"))
@@ -351,12 +351,12 @@ def _trial(tid: str, setting: str, last: int = 0):
 
 def test_the_best_trial_of_a_tie_is_the_first_created(tmp_path):
     """Trial ids are random: a tie broken by id could pick another config each time the same sweep runs."""
-    def record(tid: str, val: float) -> S.TrialRecord:
-        return S.TrialRecord(tid, "TERMINATED", "s", {}, tmp_path, [{"epoch": 1, "val_acc": val}], completed=True)
+    def record(tid: str, val: float) -> SF.TrialRecord:
+        return SF.TrialRecord(tid, "TERMINATED", "s", {}, tmp_path, [{"epoch": 1, "val_acc": val}], completed=True)
 
     trials = [record("ffff0000", 20.0), record("0000ffff", 20.0), record("88888888", 10.0)]  # in creation order
-    assert S.best_trial(trials).trial_id == "ffff0000"
-    assert S.best_trial(trials[1:]).trial_id == "0000ffff"
+    assert SF.best_trial(trials).trial_id == "ffff0000"
+    assert SF.best_trial(trials[1:]).trial_id == "0000ffff"
 
 
 def test_settings_asha_compares_trials_within_their_setting_only(tmp_path):
@@ -438,13 +438,13 @@ def test_tracking_store_default_env_and_uri(tmp_path, monkeypatch):
 
 def test_resume_with_a_changed_space_file_names_what_changed(tmp_path):
     path = write_space(tmp_path)
-    folder = S.SweepFolder(tmp_path / "sweep")
+    folder = SF.SweepFolder(tmp_path / "sweep")
     folder.root.mkdir()
-    folder.file(S.SPACE_FILE).write_text(SP.load_space(path).to_yaml())
-    folder.file(S.STATE_FILE).write_text(json.dumps({"space_label": path.name}))
-    assert S.resolve_space(folder, str(path), [], resume=True).trials == SP.load_space(path).trials
+    folder.file(SF.SPACE_FILE).write_text(SP.load_space(path).to_yaml())
+    folder.file(SF.STATE_FILE).write_text(json.dumps({"space_label": path.name}))
+    assert SF.resolve_space(folder, str(path), [], resume=True).trials == SP.load_space(path).trials
     with pytest.raises(KnnmixError, match=r"differs from the one sweep folder .* started with \(trials: \d+ -> 9\)"):
-        S.resolve_space(folder, str(path), ["sweep.trials=9"], resume=True)
+        SF.resolve_space(folder, str(path), ["sweep.trials=9"], resume=True)
 
 
 def test_a_space_whose_bounds_start_at_zero_is_saved_whole_and_resumes(tmp_path):
@@ -454,23 +454,23 @@ def test_a_space_whose_bounds_start_at_zero_is_saved_whole_and_resumes(tmp_path)
               "optim.weight_decay": {"type": "uniform", "low": 0.0, "high": 0.001}}
     space = SP.load_space(write_space(tmp_path, params=params, start_with=[]))
     assert {k: p.to_dict() for k, p in space.params.items()} == params
-    folder = S.SweepFolder(tmp_path / "sweep")
+    folder = SF.SweepFolder(tmp_path / "sweep")
     folder.root.mkdir()
-    folder.file(S.SPACE_FILE).write_text(space.to_yaml())
-    S._write_state(folder, S.new_state(space, TR.Store.from_uri(f"sqlite:///{tmp_path / 'runs.db'}")))
-    assert S.resolve_space(folder, None, [], resume=True).to_dict() == space.to_dict()
+    folder.file(SF.SPACE_FILE).write_text(space.to_yaml())
+    SF.write_state(folder, SF.new_state(space, TR.Store.from_uri(f"sqlite:///{tmp_path / 'runs.db'}")))
+    assert SF.resolve_space(folder, None, [], resume=True).to_dict() == space.to_dict()
 
 
 def test_resume_after_editing_the_sweep_folders_space_file_is_refused_in_one_line(tmp_path, capsys):
     """Tune restores the experiment as started: with trials raised in the folder's space.yaml, each --resume ran the
     old trials, then said 'sweep stopped (4 of 6 trials ended); continue it with ... --resume', never finishing."""
     space = SP.load_space(write_space(tmp_path))
-    folder = S.SweepFolder(tmp_path / "sweep")
+    folder = SF.SweepFolder(tmp_path / "sweep")
     folder.root.mkdir()
-    folder.file(S.SPACE_FILE).write_text(space.to_yaml())
-    S._write_state(folder, S.new_state(space, TR.Store.from_uri(f"sqlite:///{tmp_path / 'runs.db'}")))
-    assert S.resolve_space(folder, None, [], resume=True).to_dict() == space.to_dict()  # unedited: resumes
-    saved = folder.file(S.SPACE_FILE)
+    folder.file(SF.SPACE_FILE).write_text(space.to_yaml())
+    SF.write_state(folder, SF.new_state(space, TR.Store.from_uri(f"sqlite:///{tmp_path / 'runs.db'}")))
+    assert SF.resolve_space(folder, None, [], resume=True).to_dict() == space.to_dict()  # unedited: resumes
+    saved = folder.file(SF.SPACE_FILE)
     saved.write_text(saved.read_text().replace("trials: 3", "trials: 5"))
     assert cli_main(["sweep", "--resume", "--out", str(folder.root)]) == 2
     err = capsys.readouterr().err.strip()
@@ -482,11 +482,11 @@ def test_resuming_with_another_mlflow_tracking_uri_is_refused_as_with_tracking_u
     """docs/sweeps.md: a changed store is refused on --resume; MLFLOW_TRACKING_URI pointing at another store was
     silently ignored (the sweep went on logging to the store it started with)."""
     space = SP.load_space(write_space(tmp_path))
-    folder = S.SweepFolder(tmp_path / "sweep")
+    folder = SF.SweepFolder(tmp_path / "sweep")
     folder.root.mkdir()
-    folder.file(S.SPACE_FILE).write_text(space.to_yaml())
+    folder.file(SF.SPACE_FILE).write_text(space.to_yaml())
     (tmp_path / "file").write_text("")  # the saved store cannot answer: without the check the resume fails there
-    S._write_state(folder, S.new_state(space, TR.Store.from_uri(f"sqlite:///{tmp_path / 'file' / 'm.db'}")))
+    SF.write_state(folder, SF.new_state(space, TR.Store.from_uri(f"sqlite:///{tmp_path / 'file' / 'm.db'}")))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'other.db'}")
     assert cli_main(["sweep", "--resume", "--out", str(folder.root)]) == 2
     err = capsys.readouterr().err
@@ -498,10 +498,10 @@ def test_resuming_a_moved_sweep_folder_is_one_line(tmp_path, capsys):
     folder moved, then resumed, ended in a 60-line sqlite3 'unable to open database file' traceback after Ray
     started."""
     space = SP.load_space(write_space(tmp_path))
-    before, after = S.SweepFolder(tmp_path / "sweep"), S.SweepFolder(tmp_path / "moved")
+    before, after = SF.SweepFolder(tmp_path / "sweep"), SF.SweepFolder(tmp_path / "moved")
     before.root.mkdir()
-    before.file(S.SPACE_FILE).write_text(space.to_yaml())
-    S._write_state(before, {**S.new_state(space, TR.Store.from_uri(f"sqlite:///{tmp_path / 'm.db'}")),
+    before.file(SF.SPACE_FILE).write_text(space.to_yaml())
+    SF.write_state(before, {**SF.new_state(space, TR.Store.from_uri(f"sqlite:///{tmp_path / 'm.db'}")),
                             "folder": str(before.root)})
     (tmp_path / "link").symlink_to(before.root)
     with pytest.raises(KnnmixError, match="differs from the store"):  # the same folder by another path: no move
@@ -528,11 +528,11 @@ def test_the_printed_optuna_command_survives_a_folder_with_spaces_and_a_hash(tmp
     the shell dropped everything after '#'."""
     import shlex
 
-    storage = S.SweepFolder(tmp_path / "sp ü" / "sw #1").optuna_storage
-    assert shlex.split(S.optuna_command(storage)) == ["optuna-dashboard", storage]
+    storage = SF.SweepFolder(tmp_path / "sp ü" / "sw #1").optuna_storage
+    assert shlex.split(SF.optuna_command(storage)) == ["optuna-dashboard", storage]
     summary = {"name": "x", "commit": "c", "settings": [], "optuna_storage": storage,
                "mlflow": {"experiment": "e", "sweep_run_id": "r", "ui": "mlflow ui"}}
-    assert f"Optuna: `{S.optuna_command(storage)}`" in S.summary_markdown(summary)
+    assert f"Optuna: `{SF.optuna_command(storage)}`" in SF.summary_markdown(summary)
 
 
 def test_a_sweep_folder_on_object_storage_is_refused_in_one_line(tmp_path, capsys):
@@ -577,7 +577,7 @@ def test_a_store_that_does_not_answer_is_one_line_before_training_and_leaves_no_
     for extra, needle in cases:
         assert cli_main(["sweep", str(write_space(tmp_path)), "--out", str(tmp_path / "sweep"), *extra]) == 2
         assert capsys.readouterr().err.strip().startswith(f"knnmix: error: {needle}")
-        assert S.check_state(S.SweepFolder(tmp_path / "sweep"), resume=False) is None  # not "already holds a sweep"
+        assert SF.check_state(SF.SweepFolder(tmp_path / "sweep"), resume=False) is None  # not "already holds a sweep"
 
 
 @pytest.mark.parametrize("resources, needle", [
@@ -593,7 +593,7 @@ def test_trials_this_machine_cannot_hold_are_one_line_before_any_trial(local_ray
     store = TR.Store.from_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     with pytest.raises(KnnmixError, match=needle):
         S.run_sweep(space, tmp_path / "sweep", store=store, echo=None)
-    assert S.check_state(S.SweepFolder(tmp_path / "sweep"), resume=False) is None  # nothing to --resume
+    assert SF.check_state(SF.SweepFolder(tmp_path / "sweep"), resume=False) is None  # nothing to --resume
     assert not list((tmp_path / "sweep").glob("*/trials"))
     # the sweep's and its settings' MLflow runs, made before the check, end FAILED (they stayed RUNNING for good)
     assert [r.info.status for r in store.client().search_runs(
@@ -704,7 +704,7 @@ def test_resuming_a_finished_sweep_leaves_its_mlflow_runs_finished_and_logs_no_t
     for _ in range(2):  # the sweep, then --resume of the finished sweep
         T.open_sweep_runs(store, space, space.settings, ml, tmp_path / "space.yaml")
         for s, entry in zip(space.settings, summary["settings"]):
-            entry.update(trials=0, completed=0, stopped_early=0, failed=0, study=S.study_name(space, s))
+            entry.update(trials=0, completed=0, stopped_early=0, failed=0, study=SF.study_name(space, s))
             T.finish_setting_run(store, ml, s, entry, [], None, tmp_path / "plots", "sqlite:///:memory:", None)
         T.finish_sweep_run(store, ml, summary, [], tmp_path / "plots", "t")
     client = store.client()

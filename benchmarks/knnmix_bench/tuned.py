@@ -18,6 +18,7 @@ from typing import Any
 from knnmix import config as C
 from knnmix_bench.tiers import Tier
 from knnmix import spaces as SP
+from knnmix import sweep_folder as SF
 from knnmix.scale import sweep as S
 from knnmix.tracking import Store
 
@@ -40,7 +41,7 @@ def tune(tier: Tier, runs_dir: Path, settings: list[str], methods: list[str],
             continue
         space = space_for(tier, method, settings)
         folder = runs_dir / tier.name / "sweeps" / method
-        state = S.read_state(S.SweepFolder(folder.absolute()))
+        state = SF.read_state(SF.SweepFolder(folder.absolute()))
         if state is None or state.get("status") != "done":
             echo(f"tuning {method}: {space.trials} trials x {len(settings)} settings ({folder})")
             store = Store.from_uri(f"sqlite:///{(folder.parent / 'mlflow.db').absolute()}")
@@ -51,14 +52,14 @@ def tune(tier: Tier, runs_dir: Path, settings: list[str], methods: list[str],
 
 def select(folder: Path, space: SP.SearchSpace) -> dict[str, dict[str, Any]]:
     """Per noise setting, the completed trial with the highest last-epoch noisy-validation accuracy."""
-    trials = S.collect_trials(S.SweepFolder(folder.absolute()))
+    trials = S.collect_trials(SF.SweepFolder(folder.absolute()))
     out = {}
     for setting in space.settings:
         done = [t for t in trials if t.slug == setting.slug and t.completed and t.records]
         if not done:
             raise RuntimeError(f"sweep {folder}: no completed trial for {setting.spec}")
 
-        def score(t: S.TrialRecord) -> tuple[float, float]:
+        def score(t: SF.TrialRecord) -> tuple[float, float]:
             vals = [r["val_acc"] for r in t.records if r.get("val_acc") is not None]
             return vals[-1], statistics.mean(vals[-3:])
 

@@ -262,6 +262,7 @@ def config_doc() -> str:
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Ray Tune + Optuna + ASHA sweep of a search space, one Optuna study per noise setting, logged to MLflow."""
     from knnmix import spaces as SP
+    from knnmix import sweep_folder as SF
     from knnmix.scale import ray_env
 
     ray_env.quiet(args.verbose)  # before Ray is imported: some of its settings are read at import
@@ -276,19 +277,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if "://" in args.out:
         raise KnnmixError(f"--out {args.out!r}: a sweep folder is a local (or mounted shared) folder; the sweep's "
                           "runs and checkpoints go there, so put it on a file system every node mounts")
-    from knnmix.scale import sweep as S
-
-    folder = S.SweepFolder(Path(args.out).expanduser().absolute())
-    space = S.resolve_space(folder, args.space, args.overrides, resume=args.resume)
+    folder = SF.SweepFolder(Path(args.out).expanduser().absolute())
+    space = SF.resolve_space(folder, args.space, args.overrides, resume=args.resume)
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")  # --resume refuses one that differs
     store = Store.from_uri(uri) if uri else None
+    from knnmix.scale import sweep as S
+
     summary = S.run_sweep(space, folder.root, store=store, resume=args.resume, verbose=args.verbose,
                           register=args.register)
     best = {s["noise"]: s["best"] and {k: s["best"][k] for k in ("val_acc", "test_acc", "params")}
             for s in summary["settings"]}
     print(json.dumps({"sweep": str(folder.root), "failed": summary["failed"], "best": best}))
     if summary["failed"]:
-        print(f"knnmix: {summary['failed']} trial(s) failed; see {folder.root / S.SUMMARY_MD}", file=sys.stderr)
+        print(f"knnmix: {summary['failed']} trial(s) failed; see {folder.root / SF.SUMMARY_MD}", file=sys.stderr)
         return 1
     return 0
 

@@ -271,6 +271,20 @@ def replace(cfg: Config, **dotted: Any) -> Config:
     return from_dict(data)
 
 
+def absolute_paths(cfg: Config) -> dict[str, str]:
+    """The config's local paths, made absolute against this process's working directory (``data.labels_file``
+    and ``data.test_root`` are relative to ``data.root`` when it is set)."""
+    changes = {}
+    for key in ("out", "data.root", "data.labels_file", "data.test_root", "noise.cifar_n_dir", "model.pretrained"):
+        section, _, leaf = key.rpartition(".")
+        value = getattr(getattr(cfg, section) if section else cfg, leaf)
+        if key in ("data.labels_file", "data.test_root") and cfg.data.root is not None:
+            continue
+        if value is not None and "://" not in value and not Path(value).expanduser().is_absolute():
+            changes[key] = str(Path(value).expanduser().absolute())
+    return changes
+
+
 def _build(cls: type, data: Any, path: str) -> Any:
     """An instance of dataclass ``cls`` from plain data, every field coerced to its annotated type.
 

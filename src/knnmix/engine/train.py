@@ -163,6 +163,15 @@ def network_args(cfg: C.Config, splits: Splits) -> dict[str, Any]:
     return {"name": cfg.model.name, "num_classes": splits.num_classes, "in_channels": c, "image_size": h}
 
 
+def check_buildable(cfg: C.Config) -> None:
+    """Build what a run builds first and can fail on (a bad ``data.root``, ``method.k`` too large for the data, a
+    missing or unfitting ``model.pretrained``), without a device or process group: Ray Train's driver checks this
+    before it replaces a run or starts workers that would fail alike."""
+    splits, cfg = build_data(cfg)
+    if cfg.model.pretrained is not None:
+        build_model(**network_args(cfg, splits), pretrained=cfg.model.pretrained)
+
+
 def resolve_config(cfg: C.Config, splits: Splits) -> C.Config:
     """Fill the config's automatic choices so that the saved config states exactly what ran."""
     changes: dict[str, Any] = {}

@@ -16,12 +16,11 @@ import json
 import math
 import os
 import pickle
-import shlex
 import warnings
 import zlib
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,87 +32,22 @@ from ray.tune.search import Searcher
 from knnmix import config as C
 from knnmix.engine import train as E
 from knnmix.engine.checkpoint import SUMMARY, RunFolder, atomic_write_text, folder_lock
-from knnmix.engine.report import pct
 from knnmix.errors import KnnmixError
 from knnmix.provenance import git_commit, now
 from knnmix.scale import ray_env
 from knnmix.scale import sweep_mlflow as T
-from knnmix.scale.train import absolute_paths, fit, fits_this_machine, report_epoch, run_exists, start_or_restore
-from knnmix.spaces import METRIC, MODE, SETTING_KEY, NoiseSetting, SearchSpace, load_space, parse_space
+from knnmix.scale.train import fit, fits_this_machine, report_epoch, run_exists, start_or_restore
+from knnmix.spaces import METRIC, MODE, SETTING_KEY, NoiseSetting, SearchSpace
+from knnmix.sweep_folder import (SPACE_FILE, SUMMARY_JSON, SUMMARY_MD, TUNE_DIR, SweepFolder, TrialRecord, best_trial,
+                                 check_state, new_state, optuna_command, reported, sampled_values, startup_trials,
+                                 study_name, summary_markdown, summary_table, write_state)
 from knnmix.tracking import Store
 
-STATE_FILE, SPACE_FILE, OPTUNA_DB = "sweep_state.json", "space.yaml", "optuna.db"
-SUMMARY_JSON, SUMMARY_MD = "sweep_summary.json", "sweep_summary.md"
-TUNE_DIR = "tune"
 TRIAL_MEMORY = 64 * 1024**2  # nominal memory of a Ray Train trial's own process (Tune refuses zero CPUs alone)
-
-
-@dataclass(frozen=True)
-class SweepFolder:
-    root: Path
-
-    def trial_dir(self, slug: str, trial_id: str) -> Path:
-        return self.root / slug / "trials" / trial_id
-
-    def file(self, name: str) -> Path:
-        return self.root / name
-
-    @property
-    def optuna_storage(self) -> str:
-        return f"sqlite:///{self.file(OPTUNA_DB)}"
-
-
-def read_state(folder: SweepFolder) -> dict[str, Any] | None:
-    path = folder.file(STATE_FILE)
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def check_state(folder: SweepFolder, resume: bool) -> dict[str, Any] | None:
-    """The sweep state: required with ``resume``, refused without."""
-    state = read_state(folder)
-    if resume and state is None:
-        raise KnnmixError(f"nothing to resume: {str(folder.file(STATE_FILE))!r} does not exist")
-    if not resume and state is not None:
-        raise KnnmixError(f"sweep folder {str(folder.root)!r} already holds a sweep; pass --resume to continue it "
-                          "or choose another --out")
-    return state
-
-
-def resolve_space(folder: SweepFolder, space_arg: str | None, overrides: list[str] | None, *, resume: bool
-                  ) -> SearchSpace:
-    """The space to run: the file (+ ``--set``), or with ``resume`` the sweep folder's saved one (which a given file
-    must then match)."""
-    state = check_state(folder, resume)
-    if not resume:
-        if space_arg is None:
-            raise KnnmixError("name a search space file, e.g. knnmix sweep search_spaces/smoke.yaml")
-        return load_space(space_arg, overrides)
-    saved = parse_space(C.read_yaml(folder.file(SPACE_FILE), f"the sweep's {SPACE_FILE}"), label=state["space_label"])
-    # Tune restores the experiment as started (its trial count, searcher, schedulers): an edited space.yaml ran the
-    # old one, then (more trials) said "sweep stopped ... --resume" after every resume, never finishing
-    as_saved = json.loads(json.dumps(saved.to_dict()))  # as sweep_state.json holds it (lists, not tuples)
-    if "space" in state and (shown := C.differences(state["space"], as_saved, 3)):
-        raise KnnmixError(f"{str(folder.file(SPACE_FILE))!r} was edited after the sweep started ({shown}); a sweep "
-                          "continues the space it started with: undo the edit, or start the edited space in another "
-                          "--out")
-    if space_arg is None and not overrides:
-        return saved
-    if space_arg is None:
-        raise KnnmixError("--resume with --set needs the space file too (or resume without --set)")
-    given = load_space(space_arg, overrides)
-    if shown := C.differences(saved.to_dict(), given.to_dict(), 3):
-        raise KnnmixError(f"search space {given.label} differs from the one sweep folder {str(folder.root)!r} was "
-                          f"started with ({shown}); run --resume without the space file, or choose another --out")
-    return saved
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Tune pieces (built from the space; testable without Ray running)
-
-
-def startup_trials(space: SearchSpace) -> int:
-    """Random trials before TPE models the results: the space's value, else a quarter of the budget (2 to 10)."""
-    return space.startup_trials if space.startup_trials is not None else max(2, min(10, space.trials // 4))
 
 
 def make_study(space: SearchSpace, setting: NoiseSetting, storage: str | None = None) -> Any:
@@ -129,10 +63,6 @@ def make_study(space: SearchSpace, setting: NoiseSetting, storage: str | None = 
         study_name=study_name(space, setting), points_to_evaluate=[dict(p) for p in space.start_with] or None,
         storage=optuna.storages.RDBStorage(storage) if storage else None,
     )
-
-
-def study_name(space: SearchSpace, setting: NoiseSetting) -> str:
-    return f"{space.name}/{setting.spec}"
 
 
 class SettingsSearch(Searcher):
@@ -188,7 +118,7 @@ class RunHistory:
 
     def __call__(self, trial: Any) -> list[dict[str, Any]]:
         folder = SweepFolder(Path(self.root)).trial_dir(trial.config[SETTING_KEY], trial.trial_id)
-        return [r for r in T.reported(folder, T.last_epoch(trial)) if r.get(METRIC) is not None]
+        return [r for r in reported(folder, T.last_epoch(trial)) if r.get(METRIC) is not None]
 
 
 class SettingsASHA(FIFOScheduler):
@@ -276,7 +206,7 @@ def run_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
     """One trial (a Tune function trainable). Nothing after the last report may matter: ASHA can stop a trial at
     any report, so the engine finishes (summary, label audit) before it reports its last epoch."""
     ray_env.quiet(payload.get("verbose", False))
-    cfg = trial_config(payload, config[SETTING_KEY], T.sampled_values(config), tune.get_context().get_trial_id())
+    cfg = trial_config(payload, config[SETTING_KEY], sampled_values(config), tune.get_context().get_trial_id())
     if not in_process(cfg):
         from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -294,35 +224,6 @@ def run_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
 # Results
 
 
-@dataclass
-class TrialRecord:
-    trial_id: str
-    status: str  # Tune's: TERMINATED, ERROR, ...
-    slug: str
-    params: dict[str, Any]
-    run_folder: Path
-    records: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl up to the last epoch Tune saw
-    completed: bool = False  # ran every epoch and wrote summary.json
-    error: str | None = None
-
-    @property
-    def failed(self) -> bool:
-        return self.status == "ERROR"
-
-    @property
-    def stopped_early(self) -> bool:
-        return not self.failed and not self.completed
-
-    @property
-    def epochs_run(self) -> int:
-        return max((int(r["epoch"]) for r in self.records), default=0)
-
-    def best(self) -> dict[str, Any] | None:
-        """The epoch with the best noisy-validation accuracy (first on ties) and its test accuracy."""
-        r = T.best_record(self.records)
-        return None if r is None else {"val_acc": r[METRIC], "test_acc": r.get("test_acc"), "epoch": int(r["epoch"])}
-
-
 def collect_trials(folder: SweepFolder) -> list[TrialRecord]:
     """Every trial of the sweep's Tune experiment, in creation order, with its epochs read from its run folder."""
     out = []
@@ -331,8 +232,8 @@ def collect_trials(folder: SweepFolder) -> list[TrialRecord]:
         run = folder.trial_dir(slug, trial.trial_id)
         failed = trial.status == "ERROR"
         out.append(TrialRecord(
-            trial_id=trial.trial_id, status=str(trial.status), slug=slug, params=T.sampled_values(trial.config),
-            run_folder=run, records=T.reported(run, T.last_epoch(trial) or math.inf),  # no result seen: every epoch
+            trial_id=trial.trial_id, status=str(trial.status), slug=slug, params=sampled_values(trial.config),
+            run_folder=run, records=reported(run, T.last_epoch(trial) or math.inf),  # no result seen: every epoch
             completed=(run / SUMMARY).exists() and not failed, error=_error_line(trial) if failed else None,
         ))
     return out
@@ -348,12 +249,6 @@ def _error_line(trial: Any) -> str:
     """The last line of the trial's error file (for a knnmix error: its one-line message)."""
     lines = [ln.strip() for ln in (trial.get_error() or "").splitlines() if ln.strip()]
     return lines[-1][:300] if lines else "failed (see the Tune trial folder)"
-
-
-def best_trial(trials: list[TrialRecord]) -> TrialRecord | None:
-    """The completed trial with the highest noisy-validation accuracy (any trial if none completed)."""
-    pool = [t for t in trials if t.completed and t.best()] or [t for t in trials if t.best()]
-    return max(pool, key=lambda t: (t.best()["val_acc"], -t.best()["epoch"]), default=None)  # ties: the first created
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -382,7 +277,7 @@ def run_sweep(
         store = store or Store.resolve()
         settings = space.settings
         configs = {s.slug: space.setting_config(s) for s in settings}
-        configs = {slug: C.replace(cfg, **absolute_paths(cfg)) for slug, cfg in configs.items()}
+        configs = {slug: C.replace(cfg, **C.absolute_paths(cfg)) for slug, cfg in configs.items()}
         if state is None:
             atomic_write_text(folder.file(SPACE_FILE), space.to_yaml())
             state = {**new_state(space, store), "folder": str(folder.root)}  # Tune's state names it: not moved
@@ -392,7 +287,7 @@ def run_sweep(
             ray_env.ensure_ray(verbose=verbose)
             first = configs[settings[0].slug]
             trials_fit_this_machine(first)  # before the state: a sweep that cannot run leaves none to --resume
-            _write_state(folder, state)
+            write_state(folder, state)
 
             concurrency = max_concurrent(space, first, ray.cluster_resources())
             payload = {"configs": {k: C.to_dict(v) for k, v in configs.items()}, "root": str(folder.root),
@@ -440,27 +335,11 @@ def run_sweep(
                        for s in settings]
             summary = _finalize_sweep(space, folder, store, ml, entries)
             state.update(status="done", finished=now())
-            _write_state(folder, state)
+            write_state(folder, state)
             say("\n" + summary_table(summary))
             say(f"\nsweep folder: {folder.root}\nOptuna studies: {optuna_command(folder.optuna_storage)}\n"
                 f"MLflow UI: {store.ui_command()}\n  then open {store.experiment_url(ml['experiment_id'])}")
             return summary
-
-
-def new_state(space: SearchSpace, store: Store) -> dict[str, Any]:
-    """What ``sweep_state.json`` holds when a sweep starts; ``space``: the space as started (see resolve_space)."""
-    return {"version": 2, "name": space.name, "space_label": space.label, "status": "running", "started": now(),
-            "space": space.to_dict(), "tracking": {"uri": store.uri, "artifact_root": store.artifact_root},
-            "mlflow": {}}
-
-
-def optuna_command(storage: str) -> str:
-    """The command that opens the studies, quoted for a shell (a sweep folder may hold spaces or '#')."""
-    return f"optuna-dashboard {shlex.quote(storage)}"
-
-
-def _write_state(folder: SweepFolder, state: dict[str, Any]) -> None:
-    atomic_write_text(folder.file(STATE_FILE), json.dumps(state, indent=2) + "\n")
 
 
 def _finalize_setting(space: SearchSpace, setting: NoiseSetting, trials: list[TrialRecord], folder: SweepFolder,
@@ -498,40 +377,3 @@ def _finalize_sweep(space: SearchSpace, folder: SweepFolder, store: Store, ml: d
     T.finish_sweep_run(store, ml, summary, [folder.file(SUMMARY_JSON), folder.file(SUMMARY_MD)],
                        folder.root / "plots", f"{space.name}: best trial per noise setting")
     return summary
-
-
-def config_text(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
-
-
-def summary_table(summary: dict[str, Any]) -> str:
-    lines = ["| noise | trials | stopped early | failed | best val acc (%) | its test acc (%) | best config (sampled) |",
-             "|---|---|---|---|---|---|---|"]
-    for s in summary["settings"]:
-        b = s["best"] or {}
-        lines.append(f"| {s['noise']} | {s['trials']} | {s['stopped_early']} | {s['failed']} | "
-                     f"{pct(b.get('val_acc'), '')} | {pct(b.get('test_acc'), '')} | "
-                     f"{config_text(b.get('params', {})) if b else 'n/a'} |")
-    lines.append(f"\nSelected on the noisy-validation accuracy ({METRIC}, best epoch of each completed trial); the "
-                 "test accuracy of that epoch is reported only.")
-    return "\n".join(lines)
-
-
-def summary_markdown(summary: dict[str, Any]) -> str:
-    out = [f"# Sweep {summary['name']}", "", f"Commit {summary['commit']}.", "", summary_table(summary), ""]
-    for s in summary["settings"]:
-        out += [f"## {s['noise']}", ""]
-        b = s["best"]
-        if b:
-            out.append(f"- best trial `{b['trial_id']}` (epoch {b['epoch']}): val {pct(b['val_acc'])}, "
-                       f"test {pct(b['test_acc'])} (last epoch {pct(b['last_test_acc'])}), run folder "
-                       f"`{b['run_folder']}`")
-            out.append(f"- sampled: {config_text(b['params'])}")
-        out.append(f"- trials: {s['trials']} ({s['completed']} completed, {s['stopped_early']} stopped early by "
-                   f"ASHA, {s['failed']} failed); Optuna study `{s['study']}`")
-        out += [f"- `{tid}` failed: {err}" for tid, err in (s.get("errors") or {}).items()]
-        out.append("")
-    m = summary["mlflow"]
-    out += [f"MLflow: experiment `{m['experiment']}`, sweep run `{m['sweep_run_id']}`; `{m['ui']}`",
-            f"Optuna: `{optuna_command(summary['optuna_storage'])}`", ""]
-    return "\n".join(out)

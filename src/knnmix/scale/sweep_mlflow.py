@@ -16,10 +16,11 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from knnmix.engine.checkpoint import BEST_MODEL, CONFIG, LABEL_ISSUES, LABEL_ISSUES_PLOT, METRICS, SUMMARY, read_metrics
+from knnmix.engine.checkpoint import BEST_MODEL, CONFIG, LABEL_ISSUES, LABEL_ISSUES_PLOT, SUMMARY
 from knnmix.plots import plot_best_per_noise, plot_clean_prob_histogram, plot_importances, plot_learning_curves
 from knnmix.scale import ray_env
 from knnmix.spaces import METRIC, SETTING_KEY
+from knnmix.sweep_folder import best_record, reported, run_name, sampled_values, study_importances
 from knnmix.tracking import (KIND_TAG, PARENT_TAG, Store, create_run, log_epochs, log_files, log_model, log_params,
                              log_run_folder, reach, register_once)
 
@@ -37,22 +38,6 @@ def find_trial_run(client: Any, exp_id: str, trial_id: str) -> Any:
 def last_epoch(trial: Any) -> int:
     """The epoch of the last result Tune saw of ``trial`` (0 before its first)."""
     return int((trial.last_result or {}).get("epoch", 0) or 0)
-
-
-def reported(folder: Path, last: float) -> list[dict[str, Any]]:
-    path = folder / METRICS
-    return [r for r in read_metrics(path) if int(r["epoch"]) <= last] if path.exists() else []
-
-
-def best_record(records: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The epoch with the best noisy-validation accuracy (the first on ties)."""
-    vals = [r for r in records if r.get(METRIC) is not None]
-    return max(vals, key=lambda r: (r[METRIC], -r["epoch"])) if vals else None
-
-
-def sampled_values(config: dict[str, Any]) -> dict[str, Any]:
-    """A trial config's sampled values (without its noise setting)."""
-    return {k: v for k, v in config.items() if k != SETTING_KEY}
 
 
 def open_sweep_runs(store: Store, space: Any, settings: list[Any], ml: dict[str, Any], space_file: Path,
@@ -114,14 +99,6 @@ def child_runs(client: Any, experiment_id: str, parent: str, where: str = "") ->
     """The runs nested under run ``parent`` (all of them); ``where``: more of MLflow's search filter."""
     return client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent}'" + (f" and {where}" if where else ""),
                               max_results=50000)
-
-
-def run_name(spec: str, sampled: dict[str, Any]) -> str:
-    """A trial's run name: its noise setting and sampled values, e.g. ``symmetric:0.5 k=3 temperature=0.71``."""
-    def fmt(v: Any) -> str:
-        return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-    return " ".join([spec, *(f"{k.rsplit('.', 1)[-1]}={fmt(v)}" for k, v in sampled.items())])[:250]
 
 
 #: Where each running sweep prints its trials' lines, by sweep folder (set by run_sweep for the call). Not part of
@@ -294,18 +271,6 @@ def finish_setting_run(store: Store, ml: dict[str, Any], setting: Any, entry: di
     client.set_tag(run_id, "knnmix.importances", json.dumps(entry["importances"])[:5000])
     client.set_tag(run_id, FINALIZED_TAG, "true")
     client.set_terminated(run_id, status="FINISHED")
-
-
-def study_importances(storage: str, name: str) -> dict[str, float] | None:
-    """Optuna's fANOVA importances of the searched keys in the setting's own study; ``None`` with too few trials."""
-    import optuna
-
-    try:
-        study = optuna.load_study(study_name=name, storage=storage)
-        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-        return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
-    except (ValueError, RuntimeError, KeyError):
-        return None
 
 
 def finish_sweep_run(store: Store, ml: dict[str, Any], summary: dict[str, Any], files: list[Path], plots: Path,

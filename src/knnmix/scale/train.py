@@ -96,21 +96,7 @@ def worker_config(cfg: C.Config) -> C.Config:
     directory) and ``threads`` = ``distributed.cpus_per_worker``. The Ray Train storage and name stay as the user
     set them: the run folder's config.yaml is this config, and a copied or moved run folder resumed with its own
     ``--out`` must find its own storage, not keep writing into the original's."""
-    return C.replace(cfg, threads=cfg.distributed.cpus_per_worker, **absolute_paths(cfg))
-
-
-def absolute_paths(cfg: C.Config) -> dict[str, str]:
-    """The config's local paths, made absolute against this process's working directory (``data.labels_file``
-    and ``data.test_root`` are relative to ``data.root`` when it is set)."""
-    changes = {}
-    for key in ("out", "data.root", "data.labels_file", "data.test_root", "noise.cifar_n_dir", "model.pretrained"):
-        section, _, leaf = key.rpartition(".")
-        value = getattr(getattr(cfg, section) if section else cfg, leaf)
-        if key in ("data.labels_file", "data.test_root") and cfg.data.root is not None:
-            continue
-        if value is not None and "://" not in value and not Path(value).expanduser().is_absolute():
-            changes[key] = str(Path(value).expanduser().absolute())
-    return changes
+    return C.replace(cfg, threads=cfg.distributed.cpus_per_worker, **C.absolute_paths(cfg))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -143,7 +129,7 @@ def fit(
     storage, name = configs.run.storage_path, configs.run.name
     replace = check_run_state(cfg, resume=resume, overwrite=overwrite)  # before Ray starts
     if replace or cfg.distributed.max_failures == -1:  # as without Ray, the run must build before the run it
-        check_buildable(cfg)  # replaces goes; and a worker's user error (a typo in data.root) is retried forever
+        E.check_buildable(cfg)  # replaces goes; and a worker's user error (a typo in data.root) is retried forever
     local = configs.scaling.num_workers == 0
     if local and "://" in storage:
         raise KnnmixError("in-process Ray Train (num_workers=0) needs a local distributed.storage_path")
@@ -177,16 +163,6 @@ def fit(
     if not path.exists():
         raise KnnmixError(f"the run finished but {str(path)!r} is missing (is 'out' on storage every node sees?)")
     return DistributedRun(summary=json.loads(path.read_text()), result=result)
-
-
-def check_buildable(cfg: C.Config) -> None:
-    """Build here what the workers build first and can fail on (a bad ``data.root``, ``method.k`` too large for the
-    data, a missing or unfitting ``model.pretrained``), without their device or process group."""
-    from knnmix.models import build_model
-
-    splits, cfg = E.build_data(cfg)
-    if cfg.model.pretrained is not None:
-        build_model(**E.network_args(cfg, splits), pretrained=cfg.model.pretrained)
 
 
 def fits_this_machine(cfg: C.Config) -> None:
@@ -223,10 +199,6 @@ def _ray_run_dir(storage_path: str, name: str) -> tuple[Any, str]:
     return fs, f"{root.rstrip('/')}/{name}"
 
 
-def has_ray_checkpoint(storage_path: str, name: str) -> bool:
-    return bool(latest_ray_checkpoint(storage_path, name))
-
-
 def latest_ray_checkpoint(storage_path: str, name: str) -> dict[str, Any] | None:
     """Ray Train's record of run ``name``'s latest checkpoint (``checkpoint_dir_name``, the epoch's ``metrics``)."""
     try:
@@ -253,7 +225,7 @@ def of_another_run(folder: RunFolder, latest: dict[str, Any]) -> bool:
 
 
 def run_exists(cfg: C.Config) -> bool:
-    return RunFolder(cfg.out).has_run() or has_ray_checkpoint(*storage_of(cfg))
+    return RunFolder(cfg.out).has_run() or latest_ray_checkpoint(*storage_of(cfg)) is not None
 
 
 def check_run_state(cfg: C.Config, *, resume: bool, overwrite: bool = False) -> bool:

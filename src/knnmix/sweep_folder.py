@@ -1,0 +1,220 @@
+"""A sweep's folder, without Ray: its files and state (``sweep_state.json``), the search space it runs, its trials'
+records and results (the best trial, ``sweep_summary.md``) and its Optuna studies' importances. Running the sweep on
+Ray Tune is :mod:`knnmix.scale.sweep`'s; what the folder holds: docs/sweeps.md.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from knnmix import config as C
+from knnmix.engine.checkpoint import METRICS, atomic_write_text, read_metrics
+from knnmix.engine.report import pct
+from knnmix.errors import KnnmixError
+from knnmix.provenance import now
+from knnmix.spaces import METRIC, SETTING_KEY, NoiseSetting, SearchSpace, load_space, parse_space
+from knnmix.tracking import Store
+
+STATE_FILE, SPACE_FILE, OPTUNA_DB = "sweep_state.json", "space.yaml", "optuna.db"
+SUMMARY_JSON, SUMMARY_MD = "sweep_summary.json", "sweep_summary.md"
+TUNE_DIR = "tune"
+
+
+@dataclass(frozen=True)
+class SweepFolder:
+    root: Path
+
+    def trial_dir(self, slug: str, trial_id: str) -> Path:
+        return self.root / slug / "trials" / trial_id
+
+    def file(self, name: str) -> Path:
+        return self.root / name
+
+    @property
+    def optuna_storage(self) -> str:
+        return f"sqlite:///{self.file(OPTUNA_DB)}"
+
+
+def read_state(folder: SweepFolder) -> dict[str, Any] | None:
+    path = folder.file(STATE_FILE)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def check_state(folder: SweepFolder, resume: bool) -> dict[str, Any] | None:
+    """The sweep state: required with ``resume``, refused without."""
+    state = read_state(folder)
+    if resume and state is None:
+        raise KnnmixError(f"nothing to resume: {str(folder.file(STATE_FILE))!r} does not exist")
+    if not resume and state is not None:
+        raise KnnmixError(f"sweep folder {str(folder.root)!r} already holds a sweep; pass --resume to continue it "
+                          "or choose another --out")
+    return state
+
+
+def resolve_space(folder: SweepFolder, space_arg: str | None, overrides: list[str] | None, *, resume: bool
+                  ) -> SearchSpace:
+    """The space to run: the file (+ ``--set``), or with ``resume`` the sweep folder's saved one (which a given file
+    must then match)."""
+    state = check_state(folder, resume)
+    if not resume:
+        if space_arg is None:
+            raise KnnmixError("name a search space file, e.g. knnmix sweep search_spaces/smoke.yaml")
+        return load_space(space_arg, overrides)
+    saved = parse_space(C.read_yaml(folder.file(SPACE_FILE), f"the sweep's {SPACE_FILE}"), label=state["space_label"])
+    # Tune restores the experiment as started (its trial count, searcher, schedulers): an edited space.yaml ran the
+    # old one, then (more trials) said "sweep stopped ... --resume" after every resume, never finishing
+    as_saved = json.loads(json.dumps(saved.to_dict()))  # as sweep_state.json holds it (lists, not tuples)
+    if "space" in state and (shown := C.differences(state["space"], as_saved, 3)):
+        raise KnnmixError(f"{str(folder.file(SPACE_FILE))!r} was edited after the sweep started ({shown}); a sweep "
+                          "continues the space it started with: undo the edit, or start the edited space in another "
+                          "--out")
+    if space_arg is None and not overrides:
+        return saved
+    if space_arg is None:
+        raise KnnmixError("--resume with --set needs the space file too (or resume without --set)")
+    given = load_space(space_arg, overrides)
+    if shown := C.differences(saved.to_dict(), given.to_dict(), 3):
+        raise KnnmixError(f"search space {given.label} differs from the one sweep folder {str(folder.root)!r} was "
+                          f"started with ({shown}); run --resume without the space file, or choose another --out")
+    return saved
+
+
+def new_state(space: SearchSpace, store: Store) -> dict[str, Any]:
+    """What ``sweep_state.json`` holds when a sweep starts; ``space``: the space as started (see resolve_space)."""
+    return {"version": 2, "name": space.name, "space_label": space.label, "status": "running", "started": now(),
+            "space": space.to_dict(), "tracking": {"uri": store.uri, "artifact_root": store.artifact_root},
+            "mlflow": {}}
+
+
+def optuna_command(storage: str) -> str:
+    """The command that opens the studies, quoted for a shell (a sweep folder may hold spaces or '#')."""
+    return f"optuna-dashboard {shlex.quote(storage)}"
+
+
+def write_state(folder: SweepFolder, state: dict[str, Any]) -> None:
+    atomic_write_text(folder.file(STATE_FILE), json.dumps(state, indent=2) + "\n")
+
+
+def startup_trials(space: SearchSpace) -> int:
+    """Random trials before TPE models the results: the space's value, else a quarter of the budget (2 to 10)."""
+    return space.startup_trials if space.startup_trials is not None else max(2, min(10, space.trials // 4))
+
+
+def study_name(space: SearchSpace, setting: NoiseSetting) -> str:
+    return f"{space.name}/{setting.spec}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Trials and results
+
+
+def reported(folder: Path, last: float) -> list[dict[str, Any]]:
+    path = folder / METRICS
+    return [r for r in read_metrics(path) if int(r["epoch"]) <= last] if path.exists() else []
+
+
+def best_record(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The epoch with the best noisy-validation accuracy (the first on ties)."""
+    vals = [r for r in records if r.get(METRIC) is not None]
+    return max(vals, key=lambda r: (r[METRIC], -r["epoch"])) if vals else None
+
+
+def sampled_values(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial config's sampled values (without its noise setting)."""
+    return {k: v for k, v in config.items() if k != SETTING_KEY}
+
+
+def run_name(spec: str, sampled: dict[str, Any]) -> str:
+    """A trial's run name: its noise setting and sampled values, e.g. ``symmetric:0.5 k=3 temperature=0.71``."""
+    def fmt(v: Any) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    return " ".join([spec, *(f"{k.rsplit('.', 1)[-1]}={fmt(v)}" for k, v in sampled.items())])[:250]
+
+
+@dataclass
+class TrialRecord:
+    trial_id: str
+    status: str  # Tune's: TERMINATED, ERROR, ...
+    slug: str
+    params: dict[str, Any]
+    run_folder: Path
+    records: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl up to the last epoch Tune saw
+    completed: bool = False  # ran every epoch and wrote summary.json
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "ERROR"
+
+    @property
+    def stopped_early(self) -> bool:
+        return not self.failed and not self.completed
+
+    @property
+    def epochs_run(self) -> int:
+        return max((int(r["epoch"]) for r in self.records), default=0)
+
+    def best(self) -> dict[str, Any] | None:
+        """The epoch with the best noisy-validation accuracy (first on ties) and its test accuracy."""
+        r = best_record(self.records)
+        return None if r is None else {"val_acc": r[METRIC], "test_acc": r.get("test_acc"), "epoch": int(r["epoch"])}
+
+
+def best_trial(trials: list[TrialRecord]) -> TrialRecord | None:
+    """The completed trial with the highest noisy-validation accuracy (any trial if none completed)."""
+    pool = [t for t in trials if t.completed and t.best()] or [t for t in trials if t.best()]
+    return max(pool, key=lambda t: (t.best()["val_acc"], -t.best()["epoch"]), default=None)  # ties: the first created
+
+
+def study_importances(storage: str, name: str) -> dict[str, float] | None:
+    """Optuna's fANOVA importances of the searched keys in the setting's own study; ``None`` with too few trials."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
+    except (ValueError, RuntimeError, KeyError):
+        return None
+
+
+def config_text(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    lines = ["| noise | trials | stopped early | failed | best val acc (%) | its test acc (%) | best config (sampled) |",
+             "|---|---|---|---|---|---|---|"]
+    for s in summary["settings"]:
+        b = s["best"] or {}
+        lines.append(f"| {s['noise']} | {s['trials']} | {s['stopped_early']} | {s['failed']} | "
+                     f"{pct(b.get('val_acc'), '')} | {pct(b.get('test_acc'), '')} | "
+                     f"{config_text(b.get('params', {})) if b else 'n/a'} |")
+    lines.append(f"\nSelected on the noisy-validation accuracy ({METRIC}, best epoch of each completed trial); the "
+                 "test accuracy of that epoch is reported only.")
+    return "\n".join(lines)
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    out = [f"# Sweep {summary['name']}", "", f"Commit {summary['commit']}.", "", summary_table(summary), ""]
+    for s in summary["settings"]:
+        out += [f"## {s['noise']}", ""]
+        b = s["best"]
+        if b:
+            out.append(f"- best trial `{b['trial_id']}` (epoch {b['epoch']}): val {pct(b['val_acc'])}, "
+                       f"test {pct(b['test_acc'])} (last epoch {pct(b['last_test_acc'])}), run folder "
+                       f"`{b['run_folder']}`")
+            out.append(f"- sampled: {config_text(b['params'])}")
+        out.append(f"- trials: {s['trials']} ({s['completed']} completed, {s['stopped_early']} stopped early by "
+                   f"ASHA, {s['failed']} failed); Optuna study `{s['study']}`")
+        out += [f"- `{tid}` failed: {err}" for tid, err in (s.get("errors") or {}).items()]
+        out.append("")
+    m = summary["mlflow"]
+    out += [f"MLflow: experiment `{m['experiment']}`, sweep run `{m['sweep_run_id']}`; `{m['ui']}`",
+            f"Optuna: `{optuna_command(summary['optuna_storage'])}`", ""]
+    return "\n".join(out)
