@@ -535,6 +535,18 @@ def test_the_printed_optuna_command_survives_a_folder_with_spaces_and_a_hash(tmp
     assert f"Optuna: `{SF.optuna_command(storage)}`" in SF.summary_markdown(summary)
 
 
+def test_the_studies_of_a_folder_with_a_question_mark_or_percent_go_to_its_own_database(tmp_path):
+    """A '?' in the sweep folder's path started the SQLAlchemy URL's query: Optuna's studies went to a database
+    named after the path's head ('/.../runs' for '/.../runs/what?/x'), or nowhere a resume would look."""
+    import optuna
+
+    folder = SF.SweepFolder(tmp_path / "what?" / "50%25 x")
+    folder.root.mkdir(parents=True)
+    optuna.create_study(study_name="s", storage=folder.optuna_storage)
+    assert (folder.root / SF.OPTUNA_DB).is_file() and [p.name for p in tmp_path.iterdir()] == ["what?"]
+    assert optuna.load_study(study_name="s", storage=folder.optuna_storage).study_name == "s"
+
+
 def test_a_sweep_folder_on_object_storage_is_refused_in_one_line(tmp_path, capsys):
     assert cli_main(["sweep", str(write_space(tmp_path)), "--out", "s3://bucket/sweeps/x"]) == 2
     err = capsys.readouterr().err.strip()

@@ -36,7 +36,9 @@ class SweepFolder:
 
     @property
     def optuna_storage(self) -> str:
-        return f"sqlite:///{self.file(OPTUNA_DB)}"
+        """The studies' SQLAlchemy URL; '%' and '?' in the folder's path are escaped (SQLAlchemy unescapes them, and
+        a bare '?' would start the URL's query: the studies went to a database named after the path's head)."""
+        return "sqlite:///" + str(self.file(OPTUNA_DB)).replace("%", "%25").replace("?", "%3F")
 
 
 def read_state(folder: SweepFolder) -> dict[str, Any] | None:
