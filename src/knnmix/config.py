@@ -32,7 +32,7 @@ class DataConfig:
     name: str = "digits"  # registered dataset: digits, fashion-mnist, cifar10, cifar100, ...
     root: str | None = None  # data folder; null = the dataset's default location
     download: bool = False  # fetch the data with torchvision if missing (needs internet)
-    val_fraction: float = 0.1  # fraction of the (noisy) training set held out as the noisy validation split, in [0, 0.5]
+    val_fraction: float = 0.1  # fraction of the (noisy) training set held out as the noisy validation split, in [0, 0.5]; Python's round(fraction x images) images (an exact half goes to the even count)
     split_seed: int = 0  # seed of the validation split (fixed across runs so that runs compare on the same split)
     train_subset: int | None = None  # use a seeded subset of this many training images (before the split); null = all
     augment: bool = True  # train-time augmentation (the dataset's random crop / flip)
