@@ -21,9 +21,6 @@ import numpy as np
 import torch
 from PIL import Image, features
 from torch import Tensor
-from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as F
 
 from knnmix.data.base import Augment, ImageSource, Normalise, TensorSource
 from knnmix.errors import DataError, KnnmixWarning, listing, one_line
@@ -31,9 +28,12 @@ from knnmix.errors import DataError, KnnmixWarning, listing, one_line
 #: ImageNet's per-channel mean and std (RGB, 0..1 scale), used by every file-based data set.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: torchvision's ``IMG_EXTENSIONS`` (``torchvision.datasets.folder``), written out: importing torchvision costs
+#: seconds in every process that imports the engine, and only file data sets use it (a test checks the copy).
+TORCHVISION_IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 #: File name endings (matched in any case) taken as images when a folder is listed: torchvision's, plus GIF, PBM,
 #: JPEG's other endings and AVIF where Pillow decodes it.
-IMAGE_EXTENSIONS = (*IMG_EXTENSIONS, ".gif", ".pbm", ".jfif", ".jpe", *((".avif",) if features.check("avif") else ()))
+IMAGE_EXTENSIONS = (*TORCHVISION_IMG_EXTENSIONS, ".gif", ".pbm", ".jfif", ".jpe", *((".avif",) if features.check("avif") else ()))
 #: Endings of photo formats Pillow does not decode here: a listed folder leaves them out with a warning.
 UNREAD_IMAGE_EXTENSIONS = tuple(e for e in (".heic", ".heif", ".avif", ".jxl", ".dng", ".cr2", ".cr3", ".nef", ".arw",
                                             ".orf", ".rw2", ".raf", ".svg") if e not in IMAGE_EXTENSIONS)
@@ -113,9 +113,9 @@ def find_images(dataset: str, root: str, folders: dict[str, int]) -> tuple[list[
                 continue
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # (sorted: the same error every time)
             found += [(rank, os.path.join(key, f), label) for f in files
-                      if not f.startswith(".") and has_file_allowed_extension(f, IMAGE_EXTENSIONS)]
+                      if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
             unread += [os.path.join(key, f) for f in files
-                       if not f.startswith(".") and has_file_allowed_extension(f, UNREAD_IMAGE_EXTENSIONS)]
+                       if not f.startswith(".") and f.lower().endswith(UNREAD_IMAGE_EXTENSIONS)]
     refuse(again, f"{dataset}: remove the symbolic links through which {len(again)} folders under {root} are reached "
                   "a second time (a link loop, or two links to one folder)")
     if unread:
@@ -259,6 +259,8 @@ class ImageTransform:
     """
 
     def __init__(self, image_size: int) -> None:
+        from torchvision.transforms import v2
+
         s = self.image_size = image_size
         self.small = s < SMALL_IMAGE_SIDE
         self.resize_to = s if self.small else round(s * 256 / 224)
@@ -267,6 +269,8 @@ class ImageTransform:
 
     def __call__(self, x: Tensor, *, train: bool = False) -> Tensor:
         """A decoded ``uint8 (3, H, W)`` image resized and cropped (randomly if ``train`` and ``s >= 64``)."""
+        from torchvision.transforms.v2 import functional as F
+
         x = F.resize(x, [self.resize_to], antialias=True)  # (the functional forms skip the transforms' overhead)
         x = self.random_crop_flip(x) if train and not self.small else F.center_crop(x, [self.image_size])
         return x.contiguous()

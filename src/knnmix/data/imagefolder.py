@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
-from torchvision.datasets.folder import has_file_allowed_extension
 
 from knnmix.data.base import DATASETS, DatasetBundle
 from knnmix.data.files import IMAGE_EXTENSIONS, OnBadImage, as_int, build_sources, check_options, data_root
@@ -71,7 +70,7 @@ def warn_layout(root: str, folders: list[str], keys: list[str]) -> None:
     class folder, left out), and class folders that all hold only the same sub-folders (``train/{cat,dog}``,
     ``test/{cat,dog}``: splits read as classes)."""
     loose = sorted(f for f in os.listdir(root) if not f.startswith(".") and os.path.isfile(os.path.join(root, f))
-                   and has_file_allowed_extension(f, IMAGE_EXTENSIONS))
+                   and f.lower().endswith(IMAGE_EXTENSIONS))
     if loose:
         warnings.warn(f"{NAME}: {len(loose)} images directly under {root} are in no class folder and are left out: "
                       f"{listing(loose)}", KnnmixWarning, stacklevel=3)

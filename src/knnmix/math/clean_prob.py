@@ -11,8 +11,6 @@ import warnings
 
 import numpy as np
 import torch
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.mixture import GaussianMixture
 from torch import Tensor
 
 from knnmix.math._checks import check_int, check_range, check_tensor
@@ -61,6 +59,9 @@ def fit_clean_probability(
     if values.shape[0] < 2 or np.ptp(values) <= 0:
         out[mask] = 1.0
         return out
+    from sklearn.exceptions import ConvergenceWarning  # here: scikit-learn's import costs seconds in every process
+    from sklearn.mixture import GaussianMixture  # that imports the engine (Ray Train's workers, a sweep's trials)
+
     gmm = GaussianMixture(n_components=2, max_iter=max_iter, tol=tol, reg_covar=reg_covar, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # 10 EM steps is the authors' deliberate choice

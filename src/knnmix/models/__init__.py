@@ -22,8 +22,17 @@ from knnmix.errors import KnnmixError, one_line
 from knnmix.models.base import MODELS, Backbone, LogitsOnly, ModelFactory, count_parameters
 from knnmix.models.preact_resnet import PreActResNet
 from knnmix.models.pretrained import load_pretrained, read_state_dict
-from knnmix.models.resnet import ResNet50
 from knnmix.models.small_cnn import SmallCNN
+
+
+@MODELS.register("resnet50")
+def resnet50(num_classes: int, in_channels: int, image_size: int) -> Backbone:
+    """:class:`knnmix.models.resnet.ResNet50`, imported when built: it subclasses torchvision's ResNet, and
+    torchvision's import costs seconds in every process that imports the engine (Ray Train's workers, a sweep's
+    trials), most of which never build a ResNet-50."""
+    from knnmix.models.resnet import ResNet50
+
+    return ResNet50(num_classes, in_channels, image_size)
 
 
 def build_model(
@@ -78,6 +87,6 @@ def _check_outputs(model: nn.Module, name: str, num_classes: int, in_channels: i
 
 
 __all__ = [
-    "MODELS", "Backbone", "LogitsOnly", "ModelFactory", "PreActResNet", "ResNet50", "SmallCNN", "build_model",
+    "MODELS", "Backbone", "LogitsOnly", "ModelFactory", "PreActResNet", "SmallCNN", "build_model",
     "count_parameters", "load_pretrained", "read_state_dict",
 ]  # fmt: skip

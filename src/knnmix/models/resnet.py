@@ -11,13 +11,12 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from knnmix.models.base import MODELS, Backbone, check_dims
+from knnmix.models.base import Backbone, check_dims
 
 #: Smallest input side: the network downsamples by 32.
 MIN_IMAGE_SIZE = 32
 
 
-@MODELS.register("resnet50")
 class ResNet50(Backbone, ResNet):
     """``torchvision.models.resnet50(weights=None)`` with a ``num_classes`` head and a ``(logits, features)`` forward.
 
