@@ -33,7 +33,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 TORCHVISION_IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 #: File name endings (matched in any case) taken as images when a folder is listed: torchvision's, plus GIF, PBM,
 #: JPEG's other endings and AVIF where Pillow decodes it.
-IMAGE_EXTENSIONS = (*TORCHVISION_IMG_EXTENSIONS, ".gif", ".pbm", ".jfif", ".jpe", *((".avif",) if features.check("avif") else ()))
+IMAGE_EXTENSIONS = (*TORCHVISION_IMG_EXTENSIONS, ".gif", ".pbm", ".jfif", ".jpe",
+                    *((".avif",) if features.check("avif") else ()))
 #: Endings of photo formats Pillow does not decode here: a listed folder leaves them out with a warning.
 UNREAD_IMAGE_EXTENSIONS = tuple(e for e in (".heic", ".heif", ".avif", ".jxl", ".dng", ".cr2", ".cr3", ".nef", ".arw",
                                             ".orf", ".rw2", ".raf", ".svg") if e not in IMAGE_EXTENSIONS)
