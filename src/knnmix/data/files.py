@@ -260,8 +260,11 @@ class ImageTransform:
     """
 
     def __init__(self, image_size: int) -> None:
-        from torchvision.transforms import v2
+        from torchvision.transforms import v2  # here, not at import: see TORCHVISION_IMG_EXTENSIONS
+        from torchvision.transforms.v2 import functional as F
 
+        # per image, the functional forms (they skip the transforms' overhead)
+        self.resize, self.center_crop = F.resize, F.center_crop
         s = self.image_size = image_size
         self.small = s < SMALL_IMAGE_SIDE
         self.resize_to = s if self.small else round(s * 256 / 224)
@@ -270,10 +273,8 @@ class ImageTransform:
 
     def __call__(self, x: Tensor, *, train: bool = False) -> Tensor:
         """A decoded ``uint8 (3, H, W)`` image resized and cropped (randomly if ``train`` and ``s >= 64``)."""
-        from torchvision.transforms.v2 import functional as F
-
-        x = F.resize(x, [self.resize_to], antialias=True)  # (the functional forms skip the transforms' overhead)
-        x = self.random_crop_flip(x) if train and not self.small else F.center_crop(x, [self.image_size])
+        x = self.resize(x, [self.resize_to], antialias=True)
+        x = self.random_crop_flip(x) if train and not self.small else self.center_crop(x, [self.image_size])
         return x.contiguous()
 
     def decode(self, path: str, *, train: bool = False) -> Tensor:
