@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -638,6 +639,52 @@ def test_cifar_n_rejects_labels_in_another_order(
     with pytest.raises(KnnmixError, match=re.escape(f"labels differ from clean_label of {cifar_n_dir}")) as err:
         apply_noise("cifar10n:worse", shuffled, 10, seed=0, family="cifar10", cifar_n_dir=cifar_n_dir)
     assert f"at {mismatches:,} of 50,000 positions" in str(err.value)
+
+
+def test_train_runs_on_cifar10_with_the_real_cifar10n_worse_labels(
+    cifar_n_dir: Path, cifar_n_files: dict[str, dict[str, np.ndarray]], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``knnmix train --dataset cifar10 --noise cifar10n:worse`` end to end, as a user runs it: the release's batch
+    layout (written here: 50,000 training images in CIFAR's order, labelled with the label file's ``clean_label``,
+    8x8 pixels to stay small; each class a colour), the real CIFAR-10N file. The run trains on exactly the human
+    labels of its rows, reports the published rate and keeps the true labels beside them."""
+    import pickle
+
+    from knnmix.cli import main as cli_main
+
+    data = cifar_n_files["CIFAR-10_human.pt"]
+    clean, worse = data["clean_label"], data["worse_label"]
+    rng = np.random.default_rng(0)
+    colours = rng.integers(0, 256, (10, 3, 1, 1))
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+
+    def dump(name: str, labels: np.ndarray) -> None:
+        pixels = np.clip(colours[labels] + rng.integers(-40, 41, (len(labels), 3, 8, 8)), 0, 255).astype(np.uint8)
+        obj = {"batch_label": name, "labels": labels.tolist(), "data": pixels.reshape(len(labels), -1)}
+        (folder / name).write_bytes(pickle.dumps(obj, protocol=4))
+
+    for i in range(5):
+        dump(f"data_batch_{i + 1}", clean[10_000 * i: 10_000 * (i + 1)])
+    dump("test_batch", rng.integers(0, 10, 500))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{k}" for k in range(10)]}))
+    out = tmp_path / "run"
+    code = cli_main(["train", "--dataset", "cifar10", "--noise", "cifar10n:worse", "--method", "knnmix", "--epochs",
+                     "3", "--out", str(out), "--set", f"data.root={tmp_path / 'data'}", "--set",
+                     f"noise.cifar_n_dir={cifar_n_dir}", "--set", "model.name=small_cnn", "--set",
+                     "data.train_subset=1000", "--set", "method.warmup_epochs=1", "--set", "method.correction_start=2"])
+    assert code == 0, capsys.readouterr().err[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["dataset"], summary["noise"], summary["model"]) == ("cifar10", "cifar10n:worse", "small_cnn")
+    assert f"{100 * summary['noise_rate']:.2f}" == "40.21"  # the published rate, over all 50,000 images
+    saved = np.load(out / "noisy_labels.npz")
+    np.testing.assert_array_equal(saved["noisy_labels"], worse)  # the annotators' labels, in CIFAR's order
+    np.testing.assert_array_equal(saved["true_labels"], clean)
+    rows = saved["train_rows"]
+    assert len(rows) + len(saved["val_rows"]) == 1000
+    assert summary["train_noise_rate"] == pytest.approx(float(np.mean(worse[rows] != clean[rows])))
+    assert summary["final"]["test_acc"] > 50  # 40% human noise; each class a colour: it learned them anyway
+    assert summary["final"]["noisy_precision"] > 60 and summary["final"]["noisy_recall"] > 60  # it finds them
 
 
 def test_asymmetric_cifar100_on_real_superclasses(cifar_n_files: dict[str, dict[str, np.ndarray]]) -> None:
