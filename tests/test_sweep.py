@@ -436,6 +436,31 @@ def test_tracking_store_default_env_and_uri(tmp_path, monkeypatch):
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
+def test_a_sqlite_store_is_read_as_sqlalchemy_reads_it_and_a_path_mlflow_cannot_hold_is_one_line(
+        tmp_path, monkeypatch, capsys):
+    """In a working directory named 'a?b' the default store's runs went to a database file named 'a' beside it; in
+    one named '50%41', SQLAlchemy opened '50A' and MLflow failed deep inside: now one line, before anything runs."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for name in ("a?b", "50%41"):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        where = f"MLflow's SQLite store cannot be {tmp_path}/{name}/mlflow.db"
+        with pytest.raises(KnnmixError, match=re.escape(where)):
+            TR.Store.resolve()
+    assert cli_main(["sweep", "smoke", "--out", str(tmp_path / "sweep")]) == 2  # refused before a trial runs
+    assert "pass --tracking-uri sqlite:////another/folder/mlflow.db" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["50%41", "a?b"]  # nothing written
+    monkeypatch.chdir(tmp_path)
+    for uri in ("sqlite:///runs?1/mlflow.db", "sqlite:///runs%3F1/mlflow.db", f"sqlite:///{tmp_path}/50%2541/x.db"):
+        with pytest.raises(KnnmixError, match="MLflow's SQLite store cannot be"):
+            TR.Store.from_uri(uri)
+    # a query stays the URI's; an escaped character is the path's
+    assert TR.Store.from_uri("sqlite:///x.db?timeout=20") == TR.Store(
+        f"sqlite:///{tmp_path}/x.db?timeout=20", str(tmp_path / "mlartifacts"))
+    escaped = TR.Store.from_uri(f"sqlite:///{tmp_path}/h%23x/m.db")
+    assert escaped == TR.Store(f"sqlite:///{tmp_path}/h#x/m.db", str(tmp_path / "h#x" / "mlartifacts"))
+
+
 def test_resume_with_a_changed_space_file_names_what_changed(tmp_path):
     path = write_space(tmp_path)
     folder = SF.SweepFolder(tmp_path / "sweep")

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points, version
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from knnmix import config as C
 from knnmix.engine.checkpoint import (BEST_MODEL, CONFIG, LABEL_ISSUES, LABEL_ISSUES_PLOT, METRICS, NOISY_LABELS,
@@ -55,7 +56,7 @@ class Store:
 
     @classmethod
     def default(cls, cwd: str | Path | None = None) -> Store:
-        return cls.from_uri(f"sqlite:///{Path(cwd or Path.cwd()).absolute() / DEFAULT_DB}")
+        return cls._sqlite(Path(cwd or Path.cwd()).absolute() / DEFAULT_DB)
 
     @classmethod
     def resolve(cls, uri: str | None = None) -> Store:
@@ -66,10 +67,13 @@ class Store:
     @classmethod
     def from_uri(cls, uri: str) -> Store:
         """``sqlite:///rel.db`` is made absolute; a local database keeps its artifacts beside it; a bare folder
-        (MLflow's file store) is refused, as MLflow 3 deprecates it."""
+        (MLflow's file store) is refused, as MLflow 3 deprecates it. A SQLite URI is read as SQLAlchemy reads it:
+        what follows '?' is its query (kept), '%XX' an escaped character."""
         if uri.startswith("sqlite:///"):
-            path = Path(uri[len("sqlite:///"):]).expanduser().absolute()
-            return cls(f"sqlite:///{path}", str(path.parent / DEFAULT_ARTIFACTS))
+            database, sep, query = uri[len("sqlite:///"):].partition("?")
+            if "/" in query:  # sqlite:///runs?1/mlflow.db: a path, not a query
+                database, sep, query = uri[len("sqlite:///"):], "", ""
+            return cls._sqlite(Path(unquote(database)).expanduser().absolute(), sep + query)
         if uri.startswith("file:") or ":" not in uri:  # a folder: MLflow 3 keeps its file store only behind a flag
             raise KnnmixError(f"tracking URI {uri!r}: a folder (MLflow's deprecated file store) is not supported; use "
                               "e.g. sqlite:///mlflow.db or http://127.0.0.1:5000")
@@ -81,6 +85,14 @@ class Store:
             raise KnnmixError(f"tracking URI {uri!r}: MLflow has no tracking store for {scheme + '://'!r}; use e.g. "
                               f"sqlite:///mlflow.db or http://127.0.0.1:5000 (schemes: {', '.join(TRACKING_SCHEMES)})")
         return cls(uri, None)
+
+    @classmethod
+    def _sqlite(cls, path: Path, query: str = "") -> Store:
+        if "?" in str(path) or "%" in str(path):  # e.g. the default store in a working directory named 'a?b'
+            raise KnnmixError(f"MLflow's SQLite store cannot be {path}: MLflow reads '?' and '%' in a database path "
+                              "as URL syntax (with a '?' the runs went to a database named after the path's head); "
+                              "pass --tracking-uri sqlite:////another/folder/mlflow.db or run from another folder")
+        return cls(f"sqlite:///{path}{query}", str(path.parent / DEFAULT_ARTIFACTS))
 
     @property
     def is_local(self) -> bool:
@@ -105,7 +117,7 @@ class Store:
         from mlflow.tracking import MlflowClient
 
         if self.is_local:
-            Path(self.uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            Path(str(self.artifact_root)).parent.mkdir(parents=True, exist_ok=True)  # the database's folder
         return MlflowClient(tracking_uri=self.uri)
 
 
