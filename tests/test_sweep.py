@@ -308,6 +308,11 @@ def test_one_study_per_setting_behind_one_searcher_round_robin(tmp_path):
     assert [g[S.SETTING_KEY] for g in got] == ["symmetric-0.2", "symmetric-0.5"] * 2
     assert [{k: v for k, v in g.items() if k != S.SETTING_KEY} for g in got[1::2]] == alone
     assert search.suggest("t4") == Searcher.FINISHED  # 2 settings x 2 trials
+    # it limits the trials running at once itself (Tune's ConcurrencyLimiter then passes every call through)
+    limited = S.SettingsSearch({s.slug: S.make_study(space, s) for s in space.settings}, space.trials)
+    assert limited.set_max_concurrency(1) and isinstance(limited.suggest("a"), dict) and limited.suggest("b") is None
+    limited.on_trial_complete("a", None, error=True)
+    assert isinstance(limited.suggest("b"), dict)
     # results go to the trial's own study
     search.on_trial_complete("t1", {"val_acc": 12.5, "training_iteration": 1})
     assert [t.value for t in studies["symmetric-0.5"]._ot_study.trials if t.value is not None] == [12.5]
@@ -334,6 +339,28 @@ def test_a_resumed_trial_reporting_a_redone_epoch_again_warns_of_nothing(tmp_pat
             search.on_trial_result("t0", {"val_acc": value, "training_iteration": 1})
     (trial,) = study._ot_study.trials
     assert trial.intermediate_values == {1: 10.0}  # Optuna keeps the first report
+
+
+def test_a_failed_trial_run_again_adds_its_result_to_the_study_beside_the_failure(tmp_path):
+    """--resume runs a failed trial again under the same id; its study had ended it as FAIL, and Ray's OptunaSearch
+    dropped the second completion with a warning: the sampler never learned the rerun's value, optuna-dashboard
+    and the importances showed a failure."""
+    from optuna.trial import TrialState
+
+    space = SP.load_space(write_space(tmp_path, trials=2, start_with=[], noise=["symmetric:0.2"]))
+    study = S.make_study(space, space.settings[0])
+    search = S.SettingsSearch({space.settings[0].slug: study}, 2)
+    config = search.suggest("t0")
+    search.on_trial_complete("t0", None, error=True)
+    search.on_trial_result("t0", {"val_acc": 30.0, "training_iteration": 1})  # the rerun
+    search.on_trial_complete("t0", {"val_acc": 25.0, "training_iteration": 2,  # flattened, as Tune passes it
+                                    **{f"config/{k}": v for k, v in config.items()}})
+    first, rerun = study._ot_study.trials
+    assert first.state == TrialState.FAIL and rerun.state == TrialState.COMPLETE
+    assert rerun.params == {k: v for k, v in config.items() if k != S.SETTING_KEY} == first.params
+    assert rerun.value == 30.0  # its best epoch, as for every trial
+    search.on_trial_complete("t0", None, error=True)  # failed again: nothing more to record
+    assert len(study._ot_study.trials) == 2
 
 
 def test_asha_fields_reach_each_settings_scheduler(tmp_path):
@@ -811,6 +838,10 @@ def test_a_failed_trial_that_resume_runs_again_is_logged_and_selected_as_it_ende
         start_with=[{"model.pretrained": None}, {"model.pretrained": str(weights)}]))
     out, store = tmp_path / "sweep", TR.Store.from_uri(f"sqlite:///{tmp_path / 'runs.db'}")
     assert S.run_sweep(space, out, store=store, echo=None)["failed"] == 1
+    from ray.tune import ExperimentAnalysis  # one trial at a time (max_concurrent_trials=1, SettingsSearch's limit)
+
+    first, second = sorted(ExperimentAnalysis(str(out / "tune")).trials, key=lambda t: t.run_metadata.start_time)
+    assert second.run_metadata.start_time >= first.run_metadata.last_result_time > 0
     (done,) = (out / "symmetric-0.2" / "trials").glob("*/model_best.pt")
     torch.save(safe_load(done)["state_dict"], weights)
     lines: list[str] = []
@@ -828,6 +859,16 @@ def test_a_failed_trial_that_resume_runs_again_is_logged_and_selected_as_it_ende
     assert run.data.metrics["best_val_acc"] == setting["best"]["val_acc"]
     models = client.search_logged_models([run.info.experiment_id])
     assert [m.source_run_id for m in models] == [setting["best_mlflow_run_id"]]  # one model, the best trial's
+    # its study keeps the failure and holds the rerun's result beside it
+    import optuna
+
+    study = optuna.load_study(study_name=SF.study_name(space, space.settings[0]),
+                              storage=SF.SweepFolder(out).optuna_storage)
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "COMPLETE", "FAIL"]
+    (failed,) = [t for t in study.trials if t.state.name == "FAIL"]
+    (rerun,) = [t for t in study.trials if t.state.name == "COMPLETE" and t.params == failed.params]
+    trial = next(r for r in trials if r.data.params["model.pretrained"] == str(weights))
+    assert rerun.value == trial.data.metrics["best_val_acc"]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -71,16 +71,23 @@ class SettingsSearch(Searcher):
     Each new trial goes to the setting with the fewest trials so far (in the space's order on ties) and carries the
     setting's slug under :data:`SETTING_KEY`; results and completions go back to that setting's study. A study is
     told a trial's best epoch (what the sweep selects on, :func:`best_trial`), not its last as Ray's OptunaSearch
-    would.
+    would. A failed trial that ``--resume`` runs again ends twice: the rerun's result becomes a new trial there.
     """
 
     def __init__(self, studies: dict[str, Any], trials: int) -> None:
         super().__init__(metric=METRIC, mode=MODE)
-        self.studies, self.trials = studies, trials
+        self.studies, self.trials, self.max_concurrent = studies, trials, math.inf
         self.setting_of: dict[str, str] = {}
         self.best_of: dict[str, float] = {}  # each running trial's best value so far
+        self.live, self.ended = set[str](), set[str]()  # running; told to their study as ended
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        self.max_concurrent = max_concurrent
+        return True  # limited in suggest(): Tune's ConcurrencyLimiter would drop a rerun's end (no longer "live")
 
     def suggest(self, trial_id: str) -> dict | str | None:
+        if len(self.live) >= self.max_concurrent:
+            return None
         started = Counter(self.setting_of.values())
         slug = min(self.studies, key=lambda s: started[s])
         if started[slug] >= self.trials:  # the least-started setting has all its trials: so have the others
@@ -89,10 +96,13 @@ class SettingsSearch(Searcher):
         if not isinstance(config, dict):
             return config
         self.setting_of[trial_id] = slug
+        self.live.add(trial_id)
         return {**config, SETTING_KEY: slug}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self.best_of[trial_id] = max(self.best_of.get(trial_id, result[METRIC]), result[METRIC])
+        if trial_id in self.ended:  # a failed trial, run again: its study has ended it
+            return
         with warnings.catch_warnings():  # a resumed trial reports the epochs it redoes again: Optuna keeps the first
             warnings.filterwarnings("ignore", "The reported value is ignored because this `step=", UserWarning)
             self.studies[self.setting_of[trial_id]].on_trial_result(trial_id, result)
@@ -101,7 +111,14 @@ class SettingsSearch(Searcher):
         best = self.best_of.pop(trial_id, None)
         if result and result.get(METRIC) is not None:
             result = {**result, METRIC: max(result[METRIC], best if best is not None else result[METRIC])}
-        self.studies[self.setting_of[trial_id]].on_trial_complete(trial_id, result, error)
+        study = self.studies[self.setting_of[trial_id]]
+        self.live.discard(trial_id)
+        if trial_id not in self.ended:
+            self.ended.add(trial_id)
+            study.on_trial_complete(trial_id, result, error)
+        elif result and result.get(METRIC) is not None:  # run again after it failed: Optuna cannot change the FAIL
+            study.add_evaluated_point({k[len("config/"):]: v for k, v in result.items() if k.startswith("config/")
+                                       and k != f"config/{SETTING_KEY}"}, result[METRIC])
 
     def save(self, checkpoint_path: str) -> None:
         Path(checkpoint_path).write_bytes(pickle.dumps(self.__dict__))
@@ -174,18 +191,11 @@ def trial_resources(cfg: C.Config) -> dict[str, Any]:
     return {"cpu": 0, "memory": TRIAL_MEMORY}
 
 
-def trials_fit_this_machine(cfg: C.Config) -> None:
-    """A trial that a Ray of this machine alone can never hold is one line before any trial starts: Tune would wait
-    for an in-process trial's CPUs or GPU forever, and every Ray Train trial would fail alike, one after another."""
-    fits_this_machine(C.replace(cfg, **{"distributed.workers": max(cfg.distributed.workers, 1)}))
-
-
 def max_concurrent(space: SearchSpace, cfg: C.Config, cluster: dict[str, float]) -> int:
     """``max_concurrent_trials``, or the trials the cluster's CPUs (GPUs) fit, at most every trial of the sweep."""
     if space.max_concurrent_trials is not None:
         return space.max_concurrent_trials
-    x = cfg.distributed
-    workers = max(x.workers, 1)
+    x, workers = cfg.distributed, max(cfg.distributed.workers, 1)
     n = int(cluster.get("CPU", 0) // (workers * x.cpus_per_worker))
     if x.use_gpu:
         n = min(n, int(cluster.get("GPU", 0) // workers))
@@ -286,7 +296,9 @@ def run_sweep(
         with T.ended_on_failure(store, ml):  # its runs KILLED / FAILED, not RUNNING for good
             ray_env.ensure_ray(verbose=verbose)
             first = configs[settings[0].slug]
-            trials_fit_this_machine(first)  # before the state: a sweep that cannot run leaves none to --resume
+            # a trial this machine's Ray can never hold is one line before the state (nothing to --resume): Tune would
+            # wait for an in-process trial's CPUs forever, and every Ray Train trial would fail alike, one by one
+            fits_this_machine(C.replace(first, **{"distributed.workers": max(first.distributed.workers, 1)}))
             write_state(folder, state)
 
             concurrency = max_concurrent(space, first, ray.cluster_resources())
