@@ -363,6 +363,25 @@ def test_a_failed_trial_run_again_adds_its_result_to_the_study_beside_the_failur
     assert len(study._ot_study.trials) == 2
 
 
+def test_a_searcher_saved_before_its_running_and_ended_sets_resumes(tmp_path):
+    """Tune pickles the searcher with the experiment: resuming a sweep saved by the SettingsSearch before its
+    ``live`` / ``ended`` / ``max_concurrent`` fields failed at once ("'SettingsSearch' object has no attribute
+    'ended'"), as did the searcher state it saves every few seconds."""
+    import pickle
+
+    space = SP.load_space(write_space(tmp_path, trials=2, start_with=[], noise=["symmetric:0.2"]))
+    search = S.SettingsSearch({space.settings[0].slug: S.make_study(space, space.settings[0])}, 2)
+    search.suggest("t0")
+    for name in ("live", "ended", "max_concurrent"):
+        del search.__dict__[name]  # as the older class saved it
+    (tmp_path / "searcher.pkl").write_bytes(pickle.dumps(search.__dict__))
+    for old in (pickle.loads(pickle.dumps(search)), S.SettingsSearch({}, 0)):
+        old.restore(str(tmp_path / "searcher.pkl"))
+        assert old.set_max_concurrency(2) and isinstance(old.suggest("t1"), dict)
+        old.on_trial_complete("t0", {"val_acc": 20.0, "training_iteration": 1})
+        assert old.ended == {"t0"} and old.live == {"t1"}
+
+
 def test_asha_fields_reach_each_settings_scheduler(tmp_path):
     space = SP.load_space(write_space(tmp_path, asha={"grace_period": 1, "reduction_factor": 3, "max_t": 4,
                                                        "brackets": 2}))

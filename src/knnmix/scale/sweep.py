@@ -108,10 +108,9 @@ class SettingsSearch(Searcher):
             self.studies[self.setting_of[trial_id]].on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        best = self.best_of.pop(trial_id, None)
+        best, study = self.best_of.pop(trial_id, -math.inf), self.studies[self.setting_of[trial_id]]
         if result and result.get(METRIC) is not None:
-            result = {**result, METRIC: max(result[METRIC], best if best is not None else result[METRIC])}
-        study = self.studies[self.setting_of[trial_id]]
+            result = {**result, METRIC: max(result[METRIC], best)}
         self.live.discard(trial_id)
         if trial_id not in self.ended:
             self.ended.add(trial_id)
@@ -119,6 +118,9 @@ class SettingsSearch(Searcher):
         elif result and result.get(METRIC) is not None:  # run again after it failed: Optuna cannot change the FAIL
             study.add_evaluated_point({k[len("config/"):]: v for k, v in result.items() if k.startswith("config/")
                                        and k != f"config/{SETTING_KEY}"}, result[METRIC])
+
+    def __setstate__(self, state: dict) -> None:  # a sweep saved before these fields existed (Tune pickles it)
+        self.__dict__.update({"max_concurrent": math.inf, "live": set(), "ended": set(), **state})
 
     def save(self, checkpoint_path: str) -> None:
         Path(checkpoint_path).write_bytes(pickle.dumps(self.__dict__))
@@ -321,17 +323,13 @@ def run_sweep(
                 search = SettingsSearch(studies, space.trials)
                 scheduler = SettingsASHA({s.slug: make_asha(space, configs[s.slug].epochs) for s in settings},
                                          RunHistory(str(folder.root)))
-                tuner = tune.Tuner(
-                    trainable,
-                    tune_config=tune.TuneConfig(num_samples=total, search_alg=search, scheduler=scheduler,
-                                                max_concurrent_trials=concurrency,
-                                                # a stopped Ray Train trial unwinds its worker group for longer
-                                                # than Tune waits before it reuses the actor (2 s), which would
-                                                # fail the next trial
-                                                reuse_actors=in_process(first)),
-                    run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(folder.root), callbacks=[logger],
-                                              failure_config=tune.FailureConfig(max_failures=0), verbose=0),
-                )
+                tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(
+                    num_samples=total, search_alg=search, scheduler=scheduler, max_concurrent_trials=concurrency,
+                    # a stopped Ray Train trial unwinds its worker group for longer than Tune waits before it reuses
+                    # the actor (2 s), which would fail the next trial
+                    reuse_actors=in_process(first)), run_config=tune.RunConfig(
+                    name=TUNE_DIR, storage_path=str(folder.root), callbacks=[logger],
+                    failure_config=tune.FailureConfig(max_failures=0), verbose=0))
             T.ECHOES[str(folder.root)] = say  # the trials' lines (the TrialLogger Tune restores was saved without it)
             try:
                 tuner.fit()
