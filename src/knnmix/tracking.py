@@ -70,9 +70,10 @@ class Store:
         (MLflow's file store) is refused, as MLflow 3 deprecates it. A SQLite URI is read as SQLAlchemy reads it:
         what follows '?' is its query (kept), '%XX' an escaped character."""
         if uri.startswith("sqlite:///"):
-            database, sep, query = uri[len("sqlite:///"):].partition("?")
+            rest = uri[len("sqlite:///"):]
+            database, sep, query = rest.partition("?")
             if "/" in query:  # sqlite:///runs?1/mlflow.db: a path, not a query
-                database, sep, query = uri[len("sqlite:///"):], "", ""
+                database, sep, query = rest, "", ""
             return cls._sqlite(Path(unquote(database)).expanduser().absolute(), sep + query)
         if uri.startswith("file:") or ":" not in uri:  # a folder: MLflow 3 keeps its file store only behind a flag
             raise KnnmixError(f"tracking URI {uri!r}: a folder (MLflow's deprecated file store) is not supported; use "

@@ -73,10 +73,11 @@ class SettingsSearch(Searcher):
     told a trial's best epoch (what the sweep selects on, :func:`best_trial`), not its last as Ray's OptunaSearch
     would. A failed trial that ``--resume`` runs again ends twice: the rerun's result becomes a new trial there.
     """
+    max_concurrent: float = math.inf  # the trials running at once; Tune sets it (set_max_concurrency)
 
     def __init__(self, studies: dict[str, Any], trials: int) -> None:
         super().__init__(metric=METRIC, mode=MODE)
-        self.studies, self.trials, self.max_concurrent = studies, trials, math.inf
+        self.studies, self.trials = studies, trials
         self.setting_of: dict[str, str] = {}
         self.best_of: dict[str, float] = {}  # each running trial's best value so far
         self.live, self.ended = set[str](), set[str]()  # running; told to their study as ended
@@ -120,7 +121,7 @@ class SettingsSearch(Searcher):
                                        and k != f"config/{SETTING_KEY}"}, result[METRIC])
 
     def __setstate__(self, state: dict) -> None:  # a sweep saved before these fields existed (Tune pickles it)
-        self.__dict__.update({"max_concurrent": math.inf, "live": set(), "ended": set(), **state})
+        self.__dict__.update({"live": set(), "ended": set(), **state})
 
     def save(self, checkpoint_path: str) -> None:
         Path(checkpoint_path).write_bytes(pickle.dumps(self.__dict__))
@@ -323,13 +324,14 @@ def run_sweep(
                 search = SettingsSearch(studies, space.trials)
                 scheduler = SettingsASHA({s.slug: make_asha(space, configs[s.slug].epochs) for s in settings},
                                          RunHistory(str(folder.root)))
-                tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(
-                    num_samples=total, search_alg=search, scheduler=scheduler, max_concurrent_trials=concurrency,
-                    # a stopped Ray Train trial unwinds its worker group for longer than Tune waits before it reuses
-                    # the actor (2 s), which would fail the next trial
-                    reuse_actors=in_process(first)), run_config=tune.RunConfig(
-                    name=TUNE_DIR, storage_path=str(folder.root), callbacks=[logger],
-                    failure_config=tune.FailureConfig(max_failures=0), verbose=0))
+                tune_config = tune.TuneConfig(num_samples=total, search_alg=search, scheduler=scheduler,
+                                              max_concurrent_trials=concurrency,
+                                              # a stopped Ray Train trial unwinds its worker group for longer than
+                                              # Tune waits before it reuses the actor (2 s): the next trial would fail
+                                              reuse_actors=in_process(first))
+                run_config = tune.RunConfig(name=TUNE_DIR, storage_path=str(folder.root), callbacks=[logger],
+                                            failure_config=tune.FailureConfig(max_failures=0), verbose=0)
+                tuner = tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
             T.ECHOES[str(folder.root)] = say  # the trials' lines (the TrialLogger Tune restores was saved without it)
             try:
                 tuner.fit()
