@@ -438,6 +438,23 @@ def test_bank_every(tmp_path, monkeypatch):
         assert embedded == want, every
 
 
+def test_bank_every_epoch_when_subsampled(tmp_path):
+    """With data.epoch_samples each epoch draws fresh samples: the bank (clean probabilities, neighbours) is
+    refreshed every mixing epoch whatever bank_every says, so no sample trains with stale or missing neighbours."""
+    for neighbours in ("bank", "batch"):
+        eng = engine(tmp_path, **{"data.epoch_samples": 100, "method.bank_every": 2, "method.warmup_epochs": 1,
+                                  "method.correction_start": 2, "method.correction_period": 10, "epochs": 4,
+                                  "method.neighbours": neighbours})
+        for e in range(1, 5):
+            E.run_epoch(eng, e)
+            eng.epoch = e
+            active = E.active_indices(eng, e)
+            if e >= 2 and neighbours == "bank":
+                assert (eng.state.neighbours[active] >= 0).all(), e
+            if e >= 2 and neighbours == "batch":
+                assert eng.method._features[active].abs().sum(1).gt(0).all(), e
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # run-level keys
 

@@ -95,6 +95,10 @@ class Run:
         true = self.splits.train.true_labels
         return None if true is None else torch.from_numpy(self.splits.train.given_labels != true)
 
+    @property
+    def subsampled(self) -> bool:
+        return self.splits.bundle.epoch_rows is not None
+
     def embed_train_set(self) -> Bank:
         return embed(self, active_indices(self, self.epoch + 1))
 

@@ -41,6 +41,11 @@ class TrainContext(Protocol):
     def truly_noisy(self) -> Tensor | None:
         """``(N,)`` bool: the sample's given label differs from its true label (where known), diagnostics only."""
 
+    @property
+    def subsampled(self) -> bool:
+        """Each epoch trains a fresh draw of the training set (``data.epoch_samples``), so a bank embedded for one
+        epoch does not cover the next epoch's samples."""
+
     def embed_train_set(self) -> Bank:
         """A no-augmentation pass over the training set, gathered across ranks."""
 

@@ -104,16 +104,17 @@ class KnnMix(Method):
         c = self.cfg
         return max(c.warmup_epochs + 1, c.correction_start if c.premix != "knn" else 0)
 
-    def needs_bank(self, epoch: int) -> bool:
+    def needs_bank(self, epoch: int, subsampled: bool = False) -> bool:
         """Whether ``epoch`` embeds the training set: every ``bank_every`` epochs of the mixing phase and on its
-        correction epochs, and in the ``loss_window - 1`` epochs before it whose losses the first mixture fit
-        averages. Earlier epochs skip the pass (it costs about a third of a training epoch and nothing would use
-        it)."""
+        correction epochs (every mixing epoch when ``subsampled``: each epoch's fresh draw of samples needs its own
+        clean probabilities and neighbours), and in the ``loss_window - 1`` epochs before it whose losses the first
+        mixture fit averages. Earlier epochs skip the pass (it costs about a third of a training epoch and nothing
+        would use it)."""
         c = self.cfg
         first = self.first_mixing_epoch()
         if epoch <= c.warmup_epochs or epoch < first - (c.loss_window - 1):
             return False
-        if epoch <= first:
+        if epoch <= first or subsampled:
             return True
         stale = c.neighbours == "batch" and self._features is None  # resumed between two embeddings
         return (epoch - first) % c.bank_every == 0 or self.corrects(epoch) or stale
@@ -134,7 +135,7 @@ class KnnMix(Method):
         self.epoch = epoch
         self.phase = self.phase_of(epoch)
         self._mixing.zero_()
-        if not self.needs_bank(epoch):
+        if not self.needs_bank(epoch, ctx.subsampled):
             return
         bank = ctx.embed_train_set()
         corrects = self.corrects(epoch)
