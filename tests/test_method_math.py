@@ -170,6 +170,13 @@ def test_temperature_to_zero_picks_the_cleanest_member():
     expected = torch.tensor([[0.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
     assert torch.equal(neighbour_weights(w, members, 0.0), expected)
     assert torch.allclose(neighbour_weights(w, members, 1e-3), expected, atol=1e-6)
+    assert torch.equal(neighbour_weights(w, members, 1e-39), expected)  # log(w)/T would overflow to -inf: NaN
+
+
+def test_members_all_about_zero_get_equal_weights():
+    """ε on every member (documented): where the authors' rule keeps the anchor, knnmix mixes evenly."""
+    lam = neighbour_weights(torch.tensor([0.0, 0.0, 1e-12]), torch.tensor([[0, 1, 2]]), 1.0)
+    assert torch.allclose(lam, torch.full((1, 3), 1 / 3), atol=5e-3)
 
 
 def test_high_temperature_flattens_weights():

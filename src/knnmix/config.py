@@ -85,18 +85,18 @@ class MethodConfig:
     temperature: float = 1.0  # mixing temperature T > 0: weights ∝ clean_prob^(1/T); T -> 0 picks the cleanest member, T = 1 the authors' rule
     guard: Literal["none", "scale", "drop"] = "none"  # synthetic samples whose members are all likely noisy: keep (none), weight each sample's loss by its cleanest member's clean probability (scale), or drop those whose cleanest member is below 0.5 (drop)
     mixup_alpha: float = 1.0  # Beta(alpha, alpha) of random mixup (mixup method and knnmix premix)
-    correction_start: int = 60  # first epoch (1-based) of knnmix's neighbour mixing and of soft-target correction (knnmix, selc)
+    correction_start: int = 60  # first epoch (1-based) of knnmix's neighbour mixing and of soft-target correction (knnmix, selc); knnmix skips correction epochs inside its warm-up
     correction_period: int = 10  # correct soft targets every this many epochs from correction_start (the authors: 10; SELC: 1)
     correction_momentum: float = 0.9  # m in t <- m t + (1 - m) softmax(f(x)) (the authors and SELC: 0.9)
     correction_gate: Literal["none", "clean_prob", "neighbours", "clean_prob+neighbours"] = "clean_prob+neighbours"  # knnmix: what share of the correction step each target takes: all of it (none: SELC, the authors); 1 - its clean probability (clean_prob: DivideMix's label refinement; a sample the mixture holds clean keeps its label); the share of its method.vote_k feature-space neighbours whose current label is the class predicted for it (neighbours); or the product of both (clean_prob+neighbours: the default since 2026-12-01, chosen on noisy validation)
     vote_k: int = 10  # neighbours gates: feature-space neighbours (self excluded) whose current labels vote on each sample's correction
     mixture: Literal["global", "per_class"] = "per_class"  # clean probabilities from one two-component mixture per current corrected class (classes below mixture_min_class fall back to the global fit), or one over all losses (the authors: global)
     mixture_min_class: int = 20  # per_class: fewest samples of a class for it to get its own mixture
-    loss_window: int = 1  # average this many epochs' normalised losses before the mixture fit (the authors use 5 at 80% noise)
+    loss_window: int = 1  # average the normalised losses of this many fitted epochs (epochs that embed the training set) before the mixture fit (the authors use 5 at 80% noise)
     gmm_max_iter: int = 10  # EM iterations of the two-component mixture fit
     gmm_tol: float = 0.01  # EM convergence tolerance
     gmm_reg_covar: float = 5e-4  # variance floor of the mixture components
-    bank_every: int = 2  # in the mixing phase, embed the training set and refit the mixture and neighbours every this many epochs (and on every correction epoch); the authors: 1 (every epoch); 2 halves the extra embedding pass
+    bank_every: int = 2  # in the mixing phase, embed the training set and refit the mixture and neighbours every this many epochs (and on every correction epoch; every epoch with data.epoch_samples); the authors: 1 (every epoch); 2 halves the extra embedding pass
     search: Literal["faiss", "torch"] = "faiss"  # exact cosine neighbour search: faiss IndexFlatIP on CPU, or torch matmul+topk on the training device (GPU)
 
 

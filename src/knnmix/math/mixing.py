@@ -10,7 +10,7 @@ from torch import Tensor
 from knnmix.errors import KnnmixError
 from knnmix.math._checks import check_range, check_tensor
 
-_EPS = 1e-10  # keeps log(w) finite for w = 0, as the authors' lam = (w_i + 1e-10) / (w_i + w_j + 1e-10)
+_EPS = 1e-10  # keeps log(w) finite for w = 0 (the authors add it to the anchor only: lam = (w_i+ε)/(w_i+w_j+ε))
 
 
 def neighbour_weights(clean_prob: Tensor, members: Tensor, temperature: float) -> Tensor:
@@ -18,7 +18,9 @@ def neighbour_weights(clean_prob: Tensor, members: Tensor, temperature: float) -
 
     ``lambda_k ∝ w_k^(1/T)`` with ``w = clean_prob`` ``(N,)``: T = 1 gives the authors' K = 1 rule
     ``lambda_i = w_i / (w_i + w_j)``; T -> 0 puts all weight on the cleanest member (``temperature=0`` is that
-    limit exactly, ties to the earliest column); large T tends to uniform weights. Rows sum to one.
+    limit exactly, ties to the earliest column); large T tends to uniform weights. Rows sum to one. ε = 1e-10 is
+    added to every member's w, so members whose w are all about 0 (below ~1e-10) get equal weights, where the
+    authors' rule, with ε on the anchor's side only, keeps the anchor.
     """
     if check_tensor(clean_prob, "clean_prob").dim() != 1:
         raise ValueError(f"clean_prob must be (N,), got {tuple(clean_prob.shape)}")
@@ -35,7 +37,9 @@ def neighbour_weights(clean_prob: Tensor, members: Tensor, temperature: float) -
         raise ValueError("clean probabilities of the members must lie in [0, 1]")
     if temperature == 0:
         return torch.nn.functional.one_hot(w.argmax(dim=1), w.shape[1]).float()
-    return torch.softmax(torch.log(w + _EPS) / temperature, dim=1)
+    logw = torch.log(w + _EPS)
+    # Shifted by the row's maximum (softmax ignores the shift): log(w)/T stays finite for any T > 0.
+    return torch.softmax((logw - logw.amax(dim=1, keepdim=True)) / temperature, dim=1)
 
 
 def mix_batch(images: Tensor, targets: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
