@@ -33,6 +33,7 @@ from knnmix.provenance import command, git_commit
 from knnmix.scale import ray_env
 from knnmix.scale.train import (
     FAIL_AT_ENV,
+    START_TRIES,
     check_run_state,
     checkpoint_dir_name,
     clear_run,
@@ -614,6 +615,17 @@ def test_ray_job_submit_runs_train_job_to_success(ray_session, tmp_path):
         assert summary["commit"] == "c0ffee-submitted"  # the uploaded copy has no .git: the submitter says which
         assert summary["config"]["out"] == str(out)
         assert (out / "ray" / "job-out" / checkpoint_dir_name(2)).is_dir()
+        # a user error only the workers meet (the data is not where data.root says): the job's log ends with the
+        # driver's one line, without each worker's traceback of it (~25 lines each)
+        job = subprocess.run(
+            [str(VENV_BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(work), "--",
+             "python", "distributed/train_job.py", "--dataset", "fashion-mnist", "--workers", "2", "--epochs", "1",
+             "--out", str(tmp_path / "no-data"), "--set", f"data.root={tmp_path / 'nowhere'}"],
+            env=env, capture_output=True, text=True, timeout=420,
+        )
+        logs = job.stdout + job.stderr
+        assert job.returncode != 0 and "knnmix: error: fashion-mnist data not found at" in logs, logs[-4000:]
+        assert "Error in training function" not in logs and "Traceback" not in logs, logs[-4000:]
     finally:
         _stop_tree(head)
         head_log.close()
@@ -641,3 +653,40 @@ def test_ctrl_c_on_a_ray_train_run_is_one_line_with_status_130_and_keeps_its_che
     assert code == 130, err[-3000:]
     assert err.strip().splitlines()[-1].startswith("knnmix: interrupted; the same command with --resume"), err[-3000:]
     assert load_checkpoint(run / "checkpoint.pt")["epoch"] >= 1
+
+
+@pytest.mark.slow
+def test_more_workers_than_a_joined_cluster_has_warns_then_gives_up_in_one_line(ray_session, tmp_path):
+    """A `ray start` head (not this machine's loopback Ray: it could autoscale) with 2 CPUs and 4 workers asked for:
+    Ray Train retried its worker start-up forever, a traceback a minute; now a warning at once, and after
+    START_TRIES start-up timeouts (1 s here) one line and status 2."""
+    import ray
+
+    ray.shutdown()  # one Ray at a time on 2 cores
+    token = secrets.token_hex(24)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", RAY_TMPDIR=str(ray_session["tmp"] / "joined"),
+               RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    (ray_session["tmp"] / "joined").mkdir()
+    gcs = _free_port()
+    head = subprocess.Popen(  # 127.0.0.2: a node address other than 127.0.0.1, as a cluster's head has
+        [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.2", f"--port={gcs}",
+         "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
+        env={**env, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "1"}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        proc = subprocess.run(
+            [str(VENV_BIN / "knnmix"), "train", "--config", "digits", "--workers", "4", "--epochs", "1",
+             "--out", str(tmp_path / "run"), "--set", "data.train_subset=300"],
+            env={**env, "RAY_ADDRESS": f"127.0.0.2:{gcs}"}, capture_output=True, text=True, timeout=300,
+        )
+    finally:
+        _stop_tree(head)
+    err = proc.stderr
+    assert proc.returncode == 2, err[-3000:]
+    assert ("knnmix: warning: distributed.workers=4 x 1 CPU each needs 4 CPUs but the cluster has 2 now: waiting for "
+            "nodes to join") in err
+    line = (f"knnmix: error: Ray Train could not start distributed.workers=4 in {START_TRIES} start-up tries: the "
+            "cluster lacks the CPUs or GPUs (`ray status`)")
+    assert line in err.splitlines(), err[-3000:]

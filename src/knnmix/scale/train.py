@@ -33,6 +33,7 @@ from knnmix.scale import ray_env
 
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints
 FAIL_AT_ENV = "KNNMIX_TEST_FAIL_AT"  # test hook "EPOCH:RANK:MARKER": that rank raises once after EPOCH
+START_TRIES = 10  # Ray Train's worker start-ups (each RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s) before giving up
 
 
 def checkpoint_dir_name(epoch: int, redo: str = "") -> str:
@@ -80,7 +81,8 @@ def ray_configs(cfg: C.Config, *, num_workers: int | None = None, callbacks: lis
     # Without a validation split there is no val_acc to rank by: keep the most recent checkpoints instead.
     score = "val_acc" if cfg.data.val_fraction > 0 else None
     run = RunConfig(
-        name=name, storage_path=storage, callbacks=callbacks, failure_config=FailureConfig(max_failures=x.max_failures),
+        name=name, storage_path=storage, callbacks=callbacks,  # Ray retries a start-up that times out forever
+        failure_config=FailureConfig(max_failures=x.max_failures, controller_failure_limit=START_TRIES),
         checkpoint_config=CheckpointConfig(num_to_keep=x.num_to_keep, checkpoint_score_attribute=score,
                                            checkpoint_score_order="max"),
         # The knnmix package itself travels in the job's runtime env (ray_env.ensure_ray): Ray uploads local
@@ -156,6 +158,9 @@ def fit(
         user = user_error(exc)
         if user is not None:
             raise user.with_traceback(None) from None
+        if "WorkerGroupStartupTimeout" in type(getattr(exc, "controller_failure", None)).__name__:
+            raise KnnmixError(f"Ray Train could not start distributed.workers={cfg.distributed.workers} in "
+                              f"{START_TRIES} start-up tries: the cluster lacks the CPUs or GPUs (`ray status`)")
         raise
     if isinstance(result.return_value, dict):
         return DistributedRun(summary=result.return_value, result=result)
@@ -167,19 +172,22 @@ def fit(
 
 def fits_this_machine(cfg: C.Config) -> None:
     """Refuse workers that a Ray of this machine alone (its GCS on the loopback address: no other node can join,
-    e.g. the private one :func:`~knnmix.scale.ray_env.ensure_ray` starts) can never place: Ray Train would wait for
-    them forever. A cluster may autoscale: not checked."""
+    e.g. the private one :func:`~knnmix.scale.ray_env.ensure_ray` starts) can never place. On a cluster, which may
+    autoscale, a shortfall now is a warning (Ray Train gives up after :data:`START_TRIES` start-up timeouts)."""
     import ray
 
-    if ray.get_runtime_context().gcs_address.rpartition(":")[0] not in ("127.0.0.1", "localhost"):
-        return
+    alone = ray.get_runtime_context().gcs_address.rpartition(":")[0] in ("127.0.0.1", "localhost")
     x, have = cfg.distributed, ray.cluster_resources()
     for what, each in (("CPU", x.cpus_per_worker), ("GPU", int(x.use_gpu))):
         if x.workers * each > have.get(what, 0):
+            need = f"distributed.workers={x.workers} x {each} {what} each needs {x.workers * each} {what}s but"
             fewer = "distributed.cpus_per_worker" if what == "CPU" else "no GPU (distributed.use_gpu=false)"
-            raise KnnmixError(f"distributed.workers={x.workers} x {each} {what} each needs {x.workers * each} {what}s "
-                              f"but this machine has {have.get(what, 0):g}: use fewer workers or {fewer}, or join a "
-                              "cluster (RAY_ADDRESS)")
+            if alone:
+                raise KnnmixError(f"{need} this machine has {have.get(what, 0):g}: use fewer workers or {fewer}, or "
+                                  "join a cluster (RAY_ADDRESS)")
+            warnings.warn(f"{need} the cluster has {have.get(what, 0):g} now: waiting for nodes to join (Ray Train "
+                          f"gives up after {START_TRIES} start-up timeouts of RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, "
+                          "60 s by default)", KnnmixWarning, 2)
 
 
 def user_error(exc: BaseException) -> KnnmixError | None:
@@ -397,9 +405,11 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     # RunConfig's LoggingConfig misses it: one 'Reporting training result ...' line per worker and epoch
     if (context := sys.modules.get("ray.train.v2._internal.execution.context")) is not None:
         logging.getLogger(context.__file__).setLevel(logging.INFO if verbose else logging.WARNING)
+    if not verbose:  # a user error (a typo in data.root) is the driver's one line: not each worker's traceback too
+        logging.getLogger("ray.train.v2._internal.util").addFilter(lambda r: "\nknnmix.errors." not in r.getMessage())
     cfg = C.from_dict(loop_config["config"])  # worker_config's: threads = distributed.cpus_per_worker, set by build_run
-    run = E.build_run(cfg, dist=D.current(), device=ray.train.torch.get_device())
     folder = RunFolder(cfg.out)
+    run = E.build_run(cfg, dist=D.current(), device=ray.train.torch.get_device())
     redo = start_or_restore(run, folder, ray.train.get_checkpoint(), loop_config["resume"])
     summary = E.fit(run, folder if run.dist.is_main else None, echo=say,
                     on_epoch=report_epoch(ray.train.report, ray.train.Checkpoint, keep_in=loop_config.get("keep_in"),
