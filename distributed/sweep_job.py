@@ -37,7 +37,7 @@ from knnmix.cli import guarded  # noqa: E402
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="sweep_job.py",
+        prog="sweep_job.py", allow_abbrev=False,
         description="knnmix sweep as a Ray job (the flags of `knnmix sweep`; --out is required).",
     )
     p.add_argument("space", nargs="?", help="search space YAML file (relative to the working dir), or a name in "

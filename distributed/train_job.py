@@ -35,7 +35,7 @@ from knnmix.errors import KnnmixError  # noqa: E402
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="train_job.py",
+        prog="train_job.py", allow_abbrev=False,
         description="knnmix train on Ray Train (the flags of `knnmix train`; --workers N is required).",
     )
     _add_run_options(p, resume="the run (and its Ray Train checkpoints)")

@@ -47,6 +47,16 @@ def test_bad_input_is_one_line_naming_the_value(capsys, tmp_path, argv, needle):
     assert not (tmp_path / "run" / "checkpoint.pt").exists(), "nothing may train after a bad input"
 
 
+def test_abbreviated_flags_are_errors(capsys, tmp_path):
+    """argparse took '--worker 2' for --workers 2 (and '--res' for --resume): a typo ran something else."""
+    for argv in (["train", "--worker", "2"], ["sweep", "smoke", "--res"]):
+        with pytest.raises(SystemExit) as exit_:
+            main([*argv, "--out", str(tmp_path / "run")])
+        assert exit_.value.code == 2 and f"unrecognized arguments: {argv[-2] if argv[0] == 'train' else argv[-1]}" \
+            in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_console_script_prints_no_traceback(tmp_path):
     knnmix = os.path.join(os.path.dirname(sys.executable), "knnmix")
     proc = subprocess.run(

@@ -493,6 +493,9 @@ def test_a_submitted_job_refuses_paths_in_its_temporary_working_directory(script
     assert job.main([*first, "--out", str(tmp_path / "x")]) == 2
     assert "MLFLOW_TRACKING_URI) 'm.db' must be absolute in a submitted job" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+    with pytest.raises(SystemExit):  # no abbreviations: '--resume-if' is no flag of the job
+        job.main([*first, "--out", str(tmp_path / "x"), "--resume-if"])
+    assert "unrecognized arguments: --resume-if" in capsys.readouterr().err
 
 
 def test_train_job_resumes_with_the_config_of_the_run_folder_set_by_set_out(tmp_path, monkeypatch, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import shlex
@@ -296,10 +297,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="knnmix",
+        prog="knnmix", allow_abbrev=False,
         description="Train image classifiers on noisy labels with clean-weighted nearest-neighbour mixing.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    # no abbreviated flags ('--worker 2' ran as --workers 2): a typo is an error, and a new flag cannot change them
+    sub = parser.add_subparsers(dest="command", required=True,
+                                parser_class=functools.partial(argparse.ArgumentParser, allow_abbrev=False))
 
     p = sub.add_parser("train", help="train one run into its run folder")
     _add_run_options(p, resume="the run")
