@@ -170,7 +170,9 @@ def test_temperature_to_zero_picks_the_cleanest_member():
     expected = torch.tensor([[0.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
     assert torch.equal(neighbour_weights(w, members, 0.0), expected)
     assert torch.allclose(neighbour_weights(w, members, 1e-3), expected, atol=1e-6)
-    assert torch.equal(neighbour_weights(w, members, 1e-39), expected)  # log(w)/T would overflow to -inf: NaN
+    # log(w)/T of every member overflowing to -inf gave NaN weights (T = 2e-38 is still a normal float32)
+    assert torch.equal(neighbour_weights(torch.tensor([1e-3, 1e-4]), torch.tensor([[1, 0]]), 2e-38),
+                       torch.tensor([[0.0, 1.0]]))
 
 
 def test_members_all_about_zero_get_equal_weights():
