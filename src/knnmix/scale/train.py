@@ -408,8 +408,8 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     if not verbose:  # a user error (a typo in data.root) is the driver's one line: not each worker's traceback too
         logging.getLogger("ray.train.v2._internal.util").addFilter(lambda r: "\nknnmix.errors." not in r.getMessage())
     cfg = C.from_dict(loop_config["config"])  # worker_config's: threads = distributed.cpus_per_worker, set by build_run
-    folder = RunFolder(cfg.out)
     run = E.build_run(cfg, dist=D.current(), device=ray.train.torch.get_device())
+    folder = RunFolder(cfg.out)
     redo = start_or_restore(run, folder, ray.train.get_checkpoint(), loop_config["resume"])
     summary = E.fit(run, folder if run.dist.is_main else None, echo=say,
                     on_epoch=report_epoch(ray.train.report, ray.train.Checkpoint, keep_in=loop_config.get("keep_in"),
