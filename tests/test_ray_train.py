@@ -659,7 +659,7 @@ def test_ctrl_c_on_a_ray_train_run_is_one_line_with_status_130_and_keeps_its_che
 def test_more_workers_than_a_joined_cluster_has_warns_then_gives_up_in_one_line(ray_session, tmp_path):
     """A `ray start` head (not this machine's loopback Ray: it could autoscale) with 2 CPUs and 4 workers asked for:
     Ray Train retried its worker start-up forever, a traceback a minute; now a warning at once, and after
-    START_TRIES start-up timeouts (1 s here) one line and status 2."""
+    START_TRIES start-up timeouts (0.2 s here) one line and status 2."""
     import ray
 
     ray.shutdown()  # one Ray at a time on 2 cores
@@ -672,7 +672,7 @@ def test_more_workers_than_a_joined_cluster_has_warns_then_gives_up_in_one_line(
     head = subprocess.Popen(  # 127.0.0.2: a node address other than 127.0.0.1, as a cluster's head has
         [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.2", f"--port={gcs}",
          "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
-        env={**env, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "1"}, stdout=subprocess.DEVNULL,
+        env={**env, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "0.2"}, stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
