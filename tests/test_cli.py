@@ -49,11 +49,10 @@ def test_bad_input_is_one_line_naming_the_value(capsys, tmp_path, argv, needle):
 
 def test_abbreviated_flags_are_errors(capsys, tmp_path):
     """argparse took '--worker 2' for --workers 2 (and '--res' for --resume): a typo ran something else."""
-    for argv in (["train", "--worker", "2"], ["sweep", "smoke", "--res"]):
+    for argv, typo in ((["train", "--worker", "2"], "--worker 2"), (["sweep", "smoke", "--res"], "--res")):
         with pytest.raises(SystemExit) as exit_:
             main([*argv, "--out", str(tmp_path / "run")])
-        assert exit_.value.code == 2 and f"unrecognized arguments: {argv[-2] if argv[0] == 'train' else argv[-1]}" \
-            in capsys.readouterr().err
+        assert exit_.value.code == 2 and f"unrecognized arguments: {typo}" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
