@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -71,7 +72,6 @@ def quiet(verbose: bool = False) -> None:
                  "ray.tune.analysis.experiment_analysis"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
     if not verbose:
-        os.environ.setdefault("RAY_DEDUP_LOGS", "1")
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy reporter prints nothing at verbose=0
         os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "5")  # "operation X took 0.6 s": logging to MLflow does
         warnings.filterwarnings("ignore", module="ray")
@@ -193,8 +193,6 @@ def _exit_once_ray_is_gone(port: int, poll_s: float = 0.5) -> None:
     client ended the driver after 60 s with status 1 and a GCS error (after Slurm's default 30 s, SIGKILL). What
     ``--resume`` needs is on disk already (Tune saves its state every few seconds; a run, every checkpoint), as after
     a SIGKILL. Never fires once the main thread has finished (Ray's own shutdown at exit stops the GCS too)."""
-    import time
-
     while threading.main_thread().is_alive():
         try:
             socket.create_connection(("127.0.0.1", port), timeout=poll_s).close()

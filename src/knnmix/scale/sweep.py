@@ -36,7 +36,7 @@ from knnmix.errors import KnnmixError
 from knnmix.provenance import git_commit, now
 from knnmix.scale import ray_env
 from knnmix.scale import sweep_mlflow as T
-from knnmix.scale.train import fit, fits_this_machine, report_epoch, run_exists, start_or_restore
+from knnmix.scale.train import fit, fits_this_machine, report_epoch, run_exists, start_or_restore, worker_config
 from knnmix.spaces import METRIC, MODE, SETTING_KEY, NoiseSetting, SearchSpace
 from knnmix.sweep_folder import (SPACE_FILE, SUMMARY_JSON, SUMMARY_MD, TUNE_DIR, SweepFolder, TrialRecord, best_trial,
                                  check_state, new_state, optuna_command, reported, sampled_values, startup_trials,
@@ -289,8 +289,7 @@ def run_sweep(
             store = saved
         store = store or Store.resolve()
         settings = space.settings
-        configs = {s.slug: space.setting_config(s) for s in settings}
-        configs = {slug: C.replace(cfg, **C.absolute_paths(cfg)) for slug, cfg in configs.items()}
+        configs = {s.slug: worker_config(space.setting_config(s)) for s in settings}  # paths absolute
         if state is None:
             atomic_write_text(folder.file(SPACE_FILE), space.to_yaml())
             state = {**new_state(space, store), "folder": str(folder.root)}  # Tune's state names it: not moved

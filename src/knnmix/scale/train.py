@@ -17,7 +17,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import torch
 from knnmix import config as C
 from knnmix.methods import dist as D
 from knnmix.engine import train as E
-from knnmix.engine.checkpoint import CHECKPOINT, METRICS, SUMMARY, RunFolder, folder_lock, load_checkpoint, read_metrics
+from knnmix.engine.checkpoint import CHECKPOINT, METRICS, RunFolder, folder_lock, load_checkpoint, read_metrics
 from knnmix.errors import CheckpointError, KnnmixError, KnnmixWarning, one_line, warning_line
 from knnmix.scale import ray_env
 
@@ -162,12 +162,7 @@ def fit(
             raise KnnmixError(f"Ray Train could not start distributed.workers={cfg.distributed.workers} in "
                               f"{START_TRIES} start-up tries: the cluster lacks the CPUs or GPUs (`ray status`)")
         raise
-    if isinstance(result.return_value, dict):
-        return DistributedRun(summary=result.return_value, result=result)
-    path = RunFolder(cfg.out).file(SUMMARY)
-    if not path.exists():
-        raise KnnmixError(f"the run finished but {str(path)!r} is missing (is 'out' on storage every node sees?)")
-    return DistributedRun(summary=json.loads(path.read_text()), result=result)
+    return DistributedRun(summary=result.return_value, result=result)  # rank 0's train_worker returns the summary
 
 
 def fits_this_machine(cfg: C.Config) -> None:
@@ -192,13 +187,9 @@ def fits_this_machine(cfg: C.Config) -> None:
 
 def user_error(exc: BaseException) -> KnnmixError | None:
     """The first (lowest-rank) :class:`KnnmixError` a worker raised, out of Ray Train's wrapper exception."""
-    failures = getattr(exc, "worker_failures", None)
-    if isinstance(failures, dict):
-        for rank in sorted(failures):
-            if isinstance(failures[rank], KnnmixError):
-                return failures[rank]
-    inner = getattr(exc, "controller_failure", None)
-    return inner if isinstance(inner, KnnmixError) else None
+    failures = getattr(exc, "worker_failures", None) or {}  # a WorkerGroupError's, by rank; a ControllerError's
+    raised = [failures[rank] for rank in sorted(failures)] + [getattr(exc, "controller_failure", None)]
+    return next((e for e in raised if isinstance(e, KnnmixError)), None)
 
 
 def _ray_run_dir(storage_path: str, name: str) -> tuple[Any, str]:
@@ -245,10 +236,7 @@ def check_run_state(cfg: C.Config, *, resume: bool, overwrite: bool = False) -> 
     """
     folder = RunFolder(cfg.out)
     storage, name = storage_of(cfg)
-
-    @cache
-    def latest() -> dict[str, Any] | None:  # Ray Train's storage is read once, and only once the flags agree
-        return latest_ray_checkpoint(storage, name)
+    latest = cache(partial(latest_ray_checkpoint, storage, name))  # read once, and only once the flags agree
 
     def held() -> str | None:
         in_ray = latest() is not None
@@ -362,13 +350,12 @@ def start_or_restore(run: E.Run, folder: RunFolder, checkpoint: Any, resume: boo
     Returns the ``redo`` mark of :func:`checkpoint_dir_name` for the epochs to come (``""`` unless it skipped Ray's
     newest checkpoint)."""
     redo = ""
-    if checkpoint is not None and resume and (newer := newer_in_folder(folder, checkpoint)) is not None:
-        E.restore(run, newer, str(folder.file(CHECKPOINT)))
-    elif checkpoint is not None:
+    newer = newer_in_folder(folder, checkpoint) if checkpoint is not None and resume else None
+    if checkpoint is not None and newer is None:
         if restore_newest_readable(run, checkpoint, folder):
             redo = f"-redo{time.strftime('%Y%m%d%H%M%S')}"  # (rank 0's is the one that names checkpoints)
-    elif resume and folder.has_run():  # e.g. a single-process run continued on workers
-        E.restore(run, folder.load_checkpoint(), str(folder.file(CHECKPOINT)))
+    elif resume and folder.has_run():  # Ray's is older, or none (e.g. a single-process run continued on workers)
+        E.restore(run, newer or folder.load_checkpoint(), str(folder.file(CHECKPOINT)))
     else:
         if run.dist.is_main:
             folder.start(run.cfg, run.splits.noisy_labels_record())  # a restart before any checkpoint starts afresh
