@@ -58,6 +58,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return guarded(lambda: sweep(args), interrupted=" (continue with --resume)")
 
 
+def resume_command() -> str:
+    """What continues an interrupted sweep, with ``--resume --out DIR`` (the sweep's hint when it stops): a submitted
+    job is submitted again."""
+    submitted = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")  # set by `ray job submit` for the job's driver
+    return ("ray job submit --working-dir . -- " if submitted else "") + "python distributed/sweep_job.py"
+
+
 def sweep(args: argparse.Namespace) -> int:
     from knnmix import sweep_folder as SF
     from knnmix.scale import ray_env
@@ -74,7 +81,7 @@ def sweep(args: argparse.Namespace) -> int:
         store = Store.from_uri(uri)
     else:  # a resumed sweep keeps the store it started with (sweep_state.json)
         store = None if resume else Store.default(out.parent)
-    summary = S.run_sweep(space, out, store=store, resume=resume)
+    summary = S.run_sweep(space, out, store=store, resume=resume, command=resume_command())
     print(json.dumps({
         "out": summary["folder"],
         "best": {s["noise"]: s["best"] and {k: s["best"][k] for k in ("params", "val_acc", "test_acc")}

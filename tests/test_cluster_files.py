@@ -496,6 +496,10 @@ def test_a_submitted_job_refuses_paths_in_its_temporary_working_directory(script
     with pytest.raises(SystemExit):  # no abbreviations: '--resume-if' is no flag of the job
         job.main([*first, "--out", str(tmp_path / "x"), "--resume-if"])
     assert "unrecognized arguments: --resume-if" in capsys.readouterr().err
+    if script == "sweep_job.py":  # an interrupted sweep's hint: a submitted job is submitted again
+        assert job.resume_command() == "ray job submit --working-dir . -- python distributed/sweep_job.py"
+        monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
+        assert job.resume_command() == "python distributed/sweep_job.py"
 
 
 def test_train_job_resumes_with_the_config_of_the_run_folder_set_by_set_out(tmp_path, monkeypatch, capsys):

@@ -825,9 +825,10 @@ def test_a_resumed_sweep_prints_each_trials_line(local_ray, tmp_path, caplog):
             signal.raise_signal(signal.SIGINT)
 
     out, store = tmp_path / "sweep", TR.Store.from_uri(f"sqlite:///{tmp_path / 'runs.db'}")
-    with pytest.raises(KeyboardInterrupt):
-        S.run_sweep(space, out, store=store, echo=stop_after_first)
-    assert any("continue it with" in x for x in lines), lines
+    with pytest.raises(KeyboardInterrupt):  # as distributed/sweep_job.py runs it
+        S.run_sweep(space, out, store=store, echo=stop_after_first, command="python distributed/sweep_job.py")
+    assert any(x.endswith(f"continue it with:\n  python distributed/sweep_job.py --resume --out {out}")
+               for x in lines), lines
     assert "Tuner.restore" not in caplog.text  # Tune's own resume hint (knnmix names `knnmix sweep --resume`)
     client = store.client()
     exp = client.get_experiment_by_name(space.experiment_name).experiment_id

@@ -271,8 +271,10 @@ def _error_line(trial: Any) -> str:
 def run_sweep(
     space: SearchSpace, out: str | Path, *, store: Store | None = None, resume: bool = False,
     echo: Callable[[str], None] | None = print, verbose: bool = False, register: str | None = None,
+    command: str = "knnmix sweep",
 ) -> dict[str, Any]:
-    """Run (or continue) the sweep of ``space`` into ``out``; returns the summary (``sweep_summary.json``)."""
+    """Run (or continue) the sweep of ``space`` into ``out``; returns the summary (``sweep_summary.json``).
+    ``command``: what the hint after an interruption tells the user to run with ``--resume --out``."""
     folder = SweepFolder(Path(out).expanduser().absolute())
     say = echo or (lambda _s: None)
     ray_env.quiet(verbose)
@@ -340,7 +342,7 @@ def run_sweep(
             ended = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
             if len(ended) < total:  # Tune returns normally after Ctrl+C (it saved its state first)
                 say(f"\nsweep stopped ({len(ended)} of {total} trials ended); continue it with:\n"
-                    f"  knnmix sweep --resume --out {folder.root}")
+                    f"  {command} --resume --out {folder.root}")
                 raise KeyboardInterrupt
             entries = [_finalize_setting(space, s, [t for t in trials if t.slug == s.slug], folder, store, ml, register)
                        for s in settings]
