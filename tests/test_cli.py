@@ -25,6 +25,11 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
         (["--dataset", "fashion-mnist", "--set", "data.root=/no/such/dir"], "/no/such/dir"),
         (["--dataset", "cifar10", "--set", "data.root=/no/such/cifar"], "/no/such/cifar"),
         (["--dataset", "mnist"], "'mnist'"),
+        # a folder of images without --dataset imagefolder: digits trained in its place, silently
+        (["--dataset", "digits", "--set", "data.root=/my/images"], "data.root='/my/images' is not used by dataset "
+                                                                   "'digits' (its images ship inside scikit-learn); "
+                                                                   "for a folder of your own images use --dataset "
+                                                                   "imagefolder"),
         (["--noise", "gaussian:0.2"], "'gaussian'"),
         (["--method", "coteaching"], "'coteaching'"),
         (["--noise", "symmetric:1.0"], "1.0"),

@@ -1,6 +1,6 @@
 """``digits``: scikit-learn's embedded 8x8 handwritten digits (1,797 images), with a fixed train/test split.
 
-The data ships inside scikit-learn, so ``root`` and ``download`` are ignored. Pixel values 0..16 are scaled to
+The data ships inside scikit-learn, so ``download`` is ignored and a ``root`` is an error. Pixel values 0..16 are scaled to
 0..255 (``round(v * 255 / 16)``). The split is stratified and seeded with :data:`SPLIT_SEED`, independent of any
 run seed, so every run sees the same 1,437 training and 360 test images.
 """
@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from knnmix.data.base import DATASETS, Augment, DatasetBundle, TensorSource
+from knnmix.errors import DataError
 
 #: Seed of the fixed train/test split (never a run's seed).
 SPLIT_SEED = 0
@@ -47,10 +48,14 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
 
 @DATASETS.register("digits")
 def load_digits_dataset(root: str | None, download: bool) -> DatasetBundle:
-    """Load scikit-learn's digits as uint8 ``(N, 1, 8, 8)`` images; ``root`` and ``download`` are ignored.
+    """Load scikit-learn's digits as uint8 ``(N, 1, 8, 8)`` images; ``download`` is ignored and a ``root`` refused
+    (the images ship inside scikit-learn: a folder given here is a forgotten ``--dataset``, not data to skip).
 
     Normalised with the training images' per-channel mean and (population) standard deviation.
     """
+    if root:
+        raise DataError(f"data.root={root!r} is not used by dataset 'digits' (its images ship inside scikit-learn); "
+                        "for a folder of your own images use --dataset imagefolder")
     from sklearn.datasets import load_digits
 
     raw = load_digits()
