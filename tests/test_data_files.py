@@ -443,12 +443,30 @@ def test_folder_mode_warns_of_loose_images_and_of_splits_read_as_classes(folder:
     # a data set in split folders, given by its top folder: 2 classes 'test' and 'train', which was silent
     for key in ["train/cat/a.png", "train/cat/b.png", "train/dog/c.png", "test/cat/d.png", "test/dog/e.png"]:
         write_image(tmp_path / "kaggle" / key)
+    with pytest.raises(DataError) as split:
+        load_dataset("imagefolder", tmp_path / "kaggle", False, image_size=16)
+    assert str(split.value) == (
+        f"imagefolder: {tmp_path / 'kaggle'} holds splits, not classes: the folders 'test', 'train' hold only "
+        f"sub-folders (cat, dog); set data.root to the training split ({tmp_path / 'kaggle' / 'train'}) and "
+        "data.test_root to the test split")
+    # ... also when the splits' classes differ (a warning needed the same sub-folders: 2 classes, silently), or a
+    # test split sits beside the classes (a class 'test', silently)
+    write_image(tmp_path / "kaggle" / "train" / "emu" / "f.png")
+    with pytest.raises(DataError, match="the folders 'test', 'train' hold only sub-folders .cat, dog, emu."):
+        load_dataset("imagefolder", tmp_path / "kaggle", False, image_size=16)
+    for key in ["cat/a.png", "dog/b.png", "Test/cat/c.png", "Test/dog/d.png"]:
+        write_image(tmp_path / "beside" / key)
+    with pytest.raises(DataError, match="holds splits, not classes: the folders 'Test' hold only sub-folders"):
+        load_dataset("imagefolder", tmp_path / "beside", False, image_size=16)
+    # class folders not named like splits that all hold the same sub-folders: maybe splits, a warning
+    for key in ["fold1/cat/a.png", "fold1/dog/b.png", "fold2/cat/c.png", "fold2/dog/d.png"]:
+        write_image(tmp_path / "folds" / key)
     with pytest.warns(KnnmixWarning) as caught:
-        b = load_dataset("imagefolder", tmp_path / "kaggle", False, image_size=16)
-    assert b.classes == ["test", "train"] and [str(w.message) for w in caught] == [
-        f"imagefolder: the class folders 'test', 'train' under {tmp_path / 'kaggle'} all hold the same sub-folders "
+        b = load_dataset("imagefolder", tmp_path / "folds", False, image_size=16)
+    assert b.classes == ["fold1", "fold2"] and [str(w.message) for w in caught] == [
+        f"imagefolder: the class folders 'fold1', 'fold2' under {tmp_path / 'folds'} all hold the same sub-folders "
         f"(cat, dog) and no images of their own: if they are splits and those are the classes, set data.root to one "
-        f"split (e.g. {tmp_path / 'kaggle' / 'train'}) and data.test_root to another"
+        f"split (e.g. {tmp_path / 'folds' / 'fold1'}) and data.test_root to another"
     ]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nested folders of a class's own (fixture: cat/nested/deep) are no split

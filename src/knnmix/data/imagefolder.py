@@ -32,6 +32,8 @@ SMALL_MODEL_MAX_SIDE = 64
 AUTO_SIDES = (32, 64, 224)
 #: How many training images (a seeded sample) have their size read to choose ``image_size``.
 SIZE_SAMPLE = 256
+#: Folder names of splits (case-insensitive): a "class" folder of these names that holds only sub-folders is a split
+SPLIT_NAMES = ("train", "training", "test", "testing", "val", "valid", "validation")
 
 
 @dataclass
@@ -61,32 +63,42 @@ def read_folder(root: str, classes: list[str] | None = None) -> LabelledFiles:
     keys, labels, empty = find_images(NAME, root, {f: classes.index(f) for f in folders})
     refuse([repr(f) for f in empty], f"{NAME}: {len(empty)} class folders under {root} hold no images "
                                      f"({'/'.join(IMAGE_EXTENSIONS)})")
-    warn_layout(root, folders, keys)
+    check_layout(root, folders, keys)
     return LabelledFiles(root, keys, labels, list(classes))
 
 
-def warn_layout(root: str, folders: list[str], keys: list[str]) -> None:
-    """Warn about what folder mode reads otherwise than its user may think: images directly under ``root`` (in no
-    class folder, left out), and class folders that all hold only the same sub-folders (``train/{cat,dog}``,
-    ``test/{cat,dog}``: splits read as classes)."""
+def check_layout(root: str, folders: list[str], keys: list[str]) -> None:
+    """Refuse or warn about what folder mode would read otherwise than its user may think: class folders named like
+    splits (``train``, ``test``, ``val``, ...) that hold only sub-folders are splits read as classes (an error);
+    images directly under ``root`` are in no class folder and left out, and class folders that all hold only the
+    same sub-folders may be splits too (warnings)."""
     loose = sorted(f for f in os.listdir(root) if not f.startswith(".") and os.path.isfile(os.path.join(root, f))
                    and f.lower().endswith(IMAGE_EXTENSIONS))
     if loose:
         warnings.warn(f"{NAME}: {len(loose)} images directly under {root} are in no class folder and are left out: "
                       f"{listing(loose)}", KnnmixWarning, stacklevel=3)
     subfolders: dict[str, set[str]] = {folder: set() for folder in folders}
+    own = set()  # class folders with an image of their own
     for key in keys:
         folder, sub, image = (*key.split(os.sep, 2), "")[:3]
-        if not image:
-            return  # a class folder with an image of its own
-        subfolders[folder].add(sub)
+        if image:
+            subfolders[folder].add(sub)
+        else:
+            own.add(folder)
+    splits = [f for f in folders if f.lower() in SPLIT_NAMES and f not in own]
+    if splits:
+        train = next((f for f in folders if f.lower().startswith("train")), None)
+        hint = (f"set data.root to the training split ({os.path.join(root, train)})" if train
+                else "set data.root to the training split")
+        raise DataError(f"{NAME}: {root} holds splits, not classes: the folders {listing([repr(f) for f in splits])} "
+                        f"hold only sub-folders ({listing(sorted(set().union(*(subfolders[f] for f in splits))))}); "
+                        f"{hint} and data.test_root to the test split")
     first = subfolders[folders[0]]
-    if len(first) > 1 and all(s == first for s in subfolders.values()):
-        split = next((f for f in folders if "train" in f.lower()), folders[0])
+    if not own and len(first) > 1 and all(s == first for s in subfolders.values()):
         warnings.warn(f"{NAME}: the class folders {listing([repr(f) for f in folders])} under {root} all hold the same "
                       f"sub-folders ({listing(sorted(first))}) and no images of their own: if they are splits "
-                      f"and those are the classes, set data.root to one split (e.g. {os.path.join(root, split)}) and "
-                      "data.test_root to another", KnnmixWarning, stacklevel=3)
+                      f"and those are the classes, set data.root to one split (e.g. {os.path.join(root, folders[0])}) "
+                      "and data.test_root to another", KnnmixWarning, stacklevel=3)
 
 
 def _read_rows(csv_path: str) -> list[tuple[int, str, str]]:
