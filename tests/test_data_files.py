@@ -258,6 +258,13 @@ def test_csv_integer_labels_without_classes_txt_sort_numerically(flat: Path) -> 
     b = load_dataset("imagefolder", flat, False, image_size=16, labels_file=str(csv))
     assert b.classes == ["2", "7", "10"]
     assert b.train_labels.tolist() == [2, 0, 0, 2, 1]
+    # one integer spelled two ways made two classes whose order followed Python's string hashing (PYTHONHASHSEED):
+    # the same command gave an image another class index from one process to the next
+    write_csv(csv, ["path,label"] + [f"img/{i}.png,{lab}" for i, lab in enumerate(["1", "01", "2", "+2", "7"])])
+    with pytest.raises(DataError) as twice:
+        load_dataset("imagefolder", flat, False, image_size=16, labels_file=str(csv))
+    assert str(twice.value) == (f"imagefolder: {csv} spells 2 integer labels two ways, which would make two classes of "
+                                "each; write each label one way: '01' and '1', '+2' and '2'")
 
 
 def test_csv_test_root(flat: Path, tmp_path: Path) -> None:

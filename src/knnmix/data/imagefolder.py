@@ -130,12 +130,20 @@ def _read_rows(csv_path: str) -> list[tuple[int, str, str]]:
     return rows
 
 
-def _sorted_labels(labels: set[str]) -> list[str]:
-    """The sorted set of label names; numerically sorted when every one is an integer (``"2"`` before ``"10"``)."""
+def _sorted_labels(labels: set[str], csv_path: str) -> list[str]:
+    """The sorted set of label names; numerically sorted when every one is an integer (``"2"`` before ``"10"``),
+    where one integer spelled two ways (``1`` and ``01``) is a :class:`DataError` (two classes in no fixed order)."""
     try:
-        return sorted(labels, key=int)
+        values = {label: int(label) for label in labels}
     except ValueError:
         return sorted(labels)
+    spellings: dict[int, list[str]] = {}
+    for label, value in values.items():
+        spellings.setdefault(value, []).append(label)
+    twice = [" and ".join(repr(x) for x in sorted(s)) for _, s in sorted(spellings.items()) if len(s) > 1]
+    refuse(twice, f"{NAME}: {csv_path} spells {len(twice)} integer labels two ways, which would make two classes of "
+                  "each; write each label one way")
+    return sorted(labels, key=int)
 
 
 def read_csv(csv_path: str, base: str, classes: list[str] | None = None) -> LabelledFiles:
@@ -159,7 +167,7 @@ def read_csv(csv_path: str, base: str, classes: list[str] | None = None) -> Labe
             refuse(negative, f"{NAME}: {csv_path} has {len(negative)} negative integer labels (a 'no label' marker?), "
                              f"which would make a class of their own; remove those rows, or list every class in "
                              f"{classes_file}")
-        classes = listed if listed is not None else _sorted_labels({label for _, _, label in rows})
+        classes = listed if listed is not None else _sorted_labels({label for _, _, label in rows}, csv_path)
         origin = classes_file if listed is not None else "the sorted labels"
     else:
         if listed is not None and listed != classes:
