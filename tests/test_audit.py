@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import knnmix
-from knnmix.cli import main
+from knnmix.cli import audit_report, main
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 NOISE_RATE = 0.2
@@ -73,6 +73,19 @@ def test_audit_ranks_the_flipped_labels_first(fashion_folder, tmp_path, capsys):
     assert {r["corrected_class"] for r in rows} <= {p.name for p in root.iterdir()}
     caught = [r for r, w in zip(rows[:k], wrong[:k]) if w]
     assert np.mean([r["corrected_class"] != r["given_class"] for r in caught]) >= 0.8
+
+
+def test_the_audit_report_says_which_images_it_did_not_rank(tmp_path):
+    """An audit with data.train_subset ranked 11 of 30 images and named only the one held out for validation."""
+    table = tmp_path / "label_issues.csv"
+    table.write_text("rank,row,path,given_label,given_class,corrected_label,corrected_class,clean_prob,"
+                     "suggestion_confidence,is_label_issue\n1,0,cat/a.png,0,cat,1,dog,0.1,0.9,1\n")
+    report = audit_report(table, {"val_size": 1, "config": {"data": {"train_subset": 12}}}, show=1)
+    assert "| 1 | cat/a.png | cat | dog | 0.100 | 0.900 |" in report
+    assert report.splitlines()[-2:] == [
+        "not ranked: every image outside the seeded subset of data.train_subset=12 (drop it to rank every image)",
+        "not ranked: the 1 images held out as noisy validation (--set data.val_fraction=0 ranks every image)"]
+    assert "not ranked" not in audit_report(table, {"val_size": 0, "config": {"data": {"train_subset": None}}}, 1)
 
 
 def test_find_label_issues_api_ranks_low_confidence_labels_first():

@@ -225,6 +225,10 @@ def audit_report(csv_path: Path, summary: dict[str, Any], show: int) -> str:
             f"{float(r['suggestion_confidence']):.3f} |"
         )
     lines += ["", f"full list: {csv_path}", f"picture of the top suspects: {csv_path.with_suffix('.png')}"]
+    subset = summary.get("config", {}).get("data", {}).get("train_subset")
+    if subset is not None:
+        lines.append(f"not ranked: every image outside the seeded subset of data.train_subset={subset} (drop it to "
+                     "rank every image)")
     if summary.get("val_size"):
         lines.append(f"not ranked: the {summary['val_size']} images held out as noisy validation "
                      "(--set data.val_fraction=0 ranks every image)")
