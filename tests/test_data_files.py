@@ -282,6 +282,32 @@ def test_csv_test_root(flat: Path, tmp_path: Path) -> None:
         load_dataset("imagefolder", flat, False, image_size=16, labels_file=str(csv), test_root=str(test_csv))
 
 
+def test_labels_file_and_test_root_are_looked_up_in_the_working_directory_then_below_the_root(
+        flat: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A labels.csv in the working directory was silently taken over the root's of the same name (every label
+    swapped: no warning); data.test_root was looked up in the working directory only (data.labels_file also below
+    the root), so a relative one broke on Ray's workers, which run elsewhere."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    write_csv(flat / "labels.csv", ["path,label", "img/0.png,a", "img/1.png,b", "img/2.png,a"])
+    write_csv(flat / "held" / "trusted.csv", ["path,label", "../img/3.png,b"])
+    b = load_dataset("imagefolder", flat, False, image_size=16, labels_file="labels.csv", test_root="held/trusted.csv")
+    assert (b.train_labels.tolist(), b.test_labels.tolist()) == ([0, 1, 0], [1])  # both found below the root
+    write_csv(work / "labels.csv", ["path,label", "img/0.png,b", "img/1.png,a", "img/2.png,b"])
+    with pytest.raises(DataError) as both:
+        load_dataset("imagefolder", flat, False, image_size=16, labels_file="labels.csv")
+    assert str(both.value) == (f"imagefolder: data.labels_file labels.csv names both {work / 'labels.csv'} (in the "
+                               f"working directory) and {flat / 'labels.csv'} (below data.root): give the path of the "
+                               "one you mean")
+    b = load_dataset("imagefolder", flat, False, image_size=16, labels_file=str(work / "labels.csv"))
+    assert b.train_labels.tolist() == [1, 0, 1]  # a path that names one file is that file
+    monkeypatch.chdir(flat)  # the same file both ways: no question
+    load_dataset("imagefolder", flat, False, image_size=16, labels_file="labels.csv", test_root="held/trusted.csv")
+    with pytest.raises(DataError, match=r"data.test_root nowhere does not exist \(nor below .*flat\)$"):
+        load_dataset("imagefolder", flat, False, image_size=16, labels_file="labels.csv", test_root="nowhere")
+
+
 @pytest.mark.parametrize(
     ("lines", "pattern"),
     [

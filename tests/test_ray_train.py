@@ -115,6 +115,11 @@ def test_worker_config_is_absolute_and_threads_follow_cpus(tmp_path, monkeypatch
     assert (wc.data.labels_file, wc.data.test_root) == (str(tmp_path / "labels.csv"), str(tmp_path / "test"))
     wc = worker_config(digits_cfg(Path("rel/out"), **files, **{"data.root": "imgs"}))  # else to data.root
     assert (wc.data.root, wc.data.labels_file, wc.data.test_root) == (str(tmp_path / "imgs"), "labels.csv", "test")
+    # ... unless they are in the working directory, where the loader looks first: a worker, in a working directory
+    # of Ray's, looked for ./test below data.root only
+    (tmp_path / "test").mkdir()
+    wc = worker_config(digits_cfg(Path("rel/out"), **files, **{"data.root": "imgs"}))
+    assert (wc.data.labels_file, wc.data.test_root) == ("labels.csv", str(tmp_path / "test"))
     cfg = digits_cfg(Path("rel/out"), **{"distributed.cpus_per_worker": 3, "threads": 0, "data.root": "data"})
     wc = worker_config(cfg)
     assert wc.out == str(tmp_path / "rel" / "out")

@@ -272,13 +272,15 @@ def replace(cfg: Config, **dotted: Any) -> Config:
 
 
 def absolute_paths(cfg: Config) -> dict[str, str]:
-    """The config's local paths, made absolute against this process's working directory (``data.labels_file``
-    and ``data.test_root`` are relative to ``data.root`` when it is set)."""
+    """The config's local paths, made absolute against this process's working directory, where the loaders look
+    first (``data.labels_file`` and ``data.test_root`` not found there stay relative: the loaders then look below
+    ``data.root``)."""
     changes = {}
     for key in ("out", "data.root", "data.labels_file", "data.test_root", "noise.cifar_n_dir", "model.pretrained"):
         section, _, leaf = key.rpartition(".")
         value = getattr(getattr(cfg, section) if section else cfg, leaf)
-        if key in ("data.labels_file", "data.test_root") and cfg.data.root is not None:
+        below_root = cfg.data.root is not None and value is not None and not Path(value).expanduser().exists()
+        if key in ("data.labels_file", "data.test_root") and below_root:
             continue
         if value is not None and "://" not in value and not Path(value).expanduser().is_absolute():
             changes[key] = str(Path(value).expanduser().absolute())

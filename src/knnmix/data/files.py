@@ -50,6 +50,18 @@ _CHUNK = 256
 OnBadImage = Literal["fail", "skip"]
 
 
+def locate(dataset: str, key: str, value: str, root: str) -> str | None:
+    """The absolute path of option ``key``'s ``value`` as given (relative to the working directory), else below
+    ``root``; ``None`` when neither exists. Both existing, and not one file or folder, is a :class:`DataError`: which
+    is meant is unknown (the one in the working directory was silently taken)."""
+    given = os.path.expanduser(value)
+    found = [p for p in dict.fromkeys((given, os.path.join(root, given))) if os.path.exists(p)]
+    if len(found) == 2 and not os.path.samefile(*found):
+        raise DataError(f"{dataset}: {key} {value} names both {os.path.abspath(found[0])} (in the working directory) "
+                        f"and {found[1]} (below data.root): give the path of the one you mean")
+    return os.path.abspath(found[0]) if found else None
+
+
 def refuse(offenders: Sequence[str], message: str) -> None:
     """A :class:`DataError` ``"<message>: <the first offenders>"`` when there are ``offenders``."""
     if offenders:

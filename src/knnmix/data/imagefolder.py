@@ -19,7 +19,7 @@ from PIL import Image
 
 from knnmix.data.base import DATASETS, DatasetBundle
 from knnmix.data.files import IMAGE_EXTENSIONS, OnBadImage, as_int, build_sources, check_options, data_root
-from knnmix.data.files import find_images, listing, read_names, refuse, refuse_repeated, refuse_shared
+from knnmix.data.files import find_images, listing, locate, read_names, refuse, refuse_repeated, refuse_shared
 from knnmix.data.files import require_all_classes, require_dir
 from knnmix.errors import DataError, KnnmixWarning, one_line
 
@@ -204,13 +204,11 @@ def read_train(root: str | None, labels_file: str | None = None) -> LabelledFile
     below ``root``), with at least 2 classes and an image in every class."""
     root = data_root(NAME, root, "folder holding your images")
     if labels_file:
-        given = os.path.expanduser(labels_file)
-        csv_path = next((p for p in (given, os.path.join(root, given)) if os.path.isfile(p)), None)
-        if csv_path is None:
-            folder = next((p for p in (given, os.path.join(root, given)) if os.path.isdir(p)), None)
-            found = f"is a folder ({folder}), not a CSV file" if folder else f"does not exist (nor below {root})"
+        csv_path = locate(NAME, "data.labels_file", labels_file, root)
+        if csv_path is None or not os.path.isfile(csv_path):
+            found = f"is a folder ({csv_path}), not a CSV file" if csv_path else f"does not exist (nor below {root})"
             raise DataError(f"{NAME}: data.labels_file {labels_file} {found}")
-        train = read_csv(os.path.abspath(csv_path), root)
+        train = read_csv(csv_path, root)
     else:
         train = read_folder(root)
     if len(train.classes) < 2:
@@ -248,9 +246,9 @@ def load_imagefolder(root: str | None, download: bool, *, image_size: int | None
         image_size = choose_image_size(train.base, train.keys)
     splits = {"train": (train.base, train.keys, train.labels)}
     if test_root:
-        location = os.path.abspath(os.path.expanduser(test_root))
-        if not os.path.exists(location):
-            raise DataError(f"{NAME}: data.test_root {location} does not exist")
+        location = locate(NAME, "data.test_root", test_root, train.base)
+        if location is None:
+            raise DataError(f"{NAME}: data.test_root {test_root} does not exist (nor below {train.base})")
         if os.path.isfile(location):  # a CSV, paths relative to its folder
             test = read_csv(location, os.path.dirname(location), train.classes)
         else:

@@ -14,8 +14,9 @@ import os
 import numpy as np
 
 from knnmix.data.base import DATASETS, DatasetBundle
-from knnmix.data.files import OnBadImage, build_sources, check_options, data_root, find_images, read_list, read_names
-from knnmix.data.files import refuse, refuse_repeated, require_all_classes, require_dir, require_file, require_listed
+from knnmix.data.files import OnBadImage, build_sources, check_options, data_root, find_images, locate, read_list
+from knnmix.data.files import read_names, refuse, refuse_repeated, require_all_classes, require_dir, require_file
+from knnmix.data.files import require_listed
 from knnmix.errors import DataError
 
 NAME = "webvision"
@@ -66,9 +67,10 @@ def load_webvision(root: str | None, download: bool, *, image_size: int | None =
     require_all_classes(NAME, classes, train[1][train[1] < k], f" in {train_list}")
     splits = {"train": first_k(train, train_list), "test": first_k(val, val_list, VAL_DIR)}
 
-    imagenet_dir = os.path.abspath(os.path.expanduser(test_root)) if test_root else os.path.join(root, IMAGENET_VAL_DIR)
-    if test_root and not os.path.exists(imagenet_dir):
-        raise DataError(f"{NAME}: data.test_root {imagenet_dir} does not exist")
+    given = locate(NAME, "data.test_root", test_root, root) if test_root else None
+    imagenet_dir = given or os.path.join(root, IMAGENET_VAL_DIR)
+    if test_root and given is None:
+        raise DataError(f"{NAME}: data.test_root {test_root} does not exist (nor below {root})")
     if test_root or os.path.isdir(imagenet_dir):
         if synsets is None:
             raise DataError(f"{NAME}: the ImageNet test set {imagenet_dir} needs {synsets_file} to map classes to "
