@@ -457,12 +457,16 @@ def test_folder_mode_reads_jpeg_by_its_other_endings_and_warns_of_photos_it_cann
     write_image(folder / "cat" / "h.jfif", colour=(1, 2, 3))  # a JPEG, as browsers save them: was left out silently
     write_image(folder / "dog" / "i.jpe")
     (folder / "emu" / "IMG_0001.HEIC").write_bytes(b"\0\0\0\x18ftypheic")  # an iPhone photo: Pillow cannot decode it
+    write_image(folder / "emu" / "render.tga")  # formats Pillow reads but a folder's listing skips: left out silently
+    write_image(folder / "cat" / "scan.JP2")
     with pytest.warns(KnnmixWarning) as caught:
         b = load_dataset("imagefolder", folder, False, image_size=16)
     assert len(b.train) == 9 and {"cat/h.jfif", "dog/i.jpe"} <= {os.path.relpath(p, folder) for p in b.train.paths()}
     assert [str(w.message) for w in caught] == [
         f"imagefolder: 1 images under {folder} are in formats knnmix cannot read here (.heic) and are left out: "
-        "emu/IMG_0001.HEIC; convert them to JPEG or PNG"
+        "emu/IMG_0001.HEIC; convert them to JPEG or PNG",
+        f"imagefolder: 2 images under {folder} are in formats knnmix does not take from a folder (.jp2/.tga) and are "
+        "left out: cat/scan.JP2, emu/render.tga; convert them to JPEG or PNG",
     ]
 
 

@@ -38,6 +38,10 @@ IMAGE_EXTENSIONS = (*TORCHVISION_IMG_EXTENSIONS, ".gif", ".pbm", ".jfif", ".jpe"
 #: Endings of photo formats Pillow does not decode here: a listed folder leaves them out with a warning.
 UNREAD_IMAGE_EXTENSIONS = tuple(e for e in (".heic", ".heif", ".avif", ".jxl", ".dng", ".cr2", ".cr3", ".nef", ".arw",
                                             ".orf", ".rw2", ".raf", ".svg") if e not in IMAGE_EXTENSIONS)
+#: Endings of other image formats, which Pillow decodes but knnmix does not take from a listed folder (neither does
+#: torchvision's ``ImageFolder``): left out with a warning, not silently.
+OTHER_IMAGE_EXTENSIONS = (".tga", ".jp2", ".j2k", ".jpx", ".jpf", ".ico", ".icns", ".psd", ".pcx", ".sgi", ".dds",
+                          ".qoi", ".pnm", ".apng", ".mpo", ".xbm", ".xpm", ".ras", ".dib")
 #: ``data.image_size`` of the published data sets when none is given.
 DEFAULT_IMAGE_SIZE = 224
 #: Sides below this use the small-image transform (no up-front enlargement, padded random crop).
@@ -111,12 +115,12 @@ def find_images(dataset: str, root: str, folders: dict[str, int]) -> tuple[list[
     otherwise repeat its images at every level or never end, or two links to one folder) is a :class:`DataError`,
     as is an image path that is not valid UTF-8. Hidden files and folders (``.name``) are skipped and a missing
     folder yields nothing; photos in formats Pillow cannot decode here (:data:`UNREAD_IMAGE_EXTENSIONS`, e.g.
-    HEIC) are left out with one warning. Keys are relative to ``root``, in the order of ``folders``, sorted within
+    HEIC) and images in other formats (:data:`OTHER_IMAGE_EXTENSIONS`, e.g. TGA) are left out with a warning each. Keys are relative to ``root``, in the order of ``folders``, sorted within
     each folder.
     """
     seen: dict[str, str] = {}  # real path of each folder entered -> its key below root
     again: list[str] = []  # "key (= first key)" of folders reached a second time
-    found, unread = [], []
+    found, unread, other = [], [], []
     for rank, (top, label) in enumerate(folders.items()):
         for folder, dirs, files in os.walk(os.path.join(root, top), followlinks=True):
             key = os.path.relpath(folder, root)
@@ -129,6 +133,8 @@ def find_images(dataset: str, root: str, folders: dict[str, int]) -> tuple[list[
                       if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
             unread += [os.path.join(key, f) for f in files
                        if not f.startswith(".") and f.lower().endswith(UNREAD_IMAGE_EXTENSIONS)]
+            other += [os.path.join(key, f) for f in files
+                      if not f.startswith(".") and f.lower().endswith(OTHER_IMAGE_EXTENSIONS)]
     refuse(again, f"{dataset}: remove the symbolic links through which {len(again)} folders under {root} are reached "
                   "a second time (a link loop, or two links to one folder)")
     if unread:
@@ -136,6 +142,11 @@ def find_images(dataset: str, root: str, folders: dict[str, int]) -> tuple[list[
         warnings.warn(f"{dataset}: {len(unread)} images under {root} are in formats knnmix cannot read here "
                       f"({'/'.join(endings)}) and are left out: {listing(sorted(unread))}; convert them to JPEG or "
                       "PNG", KnnmixWarning, stacklevel=3)
+    if other:
+        endings = sorted({os.path.splitext(k)[1].lower() for k in other})
+        warnings.warn(f"{dataset}: {len(other)} images under {root} are in formats knnmix does not take from a folder "
+                      f"({'/'.join(endings)}) and are left out: {listing(sorted(other))}; convert them to JPEG or PNG",
+                      KnnmixWarning, stacklevel=3)
     found.sort()
     # such a name failed only after training, when the audit wrote the images' paths and classes to label_issues.csv
     odd = [os.fsencode(path).decode(errors="backslashreplace") for path in (os.path.join(root, k) for _, k, _ in found)
