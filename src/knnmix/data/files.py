@@ -115,8 +115,8 @@ def find_images(dataset: str, root: str, folders: dict[str, int]) -> tuple[list[
     otherwise repeat its images at every level or never end, or two links to one folder) is a :class:`DataError`,
     as is an image path that is not valid UTF-8. Hidden files and folders (``.name``) are skipped and a missing
     folder yields nothing; photos in formats Pillow cannot decode here (:data:`UNREAD_IMAGE_EXTENSIONS`, e.g.
-    HEIC) and images in other formats (:data:`OTHER_IMAGE_EXTENSIONS`, e.g. TGA) are left out with a warning each. Keys are relative to ``root``, in the order of ``folders``, sorted within
-    each folder.
+    HEIC) and images in other formats (:data:`OTHER_IMAGE_EXTENSIONS`, e.g. TGA) are left out with a warning each.
+    Keys are relative to ``root``, in the order of ``folders``, sorted within each folder.
     """
     seen: dict[str, str] = {}  # real path of each folder entered -> its key below root
     again: list[str] = []  # "key (= first key)" of folders reached a second time
