@@ -1,8 +1,8 @@
 """``digits``: scikit-learn's embedded 8x8 handwritten digits (1,797 images), with a fixed train/test split.
 
 The data ships inside scikit-learn, so ``download`` is ignored and a ``root`` is an error. Pixel values 0..16 are
-scaled to 0..255 (``round(v * 255 / 16)``). The split is stratified and seeded with :data:`SPLIT_SEED`, independent of any
-run seed, so every run sees the same 1,437 training and 360 test images.
+scaled to 0..255 (``round(v * 255 / 16)``). The split is stratified and seeded with :data:`SPLIT_SEED`, independent
+of any run seed, so every run sees the same 1,437 training and 360 test images.
 """
 
 from __future__ import annotations
