@@ -674,13 +674,18 @@ def test_more_workers_than_a_joined_cluster_has_warns_then_gives_up_in_one_line(
                RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
     (ray_session["tmp"] / "joined").mkdir()
     gcs = _free_port()
+    log, out = tmp_path / "head.log", open(tmp_path / "head.log", "w")
     head = subprocess.Popen(  # 127.0.0.2: a node address other than 127.0.0.1, as a cluster's head has
         [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.2", f"--port={gcs}",
          "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
-        env={**env, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "0.2"}, stdout=subprocess.DEVNULL,
+        env={**env, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "0.2"}, stdout=out,
         stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
+        end = time.time() + 120  # under load the head took longer to start than knnmix took to try to join it
+        while "Ray runtime started" not in log.read_text():
+            assert head.poll() is None and time.time() < end, log.read_text()[-2000:]
+            time.sleep(0.5)
         proc = subprocess.run(
             [str(VENV_BIN / "knnmix"), "train", "--config", "digits", "--workers", "4", "--epochs", "1",
              "--out", str(tmp_path / "run"), "--set", "data.train_subset=300"],
@@ -688,6 +693,7 @@ def test_more_workers_than_a_joined_cluster_has_warns_then_gives_up_in_one_line(
         )
     finally:
         _stop_tree(head)
+        out.close()
     err = proc.stderr
     assert proc.returncode == 2, err[-3000:]
     assert ("knnmix: warning: distributed.workers=4 x 1 CPU each needs 4 CPUs but the cluster has 2 now: waiting for "
