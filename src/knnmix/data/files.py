@@ -56,8 +56,8 @@ OnBadImage = Literal["fail", "skip"]
 
 def locate(dataset: str, key: str, value: str, root: str) -> str | None:
     """The absolute path of option ``key``'s ``value`` as given (relative to the working directory), else below
-    ``root``; ``None`` when neither exists. Both existing, and not one file or folder, is a :class:`DataError`: which
-    is meant is unknown (the one in the working directory was silently taken)."""
+    ``root``; ``None`` when neither exists. Both existing as different files or folders is a :class:`DataError`:
+    which one is meant is unknown (the one in the working directory was silently taken)."""
     given = os.path.expanduser(value)
     found = [p for p in dict.fromkeys((given, os.path.join(root, given))) if os.path.exists(p)]
     if len(found) == 2 and not os.path.samefile(*found):
