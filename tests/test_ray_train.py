@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -38,6 +39,7 @@ from knnmix.scale.train import (
     checkpoint_dir_name,
     clear_run,
     fit,
+    not_a_user_error,
     ray_configs,
     storage_of,
     train_distributed,
@@ -247,6 +249,9 @@ def test_a_copied_run_folder_resumes_into_its_own_ray_train_storage(tmp_path):
     assert sorted(p.name for p in (tmp_path / "run" / "ray" / "run").iterdir()) == before  # the original's, as was
     assert (tmp_path / "copy" / "ray" / "copy" / checkpoint_dir_name(4)).is_dir()
     assert json.loads((tmp_path / "copy" / "summary.json").read_text())["epochs"] == 4
+    # two runs in this process: the workers' filter of knnmix errors' tracebacks is on Ray's logger once
+    filters = logging.getLogger("ray.train.v2._internal.util").filters
+    assert filters.count(not_a_user_error) == 1 and len(filters) == 1
 
 
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_newest_readable_one(tmp_path):

@@ -338,6 +338,10 @@ def fail_once(run: E.Run, epoch: int) -> None:
             raise RuntimeError(f"{FAIL_AT_ENV}: injected failure after epoch {epoch}")
 
 
+def not_a_user_error(record: logging.LogRecord) -> bool:  # False for Ray Train's log of a knnmix error
+    return "\nknnmix.errors." not in record.getMessage()
+
+
 def say(text: str) -> None:
     """Print one progress line from a worker (Ray Train's patched ``print`` would also log it: it shows twice)."""
     sys.stdout.write(text + "\n")
@@ -393,7 +397,7 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     if (context := sys.modules.get("ray.train.v2._internal.execution.context")) is not None:
         logging.getLogger(context.__file__).setLevel(logging.INFO if verbose else logging.WARNING)
     if not verbose:  # a user error (a typo in data.root) is the driver's one line: not each worker's traceback too
-        logging.getLogger("ray.train.v2._internal.util").addFilter(lambda r: "\nknnmix.errors." not in r.getMessage())
+        logging.getLogger("ray.train.v2._internal.util").addFilter(not_a_user_error)  # (added once per process)
     cfg = C.from_dict(loop_config["config"])  # worker_config's: threads = distributed.cpus_per_worker, set by build_run
     run = E.build_run(cfg, dist=D.current(), device=ray.train.torch.get_device())
     folder = RunFolder(cfg.out)
