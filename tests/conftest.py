@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,11 +19,24 @@ from pathlib import Path
 import pytest
 
 from knnmix.scale import ray_env
+from support import free_port
 
 # Under pytest-xdist (scripts/test.sh) each test process gets its own Ray temp dir, so that a Ray a test starts
 # outside the fixtures below (a sweep driver, a benchmark, `ray job submit`) never joins the other process's Ray.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["RAY_TMPDIR"] = f"{os.environ.get('RAY_TMPDIR', '/tmp/ray')}-{os.environ['PYTEST_XDIST_WORKER']}"
+
+
+#: The test files whose end-to-end tests take longest, longest first (about 2-4 minutes each on 2 cores). pytest-xdist
+#: (scripts/test.sh, --dist loadfile --no-loadscope-reorder) hands whole files to its processes in collection order,
+#: so these start first and the short files fill in around them; last, one of them would end the suite alone.
+SLOW_FILES = ("test_ray_train.py", "test_sweep_trials.py", "test_ray_commands.py", "test_sweep_recovery.py",
+              "test_sweep.py", "test_benchmark_smoke.py", "test_engine.py", "test_gpu_check.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))  # stable: each file keeps its order
 
 
 @pytest.fixture
@@ -47,12 +59,6 @@ def _interrupt_after_checkpoint(argv: list[str], run: Path, sig: int, *, env: di
     finally:
         proc.kill()
     return proc.returncode, err
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

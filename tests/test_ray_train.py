@@ -1,21 +1,17 @@
-"""The Ray Train layer on real Ray (no mocks): configs, checkpoints, accuracy parity, failures, resume, ray job.
+"""The Ray Train layer on real Ray (no mocks): configs, checkpoints, accuracy parity, failures, resume.
 
 Ray runs with its own temp dir (``RAY_TMPDIR``) and a token from ``RAY_AUTH_TOKEN`` (so nothing is written to
-``~/.ray``; the fixtures are in ``conftest.py``). One local Ray (2 CPUs) serves the tests that need one; the
-``ray job submit`` test shuts it down and starts its own head node with ``ray start --block``, which it stops by
-process id (``ray stop`` would stop every Ray process on the machine, other users' included).
+``~/.ray``; the fixtures are in ``conftest.py``). One local Ray (2 CPUs) serves the tests that need one. Runs driven
+from a shell on a Ray of their own (``ray job submit``, Ctrl+C, a joined cluster) are in ``test_ray_commands.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import re
-import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -34,7 +30,6 @@ from knnmix.provenance import command, git_commit
 from knnmix.scale import ray_env
 from knnmix.scale.train import (
     FAIL_AT_ENV,
-    START_TRIES,
     check_run_state,
     checkpoint_dir_name,
     clear_run,
@@ -45,6 +40,7 @@ from knnmix.scale.train import (
     train_distributed,
     worker_config,
 )
+from support import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -382,7 +378,7 @@ def test_a_dashboard_address_or_an_unwritable_storage_path_is_one_line(tmp_path)
     assert line.startswith("knnmix: error: RAY_ADDRESS='http://127.0.0.1:8265': Invalid Ray address"), line
     # a host:port where nothing listens: one line at once (Ray retried for minutes, a line every 5 s)
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "RAY_ADDRESS": f"127.0.0.1:{_free_port()}"})
+                          env={**os.environ, "RAY_ADDRESS": f"127.0.0.1:{free_port()}"})
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
     assert re.fullmatch(r"knnmix: error: RAY_ADDRESS='127\.0\.0\.1:\d+': nothing answers there \(Connection refused\);"
@@ -512,197 +508,3 @@ def test_audit_runs_on_ray_train_workers(local_ray, tmp_path, capsys):
     assert len(rows) == 270 and all(Path(r["path"]).exists() for r in rows)
     assert (out / "label_issues.png").exists()
     assert "Most suspect first" in capsys.readouterr().out
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# 5. ray job submit against a `ray start` head node (runs last: it stops the shared local Ray first)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, timeout: float) -> None:
-    import urllib.error
-    import urllib.request
-
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except urllib.error.HTTPError:
-            return  # the server answers (e.g. 401 without a token)
-        except OSError:
-            time.sleep(1)
-    raise TimeoutError(f"{url} did not answer within {timeout}s")
-
-
-def _stop_tree(proc: subprocess.Popen) -> None:
-    """Stop a `ray start --block` and every process under it, by process id (SIGTERM, then SIGKILL after 5 s)."""
-    import psutil  # Ray's vendored copy (ray/thirdparty_files), on sys.path once ray is imported
-
-    try:
-        root = psutil.Process(proc.pid)
-        tree = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        tree = []
-    for p in reversed(tree):
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(tree, timeout=5)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=5)
-    proc.wait(timeout=10)
-
-
-@pytest.mark.slow
-def test_ray_job_submit_runs_train_job_to_success(ray_session, tmp_path):
-    import ray  # also puts Ray's vendored psutil on sys.path (used by _stop_tree)
-
-    ray.shutdown()  # one Ray at a time on this machine's 2 cores
-    token = secrets.token_hex(24)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(
-        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
-        RAY_TMPDIR=str(ray_session["tmp"] / "head"),
-        RAY_AUTH_MODE="token",
-        RAY_AUTH_TOKEN=token,
-    )
-    (ray_session["tmp"] / "head").mkdir()
-    gcs, dash, agent = _free_port(), _free_port(), _free_port()
-    # the submitted working dir: the sources and the job script only
-    work = tmp_path / "work"
-    shutil.copytree(REPO / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    shutil.copytree(REPO / "distributed", work / "distributed", ignore=shutil.ignore_patterns("__pycache__"))
-    out = tmp_path / "job-out"
-    head_log = open(tmp_path / "head.log", "w")
-    head = subprocess.Popen(
-        [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-         "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-         f"--dashboard-agent-listen-port={agent}", "--disable-usage-stats"],  # another Ray may hold 52365
-        env=env, stdout=head_log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    address = f"http://127.0.0.1:{dash}"
-    try:
-        _wait_http(f"{address}/api/version", timeout=120)
-        # token authentication is on: the job API refuses a client without the token
-        anon = {k: v for k, v in env.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
-        refused = subprocess.run([str(VENV_BIN / "ray"), "job", "list", "--address", address],
-                                 env=anon, capture_output=True, text=True, timeout=120)
-        assert refused.returncode != 0
-        assert "401" in refused.stdout + refused.stderr or "Authentication" in refused.stdout + refused.stderr
-        for _ in range(12):  # the head's job agent comes up a little after its HTTP server: Ray asks to retry
-            job = subprocess.run(
-                [str(VENV_BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(work),
-                 "--runtime-env-json", json.dumps({"env_vars": {"KNNMIX_GIT_COMMIT": "c0ffee-submitted"}}), "--",
-                 "python", "distributed/train_job.py", "--config", "digits", "--workers", "2", "--epochs", "2",
-                 "--out", str(out), "--set", "data.train_subset=500"],
-                env=env, capture_output=True, text=True, timeout=420,
-            )
-            logs = job.stdout + job.stderr
-            if "No available agent" not in logs:
-                break
-            time.sleep(5)
-        assert job.returncode == 0, logs[-4000:]
-        assert "SUCCEEDED" in logs or "succeeded" in logs
-        assert "epoch   2/2" in logs  # rank 0's progress lines reach the job's logs
-        # ... and little else: knnmix's warnings in one line, none of Ray Train's per-worker, per-epoch INFO lines
-        assert "knnmix: warning: knnmix never mixes neighbours" in logs and "KnnmixWarning" not in logs
-        assert "Reporting training result" not in logs and "Started training worker group" not in logs
-        for name in ("summary.json", "metrics.jsonl", "label_issues.csv", "config.yaml", "checkpoint.pt"):
-            assert (out / name).exists(), name
-        summary = json.loads((out / "summary.json").read_text())
-        assert summary["world_size"] == 2 and summary["epochs"] == 2
-        assert summary["commit"] == "c0ffee-submitted"  # the uploaded copy has no .git: the submitter says which
-        assert summary["config"]["out"] == str(out)
-        assert (out / "ray" / "job-out" / checkpoint_dir_name(2)).is_dir()
-        # a user error only the workers meet (the data is not where data.root says): the job's log ends with the
-        # driver's one line, without each worker's traceback of it (~25 lines each)
-        job = subprocess.run(
-            [str(VENV_BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(work), "--",
-             "python", "distributed/train_job.py", "--dataset", "fashion-mnist", "--workers", "2", "--epochs", "1",
-             "--out", str(tmp_path / "no-data"), "--set", f"data.root={tmp_path / 'nowhere'}"],
-            env=env, capture_output=True, text=True, timeout=420,
-        )
-        logs = job.stdout + job.stderr
-        assert job.returncode != 0 and "knnmix: error: fashion-mnist data not found at" in logs, logs[-4000:]
-        assert "Error in training function" not in logs and "Traceback" not in logs, logs[-4000:]
-    finally:
-        _stop_tree(head)
-        head_log.close()
-
-
-@pytest.mark.slow
-def test_ctrl_c_on_a_ray_train_run_is_one_line_with_status_130_and_keeps_its_checkpoint(
-        tmp_path, interrupt_after_checkpoint):
-    """Ray Train's SIGINT handler aborts the run and exits 1 silently: the driver printed nothing and looked failed."""
-    import signal
-
-    with contextlib.suppress(ImportError):  # one Ray at a time on 2 cores: the driver below starts its own
-        import ray
-
-        ray.shutdown()
-    run = tmp_path / "run"
-    env = {**os.environ, "RAY_TMPDIR": str(Path("/tmp") / f"kx-int-{os.getpid()}")}
-    env.pop("RAY_ADDRESS", None)
-    args = ["train", "--config", "digits", "--epochs", "300", "--set", "data.train_subset=300", "--workers", "2",
-            "--out", str(run)]
-    try:
-        code, err = interrupt_after_checkpoint(args, run, signal.SIGINT, env=env, wait_s=240)
-    finally:
-        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
-    assert code == 130, err[-3000:]
-    assert err.strip().splitlines()[-1].startswith("knnmix: interrupted; the same command with --resume"), err[-3000:]
-    assert load_checkpoint(run / "checkpoint.pt")["epoch"] >= 1
-
-
-@pytest.mark.slow
-def test_more_workers_than_a_joined_cluster_has_warns_then_gives_up_in_one_line(ray_session, tmp_path):
-    """A `ray start` head (not this machine's loopback Ray: it could autoscale) with 2 CPUs and 4 workers asked for:
-    Ray Train retried its worker start-up forever, a traceback a minute; now a warning at once, and after
-    START_TRIES start-up timeouts (0.2 s here) one line and status 2."""
-    import ray
-
-    ray.shutdown()  # one Ray at a time on 2 cores
-    token = secrets.token_hex(24)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", RAY_TMPDIR=str(ray_session["tmp"] / "joined"),
-               RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
-    (ray_session["tmp"] / "joined").mkdir()
-    gcs = _free_port()
-    log, out = tmp_path / "head.log", open(tmp_path / "head.log", "w")
-    head = subprocess.Popen(  # 127.0.0.2: a node address other than 127.0.0.1, as a cluster's head has
-        [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.2", f"--port={gcs}",
-         "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
-        env={**env, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "0.2"}, stdout=out,
-        stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        end = time.time() + 120  # under load the head took longer to start than knnmix took to try to join it
-        while "Ray runtime started" not in log.read_text():
-            assert head.poll() is None and time.time() < end, log.read_text()[-2000:]
-            time.sleep(0.5)
-        proc = subprocess.run(
-            [str(VENV_BIN / "knnmix"), "train", "--config", "digits", "--workers", "4", "--epochs", "1",
-             "--out", str(tmp_path / "run"), "--set", "data.train_subset=300"],
-            env={**env, "RAY_ADDRESS": f"127.0.0.2:{gcs}"}, capture_output=True, text=True, timeout=300,
-        )
-    finally:
-        _stop_tree(head)
-        out.close()
-    err = proc.stderr
-    assert proc.returncode == 2, err[-3000:]
-    assert ("knnmix: warning: distributed.workers=4 x 1 CPU each needs 4 CPUs but the cluster has 2 now: waiting for "
-            "nodes to join") in err
-    line = (f"knnmix: error: Ray Train could not start distributed.workers=4 in {START_TRIES} start-up tries: the "
-            "cluster lacks the CPUs or GPUs (`ray status`)")
-    assert line in err.splitlines(), err[-3000:]

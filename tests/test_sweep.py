@@ -3,9 +3,9 @@
 The first tests need no Ray: the space schema and its one-line errors, and each space field reaching the object that
 uses it (samplers, schedulers, resources, store). Then, on a local 2-CPU Ray: one 2-noise-rate x 3-trial sweep on
 digits with in-process trials, read back through the MLflow client, through ``mlflow server``'s REST API and through
-Optuna's storage; an in-process trial against the same run on a Ray Train worker; a sweep of 2-worker Ray Train
-trials; a 1-trial sweep whose every sampled value is checked in the trial's files; and a sweep whose driver is killed
-mid-trial, then resumed.
+Optuna's storage; and ``knnmix train`` logging its run to MLflow. The two trial paths and Ray Train trials are in
+``test_sweep_trials.py``, stopped and resumed sweeps in ``test_sweep_recovery.py`` (files of their own, so that the
+suite's pytest processes share the end-to-end tests evenly).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import io
 import json
 import re
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -30,7 +29,7 @@ import yaml
 
 from knnmix import config as C
 from knnmix.cli import main as cli_main
-from knnmix.engine.checkpoint import load_checkpoint, read_metrics, safe_load
+from knnmix.engine.checkpoint import read_metrics, safe_load
 from knnmix.data import load_dataset
 from knnmix.errors import ConfigError, KnnmixError
 from knnmix.provenance import command, git_commit
@@ -40,72 +39,11 @@ from knnmix import sweep_folder as SF
 from knnmix.scale import sweep as S
 from knnmix import tracking as TR
 from knnmix.scale import sweep_mlflow as T
+from support import (BAD, BASE_SET, GOOD, PARAMS, VENV_BIN, client_for, free_port, runs_by_kind,
+                           write_space)
 
 REPO = Path(__file__).resolve().parent.parent
 SPACES = REPO / "search_spaces"
-VENV_BIN = Path(sys.executable).parent
-
-#: Trial settings of the sweeps below: 5 short epochs on digits, each trial in its Tune trial's process.
-BASE_SET = {"epochs": 5, "distributed.workers": 0, "method.warmup_epochs": 1, "log_every": 5}
-PARAMS = {
-    "method.k": {"type": "int", "low": 1, "high": 3},
-    "method.temperature": {"type": "loguniform", "low": 0.5, "high": 2.0},
-    "method.correction_start": {"type": "int", "low": 3, "high": 4},
-    "method.correction_momentum": {"type": "uniform", "low": 0.8, "high": 0.95},
-    "method.correction_period": {"type": "choice", "values": [1, 2]},
-    "optim.lr": {"type": "loguniform", "low": 1.0e-5, "high": 0.1},
-}
-GOOD = {"method.k": 2, "method.temperature": 1.0, "method.correction_start": 3, "method.correction_momentum": 0.9,
-        "method.correction_period": 1, "optim.lr": 0.05}
-#: lr 1e-5 cannot learn anything in 2 epochs: ASHA (grace period 2) stops this start point behind GOOD.
-BAD = {**GOOD, "method.k": 1, "optim.lr": 1.0e-5}
-
-
-def space_data(**fields) -> dict:
-    data = {
-        "name": "e2e",
-        "base": {"config": "digits", "set": dict(BASE_SET)},
-        "noise": ["symmetric:0.2", "symmetric:0.5"],
-        "trials": 3,
-        "seed": 0,
-        "asha": {"grace_period": 2, "reduction_factor": 2},
-        "start_with": [GOOD, BAD],
-        "params": PARAMS,
-    }
-    data.update(fields)
-    return data
-
-
-def write_space(folder: Path, name: str = "space.yaml", **fields) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    path.write_text(yaml.safe_dump(space_data(**fields), sort_keys=False))
-    return path
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def client_for(uri: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
-
-
-def runs_by_kind(uri: str, experiment: str) -> dict[str, list]:
-    client = client_for(uri)
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    out: dict[str, list] = {"sweep": [], "noise_setting": [], "trial": []}
-    for r in runs:
-        out[r.data.tags[TR.KIND_TAG]].append(r)
-    return out
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # The schema (no Ray)
@@ -808,89 +746,6 @@ def test_a_ray_temp_dir_too_long_for_its_sockets_is_one_line(tmp_path):
     assert "is too long for Ray" in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]
 
 
-def test_a_resumed_sweep_prints_each_trials_line(local_ray, tmp_path, caplog):
-    """Tune saves the TrialLogger without its echo; after --resume the trials that ended printed nothing (and the
-    count started again at 1)."""
-    import signal
-
-    space = SP.load_space(write_space(tmp_path, base={"config": "digits", "set": {**BASE_SET, "epochs": 3,
-                                                                                   "data.train_subset": 300}},
-                                      noise=["symmetric:0.2"], trials=2, start_with=[GOOD],
-                                      asha={"grace_period": 3}, max_concurrent_trials=1))
-    lines: list[str] = []
-
-    def stop_after_first(line: str) -> None:  # Ctrl+C once the first trial has ended
-        lines.append(line)
-        if line.lstrip().startswith("trial") and len([x for x in lines if x.lstrip().startswith("trial")]) == 1:
-            signal.raise_signal(signal.SIGINT)
-
-    out, store = tmp_path / "sweep", TR.Store.from_uri(f"sqlite:///{tmp_path / 'runs.db'}")
-    with pytest.raises(KeyboardInterrupt):  # as distributed/sweep_job.py runs it
-        S.run_sweep(space, out, store=store, echo=stop_after_first, command="python distributed/sweep_job.py")
-    assert any(x.endswith(f"continue it with:\n  python distributed/sweep_job.py --resume --out {out}")
-               for x in lines), lines
-    assert "Tuner.restore" not in caplog.text  # Tune's own resume hint (knnmix names `knnmix sweep --resume`)
-    client = store.client()
-    exp = client.get_experiment_by_name(space.experiment_name).experiment_id
-
-    def statuses() -> dict[str, str]:
-        return {r.data.tags.get("knnmix.trial_id", r.data.tags["knnmix.kind"]): r.info.status
-                for r in client.search_runs([exp])}
-
-    stopped = statuses()  # MLflow's convention after Ctrl+C (was RUNNING for good): KILLED, the ended trial FINISHED
-    assert sorted(stopped.values()) == ["FINISHED", "KILLED", "KILLED"] + ["KILLED"] * (len(stopped) == 4), stopped
-    assert stopped["sweep"] == stopped["noise_setting"] == "KILLED"
-    resumed: list[str] = []
-    S.run_sweep(space, out, resume=True, echo=resumed.append)
-    assert [x.split(" after ")[0].split()[:2] for x in resumed if x.lstrip().startswith("trial")] == [["trial", "2/2"]]
-    assert set(statuses().values()) == {"FINISHED"} and len(statuses()) == 4
-
-
-@pytest.mark.slow
-def test_a_failed_trial_that_resume_runs_again_is_logged_and_selected_as_it_ended(local_ray, tmp_path):
-    """--resume runs a failed trial again (resume_errored), but its MLflow run stayed FAILED without the rerun's
-    epochs, and its setting's run kept the old best, best tag, model and counts (it was finalized once)."""
-    weights = tmp_path / "w.pt"  # missing at first: the trial that starts from it fails
-    space = SP.load_space(write_space(
-        tmp_path, base={"config": "digits", "set": {**BASE_SET, "epochs": 2, "data.train_subset": 300}},
-        noise=["symmetric:0.2"], trials=2, asha={"grace_period": 2}, max_concurrent_trials=1,
-        params={"model.pretrained": {"type": "choice", "values": [None, str(weights)]}},
-        start_with=[{"model.pretrained": None}, {"model.pretrained": str(weights)}]))
-    out, store = tmp_path / "sweep", TR.Store.from_uri(f"sqlite:///{tmp_path / 'runs.db'}")
-    assert S.run_sweep(space, out, store=store, echo=None)["failed"] == 1
-    from ray.tune import ExperimentAnalysis  # one trial at a time (max_concurrent_trials=1, SettingsSearch's limit)
-
-    first, second = sorted(ExperimentAnalysis(str(out / "tune")).trials, key=lambda t: t.run_metadata.start_time)
-    assert second.run_metadata.start_time >= first.run_metadata.last_result_time > 0
-    (done,) = (out / "symmetric-0.2" / "trials").glob("*/model_best.pt")
-    torch.save(safe_load(done)["state_dict"], weights)
-    lines: list[str] = []
-    summary = S.run_sweep(space, out, resume=True, echo=lines.append)
-    assert summary["failed"] == 0 and summary["settings"][0]["completed"] == 2
-    assert [x.split(" after ")[0].split() for x in lines if x.lstrip().startswith("trial")] == [
-        ["trial", "2/2", "completed"]]
-    client, (setting,) = store.client(), summary["settings"]
-    trials = runs_by_kind(store.uri, space.experiment_name)["trial"]
-    assert {(r.info.status, r.data.tags[T.OUTCOME_TAG]) for r in trials} == {("FINISHED", "completed")}
-    assert all(r.data.metrics["epochs_run"] == 2 and "val_acc" in r.data.metrics for r in trials)
-    assert [r.data.tags[T.TRIAL_TAG] for r in trials if r.data.tags.get("knnmix.best")] == [setting["best"]["trial_id"]]
-    run = client.get_run(setting["mlflow_run_id"])
-    assert run.data.tags["knnmix.best_trial"] == setting["best"]["trial_id"] and run.data.metrics["failed"] == 0
-    assert run.data.metrics["best_val_acc"] == setting["best"]["val_acc"]
-    models = client.search_logged_models([run.info.experiment_id])
-    assert [m.source_run_id for m in models] == [setting["best_mlflow_run_id"]]  # one model, the best trial's
-    # its study keeps the failure and holds the rerun's result beside it
-    import optuna
-
-    study = optuna.load_study(study_name=SF.study_name(space, space.settings[0]),
-                              storage=SF.SweepFolder(out).optuna_storage)
-    assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "COMPLETE", "FAIL"]
-    (failed,) = [t for t in study.trials if t.state.name == "FAIL"]
-    (rerun,) = [t for t in study.trials if t.state.name == "COMPLETE" and t.params == failed.params]
-    trial = next(r for r in trials if r.data.params["model.pretrained"] == str(weights))
-    assert rerun.value == trial.data.metrics["best_val_acc"]
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # End to end: 2 noise rates x 3 in-process trials on digits
 
@@ -1079,7 +934,7 @@ def test_mlflow_server_serves_the_sweep_over_rest(e2e):
     import psutil  # Ray's vendored copy, on sys.path once ray is imported
 
     store = TR.Store.from_uri(e2e.uri)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     log = open(e2e.tmp / "mlflow-server.log", "w")
@@ -1137,213 +992,6 @@ def test_mlflow_server_serves_the_sweep_over_rest(e2e):
                 p.kill()
         server.wait(timeout=10)
         log.close()
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The two trial paths, every searched key, Ray Train trials
-
-
-@pytest.mark.slow
-def test_an_in_process_trial_and_a_ray_train_run_give_the_same_metrics(local_ray, tmp_path):
-    from knnmix.scale.train import fit
-
-    path = write_space(tmp_path, name="paths", trials=1, start_with=[GOOD], noise=["symmetric:0.5"],
-                       base={"config": "digits", "set": {**BASE_SET, "epochs": 3}})
-    summary = S.run_sweep(SP.load_space(path), tmp_path / "sweep", store=TR.Store.from_uri(
-        f"sqlite:///{tmp_path / 'm.db'}"), echo=None)
-    trial = Path(summary["settings"][0]["best"]["run_folder"])
-    cfg = C.load(trial / "config.yaml")
-    ray_run = fit(C.replace(cfg, **{"out": str(tmp_path / "ray-train"), "distributed.workers": 1,
-                                    "distributed.storage_path": None, "distributed.name": None}))
-    assert ray_run.summary["world_size"] == 1
-
-    def numbers(folder):
-        rows = read_metrics(folder / "metrics.jsonl")
-        return [{k: v for k, v in r.items() if not k.endswith("_time_s")} for r in rows]
-
-    assert numbers(trial) == numbers(tmp_path / "ray-train")
-
-
-@pytest.mark.slow
-def test_every_sampled_value_reaches_the_trial_and_the_default_store(local_ray, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    params = {
-        "method.k": {"type": "choice", "values": [7]},
-        "method.temperature": {"type": "choice", "values": [0.37]},
-        "method.correction_start": {"type": "choice", "values": [2]},
-        "method.correction_momentum": {"type": "choice", "values": [0.77]},
-        "method.correction_period": {"type": "choice", "values": [3]},
-        "method.warmup_epochs": {"type": "choice", "values": [1]},
-        "method.mixture": {"type": "choice", "values": ["global"]},  # not the default
-        "method.neighbours": {"type": "choice", "values": ["bank"]},
-        "optim.lr": {"type": "choice", "values": [0.033]},
-    }
-    path = write_space(tmp_path, name="fields", trials=1, start_with=[], params=params,
-                       noise=[{"spec": "asymmetric:0.3", "set": {"method.loss_window": 2}}],
-                       description="every field", experiment="knnmix-fields-test",
-                       base={"config": "digits", "set": {**BASE_SET, "epochs": 3}})
-    space = SP.load_space(path, ["sweep.name=fields"])
-    summary = S.run_sweep(space, tmp_path / "sweep", echo=None)  # no --tracking-uri: ./mlflow.db, ./mlartifacts
-    (x,) = summary["settings"]
-    assert x["trials"] == 1 and x["completed"] == 1
-    folder = Path(x["best"]["run_folder"])
-    cfg = C.load(folder / "config.yaml")
-    assert (cfg.method.k, cfg.method.temperature, cfg.method.correction_start, cfg.method.correction_momentum,
-            cfg.method.correction_period, cfg.method.warmup_epochs, cfg.optim.lr, cfg.method.mixture) == (
-        7, 0.37, 2, 0.77, 3, 1, 0.033, "global")
-    assert cfg.noise.spec == "asymmetric:0.3" and cfg.epochs == 3 and cfg.method.loss_window == 2
-    ckpt = load_checkpoint(folder / "checkpoint.pt")  # the search asked for K = 7: 7 neighbour columns
-    assert ckpt["state"]["neighbours"].shape[1] == 7 and ckpt["config"]["method"]["k"] == 7
-    assert [r["phase"] for r in read_metrics(folder / "metrics.jsonl")] == ["ce", "knn", "knn"]
-    assert cfg.distributed.name == folder.name == x["best"]["trial_id"]
-    # the default store: the working directory's sqlite file and artifact folder
-    assert (tmp_path / "mlflow.db").exists() and summary["mlflow"]["tracking_uri"] == f"sqlite:///{tmp_path}/mlflow.db"
-    runs = runs_by_kind(f"sqlite:///{tmp_path}/mlflow.db", "knnmix-fields-test")  # the space's experiment
-    (trial,) = runs["trial"]
-    assert runs["sweep"][0].info.run_name == "fields"
-    assert runs["sweep"][0].data.tags["mlflow.note.content"] == "every field"
-    assert trial.data.params["method.k"] == "7" and trial.data.params["sampled.method.temperature"] == "0.37"
-    assert trial.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
-
-
-@pytest.fixture
-def other_ray(ray_session, tmp_path):
-    """Another local Ray instance on this host (``ray start --head``), started before the sweep's own."""
-    import tempfile
-
-    import ray
-
-    ray.shutdown()
-    temp = Path(tempfile.mkdtemp(prefix="kx-other-", dir="/tmp"))  # short: Ray's socket paths live below it
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(RAY_TMPDIR=str(temp), PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}")
-    log = open(tmp_path / "other-ray.log", "w")
-    head = subprocess.Popen(
-        [str(VENV_BIN / "ray"), "start", "--head", "--block", "--port", str(_free_port()), "--num-cpus=1",
-         "--include-dashboard=false", "--disable-usage-stats"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    end = time.time() + 90
-    while "Ray runtime started" not in (tmp_path / "other-ray.log").read_text():
-        assert head.poll() is None and time.time() < end, (tmp_path / "other-ray.log").read_text()[-2000:]
-        time.sleep(0.5)
-    try:
-        ray_session["start"]()  # the sweep's own Ray, second on the host
-        yield
-    finally:
-        ray.shutdown()
-        _kill_tree(head.pid)
-        log.close()
-        shutil.rmtree(temp, ignore_errors=True)
-
-
-@pytest.mark.slow
-def test_ray_train_trials_run_and_release_their_workers_beside_another_ray(other_ray, tmp_path):
-    """Trials of 2 Ray Train workers on the 2-CPU cluster, one at a time, with a second Ray instance running on the
-    host: a trial ASHA stops must give its workers' CPUs back (Ray Train's placement-group cleaner must find the
-    sweep's own Ray), or the next trial would wait forever. Two trials, the second stopped at its first rung; the
-    CPUs it held must come back after the sweep (a third trial would show the same, at ~30 s of Ray Train start-up)."""
-    import ray
-
-    # 20% noise and batches of 16: GOOD learns within its first epoch (~37% noisy validation against BAD's ~13%)
-    path = write_space(tmp_path, name="workers", trials=2, start_with=[GOOD, BAD], noise=["symmetric:0.2"],
-                       asha={"grace_period": 1, "reduction_factor": 2},
-                       base={"config": "digits", "set": {**BASE_SET, "epochs": 2, "distributed.workers": 2,
-                                                         "data.train_subset": 600, "optim.batch_size": 16,
-                                                         "method.correction_start": 2}})
-    summary = S.run_sweep(SP.load_space(path), tmp_path / "sweep", store=TR.Store.from_uri(
-        f"sqlite:///{tmp_path / 'm.db'}"), echo=None)
-    (x,) = summary["settings"]
-    assert x["trials"] == 2 and x["failed"] == 0 and x["stopped_early"] == 1
-    best = Path(x["best"]["run_folder"])
-    assert json.loads((best / "summary.json").read_text())["world_size"] == 2
-    assert (tmp_path / "sweep" / "symmetric-0.2" / "ray" / best.name / "checkpoint_manager_snapshot.json").exists()
-    end = time.time() + 60
-    while ray.available_resources().get("CPU", 0) < 2:  # the stopped trial's placement group was freed
-        assert time.time() < end, f"the stopped trial's CPUs were not given back: {ray.available_resources()}"
-        time.sleep(0.5)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# A stopped driver resumes (runs last: it shuts the shared Ray down for a driver in a subprocess)
-
-
-def _kill_tree(pid: int) -> None:
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        tree = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
-    for p in tree:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-    psutil.wait_procs(tree, timeout=15)
-
-
-@pytest.mark.slow
-def test_a_killed_sweep_resumes_without_running_a_trial_twice(e2e, ray_session, tmp_path, capsys):
-    import ray
-
-    ray.shutdown()  # one Ray at a time on 2 cores: the driver below starts its own
-    space = write_space(tmp_path, base={"config": "digits", "set": {**BASE_SET, "epochs": 6}},
-                        asha={"grace_period": 6})
-    out, uri = tmp_path / "sweep", f"sqlite:///{tmp_path / 'runs.db'}"
-    args = ["sweep", str(space), "--out", str(out), "--tracking-uri", uri, "--set", "sweep.noise=[symmetric:0.2]"]
-    log = open(tmp_path / "driver.log", "w")
-    driver = subprocess.Popen([sys.executable, "-m", "knnmix.cli", *args], stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
-    trials = out / "symmetric-0.2" / "trials"
-    interrupted = None
-    try:
-        end = time.time() + 300
-        while interrupted is None:
-            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-4000:]
-            assert time.time() < end, "no trial got past its second epoch in time"
-            for p in trials.glob("*") if trials.exists() else []:
-                if (p / "metrics.jsonl").exists() and len(read_metrics(p / "metrics.jsonl")) >= 3 and not (
-                        p / "summary.json").exists():
-                    interrupted = p.name
-            time.sleep(0.1)
-    finally:
-        _kill_tree(driver.pid)  # the driver, its Ray and the trials, like a lost head node
-        log.close()
-    assert cli_main(["sweep", str(space), "--out", str(out)]) == 2  # not without --resume
-    assert "already holds a sweep; pass --resume" in capsys.readouterr().err
-    before = {p.name for p in trials.iterdir()}
-    started = json.loads((trials / interrupted / "run.json").read_text())["started"]
-
-    ray_session["start"]()
-    assert cli_main(["sweep", "--resume", "--out", str(out)]) == 0
-    summary = json.loads((out / "sweep_summary.json").read_text())
-    (x,) = summary["settings"]
-    assert x["trials"] == 3 and len(set(x["trial_ids"])) == 3  # as many as an uninterrupted sweep
-    assert before <= set(x["trial_ids"]) and {p.name for p in trials.iterdir()} == set(x["trial_ids"])
-    # the interrupted trial continued its own run (run.json is written when a run starts, not when it resumes)
-    assert json.loads((trials / interrupted / "run.json").read_text())["started"] == started
-    for tid in x["trial_ids"]:
-        epochs = [r["epoch"] for r in read_metrics(trials / tid / "metrics.jsonl")]
-        assert epochs == list(range(1, 7)), tid  # no epoch lost or trained twice into the record
-    # MLflow: one run per trial, each epoch logged once, parent runs reused
-    client = client_for(TR.Store.from_uri(uri).uri)
-    runs = runs_by_kind(TR.Store.from_uri(uri).uri, "knnmix-sweep-e2e")
-    assert len(runs["sweep"]) == 1 and len(runs["noise_setting"]) == 1
-    assert sorted(r.data.tags[T.TRIAL_TAG] for r in runs["trial"]) == sorted(x["trial_ids"])
-    for r in runs["trial"]:
-        steps = [int(m.step) for m in client.get_metric_history(r.info.run_id, "val_acc")]
-        assert sorted(steps) == list(range(1, 7)), r.data.tags[T.TRIAL_TAG]
-        assert r.info.status == "FINISHED" and r.data.tags[T.OUTCOME_TAG] == "completed"
-    state = json.loads((out / "sweep_state.json").read_text())
-    assert state["mlflow"]["sweep_run_id"] == runs["sweep"][0].info.run_id and state["status"] == "done"
-    # resuming a finished sweep changes nothing; with --register it registers the best model (once)
-    assert cli_main(["sweep", "--resume", "--out", str(out)]) == 0
-    assert len(runs_by_kind(TR.Store.from_uri(uri).uri, "knnmix-sweep-e2e")["trial"]) == 3
-    for _ in range(2):
-        assert cli_main(["sweep", "--resume", "--out", str(out), "--register", "late"]) == 0
-    (version,) = client.search_model_versions("name = 'late'")
-    (x,) = json.loads((out / "sweep_summary.json").read_text())["settings"]
-    assert version.run_id == x["best"]["mlflow_run_id"]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,88 @@
+"""What several test files share: a small search space on digits written as a space file (the sweep tests), MLflow
+look-ups, a free port, process clean-up."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import sys
+from pathlib import Path
+
+import yaml
+
+from knnmix import tracking as TR
+
+VENV_BIN = Path(sys.executable).parent
+
+#: Trial settings of the sweeps below: 5 short epochs on digits, each trial in its Tune trial's process.
+BASE_SET = {"epochs": 5, "distributed.workers": 0, "method.warmup_epochs": 1, "log_every": 5}
+PARAMS = {
+    "method.k": {"type": "int", "low": 1, "high": 3},
+    "method.temperature": {"type": "loguniform", "low": 0.5, "high": 2.0},
+    "method.correction_start": {"type": "int", "low": 3, "high": 4},
+    "method.correction_momentum": {"type": "uniform", "low": 0.8, "high": 0.95},
+    "method.correction_period": {"type": "choice", "values": [1, 2]},
+    "optim.lr": {"type": "loguniform", "low": 1.0e-5, "high": 0.1},
+}
+GOOD = {"method.k": 2, "method.temperature": 1.0, "method.correction_start": 3, "method.correction_momentum": 0.9,
+        "method.correction_period": 1, "optim.lr": 0.05}
+#: lr 1e-5 cannot learn anything in 2 epochs: ASHA (grace period 2) stops this start point behind GOOD.
+BAD = {**GOOD, "method.k": 1, "optim.lr": 1.0e-5}
+
+
+def space_data(**fields) -> dict:
+    data = {
+        "name": "e2e",
+        "base": {"config": "digits", "set": dict(BASE_SET)},
+        "noise": ["symmetric:0.2", "symmetric:0.5"],
+        "trials": 3,
+        "seed": 0,
+        "asha": {"grace_period": 2, "reduction_factor": 2},
+        "start_with": [GOOD, BAD],
+        "params": PARAMS,
+    }
+    data.update(fields)
+    return data
+
+
+def write_space(folder: Path, name: str = "space.yaml", **fields) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(yaml.safe_dump(space_data(**fields), sort_keys=False))
+    return path
+
+
+def client_for(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def runs_by_kind(uri: str, experiment: str) -> dict[str, list]:
+    client = client_for(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    out: dict[str, list] = {"sweep": [], "noise_setting": [], "trial": []}
+    for r in runs:
+        out[r.data.tags[TR.KIND_TAG]].append(r)
+    return out
+
+
+def kill_tree(pid: int) -> None:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for p in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(tree, timeout=15)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
