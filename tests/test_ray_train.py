@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -413,9 +414,9 @@ def two_workers(ray_session, tmp_path_factory):
     ray_session["start"]()
     tmp = tmp_path_factory.mktemp("two-workers")
     cfg = digits_cfg(tmp / "clean", **PARITY, **{"distributed.storage_path": str(tmp / "storage")})
-    t0 = time.perf_counter()
+    t0, sigint = time.perf_counter(), signal.getsignal(signal.SIGINT)
     run = fit(cfg)
-    return SimpleNamespace(cfg=cfg, run=run, elapsed=time.perf_counter() - t0, folder=tmp / "clean")
+    return SimpleNamespace(cfg=cfg, run=run, elapsed=time.perf_counter() - t0, folder=tmp / "clean", sigint=sigint)
 
 
 @pytest.mark.slow
@@ -430,6 +431,8 @@ def test_two_workers_match_single_process_accuracy(two_workers, tmp_path):
     single = train(digits_cfg(tmp_path / "single", **method), echo=None)
     ray_run = two_workers.run
     assert ray_run.summary["world_size"] == 2 and single["world_size"] == 1
+    # Ray Train's Ctrl+C handler, which ignores Ctrl+C (and so knnmix's SIGTERM) once its run has ended, is gone
+    assert signal.getsignal(signal.SIGINT) is two_workers.sigint
     import ray
     from ray.util.state import list_actors  # no cloud preempts the private local Ray: no watcher beside the workers
 

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -150,6 +151,7 @@ def fit(
                                          "keep_in": str(Path(storage) / name) if local else None},
         scaling_config=configs.scaling, torch_config=configs.torch_config, run_config=configs.run,
     )
+    sigint = signal.getsignal(signal.SIGINT)
     try:
         result = trainer.fit()
     except SystemExit:  # Ray Train's Ctrl+C (and so SIGTERM) handler aborts the run, then exits 1 without a word
@@ -162,6 +164,9 @@ def fit(
             raise KnnmixError(f"Ray Train could not start distributed.workers={cfg.distributed.workers} in "
                               f"{START_TRIES} start-up tries: the cluster lacks the CPUs or GPUs (`ray status`)")
         raise
+    finally:  # Ray Train's Ctrl+C handler outlives the run, where it ignores Ctrl+C (and SIGTERM): the caller's again
+        if signal.getsignal(signal.SIGINT) is not sigint:  # (Ray Train sets it in the main thread only)
+            signal.signal(signal.SIGINT, sigint)
     return DistributedRun(summary=result.return_value, result=result)  # rank 0's train_worker returns the summary
 
 
