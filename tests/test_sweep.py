@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -366,7 +367,7 @@ def test_a_restored_trial_replays_its_epochs_into_its_asha(tmp_path):
     (done / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "val_acc": 40.0 + e}) + "\n"
                                                 for e in range(1, 6)))
     sched = S.SettingsASHA({s.slug: S.make_asha(space, 5) for s in space.settings},
-                           S.RunHistory(str(tmp_path / "sweep")))
+                           partial(S.run_history, str(tmp_path / "sweep")))
     sched.on_trial_add(None, _trial("done", "symmetric-0.2", last=5))
     new = _trial("new", "symmetric-0.2")
     sched.on_trial_add(None, new)

@@ -20,7 +20,7 @@ import warnings
 import zlib
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -130,15 +130,10 @@ class SettingsSearch(Searcher):
         self.__dict__.update(pickle.loads(Path(checkpoint_path).read_bytes()))
 
 
-@dataclass(frozen=True)
-class RunHistory:
-    """The epochs a trial reported, from its run folder (up to the last epoch Tune saw)."""
-
-    root: str
-
-    def __call__(self, trial: Any) -> list[dict[str, Any]]:
-        folder = SweepFolder(Path(self.root)).trial_dir(trial.config[SETTING_KEY], trial.trial_id)
-        return [r for r in reported(folder, T.last_epoch(trial)) if r.get(METRIC) is not None]
+def run_history(root: str, trial: Any) -> list[dict[str, Any]]:
+    """The epochs a trial reported, from its run folder under sweep folder ``root`` (up to the last one Tune saw)."""
+    folder = SweepFolder(Path(root)).trial_dir(trial.config[SETTING_KEY], trial.trial_id)
+    return [r for r in reported(folder, T.last_epoch(trial)) if r.get(METRIC) is not None]
 
 
 class SettingsASHA(FIFOScheduler):
@@ -324,7 +319,7 @@ def run_sweep(
                 studies = {s.slug: make_study(space, s, folder.optuna_storage) for s in settings}
                 search = SettingsSearch(studies, space.trials)
                 scheduler = SettingsASHA({s.slug: make_asha(space, configs[s.slug].epochs) for s in settings},
-                                         RunHistory(str(folder.root)))
+                                         partial(run_history, str(folder.root)))
                 tune_config = tune.TuneConfig(num_samples=total, search_alg=search, scheduler=scheduler,
                                               max_concurrent_trials=concurrency,
                                               # a stopped Ray Train trial unwinds its worker group for longer than
