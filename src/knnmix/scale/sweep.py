@@ -16,6 +16,7 @@ import json
 import math
 import os
 import pickle
+import signal
 import warnings
 import zlib
 from collections import Counter
@@ -329,10 +330,13 @@ def run_sweep(
                                             failure_config=tune.FailureConfig(max_failures=0), verbose=0)
                 tuner = tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
             T.ECHOES[str(folder.root)] = say  # the trials' lines (the TrialLogger Tune restores was saved without it)
+            sigint = signal.getsignal(signal.SIGINT)
             try:
                 tuner.fit()
             finally:
                 T.ECHOES.pop(str(folder.root), None)
+                if signal.getsignal(signal.SIGINT) is not sigint:  # Tune's handler outlives the run, where it would
+                    signal.signal(signal.SIGINT, sigint)  # swallow the next Ctrl+C (or SIGTERM) unsaid
             trials = collect_trials(folder)
             ended = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
             if len(ended) < total:  # Tune returns normally after Ctrl+C (it saved its state first)
