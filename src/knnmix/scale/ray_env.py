@@ -62,9 +62,8 @@ def refuse_temporary_paths(out: str | None, tracking_uri: str | None) -> None:
 
 def quiet(verbose: bool = False) -> None:
     """Ray's, Tune's, faiss's, MLflow's and Optuna's INFO logging off (``verbose`` brings it back)."""
-    level = logging.INFO if verbose else logging.WARNING
     for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(level)
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
     # "Token authentication is enabled" at every start: true, and what we want; and Tune's lines on Ctrl+C, "Resume
     # experiment with: Tuner.restore(...)" (knnmix names `knnmix sweep --resume`) and "Failed to fetch metrics" of
     # the trials stopped before their first result (knnmix reads its own files): with --verbose only

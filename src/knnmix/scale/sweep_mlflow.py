@@ -178,8 +178,7 @@ class TrialLogger(Callback):
         logged = self._epochs[trial.trial_id]
         if not logged:
             log_run_folder(self.client, rid, self.folder(trial))
-        new = [r for r in records if int(r["epoch"]) not in logged]
-        if new:
+        if new := [r for r in records if int(r["epoch"]) not in logged]:
             logged.update(log_epochs(self.client, rid, new))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:

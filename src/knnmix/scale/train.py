@@ -157,8 +157,7 @@ def fit(
     except SystemExit:  # Ray Train's Ctrl+C (and so SIGTERM) handler aborts the run, then exits 1 without a word
         raise KeyboardInterrupt from None  # 'knnmix: interrupted', status 130, as a run without Ray
     except TrainingFailedError as exc:
-        user = user_error(exc)
-        if user is not None:
+        if (user := user_error(exc)) is not None:
             raise user.with_traceback(None) from None
         if "WorkerGroupStartupTimeout" in type(getattr(exc, "controller_failure", None)).__name__:
             raise KnnmixError(f"Ray Train could not start distributed.workers={cfg.distributed.workers} in "
@@ -335,8 +334,7 @@ def report_epoch(report: Callable[..., None], checkpoint_cls: Any, *, named: boo
 
 def fail_once(run: E.Run, epoch: int) -> None:
     """Test hook: with ``KNNMIX_TEST_FAIL_AT=EPOCH:RANK:MARKER``, that rank raises once at the end of EPOCH."""
-    spec = os.environ.get(FAIL_AT_ENV)
-    if spec:
+    if spec := os.environ.get(FAIL_AT_ENV):
         epoch_s, rank_s, marker = spec.split(":", 2)
         if epoch == int(epoch_s) and run.dist.rank == int(rank_s) and not os.path.exists(marker):
             Path(marker).write_text(f"failed after epoch {epoch} on rank {run.dist.rank}\n")
