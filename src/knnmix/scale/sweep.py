@@ -335,8 +335,8 @@ def run_sweep(
                 tuner.fit()
             finally:
                 T.ECHOES.pop(str(folder.root), None)
-                if signal.getsignal(signal.SIGINT) is not sigint:  # Tune's handler outlives the run, where it would
-                    signal.signal(signal.SIGINT, sigint)  # swallow the next Ctrl+C (or SIGTERM) unsaid
+                if sigint is not None and signal.getsignal(signal.SIGINT) is not sigint:  # Tune's handler outlives
+                    signal.signal(signal.SIGINT, sigint)  # the run: it would swallow the next Ctrl+C (or SIGTERM)
             trials = collect_trials(folder)
             ended = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
             if len(ended) < total:  # Tune returns normally after Ctrl+C (it saved its state first)

@@ -164,8 +164,8 @@ def fit(
                               f"{START_TRIES} start-up tries: the cluster lacks the CPUs or GPUs (`ray status`)")
         raise
     finally:  # Ray Train's Ctrl+C handler outlives the run, where it ignores Ctrl+C (and SIGTERM): the caller's again
-        if signal.getsignal(signal.SIGINT) is not sigint:  # (Ray Train sets it in the main thread only)
-            signal.signal(signal.SIGINT, sigint)
+        if sigint is not None and signal.getsignal(signal.SIGINT) is not sigint:  # (None: not set from Python)
+            signal.signal(signal.SIGINT, sigint)  # (Ray Train sets its handler in the main thread only)
     return DistributedRun(summary=result.return_value, result=result)  # rank 0's train_worker returns the summary
 
 
