@@ -1,4 +1,5 @@
-"""Fixtures shared by the test files that start a real Ray runtime (``test_ray_train.py``, ``test_sweep.py``).
+"""Fixtures shared by the test files that start a real Ray runtime (``test_ray_train.py``, ``test_ray_commands.py``,
+``test_sweep.py``, ``test_sweep_trials.py``, ``test_sweep_recovery.py``), and the order of the test files.
 
 Ray runs with its own temp dir (``RAY_TMPDIR``) and a token from ``RAY_AUTH_TOKEN`` (so nothing is written to
 ``~/.ray``). One local Ray (2 CPUs) serves the tests that need one; tests that run Ray elsewhere (a ``ray start``
