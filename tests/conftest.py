@@ -36,6 +36,10 @@ SLOW_FILES = ("test_ray_train.py", "test_sweep_trials.py", "test_ray_commands.py
               "test_sweep.py", "test_benchmark_smoke.py", "test_engine.py", "test_gpu_check.py")
 
 
+_gone = [name for name in SLOW_FILES if not (Path(__file__).parent / name).exists()]
+assert not _gone, f"SLOW_FILES names test files that are gone (renamed?): {_gone}"
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(SLOW_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))  # stable: each file keeps its order
