@@ -68,14 +68,21 @@ def runs_by_kind(uri: str, experiment: str) -> dict[str, list]:
     return out
 
 
-def kill_tree(pid: int) -> None:
-    import psutil
+def kill_tree(pid: int, grace_s: float = 0) -> None:
+    """Stop process ``pid`` and every process under it: with ``grace_s``, SIGTERM first and SIGKILL for those still
+    alive after it; without, SIGKILL at once (a lost head node, on purpose)."""
+    import psutil  # Ray's vendored copy (ray/thirdparty_files), on sys.path once ray is imported
 
     try:
         root = psutil.Process(pid)
         tree = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         return
+    if grace_s:
+        for p in reversed(tree):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.terminate()
+        tree = psutil.wait_procs(tree, timeout=grace_s)[1]
     for p in tree:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()

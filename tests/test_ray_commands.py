@@ -21,7 +21,7 @@ import pytest
 
 from knnmix.engine.checkpoint import load_checkpoint
 from knnmix.scale.train import START_TRIES, checkpoint_dir_name
-from support import free_port
+from support import free_port, kill_tree
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -43,33 +43,9 @@ def _wait_http(url: str, timeout: float) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
-def _stop_tree(proc: subprocess.Popen) -> None:
-    """Stop a `ray start --block` and every process under it, by process id (SIGTERM, then SIGKILL after 5 s)."""
-    import psutil  # Ray's vendored copy (ray/thirdparty_files), on sys.path once ray is imported
-
-    try:
-        root = psutil.Process(proc.pid)
-        tree = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        tree = []
-    for p in reversed(tree):
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(tree, timeout=5)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=5)
-    proc.wait(timeout=10)
-
-
 @pytest.mark.slow
 def test_ray_job_submit_runs_train_job_to_success(ray_session, tmp_path):
-    import ray  # also puts Ray's vendored psutil on sys.path (used by _stop_tree)
+    import ray  # also puts Ray's vendored psutil on sys.path (used by kill_tree)
 
     ray.shutdown()  # one Ray at a time on this machine's 2 cores
     token = secrets.token_hex(24)
@@ -140,7 +116,7 @@ def test_ray_job_submit_runs_train_job_to_success(ray_session, tmp_path):
         assert job.returncode != 0 and "knnmix: error: fashion-mnist data not found at" in logs, logs[-4000:]
         assert "Error in training function" not in logs and "Traceback" not in logs, logs[-4000:]
     finally:
-        _stop_tree(head)
+        kill_tree(head.pid, grace_s=5)
         head_log.close()
 
 
@@ -201,7 +177,7 @@ def test_more_workers_than_a_joined_cluster_has_warns_then_gives_up_in_one_line(
             env={**env, "RAY_ADDRESS": f"127.0.0.2:{gcs}"}, capture_output=True, text=True, timeout=300,
         )
     finally:
-        _stop_tree(head)
+        kill_tree(head.pid, grace_s=5)
         out.close()
     err = proc.stderr
     assert proc.returncode == 2, err[-3000:]
