@@ -419,6 +419,25 @@ def test_resume_on_other_data_is_refused_and_a_failed_overwrite_keeps_the_run(tm
     assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before  # the run it would have replaced is intact
 
 
+def test_resume_on_replaced_image_files_is_refused_but_the_same_files_elsewhere_resume(tmp_path):
+    """Labels and rows alone let a resume continue on images replaced in place, with per-sample state aligned to the
+    old ones; each row's file size is checked too, not the folder it lies in."""
+    import shutil
+
+    from PIL import Image
+
+    image_folder(tmp_path / "images")
+    cfg = folder_cfg(tmp_path)
+    train(cfg, echo=None)
+    shutil.copytree(tmp_path / "images", tmp_path / "copy")
+    copy = C.replace(cfg, epochs=2, **{"data.root": str(tmp_path / "copy")})
+    assert train(copy, resume=True, echo=None)["epochs"] == 2  # the same files elsewhere: data.root may change
+    Image.new("L", (16, 16)).save(tmp_path / "copy" / "cat" / "000.png")  # another image under the same name
+    with pytest.raises(ConfigError, match="image files were replaced since the checkpoint") as err:
+        train(C.replace(copy, epochs=3), resume=True, echo=None)
+    assert "\n" not in str(err.value)
+
+
 def test_the_banner_measures_the_noise_of_the_rows_trained_on(tmp_path):
     lines: list[str] = []
     summary = train(digits_cfg(tmp_path, epochs=1, **{"method.name": "ce", "data.train_subset": 60}), echo=lines.append)

@@ -79,6 +79,11 @@ class ImageSource(ABC):
         """The file a row was read from, for sources backed by files; ``None`` otherwise."""
         return None
 
+    def signature(self) -> str | None:
+        """A digest of the files behind the rows, for sources backed by files (a resume compares it); ``None``
+        otherwise."""
+        return None
+
 
 @dataclass(frozen=True)
 class Augment:

@@ -42,6 +42,9 @@ class Splits:
     train_rows: np.ndarray  # rows of the published training set used for training
     val_rows: np.ndarray  # rows held out as noisy validation (empty when the dataset ships its own split)
     extra_tests: dict[str, LabelledDataset] = field(default_factory=dict)
+    #: sha256 of the image files behind the train and validation rows (:meth:`ImageSource.signature`), taken when
+    #: they were read; ``None`` for data not read from a user's files (the published datasets)
+    files: str | None = None
 
     @property
     def num_classes(self) -> int:
@@ -145,7 +148,13 @@ def build_splits(cfg: Config) -> Splits:
         bundle=bundle, noise=noise, train=subset(train_rows).view(augment=d.augment), val=val,
         test=trusted(bundle.test, bundle.test_labels), train_rows=train_rows, val_rows=val_rows,
         extra_tests={k: trusted(src, lab) for k, (src, lab) in bundle.extra_tests.items()},  # type: ignore[misc]
+        files=_files_digest([s.signature() for s in (bundle.train, bundle.val) if s is not None]),
     )
+
+
+def _files_digest(signatures: list[str | None]) -> str | None:
+    parts = [s for s in signatures if s is not None]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest() if parts else None
 
 
 def refuse_lost_classes(given: np.ndarray, before: np.ndarray, after: np.ndarray, classes: list[str],

@@ -530,6 +530,7 @@ def checkpoint(run: Run) -> dict[str, Any]:
         "commit": git_commit(),
         "config": C.to_dict(run.cfg),
         "data": run.splits.fingerprint,
+        **({"files": run.splits.files} if run.splits.files else {}),
         "epoch": run.epoch,
         "model_args": dict(run.model_args),
         **{part: getattr(run, part).state_dict() for part in STATEFUL},
@@ -575,6 +576,9 @@ def _restore(run: Run, ckpt: dict[str, Any]) -> None:
     if ckpt.get("data", run.splits.fingerprint) != run.splits.fingerprint:  # (checkpoints before 2026-12-02: none)
         raise ConfigError("cannot resume on other data: the noisy labels or the train / validation rows differ from "
                           "the checkpoint's, and its per-sample state is aligned to them")
+    if ckpt.get("files", run.splits.files) != run.splits.files:  # (checkpoints before 2026-12-03: not checked)
+        raise ConfigError("cannot resume on other data: image files were replaced since the checkpoint (same labels "
+                          "and rows, other file sizes), and its per-sample state is aligned to the old ones")
     for part in STATEFUL:
         getattr(run, part).load_state_dict(ckpt[part])
     stretch_schedule(run.scheduler, run.cfg.epochs)
