@@ -685,19 +685,23 @@ def test_every_pixel_format_becomes_rgb(tmp_path: Path) -> None:
         assert x.shape == (3, 8, 8) and torch.equal(x[0], torch.from_numpy(grey)) and torch.equal(x[0], x[2]), name
 
 
-def test_32_bit_integer_images_keep_16_bits_and_float_images_are_refused(tmp_path: Path) -> None:
+def test_32_bit_integer_images_keep_16_bits_and_float_or_8_bit_valued_ones_are_refused(tmp_path: Path) -> None:
     grey = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4
     sixteen = (grey.astype(np.int32) << 8) | 0xFF
     Image.fromarray(sixteen).save(tmp_path / "grey32.tif")  # mode I with 16-bit values
     Image.fromarray(sixteen.astype(np.uint16)).save(tmp_path / "grey16.pgm")  # 16-bit PGM: opens as mode I
     Image.fromarray(sixteen << 8).save(tmp_path / "wide.tif")  # mode I beyond 16 bits
     Image.fromarray(grey.astype(np.float32) / 255).save(tmp_path / "float.tif")  # mode F
+    Image.fromarray(grey.astype(np.int32)).save(tmp_path / "eight.tif")  # mode I with 8-bit values: black as 16 bits
+    Image.fromarray(np.zeros((8, 8), np.int32)).save(tmp_path / "black.tif")  # black as 8 or 16 bits: kept
+    assert torch.equal(ImageTransform(8).decode(str(tmp_path / "black.tif")), torch.zeros(3, 8, 8, dtype=torch.uint8))
     t = ImageTransform(8)
     for name in ("grey32.tif", "grey16.pgm"):
         assert Image.open(tmp_path / name).mode == "I", name
         x = t.decode(str(tmp_path / name))
         assert torch.equal(x[0], torch.from_numpy(grey)) and torch.equal(x[0], x[2]), name
-    for name, pattern in [("wide.tif", r"mode I values outside 0\.\.65535"), ("float.tif", r"mode F .* not supported")]:
+    for name, pattern in [("wide.tif", r"mode I values outside 0\.\.65535"), ("float.tif", r"mode F .* not supported"),
+                          ("eight.tif", r"32-bit TIFF with values in 0\.\.255 only: read as 16 bits it would be black")]:
         with pytest.raises(DataError) as e:
             t.decode(str(tmp_path / name))
         assert re.search(rf"cannot decode image .*{name}: .*{pattern}", one_line_error(e)), str(e.value)

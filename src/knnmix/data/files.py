@@ -253,7 +253,8 @@ def read_rgb(path: str, min_shorter: int = 1) -> Tensor:
 
     A JPEG is decoded at a reduced scale (Pillow's ``draft``, several times cheaper) as long as its shorter side stays
     at least ``min_shorter`` (1: the smallest scale, enough for the load-time check). Grey-scale is repeated on 3
-    channels (16-bit, also 32-bit mode I valued 0..65535: its high byte; larger values or floats are a ValueError),
+    channels (16-bit, also 32-bit mode I valued 0..65535: its high byte; larger values, floats and a 32-bit TIFF
+    valued 0..255 only are a ValueError),
     alpha is dropped, the EXIF orientation is not applied.
     """
     with Image.open(path) as im:
@@ -266,6 +267,9 @@ def read_rgb(path: str, min_shorter: int = 1) -> Tensor:
             values = np.asarray(im)
             if values.size and (values.min() < 0 or values.max() > 65535):
                 raise ValueError(f"mode I values outside 0..65535 (min {values.min()}, max {values.max()})")
+            if im.mode == "I" and im.format == "TIFF" and 0 < values.max() <= 255:  # black as 16 bits, or 8 bits?
+                raise ValueError("a 32-bit TIFF with values in 0..255 only: read as 16 bits it would be black; save "
+                                 "8-bit values as an 8-bit image")
             return torch.from_numpy((values.astype(np.uint16) >> 8).astype(np.uint8)).expand(3, -1, -1)
         if im.mode == "F":
             raise ValueError("mode F (floating-point pixels) is not supported: save the image as 8- or 16-bit")
