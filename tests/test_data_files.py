@@ -685,6 +685,15 @@ def test_every_pixel_format_becomes_rgb(tmp_path: Path) -> None:
         assert x.shape == (3, 8, 8) and torch.equal(x[0], torch.from_numpy(grey)) and torch.equal(x[0], x[2]), name
 
 
+def test_an_image_past_pillows_decompression_bomb_limit_says_what_to_do(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # refused above twice this: a 50x50 image stands in
+    Image.new("L", (50, 50)).save(tmp_path / "huge.png")
+    with pytest.raises(DataError) as e:
+        ImageTransform(8).decode(str(tmp_path / "huge.png"))
+    assert one_line_error(e).endswith("huge.png: Image size (2500 pixels) exceeds limit of 2000 pixels: too large to "
+                                      "decode safely (Pillow's decompression-bomb limit); downscale it"), str(e.value)
+
+
 def test_32_bit_integer_images_keep_16_bits_and_float_or_8_bit_valued_ones_are_refused(tmp_path: Path) -> None:
     grey = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4
     sixteen = (grey.astype(np.int32) << 8) | 0xFF

@@ -75,6 +75,8 @@ def refuse(offenders: Sequence[str], message: str) -> None:
 
 def failure_reason(exc: BaseException, path: str) -> str:
     """Why ``path`` failed, on one short line, without repeating the path itself."""
+    if isinstance(exc, Image.DecompressionBombError):  # Pillow's words end "could be decompression bomb DOS attack."
+        return f"{str(exc).split(',')[0]}: too large to decode safely (Pillow's decompression-bomb limit); downscale it"
     text = one_line(exc, 200)
     for form in (repr(path), f'"{path}"', path):
         text = text.replace(form, "")
