@@ -256,7 +256,7 @@ def read_rgb(path: str, min_shorter: int = 1) -> Tensor:
     A JPEG is decoded at a reduced scale (Pillow's ``draft``, several times cheaper) as long as its shorter side stays
     at least ``min_shorter`` (1: the smallest scale, enough for the load-time check). Grey-scale is repeated on 3
     channels (16-bit, also 32-bit mode I valued 0..65535: its high byte; larger values, floats and a 32-bit TIFF
-    valued 0..255 only are a ValueError),
+    whose largest value is 1..255 are a ValueError),
     alpha is dropped, the EXIF orientation is not applied.
     """
     with Image.open(path) as im:
