@@ -98,9 +98,9 @@ def ray_session():
 @pytest.fixture(scope="module", autouse=True)
 def no_idle_ray():
     """Stop the shared Ray after each test file that left it running: idle, a local Ray polls from a dozen processes
-    (GCS, raylet, log monitor, dashboard, agent, idle workers; ~25 CPU-seconds a minute), which slowed two 1-thread
-    jobs beside it by about a fifth (8.2 s against 9.9 s, 3 rounds each, 2026-12-03), dashboard or not. The next
-    file that needs it pays one start (~8 s)."""
+    (GCS, raylet, log monitor, dashboard, agent, idle workers), which slowed two 1-thread jobs beside it by 4-15%,
+    dashboard or not (benchmarks/idle_ray.py; benchmarks/results/idle-ray-2026-12-03*.json). The next file that
+    needs it pays one start (~8 s)."""
     yield
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
         sys.modules["ray"].shutdown()

@@ -128,6 +128,20 @@ def test_sweep_benchmark_measures_the_smoke_sweep(tmp_path, capsys, monkeypatch)
     assert "per-trial overhead" in capsys.readouterr().out
 
 
+def test_idle_ray_benchmark_times_every_arm_and_leaves_no_ray(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    idle_ray = importlib.import_module("idle_ray")
+    out = tmp_path / "idle.json"
+    assert idle_ray.main(["--rounds", "1", "--steps", "20", "--settle", "0", "--out", str(out)]) == 0
+    arms = json.loads(out.read_text())["arms"]
+    assert list(arms) == list(idle_ray.ARMS) and arms["alone"]["ratio_to_alone"] == 1.0
+    assert all(len(a["seconds"]) == 1 and a["mean_s"] > 0 for a in arms.values())
+    import ray
+
+    assert not ray.is_initialized()  # each arm's Ray is shut down after it
+    assert "beside an idle Ray without its dashboard" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("arm, method", [("knnmix", "knnmix"), ("mixup", "mixup")])
 def test_each_asha_comparison_arm_builds_its_space(monkeypatch, arm, method):
     """``sweeps.py --asha ARM``: the arm's space validates with its overrides, in both of its forms (ASHA, and the

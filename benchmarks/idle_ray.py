@@ -1,0 +1,78 @@
+"""What an idle local Ray costs the work beside it, measured side by side in one run.
+
+Two 1-thread torch jobs (a fixed chain of matrix products, one per core of a 2-core machine) run side by side, in
+rounds: alone, beside an idle private Ray as knnmix starts it (``ensure_ray``: GCS, raylet, log monitor, dashboard,
+agent, prestarted workers), and beside one started without its dashboard. Each arm's time is the mean of its two
+jobs; the arms alternate within every round, so the machine's drift reaches them alike. This is why the tests stop
+their shared Ray after each test file (``tests/conftest.py``), and what a sweep's own Ray costs its trials.
+
+    python benchmarks/idle_ray.py               # about 3 minutes; writes benchmarks/results/idle-ray-<date>.json
+    python benchmarks/idle_ray.py --rounds 1 --steps 50 --settle 0 --out /tmp/x.json   # a smoke version (tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from knnmix.provenance import git_commit, machine
+
+HERE = Path(__file__).resolve().parent
+JOB = ("import sys, time, torch\ntorch.set_num_threads(1)\na = torch.randn(400, 400)\nt = time.perf_counter()\n"
+       "for _ in range(int(sys.argv[1])):\n    a = torch.tanh(a @ a * 0.01)\nprint(time.perf_counter() - t)")
+#: arm -> ``ensure_ray`` arguments of the Ray idling beside the jobs (None: no Ray)
+ARMS = {"alone": None, "beside an idle Ray": {},
+        "beside an idle Ray without its dashboard": {"include_dashboard": False}}
+
+
+def side_by_side(steps: int) -> float:
+    """Seconds each of two 1-thread jobs of ``steps`` products took, run side by side (their mean)."""
+    jobs = [subprocess.Popen([sys.executable, "-c", JOB, str(steps)], stdout=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    return statistics.mean(float(job.communicate()[0]) for job in jobs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=3, help="rounds; each runs every arm once")
+    p.add_argument("--steps", type=int, default=6000, help="matrix products per job (6000: ~8 s on an idle core)")
+    p.add_argument("--settle", type=float, default=15, help="seconds a started Ray idles before its arm is timed")
+    p.add_argument("--out", help="result JSON (default benchmarks/results/idle-ray-<date>.json)")
+    args = p.parse_args(argv)
+    import ray
+
+    from knnmix.scale import ray_env
+
+    os.environ.setdefault("RAY_TMPDIR", "/tmp/knnmix-idle-ray")
+    seconds: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    for _ in range(args.rounds):
+        for arm, init in ARMS.items():
+            if init is not None:
+                ray_env.ensure_ray(num_cpus=2, **init)
+                time.sleep(args.settle)
+            try:
+                seconds[arm].append(side_by_side(args.steps))
+            finally:
+                ray.shutdown()
+    base = statistics.mean(seconds["alone"])
+    result = {"commit": git_commit(), "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+              "steps": args.steps, "settle_s": args.settle,
+              "arms": {arm: {"seconds": s, "mean_s": statistics.mean(s), "ratio_to_alone": statistics.mean(s) / base}
+                       for arm, s in seconds.items()}}
+    for arm, r in result["arms"].items():
+        rounds = ", ".join(f"{x:.2f}" for x in r["seconds"])
+        print(f"{arm:42s} {r['mean_s']:6.2f} s  x{r['ratio_to_alone']:.2f}  ({rounds})")
+    out = Path(args.out or HERE / "results" / f"idle-ray-{result['date']}.json")
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
