@@ -117,6 +117,10 @@ def test_data_epoch_samples(tmp_path):
     assert len(E.active_indices(eng, 1)) == 100
     assert not torch.equal(E.active_indices(eng, 1), E.active_indices(eng, 2))
     assert len(E.active_indices(engine(tmp_path), 1)) == len(engine(tmp_path).splits.train)
+    # an epoch searches neighbours in its own draw: k (and vote_k) must fit it, before the first epoch
+    match = r"method.vote_k=10 is not smaller than an epoch's draw \(data.epoch_samples=10\) \(10 samples\)"
+    with pytest.raises(ConfigError, match=match):
+        engine(tmp_path, **{"data.epoch_samples": 10})
 
 
 _SEEN_OPTIONS: dict[str, object] = {}

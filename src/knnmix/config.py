@@ -37,7 +37,7 @@ class DataConfig:
     train_subset: int | None = None  # use a seeded subset of this many training images (before the split); null = all
     augment: bool = True  # train-time augmentation (the dataset's random crop / flip)
     num_workers: int = 0  # DataLoader worker processes per training process (0 = load in the training process)
-    epoch_samples: int | None = None  # images drawn per epoch, class-balanced on the given labels (Clothing1M: 64000); null = all
+    epoch_samples: int | None = None  # images drawn per epoch, class-balanced on the given labels (epoch_samples // classes of each class, all of a smaller one; Clothing1M: 64000); each epoch searches neighbours in its own draw; null = all
     image_size: int | None = None  # side (pixels) of the square images that file-based datasets produce (imagefolder, clothing1m, webvision); null = imagefolder: chosen from the images (32, 64 or 224), clothing1m / webvision: 224
     labels_file: str | None = None  # imagefolder: CSV with path,label columns (paths relative to root); null = one sub-folder per class
     test_root: str | None = None  # imagefolder: a second folder (or CSV) with trusted labels, reported as the test split; null = none

@@ -154,10 +154,12 @@ def build_data(cfg: C.Config, splits: Splits | None = None) -> tuple[Splits, C.C
     fails on a bad ``data.root`` or a setting the data cannot take, before a run is replaced (Ray Train's driver)."""
     splits = splits or build_splits(cfg)
     cfg = resolve_config(cfg, splits)
-    n = len(splits.train)
+    n, bank = len(splits.train), "the training set"
+    if (draw := splits.bundle.epoch_rows) is not None:  # each epoch searches its own class-balanced draw
+        n, bank = len(draw(1, cfg.seed)), f"an epoch's draw (data.epoch_samples={cfg.data.epoch_samples})"
     for key in ("k", "vote_k"):
         if (value := getattr(cfg.method, key)) >= n:
-            raise ConfigError(f"method.{key}={value} is not smaller than the training set ({n} samples)")
+            raise ConfigError(f"method.{key}={value} is not smaller than {bank} ({n} samples)")
     return splits, cfg
 
 
