@@ -108,8 +108,8 @@ class KnnMix(Method):
         """Whether ``epoch`` embeds the training set: every ``bank_every`` epochs of the mixing phase and on its
         correction epochs (every mixing epoch when ``subsampled``: each epoch's fresh draw of samples needs its own
         clean probabilities and neighbours), and in the ``loss_window - 1`` epochs before it whose losses the first
-        mixture fit averages. Earlier epochs skip the pass (it costs about a third of a training epoch and nothing
-        would use it)."""
+        mixture fit averages (after warm-up only). Earlier epochs skip the pass (it costs about a third of a training
+        epoch and nothing would use it)."""
         c = self.cfg
         first = self.first_mixing_epoch()
         if epoch <= c.warmup_epochs or epoch < first - (c.loss_window - 1):
