@@ -630,6 +630,25 @@ def test_resuming_a_sweep_folder_that_does_not_exist_leaves_nothing_behind(tmp_p
     assert not (tmp_path / "typo").exists()
 
 
+@pytest.mark.parametrize("content, reason", [
+    ("{broken", r"Expecting property name"), (b"\xff\xfe\x00", r"codec can't decode"), ("{}", r"no 'tracking'"),
+    ('{"tracking": {"uri": "x", "artifact_root": null}, "mlflow": {}}', r"no 'space_label'"),
+    ("[1, 2]", r"list indices"), ('{"tracking": {"uri": 3, "artifact_root": null}, "mlflow": {}, "space_label": "s"}',
+                                  r"a field of the wrong type")])
+def test_a_damaged_sweep_state_is_one_line_on_resume_and_still_refuses_a_new_sweep(tmp_path, capsys, content, reason):
+    out = tmp_path / "sweep"
+    out.mkdir()
+    state = out / "sweep_state.json"
+    state.write_bytes(content if isinstance(content, bytes) else content.encode())
+    assert cli_main(["sweep", "--resume", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(rf"knnmix: error: sweep state '.*sweep_state.json' is damaged \(.*{reason}.*\); knnmix "
+                        r"writes it whole, so it was edited or the disk failed: restore it from a backup, or start "
+                        r"the sweep in another --out", err), err
+    assert cli_main(["sweep", str(write_space(tmp_path)), "--out", str(out)]) == 2  # not over a sweep's folder
+    assert "already holds a sweep; pass --resume" in capsys.readouterr().err
+
+
 def test_a_sweep_folder_in_use_is_refused_in_one_line(tmp_path, capsys):
     from knnmix.engine.checkpoint import folder_lock
 

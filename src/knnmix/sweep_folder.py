@@ -14,7 +14,7 @@ from typing import Any
 from knnmix import config as C
 from knnmix.engine.checkpoint import METRICS, atomic_write_text, read_metrics
 from knnmix.engine.report import pct
-from knnmix.errors import KnnmixError
+from knnmix.errors import KnnmixError, one_line
 from knnmix.provenance import now
 from knnmix.spaces import METRIC, SETTING_KEY, NoiseSetting, SearchSpace, load_space, parse_space
 from knnmix.tracking import Store
@@ -41,20 +41,30 @@ class SweepFolder:
         return "sqlite:///" + str(self.file(OPTUNA_DB)).replace("%", "%25").replace("?", "%3F")
 
 
-def read_state(folder: SweepFolder) -> dict[str, Any] | None:
-    path = folder.file(STATE_FILE)
-    return json.loads(path.read_text()) if path.exists() else None
+def read_state(path: Path) -> dict[str, Any]:
+    """``sweep_state.json``, checked for what a resume reads from it."""
+    try:
+        state = json.loads(path.read_text())
+        tracking = state["tracking"]
+        if not (isinstance(state["space_label"], str) and isinstance(state["mlflow"], dict)
+                and isinstance(tracking["uri"], str) and isinstance(tracking["artifact_root"], str | None)):
+            raise TypeError("a field of the wrong type")
+    except (OSError, ValueError, TypeError, KeyError) as exc:  # (json's and UTF-8's errors are ValueErrors)
+        what = f"no {exc}" if isinstance(exc, KeyError) else one_line(exc)
+        raise KnnmixError(f"sweep state {str(path)!r} is damaged ({what}); knnmix writes it whole, so it was edited "
+                          "or the disk failed: restore it from a backup, or start the sweep in another --out") from None
+    return state
 
 
 def check_state(folder: SweepFolder, resume: bool) -> dict[str, Any] | None:
     """The sweep state: required with ``resume``, refused without."""
-    state = read_state(folder)
-    if resume and state is None:
-        raise KnnmixError(f"nothing to resume: {str(folder.file(STATE_FILE))!r} does not exist")
-    if not resume and state is not None:
+    path = folder.file(STATE_FILE)
+    if resume and not path.exists():
+        raise KnnmixError(f"nothing to resume: {str(path)!r} does not exist")
+    if not resume and path.exists():
         raise KnnmixError(f"sweep folder {str(folder.root)!r} already holds a sweep; pass --resume to continue it "
                           "or choose another --out")
-    return state
+    return read_state(path) if resume else None
 
 
 def resolve_space(folder: SweepFolder, space_arg: str | None, overrides: list[str] | None, *, resume: bool
