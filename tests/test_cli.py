@@ -52,6 +52,16 @@ def test_bad_input_is_one_line_naming_the_value(capsys, tmp_path, argv, needle):
     assert not (tmp_path / "run" / "checkpoint.pt").exists(), "nothing may train after a bad input"
 
 
+def test_a_run_file_that_cannot_be_written_is_one_line_naming_it(capsys, tmp_path):
+    """A folder where the run's config.yaml goes (an OSError with a path): the path and why, status 2."""
+    (tmp_path / "run" / "config.yaml").mkdir(parents=True)
+    code, _, err = run_cli(capsys, "train", "--config", "digits", "--epochs", "1", "--set", "data.train_subset=200",
+                           "--out", str(tmp_path / "run"))
+    assert code == 2 and err.strip().splitlines()[-1] == f"knnmix: error: '{tmp_path / 'run' / 'config.yaml'}': Is a "\
+                                                         "directory", err
+    assert "Traceback" not in err
+
+
 def test_abbreviated_flags_are_errors(capsys, tmp_path):
     """argparse took '--worker 2' for --workers 2 (and '--res' for --resume): a typo ran something else."""
     for argv, typo in ((["train", "--worker", "2"], "--worker 2"), (["sweep", "smoke", "--res"], "--res")):
@@ -151,6 +161,13 @@ def test_compare_trains_each_method_on_one_setting_and_writes_one_result_file(ca
     for method in ("ce", "mixup", "selc"):
         info = json.loads((tmp_path / "cmp" / method / "run.json").read_text())
         assert [r["after_epoch"] for r in info.get("resumed", [])] == ([] if method == "selc" else [1])
+    # a result file that cannot be written is one line naming it (a traceback before), the runs kept
+    (tmp_path / "cmp" / "comparison.json").unlink()
+    (tmp_path / "cmp" / "comparison.json").mkdir()
+    code, _, err = run_cli(capsys, "compare", "--config", "digits", "--methods", "ce,mixup,selc", "--epochs", "2",
+                           "--set", "data.train_subset=300", "--seed", "3", "--out", str(tmp_path / "cmp"), "--resume")
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        f"knnmix: error: '{tmp_path / 'cmp' / 'comparison.json'}': Is a directory"), err
 
 
 def test_comparisons_in_one_ray_train_storage_name_their_runs_apart(capsys, tmp_path):

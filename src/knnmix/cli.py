@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from knnmix import config as C
-from knnmix.errors import DEFAULT_WARNING_FORMAT, KnnmixError, warning_line
+from knnmix.errors import DEFAULT_WARNING_FORMAT, KnnmixError, one_line, warning_line
 
 #: Options that stand for a config key: ``--dataset NAME`` is ``--set data.name=NAME`` (argparse dest: key).
 SHORTHANDS = {
@@ -384,13 +384,19 @@ RESUME_HINT = "; the same command with --resume continues from the last checkpoi
 
 
 def guarded(command: Callable[[], int], interrupted: str = "") -> int:
-    """Run a command: a user error is one line on stderr and exit status 2, Ctrl+C status 130; knnmix's warnings
-    are one line each."""
+    """Run a command: a user error (or a file that cannot be read or written) is one line on stderr and exit status
+    2, Ctrl+C status 130; knnmix's warnings are one line each."""
     warnings.formatwarning = warning_line  # type: ignore[assignment]
     try:
         return int(command())
     except KnnmixError as exc:
         print(f"knnmix: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file the user's paths name that cannot be read or written: the path and why
+        if exc.filename is None:
+            raise
+        paths = " -> ".join(repr(str(f)) for f in (exc.filename, exc.filename2) if f is not None)
+        print(f"knnmix: error: {paths}: {exc.strerror or one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"knnmix: interrupted{interrupted}", file=sys.stderr)
