@@ -276,8 +276,10 @@ def test_two_runs_into_one_folder_refuse_to_interleave(tmp_path):
 def test_unwritable_out_and_diverging_loss_are_one_line_errors(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    with pytest.raises(KnnmixError, match="cannot write run folder"):
+    with pytest.raises(KnnmixError, match="cannot write run folder .*: Not a directory"):
         train(digits_cfg(tmp_path, epochs=1, out=str(blocker / "run"), **{"method.name": "ce"}), echo=None)
+    with pytest.raises(KnnmixError, match="cannot write run folder .*: it is a file, not a folder$"):
+        train(digits_cfg(tmp_path, epochs=1, out=str(blocker), **{"method.name": "ce"}), echo=None)
     with pytest.raises(DivergedError, match=r"training diverged in epoch \d+: the loss became nan .*lower optim.lr"):
         train(digits_cfg(tmp_path, epochs=3, **{"method.name": "ce", "optim.lr": 1e6}), echo=None)
 
@@ -464,12 +466,18 @@ def test_a_file_the_disk_cannot_hold_is_one_line_and_leaves_the_previous_one(tmp
         with pytest.raises(KnnmixError, match=r"cannot write '.*checkpoint.pt' \(the write stopped short, is the "
                                               r"disk full\? .*\); the previous checkpoint.pt, if any, is unchanged"):
             atomic_save({"x": torch.zeros(100_000)}, folder.file("checkpoint.pt"))
-        with pytest.raises(KnnmixError, match=r"cannot write '.*summary.json' \(File too large\)"):
+        with pytest.raises(KnnmixError, match=r"cannot write '.*summary.json' \(File too large\).*: free some space, "
+                                              r"then --resume$"):
             folder.write_summary({"epoch": 2, "pad": "x" * 300_000})
-        with pytest.raises(KnnmixError, match=r"cannot write '.*metrics.jsonl' \(File too large\)"):
+        with pytest.raises(KnnmixError, match=r"cannot write '.*metrics.jsonl' \(File too large\): free some space"):
             folder.append_metrics({"epoch": 2, "pad": "x" * 300_000})
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, handler)
+    (tmp_path / "run.json").mkdir()  # not a matter of space: the advice says so
+    with pytest.raises(KnnmixError, match=r"cannot write '.*run.json' \(Is a directory\).*: make the path writable, "
+                                          r"then --resume$"):
+        atomic_save({}, folder.file("run.json"))
+    (tmp_path / "run.json").rmdir()
     (tmp_path / "metrics.jsonl").unlink()  # (append writes in place; --resume rewrites it from the checkpoint)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no .tmp left, nothing replaced

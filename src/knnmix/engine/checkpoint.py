@@ -14,6 +14,7 @@ runs never write into one folder.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -104,7 +105,7 @@ class RunFolder:
                 fh.write(json.dumps(record) + "\n")
         except OSError as exc:  # a line cut short is rewritten from the checkpoint's history on --resume
             raise KnnmixError(f"cannot write {str(self.file(METRICS))!r} ({exc.strerror or one_line(exc, 150)}): "
-                              "free some space, then --resume") from None
+                              f"{then_resume(exc)}") from None
 
     def save_checkpoint(self, payload: dict[str, Any]) -> None:
         atomic_save(payload, self.file(CHECKPOINT))
@@ -156,7 +157,13 @@ def write_error(path: Path, tmp: Path, exc: BaseException) -> KnnmixError:
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (
         f"the write stopped short, is the disk full? {one_line(exc, 120)}")
     return KnnmixError(f"cannot write {str(path)!r} ({reason}); the previous {path.name}, if any, is unchanged: "
-                       "free some space, then --resume")
+                       f"{then_resume(exc)}")
+
+
+def then_resume(exc: BaseException) -> str:
+    """What to do about a failed write: free space, or (a folder in the way, no permission) mend the path."""
+    space = not isinstance(exc, OSError) or exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    return f"{'free some space' if space else 'make the path writable'}, then --resume"
 
 
 def safe_load(path: str | Path) -> Any:
@@ -267,7 +274,8 @@ def folder_lock(path: str | Path, what: str = "run folder") -> Iterator[None]:
         p.mkdir(parents=True, exist_ok=True)
         fh = open(p / LOCK, "a+")
     except OSError as exc:
-        raise KnnmixError(f"cannot write {what} {str(p)!r}: {exc.strerror or one_line(exc, 200)}") from None
+        reason = "it is a file, not a folder" if p.is_file() else exc.strerror or one_line(exc, 200)
+        raise KnnmixError(f"cannot write {what} {str(p)!r}: {reason}") from None
     with fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
