@@ -173,6 +173,10 @@ def test_temperature_to_zero_picks_the_cleanest_member():
     # log(w)/T of every member overflowing to -inf gave NaN weights (T = 2e-38 is still a normal float32)
     assert torch.equal(neighbour_weights(torch.tensor([1e-3, 1e-4]), torch.tensor([[1, 0]]), 2e-38),
                        torch.tensor([[0.0, 1.0]]))
+    # a T that float32 rounds to 0 (the config takes any T > 0) gave 0/0: NaN weights, a "diverged" run
+    for tiny in (1e-300, 5e-324):
+        lam = neighbour_weights(w, members, tiny)
+        assert lam.dtype == torch.float32 and torch.equal(lam, expected), tiny
 
 
 def test_members_all_about_zero_get_equal_weights():
