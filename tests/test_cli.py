@@ -40,6 +40,11 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
         (["--set", "optim.lr=fast"], "optim.lr"),
         (["--set", "nosuchkey=1"], "nosuchkey"),
         (["--config", "no-such-preset"], "no-such-preset"),
+        # an empty path is the working directory to pathlib; integers past C's ints failed deep inside torch
+        (["--set", "model.pretrained="], "model.pretrained: an empty path; name a file or folder"),
+        (["--set", "optim.batch_size=1000000000000000000000"], "optim.batch_size: 1000000000000000000000 is out of "
+                                                               "range; use <= 2147483647"),
+        (["--set", "threads=99999999999"], "use <= 2147483647"),
     ],
 )
 def test_bad_input_is_one_line_naming_the_value(capsys, tmp_path, argv, needle):
@@ -60,6 +65,15 @@ def test_a_run_file_that_cannot_be_written_is_one_line_naming_it(capsys, tmp_pat
     assert code == 2 and err.strip().splitlines()[-1] == f"knnmix: error: '{tmp_path / 'run' / 'config.yaml'}': Is a "\
                                                          "directory", err
     assert "Traceback" not in err
+
+
+def test_an_empty_out_is_refused_not_the_working_directory(capsys, tmp_path, monkeypatch):
+    """``--out "$UNSET"``: a run (or a sweep) wrote its files straight into the working directory."""
+    monkeypatch.chdir(tmp_path)
+    for argv in (["train", "--config", "digits", "--epochs", "1"], ["sweep", "smoke"]):
+        code, _, err = run_cli(capsys, *argv, "--out", "")
+        assert code == 2 and "out: an empty path; name " in err, err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_abbreviated_flags_are_errors(capsys, tmp_path):

@@ -279,6 +279,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if args.space is None:
             raise KnnmixError("--resume without a space file needs --out (the sweep folder to continue)")
         args.out = str(Path("runs") / "sweeps" / SP.load_space(args.space, args.overrides).name)
+    if not args.out:
+        raise KnnmixError("--out: an empty path; name the sweep folder (an unset shell variable?)")
     if "://" in args.out:
         raise KnnmixError(f"--out {args.out!r}: a sweep folder is a local (or mounted shared) folder; the sweep's "
                           "runs and checkpoints go there, so put it on a file system every node mounts")

@@ -276,7 +276,7 @@ def absolute_paths(cfg: Config) -> dict[str, str]:
     first (``data.labels_file`` and ``data.test_root`` not found there stay relative: the loaders then look below
     ``data.root``)."""
     changes = {}
-    for key in ("out", "data.root", "data.labels_file", "data.test_root", "noise.cifar_n_dir", "model.pretrained"):
+    for key in PATH_KEYS[:-1]:
         section, _, leaf = key.rpartition(".")
         value = getattr(getattr(cfg, section) if section else cfg, leaf)
         below_root = cfg.data.root is not None and value is not None and not Path(value).expanduser().exists()
@@ -402,6 +402,10 @@ LOWER_BOUNDS: dict[str, tuple[float, bool, str]] = {
     "checkpoint_every": (1, False, ""), "log_every": (1, False, ""), "test_every": (0, False, ""),
     "seed": (0, False, ""), "noise.seed": (0, False, " (or null)"), "data.split_seed": (0, False, ""),
 }
+MAX_INT = 2**31 - 1
+#: Keys that name local files or folders (or URIs).
+PATH_KEYS = ("out", "data.root", "data.labels_file", "data.test_root", "noise.cifar_n_dir", "model.pretrained",
+             "distributed.storage_path")
 #: Largest ``seed``: the per-batch seeds derived from it (about ``seed * 1e11``) must fit torch's 64-bit seeds.
 MAX_SEED = 10**8
 
@@ -414,6 +418,10 @@ def validate(cfg: Config) -> None:
         value = operator.attrgetter(key)(cfg)
         _check(value is None or value > low or (value == low and not strict), key, value,
                f"use {'>' if strict else '>='} {low}{note}")
+        _check(not isinstance(value, int) or value <= MAX_INT, key, value, f"use <= {MAX_INT}")  # (torch's C ints)
+    for key in PATH_KEYS:  # "" is the working directory to pathlib: an unset shell variable wrote a run there
+        if operator.attrgetter(key)(cfg) == "":
+            raise ConfigError(f"{key}: an empty path; name a file or folder (an unset shell variable?)")
     _check(cfg.seed <= MAX_SEED, "seed", cfg.seed, f"use an integer in [0, {MAX_SEED}]")
     _check(0 <= o.momentum < 1, "optim.momentum", o.momentum, "use a value in [0, 1)")
     _check(0 <= o.min_lr <= o.lr, "optim.min_lr", o.min_lr, f"use a value in [0, optim.lr={o.lr}]")
