@@ -234,7 +234,7 @@ def test_checkpoints_load_without_running_code(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("damage", ["truncate", "random", "empty", "foreign", "flipped", "shape", "type"])
+@pytest.mark.parametrize("damage", ["truncate", "random", "empty", "foreign", "flipped", "shape", "type", "epoch"])
 def test_a_corrupt_checkpoint_is_one_line_naming_the_file(tmp_path, damage):
     """Damaged bytes (a flipped stretch too: torch.load does not check the checksums) or contents that do not fit
     the run: one line naming the file, never a resume on wrong weights or a traceback from load_state_dict."""
@@ -252,12 +252,12 @@ def test_a_corrupt_checkpoint_is_one_line_naming_the_file(tmp_path, damage):
     path.write_bytes({"truncate": data[: len(data) // 2], "random": os.urandom(4096), "empty": b""}.get(damage, data))
     if damage == "foreign":
         torch.save({"weights": torch.zeros(3)}, path)
-    if damage in ("shape", "type"):  # a well-formed file, edited
+    if damage in ("shape", "type", "epoch"):  # a well-formed file, edited
         ckpt = torch.load(path, weights_only=True)
         if damage == "shape":
             ckpt["model"][next(iter(ckpt["model"]))] = torch.zeros(1)
-        else:
-            ckpt["epoch"] = "three"
+        else:  # a negative epoch resumed, trained epochs -4 .. 2 and wrapped the learning-rate schedule
+            ckpt["epoch"] = "three" if damage == "type" else -5
         torch.save(ckpt, path)
     with pytest.raises(KnnmixError, match=f"{path}") as err:
         train(C.replace(cfg, epochs=2), resume=True, echo=None)

@@ -573,6 +573,9 @@ def _restore(run: Run, ckpt: dict[str, Any]) -> None:
     if shown := C.differences(canonical_noise(ckpt["config"]), C.to_dict(run.cfg), 4, RESUMABLE_CHANGES):
         raise ConfigError(f"cannot resume with a different config ({shown}); only paths, resources and epochs may "
                           "change")
+    epoch, history = ckpt["epoch"], list(ckpt["history"])
+    if type(epoch) is not int or [r["epoch"] for r in history] != list(range(1, epoch + 1)):  # (epoch >= 0 too)
+        raise ValueError(f"its epoch {epoch!r} and the epochs of its history do not agree")
     if ckpt["epoch"] > run.cfg.epochs:
         raise ConfigError(f"epochs={run.cfg.epochs} is fewer than the {ckpt['epoch']} epochs already trained")
     if ckpt.get("data", run.splits.fingerprint) != run.splits.fingerprint:  # (checkpoints before 2026-12-02: none)
@@ -584,8 +587,7 @@ def _restore(run: Run, ckpt: dict[str, Any]) -> None:
     for part in STATEFUL:
         getattr(run, part).load_state_dict(ckpt[part])
     stretch_schedule(run.scheduler, run.cfg.epochs)
-    run.epoch = int(ckpt["epoch"])
-    run.history = list(ckpt["history"])
+    run.epoch, run.history = epoch, history
     run.best = dict(ckpt["best"])
     run.best_weights = ckpt.get("best_weights")
     set_rng_state(ckpt["rng"])
