@@ -219,6 +219,12 @@ def test_resume_reads_the_run_folders_config_however_the_folder_is_named(capsys,
     where = ["--out", str(run)] if named == "--out" else ["--set", f"out={run}"]
     code, _, err = run_cli(capsys, "train", *where, "--resume")
     assert code == 2 and "unknown dataset 'mnist'" in err, err
+    # without it, beside a checkpoint, the error says so (it listed every key as "changed" to its default)
+    (run / "config.yaml").unlink()
+    (run / "checkpoint.pt").write_bytes(b"")
+    code, _, err = run_cli(capsys, "train", *where, "--resume")
+    assert code == 2 and err.strip() == (f"knnmix: error: '{run / 'config.yaml'}' is missing, the config of the run "
+                                         "to resume: restore it, or name the run's config file with --config"), err
 
 
 def test_a_run_folder_named_with_tilde_is_in_the_home_folder(capsys, tmp_path, monkeypatch):

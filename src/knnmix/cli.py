@@ -78,6 +78,9 @@ def resume_config(args: argparse.Namespace) -> None:
     saved = Path(str(outs[-1] if outs else args.out or C.Config().out)).expanduser() / "config.yaml"
     if saved.exists() and not args.config:
         args.config = str(saved)
+    elif not args.config and saved.with_name("checkpoint.pt").exists():  # else: every key "changed" to its default
+        raise KnnmixError(f"{str(saved)!r} is missing, the config of the run to resume: restore it, or name the "
+                          "run's config file with --config")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
