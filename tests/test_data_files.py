@@ -420,6 +420,12 @@ def test_a_class_the_validation_split_or_subset_empties_is_an_error(folder: Path
     assert 0 < lost < 8
     with pytest.raises(DataError, match=r"^data.train_subset=2 \(data.split_seed=0\) leaves 1 of 3 classes without "):
         build_splits(C.replace(base, **{"data.train_subset": 2, "data.val_fraction": 0.0}))
+    # a class that noise emptied: the error names the noise (it blamed only the subset)
+    digits = C.replace(C.Config(), **{"data.name": "digits", "noise.spec": "asymmetric:0.95", "data.train_subset": 200})
+    with pytest.raises(DataError, match=r"^data.train_subset=200 \(data.split_seed=0\) leaves 1 of 10 classes without "
+                                        r"training images: '2' \(7 images, 142 before asymmetric:0.95 noise\); add "
+                                        r"images to them, lower the noise rate, or change data.train_subset or "):
+        build_splits(digits)
 
 
 def test_image_size_none_is_chosen_from_the_images(folder: Path, tmp_path: Path) -> None:
