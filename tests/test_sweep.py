@@ -452,7 +452,8 @@ def test_resume_with_a_changed_space_file_names_what_changed(tmp_path):
     folder = SF.SweepFolder(tmp_path / "sweep")
     folder.root.mkdir()
     folder.file(SF.SPACE_FILE).write_text(SP.load_space(path).to_yaml())
-    folder.file(SF.STATE_FILE).write_text(json.dumps({"space_label": path.name}))
+    folder.file(SF.STATE_FILE).write_text(json.dumps({"space_label": path.name, "mlflow": {},
+                                                      "tracking": {"uri": "sqlite:///m.db", "artifact_root": None}}))
     assert SF.resolve_space(folder, str(path), [], resume=True).trials == SP.load_space(path).trials
     with pytest.raises(KnnmixError, match=r"differs from the one sweep folder .* started with \(trials: \d+ -> 9\)"):
         SF.resolve_space(folder, str(path), ["sweep.trials=9"], resume=True)
@@ -634,11 +635,16 @@ def test_resuming_a_sweep_folder_that_does_not_exist_leaves_nothing_behind(tmp_p
     ("{broken", r"Expecting property name"), (b"\xff\xfe\x00", r"codec can't decode"), ("{}", r"no 'tracking'"),
     ('{"tracking": {"uri": "x", "artifact_root": null}, "mlflow": {}}', r"no 'space_label'"),
     ("[1, 2]", r"list indices"), ('{"tracking": {"uri": 3, "artifact_root": null}, "mlflow": {}, "space_label": "s"}',
-                                  r"a field of the wrong type")])
+                                  r"a field of the wrong type"), ("dir", r"cannot read")])
 def test_a_damaged_sweep_state_is_one_line_on_resume_and_still_refuses_a_new_sweep(tmp_path, capsys, content, reason):
     out = tmp_path / "sweep"
     out.mkdir()
     state = out / "sweep_state.json"
+    if content == "dir":  # not damaged: unreadable (a folder here; no permission on shared storage)
+        state.mkdir()
+        assert cli_main(["sweep", "--resume", "--out", str(out)]) == 2
+        assert capsys.readouterr().err.strip() == f"knnmix: error: cannot read sweep state '{state}': Is a directory"
+        return
     state.write_bytes(content if isinstance(content, bytes) else content.encode())
     assert cli_main(["sweep", "--resume", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()

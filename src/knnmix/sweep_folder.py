@@ -41,15 +41,23 @@ class SweepFolder:
         return "sqlite:///" + str(self.file(OPTUNA_DB)).replace("%", "%25").replace("?", "%3F")
 
 
-def read_state(path: Path) -> dict[str, Any]:
-    """``sweep_state.json``, checked for what a resume reads from it."""
+def read_state(folder: SweepFolder) -> dict[str, Any] | None:
+    """``sweep_state.json`` (None: there is none), checked for the fields a resume reads first."""
+    path = folder.file(STATE_FILE)
+    if not path.exists():
+        return None
     try:
-        state = json.loads(path.read_text())
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise KnnmixError(f"cannot read sweep state {str(path)!r}: {exc.strerror or one_line(exc)}") from None
+    try:
+        state = json.loads(raw)
         tracking = state["tracking"]
         if not (isinstance(state["space_label"], str) and isinstance(state["mlflow"], dict)
-                and isinstance(tracking["uri"], str) and isinstance(tracking["artifact_root"], str | None)):
+                and isinstance(tracking["uri"], str) and isinstance(tracking["artifact_root"], str | None)
+                and isinstance(state.get("folder", ""), str)):
             raise TypeError("a field of the wrong type")
-    except (OSError, ValueError, TypeError, KeyError) as exc:  # (json's and UTF-8's errors are ValueErrors)
+    except (ValueError, TypeError, KeyError) as exc:  # (json's and UTF-8's errors are ValueErrors)
         what = f"no {exc}" if isinstance(exc, KeyError) else one_line(exc)
         raise KnnmixError(f"sweep state {str(path)!r} is damaged ({what}); knnmix writes it whole, so it was edited "
                           "or the disk failed: restore it from a backup, or start the sweep in another --out") from None
@@ -64,7 +72,7 @@ def check_state(folder: SweepFolder, resume: bool) -> dict[str, Any] | None:
     if not resume and path.exists():
         raise KnnmixError(f"sweep folder {str(folder.root)!r} already holds a sweep; pass --resume to continue it "
                           "or choose another --out")
-    return read_state(path) if resume else None
+    return read_state(folder) if resume else None
 
 
 def resolve_space(folder: SweepFolder, space_arg: str | None, overrides: list[str] | None, *, resume: bool
