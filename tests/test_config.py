@@ -49,6 +49,9 @@ def test_replace_validates():
     assert C.replace(cfg, **{"method.k": 4}).method.k == 4
     with pytest.raises(ConfigError, match="method.k"):
         C.replace(cfg, **{"method.k": 0})
+    # numpy's seeds take any size: only torch's C ints are capped
+    big = C.replace(cfg, **{"noise.seed": 2**32 - 1, "data.split_seed": 2**40})
+    assert (big.noise.seed, big.data.split_seed) == (2**32 - 1, 2**40)
 
 
 @pytest.mark.parametrize(
@@ -83,6 +86,8 @@ def test_replace_validates():
         ({"method": "knnmix"}, "method: expected a mapping of keys, got 'knnmix'"),
         ({"seed": -1}, "seed: -1 is out of range; use >= 0"),
         ({"seed": 10**9}, "seed: 1000000000 is out of range; use an integer in [0, 100000000]"),
+        ({"seed": 3 * 10**9}, "seed: 3000000000 is out of range; use an integer in [0, 100000000]"),
+        ({"optim": {"batch_size": 2**31}}, "optim.batch_size: 2147483648 is out of range; use <= 2147483647"),
         ({"noise": {"seed": -3}}, "noise.seed: -3 is out of range; use >= 0 (or null)"),
         ({"data": {"split_seed": -3}}, "data.split_seed: -3 is out of range; use >= 0"),
     ],

@@ -464,12 +464,13 @@ def test_a_file_the_disk_cannot_hold_is_one_line_and_leaves_the_previous_one(tmp
     resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, hard))
     try:
         with pytest.raises(KnnmixError, match=r"cannot write '.*checkpoint.pt' \(the write stopped short, is the "
-                                              r"disk full\? .*\); the previous checkpoint.pt, if any, is unchanged"):
+                                              r"disk full\? .*\); the previous checkpoint.pt, if any, is unchanged: "
+                                              r"free some space, then --resume$"):
             atomic_save({"x": torch.zeros(100_000)}, folder.file("checkpoint.pt"))
-        with pytest.raises(KnnmixError, match=r"cannot write '.*summary.json' \(File too large\).*: free some space, "
-                                              r"then --resume$"):
+        with pytest.raises(KnnmixError, match=r"cannot write '.*summary.json' \(File too large\).*: once it can be "
+                                              r"written, --resume$"):  # (a file-size limit: no space to free)
             folder.write_summary({"epoch": 2, "pad": "x" * 300_000})
-        with pytest.raises(KnnmixError, match=r"cannot write '.*metrics.jsonl' \(File too large\): free some space"):
+        with pytest.raises(KnnmixError, match=r"cannot write '.*metrics.jsonl' \(File too large\): once it can be"):
             folder.append_metrics({"epoch": 2, "pad": "x" * 300_000})
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import functools
 import json
 import os
@@ -384,6 +385,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return guarded(lambda: args.func(args), hint if resumable else "")
 
 
+#: OSErrors of a path that its user can mend (missing, no permission, a file or folder in the way, no space).
+USER_FIXABLE = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.EEXIST,
+                          errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG})
+
 #: After "knnmix: interrupted" for the commands that train into run folders.
 RESUME_HINT = "; the same command with --resume continues from the last checkpoint"
 
@@ -397,9 +402,9 @@ def guarded(command: Callable[[], int], interrupted: str = "") -> int:
     except KnnmixError as exc:
         print(f"knnmix: error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # a file the user's paths name that cannot be read or written: the path and why
-        if exc.filename is None:
-            raise
+    except OSError as exc:  # a path that cannot be read or written for a reason its user can mend: the path and why
+        if not isinstance(exc.filename, str | os.PathLike) or exc.errno not in USER_FIXABLE:
+            raise  # (a file descriptor, or an I/O fault a retry may clear: a traceback)
         paths = " -> ".join(repr(str(f)) for f in (exc.filename, exc.filename2) if f is not None)
         print(f"knnmix: error: {paths}: {exc.strerror or one_line(exc)}", file=sys.stderr)
         return 2

@@ -276,7 +276,7 @@ def absolute_paths(cfg: Config) -> dict[str, str]:
     first (``data.labels_file`` and ``data.test_root`` not found there stay relative: the loaders then look below
     ``data.root``)."""
     changes = {}
-    for key in PATH_KEYS[:-1]:
+    for key in (k for k in PATH_KEYS if k != "distributed.storage_path"):  # (absolute or a URI: validate checks)
         section, _, leaf = key.rpartition(".")
         value = getattr(getattr(cfg, section) if section else cfg, leaf)
         below_root = cfg.data.root is not None and value is not None and not Path(value).expanduser().exists()
@@ -418,7 +418,8 @@ def validate(cfg: Config) -> None:
         value = operator.attrgetter(key)(cfg)
         _check(value is None or value > low or (value == low and not strict), key, value,
                f"use {'>' if strict else '>='} {low}{note}")
-        _check(not isinstance(value, int) or value <= MAX_INT, key, value, f"use <= {MAX_INT}")  # (torch's C ints)
+        if key not in ("seed", "noise.seed", "data.split_seed"):  # (numpy's seeds take any size; seed: MAX_SEED)
+            _check(not isinstance(value, int) or value <= MAX_INT, key, value, f"use <= {MAX_INT}")  # torch's C ints
     for key in PATH_KEYS:  # "" is the working directory to pathlib: an unset shell variable wrote a run there
         if operator.attrgetter(key)(cfg) == "":
             raise ConfigError(f"{key}: an empty path; name a file or folder (an unset shell variable?)")

@@ -161,9 +161,14 @@ def write_error(path: Path, tmp: Path, exc: BaseException) -> KnnmixError:
 
 
 def then_resume(exc: BaseException) -> str:
-    """What to do about a failed write: free space, or (a folder in the way, no permission) mend the path."""
-    space = not isinstance(exc, OSError) or exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-    return f"{'free some space' if space else 'make the path writable'}, then --resume"
+    """What to do about a failed write: free space (torch's short write too), mend the path (a folder in the way,
+    no permission), or (another cause: a file-size limit, a failing disk) just what comes after."""
+    code = exc.errno if isinstance(exc, OSError) else errno.ENOSPC
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "free some space, then --resume"
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR, errno.EEXIST):
+        return "make the path writable, then --resume"
+    return "once it can be written, --resume"
 
 
 def safe_load(path: str | Path) -> Any:

@@ -23,7 +23,7 @@ import numpy as np
 from knnmix.config import Config, DataConfig
 from knnmix.data import DatasetBundle, ImageSource, LabelledDataset, TensorSource, load_dataset
 from knnmix.errors import ConfigError, DataError, listing
-from knnmix.noise import NoiseResult, apply_noise, parse_noise_spec
+from knnmix.noise import NoiseResult, NoiseSpec, apply_noise, parse_noise_spec
 
 
 # data.* keys handed to dataset loaders that declare them (see knnmix.data.load_dataset).
@@ -120,7 +120,7 @@ def build_splits(cfg: Config) -> Splits:
             raise DataError(f"data.train_subset={d.train_subset} exceeds the {len(rows)} training images of {d.name}")
         rows = np.sort(rng.choice(rows, size=d.train_subset, replace=False))
         refuse_lost_classes(noise.noisy_labels, np.arange(len(labels)), rows, bundle.classes,
-                            f"data.train_subset={d.train_subset} (data.split_seed={d.split_seed})", labels, str(spec))
+                            f"data.train_subset={d.train_subset} (data.split_seed={d.split_seed})", labels, spec)
     if bundle.val is not None and d.val_fraction > 0:
         raise ConfigError(f"data.val_fraction={d.val_fraction}: {d.name} ships its own validation split; set "
                           "data.val_fraction=0")
@@ -130,7 +130,7 @@ def build_splits(cfg: Config) -> Splits:
     if len(train_rows) < 2:
         raise DataError(f"only {len(train_rows)} training images remain after the validation split")
     refuse_lost_classes(noise.noisy_labels, rows, train_rows, bundle.classes,
-                        f"data.val_fraction={d.val_fraction} (data.split_seed={d.split_seed})", labels, str(spec))
+                        f"data.val_fraction={d.val_fraction} (data.split_seed={d.split_seed})", labels, spec)
 
     def subset(r: np.ndarray) -> LabelledDataset:
         true = labels[r] if bundle.labels_are_clean else None
@@ -158,17 +158,17 @@ def _files_digest(signatures: list[str | None]) -> str | None:
 
 
 def refuse_lost_classes(given: np.ndarray, before: np.ndarray, after: np.ndarray, classes: list[str],
-                        setting: str, unflipped: np.ndarray | None = None, noise: str = "") -> None:
+                        setting: str, unflipped: np.ndarray | None = None, noise: NoiseSpec | None = None) -> None:
     """A :class:`DataError` naming the classes that have training images (by given label) among rows ``before`` but
     none among rows ``after``, the rows ``setting`` kept: a run would never train on them. ``unflipped``: the labels
-    before synthetic ``noise``, which the error names when it took most of a lost class's images away."""
+    before ``noise``, which the error names when it took most of a lost class's images away."""
     lost = np.setdiff1d(given[before], given[after]).tolist()
     if lost:
         counts = np.bincount(given[before], minlength=len(classes))
         had = np.bincount(unflipped[before], minlength=len(classes)) if unflipped is not None else counts
         shown = [f"{classes[c]!r} ({counts[c]} image{'s' if counts[c] > 1 else ''}"
                  + (f", {had[c]} before {noise} noise)" if had[c] > 2 * counts[c] else ")") for c in lost]
-        fix = "lower the noise rate, " if any(had[c] > 2 * counts[c] for c in lost) else ""
+        fix = "lower the noise rate, " if noise and noise.rate and any(had[c] > 2 * counts[c] for c in lost) else ""
         raise DataError(f"{setting} leaves {len(lost)} of {len(classes)} classes without training images: "
                         f"{listing(shown)}; add images to them, {fix}or change {setting.split('=')[0]} or "
                         "data.split_seed")

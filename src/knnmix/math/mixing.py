@@ -37,10 +37,10 @@ def neighbour_weights(clean_prob: Tensor, members: Tensor, temperature: float) -
         raise ValueError("clean probabilities of the members must lie in [0, 1]")
     if temperature == 0:
         return torch.nn.functional.one_hot(w.argmax(dim=1), w.shape[1]).float()
-    logw = torch.log(w + _EPS).double()
+    logw = torch.log(w + _EPS).cpu().double()  # (on the CPU: MPS has no float64)
     # Shifted by the row's maximum (softmax ignores the shift), in float64: log(w)/T has no NaN for any T > 0 (in
     # float32 a T below ~1e-45 rounds to 0, and the maximum's 0/0 made every weight NaN)
-    return torch.softmax((logw - logw.amax(dim=1, keepdim=True)) / temperature, dim=1).float()
+    return torch.softmax((logw - logw.amax(dim=1, keepdim=True)) / temperature, dim=1).to(w.device, torch.float32)
 
 
 def mix_batch(images: Tensor, targets: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
