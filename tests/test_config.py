@@ -111,6 +111,11 @@ def test_override_values_are_typed():
     assert C.parse_override("data.root=null") == ("data.root", None)
     assert C.parse_override("data.augment=false") == ("data.augment", False)
     assert C.parse_override("noise.spec=symmetric:0.4") == ("noise.spec", "symmetric:0.4")
+    # a value ending in ':' is text (YAML read a mapping: "expected a string, got {'symmetric': None}"); {..} maps
+    assert C.parse_override("noise.spec=symmetric:") == ("noise.spec", "symmetric:")
+    assert C.parse_override("method={k: 2}") == ("method", {"k": 2})
+    with pytest.raises(ConfigError, match="noise spec 'symmetric:' needs a rate"):
+        C.load(None, ["noise.spec=symmetric:"])
 
 
 def test_missing_or_invalid_config_file(tmp_path):

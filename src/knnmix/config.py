@@ -218,6 +218,8 @@ def parse_override(item: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, dict) and not raw.strip().startswith("{"):  # "symmetric:" is a text, not a YAML mapping
+        value = raw
     return key, value
 
 
