@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from knnmix import config as C
-from knnmix.errors import DEFAULT_WARNING_FORMAT, KnnmixError, one_line, warning_line
+from knnmix.errors import (DEFAULT_WARNING_FORMAT, NO_SPACE, PATH_IN_THE_WAY, KnnmixError, one_line,
+                           warning_line)
 
 #: Options that stand for a config key: ``--dataset NAME`` is ``--set data.name=NAME`` (argparse dest: key).
 SHORTHANDS = {
@@ -386,8 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 #: OSErrors of a path that its user can mend (missing, no permission, a file or folder in the way, no space).
-USER_FIXABLE = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.EEXIST,
-                          errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG})
+USER_FIXABLE = NO_SPACE | PATH_IN_THE_WAY | {errno.ENOENT, errno.ENAMETOOLONG}
 
 #: After "knnmix: interrupted" for the commands that train into run folders.
 RESUME_HINT = "; the same command with --resume continues from the last checkpoint"

@@ -8,6 +8,7 @@ Every problem a user can cause (a bad config value, a missing data root, an unkn
 from __future__ import annotations
 
 import difflib
+import errno
 import os
 import warnings
 import zipfile
@@ -62,6 +63,11 @@ def listing(items: Sequence[str]) -> str:
     """``"a, b, c, d, e (and 7 more)"``: the first five of ``items``, for error messages."""
     shown = ", ".join(items[:5])
     return shown + (f" (and {len(items) - 5} more)" if len(items) > 5 else "")
+
+
+#: OSErrors a user mends by freeing space, and those of a path in the way or without permission.
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+PATH_IN_THE_WAY = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR, errno.EEXIST})
 
 
 def one_line(exc: BaseException | str, limit: int = 300) -> str:

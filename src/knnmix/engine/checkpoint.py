@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from knnmix import config as C
-from knnmix.errors import CheckpointError, KnnmixError, load_tensors, one_line
+from knnmix.errors import NO_SPACE, PATH_IN_THE_WAY, CheckpointError, KnnmixError, load_tensors, one_line
 from knnmix.provenance import command, git_commit, machine, now
 
 if TYPE_CHECKING:
@@ -164,9 +164,9 @@ def then_resume(exc: BaseException) -> str:
     """What to do about a failed write: free space (torch's short write too), mend the path (a folder in the way,
     no permission), or (another cause: a file-size limit, a failing disk) just what comes after."""
     code = exc.errno if isinstance(exc, OSError) else errno.ENOSPC
-    if code in (errno.ENOSPC, errno.EDQUOT):
+    if code in NO_SPACE:
         return "free some space, then --resume"
-    if code in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR, errno.EEXIST):
+    if code in PATH_IN_THE_WAY:
         return "make the path writable, then --resume"
     return "once it can be written, --resume"
 

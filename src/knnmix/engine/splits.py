@@ -166,9 +166,10 @@ def refuse_lost_classes(given: np.ndarray, before: np.ndarray, after: np.ndarray
     if lost:
         counts = np.bincount(given[before], minlength=len(classes))
         had = np.bincount(unflipped[before], minlength=len(classes)) if unflipped is not None else counts
+        emptied = {c for c in lost if had[c] > 2 * counts[c]}  # by the noise, mostly
         shown = [f"{classes[c]!r} ({counts[c]} image{'s' if counts[c] > 1 else ''}"
-                 + (f", {had[c]} before {noise} noise)" if had[c] > 2 * counts[c] else ")") for c in lost]
-        fix = "lower the noise rate, " if noise and noise.rate and any(had[c] > 2 * counts[c] for c in lost) else ""
+                 + (f", {had[c]} before {noise} noise)" if c in emptied else ")") for c in lost]
+        fix = "lower the noise rate, " if noise and noise.rate and emptied else ""
         raise DataError(f"{setting} leaves {len(lost)} of {len(classes)} classes without training images: "
                         f"{listing(shown)}; add images to them, {fix}or change {setting.split('=')[0]} or "
                         "data.split_seed")

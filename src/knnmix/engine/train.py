@@ -576,8 +576,8 @@ def _restore(run: Run, ckpt: dict[str, Any]) -> None:
     epoch, history = ckpt["epoch"], list(ckpt["history"])
     if type(epoch) is not int or [r["epoch"] for r in history] != list(range(1, epoch + 1)):  # (epoch >= 0 too)
         raise ValueError(f"its epoch {epoch!r} and the epochs of its history do not agree")
-    if ckpt["epoch"] > run.cfg.epochs:
-        raise ConfigError(f"epochs={run.cfg.epochs} is fewer than the {ckpt['epoch']} epochs already trained")
+    if epoch > run.cfg.epochs:
+        raise ConfigError(f"epochs={run.cfg.epochs} is fewer than the {epoch} epochs already trained")
     if ckpt.get("data", run.splits.fingerprint) != run.splits.fingerprint:  # (checkpoints before 2026-12-02: none)
         raise ConfigError("cannot resume on other data: the noisy labels or the train / validation rows differ from "
                           "the checkpoint's, and its per-sample state is aligned to them")
