@@ -635,7 +635,9 @@ def test_resuming_a_sweep_folder_that_does_not_exist_leaves_nothing_behind(tmp_p
     ("{broken", r"Expecting property name"), (b"\xff\xfe\x00", r"codec can't decode"), ("{}", r"no 'tracking'"),
     ('{"tracking": {"uri": "x", "artifact_root": null}, "mlflow": {}}', r"no 'space_label'"),
     ("[1, 2]", r"list indices"), ('{"tracking": {"uri": 3, "artifact_root": null}, "mlflow": {}, "space_label": "s"}',
-                                  r"a field of the wrong type"), ("dir", r"cannot read")])
+                                  r"a field of the wrong type"),
+    ('{"tracking": {"uri": "x", "artifact_root": null}, "mlflow": {"settings": []}, "space_label": "s"}',
+     r"a field of the wrong type"), ("dir", r"cannot read")])
 def test_a_damaged_sweep_state_is_one_line_on_resume_and_still_refuses_a_new_sweep(tmp_path, capsys, content, reason):
     out = tmp_path / "sweep"
     out.mkdir()

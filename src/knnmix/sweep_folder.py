@@ -52,8 +52,10 @@ def read_state(folder: SweepFolder) -> dict[str, Any] | None:
         raise KnnmixError(f"cannot read sweep state {str(path)!r}: {exc.strerror or one_line(exc)}") from None
     try:
         state = json.loads(raw)
-        tracking = state["tracking"]
-        if not (isinstance(state["space_label"], str) and isinstance(state["mlflow"], dict)
+        tracking, ml = state["tracking"], state["mlflow"]
+        if not (isinstance(state["space_label"], str) and isinstance(ml, dict)
+                and all(isinstance(ml.get(k, ""), str) for k in ("experiment_id", "sweep_run_id"))
+                and isinstance(runs := ml.get("settings", {}), dict) and all(isinstance(r, str) for r in runs.values())
                 and isinstance(tracking["uri"], str) and isinstance(tracking["artifact_root"], str | None)
                 and isinstance(state.get("folder", ""), str)):
             raise TypeError("a field of the wrong type")
