@@ -105,6 +105,24 @@ def test_find_label_issues_api_ranks_low_confidence_labels_first():
         knnmix.find_label_issues(labels[:-1], probs)
 
 
+def test_a_label_the_model_ranks_first_is_ranked_but_not_flagged():
+    """An unsure sample whose suggestion is its given label was flagged 'given: 3, suggested: 3'."""
+    rng = np.random.default_rng(0)
+    n, c = 200, 10
+    labels = rng.integers(0, c, n)
+    probs = np.full((n, c), 0.005)
+    probs[np.arange(n), labels] = 0.955
+    unsure = np.arange(0, n, 10)  # the given label first, but at 0.2
+    probs[unsure] = 0.8 / (c - 1)
+    probs[unsure, labels[unsure]] = 0.2
+    table = knnmix.find_label_issues(labels, probs)
+    assert set(table["index"][: len(unsure)]) == set(unsure) and (table["clean_prob"][: len(unsure)] < 0.5).all()
+    assert (table["corrected_label"] == table["given_label"]).all() and not table["is_label_issue"].any()
+    other = (labels + 1) % c  # a method's corrected labels that name another class: flagged
+    assert table["is_label_issue"].sum() == 0 < knnmix.find_label_issues(labels, probs, corrected_labels=other)[
+        "is_label_issue"][: len(unsure)].sum() == len(unsure)
+
+
 def test_suspects_picture_draws_class_names_as_text(tmp_path):
     """A class folder named e.g. '$a^$' was parsed as matplotlib math: a ValueError after the whole training."""
     import torch

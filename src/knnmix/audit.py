@@ -28,7 +28,9 @@ def find_label_issues(
     probabilities ``pred_probs`` ``(N, C)`` (rows sum to one).
 
     ``corrected_labels`` ``(N,)`` int are a method's corrected labels (e.g. ``argmax`` of knnmix's soft targets),
-    default ``argmax pred_probs``; a label is an issue when its clean probability is below ``threshold``.
+    default ``argmax pred_probs``; a label is an issue when its clean probability is below ``threshold`` and the
+    suggestion names another class (a label the model itself ranks first is uncertain, not shown to be wrong: such
+    a sample keeps its rank but is not flagged, as in cleanlab).
 
     Returns a dict of (N,) arrays, ordered most-suspect first: ``index`` (position in ``labels``), ``given_label``,
     ``corrected_label`` (the suggestion), ``clean_prob`` (probability that the given label is right),
@@ -57,7 +59,7 @@ def find_label_issues(
         "given_label": labels[order],
         "corrected_label": suggestion[order],
         "clean_prob": clean[order],
-        "is_label_issue": clean[order] < threshold,
+        "is_label_issue": (clean[order] < threshold) & (suggestion[order] != labels[order]),
         "given_label_confidence": given_conf[order],
         "suggestion_confidence": probs[order, suggestion[order]],
     }
