@@ -88,15 +88,19 @@ def test_the_audit_report_says_which_images_it_did_not_rank(tmp_path):
     assert "not ranked" not in audit_report(table, {"val_size": 0, "config": {"data": {"train_subset": None}}}, 1)
 
 
+def peaked(labels: np.ndarray, c: int, p: float) -> np.ndarray:
+    """Predicted probabilities ``(N, c)``: ``p`` on each row's label, the rest shared by the other classes."""
+    probs = np.full((len(labels), c), (1 - p) / (c - 1))
+    probs[np.arange(len(labels)), labels] = p
+    return probs
+
+
 def test_find_label_issues_api_ranks_low_confidence_labels_first():
-    rng = np.random.default_rng(0)
     n, c = 200, 4
-    labels = rng.integers(0, c, n)
-    probs = np.full((n, c), 0.02)
-    probs[np.arange(n), labels] = 0.94
+    labels = np.random.default_rng(0).integers(0, c, n)
+    probs = peaked(labels, c, 0.94)
     wrong = np.arange(0, n, 10)  # every tenth label is wrong: the model puts its mass elsewhere
-    probs[wrong] = 0.02
-    probs[wrong, (labels[wrong] + 1) % c] = 0.94
+    probs[wrong] = peaked((labels[wrong] + 1) % c, c, 0.94)
     table = knnmix.find_label_issues(labels, probs)
     assert set(table["index"][: len(wrong)]) == set(wrong)
     assert table["is_label_issue"][: len(wrong)].all() and not table["is_label_issue"][len(wrong):].any()
@@ -107,14 +111,11 @@ def test_find_label_issues_api_ranks_low_confidence_labels_first():
 
 def test_a_label_the_model_ranks_first_is_ranked_but_not_flagged():
     """An unsure sample whose suggestion is its given label was flagged 'given: 3, suggested: 3'."""
-    rng = np.random.default_rng(0)
-    n, c = 200, 10
-    labels = rng.integers(0, c, n)
-    probs = np.full((n, c), 0.005)
-    probs[np.arange(n), labels] = 0.955
-    unsure = np.arange(0, n, 10)  # the given label first, but at 0.2
-    probs[unsure] = 0.8 / (c - 1)
-    probs[unsure, labels[unsure]] = 0.2
+    n, c = 200, 4
+    labels = np.random.default_rng(0).integers(0, c, n)
+    probs = peaked(labels, c, 0.94)
+    unsure = np.arange(0, n, 10)  # the given label first, but at 0.4
+    probs[unsure] = peaked(labels[unsure], c, 0.4)
     table = knnmix.find_label_issues(labels, probs)
     assert set(table["index"][: len(unsure)]) == set(unsure) and (table["clean_prob"][: len(unsure)] < 0.5).all()
     assert (table["corrected_label"] == table["given_label"]).all() and not table["is_label_issue"].any()
