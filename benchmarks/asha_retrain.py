@@ -21,6 +21,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from knnmix.provenance import git_commit, machine
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", required=True, help="folder for the runs (kept, so a stopped run resumes)")
     p.add_argument("--out", default=str(RESULTS / "asha-retrain" / "retrain.json"), help="result JSON")
     args = p.parse_args(argv)
-    start, runs = time.time(), Path(args.runs).absolute()
+    start, runs, commit = time.time(), Path(args.runs).absolute(), git_commit()  # the commit the runs train at
     chosen = picks()
     jobs = {(name, arm, seed): (s["space"], s["overrides"], s[arm]["params"], seed, runs / f"{name}-{arm}-seed{seed}")
             for name, s in chosen.items() for arm in ("asha", "full") for seed in SEEDS}
@@ -101,16 +103,14 @@ def main(argv: list[str] | None = None) -> int:
         s["allowed"] = max(a["std"], f["std"])
         s["equal_best"] = s["gap"] <= s["allowed"]
         s["target_met"] = s["equal_best"] and s["wall_ratio"] <= 1 / 3
-        lines.append(f"{name}: ASHA's pick {a['mean']:.2f} ± {a['std']:.2f}, no-early-stopping pick {f['mean']:.2f} ± "
-                     f"{f['std']:.2f} (best epoch, seeds 1-5; recorded single runs {s['asha']['recorded_best']:.2f} "
+        lines.append(f"{name}: ASHA's pick {a['mean']:.2f} ± {a['std']:.2f}, no-early-stopping pick "
+                     f"{f['mean']:.2f} ± {f['std']:.2f} (best epoch, seeds 1-5; recorded single runs {s['asha']['recorded_best']:.2f} "
                      f"and {s['full']['recorded_best']:.2f}, seed 0 again {s['asha']['seed0_best']:.2f} and "
                      f"{s['full']['seed0_best']:.2f}); gap {s['gap']:.2f}, allowed {s['allowed']:.2f}: equal best "
                      f"{'yes' if s['equal_best'] else 'no'}; wall clock {s['wall_ratio']:.2f}x; target "
                      f"{'met' if s['target_met'] else 'missed'}")
-    from knnmix.provenance import git_commit, machine
-
     result = {"command": shlex.join(["python", "benchmarks/asha_retrain.py", *(argv or sys.argv[1:])]),
-              "commit": git_commit(), "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+              "commit": commit, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
               "wall_s": time.time() - start, "seeds": list(SEEDS), "spaces": chosen}
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print("\n".join(lines))
