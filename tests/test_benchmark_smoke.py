@@ -186,3 +186,24 @@ def test_the_asha_replay_stops_the_trials_rays_own_bracket_stops(monkeypatch, gr
                 break
     assert replay(curves, grace, factor) == (spent, best)
     assert spent < 24 * 20  # the case stops something, so the comparison could fail
+
+
+def test_the_asha_retrain_trains_each_recorded_pick_on_the_sweeps_data(monkeypatch, tmp_path):
+    """``asha_retrain.py``: the picks its rule names, read from the committed results by the sweep's own rule, and a
+    pick trained with a fresh training seed on the sweep's noisy labels (noise seed 0)."""
+    from knnmix import config as C
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    retrain = importlib.import_module("asha_retrain")
+    picks = retrain.picks()
+    assert {n: (s["asha"]["trial"], s["full"]["trial"]) for n, s in picks.items()} == {"knnmix": (4, 22),
+                                                                                       "mixup": (16, 17)}
+    assert [picks["mixup"][a]["recorded_best"] for a in ("asha", "full")] == [44.5, 45.875]
+    s = picks["mixup"]
+    curve = retrain.train_one(s["space"], s["overrides"] + ["epochs=2", "data.train_subset=600"], s["asha"]["params"],
+                              3, tmp_path / "run")
+    cfg = C.load(str(tmp_path / "run" / "config.yaml"))
+    assert (cfg.seed, cfg.noise.seed, cfg.noise.spec, cfg.method.mixup_alpha) == (
+        3, 0, "symmetric:0.5", s["asha"]["params"]["method.mixup_alpha"])
+    assert len(curve) == 2 and all(0 < v <= 100 for v in curve)
+    assert retrain.train_one(s["space"], [], {}, 3, tmp_path / "run") == curve  # a finished run is read, not retrained
