@@ -164,6 +164,7 @@ _BAD_CASES = [
      "params.data.val_fraction.values[1]: sweeps select on the noisy-validation accuracy (val_acc)"),
     ({"start_with": [{**GOOD, "optim.lr": 2.0}]}, "start_with[0].optim.lr: 2.0 is outside loguniform"),
     ({"start_with": [{"method.k": 2}]}, "start_with[0]: gives no value for "),
+    ({"start_with": [{**GOOD, "method.k": 2.0}]}, "start_with[0].method.k: 2.0 is not an integer of int in [1, 3]"),
 ]
 
 

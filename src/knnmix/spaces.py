@@ -327,8 +327,9 @@ def _validate(space: SearchSpace, root: Path | None) -> None:
         check(not missing, f"start_with[{i}]", f"gives no value for {', '.join(missing)}: a start point sets every "
               "searched key")
         for key, value in point.items():
+            whole = space.params[key].type != "int" or not isinstance(value, float)
             check(_inside(dists[key], value), f"start_with[{i}].{key}",
-                  f"{value!r} is outside {space.params[key].describe()}")
+                  f"{value!r} is {'outside' if whole else 'not an integer of'} {space.params[key].describe()}")
 
 
 def _inside(dist: Any, value: Any) -> bool:
@@ -337,6 +338,8 @@ def _inside(dist: Any, value: Any) -> bool:
     if isinstance(dist, d.CategoricalDistribution):
         return any(value == c and type(value) is type(c) for c in dist.choices)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not dist.low <= value <= dist.high:
+        return False
+    if isinstance(dist, d.IntDistribution) and not isinstance(value, int):  # 2.0 failed its trial: not an integer
         return False
     step = dist.step
     return step is None or math.isclose((value - dist.low) / step, round((value - dist.low) / step), abs_tol=1e-9)
