@@ -72,8 +72,8 @@ def sweep(args: argparse.Namespace) -> int:
     from knnmix.tracking import Store
 
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")  # as `knnmix sweep` (--resume refuses a change)
+    out = SF.sweep_root(args.out)  # (an empty --out or a URI first: neither is a folder)
     ray_env.refuse_temporary_paths(args.out, uri)
-    out = Path(args.out).expanduser().absolute()
     folder = SF.SweepFolder(out)
     resume = args.resume or (args.resume_if_exists and folder.file(SF.STATE_FILE).exists())
     space = SF.resolve_space(folder, args.space, args.overrides, resume=resume)

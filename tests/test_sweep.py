@@ -560,11 +560,26 @@ def test_the_studies_of_a_folder_with_a_question_mark_or_percent_go_to_its_own_d
     assert optuna.load_study(study_name="s", storage=folder.optuna_storage).study_name == "s"
 
 
-def test_a_sweep_folder_on_object_storage_is_refused_in_one_line(tmp_path, capsys):
-    assert cli_main(["sweep", str(write_space(tmp_path)), "--out", "s3://bucket/sweeps/x"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("knnmix: error: --out 's3://bucket/sweeps/x': a sweep folder is a local")
-    assert not Path("s3:").exists()
+def test_a_sweep_folder_or_run_folder_on_object_storage_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    """pathlib reads 's3://bucket/x' as the local folder 's3:/bucket/x': distributed/sweep_job.py made it (and a
+    sweep would have run in it), and `knnmix train` trained into it."""
+    import importlib.util
+
+    space = str(write_space(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    spec = importlib.util.spec_from_file_location("_sweep_job", REPO / "distributed" / "sweep_job.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    argv = [space, "--out", "s3://bucket/sweeps/x"]
+    for run in (lambda: cli_main(["sweep", *argv]), lambda: job.main(argv)):
+        assert run() == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("knnmix: error: --out 's3://bucket/sweeps/x': a sweep folder is a local"), err
+    assert cli_main(["train", "--config", "digits", "--epochs", "1", "--out", "s3://bucket/run"]) == 2
+    assert capsys.readouterr().err.strip() == ("knnmix: error: out: 's3://bucket/run' is a URI, but knnmix reads and "
+                                               "writes it as a local (or mounted) path; only distributed.storage_path "
+                                               "may be a URI (Ray Train uploads its checkpoints)")
+    assert not (tmp_path / "s3:").exists()
 
 
 def test_compare_logs_each_method_and_registers_it_under_its_own_name(tmp_path, monkeypatch):

@@ -284,12 +284,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if args.space is None:
             raise KnnmixError("--resume without a space file needs --out (the sweep folder to continue)")
         args.out = str(Path("runs") / "sweeps" / SP.load_space(args.space, args.overrides).name)
-    if not args.out:
-        raise KnnmixError("--out: an empty path; name the sweep folder (an unset shell variable?)")
-    if "://" in args.out:
-        raise KnnmixError(f"--out {args.out!r}: a sweep folder is a local (or mounted shared) folder; the sweep's "
-                          "runs and checkpoints go there, so put it on a file system every node mounts")
-    folder = SF.SweepFolder(Path(args.out).expanduser().absolute())
+    folder = SF.SweepFolder(SF.sweep_root(args.out))
     space = SF.resolve_space(folder, args.space, args.overrides, resume=args.resume)
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")  # --resume refuses one that differs
     store = Store.from_uri(uri) if uri else None

@@ -423,8 +423,12 @@ def validate(cfg: Config) -> None:
         if key not in ("seed", "noise.seed", "data.split_seed"):  # (numpy's seeds take any size; seed: MAX_SEED)
             _check(not isinstance(value, int) or value <= MAX_INT, key, value, f"use <= {MAX_INT}")  # torch's C ints
     for key in PATH_KEYS:  # "" is the working directory to pathlib: an unset shell variable wrote a run there
-        if operator.attrgetter(key)(cfg) == "":
+        value = operator.attrgetter(key)(cfg)
+        if value == "":
             raise ConfigError(f"{key}: an empty path; name a file or folder (an unset shell variable?)")
+        if value is not None and "://" in value and key != "distributed.storage_path":  # pathlib: ./s3:/bucket/...
+            raise ConfigError(f"{key}: {value!r} is a URI, but knnmix reads and writes it as a local (or mounted) "
+                              "path; only distributed.storage_path may be a URI (Ray Train uploads its checkpoints)")
     _check(cfg.seed <= MAX_SEED, "seed", cfg.seed, f"use an integer in [0, {MAX_SEED}]")
     _check(0 <= o.momentum < 1, "optim.momentum", o.momentum, "use a value in [0, 1)")
     _check(0 <= o.min_lr <= o.lr, "optim.min_lr", o.min_lr, f"use a value in [0, optim.lr={o.lr}]")

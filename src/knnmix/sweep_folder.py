@@ -41,6 +41,17 @@ class SweepFolder:
         return "sqlite:///" + str(self.file(OPTUNA_DB)).replace("%", "%25").replace("?", "%3F")
 
 
+def sweep_root(out: str) -> Path:
+    """The sweep folder ``--out`` names, absolute; an empty path or a URI is a one-line error (pathlib made the
+    working directory, or ``./s3:/bucket/...``, of them)."""
+    if not out:
+        raise KnnmixError("--out: an empty path; name the sweep folder (an unset shell variable?)")
+    if "://" in out:
+        raise KnnmixError(f"--out {out!r}: a sweep folder is a local (or mounted shared) folder; the sweep's runs and "
+                          "checkpoints go there, so put it on a file system every node mounts")
+    return Path(out).expanduser().absolute()
+
+
 def read_state(folder: SweepFolder) -> dict[str, Any] | None:
     """``sweep_state.json`` (None: there is none), checked for the fields a resume reads first."""
     path = folder.file(STATE_FILE)
