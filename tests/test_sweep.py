@@ -381,18 +381,18 @@ def test_trial_resources_concurrency_and_config(tmp_path):
     space = SP.load_space(write_space(tmp_path))
     cfg = space.base_config()
     assert S.in_process(cfg) and S.trial_resources(cfg) == {"cpu": 1}
-    assert S.max_concurrent(space, cfg, {"CPU": 2.0}) == 2  # one CPU per in-process trial
-    assert S.max_concurrent(space, cfg, {"CPU": 64.0}) == 6  # never more than every trial of the sweep
+    assert SF.max_concurrent(space, cfg, {"CPU": 2.0}) == 2  # one CPU per in-process trial
+    assert SF.max_concurrent(space, cfg, {"CPU": 64.0}) == 6  # never more than every trial of the sweep
     ray_train = C.replace(cfg, **{"distributed.workers": 2})
     res = S.trial_resources(ray_train)
     assert res["cpu"] == 0 and res["memory"] > 0  # its workers reserve the CPUs
-    assert S.max_concurrent(space, ray_train, {"CPU": 2.0}) == 1
-    assert S.max_concurrent(space, ray_train, {"CPU": 5.0}) == 2
+    assert SF.max_concurrent(space, ray_train, {"CPU": 2.0}) == 1
+    assert SF.max_concurrent(space, ray_train, {"CPU": 5.0}) == 2
     fixed = SP.load_space(write_space(tmp_path, "f.yaml", max_concurrent_trials=3))
-    assert S.max_concurrent(fixed, cfg, {"CPU": 2.0}) == 3
+    assert SF.max_concurrent(fixed, cfg, {"CPU": 2.0}) == 3
     # the trial's config: its setting's, the sampled values, its run folder, Ray Train name, threads
     payload = {"configs": {s.slug: C.to_dict(space.setting_config(s)) for s in space.settings}, "root": "/s"}
-    trial = S.trial_config(payload, "symmetric-0.5", {"method.k": 3, "optim.lr": 0.01}, "abc123")
+    trial = SF.trial_config(payload, "symmetric-0.5", {"method.k": 3, "optim.lr": 0.01}, "abc123")
     assert trial.method.k == 3 and trial.optim.lr == 0.01 and trial.noise.spec == "symmetric:0.5"
     assert trial.out == "/s/symmetric-0.5/trials/abc123" and trial.distributed.name == "abc123"
     assert trial.distributed.storage_path == "/s/symmetric-0.5/ray" and trial.threads == 1

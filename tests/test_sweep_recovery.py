@@ -5,6 +5,7 @@ node) finishes with ``--resume`` without running a trial twice."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -103,6 +104,67 @@ def test_a_failed_trial_that_resume_runs_again_is_logged_and_selected_as_it_ende
     (rerun,) = [t for t in study.trials if t.state.name == "COMPLETE" and t.params == failed.params]
     trial = next(r for r in trials if r.data.params["model.pretrained"] == str(weights))
     assert rerun.value == trial.data.metrics["best_val_acc"]
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_before_tune_saved_its_trials_ends_resumes_from_their_run_folders(ray_session, tmp_path,
+                                                                                           capsys):
+    """Optuna writes at once, Tune saves its state every few seconds (here: once, at the start): killed after one
+    trial ended and while another ran, --resume crashed ('Trial returned a result which did not include ... val_acc':
+    the ended trial, restored as running, had nothing left to train and reported nothing; then Optuna's
+    UpdateFinishedTrialError). Each trial now reports its run folder's epochs again, a trial its study has ended is
+    not told twice, and a trial started after Tune's save (run afresh as a new one) leaves nothing running for good
+    in Optuna or MLflow."""
+    import optuna
+    import ray
+
+    ray.shutdown()  # one Ray at a time on 2 cores: the driver below starts its own
+    params = {"method.k": {"type": "int", "low": 1, "high": 3},
+              "data.train_subset": {"type": "choice", "values": [150, 1200]}}  # a short trial and a long one
+    space = write_space(tmp_path, base={"config": "digits", "set": {**BASE_SET, "epochs": 8}}, trials=3,
+                        noise=["symmetric:0.2"], asha={"grace_period": 8}, params=params,
+                        start_with=[{"method.k": 1, "data.train_subset": 150},
+                                    {"method.k": 2, "data.train_subset": 1200}])
+    out, uri = tmp_path / "sweep", f"sqlite:///{tmp_path / 'runs.db'}"
+    log = open(tmp_path / "driver.log", "w")
+    driver = subprocess.Popen([sys.executable, "-m", "knnmix.cli", "sweep", str(space), "--out", str(out),
+                               "--tracking-uri", uri], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                              env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "600"})
+    trials, storage = out / "symmetric-0.2" / "trials", SF.SweepFolder(out).optuna_storage
+
+    def killable() -> bool:  # the short trial told to its study, the long one past epoch 2, the third started
+        done = [p for p in trials.glob("*") if (p / "summary.json").exists()]
+        running = [p for p in trials.glob("*") if (p / "metrics.jsonl").exists() and not (p / "summary.json").exists()
+                   and len(read_metrics(p / "metrics.jsonl")) >= 2]
+        return bool(done and running) and len(list(trials.glob("*/run.json"))) == 3 and any(
+            t.state.is_finished() for t in optuna.load_study(study_name="e2e/symmetric:0.2", storage=storage).trials)
+
+    try:
+        end = time.time() + 300
+        while not killable():
+            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-4000:]
+            assert time.time() < end, "no trial ended while the other ran"
+            time.sleep(0.1)
+    finally:
+        kill_tree(driver.pid)  # the driver, its Ray and the trials, like a lost head node
+        log.close()
+    before = {p.name for p in trials.iterdir()}
+    ray_session["start"]()
+    assert cli_main(["sweep", "--resume", "--out", str(out)]) == 0
+    output = capsys.readouterr()
+    assert "Traceback" not in output.err and "WARNING" not in output.err + output.out, output.err[-3000:]
+    (x,) = json.loads((out / "sweep_summary.json").read_text())["settings"]
+    (lost,) = before - set(x["trial_ids"])  # the trial started after Tune's save: started afresh as a new trial
+    assert x["completed"] == 3 and len(before | set(x["trial_ids"])) == 4
+    study = optuna.load_study(study_name="e2e/symmetric:0.2", storage=storage)
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * 3 + ["FAIL"]  # the lost one's entry: ended
+    for t in (t for t in study.trials if t.state.name == "COMPLETE"):  # every epoch once, the last too
+        assert sorted(t.intermediate_values) == list(range(1, 9))
+    for tid in x["trial_ids"]:
+        assert [r["epoch"] for r in read_metrics(trials / tid / "metrics.jsonl")] == list(range(1, 9)), tid
+    runs = {r.data.tags[T.TRIAL_TAG]: r.info.status for r in runs_by_kind(TR.Store.from_uri(uri).uri,
+                                                                            "knnmix-sweep-e2e")["trial"]}
+    assert runs == {**{tid: "FINISHED" for tid in x["trial_ids"]}, lost: "KILLED"}  # none RUNNING for good
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
-"""A sweep's folder, without Ray: its files and state (``sweep_state.json``), the search space it runs, its trials'
-records and results (the best trial, ``sweep_summary.md``) and its Optuna studies' importances. Running the sweep on
-Ray Tune is :mod:`knnmix.scale.sweep`'s; what the folder holds: docs/sweeps.md.
+"""A sweep's folder, without Ray: its files and state (``sweep_state.json``), the search space it runs, each trial's
+config and how many run at once, its trials' records and results (the best trial, ``sweep_summary.md``) and its
+Optuna studies (importances, trials a kill left running). Running the sweep on Ray Tune is
+:mod:`knnmix.scale.sweep`'s; what the folder holds: docs/sweeps.md.
 """
 
 from __future__ import annotations
@@ -39,6 +40,32 @@ class SweepFolder:
         """The studies' SQLAlchemy URL; '%' and '?' in the folder's path are escaped (SQLAlchemy unescapes them, and
         a bare '?' would start the URL's query: the studies went to a database named after the path's head)."""
         return "sqlite:///" + str(self.file(OPTUNA_DB)).replace("%", "%25").replace("?", "%3F")
+
+
+def in_process(cfg: C.Config) -> bool:
+    """Whether a trial of ``cfg`` runs the engine in its own process (else it is a Ray Train run)."""
+    return cfg.distributed.workers <= 1
+
+
+def max_concurrent(space: SearchSpace, cfg: C.Config, cluster: dict[str, float]) -> int:
+    """``max_concurrent_trials``, or the trials the cluster's CPUs (GPUs) fit, at most every trial of the sweep."""
+    if space.max_concurrent_trials is not None:
+        return space.max_concurrent_trials
+    x, workers = cfg.distributed, max(cfg.distributed.workers, 1)
+    n = int(cluster.get("CPU", 0) // (workers * x.cpus_per_worker))
+    if x.use_gpu:
+        n = min(n, int(cluster.get("GPU", 0) // workers))
+    return max(1, min(n, space.trials * len(space.settings)))
+
+
+def trial_config(payload: dict[str, Any], slug: str, sampled: dict[str, Any], trial_id: str) -> C.Config:
+    """The config trial ``trial_id`` trains: its setting's config, the sampled values, its own run folder, Ray
+    Train run name (the trial id: a restarted trial resumes) and ``distributed.cpus_per_worker`` as threads."""
+    cfg = C.from_dict(payload["configs"][slug])
+    root = Path(payload["root"])
+    changes = {**sampled, "out": str(SweepFolder(root).trial_dir(slug, trial_id)), "distributed.name": trial_id,
+               "distributed.storage_path": str(root / slug / "ray"), "threads": cfg.distributed.cpus_per_worker}
+    return C.replace(cfg, **changes)
 
 
 def sweep_root(out: str) -> Path:
@@ -202,6 +229,17 @@ def best_trial(trials: list[TrialRecord]) -> TrialRecord | None:
     """The completed trial with the highest noisy-validation accuracy (any trial if none completed)."""
     pool = [t for t in trials if t.completed and t.best()] or [t for t in trials if t.best()]
     return max(pool, key=lambda t: (t.best()["val_acc"], -t.best()["epoch"]), default=None)  # ties: the first created
+
+
+def end_orphan_trials(storage: str, name: str) -> None:
+    """Fail the study's trials still running once every Tune trial of the setting has ended: a sweep killed between
+    Optuna's write (at once) and Tune's save (every few seconds) left trials asked that Tune never ran."""
+    import optuna
+
+    study = optuna.load_study(study_name=name, storage=storage)
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.set_user_attr(f"orphan_trial_{trial.number}", "asked before the sweep was killed; Tune never ran it")
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
 
 def study_importances(storage: str, name: str) -> dict[str, float] | None:

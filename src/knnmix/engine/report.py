@@ -129,6 +129,11 @@ def done_line(summary: dict[str, Any], folder: RunFolder) -> str:
     )
 
 
+def numeric(record: dict[str, Any]) -> dict[str, Any]:
+    """An epoch record's numbers (what Ray Tune and Ray Train are told of the epoch)."""
+    return {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def pct(v: float | None, sign: str = "%") -> str:
     """A percentage to two decimals, or ``n/a``; a table whose header says ``(%)`` passes ``sign=""``."""
     return "n/a" if v is None else f"{v:.2f}{sign}"

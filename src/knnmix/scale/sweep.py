@@ -33,6 +33,7 @@ from ray.tune.search import Searcher
 from knnmix import config as C
 from knnmix.engine import train as E
 from knnmix.engine.checkpoint import SUMMARY, RunFolder, atomic_write_text, folder_lock
+from knnmix.engine.report import numeric
 from knnmix.errors import KnnmixError
 from knnmix.provenance import git_commit, now
 from knnmix.scale import ray_env
@@ -40,8 +41,9 @@ from knnmix.scale import sweep_mlflow as T
 from knnmix.scale.train import fit, fits_this_machine, report_epoch, run_exists, start_or_restore, worker_config
 from knnmix.spaces import METRIC, MODE, SETTING_KEY, NoiseSetting, SearchSpace
 from knnmix.sweep_folder import (SPACE_FILE, SUMMARY_JSON, SUMMARY_MD, TUNE_DIR, SweepFolder, TrialRecord, best_trial,
-                                 check_state, new_state, optuna_command, reported, sampled_values, startup_trials,
-                                 study_name, summary_markdown, summary_table, write_state)
+                                 check_state, end_orphan_trials, in_process, max_concurrent, new_state, optuna_command,
+                                 reported, sampled_values, startup_trials, study_name, summary_markdown, summary_table,
+                                 trial_config, write_state)
 from knnmix.tracking import Store
 
 TRIAL_MEMORY = 64 * 1024**2  # nominal memory of a Ray Train trial's own process (Tune refuses zero CPUs alone)
@@ -72,7 +74,8 @@ class SettingsSearch(Searcher):
     Each new trial goes to the setting with the fewest trials so far (in the space's order on ties) and carries the
     setting's slug under :data:`SETTING_KEY`; results and completions go back to that setting's study. A study is
     told a trial's best epoch (what the sweep selects on, :func:`best_trial`), not its last as Ray's OptunaSearch
-    would. A failed trial that ``--resume`` runs again ends twice: the rerun's result becomes a new trial there.
+    would. A failed trial that ``--resume`` runs again ends twice: the rerun's result becomes a new trial there; a
+    trial its study ended before a kill (Optuna writes at once, Tune saves every few seconds) is not told again.
     """
     max_concurrent: float = math.inf  # the trials running at once; Tune sets it (set_max_concurrency)
 
@@ -82,6 +85,7 @@ class SettingsSearch(Searcher):
         self.setting_of: dict[str, str] = {}
         self.best_of: dict[str, float] = {}  # each running trial's best value so far
         self.live, self.ended = set[str](), set[str]()  # running; told to their study as ended
+        self.done_in_study = set[str]()  # of those ended, the ones their study ended before the sweep was killed
 
     def set_max_concurrency(self, max_concurrent: int) -> bool:
         self.max_concurrent = max_concurrent
@@ -103,26 +107,37 @@ class SettingsSearch(Searcher):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self.best_of[trial_id] = max(self.best_of.get(trial_id, result[METRIC]), result[METRIC])
-        if trial_id in self.ended:  # a failed trial, run again: its study has ended it
+        self._report(trial_id, result)
+
+    def _report(self, trial_id: str, result: dict) -> None:
+        """An epoch's value to the trial's study, unless the study has ended the trial (a failed trial run again)."""
+        import optuna
+
+        if trial_id in self.ended:
             return
         with warnings.catch_warnings():  # a resumed trial reports the epochs it redoes again: Optuna keeps the first
             warnings.filterwarnings("ignore", "The reported value is ignored because this `step=", UserWarning)
-            self.studies[self.setting_of[trial_id]].on_trial_result(trial_id, result)
+            try:
+                self.studies[self.setting_of[trial_id]].on_trial_result(trial_id, result)
+            except optuna.exceptions.UpdateFinishedTrialError:  # ended there before the sweep was killed
+                self.ended.add(trial_id)
+                self.done_in_study.add(trial_id)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         best, study = self.best_of.pop(trial_id, -math.inf), self.studies[self.setting_of[trial_id]]
         if result and result.get(METRIC) is not None:
+            self._report(trial_id, result)  # the last epoch (Tune gives a stopping trial's last result only here)
             result = {**result, METRIC: max(result[METRIC], best)}
         self.live.discard(trial_id)
         if trial_id not in self.ended:
             self.ended.add(trial_id)
             study.on_trial_complete(trial_id, result, error)
-        elif result and result.get(METRIC) is not None:  # run again after it failed: Optuna cannot change the FAIL
+        elif result and result.get(METRIC) is not None and trial_id not in self.done_in_study:  # run again after it
             study.add_evaluated_point({k[len("config/"):]: v for k, v in result.items() if k.startswith("config/")
-                                       and k != f"config/{SETTING_KEY}"}, result[METRIC])
+                                       and k != f"config/{SETTING_KEY}"}, result[METRIC])  # failed: Optuna keeps FAIL
 
     def __setstate__(self, state: dict) -> None:  # a sweep saved before these fields existed (Tune pickles it)
-        self.__dict__.update({"live": set(), "ended": set(), **state})
+        self.__dict__.update({"live": set(), "ended": set(), "done_in_study": set(), **state})
 
     def save(self, checkpoint_path: str) -> None:
         Path(checkpoint_path).write_bytes(pickle.dumps(self.__dict__))
@@ -178,37 +193,12 @@ def make_asha(space: SearchSpace, max_t: int | None = None) -> ASHAScheduler:
                          grace_period=a.grace_period, reduction_factor=a.reduction_factor, brackets=a.brackets)
 
 
-def in_process(cfg: C.Config) -> bool:
-    return cfg.distributed.workers <= 1
-
-
 def trial_resources(cfg: C.Config) -> dict[str, Any]:
     """An in-process trial reserves its CPUs (and GPU); a Ray Train trial's own process none (its workers do)."""
     if in_process(cfg):
         x = cfg.distributed
         return {"cpu": x.cpus_per_worker, **({"gpu": 1} if x.use_gpu else {})}
     return {"cpu": 0, "memory": TRIAL_MEMORY}
-
-
-def max_concurrent(space: SearchSpace, cfg: C.Config, cluster: dict[str, float]) -> int:
-    """``max_concurrent_trials``, or the trials the cluster's CPUs (GPUs) fit, at most every trial of the sweep."""
-    if space.max_concurrent_trials is not None:
-        return space.max_concurrent_trials
-    x, workers = cfg.distributed, max(cfg.distributed.workers, 1)
-    n = int(cluster.get("CPU", 0) // (workers * x.cpus_per_worker))
-    if x.use_gpu:
-        n = min(n, int(cluster.get("GPU", 0) // workers))
-    return max(1, min(n, space.trials * len(space.settings)))
-
-
-def trial_config(payload: dict[str, Any], slug: str, sampled: dict[str, Any], trial_id: str) -> C.Config:
-    """The config trial ``trial_id`` trains: its setting's config, the sampled values, its own run folder, Ray
-    Train run name (the trial id: a restarted trial resumes) and ``distributed.cpus_per_worker`` as threads."""
-    cfg = C.from_dict(payload["configs"][slug])
-    root = Path(payload["root"])
-    changes = {**sampled, "out": str(SweepFolder(root).trial_dir(slug, trial_id)), "distributed.name": trial_id,
-               "distributed.storage_path": str(root / slug / "ray"), "threads": cfg.distributed.cpus_per_worker}
-    return C.replace(cfg, **changes)
 
 
 def run_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
@@ -221,12 +211,16 @@ def run_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
 
         fit(cfg, resume=run_exists(cfg), callbacks=[TuneReportCallback()], verbose=payload.get("verbose", False))
         return
-    run = E.build_run(cfg)
-    folder = RunFolder(cfg.out)
+    run, folder = E.build_run(cfg), RunFolder(cfg.out)
     # Tune's checkpoint if it kept one; else the trial's own run folder, which is ahead of Tune's last saved state
     # when a killed sweep resumes (the folder checkpoints every epoch, Tune's state every few seconds)
-    start_or_restore(run, folder, tune.get_checkpoint(), resume=True)
-    E.fit(run, folder, echo=None, on_epoch=report_epoch(tune.report, tune.Checkpoint, named=False))
+    start_or_restore(run, folder, checkpoint := tune.get_checkpoint(), resume=True)
+    if checkpoint is None and run.epoch == cfg.epochs:  # it ended after Tune's last save: finished again (summary,
+        E.fit(run, folder, echo=None)  # audit) before its epochs are reported, as Tune may stop it at the last one
+    for record in run.history if checkpoint is None else []:  # the folder's epochs, again: the restored trial has
+        tune.report(numeric(record))  # none, and ASHA judges each rung on the epoch of that rung
+    if run.epoch < cfg.epochs:
+        E.fit(run, folder, echo=None, on_epoch=report_epoch(tune.report, tune.Checkpoint, named=False))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -368,6 +362,7 @@ def _finalize_setting(space: SearchSpace, setting: NoiseSetting, trials: list[Tr
     if best is not None:  # best_trial only picks a trial with a best epoch
         entry["best"] = {"trial_id": best.trial_id, "params": best.params, **best.best(), "completed": best.completed,
                          "last_test_acc": best.records[-1].get("test_acc"), "run_folder": str(best.run_folder)}
+    end_orphan_trials(folder.optuna_storage, entry["study"])  # (before its importances)
     T.finish_setting_run(store, ml, setting, entry, trials, best, folder.root / setting.slug / "plots",
                          folder.optuna_storage, register)
     return entry

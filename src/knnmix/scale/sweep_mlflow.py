@@ -219,8 +219,9 @@ def finish_setting_run(store: Store, ml: dict[str, Any], setting: Any, entry: di
     """A noise setting's run: learning curves, importances from its Optuna study, the best trial's audit, the best
     model (logged on the best trial's run, with ``mlflow.pytorch``). Done once: a resumed sweep does not log
     twice. Adds to the setting's summary ``entry`` the best trial's run id, ``importances`` and ``model_uri``."""
-    client = store.client()
-    run_id = ml["settings"][setting.slug]
+    client, run_id = store.client(), ml["settings"][setting.slug]
+    for lost in child_runs(client, ml["experiment_id"], run_id, "attributes.status = 'RUNNING'"):  # all its trials
+        client.set_terminated(lost.info.run_id, status="KILLED")  # ended: a trial started just before a kill
     run = client.get_run(run_id)
     if best is not None:
         found = find_trial_run(client, ml["experiment_id"], best.trial_id)

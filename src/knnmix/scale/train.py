@@ -29,6 +29,7 @@ from knnmix import config as C
 from knnmix.methods import dist as D
 from knnmix.engine import train as E
 from knnmix.engine.checkpoint import CHECKPOINT, METRICS, RunFolder, folder_lock, load_checkpoint, read_metrics
+from knnmix.engine.report import numeric
 from knnmix.errors import CheckpointError, KnnmixError, KnnmixWarning, one_line, warning_line
 from knnmix.scale import ray_env
 
@@ -312,7 +313,7 @@ def report_epoch(report: Callable[..., None], checkpoint_cls: Any, *, named: boo
     ``keep_in``: Ray Train's local mode uploads nothing, so its checkpoints are written where they are kept."""
 
     def on_epoch(run: E.Run, record: dict[str, Any], summary: dict[str, Any] | None) -> None:
-        metrics = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        metrics = numeric(record)
         epoch = int(record["epoch"])
         fail_once(run, epoch)
         if not E.is_checkpoint_epoch(run.cfg, epoch) or not run.dist.is_main:
