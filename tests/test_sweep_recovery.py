@@ -62,17 +62,26 @@ def test_a_resumed_sweep_prints_each_trials_line(local_ray, tmp_path, caplog):
 
 
 @pytest.mark.slow
-def test_a_failed_trial_that_resume_runs_again_is_logged_and_selected_as_it_ended(local_ray, tmp_path):
+def test_a_failed_trial_that_resume_runs_again_is_logged_and_selected_as_it_ended(local_ray, tmp_path, capfd):
     """--resume runs a failed trial again (resume_errored), but its MLflow run stayed FAILED without the rerun's
-    epochs, and its setting's run kept the old best, best tag, model and counts (it was finalized once)."""
+    epochs, and its setting's run kept the old best, best tag, model and counts (it was finalized once). The failed
+    trial's line says why; Tune's traceback and ERROR lines are --verbose only, and the JSON line comes last."""
     weights = tmp_path / "w.pt"  # missing at first: the trial that starts from it fails
-    space = SP.load_space(write_space(
+    path = write_space(
         tmp_path, base={"config": "digits", "set": {**BASE_SET, "epochs": 2, "data.train_subset": 300}},
         noise=["symmetric:0.2"], trials=2, asha={"grace_period": 2}, max_concurrent_trials=1,
         params={"model.pretrained": {"type": "choice", "values": [None, str(weights)]}},
-        start_with=[{"model.pretrained": None}, {"model.pretrained": str(weights)}]))
+        start_with=[{"model.pretrained": None}, {"model.pretrained": str(weights)}])
+    space = SP.load_space(path)
     out, store = tmp_path / "sweep", TR.Store.from_uri(f"sqlite:///{tmp_path / 'runs.db'}")
-    assert S.run_sweep(space, out, store=store, echo=None)["failed"] == 1
+    capfd.readouterr()
+    assert cli_main(["sweep", str(path), "--out", str(out), "--tracking-uri", store.uri]) == 1
+    printed = capfd.readouterr()
+    assert "Traceback" not in printed.out + printed.err and "ERROR" not in printed.out + printed.err, printed.err
+    assert json.loads(printed.out.strip().splitlines()[-1])["failed"] == 1  # the JSON line last
+    (why,) = [x for x in printed.out.splitlines() if x.startswith("failed: symmetric:0.2 trial ")]  # below the table
+    assert why.endswith(f"pretrained weights file {weights} not found"), why
+    assert printed.err.strip().splitlines()[-1] == f"knnmix: 1 trial(s) failed; see {out / 'sweep_summary.md'}"
     from ray.tune import ExperimentAnalysis  # one trial at a time (max_concurrent_trials=1, SettingsSearch's limit)
 
     first, second = sorted(ExperimentAnalysis(str(out / "tune")).trials, key=lambda t: t.run_metadata.start_time)

@@ -294,11 +294,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                           register=args.register)
     best = {s["noise"]: s["best"] and {k: s["best"][k] for k in ("val_acc", "test_acc", "params")}
             for s in summary["settings"]}
-    print(json.dumps({"sweep": str(folder.root), "failed": summary["failed"], "best": best}))
-    if summary["failed"]:
+    if summary["failed"]:  # (before the JSON line, which comes last)
         print(f"knnmix: {summary['failed']} trial(s) failed; see {folder.root / SF.SUMMARY_MD}", file=sys.stderr)
-        return 1
-    return 0
+    print(json.dumps({"sweep": str(folder.root), "failed": summary["failed"], "best": best}), flush=True)
+    return 1 if summary["failed"] else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

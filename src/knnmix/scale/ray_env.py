@@ -64,12 +64,13 @@ def quiet(verbose: bool = False) -> None:
     """Ray's, Tune's, faiss's, MLflow's and Optuna's INFO logging off (``verbose`` brings it back)."""
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
-    # "Token authentication is enabled" at every start: true, and what we want; and Tune's lines on Ctrl+C, "Resume
-    # experiment with: Tuner.restore(...)" (knnmix names `knnmix sweep --resume`) and "Failed to fetch metrics" of
-    # the trials stopped before their first result (knnmix reads its own files): with --verbose only
-    for name in ("ray._private.authentication.authentication_token_setup", "ray.tune.tune",
-                 "ray.tune.analysis.experiment_analysis"):
+    # "Token authentication is enabled" at every start: true, and what we want; Tune's lines on Ctrl+C ("Resume
+    # experiment with: Tuner.restore(...)": knnmix names `knnmix sweep --resume`), "Failed to fetch metrics" of trials
+    # stopped before a result, and a failed trial's traceback (knnmix's trial line says why): with --verbose only
+    for name in ("ray._private.authentication.authentication_token_setup", "ray.tune.analysis.experiment_analysis"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+    for name in ("ray.tune.tune", "ray.tune.execution.tune_controller"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.CRITICAL)
     if not verbose:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy reporter prints nothing at verbose=0
         os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "5")  # "operation X took 0.6 s": logging to MLflow does
