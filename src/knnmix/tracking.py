@@ -12,15 +12,17 @@ commit.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
 import os
 import re
 import shlex
+import sys
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, redirect_stderr, suppress
 from dataclasses import dataclass
 from importlib.metadata import entry_points, version
 from pathlib import Path
@@ -283,9 +285,10 @@ def register_once(store: Store, model_uri: str, run_id: str, name: str) -> None:
 
 @contextmanager
 def fluent(store: Store) -> Iterator[None]:
-    """MLflow's fluent API on ``store``, quietly. The fluent API needs the global URI; setting it also exports
-    MLFLOW_TRACKING_URI to this process, which knnmix reads as the user's choice, so both are put back afterwards (a
-    later run must not log into this store)."""
+    """MLflow's fluent API on ``store``, quietly: its logging below ERROR and what it prints to stderr ("Successfully
+    registered model ...", "Created version ...") are dropped unless an error follows. The fluent API needs the
+    global URI; setting it also exports MLFLOW_TRACKING_URI to this process, which knnmix reads as the user's choice,
+    so both are put back afterwards (a later run must not log into this store)."""
     import mlflow
 
     previous = os.environ.get("MLFLOW_TRACKING_URI")
@@ -293,8 +296,13 @@ def fluent(store: Store) -> Iterator[None]:
     quiet = logging.getLogger("mlflow")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
+    printed = io.StringIO()
     try:
-        yield
+        with redirect_stderr(printed):
+            yield
+    except BaseException:
+        sys.stderr.write(printed.getvalue())
+        raise
     finally:
         quiet.setLevel(level)
         mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]  # None unsets it
