@@ -44,7 +44,7 @@ from knnmix.sweep_folder import (SPACE_FILE, SUMMARY_JSON, SUMMARY_MD, TUNE_DIR,
                                  check_state, end_orphan_trials, in_process, max_concurrent, new_state, optuna_command,
                                  reported, sampled_values, startup_trials, study_name, summary_markdown, summary_table,
                                  trial_config, write_state)
-from knnmix.tracking import Store
+from knnmix.tracking import Store, reach
 
 TRIAL_MEMORY = 64 * 1024**2  # nominal memory of a Ray Train trial's own process (Tune refuses zero CPUs alone)
 
@@ -282,17 +282,18 @@ def run_sweep(
         store = store or Store.resolve()
         settings = space.settings
         configs = {s.slug: worker_config(space.setting_config(s)) for s in settings}  # paths absolute
+        # a store that fails, or a trial this machine's Ray can never hold, is one line before anything is written
+        # (no sweep to --resume, no MLflow run): Tune would wait for an in-process trial's CPUs forever, and every Ray
+        # Train trial would fail alike, one by one
+        reach(store, space.experiment_name, register)
+        ray_env.ensure_ray(verbose=verbose)
+        first = configs[settings[0].slug]
+        fits_this_machine(C.replace(first, **{"distributed.workers": max(first.distributed.workers, 1)}))
         if state is None:
             atomic_write_text(folder.file(SPACE_FILE), space.to_yaml())
             state = {**new_state(space, store), "folder": str(folder.root)}  # Tune's state names it: not moved
-        # the state (what --resume needs) is written once the store answered: a store that fails leaves no sweep
         ml = T.open_sweep_runs(store, space, settings, state["mlflow"], folder.file(SPACE_FILE), register)
         with T.ended_on_failure(store, ml):  # its runs KILLED / FAILED, not RUNNING for good
-            ray_env.ensure_ray(verbose=verbose)
-            first = configs[settings[0].slug]
-            # a trial this machine's Ray can never hold is one line before the state (nothing to --resume): Tune would
-            # wait for an in-process trial's CPUs forever, and every Ray Train trial would fail alike, one by one
-            fits_this_machine(C.replace(first, **{"distributed.workers": max(first.distributed.workers, 1)}))
             write_state(folder, state)
 
             concurrency = max_concurrent(space, first, ray.cluster_resources())
