@@ -93,6 +93,18 @@ def test_set_overrides_reach_the_base_run_and_the_space(tmp_path):
     assert space.params["method.k"].values == [3] and space.base_config().method.warmup_epochs == 1
 
 
+@pytest.mark.parametrize("override, message", [  # were "params.method.k.hgh: expected a mapping of keys, got 3 (int)"
+    ("sweep.params.method.k.hgh=3", "--set sweep.params.method.k.hgh: 'hgh' is no field of a searched key (type, "
+                                    "low, high, step, log, values) (did you mean 'high'?)"),
+    ("sweep.params.method.kk.high=3", "--set sweep.params.method.kk.high: 'method.kk' is not searched in this space "
+                                      "(it searches method.k, "),  # and "params.method.kk.type: missing (required)"
+])
+def test_a_misspelt_search_override_names_its_mistake(tmp_path, override, message):
+    with pytest.raises(ConfigError) as err:
+        SP.load_space(write_space(tmp_path), [override])
+    assert str(err.value).startswith(message), str(err.value)
+
+
 _BAD_CASES = [
     ({"trails": 3}, "unknown field 'trails' (did you mean 'trials'?)"),
     ({"trials": "three"}, "trials: expected an integer, got 'three' (str)"),

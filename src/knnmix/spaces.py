@@ -379,9 +379,17 @@ def _set_space_field(data: dict[str, Any], key: str, value: Any) -> None:
     ``base.set.epochs=4``."""
     parts = key.split(".")
     if parts[0] == "params" and len(parts) > 1:
-        params = data.setdefault("params", {})
-        if len(parts) > 2 and parts[-1] in {f.name for f in dataclasses.fields(Param)}:  # one field of a param
-            params.setdefault(".".join(parts[1:-1]), {})[parts[-1]] = value
+        params = data["params"] = data.get("params") or {}
+        head, leaf, fields = ".".join(parts[1:-1]), parts[-1], [f.name for f in dataclasses.fields(Param)]
+        if len(parts) > 2 and leaf in fields:  # one field of a searched key
+            if not isinstance(params.get(head), dict):
+                raise ConfigError(f"--set sweep.{key}: {head!r} is not searched in this space (it searches "
+                                  f"{', '.join(params) or 'nothing'}){did_you_mean(head, params)}; to search it, give "
+                                  f"it whole, e.g. --set 'sweep.params.{head}={{type: int, low: 1, high: 3}}'")
+            params[head][leaf] = value
+        elif len(parts) > 2 and isinstance(params.get(head), dict) and not isinstance(value, dict):
+            raise ConfigError(f"--set sweep.{key}: {leaf!r} is no field of a searched key ({', '.join(fields)})"
+                              f"{did_you_mean(leaf, fields)}")
         else:  # a whole param
             params[".".join(parts[1:])] = value
         return
