@@ -81,6 +81,7 @@ def test_a_failed_trial_that_resume_runs_again_is_logged_and_selected_as_it_ende
     assert json.loads(printed.out.strip().splitlines()[-1])["failed"] == 1  # the JSON line last
     (why,) = [x for x in printed.out.splitlines() if x.startswith("failed: symmetric:0.2 trial ")]  # below the table
     assert why.endswith(f"pretrained weights file {weights} not found"), why
+    assert (out / "sweep_summary.md").read_text().count(f"{weights} not found") == 1  # its own list, not twice
     assert printed.err.strip().splitlines()[-1] == f"knnmix: 1 trial(s) failed; see {out / 'sweep_summary.md'}"
     from ray.tune import ExperimentAnalysis  # one trial at a time (max_concurrent_trials=1, SettingsSearch's limit)
 

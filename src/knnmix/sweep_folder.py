@@ -258,7 +258,8 @@ def config_text(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
-def summary_table(summary: dict[str, Any]) -> str:
+def summary_table(summary: dict[str, Any], reasons: bool = True) -> str:
+    """The sweep's table, and (``reasons``) one line per failed trial saying why."""
     lines = ["| noise | trials | stopped early | failed | best val acc (%) | its test acc (%) | best config (sampled) |",
              "|---|---|---|---|---|---|---|"]
     for s in summary["settings"]:
@@ -268,13 +269,13 @@ def summary_table(summary: dict[str, Any]) -> str:
                      f"{config_text(b.get('params', {})) if b else 'n/a'} |")
     lines.append(f"\nSelected on the noisy-validation accuracy ({METRIC}, best epoch of each completed trial); the "
                  "test accuracy of that epoch is reported only.")
-    lines += [f"failed: {s['noise']} trial {tid}: {err}" for s in summary["settings"]
+    lines += [f"failed: {s['noise']} trial {tid}: {err}" for s in summary["settings"] if reasons
               for tid, err in (s.get("errors") or {}).items()]  # (Tune's own traceback: --verbose)
     return "\n".join(lines)
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
-    out = [f"# Sweep {summary['name']}", "", f"Commit {summary['commit']}.", "", summary_table(summary), ""]
+    out = [f"# Sweep {summary['name']}", "", f"Commit {summary['commit']}.", "", summary_table(summary, reasons=False), ""]
     for s in summary["settings"]:
         out += [f"## {s['noise']}", ""]
         b = s["best"]
