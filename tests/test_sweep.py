@@ -779,7 +779,8 @@ def test_resuming_a_finished_sweep_leaves_its_mlflow_runs_finished_and_logs_no_t
                                                                                     "test_acc": 60.0}}
                                          for i, s in enumerate(space.settings)]}
     for _ in range(2):  # the sweep, then --resume of the finished sweep
-        T.open_sweep_runs(store, space, space.settings, ml, tmp_path / "space.yaml")
+        experiment_id = TR.reach(store, space.experiment_name)
+        T.open_sweep_runs(store, space, space.settings, ml, tmp_path / "space.yaml", experiment_id)
         for s, entry in zip(space.settings, summary["settings"]):
             entry.update(trials=0, completed=0, stopped_early=0, failed=0, study=SF.study_name(space, s))
             T.finish_setting_run(store, ml, s, entry, [], None, tmp_path / "plots", "sqlite:///:memory:", None)

@@ -285,14 +285,14 @@ def run_sweep(
         # a store that fails, or a trial this machine's Ray can never hold, is one line before anything is written
         # (no sweep to --resume, no MLflow run): Tune would wait for an in-process trial's CPUs forever, and every Ray
         # Train trial would fail alike, one by one
-        reach(store, space.experiment_name, register)
+        experiment_id = reach(store, space.experiment_name, register)
         ray_env.ensure_ray(verbose=verbose)
         first = configs[settings[0].slug]
         fits_this_machine(C.replace(first, **{"distributed.workers": max(first.distributed.workers, 1)}))
         if state is None:
             atomic_write_text(folder.file(SPACE_FILE), space.to_yaml())
             state = {**new_state(space, store), "folder": str(folder.root)}  # Tune's state names it: not moved
-        ml = T.open_sweep_runs(store, space, settings, state["mlflow"], folder.file(SPACE_FILE), register)
+        ml = T.open_sweep_runs(store, space, settings, state["mlflow"], folder.file(SPACE_FILE), experiment_id)
         with T.ended_on_failure(store, ml):  # its runs KILLED / FAILED, not RUNNING for good
             write_state(folder, state)
 

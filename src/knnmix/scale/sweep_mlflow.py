@@ -22,7 +22,7 @@ from knnmix.scale import ray_env
 from knnmix.spaces import METRIC, SETTING_KEY
 from knnmix.sweep_folder import best_record, reported, run_name, sampled_values, study_importances
 from knnmix.tracking import (KIND_TAG, PARENT_TAG, Store, create_run, log_epochs, log_files, log_model, log_params,
-                             log_run_folder, reach, register_once)
+                             log_run_folder, register_once)
 
 TRIAL_TAG = "knnmix.trial_id"
 OUTCOME_TAG = "knnmix.outcome"  # completed | stopped_early | failed
@@ -41,10 +41,10 @@ def last_epoch(trial: Any) -> int:
 
 
 def open_sweep_runs(store: Store, space: Any, settings: list[Any], ml: dict[str, Any], space_file: Path,
-                    register: str | None = None) -> dict:
-    """The experiment, the sweep's run and one run per noise setting; ids kept in ``ml`` (the sweep state). A store
-    that does not answer, or a ``register`` name MLflow refuses, is a one-line error first (:func:`reach`)."""
-    ml["experiment_id"] = reach(store, space.experiment_name, register)
+                    experiment_id: str) -> dict:
+    """The sweep's run and one run per noise setting in experiment ``experiment_id`` (what :func:`reach` answered);
+    ids kept in ``ml`` (the sweep state)."""
+    ml["experiment_id"] = experiment_id
     tags = {KIND_TAG: "sweep", **({"mlflow.note.content": space.description} if space.description else {})}
     ml["sweep_run_id"] = create_run(store, ml["experiment_id"], space.name, tags, reuse=ml.get("sweep_run_id"))
     runs = ml.setdefault("settings", {})
