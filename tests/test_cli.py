@@ -57,6 +57,30 @@ def test_bad_input_is_one_line_naming_the_value(capsys, tmp_path, argv, needle):
     assert not (tmp_path / "run" / "checkpoint.pt").exists(), "nothing may train after a bad input"
 
 
+def test_a_set_key_that_no_run_reads_is_a_warning(capsys, tmp_path):
+    import warnings
+
+    from knnmix.errors import KnnmixWarning
+
+    small = ["--epochs", "1", "--set", "data.train_subset=200", "--set", "method.warmup_epochs=1"]
+    with pytest.warns(KnnmixWarning) as caught:  # ce reads no method.* key: method.k=3 trained nothing differently
+        code, _, _ = run_cli(capsys, "train", "--method", "ce", *small, "--set", "method.k=3", "--set",
+                             "optim.optimizer=adamw", "--set", "optim.momentum=0.5", "--out", str(tmp_path / "ce"))
+    assert code == 0
+    said = [str(w.message) for w in caught if str(w.message).startswith("--set")]
+    assert said == ["--set method.warmup_epochs=1 changes nothing: method ce does not read it (it reads no method.* "
+                    "key)", "--set method.k=3 changes nothing: method ce does not read it (it reads no method.* key)",
+                    "--set optim.momentum=0.5 changes nothing: only sgd reads it (optim.optimizer=adamw)"]
+    # a comparison warns only of what none of its methods reads: knnmix reads method.k, none of them restart_period
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, _, _ = run_cli(capsys, "compare", "--methods", "ce,knnmix", *small, "--set", "method.k=3", "--set",
+                             "optim.restart_period=4", "--out", str(tmp_path / "compare"))
+    assert code == 0
+    assert [str(w.message) for w in caught if str(w.message).startswith("--set")] == [
+        "--set optim.restart_period=4 changes nothing: only cosine_restarts reads it (optim.schedule=cosine)"]
+
+
 def test_a_run_file_that_cannot_be_written_is_one_line_naming_it(capsys, tmp_path):
     """A folder where the run's config.yaml goes (an OSError with a path): the path and why, status 2."""
     (tmp_path / "run" / "config.yaml").mkdir(parents=True)
@@ -282,3 +306,4 @@ def test_inputs_that_would_be_ignored_or_fail_after_training_are_refused_before(
     assert code == 2 and err.startswith("knnmix: error: ") and needle in err, err
     assert len(err.strip().splitlines()) == 1
     assert not list(tmp_path.glob("run/**/checkpoint.pt")), "nothing may train after a bad input"
+

@@ -511,3 +511,30 @@ def test_device_and_threads(tmp_path):
 def test_every_config_key_has_a_probe():
     keys = {key for key, *_ in C.field_docs() if not key.startswith("distributed.")}
     assert keys - PROBED == set(), "config keys without a wiring test"
+
+
+@pytest.mark.parametrize("name", ["ce", "mixup", "selc", "knnmix"])
+def test_each_method_reads_the_method_keys_it_declares(tmp_path, name):
+    """``Method.reads`` is what a sweep searching a method.* key is checked against (config.unread_keys): record
+    which fields the method's hooks read over a run that reaches every phase (warm-up, correction, mixing)."""
+
+    class Recording:
+        def __init__(self, cfg):
+            self.cfg, self.read = cfg, set()
+
+        def __getattr__(self, key):
+            self.read.add(key)
+            return getattr(self.cfg, key)
+
+    run = engine(tmp_path, **{"method.name": name, "method.warmup_epochs": 1, "method.correction_start": 2,
+                              "method.correction_period": 1, "method.warmup_penalty": 0.1})
+    run.method.cfg = recording = Recording(run.method.cfg)
+    epochs(run, 3)
+    if name == "knnmix":  # reads every field, some only in other settings (vote_k: a neighbours gate)
+        assert recording.read <= run.method.reads == set(C.flatten(C.MethodConfig())) - {"name"}
+        assert {"k", "temperature", "correction_momentum", "warmup_penalty"} <= recording.read
+    else:
+        assert recording.read == run.method.reads
+    assert C.unread_keys(run.cfg).keys() >= {f"method.{k}" for k in set(C.flatten(C.MethodConfig())) - {"name"}
+                                             - run.method.reads}
+

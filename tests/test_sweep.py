@@ -174,6 +174,16 @@ _BAD_CASES = [
      "noise[0].set.data.val_fraction: sweeps select on the noisy-validation accuracy (val_acc)"),
     ({"params": {**PARAMS, "data.val_fraction": {"type": "choice", "values": [0.1, 0.0]}}},
      "params.data.val_fraction.values[1]: sweeps select on the noisy-validation accuracy (val_acc)"),
+    # a searched key that no trial reads: every trial trained the same, the sampler "learned" from noise
+    ({"base": {"config": "digits", "set": {**BASE_SET, "method.name": "selc"}}},
+     "params.method.k: no trial would use it: method selc does not read it (it reads method.correction_momentum, "
+     "method.correction_period, method.correction_start); remove it from params"),
+    ({"params": {**PARAMS, "method.name": {"type": "choice", "values": ["ce", "mixup"]}}, "start_with": []},
+     "params.method.k: no trial would use it: method ce does not read it (it reads no method.* key)"),
+    ({"params": {**PARAMS, "optim.restart_period": {"type": "int", "low": 2, "high": 5}}, "start_with": []},
+     "params.optim.restart_period: no trial would use it: only cosine_restarts reads it (optim.schedule=cosine)"),
+    ({"params": {**PARAMS, "noise.instance_std": {"type": "uniform", "low": 0.05, "high": 0.2}}, "start_with": []},
+     "params.noise.instance_std: no trial would use it: only instance noise reads it (noise.spec=symmetric:0.2)"),
     ({"start_with": [{**GOOD, "optim.lr": 2.0}]}, "start_with[0].optim.lr: 2.0 is outside loguniform"),
     ({"start_with": [{"method.k": 2}]}, "start_with[0]: gives no value for "),
     ({"start_with": [{**GOOD, "method.k": 2.0}]}, "start_with[0].method.k: 2.0 is not an integer of int in [1, 3]"),
@@ -195,6 +205,17 @@ def test_malformed_space_is_a_one_line_error_naming_the_field(tmp_path, capsys, 
     assert cli_main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.strip() == f"knnmix: error: {text}"
     assert not ray.is_initialized() and not (tmp_path / "out").exists()
+
+
+def test_a_searched_key_that_only_some_trials_read_is_searched(tmp_path):
+    # mixup_alpha is read by the mixup trials of a space searching method.name, instance_std by its instance setting
+    mixup = {"method.name": {"type": "choice", "values": ["ce", "mixup"]},
+             "method.mixup_alpha": {"type": "uniform", "low": 0.1, "high": 1.0}}
+    assert set(SP.load_space(write_space(tmp_path, "a.yaml", params=mixup, start_with=[])).params) == set(mixup)
+    std = {**PARAMS, "noise.instance_std": {"type": "uniform", "low": 0.05, "high": 0.2}}
+    space = SP.load_space(write_space(tmp_path, "b.yaml", noise=["symmetric:0.2", "instance:0.3"], params=std,
+                                      start_with=[]))
+    assert "noise.instance_std" in space.params
 
 
 def test_unreadable_space_file_or_a_folder_is_one_line(tmp_path):

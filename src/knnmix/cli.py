@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from knnmix import config as C
-from knnmix.errors import (DEFAULT_WARNING_FORMAT, NO_SPACE, PATH_IN_THE_WAY, KnnmixError, one_line,
+from knnmix.errors import (DEFAULT_WARNING_FORMAT, NO_SPACE, PATH_IN_THE_WAY, KnnmixError, KnnmixWarning, one_line,
                            warning_line)
 
 #: Options that stand for a config key: ``--dataset NAME`` is ``--set data.name=NAME`` (argparse dest: key).
@@ -85,10 +85,20 @@ def resume_config(args: argparse.Namespace) -> None:
                           "run's config file with --config")
 
 
+def warn_unread(args: argparse.Namespace, configs: Sequence[C.Config]) -> None:
+    """A ``--set`` of a key that none of the runs reads (method.k of a ce run) changes nothing: say so."""
+    for item in args.overrides:
+        unread = [C.unread_keys(cfg).get(C.parse_override(item)[0]) for cfg in configs]
+        if all(unread):
+            warnings.warn(f"--set {item} changes nothing: {unread[0][1]}", KnnmixWarning, stacklevel=2)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         resume_config(args)
-    summary = run_training(load_config(args), args)
+    cfg = load_config(args)
+    warn_unread(args, [cfg])
+    summary = run_training(cfg, args)
     print(json.dumps({k: summary[k] for k in ("final", "best_val", "mlflow_run_id") if k in summary}))
     return 0
 
@@ -132,6 +142,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise KnnmixError(f"--methods names {', '.join(twice)} more than once (each method's run goes to "
                           f"{Path(base.out) / twice[0]})")
     configs = [C.replace(base, **method_run(base, m)) for m in methods]
+    warn_unread(args, configs)
     results = []
     for cfg in configs:
         print(f"\n=== {cfg.method.name} ===", flush=True)

@@ -456,6 +456,36 @@ def validate(cfg: Config) -> None:
         as_config_error("model.name", lambda: MODELS.get(cfg.model.name))
 
 
+#: The keys whose value decides which other keys are read (:func:`unread_keys`).
+DECIDING_KEYS = ("method.name", "optim.optimizer", "optim.schedule", "noise.spec")
+
+
+def unread_keys(cfg: Config) -> dict[str, tuple[str, str]]:
+    """Keys whose value the parts ``cfg`` chooses never read, as ``{key: (the key that decides it, why)}``, e.g.
+    ``optim.momentum: ("optim.optimizer", "only sgd reads it (optim.optimizer=adamw)")``. A sweep that searches one
+    is refused, a ``--set`` of one warns. A registered method that does not declare ``reads`` (a plug-in) reads
+    every ``method.*`` field."""
+    from knnmix.methods import METHODS
+
+    o, m, unread = cfg.optim, cfg.method, {}
+    reads = getattr(METHODS.get(m.name), "reads", None)
+    if reads is not None:
+        its = ", ".join(f"method.{key}" for key in sorted(reads)) or "no method.* key"
+        unread.update({f"method.{f.name}": ("method.name", f"method {m.name} does not read it (it reads {its})")
+                       for f in dataclasses.fields(MethodConfig) if f.name != "name" and f.name not in reads})
+    if o.optimizer != "sgd":
+        unread.update({f"optim.{key}": ("optim.optimizer", f"only sgd reads it (optim.optimizer={o.optimizer})")
+                       for key in ("momentum", "nesterov")})
+    if o.schedule != "cosine_restarts":
+        unread["optim.restart_period"] = ("optim.schedule",
+                                          f"only cosine_restarts reads it (optim.schedule={o.schedule})")
+    if o.schedule == "constant":
+        unread["optim.min_lr"] = ("optim.schedule", "a constant schedule does not read it")
+    if not cfg.noise.spec.startswith("instance:"):
+        unread["noise.instance_std"] = ("noise.spec", f"only instance noise reads it (noise.spec={cfg.noise.spec})")
+    return unread
+
+
 def as_config_error(where: str, build: typing.Callable[[], Any],
                     errors: tuple[type[Exception], ...] = (KnnmixError, OSError)) -> Any:
     """``build()``, with whatever ``errors`` it raises (by default a user's mistake: a bad name, noise spec or

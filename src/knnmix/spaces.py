@@ -311,6 +311,16 @@ def _validate(space: SearchSpace, root: Path | None) -> None:
             at = f"{where}.{sub}"
             validated(C.as_config_error(at, lambda v=value: C.replace(base, **{key: v})), at)
 
+    # a searched key that no trial reads (method.k of a mixup sweep) would spend the budget on values nothing uses
+    # (each setting's config under every value of the searched keys that decide what is read, e.g. method.name)
+    configs = [space.setting_config(setting) for setting in space.settings]
+    for decider in sorted(set(C.DECIDING_KEYS) & set(space.params)):
+        configs = [C.replace(cfg, **{decider: v}) for cfg in configs for v in space.params[decider].values or []]
+    for key in space.params:
+        unread = [C.unread_keys(cfg).get(key) for cfg in configs]
+        if all(unread):
+            raise ConfigError(f"params.{key}: no trial would use it: {unread[0][1]}; remove it from params")
+
     # ASHA and the start points
     a = space.asha
     check(a.reduction_factor > 1, "asha.reduction_factor", f"{a.reduction_factor:g} must be > 1")

@@ -8,7 +8,7 @@ index-aligned :class:`~knnmix.methods.state.SampleState`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -59,6 +59,9 @@ class Method:
     phase = "ce"  # the current epoch's phase, logged with it
     uses_soft_targets = False  # reports label-correction accuracy of argmax t
     uses_clean_prob = False  # reports the clean/noisy split of its clean probabilities
+    #: The ``method.*`` fields (besides ``name``) this method's hooks read, so that a knob it ignores is named as
+    #: such (a sweep searching it is refused, ``--set`` warns); ``None``: not declared, every field may be read.
+    reads: ClassVar[frozenset[str] | None] = None
 
     def __init__(self, cfg: MethodConfig, num_classes: int) -> None:
         self.cfg = cfg

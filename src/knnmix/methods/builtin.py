@@ -6,7 +6,8 @@ Phase names (``Method.phase``, set by ``prepare_epoch``): ``ce`` (cross-entropy 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import dataclasses
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,8 +19,7 @@ from knnmix.math import guard_weights, is_correction_epoch, mix_batch, mixup, ne
 from knnmix.math import neighbours_within_batch, soft_cross_entropy
 from knnmix.methods.base import METHODS, Method, TrainContext, targets_of
 
-if TYPE_CHECKING:
-    from knnmix.config import MethodConfig
+from knnmix.config import MethodConfig
 
 
 def _mixup_loss(model: nn.Module, images: Tensor, members: Tensor, ctx: TrainContext, alpha: float) -> Tensor:
@@ -36,12 +36,15 @@ def _mixup_loss(model: nn.Module, images: Tensor, members: Tensor, ctx: TrainCon
 class CrossEntropy(Method):
     """Standard cross-entropy on the given labels: the base :class:`Method` unchanged."""
 
+    reads = frozenset()
+
 
 @METHODS.register("mixup")
 class Mixup(Method):
     """mixup (Zhang et al., ICLR 2018) on the given labels: random pairs, ``lam ~ Beta(alpha, alpha)`` per batch."""
 
     phase = "mixup"
+    reads = frozenset({"mixup_alpha"})
 
     def loss(self, model: nn.Module, images: Tensor, members: Tensor, ctx: TrainContext) -> Tensor:
         return _mixup_loss(model, images, members, ctx, self.cfg.mixup_alpha)
@@ -56,6 +59,7 @@ class SELC(Method):
     """
 
     uses_soft_targets = True
+    reads = frozenset({"correction_start", "correction_period", "correction_momentum"})
 
     def schedule_note(self, epochs: int) -> str | None:
         if epochs < self.cfg.correction_start:
@@ -83,6 +87,7 @@ class KnnMix(Method):
 
     uses_soft_targets = True
     uses_clean_prob = True
+    reads = frozenset(f.name for f in dataclasses.fields(MethodConfig)) - {"name"}
 
     def __init__(self, cfg: MethodConfig, num_classes: int) -> None:
         super().__init__(cfg, num_classes)
