@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Ray job entrypoint: ``knnmix sweep`` (Ray Tune + Optuna + ASHA over Ray Train trials), the same flags.
+"""Ray job entrypoint: ``knnmix sweep`` (Ray Tune + Optuna + ASHA over Ray Train trials), its flags but --register
+and --verbose.
 
 Runs unchanged on a laptop and on a cluster:
 

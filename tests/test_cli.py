@@ -307,3 +307,9 @@ def test_inputs_that_would_be_ignored_or_fail_after_training_are_refused_before(
     assert len(err.strip().splitlines()) == 1
     assert not list(tmp_path.glob("run/**/checkpoint.pt")), "nothing may train after a bad input"
 
+
+def test_compare_help_lists_methods_not_the_method_shorthand_it_refuses(capsys):
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    out = capsys.readouterr().out
+    assert "--methods" in out and "--method " not in out and "method.name=NAME" not in out

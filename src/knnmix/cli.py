@@ -35,7 +35,8 @@ def _add_run_options(p: argparse.ArgumentParser, resume: str | None = None, trac
     p.add_argument("--config", help="YAML config file, or an embedded preset name (digits, audit)")
     p.add_argument("--dataset", help="shorthand for --set data.name=NAME")
     p.add_argument("--noise", help="shorthand for --set noise.spec=SPEC (e.g. symmetric:0.4, cifar10n:worse)")
-    p.add_argument("--method", help="shorthand for --set method.name=NAME (ce, mixup, selc, knnmix)")
+    p.add_argument("--method", help=argparse.SUPPRESS if command == "compare" else  # refused: --methods names them
+                   "shorthand for --set method.name=NAME (ce, mixup, selc, knnmix)")
     p.add_argument("--epochs", type=int, help="shorthand for --set epochs=N")
     p.add_argument("--seed", type=int, help="shorthand for --set seed=S")
     p.add_argument("--out", help="shorthand for --set out=DIR (the run folder)")
