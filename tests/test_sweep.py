@@ -218,6 +218,18 @@ def test_a_searched_key_that_only_some_trials_read_is_searched(tmp_path):
     assert "noise.instance_std" in space.params
 
 
+def test_a_searched_key_set_to_null_is_no_longer_searched_nor_started_with(tmp_path):
+    nested = {"method": {key.split(".")[1]: v for key, v in GOOD.items() if key.startswith("method.")},
+              "optim": {"lr": GOOD["optim.lr"]}}
+    for name, points in (("dotted.yaml", [GOOD, BAD]), ("nested.yaml", [nested])):
+        space = SP.load_space(write_space(tmp_path, name, start_with=points), ["sweep.params.method.k=null"])
+        assert "method.k" not in space.params and len(space.start_with) == len(points)
+        assert all("method.k" not in point and "optim.lr" in point for point in space.start_with)
+    with pytest.raises(ConfigError, match=r"--set sweep.params.method.kk=null: 'method.kk' is not searched in this "
+                                          r"space \(it searches method.k, .*\(did you mean 'method.k'\?\)"):
+        SP.load_space(write_space(tmp_path), ["sweep.params.method.kk=null"])
+
+
 def test_unreadable_space_file_or_a_folder_is_one_line(tmp_path):
     binary = tmp_path / "bin.yaml"
     binary.write_bytes(b"\xff\xfe\x00garbage\x80")

@@ -319,7 +319,8 @@ def _validate(space: SearchSpace, root: Path | None) -> None:
     for key in space.params:
         unread = [C.unread_keys(cfg).get(key) for cfg in configs]
         if all(unread):
-            raise ConfigError(f"params.{key}: no trial would use it: {unread[0][1]}; remove it from params")
+            raise ConfigError(f"params.{key}: no trial would use it: {unread[0][1]}; remove it from params "
+                              f"(--set sweep.params.{key}=null)")
 
     # ASHA and the start points
     a = space.asha
@@ -400,6 +401,17 @@ def _set_space_field(data: dict[str, Any], key: str, value: Any) -> None:
         elif len(parts) > 2 and isinstance(params.get(head), dict) and not isinstance(value, dict):
             raise ConfigError(f"--set sweep.{key}: {leaf!r} is no field of a searched key ({', '.join(fields)})"
                               f"{did_you_mean(leaf, fields)}")
+        elif value is None:  # params.KEY=null: KEY is not searched (nor set by the start points)
+            name = ".".join(parts[1:])
+            if params.pop(name, None) is None:
+                raise ConfigError(f"--set sweep.{key}=null: {name!r} is not searched in this space (it searches "
+                                  f"{', '.join(params) or 'nothing'}){did_you_mean(name, params)}")
+            for point in data.get("start_with") or []:
+                if isinstance(point, dict):
+                    point.pop(name, None)
+                    section = point.get(parts[1])
+                    if len(parts) == 3 and isinstance(section, dict):
+                        section.pop(parts[2], None)
         else:  # a whole param
             params[".".join(parts[1:])] = value
         return
