@@ -230,6 +230,27 @@ def test_a_searched_key_set_to_null_is_no_longer_searched_nor_started_with(tmp_p
         SP.load_space(write_space(tmp_path), ["sweep.params.method.kk=null"])
 
 
+def test_a_space_whose_every_trial_skips_a_phase_warns_once_naming_it(tmp_path):
+    import warnings
+
+    from knnmix.errors import KnnmixWarning
+
+    # epochs=2 with correction_start in [3, 4]: no trial mixes neighbours, so k, temperature &c. change nothing
+    short = {"config": "digits", "set": {**BASE_SET, "epochs": 2}}
+    with pytest.warns(KnnmixWarning) as caught:
+        SP.load_space(write_space(tmp_path, "short.yaml", base=short, asha={"grace_period": 1}))
+    assert [str(w.message) for w in caught] == [
+        "search space short.yaml: no trial at symmetric:0.2, symmetric:0.5 reaches every phase: knnmix never mixes "
+        "neighbours: epochs=2 ends before its mixing phase starts in epoch 3 (method.warmup_epochs=1, "
+        "method.correction_start=3); lower them or train longer"]
+    # a trial at the lowest correction_start (3 of 5 epochs) reaches it; so does a searched ce, which has no phases
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KnnmixWarning)
+        SP.load_space(write_space(tmp_path, "long.yaml"))
+        SP.load_space(write_space(tmp_path, "ce.yaml", base=short, asha={"grace_period": 1}, start_with=[],
+                                  params={**PARAMS, "method.name": {"type": "choice", "values": ["knnmix", "ce"]}}))
+
+
 def test_unreadable_space_file_or_a_folder_is_one_line(tmp_path):
     binary = tmp_path / "bin.yaml"
     binary.write_bytes(b"\xff\xfe\x00garbage\x80")

@@ -13,10 +13,12 @@ Selection is on the noisy-validation accuracy only: ``metric`` can only be ``val
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import operator
 import re
 import typing
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -25,7 +27,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 
 from knnmix import config as C
-from knnmix.errors import ConfigError, did_you_mean
+from knnmix.errors import ConfigError, KnnmixWarning, did_you_mean
 
 SETTING_KEY = "noise_setting"  # the key of a sweep trial's config that names its noise setting (slug)
 METRIC = "val_acc"  # the only metric a sweep may select on (Tune, Optuna and ASHA all use it)
@@ -213,7 +215,40 @@ def parse_space(data: dict[str, Any], *, label: str, root: Path | None = None) -
     except ConfigError as exc:
         raise ConfigError(f"search space {label}: {exc}") from None
     space.label = label
+    notes: dict[str, list[str]] = {}
+    for spec, note in never_reached(space):
+        notes.setdefault(note, []).append(spec)
+    for note, specs in notes.items():
+        warnings.warn(f"search space {label}: no trial at {', '.join(specs)} reaches every phase: {note}",
+                      KnnmixWarning, stacklevel=2)
     return space
+
+
+#: Searched keys that move the epochs where a method's phases start (:meth:`knnmix.methods.Method.schedule_note`).
+SCHEDULE_KEYS = ("method.name", "method.warmup_epochs", "method.correction_start", "method.premix")
+
+
+def never_reached(space: SearchSpace) -> list[tuple[str, str]]:
+    """``(noise spec, note)`` of each setting whose every trial, at any value of the searched schedule keys, skips a
+    phase of its method (e.g. epochs=2 before knnmix's mixing starts): its knobs would change nothing."""
+    from knnmix.methods import METHODS, Method
+
+    corners = {key: list(p.values or []) if p.type == "choice" else [p.low, p.high]
+               for key, p in space.params.items() if key in SCHEDULE_KEYS}
+    found = []
+    for setting in space.settings:
+        cfg, notes = space.setting_config(setting), []
+        for values in itertools.product(*corners.values()):
+            c = C.replace(cfg, **dict(zip(corners, values)))
+            factory = METHODS.get(c.method.name)
+            if not (isinstance(factory, type) and issubclass(factory, Method)):
+                break  # a plug-in's factory: its note is said by its trials
+            notes.append(factory(c.method, 2).schedule_note(c.epochs))
+            if notes[-1] is None:
+                break
+        else:
+            found.append((setting.spec, notes[0]))
+    return found
 
 
 def _validate(space: SearchSpace, root: Path | None) -> None:
