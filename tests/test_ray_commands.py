@@ -96,6 +96,8 @@ def test_ray_job_submit_runs_train_job_to_success(ray_session, tmp_path):
         assert "epoch   2/2" in logs  # rank 0's progress lines reach the job's logs
         # ... and little else: knnmix's warnings in one line, none of Ray Train's per-worker, per-epoch INFO lines
         assert "knnmix: warning: knnmix never mixes neighbours" in logs and "KnnmixWarning" not in logs
+        workers = [line for line in logs.splitlines() if "(RayTrainWorker pid=" in line]  # Ray's coloured prefix
+        assert workers and not any("\x1b[" in line for line in workers), workers[:2]  # was escape codes in the log
         assert "Reporting training result" not in logs and "Started training worker group" not in logs
         for name in ("summary.json", "metrics.jsonl", "label_issues.csv", "config.yaml", "checkpoint.pt"):
             assert (out / name).exists(), name
