@@ -40,6 +40,8 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
         (["--set", "optim.lr=fast"], "optim.lr"),
         (["--set", "nosuchkey=1"], "nosuchkey"),
         (["--config", "no-such-preset"], "no-such-preset"),
+        (["--config", "digit"], "config 'digit' is neither a file nor an embedded preset (audit, digits) (did you mean "
+                                "'digits'?)"),
         # an empty path is the working directory to pathlib; integers past C's ints failed deep inside torch
         (["--set", "model.pretrained="], "model.pretrained: an empty path; name a file or folder"),
         (["--set", "optim.batch_size=1000000000000000000000"], "optim.batch_size: 1000000000000000000000 is out of "

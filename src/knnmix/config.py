@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import yaml
 
-from knnmix.errors import ConfigError, KnnmixError, one_line
+from knnmix.errors import ConfigError, KnnmixError, did_you_mean, one_line
 
 
 @dataclass
@@ -144,8 +144,9 @@ def preset_path(name_or_path: str) -> Path:
     preset = PRESETS / f"{name_or_path}.yaml"
     if preset.exists():
         return preset
-    names = ", ".join(sorted(x.stem for x in PRESETS.glob("*.yaml")))
-    raise ConfigError(f"config {name_or_path!r} is neither a file nor an embedded preset ({names})")
+    names = sorted(x.stem for x in PRESETS.glob("*.yaml"))
+    raise ConfigError(f"config {name_or_path!r} is neither a file nor an embedded preset ({', '.join(names)})"
+                      f"{did_you_mean(name_or_path, names)}")
 
 
 def from_dict(data: dict[str, Any] | None = None) -> Config:
