@@ -658,6 +658,7 @@ def test_compare_logs_each_method_and_registers_it_under_its_own_name(tmp_path, 
     client = client_for(uri)
     for r in runs:  # comparison.json names each method's MLflow run; its model is a version of digits-<method>
         (version,) = client.search_model_versions(f"name='digits-{r['method']}'")
+        assert r["registered_model"] == f"models:/digits-{r['method']}/{version.version}"
         assert version.run_id == r["mlflow_run_id"] and client.get_run(r["mlflow_run_id"]).data.params[
             "method.name"] == r["method"]
 
@@ -1040,7 +1041,12 @@ def test_mlflow_holds_nested_runs_params_metrics_and_artifacts(e2e, monkeypatch)
         assert setting.data.metrics["best_val_acc"] == x["best"]["val_acc"]
         assert setting.data.metrics["stopped_early"] == x["stopped_early"]
     versions = client.search_model_versions("name='knnmix-e2e'")
-    assert len(versions) == 2  # --register: one version per noise setting's best model
+    assert len(versions) == 2  # --register: one version per noise setting's best model, tagged with the setting
+    said = {x["noise"]: x["best"]["registered_model"] for x in e2e.summary["settings"]}  # and named in the summary
+    assert said == {v.tags["knnmix.noise_spec"]: f"models:/knnmix-e2e/{v.version}" for v in versions}
+    assert all(f"registered: {noise}: {uri}" in e2e.text for noise, uri in said.items())
+    assert json.loads(e2e.text.strip().splitlines()[-1])["best"]["symmetric:0.2"]["registered_model"] == said[
+        "symmetric:0.2"]
 
 
 @pytest.mark.slow
@@ -1138,6 +1144,8 @@ def test_train_logs_its_run_to_mlflow_when_a_tracking_uri_is_given(tmp_path, mon
     mlflow.set_tracking_uri(uri)
     (version,) = client.search_model_versions("name='digits-ce'")
     assert version.run_id == run_id
+    assert summary["registered_model"] == f"models:/digits-ce/{version.version}"  # printed, and tagged: its noise
+    assert version.tags == {"knnmix.noise_spec": "none"}
     # the served model takes pixels in [0, 1] and normalises them itself: it scores the run's own test split
     served = mlflow.pytorch.load_model(f"models:/digits-ce/{version.version}")
     test = load_dataset("digits")

@@ -100,14 +100,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     warn_unread(args, [cfg])
     summary = run_training(cfg, args)
-    print(json.dumps({k: summary[k] for k in ("final", "best_val", "mlflow_run_id") if k in summary}))
+    print(json.dumps({k: summary[k] for k in ("final", "best_val", "mlflow_run_id", "registered_model")
+                      if k in summary}))
     return 0
 
 
 def run_training(cfg: C.Config, args: argparse.Namespace) -> dict[str, Any]:
     """Single process, or Ray Train when ``distributed.workers > 0``; then logged to MLflow when a tracking URI is
     given (``--tracking-uri`` or ``MLFLOW_TRACKING_URI``)."""
-    from knnmix.tracking import TRAIN_EXPERIMENT, Store, log_training_run, reach
+    from knnmix.tracking import TRAIN_EXPERIMENT, Store, log_training_run, reach, registered_version
 
     uri = getattr(args, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI")
     register = getattr(args, "register", None)
@@ -127,6 +128,9 @@ def run_training(cfg: C.Config, args: argparse.Namespace) -> dict[str, Any]:
     summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
     if store is not None:
         summary["mlflow_run_id"] = log_training_run(store, Path(cfg.out), summary, register=register)
+        if register:
+            summary["registered_model"] = registered_version(store, register, summary["mlflow_run_id"],
+                                                             {"knnmix.noise_spec": cfg.noise.spec})
     return summary
 
 
@@ -156,7 +160,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     runs = [{"seed": s["seed"], "method": s["method"], "last_test_acc": s["final"]["test_acc"],
              "val_selected_test_acc": s["best_val"]["test_acc"], "best_val_epoch": s["best_val"]["epoch"],
              "commit": s["commit"], "run_folder": str(Path(cfg.out).resolve()), "config": s["config"],
-             **({"mlflow_run_id": s["mlflow_run_id"]} if "mlflow_run_id" in s else {})}
+             **{k: s[k] for k in ("mlflow_run_id", "registered_model") if k in s}}
             for s, cfg in zip(results, configs)]
     out = Path(base.out) / "comparison.json"
     out.write_text(json.dumps({"command": shlex.join(["knnmix", *args.argv]), "runs": runs, "table": table},
@@ -304,8 +308,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     summary = S.run_sweep(space, folder.root, store=store, resume=args.resume, verbose=args.verbose,
                           register=args.register)
-    best = {s["noise"]: s["best"] and {k: s["best"][k] for k in ("val_acc", "test_acc", "params")}
-            for s in summary["settings"]}
+    best = {s["noise"]: s["best"] and {k: s["best"][k] for k in ("val_acc", "test_acc", "params", "registered_model")
+                                       if k in s["best"]} for s in summary["settings"]}
     if summary["failed"]:  # (before the JSON line, which comes last)
         print(f"knnmix: {summary['failed']} trial(s) failed; see {folder.root / SF.SUMMARY_MD}", file=sys.stderr)
     print(json.dumps({"sweep": str(folder.root), "failed": summary["failed"], "best": best}), flush=True)

@@ -269,6 +269,8 @@ def summary_table(summary: dict[str, Any], reasons: bool = True) -> str:
                      f"{config_text(b.get('params', {})) if b else 'n/a'} |")
     lines.append(f"\nSelected on the noisy-validation accuracy ({METRIC}, best epoch of each completed trial); the "
                  "test accuracy of that epoch is reported only.")
+    lines += [f"registered: {s['noise']}: {s['best']['registered_model']}" for s in summary["settings"]
+              if (s["best"] or {}).get("registered_model")]
     lines += [f"failed: {s['noise']} trial {tid}: {err}" for s in summary["settings"] if reasons
               for tid, err in (s.get("errors") or {}).items()]  # (Tune's own traceback: --verbose)
     return "\n".join(lines)

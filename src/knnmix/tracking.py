@@ -283,6 +283,18 @@ def register_once(store: Store, model_uri: str, run_id: str, name: str) -> None:
             mlflow.register_model(model_uri, name)
 
 
+def registered_version(store: Store, name: str, run_id: str, tags: dict[str, str]) -> str | None:
+    """``models:/<name>/<version>`` of the newest version of registered model ``name`` logged from run ``run_id``
+    (None if there is none), tagged with ``tags`` (e.g. its noise setting: the registry lists versions, not runs)."""
+    versions = store.client().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if not versions:
+        return None
+    newest = max(versions, key=lambda v: int(v.version))
+    for key, value in tags.items():
+        store.client().set_model_version_tag(name, newest.version, key, value)
+    return f"models:/{name}/{newest.version}"
+
+
 @contextmanager
 def fluent(store: Store) -> Iterator[None]:
     """MLflow's fluent API on ``store``, quietly: its logging below ERROR and what it prints to stderr ("Successfully

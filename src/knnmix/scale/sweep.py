@@ -44,7 +44,7 @@ from knnmix.sweep_folder import (SPACE_FILE, SUMMARY_JSON, SUMMARY_MD, TUNE_DIR,
                                  check_state, end_orphan_trials, in_process, max_concurrent, new_state, optuna_command,
                                  reported, sampled_values, startup_trials, study_name, summary_markdown, summary_table,
                                  trial_config, write_state)
-from knnmix.tracking import Store, reach
+from knnmix.tracking import Store, reach, registered_version
 
 TRIAL_MEMORY = 64 * 1024**2  # nominal memory of a Ray Train trial's own process (Tune refuses zero CPUs alone)
 
@@ -64,8 +64,7 @@ def make_study(space: SearchSpace, setting: NoiseSetting, storage: str | None = 
     return OptunaSearch(
         space=space.distributions(), metric=METRIC, mode=MODE, sampler=sampler,
         study_name=study_name(space, setting), points_to_evaluate=[dict(p) for p in space.start_with] or None,
-        storage=optuna.storages.RDBStorage(storage) if storage else None,
-    )
+        storage=optuna.storages.RDBStorage(storage) if storage else None)
 
 
 class SettingsSearch(Searcher):
@@ -358,14 +357,16 @@ def _finalize_setting(space: SearchSpace, setting: NoiseSetting, trials: list[Tr
         "completed": sum(t.completed for t in trials), "stopped_early": sum(t.stopped_early for t in trials),
         "failed": sum(t.failed for t in trials), "errors": {t.trial_id: t.error for t in trials if t.failed},
         "mlflow_run_id": ml["settings"][setting.slug], "trial_ids": [t.trial_id for t in trials], "best": None,
-        "study": study_name(space, setting),
-    }
+        "study": study_name(space, setting)}
     if best is not None:  # best_trial only picks a trial with a best epoch
         entry["best"] = {"trial_id": best.trial_id, "params": best.params, **best.best(), "completed": best.completed,
                          "last_test_acc": best.records[-1].get("test_acc"), "run_folder": str(best.run_folder)}
     end_orphan_trials(folder.optuna_storage, entry["study"])  # (before its importances)
     T.finish_setting_run(store, ml, setting, entry, trials, best, folder.root / setting.slug / "plots",
                          folder.optuna_storage, register)
+    if register and entry.get("best_mlflow_run_id"):  # models:/NAME/VERSION, tagged with its noise setting
+        entry["best"]["registered_model"] = registered_version(store, register, entry["best_mlflow_run_id"],
+                                                               {"knnmix.noise_spec": setting.spec})
     return entry
 
 
