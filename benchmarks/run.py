@@ -1,14 +1,15 @@
 """The benchmark's one entry point: knnmix against its peers on the same data, network, budget and seeds.
 
     python benchmarks/run.py --tier smoke     # CI: digits, 2 settings, 1 seed, 2 epochs (checks the command only)
-    python benchmarks/run.py --tier quick     # CPU, about an hour on 2 cores: Fashion-MNIST, 6 settings, 3 seeds, defaults
-    python benchmarks/run.py --tier quick-tuned --resume   # CPU, about 2 hours: 4 settings, each method tuned per setting, then 3-5 seeds
+    python benchmarks/run.py --tier quick     # CPU, about 80 min on 2 cores: Fashion-MNIST, 6 settings, 3 seeds, defaults
+    python benchmarks/run.py --tier quick-tuned --resume   # CPU, about 2 h 15 min: 4 settings, each method tuned per setting, then 3-5 seeds
     python benchmarks/run.py --tier full      # GPU: CIFAR-10/100 where present (else full-length Fashion-MNIST)
     python benchmarks/run.py --render benchmarks/results/quick-<date>.json   # re-write a result's .md/.png only
 
 Writes ``benchmarks/results/<tier>-<date>.json`` (every cell, the commit, the command, the machine), ``.md`` (the
-tables) and ``.png`` (accuracy vs noise setting, one line per method). Run folders of the cells go to
-``--runs-dir`` (default ``runs/bench``). Only results this command produced belong in ``benchmarks/results``.
+tables) and ``.png`` (accuracy vs noise setting, one line per method); the smoke tiers, which check the command only,
+write them to ``<--runs-dir>/results``. Run folders of the cells go to ``--runs-dir`` (default ``runs/bench``). Only
+results this command produced belong in ``benchmarks/results``.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true",
                    help="continue a stopped run: finished sweeps and cells are kept, a stopped sweep resumes trial "
                         "by trial (run it with the same arguments and --runs-dir)")
-    p.add_argument("--results-dir", default=str(HERE / "results"))
+    p.add_argument("--results-dir", help="where the result files go (default: benchmarks/results; for the smoke "
+                   "tiers, which check the command only, <--runs-dir>/results)")
     p.add_argument("--render", metavar="RESULT.json",
                    help="only re-write the .md and .png of an existing result file from its JSON (no training)")
     p.add_argument("--runs-dir", default="runs/bench")
@@ -107,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                                           selections=selections)
             # this invocation's wall clock (sweeps and cells); a resumed run's earlier invocations are not in it
             result["wall_s"] = round(time.time() - started, 1)
-            paths = runner.write_result(result, Path(args.results_dir))
+            smoke = Path(args.runs_dir) / "results" if name.startswith("smoke") else HERE / "results"
+            paths = runner.write_result(result, Path(args.results_dir or smoke))
             print(paths["md"].read_text())
             print("written: " + ", ".join(str(v) for v in paths.values()))
     except KnnmixError as exc:
