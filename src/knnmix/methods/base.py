@@ -60,7 +60,8 @@ class Method:
     uses_soft_targets = False  # reports label-correction accuracy of argmax t
     uses_clean_prob = False  # reports the clean/noisy split of its clean probabilities
     #: The ``method.*`` fields (besides ``name``) this method's hooks read, so that a knob it ignores is named as
-    #: such (a sweep searching it is refused, ``--set`` warns); ``None``: not declared, every field may be read.
+    #: such (a sweep searching it is refused, ``--set`` warns); ``None``: every field may be read (knnmix's, or a
+    #: plug-in that does not say).
     reads: ClassVar[frozenset[str] | None] = None
 
     def __init__(self, cfg: MethodConfig, num_classes: int) -> None:

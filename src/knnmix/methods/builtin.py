@@ -6,8 +6,7 @@ Phase names (``Method.phase``, set by ``prepare_epoch``): ``ce`` (cross-entropy 
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,7 +18,8 @@ from knnmix.math import guard_weights, is_correction_epoch, mix_batch, mixup, ne
 from knnmix.math import neighbours_within_batch, soft_cross_entropy
 from knnmix.methods.base import METHODS, Method, TrainContext, targets_of
 
-from knnmix.config import MethodConfig
+if TYPE_CHECKING:
+    from knnmix.config import MethodConfig
 
 
 def _mixup_loss(model: nn.Module, images: Tensor, members: Tensor, ctx: TrainContext, alpha: float) -> Tensor:
@@ -86,8 +86,7 @@ class KnnMix(Method):
     """
 
     uses_soft_targets = True
-    uses_clean_prob = True
-    reads = frozenset(f.name for f in dataclasses.fields(MethodConfig)) - {"name"}
+    uses_clean_prob = True  # (reads: every method.* field)
 
     def __init__(self, cfg: MethodConfig, num_classes: int) -> None:
         super().__init__(cfg, num_classes)
