@@ -121,6 +121,8 @@ def test_data_epoch_samples(tmp_path):
     match = r"method.vote_k=10 is not smaller than an epoch's draw \(data.epoch_samples=10\) \(10 samples\)"
     with pytest.raises(ConfigError, match=match):
         engine(tmp_path, **{"data.epoch_samples": 10})
+    assert len(E.active_indices(engine(tmp_path, **{"data.epoch_samples": 10, "method.name": "ce"}), 1)) == 10  # no
+    # neighbours: ce's default k and vote_k, which it does not read, are no error (they were, as for knnmix)
 
 
 _SEEN_OPTIONS: dict[str, object] = {}

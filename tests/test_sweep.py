@@ -41,7 +41,7 @@ from knnmix import sweep_folder as SF
 from knnmix.scale import sweep as S
 from knnmix import tracking as TR
 from knnmix.scale import sweep_mlflow as T
-from support import (BAD, BASE_SET, GOOD, PARAMS, VENV_BIN, client_for, free_port, runs_by_kind,
+from support import (BAD, BASE_SET, GOOD, PARAMS, VENV_BIN, client_for, free_port, runs_by_kind, space_data,
                            write_space)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -216,6 +216,20 @@ def test_a_searched_key_that_only_some_trials_read_is_searched(tmp_path):
     space = SP.load_space(write_space(tmp_path, "b.yaml", noise=["symmetric:0.2", "instance:0.3"], params=std,
                                       start_with=[]))
     assert "noise.instance_std" in space.params
+    # a sweep started before knnmix refused such a space resumes: its folder's space.yaml runs as it started
+    saved = space_data(base={"config": "digits", "set": {**BASE_SET, "method.name": "mixup"}})
+    assert "method.k" in SP.parse_space(saved, label="space.yaml", root=tmp_path, started=True).params
+    # a plug-in subclassing a built-in method, without its own `reads`, may read every key (its parent's do not bind)
+    from knnmix.methods import METHODS
+    from knnmix.methods.builtin import SELC
+
+    METHODS.register("gated_selc")(type("GatedSELC", (SELC,), {}))
+    try:
+        plugin = space_data(base={"config": "digits", "set": {**BASE_SET, "method.name": "gated_selc"}})
+        assert "method.k" in SP.parse_space(plugin, label="p.yaml", root=tmp_path).params
+    finally:
+        METHODS.unregister("gated_selc")
+    assert "noise.instance_std" not in C.unread_keys(C.load(None, ["noise.spec=Instance:0.4"]))  # as the spec parses
 
 
 def test_a_searched_key_set_to_null_is_no_longer_searched_nor_started_with(tmp_path):
@@ -243,12 +257,30 @@ def test_a_space_whose_every_trial_skips_a_phase_warns_once_naming_it(tmp_path):
         "search space short.yaml: no trial at symmetric:0.2, symmetric:0.5 reaches every phase: knnmix never mixes "
         "neighbours: epochs=2 ends before its mixing phase starts in epoch 3 (method.warmup_epochs=1, "
         "method.correction_start=3); lower them or train longer"]
-    # a trial at the lowest correction_start (3 of 5 epochs) reaches it; so does a searched ce, which has no phases
+    # with method.name searched, each method's trials are judged alone: no knnmix trial mixes, whatever ce does
+    with pytest.warns(KnnmixWarning, match="short-ce.yaml: no trial at .* knnmix never mixes neighbours"):
+        SP.load_space(write_space(tmp_path, "short-ce.yaml", base=short, asha={"grace_period": 1}, start_with=[],
+                                  params={**PARAMS, "method.name": {"type": "choice", "values": ["knnmix", "ce"]}}))
+    # a trial at the lowest correction_start (3 of 5 epochs) reaches it; a sweep folder's own space.yaml (resumed)
+    # is not judged again
     with warnings.catch_warnings():
         warnings.simplefilter("error", KnnmixWarning)
         SP.load_space(write_space(tmp_path, "long.yaml"))
-        SP.load_space(write_space(tmp_path, "ce.yaml", base=short, asha={"grace_period": 1}, start_with=[],
-                                  params={**PARAMS, "method.name": {"type": "choice", "values": ["knnmix", "ce"]}}))
+        SP.parse_space(yaml.safe_load((tmp_path / "short.yaml").read_text()), label="space.yaml", started=True)
+
+
+def test_registered_version_is_the_newest_of_the_run_tagged_and_takes_a_quote_in_its_name(tmp_path):
+    store = TR.Store.from_uri(f"sqlite:///{tmp_path / 'm.db'}")
+    client = store.client()
+    run_id = client.create_run(client.create_experiment("x")).info.run_id
+    assert TR.registered_version(store, "it's", run_id, {}) is None
+    client.create_registered_model("it's")  # MLflow takes a ' in a model name; its search filter cannot quote it
+    for source in ("a", "b"):
+        client.create_model_version("it's", str(tmp_path / source), run_id=run_id)
+    assert TR.registered_version(store, "it's", run_id, {"knnmix.noise_spec": "none"}) == "models:/it's/2"
+    assert client.get_model_version("it's", "2").tags == {"knnmix.noise_spec": "none"}
+    TR.register_once(store, str(tmp_path / "b"), run_id, "it's")  # a version from this run exists: none added
+    assert len(client.search_model_versions(f"run_id = '{run_id}'")) == 2
 
 
 def test_unreadable_space_file_or_a_folder_is_one_line(tmp_path):

@@ -408,7 +408,7 @@ def guarded(command: Callable[[], int], interrupted: str = "") -> int:
     2, Ctrl+C status 130; knnmix's warnings are one line each."""
     warnings.formatwarning = warning_line  # type: ignore[assignment]
     # Ray prefixes its workers' lines "(RayTrainWorker pid=...)" in colour: escape codes in a log file or a pipe
-    os.environ.setdefault("RAY_COLOR_PREFIX", "" if sys.stdout.isatty() else "0")
+    os.environ.setdefault("RAY_COLOR_PREFIX", "" if sys.stdout.isatty() and sys.stderr.isatty() else "0")
     try:
         return int(command())
     except KnnmixError as exc:

@@ -464,12 +464,13 @@ DECIDING_KEYS = ("method.name", "optim.optimizer", "optim.schedule", "noise.spec
 def unread_keys(cfg: Config) -> dict[str, tuple[str, str]]:
     """Keys whose value the parts ``cfg`` chooses never read, as ``{key: (the key that decides it, why)}``, e.g.
     ``optim.momentum: ("optim.optimizer", "only sgd reads it (optim.optimizer=adamw)")``. A sweep that searches one
-    is refused, a ``--set`` of one warns. A registered method that does not declare ``reads`` (a plug-in) reads
-    every ``method.*`` field."""
+    is refused, a ``--set`` of one warns. A registered method whose class does not declare ``reads`` itself (a
+    plug-in, also one subclassing a built-in method) reads every ``method.*`` field."""
     from knnmix.methods import METHODS
 
     o, m, unread = cfg.optim, cfg.method, {}
-    reads = getattr(METHODS.get(m.name), "reads", None)
+    factory = METHODS.get(m.name)
+    reads = vars(factory).get("reads") if isinstance(factory, type) else None
     if reads is not None:
         its = ", ".join(f"method.{key}" for key in sorted(reads)) or "no method.* key"
         unread.update({f"method.{f.name}": ("method.name", f"method {m.name} does not read it (it reads {its})")
@@ -482,7 +483,7 @@ def unread_keys(cfg: Config) -> dict[str, tuple[str, str]]:
                                           f"only cosine_restarts reads it (optim.schedule={o.schedule})")
     if o.schedule == "constant":
         unread["optim.min_lr"] = ("optim.schedule", "a constant schedule does not read it")
-    if not cfg.noise.spec.startswith("instance:"):
+    if cfg.noise.spec.split(":")[0].strip().lower() != "instance":  # (as parse_noise_spec reads it)
         unread["noise.instance_std"] = ("noise.spec", f"only instance noise reads it (noise.spec={cfg.noise.spec})")
     return unread
 

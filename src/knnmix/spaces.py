@@ -207,16 +207,18 @@ def load_space(path: str | Path, overrides: list[str] | None = None) -> SearchSp
     return parse_space(data, label=p.name, root=p.parent)
 
 
-def parse_space(data: dict[str, Any], *, label: str, root: Path | None = None) -> SearchSpace:
-    """Validate a space given as plain data (``root``: the folder relative ``base.config`` paths start from)."""
+def parse_space(data: dict[str, Any], *, label: str, root: Path | None = None, started: bool = False) -> SearchSpace:
+    """Validate a space given as plain data (``root``: the folder relative ``base.config`` paths start from).
+    ``started``: a sweep folder's own space.yaml, which runs as it started: the advice given when it started (a
+    searched key no trial reads, a phase no trial reaches) is not given again (nor a sweep of an older knnmix refused)."""
     try:
         space = C._build(SearchSpace, data, "")
-        _validate(space, root)
+        _validate(space, root, started)
     except ConfigError as exc:
         raise ConfigError(f"search space {label}: {exc}") from None
     space.label = label
     notes: dict[str, list[str]] = {}
-    for spec, note in never_reached(space):
+    for spec, note in [] if started else never_reached(space):
         notes.setdefault(note, []).append(spec)
     for note, specs in notes.items():
         warnings.warn(f"search space {label}: no trial at {', '.join(specs)} reaches every phase: {note}",
@@ -225,25 +227,28 @@ def parse_space(data: dict[str, Any], *, label: str, root: Path | None = None) -
 
 
 #: Searched keys that move the epochs where a method's phases start (:meth:`knnmix.methods.Method.schedule_note`).
-SCHEDULE_KEYS = ("method.name", "method.warmup_epochs", "method.correction_start", "method.premix")
+SCHEDULE_KEYS = ("method.warmup_epochs", "method.correction_start", "method.premix")
 
 
 def never_reached(space: SearchSpace) -> list[tuple[str, str]]:
-    """``(noise spec, note)`` of each setting whose every trial, at any value of the searched schedule keys, skips a
-    phase of its method (e.g. epochs=2 before knnmix's mixing starts): its knobs would change nothing."""
-    from knnmix.methods import METHODS, Method
+    """``(noise spec, note)`` for each setting and searched method whose every trial, at any value of the searched
+    schedule keys, ends before a phase of its method (e.g. epochs=2 before knnmix's mixing starts, or an asha.max_t
+    before it): that method's knobs would change nothing. Built-in methods only (a plug-in's trials say it)."""
+    from knnmix.methods import METHODS
 
     corners = {key: list(p.values or []) if p.type == "choice" else [p.low, p.high]
                for key, p in space.params.items() if key in SCHEDULE_KEYS}
+    methods = space.params["method.name"].values or [] if "method.name" in space.params else [None]
     found = []
-    for setting in space.settings:
+    for setting, method in itertools.product(space.settings, methods):
         cfg, notes = space.setting_config(setting), []
+        cfg = cfg if method is None else C.replace(cfg, **{"method.name": method})
+        factory = METHODS.get(cfg.method.name)
+        if getattr(factory, "__module__", None) != "knnmix.methods.builtin":
+            continue
         for values in itertools.product(*corners.values()):
             c = C.replace(cfg, **dict(zip(corners, values)))
-            factory = METHODS.get(c.method.name)
-            if not (isinstance(factory, type) and issubclass(factory, Method)):
-                break  # a plug-in's factory: its note is said by its trials
-            notes.append(factory(c.method, 2).schedule_note(c.epochs))
+            notes.append(factory(c.method, 2).schedule_note(min(c.epochs, space.asha.max_t or c.epochs)))
             if notes[-1] is None:
                 break
         else:
@@ -251,7 +256,7 @@ def never_reached(space: SearchSpace) -> list[tuple[str, str]]:
     return found
 
 
-def _validate(space: SearchSpace, root: Path | None) -> None:
+def _validate(space: SearchSpace, root: Path | None, started: bool = False) -> None:
     def check(ok: bool, where: str, message: str) -> None:
         if not ok:
             raise ConfigError(f"{where}: {message}")
@@ -351,7 +356,7 @@ def _validate(space: SearchSpace, root: Path | None) -> None:
     configs = [space.setting_config(setting) for setting in space.settings]
     for decider in sorted(set(C.DECIDING_KEYS) & set(space.params)):
         configs = [C.replace(cfg, **{decider: v}) for cfg in configs for v in space.params[decider].values or []]
-    for key in space.params:
+    for key in [] if started else space.params:
         unread = [C.unread_keys(cfg).get(key) for cfg in configs]
         if all(unread):
             raise ConfigError(f"params.{key}: no trial would use it: {unread[0][1]}; remove it from params "

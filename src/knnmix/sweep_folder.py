@@ -124,7 +124,8 @@ def resolve_space(folder: SweepFolder, space_arg: str | None, overrides: list[st
         if space_arg is None:
             raise KnnmixError("name a search space file, e.g. knnmix sweep search_spaces/smoke.yaml")
         return load_space(space_arg, overrides)
-    saved = parse_space(C.read_yaml(folder.file(SPACE_FILE), f"the sweep's {SPACE_FILE}"), label=state["space_label"])
+    saved = parse_space(C.read_yaml(folder.file(SPACE_FILE), f"the sweep's {SPACE_FILE}"), label=state["space_label"],
+                        started=True)
     # Tune restores the experiment as started (its trial count, searcher, schedulers): an edited space.yaml ran the
     # old one, then (more trials) said "sweep stopped ... --resume" after every resume, never finishing
     as_saved = json.loads(json.dumps(saved.to_dict()))  # as sweep_state.json holds it (lists, not tuples)

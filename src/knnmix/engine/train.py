@@ -157,8 +157,8 @@ def build_data(cfg: C.Config, splits: Splits | None = None) -> tuple[Splits, C.C
     n, bank = len(splits.train), "the training set"
     if (draw := splits.bundle.epoch_rows) is not None:  # each epoch searches its own class-balanced draw
         n, bank = len(draw(1, cfg.seed)), f"an epoch's draw (data.epoch_samples={cfg.data.epoch_samples})"
-    for key in ("k", "vote_k"):
-        if (value := getattr(cfg.method, key)) >= n:
+    for key in ("k", "vote_k"):  # (of a method that reads them: ce's default vote_k is no error on 10 images)
+        if f"method.{key}" not in C.unread_keys(cfg) and (value := getattr(cfg.method, key)) >= n:
             raise ConfigError(f"method.{key}={value} is not smaller than {bank} ({n} samples)")
     return splits, cfg
 
