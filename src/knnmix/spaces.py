@@ -210,7 +210,8 @@ def load_space(path: str | Path, overrides: list[str] | None = None) -> SearchSp
 def parse_space(data: dict[str, Any], *, label: str, root: Path | None = None, started: bool = False) -> SearchSpace:
     """Validate a space given as plain data (``root``: the folder relative ``base.config`` paths start from).
     ``started``: a sweep folder's own space.yaml, which runs as it started: the advice given when it started (a
-    searched key no trial reads, a phase no trial reaches) is not given again (nor a sweep of an older knnmix refused)."""
+    searched key no trial reads, a phase no trial reaches) is not given again, nor a sweep of an older knnmix
+    refused."""
     try:
         space = C._build(SearchSpace, data, "")
         _validate(space, root, started)
