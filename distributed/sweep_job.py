@@ -33,7 +33,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 if (SRC / "knnmix").is_dir() and str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
-from knnmix.cli import guarded  # noqa: E402
+from knnmix.cli import exit_with, guarded  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,4 +94,4 @@ def sweep(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -29,7 +29,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 if (SRC / "knnmix").is_dir() and str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
-from knnmix.cli import _add_run_options, cmd_train, guarded, load_config, resume_config  # noqa: E402
+from knnmix.cli import _add_run_options, cmd_train, exit_with, guarded, load_config, resume_config  # noqa: E402
 from knnmix.errors import KnnmixError  # noqa: E402
 
 
@@ -66,4 +66,4 @@ def train(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

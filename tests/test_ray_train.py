@@ -321,6 +321,27 @@ def test_overwrite_with_data_that_fails_keeps_the_run_it_would_replace(tmp_path)
     assert proc.returncode == 2 and proc.stderr.startswith("knnmix: error: fashion-mnist data not found"), proc.stderr
 
 
+def test_ctrl_c_while_the_finished_program_shuts_ray_down_ends_it_at_once_with_its_status(tmp_path):
+    """After the JSON line, Ray and MLflow shut down at exit (seconds): a Ctrl+C then printed "Exception ignored in:
+    <module 'threading'> ... KeyboardInterrupt" (a traceback from Python's teardown) and waited for the shutdown."""
+    argv = [sys.executable, "-m", "knnmix.cli", "train", "--config", "digits", "--workers", "1", "--epochs", "1",
+            "--set", "data.train_subset=200", "--out", str(tmp_path / "run")]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("{"):  # the JSON line: the command is done
+                break
+        time.sleep(0.2)
+        assert proc.poll() is None  # (still shutting Ray down: what this test is about)
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and time.monotonic() - sent < 1.0, err[-3000:]
+    assert "Traceback" not in err and "Exception ignored" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+
+
 def test_a_run_continued_without_ray_resumes_on_ray_from_its_newer_checkpoint(tmp_path):
     """Ray run to epoch 2, `knnmix train --resume --epochs 3` in one process, then `--workers N --resume`: Ray Train
     hands its own latest checkpoint (epoch 2), and the run went back to it, dropping epoch 3 without a word."""

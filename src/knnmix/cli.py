@@ -9,11 +9,12 @@ import functools
 import json
 import os
 import shlex
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from knnmix import config as C
 from knnmix.errors import (DEFAULT_WARNING_FORMAT, NO_SPACE, PATH_IN_THE_WAY, KnnmixError, KnnmixWarning, one_line,
@@ -427,5 +428,25 @@ def guarded(command: Callable[[], int], interrupted: str = "") -> int:
         warnings.formatwarning = DEFAULT_WARNING_FORMAT
 
 
+def exit_with(status: int) -> NoReturn:
+    """End the program with ``status``. Its command has said what it did (a JSON line last); Ray and MLflow still shut
+    down at exit (a few seconds): a Ctrl+C or SIGTERM then ends the process at once with that status (Ray's own
+    processes end with it), instead of a KeyboardInterrupt traceback from inside Python's teardown."""
+
+    def now(*_: Any) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(status)
+
+    signal.signal(signal.SIGINT, now)
+    signal.signal(signal.SIGTERM, now)
+    sys.exit(status)
+
+
+def console() -> NoReturn:
+    """The ``knnmix`` program."""
+    exit_with(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()
