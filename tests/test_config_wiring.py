@@ -515,19 +515,21 @@ def test_every_config_key_has_a_probe():
     assert keys - PROBED == set(), "config keys without a wiring test"
 
 
+class Recording:
+    """A method's config that records which fields its hooks read."""
+
+    def __init__(self, cfg):
+        self.cfg, self.read = cfg, set()
+
+    def __getattr__(self, key):
+        self.read.add(key)
+        return getattr(self.cfg, key)
+
+
 @pytest.mark.parametrize("name", ["ce", "mixup", "selc", "knnmix"])
 def test_each_method_reads_the_method_keys_it_declares(tmp_path, name):
     """``Method.reads`` is what a sweep searching a method.* key is checked against (config.unread_keys): record
     which fields the method's hooks read over a run that reaches every phase (warm-up, correction, mixing)."""
-
-    class Recording:
-        def __init__(self, cfg):
-            self.cfg, self.read = cfg, set()
-
-        def __getattr__(self, key):
-            self.read.add(key)
-            return getattr(self.cfg, key)
-
     run = engine(tmp_path, **{"method.name": name, "method.warmup_epochs": 1, "method.correction_start": 2,
                               "method.correction_period": 1, "method.warmup_penalty": 0.1})
     run.method.cfg = recording = Recording(run.method.cfg)
@@ -540,3 +542,19 @@ def test_each_method_reads_the_method_keys_it_declares(tmp_path, name):
         assert C.unread_keys(run.cfg).keys() >= {f"method.{k}" for k in set(C.flatten(C.MethodConfig())) - {"name"}
                                                  - run.method.reads}
 
+
+def test_knnmix_does_not_read_the_knobs_its_config_turns_off(tmp_path):
+    """No premix mixup (mixup_alpha), a gate without the neighbour vote (vote_k), neighbours from the batch (the bank
+    search): what KnnMix.unread names is what its hooks leave unread over every phase."""
+    run = engine(tmp_path, **{"method.warmup_epochs": 1, "method.correction_start": 3, "method.correction_period": 1,
+                              "method.premix": "ce", "method.correction_gate": "clean_prob",
+                              "method.neighbours": "batch"})
+    run.method.cfg = recording = Recording(run.method.cfg)
+    epochs(run, 4)
+    unread = {key.removeprefix("method."): why for key, why in C.unread_keys(run.cfg).items()
+              if key.startswith("method.")}
+    assert unread == {"mixup_alpha": "knnmix does not read it with method.premix=ce",
+                      "vote_k": "knnmix does not read it with method.correction_gate=clean_prob",
+                      "search": "knnmix does not read it with method.neighbours=batch and method.correction_gate="
+                                "clean_prob"}
+    assert {"k", "temperature", "premix"} <= recording.read and not recording.read & set(unread)

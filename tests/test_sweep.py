@@ -180,6 +180,9 @@ _BAD_CASES = [
      "method.correction_period, method.correction_start); remove it from params"),
     ({"params": {**PARAMS, "method.name": {"type": "choice", "values": ["ce", "mixup"]}}, "start_with": []},
      "params.method.k: no trial would use it: method ce does not read it (it reads no method.* key)"),
+    ({"base": {"config": "digits", "set": {**BASE_SET, "method.correction_gate": "clean_prob"}}, "start_with": [],
+      "params": {**PARAMS, "method.vote_k": {"type": "int", "low": 3, "high": 9}}},
+     "params.method.vote_k: no trial would use it: knnmix does not read it with method.correction_gate=clean_prob"),
     ({"params": {**PARAMS, "optim.restart_period": {"type": "int", "low": 2, "high": 5}}, "start_with": []},
      "params.optim.restart_period: no trial would use it: only cosine_restarts reads it (optim.schedule=cosine)"),
     ({"params": {**PARAMS, "noise.instance_std": {"type": "uniform", "low": 0.05, "high": 0.2}}, "start_with": []},
@@ -216,6 +219,9 @@ def test_a_searched_key_that_only_some_trials_read_is_searched(tmp_path):
     space = SP.load_space(write_space(tmp_path, "b.yaml", noise=["symmetric:0.2", "instance:0.3"], params=std,
                                       start_with=[]))
     assert "noise.instance_std" in space.params
+    votes = {**PARAMS, "method.vote_k": {"type": "int", "low": 3, "high": 9},  # read by the trials of a voting gate
+             "method.correction_gate": {"type": "choice", "values": ["clean_prob", "neighbours"]}}
+    assert "method.vote_k" in SP.load_space(write_space(tmp_path, "c.yaml", params=votes, start_with=[])).params
     # a sweep started before knnmix refused such a space resumes: its folder's space.yaml runs as it started
     saved = space_data(base={"config": "digits", "set": {**BASE_SET, "method.name": "mixup"}})
     assert "method.k" in SP.parse_space(saved, label="space.yaml", root=tmp_path, started=True).params

@@ -92,7 +92,7 @@ def warn_unread(args: argparse.Namespace, configs: Sequence[C.Config]) -> None:
     for item in args.overrides:
         unread = [C.unread_keys(cfg).get(C.parse_override(item)[0]) for cfg in configs]
         if all(unread):
-            warnings.warn(f"--set {item} changes nothing: {unread[0][1]}", KnnmixWarning, stacklevel=2)
+            warnings.warn(f"--set {item} changes nothing: {unread[0]}", KnnmixWarning, stacklevel=2)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

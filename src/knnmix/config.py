@@ -458,33 +458,29 @@ def validate(cfg: Config) -> None:
 
 
 #: The keys whose value decides which other keys are read (:func:`unread_keys`).
-DECIDING_KEYS = ("method.name", "optim.optimizer", "optim.schedule", "noise.spec")
+DECIDING_KEYS = ("method.name", "method.premix", "method.correction_gate", "method.mixture", "method.neighbours",
+                 "optim.optimizer", "optim.schedule", "noise.spec")
 
 
-def unread_keys(cfg: Config) -> dict[str, tuple[str, str]]:
-    """Keys whose value the parts ``cfg`` chooses never read, as ``{key: (the key that decides it, why)}``, e.g.
-    ``optim.momentum: ("optim.optimizer", "only sgd reads it (optim.optimizer=adamw)")``. A sweep that searches one
-    is refused, a ``--set`` of one warns. A registered method whose class does not declare ``reads`` itself (a
-    plug-in, also one subclassing a built-in method) reads every ``method.*`` field."""
-    from knnmix.methods import METHODS
+def unread_keys(cfg: Config) -> dict[str, str]:
+    """Keys whose value the parts ``cfg`` chooses never read, as ``{key: why}``, e.g. ``optim.momentum: "only sgd
+    reads it (optim.optimizer=adamw)"``. A sweep that searches one is refused, a ``--set`` of one warns. The
+    method's own fields are its :meth:`~knnmix.methods.Method.unread` (a plug-in method's factory: none)."""
+    from knnmix.methods import METHODS, Method
 
     o, m, unread = cfg.optim, cfg.method, {}
     factory = METHODS.get(m.name)
-    reads = vars(factory).get("reads") if isinstance(factory, type) else None
-    if reads is not None:
-        its = ", ".join(f"method.{key}" for key in sorted(reads)) or "no method.* key"
-        unread.update({f"method.{f.name}": ("method.name", f"method {m.name} does not read it (it reads {its})")
-                       for f in dataclasses.fields(MethodConfig) if f.name != "name" and f.name not in reads})
+    if isinstance(factory, type) and issubclass(factory, Method):
+        unread.update({f"method.{key}": why for key, why in factory.unread(m).items()})
     if o.optimizer != "sgd":
-        unread.update({f"optim.{key}": ("optim.optimizer", f"only sgd reads it (optim.optimizer={o.optimizer})")
+        unread.update({f"optim.{key}": f"only sgd reads it (optim.optimizer={o.optimizer})"
                        for key in ("momentum", "nesterov")})
     if o.schedule != "cosine_restarts":
-        unread["optim.restart_period"] = ("optim.schedule",
-                                          f"only cosine_restarts reads it (optim.schedule={o.schedule})")
+        unread["optim.restart_period"] = f"only cosine_restarts reads it (optim.schedule={o.schedule})"
     if o.schedule == "constant":
-        unread["optim.min_lr"] = ("optim.schedule", "a constant schedule does not read it")
+        unread["optim.min_lr"] = "a constant schedule does not read it"
     if cfg.noise.spec.split(":")[0].strip().lower() != "instance":  # (as parse_noise_spec reads it)
-        unread["noise.instance_std"] = ("noise.spec", f"only instance noise reads it (noise.spec={cfg.noise.spec})")
+        unread["noise.instance_std"] = f"only instance noise reads it (noise.spec={cfg.noise.spec})"
     return unread
 
 

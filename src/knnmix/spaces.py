@@ -355,12 +355,12 @@ def _validate(space: SearchSpace, root: Path | None, started: bool = False) -> N
     # a searched key that no trial reads (method.k of a mixup sweep) would spend the budget on values nothing uses
     # (each setting's config under every value of the searched keys that decide what is read, e.g. method.name)
     configs = [space.setting_config(setting) for setting in space.settings]
-    for decider in sorted(set(C.DECIDING_KEYS) & set(space.params)):
+    for decider in sorted(set(C.DECIDING_KEYS) & {k for k, p in space.params.items() if p.type == "choice"}):
         configs = [C.replace(cfg, **{decider: v}) for cfg in configs for v in space.params[decider].values or []]
     for key in [] if started else space.params:
         unread = [C.unread_keys(cfg).get(key) for cfg in configs]
         if all(unread):
-            raise ConfigError(f"params.{key}: no trial would use it: {unread[0][1]}; remove it from params "
+            raise ConfigError(f"params.{key}: no trial would use it: {unread[0]}; remove it from params "
                               f"(--set sweep.params.{key}=null)")
 
     # ASHA and the start points

@@ -8,6 +8,7 @@ index-aligned :class:`~knnmix.methods.state.SampleState`.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
@@ -59,9 +60,8 @@ class Method:
     phase = "ce"  # the current epoch's phase, logged with it
     uses_soft_targets = False  # reports label-correction accuracy of argmax t
     uses_clean_prob = False  # reports the clean/noisy split of its clean probabilities
-    #: The ``method.*`` fields (besides ``name``) this method's hooks read, so that a knob it ignores is named as
-    #: such (a sweep searching it is refused, ``--set`` warns); ``None``: every field may be read (knnmix's, or a
-    #: plug-in that does not say).
+    #: The ``method.*`` fields (besides ``name``) this method's hooks read (:meth:`unread`); ``None``: every field
+    #: may be read (knnmix's, or a plug-in that does not say).
     reads: ClassVar[frozenset[str] | None] = None
 
     def __init__(self, cfg: MethodConfig, num_classes: int) -> None:
@@ -79,6 +79,18 @@ class Method:
         """Loss of one batch: ``images`` ``(B, M, C, H, W)`` loaded for ``members`` ``(B, M)``."""
         logits, _ = model(images[:, 0])
         return soft_cross_entropy(logits, targets_of(ctx, members[:, 0], images.device))
+
+    @classmethod
+    def unread(cls, cfg: MethodConfig) -> dict[str, str]:
+        """``{field: why}``: the ``method.*`` fields (besides ``name``) this method does not read under ``cfg``, so
+        that a knob it ignores is named as such (a sweep searching it is refused, ``--set`` warns). By default those
+        outside the :attr:`reads` its own class declares (a subclass that declares none may read every field)."""
+        reads = vars(cls).get("reads")
+        if reads is None:
+            return {}
+        its = ", ".join(f"method.{key}" for key in sorted(reads)) or "no method.* key"
+        return {f.name: f"method {cfg.name} does not read it (it reads {its})" for f in dataclasses.fields(cfg)
+                if f.name != "name" and f.name not in reads}
 
     def schedule_note(self, epochs: int) -> str | None:
         """A warning when a run of ``epochs`` epochs never reaches a phase this method's config asks for."""

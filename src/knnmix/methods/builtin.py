@@ -86,7 +86,19 @@ class KnnMix(Method):
     """
 
     uses_soft_targets = True
-    uses_clean_prob = True  # (reads: every method.* field)
+    uses_clean_prob = True  # (reads: every method.* field but those unread() names for the config)
+
+    @classmethod
+    def unread(cls, cfg: MethodConfig) -> dict[str, str]:
+        if cls is not KnnMix:  # a plug-in's subclass may read them otherwise
+            return {}
+        voting = cfg.correction_gate in phases.VOTING_GATES
+        off = {"mixup_alpha": cfg.premix != "mixup" and f"method.premix={cfg.premix}",
+               "vote_k": not voting and f"method.correction_gate={cfg.correction_gate}",
+               "mixture_min_class": cfg.mixture == "global" and "method.mixture=global",
+               "search": cfg.neighbours == "batch" and not voting
+               and f"method.neighbours=batch and method.correction_gate={cfg.correction_gate}"}
+        return {key: f"knnmix does not read it with {why}" for key, why in off.items() if why}
 
     def __init__(self, cfg: MethodConfig, num_classes: int) -> None:
         super().__init__(cfg, num_classes)
