@@ -234,7 +234,7 @@ def test_in_process_run_writes_checkpoints_reports_metrics_and_returns_the_summa
     assert not torch.all(a["state"]["clean_prob"] == 1.0)  # the state is not the initial one
 
 
-def test_a_copied_run_folder_resumes_into_its_own_ray_train_storage(tmp_path):
+def test_a_copied_run_folder_resumes_into_its_own_ray_train_storage(tmp_path, capsys):
     """config.yaml keeps the derived storage path and name unset: a copy resumed with its own out (as
     `knnmix train --out copy --resume` does, from copy/config.yaml) neither reads nor evicts the original's."""
     fit(digits_cfg(tmp_path / "run", epochs=2, **{"data.train_subset": 300}), num_workers=0)
@@ -242,7 +242,9 @@ def test_a_copied_run_folder_resumes_into_its_own_ray_train_storage(tmp_path):
     before = sorted(p.name for p in (tmp_path / "run" / "ray" / "run").iterdir())
     saved = C.load(tmp_path / "copy" / "config.yaml")
     assert saved.distributed.storage_path is None and saved.distributed.name is None
+    capsys.readouterr()
     fit(C.replace(saved, out=str(tmp_path / "copy"), epochs=4), resume=True, num_workers=0)
+    assert capsys.readouterr().out.startswith("resumed after epoch 2\n")  # as a resume in one process says
     assert sorted(p.name for p in (tmp_path / "run" / "ray" / "run").iterdir()) == before  # the original's, as was
     assert (tmp_path / "copy" / "ray" / "copy" / checkpoint_dir_name(4)).is_dir()
     assert json.loads((tmp_path / "copy" / "summary.json").read_text())["epochs"] == 4

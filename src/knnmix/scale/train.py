@@ -119,10 +119,8 @@ def train_distributed(cfg: C.Config, *, resume: bool = False, overwrite: bool = 
         return fit(cfg, resume=resume, overwrite=overwrite).summary
 
 
-def fit(
-    cfg: C.Config, *, resume: bool = False, overwrite: bool = False, num_workers: int | None = None,
-    callbacks: list[Any] | None = None, verbose: bool = False,
-) -> DistributedRun:
+def fit(cfg: C.Config, *, resume: bool = False, overwrite: bool = False, num_workers: int | None = None,
+        callbacks: list[Any] | None = None, verbose: bool = False) -> DistributedRun:
     """Run ``cfg`` on Ray Train (``num_workers=0``: the worker function in-process, for tests); ``callbacks`` are
     extra Ray Train callbacks (a sweep trial passes Ray Tune's ``TuneReportCallback``)."""
     from ray.train import TrainingFailedError
@@ -406,6 +404,8 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     run = E.build_run(cfg, dist=D.current(), device=ray.train.torch.get_device())
     folder = RunFolder(cfg.out)
     redo = start_or_restore(run, folder, ray.train.get_checkpoint(), loop_config["resume"])
+    if run.dist.is_main and run.epoch:  # restored (a resume, or a restart after a worker failure): as in one process
+        say(f"resumed after epoch {run.epoch}")
     summary = E.fit(run, folder if run.dist.is_main else None, echo=say,
                     on_epoch=report_epoch(ray.train.report, ray.train.Checkpoint, keep_in=loop_config.get("keep_in"),
                                           redo=redo))
