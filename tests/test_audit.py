@@ -164,12 +164,16 @@ def test_audit_chooses_the_image_size_from_the_images_and_estimates_the_time_lef
 
     root = _tiny_folder(tmp_path / "folder")
     out = tmp_path / "audit"
-    code = main(["audit", str(root), "--epochs", "2", "--out", str(out), "--set", "method.warmup_epochs=1",
-                 "--set", "method.correction_start=2", "--set", "threads=1"])
+    from knnmix.errors import KnnmixWarning
+
+    with pytest.warns(KnnmixWarning, match=r"--set optim.restart_period=3 changes nothing: only cosine_restarts"):
+        code = main(["audit", str(root), "--epochs", "2", "--out", str(out), "--set", "method.warmup_epochs=1",
+                     "--set", "method.correction_start=2", "--set", "threads=1", "--set", "optim.restart_period=3"])
     assert code == 0
     printed = capsys.readouterr().out
     saved = yaml.safe_load((out / "config.yaml").read_text())  # 12 px images: 32 px and the small CNN, not 224/ResNet-50
     assert saved["data"]["image_size"] == 32 and saved["model"]["name"] == "small_cnn"
+    assert "test, 32x32 px), noise" in printed.splitlines()[0]  # the run's first line shows the size chosen
     epoch_lines = [line for line in printed.splitlines() if line.startswith("epoch")]
     assert len(epoch_lines) == 2 and re.search(r"~\d+m\d\ds left$", epoch_lines[0])  # the time left
     assert not epoch_lines[1].endswith("left")

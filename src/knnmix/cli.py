@@ -223,6 +223,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         found = "is a file, not a folder of images" if folder.exists() else "does not exist"
         raise KnnmixError(f"data folder {args.data!r} {found}")
     cfg = load_config(args)
+    warn_unread(args, [cfg])
     summary = run_training(cfg, args)
     print(audit_report(Path(cfg.out) / "label_issues.csv", summary, args.show))
     return 0
