@@ -136,7 +136,8 @@ _BAD_CASES = [
      "params.method.k.low: only for types int, uniform and loguniform, not choice"),
     ({"params": {"optim.lr": {"type": "uniform", "low": float("nan"), "high": 0.1}}},
      "params.optim.lr.low: expected a finite number, got nan (float)"),  # was 'expected an integer'
-    ({"params": {"out": {"type": "choice", "values": ["x"]}}}, "params.out: out is set by the sweep"),
+    ({"params": {"out": {"type": "choice", "values": ["x"]}}}, "params.out: out is set by the sweep, not searched (the "
+                                                               "same for every trial: base.set or --set)"),
     ({"params": {"distributed.workers": {"type": "choice", "values": [1]}}},
      "params.distributed.workers: distributed.workers is set by the sweep"),
     ({"params": {"method.premix": {"type": "choice", "values": ["knn", "cutmix"]}}},
@@ -150,7 +151,7 @@ _BAD_CASES = [
     ({"noise": []}, "noise: expected a non-empty list of noise specs"),
     ({"noise": [{"spec": "symmetric:0.2", "set": {"out": "x"}}]}, "noise[0].set: noise.spec, out and threads are set"),
     ({"noise": [{"spec": "symmetric:0.2", "set": {"method.k": 9}}]},  # was silently replaced by the sampled k
-     "noise[0].set: method.k: searched, so a setting cannot fix them"),
+     "noise[0].set: method.k: searched, so a noise setting cannot fix it; remove it from the setting's set"),
     ({"noise": ["symmetric:0.2", {"spec": "symmetric:0.5", "set": {"distributed.workers": 2}}]},  # the sweep hung
      "noise[1].set: distributed.* keys are the sweep's"),
     ({"base": {"config": "digits", "set": {**BASE_SET, "out": "x"}}},  # --set out=X: was silently ignored
@@ -179,7 +180,8 @@ _BAD_CASES = [
      "params.method.k: no trial would use it: method selc does not read it (it reads method.correction_momentum, "
      "method.correction_period, method.correction_start); remove it from params"),
     ({"params": {**PARAMS, "method.name": {"type": "choice", "values": ["ce", "mixup"]}}, "start_with": []},
-     "params.method.k: no trial would use it: method ce does not read it (it reads no method.* key)"),
+     "params.method.k: no trial would use it: method ce does not read it (it reads no method.* key); method mixup "
+     "does not read it (it reads method.mixup_alpha); remove it"),
     ({"base": {"config": "digits", "set": {**BASE_SET, "method.correction_gate": "clean_prob"}}, "start_with": [],
       "params": {**PARAMS, "method.vote_k": {"type": "int", "low": 3, "high": 9}}},
      "params.method.vote_k: no trial would use it: knnmix does not read it with method.correction_gate=clean_prob"),
@@ -187,9 +189,12 @@ _BAD_CASES = [
      "params.optim.restart_period: no trial would use it: only cosine_restarts reads it (optim.schedule=cosine)"),
     ({"params": {**PARAMS, "noise.instance_std": {"type": "uniform", "low": 0.05, "high": 0.2}}, "start_with": []},
      "params.noise.instance_std: no trial would use it: only instance noise reads it (noise.spec=symmetric:0.2)"),
-    ({"start_with": [{**GOOD, "optim.lr": 2.0}]}, "start_with[0].optim.lr: 2.0 is outside loguniform"),
+    ({"start_with": [{**GOOD, "optim.lr": 2.0}]}, "start_with[0].optim.lr: 2.0 is outside loguniform in [1e-05, "
+                                                  "0.1]; give a value inside it, or no start points (--set "
+                                                  "'sweep.start_with=[]')"),
     ({"start_with": [{"method.k": 2}]}, "start_with[0]: gives no value for "),
-    ({"start_with": [{**GOOD, "method.k": 2.0}]}, "start_with[0].method.k: 2.0 is not an integer of int in [1, 3]"),
+    ({"start_with": [{**GOOD, "method.k": 2.0}]}, "start_with[0].method.k: 2.0 is not an integer: write 2 (method.k is "
+                                                  "int in [1, 3])"),
 ]
 
 

@@ -298,7 +298,8 @@ def _validate(space: SearchSpace, root: Path | None, started: bool = False) -> N
         check(not {"noise.spec", "out", "threads"} & set(setting.set), f"{where}.set",
               "noise.spec, out and threads are set by the sweep")
         searched = sorted(set(space.params) & set(setting.set))
-        check(not searched, f"{where}.set", f"{', '.join(searched)}: searched, so a setting cannot fix them")
+        check(not searched, f"{where}.set", f"{', '.join(searched)}: searched, so a noise setting cannot fix it; "
+              "remove it from the setting's set (or from params)")
         check(not any(k.startswith(FIXED_PREFIXES) for k in setting.set), f"{where}.set", "distributed.* keys are "
               "the sweep's (every trial gets the same resources): set them in base.set")
         check(setting.slug not in seen, where, f"{canonical!r} is listed twice (also noise[{seen.get(setting.slug)}])")
@@ -320,7 +321,8 @@ def _validate(space: SearchSpace, root: Path | None, started: bool = False) -> N
         where = f"params.{key}"
         check(key in types, where,
               f"{key!r} is not a config key{did_you_mean(key, types)}; `knnmix config --doc` lists them")
-        check(key not in FIXED_KEYS and not key.startswith(FIXED_PREFIXES), where, f"{key} is set by the sweep")
+        check(key not in FIXED_KEYS and not key.startswith(FIXED_PREFIXES), where, f"{key} is set by the sweep, not "
+              "searched (the same for every trial: base.set or --set)")
         if param.type == "choice":
             check(bool(param.values), f"{where}.values", "expected a non-empty list")
             seen = [(v, type(v)) for v in param.values or []]  # a repeated value would weigh twice in the sampler
@@ -360,7 +362,8 @@ def _validate(space: SearchSpace, root: Path | None, started: bool = False) -> N
     for key in [] if started else space.params:
         unread = [C.unread_keys(cfg).get(key) for cfg in configs]
         if all(unread):
-            raise ConfigError(f"params.{key}: no trial would use it: {unread[0]}; remove it from params "
+            raise ConfigError(f"params.{key}: no trial would use it: {'; '.join(dict.fromkeys(unread))}; remove it "
+                              "from params "
                               f"(--set sweep.params.{key}=null)")
 
     # ASHA and the start points
@@ -379,9 +382,13 @@ def _validate(space: SearchSpace, root: Path | None, started: bool = False) -> N
         check(not missing, f"start_with[{i}]", f"gives no value for {', '.join(missing)}: a start point sets every "
               "searched key")
         for key, value in point.items():
-            whole = space.params[key].type != "int" or not isinstance(value, float)
-            check(_inside(dists[key], value), f"start_with[{i}].{key}",
-                  f"{value!r} is {'outside' if whole else 'not an integer of'} {space.params[key].describe()}")
+            where = space.params[key].describe()
+            if space.params[key].type == "int" and isinstance(value, float):  # 2.0: YAML's float, not an int
+                write = int(value) if value.is_integer() else "an integer"
+                check(_inside(dists[key], value), f"start_with[{i}].{key}",
+                      f"{value!r} is not an integer: write {write} ({key} is {where})")
+            check(_inside(dists[key], value), f"start_with[{i}].{key}", f"{value!r} is outside {where}; give a value "
+                  "inside it, or no start points (--set 'sweep.start_with=[]')")
 
 
 def _inside(dist: Any, value: Any) -> bool:

@@ -136,7 +136,8 @@ def resolve_space(folder: SweepFolder, space_arg: str | None, overrides: list[st
     if space_arg is None and not overrides:
         return saved
     if space_arg is None:
-        raise KnnmixError("--resume with --set needs the space file too (or resume without --set)")
+        raise KnnmixError("--resume continues the space a sweep started with: --set cannot change it (resume without "
+                          "--set; to run a changed space, start it in another --out)")
     given = load_space(space_arg, overrides)
     if shown := C.differences(saved.to_dict(), given.to_dict(), 3):
         raise KnnmixError(f"search space {given.label} differs from the one sweep folder {str(folder.root)!r} was "
@@ -270,8 +271,9 @@ def summary_table(summary: dict[str, Any], reasons: bool = True) -> str:
                      f"{config_text(b.get('params', {})) if b else 'n/a'} |")
     lines.append(f"\nSelected on the noisy-validation accuracy ({METRIC}, best epoch of each completed trial); the "
                  "test accuracy of that epoch is reported only.")
-    lines += [f"registered: {s['noise']}: {s['best']['registered_model']}" for s in summary["settings"]
-              if (s["best"] or {}).get("registered_model")]
+    registered = [f"registered: {s['noise']}: {s['best']['registered_model']}" for s in summary["settings"]
+                  if (s["best"] or {}).get("registered_model")]
+    lines += ["", *registered] if registered else []
     lines += [f"failed: {s['noise']} trial {tid}: {err}" for s in summary["settings"] if reasons
               for tid, err in (s.get("errors") or {}).items()]  # (Tune's own traceback: --verbose)
     return "\n".join(lines)
