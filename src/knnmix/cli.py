@@ -90,7 +90,8 @@ def resume_config(args: argparse.Namespace) -> None:
 def warn_unread(args: argparse.Namespace, configs: Sequence[C.Config]) -> None:
     """A ``--set`` of a key that none of the runs reads (method.k of a ce run) changes nothing: say so."""
     for item in args.overrides:
-        unread = [C.unread_keys(cfg).get(C.parse_override(item)[0]) for cfg in configs]
+        key = C.parse_override(item)[0]
+        unread = [C.unread_keys(cfg).get(key) for cfg in configs]
         if all(unread):
             warnings.warn(f"--set {item} changes nothing: {unread[0]}", KnnmixWarning, stacklevel=2)
 

@@ -356,15 +356,15 @@ def _validate(space: SearchSpace, root: Path | None, started: bool = False) -> N
 
     # a searched key that no trial reads (method.k of a mixup sweep) would spend the budget on values nothing uses
     # (each setting's config under every value of the searched keys that decide what is read, e.g. method.name)
-    configs = [space.setting_config(setting) for setting in space.settings]
-    for decider in sorted(set(C.DECIDING_KEYS) & {k for k, p in space.params.items() if p.type == "choice"}):
-        configs = [C.replace(cfg, **{decider: v}) for cfg in configs for v in space.params[decider].values or []]
-    for key in [] if started else space.params:
-        unread = [C.unread_keys(cfg).get(key) for cfg in configs]
-        if all(unread):
-            raise ConfigError(f"params.{key}: no trial would use it: {'; '.join(dict.fromkeys(unread))}; remove it "
-                              "from params "
-                              f"(--set sweep.params.{key}=null)")
+    if not started:  # (a sweep folder's own space runs as it started)
+        configs = [space.setting_config(setting) for setting in space.settings]
+        for decider in sorted(set(C.DECIDING_KEYS) & {k for k, p in space.params.items() if p.type == "choice"}):
+            configs = [C.replace(cfg, **{decider: v}) for cfg in configs for v in space.params[decider].values or []]
+        for key in space.params:
+            unread = [C.unread_keys(cfg).get(key) for cfg in configs]
+            if all(unread):  # (the message joins every reason: built only then)
+                raise ConfigError(f"params.{key}: no trial would use it: {'; '.join(dict.fromkeys(unread))}; remove "
+                                  f"it from params (--set sweep.params.{key}=null)")
 
     # ASHA and the start points
     a = space.asha
@@ -384,11 +384,12 @@ def _validate(space: SearchSpace, root: Path | None, started: bool = False) -> N
         for key, value in point.items():
             where = space.params[key].describe()
             if space.params[key].type == "int" and isinstance(value, float):  # 2.0: YAML's float, not an int
-                write = int(value) if value.is_integer() else "an integer"
-                check(_inside(dists[key], value), f"start_with[{i}].{key}",
-                      f"{value!r} is not an integer: write {write} ({key} is {where})")
-            check(_inside(dists[key], value), f"start_with[{i}].{key}", f"{value!r} is outside {where}; give a value "
-                  "inside it, or no start points (--set 'sweep.start_with=[]')")
+                need = (f"{value!r} is not an integer: write {int(value) if value.is_integer() else 'an integer'} "
+                        f"({key} is {where})")
+            else:
+                need = (f"{value!r} is outside {where}; give a value inside it, or no start points (--set "
+                        "'sweep.start_with=[]')")
+            check(_inside(dists[key], value), f"start_with[{i}].{key}", need)
 
 
 def _inside(dist: Any, value: Any) -> bool:

@@ -278,16 +278,22 @@ def register_once(store: Store, model_uri: str, run_id: str, name: str) -> None:
     """Register a logged model under ``name`` unless a version of ``name`` from run ``run_id`` exists."""
     import mlflow
 
-    if not any(v.name == name for v in store.client().search_model_versions(f"run_id = '{run_id}'")):
+    if not run_versions(store, name, run_id):
         with fluent(store):
             mlflow.register_model(model_uri, name)
+
+
+def run_versions(store: Store, name: str, run_id: str) -> list[Any]:
+    """The versions of registered model ``name`` logged from run ``run_id`` (found by run id and compared by name:
+    MLflow's filter cannot quote a name with a ' in it)."""
+    return [v for v in store.client().search_model_versions(f"run_id = '{run_id}'") if v.name == name]
 
 
 def registered_version(store: Store, name: str, run_id: str, tags: dict[str, str]) -> str | None:
     """``models:/<name>/<version>`` of the newest version of registered model ``name`` logged from run ``run_id``
     (None if there is none), tagged with ``tags`` (e.g. its noise setting: the registry lists versions, not runs)."""
-    versions = [v for v in store.client().search_model_versions(f"run_id = '{run_id}'") if v.name == name]
-    if not versions:  # (by run id: MLflow's filter cannot quote a name with a ' in it)
+    versions = run_versions(store, name, run_id)
+    if not versions:
         return None
     newest = max(versions, key=lambda v: int(v.version))
     for key, value in tags.items():

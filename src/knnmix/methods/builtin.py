@@ -86,10 +86,11 @@ class KnnMix(Method):
     """
 
     uses_soft_targets = True
-    uses_clean_prob = True  # (reads: every method.* field but those unread() names for the config)
+    uses_clean_prob = True
 
     @classmethod
     def unread(cls, cfg: MethodConfig) -> dict[str, str]:
+        """Every method.* field is read, but those this config turns off."""
         if cls is not KnnMix:  # a plug-in's subclass may read them otherwise
             return {}
         voting = cfg.correction_gate in phases.VOTING_GATES
