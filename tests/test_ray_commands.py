@@ -1,8 +1,8 @@
 """Ray Train runs driven from a shell as users drive them, each on a Ray of its own (the shared local Ray is shut
 down first: one Ray at a time on 2 cores): ``ray job submit`` to a ``ray start`` head node with token authentication,
 Ctrl+C on ``knnmix train --workers 2``, and ``knnmix train`` asking a joined ``ray start`` cluster for more workers
-than it has. A head node is stopped by process id (``ray stop`` would stop every Ray process on the machine, other
-users' included).
+than it has, and knnmix's error line while Ray forwards an actor's output. A head node is stopped by process id
+(``ray stop`` would stop every Ray process on the machine, other users' included).
 """
 
 from __future__ import annotations
@@ -188,3 +188,37 @@ def test_more_workers_than_a_joined_cluster_has_warns_then_gives_up_in_one_line(
     line = (f"knnmix: error: Ray Train could not start distributed.workers=4 in {START_TRIES} start-up tries: the "
             "cluster lacks the CPUs or GPUs (`ray status`)")
     assert line in err.splitlines(), err[-3000:]
+
+
+def test_the_error_line_is_whole_and_last_while_ray_forwards_an_actors_output(ray_session, capfd):
+    """Ray prints its actors' lines from a thread of its own (Ray Train runs with them forwarded): a placement-group
+    cleaner's traceback once ran into knnmix's error line and broke the test above. The line now comes after them."""
+    import ray
+
+    from knnmix.cli import guarded
+    from knnmix.errors import KnnmixError
+    from knnmix.scale import ray_env
+
+    ray.shutdown()
+    ray_env.ensure_ray(num_cpus=2, log_to_driver=True)
+
+    @ray.remote(num_cpus=0)
+    def chatter() -> None:
+        while True:
+            print("chatter " * 30, file=sys.stderr, flush=True)
+            time.sleep(0.005)
+
+    chatter.remote()
+    seen, end = "", time.time() + 60
+    while "chatter" not in seen:
+        assert time.time() < end, "no actor output reached the driver"
+        time.sleep(0.2)
+        seen += capfd.readouterr().err
+
+    def fails() -> int:
+        raise KnnmixError("the cluster lacks the CPUs")
+
+    assert guarded(fails) == 2
+    time.sleep(1.0)  # forwarded lines arrive within a few hundred ms
+    err = capfd.readouterr().err
+    assert err.splitlines()[-1] == "knnmix: error: the cluster lacks the CPUs", err[-500:]

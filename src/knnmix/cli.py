@@ -415,19 +415,28 @@ def guarded(command: Callable[[], int], interrupted: str = "") -> int:
     try:
         return int(command())
     except KnnmixError as exc:
-        print(f"knnmix: error: {exc}", file=sys.stderr)
-        return 2
+        return error_line(str(exc))
     except OSError as exc:  # a path that cannot be read or written for a reason its user can mend: the path and why
         if not isinstance(exc.filename, str | os.PathLike) or exc.errno not in USER_FIXABLE:
             raise  # (a file descriptor, or an I/O fault a retry may clear: a traceback)
         paths = " -> ".join(repr(str(f)) for f in (exc.filename, exc.filename2) if f is not None)
-        print(f"knnmix: error: {paths}: {exc.strerror or one_line(exc)}", file=sys.stderr)
-        return 2
+        return error_line(f"{paths}: {exc.strerror or one_line(exc)}")
     except KeyboardInterrupt:
         print(f"knnmix: interrupted{interrupted}", file=sys.stderr)
         return 130
     finally:
         warnings.formatwarning = DEFAULT_WARNING_FORMAT
+
+
+def error_line(message: str) -> int:
+    """Print ``knnmix: error: message`` as the last line of stderr; return status 2. A Ray this process is connected
+    to is left first: its thread that prints the workers' and actors' lines (a placement-group cleaner's traceback
+    after a failed Ray Train start) stops with the connection, so none of them runs into the line or follows it."""
+    ray = sys.modules.get("ray")
+    if getattr(ray, "is_initialized", lambda: False)():
+        ray.shutdown()  # (at exit anyway)
+    print(f"knnmix: error: {message}", file=sys.stderr)
+    return 2
 
 
 def exit_with(status: int) -> NoReturn:
