@@ -190,9 +190,11 @@ def test_more_workers_than_a_joined_cluster_has_warns_then_gives_up_in_one_line(
     assert line in err.splitlines(), err[-3000:]
 
 
-def test_the_error_line_is_whole_and_last_while_ray_forwards_an_actors_output(ray_session, capfd):
+@pytest.mark.parametrize("interrupt", [False, True])
+def test_the_last_line_is_whole_and_last_while_ray_forwards_an_actors_output(ray_session, capfd, interrupt):
     """Ray prints its actors' lines from a thread of its own (Ray Train runs with them forwarded): a placement-group
-    cleaner's traceback once ran into knnmix's error line and broke the test above. The line now comes after them."""
+    cleaner's traceback once ran into knnmix's error line and broke the test above. The error line, and the line of a
+    Ctrl+C, now come after them."""
     import ray
 
     from knnmix.cli import guarded
@@ -216,9 +218,10 @@ def test_the_error_line_is_whole_and_last_while_ray_forwards_an_actors_output(ra
         seen += capfd.readouterr().err
 
     def fails() -> int:
-        raise KnnmixError("the cluster lacks the CPUs")
+        raise KeyboardInterrupt if interrupt else KnnmixError("the cluster lacks the CPUs")
 
-    assert guarded(fails) == 2
+    assert guarded(fails) == (130 if interrupt else 2)
     time.sleep(1.0)  # forwarded lines arrive within a few hundred ms
     err = capfd.readouterr().err
-    assert err.splitlines()[-1] == "knnmix: error: the cluster lacks the CPUs", err[-500:]
+    line = "knnmix: interrupted" if interrupt else "knnmix: error: the cluster lacks the CPUs"
+    assert err.splitlines()[-1] == line, err[-500:]

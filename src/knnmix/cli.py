@@ -415,28 +415,36 @@ def guarded(command: Callable[[], int], interrupted: str = "") -> int:
     try:
         return int(command())
     except KnnmixError as exc:
-        return error_line(str(exc))
+        return last_line(f"knnmix: error: {exc}", 2)
     except OSError as exc:  # a path that cannot be read or written for a reason its user can mend: the path and why
         if not isinstance(exc.filename, str | os.PathLike) or exc.errno not in USER_FIXABLE:
             raise  # (a file descriptor, or an I/O fault a retry may clear: a traceback)
         paths = " -> ".join(repr(str(f)) for f in (exc.filename, exc.filename2) if f is not None)
-        return error_line(f"{paths}: {exc.strerror or one_line(exc)}")
+        return last_line(f"knnmix: error: {paths}: {exc.strerror or one_line(exc)}", 2)
     except KeyboardInterrupt:
-        print(f"knnmix: interrupted{interrupted}", file=sys.stderr)
-        return 130
+        return last_line(f"knnmix: interrupted{interrupted}", 130)
     finally:
         warnings.formatwarning = DEFAULT_WARNING_FORMAT
 
 
-def error_line(message: str) -> int:
-    """Print ``knnmix: error: message`` as the last line of stderr; return status 2. A Ray this process is connected
-    to is left first: its thread that prints the workers' and actors' lines (a placement-group cleaner's traceback
-    after a failed Ray Train start) stops with the connection, so none of them runs into the line or follows it."""
+def last_line(line: str, status: int) -> int:
+    """Print ``line`` as the last line of stderr and return ``status``. A Ray this process is connected to is left
+    first: its thread that prints the workers' and actors' lines (a placement-group cleaner's traceback after a
+    failed Ray Train start) stops with the connection, so none of them runs into the line or follows it. Another
+    Ctrl+C meanwhile prints the line and ends the program at once."""
     ray = sys.modules.get("ray")
     if getattr(ray, "is_initialized", lambda: False)():
-        ray.shutdown()  # (at exit anyway)
-    print(f"knnmix: error: {message}", file=sys.stderr)
-    return 2
+        def now(*_: Any) -> None:
+            print(line, file=sys.stderr, flush=True)
+            os._exit(status)
+
+        before = signal.signal(signal.SIGINT, now)
+        try:
+            ray.shutdown()  # (at exit anyway)
+        finally:
+            signal.signal(signal.SIGINT, before if before is not None else signal.SIG_DFL)
+    print(line, file=sys.stderr)
+    return status
 
 
 def exit_with(status: int) -> NoReturn:
