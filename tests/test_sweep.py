@@ -98,6 +98,12 @@ def test_set_overrides_reach_the_base_run_and_the_space(tmp_path):
                                     "low, high, step, log, values) (did you mean 'high'?)"),
     ("sweep.params.method.kk.high=3", "--set sweep.params.method.kk.high: 'method.kk' is not searched in this space "
                                       "(it searches method.k, "),  # and "params.method.kk.type: missing (required)"
+    # the base run's keys: were "search space space.yaml: base: unknown config key ...", as if the file's
+    ("optim.lrr=0.1", "--set optim.lrr=0.1: unknown config key 'optim.lrr' (did you mean 'optim.lr'?)"),
+    ("epochs=abc", "--set epochs=abc: epochs: expected an integer, got 'abc' (str)"),
+    ("noise.spec=none", "--set noise.spec=none: set by the sweep for each trial (--out names the sweep's folder, a "
+                        "setting its noise.spec; a trial's threads are distributed.cpus_per_worker); --set "
+                        "'sweep.noise=[none]' chooses the noise settings"),
 ])
 def test_a_misspelt_search_override_names_its_mistake(tmp_path, override, message):
     with pytest.raises(ConfigError) as err:

@@ -38,6 +38,8 @@ FIXED_KEYS = ("out", "noise.spec", "epochs", "device", "threads", "checkpoint_ev
 FIXED_PREFIXES = ("distributed.",)
 #: Config keys the sweep writes into every trial's config (a value in base.set would be silently replaced).
 TRIAL_KEYS = ("out", "noise.spec", "threads", "distributed.name", "distributed.storage_path")
+SET_BY_THE_SWEEP = ("set by the sweep for each trial (--out names the sweep's folder, a setting its noise.spec; a "
+                    "trial's threads are distributed.cpus_per_worker)")
 SHIPPED_VALIDATION = ("clothing1m", "webvision")  # datasets with their own validation split
 
 
@@ -203,6 +205,12 @@ def load_space(path: str | Path, overrides: list[str] | None = None) -> SearchSp
     data.setdefault("name", p.stem)
     for item in overrides or []:
         key, value = C.parse_override(item)
+        if not key.startswith(SPACE_PREFIX):  # an unknown key or a wrong type is the flag's, not the file's `base:`
+            if key in TRIAL_KEYS:
+                noise = f"; --set 'sweep.noise=[{value}]' chooses the noise settings" if key == "noise.spec" else ""
+                raise ConfigError(f"--set {item}: {SET_BY_THE_SWEEP}{noise}")
+            C.set_dotted(alone := {}, key, value)
+            C.as_config_error(f"--set {item}", lambda: C._build(C.Config, alone, ""))  # noqa: B023 (called at once)
         _set_space_field(data, key[len(SPACE_PREFIX):] if key.startswith(SPACE_PREFIX) else f"base.set.{key}", value)
     return parse_space(data, label=p.name, root=p.parent)
 
@@ -276,8 +284,7 @@ def _validate(space: SearchSpace, root: Path | None, started: bool = False) -> N
     space.base.config = _base_path(space.base.config, root)
     space.base.set = flat_keys(space.base.set, "base.set")
     fixed = sorted(set(space.base.set) & set(TRIAL_KEYS))
-    check(not fixed, "base.set", f"{', '.join(fixed)}: set by the sweep for each trial (--out names the sweep's "
-          "folder, a setting its noise.spec; a trial's threads are distributed.cpus_per_worker)")
+    check(not fixed, "base.set", f"{', '.join(fixed)}: {SET_BY_THE_SWEEP}")
     base = C.as_config_error("base", space.base_config)
 
     def validated(cfg: C.Config, where: str) -> None:  # every trial reports val_acc (else Tune's traceback)
