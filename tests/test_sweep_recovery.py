@@ -55,10 +55,12 @@ def test_a_resumed_sweep_prints_each_trials_line(local_ray, tmp_path, caplog):
     stopped = statuses()  # MLflow's convention after Ctrl+C (was RUNNING for good): KILLED, the ended trial FINISHED
     assert sorted(stopped.values()) == ["FINISHED", "KILLED", "KILLED"] + ["KILLED"] * (len(stopped) == 4), stopped
     assert stopped["sweep"] == stopped["noise_setting"] == "KILLED"
+    assert json.loads((out / "sweep_state.json").read_text())["status"] == "stopped"  # was "running"
     resumed: list[str] = []
     S.run_sweep(space, out, resume=True, echo=resumed.append)
     assert [x.split(" after ")[0].split()[:2] for x in resumed if x.lstrip().startswith("trial")] == [["trial", "2/2"]]
     assert set(statuses().values()) == {"FINISHED"} and len(statuses()) == 4
+    assert json.loads((out / "sweep_state.json").read_text())["status"] == "done"
 
 
 @pytest.mark.slow

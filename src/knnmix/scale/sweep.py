@@ -236,8 +236,7 @@ def collect_trials(folder: SweepFolder) -> list[TrialRecord]:
         out.append(TrialRecord(
             trial_id=trial.trial_id, status=str(trial.status), slug=slug, params=sampled_values(trial.config),
             run_folder=run, records=reported(run, T.last_epoch(trial) or math.inf),  # no result seen: every epoch
-            completed=(run / SUMMARY).exists() and not failed, error=_error_line(trial) if failed else None,
-        ))
+            completed=(run / SUMMARY).exists() and not failed, error=_error_line(trial) if failed else None))
     return out
 
 
@@ -293,7 +292,7 @@ def run_sweep(
             state = {**new_state(space, store), "folder": str(folder.root)}  # Tune's state names it: not moved
         ml = T.open_sweep_runs(store, space, settings, state["mlflow"], folder.file(SPACE_FILE), experiment_id)
         with T.ended_on_failure(store, ml):  # its runs KILLED / FAILED, not RUNNING for good
-            write_state(folder, state)
+            write_state(folder, state := {**state, "status": "running"})  # (again, after a stop)
 
             concurrency = max_concurrent(space, first, ray.cluster_resources())
             payload = {"configs": {k: C.to_dict(v) for k, v in configs.items()}, "root": str(folder.root),
@@ -334,6 +333,7 @@ def run_sweep(
             trials = collect_trials(folder)
             ended = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
             if len(ended) < total:  # Tune returns normally after Ctrl+C (it saved its state first)
+                write_state(folder, {**state, "status": "stopped"})
                 say(f"\nsweep stopped ({len(ended)} of {total} trials ended); continue it with:\n"
                     f"  {command} --resume --out {folder.root}")
                 raise KeyboardInterrupt
