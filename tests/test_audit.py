@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import re
+from contextlib import chdir
 from pathlib import Path
 
 import numpy as np
@@ -182,3 +183,23 @@ def test_audit_chooses_the_image_size_from_the_images_and_estimates_the_time_lef
                  "--set", "method.warmup_epochs=1", "--set", "method.correction_start=2", "--set", "threads=1"])
     assert code == 0
     assert yaml.safe_load((out / "config.yaml").read_text())["data"]["image_size"] == 16  # the user's choice
+
+
+def test_audit_resume_continues_the_run_as_it_was_started_and_says_when_it_trains_further(tmp_path, capsys):
+    """`knnmix audit DIR --epochs 2 --set ...` then `knnmix audit DIR --resume` trained on to the audit preset's 30
+    epochs without a word (the preset stood in for the run's own config.yaml), or refused the run's own --set keys
+    as "a different config"."""
+    root = _tiny_folder(tmp_path / "folder")
+    out = tmp_path / "runs" / "audit"
+    start = ["audit", str(root), "--epochs", "1", "--set", "data.val_fraction=0.2", "--set", "threads=1"]
+    assert main([*start, "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["audit", str(root), "--out", str(out), "--resume"]) == 0  # the same run: nothing left to train
+    printed = capsys.readouterr().out
+    assert "resumed after epoch 1\n" in printed and not any(x.startswith("epoch") for x in printed.splitlines())
+    with chdir(tmp_path):  # without --out: the audit preset's runs/audit, not train's runs/knnmix
+        assert main(["audit", str(root), "--resume", "--epochs", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert ("resumed after epoch 1; the run was set to end at epoch 1 and now trains to epoch 2 (epochs 1 -> 2)"
+            in printed.splitlines()), printed
+    assert [x.split()[1] for x in printed.splitlines() if x.startswith("epoch")] == ["2/2"]

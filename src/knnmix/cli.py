@@ -75,11 +75,11 @@ def load_config(args: argparse.Namespace) -> C.Config:
     return C.replace(cfg, out=os.path.expanduser(cfg.out)) if cfg.out.startswith("~") else cfg
 
 
-def resume_config(args: argparse.Namespace) -> None:
+def resume_config(args: argparse.Namespace, default_out: str = C.Config().out) -> None:
     """Resuming: the run folder's ``config.yaml`` is the config unless ``--config`` names one (the run folder:
-    ``--set out=DIR``, the last one, beats ``--out DIR``, as in :func:`load_config`)."""
+    ``--set out=DIR``, the last one, beats ``--out DIR``, then ``default_out``, as in :func:`load_config`)."""
     outs = [value for key, value in map(C.parse_override, args.overrides) if key == "out"]
-    saved = Path(str(outs[-1] if outs else args.out or C.Config().out)).expanduser() / "config.yaml"
+    saved = Path(str(outs[-1] if outs else args.out or default_out)).expanduser() / "config.yaml"
     if saved.exists() and not args.config:
         args.config = str(saved)
     elif not args.config and saved.with_name("checkpoint.pt").exists():  # else: every key "changed" to its default
@@ -223,6 +223,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.dataset is None and not args.labels and not folder.is_dir():
         found = "is a file, not a folder of images" if folder.exists() else "does not exist"
         raise KnnmixError(f"data folder {args.data!r} {found}")
+    if args.resume and not args.config:  # the run's own config.yaml (its epochs, its --set), as train resumes
+        resume_config(args, C.load("audit").out)
+    args.config = args.config or "audit"  # the embedded audit preset unless --config names another
     cfg = load_config(args)
     warn_unread(args, [cfg])
     summary = run_training(cfg, args)
@@ -351,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", help="a folder or CSV with trusted labels, reported as the test split (data.test_root)")
     p.add_argument("--show", type=int, default=10, help="suspects printed on the terminal (default 10)")
     _add_run_options(p, resume="the audit run")
-    p.set_defaults(func=cmd_audit, config="audit")  # the embedded audit preset unless --config names another
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser(
         "sweep",

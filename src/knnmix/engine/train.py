@@ -72,7 +72,15 @@ class Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "val_acc": None, "test_acc": None})
     best_weights: dict[str, Tensor] | None = None  # only when test_every skipped the selected epoch
+    resumed_epochs: int | None = None  # restored from a checkpoint: the epochs its run was set to
     loaders: dict[tuple[LabelledDataset, bool], BatchLoader] = field(default_factory=dict)
+
+    def resumed_line(self) -> str:
+        """"resumed after epoch 2", and when this run goes further than the checkpoint's was set to, by how much."""
+        if self.resumed_epochs in (None, self.cfg.epochs):
+            return f"resumed after epoch {self.epoch}"
+        return (f"resumed after epoch {self.epoch}; the run was set to end at epoch {self.resumed_epochs} and now "
+                f"trains to epoch {self.cfg.epochs} (epochs {self.resumed_epochs} -> {self.cfg.epochs})")
 
     def close_loaders(self) -> None:
         """Stop the data loaders' worker processes (:meth:`BatchLoader.close`); a later pass makes new loaders."""
@@ -590,6 +598,7 @@ def _restore(run: Run, ckpt: dict[str, Any]) -> None:
     run.epoch, run.history = epoch, history
     run.best = dict(ckpt["best"])
     run.best_weights = ckpt.get("best_weights")
+    run.resumed_epochs = ckpt["config"].get("epochs")
     set_rng_state(ckpt["rng"])
 
 
@@ -639,7 +648,7 @@ def train(
             restore(run, folder.load_checkpoint(), str(folder.file(CHECKPOINT)))
             folder.resumed(run.cfg, run.epoch, run.history)
             if echo:
-                echo(f"resumed after epoch {run.epoch}")
+                echo(run.resumed_line())
         else:
             folder.start(run.cfg, run.splits.noisy_labels_record())
         return fit(run, folder, echo=echo, on_epoch=on_epoch)

@@ -405,7 +405,7 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     folder = RunFolder(cfg.out)
     redo = start_or_restore(run, folder, ray.train.get_checkpoint(), loop_config["resume"])
     if run.dist.is_main and run.epoch:  # restored (a resume, or a restart after a worker failure): as in one process
-        say(f"resumed after epoch {run.epoch}")
+        say(run.resumed_line())
     summary = E.fit(run, folder if run.dist.is_main else None, echo=say,
                     on_epoch=report_epoch(ray.train.report, ray.train.Checkpoint, keep_in=loop_config.get("keep_in"),
                                           redo=redo))
