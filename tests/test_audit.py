@@ -203,3 +203,24 @@ def test_audit_resume_continues_the_run_as_it_was_started_and_says_when_it_train
     assert ("resumed after epoch 1; the run was set to end at epoch 1 and now trains to epoch 2 (epochs 1 -> 2)"
             in printed.splitlines()), printed
     assert [x.split()[1] for x in printed.splitlines() if x.startswith("epoch")] == ["2/2"]
+
+
+def test_a_run_folder_inside_the_image_folder_is_refused_and_none_is_left_there(tmp_path, capsys):
+    """`cd images && knnmix audit .` read its own run folder (./runs/audit) as a class, refused as one that "holds no
+    images: 'runs'", and left ./runs behind; an earlier run's folder under a class folder was trained on as images
+    of that class (its label_issues.png)."""
+    root = _tiny_folder(tmp_path / "folder")
+    with chdir(root):
+        assert main(["audit", ".", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"1 folders under {root} are knnmix run folders (this run's --out, or an earlier run's)" in err and \
+        err.rstrip().endswith(": runs/audit"), err
+    assert sorted(p.name for p in root.iterdir()) == ["c0", "c1"]  # nothing left behind
+    (root / "c1" / "old").mkdir()  # an earlier run's folder, finished
+    for name in (".lock", "config.yaml", "label_issues.png"):
+        (root / "c1" / "old" / name).write_text("")
+    capsys.readouterr()
+    assert main(["audit", str(root), "--epochs", "1", "--out", str(tmp_path / "audit")]) == 2
+    assert capsys.readouterr().err.rstrip().endswith("give --out outside the image folder, and move earlier runs out "
+                                                      "of it: c1/old")
+    assert not (tmp_path / "audit").exists()

@@ -121,14 +121,21 @@ def find_images(dataset: str, root: str, folders: dict[str, int]) -> tuple[list[
     HEIC) and images in other formats (:data:`OTHER_IMAGE_EXTENSIONS`, e.g. TGA) are left out with a warning each.
     Keys are relative to ``root``, in the order of ``folders``, sorted within each folder.
     """
+    from knnmix.engine.checkpoint import CONFIG, LOCK
+
     seen: dict[str, str] = {}  # real path of each folder entered -> its key below root
     again: list[str] = []  # "key (= first key)" of folders reached a second time
+    runs: list[str] = []  # knnmix run folders: the lock file and the config, or the lock alone (the run starting)
     found, unread, other = [], [], []
     for rank, (top, label) in enumerate(folders.items()):
         for folder, dirs, files in os.walk(os.path.join(root, top), followlinks=True):
             key = os.path.relpath(folder, root)
             if seen.setdefault(os.path.realpath(folder), key) != key:
                 again.append(f"{key} (= {seen[os.path.realpath(folder)]})")
+                dirs.clear()
+                continue
+            if LOCK in files and (CONFIG in files or not dirs and files == [LOCK]):
+                runs.append(key)
                 dirs.clear()
                 continue
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # (sorted: the same error every time)
@@ -138,6 +145,9 @@ def find_images(dataset: str, root: str, folders: dict[str, int]) -> tuple[list[
                        if not f.startswith(".") and f.lower().endswith(UNREAD_IMAGE_EXTENSIONS)]
             other += [os.path.join(key, f) for f in files
                       if not f.startswith(".") and f.lower().endswith(OTHER_IMAGE_EXTENSIONS)]
+    refuse(runs, f"{dataset}: {len(runs)} folders under {root} are knnmix run folders (this run's --out, or an "
+                 "earlier run's), not images of a class: give --out outside the image folder, and move earlier runs "
+                 "out of it")
     refuse(again, f"{dataset}: remove the symbolic links through which {len(again)} folders under {root} are reached "
                   "a second time (a link loop, or two links to one folder)")
     if unread:

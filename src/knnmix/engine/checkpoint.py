@@ -14,6 +14,7 @@ runs never write into one folder.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -271,10 +272,11 @@ def folder_lock(path: str | Path, what: str = "run folder") -> Iterator[None]:
 
     A second process asking for the same folder gets a one-line :class:`KnnmixError` naming the holder. The lock is
     an ``flock`` on ``<path>/.lock``: the kernel releases it when the holder exits, even by SIGKILL. A folder this
-    call created is removed again when the body fails before writing anything into it (e.g. nothing to resume).
+    call created (with the folders it made above it) is removed again when the body fails before writing anything
+    into it (e.g. nothing to resume).
     """
     p = Path(path)
-    created = not p.exists()
+    created = next((q for q in [*reversed(p.absolute().parents), p.absolute()] if not q.exists()), None)  # the top
     try:
         p.mkdir(parents=True, exist_ok=True)
         fh = open(p / LOCK, "a+")
@@ -296,9 +298,15 @@ def folder_lock(path: str | Path, what: str = "run folder") -> Iterator[None]:
         try:
             yield
         except BaseException:
-            if created and [f.name for f in p.iterdir()] == [LOCK]:
+            if created and [f.name for f in p.iterdir()] == [LOCK]:  # and the folders above it this call made
                 (p / LOCK).unlink()
-                p.rmdir()
+                q = p.absolute()
+                with contextlib.suppress(OSError):  # (one another process filled meanwhile stays)
+                    while True:
+                        q.rmdir()
+                        if q == created:
+                            break
+                        q = q.parent
             raise
         finally:
             fh.seek(0)
