@@ -307,6 +307,14 @@ def test_the_best_model_file_rebuilds_its_network_without_the_data(tmp_path):
     assert predictor.classes == [str(c) for c in range(10)] and not predictor.training
     with pytest.raises(KnnmixError, match=r"images must be \(N, 1, 8, 8\) with pixels in \[0, 1\].* got \(3, 1, 28"):
         predictor(torch.rand(3, 1, 28, 28))  # small_cnn pools globally: it answered for any size
+    # images straight from PIL or numpy, or normalised twice: logits without a word, all wrong
+    with pytest.raises(KnnmixError, match=r"floating-point with pixels in \[0, 1\]; got torch.uint8 \(for uint8 "):
+        predictor(torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8))
+    with pytest.raises(KnnmixError, match=r"pixels in \[0, 1\] .*; got values from 0 to 255 \(images of 0-255: x /"):
+        predictor(torch.arange(192.0).view(3, 1, 8, 8) * 255 / 191)
+    with pytest.raises(KnnmixError, match=r"got values from -1.5 to 0.5"):
+        predictor(torch.linspace(-1.5, 0.5, 192).view(3, 1, 8, 8))
+    predictor(torch.full((3, 1, 8, 8), 1.2))  # a resize's overshoot past 1 is fine
     # an edited file is one line naming it, before anything is allocated (10**9 classes would ask for 256 GB)
     payload = torch.load(tmp_path / "run" / "model_best.pt", weights_only=True)
     for change, needle in (({"num_classes": 10**9}, "its weights do not fit the network its model_args describe"),

@@ -78,6 +78,14 @@ class LogitsOnly(nn.Module):
         if shape and tuple(x.shape[1:]) != shape:
             raise KnnmixError(f"images must be (N, {', '.join(map(str, shape))}) with pixels in [0, 1], the size the "
                               f"network trained on; got {tuple(x.shape)}")
+        # uint8 images (from PIL or numpy) or images normalised already gave logits without a word, all wrong
+        if not x.is_floating_point():
+            raise KnnmixError(f"images must be floating-point with pixels in [0, 1]; got {x.dtype} (for uint8 images: "
+                              "x.float() / 255)")
+        low, high = (float(x.amin()), float(x.amax())) if x.numel() else (0.0, 0.0)
+        if low < -0.5 or high > 1.5:
+            raise KnnmixError(f"images must have pixels in [0, 1] (the model normalises them itself); got values from "
+                              f"{low:.3g} to {high:.3g} (images of 0-255: x / 255; normalised ones: the pixels before)")
         return self.net((x * 255.0 - self.mean) * self.inv_std)[0]  # the arithmetic of knnmix.data.base.Normalise
 
 
