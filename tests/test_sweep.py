@@ -177,6 +177,10 @@ _BAD_CASES = [
     ({"base": {"config": "nopreset"}}, "base.config: config 'nopreset' is neither a file nor an embedded preset"),
     ({"base": {"config": "digits", "set": {**BASE_SET, "data.val_fraction": 0.0}}},
      "base.set.data.val_fraction: sweeps select on the noisy-validation accuracy (val_acc)"),
+    ({"base": {"config": "digits", "set": {**BASE_SET, "data.name": "webvision", "data.root": "/w",
+                                           "data.val_fraction": 0.0}}},  # its validation images are its test split
+     "base.set.data.val_fraction: sweeps select on the noisy-validation accuracy (val_acc): use a validation fraction "
+     "> 0 (webvision ships no validation split)"),
     ({"noise": [{"spec": "symmetric:0.2", "set": {"data.val_fraction": 0}}]},  # Tune's traceback at the 1st epoch
      "noise[0].set.data.val_fraction: sweeps select on the noisy-validation accuracy (val_acc)"),
     ({"params": {**PARAMS, "data.val_fraction": {"type": "choice", "values": [0.1, 0.0]}}},

@@ -413,10 +413,17 @@ PATH_KEYS = ("out", "data.root", "data.labels_file", "data.test_root", "noise.ci
 MAX_SEED = 10**8
 
 
+#: Data sets whose loader returns a validation split of their own (a fraction of the training images is not taken).
+SHIPPED_VALIDATION = ("clothing1m",)
+
+
 def validate(cfg: Config) -> None:
     """Range and cross-field checks that need no data. Raises :class:`ConfigError` naming the key."""
     d, o, m, x = cfg.data, cfg.optim, cfg.method, cfg.distributed
     _check(d.val_fraction <= 0.5, "data.val_fraction", d.val_fraction, "use a fraction in [0, 0.5]")
+    if d.name in SHIPPED_VALIDATION and d.val_fraction > 0:  # (the loader would find it out after reading every image)
+        raise ConfigError(f"data.val_fraction={d.val_fraction}: {d.name} ships its own validation split; set "
+                          "data.val_fraction=0")
     for key, (low, strict, note) in LOWER_BOUNDS.items():
         value = operator.attrgetter(key)(cfg)
         _check(value is None or value > low or (value == low and not strict), key, value,

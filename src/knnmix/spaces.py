@@ -40,7 +40,6 @@ FIXED_PREFIXES = ("distributed.",)
 TRIAL_KEYS = ("out", "noise.spec", "threads", "distributed.name", "distributed.storage_path")
 SET_BY_THE_SWEEP = ("set by the sweep for each trial (--out names the sweep's folder, a setting its noise.spec; a "
                     "trial's threads are distributed.cpus_per_worker)")
-SHIPPED_VALIDATION = ("clothing1m", "webvision")  # datasets with their own validation split
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -288,7 +287,7 @@ def _validate(space: SearchSpace, root: Path | None, started: bool = False) -> N
     base = C.as_config_error("base", space.base_config)
 
     def validated(cfg: C.Config, where: str) -> None:  # every trial reports val_acc (else Tune's traceback)
-        check(cfg.data.val_fraction > 0 or cfg.data.name in SHIPPED_VALIDATION, where,
+        check(cfg.data.val_fraction > 0 or cfg.data.name in C.SHIPPED_VALIDATION, where,
               f"sweeps select on the noisy-validation accuracy ({METRIC}): use a validation fraction > 0 "
               f"({cfg.data.name} ships no validation split)")
 
