@@ -770,6 +770,12 @@ def test_clothing1m_splits_and_labels(tmp_path: Path) -> None:
     assert labels_by_path(b.val, b.val_labels) == {k: info["clean"][k] for k in info["val"]}  # clean, not noisy 13
     assert labels_by_path(b.test, b.test_labels) == {k: info["clean"][k] for k in info["test"]}
     assert b.train.load(torch.arange(3), augment=True).shape == (3, 3, 16, 16)
+    from knnmix.engine.report import banner
+    from knnmix.engine.train import build_run
+
+    cfg = C.from_dict({"data": {"name": "clothing1m", "root": str(tmp_path), "val_fraction": 0.0, "image_size": 16},
+                       "model": {"name": "small_cnn"}, "out": str(tmp_path / "run")})
+    assert "(28 train / 3 val of its own / 2 test, 16x16 px)" in banner(build_run(cfg))  # was "3 noisy val": clean
 
 
 def test_clothing1m_errors(tmp_path: Path) -> None:

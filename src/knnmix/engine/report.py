@@ -93,7 +93,8 @@ def banner(run: Run) -> str:
     rate = s.noise.noise_rate if rate is None else rate
     return (
         f"knnmix: {c.method.name} on {c.data.name} ({len(s.train)} train / "
-        f"{len(s.val) if s.val is not None else 0} noisy val / {len(s.test) if s.test is not None else 0} test, "
+        f"{len(s.val) if s.val is not None else 0} {'noisy val' if s.bundle.val is None else 'val of its own'} / "
+        f"{len(s.test) if s.test is not None else 0} test, "
         f"{'x'.join(map(str, s.train.source.shape[1:]))} px), noise {c.noise.spec} (measured {100 * rate:.2f}%), "
         f"{c.model.name}, {c.epochs} epochs, seed {c.seed}, {run.dist.world_size} process(es) on {run.device}"
     )
