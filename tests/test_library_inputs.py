@@ -128,6 +128,10 @@ def test_find_label_issues_refuses_fractional_and_out_of_range_labels():
     assert knnmix.find_label_issues(labels.astype(float), probs)["given_label"].dtype == np.int64
     empty = knnmix.find_label_issues(np.zeros(0, dtype=int), np.zeros((0, 3)))  # 'losses holds no finite value'
     assert all(len(v) == 0 for v in empty.values()) and len(empty) == 7
+    for seed in (-1, 2**32, 1.5, True):  # -1: scikit-learn's InvalidParameterError from inside the mixture fit
+        with pytest.raises(knnmix.KnnmixError, match=rf"seed must be an integer in \[0, 2\*\*32\), got {seed!r}"):
+            knnmix.find_label_issues(labels, probs, seed=seed)
+    assert knnmix.KnnmixError is KnnmixError  # catchable from the package, as the one error its functions raise
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -42,6 +42,8 @@ def find_label_issues(
     labels = _class_labels(labels, "labels", n, c)
     if not 0 < threshold < 1:
         raise KnnmixError(f"threshold must lie in (0, 1), got {threshold}")
+    if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or not 0 <= seed < 2**32:  # scikit-learn's
+        raise KnnmixError(f"seed must be an integer in [0, 2**32), got {seed!r}")
     if corrected_labels is None:
         suggestion = probs.argmax(1)
     else:
