@@ -541,6 +541,10 @@ def test_apply_noise_errors(
 
 def test_cifar_n_missing_file_names_path_and_expected_file(tmp_path: Path) -> None:
     y = balanced_labels(10, 5000)
+    (tmp_path / "given.pt").write_bytes(b"")  # the label file named in place of its folder
+    with pytest.raises(KnnmixError, match=re.escape(f"cifar_n_dir {str(tmp_path / 'given.pt')!r} is a file; give the "
+                                                    "folder that holds CIFAR-10_human.pt")):
+        apply_noise("cifar10n:worse", y, 10, seed=0, family="cifar10", cifar_n_dir=tmp_path / "given.pt")
     expected = f"CIFAR-N label file {tmp_path / 'CIFAR-10_human.pt'} not found: noise spec 'cifar10n:worse' expects "
     with pytest.raises(KnnmixError, match=re.escape(expected + "CIFAR-10_human.pt in cifar_n_dir")):
         apply_noise("cifar10n:worse", y, 10, seed=0, family="cifar10", cifar_n_dir=str(tmp_path))

@@ -116,6 +116,9 @@ def _human_labels(spec: NoiseSpec, inputs: NoiseInputs) -> np.ndarray:
         raise KnnmixError(f"noise spec {str(spec)!r} needs cifar_n_dir, the folder holding {info.filename} "
                           "(CIFAR-N human labels, https://github.com/UCSC-REAL/cifar-10-100n)")
     path = inputs.cifar_n_dir / info.filename
+    if inputs.cifar_n_dir.is_file():  # the label file itself: said ".../CIFAR-10_human.pt/CIFAR-10_human.pt not found"
+        raise KnnmixError(f"cifar_n_dir {str(inputs.cifar_n_dir)!r} is a file; give the folder that holds "
+                          f"{info.filename}")
     if not path.is_file():
         raise KnnmixError(f"CIFAR-N label file {path} not found: noise spec {str(spec)!r} expects {info.filename} in "
                           "cifar_n_dir")
