@@ -398,6 +398,27 @@ def test_csv_class_with_a_single_image_is_a_warning(flat: Path) -> None:
         load_dataset("imagefolder", flat, False, image_size=16, labels_file=str(csv), test_root=str(test_csv))
 
 
+def test_class_names_that_differ_only_in_case_are_a_warning(flat: Path, folder: Path) -> None:
+    """'Cat' among 'cat' rows (or a folder 'Cat' beside 'cat') trained as a class of its own without a word."""
+    rows = ["path,label", "img/0.png,cat", "img/1.png,dog", "img/2.png,Cat", "img/3.png,Cat", "img/4.png,dog"]
+    csv = write_csv(flat / "labels.csv", rows + ["img/5.png,cat"])
+    with pytest.warns(KnnmixWarning) as record:
+        b = load_dataset("imagefolder", flat, False, image_size=16, labels_file=str(csv))
+    assert b.classes == ["Cat", "cat", "dog"]  # still three classes: a warning
+    assert [str(w.message) for w in record] == [
+        f"imagefolder: labels in {csv} differ only in case, each a class of its own: 'Cat' and 'cat'; if they are "
+        "one class, write its label one way (two classes: list every class in classes.txt beside the CSV)"]
+    write_csv(flat / "classes.txt", ["Cat", "cat", "dog"])  # said to be two classes: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_dataset("imagefolder", flat, False, image_size=16, labels_file=str(csv))
+    (folder / "dog").rename(folder / "Dog")
+    write_image(folder / "dog" / "x.png")
+    with pytest.warns(KnnmixWarning, match=rf"class folders under {folder} differ only in case, each a class of its "
+                                           "own: 'Dog' and 'dog'; if they are one class, merge their folders"):
+        load_dataset("imagefolder", folder, False, image_size=16)
+
+
 # ------------------------------------------------------------------------------------------------- image size
 
 

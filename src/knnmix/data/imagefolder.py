@@ -61,10 +61,23 @@ def read_folder(root: str, classes: list[str] | None = None) -> LabelledFiles:
     unknown = [repr(f) for f in folders if f not in classes]
     refuse(unknown, f"{NAME}: {len(unknown)} class folders under {root} are not training classes")
     keys, labels, empty = find_images(NAME, root, {f: classes.index(f) for f in folders})
+    if classes is folders:
+        warn_alike(folders, f"class folders under {root}", "merge their folders")
     refuse([repr(f) for f in empty], f"{NAME}: {len(empty)} class folders under {root} hold no images "
                                      f"({'/'.join(IMAGE_EXTENSIONS)})")
     check_layout(root, folders, keys)
     return LabelledFiles(root, keys, labels, list(classes))
+
+
+def warn_alike(classes: list[str], what: str, fix: str) -> None:
+    """Warn of class names that differ only in case ('Cat' and 'cat'): a typo makes a class of its own."""
+    alike: dict[str, list[str]] = {}
+    for name in classes:
+        alike.setdefault(name.casefold(), []).append(name)
+    twins = [" and ".join(repr(n) for n in names) for names in alike.values() if len(names) > 1]
+    if twins:
+        warnings.warn(f"{NAME}: {what} differ only in case, each a class of its own: {listing(twins)}; if they "
+                      f"are one class, {fix}", KnnmixWarning, stacklevel=4)
 
 
 def check_layout(root: str, folders: list[str], keys: list[str]) -> None:
@@ -191,6 +204,9 @@ def read_csv(csv_path: str, base: str, classes: list[str] | None = None) -> Labe
     refuse(missing, f"{NAME}: {csv_path} names {len(missing)} images missing under {base}")
     counts = np.bincount(labels, minlength=len(classes))
     single = [f"{classes[c]!r} (line {number})" for (number, _, _), c in zip(rows, labels) if counts[c] == 1]
+    if training and listed is None:
+        warn_alike(classes, f"labels in {csv_path}", "write its label one way (two classes: list every class in "
+                   "classes.txt beside the CSV)")
     if training and single:  # a mistyped label in a training CSV becomes a class of its own, with a single image
         warnings.warn(
             f"{NAME}: {len(single)} of {len(classes)} classes in {csv_path} have a single image (a mistyped "
