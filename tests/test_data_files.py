@@ -280,6 +280,13 @@ def test_csv_test_root(flat: Path, tmp_path: Path) -> None:
     write_csv(test_dir / "classes.txt", ["b", "a"])
     with pytest.raises(DataError, match=r"classes.txt differs from the training class list"):
         load_dataset("imagefolder", flat, False, image_size=16, labels_file=str(csv), test_root=str(test_csv))
+    # written as the training CSV is, relative to the training root: "images missing" without a hint
+    meta = write_csv(flat / "meta" / "test.csv", ["path,label", "img/4.png,a", "img/5.png,b"])
+    with pytest.raises(DataError) as e:
+        load_dataset("imagefolder", flat, False, image_size=16, labels_file=str(csv), test_root=str(meta))
+    assert one_line_error(e).startswith(
+        f"imagefolder: {meta} names 2 images missing under {flat / 'meta'} (they are below {flat}, the training root: "
+        "a test CSV's paths are relative to the CSV's own folder; write them so, or absolute): line 2: 'img/4.png'")
 
 
 def test_labels_file_and_test_root_are_looked_up_in_the_working_directory_then_below_the_root(

@@ -159,7 +159,7 @@ def _sorted_labels(labels: set[str], csv_path: str) -> list[str]:
     return sorted(labels, key=int)
 
 
-def read_csv(csv_path: str, base: str, classes: list[str] | None = None) -> LabelledFiles:
+def read_csv(csv_path: str, base: str, classes: list[str] | None = None, near: str | None = None) -> LabelledFiles:
     """CSV mode: rows ``path,label`` of ``csv_path``; relative paths are taken below ``base``.
 
     ``classes`` None: the class list is ``classes.txt`` beside the CSV, else the sorted labels (then a negative
@@ -167,7 +167,7 @@ def read_csv(csv_path: str, base: str, classes: list[str] | None = None) -> Labe
     and a ``classes.txt`` beside the CSV must agree with it. An integer label is a class index only when no class
     name is an integer. Raises a :class:`DataError` listing the first offending lines
     for: malformed rows, a label absent from the class list (or an out-of-range index), a path listed twice, a path
-    naming no file.
+    naming no file (with a hint when every such path names a file below ``near``, the training root).
     """
     rows = _read_rows(csv_path)
     classes_file = os.path.join(os.path.dirname(os.path.abspath(csv_path)), CLASSES_FILE)
@@ -200,8 +200,13 @@ def read_csv(csv_path: str, base: str, classes: list[str] | None = None) -> Labe
     keys = [os.path.normpath(p) for _, p, _ in rows]
     refuse_repeated(NAME, csv_path, [os.path.normpath(os.path.join(base, k)) for k in keys], [n for n, _, _ in rows],
                     "paths", [repr(p) for _, p, _ in rows])
-    missing = [f"line {n}: {p!r}" for (n, p, _), k in zip(rows, keys) if not os.path.isfile(os.path.join(base, k))]
-    refuse(missing, f"{NAME}: {csv_path} names {len(missing)} images missing under {base}")
+    gone = [(n, p, k) for (n, p, _), k in zip(rows, keys) if not os.path.isfile(os.path.join(base, k))]
+    hint = ""
+    if gone and near is not None and all(os.path.isfile(os.path.join(near, k)) for _, _, k in gone):
+        hint = (f" (they are below {near}, the training root: a test CSV's paths are relative to the CSV's own folder; "
+                "write them so, or absolute)")
+    refuse([f"line {n}: {p!r}" for n, p, _ in gone], f"{NAME}: {csv_path} names {len(gone)} images missing under "
+                                                     f"{base}{hint}")
     counts = np.bincount(labels, minlength=len(classes))
     single = [f"{classes[c]!r} (line {number})" for (number, _, _), c in zip(rows, labels) if counts[c] == 1]
     if training and listed is None:
@@ -266,7 +271,7 @@ def load_imagefolder(root: str | None, download: bool, *, image_size: int | None
         if location is None:
             raise DataError(f"{NAME}: data.test_root {test_root} does not exist (nor below {train.base})")
         if os.path.isfile(location):  # a CSV, paths relative to its folder
-            test = read_csv(location, os.path.dirname(location), train.classes)
+            test = read_csv(location, os.path.dirname(location), train.classes, near=train.base)
         else:
             inside = os.path.relpath(os.path.realpath(location), os.path.realpath(train.base)).split(os.sep)[0]
             if not labels_file and inside in train.classes:
