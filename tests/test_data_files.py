@@ -963,3 +963,12 @@ def test_bundles_satisfy_the_contract(tmp_path: Path) -> None:
     assert isinstance(b, DatasetBundle) and b.train_labels.dtype == np.int64
     loaded = b.train.load(torch.arange(len(b.train)), augment=True)
     assert loaded.dtype == torch.float32 and loaded.shape == (9, 3, 16, 16)
+
+
+def test_instance_noise_on_images_read_from_files_says_when_they_are_held_in_memory(folder: Path) -> None:
+    """Said "'imagefolder' is loaded from files", though it runs at 32 px (held in memory): name the condition."""
+    cfg = C.from_dict({"data": {"name": "imagefolder", "root": str(folder), "image_size": 64, "val_fraction": 0},
+                       "noise": {"spec": "instance:0.3"}})
+    with pytest.raises(DataError, match=r"instance noise needs the training images in memory; 'imagefolder' reads "
+                                        r"them from files at data.image_size=64 \(images below 64 px and 2 GiB in all"):
+        build_splits(cfg)

@@ -22,6 +22,7 @@ import numpy as np
 
 from knnmix.config import Config, DataConfig
 from knnmix.data import DatasetBundle, ImageSource, LabelledDataset, TensorSource, load_dataset
+from knnmix.data.files import PRELOAD_MAX_BYTES, SMALL_IMAGE_SIDE
 from knnmix.errors import ConfigError, DataError, listing
 from knnmix.noise import NoiseResult, NoiseSpec, apply_noise, parse_noise_spec
 
@@ -103,7 +104,9 @@ def build_splits(cfg: Config) -> Splits:
     features = None
     if spec.kind == "instance":
         if not isinstance(bundle.train, TensorSource):
-            raise DataError(f"instance noise needs an in-memory dataset; {d.name!r} is loaded from files")
+            raise DataError(f"instance noise needs the training images in memory; {d.name!r} reads them from files "
+                            f"at data.image_size={d.image_size} (images below {SMALL_IMAGE_SIDE} px and "
+                            f"{PRELOAD_MAX_BYTES // 1024**3} GiB in all are held in memory)")
         features = bundle.train.as_float().numpy()
     noise = apply_noise(
         spec, labels, bundle.num_classes, seed=cfg.seed if cfg.noise.seed is None else cfg.noise.seed,
