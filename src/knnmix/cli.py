@@ -239,7 +239,7 @@ def audit_report(csv_path: Path, summary: dict[str, Any], show: int) -> str:
     issues = summary.get("label_issues", {})
     lines = [
         f"{issues.get('flagged', sum(r['is_label_issue'] == '1' for r in rows))} of {len(rows)} labels look wrong "
-        f"(clean probability < 0.5). Most suspect first:",
+        "(clean probability < 0.5 and another class suggested). Most suspect first:",
         "",
         "| rank | item | given | suggested | clean prob | confidence in suggestion |",
         "|---|---|---|---|---|---|",
