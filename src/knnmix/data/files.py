@@ -123,7 +123,7 @@ def find_images(dataset: str, root: str, folders: dict[str, int]) -> tuple[list[
     """
     from knnmix.engine.checkpoint import CONFIG, LOCK
 
-    seen: dict[str, str] = {}  # real path of each folder entered -> its key below root
+    seen = {os.path.realpath(root): "."}  # real path of each folder entered -> its key below root (a link up: ".")
     again: list[str] = []  # "key (= first key)" of folders reached a second time
     runs: list[str] = []  # knnmix run folders: the lock file and the config, or the lock alone (the run starting)
     found, unread, other = [], [], []
