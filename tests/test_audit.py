@@ -224,3 +224,7 @@ def test_a_run_folder_inside_the_image_folder_is_refused_and_none_is_left_there(
     assert capsys.readouterr().err.rstrip().endswith("give --out outside the image folder, and move earlier runs out "
                                                       "of it: c1/old")
     assert not (tmp_path / "audit").exists()
+    from knnmix.data.files import RUN_FOLDER_FILES
+    from knnmix.engine.checkpoint import CONFIG, LOCK
+
+    assert RUN_FOLDER_FILES == (LOCK, CONFIG)  # what the folder walk knows a run folder by is what a run writes

@@ -244,7 +244,8 @@ def test_a_copied_run_folder_resumes_into_its_own_ray_train_storage(tmp_path, ca
     assert saved.distributed.storage_path is None and saved.distributed.name is None
     capsys.readouterr()
     fit(C.replace(saved, out=str(tmp_path / "copy"), epochs=4), resume=True, num_workers=0)
-    assert capsys.readouterr().out.startswith("resumed after epoch 2\n")  # as a resume in one process says
+    assert capsys.readouterr().out.startswith(  # as a resume in one process says
+        "resumed after epoch 2; the run was set to end at epoch 2 and now trains to epoch 4 (epochs 2 -> 4)\n")
     assert sorted(p.name for p in (tmp_path / "run" / "ray" / "run").iterdir()) == before  # the original's, as was
     assert (tmp_path / "copy" / "ray" / "copy" / checkpoint_dir_name(4)).is_dir()
     assert json.loads((tmp_path / "copy" / "summary.json").read_text())["epochs"] == 4

@@ -110,6 +110,11 @@ def require_dir(path: str, dataset: str, what: str = "data root") -> str:
     return path
 
 
+#: The lock file and the config of a knnmix run folder (knnmix.engine.checkpoint's LOCK and CONFIG, which a test
+#: keeps equal to these): :func:`find_images` stops at such a folder, whose files are no images of a class.
+RUN_FOLDER_FILES = (".lock", "config.yaml")
+
+
 def find_images(dataset: str, root: str, folders: dict[str, int]) -> tuple[list[str], np.ndarray, list[str]]:
     """The images below ``root/<folder>/`` of each ``folder -> label``: ``(keys, labels (N,), folders without any)``.
 
@@ -121,8 +126,7 @@ def find_images(dataset: str, root: str, folders: dict[str, int]) -> tuple[list[
     HEIC) and images in other formats (:data:`OTHER_IMAGE_EXTENSIONS`, e.g. TGA) are left out with a warning each.
     Keys are relative to ``root``, in the order of ``folders``, sorted within each folder.
     """
-    from knnmix.engine.checkpoint import CONFIG, LOCK
-
+    lock, config = RUN_FOLDER_FILES
     seen = {os.path.realpath(root): "."}  # real path of each folder entered -> its key below root (a link up: ".")
     again: list[str] = []  # "key (= first key)" of folders reached a second time
     runs: list[str] = []  # knnmix run folders: the lock file and the config, or the lock alone (the run starting)
@@ -134,7 +138,7 @@ def find_images(dataset: str, root: str, folders: dict[str, int]) -> tuple[list[
                 again.append(f"{key} (= {seen[os.path.realpath(folder)]})")
                 dirs.clear()
                 continue
-            if LOCK in files and (CONFIG in files or not dirs and files == [LOCK]):
+            if lock in files and (config in files or not dirs and files == [lock]):
                 runs.append(key)
                 dirs.clear()
                 continue
