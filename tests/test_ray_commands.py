@@ -191,7 +191,8 @@ def test_more_workers_than_a_joined_cluster_has_warns_then_gives_up_in_one_line(
 
 
 @pytest.mark.parametrize("interrupt", [False, True])
-def test_the_last_line_is_whole_and_last_while_ray_forwards_an_actors_output(ray_session, capfd, interrupt):
+def test_the_last_line_is_whole_and_last_while_ray_forwards_an_actors_output(ray_session, capfd, interrupt,
+                                                                             monkeypatch):
     """Ray prints its actors' lines from a thread of its own (Ray Train runs with them forwarded): a placement-group
     cleaner's traceback once ran into knnmix's error line and broke the test above. The error line, and the line of a
     Ctrl+C, now come after them."""
@@ -203,6 +204,7 @@ def test_the_last_line_is_whole_and_last_while_ray_forwards_an_actors_output(ray
 
     ray.shutdown()
     ray_env.ensure_ray(num_cpus=2, log_to_driver=True)
+    monkeypatch.setattr(ray_env, "LEAVE_WITH_RAY", True)  # the knnmix program (cli.main sets it), not a caller
 
     @ray.remote(num_cpus=0)
     def chatter() -> None:

@@ -431,12 +431,14 @@ def guarded(command: Callable[[], int], interrupted: str = "") -> int:
 
 
 def last_line(line: str, status: int) -> int:
-    """Print ``line`` as the last line of stderr and return ``status``. A Ray this process is connected to is left
-    first: its thread that prints the workers' and actors' lines (a placement-group cleaner's traceback after a
-    failed Ray Train start) stops with the connection, so none of them runs into the line or follows it. Another
-    Ctrl+C meanwhile prints the line and ends the program at once."""
+    """Print ``line`` as the last line of stderr and return ``status``. The ``knnmix`` program leaves its Ray first
+    (a caller of :func:`main` keeps it): Ray's thread that prints the workers' and actors' lines (a placement-group
+    cleaner's traceback after a failed Ray Train start) stops with the connection, so none of them runs into the
+    line or follows it. Another Ctrl+C meanwhile prints the line and ends the program at once."""
+    from knnmix.scale import ray_env
+
     ray = sys.modules.get("ray")
-    if getattr(ray, "is_initialized", lambda: False)():
+    if ray_env.LEAVE_WITH_RAY and getattr(ray, "is_initialized", lambda: False)():
         def now(*_: Any) -> None:
             print(line, file=sys.stderr, flush=True)
             os._exit(status)
