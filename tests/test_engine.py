@@ -90,6 +90,24 @@ def test_run_folder_holds_every_output(tmp_path):
     assert (ck["state"]["neighbours"] >= 0).all()
 
 
+def test_a_resume_after_a_kill_between_checkpoints_keeps_the_checkpoints_selected_weights(tmp_path):
+    """Stopped after epoch 5 of a run that checkpoints every 3rd epoch, with a better epoch 4 or 5 saved to
+    model_best.pt: resumed to 3 epochs, the summary selected epoch <= 3 but model_best.pt kept the later epoch's
+    weights (what MLflow logs and --register registers)."""
+    cfg = digits_cfg(tmp_path, epochs=50, checkpoint_every=3, seed=1, **{"data.train_subset": 300,
+                                                                        "method.name": "ce"})
+    with pytest.raises(Stop):
+        train(cfg, echo=None, on_epoch=stop_after(5))
+    best = max(read_metrics(tmp_path / "run" / "metrics.jsonl"), key=lambda r: (r["val_acc"], -r["epoch"]))
+    assert best["epoch"] > 3  # (the case: a selection past the checkpoint)
+    summary = train(C.replace(cfg, epochs=3), resume=True, echo=None)
+    saved = torch.load(tmp_path / "run" / "model_best.pt", weights_only=True)
+    run = E.build_run(C.replace(cfg, epochs=3))
+    run.model.load_state_dict(saved["state_dict"])
+    assert E.evaluate(run, run.splits.val) == pytest.approx(summary["best_val"]["val_acc"])  # the selected weights
+    assert saved["epoch"] == summary["best_val"]["epoch"] <= 3  # and the file says which epoch they are
+
+
 def test_resume_continues_exactly(tmp_path):
     dotted = {"epochs": 5, "method.warmup_epochs": 1, "method.correction_start": 3, "method.correction_period": 1}
     full_cfg = digits_cfg(tmp_path, **dotted, out=str(tmp_path / "full"))

@@ -115,11 +115,11 @@ class RunFolder:
         return load_checkpoint(self.file(CHECKPOINT))
 
     def save_best_model(self, model_args: dict[str, Any], state_dict: dict[str, Any],
-                        serving: dict[str, Any] | None = None) -> None:
-        """A weights file: the network's constructor arguments (:func:`knnmix.models.build_model`), its weights and
-        what serving it needs (:func:`knnmix.engine.train.serving`: class names, input normalisation)."""
+                        serving: dict[str, Any] | None = None, epoch: int | None = None) -> None:
+        """A weights file: the network's constructor arguments (:func:`knnmix.models.build_model`), its weights, what
+        serving it needs (:func:`knnmix.engine.train.serving`: class names, input normalisation) and the epoch."""
         atomic_save({"format": FORMAT, "model_args": dict(model_args), "state_dict": state_dict,
-                     "serving": dict(serving or {})}, self.file(BEST_MODEL))
+                     "serving": dict(serving or {}), "epoch": epoch}, self.file(BEST_MODEL))
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_text(self.file(SUMMARY), json.dumps(summary, indent=2) + "\n")

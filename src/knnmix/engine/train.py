@@ -10,6 +10,7 @@ its own shard; with no process group it is a plain loop.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -28,7 +29,8 @@ from torch.utils.data import DataLoader
 from knnmix import config as C
 from knnmix.data import LabelledDataset, collate_batch, dataset_options
 from knnmix.engine import report
-from knnmix.engine.checkpoint import CHECKPOINT, FORMAT, RunFolder, folder_lock, rng_state, set_rng_state
+from knnmix.engine.checkpoint import (BEST_MODEL, CHECKPOINT, FORMAT, RunFolder, folder_lock, rng_state, safe_load,
+                                     set_rng_state)
 from knnmix.engine.splits import Splits, build_splits
 from knnmix.errors import CheckpointError, ConfigError, DivergedError, KnnmixError, KnnmixWarning, one_line
 from knnmix.math import FaissSearch, NeighbourSearch, TorchSearch, l2_normalise
@@ -71,7 +73,7 @@ class Run:
     epoch: int = 0  # completed epochs
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "val_acc": None, "test_acc": None})
-    best_weights: dict[str, Tensor] | None = None  # only when test_every skipped the selected epoch
+    best_weights: dict[str, Tensor] | None = None  # the selected epoch's weights (on the CPU)
     resumed_epochs: int | None = None  # restored from a checkpoint: the epochs its run was set to
     loaders: dict[tuple[LabelledDataset, bool], BatchLoader] = field(default_factory=dict)
 
@@ -475,6 +477,8 @@ def _fit(run: Run, folder: RunFolder | None, *, echo: Echo, on_epoch: OnEpoch | 
     if say:
         say(report.banner(run))
     summary = None
+    if folder is not None and run.epoch:  # resumed: model_best.pt is the checkpoint's selection
+        keep_best_model(run, folder)
     for epoch in range(run.epoch + 1, cfg.epochs + 1):
         record = run_epoch(run, epoch)
         run.epoch = epoch
@@ -483,7 +487,7 @@ def _fit(run: Run, folder: RunFolder | None, *, echo: Echo, on_epoch: OnEpoch | 
         if folder is not None:
             folder.append_metrics(record)
             if improved:
-                folder.save_best_model(run.model_args, run.model.state_dict(), serving(run.splits))
+                folder.save_best_model(run.model_args, run.model.state_dict(), serving(run.splits), epoch)
             if is_checkpoint_epoch(cfg, epoch):
                 folder.save_checkpoint(checkpoint(run))
         if say and (epoch % cfg.log_every == 0 or epoch == cfg.epochs):
@@ -502,10 +506,22 @@ def track_best(run: Run, record: dict[str, Any]) -> bool:
     if val is None or (run.best["val_acc"] is not None and val <= run.best["val_acc"]):
         return False
     run.best = {"epoch": record["epoch"], "val_acc": val, "test_acc": record.get("test_acc")}
-    run.best_weights = None
-    if record.get("test_acc") is None:  # tested at the end (test_every skipped this epoch)
-        run.best_weights = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
+    # kept: tested at the end if test_every skipped this epoch, and checkpointed while later epochs are not selected
+    run.best_weights = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
     return True
+
+
+def keep_best_model(run: Run, folder: RunFolder) -> None:
+    """A resumed run's ``model_best.pt`` holds its checkpoint's selected epoch: a run killed after it saved a later
+    selection (before the next checkpoint) held the weights of an epoch the resumed run does not have, which the
+    summary then named as another and MLflow logged as such."""
+    path = folder.file(BEST_MODEL)
+    if not run.best["epoch"] or run.best_weights is None:
+        return
+    with contextlib.suppress(CheckpointError):  # (a damaged one is written again)
+        if path.exists() and safe_load(path).get("epoch") == run.best["epoch"]:
+            return
+    folder.save_best_model(run.model_args, run.best_weights, serving(run.splits), run.best["epoch"])
 
 
 def finish(run: Run, folder: RunFolder | None, *, echo: Echo = None) -> dict[str, Any]:
@@ -521,7 +537,7 @@ def finish(run: Run, folder: RunFolder | None, *, echo: Echo = None) -> dict[str
     summary = report.summary(run)
     if folder is not None:
         if run.splits.val is None:  # nothing selects an epoch: model_best.pt (what is logged and served) is the last
-            folder.save_best_model(run.model_args, run.model.state_dict(), serving(run.splits))
+            folder.save_best_model(run.model_args, run.model.state_dict(), serving(run.splits), run.epoch)
         summary["label_issues"] = report.label_audit(run, bank, folder)
         folder.write_summary(summary)
         if echo:
@@ -548,7 +564,7 @@ def checkpoint(run: Run) -> dict[str, Any]:
         "best": dict(run.best),
         "rng": rng_state(),
     }
-    if run.best_weights is not None:
+    if run.best_weights is not None and run.best["epoch"] != run.epoch:  # (else they are the model's)
         payload["best_weights"] = run.best_weights
     return payload
 
@@ -598,6 +614,8 @@ def _restore(run: Run, ckpt: dict[str, Any]) -> None:
     run.epoch, run.history = epoch, history
     run.best = dict(ckpt["best"])
     run.best_weights = ckpt.get("best_weights")
+    if run.best_weights is None and run.best["epoch"] == epoch:  # selected at the checkpoint's own epoch
+        run.best_weights = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
     run.resumed_epochs = ckpt["config"].get("epochs")
     set_rng_state(ckpt["rng"])
 
