@@ -333,6 +333,13 @@ def test_the_best_model_file_rebuilds_its_network_without_the_data(tmp_path):
     with pytest.raises(KnnmixError, match=r"got values from -1.5 to 0.5"):
         predictor(torch.linspace(-1.5, 0.5, 192).view(3, 1, 8, 8))
     predictor(torch.full((3, 1, 8, 8), 1.2))  # a resize's overshoot past 1 is fine
+    # a checkpoint predicts as its epoch's weights file does (it skipped the input normalisation, without a word)
+    with torch.no_grad():
+        assert torch.allclose(load_predictor(tmp_path / "run" / "checkpoint.pt")(images), predictor(images))
+    old = {k: v for k, v in torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True).items() if k != "serving"}
+    torch.save(old, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match="holds no serving entry .*: load its run's model_best.pt"):
+        load_predictor(tmp_path / "old.pt")
     # an edited file is one line naming it, before anything is allocated (10**9 classes would ask for 256 GB)
     payload = torch.load(tmp_path / "run" / "model_best.pt", weights_only=True)
     for change, needle in (({"num_classes": 10**9}, "its weights do not fit the network its model_args describe"),

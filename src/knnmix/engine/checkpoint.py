@@ -197,9 +197,9 @@ def load_model(path: str | Path) -> nn.Module:
 
 
 def load_predictor(path: str | Path) -> LogitsOnly:
-    """The network of a weights file ready to predict: ``float32`` images ``(N, C, H, W)`` with pixels in [0, 1], at
-    the size it trained on, to logits ``(N, num_classes)``, normalised as training did; ``.classes`` names the
-    logits' columns (``None`` in a checkpoint, which keeps no ``serving`` entry)."""
+    """The network of a weights file (``model_best.pt``, or a ``checkpoint.pt``) ready to predict: ``float32``
+    images ``(N, C, H, W)`` with pixels in [0, 1], at the size it trained on, to logits ``(N, num_classes)``,
+    normalised as training did; ``.classes`` names the logits' columns."""
     return predictor(safe_load(path), path)
 
 
@@ -207,7 +207,11 @@ def predictor(payload: Any, path: str | Path) -> LogitsOnly:
     """:func:`load_predictor` of a weights file's contents already read (``path`` names it in errors)."""
     from knnmix.models import LogitsOnly
 
-    net, args, serving = _model(payload, path), payload["model_args"], payload.get("serving") or {}
+    net, args = _model(payload, path), payload["model_args"]
+    if "serving" not in payload:  # predicted without the input normalisation: every answer wrong, without a word
+        raise CheckpointError(f"{str(path)!r} holds no serving entry (the input normalisation and class names), as a "
+                              "checkpoint written before 2026-12-04: load its run's model_best.pt")
+    serving = payload["serving"] or {}
     return LogitsOnly(net, serving.get("mean"), serving.get("std"), classes=serving.get("classes"),
                       input_shape=(args["in_channels"], args["image_size"], args["image_size"])).eval()
 

@@ -563,6 +563,7 @@ def checkpoint(run: Run) -> dict[str, Any]:
         "history": list(run.history),
         "best": dict(run.best),
         "rng": rng_state(),
+        "serving": serving(run.splits),  # (load_predictor of a checkpoint normalises as training did)
     }
     if run.best_weights is not None and run.best["epoch"] != run.epoch:  # (else they are the model's)
         payload["best_weights"] = run.best_weights
