@@ -513,5 +513,10 @@ def test_a_file_the_disk_cannot_hold_is_one_line_and_leaves_the_previous_one(tmp
                                           r"then --resume$"):
         atomic_save({}, folder.file("run.json"))
     (tmp_path / "run.json").rmdir()
+    (tmp_path / "checkpoint.pt.tmp").mkdir()  # the advice was to free space, and the folder's unlink hid it
+    with pytest.raises(KnnmixError, match=r"cannot write '.*checkpoint.pt' \(checkpoint.pt.tmp is a folder in the "
+                                          r"way\).*: make the path writable, then --resume$"):
+        atomic_save({}, folder.file("checkpoint.pt"))
+    (tmp_path / "checkpoint.pt.tmp").rmdir()
     (tmp_path / "metrics.jsonl").unlink()  # (append writes in place; --resume rewrites it from the checkpoint)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no .tmp left, nothing replaced

@@ -135,6 +135,8 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 def atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
+    if tmp.is_dir():  # torch's "open file failed" read as a short write: the advice was to free space
+        raise write_error(path, tmp, IsADirectoryError(errno.EISDIR, f"{tmp.name} is a folder in the way", str(tmp)))
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
@@ -154,7 +156,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 def write_error(path: Path, tmp: Path, exc: BaseException) -> KnnmixError:
     """A file that could not be written in full (a full disk, a quota): its partial copy is removed, so the space
     it took is free again, and the file as it was stays in place (a run resumes from its last checkpoint)."""
-    tmp.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # (a folder in the way of the partial copy: the error below names it)
+        tmp.unlink(missing_ok=True)
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (
         f"the write stopped short, is the disk full? {one_line(exc, 120)}")
     return KnnmixError(f"cannot write {str(path)!r} ({reason}); the previous {path.name}, if any, is unchanged: "
