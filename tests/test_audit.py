@@ -224,7 +224,14 @@ def test_a_run_folder_inside_the_image_folder_is_refused_and_none_is_left_there(
     assert capsys.readouterr().err.rstrip().endswith("give --out outside the image folder, and move earlier runs out "
                                                       "of it: c1/old")
     assert not (tmp_path / "audit").exists()
+    (root / "c1" / "old").rename(tmp_path / "old")
+    (root / "sweeps" / "none" / "trials" / "t1").mkdir(parents=True)  # a sweep: its trials take no lock
+    for name in ("config.yaml", "metrics.jsonl", "label_issues.png"):
+        (root / "sweeps" / "none" / "trials" / "t1" / name).write_text("")
+    assert main(["audit", str(root), "--epochs", "1", "--out", str(tmp_path / "audit")]) == 2
+    assert capsys.readouterr().err.rstrip().endswith(": sweeps/none/trials/t1")
     from knnmix.data.files import RUN_FOLDER_FILES
-    from knnmix.engine.checkpoint import CONFIG, LOCK
+    from knnmix.engine.checkpoint import CONFIG, LOCK, METRICS
+    from knnmix.sweep_folder import STATE_FILE
 
-    assert RUN_FOLDER_FILES == (LOCK, CONFIG)  # what the folder walk knows a run folder by is what a run writes
+    assert RUN_FOLDER_FILES == (LOCK, CONFIG, METRICS, STATE_FILE)  # what the walk knows them by is what they hold

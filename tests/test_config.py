@@ -70,8 +70,6 @@ def test_replace_validates():
         ({"data": {"val_fraction": 0.9}}, "data.val_fraction: 0.9 is out of range"),
         # at once, not after reading a million images (22 CPU-minutes) as the loader found it out
         ({"data": {"name": "clothing1m", "root": "/c"}}, "data.val_fraction=0.1: clothing1m ships its own validation"),
-        ({"data": {"name": "cifar10"}, "noise": {"spec": "cifar10n:worse"}},  # at once, not after loading the data
-         "noise.cifar_n_dir: noise spec 'cifar10n:worse' needs the folder holding CIFAR-10_human.pt"),
         ({"method": {"correction_momentum": 1.0}}, "method.correction_momentum: 1.0 is out of range"),
         ({"epochs": 0}, "epochs: 0 is out of range"),
         ({"optim": {"lr": "inf"}}, "optim.lr: expected a finite number, got 'inf'"),

@@ -282,6 +282,16 @@ def test_a_corrupt_checkpoint_is_one_line_naming_the_file(tmp_path, damage):
     assert "\n" not in str(err.value)
 
 
+def test_a_start_that_fails_before_writing_leaves_no_folder_it_made(tmp_path):
+    """A run folder below folders that did not exist left those behind (an empty ./runs in an image folder, read as
+    a class by the next run there); a path through '..' left one more."""
+    (tmp_path / "kept").mkdir()
+    for path in (tmp_path / "kept" / "runs" / "audit", tmp_path / "a" / ".." / "b" / "c" / "run"):
+        with pytest.raises(KnnmixError), folder_lock(path):
+            raise KnnmixError("nothing to resume")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["kept"]
+
+
 def test_two_runs_into_one_folder_refuse_to_interleave(tmp_path):
     cfg = digits_cfg(tmp_path, epochs=1, **{"method.name": "ce"})
     with folder_lock(tmp_path / "run"):  # another run holds the folder

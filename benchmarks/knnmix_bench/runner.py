@@ -44,9 +44,7 @@ def cell_job(tier: Tier, method: str, setting: str, seed: int, out: Path, cfg_ov
     else:
         values = tier.cell_config(method, setting, seed)
         cfg = C.replace(C.from_dict({}), **{**values, "out": str(out), "log_every": 10**6})
-    for item in cfg_overrides:
-        key, value = C.parse_override(item)
-        cfg = C.replace(cfg, **{key: value})
+    cfg = C.replace(cfg, **dict(map(C.parse_override, cfg_overrides)))  # at once: checks across keys see them all
     return {"method": method, "setting": setting, "seed": seed, "config": C.to_dict(cfg),
             "folds": tier.cleanlab_folds, "selection": selection}
 

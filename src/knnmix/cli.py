@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import errno
 import functools
@@ -11,6 +12,7 @@ import os
 import shlex
 import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -438,14 +440,17 @@ def last_line(line: str, status: int) -> int:
     from knnmix.scale import ray_env
 
     ray = sys.modules.get("ray")
-    if ray_env.LEAVE_WITH_RAY and getattr(ray, "is_initialized", lambda: False)():
+    # (not after SIGTERM: ray_env's watcher would take this Ray's end for a Ray stopped with the program)
+    if (ray_env.LEAVE_WITH_RAY and getattr(ray, "is_initialized", lambda: False)() and not ray_env.WATCHING.is_set()
+            and threading.current_thread() is threading.main_thread()):
         def now(*_: Any) -> None:
             print(line, file=sys.stderr, flush=True)
             os._exit(status)
 
         before = signal.signal(signal.SIGINT, now)
         try:
-            ray.shutdown()  # (at exit anyway)
+            with contextlib.suppress(Exception):  # (at exit anyway)
+                ray.shutdown()
         finally:
             signal.signal(signal.SIGINT, before if before is not None else signal.SIG_DFL)
     print(line, file=sys.stderr)

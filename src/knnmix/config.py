@@ -458,14 +458,7 @@ def validate(cfg: Config) -> None:
 
     as_config_error("method.name", lambda: METHODS.get(m.name))
     if cfg.noise.spec != "auto":
-        spec = as_config_error("noise.spec", lambda: parse_noise_spec(cfg.noise.spec))
-        from knnmix.noise.cifar_n import CIFAR_N
-
-        human = CIFAR_N.get(spec.kind)  # (on its own data set: said after the data loaded; on another: that first)
-        if human is not None and d.name == human.family and cfg.noise.cifar_n_dir is None:
-            raise ConfigError(f"noise.cifar_n_dir: noise spec {str(spec)!r} needs the folder holding "
-                              f"{human.filename} (CIFAR-N human labels, "
-                              "https://github.com/UCSC-REAL/cifar-10-100n)")
+        as_config_error("noise.spec", lambda: parse_noise_spec(cfg.noise.spec))
     as_config_error("data.name", lambda: DATASETS.get(d.name))
     if cfg.model.name != "auto":
         as_config_error("model.name", lambda: MODELS.get(cfg.model.name))

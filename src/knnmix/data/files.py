@@ -110,9 +110,9 @@ def require_dir(path: str, dataset: str, what: str = "data root") -> str:
     return path
 
 
-#: The lock file and the config of a knnmix run folder (knnmix.engine.checkpoint's LOCK and CONFIG, which a test
-#: keeps equal to these): :func:`find_images` stops at such a folder, whose files are no images of a class.
-RUN_FOLDER_FILES = (".lock", "config.yaml")
+#: Files that mark a knnmix folder (knnmix.engine.checkpoint's LOCK, CONFIG and METRICS, knnmix.sweep_folder's
+#: STATE_FILE; a test keeps them equal): :func:`find_images` stops at a run, sweep or sweep trial folder.
+RUN_FOLDER_FILES = (".lock", "config.yaml", "metrics.jsonl", "sweep_state.json")
 
 
 def find_images(dataset: str, root: str, folders: dict[str, int]) -> tuple[list[str], np.ndarray, list[str]]:
@@ -126,10 +126,10 @@ def find_images(dataset: str, root: str, folders: dict[str, int]) -> tuple[list[
     HEIC) and images in other formats (:data:`OTHER_IMAGE_EXTENSIONS`, e.g. TGA) are left out with a warning each.
     Keys are relative to ``root``, in the order of ``folders``, sorted within each folder.
     """
-    lock, config = RUN_FOLDER_FILES
+    lock, config, metrics, state = RUN_FOLDER_FILES
     seen = {os.path.realpath(root): "."}  # real path of each folder entered -> its key below root (a link up: ".")
     again: list[str] = []  # "key (= first key)" of folders reached a second time
-    runs: list[str] = []  # knnmix run folders: the lock file and the config, or the lock alone (the run starting)
+    runs: list[str] = []  # knnmix run and sweep folders
     found, unread, other = [], [], []
     for rank, (top, label) in enumerate(folders.items()):
         for folder, dirs, files in os.walk(os.path.join(root, top), followlinks=True):
@@ -138,7 +138,8 @@ def find_images(dataset: str, root: str, folders: dict[str, int]) -> tuple[list[
                 again.append(f"{key} (= {seen[os.path.realpath(folder)]})")
                 dirs.clear()
                 continue
-            if lock in files and (config in files or not dirs and files == [lock]):
+            if (lock in files and (config in files or state in files or not dirs and files == [lock])
+                    or config in files and metrics in files):  # a run or sweep (starting: the lock alone), a trial
                 runs.append(key)
                 dirs.clear()
                 continue

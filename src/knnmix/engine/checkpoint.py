@@ -212,8 +212,11 @@ def predictor(payload: Any, path: str | Path) -> LogitsOnly:
 
     net, args = _model(payload, path), payload["model_args"]
     if "serving" not in payload:  # predicted without the input normalisation: every answer wrong, without a word
-        raise CheckpointError(f"{str(path)!r} holds no serving entry (the input normalisation and class names), as a "
-                              "checkpoint written before 2026-12-04: load its run's model_best.pt")
+        older = ("a checkpoint written before 2026-12-04: load its run's model_best.pt" if "optimizer" in payload
+                 else "a weights file written before 2026-12-02: train the run again, or normalise the images "
+                      "yourself with load_model")
+        raise CheckpointError(f"{str(path)!r} holds no serving entry (the input normalisation and class names), as "
+                              f"{older}")
     serving = payload["serving"] or {}
     return LogitsOnly(net, serving.get("mean"), serving.get("std"), classes=serving.get("classes"),
                       input_shape=(args["in_channels"], args["image_size"], args["image_size"])).eval()
@@ -282,8 +285,8 @@ def folder_lock(path: str | Path, what: str = "run folder") -> Iterator[None]:
     call created (with the folders it made above it) is removed again when the body fails before writing anything
     into it (e.g. nothing to resume).
     """
-    p = Path(path)
-    created = next((q for q in [*reversed(p.absolute().parents), p.absolute()] if not q.exists()), None)  # the top
+    p = Path(os.path.abspath(path))  # (no '..' left: the folders above are removed by name)
+    created = next((q for q in [*reversed(p.parents), p] if not q.exists()), None)  # the topmost folder made here
     try:
         p.mkdir(parents=True, exist_ok=True)
         fh = open(p / LOCK, "a+")
@@ -307,7 +310,7 @@ def folder_lock(path: str | Path, what: str = "run folder") -> Iterator[None]:
         except BaseException:
             if created and [f.name for f in p.iterdir()] == [LOCK]:  # and the folders above it this call made
                 (p / LOCK).unlink()
-                q = p.absolute()
+                q = p
                 with contextlib.suppress(OSError):  # (one another process filled meanwhile stays)
                     while True:
                         q.rmdir()

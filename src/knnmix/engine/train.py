@@ -78,7 +78,7 @@ class Run:
     loaders: dict[tuple[LabelledDataset, bool], BatchLoader] = field(default_factory=dict)
 
     def resumed_line(self) -> str:
-        """"resumed after epoch 2", and when this run goes further than the checkpoint's was set to, by how much."""
+        """"resumed after epoch 2", and when this run ends at another epoch than the checkpoint's was set to, which."""
         if self.resumed_epochs in (None, self.cfg.epochs):
             return f"resumed after epoch {self.epoch}"
         return (f"resumed after epoch {self.epoch}; the run was set to end at epoch {self.resumed_epochs} and now "

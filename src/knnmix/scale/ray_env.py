@@ -173,12 +173,12 @@ RAY_GONE = "knnmix: interrupted (SIGTERM stopped Ray's processes too); the same 
 #: runs KILLED there, as after Ctrl+C). Each must not raise.
 BEFORE_EXIT: list[Callable[[], None]] = []
 BEFORE_EXIT_S = 5.0
-_watching = threading.Event()
+WATCHING = threading.Event()  # set once SIGTERM started that watch (knnmix.cli then leaves this Ray alone)
 
 
 def _on_sigterm(_signum: int, frame: Any) -> None:
-    if LEAVE_WITH_RAY and _LOCAL_GCS_PORT is not None and not _watching.is_set():
-        _watching.set()
+    if LEAVE_WITH_RAY and _LOCAL_GCS_PORT is not None and not WATCHING.is_set():
+        WATCHING.set()
         threading.Thread(target=_exit_once_ray_is_gone, args=(_LOCAL_GCS_PORT,), daemon=True).start()
     handler = signal.getsignal(signal.SIGINT)  # Tune's graceful stop during a sweep, else Python's KeyboardInterrupt
     if not callable(handler):  # SIGINT ignored (a job started with '&' by a script) or left to the OS: still stop
