@@ -507,17 +507,22 @@ def track_best(run: Run, record: dict[str, Any]) -> bool:
         return False
     run.best = {"epoch": record["epoch"], "val_acc": val, "test_acc": record.get("test_acc")}
     # kept: tested at the end if test_every skipped this epoch, and checkpointed while later epochs are not selected
-    run.best_weights = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
+    run.best_weights = cpu_weights(run.model)
     return True
+
+
+def cpu_weights(model: nn.Module) -> dict[str, Tensor]:
+    """A copy of ``model``'s weights on the CPU (the selected epoch's, kept while training goes on)."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
 def keep_best_model(run: Run, folder: RunFolder) -> None:
     """A resumed run's ``model_best.pt`` holds its checkpoint's selected epoch: a run killed after it saved a later
     selection (before the next checkpoint) held the weights of an epoch the resumed run does not have, which the
     summary then named as another and MLflow logged as such."""
-    path = folder.file(BEST_MODEL)
     if not run.best["epoch"] or run.best_weights is None:
         return
+    path = folder.file(BEST_MODEL)
     with contextlib.suppress(CheckpointError):  # (a damaged one is written again)
         if path.exists() and safe_load(path).get("epoch") == run.best["epoch"]:
             return
@@ -616,7 +621,7 @@ def _restore(run: Run, ckpt: dict[str, Any]) -> None:
     run.best = dict(ckpt["best"])
     run.best_weights = ckpt.get("best_weights")
     if run.best_weights is None and run.best["epoch"] == epoch:  # selected at the checkpoint's own epoch
-        run.best_weights = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
+        run.best_weights = cpu_weights(run.model)
     run.resumed_epochs = ckpt["config"].get("epochs")
     set_rng_state(ckpt["rng"])
 
