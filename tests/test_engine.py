@@ -162,7 +162,7 @@ def test_existing_run_is_not_overwritten_and_resume_needs_a_run(tmp_path):
     assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
 
 
-def test_resume_refuses_a_different_method_config(tmp_path):
+def test_resume_refuses_a_different_method_config_or_a_damaged_checkpoint(tmp_path):
     cfg = digits_cfg(tmp_path, epochs=1, **{"method.name": "ce"})
     train(cfg, echo=None)
     with pytest.raises(ConfigError, match="method.k"):
@@ -175,6 +175,10 @@ def test_resume_refuses_a_different_method_config(tmp_path):
     (resumed,) = info["resumed"]
     assert resumed["after_epoch"] == 1 and resumed["commit"] == git_commit() and resumed["command"] == command()
     assert RunFolder(tmp_path / "run").load_checkpoint()["commit"] == git_commit()
+    # a damaged checkpoint says what else the user can do
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*\(or choose another --out\)$"):
+        train(C.replace(cfg, epochs=3), resume=True, echo=None)
 
 
 @pytest.mark.parametrize("method", ["ce", "mixup", "selc"])

@@ -586,6 +586,19 @@ def restore(run: Run, ckpt: dict[str, Any], source: str = "the checkpoint") -> N
         raise CheckpointError(f"{source} does not fit this run (damaged or edited?): {one_line(exc, 200)}") from None
 
 
+#: After the error of a run folder's checkpoint that cannot be read or does not fit: what else the user can do.
+AFRESH = "; --overwrite in place of --resume starts the run afresh (or choose another --out)"
+
+
+def restore_folder(run: Run, folder: RunFolder, ckpt: dict[str, Any] | None = None) -> None:
+    """Continue ``run`` from its run folder's checkpoint (``ckpt``: that checkpoint, already read); one that cannot
+    be read or does not fit is a :class:`CheckpointError` that says how to start afresh instead."""
+    try:
+        restore(run, ckpt or folder.load_checkpoint(), str(folder.file(CHECKPOINT)))
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}{AFRESH}") from None
+
+
 def canonical_noise(saved: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint's config with its noise spec canonical, as :func:`resolve_config` now records it (a run saved
     before 2026-12-02 kept the spec as typed, e.g. "Symmetric:0.40")."""
@@ -669,7 +682,7 @@ def train(
         if replace:
             folder.clear()
         if resume:
-            restore(run, folder.load_checkpoint(), str(folder.file(CHECKPOINT)))
+            restore_folder(run, folder)
             folder.resumed(run.cfg, run.epoch, run.history)
             if echo:
                 echo(run.resumed_line())

@@ -289,7 +289,7 @@ def restore_newest_readable(run: E.Run, checkpoint: Any, folder: RunFolder | Non
                 return name != path
     if folder is not None and folder.has_run() and restored(run, folder.file(CHECKPOINT), errors):
         return True
-    raise CheckpointError(f"no kept checkpoint of this run reads: {errors[0]}")
+    raise CheckpointError(f"no kept checkpoint of this run reads: {errors[0]}{E.AFRESH}")
 
 
 def restored(run: E.Run, file: Path, errors: list[str]) -> bool:
@@ -361,7 +361,7 @@ def start_or_restore(run: E.Run, folder: RunFolder, checkpoint: Any, resume: boo
         if restore_newest_readable(run, checkpoint, folder):
             redo = f"-redo{time.strftime('%Y%m%d%H%M%S')}"  # (rank 0's is the one that names checkpoints)
     elif resume and folder.has_run():  # Ray's is older, or none (e.g. a single-process run continued on workers)
-        E.restore(run, newer or folder.load_checkpoint(), str(folder.file(CHECKPOINT)))
+        E.restore_folder(run, folder, newer)
     else:
         if run.dist.is_main:
             folder.start(run.cfg, run.splits.noisy_labels_record())  # a restart before any checkpoint starts afresh
