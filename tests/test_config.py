@@ -131,6 +131,15 @@ def test_missing_or_invalid_config_file(tmp_path):
     lst.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         C.load(lst)
+    # a key or value the file got wrong is named as the file's (a run folder's config.yaml, edited by hand, is read
+    # by --resume without the user naming it), even when an option sets that key too
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("epochs: 2\noptim:\n  lrr: 0.1\n  momentum: fast\n")
+    with pytest.raises(ConfigError, match=f"^config file '{typo}': unknown config key 'optim.lrr' \\(did you mean"):
+        C.load(typo, ["optim.lrr=0.2"])
+    typo.write_text("optim:\n  momentum: fast\n")
+    with pytest.raises(ConfigError, match=f"^config file '{typo}': optim.momentum: expected a number, got 'fast'"):
+        C.load(typo, ["optim.momentum=0.5"])
 
 
 def test_a_key_given_twice_in_a_config_file_is_refused_not_silently_replaced(tmp_path):
@@ -183,3 +192,10 @@ def test_every_field_is_documented():
     assert len(rows) == n_fields
     undocumented = [key for key, _, _, doc in rows if not doc]
     assert not undocumented, f"fields without a meaning documented: {undocumented}"
+
+
+def test_nesterov_without_momentum_is_named_as_unread():
+    """SGD takes Nesterov only with a momentum (the engine turns it off at momentum 0): a --set of it then warns."""
+    assert C.unread_keys(C.load(None, ["optim.momentum=0", "optim.nesterov=true"]))["optim.nesterov"] == (
+        "Nesterov momentum needs a momentum (optim.momentum=0)")
+    assert "optim.nesterov" not in C.unread_keys(C.load(None, ["optim.nesterov=true"]))

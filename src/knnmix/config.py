@@ -162,7 +162,12 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None, **s
     if isinstance(overrides, str):
         raise ConfigError(f"overrides must be a list of 'key=value' strings, got the string {overrides!r} (write "
                           f"[{overrides!r}])")
-    data = read_yaml(preset_path(str(path)), f"config file {str(path)!r}") if path is not None else {}
+    what = f"config file {str(path)!r}"
+    data = read_yaml(preset_path(str(path)), what) if path is not None else {}
+    try:
+        _build(Config, data, "")  # the file's own keys and types, named as the file's before options change them
+    except ConfigError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
     for key, value in shorthands.items():
         if value is not None:
             set_dotted(data, key, value)
@@ -482,6 +487,8 @@ def unread_keys(cfg: Config) -> dict[str, str]:
     if o.optimizer != "sgd":
         unread.update({f"optim.{key}": f"only sgd reads it (optim.optimizer={o.optimizer})"
                        for key in ("momentum", "nesterov")})
+    elif o.momentum == 0:
+        unread["optim.nesterov"] = "Nesterov momentum needs a momentum (optim.momentum=0)"
     if o.schedule != "cosine_restarts":
         unread["optim.restart_period"] = f"only cosine_restarts reads it (optim.schedule={o.schedule})"
     if o.schedule == "constant":
