@@ -727,6 +727,9 @@ def test_a_store_that_does_not_answer_is_one_line_before_training_and_leaves_no_
     cases = [(["--tracking-uri", down], f"tracking URI '{down}' does not answer: "),
              (["--tracking-uri", f"sqlite:///{tmp_path / 'junk.db'}"],
               f"tracking URI 'sqlite:///{tmp_path / 'junk.db'}' does not answer: (sqlite3.DatabaseError) file is not"),
+             # a database without its driver installed answers nothing either, but not as a server that is down
+             (["--tracking-uri", "postgresql://u:p@127.0.0.1:1/db"],
+              "tracking URI 'postgresql://u:p@127.0.0.1:1/db' needs the Python module 'psycopg', its database's"),
              (["--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--register", "bad/name"],
               "--register 'bad/name': Invalid model name 'bad/name'")]
     for extra, needle in cases:

@@ -158,6 +158,9 @@ def reach(store: Store, experiment: str, register: str | None = None) -> str:
         RETRIES.set(3)
     try:
         exp_id = experiment_id(store, experiment)
+    except ImportError as exc:  # postgresql:// or mysql:// without its driver: not a server that does not answer
+        raise KnnmixError(f"tracking URI {store.uri!r} needs the Python module {exc.name!r}, its database's driver, "
+                          "which is not installed here") from None
     except Exception as exc:  # MLflow's, SQLAlchemy's or the OS's: which one depends on the store
         raise KnnmixError(f"tracking URI {store.uri!r} does not answer: {one_line(exc)}") from None
     finally:
