@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 from contextlib import chdir
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 import knnmix
-from knnmix.cli import audit_report, main
+from knnmix.cli import audit_report, comparison_table, main
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 NOISE_RATE = 0.2
@@ -178,6 +179,12 @@ def test_audit_chooses_the_image_size_from_the_images_and_estimates_the_time_lef
     epoch_lines = [line for line in printed.splitlines() if line.startswith("epoch")]
     assert len(epoch_lines) == 2 and re.search(r"~\d+m\d\ds left$", epoch_lines[0])  # the time left
     assert not epoch_lines[1].endswith("left")
+    # no test accuracy, and why (an "n/a" before): here, in a comparison's table too
+    assert re.search(r"^done: no test accuracy \(the data has no test split; imagefolder: data.test_root, or audit "
+                     r"--test, names one\), val-selected epoch [12]; ", printed, re.M), printed
+    table = comparison_table([json.loads((out / "summary.json").read_text())])
+    assert "| n/a | n/a |" in table and table.endswith("test accuracies n/a: the data has no test split; imagefolder: "
+                                                       "data.test_root, or audit --test, names one")
 
     code = main(["audit", str(root), "--epochs", "2", "--out", str(out), "--overwrite", "--image-size", "16",
                  "--set", "method.warmup_epochs=1", "--set", "method.correction_start=2", "--set", "threads=1"])

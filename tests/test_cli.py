@@ -192,6 +192,12 @@ def test_compare_trains_each_method_on_one_setting_and_writes_one_result_file(ca
     assert {r["config"]["data"]["train_subset"] for r in result["runs"]} == {300}
     assert result["command"].startswith("knnmix compare") and result["table"] in out
     assert f"commit {git_commit()}" in result["table"]  # whole, -dirty included
+    # --resume without the options the comparison started with (here --seed 3) is refused, saying where they are
+    code, _, err = run_cli(capsys, "compare", "--config", "digits", "--methods", "ce,mixup", "--epochs", "2",
+                           "--set", "data.train_subset=300", "--out", str(tmp_path / "cmp"), "--resume")
+    assert code == 2 and "cannot resume with a different config (noise.seed: 3 -> 0, seed: 3 -> 0)" in err, err
+    saved = tmp_path / "cmp" / "ce" / "config.yaml"
+    assert err.rstrip().endswith(f"the comparison started with, its options included (ce's: '{saved}')"), err
     # --resume continues the methods that have a run and starts a method added since
     code, _, err = run_cli(capsys, "compare", "--config", "digits", "--methods", "ce,mixup,selc", "--epochs", "2",
                            "--set", "data.train_subset=300", "--seed", "3", "--out", str(tmp_path / "cmp"), "--resume")

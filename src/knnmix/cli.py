@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from knnmix import config as C
-from knnmix.errors import (DEFAULT_WARNING_FORMAT, NO_SPACE, PATH_IN_THE_WAY, KnnmixError, KnnmixWarning, one_line,
-                           warning_line)
+from knnmix.errors import (DEFAULT_WARNING_FORMAT, NO_SPACE, PATH_IN_THE_WAY, ConfigError, KnnmixError, KnnmixWarning,
+                           one_line, warning_line)
 
 #: Options that stand for a config key: ``--dataset NAME`` is ``--set data.name=NAME`` (argparse dest: key).
 SHORTHANDS = {
@@ -157,9 +157,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"\n=== {cfg.method.name} ===", flush=True)
         # --resume continues the methods that have a run and starts the others (a comparison stopped before them);
         # --register NAME registers each method's model as its own NAME-<method>
-        results.append(run_training(cfg, argparse.Namespace(**{
-            **vars(args), "resume": args.resume and has_run(cfg),
-            "register": args.register and f"{args.register}-{cfg.method.name}"})))
+        resume = args.resume and has_run(cfg)
+        try:
+            results.append(run_training(cfg, argparse.Namespace(**{
+                **vars(args), "resume": resume, "register": args.register and f"{args.register}-{cfg.method.name}"})))
+        except ConfigError as exc:  # (the run's own config.yaml holds what it was started with)
+            if not resume:
+                raise
+            raise ConfigError(f"{exc}; compare --resume continues each method's run with the command the comparison "
+                              f"started with, its options included ({cfg.method.name}'s: "
+                              f"{str(Path(cfg.out) / 'config.yaml')!r})") from None
     table = comparison_table(results)
     runs = [{"seed": s["seed"], "method": s["method"], "last_test_acc": s["final"]["test_acc"],
              "val_selected_test_acc": s["best_val"]["test_acc"], "best_val_epoch": s["best_val"]["epoch"],
@@ -195,7 +202,7 @@ def method_run(base: C.Config, method: str) -> dict[str, str]:
 
 
 def comparison_table(summaries: Sequence[dict[str, Any]]) -> str:
-    from knnmix.engine.report import pct
+    from knnmix.engine.report import NO_TEST, pct
 
     head = "| method | last-epoch test acc (%) | val-selected test acc (%) | best val acc (%) | epoch time (s) |"
     lines = [head, "|---|---|---|---|---|"]
@@ -210,6 +217,10 @@ def comparison_table(summaries: Sequence[dict[str, Any]]) -> str:
         f"\n{first['dataset']}, noise {first['noise']} (measured {100 * rate:.2f}%), "
         f"{first['model']}, {first['epochs']} epochs, seed {first['seed']}, commit {first['commit']}"
     )
+    if first["final"]["test_acc"] is None:
+        lines.append(f"test accuracies n/a: {NO_TEST}")
+    if first["best_val"]["val_acc"] is None:
+        lines.append("val accuracies n/a: data.val_fraction=0 keeps no validation split")
     return "\n".join(lines)
 
 

@@ -120,12 +120,21 @@ def progress_line(r: dict[str, Any], epochs: int, eta_s: float | None = None) ->
     return "  ".join(parts)
 
 
+#: Why a run has no test accuracy (with a test split, its last epoch is always tested).
+NO_TEST = "the data has no test split; imagefolder: data.test_root, or audit --test, names one"
+
+
 def done_line(summary: dict[str, Any], folder: RunFolder) -> str:
-    best = summary["best_val"]
-    selected = (f"val-selected test acc {pct(best['test_acc'])} (epoch {best['epoch']})" if best["val_acc"] is not None
-                else f"no validation split, so {BEST_MODEL} holds the last epoch")
+    best, last = summary["best_val"], summary["final"]["test_acc"]
+    if best["val_acc"] is None:
+        selected = f"no validation split, so {BEST_MODEL} holds the last epoch"
+    elif last is None:
+        selected = f"val-selected epoch {best['epoch']}"
+    else:
+        selected = f"val-selected test acc {pct(best['test_acc'])} (epoch {best['epoch']})"
+    tested = f"no test accuracy ({NO_TEST})" if last is None else f"last-epoch test acc {pct(last)}"
     return (
-        f"done: last-epoch test acc {pct(summary['final']['test_acc'])}, {selected}; "
+        f"done: {tested}, {selected}; "
         f"{summary['label_issues']['flagged']} labels flagged in {folder.file(LABEL_ISSUES)}"
     )
 
