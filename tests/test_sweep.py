@@ -1222,10 +1222,26 @@ def test_train_logs_its_run_to_mlflow_when_a_tracking_uri_is_given(tmp_path, mon
     assert [int(m.step) for m in client.get_metric_history(run_id, "val_acc")] == list(range(1, 9))
     assert len(client.search_runs([run.info.experiment_id])) == 1
     assert len(client.search_model_versions("name='digits-ce'")) == 1
+    # logging that fails once the run is trained (here: its artifact folder cannot be made) says so, and then
+    # --resume logs it without training again (the error was "'.../mlartifacts/...': Not a directory", nothing more)
+    artifacts = tmp_path / "mlartifacts" / "knnmix-train"
+    artifacts.rename(tmp_path / "kept")
+    artifacts.write_text("")
+    assert cli_main([*argv, "--epochs", "2", "--out", str(tmp_path / "late"), "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"knnmix: error: the run in '{tmp_path / 'late'}' is trained, but logging it to MLflow "
+                          "failed: [Errno 20] Not a directory") and err.endswith(
+        "; once that is mended, the same command with --resume logs it (and trains nothing again)"), err
+    artifacts.unlink()
+    (tmp_path / "kept").rename(artifacts)
+    assert cli_main(["train", "--out", str(tmp_path / "late"), "--resume", "--tracking-uri", uri]) == 0
+    late = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["mlflow_run_id"]
+    assert client.get_run(late).info.status == "FINISHED" and len(client.search_runs([run.info.experiment_id])) == 2
+    assert [int(m.step) for m in client.get_metric_history(late, "val_acc")] == [1, 2]
     # MLflow's own variable does the same
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     assert cli_main([*argv, "--out", str(tmp_path / "env")]) == 0
-    assert len(client.search_runs([run.info.experiment_id])) == 2  # another run folder: another run
+    assert len(client.search_runs([run.info.experiment_id])) == 3  # another run folder: another run
 
 
 def test_a_single_process_run_logs_to_mlflow_without_importing_ray(tmp_path):

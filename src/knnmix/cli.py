@@ -130,11 +130,18 @@ def run_training(cfg: C.Config, args: argparse.Namespace) -> dict[str, Any]:
     else:
         from knnmix.engine.train import train  # type: ignore[assignment]
     summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
-    if store is not None:
+    if store is None:
+        return summary
+    try:
         summary["mlflow_run_id"] = log_training_run(store, Path(cfg.out), summary, register=register)
         if register:
             summary["registered_model"] = registered_version(store, register, summary["mlflow_run_id"],
                                                              {"knnmix.noise_spec": cfg.noise.spec})
+    except Exception as exc:  # MLflow's, SQLAlchemy's or the OS's (a store gone, its artifacts unwritable)
+        again = "--resume in place of --overwrite" if args.overwrite else "--resume"
+        raise KnnmixError(f"the run in {cfg.out!r} is trained, but logging it to MLflow failed: {one_line(exc)}; "
+                          f"once that is mended, the same command with {again} logs it (and trains nothing "
+                          "again)") from None
     return summary
 
 
