@@ -347,6 +347,10 @@ def test_the_best_model_file_rebuilds_its_network_without_the_data(tmp_path):
     with pytest.raises(KnnmixError, match=r"got values from -1.5 to 0.5"):
         predictor(torch.linspace(-1.5, 0.5, 192).view(3, 1, 8, 8))
     predictor(torch.full((3, 1, 8, 8), 1.2))  # a resize's overshoot past 1 is fine
+    # numpy's float64 images (e.g. digits.images / 16), as an array or a tensor: the same answer, not a dtype error
+    with torch.no_grad():
+        for given in (images.double(), images.double().numpy()):
+            assert torch.allclose(predictor(given), predictor(images))
     # a checkpoint predicts as its epoch's weights file does (it skipped the input normalisation, without a word)
     with torch.no_grad():
         assert torch.allclose(load_predictor(tmp_path / "run" / "checkpoint.pt")(images), predictor(images))

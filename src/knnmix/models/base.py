@@ -74,6 +74,8 @@ class LogitsOnly(nn.Module):
         self.classes = list(classes) if classes else None
 
     def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            x = torch.as_tensor(x)  # e.g. a numpy array
         shape = getattr(self, "input_shape", None)  # absent from a module pickled before it existed
         if shape and tuple(x.shape[1:]) != shape:
             raise KnnmixError(f"images must be (N, {', '.join(map(str, shape))}) with pixels in [0, 1], the size the "
@@ -86,6 +88,7 @@ class LogitsOnly(nn.Module):
         if low < -0.5 or high > 1.5:
             raise KnnmixError(f"images must have pixels in [0, 1] (the model normalises them itself); got values from "
                               f"{low:.3g} to {high:.3g} (images of 0-255: x / 255; normalised ones: the pixels before)")
+        x = x.to(self.mean.dtype)  # float64 (numpy's default) met float32 weights in a deep torch error
         return self.net((x * 255.0 - self.mean) * self.inv_std)[0]  # the arithmetic of knnmix.data.base.Normalise
 
 
