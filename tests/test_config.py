@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
+import yaml
 
 from knnmix import config as C
 from knnmix.errors import ConfigError
@@ -199,3 +201,14 @@ def test_nesterov_without_momentum_is_named_as_unread():
     assert C.unread_keys(C.load(None, ["optim.momentum=0", "optim.nesterov=true"]))["optim.nesterov"] == (
         "Nesterov momentum needs a momentum (optim.momentum=0)")
     assert "optim.nesterov" not in C.unread_keys(C.load(None, ["optim.nesterov=true"]))
+
+
+def test_numpy_numbers_are_taken_as_plain_ones():
+    """A notebook's `for k in np.arange(1, 5): C.replace(cfg, **{"method.k": k})` was refused ('expected an
+    integer, got np.int64(1)'); the values are saved as plain numbers, so the YAML stays portable."""
+    cfg = C.from_dict({"epochs": np.int64(3), "method": {"k": np.int32(4)}, "optim": {"lr": np.float64(0.2)}})
+    assert (cfg.epochs, cfg.method.k, cfg.optim.lr) == (3, 4, 0.2)
+    assert type(cfg.epochs) is int and type(cfg.method.k) is int and type(cfg.optim.lr) is float
+    assert yaml.safe_load(C.to_yaml(cfg))["method"]["k"] == 4
+    with pytest.raises(ConfigError, match=r"epochs: expected an integer, got np.float64\(3.0\)"):
+        C.from_dict({"epochs": np.float64(3.0)})

@@ -128,10 +128,14 @@ def test_find_label_issues_refuses_fractional_and_out_of_range_labels():
     assert knnmix.find_label_issues(labels.astype(float), probs)["given_label"].dtype == np.int64
     empty = knnmix.find_label_issues(np.zeros(0, dtype=int), np.zeros((0, 3)))  # 'losses holds no finite value'
     assert all(len(v) == 0 for v in empty.values()) and len(empty) == 7
+    with pytest.raises(knnmix.KnnmixError, match=r"threshold must be a number in \(0, 1\), got '0.5'"):
+        knnmix.find_label_issues(labels, probs, threshold="0.5")  # TypeError: '<' not supported
     for seed in (-1, 2**32, 1.5, True):  # -1: scikit-learn's InvalidParameterError from inside the mixture fit
         with pytest.raises(knnmix.KnnmixError, match=rf"seed must be an integer in \[0, 2\*\*32\), got {seed!r}"):
             knnmix.find_label_issues(labels, probs, seed=seed)
     assert knnmix.KnnmixError is KnnmixError  # catchable from the package, as the one error its functions raise
+    # ... and listed by dir(), which a notebook's tab completion offers (imported on first use, they were not)
+    assert {"KnnmixError", "find_label_issues", "train"} <= set(dir(knnmix)) and "Any" not in dir(knnmix)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -315,3 +319,19 @@ def test_train_checks_a_config_changed_by_hand_and_takes_a_dict(tmp_path):
         train({"method": {"kk": 1}, "out": str(tmp_path)}, echo=None)  # AttributeError: 'dict' has no attribute 'out'
     with pytest.raises(ConfigError, match="train needs a knnmix.config.Config .* got str"):
         train("digits", echo=None)
+    cfg.method.temperature = 0.5
+    # a notebook's torch is as it was after a run: its thread count and denormal numbers (flushed to zero in a run)
+    threads = torch.get_num_threads()
+    torch.set_flush_denormal(False)  # (torch's default; an earlier run in this process may have left it on)
+    train(config.replace(cfg, threads=threads - 1 if threads > 1 else 2, out=str(tmp_path / "kept")), echo=None)
+    assert torch.get_num_threads() == threads and torch.tensor([1e-40]).item() != 0.0
+    # distributed.workers: it trained in this one process and recorded two workers
+    with pytest.raises(ConfigError, match=r"distributed.workers=2: train\(\) trains in this process; .*distributed"):
+        train(config.replace(cfg, **{"distributed.workers": 2}), echo=None)
+    assert not (tmp_path / "config.yaml").exists()
+    # the config helpers take what a notebook has at hand, or say what they need
+    assert config.from_dict(cfg).epochs == 1 and config.replace({"epochs": 2}, **{"method.k": 3}).method.k == 3
+    with pytest.raises(ConfigError, match="replace needs a knnmix.config.Config .* got str"):
+        config.replace("digits", epochs=2)  # AttributeError: asdict() should be called on dataclass instances
+    with pytest.raises(ConfigError, match="a config is a file path or a preset name, got None"):
+        config.preset_path(None)  # TypeError from pathlib

@@ -5,7 +5,6 @@
 ``knnmix.KnnmixError`` (one line) for a mistake in what they are given.
 """
 
-import importlib
 from typing import Any
 
 __version__ = "0.1.0"
@@ -17,6 +16,13 @@ _LAZY = {"find_label_issues": "knnmix.audit", "train": "knnmix.engine.train", "K
 
 
 def __getattr__(name: str) -> Any:
+    import importlib
+
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'knnmix' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public names too (a notebook's tab completion offers what ``dir`` lists), not the imported helper."""
+    return sorted({*globals(), *__all__} - {"Any"})

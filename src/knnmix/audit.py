@@ -9,6 +9,7 @@ per-sample cross-entropy of the *given* label -- the same test knnmix applies du
 from __future__ import annotations
 
 import csv
+import numbers
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,8 +41,8 @@ def find_label_issues(
     probs = _probabilities(pred_probs)
     n, c = probs.shape
     labels = _class_labels(labels, "labels", n, c)
-    if not 0 < threshold < 1:
-        raise KnnmixError(f"threshold must lie in (0, 1), got {threshold}")
+    if not isinstance(threshold, numbers.Real) or isinstance(threshold, bool) or not 0 < threshold < 1:
+        raise KnnmixError(f"threshold must be a number in (0, 1), got {threshold!r}")
     if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or not 0 <= seed < 2**32:  # scikit-learn's
         raise KnnmixError(f"seed must be an integer in [0, 2**32), got {seed!r}")
     if corrected_labels is None:

@@ -11,9 +11,11 @@ Every field documents its unit and meaning in the comment beside it; ``docs/conf
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
+import numbers
 import operator
 import re
 import types
@@ -136,8 +138,10 @@ class Config:
 PRESETS = Path(__file__).parent / "presets"
 
 
-def preset_path(name_or_path: str) -> Path:
+def preset_path(name_or_path: str | Path) -> Path:
     """A config file path, or the name of an embedded preset (``knnmix config --presets`` lists them)."""
+    if not isinstance(name_or_path, (str, Path)):
+        raise ConfigError(f"a config is a file path or a preset name, got {name_or_path!r}")
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.is_file():
         return p
@@ -149,9 +153,10 @@ def preset_path(name_or_path: str) -> Path:
                       f"{did_you_mean(name_or_path, names)}")
 
 
-def from_dict(data: dict[str, Any] | None = None) -> Config:
-    """Build and validate a :class:`Config` from a (possibly partial, nested) dict."""
-    cfg = _build(Config, data or {}, "")
+def from_dict(data: dict[str, Any] | Config | None = None) -> Config:
+    """Build and validate a :class:`Config` from a (possibly partial, nested) dict, or check a :class:`Config` whose
+    attributes may have been set by hand (a validated copy)."""
+    cfg = _build(Config, to_dict(data) if isinstance(data, Config) else data or {}, "")
     validate(cfg)
     return cfg
 
@@ -271,9 +276,12 @@ def differences(old: dict[str, Any], new: dict[str, Any], shown: int, ignore: tu
     return ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:shown])
 
 
-def replace(cfg: Config, **dotted: Any) -> Config:
-    """A validated copy of ``cfg`` with dotted keys changed: ``replace(cfg, **{"method.k": 3})``."""
-    data = to_dict(cfg)
+def replace(cfg: Config | dict[str, Any], **dotted: Any) -> Config:
+    """A validated copy of ``cfg`` (a :class:`Config`, or a nested dict of its keys) with dotted keys changed:
+    ``replace(cfg, **{"method.k": 3})``."""
+    if not isinstance(cfg, (Config, dict)):
+        raise ConfigError(f"replace needs a knnmix.config.Config (or a dict of its keys), got {type(cfg).__name__}")
+    data = to_dict(cfg) if isinstance(cfg, Config) else copy.deepcopy(cfg)
     for key, value in dotted.items():
         set_dotted(data, key, value)
     return from_dict(data)
@@ -353,13 +361,15 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         if value not in choices:
             raise ConfigError(f"{path}: {_show(value)} is not one of {', '.join(map(str, choices))}")
         return value
-    if tp in _EXPECTED:  # bool, int, str: taken as they are (true is not an integer)
-        if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
-            return value
+    if tp in _EXPECTED:  # bool, int, str: taken as they are (true is not an integer), numpy's integers as ints
+        if tp is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
+        if isinstance(value, tp) and tp is not int:
+            return tp(value)
         raise ConfigError(f"{path}: expected {_EXPECTED[tp]}, got {_show(value)}")
     if tp is float:
-        try:  # YAML 1.1 reads "1e-3" as a string
-            number = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else None
+        try:  # YAML 1.1 reads "1e-3" as a string; numpy's floats are numbers.Real
+            number = float(value) if isinstance(value, (numbers.Real, str)) and not isinstance(value, bool) else None
         except ValueError:
             number = None
         if number is None:

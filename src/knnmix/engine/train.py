@@ -159,6 +159,18 @@ def build_run(
     )
 
 
+@contextlib.contextmanager
+def process_settings_kept() -> Iterator[None]:
+    """Give torch's thread count and denormal flushing, which :func:`build_run` sets for a run, back to the caller."""
+    threads = torch.get_num_threads()
+    flushing = torch.tensor([1e-40]).item() == 0.0  # (torch has no getter: a subnormal float32 is flushed to zero)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_flush_denormal(flushing)
+
+
 def build_data(cfg: C.Config, splits: Splits | None = None) -> tuple[Splits, C.Config]:
     """The splits of ``cfg`` and the config resolved against them, checked against the data (``method.k``): what
     fails on a bad ``data.root`` or a setting the data cannot take, before a run is replaced (Ray Train's driver)."""
@@ -670,13 +682,18 @@ def train(
 
     An existing run in ``cfg.out`` is continued with ``resume``, replaced with ``overwrite``, else an error; a folder
     another process is writing into is an error too. ``cfg`` may also be a nested dict
-    (:func:`knnmix.config.from_dict`); a config changed after it was built is checked again.
+    (:func:`knnmix.config.from_dict`); a config changed after it was built is checked again. The run seeds torch's,
+    numpy's and Python's global random generators with ``cfg.seed``; torch's thread count (``threads``) and its
+    flushing of denormal numbers are the caller's again when it returns.
     """
     if not isinstance(cfg, (C.Config, dict)):
         raise ConfigError(f"train needs a knnmix.config.Config (or a dict of its keys), got {type(cfg).__name__}")
     cfg = C.from_dict(C.to_dict(cfg) if isinstance(cfg, C.Config) else cfg)  # attributes set by hand are checked too
+    if cfg.distributed.workers > 0:  # (it trained in this one process and recorded the workers as if they had run)
+        raise ConfigError(f"distributed.workers={cfg.distributed.workers}: train() trains in this process; Ray Train "
+                          "workers train with knnmix.scale.train.train_distributed(cfg) (as `knnmix train` does)")
     folder = RunFolder(cfg.out)
-    with folder_lock(folder.path):
+    with folder_lock(folder.path), process_settings_kept():
         replace = prepare_folder(folder, resume=resume, overwrite=overwrite)
         run = build_run(cfg)  # a config or data error leaves the run it would replace in place
         if replace:
