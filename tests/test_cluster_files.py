@@ -515,3 +515,19 @@ def test_train_job_resumes_with_the_config_of_the_run_folder_set_by_set_out(tmp_
     for flag in ("--resume", "--resume-if-exists"):
         assert job.main(["--set", f"out={tmp_path / 'run'}", "--workers", "2", flag]) == 2
         assert "unknown dataset 'mnist'" in capsys.readouterr().err
+
+
+def test_a_source_tree_that_is_not_installed_finds_its_shipped_spaces():
+    """distributed/sweep_job.py imports knnmix from ../src (the image's copy at /home/ray/knnmix, or a --working-dir
+    upload), where knnmix.search_spaces is no package: the RayJob's `sweep_job.py cifar10` said "search space
+    'cifar10' does not exist (shipped spaces: )" (the editable install of these tests hid it)."""
+    import os
+    import subprocess
+    import sys
+    import sysconfig
+
+    code = "from knnmix.spaces import resolve_space_path; print(resolve_space_path('cifar10'))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), sysconfig.get_paths()["purelib"]])}
+    found = subprocess.run([sys.executable, "-S", "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert found.returncode == 0, found.stderr[-2000:]
+    assert Path(found.stdout.strip()) == SPACES / "cifar10.yaml"

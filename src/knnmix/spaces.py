@@ -182,7 +182,7 @@ def shipped_spaces() -> Path:
     try:
         return Path(str(resources.files("knnmix.search_spaces")))
     except ModuleNotFoundError:  # a source tree that was not installed
-        return Path(__file__).resolve().parents[3] / "search_spaces"
+        return Path(__file__).resolve().parents[2] / "search_spaces"  # (src/knnmix/spaces.py)
 
 
 def resolve_space_path(name_or_path: str | Path) -> Path:
