@@ -61,8 +61,7 @@ def make_study(space: SearchSpace, setting: NoiseSetting, storage: str | None = 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     seed = (space.seed * 1_000_003 + zlib.crc32(setting.spec.encode())) % (2**31 - 1)  # the sweep's, per setting
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(space))
-    return OptunaSearch(
-        space=space.distributions(), metric=METRIC, mode=MODE, sampler=sampler,
+    return OptunaSearch(space=space.distributions(), metric=METRIC, mode=MODE, sampler=sampler,
         study_name=study_name(space, setting), points_to_evaluate=[dict(p) for p in space.start_with] or None,
         storage=optuna.storages.RDBStorage(storage) if storage else None)
 
@@ -195,8 +194,7 @@ def make_asha(space: SearchSpace, max_t: int | None = None) -> ASHAScheduler:
 def trial_resources(cfg: C.Config) -> dict[str, Any]:
     """An in-process trial reserves its CPUs (and GPU); a Ray Train trial's own process none (its workers do)."""
     if in_process(cfg):
-        x = cfg.distributed
-        return {"cpu": x.cpus_per_worker, **({"gpu": 1} if x.use_gpu else {})}
+        return {"cpu": cfg.distributed.cpus_per_worker, **({"gpu": 1} if cfg.distributed.use_gpu else {})}
     return {"cpu": 0, "memory": TRIAL_MEMORY}
 
 
@@ -352,8 +350,7 @@ def _finalize_setting(space: SearchSpace, setting: NoiseSetting, trials: list[Tr
                       store: Store, ml: dict[str, Any], register: str | None) -> dict[str, Any]:
     """The summary entry of one noise setting, and (once) its MLflow run's artifacts."""
     best = best_trial(trials)
-    entry: dict[str, Any] = {
-        "noise": setting.spec, "slug": setting.slug, "trials": len(trials),
+    entry: dict[str, Any] = {"noise": setting.spec, "slug": setting.slug, "trials": len(trials),
         "completed": sum(t.completed for t in trials), "stopped_early": sum(t.stopped_early for t in trials),
         "failed": sum(t.failed for t in trials), "errors": {t.trial_id: t.error for t in trials if t.failed},
         "mlflow_run_id": ml["settings"][setting.slug], "trial_ids": [t.trial_id for t in trials], "best": None,
@@ -379,8 +376,7 @@ def _finalize_sweep(space: SearchSpace, folder: SweepFolder, store: Store, ml: d
         "failed": sum(s["failed"] for s in settings), "optuna_storage": folder.optuna_storage,
         "mlflow": {"tracking_uri": store.uri, "artifact_root": store.artifact_root,
                    "experiment": space.experiment_name, "experiment_id": ml["experiment_id"],
-                   "sweep_run_id": ml["sweep_run_id"], "ui": store.ui_command()},
-    }
+                   "sweep_run_id": ml["sweep_run_id"], "ui": store.ui_command()}}
     atomic_write_text(folder.file(SUMMARY_JSON), json.dumps(summary, indent=2, default=str) + "\n")
     atomic_write_text(folder.file(SUMMARY_MD), summary_markdown(summary))
     T.finish_sweep_run(store, ml, summary, [folder.file(SUMMARY_JSON), folder.file(SUMMARY_MD)],

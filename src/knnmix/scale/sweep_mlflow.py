@@ -42,8 +42,7 @@ def last_epoch(trial: Any) -> int:
 
 def open_sweep_runs(store: Store, space: Any, settings: list[Any], ml: dict[str, Any], space_file: Path,
                     experiment_id: str) -> dict:
-    """The sweep's run and one run per noise setting in experiment ``experiment_id`` (what :func:`reach` answered);
-    ids kept in ``ml`` (the sweep state)."""
+    """The sweep's run and one run per noise setting in experiment ``experiment_id``; ids kept in ``ml`` (the state)."""
     ml["experiment_id"] = experiment_id
     tags = {KIND_TAG: "sweep", **({"mlflow.note.content": space.description} if space.description else {})}
     ml["sweep_run_id"] = create_run(store, ml["experiment_id"], space.name, tags, reuse=ml.get("sweep_run_id"))
@@ -58,8 +57,7 @@ def open_sweep_runs(store: Store, space: Any, settings: list[Any], ml: dict[str,
         "noise": ",".join(s.spec for s in settings), "base.config": space.base.config,
         **{f"asha.{k}": v for k, v in space.to_dict()["asha"].items()},
         **{f"params.{k}": p.describe() for k, p in space.params.items()},
-        **{f"base.set.{k}": v for k, v in space.base.set.items()},
-    })
+        **{f"base.set.{k}": v for k, v in space.base.set.items()}})
     client.log_artifact(ml["sweep_run_id"], str(space_file))
     return ml
 
@@ -82,8 +80,7 @@ def ended_on_failure(store: Store, ml: dict[str, Any]) -> Iterator[None]:
 
 
 def mark_unfinished(store: Store, ml: dict[str, Any], status: str) -> None:
-    """End the sweep's runs that are still RUNNING with ``status``. Never raises: the error that stopped the sweep
-    is the one to report."""
+    """End the sweep's runs still RUNNING with ``status``; never raises (the error that stopped the sweep is told)."""
     with suppress(Exception):
         client = store.client()
         parents = list(ml.get("settings", {}).values())

@@ -58,8 +58,7 @@ class RayConfigs:
 
 
 def storage_of(cfg: C.Config) -> tuple[str, str]:
-    """``(storage_path, name)``: ``distributed.storage_path`` or ``<abs out>/ray``; ``distributed.name`` or the name
-    of the out folder."""
+    """``(storage_path, name)``: ``distributed.storage_path`` or ``<abs out>/ray``; ``distributed.name`` or out's."""
     out = Path(cfg.out).expanduser().absolute()
     x = cfg.distributed
     storage = x.storage_path if x.storage_path is not None else str(out / "ray")
@@ -83,15 +82,14 @@ def ray_configs(cfg: C.Config, *, num_workers: int | None = None, callbacks: lis
     # Without a validation split there is no val_acc to rank by: keep the most recent checkpoints instead.
     score = "val_acc" if cfg.data.val_fraction > 0 else None
     run = RunConfig(
-        name=name, storage_path=storage, callbacks=callbacks,  # Ray retries a start-up that times out forever
+        name=name, storage_path=storage,  # Ray retries a start-up that times out forever
+        callbacks=[*(callbacks or []), *([] if verbose else [quiet_controller()])],
         failure_config=FailureConfig(max_failures=x.max_failures, controller_failure_limit=START_TRIES),
         checkpoint_config=CheckpointConfig(num_to_keep=x.num_to_keep, checkpoint_score_attribute=score,
                                            checkpoint_score_order="max"),
-        # The knnmix package itself travels in the job's runtime env (ray_env.ensure_ray): Ray uploads local
-        # folders only at the job level.
+        # The knnmix package travels in the job's runtime env (ray_env.ensure_ray): Ray uploads folders per job only
         worker_runtime_env={"env_vars": ray_env.worker_env()},
-        logging_config=LoggingConfig(log_level="INFO" if verbose else "WARNING"),
-    )
+        logging_config=LoggingConfig(log_level="INFO" if verbose else "WARNING"))
     return RayConfigs(scaling=scaling, torch_config=TorchConfig(backend="nccl" if x.use_gpu else "gloo"), run=run)
 
 
@@ -148,8 +146,7 @@ def fit(cfg: C.Config, *, resume: bool = False, overwrite: bool = False, num_wor
     trainer = TorchTrainer(
         train_worker, train_loop_config={"config": C.to_dict(cfg), "resume": resume, "verbose": verbose,
                                          "keep_in": str(Path(storage) / name) if local else None},
-        scaling_config=configs.scaling, torch_config=configs.torch_config, run_config=configs.run,
-    )
+        scaling_config=configs.scaling, torch_config=configs.torch_config, run_config=configs.run)
     sigint = signal.getsignal(signal.SIGINT)
     try:
         result = trainer.fit()
@@ -242,9 +239,8 @@ def check_run_state(cfg: C.Config, *, resume: bool, overwrite: bool = False) -> 
     latest = cache(partial(latest_ray_checkpoint, storage, name))  # read once, and only once the flags agree
 
     def held() -> str | None:
-        in_ray = latest() is not None
         return (f"run folder {str(folder.path)!r}" if folder.has_run()
-                else f"Ray Train storage {storage!r} (run name {name!r})" if in_ray else None)
+                else f"Ray Train storage {storage!r} (run name {name!r})" if latest() is not None else None)
 
     missing = f"no Ray Train checkpoint of run {name!r} in {storage!r} and no {str(folder.file(CHECKPOINT))!r}"
     replace = E.resume_or_replace(held, resume=resume, overwrite=overwrite, missing=missing,
@@ -344,6 +340,18 @@ def not_a_user_error(record: logging.LogRecord) -> bool:  # False for Ray Train'
     return "\nknnmix.errors." not in record.getMessage()
 
 
+def quiet_controller() -> Any:
+    """A Ray Train callback that keeps the controller's traceback of each worker start-up that timed out (a cluster
+    short of CPUs: one a minute) off the console; knnmix says it in one line after :data:`START_TRIES` of them."""
+    from ray.train.v2._internal.execution.callback import ControllerCallback  # (run in the controller's process)
+
+    class Quiet(ControllerCallback):
+        def after_controller_start(self, train_run_context: Any) -> None:
+            logging.getLogger("ray.train.v2._internal.execution.controller.controller").addFilter(
+                lambda r: not r.exc_info or type(r.exc_info[1]).__name__ != "WorkerGroupStartupTimeoutError")
+    return Quiet()
+
+
 def say(text: str) -> None:
     """Print one progress line from a worker (Ray Train's patched ``print`` would also log it: it shows twice)."""
     sys.stdout.write(text + "\n")
@@ -352,9 +360,8 @@ def say(text: str) -> None:
 
 def start_or_restore(run: E.Run, folder: RunFolder, checkpoint: Any, resume: bool) -> str:
     """Restore from Ray's checkpoint (``resume``: the run folder's when newer), else (``resume``) from the run
-    folder's, else start the run folder (rank 0).
-    Returns the ``redo`` mark of :func:`checkpoint_dir_name` for the epochs to come (``""`` unless it skipped Ray's
-    newest checkpoint)."""
+    folder's, else start the run folder (rank 0). Returns the ``redo`` mark of :func:`checkpoint_dir_name` for the
+    epochs to come (``""`` unless it skipped Ray's newest checkpoint)."""
     redo = ""
     newer = newer_in_folder(folder, checkpoint) if checkpoint is not None and resume else None
     if checkpoint is not None and newer is None:
