@@ -1,5 +1,5 @@
-"""What a result records as its commit: this checkout's, never another repository's, else the driver's or the image's
-``KNNMIX_GIT_COMMIT``."""
+"""What a result records as its commit: this checkout's, never another repository's, else the driver's
+``KNNMIX_GIT_COMMIT``, else the commit a Docker image's build wrote into its package."""
 
 from __future__ import annotations
 
@@ -35,7 +35,23 @@ def test_a_package_copied_into_another_repository_does_not_take_its_commit(tmp_p
     git(repo, "-c", "user.name=u", "-c", "user.email=u@x", "commit", "-qm", "theirs")
     shutil.copytree(package_dir(), repo / "site" / "knnmix", ignore=shutil.ignore_patterns("__pycache__"))
     assert commit_seen(repo / "site") == "unknown"  # not the project's HEAD
-    assert commit_seen(repo / "site", KNNMIX_GIT_COMMIT="abc123") == "abc123"  # a Ray worker's or an image's
+    assert commit_seen(repo / "site", KNNMIX_GIT_COMMIT="abc123") == "abc123"  # a Ray worker's or a submitter's
+
+
+def test_an_images_commit_stays_with_its_code(tmp_path):
+    """The Docker image set KNNMIX_GIT_COMMIT for every process: code that `ray job submit --working-dir .` uploaded
+    into it (another checkout, without .git) recorded the image's build commit. The build now writes the commit
+    into the package it installs (distributed/Dockerfile), so only that code records it."""
+    image, upload = tmp_path / "image", tmp_path / "upload"
+    for where in (image, upload):
+        shutil.copytree(package_dir(), where / "knnmix", ignore=shutil.ignore_patterns("__pycache__", "COMMIT"))
+    (image / "knnmix" / "COMMIT").write_text("f00d-image\n")
+    assert commit_seen(image) == "f00d-image"
+    assert commit_seen(upload) == "unknown"
+    assert commit_seen(upload, KNNMIX_GIT_COMMIT="c0ffee") == "c0ffee"  # what the submitter says
+    dockerfile = (package_dir().parents[1] / "distributed" / "Dockerfile").read_text()
+    assert 'RUN echo "${KNNMIX_GIT_COMMIT}" > src/knnmix/COMMIT' in dockerfile
+    assert "ENV KNNMIX_GIT_COMMIT" not in dockerfile
 
 
 def test_the_checkout_wins_over_a_stale_variable():

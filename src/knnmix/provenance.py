@@ -14,18 +14,25 @@ from pathlib import Path
 from typing import Any
 
 
+#: The file a build that has no ``.git`` (distributed/Dockerfile) writes its commit into, beside this module: it goes
+#: wherever these files go (pip's install, Ray's copies), and no other copy of the code has it.
+COMMIT_FILE = "COMMIT"
+
+
 @lru_cache(maxsize=1)
 def git_commit() -> str:
     """``<sha>`` of the git checkout that tracks this package's files (``<sha>-dirty`` with uncommitted changes); else
-    ``KNNMIX_GIT_COMMIT`` (what the driver passes to Ray workers, which import a copy of the package, or a Docker
-    image's build argument); else ``unknown``. A package copied into another project's repository is not its
-    checkout."""
+    ``KNNMIX_GIT_COMMIT`` (what the driver passes to Ray workers, which import a copy of the package, or what a job's
+    submitter sets); else the :data:`COMMIT_FILE` a Docker image's build wrote into the package; else ``unknown``. A
+    package copied into another project's repository is not its checkout; code that ``ray job submit --working-dir``
+    uploads into an image is not the image's."""
     try:
         _git("ls-files", "--error-unmatch", Path(__file__).name, check=True)
         sha = _git("rev-parse", "HEAD", check=True)
         dirty = _git("status", "--porcelain", "--untracked-files=no", check=False)
     except (OSError, subprocess.SubprocessError):
-        return os.environ.get("KNNMIX_GIT_COMMIT") or "unknown"
+        built = package_dir() / COMMIT_FILE
+        return os.environ.get("KNNMIX_GIT_COMMIT") or (built.read_text().strip() if built.is_file() else "unknown")
     return f"{sha}-dirty" if dirty else sha
 
 
