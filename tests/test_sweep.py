@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -1218,8 +1219,21 @@ def test_train_logs_its_run_to_mlflow_when_a_tracking_uri_is_given(tmp_path, mon
     # resuming the run folder continues its MLflow run: no second run, epoch or model version
     for more in ([], ["--epochs", "8"]):
         assert cli_main(["train", "--out", str(tmp_path / "run"), "--resume", "--tracking-uri", uri, *more]) == 0
-        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["mlflow_run_id"] == run_id
+        resumed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert resumed["mlflow_run_id"] == run_id
     assert [int(m.step) for m in client.get_metric_history(run_id, "val_acc")] == list(range(1, 9))
+    # MLflow's params cannot change: the run says which the resume changed; its totals are metrics, as a trial's
+    run = client.get_run(run_id)
+    assert run.data.params["epochs"] == "6" and run.data.tags["knnmix.changed_on_resume"] == "epochs: 6 -> 8"
+    assert (run.data.metrics["best_val_acc"], run.data.metrics["test_acc_at_best_val"]) == (
+        resumed["best_val"]["val_acc"], resumed["best_val"]["test_acc"])
+    # ... and its times are the training's: it starts when the run folder started (it was logged only after the
+    # training: a 30 s run showed 1.2 s in the Duration column), each epoch at the time it ended
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    started = datetime.strptime(info["started"], "%Y-%m-%dT%H:%M:%S%z")
+    times = [m.timestamp for m in client.get_metric_history(run_id, "val_acc")]
+    assert run.info.start_time == 1000 * started.timestamp() < times[0]
+    assert times == sorted(times) and times[-1] <= run.info.end_time and len(set(times)) > 1
     assert len(client.search_runs([run.info.experiment_id])) == 1
     assert len(client.search_model_versions("name='digits-ce'")) == 1
     # logging that fails once the run is trained (here: its artifact folder cannot be made) says so, and then

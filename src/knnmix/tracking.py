@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, redirect_stderr, suppress
 from dataclasses import dataclass
+from datetime import datetime
 from importlib.metadata import entry_points, version
 from pathlib import Path
 from typing import Any
@@ -176,10 +177,10 @@ def reach(store: Store, experiment: str, register: str | None = None) -> str:
 
 
 def create_run(store: Store, exp_id: str, name: str, tags: dict[str, str], *, parent: str | None = None,
-               reuse: str | None = None) -> str:
-    """Reuse run ``reuse`` when it still exists, else a new run (nested under ``parent``) with MLflow's default
-    source and user tags and knnmix's commit (MLflow finds none when its entry point, e.g. .venv/bin/knnmix, is
-    git-ignored)."""
+               reuse: str | None = None, start_time: int | None = None) -> str:
+    """Reuse run ``reuse`` when it still exists, else a new run (nested under ``parent``; started at ``start_time``,
+    ms since 1970, default now) with MLflow's default source and user tags and knnmix's commit (MLflow finds none
+    when its entry point, e.g. .venv/bin/knnmix, is git-ignored)."""
     from mlflow.tracking.context.registry import resolve_tags
 
     client = store.client()
@@ -190,16 +191,18 @@ def create_run(store: Store, exp_id: str, name: str, tags: dict[str, str], *, pa
                 return reuse
     extra = {PARENT_TAG: parent} if parent else {}
     all_tags = resolve_tags({"mlflow.source.git.commit": git_commit(), **tags, **extra})
-    return client.create_run(exp_id, run_name=name, tags=all_tags).info.run_id
+    return client.create_run(exp_id, run_name=name, tags=all_tags, start_time=start_time).info.run_id
 
 
-def log_params(client: Any, run_id: str, params: dict[str, Any]) -> None:
-    """Log params, skipping ones already logged (params cannot change); ``log_batch`` splits them into batches."""
+def log_params(client: Any, run_id: str, params: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """Log params, skipping ones already logged (params cannot change); ``log_batch`` splits them into batches.
+    Returns those logged before with another value: ``{key: (logged value, value now)}``."""
     from mlflow.entities import Param
 
     have = client.get_run(run_id).data.params
-    client.log_batch(run_id, params=[Param(k, (json.dumps(v) if isinstance(v, (list, dict)) else str(v))[:6000])
-                                     for k, v in params.items() if k not in have])
+    text = {k: (json.dumps(v) if isinstance(v, (list, dict)) else str(v))[:6000] for k, v in params.items()}
+    client.log_batch(run_id, params=[Param(k, v) for k, v in text.items() if k not in have])
+    return {k: (have[k], v) for k, v in text.items() if have.get(k, v) != v}
 
 
 def log_files(client: Any, run_id: str, folder: Path, names: Iterable[str], artifact_path: str | None = None) -> None:
@@ -208,37 +211,40 @@ def log_files(client: Any, run_id: str, folder: Path, names: Iterable[str], arti
             client.log_artifact(run_id, str(folder / name), artifact_path)
 
 
-def log_epochs(client: Any, run_id: str, records: Iterable[dict[str, Any]]) -> list[int]:
-    """Log the numbers of metrics.jsonl records with ``step = epoch``; returns the epochs logged. A run's totals are
-    one record of epoch 0 (one value per metric). ``None``, non-finite and non-numeric values are not logged."""
+def log_epochs(client: Any, run_id: str, records: Iterable[dict[str, Any]], ended: dict[int, int] | None = None
+               ) -> list[int]:
+    """Log the numbers of metrics.jsonl records with ``step = epoch`` and the time each epoch ``ended`` (ms since
+    1970; default now); returns the epochs logged. A run's totals are one record of epoch 0 (one value per metric).
+    ``None``, non-finite and non-numeric values are not logged."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
     metrics, epochs = [], []
     for r in records:
         epochs.append(int(r["epoch"]))
-        metrics.extend(Metric(k, float(v), now, epochs[-1]) for k, v in r.items() if k != "epoch"
+        at = (ended or {}).get(epochs[-1], now)
+        metrics.extend(Metric(k, float(v), at, epochs[-1]) for k, v in r.items() if k != "epoch"
                        and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
     client.log_batch(run_id, metrics=metrics)
     return epochs
 
 
-def log_run_folder(client: Any, run_id: str, folder: Path) -> None:
+def log_run_folder(client: Any, run_id: str, folder: Path) -> dict[str, tuple[str, str]]:
     """A run folder's config as params, and the training data as the run's dataset input: the data set with its
     noisy labels (digest of the labels the run trained on), so the runs table's Dataset column names what each run
-    saw."""
+    saw. Returns the config values logged before that differ now (a resume that trains further: :func:`log_params`)."""
     import mlflow.data
     import numpy as np
     from mlflow.data.code_dataset_source import CodeDatasetSource
     from mlflow.entities import DatasetInput, InputTag
 
     if not (folder / CONFIG).exists():
-        return
+        return {}
     cfg = C.load(folder / CONFIG)
-    log_params(client, run_id, C.flatten(cfg))
+    changed = log_params(client, run_id, C.flatten(cfg))
     client.log_artifact(run_id, str(folder / CONFIG))
     if not (folder / NOISY_LABELS).exists():
-        return
+        return changed
     with np.load(folder / NOISY_LABELS) as z:
         labels = z["noisy_labels"][z["train_rows"]]
     source = CodeDatasetSource({"knnmix.dataset": cfg.data.name, "knnmix.noise": cfg.noise.spec,
@@ -246,6 +252,7 @@ def log_run_folder(client: Any, run_id: str, folder: Path) -> None:
     ds = mlflow.data.from_numpy(labels, source=source, name=f"{cfg.data.name} [{cfg.noise.spec}]")
     context = InputTag("mlflow.data.context", "train")
     client.log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), [context])])
+    return changed
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -329,26 +336,52 @@ def fluent(store: Store) -> Iterator[None]:
         mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]  # None unsets it
 
 
+def epoch_ends(info: dict[str, Any], records: list[dict[str, Any]]) -> dict[int, int]:
+    """When a run started (key 0) and each epoch of it ended, in ms since 1970, as far as its ``run.json``
+    (``info``: when it started and each resume) and ``metrics.jsonl`` records (training and evaluation times) tell;
+    data loading and checkpoints are not counted, so an epoch is placed a little early."""
+    starts = {0: info.get("started"), **{r.get("after_epoch"): r.get("at") for r in info.get("resumed", [])}}
+    ends, t = {}, None
+    for r in sorted(records, key=lambda r: int(r["epoch"])):
+        with suppress(TypeError, ValueError):  # (a start not recorded, or not as knnmix.provenance.now writes it)
+            t = datetime.strptime(starts.get(int(r["epoch"]) - 1), "%Y-%m-%dT%H:%M:%S%z").timestamp()
+        if t is not None:
+            t += float(r.get("train_time_s") or 0) + float(r.get("eval_time_s") or 0)
+            ends[int(r["epoch"])] = int(1000 * t)
+    with suppress(TypeError, ValueError):
+        ends[0] = int(1000 * datetime.strptime(starts[0], "%Y-%m-%dT%H:%M:%S%z").timestamp())
+    return ends
+
+
 def log_training_run(store: Store, folder: Path, summary: dict[str, Any], *, experiment: str = TRAIN_EXPERIMENT,
                      register: str | None = None) -> str:
     """Log a finished run folder (``knnmix train --tracking-uri``): config, per-epoch metrics, dataset, summary,
     label audit and the validation-selected model. Returns the run id.
 
     A resumed run folder continues the MLflow run it logged before (the same folder and start time): only the new
-    epochs are added, and the model is logged again only when the selected epoch changed or ``register`` asks."""
+    epochs are added, the config values it changed (``epochs``; MLflow's params cannot change) are named in tag
+    ``knnmix.changed_on_resume``, and the model is logged again only when the selected epoch changed or ``register``
+    asks. The run starts when the run folder started, each epoch is logged at the time it ended (:func:`epoch_ends`),
+    and the run's totals are metrics of step 0, as a sweep trial's: ``best_val_acc``, ``test_acc_at_best_val``."""
     client = store.client()
     cfg = C.load(folder / CONFIG)
     exp_id = experiment_id(store, experiment)
-    started = json.loads((folder / RUN_INFO).read_text()).get("started", "") if (folder / RUN_INFO).exists() else ""
+    info = json.loads((folder / RUN_INFO).read_text()) if (folder / RUN_INFO).exists() else {}
+    started = info.get("started", "")
     tags = {KIND_TAG: "train", "knnmix.run_folder": str(folder.absolute()), "knnmix.run_started": started,
             "mlflow.source.git.commit": str(summary.get("commit", ""))}
     earlier = [r for r in client.search_runs([exp_id], f"tags.`knnmix.run_started` = '{started}'")
                if r.data.tags.get("knnmix.run_folder") == tags["knnmix.run_folder"]][:1] if started else []
+    records = read_metrics(folder / METRICS)
+    ended = epoch_ends(info, records)
     rid = create_run(store, exp_id, f"{cfg.method.name} {cfg.data.name} {cfg.noise.spec} seed {cfg.seed}", tags,
-                     reuse=earlier[0].info.run_id if earlier else None)
-    log_run_folder(client, rid, folder)
+                     reuse=earlier[0].info.run_id if earlier else None, start_time=ended.get(0))
+    if changed := log_run_folder(client, rid, folder):
+        client.set_tag(rid, "knnmix.changed_on_resume", "; ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()))
     logged = {int(m.step) for m in client.get_metric_history(rid, "train_loss")}  # logged every epoch
-    log_epochs(client, rid, [r for r in read_metrics(folder / METRICS) if int(r["epoch"]) not in logged])
+    log_epochs(client, rid, [r for r in records if int(r["epoch"]) not in logged], ended)
+    best = summary["best_val"]
+    log_epochs(client, rid, [{"epoch": 0, "best_val_acc": best["val_acc"], "test_acc_at_best_val": best["test_acc"]}])
     log_files(client, rid, folder, (SUMMARY, LABEL_ISSUES, LABEL_ISSUES_PLOT, RUN_INFO))
     selected = str(summary["best_val"]["epoch"] or summary["epochs"])  # no validation split: the last epoch
     if (folder / BEST_MODEL).exists() and (register or client.get_run(rid).data.tags.get(MODEL_EPOCH_TAG) != selected):
