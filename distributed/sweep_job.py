@@ -61,9 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def resume_command() -> str:
     """What continues an interrupted sweep, with ``--resume --out DIR`` (the sweep's hint when it stops): a submitted
-    job is submitted again."""
+    job is submitted again, with its working dir, or naming this script (a RayJob's, in the image)."""
     submitted = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")  # set by `ray job submit` for the job's driver
-    return ("ray job submit --working-dir . -- " if submitted else "") + "python distributed/sweep_job.py"
+    if not submitted:
+        return "python distributed/sweep_job.py"
+    if (json.loads(submitted).get("runtime_env") or {}).get("working_dir"):
+        return "ray job submit --working-dir . -- python distributed/sweep_job.py"
+    return f"ray job submit -- python {Path(__file__).resolve()}"
 
 
 def sweep(args: argparse.Namespace) -> int:

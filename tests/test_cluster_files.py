@@ -497,6 +497,8 @@ def test_a_submitted_job_refuses_paths_in_its_temporary_working_directory(script
         job.main([*first, "--out", str(tmp_path / "x"), "--resume-if"])
     assert "unrecognized arguments: --resume-if" in capsys.readouterr().err
     if script == "sweep_job.py":  # an interrupted sweep's hint: a submitted job is submitted again
+        assert job.resume_command() == f"ray job submit -- python {REPO / 'distributed' / script}"  # a RayJob's
+        monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"working_dir": "gcs://x.zip"}}))
         assert job.resume_command() == "ray job submit --working-dir . -- python distributed/sweep_job.py"
         monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
         assert job.resume_command() == "python distributed/sweep_job.py"
