@@ -163,7 +163,8 @@ def build_run(
 def process_settings_kept() -> Iterator[None]:
     """Give torch's thread count and denormal flushing, which :func:`build_run` sets for a run, back to the caller."""
     threads = torch.get_num_threads()
-    flushing = torch.tensor([1e-40]).item() == 0.0  # (torch has no getter: a subnormal float32 is flushed to zero)
+    # (torch has no getter: a subnormal float32 on the CPU reads as zero while flushing is on)
+    flushing = torch.tensor([1e-40], dtype=torch.float32, device="cpu").item() == 0.0
     try:
         yield
     finally:
@@ -598,16 +599,19 @@ def restore(run: Run, ckpt: dict[str, Any], source: str = "the checkpoint") -> N
         raise CheckpointError(f"{source} does not fit this run (damaged or edited?): {one_line(exc, 200)}") from None
 
 
-#: After the error of a run folder's checkpoint that cannot be read or does not fit: what else the user can do.
-AFRESH = "; --overwrite in place of --resume starts the run afresh (or choose another --out)"
+#: After the error of a checkpoint that ``--resume`` cannot continue from: what else the user can do.
+AFRESH = "; if it cannot be mended, --overwrite in place of --resume starts the run afresh (or choose another --out)"
 
 
-def restore_folder(run: Run, folder: RunFolder, ckpt: dict[str, Any] | None = None) -> None:
-    """Continue ``run`` from its run folder's checkpoint (``ckpt``: that checkpoint, already read); one that cannot
-    be read or does not fit is a :class:`CheckpointError` that says how to start afresh instead."""
+@contextlib.contextmanager
+def saying_how_to_start_afresh(resume: bool) -> Iterator[None]:
+    """A :class:`CheckpointError` of a ``resume`` (a run the user asked to continue: not a sweep trial's, nor Ray
+    Train's restart of a run that was not resumed) says how to start afresh instead."""
     try:
-        restore(run, ckpt or folder.load_checkpoint(), str(folder.file(CHECKPOINT)))
+        yield
     except CheckpointError as exc:
+        if not resume:
+            raise
         raise CheckpointError(f"{exc}{AFRESH}") from None
 
 
@@ -699,7 +703,8 @@ def train(
         if replace:
             folder.clear()
         if resume:
-            restore_folder(run, folder)
+            with saying_how_to_start_afresh(resume):
+                restore(run, folder.load_checkpoint(), str(folder.file(CHECKPOINT)))
             folder.resumed(run.cfg, run.epoch, run.history)
             if echo:
                 echo(run.resumed_line())

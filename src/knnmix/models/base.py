@@ -75,7 +75,7 @@ class LogitsOnly(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor):
-            x = torch.as_tensor(x)  # e.g. a numpy array
+            x = torch.as_tensor(x, device=self.mean.device)  # e.g. a numpy array
         shape = getattr(self, "input_shape", None)  # absent from a module pickled before it existed
         if shape and tuple(x.shape[1:]) != shape:
             raise KnnmixError(f"images must be (N, {', '.join(map(str, shape))}) with pixels in [0, 1], the size the "

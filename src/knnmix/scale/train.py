@@ -113,7 +113,7 @@ class DistributedRun:
 
 def train_distributed(cfg: C.Config, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Train ``cfg`` on ``distributed.workers`` Ray Train workers; return the run's summary (as ``train``)."""
-    with folder_lock(Path(cfg.out).expanduser().absolute()):
+    with folder_lock(Path(cfg.out).expanduser().absolute()), E.saying_how_to_start_afresh(resume):
         return fit(cfg, resume=resume, overwrite=overwrite).summary
 
 
@@ -285,7 +285,7 @@ def restore_newest_readable(run: E.Run, checkpoint: Any, folder: RunFolder | Non
                 return name != path
     if folder is not None and folder.has_run() and restored(run, folder.file(CHECKPOINT), errors):
         return True
-    raise CheckpointError(f"no kept checkpoint of this run reads: {errors[0]}{E.AFRESH}")
+    raise CheckpointError(f"no kept checkpoint of this run reads: {errors[0]}")
 
 
 def restored(run: E.Run, file: Path, errors: list[str]) -> bool:
@@ -368,7 +368,7 @@ def start_or_restore(run: E.Run, folder: RunFolder, checkpoint: Any, resume: boo
         if restore_newest_readable(run, checkpoint, folder):
             redo = f"-redo{time.strftime('%Y%m%d%H%M%S')}"  # (rank 0's is the one that names checkpoints)
     elif resume and folder.has_run():  # Ray's is older, or none (e.g. a single-process run continued on workers)
-        E.restore_folder(run, folder, newer)
+        E.restore(run, newer or folder.load_checkpoint(), str(folder.file(CHECKPOINT)))
     else:
         if run.dist.is_main:
             folder.start(run.cfg, run.splits.noisy_labels_record())  # a restart before any checkpoint starts afresh
