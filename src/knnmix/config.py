@@ -360,12 +360,14 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         choices = typing.get_args(tp)
         if value not in choices:
             raise ConfigError(f"{path}: {_show(value)} is not one of {', '.join(map(str, choices))}")
-        return value
-    if tp in _EXPECTED:  # bool, int, str: taken as they are (true is not an integer), numpy's integers as ints
+        return choices[choices.index(value)]  # the choice itself (numpy's str_ equals it, but YAML cannot write it)
+    if tp in _EXPECTED:  # bool, int, str: taken as they are (true is not an integer), numpy's as the plain ones
         if tp is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
             return int(value)
-        if isinstance(value, tp) and tp is not int:
-            return tp(value)
+        if tp is bool and (isinstance(value, bool) or getattr(getattr(value, "dtype", None), "kind", "") == "b"):
+            return bool(value)
+        if tp is str and isinstance(value, str):
+            return str.__str__(value)  # (of a str subclass, e.g. numpy's str_: its text)
         raise ConfigError(f"{path}: expected {_EXPECTED[tp]}, got {_show(value)}")
     if tp is float:
         try:  # YAML 1.1 reads "1e-3" as a string; numpy's floats are numbers.Real
@@ -497,8 +499,6 @@ def unread_keys(cfg: Config) -> dict[str, str]:
     if o.optimizer != "sgd":
         unread.update({f"optim.{key}": f"only sgd reads it (optim.optimizer={o.optimizer})"
                        for key in ("momentum", "nesterov")})
-    elif o.momentum == 0:
-        unread["optim.nesterov"] = "Nesterov momentum needs a momentum (optim.momentum=0)"
     if o.schedule != "cosine_restarts":
         unread["optim.restart_period"] = f"only cosine_restarts reads it (optim.schedule={o.schedule})"
     if o.schedule == "constant":
