@@ -46,6 +46,9 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # the U
 #: group through which plugins add more.
 TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")  # file: see from_uri
 TRACKING_PLUGINS = "mlflow.tracking_store"
+#: SQLAlchemy's database drivers (the module a URI needs) and the package that installs each.
+DB_DRIVERS = {"psycopg": "'psycopg[binary]'", "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient",
+              "pymysql": "PyMySQL", "pyodbc": "pyodbc", "pymssql": "pymssql"}
 TRAIN_EXPERIMENT = "knnmix-train"  # where knnmix train and compare log their runs
 MODEL_EPOCH_TAG = "knnmix.model_epoch"  # the epoch whose weights a train run's logged model holds
 
@@ -160,8 +163,10 @@ def reach(store: Store, experiment: str, register: str | None = None) -> str:
     try:
         exp_id = experiment_id(store, experiment)
     except ImportError as exc:  # postgresql:// or mysql:// without its driver: not a server that does not answer
-        raise KnnmixError(f"tracking URI {store.uri!r} needs the Python module {exc.name!r}, its database's driver, "
-                          "which is not installed here") from None
+        if (package := DB_DRIVERS.get(exc.name or "")) is None:
+            raise KnnmixError(f"tracking URI {store.uri!r} cannot be used here: {one_line(exc)}") from None
+        raise KnnmixError(f"tracking URI {store.uri!r} needs the database driver {exc.name!r}, which is not installed "
+                          f"here (pip install {package})") from None
     except Exception as exc:  # MLflow's, SQLAlchemy's or the OS's: which one depends on the store
         raise KnnmixError(f"tracking URI {store.uri!r} does not answer: {one_line(exc)}") from None
     finally:
@@ -227,6 +232,13 @@ def log_epochs(client: Any, run_id: str, records: Iterable[dict[str, Any]], ende
                        and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
     client.log_batch(run_id, metrics=metrics)
     return epochs
+
+
+def log_totals(client: Any, run_id: str, totals: dict[str, Any]) -> None:
+    """A run's totals as metrics of step 0, each value once: a value the run has already is not logged again (a
+    resumed run, a failed trial run again)."""
+    have = client.get_run(run_id).data.metrics
+    log_epochs(client, run_id, [{"epoch": 0, **{k: v for k, v in totals.items() if have.get(k) != v}}])
 
 
 def log_run_folder(client: Any, run_id: str, folder: Path) -> dict[str, tuple[str, str]]:
@@ -340,16 +352,22 @@ def epoch_ends(info: dict[str, Any], records: list[dict[str, Any]]) -> dict[int,
     """When a run started (key 0) and each epoch of it ended, in ms since 1970, as far as its ``run.json``
     (``info``: when it started and each resume) and ``metrics.jsonl`` records (training and evaluation times) tell;
     data loading and checkpoints are not counted, so an epoch is placed a little early."""
-    starts = {0: info.get("started"), **{r.get("after_epoch"): r.get("at") for r in info.get("resumed", [])}}
-    ends, t = {}, None
+    def seconds(text: Any) -> float | None:  # (not recorded, or not as knnmix.provenance.now writes it: unknown)
+        with suppress(TypeError, ValueError):
+            return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S%z").timestamp()
+        return None
+
+    starts = {0: seconds(info.get("started"))}
+    for r in info.get("resumed", []):  # in order; a restart that went back (a redo) replaces the later starts
+        if isinstance(after := r.get("after_epoch"), int):
+            starts = {**{k: v for k, v in starts.items() if k < after}, after: seconds(r.get("at"))}
+    if starts[0] is None:
+        return {}  # (each epoch logged at the time it is logged)
+    ends, t = {0: int(1000 * starts[0])}, starts[0]
     for r in sorted(records, key=lambda r: int(r["epoch"])):
-        with suppress(TypeError, ValueError):  # (a start not recorded, or not as knnmix.provenance.now writes it)
-            t = datetime.strptime(starts.get(int(r["epoch"]) - 1), "%Y-%m-%dT%H:%M:%S%z").timestamp()
-        if t is not None:
-            t += float(r.get("train_time_s") or 0) + float(r.get("eval_time_s") or 0)
-            ends[int(r["epoch"])] = int(1000 * t)
-    with suppress(TypeError, ValueError):
-        ends[0] = int(1000 * datetime.strptime(starts[0], "%Y-%m-%dT%H:%M:%S%z").timestamp())
+        t = starts.get(int(r["epoch"]) - 1) or t
+        t += float(r.get("train_time_s") or 0) + float(r.get("eval_time_s") or 0)
+        ends[int(r["epoch"])] = int(1000 * t)
     return ends
 
 
@@ -380,8 +398,8 @@ def log_training_run(store: Store, folder: Path, summary: dict[str, Any], *, exp
         client.set_tag(rid, "knnmix.changed_on_resume", "; ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()))
     logged = {int(m.step) for m in client.get_metric_history(rid, "train_loss")}  # logged every epoch
     log_epochs(client, rid, [r for r in records if int(r["epoch"]) not in logged], ended)
-    best = summary["best_val"]
-    log_epochs(client, rid, [{"epoch": 0, "best_val_acc": best["val_acc"], "test_acc_at_best_val": best["test_acc"]}])
+    log_totals(client, rid, {"best_val_acc": summary["best_val"]["val_acc"],
+                             "test_acc_at_best_val": summary["best_val"]["test_acc"]})
     log_files(client, rid, folder, (SUMMARY, LABEL_ISSUES, LABEL_ISSUES_PLOT, RUN_INFO))
     selected = str(summary["best_val"]["epoch"] or summary["epochs"])  # no validation split: the last epoch
     if (folder / BEST_MODEL).exists() and (register or client.get_run(rid).data.tags.get(MODEL_EPOCH_TAG) != selected):

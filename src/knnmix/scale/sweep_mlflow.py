@@ -22,7 +22,7 @@ from knnmix.scale import ray_env
 from knnmix.spaces import METRIC, SETTING_KEY
 from knnmix.sweep_folder import best_record, reported, run_name, sampled_values, study_importances
 from knnmix.tracking import (KIND_TAG, PARENT_TAG, Store, create_run, log_epochs, log_files, log_model, log_params,
-                             log_run_folder, register_once)
+                             log_run_folder, log_totals, register_once)
 
 TRIAL_TAG = "knnmix.trial_id"
 OUTCOME_TAG = "knnmix.outcome"  # completed | stopped_early | failed
@@ -198,8 +198,8 @@ class TrialLogger(Callback):
         self.log_new_epochs(trial, rid, records)  # with the epochs reported while the driver was down
         outcome = "failed" if failed else ("completed" if (folder / SUMMARY).exists() else "stopped_early")
         best = best_record(records) or {}
-        log_epochs(self.client, rid, [{"epoch": 0, "epochs_run": last, "best_val_acc": best.get(METRIC),
-                                       "test_acc_at_best_val": best.get("test_acc")}])  # the trial's totals
+        log_totals(self.client, rid, {"epochs_run": last, "best_val_acc": best.get(METRIC),
+                                      "test_acc_at_best_val": best.get("test_acc")})
         self.client.set_tag(rid, OUTCOME_TAG, outcome)
         if not failed:  # its setting is finalized (again, when --resume reran a failed trial of a finalized one)
             self.client.set_tag(self.parents[trial.config[SETTING_KEY]], FINALIZED_TAG, "false")
@@ -264,7 +264,7 @@ def finish_setting_run(store: Store, ml: dict[str, Any], setting: Any, entry: di
                 entry["model_uri"] = log_model(store, entry["best_mlflow_run_id"], best.run_folder / BEST_MODEL,
                                                register=register)
                 client.set_tag(run_id, "knnmix.model_uri", entry["model_uri"])
-    log_epochs(client, run_id, [{"epoch": 0, **totals}])
+    log_totals(client, run_id, totals)
     client.set_tag(run_id, "knnmix.importances", json.dumps(entry["importances"])[:5000])
     client.set_tag(run_id, FINALIZED_TAG, "true")
     client.set_terminated(run_id, status="FINISHED")
@@ -281,6 +281,5 @@ def finish_sweep_run(store: Store, ml: dict[str, Any], summary: dict[str, Any], 
         client.log_artifact(run_id, str(f))
     totals = {f"best_{key}.{s['slug']}": s["best"][key] for s in summary["settings"] if s["best"]
               for key in ("val_acc", "test_acc")}
-    have = client.get_run(run_id).data.metrics  # a resumed finished sweep: each total once
-    log_epochs(client, run_id, [{"epoch": 0, **{k: v for k, v in totals.items() if have.get(k) != v}}])
+    log_totals(client, run_id, totals)  # (a resumed finished sweep: each total once)
     client.set_terminated(run_id, status="FAILED" if summary["failed"] else "FINISHED")
