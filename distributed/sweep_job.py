@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,13 +62,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def resume_command() -> str:
     """What continues an interrupted sweep, with ``--resume --out DIR`` (the sweep's hint when it stops): a submitted
-    job is submitted again, with its working dir, or naming this script (a RayJob's, in the image)."""
+    job is submitted again with its environment variables, and its working dir or naming this script (a RayJob's,
+    in the image)."""
     submitted = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")  # set by `ray job submit` for the job's driver
     if not submitted:
         return "python distributed/sweep_job.py"
-    if (json.loads(submitted).get("runtime_env") or {}).get("working_dir"):
-        return "ray job submit --working-dir . -- python distributed/sweep_job.py"
-    return f"ray job submit -- python {Path(__file__).resolve()}"
+    job = json.loads(submitted).get("runtime_env") or {}
+    env = f" --runtime-env-json {shlex.quote(json.dumps({'env_vars': job['env_vars']}))}" if job.get("env_vars") else ""
+    if job.get("working_dir"):
+        return f"ray job submit --working-dir .{env} -- python distributed/sweep_job.py"
+    return f"ray job submit{env} -- python {Path(__file__).resolve()}"
 
 
 def sweep(args: argparse.Namespace) -> int:

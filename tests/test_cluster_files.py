@@ -500,6 +500,11 @@ def test_a_submitted_job_refuses_paths_in_its_temporary_working_directory(script
         assert job.resume_command() == f"ray job submit -- python {REPO / 'distributed' / script}"  # a RayJob's
         monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"working_dir": "gcs://x.zip"}}))
         assert job.resume_command() == "ray job submit --working-dir . -- python distributed/sweep_job.py"
+        monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(  # the README's $JOB_ENV goes with it again
+            {"runtime_env": {"working_dir": "gcs://x.zip", "env_vars": {"KNNMIX_GIT_COMMIT": "c0ffee"}}}))
+        assert job.resume_command() == ("ray job submit --working-dir . --runtime-env-json "
+                                        """'{"env_vars": {"KNNMIX_GIT_COMMIT": "c0ffee"}}' -- python """
+                                        "distributed/sweep_job.py")
         monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
         assert job.resume_command() == "python distributed/sweep_job.py"
 
