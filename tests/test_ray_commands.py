@@ -188,7 +188,9 @@ def test_more_workers_than_a_joined_cluster_has_warns_then_gives_up_in_one_line(
     line = (f"knnmix: error: Ray Train could not start distributed.workers=4 in {START_TRIES} start-up tries: the "
             "cluster lacks the CPUs or GPUs (`ray status`)")
     assert line in err.splitlines(), err[-3000:]
-    assert "Traceback" not in err and "TrainController" not in err, err[-3000:]  # 33 lines a try, as Ray logs them
+    # none of the controller's 33-line tracebacks, one a try (on this head without a dashboard, Ray Train's
+    # placement-group cleaner may still print one of its own: it cannot reach the state API)
+    assert "(TrainController" not in err and "WorkerGroupStartupTimeoutError" not in err, err[-3000:]
 
 
 @pytest.mark.parametrize("interrupt", [False, True])
