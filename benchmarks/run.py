@@ -54,7 +54,7 @@ def tiers_to_run(name: str) -> list[str]:
 def render(json_path: Path) -> int:
     try:
         result = json.loads(json_path.read_text())
-        paths = runner.write_result(result, json_path.parent, write_json=False)
+        paths = runner.write_result(result, json_path.parent, json_path)
     except (OSError, ValueError, KeyError) as exc:
         print(f"benchmark: error: cannot render {json_path}: {exc}", file=sys.stderr)
         return 2
@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             if tier.spaces:
                 from knnmix_bench.tuned import tune
 
-                selections = tune(tier, runs, settings, methods, echo=lambda s: print(s, flush=True))
+                selections = tune(tier, runs, settings, methods, echo=lambda s: print(s, flush=True),
+                                  resume=args.resume)
             cells = runner.run_tier(tier, runs, seeds=seeds, settings=settings, methods=methods,
                                     cfg_overrides=args.overrides, selections=selections, resume=args.resume,
                                     echo=lambda s: print(s, flush=True))

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,10 +51,29 @@ def test_smoke_tier_writes_a_well_formed_table(tmp_path):
         assert md.count(f"| {setting} |") >= 4
     assert json_path.with_suffix(".png").stat().st_size > 10_000
     assert "Recall (" in md and "| none |" not in md.split("## Noisy-label detection")[1].split("## Cost")[0]
-    # --render re-writes the report from the JSON alone, without training
-    json_path.with_suffix(".md").unlink()
-    assert run.main(["--render", str(json_path)]) == 0
-    assert json_path.with_suffix(".md").read_text() == md
+    # --render re-writes the report from the JSON alone, without training, beside that JSON (it wrote <tier>-<date>.md,
+    # over another result of that day)
+    renamed = json_path.with_name("renamed.json")
+    json_path.rename(renamed)
+    assert run.main(["--render", str(renamed)]) == 0
+    assert renamed.with_suffix(".md").read_text() == md and not json_path.exists()
+    # a second result of the tier that day goes beside the first, never over it
+    from knnmix_bench import runner
+
+    renamed.rename(json_path)
+    paths = runner.write_result({**result, "cells": [{**c, "commit": "0ld"} for c in result["cells"][:1]]},
+                                json_path.parent)
+    assert paths["json"] == json_path.with_name(json_path.stem + "b.json") and json.loads(json_path.read_text())
+    assert f"Commit: `{result['commit']}` (cells kept from earlier runs: `0ld`)" in paths["md"].read_text()
+    # a kept cell is one of the config asked for: its network too, when a cell names it (a --set model.name cell
+    # kept the small_cnn run)
+    cell = next(p.parent for p in (tmp_path / "runs #1").rglob("config.yaml") if (p.parent / "cell.json").exists())
+    job = {"config": {k: v for k, v in yaml.safe_load((cell / "config.yaml").read_text()).items()}}
+    assert runner._same_config(cell, job)
+    job["config"]["model"] = {**job["config"]["model"], "name": "auto"}
+    assert runner._same_config(cell, job)
+    job["config"]["model"]["name"] = "preact_resnet18"
+    assert not runner._same_config(cell, job)
 
 
 def test_unknown_tier_and_method_are_one_line_errors(tmp_path, capsys):
@@ -113,6 +133,13 @@ def test_the_tuned_protocol_sweeps_selects_on_validation_and_resumes(tmp_path, c
     capsys.readouterr()
     assert run.main([*args, "--resume"]) == 0
     assert "3 cells kept from an earlier run, 0 to train" in capsys.readouterr().out
+    # the sweeps are used only with --resume, and only for the space they were started with (they were reused
+    # without a word, and other --settings ended in a RuntimeError traceback)
+    assert run.main(args) == 2
+    assert "already holds the tuned sweep of ce: pass --resume" in capsys.readouterr().err
+    other = [a if a != "asymmetric:0.4" else "symmetric:0.5" for a in args]
+    assert run.main([*other, "--resume"]) == 2
+    assert "was started with another space (" in (err := capsys.readouterr().err) and "-> ['symmetric:0.5']" in err
 
 
 @pytest.mark.slow

@@ -139,9 +139,13 @@ def run_tier(
 
 
 def _same_config(out: Path, job: dict[str, Any]) -> bool:
+    """Whether the run folder ``out`` holds the run of ``job``'s config: every value the cell asks for, but the ones
+    the run resolves (``model.name`` auto, ``noise.seed`` null) only when the cell names them (a
+    ``--set model.name=...`` cell kept the small_cnn run of an earlier one), and not ``threads``."""
     saved = C.flatten(C.load(out / "config.yaml"))
     wanted = C.flatten(C.from_dict(job["config"]))
-    return all(saved.get(k) == v for k, v in wanted.items() if k not in ("noise.seed", "model.name", "threads"))
+    skip = {"threads"} | {k for k, auto in (("model.name", "auto"), ("noise.seed", None)) if wanted.get(k) == auto}
+    return all(saved.get(k) == v for k, v in wanted.items() if k not in skip)
 
 
 def aggregate(cells: Sequence[dict]) -> list[dict]:
@@ -206,7 +210,7 @@ def report(result: dict) -> str:
         result["description"],
         "",
         f"Command: `{result['command']}`  ",
-        f"Commit: `{result['commit']}`  ",
+        f"Commit: `{result['commit']}`{earlier_commits(result)}  ",
         f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, GPU: {result['machine']['gpu']}  ",
         f"Seeds: {', '.join(map(str, result['seeds']))}; mean ± sample std over seeds.",
         "",
@@ -295,10 +299,22 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_result(result: dict, results_dir: Path, write_json: bool = True) -> dict[str, Path]:
-    """``<tier>-<date>.json``, ``.md`` and ``.png`` in ``results_dir``."""
+def earlier_commits(result: dict) -> str:
+    """``" (cells kept from earlier runs: ...)"``: the commits of a resumed result's cells that another checkout
+    trained (``""`` when every cell ran at the result's commit)."""
+    others = sorted({str(c.get("commit")) for c in result.get("cells", []) if c.get("commit")} - {result["commit"]})
+    return f" (cells kept from earlier runs: {', '.join(f'`{c}`' for c in others)})" if others else ""
+
+
+def write_result(result: dict, results_dir: Path, json_path: Path | None = None) -> dict[str, Path]:
+    """``<tier>-<date>.json``, ``.md`` and ``.png`` in ``results_dir`` (a second result of the tier that day:
+    ``<tier>-<date>b.json``, ... never over an earlier one); ``json_path``: re-write the report of that result file
+    beside it, the JSON left as it is."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    stem = results_dir / f"{result['tier']}-{result['date']}"
+    stem = json_path.with_suffix("") if json_path is not None else next(
+        s for s in (results_dir / f"{result['tier']}-{result['date']}{x}" for x in ["", *"bcdefghijklmnopqrstuvwxyz"])
+        if not s.with_suffix(".json").exists())
+    write_json = json_path is None
     paths = {"json": stem.with_suffix(".json"), "md": stem.with_suffix(".md"), "png": stem.with_suffix(".png")}
     if write_json:
         paths["json"].write_text(json.dumps(result, indent=2) + "\n")

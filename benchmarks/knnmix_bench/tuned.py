@@ -10,6 +10,7 @@ that was stopped resumes (``knnmix sweep --resume``), trial by trial.
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from knnmix_bench.tiers import Tier
 from knnmix import spaces as SP
 from knnmix import sweep_folder as SF
 from knnmix.scale import sweep as S
+from knnmix.errors import KnnmixError
 from knnmix.tracking import Store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,8 +35,10 @@ def space_for(tier: Tier, method: str, settings: list[str]) -> SP.SearchSpace:
 
 
 def tune(tier: Tier, runs_dir: Path, settings: list[str], methods: list[str],
-         echo: Callable[[str], None] = print) -> dict[str, dict[str, dict[str, Any]]]:
-    """Run (or finish) every method's sweep; ``{method: {setting: selection}}``."""
+         echo: Callable[[str], None] = print, *, resume: bool = False) -> dict[str, dict[str, dict[str, Any]]]:
+    """Run (or, ``resume``, finish or reuse) every method's sweep; ``{method: {setting: selection}}``. A sweep
+    folder that holds a sweep is used only with ``resume``, and only when it was started with this space (the
+    tier's settings, budget and seed at this commit's space file)."""
     selections: dict[str, dict[str, dict[str, Any]]] = {}
     for method in dict.fromkeys(tier.tuned_by(m) for m in methods):
         if method is None:
@@ -42,6 +46,14 @@ def tune(tier: Tier, runs_dir: Path, settings: list[str], methods: list[str],
         space = space_for(tier, method, settings)
         folder = runs_dir / tier.name / "sweeps" / method
         state = SF.read_state(SF.SweepFolder(folder.absolute()))
+        if state is not None and not resume:
+            raise KnnmixError(f"{folder} already holds the tuned sweep of {method}: pass --resume to finish or "
+                              "reuse it, or choose another --runs-dir")
+        saved = SF.resolve_space(SF.SweepFolder(folder.absolute()), None, None, resume=True) if state else None
+        if saved is not None and (shown := C.differences(*(json.loads(json.dumps(s.to_dict())) for s in (saved, space)),
+                                                         3)):
+            raise KnnmixError(f"the tuned sweep of {method} in {folder} was started with another space ({shown}): "
+                              "choose another --runs-dir, or the tier and --settings it started with")
         if state is None or state.get("status") != "done":
             echo(f"tuning {method}: {space.trials} trials x {len(settings)} settings ({folder})")
             store = Store.from_uri(f"sqlite:///{(folder.parent / 'mlflow.db').absolute()}")
@@ -57,7 +69,7 @@ def select(folder: Path, space: SP.SearchSpace) -> dict[str, dict[str, Any]]:
     for setting in space.settings:
         done = [t for t in trials if t.slug == setting.slug and t.completed and t.records]
         if not done:
-            raise RuntimeError(f"sweep {folder}: no completed trial for {setting.spec}")
+            raise KnnmixError(f"sweep {folder}: no completed trial for {setting.spec}")
 
         def score(t: SF.TrialRecord) -> tuple[float, float]:
             vals = [r["val_acc"] for r in t.records if r.get("val_acc") is not None]
