@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", nargs=2, type=int, metavar=("GRACE", "FACTOR"), default=(1, 4),
                    help="also run this placement for real, to compare with its replay (default: Ray's 1 and 4)")
     args = p.parse_args(argv)
+    typed = sys.argv[1:] if argv is None else list(argv)  # (main([]) is no command line of its own)
+    out = Path(args.out) if args.out else HERE / "results" / "asha-replay" / f"replay-seed{args.seed}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)  # (now, not after the sweeps)
     start = time.time()
     trials = arm(Path(args.runs), args.seed)
     curves = [t["val"] for t in trials]
@@ -103,12 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     check = {"grace_period": args.check[0], "reduction_factor": args.check[1],
              "real": {"trial_epochs": sum(ran), "best_val_acc": max(max(t["val"]) for t in real), "epochs": ran},
              "replay": {"trial_epochs": spent, "best_val_acc": best}}
-    result = {"command": shlex.join(["python", "benchmarks/asha_replay.py", *(argv or sys.argv[1:])]),
+    result = {"command": shlex.join(["python", "benchmarks/asha_replay.py", *typed]),
               "commit": git_commit(), "machine": machine(), "date": time.strftime("%Y-%m-%d"), "seed": args.seed,
               "wall_s": time.time() - start,
               "full_trial_epochs": full_epochs, "full_best_val_acc": full_best, "grid": grid,
               "kept_best_within_a_third": meets, "check": check, "trials": trials}
-    out = Path(args.out) if args.out else HERE / "results" / "asha-replay" / f"replay-seed{args.seed}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"no early stopping: {len(curves)} trials, {full_epochs} trial epochs, best val {full_best:.2f}%")
     print("grace factor  epochs  fraction  best   kept")

@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", required=True, help="folder for the runs (kept, so a stopped run resumes)")
     p.add_argument("--out", default=str(RESULTS / "asha-retrain" / "retrain.json"), help="result JSON")
     args = p.parse_args(argv)
+    typed = sys.argv[1:] if argv is None else list(argv)  # (main([]) is no command line of its own)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # (now, not after the runs)
     start, runs, commit = time.time(), Path(args.runs).absolute(), git_commit()  # the commit the runs train at
     chosen = picks()
     jobs = {(name, arm, seed): (s["space"], s["overrides"], s[arm]["params"], seed, runs / f"{name}-{arm}-seed{seed}")
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{s['full']['seed0_best']:.2f}); gap {s['gap']:.2f}, allowed {s['allowed']:.2f}: equal best "
                      f"{'yes' if s['equal_best'] else 'no'}; wall clock {s['wall_ratio']:.2f}x; target "
                      f"{'met' if s['target_met'] else 'missed'}")
-    result = {"command": shlex.join(["python", "benchmarks/asha_retrain.py", *(argv or sys.argv[1:])]),
+    result = {"command": shlex.join(["python", "benchmarks/asha_retrain.py", *typed]),
               "commit": commit, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
               "wall_s": time.time() - start, "seeds": list(SEEDS), "spaces": chosen}
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settle", type=float, default=15, help="seconds a started Ray idles before its arm is timed")
     p.add_argument("--out", help="result JSON (default benchmarks/results/idle-ray-<date>.json)")
     args = p.parse_args(argv)
+    if args.rounds < 1 or args.steps < 1 or args.settle < 0:
+        p.error("--rounds and --steps must be at least 1, --settle at least 0")
+    out = Path(args.out or HERE / "results" / f"idle-ray-{time.strftime('%Y-%m-%d')}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)  # (now, not after the rounds)
     import ray
 
     from knnmix.scale import ray_env
@@ -68,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
     for arm, r in result["arms"].items():
         rounds = ", ".join(f"{x:.2f}" for x in r["seconds"])
         print(f"{arm:42s} {r['mean_s']:6.2f} s  x{r['ratio_to_alone']:.2f}  ({rounds})")
-    out = Path(args.out or HERE / "results" / f"idle-ray-{result['date']}.json")
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     return 0

@@ -230,6 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.dataset, args.train_subset, args.epochs = "digits", None, 1
+    from knnmix.data import DATASETS
+
+    if args.dataset not in DATASETS:
+        p.error(f"--dataset {args.dataset!r}: not a knnmix dataset ({', '.join(DATASETS.names())})")
+    # the smoke version's result is a check only: written where --out says, never into benchmarks/results
+    out = Path(args.out) if args.out else None if args.quick else RESULTS / f"scaling-{time.strftime('%Y-%m-%d')}.json"
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
 
     print(f"# knnmix scaling benchmark ({git_commit()[:12]})", flush=True)
@@ -261,12 +269,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {n:,} | {row['gather_s']:.2f} | {flat} | {build} | {ivf} | {rec} |", flush=True)
 
 
-    result = {"command": shlex.join(["python", *sys.argv]), "commit": git_commit(), "machine": machine(),
-              "date": time.strftime("%Y-%m-%d"), "epoch_overhead": over, "bank": rows}
-    out = Path(args.out) if args.out else RESULTS / f"scaling-{result['date']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwritten: {out}")
+    typed = sys.argv[1:] if argv is None else list(argv)  # (main([]) is no command line of its own)
+    result = {"command": shlex.join(["python", "benchmarks/scaling.py", *typed]), "commit": git_commit(),
+              "machine": machine(), "date": time.strftime("%Y-%m-%d"), "epoch_overhead": over, "bank": rows}
+    if out is not None:
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"\nwritten: {out}")
     return 0
 
 

@@ -121,9 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--asha", nargs="*", choices=sorted(ARMS), default=sorted(ARMS),
                    help="the spaces of the ASHA comparison (default: both)")
     args = p.parse_args(argv)
+    typed = sys.argv[1:] if argv is None else list(argv)  # (main([]) is no command line of its own)
     work = Path(tempfile.mkdtemp(prefix="knnmix-sweeps-"))
     try:
-        result = {"command": shlex.join(["python", "benchmarks/sweeps.py", *(argv or sys.argv[1:])]),
+        result = {"command": shlex.join(["python", "benchmarks/sweeps.py", *typed]),
                   "commit": git_commit(), "machine": machine(), "date": time.strftime("%Y-%m-%d"),
                   "smoke": smoke(work, args.quick)}
         s = result["smoke"]

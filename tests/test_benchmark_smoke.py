@@ -106,6 +106,11 @@ def test_scaling_benchmark_runs_and_writes_its_result(tmp_path, capsys, monkeypa
     assert big["flat_search_extrapolated"] and 0.0 <= big["ivf_recall_at_k"] <= 1.0 and big["ivf_build_s"] > 0
     printed = capsys.readouterr().out
     assert "| knnmix bank every 2 (mixing phase, K=1) |" in printed and "| 100,000 |" in printed
+    assert result["command"] == "python benchmarks/scaling.py --quick --sizes 3000 100000 --dim 32 --max-queries " \
+        f"1000 --threads 1 --out {out}"  # the command as given, not pytest's
+    with pytest.raises(SystemExit) as stop:  # a traceback from deep in the loader, after the import
+        scaling.main(["--dataset", "nope", "--sizes"])
+    assert stop.value.code == 2 and "--dataset 'nope': not a knnmix dataset" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -172,6 +177,9 @@ def test_idle_ray_benchmark_times_every_arm_and_leaves_no_ray(tmp_path, capsys, 
 
     assert not ray.is_initialized()  # each arm's Ray is shut down after it
     assert "beside an idle Ray without its dashboard" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:  # zero rounds: a StatisticsError traceback after the work
+        idle_ray.main(["--rounds", "0", "--out", str(out)])
+    assert stop.value.code == 2 and "--rounds and --steps must be at least 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("arm, method", [("knnmix", "knnmix"), ("mixup", "mixup")])
