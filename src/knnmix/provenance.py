@@ -36,9 +36,13 @@ def git_commit() -> str:
     return f"{sha}-dirty" if dirty else sha
 
 
+#: How results record a time (:func:`now`); :func:`knnmix.tracking.epoch_ends` reads it back.
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
+
+
 def now() -> str:
     """The local time as results record it, e.g. ``2026-12-02T01:23:45+0000``."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return time.strftime(TIME_FORMAT)
 
 
 def command() -> str:

@@ -34,7 +34,7 @@ from knnmix import config as C
 from knnmix.engine.checkpoint import (BEST_MODEL, CONFIG, LABEL_ISSUES, LABEL_ISSUES_PLOT, METRICS, NOISY_LABELS,
                                       RUN_INFO, SUMMARY, predictor, read_metrics, safe_load)
 from knnmix.errors import KnnmixError, one_line
-from knnmix.provenance import git_commit, package_dir
+from knnmix.provenance import TIME_FORMAT, git_commit, package_dir
 
 DEFAULT_DB, DEFAULT_ARTIFACTS = "mlflow.db", "mlartifacts"
 PARENT_TAG = "mlflow.parentRunId"
@@ -354,7 +354,7 @@ def epoch_ends(info: dict[str, Any], records: list[dict[str, Any]]) -> dict[int,
     data loading and checkpoints are not counted, so an epoch is placed a little early."""
     def seconds(text: Any) -> float | None:  # (not recorded, or not as knnmix.provenance.now writes it: unknown)
         with suppress(TypeError, ValueError):
-            return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S%z").timestamp()
+            return datetime.strptime(text, TIME_FORMAT).timestamp()
         return None
 
     starts = {0: seconds(info.get("started"))}
