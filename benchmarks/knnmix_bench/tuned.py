@@ -45,15 +45,18 @@ def tune(tier: Tier, runs_dir: Path, settings: list[str], methods: list[str],
             continue
         space = space_for(tier, method, settings)
         folder = runs_dir / tier.name / "sweeps" / method
-        state = SF.read_state(SF.SweepFolder(folder.absolute()))
+        sweep = SF.SweepFolder(folder.absolute())
+        state = SF.read_state(sweep)
         if state is not None and not resume:
             raise KnnmixError(f"{folder} already holds the tuned sweep of {method}: pass --resume to finish or "
                               "reuse it, or choose another --runs-dir")
-        saved = SF.resolve_space(SF.SweepFolder(folder.absolute()), None, None, resume=True) if state else None
-        if saved is not None and (shown := C.differences(*(json.loads(json.dumps(s.to_dict())) for s in (saved, space)),
-                                                         3)):
-            raise KnnmixError(f"the tuned sweep of {method} in {folder} was started with another space ({shown}): "
-                              "choose another --runs-dir, or the tier and --settings it started with")
+        if state is not None:
+            def plain(s: SP.SearchSpace) -> dict[str, Any]:  # (lists, not tuples: as a saved space.yaml reads back)
+                return json.loads(json.dumps(s.to_dict()))
+
+            if shown := C.differences(plain(SF.resolve_space(sweep, None, None, resume=True)), plain(space), 3):
+                raise KnnmixError(f"the tuned sweep of {method} in {folder} was started with another space ({shown}): "
+                                  "choose another --runs-dir, or the tier and --settings it started with")
         if state is None or state.get("status") != "done":
             echo(f"tuning {method}: {space.trials} trials x {len(settings)} settings ({folder})")
             store = Store.from_uri(f"sqlite:///{(folder.parent / 'mlflow.db').absolute()}")
