@@ -15,6 +15,7 @@ import importlib.util
 import io
 import json
 import re
+import shutil
 import signal
 import os
 import socket
@@ -1234,20 +1235,31 @@ def test_train_logs_its_run_to_mlflow_when_a_tracking_uri_is_given(tmp_path, mon
     assert info.metadata["classes"] == [str(c) for c in range(10)] and len(info.metadata["mean"]) == 1
     requirements = mlflow.pyfunc.get_model_dependencies(f"models:/digits-ce/{version.version}")
     assert {"torch", "torchvision", "numpy"} <= {line.split("==")[0] for line in Path(requirements).read_text().split()}
-    # resuming the run folder continues its MLflow run: no second run, epoch or model version
+    # resuming the run folder continues its MLflow run: no second run, epoch or model version, also once the folder
+    # has moved (it was a second run of the same 8 epochs)
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")  # ... but a copy is a run of its own
     for more in ([], ["--epochs", "8"]):
-        assert cli_main(["train", "--out", str(tmp_path / "run"), "--resume", "--tracking-uri", uri, *more]) == 0
+        if more:
+            (tmp_path / "run").rename(tmp_path / "moved")
+        out = tmp_path / ("moved" if more else "run")
+        assert cli_main(["train", "--out", str(out), "--resume", "--tracking-uri", uri, *more]) == 0
         resumed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert resumed["mlflow_run_id"] == run_id
     assert [int(m.step) for m in client.get_metric_history(run_id, "val_acc")] == list(range(1, 9))
+    assert client.get_run(run_id).data.tags["knnmix.run_folder"] == str(tmp_path / "moved")
+    assert cli_main(["train", "--out", str(tmp_path / "copy"), "--resume", "--tracking-uri", uri]) == 0
+    copied = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["mlflow_run_id"]
+    assert copied != run_id and len(client.get_metric_history(copied, "val_acc")) == 6
+    client.delete_run(copied)
     # MLflow's params cannot change: the run says which the resume changed; its totals are metrics, as a trial's
     run = client.get_run(run_id)
-    assert run.data.params["epochs"] == "6" and run.data.tags["knnmix.changed_on_resume"] == "epochs: 6 -> 8"
+    assert run.data.params["epochs"] == "6" and run.data.tags["knnmix.changed_on_resume"] == (
+        f"epochs: 6 -> 8; out: {tmp_path / 'run'} -> {tmp_path / 'moved'}")
     assert (run.data.metrics["best_val_acc"], run.data.metrics["test_acc_at_best_val"]) == (
         resumed["best_val"]["val_acc"], resumed["best_val"]["test_acc"])
     # ... and its times are the training's: it starts when the run folder started (it was logged only after the
     # training: a 30 s run showed 1.2 s in the Duration column), each epoch at the time it ended
-    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    info = json.loads((tmp_path / "moved" / "run.json").read_text())
     started = datetime.strptime(info["started"], "%Y-%m-%dT%H:%M:%S%z")
     times = [m.timestamp for m in client.get_metric_history(run_id, "val_acc")]
     assert run.info.start_time == 1000 * started.timestamp() < times[0]

@@ -376,24 +376,38 @@ def log_training_run(store: Store, folder: Path, summary: dict[str, Any], *, exp
     """Log a finished run folder (``knnmix train --tracking-uri``): config, per-epoch metrics, dataset, summary,
     label audit and the validation-selected model. Returns the run id.
 
-    A resumed run folder continues the MLflow run it logged before (the same folder and start time): only the new
-    epochs are added, the config values it changed (``epochs``; MLflow's params cannot change) are named in tag
-    ``knnmix.changed_on_resume``, and the model is logged again only when the selected epoch changed or ``register``
-    asks. The run starts when the run folder started, each epoch is logged at the time it ended (:func:`epoch_ends`),
-    and the run's totals are metrics of step 0, as a sweep trial's: ``best_val_acc``, ``test_acc_at_best_val``."""
+    A resumed run folder continues the MLflow run it logged before (found by the id in its ``run.json``, also after
+    the folder moved; tag ``knnmix.run_folder`` says where it is now; a copy of the folder gets a run of its own):
+    only the new epochs are added, the config values it changed (``epochs``; MLflow's params cannot change) are named
+    in tag ``knnmix.changed_on_resume``, and the model is logged again only when the selected epoch changed or
+    ``register`` asks. The run starts when the run folder started, each epoch is logged at the time it ended
+    (:func:`epoch_ends`), and the run's totals are metrics of step 0, as a sweep trial's: ``best_val_acc``,
+    ``test_acc_at_best_val``."""
     client = store.client()
     cfg = C.load(folder / CONFIG)
     exp_id = experiment_id(store, experiment)
     info = json.loads((folder / RUN_INFO).read_text()) if (folder / RUN_INFO).exists() else {}
-    started = info.get("started", "")
-    tags = {KIND_TAG: "train", "knnmix.run_folder": str(folder.absolute()), "knnmix.run_started": started,
-            "mlflow.source.git.commit": str(summary.get("commit", ""))}
-    earlier = [r for r in client.search_runs([exp_id], f"tags.`knnmix.run_started` = '{started}'")
-               if r.data.tags.get("knnmix.run_folder") == tags["knnmix.run_folder"]][:1] if started else []
+    started, own_id, here = info.get("started", ""), info.get("id", ""), str(folder.absolute())
+    tags = {KIND_TAG: "train", "knnmix.run_folder": here, "knnmix.run_started": started,
+            "knnmix.run_folder_id": own_id, "mlflow.source.git.commit": str(summary.get("commit", ""))}
+
+    def holds_this_run(path: str) -> bool:  # then this folder is a copy of it, which gets a run of its own
+        with suppress(OSError, ValueError, AttributeError):
+            return json.loads((Path(path) / RUN_INFO).read_text()).get("id") == own_id
+        return False
+
+    if own_id:  # the run of the folder's own id logged from here, or from where the folder was moved away from
+        runs = client.search_runs([exp_id], f"tags.`knnmix.run_folder_id` = '{own_id}'")
+        earlier = ([r for r in runs if r.data.tags.get("knnmix.run_folder") == here]
+                   or [r for r in runs if not holds_this_run(r.data.tags.get("knnmix.run_folder", ""))])[:1]
+    else:  # a run folder from before run.json had an id: the same start time in the same folder
+        earlier = [r for r in client.search_runs([exp_id], f"tags.`knnmix.run_started` = '{started}'")
+                   if r.data.tags.get("knnmix.run_folder") == here][:1] if started else []
     records = read_metrics(folder / METRICS)
     ended = epoch_ends(info, records)
     rid = create_run(store, exp_id, f"{cfg.method.name} {cfg.data.name} {cfg.noise.spec} seed {cfg.seed}", tags,
                      reuse=earlier[0].info.run_id if earlier else None, start_time=ended.get(0))
+    client.set_tag(rid, "knnmix.run_folder", here)  # where it is now
     if changed := log_run_folder(client, rid, folder):
         client.set_tag(rid, "knnmix.changed_on_resume", "; ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()))
     logged = {int(m.step) for m in client.get_metric_history(rid, "train_loss")}  # logged every epoch

@@ -22,6 +22,7 @@ import os
 import random
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -79,6 +80,7 @@ class RunFolder:
         self.file(CONFIG).write_text(C.to_yaml(cfg))
         np.savez_compressed(self.file(NOISY_LABELS), **noisy_labels)
         info = {
+            "id": uuid.uuid4().hex,  # the run's own name: its MLflow run is found by it wherever the folder moves
             "commit": git_commit(),
             "command": command(),
             "started": now(),
