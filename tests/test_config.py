@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -120,6 +121,27 @@ def test_override_values_are_typed():
     assert C.parse_override("method={k: 2}") == ("method", {"k": 2})
     with pytest.raises(ConfigError, match="noise spec 'symmetric:' needs a rate"):
         C.load(None, ["noise.spec=symmetric:"])
+
+
+@pytest.mark.parametrize("data, spec, error", [
+    ("imagefolder", "asymmetric:0.3", "noise.spec on imagefolder: asymmetric noise has no class map for dataset "
+                                      "family 'generic'; use symmetric, pairflip or instance"),
+    ("digits", "cifar10n:worse", "noise.spec on digits: noise model 'cifar10n' holds human labels of CIFAR-10's"),
+    ("cifar10", "cifar100n:noisy", "needs dataset family 'cifar100', got 'cifar10'"),
+    ("webvision", "asymmetric:0.2", "no class map for dataset family 'generic'"),
+    ("cifar100", "asymmetric:0.2", None), ("fashion-mnist", "asymmetric:0.4", None), ("cifar10", "cifar10n:aggre", None),
+    ("imagefolder", "pairflip:0.2", None),
+])
+def test_noise_a_data_set_cannot_have_is_refused_before_any_image_is_read(data, spec, error):
+    """It was refused only once the data set was loaded (an image folder read in full first)."""
+    from knnmix.data import DATASETS
+
+    assert set(C.DATA_FAMILIES) == set(DATASETS.names())  # every built-in data set (the tests of each pin its family)
+    if error is None:
+        C.load(None, [f"data.name={data}", f"noise.spec={spec}"])
+    else:
+        with pytest.raises(ConfigError, match=re.escape(error)):
+            C.load(None, [f"data.name={data}", f"noise.spec={spec}"])
 
 
 def test_missing_or_invalid_config_file(tmp_path):

@@ -432,6 +432,10 @@ MAX_SEED = 10**8
 
 #: Data sets whose loader returns a validation split of their own (a fraction of the training images is not taken).
 SHIPPED_VALIDATION = ("clothing1m",)
+#: The built-in data sets' families (their loaders' ``DatasetBundle.family``): asymmetric noise's class maps and the
+#: CIFAR-N label files are a family's, so a mismatch is refused before any image is read.
+DATA_FAMILIES = {"digits": "digits", "fashion-mnist": "fashion-mnist", "cifar10": "cifar10", "cifar100": "cifar100",
+                 "imagefolder": "generic", "clothing1m": "generic", "webvision": "generic"}
 
 
 def validate(cfg: Config) -> None:
@@ -471,11 +475,13 @@ def validate(cfg: Config) -> None:
     from knnmix.data import DATASETS
     from knnmix.methods import METHODS
     from knnmix.models import MODELS
-    from knnmix.noise import parse_noise_spec
+    from knnmix.noise import check_noise_family, parse_noise_spec
 
     as_config_error("method.name", lambda: METHODS.get(m.name))
     if cfg.noise.spec != "auto":
-        as_config_error("noise.spec", lambda: parse_noise_spec(cfg.noise.spec))
+        spec = as_config_error("noise.spec", lambda: parse_noise_spec(cfg.noise.spec))
+        if d.name in DATA_FAMILIES:  # (the loader would find it out after reading every image)
+            as_config_error(f"noise.spec on {d.name}", lambda: check_noise_family(spec, DATA_FAMILIES[d.name]))
     as_config_error("data.name", lambda: DATASETS.get(d.name))
     if cfg.model.name != "auto":
         as_config_error("model.name", lambda: MODELS.get(cfg.model.name))

@@ -97,14 +97,20 @@ def _entry(data: dict[str, np.ndarray], key: str, path: Path, info: CifarNInfo) 
     return arr
 
 
+def check_family(kind: str, family: str) -> None:
+    """Refuse CIFAR-N noise model ``kind`` on a data set of another family than its label file's."""
+    info = CIFAR_N[kind]
+    if family != info.family:
+        raise KnnmixError(f"noise model {kind!r} holds human labels of {info.dataset}'s training set; it needs "
+                          f"dataset family {info.family!r}, got {family!r}")
+
+
 def _human_labels(spec: NoiseSpec, inputs: NoiseInputs) -> np.ndarray:
     """The human labels of variant ``spec.variant`` of the file of ``CIFAR_N[spec.kind]``, once the data is known
     to be that file's training set: ``inputs.labels`` must equal its ``clean_label``, in the same order."""
     assert spec.variant is not None
     info = CIFAR_N[spec.kind]
-    if inputs.family != info.family:
-        raise KnnmixError(f"noise model {spec.kind!r} holds human labels of {info.dataset}'s training set; it needs "
-                          f"dataset family {info.family!r}, got {inputs.family!r}")
+    check_family(spec.kind, inputs.family)
     if inputs.num_classes != info.num_classes:
         raise KnnmixError(f"noise model {spec.kind!r} needs {info.num_classes} classes, but num_classes is "
                           f"{inputs.num_classes}")
