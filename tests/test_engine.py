@@ -86,7 +86,8 @@ def test_run_folder_holds_every_output(tmp_path):
     ck = RunFolder(run).load_checkpoint()
     for key in ("model", "optimizer", "scheduler", "epoch", "config", "state", "rng", "history", "model_args"):
         assert key in ck
-    assert set(ck["state"]) == {"targets", "clean_prob", "loss_history", "neighbours"}
+    assert set(ck["state"]) == {"targets", "clean_prob", "loss_history", "neighbours", "features"}
+    assert ck["state"]["features"].numel() == 0  # kept only for neighbours=batch
     assert (ck["state"]["neighbours"] >= 0).all()
 
 
@@ -108,8 +109,14 @@ def test_a_resume_after_a_kill_between_checkpoints_keeps_the_checkpoints_selecte
     assert saved["epoch"] == summary["best_val"]["epoch"] <= 3  # and the file says which epoch they are
 
 
-def test_resume_continues_exactly(tmp_path):
+@pytest.mark.parametrize("neighbours", ["bank", "batch"])
+def test_resume_continues_exactly(tmp_path, neighbours):
+    """neighbours=batch searches the features of the last embedding, which a resume between two embeddings (epoch 4
+    here: embeddings in 3, 5 and 6) had lost: it embedded again and refitted the mixture, unlike the run it resumed."""
     dotted = {"epochs": 5, "method.warmup_epochs": 1, "method.correction_start": 3, "method.correction_period": 1}
+    if neighbours == "batch":
+        dotted.update({"epochs": 6, "method.neighbours": "batch", "method.correction_period": 3,
+                       "method.bank_every": 2})
     full_cfg = digits_cfg(tmp_path, **dotted, out=str(tmp_path / "full"))
     train(full_cfg, echo=None)
 

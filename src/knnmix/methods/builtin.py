@@ -104,7 +104,6 @@ class KnnMix(Method):
     def __init__(self, cfg: MethodConfig, num_classes: int) -> None:
         super().__init__(cfg, num_classes)
         self.epoch = 0
-        self._features: Tensor | None = None  # (N, D) bank features of the last embedding (neighbours=batch)
         # noisy anchors' self-weight, noisy anchors, synthetic labels' mass on the anchor's true class, anchors
         self._mixing = torch.zeros(4, dtype=torch.float64)
 
@@ -133,8 +132,7 @@ class KnnMix(Method):
             return False
         if epoch <= first or subsampled:
             return True
-        stale = c.neighbours == "batch" and self._features is None  # resumed between two embeddings
-        return (epoch - first) % c.bank_every == 0 or self.corrects(epoch) or stale
+        return (epoch - first) % c.bank_every == 0 or self.corrects(epoch)
 
     def schedule_note(self, epochs: int) -> str | None:
         first = self.first_mixing_epoch()
@@ -152,7 +150,9 @@ class KnnMix(Method):
         self.epoch = epoch
         self.phase = self.phase_of(epoch)
         self._mixing.zero_()
-        if not self.needs_bank(epoch, ctx.subsampled):
+        # (a checkpoint from before the state kept the features that neighbours=batch searches: embed again)
+        lost = c.neighbours == "batch" and self.phase == "knn" and ctx.state.features.numel() == 0
+        if not (self.needs_bank(epoch, ctx.subsampled) or lost):
             return
         bank = ctx.embed_train_set()
         corrects = self.corrects(epoch)
@@ -170,18 +170,17 @@ class KnnMix(Method):
         )
         if mixing:
             ctx.state.neighbours[bank.index] = bank.index[found[:, :c.k]]
-        elif self.phase == "knn":
-            if self._features is None:
-                self._features = torch.zeros(ctx.state.num_samples, bank.features.shape[1])
-            self._features[bank.index] = bank.features
+        elif self.phase == "knn":  # neighbours=batch: searched within each batch, on these features
+            if ctx.state.features.numel() == 0:
+                ctx.state.features = torch.zeros(ctx.state.num_samples, bank.features.shape[1])
+            ctx.state.features[bank.index] = bank.features.float().cpu()
 
     def batch_members(self, index: Tensor, ctx: TrainContext) -> Tensor:
         if self.phase != "knn":
             return index[:, None]
         if self.cfg.neighbours == "bank":
             return torch.cat([index[:, None], ctx.state.neighbours[index]], dim=1)
-        assert self._features is not None
-        found = neighbours_within_batch(self._features[index], self.cfg.k)
+        found = neighbours_within_batch(ctx.state.features[index], self.cfg.k)
         return torch.cat([index[:, None], index[found]], dim=1)
 
     def loss(self, model: nn.Module, images: Tensor, members: Tensor, ctx: TrainContext) -> Tensor:

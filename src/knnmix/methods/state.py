@@ -1,6 +1,7 @@
 """Per-sample state, index-aligned with the training set and kept outside the dataset.
 
-Every tensor here has the training set's size N on its first axis (``loss_history`` on its second): row ``i``
+Every tensor here has the training set's size N on its first axis (``loss_history`` on its second; ``features``
+is empty until a method keeps them): row ``i``
 belongs to the sample whose dataset index is ``i``. Under data parallelism every rank holds the same full copy:
 each rank computes its shard's rows and the rows are gathered (:mod:`knnmix.methods.dist`), so the state that any
 rank checkpoints is the whole method's state.
@@ -22,6 +23,7 @@ class SampleState:
     clean_prob: Tensor  # (N,) float32 probability that the sample's current target is clean (1 before any fit)
     loss_history: Tensor  # (H, N) float32 normalised losses of the last H fitted epochs, NaN = not evaluated
     neighbours: Tensor  # (N, K) int64 dataset indices of each sample's neighbours, -1 = not searched yet
+    features: Tensor  # (N, D) float32 features of the last embedding, which neighbours=batch searches; (0, 0) = none
 
     @classmethod
     def initial(cls, given_labels: Tensor, num_classes: int, k: int) -> SampleState:
@@ -31,6 +33,7 @@ class SampleState:
             clean_prob=torch.ones(n),
             loss_history=torch.empty(0, n),
             neighbours=torch.full((n, k), -1, dtype=torch.int64),
+            features=torch.empty(0, 0),
         )
 
     @property
@@ -46,7 +49,9 @@ class SampleState:
 
     def load_state_dict(self, sd: dict[str, Tensor]) -> None:
         for f in fields(self):
+            if f.name == "features" and f.name not in sd:  # a checkpoint from before it was kept: none
+                continue
             cur, new = getattr(self, f.name), sd[f.name]
-            if f.name != "loss_history" and new.shape != cur.shape:
+            if f.name not in ("loss_history", "features") and new.shape != cur.shape:
                 raise ValueError(f"checkpointed {f.name} has shape {tuple(new.shape)}, expected {tuple(cur.shape)}")
             setattr(self, f.name, new.clone().to(cur.dtype))
