@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 from knnmix.methods import dist as D
 from knnmix.methods import phases
 from knnmix.methods.state import SampleState
-from knnmix.math import FaissSearch, TorchSearch, l2_normalise
+from knnmix.math import FaissSearch, TorchSearch, l2_normalise, soft_cross_entropy
 
 N, DIM, C, K = 301, 16, 5, 3  # odd N: the two shards differ in size
 
@@ -91,3 +91,44 @@ def _gather_worker(rank: int, init_file: str, out_dir: str) -> None:
             torch.save(out, os.path.join(out_dir, "gathered.pt"))
     finally:
         td.destroy_process_group()
+
+
+def guarded_batch():
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(8, 4, generator=g), torch.softmax(torch.randn(8, 3, generator=g), dim=1)
+    keep = torch.tensor([0.9, 0.8, 0.95, 0.7, 0.02, 0.05, 0.01, 0.03])  # rank 0 clean-looking, rank 1 noisy-looking
+    return x, y, keep
+
+
+def guarded_grad(x, y, keep, dist: D.Dist, own_total: bool = False) -> torch.Tensor:
+    layer = torch.nn.Linear(4, 3)
+    with torch.no_grad():
+        layer.weight.copy_(torch.arange(12.0).reshape(3, 4) / 10)
+        layer.bias.zero_()
+    total = None if own_total else D.mean_weight_total(keep, dist)
+    soft_cross_entropy(layer(x), y, keep, weight_total=total).backward()
+    return D.all_reduce_sum(layer.weight.grad, dist) / dist.world_size  # DDP averages the ranks' gradients
+
+
+def _guard_worker(rank: int, init_file: str, out_dir: str) -> None:
+    td.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        x, y, keep = guarded_batch()
+        mine = slice(4 * rank, 4 * rank + 4)
+        dist = D.current()
+        grads = [guarded_grad(x[mine], y[mine], keep[mine], dist, own) for own in (False, True)]
+        torch.save(grads, os.path.join(out_dir, f"guard{rank}.pt"))
+    finally:
+        td.destroy_process_group()
+
+
+def test_a_guarded_loss_on_two_ranks_has_the_gradient_of_one_process(tmp_path):
+    """method.guard weights each synthetic sample's loss; the weighted mean was each rank's own, so a rank whose
+    samples all looked noisy counted as much as one whose samples looked clean (not so in one process)."""
+    x, y, keep = guarded_batch()
+    single = guarded_grad(x, y, keep, D.Dist())
+    mp.spawn(_guard_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        global_mean, own_mean = torch.load(tmp_path / f"guard{rank}.pt")
+        torch.testing.assert_close(global_mean, single)
+        assert not torch.allclose(own_mean, single, atol=1e-3)  # each rank's own weighted mean: another gradient

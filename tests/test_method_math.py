@@ -337,6 +337,10 @@ def test_weighted_soft_cross_entropy_is_the_weighted_mean():
     assert soft_cross_entropy(logits, targets, torch.zeros(4)) == 0  # everything dropped: no gradient, no NaN
     with pytest.raises(ValueError, match="weights"):
         soft_cross_entropy(logits, targets, -w)
+    with pytest.raises(ValueError, match="weights"):  # was a NaN loss, reported as a diverged run
+        soft_cross_entropy(logits, targets, torch.tensor([float("nan"), 1.0, 1.0, 1.0]))
+    total = torch.tensor(4.0)  # another divisor (data parallelism: the global batch's)
+    assert torch.allclose(soft_cross_entropy(logits, targets, w, weight_total=total), (w * per).sum() / 4)
     with pytest.raises(ValueError, match=r"an empty batch \(B = 0\)"):  # was NaN: the mean of nothing
         soft_cross_entropy(logits[:0], targets[:0])
 

@@ -17,8 +17,8 @@ def neighbour_weights(clean_prob: Tensor, members: Tensor, temperature: float) -
     """Mixing weights ``(B, K+1)`` over each row of ``members`` ``(B, K+1)`` (column 0: the sample itself).
 
     ``lambda_k ∝ w_k^(1/T)`` with ``w = clean_prob`` ``(N,)``: T = 1 gives the authors' K = 1 rule
-    ``lambda_i = w_i / (w_i + w_j)``; T -> 0 puts all weight on the cleanest member (``temperature=0`` is that
-    limit exactly, ties to the earliest column); large T tends to uniform weights. Rows sum to one. ε = 1e-10 is
+    ``lambda_i = w_i / (w_i + w_j)``; T -> 0 puts all weight on the cleanest member (split among members tied for
+    cleanest; ``temperature=0`` gives it all to the earliest of them); large T tends to uniform weights. Rows sum to one. ε = 1e-10 is
     added to every member's w, so members whose w are all about 0 (below ~1e-10) get equal weights, where the
     authors' rule, with ε on the anchor's side only, keeps the anchor.
     """
@@ -70,10 +70,13 @@ def mixup(images: Tensor, targets: Tensor, lam: float, perm: Tensor) -> tuple[Te
     return lam * images + (1 - lam) * images[perm], lam * targets + (1 - lam) * targets[perm]
 
 
-def soft_cross_entropy(logits: Tensor, targets: Tensor, weights: Tensor | None = None) -> Tensor:
+def soft_cross_entropy(logits: Tensor, targets: Tensor, weights: Tensor | None = None, *,
+                       weight_total: Tensor | None = None) -> Tensor:
     """Mean over the batch of ``-sum_c targets_c * log softmax(logits)_c``; logits and targets ``(B, C)``.
 
     With ``weights`` ``(B,)`` (>= 0), the weighted mean ``sum_b w_b l_b / sum_b w_b`` (0 when every weight is 0).
+    ``weight_total`` (a scalar) replaces ``sum_b w_b`` as the divisor: under data parallelism the global batch's sum
+    over the world size, so that the ranks' averaged gradients are those of the global batch's weighted mean.
     """
     if logits.shape != targets.shape or logits.dim() != 2:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must both be (B, C)")
@@ -82,10 +85,11 @@ def soft_cross_entropy(logits: Tensor, targets: Tensor, weights: Tensor | None =
     per_sample = -(targets * torch.log_softmax(logits, dim=1)).sum(dim=1)
     if weights is None:
         return per_sample.mean()
-    if weights.shape != per_sample.shape or bool((weights < 0).any()):
+    if weights.shape != per_sample.shape or not bool((weights >= 0).all()):  # (NaN is not >= 0)
         raise ValueError(f"weights must be (B,) = {tuple(per_sample.shape)} and >= 0, got {tuple(weights.shape)}")
     w = weights.to(per_sample.dtype)
-    return (w * per_sample).sum() / w.sum().clamp_min(1e-12)
+    total = w.sum() if weight_total is None else weight_total.to(per_sample.dtype)
+    return (w * per_sample).sum() / total.clamp_min(1e-12)
 
 
 def negative_entropy(logits: Tensor) -> Tensor:

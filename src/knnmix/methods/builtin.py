@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from knnmix.methods import phases
-from knnmix.methods.dist import all_reduce_sum
+from knnmix.methods.dist import all_reduce_sum, mean_weight_total
 from knnmix.math import guard_weights, is_correction_epoch, mix_batch, mixup, negative_entropy, neighbour_weights
 from knnmix.math import neighbours_within_batch, soft_cross_entropy
 from knnmix.methods.base import METHODS, Method, TrainContext, targets_of
@@ -196,12 +196,13 @@ class KnnMix(Method):
         cpu_members = members.cpu()
         weights = neighbour_weights(ctx.state.clean_prob, cpu_members, self.cfg.temperature)
         x_syn, y_syn = mix_batch(images, targets, weights.to(images.device))
-        keep = None
+        keep = total = None
         if self.cfg.guard != "none":
             keep = guard_weights(ctx.state.clean_prob[cpu_members], self.cfg.guard).to(images.device)
+            total = mean_weight_total(keep, ctx.dist)  # the global batch's weighted mean, not each rank's
         self._record_mixing(cpu_members, weights, y_syn, ctx)
         logits, _ = model(x_syn)
-        return soft_cross_entropy(logits, y_syn, keep)
+        return soft_cross_entropy(logits, y_syn, keep, weight_total=total)
 
     def _record_mixing(self, members: Tensor, weights: Tensor, y_syn: Tensor, ctx: TrainContext) -> None:
         true, noisy = ctx.true_labels, ctx.truly_noisy

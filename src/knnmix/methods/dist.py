@@ -82,6 +82,12 @@ def all_reduce_sum(t: Tensor, dist: Dist) -> Tensor:
     return _on_comm_device(t, dist, lambda x: td.all_reduce(x, op=td.ReduceOp.SUM))
 
 
+def mean_weight_total(weights: Tensor, dist: Dist) -> Tensor:
+    """The sum of every rank's loss ``weights`` over the world size: the divisor of a weighted mean loss whose ranks'
+    gradients, averaged (DDP), are the global batch's weighted mean's (each rank's own sum with one process)."""
+    return all_reduce_sum(weights.sum().detach(), dist) / dist.world_size
+
+
 def shard(positions: Tensor, dist: Dist) -> Tensor:
     """This rank's strided share ``positions[rank::world]`` of a 1-D index tensor; no padding, shards differ by <= 1."""
     return positions[dist.rank :: dist.world_size]
