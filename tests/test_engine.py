@@ -321,6 +321,13 @@ def test_unwritable_out_and_diverging_loss_are_one_line_errors(tmp_path):
         train(digits_cfg(tmp_path, epochs=1, out=str(blocker), **{"method.name": "ce"}), echo=None)
     with pytest.raises(DivergedError, match=r"training diverged in epoch \d+: the loss became nan .*lower optim.lr"):
         train(digits_cfg(tmp_path, epochs=3, **{"method.name": "ce", "optim.lr": 1e6}), echo=None)
+    # network outputs that are not finite on the training set: the mixture fit skipped those samples silently
+    run = E.build_run(digits_cfg(tmp_path, epochs=3))
+    with torch.no_grad():
+        next(run.model.parameters())[0].fill_(float("inf"))
+    with pytest.raises(DivergedError, match=r"diverged by epoch 1: the network's outputs on the training set are not "
+                                            r"finite; lower optim.lr \(now 0.05\)"):
+        run.embed_train_set()
 
 
 def test_a_schedule_that_never_mixes_is_a_warning(tmp_path):

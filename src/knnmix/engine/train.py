@@ -438,7 +438,12 @@ def embed(run: Run, indices: Tensor) -> Bank:
     for _, logits, f in infer(run, run.splits.train, positions):
         feats.append(l2_normalise(f).cpu())
         logps.append(F.log_softmax(logits, dim=1).cpu())
-    return gather_bank(positions, torch.cat(feats), torch.cat(logps), run.dist)
+    bank = gather_bank(positions, torch.cat(feats), torch.cat(logps), run.dist)
+    if not (bool(torch.isfinite(bank.features).all()) and bool(torch.isfinite(bank.log_probs).all())):
+        # (the same bank on every rank: all stop together) the mixture fit would skip these samples as not evaluated
+        raise DivergedError(f"training diverged by epoch {run.epoch + 1}: the network's outputs on the training set are "
+                            f"not finite; lower optim.lr (now {run.cfg.optim.lr:g})")
+    return bank
 
 
 def predict(run: Run, ds: LabelledDataset) -> Tensor:
