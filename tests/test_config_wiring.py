@@ -7,6 +7,8 @@ field cannot be added without showing that it is wired.
 
 from __future__ import annotations
 
+import typing
+
 import numpy as np
 import pytest
 import torch
@@ -19,6 +21,7 @@ from knnmix.engine.checkpoint import RunFolder
 from knnmix.engine.splits import build_splits
 from knnmix.errors import ConfigError, DataError
 from knnmix.methods import builtin
+from knnmix.methods.state import SampleState
 
 PROBED: set[str] = set()
 
@@ -329,6 +332,15 @@ def test_correction_gate(tmp_path, monkeypatch, gate):
     held = [torch.equal(eng.state.targets[a:a + 100], before[a:a + 100]) for a in (0, 100, 200)]
     assert held == [gate in ("clean_prob", "clean_prob+neighbours"), "neighbours" in gate, False]
     assert votes == ([10] if "neighbours" in gate else [])
+
+
+def test_an_unknown_correction_gate_is_refused_by_the_phase_too():
+    """The config's choices are the phase's gates; called directly, an unknown gate took the whole step."""
+    assert typing.get_args(typing.get_type_hints(C.MethodConfig)["correction_gate"]) == phases.CORRECTION_GATES
+    state = SampleState.initial(torch.tensor([0, 1]), 2, 1)
+    bank = phases.Bank(index=torch.tensor([0, 1]), features=torch.eye(2), log_probs=torch.log(torch.full((2, 2), 0.5)))
+    with pytest.raises(ValueError, match="unknown correction gate 'clean-prob'; choose one of none, clean_prob, "):
+        phases.correct_targets(state, bank, 0.9, "clean-prob")
 
 
 @probe("method.vote_k")

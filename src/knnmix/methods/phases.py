@@ -21,6 +21,7 @@ from knnmix.math import window_mean
 
 
 VOTING_GATES = ("neighbours", "clean_prob+neighbours")  # the correction gates that need the neighbour vote
+CORRECTION_GATES = ("none", "clean_prob", *VOTING_GATES)  # (method.correction_gate)
 
 
 @dataclass
@@ -58,6 +59,8 @@ def correct_targets(state: SampleState, bank: Bank, momentum: float, gate: str =
     each step: ``clean_prob`` by ``1 - clean_prob_i`` (the last mixture fit's: a sample held clean keeps its label),
     ``neighbours`` by ``vote`` ``(M,)`` (:func:`neighbour_vote`: the share of its neighbours that agree with the
     prediction), ``clean_prob+neighbours`` by both; ``none`` leaves every step whole."""
+    if gate not in CORRECTION_GATES:  # (it took the whole step)
+        raise ValueError(f"unknown correction gate {gate!r}; choose one of {', '.join(CORRECTION_GATES)}")
     clean = state.clean_prob[bank.index]
     keep = clean if gate == "clean_prob" else None
     if gate in VOTING_GATES:
