@@ -244,6 +244,14 @@ def test_csv_mode_integer_labels_and_classes_txt(flat: Path) -> None:
     assert b.classes == ["zebra", "ant", "mole"]
     assert b.train_labels.tolist() == [2, 0, 0, 1]
     assert csv.exists()
+    # without classes.txt an integer among names has nothing to index: it made a class named "2", silently
+    (flat / "classes.txt").unlink()
+    with pytest.raises(DataError) as mixed:
+        load_dataset("imagefolder", flat, False, image_size=16, labels_file="labels.csv")
+    assert str(mixed.value) == (
+        f"imagefolder: {csv} mixes class names and 3 integer labels, which index the class list only when "
+        f"{flat / 'classes.txt'} lists the classes (line order = index); write it, or write every label as a name: "
+        "line 2: '2', line 4: '0', line 5: '1'")
 
 
 def test_a_folder_as_labels_file_is_named_a_folder(flat: Path) -> None:

@@ -180,6 +180,11 @@ def read_csv(csv_path: str, base: str, classes: list[str] | None = None, near: s
             refuse(negative, f"{NAME}: {csv_path} has {len(negative)} negative integer labels (a 'no label' marker?), "
                              f"which would make a class of their own; remove those rows, or list every class in "
                              f"{classes_file}")
+            numbers = [f"line {n}: {label!r}" for n, _, label in rows if as_int(label, None) is not None]
+            if numbers and len(numbers) < len(rows):  # "2" among "cat" and "dog" would be a class named "2"
+                refuse(numbers, f"{NAME}: {csv_path} mixes class names and {len(numbers)} integer labels, which "
+                                f"index the class list only when {classes_file} lists the classes (line order = "
+                                "index); write it, or write every label as a name")
         classes = listed if listed is not None else _sorted_labels({label for _, _, label in rows}, csv_path)
         origin = classes_file if listed is not None else "the sorted labels"
     else:
