@@ -131,17 +131,20 @@ def test_override_values_are_typed():
     ("webvision", "asymmetric:0.2", "no class map for dataset family 'generic'"),
     ("cifar100", "asymmetric:0.2", None), ("fashion-mnist", "asymmetric:0.4", None), ("cifar10", "cifar10n:aggre", None),
     ("imagefolder", "pairflip:0.2", None),
+    ("cifar10", "cifar10n:aggre", "noise.cifar_n_dir: noise.spec=cifar10n:aggre needs the folder that holds "
+                                  "CIFAR-10_human.pt, CIFAR-N's human labels (--set noise.cifar_n_dir=DIR)"),
 ])
 def test_noise_a_data_set_cannot_have_is_refused_before_any_image_is_read(data, spec, error):
     """It was refused only once the data set was loaded (an image folder read in full first)."""
     from knnmix.data import DATASETS
 
     assert set(C.DATA_FAMILIES) == set(DATASETS.names())  # every built-in data set (the tests of each pin its family)
+    sets = [f"data.name={data}", f"noise.spec={spec}"]
     if error is None:
-        C.load(None, [f"data.name={data}", f"noise.spec={spec}"])
+        C.load(None, [*sets, "noise.cifar_n_dir=/data/cifar-n"])
     else:
         with pytest.raises(ConfigError, match=re.escape(error)):
-            C.load(None, [f"data.name={data}", f"noise.spec={spec}"])
+            C.load(None, sets)
 
 
 def test_missing_or_invalid_config_file(tmp_path):

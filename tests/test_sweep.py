@@ -156,7 +156,8 @@ _BAD_CASES = [
     ({"noise": ["symmetric:0.2", "symetric:0.5"]}, "noise[1]: unknown noise model 'symetric'"),
     ({"noise": ["symmetric:0.2", "symmetric:1.5"]}, "noise[1]: noise rate 1.5 in 'symmetric:1.5' is outside"),
     ({"noise": ["symmetric:0.2", "symmetric:0.20"]}, "noise[1]: 'symmetric:0.2' is listed twice (also noise[0])"),
-    ({"noise": ["cifar10n:worse"]}, "noise[0]: 'cifar10n:worse' is the human noise of cifar10, but data.name"),
+    ({"noise": ["cifar10n:worse"]}, "noise[0]: noise.spec on digits: noise model 'cifar10n' holds human labels of "
+     "CIFAR-10's training set; it needs dataset family 'cifar10', got 'digits'"),
     ({"noise": []}, "noise: expected a non-empty list of noise specs"),
     ({"noise": [{"spec": "symmetric:0.2", "set": {"out": "x"}}]}, "noise[0].set: noise.spec, out and threads are set"),
     ({"noise": [{"spec": "symmetric:0.2", "set": {"method.k": 9}}]},  # was silently replaced by the sampled k

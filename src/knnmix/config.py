@@ -475,13 +475,16 @@ def validate(cfg: Config) -> None:
     from knnmix.data import DATASETS
     from knnmix.methods import METHODS
     from knnmix.models import MODELS
-    from knnmix.noise import check_noise_family, parse_noise_spec
+    from knnmix.noise import CIFAR_N, check_noise_family, parse_noise_spec
 
     as_config_error("method.name", lambda: METHODS.get(m.name))
-    if cfg.noise.spec != "auto":
+    if cfg.noise.spec != "auto":  # (what the loader and the noise would find out only after reading every image)
         spec = as_config_error("noise.spec", lambda: parse_noise_spec(cfg.noise.spec))
-        if d.name in DATA_FAMILIES:  # (the loader would find it out after reading every image)
+        if d.name in DATA_FAMILIES:
             as_config_error(f"noise.spec on {d.name}", lambda: check_noise_family(spec, DATA_FAMILIES[d.name]))
+        if spec.kind in CIFAR_N and cfg.noise.cifar_n_dir is None:
+            raise ConfigError(f"noise.cifar_n_dir: noise.spec={spec} needs the folder that holds "
+                              f"{CIFAR_N[spec.kind].filename}, CIFAR-N's human labels (--set noise.cifar_n_dir=DIR)")
     as_config_error("data.name", lambda: DATASETS.get(d.name))
     if cfg.model.name != "auto":
         as_config_error("model.name", lambda: MODELS.get(cfg.model.name))

@@ -312,13 +312,6 @@ def _validate(space: SearchSpace, root: Path | None, started: bool = False) -> N
         seen[setting.slug] = i
         cfg = C.as_config_error(where, lambda s=setting: space.setting_config(s))
         validated(cfg, f"{where}.set.data.val_fraction")
-        kind = canonical.split(":")[0]
-        if kind in ("cifar10n", "cifar100n"):
-            dataset = kind[:-1]
-            check(cfg.data.name == dataset, where, f"{canonical!r} is the human noise of {dataset}, but data.name "
-                  f"is {cfg.data.name!r}")
-            check(cfg.noise.cifar_n_dir is not None, where, f"{canonical!r} needs noise.cifar_n_dir, the folder "
-                  "of the CIFAR-N label files (e.g. --set noise.cifar_n_dir=DIR)")
 
     # the distributions: Optuna's constructors check the bounds; the config checks every value they can draw
     check(len(space.params) > 0, "params", "expected a mapping of config keys to distributions")
