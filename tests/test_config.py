@@ -147,6 +147,21 @@ def test_noise_a_data_set_cannot_have_is_refused_before_any_image_is_read(data, 
             C.load(None, sets)
 
 
+def test_noise_keys_that_the_noise_does_not_read_are_named():
+    """--set noise.symmetric_convention=any under asymmetric noise, or noise.seed under CIFAR-N's fixed human labels,
+    changed nothing without a word (only noise.instance_std was named)."""
+    def unread(spec, *sets):
+        cfg = C.load(None, [f"noise.spec={spec}", *sets])
+        return {k for k in C.unread_keys(cfg) if k.startswith("noise.")}
+
+    everything = {"noise.instance_std", "noise.symmetric_convention", "noise.cifar_n_dir", "noise.seed"}
+    assert unread("symmetric:0.4") == unread("auto") == {"noise.instance_std", "noise.cifar_n_dir"}
+    assert unread("asymmetric:0.4") == unread("pairflip:0.2") == everything - {"noise.seed"}
+    assert unread("instance:0.2") == {"noise.symmetric_convention", "noise.cifar_n_dir"}
+    assert unread("none") == everything
+    assert unread("cifar10n:worse", "data.name=cifar10", "noise.cifar_n_dir=/d") == everything - {"noise.cifar_n_dir"}
+
+
 def test_missing_or_invalid_config_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         C.load(tmp_path / "nope.yaml")

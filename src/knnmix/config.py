@@ -512,8 +512,16 @@ def unread_keys(cfg: Config) -> dict[str, str]:
         unread["optim.restart_period"] = f"only cosine_restarts reads it (optim.schedule={o.schedule})"
     if o.schedule == "constant":
         unread["optim.min_lr"] = "a constant schedule does not read it"
-    if cfg.noise.spec.split(":")[0].strip().lower() != "instance":  # (as parse_noise_spec reads it)
-        unread["noise.instance_std"] = f"only instance noise reads it (noise.spec={cfg.noise.spec})"
+    kind, spec = cfg.noise.spec.split(":")[0].strip().lower(), cfg.noise.spec  # (as parse_noise_spec reads it)
+    human = kind in ("cifar10n", "cifar100n")
+    if kind != "instance":
+        unread["noise.instance_std"] = f"only instance noise reads it (noise.spec={spec})"
+    if kind not in ("symmetric", "auto"):  # (auto: symmetric on a benchmark's clean labels)
+        unread["noise.symmetric_convention"] = f"only symmetric noise reads it (noise.spec={spec})"
+    if not human:
+        unread["noise.cifar_n_dir"] = f"only cifar10n and cifar100n noise read it (noise.spec={spec})"
+    if kind == "none" or human:
+        unread["noise.seed"] = f"noise.spec={spec} draws nothing at random"
     return unread
 
 
