@@ -8,6 +8,7 @@ field cannot be added without showing that it is wired.
 from __future__ import annotations
 
 import typing
+import warnings
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from knnmix.methods import phases
 from knnmix.engine import train as E
 from knnmix.engine.checkpoint import RunFolder
 from knnmix.engine.splits import build_splits
-from knnmix.errors import ConfigError, DataError
+from knnmix.errors import ConfigError, DataError, KnnmixWarning
 from knnmix.methods import builtin
 from knnmix.methods.state import SampleState
 
@@ -168,6 +169,13 @@ def test_noise_keys(tmp_path):
     a = rate(**{"noise.seed": 1}).noisy_labels
     assert not np.array_equal(a, rate(**{"noise.seed": 2}).noisy_labels)
     assert rate(**{"noise.symmetric_convention": "any"}).noise_rate < 0.38  # about 0.4 * 9/10
+    # noise under which classes are given another class's label more often than their own: no method learns them
+    with pytest.warns(KnnmixWarning, match=r"noise asymmetric:0.8: 5 of 10 classes are given one other class's label "
+                                           r"more often than their own \('2', '3', '5', '6', '7'\); trained on these"):
+        rate(**{"noise.spec": "asymmetric:0.8"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KnnmixWarning)
+        rate(**{"noise.spec": "symmetric:0.8"})  # 20% true against 8.9% for each other class: learnable
 
 
 @probe("noise.cifar_n_dir", "noise.instance_std")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -23,7 +24,7 @@ import numpy as np
 from knnmix.config import Config, DataConfig
 from knnmix.data import DatasetBundle, ImageSource, LabelledDataset, TensorSource, load_dataset
 from knnmix.data.files import PRELOAD_MAX_BYTES, SMALL_IMAGE_SIDE
-from knnmix.errors import ConfigError, DataError, listing
+from knnmix.errors import ConfigError, DataError, KnnmixWarning, listing
 from knnmix.noise import NoiseResult, NoiseSpec, apply_noise, parse_noise_spec
 
 
@@ -114,6 +115,11 @@ def build_splits(cfg: Config) -> Splits:
         cifar_n_dir=cfg.noise.cifar_n_dir, symmetric_convention=cfg.noise.symmetric_convention,
         instance_std=cfg.noise.instance_std,
     )
+    lost = [i for i, row in enumerate(noise.transition) if row[i] < np.delete(row, i).max(initial=0.0)]
+    if lost and spec.kind != "none":  # (T[i, j] = P(given j | true i): row i's largest entry is not the true class)
+        warnings.warn(f"noise {spec}: {len(lost)} of {bundle.num_classes} classes are given one other class's label "
+                      f"more often than their own ({listing([repr(bundle.classes[i]) for i in lost])}); trained on "
+                      "these labels, a model learns to call them that class", KnnmixWarning, stacklevel=2)
     # A stream of its own: seeded with the bare seed it would replay the noise model's draws (same seed, same
     # generator) and the validation split would hold exactly the flipped samples.
     rng = np.random.default_rng([d.split_seed, SPLIT_STREAM])
