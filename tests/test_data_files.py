@@ -978,5 +978,10 @@ def test_instance_noise_on_images_read_from_files_says_when_they_are_held_in_mem
     cfg = C.from_dict({"data": {"name": "imagefolder", "root": str(folder), "image_size": 64, "val_fraction": 0},
                        "noise": {"spec": "instance:0.3"}})
     with pytest.raises(DataError, match=r"instance noise needs the training images in memory; 'imagefolder' reads "
-                                        r"them from files at data.image_size=64 \(images below 64 px and 2 GiB in all"):
+                                        r"them from files at 64 px \(data.image_size; images below 64 px and 2 GiB in"):
         build_splits(cfg)
+    # the size chosen for data.image_size=null is named, not "None"
+    for name in ["cat/a", "cat/b", "dog/c", "dog/d"]:
+        write_image(folder.parent / "big" / f"{name}.png", size=(300, 300))
+    with pytest.raises(DataError, match=r"'imagefolder' reads them from files at 224 px \(data.image_size; "):
+        build_splits(C.replace(cfg, **{"data.image_size": None, "data.root": str(folder.parent / "big")}))

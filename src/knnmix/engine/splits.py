@@ -106,7 +106,7 @@ def build_splits(cfg: Config) -> Splits:
     if spec.kind == "instance":
         if not isinstance(bundle.train, TensorSource):
             raise DataError(f"instance noise needs the training images in memory; {d.name!r} reads them from files "
-                            f"at data.image_size={d.image_size} (images below {SMALL_IMAGE_SIDE} px and "
+                            f"at {bundle.train.shape[1]} px (data.image_size; images below {SMALL_IMAGE_SIDE} px and "
                             f"{PRELOAD_MAX_BYTES // 1024**3} GiB in all are held in memory)")
         features = bundle.train.as_float().numpy()
     noise = apply_noise(
