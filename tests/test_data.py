@@ -450,6 +450,11 @@ def test_cifar10_root_may_be_the_batch_folder(tmp_path: Path) -> None:
     w = _write_cifar10(tmp_path, np.random.default_rng(1), "py3")
     b = load_dataset("cifar10", root=str(tmp_path / "cifar-10-batches-py"))
     assert np.array_equal(b.train_labels, w["train_labels"])
+    # a file missing there is named there (it said "expected cifar-10-batches-py/data_batch_1", one level deeper)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_1").unlink()
+    with pytest.raises(DataError, match=re.escape(f"cifar10 data not found under {tmp_path / 'cifar-10-batches-py'} "
+                                                  "(expected data_batch_1)")):
+        load_dataset("cifar10", root=str(tmp_path / "cifar-10-batches-py"))
 
 
 def _write_cifar100(root: Path, rng: np.random.Generator) -> dict[str, Any]:

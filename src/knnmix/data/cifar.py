@@ -134,8 +134,8 @@ def load_cifar(spec: CifarSpec, root: str | None, download: bool) -> DatasetBund
     """Load a CIFAR variant from ``root`` (default ``~/.cache/knnmix/data``), downloading first if asked."""
     base = Path(root).expanduser() if root else cache_root()
     directory = base / spec.folder
-    if _missing(directory, spec) == spec.files[0] and (base / spec.files[0]).is_file():
-        directory = base  # the root is the batch folder itself
+    if _missing(directory, spec) is not None and any((base / name).is_file() for name in spec.files):
+        directory = base  # the root is the batch folder itself (its missing files are named there)
     if _missing(directory, spec) is not None and download:
         torchvision_download(spec.name, spec.name.upper(), base)  # CIFAR10 / CIFAR100
         directory = base / spec.folder
