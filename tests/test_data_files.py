@@ -812,6 +812,10 @@ def test_clothing1m_splits_and_labels(tmp_path: Path) -> None:
     cfg = C.from_dict({"data": {"name": "clothing1m", "root": str(tmp_path), "val_fraction": 0.0, "image_size": 16},
                        "model": {"name": "small_cnn"}, "out": str(tmp_path / "run")})
     assert "(28 train / 3 val of its own / 2 test, 16x16 px)" in banner(build_run(cfg))  # was "3 noisy val": clean
+    # labels that are noisy already: their noise is not "measured 0.00%"; what was added to them is said
+    assert ", noise none (labels whose own noise is unknown), " in banner(build_run(cfg))  # (auto: none here)
+    added = banner(build_run(C.replace(cfg, **{"noise.spec": "symmetric:0.5"})))
+    assert ", noise symmetric:0.5 (50.00% added to labels whose own noise is unknown), " in added
 
 
 def test_clothing1m_errors(tmp_path: Path) -> None:

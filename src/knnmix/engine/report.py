@@ -90,12 +90,16 @@ def label_audit(run: Run, bank: Bank, folder: RunFolder) -> dict[str, Any]:
 def banner(run: Run) -> str:
     c, s = run.cfg, run.splits
     rate = train_noise_rate(run)  # of the rows trained on, where the true labels are known
-    rate = s.noise.noise_rate if rate is None else rate
+    if rate is not None:
+        noise = f"measured {100 * rate:.2f}%"
+    else:  # labels that are noisy already (said "measured 0.00%"): only what was added to them is known
+        added = f"{100 * s.noise.noise_rate:.2f}% added to " if s.noise.spec != "none" else ""
+        noise = f"{added}labels whose own noise is unknown"
     return (
         f"knnmix: {c.method.name} on {c.data.name} ({len(s.train)} train / "
         f"{len(s.val) if s.val is not None else 0} {'noisy val' if s.bundle.val is None else 'val of its own'} / "
         f"{len(s.test) if s.test is not None else 0} test, "
-        f"{'x'.join(map(str, s.train.source.shape[1:]))} px), noise {c.noise.spec} (measured {100 * rate:.2f}%), "
+        f"{'x'.join(map(str, s.train.source.shape[1:]))} px), noise {c.noise.spec} ({noise}), "
         f"{c.model.name}, {c.epochs} epochs, seed {c.seed}, {run.dist.world_size} process(es) on {run.device}"
     )
 
