@@ -91,6 +91,9 @@ def test_data_split_keys(tmp_path):
     b = build_splits(cfg_with(tmp_path, **{"data.val_fraction": 0.25, "data.train_subset": 400,
                                            "data.split_seed": 1}))
     assert not np.array_equal(a.val_rows, b.val_rows)
+    with pytest.warns(KnnmixWarning, match=r"data.val_fraction=0.01 of 40 training images is no image: the run has "
+                                           r"no validation split"):  # (it ran without one, without a word)
+        assert build_splits(cfg_with(tmp_path, **{"data.val_fraction": 0.01, "data.train_subset": 40})).val is None
 
 
 @probe("data.augment")

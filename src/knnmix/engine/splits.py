@@ -134,6 +134,10 @@ def build_splits(cfg: Config) -> Splits:
         raise ConfigError(f"data.val_fraction={d.val_fraction}: {d.name} ships its own validation split; set "
                           "data.val_fraction=0")
     n_val = int(round(d.val_fraction * len(rows)))
+    if d.val_fraction > 0 and n_val == 0:
+        warnings.warn(f"data.val_fraction={d.val_fraction} of {len(rows)} training images is no image: the run has no "
+                      "validation split (nothing is selected on validation; the last epoch is reported)",
+                      KnnmixWarning, stacklevel=2)
     perm = rng.permutation(rows)
     val_rows, train_rows = np.sort(perm[:n_val]), np.sort(perm[n_val:])
     if len(train_rows) < 2:
