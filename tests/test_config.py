@@ -129,8 +129,8 @@ def test_override_values_are_typed():
     ("digits", "cifar10n:worse", "noise.spec on digits: noise model 'cifar10n' holds human labels of CIFAR-10's"),
     ("cifar10", "cifar100n:noisy", "needs dataset family 'cifar100', got 'cifar10'"),
     ("webvision", "asymmetric:0.2", "no class map for dataset family 'generic'"),
-    ("cifar100", "asymmetric:0.2", None), ("fashion-mnist", "asymmetric:0.4", None), ("cifar10", "cifar10n:aggre", None),
-    ("imagefolder", "pairflip:0.2", None),
+    ("cifar100", "asymmetric:0.2", None), ("fashion-mnist", "asymmetric:0.4", None),
+    ("cifar10", "cifar10n:aggre", None), ("imagefolder", "pairflip:0.2", None),
     ("cifar10", "cifar10n:aggre", "noise.cifar_n_dir: noise.spec=cifar10n:aggre needs the folder that holds "
                                   "CIFAR-10_human.pt, CIFAR-N's human labels (--set noise.cifar_n_dir=DIR)"),
 ])
