@@ -1242,16 +1242,17 @@ def test_train_logs_its_run_to_mlflow_when_a_tracking_uri_is_given(tmp_path, mon
     for more in ([], ["--epochs", "8"]):
         if more:
             (tmp_path / "run").rename(tmp_path / "moved")
+            # the copy, resumed while its original is no longer where it was logged from: still not that run
+            assert cli_main(["train", "--out", str(tmp_path / "copy"), "--resume", "--tracking-uri", uri]) == 0
+            copied = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["mlflow_run_id"]
+            assert copied != run_id and len(client.get_metric_history(copied, "val_acc")) == 6
+            client.delete_run(copied)
         out = tmp_path / ("moved" if more else "run")
         assert cli_main(["train", "--out", str(out), "--resume", "--tracking-uri", uri, *more]) == 0
         resumed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert resumed["mlflow_run_id"] == run_id
     assert [int(m.step) for m in client.get_metric_history(run_id, "val_acc")] == list(range(1, 9))
     assert client.get_run(run_id).data.tags["knnmix.run_folder"] == str(tmp_path / "moved")
-    assert cli_main(["train", "--out", str(tmp_path / "copy"), "--resume", "--tracking-uri", uri]) == 0
-    copied = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["mlflow_run_id"]
-    assert copied != run_id and len(client.get_metric_history(copied, "val_acc")) == 6
-    client.delete_run(copied)
     # MLflow's params cannot change: the run says which the resume changed; its totals are metrics, as a trial's
     run = client.get_run(run_id)
     assert run.data.params["epochs"] == "6" and run.data.tags["knnmix.changed_on_resume"] == (

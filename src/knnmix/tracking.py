@@ -19,6 +19,7 @@ import math
 import os
 import re
 import shlex
+import socket
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -376,8 +377,9 @@ def log_training_run(store: Store, folder: Path, summary: dict[str, Any], *, exp
     """Log a finished run folder (``knnmix train --tracking-uri``): config, per-epoch metrics, dataset, summary,
     label audit and the validation-selected model. Returns the run id.
 
-    A resumed run folder continues the MLflow run it logged before (found by the id in its ``run.json``, also after
-    the folder moved; tag ``knnmix.run_folder`` says where it is now; a copy of the folder gets a run of its own):
+    A resumed run folder continues the MLflow run it logged before (found by the id in its ``run.json`` and the
+    folder's host and inode: also after a move within its file system, when tag ``knnmix.run_folder`` says where it
+    is now; a copy of the folder, or one moved to another file system or host, gets a run of its own):
     only the new epochs are added, the config values it changed (``epochs``; MLflow's params cannot change) are named
     in tag ``knnmix.changed_on_resume``, and the model is logged again only when the selected epoch changed or
     ``register`` asks. The run starts when the run folder started, each epoch is logged at the time it ended
@@ -388,18 +390,15 @@ def log_training_run(store: Store, folder: Path, summary: dict[str, Any], *, exp
     exp_id = experiment_id(store, experiment)
     info = json.loads((folder / RUN_INFO).read_text()) if (folder / RUN_INFO).exists() else {}
     started, own_id, here = info.get("started", ""), info.get("id", ""), str(folder.absolute())
+    # the folder itself, wherever it is moved on its file system (a copy, or a folder on another host, is another)
+    where = folder.stat()
+    place = f"{socket.gethostname()}:{where.st_dev}:{where.st_ino}"
     tags = {KIND_TAG: "train", "knnmix.run_folder": here, "knnmix.run_started": started,
-            "knnmix.run_folder_id": own_id, "mlflow.source.git.commit": str(summary.get("commit", ""))}
-
-    def holds_this_run(path: str) -> bool:  # then this folder is a copy of it, which gets a run of its own
-        with suppress(OSError, ValueError, AttributeError):
-            return json.loads((Path(path) / RUN_INFO).read_text()).get("id") == own_id
-        return False
-
-    if own_id:  # the run of the folder's own id logged from here, or from where the folder was moved away from
-        runs = client.search_runs([exp_id], f"tags.`knnmix.run_folder_id` = '{own_id}'")
-        earlier = ([r for r in runs if r.data.tags.get("knnmix.run_folder") == here]
-                   or [r for r in runs if not holds_this_run(r.data.tags.get("knnmix.run_folder", ""))])[:1]
+            "knnmix.run_folder_id": own_id, "knnmix.run_folder_place": place,
+            "mlflow.source.git.commit": str(summary.get("commit", ""))}
+    if own_id:  # the run this folder logged before: its id, in the same folder (moved or not)
+        earlier = [r for r in client.search_runs([exp_id], f"tags.`knnmix.run_folder_id` = '{own_id}'")
+                   if r.data.tags.get("knnmix.run_folder_place") == place][:1]
     else:  # a run folder from before run.json had an id: the same start time in the same folder
         earlier = [r for r in client.search_runs([exp_id], f"tags.`knnmix.run_started` = '{started}'")
                    if r.data.tags.get("knnmix.run_folder") == here][:1] if started else []
