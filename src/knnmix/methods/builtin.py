@@ -104,6 +104,7 @@ class KnnMix(Method):
     def __init__(self, cfg: MethodConfig, num_classes: int) -> None:
         super().__init__(cfg, num_classes)
         self.epoch = 0
+        self._drawn = torch.empty(0, 0)  # (N, D) features of this epoch's draw (data.epoch_samples, neighbours=batch)
         # noisy anchors' self-weight, noisy anchors, synthetic labels' mass on the anchor's true class, anchors
         self._mixing = torch.zeros(4, dtype=torch.float64)
 
@@ -151,7 +152,7 @@ class KnnMix(Method):
         self.phase = self.phase_of(epoch)
         self._mixing.zero_()
         # (a checkpoint from before the state kept the features that neighbours=batch searches: embed again)
-        lost = c.neighbours == "batch" and self.phase == "knn" and ctx.state.features.numel() == 0
+        lost = c.neighbours == "batch" and self.phase == "knn" and self._feature_table(ctx).numel() == 0
         if not (self.needs_bank(epoch, ctx.subsampled) or lost):
             return
         bank = ctx.embed_train_set()
@@ -171,16 +172,28 @@ class KnnMix(Method):
         if mixing:
             ctx.state.neighbours[bank.index] = bank.index[found[:, :c.k]]
         elif self.phase == "knn":  # neighbours=batch: searched within each batch, on these features
-            if ctx.state.features.numel() == 0:
-                ctx.state.features = torch.zeros(ctx.state.num_samples, bank.features.shape[1])
-            ctx.state.features[bank.index] = bank.features.float().cpu()
+            self._feature_table(ctx, bank.features.shape[1])[bank.index] = bank.features.float().cpu()
+
+    def _feature_table(self, ctx: TrainContext, dim: int | None = None) -> Tensor:
+        """The ``(N, D)`` features that ``neighbours=batch`` searches (a new table of ``dim`` columns when asked):
+        per-sample state, checkpointed so that a resume between two embeddings continues exactly; with
+        ``data.epoch_samples`` every epoch's draw is embedded afresh, so its table stays here, out of the checkpoint
+        (N x D floats that no resume would read)."""
+        table = self._drawn if ctx.subsampled else ctx.state.features
+        if dim is not None and tuple(table.shape) != (ctx.state.num_samples, dim):
+            table = torch.zeros(ctx.state.num_samples, dim)
+            if ctx.subsampled:
+                self._drawn = table
+            else:
+                ctx.state.features = table
+        return table
 
     def batch_members(self, index: Tensor, ctx: TrainContext) -> Tensor:
         if self.phase != "knn":
             return index[:, None]
         if self.cfg.neighbours == "bank":
             return torch.cat([index[:, None], ctx.state.neighbours[index]], dim=1)
-        found = neighbours_within_batch(ctx.state.features[index], self.cfg.k)
+        found = neighbours_within_batch(self._feature_table(ctx)[index], self.cfg.k)
         return torch.cat([index[:, None], index[found]], dim=1)
 
     def loss(self, model: nn.Module, images: Tensor, members: Tensor, ctx: TrainContext) -> Tensor:

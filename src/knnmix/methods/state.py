@@ -23,7 +23,7 @@ class SampleState:
     clean_prob: Tensor  # (N,) float32 probability that the sample's current target is clean (1 before any fit)
     loss_history: Tensor  # (H, N) float32 normalised losses of the last H fitted epochs, NaN = not evaluated
     neighbours: Tensor  # (N, K) int64 dataset indices of each sample's neighbours, -1 = not searched yet
-    features: Tensor  # (N, D) float32 features of the last embedding, which neighbours=batch searches; (0, 0) = none
+    features: Tensor  # (N, D) float32 features of the last embedding, which neighbours=batch searches; (0, 0): none
 
     @classmethod
     def initial(cls, given_labels: Tensor, num_classes: int, k: int) -> SampleState:
@@ -52,6 +52,8 @@ class SampleState:
             if f.name == "features" and f.name not in sd:  # a checkpoint from before it was kept: none
                 continue
             cur, new = getattr(self, f.name), sd[f.name]
+            if f.name == "features" and new.numel() > 0 and new.shape[0] != self.num_samples:
+                raise ValueError(f"checkpointed features have {new.shape[0]} rows, expected {self.num_samples}")
             if f.name not in ("loss_history", "features") and new.shape != cur.shape:
                 raise ValueError(f"checkpointed {f.name} has shape {tuple(new.shape)}, expected {tuple(cur.shape)}")
             setattr(self, f.name, new.clone().to(cur.dtype))
