@@ -185,6 +185,7 @@ def test_audit_chooses_the_image_size_from_the_images_and_estimates_the_time_lef
     table = comparison_table([json.loads((out / "summary.json").read_text())])
     assert "| n/a | n/a |" in table and table.endswith("test accuracies n/a: the data has no test split; imagefolder: "
                                                        "data.test_root, or audit --test, names one")
+    assert "imagefolder, noise none (labels whose own noise is unknown), " in table  # was "(measured 0.00%)"
 
     code = main(["audit", str(root), "--epochs", "2", "--out", str(out), "--overwrite", "--image-size", "16",
                  "--set", "method.warmup_epochs=1", "--set", "method.correction_start=2", "--set", "threads=1"])

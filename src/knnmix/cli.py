@@ -209,7 +209,7 @@ def method_run(base: C.Config, method: str) -> dict[str, str]:
 
 
 def comparison_table(summaries: Sequence[dict[str, Any]]) -> str:
-    from knnmix.engine.report import NO_TEST, pct
+    from knnmix.engine.report import NO_TEST, noise_note, pct
 
     head = "| method | last-epoch test acc (%) | val-selected test acc (%) | best val acc (%) | epoch time (s) |"
     lines = [head, "|---|---|---|---|---|"]
@@ -219,9 +219,9 @@ def comparison_table(summaries: Sequence[dict[str, Any]]) -> str:
             f"{pct(s['best_val']['val_acc'], '')} | {s['epoch_time_s']:.2f} |"
         )
     first = summaries[0]
-    rate = first["noise_rate"] if first["train_noise_rate"] is None else first["train_noise_rate"]  # rows trained on
+    noise = noise_note(first["noise"], first["noise_rate"], first["train_noise_rate"])
     lines.append(
-        f"\n{first['dataset']}, noise {first['noise']} (measured {100 * rate:.2f}%), "
+        f"\n{first['dataset']}, noise {first['noise']} ({noise}), "
         f"{first['model']}, {first['epochs']} epochs, seed {first['seed']}, commit {first['commit']}"
     )
     if first["final"]["test_acc"] is None:

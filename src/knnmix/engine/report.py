@@ -87,14 +87,17 @@ def label_audit(run: Run, bank: Bank, folder: RunFolder) -> dict[str, Any]:
     return out
 
 
+def noise_note(spec: str, added: float, measured: float | None) -> str:
+    """How wrong the training labels are: ``measured`` (of the rows trained on, where the true labels are known), or
+    for labels that are noisy already (it said "measured 0.00%") the share of noise ``spec`` ``added`` to them."""
+    if measured is not None:
+        return f"measured {100 * measured:.2f}%"
+    return (f"{100 * added:.2f}% added to " if spec != "none" else "") + "labels whose own noise is unknown"
+
+
 def banner(run: Run) -> str:
     c, s = run.cfg, run.splits
-    rate = train_noise_rate(run)  # of the rows trained on, where the true labels are known
-    if rate is not None:
-        noise = f"measured {100 * rate:.2f}%"
-    else:  # labels that are noisy already (said "measured 0.00%"): only what was added to them is known
-        added = f"{100 * s.noise.noise_rate:.2f}% added to " if s.noise.spec != "none" else ""
-        noise = f"{added}labels whose own noise is unknown"
+    noise = noise_note(s.noise.spec, s.noise.noise_rate, train_noise_rate(run))
     return (
         f"knnmix: {c.method.name} on {c.data.name} ({len(s.train)} train / "
         f"{len(s.val) if s.val is not None else 0} {'noisy val' if s.bundle.val is None else 'val of its own'} / "
