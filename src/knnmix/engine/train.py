@@ -441,7 +441,7 @@ def embed(run: Run, indices: Tensor) -> Bank:
     bank = gather_bank(positions, torch.cat(feats), torch.cat(logps), run.dist)
     if not (bool(torch.isfinite(bank.features).all()) and bool(torch.isfinite(bank.log_probs).all())):
         # (the same bank on every rank: all stop together) the mixture fit would skip these samples as not evaluated
-        raise DivergedError(f"training diverged by epoch {run.epoch + 1}: the network's outputs on the training set "
+        raise DivergedError(f"training diverged: after epoch {run.epoch}, the network's outputs on the training set "
                             f"are not finite; lower optim.lr (now {run.cfg.optim.lr:g})")
     return bank
 
