@@ -160,6 +160,13 @@ def test_noise_keys_that_the_noise_does_not_read_are_named():
     assert unread("instance:0.2") == {"noise.symmetric_convention", "noise.cifar_n_dir"}
     assert unread("none") == everything
     assert unread("cifar10n:worse", "data.name=cifar10", "noise.cifar_n_dir=/d") == everything - {"noise.cifar_n_dir"}
+    from knnmix.noise import NOISE_MODELS, register_noise_model
+
+    register_noise_model("plug-in", takes_rate=True)(lambda spec, inputs: inputs.labels)
+    try:  # a plug-in model gets every noise.* key (NoiseInputs): none is named
+        assert unread("plug-in:0.1") == set()
+    finally:
+        NOISE_MODELS.unregister("plug-in")
 
 
 def test_missing_or_invalid_config_file(tmp_path):
