@@ -249,9 +249,9 @@ def test_csv_mode_integer_labels_and_classes_txt(flat: Path) -> None:
     with pytest.raises(DataError) as mixed:
         load_dataset("imagefolder", flat, False, image_size=16, labels_file="labels.csv")
     assert str(mixed.value) == (
-        f"imagefolder: {csv} mixes class names and 3 integer labels, which index the class list only when "
-        f"{flat / 'classes.txt'} lists the classes (line order = index); write it, or write every label as a name: "
-        "line 2: '2', line 4: '0', line 5: '1'")
+        f"imagefolder: {csv} mixes class names and 3 integer labels, which would be classes of their own; list every "
+        f"class in {flat / 'classes.txt'} (line order = index: an integer label then indexes it, or is a name where "
+        "class names are integers): line 2: '2', line 4: '0', line 5: '1'")
 
 
 def test_a_folder_as_labels_file_is_named_a_folder(flat: Path) -> None:

@@ -183,8 +183,8 @@ def read_csv(csv_path: str, base: str, classes: list[str] | None = None, near: s
             numbers = [f"line {n}: {label!r}" for n, _, label in rows if as_int(label, None) is not None]
             if numbers and len(numbers) < len(rows):  # "2" among "cat" and "dog" would be a class named "2"
                 refuse(numbers, f"{NAME}: {csv_path} mixes class names and {len(numbers)} integer labels, which "
-                                f"index the class list only when {classes_file} lists the classes (line order = "
-                                "index); write it, or write every label as a name")
+                                f"would be classes of their own; list every class in {classes_file} (line order = "
+                                "index: an integer label then indexes it, or is a name where class names are integers)")
         classes = listed if listed is not None else _sorted_labels({label for _, _, label in rows}, csv_path)
         origin = classes_file if listed is not None else "the sorted labels"
     else:

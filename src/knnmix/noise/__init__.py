@@ -18,7 +18,6 @@ from knnmix.noise.cifar_n import CIFAR_N, load_cifar_n_file
 from knnmix.noise.synthetic import ASYMMETRIC_CLASS_MAPS, asymmetric_class_map, instance_expected_rate
 
 
-
 def check_noise_family(spec: NoiseSpec, family: str) -> None:
     """Raise the one-line error that ``spec`` would raise on a data set of ``family`` (``"cifar10"``, ...,
     ``"generic"``) where that needs the family alone: asymmetric noise's class map, a CIFAR-N label file's data set.
