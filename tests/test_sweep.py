@@ -1253,6 +1253,10 @@ def test_train_logs_its_run_to_mlflow_when_a_tracking_uri_is_given(tmp_path, mon
         assert resumed["mlflow_run_id"] == run_id
     assert [int(m.step) for m in client.get_metric_history(run_id, "val_acc")] == list(range(1, 9))
     assert client.get_run(run_id).data.tags["knnmix.run_folder"] == str(tmp_path / "moved")
+    with monkeypatch.context() as m:  # the same path on another host (a RayJob's next head node): the same run
+        m.setattr(socket, "gethostname", lambda: "the-next-head-node")
+        assert cli_main(["train", "--out", str(tmp_path / "moved"), "--resume", "--tracking-uri", uri]) == 0
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["mlflow_run_id"] == run_id
     # MLflow's params cannot change: the run says which the resume changed; its totals are metrics, as a trial's
     run = client.get_run(run_id)
     assert run.data.params["epochs"] == "6" and run.data.tags["knnmix.changed_on_resume"] == (

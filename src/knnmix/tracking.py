@@ -378,8 +378,8 @@ def log_training_run(store: Store, folder: Path, summary: dict[str, Any], *, exp
     label audit and the validation-selected model. Returns the run id.
 
     A resumed run folder continues the MLflow run it logged before (found by the id in its ``run.json`` and the
-    folder's host and inode: also after a move within its file system, when tag ``knnmix.run_folder`` says where it
-    is now; a copy of the folder, or one moved to another file system or host, gets a run of its own):
+    folder's path, or its host and inode: also after a move within its file system, when tag ``knnmix.run_folder``
+    says where it is now; a copy of the folder at another path gets a run of its own):
     only the new epochs are added, the config values it changed (``epochs``; MLflow's params cannot change) are named
     in tag ``knnmix.changed_on_resume``, and the model is logged again only when the selected epoch changed or
     ``register`` asks. The run starts when the run folder started, each epoch is logged at the time it ended
@@ -390,15 +390,17 @@ def log_training_run(store: Store, folder: Path, summary: dict[str, Any], *, exp
     exp_id = experiment_id(store, experiment)
     info = json.loads((folder / RUN_INFO).read_text()) if (folder / RUN_INFO).exists() else {}
     started, own_id, here = info.get("started", ""), info.get("id", ""), str(folder.absolute())
-    # the folder itself, wherever it is moved on its file system (a copy, or a folder on another host, is another)
+    # the folder itself, wherever it is moved on its file system (a copy at another path is another folder)
     where = folder.stat()
     place = f"{socket.gethostname()}:{where.st_dev}:{where.st_ino}"
     tags = {KIND_TAG: "train", "knnmix.run_folder": here, "knnmix.run_started": started,
             "knnmix.run_folder_id": own_id, "knnmix.run_folder_place": place,
             "mlflow.source.git.commit": str(summary.get("commit", ""))}
-    if own_id:  # the run this folder logged before: its id, in the same folder (moved or not)
-        earlier = [r for r in client.search_runs([exp_id], f"tags.`knnmix.run_folder_id` = '{own_id}'")
-                   if r.data.tags.get("knnmix.run_folder_place") == place][:1]
+    if own_id:  # the run this folder logged before: its id, at the same path (a RayJob's next head node, a shared
+        # volume) or in the same folder moved on this host's file system
+        runs = client.search_runs([exp_id], f"tags.`knnmix.run_folder_id` = '{own_id}'")
+        earlier = [r for r in runs if place == r.data.tags.get("knnmix.run_folder_place")
+                   or here == r.data.tags.get("knnmix.run_folder")][:1]
     else:  # a run folder from before run.json had an id: the same start time in the same folder
         earlier = [r for r in client.search_runs([exp_id], f"tags.`knnmix.run_started` = '{started}'")
                    if r.data.tags.get("knnmix.run_folder") == here][:1] if started else []
@@ -406,7 +408,8 @@ def log_training_run(store: Store, folder: Path, summary: dict[str, Any], *, exp
     ended = epoch_ends(info, records)
     rid = create_run(store, exp_id, f"{cfg.method.name} {cfg.data.name} {cfg.noise.spec} seed {cfg.seed}", tags,
                      reuse=earlier[0].info.run_id if earlier else None, start_time=ended.get(0))
-    client.set_tag(rid, "knnmix.run_folder", here)  # where it is now
+    for key in ("knnmix.run_folder", "knnmix.run_folder_place"):  # where it is now
+        client.set_tag(rid, key, tags[key])
     if changed := log_run_folder(client, rid, folder):
         client.set_tag(rid, "knnmix.changed_on_resume", "; ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()))
     logged = {int(m.step) for m in client.get_metric_history(rid, "train_loss")}  # logged every epoch
