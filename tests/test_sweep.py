@@ -292,6 +292,11 @@ def test_a_space_whose_every_trial_skips_a_phase_warns_once_naming_it(tmp_path):
         warnings.simplefilter("error", KnnmixWarning)
         SP.load_space(write_space(tmp_path, "long.yaml"))
         SP.parse_space(yaml.safe_load((tmp_path / "short.yaml").read_text()), label="space.yaml", started=True)
+    # noise under which a class mostly carries another's label, the noisy validation split too (a run warns of it
+    # from the labels it draws, but a trial's warnings are not shown)
+    with pytest.warns(KnnmixWarning, match=r"flips.yaml: at asymmetric:0.8, pairflip:0.6 most of each flipped class "
+                                           r"carries the label it flips to, in the noisy validation split too"):
+        SP.load_space(write_space(tmp_path, "flips.yaml", noise=["asymmetric:0.8", "pairflip:0.6", "asymmetric:0.4"]))
 
 
 def test_registered_version_is_the_newest_of_the_run_tagged_and_takes_a_quote_in_its_name(tmp_path):

@@ -231,6 +231,15 @@ def parse_space(data: dict[str, Any], *, label: str, root: Path | None = None, s
     for note, specs in notes.items():
         warnings.warn(f"search space {label}: no trial at {', '.join(specs)} reaches every phase: {note}",
                       KnnmixWarning, stacklevel=2)
+    from knnmix.noise import parse_noise_spec
+
+    # (a run warns from the labels it draws; a sweep's trials do not show their warnings)
+    flips = [s.spec for s in space.settings if (n := parse_noise_spec(s.spec)).kind in ("pairflip", "asymmetric")
+             and (n.rate or 0) > 0.5]
+    if flips and not started:
+        warnings.warn(f"search space {label}: at {', '.join(flips)} most of each flipped class carries the label it "
+                      "flips to, in the noisy validation split too: the trials are selected for learning the flip",
+                      KnnmixWarning, stacklevel=2)
     return space
 
 
