@@ -325,8 +325,8 @@ def test_unwritable_out_and_diverging_loss_are_one_line_errors(tmp_path):
     run = E.build_run(digits_cfg(tmp_path, epochs=3))
     with torch.no_grad():
         next(run.model.parameters())[0].fill_(float("inf"))
-    with pytest.raises(DivergedError, match=r"diverged: after epoch 0, the network's outputs on the training set are not "
-                                            r"finite; lower optim.lr \(now 0.05\)"):
+    with pytest.raises(DivergedError, match=r"diverged: after epoch 0, the network's outputs on the training set are "
+                                            r"not finite; lower optim.lr \(now 0.05\)"):
         run.embed_train_set()
 
 

@@ -19,8 +19,8 @@ def neighbour_weights(clean_prob: Tensor, members: Tensor, temperature: float) -
     ``lambda_k ∝ w_k^(1/T)`` with ``w = clean_prob`` ``(N,)``: T = 1 gives the authors' K = 1 rule
     ``lambda_i = w_i / (w_i + w_j)``; T -> 0 puts all weight on the cleanest member (split among members tied for
     cleanest; ``temperature=0`` gives it all to the earliest of them); large T tends to uniform weights. Rows sum to
-    one. ε = 1e-10 is added to every member's w, so members whose w are all about 0 (below ~1e-10) get equal weights, where the
-    authors' rule, with ε on the anchor's side only, keeps the anchor.
+    one. ε = 1e-10 is added to every member's w, so members whose w are all about 0 (below ~1e-10) get equal
+    weights, where the authors' rule, with ε on the anchor's side only, keeps the anchor.
     """
     if check_tensor(clean_prob, "clean_prob").dim() != 1:
         raise ValueError(f"clean_prob must be (N,), got {tuple(clean_prob.shape)}")
