@@ -512,12 +512,12 @@ def unread_keys(cfg: Config) -> dict[str, str]:
         unread["optim.restart_period"] = f"only cosine_restarts reads it (optim.schedule={o.schedule})"
     if o.schedule == "constant":
         unread["optim.min_lr"] = "a constant schedule does not read it"
-    from knnmix.noise import NOISE_KINDS
+    from knnmix.noise import CIFAR_N, NOISE_KINDS
 
     kind, spec = cfg.noise.spec.split(":")[0].strip().lower(), cfg.noise.spec  # (as parse_noise_spec reads it)
     if kind not in (*NOISE_KINDS, "auto"):  # a plug-in noise model may read any noise.* key
         return unread
-    human = kind in ("cifar10n", "cifar100n")
+    human = kind in CIFAR_N
     if kind != "instance":
         unread["noise.instance_std"] = f"only instance noise reads it (noise.spec={spec})"
     if kind not in ("symmetric", "auto"):  # (auto: symmetric on a benchmark's clean labels)
