@@ -50,18 +50,18 @@ def arm(runs: Path, seed: int, grace: int = EPOCHS, factor: int = 4) -> list[dic
             for t in trials]
 
 
-def replay(curves: list[list[float]], grace: int, factor: int, max_t: int = EPOCHS,
-           rung_values: list[list[float]] | None = None) -> tuple[int, float]:
-    """Ray's ASHA (one bracket, ``_Bracket``'s rungs and cutoff) over per-epoch curves taken in creation order.
+def stops(curves: list[list[float]], grace: int, factor: int, max_t: int = EPOCHS,
+          rung_values: list[list[float]] | None = None) -> list[int]:
+    """Ray's ASHA (one bracket, ``_Bracket``'s rungs and cutoff) over per-epoch curves taken in creation order: the
+    epochs each trial runs.
 
     Rungs at ``grace * factor**k`` for k < int(log(max_t / grace) / log(factor) + 1); at a rung a trial stops when its
     value is below the (1 - 1/factor) percentile of the values other trials recorded there before it. The values
-    compared are ``rung_values`` (e.g. each curve's running best; default: the curves). Returns the trial epochs
-    spent and the best value of ``curves`` seen in them.
+    compared are ``rung_values`` (e.g. each curve's running best; default: the curves).
     """
     rungs = [grace * factor**k for k in range(int(np.log(max_t / grace) / np.log(factor) + 1))]
     recorded: dict[int, list[float]] = {r: [] for r in rungs}
-    spent, best = 0, -np.inf
+    epochs = []
     for curve, values in zip(curves, rung_values or curves):
         ran = len(curve)
         for r in rungs:
@@ -73,9 +73,15 @@ def replay(curves: list[list[float]], grace: int, factor: int, max_t: int = EPOC
             if stop:
                 ran = r
                 break
-        spent += ran
-        best = max(best, max(curve[:ran]))
-    return spent, float(best)
+        epochs.append(ran)
+    return epochs
+
+
+def replay(curves: list[list[float]], grace: int, factor: int, max_t: int = EPOCHS,
+           rung_values: list[list[float]] | None = None) -> tuple[int, float]:
+    """The trial epochs :func:`stops` spends over ``curves`` and the best value of ``curves`` seen in them."""
+    ran = stops(curves, grace, factor, max_t, rung_values)
+    return sum(ran), float(max(max(c[:n]) for c, n in zip(curves, ran)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -83,8 +83,10 @@ def smoke(out: Path, quick: bool) -> dict:
                                                             for t in run["trials"]]}
 
 
-def asha_vs_full(out: Path, arm: str = "knnmix") -> dict:
+def asha_vs_full(out: Path, arm: str = "knnmix", extra: list[str] | None = None) -> dict:
+    """The two arms of ``ARMS[arm]``, each with the overrides ``extra`` too (e.g. another sweep seed or placement)."""
     name, overrides, epochs = ARMS[arm]
+    overrides = overrides + list(extra or [])
     runs = {}
     for label, extra in (("asha", []), ("no_early_stopping", [f"sweep.asha.grace_period={epochs}"])):
         space = SP.load_space(name, overrides + extra)

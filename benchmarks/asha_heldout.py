@@ -1,0 +1,116 @@
+"""Does a rung placement chosen on one sweep keep an equal best on fresh configurations? (results/asha-heldout/rule.txt)
+
+Stage A: the configuration that grace 1 / factor 3 picks in the replay of sweep seed 0's curves
+(results/asha-replay/replay-seed0.json), trained again with training seeds 1-5 and compared with the full sweep's pick
+trained again (results/asha-retrain/retrain.json). Stage B, only if stage A passes: the sweeps benchmark's timed
+knnmix comparison on sweep seed 1 (24 other configurations) with that placement against no early stopping, and both
+picks trained again with seeds 1-5. Validation data only; no test accuracy is read.
+
+    python benchmarks/asha_heldout.py --runs DIR     # about 40 minutes on 2 cores; resumes stage by stage
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import shlex
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from knnmix.provenance import git_commit, machine
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+sys.path.insert(0, str(HERE))
+from asha_replay import EPOCHS, stops  # noqa: E402
+from asha_retrain import FRESH, stats, train_one  # noqa: E402
+from sweeps import FASHION, asha_vs_full  # noqa: E402
+
+GRACE, FACTOR, HELD_OUT_SEED = 1, 3, 1  # chosen on seed 0's replay (rule.txt)
+
+
+def retrain(runs: Path, label: str, params: dict) -> dict:
+    """``params`` trained with training seeds 1-5 on the comparison's data, two runs at a time."""
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {seed: pool.submit(train_one, "fashion-mnist", FASHION, params, seed, runs / f"{label}-seed{seed}")
+                   for seed in FRESH}
+        curves = {seed: f.result() for seed, f in futures.items()}
+    return {"params": params, "curves": {str(k): v for k, v in curves.items()},
+            "best": stats([max(c) for c in curves.values()]), "last": stats([c[-1] for c in curves.values()])}
+
+
+def verdict(asha: dict, full: dict) -> dict:
+    gap, allowed = full["best"]["mean"] - asha["best"]["mean"], max(asha["best"]["std"], full["best"]["std"])
+    return {"gap": gap, "allowed": allowed, "equal_best": gap <= allowed}
+
+
+def line(name: str, asha: dict, full: dict, v: dict) -> str:
+    return (f"{name}: ASHA's pick {asha['best']['mean']:.2f} ± {asha['best']['std']:.2f}, no-early-stopping pick "
+            f"{full['best']['mean']:.2f} ± {full['best']['std']:.2f} (best epoch, seeds 1-5); gap {v['gap']:.2f}, "
+            f"allowed {v['allowed']:.2f}: equal best {'yes' if v['equal_best'] else 'no'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", required=True, help="folder for the runs (kept, so a stopped run resumes)")
+    p.add_argument("--out", default=str(RESULTS / "asha-heldout" / "heldout.json"), help="result JSON")
+    args = p.parse_args(argv)
+    typed = sys.argv[1:] if argv is None else list(argv)  # (main([]) is no command line of its own)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # (now, not after the runs)
+    start, runs, commit = time.time(), Path(args.runs).absolute(), git_commit()  # the commit the runs train at
+    runs.mkdir(parents=True, exist_ok=True)
+    result = {"command": shlex.join(["python", "benchmarks/asha_heldout.py", *typed]), "commit": commit,
+              "machine": machine(), "date": time.strftime("%Y-%m-%d"), "grace_period": GRACE,
+              "reduction_factor": FACTOR}
+    lines = []
+
+    # Stage A: the placement's pick on the sweep it was chosen on
+    replay = json.loads((RESULTS / "asha-replay" / "replay-seed0.json").read_text())
+    curves = [t["val"] for t in replay["trials"]]
+    ran = stops(curves, GRACE, FACTOR)
+    pick = max((i for i in range(len(curves)) if ran[i] == EPOCHS), key=lambda i: max(curves[i]))
+    a = retrain(runs, "stage-a-asha", replay["trials"][pick]["params"])
+    full = json.loads((RESULTS / "asha-retrain" / "retrain.json").read_text())["spaces"]["knnmix"]["full"]
+    f = {"params": full["params"], "best": full["best"], "last": full["last"]}  # seeds 1-5 of the same data
+    v = verdict(a, f)
+    result["stage_a"] = {"sweep_seed": 0, "trial_epochs": sum(ran), "epochs_fraction": sum(ran) / sum(map(len, curves)),
+                         "asha_trial": pick, "asha": a, "full": f, **v}
+    lines.append(line(f"stage A (sweep seed 0, replayed: {sum(ran)} trial epochs)", a, f, v))
+
+    if v["equal_best"]:  # Stage B: a real timed comparison on configurations the placement was not chosen on
+        saved = runs / "stage-b.json"
+        if not saved.exists():
+            saved.write_text(json.dumps(asha_vs_full(
+                runs / "stage-b", "knnmix", [f"sweep.seed={HELD_OUT_SEED}", f"sweep.asha.grace_period={GRACE}",
+                                             f"sweep.asha.reduction_factor={FACTOR}"])))
+        cmp = json.loads(saved.read_text())
+        assert cmp["same_configs"], "the two arms drew different configurations"
+
+        def best_completed(arm: dict) -> dict:  # the sweep's rule: the completed trial with the best epoch
+            done = [t for t in arm["per_trial"] if t["epochs"] == EPOCHS]
+            return max(done, key=lambda t: t["best_val_acc"])["params"]
+
+        a = retrain(runs, "stage-b-asha", best_completed(cmp["asha"]))
+        f = retrain(runs, "stage-b-full", best_completed(cmp["no_early_stopping"]))
+        v = verdict(a, f)
+        met = v["equal_best"] and cmp["wall_ratio"] <= 1 / 3
+        result["stage_b"] = {"sweep_seed": HELD_OUT_SEED, "comparison": cmp, "asha": a, "full": f, **v,
+                             "wall_ratio": cmp["wall_ratio"], "target_met": met}
+        lines.append(line(f"stage B (sweep seed {HELD_OUT_SEED}, real sweeps: wall {cmp['asha']['wall_s']:.0f} s vs "
+                          f"{cmp['no_early_stopping']['wall_s']:.0f} s, {cmp['wall_ratio']:.2f}x; single-run bests "
+                          f"{cmp['asha']['best_val_acc']:.2f} vs {cmp['no_early_stopping']['best_val_acc']:.2f})", a, f,
+                          v) + f"; target {'met' if met else 'missed'}")
+    else:
+        lines.append("stage B not run: the placement does not keep an equal best on the sweep it was chosen on")
+    result["wall_s"] = time.time() - start
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print("\n".join(lines))
+    print(f"written: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
