@@ -42,6 +42,16 @@ def retrain(runs: Path, label: str, params: dict) -> dict:
             "best": stats([max(c) for c in curves.values()]), "last": stats([c[-1] for c in curves.values()])}
 
 
+def replayed_pick() -> tuple[int, dict, list[int], list[list[float]]]:
+    """The trial the placement picks in the replay of sweep seed 0 (the sweep's rule: the completed trial with the best
+    epoch), its sampled values, the epochs each trial runs and the curves."""
+    replay = json.loads((RESULTS / "asha-replay" / "replay-seed0.json").read_text())
+    curves = [t["val"] for t in replay["trials"]]
+    ran = stops(curves, GRACE, FACTOR)
+    pick = max((i for i in range(len(curves)) if ran[i] == EPOCHS), key=lambda i: max(curves[i]))
+    return pick, replay["trials"][pick]["params"], ran, curves
+
+
 def verdict(asha: dict, full: dict) -> dict:
     gap, allowed = full["best"]["mean"] - asha["best"]["mean"], max(asha["best"]["std"], full["best"]["std"])
     return {"gap": gap, "allowed": allowed, "equal_best": gap <= allowed}
@@ -68,11 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = []
 
     # Stage A: the placement's pick on the sweep it was chosen on
-    replay = json.loads((RESULTS / "asha-replay" / "replay-seed0.json").read_text())
-    curves = [t["val"] for t in replay["trials"]]
-    ran = stops(curves, GRACE, FACTOR)
-    pick = max((i for i in range(len(curves)) if ran[i] == EPOCHS), key=lambda i: max(curves[i]))
-    a = retrain(runs, "stage-a-asha", replay["trials"][pick]["params"])
+    pick, params, ran, curves = replayed_pick()
+    a = retrain(runs, "stage-a-asha", params)
     full = json.loads((RESULTS / "asha-retrain" / "retrain.json").read_text())["spaces"]["knnmix"]["full"]
     f = {"params": full["params"], "best": full["best"], "last": full["last"]}  # seeds 1-5 of the same data
     v = verdict(a, f)

@@ -242,3 +242,26 @@ def test_the_asha_retrain_trains_each_recorded_pick_on_the_sweeps_data(monkeypat
         3, 0, "symmetric:0.5", s["asha"]["params"]["method.mixup_alpha"])
     assert len(curve) == 2 and all(0 < v <= 100 for v in curve)
     assert retrain.train_one(s["space"], [], {}, 3, tmp_path / "run") == curve  # a finished run is read, not retrained
+
+
+def test_the_asha_held_out_check_picks_what_its_rule_names_and_runs_stage_b_after_stage_a(monkeypatch, tmp_path):
+    """``asha_heldout.py``: grace 1 / factor 3 picks trial 3 of the committed seed-0 replay (its rule.txt), in 133
+    trial epochs; stage B (two real sweeps) runs only when stage A's pick is an equal best. The runs themselves are
+    ``asha_retrain.train_one``'s, tested above; here they are replaced by fixed curves."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    heldout = importlib.import_module("asha_heldout")
+    pick, params, ran, _ = heldout.replayed_pick()
+    assert pick == 3 and sum(ran) == 133 and params["method.k"] == 2 and params["method.warmup_epochs"] == 2
+    calls = []
+
+    def fake_retrain(runs, label, params):  # 44.0 against the full pick's recorded 45.30 +- 0.42: not equal
+        calls.append(label)
+        return {"params": params, "best": {"mean": 44.0, "std": 0.5}, "last": {"mean": 44.0, "std": 0.5}}
+
+    monkeypatch.setattr(heldout, "retrain", fake_retrain)
+    monkeypatch.setattr(heldout, "asha_vs_full", lambda *a: pytest.fail("stage B ran after stage A failed"))
+    out = tmp_path / "heldout.json"
+    assert heldout.main(["--runs", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert calls == ["stage-a-asha"] and "stage_b" not in result
+    assert result["stage_a"]["equal_best"] is False and result["stage_a"]["gap"] > result["stage_a"]["allowed"]
