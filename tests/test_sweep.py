@@ -549,6 +549,12 @@ def test_tracking_store_default_env_and_uri(tmp_path, monkeypatch):
     exp = client_for(rel.uri).get_experiment(TR.experiment_id(rel, "knnmix-test"))
     assert exp.artifact_location == (tmp_path / "sub" / "mlartifacts" / "knnmix-test").as_uri()
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    # MLflow's git tag is a bare sha (its UI links it); uncommitted changes are a tag of their own
+    for commit, tags in (("0f1e2d-dirty", {"mlflow.source.git.commit": "0f1e2d", TR.DIRTY_TAG: "true"}),
+                         ("0f1e2d", {"mlflow.source.git.commit": "0f1e2d"}), ("unknown", {})):
+        rid = TR.create_run(rel, exp.experiment_id, commit, {}, commit=commit)
+        logged = client_for(rel.uri).get_run(rid).data.tags
+        assert {k: logged[k] for k in ("mlflow.source.git.commit", TR.DIRTY_TAG) if k in logged} == tags, commit
 
 
 def test_a_sqlite_store_is_read_as_sqlalchemy_reads_it_and_a_path_mlflow_cannot_hold_is_one_line(
@@ -1053,7 +1059,7 @@ def test_mlflow_holds_nested_runs_params_metrics_and_artifacts(e2e, monkeypatch)
     assert all(r.info.status == "FINISHED" for r in runs["sweep"] + runs["noise_setting"])
     for r in runs["sweep"] + runs["noise_setting"] + runs["trial"]:  # MLflow's own source and user tags, the commit
         assert r.data.tags["mlflow.source.type"] == "LOCAL" and r.data.tags["mlflow.user"]
-        assert r.data.tags["mlflow.source.git.commit"] == git_commit()
+        assert r.data.tags["mlflow.source.git.commit"] == git_commit().removesuffix("-dirty")
     arts = {a.path for a in client.list_artifacts(sweep.info.run_id)} | {
         a.path for a in client.list_artifacts(sweep.info.run_id, "plots")}
     assert {"space.yaml", "sweep_summary.json", "sweep_summary.md", "plots/best_per_noise.png"} <= arts

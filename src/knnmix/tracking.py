@@ -52,6 +52,7 @@ DB_DRIVERS = {"psycopg": "'psycopg[binary]'", "psycopg2": "psycopg2-binary", "My
               "pymysql": "PyMySQL", "pyodbc": "pyodbc", "pymssql": "pymssql"}
 TRAIN_EXPERIMENT = "knnmix-train"  # where knnmix train and compare log their runs
 MODEL_EPOCH_TAG = "knnmix.model_epoch"  # the epoch whose weights a train run's logged model holds
+DIRTY_TAG = "knnmix.git_dirty"  # "true": the checkout had uncommitted changes to tracked files
 
 
 @dataclass(frozen=True)
@@ -182,11 +183,20 @@ def reach(store: Store, experiment: str, register: str | None = None) -> str:
     return exp_id
 
 
+def commit_tags(commit: str) -> dict[str, str]:
+    """MLflow's git tag for a commit as :func:`~knnmix.provenance.git_commit` writes it: the bare sha, which the UI
+    shows and links, and :data:`DIRTY_TAG` for ``<sha>-dirty``; no tag for an unknown commit."""
+    sha = commit.removesuffix("-dirty")
+    if sha in ("", "unknown"):
+        return {}
+    return {"mlflow.source.git.commit": sha, **({DIRTY_TAG: "true"} if sha != commit else {})}
+
+
 def create_run(store: Store, exp_id: str, name: str, tags: dict[str, str], *, parent: str | None = None,
-               reuse: str | None = None, start_time: int | None = None) -> str:
+               reuse: str | None = None, start_time: int | None = None, commit: str | None = None) -> str:
     """Reuse run ``reuse`` when it still exists, else a new run (nested under ``parent``; started at ``start_time``,
-    ms since 1970, default now) with MLflow's default source and user tags and knnmix's commit (MLflow finds none
-    when its entry point, e.g. .venv/bin/knnmix, is git-ignored)."""
+    ms since 1970, default now) with MLflow's default source and user tags and the :func:`commit_tags` of ``commit``
+    (default: this checkout's; MLflow finds none when its entry point, e.g. .venv/bin/knnmix, is git-ignored)."""
     from mlflow.tracking.context.registry import resolve_tags
 
     client = store.client()
@@ -196,7 +206,7 @@ def create_run(store: Store, exp_id: str, name: str, tags: dict[str, str], *, pa
                 client.update_run(reuse, status="RUNNING")
                 return reuse
     extra = {PARENT_TAG: parent} if parent else {}
-    all_tags = resolve_tags({"mlflow.source.git.commit": git_commit(), **tags, **extra})
+    all_tags = resolve_tags({**commit_tags(git_commit() if commit is None else commit), **tags, **extra})
     return client.create_run(exp_id, run_name=name, tags=all_tags, start_time=start_time).info.run_id
 
 
@@ -394,8 +404,7 @@ def log_training_run(store: Store, folder: Path, summary: dict[str, Any], *, exp
     where = folder.stat()
     place = f"{socket.gethostname()}:{where.st_dev}:{where.st_ino}"
     tags = {KIND_TAG: "train", "knnmix.run_folder": here, "knnmix.run_started": started,
-            "knnmix.run_folder_id": own_id, "knnmix.run_folder_place": place,
-            "mlflow.source.git.commit": str(summary.get("commit", ""))}
+            "knnmix.run_folder_id": own_id, "knnmix.run_folder_place": place}
     if own_id:  # the run this folder logged before: its id, at the same path (a RayJob's next head node, a shared
         # volume) or in the same folder moved on this host's file system
         runs = client.search_runs([exp_id], f"tags.`knnmix.run_folder_id` = '{own_id}'")
@@ -407,9 +416,11 @@ def log_training_run(store: Store, folder: Path, summary: dict[str, Any], *, exp
     records = read_metrics(folder / METRICS)
     ended = epoch_ends(info, records)
     rid = create_run(store, exp_id, f"{cfg.method.name} {cfg.data.name} {cfg.noise.spec} seed {cfg.seed}", tags,
-                     reuse=earlier[0].info.run_id if earlier else None, start_time=ended.get(0))
-    for key in ("knnmix.run_folder", "knnmix.run_folder_place"):  # where it is now
-        client.set_tag(rid, key, tags[key])
+                     reuse=earlier[0].info.run_id if earlier else None, start_time=ended.get(0),
+                     commit=str(summary.get("commit", "")))
+    for key in ("knnmix.run_folder", "knnmix.run_folder_place"):  # where it is now (a new run has them already)
+        if earlier:
+            client.set_tag(rid, key, tags[key])
     if changed := log_run_folder(client, rid, folder):
         client.set_tag(rid, "knnmix.changed_on_resume", "; ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()))
     logged = {int(m.step) for m in client.get_metric_history(rid, "train_loss")}  # logged every epoch
