@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
             if unknown:
                 raise KnnmixError(f"unknown benchmark method {unknown[0]!r}; choose from {', '.join(METHODS)}")
             seeds = args.seeds or None
+            if tier.spaces and tier.tune_seed in (seeds or ()):  # before any sweep trains
+                raise KnnmixError(f"--seeds includes {tier.tune_seed}, the seed tier {tier.name}'s sweeps tune with: "
+                                  "evaluated on it, a selected config scores its own tuning luck; choose other seeds")
             settings = args.settings or list(tier.settings)
             print(f"# {tier.name}: {tier.description}", flush=True)
             commit = git_commit()  # the code that runs the cells, even if the checkout changes meanwhile

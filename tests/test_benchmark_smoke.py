@@ -80,8 +80,12 @@ def test_unknown_tier_and_method_are_one_line_errors(tmp_path, capsys):
     run = load_entry_point()
     assert run.main(["--tier", "huge"]) == 2
     assert run.main(["--tier", "smoke", "--methods", "coteaching", "--results-dir", str(tmp_path)]) == 2
+    assert run.main(["--tier", "smoke-tuned", "--seeds", "0", "100", "--runs-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "huge" in err[0] and "coteaching" in err[1]
+    assert len(err) == 3 and "huge" in err[0] and "coteaching" in err[1]
+    assert err[2] == ("benchmark: error: --seeds includes 100, the seed tier smoke-tuned's sweeps tune with: "
+                      "evaluated on it, a selected config scores its own tuning luck; choose other seeds")
+    assert not any(tmp_path.iterdir())  # refused before a sweep started
 
 
 @pytest.mark.slow
