@@ -670,6 +670,20 @@ def test_the_importance_plot_names_the_value_its_study_holds(tmp_path, monkeypat
     assert labels == ["importance (fANOVA) for the best epoch's noisy-validation accuracy"]
 
 
+def test_importances_say_how_many_finished_trials_they_come_from(tmp_path):
+    """A 3-trial sweep's importances mean little: the count goes with them (the plot's title says it)."""
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="s/symmetric:0.5", storage=storage, direction="maximize")
+    assert not SF.study_importances(storage, study.study_name)[0]  # no trial yet: none
+    for k, state in ((1, "COMPLETE"), (2, "COMPLETE"), (3, "FAIL"), (4, "COMPLETE")):
+        trial = study.ask({"method.k": optuna.distributions.IntDistribution(1, 8)})
+        study.tell(trial, 40.0 + k if state == "COMPLETE" else None, state=optuna.trial.TrialState[state])
+    importances, counted = SF.study_importances(storage, study.study_name)
+    assert set(importances) == {"method.k"} and counted == 3
+
+
 def test_the_printed_optuna_command_survives_a_folder_with_spaces_and_a_hash(tmp_path):
     """The MLflow UI command was quoted, the Optuna one was not: '/runs/sp ü/sw #1' broke it at the space, and
     the shell dropped everything after '#'."""

@@ -244,16 +244,18 @@ def end_orphan_trials(storage: str, name: str) -> None:
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
 
-def study_importances(storage: str, name: str) -> dict[str, float] | None:
-    """Optuna's fANOVA importances of the searched keys in the setting's own study; ``None`` with too few trials."""
+def study_importances(storage: str, name: str) -> tuple[dict[str, float] | None, int]:
+    """Optuna's fANOVA importances of the searched keys in the setting's own study (none with too few trials),
+    and the number of finished trials they come from (few trials give importances that mean little)."""
     import optuna
 
     try:
         study = optuna.load_study(study_name=name, storage=storage)
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-        return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
+        counted = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+        return dict(optuna.importance.get_param_importances(study, evaluator=evaluator)), counted
     except (ValueError, RuntimeError, KeyError):
-        return None
+        return None, 0
 
 
 def config_text(params: dict[str, Any]) -> str:

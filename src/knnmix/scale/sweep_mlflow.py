@@ -236,11 +236,12 @@ def finish_setting_run(store: Store, ml: dict[str, Any], setting: Any, entry: di
     if curves:
         client.log_artifact(run_id, str(plot_learning_curves(plots / "learning_curves.png", curves,
                                                               best.trial_id if best else None, setting.spec)), "plots")
-    entry["importances"] = study_importances(optuna_storage, entry["study"])
+    entry["importances"], counted = study_importances(optuna_storage, entry["study"])
     if entry["importances"]:
         client.log_dict(run_id, entry["importances"], "param_importances.json")
+        title = f"{setting.spec}: parameter importances from {counted} trial{'s' * (counted != 1)}"
         client.log_artifact(run_id, str(plot_importances(plots / "param_importances.png", entry["importances"],
-                                                          f"{setting.spec}: parameter importances")), "plots")
+                                                          title)), "plots")
     totals = {k: entry[k] for k in ("trials", "completed", "stopped_early", "failed")}
     before = run.data.tags.get("knnmix.best_trial")  # when finalized again
     if best is not None:
