@@ -774,26 +774,6 @@ def test_a_store_that_does_not_answer_is_one_line_before_training_and_leaves_no_
         assert SF.check_state(SF.SweepFolder(tmp_path / "sweep"), resume=False) is None  # not "already holds a sweep"
 
 
-@pytest.mark.parametrize("resources, needle", [
-    ({"distributed.workers": 2, "distributed.cpus_per_worker": 2}, "needs 4 CPUs but this machine has 2"),
-    ({"distributed.workers": 0, "distributed.use_gpu": True}, "needs 1 GPUs but this machine has 0"),
-])
-def test_trials_this_machine_cannot_hold_are_one_line_before_any_trial(local_ray, tmp_path, resources, needle):
-    """Ray Train trials too big for this machine failed one after another (a search_spaces/cifar10.yaml sweep on a
-    2-core laptop: 120 identical failures); an in-process trial asking for a missing GPU waited forever."""
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is there")
-    space = SP.load_space(write_space(tmp_path, base={"config": "digits", "set": {**BASE_SET, **resources}}))
-    store = TR.Store.from_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    with pytest.raises(KnnmixError, match=needle):
-        S.run_sweep(space, tmp_path / "sweep", store=store, echo=None)
-    assert SF.check_state(SF.SweepFolder(tmp_path / "sweep"), resume=False) is None  # nothing to --resume
-    assert not list((tmp_path / "sweep").glob("*/trials")) and not (tmp_path / "sweep" / SF.SPACE_FILE).exists()
-    # no MLflow run either (the sweep's and its settings' runs were made before the check, and each try left 3)
-    client = store.client()
-    assert client.search_runs([client.get_experiment_by_name(space.experiment_name).experiment_id]) == []
-
-
 def test_resuming_a_sweep_folder_that_does_not_exist_leaves_nothing_behind(tmp_path):
     with pytest.raises(KnnmixError, match="nothing to resume: .*sweep_state.json' does not exist"):
         S.run_sweep(SP.load_space(write_space(tmp_path)), tmp_path / "typo", resume=True, echo=None)
@@ -837,20 +817,6 @@ def test_a_sweep_folder_in_use_is_refused_in_one_line(tmp_path, capsys):
     assert not (out / "sweep_state.json").exists()
 
 
-def test_sigterm_stops_a_ray_driver_as_ctrl_c_does(local_ray):
-    """Ray's crash handler took SIGTERM from ray.init: a sweep driver stopped by kill / timeout / a batch system
-    printed a native stack dump and aborted (status 134) instead of saving its state and naming --resume."""
-    import signal
-
-    from knnmix.scale import ray_env
-
-    ray_env.ensure_ray()  # already connected: the handler is the one ensure_ray installed when it started Ray
-    assert signal.getsignal(signal.SIGTERM) is ray_env._on_sigterm
-    with pytest.raises(KeyboardInterrupt):  # what Tune's SIGINT handler (during a sweep) or Python's gets
-        signal.raise_signal(signal.SIGTERM)
-        time.sleep(1)
-
-
 def test_after_sigterm_the_program_ends_at_once_when_its_ray_is_gone():
     """SIGTERM to a whole process group (timeout, kill -- -PGID, systemd, Slurm) stops Ray's own processes with the
     driver, which then waited 60 s for its GCS and ended with status 1 (Slurm sends SIGKILL after 30 s). The
@@ -881,10 +847,16 @@ except KeyboardInterrupt:  # as Ctrl+C; Tune would now stop its trials through R
         proc = subprocess.Popen([sys.executable, "-c", script, case], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
         try:
+            if case == "up":  # still running 2 s (four of the watchdog's polls) after the line, then killed
+                first = proc.stdout.readline()
+                time.sleep(2)
+                proc.kill()
             out, err = proc.communicate(timeout=8)
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate()
+        if case == "up":
+            out = first + out
         assert "still running while the GCS answers" in out, err
         assert proc.returncode == code, err
         assert ("runs marked" in out) == (case == "gone"), out  # what a sweep registers runs before the exit
@@ -945,12 +917,50 @@ def test_a_ray_temp_dir_too_long_for_its_sockets_is_one_line(tmp_path):
     assert "is too long for Ray" in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]
 
 
+# The tests from here to the end-to-end sweep's share the local Ray, which stops after that sweep: the tests
+# before and after it run with no Ray idling beside them.
+@pytest.mark.parametrize("resources, needle", [
+    ({"distributed.workers": 2, "distributed.cpus_per_worker": 2}, "needs 4 CPUs but this machine has 2"),
+    ({"distributed.workers": 0, "distributed.use_gpu": True}, "needs 1 GPUs but this machine has 0"),
+])
+def test_trials_this_machine_cannot_hold_are_one_line_before_any_trial(local_ray, tmp_path, resources, needle):
+    """Ray Train trials too big for this machine failed one after another (a search_spaces/cifar10.yaml sweep on a
+    2-core laptop: 120 identical failures); an in-process trial asking for a missing GPU waited forever."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is there")
+    space = SP.load_space(write_space(tmp_path, base={"config": "digits", "set": {**BASE_SET, **resources}}))
+    store = TR.Store.from_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with pytest.raises(KnnmixError, match=needle):
+        S.run_sweep(space, tmp_path / "sweep", store=store, echo=None)
+    assert SF.check_state(SF.SweepFolder(tmp_path / "sweep"), resume=False) is None  # nothing to --resume
+    assert not list((tmp_path / "sweep").glob("*/trials")) and not (tmp_path / "sweep" / SF.SPACE_FILE).exists()
+    # no MLflow run either (the sweep's and its settings' runs were made before the check, and each try left 3)
+    client = store.client()
+    assert client.search_runs([client.get_experiment_by_name(space.experiment_name).experiment_id]) == []
+
+
+def test_sigterm_stops_a_ray_driver_as_ctrl_c_does(local_ray):
+    """Ray's crash handler took SIGTERM from ray.init: a sweep driver stopped by kill / timeout / a batch system
+    printed a native stack dump and aborted (status 134) instead of saving its state and naming --resume."""
+    import signal
+
+    from knnmix.scale import ray_env
+
+    ray_env.ensure_ray()  # already connected: the handler is the one ensure_ray installed when it started Ray
+    assert signal.getsignal(signal.SIGTERM) is ray_env._on_sigterm
+    with pytest.raises(KeyboardInterrupt):  # what Tune's SIGINT handler (during a sweep) or Python's gets
+        signal.raise_signal(signal.SIGTERM)
+        time.sleep(1)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # End to end: 2 noise rates x 3 in-process trials on digits
 
 
 @pytest.fixture(scope="module")
 def e2e(ray_session, tmp_path_factory):
+    import ray
+
     ray_session["start"]()
     tmp = tmp_path_factory.mktemp("e2e")
     space = write_space(tmp)
@@ -962,6 +972,7 @@ def e2e(ray_session, tmp_path_factory):
         rc = cli_main(["sweep", str(space), "--out", str(out), "--tracking-uri", uri, "--register", "knnmix-e2e"])
     elapsed = time.perf_counter() - t0
     print(f"e2e sweep: {elapsed:.0f}s")
+    ray.shutdown()  # the tests below read its files, MLflow and Optuna: no Ray idling beside them
     return SimpleNamespace(rc=rc, out=out, uri=uri, text=buf.getvalue(), tmp=tmp, elapsed=elapsed,
                            sigint_kept=signal.getsignal(signal.SIGINT) is sigint,
                            summary=json.loads((out / "sweep_summary.json").read_text()))

@@ -23,101 +23,8 @@ from knnmix.scale import sweep_mlflow as T
 from support import BASE_SET, GOOD, client_for, kill_tree, runs_by_kind, write_space
 
 
-def test_a_resumed_sweep_prints_each_trials_line(local_ray, tmp_path, caplog):
-    """Tune saves the TrialLogger without its echo; after --resume the trials that ended printed nothing (and the
-    count started again at 1)."""
-    import signal
-
-    space = SP.load_space(write_space(tmp_path, base={"config": "digits", "set": {**BASE_SET, "epochs": 3,
-                                                                                   "data.train_subset": 300}},
-                                      noise=["symmetric:0.2"], trials=2, start_with=[GOOD],
-                                      asha={"grace_period": 3}, max_concurrent_trials=1))
-    lines: list[str] = []
-
-    def stop_after_first(line: str) -> None:  # Ctrl+C once the first trial has ended
-        lines.append(line)
-        if line.lstrip().startswith("trial") and len([x for x in lines if x.lstrip().startswith("trial")]) == 1:
-            signal.raise_signal(signal.SIGINT)
-
-    out, store = tmp_path / "sweep", TR.Store.from_uri(f"sqlite:///{tmp_path / 'runs.db'}")
-    with pytest.raises(KeyboardInterrupt):  # as distributed/sweep_job.py runs it
-        S.run_sweep(space, out, store=store, echo=stop_after_first, command="python distributed/sweep_job.py")
-    assert any(x.endswith(f"continue it with:\n  python distributed/sweep_job.py --resume --out {out}")
-               for x in lines), lines
-    assert "Tuner.restore" not in caplog.text  # Tune's own resume hint (knnmix names `knnmix sweep --resume`)
-    client = store.client()
-    exp = client.get_experiment_by_name(space.experiment_name).experiment_id
-
-    def statuses() -> dict[str, str]:
-        return {r.data.tags.get("knnmix.trial_id", r.data.tags["knnmix.kind"]): r.info.status
-                for r in client.search_runs([exp])}
-
-    stopped = statuses()  # MLflow's convention after Ctrl+C (was RUNNING for good): KILLED, the ended trial FINISHED
-    assert sorted(stopped.values()) == ["FINISHED", "KILLED", "KILLED"] + ["KILLED"] * (len(stopped) == 4), stopped
-    assert stopped["sweep"] == stopped["noise_setting"] == "KILLED"
-    assert json.loads((out / "sweep_state.json").read_text())["status"] == "stopped"  # was "running"
-    resumed: list[str] = []
-    S.run_sweep(space, out, resume=True, echo=resumed.append)
-    assert [x.split(" after ")[0].split()[:2] for x in resumed if x.lstrip().startswith("trial")] == [["trial", "2/2"]]
-    assert set(statuses().values()) == {"FINISHED"} and len(statuses()) == 4
-    assert json.loads((out / "sweep_state.json").read_text())["status"] == "done"
-
-
-@pytest.mark.slow
-def test_a_failed_trial_that_resume_runs_again_is_logged_and_selected_as_it_ended(local_ray, tmp_path, capfd):
-    """--resume runs a failed trial again (resume_errored), but its MLflow run stayed FAILED without the rerun's
-    epochs, and its setting's run kept the old best, best tag, model and counts (it was finalized once). The failed
-    trial's line says why; Tune's traceback and ERROR lines are --verbose only, and the JSON line comes last."""
-    weights = tmp_path / "w.pt"  # missing at first: the trial that starts from it fails
-    path = write_space(
-        tmp_path, base={"config": "digits", "set": {**BASE_SET, "epochs": 2, "data.train_subset": 300}},
-        noise=["symmetric:0.2"], trials=2, asha={"grace_period": 2}, max_concurrent_trials=1,
-        params={"model.pretrained": {"type": "choice", "values": [None, str(weights)]}},
-        start_with=[{"model.pretrained": None}, {"model.pretrained": str(weights)}])
-    space = SP.load_space(path)
-    out, store = tmp_path / "sweep", TR.Store.from_uri(f"sqlite:///{tmp_path / 'runs.db'}")
-    capfd.readouterr()
-    assert cli_main(["sweep", str(path), "--out", str(out), "--tracking-uri", store.uri]) == 1
-    printed = capfd.readouterr()
-    assert "Traceback" not in printed.out + printed.err and "ERROR" not in printed.out + printed.err, printed.err
-    assert json.loads(printed.out.strip().splitlines()[-1])["failed"] == 1  # the JSON line last
-    (why,) = [x for x in printed.out.splitlines() if x.startswith("failed: symmetric:0.2 trial ")]  # below the table
-    assert why.endswith(f"pretrained weights file {weights} not found"), why
-    assert (out / "sweep_summary.md").read_text().count(f"{weights} not found") == 1  # its own list, not twice
-    assert printed.err.strip().splitlines()[-1] == f"knnmix: 1 trial(s) failed; see {out / 'sweep_summary.md'}"
-    from ray.tune import ExperimentAnalysis  # one trial at a time (max_concurrent_trials=1, SettingsSearch's limit)
-
-    first, second = sorted(ExperimentAnalysis(str(out / "tune")).trials, key=lambda t: t.run_metadata.start_time)
-    assert second.run_metadata.start_time >= first.run_metadata.last_result_time > 0
-    (done,) = (out / "symmetric-0.2" / "trials").glob("*/model_best.pt")
-    torch.save(safe_load(done)["state_dict"], weights)
-    lines: list[str] = []
-    summary = S.run_sweep(space, out, resume=True, echo=lines.append)
-    assert summary["failed"] == 0 and summary["settings"][0]["completed"] == 2
-    assert [x.split(" after ")[0].split() for x in lines if x.lstrip().startswith("trial")] == [
-        ["trial", "2/2", "completed"]]
-    client, (setting,) = store.client(), summary["settings"]
-    trials = runs_by_kind(store.uri, space.experiment_name)["trial"]
-    assert {(r.info.status, r.data.tags[T.OUTCOME_TAG]) for r in trials} == {("FINISHED", "completed")}
-    assert all(r.data.metrics["epochs_run"] == 2 and "val_acc" in r.data.metrics for r in trials)
-    assert [r.data.tags[T.TRIAL_TAG] for r in trials if r.data.tags.get("knnmix.best")] == [setting["best"]["trial_id"]]
-    run = client.get_run(setting["mlflow_run_id"])
-    assert run.data.tags["knnmix.best_trial"] == setting["best"]["trial_id"] and run.data.metrics["failed"] == 0
-    assert run.data.metrics["best_val_acc"] == setting["best"]["val_acc"]
-    models = client.search_logged_models([run.info.experiment_id])
-    assert [m.source_run_id for m in models] == [setting["best_mlflow_run_id"]]  # one model, the best trial's
-    # its study keeps the failure and holds the rerun's result beside it
-    import optuna
-
-    study = optuna.load_study(study_name=SF.study_name(space, space.settings[0]),
-                              storage=SF.SweepFolder(out).optuna_storage)
-    assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "COMPLETE", "FAIL"]
-    (failed,) = [t for t in study.trials if t.state.name == "FAIL"]
-    (rerun,) = [t for t in study.trials if t.state.name == "COMPLETE" and t.params == failed.params]
-    trial = next(r for r in trials if r.data.params["model.pretrained"] == str(weights))
-    assert rerun.value == trial.data.metrics["best_val_acc"]
-
-
+# The killed-driver tests come first: the Ray the last one's --resume starts serves the two tests below it
+# (one start fewer; conftest's no_idle_ray stops it after the file).
 @pytest.mark.slow
 def test_a_sweep_killed_before_tune_saved_its_trials_ends_resumes_from_their_run_folders(ray_session, tmp_path,
                                                                                            capsys):
@@ -233,11 +140,105 @@ def test_a_killed_sweep_resumes_without_running_a_trial_twice(ray_session, tmp_p
         assert r.info.status == "FINISHED" and r.data.tags[T.OUTCOME_TAG] == "completed"
     state = json.loads((out / "sweep_state.json").read_text())
     assert state["mlflow"]["sweep_run_id"] == runs["sweep"][0].info.run_id and state["status"] == "done"
-    # resuming a finished sweep changes nothing; with --register it registers the best model (once)
-    assert cli_main(["sweep", "--resume", "--out", str(out)]) == 0
-    assert len(runs_by_kind(TR.Store.from_uri(uri).uri, "knnmix-sweep-e2e")["trial"]) == 3
+    # resuming a finished sweep runs nothing again; with --register it registers the best model (once)
     for _ in range(2):
         assert cli_main(["sweep", "--resume", "--out", str(out), "--register", "late"]) == 0
+        assert len(runs_by_kind(TR.Store.from_uri(uri).uri, "knnmix-sweep-e2e")["trial"]) == 3
     (version,) = client.search_model_versions("name = 'late'")
     (x,) = json.loads((out / "sweep_summary.json").read_text())["settings"]
     assert version.run_id == x["best"]["mlflow_run_id"]
+
+
+def test_a_resumed_sweep_prints_each_trials_line(local_ray, tmp_path, caplog):
+    """Tune saves the TrialLogger without its echo; after --resume the trials that ended printed nothing (and the
+    count started again at 1)."""
+    import signal
+
+    space = SP.load_space(write_space(tmp_path, base={"config": "digits", "set": {**BASE_SET, "epochs": 3,
+                                                                                   "data.train_subset": 300}},
+                                      noise=["symmetric:0.2"], trials=2, start_with=[GOOD],
+                                      asha={"grace_period": 3}, max_concurrent_trials=1))
+    lines: list[str] = []
+
+    def stop_after_first(line: str) -> None:  # Ctrl+C once the first trial has ended
+        lines.append(line)
+        if line.lstrip().startswith("trial") and len([x for x in lines if x.lstrip().startswith("trial")]) == 1:
+            signal.raise_signal(signal.SIGINT)
+
+    out, store = tmp_path / "sweep", TR.Store.from_uri(f"sqlite:///{tmp_path / 'runs.db'}")
+    with pytest.raises(KeyboardInterrupt):  # as distributed/sweep_job.py runs it
+        S.run_sweep(space, out, store=store, echo=stop_after_first, command="python distributed/sweep_job.py")
+    assert any(x.endswith(f"continue it with:\n  python distributed/sweep_job.py --resume --out {out}")
+               for x in lines), lines
+    assert "Tuner.restore" not in caplog.text  # Tune's own resume hint (knnmix names `knnmix sweep --resume`)
+    client = store.client()
+    exp = client.get_experiment_by_name(space.experiment_name).experiment_id
+
+    def statuses() -> dict[str, str]:
+        return {r.data.tags.get("knnmix.trial_id", r.data.tags["knnmix.kind"]): r.info.status
+                for r in client.search_runs([exp])}
+
+    stopped = statuses()  # MLflow's convention after Ctrl+C (was RUNNING for good): KILLED, the ended trial FINISHED
+    assert sorted(stopped.values()) == ["FINISHED", "KILLED", "KILLED"] + ["KILLED"] * (len(stopped) == 4), stopped
+    assert stopped["sweep"] == stopped["noise_setting"] == "KILLED"
+    assert json.loads((out / "sweep_state.json").read_text())["status"] == "stopped"  # was "running"
+    resumed: list[str] = []
+    S.run_sweep(space, out, resume=True, echo=resumed.append)
+    assert [x.split(" after ")[0].split()[:2] for x in resumed if x.lstrip().startswith("trial")] == [["trial", "2/2"]]
+    assert set(statuses().values()) == {"FINISHED"} and len(statuses()) == 4
+    assert json.loads((out / "sweep_state.json").read_text())["status"] == "done"
+
+
+@pytest.mark.slow
+def test_a_failed_trial_that_resume_runs_again_is_logged_and_selected_as_it_ended(local_ray, tmp_path, capfd):
+    """--resume runs a failed trial again (resume_errored), but its MLflow run stayed FAILED without the rerun's
+    epochs, and its setting's run kept the old best, best tag, model and counts (it was finalized once). The failed
+    trial's line says why; Tune's traceback and ERROR lines are --verbose only, and the JSON line comes last."""
+    weights = tmp_path / "w.pt"  # missing at first: the trial that starts from it fails
+    path = write_space(
+        tmp_path, base={"config": "digits", "set": {**BASE_SET, "epochs": 2, "data.train_subset": 300}},
+        noise=["symmetric:0.2"], trials=2, asha={"grace_period": 2}, max_concurrent_trials=1,
+        params={"model.pretrained": {"type": "choice", "values": [None, str(weights)]}},
+        start_with=[{"model.pretrained": None}, {"model.pretrained": str(weights)}])
+    space = SP.load_space(path)
+    out, store = tmp_path / "sweep", TR.Store.from_uri(f"sqlite:///{tmp_path / 'runs.db'}")
+    capfd.readouterr()
+    assert cli_main(["sweep", str(path), "--out", str(out), "--tracking-uri", store.uri]) == 1
+    printed = capfd.readouterr()
+    assert "Traceback" not in printed.out + printed.err and "ERROR" not in printed.out + printed.err, printed.err
+    assert json.loads(printed.out.strip().splitlines()[-1])["failed"] == 1  # the JSON line last
+    (why,) = [x for x in printed.out.splitlines() if x.startswith("failed: symmetric:0.2 trial ")]  # below the table
+    assert why.endswith(f"pretrained weights file {weights} not found"), why
+    assert (out / "sweep_summary.md").read_text().count(f"{weights} not found") == 1  # its own list, not twice
+    assert printed.err.strip().splitlines()[-1] == f"knnmix: 1 trial(s) failed; see {out / 'sweep_summary.md'}"
+    from ray.tune import ExperimentAnalysis  # one trial at a time (max_concurrent_trials=1, SettingsSearch's limit)
+
+    first, second = sorted(ExperimentAnalysis(str(out / "tune")).trials, key=lambda t: t.run_metadata.start_time)
+    assert second.run_metadata.start_time >= first.run_metadata.last_result_time > 0
+    (done,) = (out / "symmetric-0.2" / "trials").glob("*/model_best.pt")
+    torch.save(safe_load(done)["state_dict"], weights)
+    lines: list[str] = []
+    summary = S.run_sweep(space, out, resume=True, echo=lines.append)
+    assert summary["failed"] == 0 and summary["settings"][0]["completed"] == 2
+    assert [x.split(" after ")[0].split() for x in lines if x.lstrip().startswith("trial")] == [
+        ["trial", "2/2", "completed"]]
+    client, (setting,) = store.client(), summary["settings"]
+    trials = runs_by_kind(store.uri, space.experiment_name)["trial"]
+    assert {(r.info.status, r.data.tags[T.OUTCOME_TAG]) for r in trials} == {("FINISHED", "completed")}
+    assert all(r.data.metrics["epochs_run"] == 2 and "val_acc" in r.data.metrics for r in trials)
+    assert [r.data.tags[T.TRIAL_TAG] for r in trials if r.data.tags.get("knnmix.best")] == [setting["best"]["trial_id"]]
+    run = client.get_run(setting["mlflow_run_id"])
+    assert run.data.tags["knnmix.best_trial"] == setting["best"]["trial_id"] and run.data.metrics["failed"] == 0
+    assert run.data.metrics["best_val_acc"] == setting["best"]["val_acc"]
+    models = client.search_logged_models([run.info.experiment_id])
+    assert [m.source_run_id for m in models] == [setting["best_mlflow_run_id"]]  # one model, the best trial's
+    # its study keeps the failure and holds the rerun's result beside it
+    import optuna
+
+    study = optuna.load_study(study_name=SF.study_name(space, space.settings[0]),
+                              storage=SF.SweepFolder(out).optuna_storage)
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "COMPLETE", "FAIL"]
+    (failed,) = [t for t in study.trials if t.state.name == "FAIL"]
+    (rerun,) = [t for t in study.trials if t.state.name == "COMPLETE" and t.params == failed.params]
+    trial = next(r for r in trials if r.data.params["model.pretrained"] == str(weights))
+    assert rerun.value == trial.data.metrics["best_val_acc"]

@@ -21,6 +21,62 @@ from knnmix.scale import sweep as S
 from support import BAD, BASE_SET, GOOD, VENV_BIN, free_port, kill_tree, runs_by_kind, write_space
 
 
+@pytest.fixture
+def other_ray(ray_session, tmp_path):
+    """Another local Ray instance on this host (``ray start --head``), started before the sweep's own."""
+    import tempfile
+
+    import ray
+
+    ray.shutdown()
+    temp = Path(tempfile.mkdtemp(prefix="kx-other-", dir="/tmp"))  # short: Ray's socket paths live below it
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_TMPDIR=str(temp), PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}")
+    log = open(tmp_path / "other-ray.log", "w")
+    head = subprocess.Popen(
+        [str(VENV_BIN / "ray"), "start", "--head", "--block", "--port", str(free_port()), "--num-cpus=1",
+         "--include-dashboard=false", "--disable-usage-stats"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    end = time.time() + 180  # a margin: the suite keeps both cores busy
+    while "Ray runtime started" not in (tmp_path / "other-ray.log").read_text():
+        assert head.poll() is None and time.time() < end, (tmp_path / "other-ray.log").read_text()[-2000:]
+        time.sleep(0.5)
+    try:
+        ray_session["start"]()  # the sweep's own Ray, second on the host (kept for the tests below: a start fewer)
+        yield
+    finally:
+        kill_tree(head.pid)
+        log.close()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_ray_train_trials_run_and_release_their_workers_beside_another_ray(other_ray, tmp_path):
+    """Trials of 2 Ray Train workers on the 2-CPU cluster, one at a time, with a second Ray instance running on the
+    host: a trial ASHA stops must give its workers' CPUs back (Ray Train's placement-group cleaner must find the
+    sweep's own Ray), or the next trial would wait forever. Two trials, the second stopped at its first rung; the
+    CPUs it held must come back after the sweep (a third trial would show the same, at ~30 s of Ray Train start-up)."""
+    import ray
+
+    # 20% noise and batches of 16: GOOD learns within its first epoch (~37% noisy validation against BAD's ~13%)
+    path = write_space(tmp_path, name="workers", trials=2, start_with=[GOOD, BAD], noise=["symmetric:0.2"],
+                       asha={"grace_period": 1, "reduction_factor": 2},
+                       base={"config": "digits", "set": {**BASE_SET, "epochs": 2, "distributed.workers": 2,
+                                                         "data.train_subset": 600, "optim.batch_size": 16,
+                                                         "method.correction_start": 2}})
+    summary = S.run_sweep(SP.load_space(path), tmp_path / "sweep", store=TR.Store.from_uri(
+        f"sqlite:///{tmp_path / 'm.db'}"), echo=None)
+    (x,) = summary["settings"]
+    assert x["trials"] == 2 and x["failed"] == 0 and x["stopped_early"] == 1
+    best = Path(x["best"]["run_folder"])
+    assert json.loads((best / "summary.json").read_text())["world_size"] == 2
+    assert (tmp_path / "sweep" / "symmetric-0.2" / "ray" / best.name / "checkpoint_manager_snapshot.json").exists()
+    end = time.time() + 60
+    while ray.available_resources().get("CPU", 0) < 2:  # the stopped trial's placement group was freed
+        assert time.time() < end, f"the stopped trial's CPUs were not given back: {ray.available_resources()}"
+        time.sleep(0.5)
+
+
 @pytest.mark.slow
 def test_an_in_process_trial_and_a_ray_train_run_give_the_same_metrics(local_ray, tmp_path):
     from knnmix.scale.train import fit
@@ -83,60 +139,3 @@ def test_every_sampled_value_reaches_the_trial_and_the_default_store(local_ray, 
     assert runs["sweep"][0].data.tags["mlflow.note.content"] == "every field"
     assert trial.data.params["method.k"] == "7" and trial.data.params["sampled.method.temperature"] == "0.37"
     assert trial.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
-
-
-@pytest.fixture
-def other_ray(ray_session, tmp_path):
-    """Another local Ray instance on this host (``ray start --head``), started before the sweep's own."""
-    import tempfile
-
-    import ray
-
-    ray.shutdown()
-    temp = Path(tempfile.mkdtemp(prefix="kx-other-", dir="/tmp"))  # short: Ray's socket paths live below it
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(RAY_TMPDIR=str(temp), PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}")
-    log = open(tmp_path / "other-ray.log", "w")
-    head = subprocess.Popen(
-        [str(VENV_BIN / "ray"), "start", "--head", "--block", "--port", str(free_port()), "--num-cpus=1",
-         "--include-dashboard=false", "--disable-usage-stats"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    end = time.time() + 180  # a margin: the suite keeps both cores busy
-    while "Ray runtime started" not in (tmp_path / "other-ray.log").read_text():
-        assert head.poll() is None and time.time() < end, (tmp_path / "other-ray.log").read_text()[-2000:]
-        time.sleep(0.5)
-    try:
-        ray_session["start"]()  # the sweep's own Ray, second on the host
-        yield
-    finally:
-        ray.shutdown()
-        kill_tree(head.pid)
-        log.close()
-        shutil.rmtree(temp, ignore_errors=True)
-
-
-@pytest.mark.slow
-def test_ray_train_trials_run_and_release_their_workers_beside_another_ray(other_ray, tmp_path):
-    """Trials of 2 Ray Train workers on the 2-CPU cluster, one at a time, with a second Ray instance running on the
-    host: a trial ASHA stops must give its workers' CPUs back (Ray Train's placement-group cleaner must find the
-    sweep's own Ray), or the next trial would wait forever. Two trials, the second stopped at its first rung; the
-    CPUs it held must come back after the sweep (a third trial would show the same, at ~30 s of Ray Train start-up)."""
-    import ray
-
-    # 20% noise and batches of 16: GOOD learns within its first epoch (~37% noisy validation against BAD's ~13%)
-    path = write_space(tmp_path, name="workers", trials=2, start_with=[GOOD, BAD], noise=["symmetric:0.2"],
-                       asha={"grace_period": 1, "reduction_factor": 2},
-                       base={"config": "digits", "set": {**BASE_SET, "epochs": 2, "distributed.workers": 2,
-                                                         "data.train_subset": 600, "optim.batch_size": 16,
-                                                         "method.correction_start": 2}})
-    summary = S.run_sweep(SP.load_space(path), tmp_path / "sweep", store=TR.Store.from_uri(
-        f"sqlite:///{tmp_path / 'm.db'}"), echo=None)
-    (x,) = summary["settings"]
-    assert x["trials"] == 2 and x["failed"] == 0 and x["stopped_early"] == 1
-    best = Path(x["best"]["run_folder"])
-    assert json.loads((best / "summary.json").read_text())["world_size"] == 2
-    assert (tmp_path / "sweep" / "symmetric-0.2" / "ray" / best.name / "checkpoint_manager_snapshot.json").exists()
-    end = time.time() + 60
-    while ray.available_resources().get("CPU", 0) < 2:  # the stopped trial's placement group was freed
-        assert time.time() < end, f"the stopped trial's CPUs were not given back: {ray.available_resources()}"
-        time.sleep(0.5)
