@@ -72,6 +72,7 @@ def test_run_folder_holds_every_output(tmp_path):
     assert rescored == pytest.approx(s["noise_rate"])
     assert len(rec["train_rows"]) == s["train_size"] and len(rec["val_rows"]) == s["val_size"]
     assert not set(rec["train_rows"]) & set(rec["val_rows"])
+    assert "warnings" not in json.loads((run / "run.json").read_text())  # its set-up warned of nothing
     # label issues: ranked, one row per training sample, columns for the annotators
     with open(run / "label_issues.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -89,6 +90,19 @@ def test_run_folder_holds_every_output(tmp_path):
     assert set(ck["state"]) == {"targets", "clean_prob", "loss_history", "neighbours", "features"}
     assert ck["state"]["features"].numel() == 0  # kept only for neighbours=batch
     assert (ck["state"]["neighbours"] >= 0).all()
+
+
+def test_run_json_keeps_the_warnings_of_the_runs_set_up_also_for_a_second_run_in_one_process(tmp_path):
+    """What a sweep says its trials warned of (a trial's own lines are not shown: it runs in a Ray process); a Ray
+    actor may host one trial after another, so a second run in the process keeps the same warnings too."""
+    cfg = digits_cfg(tmp_path, epochs=1, **{"data.train_subset": 200, "noise.spec": "symmetric:0.95"})
+    kept = []
+    for attempt in (1, 2):
+        train(C.replace(cfg, out=str(tmp_path / f"run{attempt}")), echo=None)
+        kept.append(json.loads((tmp_path / f"run{attempt}" / "run.json").read_text()).get("warnings"))
+    assert kept[0] == kept[1] and len(kept[0]) == 2, kept
+    assert kept[0][0].startswith("noise symmetric:0.95: 10 of 10 classes are given one other class's label more")
+    assert kept[0][1].startswith("knnmix never mixes neighbours: epochs=1 ends before its mixing phase starts")
 
 
 def test_a_resume_after_a_kill_between_checkpoints_keeps_the_checkpoints_selected_weights(tmp_path):

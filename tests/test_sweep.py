@@ -36,7 +36,7 @@ from knnmix import config as C
 from knnmix.cli import main as cli_main
 from knnmix.engine.checkpoint import read_metrics, safe_load
 from knnmix.data import load_dataset
-from knnmix.errors import ConfigError, KnnmixError
+from knnmix.errors import ConfigError, KnnmixError, KnnmixWarning
 from knnmix.provenance import command, git_commit
 from knnmix import spaces as SP
 from knnmix.scale import ray_env
@@ -668,6 +668,17 @@ def test_the_importance_plot_names_the_value_its_study_holds(tmp_path, monkeypat
     monkeypatch.setattr(plots, "save", lambda fig, path, **_: labels.append(fig.axes[0].get_xlabel()) or path)
     plots.plot_importances(tmp_path / "p.png", {"method.k": 0.7, "optim.lr": 0.3}, "t")
     assert labels == ["importance (fANOVA) for the best epoch's noisy-validation accuracy"]
+
+
+def test_a_sweep_says_what_its_trials_warned_of_most_frequent_first_and_how_many_more(recwarn):
+    summary = {"folder": "/s", "settings": [
+        {"noise": "symmetric:0.8", "trials": 6, "warnings": {"a": 1, "b": 4, "c": 2, "d": 1, "e": 1}},
+        {"noise": "symmetric:0.2", "trials": 6, "warnings": {}}]}
+    S.warn_of_trials(summary)
+    assert [str(w.message) for w in recwarn.list if w.category is KnnmixWarning] == [
+        "noise symmetric:0.8: 4 of 6 trials: b", "noise symmetric:0.8: 2 of 6 trials: c",
+        "noise symmetric:0.8: 1 of 6 trials: a",
+        "noise symmetric:0.8: 2 more warnings of its trials in /s/sweep_summary.json (settings: warnings)"]
 
 
 def test_importances_say_how_many_finished_trials_they_come_from(tmp_path):

@@ -12,8 +12,8 @@ import errno
 import os
 import warnings
 import zipfile
-from collections.abc import Iterable, Sequence
-from contextlib import suppress
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,31 @@ def warning_line(message: Warning | str, category: type[Warning], *args: Any, **
 
 
 DEFAULT_WARNING_FORMAT = warnings.formatwarning
+
+
+@contextmanager
+def recording_warnings() -> Iterator[list[str]]:
+    """Yield a list that gets the message of every :class:`KnnmixWarning` shown inside the block (in order, once
+    each), shown as usual too: what a run records in its ``run.json``, so that a sweep can say what its trials
+    warned of. A warning shown earlier in this process is shown (and kept) again: the filter this appends (the
+    action Python takes anyway) resets Python's once-per-place registry, as a Ray actor may host one trial after
+    another. One the filters ignore is not kept; the filters are not restored after (``catch_warnings`` would drop
+    those a library imported inside the block adds)."""
+    seen: list[str] = []
+    show = warnings.showwarning
+
+    def keep(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, KnnmixWarning) and str(message) not in seen:
+            seen.append(str(message))
+        show(message, category, *args, **kwargs)
+
+    warnings.filterwarnings("default", category=KnnmixWarning, append=True)
+    warnings.showwarning = keep
+    try:
+        yield seen
+    finally:
+        if warnings.showwarning is keep:
+            warnings.showwarning = show
 
 
 def did_you_mean(name: object, choices: Iterable[str]) -> str:

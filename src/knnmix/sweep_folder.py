@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from knnmix import config as C
-from knnmix.engine.checkpoint import METRICS, atomic_write_text, read_metrics
+from knnmix.engine.checkpoint import METRICS, RUN_INFO, atomic_write_text, read_metrics
 from knnmix.engine.report import pct
 from knnmix.errors import KnnmixError, one_line
 from knnmix.provenance import now
@@ -220,6 +220,14 @@ class TrialRecord:
     @property
     def epochs_run(self) -> int:
         return max((int(r["epoch"]) for r in self.records), default=0)
+
+    @property
+    def warnings(self) -> list[str]:
+        """The KnnmixWarnings its run's set-up gave (its ``run.json``; none for a trial that never started)."""
+        try:
+            return list(json.loads((self.run_folder / RUN_INFO).read_text()).get("warnings", []))
+        except (OSError, ValueError, AttributeError):
+            return []
 
     def best(self) -> dict[str, Any] | None:
         """The epoch with the best noisy-validation accuracy (first on ties) and its test accuracy."""

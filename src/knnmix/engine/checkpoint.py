@@ -23,7 +23,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,9 +72,10 @@ class RunFolder:
         for name in RUN_FILES:
             self.file(name).unlink(missing_ok=True)
 
-    def start(self, cfg: C.Config, noisy_labels: dict[str, np.ndarray]) -> None:
+    def start(self, cfg: C.Config, noisy_labels: dict[str, np.ndarray], warned: Sequence[str] = ()) -> None:
         """Write the run's fixed files; ``metrics.jsonl`` starts empty (a restart before the first checkpoint
-        must not keep the failed attempt's lines)."""
+        must not keep the failed attempt's lines). ``run.json`` keeps the KnnmixWarnings the run's set-up gave
+        (``warnings``: ``warned``, when there were any)."""
         self.path.mkdir(parents=True, exist_ok=True)
         self.file(METRICS).unlink(missing_ok=True)
         self.file(CONFIG).write_text(C.to_yaml(cfg))
@@ -85,6 +86,7 @@ class RunFolder:
             "command": command(),
             "started": now(),
             "machine": machine(),
+            **({"warnings": list(warned)} if warned else {}),
         }
         self.file(RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
 

@@ -32,7 +32,8 @@ from knnmix.engine import report
 from knnmix.engine.checkpoint import (BEST_MODEL, CHECKPOINT, FORMAT, RunFolder, folder_lock, rng_state, safe_load,
                                      set_rng_state)
 from knnmix.engine.splits import Splits, build_splits
-from knnmix.errors import CheckpointError, ConfigError, DivergedError, KnnmixError, KnnmixWarning, one_line
+from knnmix.errors import (CheckpointError, ConfigError, DivergedError, KnnmixError, KnnmixWarning, one_line,
+                           recording_warnings)
 from knnmix.math import FaissSearch, NeighbourSearch, TorchSearch, l2_normalise
 from knnmix.methods import METHODS, Method
 from knnmix.methods import dist as D
@@ -76,6 +77,7 @@ class Run:
     best_weights: dict[str, Tensor] | None = None  # the selected epoch's weights (on the CPU)
     resumed_epochs: int | None = None  # restored from a checkpoint: the epochs its run was set to
     loaders: dict[tuple[LabelledDataset, bool], BatchLoader] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # the KnnmixWarnings building it gave (run.json keeps them)
 
     def resumed_line(self) -> str:
         """"resumed after epoch 2", and when this run ends at another epoch than the checkpoint's was set to, which."""
@@ -136,26 +138,27 @@ def build_run(
     # Weight decay drives many weights and gradients into the subnormal range, where x86 CPUs slow down by an order
     # of magnitude: flushing them to zero made small-CNN epochs ~25% faster (Fashion-MNIST, 2 threads).
     torch.set_flush_denormal(True)
-    splits, cfg = build_data(cfg, splits)
-    model_args = network_args(cfg, splits)
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = build_model(**model_args, pretrained=cfg.model.pretrained).to(device)
-    net: nn.Module = model
-    if dist.active:
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = make_optimizer(cfg.optim, model)
-    method = METHODS.get(cfg.method.name)(cfg.method, splits.num_classes)
-    if not isinstance(method, Method):
-        raise KnnmixError(f"method {cfg.method.name!r}: its registered factory made a {type(method).__name__}, not a "
-                          "knnmix.methods.Method")
-    note = method.schedule_note(cfg.epochs)
-    if note and dist.is_main:
-        warnings.warn(note, KnnmixWarning, stacklevel=2)
+    with recording_warnings() as noted:  # the data's and the schedule's warnings, kept in run.json
+        splits, cfg = build_data(cfg, splits)
+        model_args = network_args(cfg, splits)
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        model = build_model(**model_args, pretrained=cfg.model.pretrained).to(device)
+        net: nn.Module = model
+        if dist.active:
+            net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        optimizer = make_optimizer(cfg.optim, model)
+        method = METHODS.get(cfg.method.name)(cfg.method, splits.num_classes)
+        if not isinstance(method, Method):
+            raise KnnmixError(f"method {cfg.method.name!r}: its registered factory made a {type(method).__name__}, "
+                              "not a knnmix.methods.Method")
+        note = method.schedule_note(cfg.epochs)
+        if note and dist.is_main:
+            warnings.warn(note, KnnmixWarning, stacklevel=2)
     return Run(
         cfg=cfg, splits=splits, model_args=model_args, model=model, net=net, optimizer=optimizer,
         scheduler=make_lr_schedule(cfg.optim, optimizer, cfg.epochs), method=method,
         state=SampleState.initial(splits.train.given_tensor(), splits.num_classes, cfg.method.k),
-        dist=dist, device=device,
+        dist=dist, device=device, warnings=noted,
     )
 
 
@@ -714,5 +717,5 @@ def train(
             if echo:
                 echo(run.resumed_line())
         else:
-            folder.start(run.cfg, run.splits.noisy_labels_record())
+            folder.start(run.cfg, run.splits.noisy_labels_record(), run.warnings)
         return fit(run, folder, echo=echo, on_epoch=on_epoch)

@@ -34,7 +34,7 @@ from knnmix import config as C
 from knnmix.engine import train as E
 from knnmix.engine.checkpoint import SUMMARY, RunFolder, atomic_write_text, folder_lock
 from knnmix.engine.report import numeric
-from knnmix.errors import KnnmixError
+from knnmix.errors import KnnmixError, KnnmixWarning
 from knnmix.provenance import git_commit, now
 from knnmix.scale import ray_env
 from knnmix.scale import sweep_mlflow as T
@@ -340,10 +340,27 @@ def run_sweep(
             summary = _finalize_sweep(space, folder, store, ml, entries)
             state.update(status="done", finished=now())
             write_state(folder, state)
+            warn_of_trials(summary)
             say("\n" + summary_table(summary))
             say(f"\nsweep folder: {folder.root}\nOptuna studies: {optuna_command(folder.optuna_storage)}\n"
                 f"MLflow UI: {store.ui_command()}\n  then open {store.experiment_url(ml['experiment_id'])}")
             return summary
+
+
+#: How many of a setting's distinct trial warnings the sweep repeats when it ends (all are in sweep_summary.json).
+SHOWN_WARNINGS = 3
+
+
+def warn_of_trials(summary: dict[str, Any]) -> None:
+    """Say, once per setting and message, what the trials' set-up warned of (their own lines are not shown: trials
+    run in Ray's processes), most frequent first."""
+    for s in summary["settings"]:
+        ranked = sorted(s["warnings"].items(), key=lambda kv: -kv[1])
+        for message, n in ranked[:SHOWN_WARNINGS]:
+            warnings.warn(f"noise {s['noise']}: {n} of {s['trials']} trials: {message}", KnnmixWarning, stacklevel=2)
+        if len(ranked) > SHOWN_WARNINGS:
+            warnings.warn(f"noise {s['noise']}: {len(ranked) - SHOWN_WARNINGS} more warnings of its trials in "
+                          f"{summary['folder']}/{SUMMARY_JSON} (settings: warnings)", KnnmixWarning, stacklevel=2)
 
 
 def _finalize_setting(space: SearchSpace, setting: NoiseSetting, trials: list[TrialRecord], folder: SweepFolder,
@@ -354,7 +371,8 @@ def _finalize_setting(space: SearchSpace, setting: NoiseSetting, trials: list[Tr
         "completed": sum(t.completed for t in trials), "stopped_early": sum(t.stopped_early for t in trials),
         "failed": sum(t.failed for t in trials), "errors": {t.trial_id: t.error for t in trials if t.failed},
         "mlflow_run_id": ml["settings"][setting.slug], "trial_ids": [t.trial_id for t in trials], "best": None,
-        "study": study_name(space, setting)}
+        "study": study_name(space, setting),
+        "warnings": dict(Counter(message for t in trials for message in t.warnings))}  # message: trials
     if best is not None:  # best_trial only picks a trial with a best epoch
         entry["best"] = {"trial_id": best.trial_id, "params": best.params, **best.best(), "completed": best.completed,
                          "last_test_acc": best.records[-1].get("test_acc"), "run_folder": str(best.run_folder)}

@@ -370,8 +370,8 @@ def start_or_restore(run: E.Run, folder: RunFolder, checkpoint: Any, resume: boo
     elif resume and folder.has_run():  # Ray's is older, or none (e.g. a single-process run continued on workers)
         E.restore(run, newer or folder.load_checkpoint(), str(folder.file(CHECKPOINT)))
     else:
-        if run.dist.is_main:
-            folder.start(run.cfg, run.splits.noisy_labels_record())  # a restart before any checkpoint starts afresh
+        if run.dist.is_main:  # (a restart before any checkpoint starts afresh)
+            folder.start(run.cfg, run.splits.noisy_labels_record(), run.warnings)
         return redo
     if run.dist.is_main:
         folder.resumed(run.cfg, run.epoch, run.history)
