@@ -71,6 +71,11 @@ def test_ray_train_trials_run_and_release_their_workers_beside_another_ray(other
     # what both trials' rank 0 warned of, kept in run.json for the sweep to say (their own lines are not shown)
     assert x["warnings"] == {"knnmix never mixes neighbours: epochs=2 ends before its mixing phase starts in epoch 3 "
                              "(method.warmup_epochs=1, method.correction_start=3); lower them or train longer": 2}
+    import mlflow.artifacts  # ... and the setting's MLflow run has them
+
+    got = mlflow.artifacts.download_artifacts(run_id=x["mlflow_run_id"], artifact_path="trial_warnings.json",
+                                              dst_path=str(tmp_path), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
+    assert json.loads(Path(got).read_text()) == x["warnings"]
     best = Path(x["best"]["run_folder"])
     assert json.loads((best / "summary.json").read_text())["world_size"] == 2
     assert (tmp_path / "sweep" / "symmetric-0.2" / "ray" / best.name / "checkpoint_manager_snapshot.json").exists()

@@ -267,6 +267,8 @@ def finish_setting_run(store: Store, ml: dict[str, Any], setting: Any, entry: di
                 client.set_tag(run_id, "knnmix.model_uri", entry["model_uri"])
     log_totals(client, run_id, totals)
     client.set_tag(run_id, "knnmix.importances", json.dumps(entry["importances"])[:5000])
+    if entry.get("warnings"):  # what its trials' set-up warned of: {message: trials}
+        client.log_dict(run_id, entry["warnings"], "trial_warnings.json")
     client.set_tag(run_id, FINALIZED_TAG, "true")
     client.set_terminated(run_id, status="FINISHED")
 
