@@ -81,7 +81,7 @@ def ray_session():
     os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(24)  # ray.init() turns token auth on and uses this token
     os.environ.pop("RAY_ADDRESS", None)
 
-    def start(dashboard: bool = True) -> None:
+    def start() -> None:
         if not ray.is_initialized():
             ray_env.ensure_ray(num_cpus=2, dashboard_port=free_port())
 
