@@ -88,8 +88,8 @@ def asha_vs_full(out: Path, arm: str = "knnmix", extra: list[str] | None = None)
     name, overrides, epochs = ARMS[arm]
     overrides = overrides + list(extra or [])
     runs = {}
-    for label, extra in (("asha", []), ("no_early_stopping", [f"sweep.asha.grace_period={epochs}"])):
-        space = SP.load_space(name, overrides + extra)
+    for label, stopping in (("asha", []), ("no_early_stopping", [f"sweep.asha.grace_period={epochs}"])):
+        space = SP.load_space(name, overrides + stopping)
         runs[label] = timed_sweep(space, out / arm / label)
     best = {k: max(t["best_val_acc"] for t in v["trials"] if t["best_val_acc"] is not None) for k, v in runs.items()}
     target = min(best.values())

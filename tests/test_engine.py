@@ -103,6 +103,10 @@ def test_run_json_keeps_the_warnings_of_the_runs_set_up_also_for_a_second_run_in
     assert kept[0] == kept[1] and len(kept[0]) == 2, kept
     assert kept[0][0].startswith("noise symmetric:0.95: 10 of 10 classes are given one other class's label more")
     assert kept[0][1].startswith("knnmix never mixes neighbours: epochs=1 ends before its mixing phase starts")
+    # resumed to reach the mixing phase: run.json says what its set-up warns of now
+    first = int(re.search(r"starts in epoch (\d+)", kept[0][1]).group(1))
+    train(C.replace(cfg, out=str(tmp_path / "run1"), epochs=first), resume=True, echo=None)
+    assert json.loads((tmp_path / "run1" / "run.json").read_text())["warnings"] == kept[0][:1]
 
 
 def test_a_resume_after_a_kill_between_checkpoints_keeps_the_checkpoints_selected_weights(tmp_path):

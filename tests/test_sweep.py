@@ -15,6 +15,7 @@ import importlib.util
 import io
 import json
 import re
+import select
 import shutil
 import signal
 import os
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -670,15 +672,20 @@ def test_the_importance_plot_names_the_value_its_study_holds(tmp_path, monkeypat
     assert labels == ["importance (fANOVA) for the best epoch's noisy-validation accuracy"]
 
 
-def test_a_sweep_says_what_its_trials_warned_of_most_frequent_first_and_how_many_more(recwarn):
+def test_a_sweep_says_what_its_trials_warned_of_most_frequent_first_and_how_many_more(recwarn, capsys):
     summary = {"folder": "/s", "settings": [
-        {"noise": "symmetric:0.8", "trials": 6, "warnings": {"a": 1, "b": 4, "c": 2, "d": 1, "e": 1}},
+        {"noise": "symmetric:0.8", "trials": 6,
+         "warnings": {"a": 1, "noise symmetric:0.8: 9 of 10 classes b": 4, "c": 2, "d": 1, "e": 1}},
         {"noise": "symmetric:0.2", "trials": 6, "warnings": {}}]}
+    said = ["noise symmetric:0.8: 4 of 6 trials: 9 of 10 classes b",  # (the noise once, not twice)
+            "noise symmetric:0.8: 2 of 6 trials: c", "noise symmetric:0.8: 1 of 6 trials: a",
+            "noise symmetric:0.8: 2 more warnings of its trials in /s/sweep_summary.json (settings: warnings)"]
     S.warn_of_trials(summary)
-    assert [str(w.message) for w in recwarn.list if w.category is KnnmixWarning] == [
-        "noise symmetric:0.8: 4 of 6 trials: b", "noise symmetric:0.8: 2 of 6 trials: c",
-        "noise symmetric:0.8: 1 of 6 trials: a",
-        "noise symmetric:0.8: 2 more warnings of its trials in /s/sweep_summary.json (settings: warnings)"]
+    assert [str(w.message) for w in recwarn.list if w.category is KnnmixWarning] == said
+    with warnings.catch_warnings():  # python -W error: still lines, not an exception that loses the summary
+        warnings.simplefilter("error")
+        S.warn_of_trials(summary)
+    assert capsys.readouterr().err.splitlines() == [f"knnmix: warning: {line}" for line in said]
 
 
 def test_importances_say_how_many_finished_trials_they_come_from(tmp_path):
@@ -859,6 +866,7 @@ except KeyboardInterrupt:  # as Ctrl+C; Tune would now stop its trials through R
                                 text=True)
         try:
             if case == "up":  # still running 2 s (four of the watchdog's polls) after the line, then killed
+                assert select.select([proc.stdout], [], [], 30)[0], "no line in 30 s"
                 first = proc.stdout.readline()
                 time.sleep(2)
                 proc.kill()
@@ -981,12 +989,11 @@ def e2e(ray_session, tmp_path_factory):
     t0, sigint = time.perf_counter(), signal.getsignal(signal.SIGINT)
     with contextlib.redirect_stdout(buf):
         rc = cli_main(["sweep", str(space), "--out", str(out), "--tracking-uri", uri, "--register", "knnmix-e2e"])
-    elapsed = time.perf_counter() - t0
+    elapsed, sigint_kept = time.perf_counter() - t0, signal.getsignal(signal.SIGINT) is sigint
     print(f"e2e sweep: {elapsed:.0f}s")
     ray.shutdown()  # the tests below read its files, MLflow and Optuna: no Ray idling beside them
     return SimpleNamespace(rc=rc, out=out, uri=uri, text=buf.getvalue(), tmp=tmp, elapsed=elapsed,
-                           sigint_kept=signal.getsignal(signal.SIGINT) is sigint,
-                           summary=json.loads((out / "sweep_summary.json").read_text()))
+                           sigint_kept=sigint_kept, summary=json.loads((out / "sweep_summary.json").read_text()))
 
 
 @pytest.mark.slow

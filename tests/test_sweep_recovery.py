@@ -140,10 +140,11 @@ def test_a_killed_sweep_resumes_without_running_a_trial_twice(ray_session, tmp_p
         assert r.info.status == "FINISHED" and r.data.tags[T.OUTCOME_TAG] == "completed"
     state = json.loads((out / "sweep_state.json").read_text())
     assert state["mlflow"]["sweep_run_id"] == runs["sweep"][0].info.run_id and state["status"] == "done"
-    # resuming a finished sweep runs nothing again; with --register it registers the best model (once)
+    # resuming a finished sweep changes nothing; with --register it registers the best model (once)
+    assert cli_main(["sweep", "--resume", "--out", str(out)]) == 0
+    assert len(runs_by_kind(TR.Store.from_uri(uri).uri, "knnmix-sweep-e2e")["trial"]) == 3
     for _ in range(2):
         assert cli_main(["sweep", "--resume", "--out", str(out), "--register", "late"]) == 0
-        assert len(runs_by_kind(TR.Store.from_uri(uri).uri, "knnmix-sweep-e2e")["trial"]) == 3
     (version,) = client.search_model_versions("name = 'late'")
     (x,) = json.loads((out / "sweep_summary.json").read_text())["settings"]
     assert version.run_id == x["best"]["mlflow_run_id"]

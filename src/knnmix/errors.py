@@ -60,7 +60,8 @@ def recording_warnings() -> Iterator[list[str]]:
     warned of. A warning shown earlier in this process is shown (and kept) again: the filter this appends (the
     action Python takes anyway) resets Python's once-per-place registry, as a Ray actor may host one trial after
     another. One the filters ignore is not kept; the filters are not restored after (``catch_warnings`` would drop
-    those a library imported inside the block adds)."""
+    those a library imported inside the block adds), so the appended filter stays, ahead of any a caller appends
+    later. Not for two threads at once: it swaps the process's ``warnings.showwarning``."""
     seen: list[str] = []
     show = warnings.showwarning
 

@@ -233,7 +233,7 @@ def parse_space(data: dict[str, Any], *, label: str, root: Path | None = None, s
                       KnnmixWarning, stacklevel=2)
     from knnmix.noise import parse_noise_spec
 
-    # (a run warns from the labels it draws; a sweep's trials do not show their warnings)
+    # (a run warns from the labels it draws; a sweep repeats its trials' warnings only once they have run)
     flips = [s.spec for s in space.settings if (n := parse_noise_spec(s.spec)).kind in ("pairflip", "asymmetric")
              and (n.rate or 0) > 0.5]
     if flips and not started:

@@ -7,6 +7,7 @@ Optuna studies (importances, trials a kill left running). Running the sweep on R
 from __future__ import annotations
 
 import json
+import math
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -260,8 +261,10 @@ def study_importances(storage: str, name: str) -> tuple[dict[str, float] | None,
     try:
         study = optuna.load_study(study_name=name, storage=storage)
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-        counted = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-        return dict(optuna.importance.get_param_importances(study, evaluator=evaluator)), counted
+        importances = dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
+        counted = sum(t.value is not None and math.isfinite(t.value) and set(importances) <= set(t.params)
+                      for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+        return importances, counted  # (the trials fANOVA reads: finished, with a value and every searched key)
     except (ValueError, RuntimeError, KeyError):
         return None, 0
 

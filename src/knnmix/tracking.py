@@ -206,7 +206,10 @@ def create_run(store: Store, exp_id: str, name: str, tags: dict[str, str], *, pa
                 client.update_run(reuse, status="RUNNING")
                 return reuse
     extra = {PARENT_TAG: parent} if parent else {}
-    all_tags = resolve_tags({**commit_tags(git_commit() if commit is None else commit), **tags, **extra})
+    known = commit_tags(git_commit() if commit is None else commit)
+    all_tags = resolve_tags({**known, **tags, **extra})
+    if not known:  # not MLflow's own guess: the repository of whatever script runs this (a user's, not knnmix's)
+        all_tags = {k: v for k, v in all_tags.items() if not k.startswith("mlflow.source.git.")}
     return client.create_run(exp_id, run_name=name, tags=all_tags, start_time=start_time).info.run_id
 
 

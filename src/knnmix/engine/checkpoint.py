@@ -90,14 +90,17 @@ class RunFolder:
         }
         self.file(RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
 
-    def resumed(self, cfg: C.Config, epoch: int, history: list[dict[str, Any]]) -> None:
+    def resumed(self, cfg: C.Config, epoch: int, history: list[dict[str, Any]], warned: Sequence[str] = ()) -> None:
         """A run continued after ``epoch`` (a resume or a worker restart): its config now (``epochs`` and resources
-        may have changed), its history, and in ``run.json`` who continued it, when."""
+        may have changed), its history, and in ``run.json`` who continued it, when, and the set-up's warnings now
+        (``warned``: a longer run may no longer end before a phase)."""
         self.file(CONFIG).write_text(C.to_yaml(cfg))
         self.write_metrics(history)
         info = json.loads(self.file(RUN_INFO).read_text()) if self.file(RUN_INFO).exists() else {}
         info.setdefault("resumed", []).append({"after_epoch": epoch, "commit": git_commit(), "command": command(),
                                                "at": now()})
+        info.pop("warnings", None)
+        info.update({"warnings": list(warned)} if warned else {})
         atomic_write_text(self.file(RUN_INFO), json.dumps(info, indent=2) + "\n")
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:

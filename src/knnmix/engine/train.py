@@ -713,7 +713,7 @@ def train(
         if resume:
             with saying_how_to_start_afresh(resume):
                 restore(run, folder.load_checkpoint(), str(folder.file(CHECKPOINT)))
-            folder.resumed(run.cfg, run.epoch, run.history)
+            folder.resumed(run.cfg, run.epoch, run.history, run.warnings)
             if echo:
                 echo(run.resumed_line())
         else:

@@ -17,6 +17,7 @@ import math
 import os
 import pickle
 import signal
+import sys
 import warnings
 import zlib
 from collections import Counter
@@ -353,14 +354,24 @@ SHOWN_WARNINGS = 3
 
 def warn_of_trials(summary: dict[str, Any]) -> None:
     """Say, once per setting and message, what the trials' set-up warned of (their own lines are not shown: trials
-    run in Ray's processes), most frequent first."""
+    run in Ray's processes), most frequent first. Filters that make warnings errors still get a line: the sweep has
+    run, and its summary must follow."""
+    sys.stdout.flush()  # the trials' lines first, also when stdout is a file
+
+    def warn(text: str) -> None:
+        try:
+            warnings.warn(text, KnnmixWarning, stacklevel=3)
+        except KnnmixWarning:  # (python -W error)
+            print(f"knnmix: warning: {text}", file=sys.stderr)
+
     for s in summary["settings"]:
         ranked = sorted(s["warnings"].items(), key=lambda kv: -kv[1])
+        prefix = f"noise {s['noise']}: "
         for message, n in ranked[:SHOWN_WARNINGS]:
-            warnings.warn(f"noise {s['noise']}: {n} of {s['trials']} trials: {message}", KnnmixWarning, stacklevel=2)
+            warn(f"{prefix}{n} of {s['trials']} trials: {message.removeprefix(prefix)}")
         if len(ranked) > SHOWN_WARNINGS:
-            warnings.warn(f"noise {s['noise']}: {len(ranked) - SHOWN_WARNINGS} more warnings of its trials in "
-                          f"{summary['folder']}/{SUMMARY_JSON} (settings: warnings)", KnnmixWarning, stacklevel=2)
+            warn(f"{prefix}{len(ranked) - SHOWN_WARNINGS} more warnings of its trials in {summary['folder']}/"
+                 f"{SUMMARY_JSON} (settings: warnings)")
 
 
 def _finalize_setting(space: SearchSpace, setting: NoiseSetting, trials: list[TrialRecord], folder: SweepFolder,

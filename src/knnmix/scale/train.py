@@ -374,7 +374,7 @@ def start_or_restore(run: E.Run, folder: RunFolder, checkpoint: Any, resume: boo
             folder.start(run.cfg, run.splits.noisy_labels_record(), run.warnings)
         return redo
     if run.dist.is_main:
-        folder.resumed(run.cfg, run.epoch, run.history)
+        folder.resumed(run.cfg, run.epoch, run.history, run.warnings)
     return redo
 
 
