@@ -11,22 +11,19 @@ picks trained again with seeds 1-5. Validation data only; no test accuracy is re
 
 from __future__ import annotations
 
-import argparse
 import json
-import multiprocessing
 import shlex
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from knnmix.provenance import git_commit, machine
+from knnmix.provenance import machine
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
 from asha_replay import EPOCHS, stops  # noqa: E402
-from asha_retrain import FRESH, stats, train_one  # noqa: E402
+from asha_retrain import FRESH, command_line, stats, train_all  # noqa: E402
 from sweeps import FASHION, asha_vs_full  # noqa: E402
 
 GRACE, FACTOR, HELD_OUT_SEED = 1, 3, 1  # chosen on seed 0's replay (rule.txt)
@@ -34,10 +31,7 @@ GRACE, FACTOR, HELD_OUT_SEED = 1, 3, 1  # chosen on seed 0's replay (rule.txt)
 
 def retrain(runs: Path, label: str, params: dict) -> dict:
     """``params`` trained with training seeds 1-5 on the comparison's data, two runs at a time."""
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {seed: pool.submit(train_one, "fashion-mnist", FASHION, params, seed, runs / f"{label}-seed{seed}")
-                   for seed in FRESH}
-        curves = {seed: f.result() for seed, f in futures.items()}
+    curves = train_all({seed: ("fashion-mnist", FASHION, params, seed, runs / f"{label}-seed{seed}") for seed in FRESH})
     return {"params": params, "curves": {str(k): v for k, v in curves.items()},
             "best": stats([max(c) for c in curves.values()]), "last": stats([c[-1] for c in curves.values()])}
 
@@ -64,13 +58,7 @@ def line(name: str, asha: dict, full: dict, v: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", required=True, help="folder for the runs (kept, so a stopped run resumes)")
-    p.add_argument("--out", default=str(RESULTS / "asha-heldout" / "heldout.json"), help="result JSON")
-    args = p.parse_args(argv)
-    typed = sys.argv[1:] if argv is None else list(argv)  # (main([]) is no command line of its own)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # (now, not after the runs)
-    start, runs, commit = time.time(), Path(args.runs).absolute(), git_commit()  # the commit the runs train at
+    args, typed, start, runs, commit = command_line(argv, __doc__, RESULTS / "asha-heldout" / "heldout.json")
     runs.mkdir(parents=True, exist_ok=True)
     result = {"command": shlex.join(["python", "benchmarks/asha_heldout.py", *typed]), "commit": commit,
               "machine": machine(), "date": time.strftime("%Y-%m-%d"), "grace_period": GRACE,

@@ -20,6 +20,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from knnmix.provenance import git_commit, machine
 
@@ -80,20 +81,31 @@ def stats(values: list[float]) -> dict:
     return {"mean": statistics.mean(values), "std": statistics.stdev(values), "values": values}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def train_all(jobs: dict[Any, tuple]) -> dict[Any, list[float]]:
+    """:func:`train_one` of every job's arguments, two runs at a time: each job's val curve."""
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {key: pool.submit(train_one, *job) for key, job in jobs.items()}
+        return {key: f.result() for key, f in futures.items()}
+
+
+def command_line(argv: list[str] | None, doc: str, out: Path) -> tuple[argparse.Namespace, list[str], float, Path, str]:
+    """The retrain scripts' ``--runs`` and ``--out`` (default ``out``): the arguments, the command as typed, the start
+    time, the runs folder and the commit the runs train at."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", required=True, help="folder for the runs (kept, so a stopped run resumes)")
-    p.add_argument("--out", default=str(RESULTS / "asha-retrain" / "retrain.json"), help="result JSON")
+    p.add_argument("--out", default=str(out), help="result JSON")
     args = p.parse_args(argv)
     typed = sys.argv[1:] if argv is None else list(argv)  # (main([]) is no command line of its own)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # (now, not after the runs)
-    start, runs, commit = time.time(), Path(args.runs).absolute(), git_commit()  # the commit the runs train at
+    return args, typed, time.time(), Path(args.runs).absolute(), git_commit()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, typed, start, runs, commit = command_line(argv, __doc__, RESULTS / "asha-retrain" / "retrain.json")
     chosen = picks()
-    jobs = {(name, arm, seed): (s["space"], s["overrides"], s[arm]["params"], seed, runs / f"{name}-{arm}-seed{seed}")
-            for name, s in chosen.items() for arm in ("asha", "full") for seed in SEEDS}
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:  # two runs at a time
-        futures = {key: pool.submit(train_one, *job) for key, job in jobs.items()}
-        curves = {key: f.result() for key, f in futures.items()}
+    curves = train_all({(name, arm, seed): (s["space"], s["overrides"], s[arm]["params"], seed,
+                                            runs / f"{name}-{arm}-seed{seed}")
+                        for name, s in chosen.items() for arm in ("asha", "full") for seed in SEEDS})
     lines = []
     for name, s in chosen.items():
         for arm in ("asha", "full"):
