@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
 from asha_replay import EPOCHS, stops  # noqa: E402
-from asha_retrain import FRESH, command_line, stats, train_all  # noqa: E402
+from asha_retrain import FRESH, command_line, stats, train_all, written  # noqa: E402
 from sweeps import FASHION, asha_vs_full  # noqa: E402
 
 GRACE, FACTOR, HELD_OUT_SEED = 1, 3, 1  # chosen on seed 0's replay (rule.txt)
@@ -101,10 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         lines.append("stage B not run: the placement does not keep an equal best on the sweep it was chosen on")
     result["wall_s"] = time.time() - start
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print("\n".join(lines))
-    print(f"written: {args.out}")
-    return 0
+    return written(args.out, result, lines)
 
 
 if __name__ == "__main__":

@@ -126,9 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     result = {"command": shlex.join(["python", "benchmarks/asha_retrain.py", *typed]),
               "commit": commit, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
               "wall_s": time.time() - start, "seeds": list(SEEDS), "spaces": chosen}
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    return written(args.out, result, lines)
+
+
+def written(out: str, result: dict, lines: list[str]) -> int:
+    """Write ``result`` to ``out``, print ``lines`` and where it went; the exit status."""
+    Path(out).write_text(json.dumps(result, indent=1) + "\n")
     print("\n".join(lines))
-    print(f"written: {args.out}")
+    print(f"written: {out}")
     return 0
 
 
