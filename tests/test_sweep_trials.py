@@ -56,6 +56,7 @@ def test_ray_train_trials_run_and_release_their_workers_beside_another_ray(other
     host: a trial ASHA stops must give its workers' CPUs back (Ray Train's placement-group cleaner must find the
     sweep's own Ray), or the next trial would wait forever. Two trials, the second stopped at its first rung; the
     CPUs it held must come back after the sweep (a third trial would show the same, at ~30 s of Ray Train start-up)."""
+    import mlflow.artifacts
     import ray
 
     # 20% noise and batches of 16: GOOD learns within its first epoch (~37% noisy validation against BAD's ~13%)
@@ -71,8 +72,7 @@ def test_ray_train_trials_run_and_release_their_workers_beside_another_ray(other
     # what both trials' rank 0 warned of, kept in run.json for the sweep to say (their own lines are not shown)
     assert x["warnings"] == {"knnmix never mixes neighbours: epochs=2 ends before its mixing phase starts in epoch 3 "
                              "(method.warmup_epochs=1, method.correction_start=3); lower them or train longer": 2}
-    import mlflow.artifacts  # ... and the setting's MLflow run has them
-
+    # ... and the setting's MLflow run has them
     got = mlflow.artifacts.download_artifacts(run_id=x["mlflow_run_id"], artifact_path="trial_warnings.json",
                                               dst_path=str(tmp_path), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
     assert json.loads(Path(got).read_text()) == x["warnings"]
