@@ -421,8 +421,8 @@ def log_training_run(store: Store, folder: Path, summary: dict[str, Any], *, exp
     rid = create_run(store, exp_id, f"{cfg.method.name} {cfg.data.name} {cfg.noise.spec} seed {cfg.seed}", tags,
                      reuse=earlier[0].info.run_id if earlier else None, start_time=ended.get(0),
                      commit=str(summary.get("commit", "")))
-    for key in ("knnmix.run_folder", "knnmix.run_folder_place"):  # where it is now (a new run has them already)
-        if earlier:
+    if earlier:  # where it is now (a new run has them already)
+        for key in ("knnmix.run_folder", "knnmix.run_folder_place"):
             client.set_tag(rid, key, tags[key])
     if changed := log_run_folder(client, rid, folder):
         client.set_tag(rid, "knnmix.changed_on_resume", "; ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()))

@@ -100,7 +100,8 @@ class RunFolder:
         info.setdefault("resumed", []).append({"after_epoch": epoch, "commit": git_commit(), "command": command(),
                                                "at": now()})
         info.pop("warnings", None)
-        info.update({"warnings": list(warned)} if warned else {})
+        if warned:
+            info["warnings"] = list(warned)
         atomic_write_text(self.file(RUN_INFO), json.dumps(info, indent=2) + "\n")
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:

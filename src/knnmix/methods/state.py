@@ -1,10 +1,9 @@
 """Per-sample state, index-aligned with the training set and kept outside the dataset.
 
 Every tensor here has the training set's size N on its first axis (``loss_history`` on its second; ``features``
-is empty until a method keeps them): row ``i``
-belongs to the sample whose dataset index is ``i``. Under data parallelism every rank holds the same full copy:
-each rank computes its shard's rows and the rows are gathered (:mod:`knnmix.methods.dist`), so the state that any
-rank checkpoints is the whole method's state.
+is empty until a method keeps them): row ``i`` belongs to the sample whose dataset index is ``i``. Under data
+parallelism every rank holds the same full copy: each rank computes its shard's rows and the rows are gathered
+(:mod:`knnmix.methods.dist`), so the state that any rank checkpoints is the whole method's state.
 """
 
 from __future__ import annotations

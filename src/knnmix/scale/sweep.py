@@ -35,7 +35,7 @@ from knnmix import config as C
 from knnmix.engine import train as E
 from knnmix.engine.checkpoint import SUMMARY, RunFolder, atomic_write_text, folder_lock
 from knnmix.engine.report import numeric
-from knnmix.errors import KnnmixError, KnnmixWarning
+from knnmix.errors import KnnmixError, KnnmixWarning, warning_line
 from knnmix.provenance import git_commit, now
 from knnmix.scale import ray_env
 from knnmix.scale import sweep_mlflow as T
@@ -362,7 +362,7 @@ def warn_of_trials(summary: dict[str, Any]) -> None:
         try:
             warnings.warn(text, KnnmixWarning, stacklevel=3)
         except KnnmixWarning:  # (python -W error)
-            print(f"knnmix: warning: {text}", file=sys.stderr)
+            print(warning_line(text, KnnmixWarning), end="", file=sys.stderr)
 
     for s in summary["settings"]:
         ranked = sorted(s["warnings"].items(), key=lambda kv: -kv[1])
