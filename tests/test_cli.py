@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -124,6 +126,32 @@ def test_console_script_prints_no_traceback(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "knnmix: error: noise.spec: noise rate 1.2 in 'symmetric:1.2' is outside [0, 1)"
     ]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_ends_the_finished_program_while_its_main_thread_is_held_in_native_code(sig):
+    """exit_with: Python runs a signal's handler in the main thread between bytecodes only, and Ray's shutdown at exit
+    holds that thread in C++ (with the GIL released): a Ctrl+C then waited for it to come back. Here the
+    main thread never comes back (a mutex locked twice by its owner): only a thread woken by the signal ends it."""
+    code = textwrap.dedent("""
+        import atexit, ctypes
+        from knnmix.cli import exit_with
+        def held():
+            libc, mutex = ctypes.CDLL(None), ctypes.create_string_buffer(64)  # (zeroed: a default mutex)
+            libc.pthread_mutex_lock(mutex)
+            print("held", flush=True)
+            libc.pthread_mutex_lock(mutex)  # (ctypes releases the GIL; a signal does not end the wait)
+        atexit.register(held)
+        exit_with(3)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "held\n"
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 3 and err == "", err
 
 
 def test_config_command_prints_the_resolved_config_and_docs(capsys):

@@ -461,16 +461,16 @@ def last_line(line: str, status: int) -> int:
     # (not after SIGTERM: ray_env's watcher would take this Ray's end for a Ray stopped with the program)
     if (ray_env.LEAVE_WITH_RAY and getattr(ray, "is_initialized", lambda: False)() and not ray_env.WATCHING.is_set()
             and threading.current_thread() is threading.main_thread()):
-        def now(*_: Any) -> None:
+        def now() -> None:
             print(line, file=sys.stderr, flush=True)
             os._exit(status)
 
-        before = signal.signal(signal.SIGINT, now)
+        undo = on_signals((signal.SIGINT,), now)
         try:
             with contextlib.suppress(Exception):  # (at exit anyway)
                 ray.shutdown()
         finally:
-            signal.signal(signal.SIGINT, before if before is not None else signal.SIG_DFL)
+            undo()
     print(line, file=sys.stderr)
     return status
 
@@ -480,14 +480,49 @@ def exit_with(status: int) -> NoReturn:
     down at exit (a few seconds): a Ctrl+C or SIGTERM then ends the process at once with that status (Ray's own
     processes end with it), instead of a KeyboardInterrupt traceback from inside Python's teardown."""
 
-    def now(*_: Any) -> None:
+    def now() -> None:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         os._exit(status)
 
-    signal.signal(signal.SIGINT, now)
-    signal.signal(signal.SIGTERM, now)
+    on_signals((signal.SIGINT, signal.SIGTERM), now)
     sys.exit(status)
+
+
+def on_signals(signums: tuple[int, ...], act: Callable[[], None]) -> Callable[[], None]:
+    """Run ``act`` as soon as one of ``signums`` arrives, also while the main thread is blocked in native code;
+    returns the function that undoes this. Main thread only. Python runs a signal's handler in the main thread, and
+    only between two bytecodes: Ray's shutdown holds the main thread in C++ (``core_worker.shutdown_driver``, ~0.3 s
+    idle, longer under load) with the GIL released, so a thread woken by the signal (``signal.set_wakeup_fd``, written
+    by the C-level handler) acts at once; the Python handler acts if the main thread gets there first."""
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    once = threading.Lock()
+
+    def fire(*_: Any) -> None:
+        if once.acquire(blocking=False):  # (the handler and the thread may both get there)
+            act()
+
+    befores = {signum: signal.signal(signum, fire) for signum in signums}
+    wakeup_before = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+
+    def watch() -> None:
+        while (got := os.read(read, 1)) and got[0] not in signums:
+            pass  # a signal with another Python handler: not ours
+        if got:
+            fire()
+        else:  # undone
+            os.close(read)
+
+    threading.Thread(target=watch, name="knnmix-signals", daemon=True).start()
+
+    def undo() -> None:
+        signal.set_wakeup_fd(wakeup_before)
+        for signum, before in befores.items():
+            signal.signal(signum, before if before is not None else signal.SIG_DFL)
+        os.close(write)  # the watcher reads b"", closes its end and ends
+
+    return undo
 
 
 def console() -> NoReturn:
