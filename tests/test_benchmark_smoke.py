@@ -186,6 +186,27 @@ def test_idle_ray_benchmark_times_every_arm_and_leaves_no_ray(tmp_path, capsys, 
     assert stop.value.code == 2 and "--rounds and --steps must be at least 1" in capsys.readouterr().err
 
 
+def test_suite_cpu_benchmark_charges_each_process_to_its_kind(tmp_path, capsys, monkeypatch):
+    """A command that starts two Python children, one busy for ~1 s of CPU and one idle: the busy one's time is
+    charged to its kind (a lower bound: the last sample before it ends), the idle one's is not."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    suite_cpu = importlib.import_module("suite_cpu")
+    burn = "import time; t = time.process_time()\nwhile time.process_time() - t < 1.0: pass"
+    idle = "python3 -m timeit -n 1 -r 1 'import time; time.sleep(1)' > /dev/null"
+    command = ["sh", "-c", f"python3 -c '{burn}' & {idle}; wait"]
+    out = tmp_path / "cpu.json"
+    assert suite_cpu.main(["--interval", "0.05", "--out", str(out), "--", *command]) == 0
+    result = json.loads(out.read_text())
+    kinds = {row["kind"]: row for row in result["kinds"]}
+    assert result["returncode"] == 0 and result["command"] == command
+    assert 0.5 <= kinds["python -c"]["cpu_s"] <= 1.5 and kinds["python -c"]["processes"] == 1, kinds
+    assert kinds["python -m timeit"]["cpu_s"] < 0.5, kinds
+    assert result["sampled_cpu_s"] <= result["machine_cpu_s"] and "python -c" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:
+        suite_cpu.main(["--interval", "0", "--out", str(out)])
+    assert stop.value.code == 2 and "--interval must be positive" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("arm, method", [("knnmix", "knnmix"), ("mixup", "mixup")])
 def test_each_asha_comparison_arm_builds_its_space(monkeypatch, arm, method):
     """``sweeps.py --asha ARM``: the arm's space validates with its overrides, in both of its forms (ASHA, and the
