@@ -27,6 +27,7 @@ from knnmix.provenance import git_commit, machine
 
 HERE = Path(__file__).resolve().parent
 TICK = os.sysconf("SC_CLK_TCK")
+XDIST_WORKER = "import sys;exec(eval(sys.stdin.readline()))"  # the code execnet starts pytest-xdist's workers with
 
 
 def machine_cpu_s() -> float:
@@ -42,13 +43,19 @@ def kind(argv: list[str]) -> str:
         return argv[0].split()[0].split(".")[0]
     if any(a.endswith("default_worker.py") for a in argv[:3]):
         return "ray worker (starting)"
+    if len(argv) == 1 and " " in argv[0]:  # a title set from the whole command line (one string)
+        argv = argv[0].split()
     program = os.path.basename(argv[0])
     if program.startswith("python"):
         argv = argv[1:]
         while argv and argv[0].startswith("-") and argv[0] not in ("-m", "-c"):  # -u, -B, -X importtime, ...
             argv = argv[2:] if argv[0] in ("-X", "-W") else argv[1:]
-        if not argv or argv[0] == "-c":
-            return "python" + (" -c" if argv else "")
+        if not argv:
+            return "python"
+        if argv[0] == "-c":  # the code's first line names it (pytest-xdist's workers, which run the tests, by name)
+            code = " ".join(argv[1:]).strip().splitlines()
+            first = code[0][:60] if code else ""
+            return "pytest-xdist worker" if first == XDIST_WORKER else f"python -c {first}".rstrip()
         if argv[0] == "-m":
             return " ".join(["python", *argv[:3 if argv[1:2] == ["knnmix.cli"] else 2]])
         program = os.path.basename(argv[0])

@@ -199,9 +199,16 @@ def test_suite_cpu_benchmark_charges_each_process_to_its_kind(tmp_path, capsys, 
     result = json.loads(out.read_text())
     kinds = {row["kind"]: row for row in result["kinds"]}
     assert result["returncode"] == 0 and result["command"] == command
-    assert 0.5 <= kinds["python -c"]["cpu_s"] <= 1.5 and kinds["python -c"]["processes"] == 1, kinds
+    busy = kinds["python -c import time; t = time.process_time()"]
+    assert 0.5 <= busy["cpu_s"] <= 1.5 and busy["processes"] == 1, kinds
     assert kinds["python -m timeit"]["cpu_s"] < 0.5, kinds
-    assert result["sampled_cpu_s"] <= result["machine_cpu_s"] and "python -c" in capsys.readouterr().out
+    assert result["sampled_cpu_s"] <= result["machine_cpu_s"] and "python -c import time" in capsys.readouterr().out
+    for argv, kind in [(["ray::TrainController.run", ""], "ray::TrainController"),
+                       (["/v/bin/python", "-c", suite_cpu.XDIST_WORKER], "pytest-xdist worker"),
+                       (["/v/bin/python3 -u /v/bin/knnmix sweep smoke"], "knnmix sweep"),  # a title: one string
+                       (["/v/python", "-X", "importtime", "-m", "knnmix.cli", "train"], "python -m knnmix.cli train"),
+                       (["/r/raylet", "--x=1"], "raylet")]:
+        assert suite_cpu.kind(argv) == kind, argv
     with pytest.raises(SystemExit) as stop:
         suite_cpu.main(["--interval", "0", "--out", str(out)])
     assert stop.value.code == 2 and "--interval must be positive" in capsys.readouterr().err
