@@ -18,6 +18,7 @@ import shlex
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -88,13 +89,17 @@ def train_all(jobs: dict[Any, tuple]) -> dict[Any, list[float]]:
         return {key: f.result() for key, f in futures.items()}
 
 
-def command_line(argv: list[str] | None, doc: str, out: Path) -> tuple[argparse.Namespace, list[str], float, Path, str]:
-    """The retrain scripts' ``--runs`` and ``--out`` (default ``out``): the arguments, the command as typed, the start
-    time, the runs folder and the commit the runs train at."""
+def command_line(argv: list[str] | None, doc: str, out: Path | Callable[[argparse.Namespace], Path],
+                 add: Callable[[argparse.ArgumentParser], None] = lambda p: None,
+                 ) -> tuple[argparse.Namespace, list[str], float, Path, str]:
+    """The retrain scripts' ``--runs`` and ``--out`` (default ``out``, or ``out(args)``), and what ``add`` adds: the
+    arguments, the command as typed, the start time, the runs folder and the commit the runs train at."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", required=True, help="folder for the runs (kept, so a stopped run resumes)")
-    p.add_argument("--out", default=str(out), help="result JSON")
+    p.add_argument("--out", help="result JSON")
+    add(p)
     args = p.parse_args(argv)
+    args.out = args.out or str(out(args) if callable(out) else out)
     typed = sys.argv[1:] if argv is None else list(argv)  # (main([]) is no command line of its own)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # (now, not after the runs)
     return args, typed, time.time(), Path(args.runs).absolute(), git_commit()

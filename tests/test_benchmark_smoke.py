@@ -286,7 +286,7 @@ def test_the_asha_held_out_check_picks_what_its_rule_names_and_runs_stage_b_afte
     assert pick == 3 and sum(ran) == 133 and params["method.k"] == 2 and params["method.warmup_epochs"] == 2
     calls = []
 
-    def fake_retrain(runs, label, params):  # 44.0 against the full pick's recorded 45.30 +- 0.42: not equal
+    def fake_retrain(runs, label, params, arm="knnmix"):  # 44.0 against the full pick's 45.30 +- 0.42: not equal
         calls.append(label)
         return {"params": params, "best": {"mean": 44.0, "std": 0.5}, "last": {"mean": 44.0, "std": 0.5}}
 
@@ -297,3 +297,36 @@ def test_the_asha_held_out_check_picks_what_its_rule_names_and_runs_stage_b_afte
     result = json.loads(out.read_text())
     assert calls == ["stage-a-asha"] and "stage_b" not in result
     assert result["stage_a"]["equal_best"] is False and result["stage_a"]["gap"] > result["stage_a"]["allowed"]
+
+
+def test_the_asha_held_out_check_on_the_mixup_space_runs_stage_b_with_rays_default_placement(monkeypatch, tmp_path):
+    """``--space mixup`` (asha-heldout-mixup/rule.txt): no stage A; the mixup arm's timed comparison on sweep seed 1
+    with grace 1 / factor 4, each arm's completed best trial trained again on the mixup arm's data, the result in its
+    own folder (not over the knnmix check's)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    heldout = importlib.import_module("asha_heldout")
+    monkeypatch.setattr(heldout, "RESULTS", tmp_path / "results")
+    compared, trained = [], []
+
+    def fake_comparison(out, arm, extra):
+        compared.append((arm, extra))
+        trial = lambda alpha, epochs, best: {"params": {"method.mixup_alpha": alpha}, "epochs": epochs,  # noqa: E731
+                                             "best_val_acc": best}
+        return {"same_configs": True, "wall_ratio": 0.25,
+                "asha": {"wall_s": 100.0, "best_val_acc": 44.0, "per_trial": [trial(0.2, 25, 44.0), trial(3.0, 1, 46)]},
+                "no_early_stopping": {"wall_s": 400.0, "best_val_acc": 45.0,
+                                      "per_trial": [trial(0.2, 25, 44.0), trial(3.0, 25, 45.0)]}}
+
+    def fake_retrain(runs, label, params, arm="knnmix"):
+        trained.append((label, params["method.mixup_alpha"], arm))
+        return {"params": params, "best": {"mean": 44.5 if "asha" in label else 44.9, "std": 0.5},
+                "last": {"mean": 44.0, "std": 0.5}}
+
+    monkeypatch.setattr(heldout, "asha_vs_full", fake_comparison)
+    monkeypatch.setattr(heldout, "retrain", fake_retrain)
+    assert heldout.main(["--space", "mixup", "--runs", str(tmp_path / "runs")]) == 0
+    assert compared == [("mixup", ["sweep.seed=1", "sweep.asha.grace_period=1", "sweep.asha.reduction_factor=4"])]
+    assert trained == [("stage-b-asha", 0.2, "mixup"), ("stage-b-full", 3.0, "mixup")]  # completed trials only
+    result = json.loads((tmp_path / "results" / "asha-heldout-mixup" / "heldout.json").read_text())
+    assert "stage_a" not in result and (result["grace_period"], result["reduction_factor"]) == (1, 4)
+    assert result["stage_b"]["target_met"] is True and round(result["stage_b"]["gap"], 2) == 0.4
