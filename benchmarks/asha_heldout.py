@@ -10,7 +10,7 @@ stopping, and both picks trained again with seeds 1-5.
 1 / factor 4, chosen on no data). Validation data only; no test accuracy is read.
 
     python benchmarks/asha_heldout.py --runs DIR                 # about 40 minutes on 2 cores; resumes stage by stage
-    python benchmarks/asha_heldout.py --space mixup --runs DIR   # about 20 minutes
+    python benchmarks/asha_heldout.py --space mixup --runs DIR   # about 25 minutes
 """
 
 from __future__ import annotations
