@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
-from knnmix.cli import main
+from knnmix.cli import main, on_signals
 from knnmix.provenance import git_commit
 
 
@@ -146,12 +148,35 @@ def test_a_signal_ends_the_finished_program_while_its_main_thread_is_held_in_nat
     """)
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert proc.stdout.readline() == "held\n"
+        assert select.select([proc.stdout], [], [], 60)[0] and proc.stdout.readline() == "held\n"
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == 3 and err == "", err
+
+
+def test_on_signals_acts_from_its_thread_and_once_undone_hands_the_signal_back():
+    """What exit_with and last_line build on: while set, the signal acts through the woken thread (the Python handler
+    does nothing); undone (twice is harmless), the earlier handler and wake-up fd are back and nothing acts."""
+    got = []
+    before = signal.signal(signal.SIGUSR1, lambda *_: got.append("earlier handler"))
+    try:
+        undo = on_signals((signal.SIGUSR1,), lambda: got.append("act"))
+        os.kill(os.getpid(), signal.SIGUSR1)
+        for _ in range(500):
+            if got:
+                break
+            time.sleep(0.01)
+        assert got == ["act"]
+        undo()
+        undo()
+        assert signal.set_wakeup_fd(-1) == -1  # (the earlier one: none)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(0.05)
+        assert got == ["act", "earlier handler"]
+    finally:
+        signal.signal(signal.SIGUSR1, before)
 
 
 def test_config_command_prints_the_resolved_config_and_docs(capsys):

@@ -462,8 +462,11 @@ def last_line(line: str, status: int) -> int:
     if (ray_env.LEAVE_WITH_RAY and getattr(ray, "is_initialized", lambda: False)() and not ray_env.WATCHING.is_set()
             and threading.current_thread() is threading.main_thread()):
         def now() -> None:
-            print(line, file=sys.stderr, flush=True)
-            os._exit(status)
+            try:
+                with contextlib.suppress(Exception):  # (a closed stderr)
+                    print(line, file=sys.stderr, flush=True)
+            finally:
+                os._exit(status)
 
         undo = on_signals((signal.SIGINT,), now)
         try:
@@ -481,46 +484,50 @@ def exit_with(status: int) -> NoReturn:
     processes end with it), instead of a KeyboardInterrupt traceback from inside Python's teardown."""
 
     def now() -> None:
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        os._exit(status)
+        try:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):  # (a closed pipe: `knnmix ... | head`)
+                    stream.flush()
+        finally:
+            os._exit(status)
 
     on_signals((signal.SIGINT, signal.SIGTERM), now)
     sys.exit(status)
 
 
 def on_signals(signums: tuple[int, ...], act: Callable[[], None]) -> Callable[[], None]:
-    """Run ``act`` as soon as one of ``signums`` arrives, also while the main thread is blocked in native code;
-    returns the function that undoes this. Main thread only. Python runs a signal's handler in the main thread, and
-    only between two bytecodes: Ray's shutdown holds the main thread in C++ (``core_worker.shutdown_driver``, ~0.3 s
-    idle, longer under load) with the GIL released, so a thread woken by the signal (``signal.set_wakeup_fd``, written
-    by the C-level handler) acts at once; the Python handler acts if the main thread gets there first."""
+    """Run ``act`` (which ends the process) as soon as one of ``signums`` arrives, also while the main thread is held
+    in native code; returns the function that undoes this (once it returns, ``act`` no longer runs). Main thread only.
+    Python runs a signal's handler in the main thread between two bytecodes only, and Ray's shutdown holds the main
+    thread in C++ (``core_worker.shutdown_driver``, ~0.3 s idle, longer under load) with the GIL released: so the
+    Python handler does nothing, and a thread woken by the C-level handler (``signal.set_wakeup_fd``) acts. (Once the
+    interpreter is finalising, after the atexit calls, that thread no longer runs: a signal then changes nothing.)"""
     read, write = os.pipe()
     os.set_blocking(write, False)
-    once = threading.Lock()
-
-    def fire(*_: Any) -> None:
-        if once.acquire(blocking=False):  # (the handler and the thread may both get there)
-            act()
-
-    befores = {signum: signal.signal(signum, fire) for signum in signums}
+    lock, done = threading.Lock(), threading.Event()
+    befores = {signum: signal.signal(signum, lambda *_: None) for signum in signums}
     wakeup_before = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
 
     def watch() -> None:
-        while (got := os.read(read, 1)) and got[0] not in signums:
-            pass  # a signal with another Python handler: not ours
-        if got:
-            fire()
-        else:  # undone
+        try:
+            while got := os.read(read, 1):  # (b"" once undone)
+                with lock:
+                    if got[0] in signums and not done.is_set():  # (another byte: a signal with another handler)
+                        act()
+        finally:
             os.close(read)
 
     threading.Thread(target=watch, name="knnmix-signals", daemon=True).start()
 
     def undo() -> None:
+        with lock:  # (waits for an act under way: it ends the process)
+            if done.is_set():
+                return
+            done.set()
         signal.set_wakeup_fd(wakeup_before)
         for signum, before in befores.items():
             signal.signal(signum, before if before is not None else signal.SIG_DFL)
-        os.close(write)  # the watcher reads b"", closes its end and ends
+        os.close(write)  # the watcher reads b"" and ends
 
     return undo
 
