@@ -2,11 +2,12 @@
 
 The suite's wall clock on 2 cores is its CPU time over two (it keeps both cores busy), so what shortens it is less
 CPU, and this says whose: it runs a command (the whole suite by default) and samples, every ``--interval`` seconds,
-the CPU time (user + system, from ``/proc``) of every process started after it began, then sums them by kind: a Ray
+the CPU time (user + system, from ``/proc``) of the command and its descendants, then sums them by kind: a Ray
 worker by the actor or task it became (``ray::TrainController``, ``ray::IDLE``, ...), a Python process by its module
 or script, a ``knnmix`` or ``ray`` command by its subcommand, anything else by its program (``raylet``,
 ``gcs_server``). A process is charged what it had used at its last sample, so the sums are lower bounds; the
-``sampled_share`` of the machine's whole CPU time over the run (``/proc/stat``) says how much the kinds cover.
+``sampled_share`` of the machine's whole CPU time over the run (``/proc/stat``) says how much the kinds cover, and
+``sampler_cpu_s`` what the sampling cost. Its exit status is the command's.
 
     python benchmarks/suite_cpu.py    # the whole suite (scripts/test.sh), ~12 min; writes results/suite-cpu-<date>.json
     python benchmarks/suite_cpu.py --out /tmp/x.json -- scripts/test.sh -n 0 tests/test_ray_train.py
@@ -54,8 +55,9 @@ def kind(argv: list[str]) -> str:
             return "python"
         if argv[0] == "-c":  # the code's first line names it (pytest-xdist's workers, which run the tests, by name)
             code = " ".join(argv[1:]).strip().splitlines()
-            first = code[0][:60] if code else ""
-            return "pytest-xdist worker" if first == XDIST_WORKER else f"python -c {first}".rstrip()
+            if code and code[0] == XDIST_WORKER:
+                return "pytest-xdist worker"
+            return f"python -c {code[0].split('(')[0][:60]}".rstrip() if code else "python -c"
         if argv[0] == "-m":
             return " ".join(["python", *argv[:3 if argv[1:2] == ["knnmix.cli"] else 2]])
         program = os.path.basename(argv[0])
@@ -66,27 +68,33 @@ def kind(argv: list[str]) -> str:
     return program
 
 
-def sample(pids: dict[tuple[int, int], list], since_ticks: int) -> None:
-    """Update ``pids`` ((pid, start tick) -> [kind, cpu s]) with every process started at or after ``since_ticks``."""
+def sample(pids: dict[tuple[int, int], list], root: int) -> None:
+    """Update ``pids`` ((pid, start tick) -> [kind, cpu s]) with the process ``root`` and its descendants: a process
+    is one when its parent is (a process once seen stays one when its parent has gone)."""
+    procs = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         try:
             with open(f"/proc/{name}/stat") as fh:
                 fields = fh.read().rsplit(")", 1)[1].split()
-            if int(fields[19]) < since_ticks:
-                continue
             with open(f"/proc/{name}/cmdline", "rb") as fh:
                 argv = [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
         except OSError:  # (gone meanwhile)
             continue
-        if not argv:
+        procs[int(name)] = (int(fields[19]), int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK, argv)
+    ours = {root} | {pid for pid, start in pids if procs.get(pid, (None,))[0] == start}
+    while new := {pid for pid, (_, parent, _, _) in procs.items() if parent in ours and pid not in ours}:
+        ours |= new
+    for pid in ours & procs.keys():
+        start, _, cpu, argv = procs[pid]
+        if not argv:  # (a zombie)
             continue
-        key, cpu = (int(name), int(fields[19])), (int(fields[11]) + int(fields[12])) / TICK
-        got = pids.setdefault(key, [kind(argv), cpu])
+        now = kind(argv)
+        got = pids.setdefault((pid, start), [now, cpu])
         got[1] = cpu
-        if not kind(argv).startswith("ray::IDLE"):  # a worker keeps the last actor or task it ran, not "idle"
-            got[0] = kind(argv)
+        if not now.startswith("ray::IDLE"):  # a worker keeps the last actor or task it ran, not "idle"
+            got[0] = now
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,13 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command or [str(HERE.parent / "scripts" / "test.sh")]
     out = Path(args.out or HERE / "results" / f"suite-cpu-{time.strftime('%Y-%m-%d')}.json")
     out.parent.mkdir(parents=True, exist_ok=True)  # (now, not after the run)
-    with open("/proc/uptime") as fh:
-        since = int(float(fh.read().split()[0]) * TICK)
     pids: dict[tuple[int, int], list] = {}
-    cpu0, t0 = machine_cpu_s(), time.monotonic()
+    cpu0, t0, own0 = machine_cpu_s(), time.monotonic(), sum(os.times()[:2])
     proc = subprocess.Popen(command)
     while proc.poll() is None:
-        sample(pids, since)
+        sample(pids, proc.pid)
         time.sleep(args.interval)
     wall, machine_cpu = time.monotonic() - t0, machine_cpu_s() - cpu0
     kinds: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0])
@@ -117,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"commit": git_commit(), "machine": machine(), "date": time.strftime("%Y-%m-%d"), "command": command,
               "returncode": proc.returncode, "wall_s": round(wall, 1), "machine_cpu_s": round(machine_cpu, 1),
               "sampled_cpu_s": round(sampled, 1), "sampled_share": round(sampled / max(machine_cpu, 1e-9), 3),
-              "interval_s": args.interval,
+              "interval_s": args.interval, "sampler_cpu_s": round(sum(os.times()[:2]) - own0, 1),
               "kinds": [{"kind": k, "cpu_s": round(cpu, 1), "processes": n}
                         for k, (cpu, n) in sorted(kinds.items(), key=lambda kv: -kv[1][0])]}
     print(f"wall {wall:.0f} s, machine CPU {machine_cpu:.0f} s, sampled {sampled:.0f} s "
@@ -126,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{row['cpu_s']:9.1f} s {row['processes']:5d} x {row['kind']}")
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
-    return 0
+    return proc.returncode
 
 
 if __name__ == "__main__":
