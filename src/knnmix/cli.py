@@ -461,14 +461,7 @@ def last_line(line: str, status: int) -> int:
     # (not after SIGTERM: ray_env's watcher would take this Ray's end for a Ray stopped with the program)
     if (ray_env.LEAVE_WITH_RAY and getattr(ray, "is_initialized", lambda: False)() and not ray_env.WATCHING.is_set()
             and threading.current_thread() is threading.main_thread()):
-        def now() -> None:
-            try:
-                with contextlib.suppress(Exception):  # (a closed stderr)
-                    print(line, file=sys.stderr, flush=True)
-            finally:
-                os._exit(status)
-
-        undo = on_signals((signal.SIGINT,), now)
+        undo = on_signals((signal.SIGINT,), exit_now(status, line))
         try:
             with contextlib.suppress(Exception):  # (at exit anyway)
                 ray.shutdown()
@@ -482,17 +475,26 @@ def exit_with(status: int) -> NoReturn:
     """End the program with ``status``. Its command has said what it did (a JSON line last); Ray and MLflow still shut
     down at exit (a few seconds): a Ctrl+C or SIGTERM then ends the process at once with that status (Ray's own
     processes end with it), instead of a KeyboardInterrupt traceback from inside Python's teardown."""
+    on_signals((signal.SIGINT, signal.SIGTERM), exit_now(status))
+    sys.exit(status)
+
+
+def exit_now(status: int, line: str = "") -> Callable[[], None]:
+    """What ends the program at a signal (:func:`on_signals`' act): ``line`` on stderr, if any, the streams flushed,
+    then the process gone with ``status`` at once, also when a stream is a closed pipe (``knnmix ... | head``)."""
 
     def now() -> None:
         try:
+            if line:
+                with contextlib.suppress(Exception):
+                    print(line, file=sys.stderr)
             for stream in (sys.stdout, sys.stderr):
-                with contextlib.suppress(Exception):  # (a closed pipe: `knnmix ... | head`)
+                with contextlib.suppress(Exception):
                     stream.flush()
         finally:
             os._exit(status)
 
-    on_signals((signal.SIGINT, signal.SIGTERM), now)
-    sys.exit(status)
+    return now
 
 
 def on_signals(signums: tuple[int, ...], act: Callable[[], None]) -> Callable[[], None]:
