@@ -69,9 +69,10 @@ def _interrupt_after_checkpoint(argv: list[str], run: Path, sig: int, *, env: di
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """A private temp dir and token for Ray; yields ``start()``, which (re)starts one local 2-CPU Ray if needed
-    (through knnmix's own ``ensure_ray``: bound to 127.0.0.1, with the dashboard that Ray Train needs to free a
-    stopped trial's placement group)."""
+    """A private temp dir and token for Ray; yields ``start(dashboard=True)``, which (re)starts one local 2-CPU Ray
+    if needed (through knnmix's own ``ensure_ray``: bound to 127.0.0.1, with the dashboard that Ray Train needs to
+    free a stopped trial's placement group; ``dashboard=False``: without it, as ``knnmix sweep`` starts Ray for
+    in-process trials, unless one is running)."""
     import ray
 
     tmp = Path(tempfile.mkdtemp(prefix="kx-ray-", dir="/tmp"))  # short: Ray's socket paths live below it
@@ -81,11 +82,16 @@ def ray_session():
     os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(24)  # ray.init() turns token auth on and uses this token
     os.environ.pop("RAY_ADDRESS", None)
 
-    def start() -> None:
+    def start(dashboard: bool = True) -> None:
+        if ray.is_initialized() and dashboard and not session["dashboard"]:
+            ray.shutdown()  # Ray Train's tests need the dashboard this Ray was started without
         if not ray.is_initialized():
-            ray_env.ensure_ray(num_cpus=2, dashboard_port=free_port())
+            port = {"dashboard_port": free_port()} if dashboard else {}
+            ray_env.ensure_ray(num_cpus=2, dashboard=dashboard, **port)
+            session["dashboard"] = dashboard
 
-    yield {"start": start, "tmp": tmp}
+    session = {"start": start, "tmp": tmp, "dashboard": True}
+    yield session
     ray.shutdown()
     for k, v in saved.items():
         if v is None:
@@ -109,4 +115,12 @@ def no_idle_ray():
 @pytest.fixture
 def local_ray(ray_session):
     ray_session["start"]()
+    return ray_session
+
+
+@pytest.fixture
+def sweep_ray(ray_session):
+    """The local Ray of a sweep whose trials run in their Tune trial's process: no dashboard (a running one
+    serves as it is)."""
+    ray_session["start"](dashboard=False)
     return ray_session

@@ -942,7 +942,7 @@ def test_a_ray_temp_dir_too_long_for_its_sockets_is_one_line(tmp_path):
     ({"distributed.workers": 2, "distributed.cpus_per_worker": 2}, "needs 4 CPUs but this machine has 2"),
     ({"distributed.workers": 0, "distributed.use_gpu": True}, "needs 1 GPUs but this machine has 0"),
 ])
-def test_trials_this_machine_cannot_hold_are_one_line_before_any_trial(local_ray, tmp_path, resources, needle):
+def test_trials_this_machine_cannot_hold_are_one_line_before_any_trial(sweep_ray, tmp_path, resources, needle):
     """Ray Train trials too big for this machine failed one after another (a search_spaces/cifar10.yaml sweep on a
     2-core laptop: 120 identical failures); an in-process trial asking for a missing GPU waited forever."""
     if torch.cuda.is_available():
@@ -958,7 +958,29 @@ def test_trials_this_machine_cannot_hold_are_one_line_before_any_trial(local_ray
     assert client.search_runs([client.get_experiment_by_name(space.experiment_name).experiment_id]) == []
 
 
-def test_sigterm_stops_a_ray_driver_as_ctrl_c_does(local_ray):
+def test_a_sweep_starts_its_local_ray_with_a_dashboard_only_for_ray_train_trials(tmp_path, monkeypatch):
+    """Ray Train's placement-group cleaner asks the dashboard's state API whether a run's controller lives; trials
+    in their Tune trial's process do without its modules (~3 CPU-seconds a start and stop, and their polling), unless
+    --verbose. (The Ray a sweep of in-process trials really starts: test_sweep_recovery.py.)"""
+    from knnmix.scale import ray_env
+
+    asked = []
+
+    def stop_here(**init):
+        asked.append(init["dashboard"])
+        raise KnnmixError("stop here")
+
+    monkeypatch.setattr(ray_env, "ensure_ray", stop_here)
+    store = TR.Store.from_uri(f"sqlite:///{tmp_path / 'm.db'}")
+    for workers, verbose in ((0, False), (1, False), (2, False), (0, True)):
+        base = {"config": "digits", "set": {**BASE_SET, "distributed.workers": workers}}
+        space = SP.load_space(write_space(tmp_path, f"w{workers}.yaml", base=base))
+        with pytest.raises(KnnmixError, match="stop here"):
+            S.run_sweep(space, tmp_path / f"sweep-{workers}-{verbose}", store=store, echo=None, verbose=verbose)
+    assert asked == [False, False, True, True]
+
+
+def test_sigterm_stops_a_ray_driver_as_ctrl_c_does(sweep_ray):
     """Ray's crash handler took SIGTERM from ray.init: a sweep driver stopped by kill / timeout / a batch system
     printed a native stack dump and aborted (status 134) instead of saving its state and naming --resume."""
     import signal
@@ -980,7 +1002,7 @@ def test_sigterm_stops_a_ray_driver_as_ctrl_c_does(local_ray):
 def e2e(ray_session, tmp_path_factory):
     import ray
 
-    ray_session["start"]()
+    ray_session["start"](dashboard=False)  # as `knnmix sweep` starts it for in-process trials
     tmp = tmp_path_factory.mktemp("e2e")
     space = write_space(tmp)
     uri = f"sqlite:///{tmp / 'store' / 'runs.db'}"

@@ -4,6 +4,7 @@ node) finishes with ``--resume`` without running a trial twice."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -68,7 +69,7 @@ def test_a_sweep_killed_before_tune_saved_its_trials_ends_resumes_from_their_run
         kill_tree(driver.pid)  # the driver, its Ray and the trials, like a lost head node
         log.close()
     before = {p.name for p in trials.iterdir()}
-    ray_session["start"]()
+    ray_session["start"](dashboard=False)  # as `knnmix sweep` starts it for in-process trials
     assert cli_main(["sweep", "--resume", "--out", str(out)]) == 0
     output = capsys.readouterr()
     assert "Traceback" not in output.err and "WARNING" not in output.err + output.out, output.err[-3000:]
@@ -110,15 +111,24 @@ def test_a_killed_sweep_resumes_without_running_a_trial_twice(ray_session, tmp_p
                         p / "summary.json").exists():
                     interrupted = p.name
             time.sleep(0.1)
+        import psutil  # Ray's vendored copy (importing ray put it on sys.path)
+
+        ray_processes = []
+        for child in psutil.Process(driver.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):  # (one that just ended)
+                ray_processes.append(" ".join(child.cmdline()))
     finally:
         kill_tree(driver.pid)  # the driver, its Ray and the trials, like a lost head node
         log.close()
+    # in-process trials need no dashboard: the sweep's own Ray runs without its modules (its GCS is there)
+    assert any("gcs_server" in c for c in ray_processes), ray_processes
+    assert not any(c.startswith("ray-dashboard-") for c in ray_processes), ray_processes  # e.g. ...-StateHead-0
     assert cli_main(["sweep", str(space), "--out", str(out)]) == 2  # not without --resume
     assert "already holds a sweep; pass --resume" in capsys.readouterr().err
     before = {p.name for p in trials.iterdir()}
     started = json.loads((trials / interrupted / "run.json").read_text())["started"]
 
-    ray_session["start"]()
+    ray_session["start"](dashboard=False)  # as `knnmix sweep` starts it for in-process trials
     assert cli_main(["sweep", "--resume", "--out", str(out)]) == 0
     summary = json.loads((out / "sweep_summary.json").read_text())
     (x,) = summary["settings"]
@@ -150,7 +160,7 @@ def test_a_killed_sweep_resumes_without_running_a_trial_twice(ray_session, tmp_p
     assert version.run_id == x["best"]["mlflow_run_id"]
 
 
-def test_a_resumed_sweep_prints_each_trials_line(local_ray, tmp_path, caplog):
+def test_a_resumed_sweep_prints_each_trials_line(sweep_ray, tmp_path, caplog):
     """Tune saves the TrialLogger without its echo; after --resume the trials that ended printed nothing (and the
     count started again at 1)."""
     import signal
@@ -191,7 +201,7 @@ def test_a_resumed_sweep_prints_each_trials_line(local_ray, tmp_path, caplog):
 
 
 @pytest.mark.slow
-def test_a_failed_trial_that_resume_runs_again_is_logged_and_selected_as_it_ended(local_ray, tmp_path, capfd):
+def test_a_failed_trial_that_resume_runs_again_is_logged_and_selected_as_it_ended(sweep_ray, tmp_path, capfd):
     """--resume runs a failed trial again (resume_errored), but its MLflow run stayed FAILED without the rerun's
     epochs, and its setting's run kept the old best, best tag, model and counts (it was finalized once). The failed
     trial's line says why; Tune's traceback and ERROR lines are --verbose only, and the JSON line comes last."""

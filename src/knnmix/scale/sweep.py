@@ -283,8 +283,8 @@ def run_sweep(
         # (no sweep to --resume, no MLflow run): Tune would wait for an in-process trial's CPUs forever, and every Ray
         # Train trial would fail alike, one by one
         experiment_id = reach(store, space.experiment_name, register)
-        ray_env.ensure_ray(verbose=verbose)
         first = configs[settings[0].slug]
+        ray_env.ensure_ray(verbose=verbose, dashboard=verbose or not in_process(first))  # Ray Train trials need it
         fits_this_machine(C.replace(first, **{"distributed.workers": max(first.distributed.workers, 1)}))
         if state is None:
             atomic_write_text(folder.file(SPACE_FILE), space.to_yaml())
