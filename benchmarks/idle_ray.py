@@ -28,7 +28,7 @@ JOB = ("import sys, time, torch\ntorch.set_num_threads(1)\na = torch.randn(400, 
        "for _ in range(int(sys.argv[1])):\n    a = torch.tanh(a @ a * 0.01)\nprint(time.perf_counter() - t)")
 #: arm -> ``ensure_ray`` arguments of the Ray idling beside the jobs (None: no Ray)
 ARMS = {"alone": None, "beside an idle Ray": {},
-        "beside an idle Ray without its dashboard": {"include_dashboard": False}}
+        "beside an idle Ray without its dashboard": {"dashboard": False}}
 
 
 def side_by_side(steps: int) -> float:
