@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from knnmix.scale import ray_env
-from support import free_port
+from support import descendants, free_port
 
 # Under pytest-xdist (scripts/test.sh) each test process gets its own Ray temp dir, so that a Ray a test starts
 # outside the fixtures below (a sweep driver, a benchmark, `ray job submit`) never joins the other process's Ray.
@@ -83,15 +83,13 @@ def ray_session():
     os.environ.pop("RAY_ADDRESS", None)
 
     def start(dashboard: bool = True) -> None:
-        if ray.is_initialized() and dashboard and not session["dashboard"]:
-            ray.shutdown()  # Ray Train's tests need the dashboard this Ray was started without
+        if ray.is_initialized() and dashboard and not any(x.startswith("ray-dashboard-") for x in descendants()):
+            ray.shutdown()  # Ray Train's tests need the dashboard this Ray (a sweep's, or ours) was started without
         if not ray.is_initialized():
             port = {"dashboard_port": free_port()} if dashboard else {}
             ray_env.ensure_ray(num_cpus=2, dashboard=dashboard, **port)
-            session["dashboard"] = dashboard
 
-    session = {"start": start, "tmp": tmp, "dashboard": True}
-    yield session
+    yield {"start": start, "tmp": tmp}
     ray.shutdown()
     for k, v in saved.items():
         if v is None:

@@ -89,6 +89,18 @@ def kill_tree(pid: int, grace_s: float = 0) -> None:
     psutil.wait_procs(tree, timeout=15)
 
 
+def descendants(pid: int | None = None) -> list[str]:
+    """The command lines of the processes under ``pid`` (default: this one), e.g. the local Ray it started:
+    ``ray-dashboard-StateHead-0 ...`` for the dashboard's modules."""
+    import psutil  # Ray's vendored copy (ray/thirdparty_files), on sys.path once ray is imported
+
+    lines = []
+    for child in psutil.Process(pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # (one that just ended)
+            lines.append(" ".join(child.cmdline()))
+    return lines
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -4,7 +4,6 @@ node) finishes with ``--resume`` without running a trial twice."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -21,7 +20,7 @@ from knnmix.cli import main as cli_main
 from knnmix.engine.checkpoint import read_metrics, safe_load
 from knnmix.scale import sweep as S
 from knnmix.scale import sweep_mlflow as T
-from support import BASE_SET, GOOD, client_for, kill_tree, runs_by_kind, write_space
+from support import BASE_SET, GOOD, client_for, descendants, kill_tree, runs_by_kind, write_space
 
 
 # The killed-driver tests come first: the Ray the last one's --resume starts serves the two tests below it
@@ -111,12 +110,7 @@ def test_a_killed_sweep_resumes_without_running_a_trial_twice(ray_session, tmp_p
                         p / "summary.json").exists():
                     interrupted = p.name
             time.sleep(0.1)
-        import psutil  # Ray's vendored copy (importing ray put it on sys.path)
-
-        ray_processes = []
-        for child in psutil.Process(driver.pid).children(recursive=True):
-            with contextlib.suppress(psutil.Error):  # (one that just ended)
-                ray_processes.append(" ".join(child.cmdline()))
+        ray_processes = descendants(driver.pid)
     finally:
         kill_tree(driver.pid)  # the driver, its Ray and the trials, like a lost head node
         log.close()
