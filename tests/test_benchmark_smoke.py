@@ -222,6 +222,29 @@ def test_suite_cpu_benchmark_charges_each_process_to_its_kind(tmp_path, capsys, 
     assert stop.value.code == 2 and "--interval must be positive" in capsys.readouterr().err
 
 
+def test_per_test_cpu_benchmark_charges_each_test_and_keeps_pytests_status(tmp_path, capsys, monkeypatch):
+    """Two tests run one after another through scripts/test.sh: one busy for 1 s of CPU, one failing. The busy one is
+    charged at least its own CPU time (the machine's, so other load adds to it, never takes away), and the run's
+    exit status is pytest's."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    per_test_cpu = importlib.import_module("per_test_cpu")
+    tests = tmp_path / "test_two.py"
+    tests.write_text("import time\n\n\ndef test_burn():\n    t = time.process_time()\n"
+                     "    while time.process_time() - t < 1:\n        pass\n\n\ndef test_fail():\n    assert False\n")
+    out = tmp_path / "cpu.json"
+    assert per_test_cpu.main(["--out", str(out), "--", str(tests), "-p", "no:cacheprovider"]) == 1
+    result = json.loads(out.read_text())
+    rows = {r["test"].split("::")[-1]: r for r in result["rows"]}
+    assert set(rows) == {"test_burn", "test_fail"} and result["tests"] == 2 and result["returncode"] == 1
+    assert rows["test_burn"]["cpu_s"] >= 0.95 and rows["test_burn"]["wall_s"] >= 0.95, rows  # (one thread)
+    (f,) = result["files"]
+    assert f["tests"] == 2 and f["cpu_s"] == pytest.approx(sum(r["cpu_s"] for r in rows.values()), abs=0.2)
+    assert "test_burn" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:
+        per_test_cpu.main(["--top", "-1", "--out", str(out)])
+    assert stop.value.code == 2 and "--top must be at least 0" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("arm, method", [("knnmix", "knnmix"), ("mixup", "mixup")])
 def test_each_asha_comparison_arm_builds_its_space(monkeypatch, arm, method):
     """``sweeps.py --asha ARM``: the arm's space validates with its overrides, in both of its forms (ASHA, and the
