@@ -3,7 +3,9 @@
 Two 1-thread torch jobs (a fixed chain of matrix products, one per core of a 2-core machine) run side by side, in
 rounds: alone, beside an idle private Ray as knnmix starts it (``ensure_ray``: GCS, raylet, log monitor, dashboard,
 agent, prestarted workers), and beside one started without its dashboard. Each arm's time is the mean of its two
-jobs; the arms alternate within every round, so the machine's drift reaches them alike. This is why the tests stop
+jobs; the arms alternate within every round, so the machine's drift reaches them alike. Each Ray arm also records
+the machine's CPU seconds while its Ray starts (``ray.init``), settles (``--settle``: the end of its start-up and
+then idling) and stops. This is why the tests stop
 their shared Ray after each test file (``tests/conftest.py``), and what a sweep's own Ray costs its trials.
 
     python benchmarks/idle_ray.py               # about 3 minutes; writes benchmarks/results/idle-ray-<date>.json
@@ -20,6 +22,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from suite_cpu import machine_cpu_s
 
 from knnmix.provenance import git_commit, machine
 
@@ -55,23 +59,36 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("RAY_TMPDIR", "/tmp/knnmix-idle-ray")
     seconds: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    # the machine's CPU seconds while each Ray starts (ray.init), settles and stops (ray.shutdown)
+    cpu = {arm: {"start": [], "settle": [], "stop": []} for arm, init in ARMS.items() if init is not None}
     for _ in range(args.rounds):
         for arm, init in ARMS.items():
             if init is not None:
+                c0 = machine_cpu_s()
                 ray_env.ensure_ray(num_cpus=2, **init)
+                c1 = machine_cpu_s()
                 time.sleep(args.settle)
+                cpu[arm]["start"].append(round(c1 - c0, 2))
+                cpu[arm]["settle"].append(round(machine_cpu_s() - c1, 2))
             try:
                 seconds[arm].append(side_by_side(args.steps))
             finally:
+                c0 = machine_cpu_s()
                 ray.shutdown()
+                if init is not None:
+                    cpu[arm]["stop"].append(round(machine_cpu_s() - c0, 2))
     base = statistics.mean(seconds["alone"])
     result = {"commit": git_commit(), "machine": machine(), "date": time.strftime("%Y-%m-%d"),
               "steps": args.steps, "settle_s": args.settle,
-              "arms": {arm: {"seconds": s, "mean_s": statistics.mean(s), "ratio_to_alone": statistics.mean(s) / base}
+              "arms": {arm: {"seconds": s, "mean_s": statistics.mean(s), "ratio_to_alone": statistics.mean(s) / base,
+                             **({f"{k}_cpu_s": v for k, v in cpu[arm].items()} if arm in cpu else {})}
                        for arm, s in seconds.items()}}
     for arm, r in result["arms"].items():
         rounds = ", ".join(f"{x:.2f}" for x in r["seconds"])
-        print(f"{arm:42s} {r['mean_s']:6.2f} s  x{r['ratio_to_alone']:.2f}  ({rounds})")
+        costs = "".join(f", {k} {statistics.mean(r[f'{k}_cpu_s']):.1f}" for k in ("start", "settle", "stop")
+                        if f"{k}_cpu_s" in r)
+        costs = costs and f"; CPU-s{costs[1:]}"
+        print(f"{arm:42s} {r['mean_s']:6.2f} s  x{r['ratio_to_alone']:.2f}  ({rounds}){costs}")
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     return 0

@@ -179,6 +179,8 @@ def test_idle_ray_benchmark_times_every_arm_and_leaves_no_ray(tmp_path, capsys, 
     result = json.loads(out.read_text())["arms"]
     assert list(result) == list(arms) and result["alone"]["ratio_to_alone"] == 1.0
     assert all(len(a["seconds"]) == 1 and a["mean_s"] > 0 for a in result.values())
+    ray_arm = result["beside an idle Ray without its dashboard"]  # a start costs CPU; "alone" starts nothing
+    assert ray_arm["start_cpu_s"][0] > 0.5 and len(ray_arm["stop_cpu_s"]) == 1 and "start_cpu_s" not in result["alone"]
     import ray
 
     assert not ray.is_initialized()  # each arm's Ray is shut down after it
