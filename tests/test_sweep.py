@@ -960,7 +960,7 @@ def test_trials_this_machine_cannot_hold_are_one_line_before_any_trial(sweep_ray
 
 def test_a_sweep_starts_its_local_ray_with_a_dashboard_only_for_ray_train_trials(tmp_path, monkeypatch):
     """Ray Train's placement-group cleaner asks the dashboard's state API whether a run's controller lives; trials
-    in their Tune trial's process do without its modules (~3 CPU-seconds a start and stop, and their polling), unless
+    in their Tune trial's process do without its modules (~1.7 CPU-seconds a start and stop, and their polling), unless
     --verbose. (The Ray a sweep of in-process trials really starts: test_sweep_recovery.py.)"""
     from knnmix.scale import ray_env
 

@@ -97,8 +97,8 @@ def ensure_ray(*, verbose: bool = False, dashboard: bool = True, **init: Any) ->
     run on the host. ``init``: more ``ray.init`` arguments, e.g. ``num_cpus``; ``log_to_driver=True`` shows the
     workers' output, which is off unless ``verbose``. ``dashboard=False`` starts a local Ray without the dashboard's
     modules (Ray Train needs them: its placement-group cleaner asks their state API whether the run's controller
-    lives), about 3 CPU-seconds fewer at start and stop together and none of their polling; a joined cluster keeps
-    what it has.
+    lives), about 1.7 CPU-seconds fewer at start and stop together and less polling (benchmarks/idle_ray.py); a
+    joined cluster keeps what it has.
 
     A local Ray gets a GCS port chosen here, and every process of the job (Ray Train's controller and its
     placement-group cleaner included) gets ``RAY_ADDRESS`` pointing at it: Ray's own look-ups then find this Ray,
