@@ -3,10 +3,10 @@
 Two 1-thread torch jobs (a fixed chain of matrix products, one per core of a 2-core machine) run side by side, in
 rounds: alone, beside an idle private Ray as knnmix starts it (``ensure_ray``: GCS, raylet, log monitor, dashboard,
 agent, prestarted workers), and beside one started without its dashboard. Each arm's time is the mean of its two
-jobs; the arms alternate within every round, so the machine's drift reaches them alike. Each Ray arm also records
-the machine's CPU seconds while its Ray starts (``ray.init``), settles (``--settle``: the end of its start-up and
-then idling) and stops. This is why the tests stop
-their shared Ray after each test file (``tests/conftest.py``), and what a sweep's own Ray costs its trials.
+jobs; the arms alternate within every round, so the machine's drift reaches them alike. This is why the tests stop
+their shared Ray after each test file (``tests/conftest.py``), and what a sweep's own Ray costs its trials. Each Ray
+arm also records the machine's CPU seconds while its Ray starts (``ray.init``), settles (``--settle``: the end of its
+start-up, then idling) and stops (``ray.shutdown``).
 
     python benchmarks/idle_ray.py               # about 3 minutes; writes benchmarks/results/idle-ray-<date>.json
     python benchmarks/idle_ray.py --rounds 1 --steps 50 --settle 0 --out /tmp/x.json   # a smoke version (tests)
