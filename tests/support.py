@@ -1,9 +1,10 @@
 """What several test files share: a small search space on digits written as a space file (the sweep tests), MLflow
-look-ups, a free port, process clean-up."""
+look-ups, a free port, the processes under this one and their listening addresses, process clean-up."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import sys
 from pathlib import Path
@@ -99,6 +100,16 @@ def descendants(pid: int | None = None) -> list[str]:
         with contextlib.suppress(psutil.Error):  # (one that just ended)
             lines.append(" ".join(child.cmdline()))
     return lines
+
+
+def listening_addresses() -> set[tuple[str, int]]:
+    """The TCP addresses this process and the processes under it (its local Ray's GCS, raylet, workers, ...) listen
+    on: ``(ip, port)``."""
+    import psutil  # Ray's vendored copy (ray/thirdparty_files), on sys.path once ray is imported
+
+    ours = {os.getpid(), *(p.pid for p in psutil.Process().children(recursive=True))}
+    return {(c.laddr.ip, c.laddr.port) for c in psutil.net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN and c.pid in ours}
 
 
 def free_port() -> int:

@@ -41,7 +41,7 @@ from knnmix.scale.train import (
     train_distributed,
     worker_config,
 )
-from support import free_port
+from support import free_port, listening_addresses
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -372,12 +372,8 @@ def test_a_run_continued_without_ray_resumes_on_ray_from_its_newer_checkpoint(tm
 def test_the_local_ray_knnmix_starts_listens_on_loopback(local_ray):
     import ray
 
-    import psutil  # Ray's vendored copy (importing ray put it on sys.path)
-
     assert {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]} == {"127.0.0.1"}
-    ours = {os.getpid(), *(p.pid for p in psutil.Process().children(recursive=True))}  # GCS, raylet, workers, ...
-    listening = {(c.laddr.ip, c.laddr.port) for c in psutil.net_connections("tcp")
-                 if c.status == psutil.CONN_LISTEN and c.pid in ours}
+    listening = listening_addresses()
     assert listening and all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for ip, _ in listening), listening
 
 

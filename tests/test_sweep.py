@@ -46,8 +46,8 @@ from knnmix import sweep_folder as SF
 from knnmix.scale import sweep as S
 from knnmix import tracking as TR
 from knnmix.scale import sweep_mlflow as T
-from support import (BAD, BASE_SET, GOOD, PARAMS, VENV_BIN, client_for, free_port, runs_by_kind, space_data,
-                           write_space)
+from support import (BAD, BASE_SET, GOOD, PARAMS, VENV_BIN, client_for, descendants, free_port, listening_addresses,
+                     runs_by_kind, space_data, write_space)
 
 REPO = Path(__file__).resolve().parent.parent
 SPACES = REPO / "search_spaces"
@@ -992,6 +992,14 @@ def test_sigterm_stops_a_ray_driver_as_ctrl_c_does(sweep_ray):
     with pytest.raises(KeyboardInterrupt):  # what Tune's SIGINT handler (during a sweep) or Python's gets
         signal.raise_signal(signal.SIGTERM)
         time.sleep(1)
+
+
+def test_a_sweeps_ray_without_the_dashboard_listens_on_loopback_only_too(sweep_ray):
+    """The Ray a sweep of in-process trials starts (no dashboard modules: its minimal dashboard and agents still run)
+    is as private as the one with them (test_ray_train.py)."""
+    assert not any(x.startswith("ray-dashboard-") for x in descendants())
+    listening = listening_addresses()
+    assert listening and all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for ip, _ in listening), listening
 
 
 # ----------------------------------------------------------------------------------------------------------------
