@@ -232,14 +232,18 @@ def test_selc_corrects_targets_from_the_start_epoch(tmp_path):
     assert torch.allclose(run.state.targets.sum(1), torch.ones(len(moved)))
 
 
-def test_data_loader_workers_give_the_same_run_as_loading_in_process(tmp_path):
+def test_data_loader_workers_give_the_same_run_as_loading_in_process(tmp_path, monkeypatch):
     """Each batch's augmentation draws from its own seed: DataLoader worker processes (kept for the whole run)
     change where images are loaded, not what is trained."""
     import gc
     import multiprocessing
 
+    seeded = []  # what re-seeds CUDA's generators here (a GPU run's own draws): the run's and each epoch's seeds
+    real = torch.cuda.manual_seed_all
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: seeded.append(seed) or real(seed))
     dotted = {"epochs": 2, "method.name": "ce"}
     a = train(digits_cfg(tmp_path, **dotted, out=str(tmp_path / "a")), echo=None)
+    in_process, seeded[:] = list(seeded), []
     gc.disable()  # the workers must stop when the run ends, not when the garbage collector finds their loader
     try:
         b = train(digits_cfg(tmp_path, **dotted, out=str(tmp_path / "b"), **{"data.num_workers": 2}), echo=None)
@@ -247,6 +251,7 @@ def test_data_loader_workers_give_the_same_run_as_loading_in_process(tmp_path):
     finally:
         gc.enable()
     assert a["final"] == b["final"]
+    assert in_process == seeded and len(seeded) == 3  # the run's seed, each epoch's (loading re-seeded per batch)
     assert a["final"]["test_acc"] > 20.0
 
 
