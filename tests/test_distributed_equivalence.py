@@ -7,6 +7,7 @@ probabilities and soft-target updates must equal the single-process results bit 
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import pytest
 import torch
@@ -44,29 +45,45 @@ def run_phases(labels, index, feats, log_probs, dist: D.Dist, backend: str):
     return state
 
 
-def _worker(rank: int, world: int, init_file: str, out_dir: str, backend: str) -> None:
-    td.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+def _worker(rank: int, init_file: str, out_dir: str) -> None:
+    """Rank ``rank`` of two: every scenario of this file in turn, each writing what this rank computed."""
+    td.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+                          timeout=timedelta(seconds=120))  # a collective one rank misses fails, never hangs the suite
     try:
         torch.set_num_threads(1)
         dist = D.current()
-        assert dist.world_size == world
+        assert dist.world_size == 2
         labels, feats, log_probs = synthetic_bank_inputs()
         mine = D.shard(torch.arange(N), dist)
         mine = mine[torch.randperm(mine.numel(), generator=torch.Generator().manual_seed(rank))]  # any order
-        state = run_phases(labels, mine, feats[mine], log_probs[mine], dist, backend)
-        torch.save(state.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
+        for backend in ("faiss", "torch"):
+            state = run_phases(labels, mine, feats[mine], log_probs[mine], dist, backend)
+            torch.save(state.state_dict(), os.path.join(out_dir, f"rank{rank}-{backend}.pt"))
+        rows = D.all_gather_rows(torch.arange(3 if rank == 0 else 5) * 10 + rank)  # uneven: padded, then dropped
+        torch.save(rows, os.path.join(out_dir, f"gathered{rank}.pt"))
+        x, y, keep = guarded_batch()
+        part = slice(4 * rank, 4 * rank + 4)
+        grads = [guarded_grad(x[part], y[part], keep[part], dist, own) for own in (False, True)]
+        torch.save(grads, os.path.join(out_dir, f"guard{rank}.pt"))
     finally:
         td.destroy_process_group()
 
 
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """The folder of what two gloo ranks computed in every scenario: one spawn for all of them (each spawn starts
+    two Python processes that import torch and knnmix, ~5 CPU-seconds)."""
+    out = tmp_path_factory.mktemp("two-ranks")
+    mp.spawn(_worker, args=(str(out / "init"), str(out)), nprocs=2, join=True)
+    return out
+
+
 @pytest.mark.parametrize("backend", ["faiss", "torch"])
-def test_two_workers_match_one_process_exactly(tmp_path, backend):
+def test_two_workers_match_one_process_exactly(two_ranks, backend):
     labels, feats, log_probs = synthetic_bank_inputs()
     single = run_phases(labels, torch.arange(N), feats, log_probs, D.Dist(), backend).state_dict()
-
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path), backend), nprocs=2, join=True)
     for rank in (0, 1):
-        got = torch.load(tmp_path / f"rank{rank}.pt")
+        got = torch.load(two_ranks / f"rank{rank}-{backend}.pt")
         assert torch.equal(got["neighbours"], single["neighbours"]), f"rank {rank}: neighbour indices differ"
         assert torch.equal(got["clean_prob"], single["clean_prob"]), f"rank {rank}: clean probabilities differ"
         assert torch.equal(got["targets"], single["targets"]), f"rank {rank}: soft targets differ"
@@ -76,21 +93,10 @@ def test_two_workers_match_one_process_exactly(tmp_path, backend):
     assert single["clean_prob"].min() < 0.5 < single["clean_prob"].max()
 
 
-def test_uneven_gather_drops_padding_and_keeps_rank_order(tmp_path):
-    mp.spawn(_gather_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    got = torch.load(tmp_path / "gathered.pt")
-    assert torch.equal(got, torch.cat([torch.arange(3) * 10, torch.arange(5) * 10 + 1]))
-
-
-def _gather_worker(rank: int, init_file: str, out_dir: str) -> None:
-    td.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
-        rows = torch.arange(3 if rank == 0 else 5) * 10 + rank
-        out = D.all_gather_rows(rows)
-        if rank == 0:
-            torch.save(out, os.path.join(out_dir, "gathered.pt"))
-    finally:
-        td.destroy_process_group()
+def test_uneven_gather_drops_padding_and_keeps_rank_order(two_ranks):
+    for rank in (0, 1):
+        got = torch.load(two_ranks / f"gathered{rank}.pt")
+        assert torch.equal(got, torch.cat([torch.arange(3) * 10, torch.arange(5) * 10 + 1])), rank
 
 
 def guarded_batch():
@@ -110,25 +116,12 @@ def guarded_grad(x, y, keep, dist: D.Dist, own_total: bool = False) -> torch.Ten
     return D.all_reduce_sum(layer.weight.grad, dist) / dist.world_size  # DDP averages the ranks' gradients
 
 
-def _guard_worker(rank: int, init_file: str, out_dir: str) -> None:
-    td.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
-        x, y, keep = guarded_batch()
-        mine = slice(4 * rank, 4 * rank + 4)
-        dist = D.current()
-        grads = [guarded_grad(x[mine], y[mine], keep[mine], dist, own) for own in (False, True)]
-        torch.save(grads, os.path.join(out_dir, f"guard{rank}.pt"))
-    finally:
-        td.destroy_process_group()
-
-
-def test_a_guarded_loss_on_two_ranks_has_the_gradient_of_one_process(tmp_path):
+def test_a_guarded_loss_on_two_ranks_has_the_gradient_of_one_process(two_ranks):
     """method.guard weights each synthetic sample's loss; the weighted mean was each rank's own, so a rank whose
     samples all looked noisy counted as much as one whose samples looked clean (not so in one process)."""
     x, y, keep = guarded_batch()
     single = guarded_grad(x, y, keep, D.Dist())
-    mp.spawn(_guard_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     for rank in (0, 1):
-        global_mean, own_mean = torch.load(tmp_path / f"guard{rank}.pt")
+        global_mean, own_mean = torch.load(two_ranks / f"guard{rank}.pt")
         torch.testing.assert_close(global_mean, single)
         assert not torch.allclose(own_mean, single, atol=1e-3)  # each rank's own weighted mean: another gradient
