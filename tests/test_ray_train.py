@@ -342,7 +342,10 @@ def test_ctrl_c_while_the_finished_program_shuts_ray_down_ends_it_at_once_with_i
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 0 and time.monotonic() - sent < 1.0, err[-3000:]
+    # "at once": before the shutdown it interrupts would have ended. Uninterrupted, the program ends ~2.9 s after its
+    # JSON line on an idle machine (2026-12-05; later under load), so >= 2.7 s after this signal; the watcher thread
+    # that ends it took up to 1.15 s on the 2 busy cores of a full suite (1.0 s was this bound, and flaked there).
+    assert proc.returncode == 0 and time.monotonic() - sent < 2.0, err[-3000:]
     assert "Traceback" not in err and "Exception ignored" not in err and "KeyboardInterrupt" not in err, err[-3000:]
 
 
