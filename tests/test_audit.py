@@ -127,14 +127,24 @@ def test_a_label_the_model_ranks_first_is_ranked_but_not_flagged():
 
 
 def test_suspects_picture_draws_class_names_as_text(tmp_path):
-    """A class folder named e.g. '$a^$' was parsed as matplotlib math: a ValueError after the whole training."""
+    """A class folder named e.g. '$a^$' was parsed as matplotlib math: a ValueError after the whole training. The
+    images are zoomed to whole pixel blocks of ~PICTURE_CELL pixels, below their captions and the title."""
     import torch
+    from PIL import Image
 
-    from knnmix.audit import plot_label_issues
+    from knnmix.audit import PICTURE_CELL, plot_label_issues
 
     path = tmp_path / "label_issues.png"
-    plot_label_issues(path, torch.zeros((2, 3, 8, 8), dtype=torch.uint8), ["$a^$", "$\\x$"], ["b", "$5"], [0.1, 0.2])
-    assert path.stat().st_size > 1_000
+    images = torch.full((2, 3, 8, 8), 255, dtype=torch.uint8)
+    images[:, :, 3, 5] = 0  # one black pixel: a 20 x 20 block at PICTURE_CELL 160
+    title = "a title much wider than the two images of this picture: it must not be cut"
+    plot_label_issues(path, images, ["$a^$", "$\\x$"], ["b", "$5"], [0.1, 0.2], title=title)
+    picture = Image.open(path).convert("L")
+    dark = [(x, y) for y in range(picture.height) for x in range(picture.width) if picture.getpixel((x, y)) == 0]
+    assert PICTURE_CELL == 160 and len(dark) > 2 * 20 * 20  # the two blocks and the text's darkest pixels
+    blocks = {(x, y) for x, y in dark if y > picture.height // 2}  # below the captions: the images' blocks only
+    assert len(blocks) == 2 * 20 * 20 and len({x for x, _ in blocks}) == 2 * 20, sorted(blocks)[:4]
+    assert picture.width > 2 * (PICTURE_CELL + 24)  # widened for the title
 
 
 def test_audit_of_a_missing_folder_is_a_one_line_error(tmp_path, capsys):
@@ -173,7 +183,7 @@ def test_audit_chooses_the_image_size_from_the_images_and_estimates_the_time_lef
                      "--set", "method.correction_start=2", "--set", "threads=1", "--set", "optim.restart_period=3"])
     assert code == 0
     printed = capsys.readouterr().out
-    saved = yaml.safe_load((out / "config.yaml").read_text())  # 12 px images: 32 px and the small CNN, not 224/ResNet-50
+    saved = yaml.safe_load((out / "config.yaml").read_text())  # 12 px images: 32 px, the small CNN, not 224/ResNet-50
     assert saved["data"]["image_size"] == 32 and saved["model"]["name"] == "small_cnn"
     assert "test, 32x32 px), noise" in printed.splitlines()[0]  # the run's first line shows the size chosen
     epoch_lines = [line for line in printed.splitlines() if line.startswith("epoch")]
