@@ -170,8 +170,8 @@ def plot_label_issues(
     picture = Image.new("RGB", (width, head + rows * cell_h), "white")
     draw = ImageDraw.Draw(picture)
 
-    def centred(text: str, x: float, y: float, size_font) -> None:  # (getlength: bitmap fonts have no anchors)
-        draw.text((x - size_font.getlength(text) / 2, y), text, fill="black", font=size_font)
+    def centred(text: str, x: float, y: float, face: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> None:
+        draw.text((x - face.getlength(text) / 2, y), text, fill="black", font=face)  # (bitmap fonts have no anchors)
 
     centred(title, width / 2, TITLE_PX / 2, title_font)
     x0 = (width - cols * cell_w) // 2
