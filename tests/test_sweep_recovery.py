@@ -42,10 +42,12 @@ def test_a_sweep_killed_before_tune_saved_its_trials_resumes_without_running_a_t
     ray.shutdown()  # one Ray at a time on 2 cores: the driver below starts its own
     params = {"method.k": {"type": "int", "low": 1, "high": 3},
               "data.train_subset": {"type": "choice", "values": [150, 1200]}}  # a short trial and a long one
+    # the third trial is long too: a short one could end, and be told to its study, between the check and the kill
     space = write_space(tmp_path, base={"config": "digits", "set": {**BASE_SET, "epochs": 8}}, trials=3,
                         noise=["symmetric:0.2"], asha={"grace_period": 8}, params=params,
                         start_with=[{"method.k": 1, "data.train_subset": 150},
-                                    {"method.k": 2, "data.train_subset": 1200}])
+                                    {"method.k": 2, "data.train_subset": 1200},
+                                    {"method.k": 3, "data.train_subset": 1200}])
     out, uri = tmp_path / "sweep", f"sqlite:///{tmp_path / 'runs.db'}"
     log = open(tmp_path / "driver.log", "w")
     driver = subprocess.Popen([sys.executable, "-m", "knnmix.cli", "sweep", str(space), "--out", str(out),
@@ -53,7 +55,7 @@ def test_a_sweep_killed_before_tune_saved_its_trials_resumes_without_running_a_t
                               env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "600"})
     trials, storage = out / "symmetric-0.2" / "trials", SF.SweepFolder(out).optuna_storage
 
-    def running() -> list[str]:  # trials past epoch 2 that have not ended (the long one; maybe the third too)
+    def running() -> list[str]:  # trials past epoch 2 that have not ended (the second; maybe the third too)
         return [p.name for p in trials.glob("*") if (p / "metrics.jsonl").exists()
                 and not (p / "summary.json").exists() and len(read_metrics(p / "metrics.jsonl")) >= 2]
 
