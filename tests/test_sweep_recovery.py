@@ -23,19 +23,17 @@ from knnmix.scale import sweep_mlflow as T
 from support import BASE_SET, GOOD, client_for, descendants, kill_tree, runs_by_kind, write_space
 
 
-# The killed-driver test comes first: the Ray its --resume starts serves the two tests below it (one start fewer;
-# conftest's no_idle_ray stops it after the file).
+# The killed-driver tests come first: the Ray the last one's --resume starts serves the two tests below it
+# (one start fewer; conftest's no_idle_ray stops it after the file).
 @pytest.mark.slow
-def test_a_sweep_killed_before_tune_saved_its_trials_resumes_without_running_a_trial_twice(ray_session, tmp_path,
-                                                                                              capsys):
-    """The sweep's driver is killed with its Ray (like a lost head node) after one trial ended, while another ran
-    and a third had started. Optuna writes at once, Tune saves its state every few seconds (here: once, at the
-    start), so --resume crashed ('Trial returned a result which did not include ... val_acc': the ended trial,
-    restored as running, had nothing left to train and reported nothing; then Optuna's UpdateFinishedTrialError).
-    Each trial now reports its run folder's epochs again, a trial its study has ended is not told twice, the
-    interrupted trial continues its own run, and a trial started after Tune's save (run afresh as a new one) leaves
-    nothing running for good in Optuna or MLflow. No epoch is lost or trained twice into the record or MLflow; a
-    finished sweep resumed changes nothing."""
+def test_a_sweep_killed_before_tune_saved_its_trials_ends_resumes_from_their_run_folders(ray_session, tmp_path,
+                                                                                           capsys):
+    """Optuna writes at once, Tune saves its state every few seconds (here: once, at the start): killed after one
+    trial ended and while another ran, --resume crashed ('Trial returned a result which did not include ... val_acc':
+    the ended trial, restored as running, had nothing left to train and reported nothing; then Optuna's
+    UpdateFinishedTrialError). Each trial now reports its run folder's epochs again, a trial its study has ended is
+    not told twice, and a trial started after Tune's save (run afresh as a new one) leaves nothing running for good
+    in Optuna or MLflow."""
     import optuna
     import ray
 
@@ -55,13 +53,11 @@ def test_a_sweep_killed_before_tune_saved_its_trials_resumes_without_running_a_t
                               env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "600"})
     trials, storage = out / "symmetric-0.2" / "trials", SF.SweepFolder(out).optuna_storage
 
-    def running() -> list[str]:  # trials past epoch 2 that have not ended (the second; maybe the third too)
-        return [p.name for p in trials.glob("*") if (p / "metrics.jsonl").exists()
-                and not (p / "summary.json").exists() and len(read_metrics(p / "metrics.jsonl")) >= 2]
-
     def killable() -> bool:  # the short trial told to its study, the long one past epoch 2, the third started
         done = [p for p in trials.glob("*") if (p / "summary.json").exists()]
-        return bool(done and running()) and len(list(trials.glob("*/run.json"))) == 3 and any(
+        running = [p for p in trials.glob("*") if (p / "metrics.jsonl").exists() and not (p / "summary.json").exists()
+                   and len(read_metrics(p / "metrics.jsonl")) >= 2]
+        return bool(done and running) and len(list(trials.glob("*/run.json"))) == 3 and any(
             t.state.is_finished() for t in optuna.load_study(study_name="e2e/symmetric:0.2", storage=storage).trials)
 
     try:
@@ -69,6 +65,52 @@ def test_a_sweep_killed_before_tune_saved_its_trials_resumes_without_running_a_t
         while not killable():
             assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-4000:]
             assert time.time() < end, "no trial ended while the other ran"
+            time.sleep(0.1)
+    finally:
+        kill_tree(driver.pid)  # the driver, its Ray and the trials, like a lost head node
+        log.close()
+    before = {p.name for p in trials.iterdir()}
+    ray_session["start"](dashboard=False)  # as `knnmix sweep` starts it for in-process trials
+    assert cli_main(["sweep", "--resume", "--out", str(out)]) == 0
+    output = capsys.readouterr()
+    assert "Traceback" not in output.err and "WARNING" not in output.err + output.out, output.err[-3000:]
+    (x,) = json.loads((out / "sweep_summary.json").read_text())["settings"]
+    (lost,) = before - set(x["trial_ids"])  # the trial started after Tune's save: started afresh as a new trial
+    assert x["completed"] == 3 and len(before | set(x["trial_ids"])) == 4
+    study = optuna.load_study(study_name="e2e/symmetric:0.2", storage=storage)
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * 3 + ["FAIL"]  # the lost one's entry: ended
+    for t in (t for t in study.trials if t.state.name == "COMPLETE"):  # every epoch once, the last too
+        assert sorted(t.intermediate_values) == list(range(1, 9))
+    for tid in x["trial_ids"]:
+        assert [r["epoch"] for r in read_metrics(trials / tid / "metrics.jsonl")] == list(range(1, 9)), tid
+    runs = {r.data.tags[T.TRIAL_TAG]: r.info.status for r in runs_by_kind(TR.Store.from_uri(uri).uri,
+                                                                            "knnmix-sweep-e2e")["trial"]}
+    assert runs == {**{tid: "FINISHED" for tid in x["trial_ids"]}, lost: "KILLED"}  # none RUNNING for good
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_resumes_without_running_a_trial_twice(ray_session, tmp_path, capsys):
+    import ray
+
+    ray.shutdown()  # one Ray at a time on 2 cores: the driver below starts its own
+    space = write_space(tmp_path, base={"config": "digits", "set": {**BASE_SET, "epochs": 6}},
+                        asha={"grace_period": 6})
+    out, uri = tmp_path / "sweep", f"sqlite:///{tmp_path / 'runs.db'}"
+    args = ["sweep", str(space), "--out", str(out), "--tracking-uri", uri, "--set", "sweep.noise=[symmetric:0.2]"]
+    log = open(tmp_path / "driver.log", "w")
+    driver = subprocess.Popen([sys.executable, "-m", "knnmix.cli", *args], stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    trials = out / "symmetric-0.2" / "trials"
+    interrupted = None
+    try:
+        end = time.time() + 300
+        while interrupted is None:
+            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-4000:]
+            assert time.time() < end, "no trial got past its second epoch in time"
+            for p in trials.glob("*") if trials.exists() else []:
+                if (p / "metrics.jsonl").exists() and len(read_metrics(p / "metrics.jsonl")) >= 3 and not (
+                        p / "summary.json").exists():
+                    interrupted = p.name
             time.sleep(0.1)
         ray_processes = descendants(driver.pid)
     finally:
@@ -80,45 +122,37 @@ def test_a_sweep_killed_before_tune_saved_its_trials_resumes_without_running_a_t
     assert cli_main(["sweep", str(space), "--out", str(out)]) == 2  # not without --resume
     assert "already holds a sweep; pass --resume" in capsys.readouterr().err
     before = {p.name for p in trials.iterdir()}
-    interrupted = running()
-    started = {tid: json.loads((trials / tid / "run.json").read_text())["started"] for tid in before}
+    started = json.loads((trials / interrupted / "run.json").read_text())["started"]
 
     ray_session["start"](dashboard=False)  # as `knnmix sweep` starts it for in-process trials
     assert cli_main(["sweep", "--resume", "--out", str(out)]) == 0
-    output = capsys.readouterr()
-    assert "Traceback" not in output.err and "WARNING" not in output.err + output.out, output.err[-3000:]
-    (x,) = json.loads((out / "sweep_summary.json").read_text())["settings"]
-    (lost,) = before - set(x["trial_ids"])  # the trial started after Tune's save: started afresh as a new trial
-    assert x["completed"] == 3 and len(before | set(x["trial_ids"])) == 4
-    # the interrupted trial Tune had saved continued its own run (run.json is written when a run starts, not when it
-    # resumes); so did the trial that had ended
-    assert set(interrupted) & set(x["trial_ids"])
-    for tid in before & set(x["trial_ids"]):
-        assert json.loads((trials / tid / "run.json").read_text())["started"] == started[tid], tid
-    study = optuna.load_study(study_name="e2e/symmetric:0.2", storage=storage)
-    assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * 3 + ["FAIL"]  # the lost one's entry: ended
-    for t in (t for t in study.trials if t.state.name == "COMPLETE"):  # every epoch once, the last too
-        assert sorted(t.intermediate_values) == list(range(1, 9))
+    summary = json.loads((out / "sweep_summary.json").read_text())
+    (x,) = summary["settings"]
+    assert x["trials"] == 3 and len(set(x["trial_ids"])) == 3  # as many as an uninterrupted sweep
+    assert before <= set(x["trial_ids"]) and {p.name for p in trials.iterdir()} == set(x["trial_ids"])
+    # the interrupted trial continued its own run (run.json is written when a run starts, not when it resumes)
+    assert json.loads((trials / interrupted / "run.json").read_text())["started"] == started
     for tid in x["trial_ids"]:
-        assert [r["epoch"] for r in read_metrics(trials / tid / "metrics.jsonl")] == list(range(1, 9)), tid
-    # MLflow: one run per trial, each epoch logged once, parent runs reused, none RUNNING for good
+        epochs = [r["epoch"] for r in read_metrics(trials / tid / "metrics.jsonl")]
+        assert epochs == list(range(1, 7)), tid  # no epoch lost or trained twice into the record
+    # MLflow: one run per trial, each epoch logged once, parent runs reused
     client = client_for(TR.Store.from_uri(uri).uri)
     runs = runs_by_kind(TR.Store.from_uri(uri).uri, "knnmix-sweep-e2e")
     assert len(runs["sweep"]) == 1 and len(runs["noise_setting"]) == 1
-    assert {r.data.tags[T.TRIAL_TAG]: r.info.status for r in runs["trial"]} == {
-        **{tid: "FINISHED" for tid in x["trial_ids"]}, lost: "KILLED"}
-    for r in (r for r in runs["trial"] if r.data.tags[T.TRIAL_TAG] != lost):
+    assert sorted(r.data.tags[T.TRIAL_TAG] for r in runs["trial"]) == sorted(x["trial_ids"])
+    for r in runs["trial"]:
         steps = [int(m.step) for m in client.get_metric_history(r.info.run_id, "val_acc")]
-        assert sorted(steps) == list(range(1, 9)), r.data.tags[T.TRIAL_TAG]
-        assert r.data.tags[T.OUTCOME_TAG] == "completed"
+        assert sorted(steps) == list(range(1, 7)), r.data.tags[T.TRIAL_TAG]
+        assert r.info.status == "FINISHED" and r.data.tags[T.OUTCOME_TAG] == "completed"
     state = json.loads((out / "sweep_state.json").read_text())
     assert state["mlflow"]["sweep_run_id"] == runs["sweep"][0].info.run_id and state["status"] == "done"
     # resuming a finished sweep changes nothing; with --register it registers the best model (once)
     assert cli_main(["sweep", "--resume", "--out", str(out)]) == 0
-    assert len(runs_by_kind(TR.Store.from_uri(uri).uri, "knnmix-sweep-e2e")["trial"]) == 4
+    assert len(runs_by_kind(TR.Store.from_uri(uri).uri, "knnmix-sweep-e2e")["trial"]) == 3
     for _ in range(2):
         assert cli_main(["sweep", "--resume", "--out", str(out), "--register", "late"]) == 0
     (version,) = client.search_model_versions("name = 'late'")
+    (x,) = json.loads((out / "sweep_summary.json").read_text())["settings"]
     assert version.run_id == x["best"]["mlflow_run_id"]
 
 
