@@ -94,7 +94,7 @@ def test_a_killed_sweep_resumes_without_running_a_trial_twice(ray_session, tmp_p
 
     ray.shutdown()  # one Ray at a time on 2 cores: the driver below starts its own
     space = write_space(tmp_path, base={"config": "digits", "set": {**BASE_SET, "epochs": 6}},
-                        asha={"grace_period": 6})
+                        asha={"grace_period": 6}, max_concurrent_trials=1)  # one trial process, not two
     out, uri = tmp_path / "sweep", f"sqlite:///{tmp_path / 'runs.db'}"
     args = ["sweep", str(space), "--out", str(out), "--tracking-uri", uri, "--set", "sweep.noise=[symmetric:0.2]"]
     log = open(tmp_path / "driver.log", "w")

@@ -150,7 +150,9 @@ TIERS: dict[str, Tier] = {
         cleanlab_folds=2,
         spaces={"ce": "search_spaces/bench-quick-ce.yaml", "knnmix": "search_spaces/bench-quick-knnmix.yaml"},
         parallel=2,
-        space_overrides=("sweep.trials=2", "sweep.asha.grace_period=1", "sweep.start_with=[]"),
+        # one trial at a time: one trial process per sweep, not two (each imports torch, Ray Tune and knnmix)
+        space_overrides=("sweep.trials=2", "sweep.asha.grace_period=1", "sweep.start_with=[]",
+                         "sweep.max_concurrent_trials=1"),
     ),
     "quick": Tier(
         name="quick",
