@@ -59,19 +59,21 @@ def test_ray_train_trials_run_and_release_their_workers_beside_another_ray(other
     import mlflow.artifacts
     import ray
 
-    # 20% noise and batches of 16: GOOD learns within its first epoch (~37% noisy validation against BAD's ~13%)
+    # 20% noise and batches of 16: GOOD learns within its first epoch (~37% noisy validation against BAD's ~13%).
+    # 3 epochs: the workers do not wait for Tune to act on a result, and with 2 a stop decided after epoch 1 came once
+    # after BAD had trained its last epoch and ended (a fresh clone's suite, 2026-12-05: stopped_early 0)
     path = write_space(tmp_path, name="workers", trials=2, start_with=[GOOD, BAD], noise=["symmetric:0.2"],
                        asha={"grace_period": 1, "reduction_factor": 2},
-                       base={"config": "digits", "set": {**BASE_SET, "epochs": 2, "distributed.workers": 2,
+                       base={"config": "digits", "set": {**BASE_SET, "epochs": 3, "distributed.workers": 2,
                                                          "data.train_subset": 600, "optim.batch_size": 16,
-                                                         "method.correction_start": 2}})
+                                                         "method.warmup_epochs": 3}})
     summary = S.run_sweep(SP.load_space(path), tmp_path / "sweep", store=TR.Store.from_uri(
         f"sqlite:///{tmp_path / 'm.db'}"), echo=None)
     (x,) = summary["settings"]
     assert x["trials"] == 2 and x["failed"] == 0 and x["stopped_early"] == 1
     # what both trials' rank 0 warned of, kept in run.json for the sweep to say (their own lines are not shown)
-    assert x["warnings"] == {"knnmix never mixes neighbours: epochs=2 ends before its mixing phase starts in epoch 3 "
-                             "(method.warmup_epochs=1, method.correction_start=3); lower them or train longer": 2}
+    assert x["warnings"] == {"knnmix never mixes neighbours: epochs=3 ends before its mixing phase starts in epoch 4 "
+                             "(method.warmup_epochs=3, method.correction_start=3); lower them or train longer": 2}
     # ... and the setting's MLflow run has them
     got = mlflow.artifacts.download_artifacts(run_id=x["mlflow_run_id"], artifact_path="trial_warnings.json",
                                               dst_path=str(tmp_path), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
