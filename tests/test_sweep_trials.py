@@ -54,8 +54,9 @@ def other_ray(ray_session, tmp_path):
 def test_ray_train_trials_run_and_release_their_workers_beside_another_ray(other_ray, tmp_path):
     """Trials of 2 Ray Train workers on the 2-CPU cluster, one at a time, with a second Ray instance running on the
     host: a trial ASHA stops must give its workers' CPUs back (Ray Train's placement-group cleaner must find the
-    sweep's own Ray), or the next trial would wait forever. Two trials, the second stopped at its first rung; the
-    CPUs it held must come back after the sweep (a third trial would show the same, at ~30 s of Ray Train start-up)."""
+    sweep's own Ray), or the next trial would wait forever. Two trials, the second stopped by ASHA before its last
+    epoch; the CPUs it held must come back after the sweep (a third trial would show the same, at ~30 s of Ray Train
+    start-up)."""
     import mlflow.artifacts
     import ray
 
